@@ -1,0 +1,286 @@
+//! The one error type of the library.
+
+use std::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+/// Everything that can go wrong when building, validating or running a workflow, and when
+/// reading the context.
+///
+/// Every message names the workflow or state and the offending value, and says what to do.
+/// The enum is `#[non_exhaustive]`: later features add variants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlowError {
+    /// The workflow has no states.
+    #[error(
+        "workflow `{agent}` has no states: add at least one with `add_state` before running it"
+    )]
+    NoStates {
+        /// The workflow.
+        agent: String,
+    },
+    /// Two states share a name.
+    #[error(
+        "workflow `{agent}` has two states named `{state}`: state names must be unique, rename one of them"
+    )]
+    DuplicateState {
+        /// The workflow.
+        agent: String,
+        /// The name given twice.
+        state: String,
+    },
+    /// An entry state was named that the workflow does not have.
+    #[error("workflow `{agent}` names `{entry}` as its entry state, but has no state of that name{}", did_you_mean(.suggestion))]
+    UnknownEntry {
+        /// The workflow.
+        agent: String,
+        /// The entry name given.
+        entry: String,
+        /// The closest existing name, if one is close.
+        suggestion: Option<String>,
+    },
+    /// A state declares a successor that does not exist.
+    #[error("state `{state}` of workflow `{agent}` declares `{target}` as a successor, but there is no state of that name{}", did_you_mean(.suggestion))]
+    UnknownSuccessor {
+        /// The workflow.
+        agent: String,
+        /// The state whose declaration is wrong.
+        state: String,
+        /// The successor named.
+        target: String,
+        /// The closest existing name, if one is close.
+        suggestion: Option<String>,
+    },
+    /// A state returned a transition to a state the workflow does not have.
+    #[error("state `{from}` of workflow `{agent}` returned a transition to `{to}`, but there is no state of that name{}; add it with `add_state` or fix the name", did_you_mean(.suggestion))]
+    UnknownTransition {
+        /// The workflow.
+        agent: String,
+        /// The state that returned the transition.
+        from: String,
+        /// The name it returned.
+        to: String,
+        /// The closest existing name, if one is close.
+        suggestion: Option<String>,
+    },
+    /// A state returned a transition outside the successors it declared.
+    #[error("state `{from}` of workflow `{agent}` returned a transition to `{to}`, which is not among its declared successors [{}]; declare it with `successors(...)` or return one of those", .declared.join(", "))]
+    UndeclaredTransition {
+        /// The workflow.
+        agent: String,
+        /// The state that returned the transition.
+        from: String,
+        /// The name it returned.
+        to: String,
+        /// What the state declared.
+        declared: Vec<String>,
+    },
+    /// An option of the workflow or of a state has a value that cannot work.
+    #[error("invalid configuration of workflow `{agent}`: {message}")]
+    InvalidConfig {
+        /// The workflow.
+        agent: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// Validation found several problems at once; each is listed.
+    #[error("workflow `{agent}` is invalid ({} problems):{}", .errors.len(), bullet_list(.errors))]
+    Invalid {
+        /// The workflow.
+        agent: String,
+        /// Every problem found.
+        errors: Vec<FlowError>,
+    },
+    /// A state returned an error on its last attempt.
+    #[error("state `{state}` failed after {attempts} attempt(s): {cause}")]
+    StateFailed {
+        /// The state.
+        state: String,
+        /// How many times it ran in this activation.
+        attempts: u32,
+        /// The error it returned.
+        cause: StateError,
+    },
+    /// A state panicked. The panic was caught; the runtime and the caller go on.
+    #[error("state `{state}` panicked on attempt {attempts}: {message}")]
+    StatePanicked {
+        /// The state.
+        state: String,
+        /// How many times it ran in this activation.
+        attempts: u32,
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+    /// A state ran longer than its timeout and was cancelled.
+    #[error(
+        "state `{state}` timed out after {timeout:?} on attempt {attempts}; raise its `timeout` or make it faster"
+    )]
+    StateTimedOut {
+        /// The state.
+        state: String,
+        /// How many times it ran in this activation.
+        attempts: u32,
+        /// The timeout it exceeded.
+        timeout: Duration,
+    },
+    /// The whole run exceeded its timeout; running states were cancelled.
+    #[error(
+        "run of workflow `{agent}` timed out after {timeout:?}; raise the run's `timeout` or find the slow state in the report"
+    )]
+    RunTimedOut {
+        /// The workflow.
+        agent: String,
+        /// The run timeout.
+        timeout: Duration,
+    },
+    /// The run was cancelled (by `cancel()` on its handle, or by dropping the `run()` future).
+    #[error("run of workflow `{agent}` was cancelled")]
+    Cancelled {
+        /// The workflow.
+        agent: String,
+    },
+    /// The run's coordinator stopped without a result (its tokio runtime shut down).
+    #[error(
+        "run of workflow `{agent}` ended without a result: its tokio runtime shut down while it ran"
+    )]
+    RunLost {
+        /// The workflow.
+        agent: String,
+    },
+    /// The context has no value under this key.
+    #[error(
+        "the context has no key `{key}`; set it before reading it, or read it with `get_state_or`"
+    )]
+    MissingKey {
+        /// The key read.
+        key: String,
+    },
+    /// The context holds a value of another type under this key.
+    #[error(
+        "context key `{key}` holds a `{found}`, not the `{expected}` that was asked for; read it as `{found}` or store a `{expected}`"
+    )]
+    WrongType {
+        /// The key read.
+        key: String,
+        /// The type asked for.
+        expected: String,
+        /// The type stored (for a value restored from JSON, `serialized data`).
+        found: String,
+    },
+    /// A context value could not be converted to or from JSON.
+    #[error("context key `{key}` could not be converted to JSON: {message}")]
+    Serialization {
+        /// The key.
+        key: String,
+        /// The serializer's message.
+        message: String,
+    },
+}
+
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(name) => format!(" (did you mean `{name}`?)"),
+        None => String::new(),
+    }
+}
+
+fn bullet_list(errors: &[FlowError]) -> String {
+    errors.iter().map(|e| format!("\n  - {e}")).collect()
+}
+
+/// The error a state returned, kept as text so that it can be cloned, compared, sent between
+/// tasks and stored in reports.
+///
+/// The message is the error's `Display` followed by each of its sources, separated by `: `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateError {
+    message: String,
+}
+
+impl StateError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+
+    /// Captures an error and its chain of sources.
+    pub fn from_error(error: &(dyn Error + 'static)) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            // anyhow and some thiserror enums repeat the source in their own message.
+            if !message.ends_with(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        Self { message }
+    }
+
+    /// The full message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Error for StateError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner;
+
+    #[test]
+    fn state_error_keeps_the_source_chain() {
+        assert_eq!(
+            StateError::from_error(&Outer(Inner)).message(),
+            "outer: inner"
+        );
+    }
+
+    #[test]
+    fn messages_name_the_value_and_the_fix() {
+        let error = FlowError::UnknownTransition {
+            agent: "a".into(),
+            from: "x".into(),
+            to: "fromat".into(),
+            suggestion: Some("format".into()),
+        };
+        assert_eq!(
+            error.to_string(),
+            "state `x` of workflow `a` returned a transition to `fromat`, but there is no state of that name (did you mean `format`?); add it with `add_state` or fix the name"
+        );
+        let many = FlowError::Invalid {
+            agent: "a".into(),
+            errors: vec![
+                FlowError::DuplicateState {
+                    agent: "a".into(),
+                    state: "x".into(),
+                },
+                FlowError::NoStates { agent: "a".into() },
+            ],
+        };
+        assert!(
+            many.to_string()
+                .starts_with("workflow `a` is invalid (2 problems):\n  - ")
+        );
+    }
+}

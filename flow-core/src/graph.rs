@@ -1,0 +1,423 @@
+//! The state graph: names, declared transitions, entries, and what the scheduler's join rule
+//! needs to know about reachability.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+
+use crate::error::FlowError;
+use crate::suggest::closest_name;
+
+/// Dense index of a state in its [`StateGraph`] (states are interned: the scheduler passes these
+/// around, never names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StateId(u32);
+
+impl StateId {
+    /// The id of the state at this index.
+    pub const fn new(index: u32) -> Self {
+        Self(index)
+    }
+
+    /// The index into per-state tables.
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// One state as the graph sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSpec {
+    /// Its unique name.
+    pub name: String,
+    /// The states it may transition to, when declared. `None` means "unknown": the state may go
+    /// anywhere, and the join rule treats it conservatively.
+    pub successors: Option<Vec<String>>,
+    /// Whether the run starts here.
+    pub entry: bool,
+}
+
+impl StateSpec {
+    /// A state with unknown successors that is not an entry.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            successors: None,
+            entry: false,
+        }
+    }
+}
+
+/// A validated state graph.
+///
+/// Built with [`StateGraph::build`], which checks it; afterwards every name in it resolves.
+/// Besides names and edges it holds two facts the runtime's join rule uses:
+/// - *wild* states: states with undeclared successors, or from which such a state can be
+///   reached along declared edges; from a wild state any state may be reachable.
+/// - a topological *order* of the strongly connected components (sinks first): a state can
+///   only reach states whose order is at most its own.
+#[derive(Debug, Clone)]
+pub struct StateGraph {
+    names: Vec<Arc<str>>,
+    index: HashMap<Arc<str>, StateId>,
+    successors: Vec<Option<Box<[StateId]>>>,
+    predecessors: Vec<Vec<StateId>>,
+    order: Vec<u32>,
+    wild: Vec<bool>,
+    entries: Vec<StateId>,
+}
+
+impl StateGraph {
+    /// Validates the states of workflow `agent` and builds the graph.
+    ///
+    /// `extra_entries` names entry states besides those whose spec says `entry`. With no entry at
+    /// all, the first state is the entry. Every problem found is reported: one as itself, several
+    /// as [`FlowError::Invalid`].
+    pub fn build(
+        agent: &str,
+        specs: &[StateSpec],
+        extra_entries: &[String],
+    ) -> Result<Self, FlowError> {
+        if specs.is_empty() {
+            return Err(FlowError::NoStates {
+                agent: agent.to_owned(),
+            });
+        }
+        let mut errors = Vec::new();
+        let mut names = Vec::with_capacity(specs.len());
+        let mut index = HashMap::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let name: Arc<str> = Arc::from(spec.name.as_str());
+            match index.entry(name.clone()) {
+                Entry::Occupied(_) => errors.push(FlowError::DuplicateState {
+                    agent: agent.to_owned(),
+                    state: spec.name.clone(),
+                }),
+                Entry::Vacant(slot) => {
+                    slot.insert(StateId(i as u32));
+                }
+            }
+            names.push(name);
+        }
+        let suggest = |name: &str| {
+            closest_name(name, specs.iter().map(|s| s.name.as_str())).map(str::to_owned)
+        };
+
+        let mut successors = Vec::with_capacity(specs.len());
+        let mut predecessors = vec![Vec::new(); specs.len()];
+        for (i, spec) in specs.iter().enumerate() {
+            let Some(declared) = &spec.successors else {
+                successors.push(None);
+                continue;
+            };
+            let mut ids = Vec::with_capacity(declared.len());
+            for target in declared {
+                match index.get(target.as_str()) {
+                    Some(&id) => {
+                        if !ids.contains(&id) {
+                            ids.push(id);
+                            predecessors[id.index()].push(StateId(i as u32));
+                        }
+                    }
+                    None => errors.push(FlowError::UnknownSuccessor {
+                        agent: agent.to_owned(),
+                        state: spec.name.clone(),
+                        target: target.clone(),
+                        suggestion: suggest(target),
+                    }),
+                }
+            }
+            successors.push(Some(ids.into_boxed_slice()));
+        }
+
+        let mut entries: Vec<StateId> = (0..specs.len())
+            .filter(|&i| specs[i].entry)
+            .map(|i| StateId(i as u32))
+            .collect();
+        for entry in extra_entries {
+            match index.get(entry.as_str()) {
+                Some(&id) if !entries.contains(&id) => entries.push(id),
+                Some(_) => {}
+                None => errors.push(FlowError::UnknownEntry {
+                    agent: agent.to_owned(),
+                    entry: entry.clone(),
+                    suggestion: suggest(entry),
+                }),
+            }
+        }
+        if entries.is_empty() {
+            entries.push(StateId(0));
+        }
+
+        match errors.len() {
+            0 => {}
+            1 => return Err(errors.remove(0)),
+            _ => {
+                return Err(FlowError::Invalid {
+                    agent: agent.to_owned(),
+                    errors,
+                });
+            }
+        }
+
+        let order = component_order(&successors);
+        let wild = wild_states(&successors, &predecessors);
+        Ok(Self {
+            names,
+            index,
+            successors,
+            predecessors,
+            order,
+            wild,
+            entries,
+        })
+    }
+
+    /// Number of states.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when the graph has no states (never, for a built graph).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The id of the state with this name.
+    pub fn id(&self, name: &str) -> Option<StateId> {
+        self.index.get(name).copied()
+    }
+
+    /// The name of a state (shared: cloning it allocates nothing).
+    pub fn name(&self, id: StateId) -> &Arc<str> {
+        &self.names[id.index()]
+    }
+
+    /// Every state name, in the order the states were added.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
+
+    /// The states the run starts with.
+    pub fn entries(&self) -> &[StateId] {
+        &self.entries
+    }
+
+    /// The declared successors of a state, or `None` when it declared none.
+    pub fn successors(&self, id: StateId) -> Option<&[StateId]> {
+        self.successors[id.index()].as_deref()
+    }
+
+    /// The states that declare this one as a successor.
+    pub fn predecessors(&self, id: StateId) -> &[StateId] {
+        &self.predecessors[id.index()]
+    }
+
+    /// Whether any state may be reachable from this one (see the type's docs).
+    pub fn is_wild(&self, id: StateId) -> bool {
+        self.wild[id.index()]
+    }
+
+    /// Topological order of the state's strongly connected component, sinks first: a state
+    /// reaches only states whose order is at most its own.
+    pub fn order(&self, id: StateId) -> u32 {
+        self.order[id.index()]
+    }
+
+    /// The closest state name to `name`, for "did you mean" hints.
+    pub fn suggest(&self, name: &str) -> Option<String> {
+        closest_name(name, self.names.iter().map(|n| &**n)).map(str::to_owned)
+    }
+}
+
+/// Tarjan's algorithm, iterative (a chain of 100 000 states must not overflow the stack).
+/// Components are numbered in the order Tarjan completes them, which is reverse topological.
+fn component_order(successors: &[Option<Box<[StateId]>>]) -> Vec<u32> {
+    const UNVISITED: u32 = u32::MAX;
+    let n = successors.len();
+    let edges = |v: usize| successors[v].as_deref().unwrap_or(&[]);
+    let mut index = vec![UNVISITED; n];
+    let mut lowlink = vec![0u32; n];
+    let mut on_stack = vec![false; n];
+    let mut component = vec![0u32; n];
+    let mut stack = Vec::new();
+    let mut call: Vec<(usize, usize)> = Vec::new();
+    let mut next_index = 0u32;
+    let mut next_component = 0u32;
+
+    for root in 0..n {
+        if index[root] != UNVISITED {
+            continue;
+        }
+        call.push((root, 0));
+        while let Some(&mut (v, ref mut edge)) = call.last_mut() {
+            if *edge == 0 && index[v] == UNVISITED {
+                index[v] = next_index;
+                lowlink[v] = next_index;
+                next_index += 1;
+                stack.push(v);
+                on_stack[v] = true;
+            }
+            if let Some(&w) = edges(v).get(*edge) {
+                *edge += 1;
+                let w = w.index();
+                if index[w] == UNVISITED {
+                    call.push((w, 0));
+                } else if on_stack[w] {
+                    lowlink[v] = lowlink[v].min(index[w]);
+                }
+                continue;
+            }
+            call.pop();
+            if let Some(&(parent, _)) = call.last() {
+                lowlink[parent] = lowlink[parent].min(lowlink[v]);
+            }
+            if lowlink[v] == index[v] {
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    component[w] = next_component;
+                    if w == v {
+                        break;
+                    }
+                }
+                next_component += 1;
+            }
+        }
+    }
+    component
+}
+
+/// States with undeclared successors, and every state that reaches one along declared edges.
+fn wild_states(successors: &[Option<Box<[StateId]>>], predecessors: &[Vec<StateId>]) -> Vec<bool> {
+    let mut wild: Vec<bool> = successors.iter().map(Option::is_none).collect();
+    let mut queue: Vec<usize> = (0..wild.len()).filter(|&i| wild[i]).collect();
+    while let Some(v) = queue.pop() {
+        for p in &predecessors[v] {
+            if !wild[p.index()] {
+                wild[p.index()] = true;
+                queue.push(p.index());
+            }
+        }
+    }
+    wild
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, successors: &[&str]) -> StateSpec {
+        StateSpec {
+            name: name.into(),
+            successors: Some(successors.iter().map(|s| s.to_string()).collect()),
+            entry: false,
+        }
+    }
+
+    #[test]
+    fn first_state_is_the_entry_unless_one_is_marked() {
+        let g = StateGraph::build("w", &[spec("a", &["b"]), spec("b", &[])], &[]).unwrap();
+        assert_eq!(g.entries(), &[StateId(0)]);
+        let mut b = spec("b", &[]);
+        b.entry = true;
+        let g = StateGraph::build("w", &[spec("a", &["b"]), b], &[]).unwrap();
+        assert_eq!(g.entries(), &[StateId(1)]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_names() {
+        let err = StateGraph::build(
+            "w",
+            &[spec("a", &["bb"]), spec("a", &[]), spec("b", &[])],
+            &["nope".into()],
+        )
+        .unwrap_err();
+        let FlowError::Invalid { errors, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        assert_eq!(
+            errors,
+            vec![
+                FlowError::DuplicateState {
+                    agent: "w".into(),
+                    state: "a".into()
+                },
+                FlowError::UnknownSuccessor {
+                    agent: "w".into(),
+                    state: "a".into(),
+                    target: "bb".into(),
+                    suggestion: Some("b".into()),
+                },
+                FlowError::UnknownEntry {
+                    agent: "w".into(),
+                    entry: "nope".into(),
+                    suggestion: None
+                },
+            ]
+        );
+        assert_eq!(
+            StateGraph::build("w", &[], &[]).unwrap_err(),
+            FlowError::NoStates { agent: "w".into() }
+        );
+    }
+
+    #[test]
+    fn order_is_topological_and_cycles_share_a_component() {
+        // a -> b -> c -> b, c -> d
+        let g = StateGraph::build(
+            "w",
+            &[
+                spec("a", &["b"]),
+                spec("b", &["c"]),
+                spec("c", &["b", "d"]),
+                spec("d", &[]),
+            ],
+            &[],
+        )
+        .unwrap();
+        let order = |n: &str| g.order(g.id(n).unwrap());
+        assert!(order("a") > order("b"));
+        assert_eq!(order("b"), order("c"));
+        assert!(order("c") > order("d"));
+    }
+
+    #[test]
+    fn a_long_chain_does_not_overflow_the_stack() {
+        let n = 200_000;
+        let specs: Vec<StateSpec> = (0..n)
+            .map(|i| {
+                let next = if i + 1 < n {
+                    vec![format!("s{}", i + 1)]
+                } else {
+                    vec![]
+                };
+                StateSpec {
+                    name: format!("s{i}"),
+                    successors: Some(next),
+                    entry: false,
+                }
+            })
+            .collect();
+        let g = StateGraph::build("w", &specs, &[]).unwrap();
+        assert_eq!(g.order(StateId(0)), n as u32 - 1);
+        assert_eq!(g.order(StateId(n as u32 - 1)), 0);
+    }
+
+    #[test]
+    fn wildness_flows_backwards_from_undeclared_states() {
+        let g = StateGraph::build(
+            "w",
+            &[
+                spec("a", &["b"]),
+                StateSpec::new("b"),
+                spec("c", &["d"]),
+                spec("d", &[]),
+            ],
+            &[],
+        )
+        .unwrap();
+        let wild = |n: &str| g.is_wild(g.id(n).unwrap());
+        assert!(wild("a") && wild("b"));
+        assert!(!wild("c") && !wild("d"));
+    }
+}

@@ -1,0 +1,21 @@
+//! Vocabulary shared by the fluffy-flow macros and runtime.
+//!
+//! This crate has no async runtime in it: it holds the types a workflow is described with
+//! ([`Next`], [`Priority`], the status enums), the error type every fallible call returns
+//! ([`FlowError`]), and the state graph with its validation ([`StateGraph`]), which the builder
+//! runs when a run starts and the macros will run at compile time.
+#![warn(missing_docs)]
+
+mod error;
+mod graph;
+mod next;
+mod priority;
+mod status;
+mod suggest;
+
+pub use error::{FlowError, StateError};
+pub use graph::{StateGraph, StateId, StateSpec};
+pub use next::{Next, StateName};
+pub use priority::Priority;
+pub use status::{AgentStatus, StateStatus};
+pub use suggest::closest_name;
