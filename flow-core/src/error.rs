@@ -2,6 +2,7 @@
 
 use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything that can go wrong when building, validating or running a workflow, and when
@@ -148,6 +149,22 @@ pub enum FlowError {
         /// The workflow.
         agent: String,
     },
+    /// Nothing is running or ready, yet branches still wait: the run cannot make progress.
+    #[error("run of workflow `{agent}` cannot make progress: nothing runs, and these states wait: {}", .waiting.join(", "))]
+    NoProgress {
+        /// The workflow.
+        agent: String,
+        /// The states branches wait at.
+        waiting: Vec<String>,
+    },
+    /// A run was started outside a tokio runtime.
+    #[error(
+        "workflow `{agent}` was started outside a tokio runtime; call `run`/`start` from async code running on tokio (for example under `#[tokio::main]`)"
+    )]
+    NoRuntime {
+        /// The workflow.
+        agent: String,
+    },
     /// The context has no value under this key.
     #[error(
         "the context has no key `{key}`; set it before reading it, or read it with `get_state_or`"
@@ -189,44 +206,68 @@ fn bullet_list(errors: &[FlowError]) -> String {
     errors.iter().map(|e| format!("\n  - {e}")).collect()
 }
 
-/// The error a state returned, kept as text so that it can be cloned, compared, sent between
-/// tasks and stored in reports.
+/// The error a state returned.
 ///
-/// The message is the error's `Display` followed by each of its sources, separated by `: `.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// It keeps the error itself (so that [`StateError::downcast_ref`] gives back the user's type)
+/// and its message with the chain of sources, separated by `: `. Cloning shares the error.
+/// Two `StateError`s are equal when their messages are.
+#[derive(Debug, Clone)]
 pub struct StateError {
     message: String,
+    error: Option<Arc<dyn Error + Send + Sync + 'static>>,
 }
 
 impl StateError {
-    /// An error with this message.
+    /// An error with this message and no typed error behind it.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            error: None,
         }
     }
 
-    /// Captures an error and its chain of sources.
-    pub fn from_error(error: &(dyn Error + 'static)) -> Self {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            // anyhow and some thiserror enums repeat the source in their own message.
-            if !message.ends_with(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-            source = cause.source();
+    /// Captures an error and the messages of its chain of sources.
+    pub fn from_boxed(error: Box<dyn Error + Send + Sync + 'static>) -> Self {
+        let message = chain_message(&*error);
+        Self {
+            message,
+            error: Some(Arc::from(error)),
         }
-        Self { message }
     }
 
     /// The full message.
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// The original error, if it is a `T`.
+    pub fn downcast_ref<T: Error + 'static>(&self) -> Option<&T> {
+        self.error.as_deref()?.downcast_ref::<T>()
+    }
 }
+
+fn chain_message(error: &(dyn Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Some error types repeat their source in their own message already.
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+impl PartialEq for StateError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for StateError {}
 
 impl fmt::Display for StateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

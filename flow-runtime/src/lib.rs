@@ -1,1 +1,19 @@
-//! placeholder
+//! The tokio runtime of fluffy-flow.
+//!
+//! [`Agent`] is the builder and the entry point; a run is driven by one coordinator task that
+//! owns the scheduler's state, while states run as tokio tasks. See the `fluffy-flow` crate for
+//! the guide.
+#![warn(missing_docs)]
+
+mod agent;
+mod context;
+mod events;
+mod run;
+mod scheduler;
+mod state_fn;
+
+pub use agent::{Agent, DEFAULT_EVENT_CAPACITY, StateOptions};
+pub use context::{Context, ContextValue};
+pub use events::{Event, EventKind, EventStream, EventStreamError};
+pub use run::{RunCounts, RunHandle, RunReport, StateReport};
+pub use state_fn::{BoxError, StateResult};

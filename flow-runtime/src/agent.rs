@@ -1,0 +1,380 @@
+//! The builder: an agent is a workflow definition that can be run many times.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use flow_core::{AgentStatus, FlowError, Next, Priority, StateGraph, StateSpec, StateStatus};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::events::{EventHub, EventStream};
+use crate::run::{Observer, RunCounts, RunHandle, RunReport};
+use crate::scheduler::Coordinator;
+use crate::state_fn::{BoxError, FnState, StateFn};
+
+/// Events kept for a subscriber that has not read them yet, unless set otherwise.
+pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
+
+/// A workflow: named async states, the options of each, and the run-wide options.
+///
+/// An `Agent` is a definition: [`Agent::run`] may be called many times, also concurrently
+/// (a workflow per request); each run has its own context, status and report. Clones share the
+/// definition, the event subscriptions and the view of the latest run; changing a clone's
+/// definition (adding a state, setting an option) affects that clone only.
+///
+/// The graph is validated when a run starts (or by [`Agent::validate`]): duplicate names,
+/// unknown entry states and unknown declared successors are each a [`FlowError`] naming them.
+///
+/// ```
+/// use fluffy_flow::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), FlowError> {
+/// let mut agent = Agent::new("greeter");
+/// agent.add_state("greet", |ctx: Context| async move {
+///     ctx.set_state("greeting", "Hello, World!".to_string());
+///     Ok::<_, FlowError>(Next::to("shout"))
+/// });
+/// agent.add_state("shout", |ctx: Context| async move {
+///     let greeting: String = ctx.get_state("greeting")?;
+///     ctx.set_state("greeting", greeting.to_uppercase());
+///     Ok::<_, FlowError>(Next::End)
+/// });
+/// let report = agent.run().await?;
+/// assert_eq!(report.context.get_state::<String>("greeting")?, "HELLO, WORLD!");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Agent {
+    definition: Arc<Definition>,
+    shared: Arc<AgentShared>,
+    events: EventHub,
+}
+
+struct AgentShared {
+    latest: Mutex<Option<Arc<Observer>>>,
+    next_run_id: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Definition {
+    name: Arc<str>,
+    states: Vec<StateDef>,
+    entries: Vec<String>,
+    max_concurrent: Option<usize>,
+    timeout: Option<Duration>,
+    compiled: OnceLock<Result<Arc<Compiled>, FlowError>>,
+}
+
+#[derive(Clone)]
+struct StateDef {
+    spec: StateSpec,
+    func: Arc<dyn StateFn>,
+    priority: Priority,
+    timeout: Option<Duration>,
+}
+
+/// A validated definition, shared by every run started from it.
+pub(crate) struct Compiled {
+    pub(crate) name: Arc<str>,
+    pub(crate) graph: Arc<StateGraph>,
+    pub(crate) states: Box<[CompiledState]>,
+    pub(crate) max_concurrent: usize,
+    pub(crate) timeout: Option<Duration>,
+}
+
+pub(crate) struct CompiledState {
+    pub(crate) func: Arc<dyn StateFn>,
+    pub(crate) priority: Priority,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Agent {
+    /// An empty workflow with this name.
+    pub fn new(name: impl Into<String>) -> Self {
+        let name: String = name.into();
+        Self {
+            definition: Arc::new(Definition {
+                name: Arc::from(name),
+                states: Vec::new(),
+                entries: Vec::new(),
+                max_concurrent: None,
+                timeout: None,
+                compiled: OnceLock::new(),
+            }),
+            shared: Arc::new(AgentShared {
+                latest: Mutex::new(None),
+                next_run_id: AtomicU64::new(0),
+            }),
+            events: EventHub::new(DEFAULT_EVENT_CAPACITY),
+        }
+    }
+
+    /// The workflow's name.
+    pub fn name(&self) -> &str {
+        &self.definition.name
+    }
+
+    /// The names of its states, in the order they were added.
+    pub fn state_names(&self) -> Vec<&str> {
+        self.definition
+            .states
+            .iter()
+            .map(|s| s.spec.name.as_str())
+            .collect()
+    }
+
+    fn definition_mut(&mut self) -> &mut Definition {
+        let definition = Arc::make_mut(&mut self.definition);
+        definition.compiled = OnceLock::new();
+        definition
+    }
+
+    /// Adds a state: `body` is an async function or closure that takes the run's [`Context`] and
+    /// returns `Result<Next, E>`, where `E` is any error that converts into [`BoxError`]: every
+    /// `std::error::Error + Send + Sync` type (a thiserror enum, [`FlowError`], ...),
+    /// `anyhow::Error`, `Box<dyn Error + Send + Sync>`, `String`. (A plain `Box<dyn Error>` is
+    /// not `Send`, so it cannot leave the state's task: add `+ Send + Sync`.) The original
+    /// error stays reachable through [`flow_core::StateError::downcast_ref`]. Returns the
+    /// state's options.
+    ///
+    /// States may be added in a loop (a dynamic workflow); names are checked when a run starts.
+    pub fn add_state<F, Fut, E>(&mut self, name: impl Into<String>, body: F) -> StateOptions<'_>
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Next, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let definition = self.definition_mut();
+        definition.states.push(StateDef {
+            spec: StateSpec::new(name),
+            func: Arc::new(FnState(body)),
+            priority: Priority::Normal,
+            timeout: None,
+        });
+        let state = definition
+            .states
+            .last_mut()
+            .expect("a state was just pushed");
+        StateOptions { state }
+    }
+
+    /// Makes `state` an entry state (in addition to states marked with
+    /// [`StateOptions::entry`]). Without any entry, the first state added is the entry.
+    pub fn set_entry(&mut self, state: impl Into<String>) -> &mut Self {
+        self.definition_mut().entries.push(state.into());
+        self
+    }
+
+    /// At most this many states run at once (default: unlimited). Must be at least 1.
+    pub fn max_concurrent(&mut self, limit: usize) -> &mut Self {
+        self.definition_mut().max_concurrent = Some(limit);
+        self
+    }
+
+    /// A run that takes longer than this fails with [`FlowError::RunTimedOut`] and its running
+    /// states are aborted.
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.definition_mut().timeout = Some(timeout);
+        self
+    }
+
+    /// How many events a subscriber may fall behind before it misses some (default
+    /// [`DEFAULT_EVENT_CAPACITY`]). Set it before subscribing: subscriptions made earlier, and
+    /// clones made earlier, keep the previous channel.
+    pub fn event_capacity(&mut self, capacity: usize) -> &mut Self {
+        self.events = EventHub::new(capacity.max(1));
+        self
+    }
+
+    /// Checks the definition without running it.
+    pub fn validate(&self) -> Result<(), FlowError> {
+        self.compiled().map(|_| ())
+    }
+
+    /// The validated graph of states.
+    pub fn graph(&self) -> Result<Arc<StateGraph>, FlowError> {
+        self.compiled().map(|c| Arc::clone(&c.graph))
+    }
+
+    pub(crate) fn compiled(&self) -> Result<Arc<Compiled>, FlowError> {
+        self.definition
+            .compiled
+            .get_or_init(|| compile(&self.definition))
+            .clone()
+    }
+
+    /// Subscribes to the events of every run of this agent (and its clones) from now on.
+    pub fn subscribe(&self) -> EventStream {
+        self.events.subscribe()
+    }
+
+    /// Starts a run with an empty context and returns its handle at once.
+    ///
+    /// Must be called within a tokio runtime. The run goes on if the handle is dropped.
+    pub fn start(&self) -> Result<RunHandle, FlowError> {
+        self.start_with(Context::new())
+    }
+
+    /// Starts a run whose states share `context` (which may hold initial values).
+    pub fn start_with(&self, context: Context) -> Result<RunHandle, FlowError> {
+        let compiled = self.compiled()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| FlowError::NoRuntime {
+            agent: self.name().to_owned(),
+        })?;
+        let run_id = self.shared.next_run_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let observer = Arc::new(Observer::new(run_id, Arc::clone(&compiled.graph)));
+        observer.set_status(AgentStatus::Running);
+        *self
+            .shared
+            .latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&observer));
+        let cancel = CancellationToken::new();
+        let (report_tx, report_rx) = oneshot::channel();
+        let coordinator = Coordinator::new(
+            Arc::clone(&compiled),
+            context,
+            Arc::clone(&observer),
+            self.events.clone(),
+            cancel.clone(),
+        );
+        runtime.spawn(async move {
+            // The receiver is gone only if nobody waits for the report.
+            let _ = report_tx.send(coordinator.run().await);
+        });
+        Ok(RunHandle {
+            agent: Arc::clone(&compiled.name),
+            observer,
+            cancel,
+            report: report_rx,
+        })
+    }
+
+    /// Runs the workflow with an empty context to the end: its report if it completed, the
+    /// error that stopped it otherwise. Dropping the returned future cancels the run.
+    pub async fn run(&self) -> Result<RunReport, FlowError> {
+        self.run_with(Context::new()).await
+    }
+
+    /// Runs the workflow with `context` (which may hold initial values) to the end.
+    pub async fn run_with(&self, context: Context) -> Result<RunReport, FlowError> {
+        let handle = self.start_with(context)?;
+        let guard = handle.cancel.clone().drop_guard();
+        let result = handle.result().await;
+        guard.disarm();
+        result
+    }
+
+    fn latest(&self) -> Option<Arc<Observer>> {
+        self.shared
+            .latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Status of the latest run started from this agent or a clone; `Idle` before the first.
+    pub fn status(&self) -> AgentStatus {
+        self.latest().map_or(AgentStatus::Idle, |run| run.status())
+    }
+
+    /// A state's status in the latest run; `None` before the first run or for an unknown name.
+    pub fn state_status(&self, state: &str) -> Option<StateStatus> {
+        self.latest()?.state_status(state)
+    }
+
+    /// Completed, running and pending counts of the latest run.
+    pub fn counts(&self) -> RunCounts {
+        self.latest().map(|run| run.counts()).unwrap_or_default()
+    }
+}
+
+/// The options of one state, returned by [`Agent::add_state`].
+pub struct StateOptions<'a> {
+    state: &'a mut StateDef,
+}
+
+impl StateOptions<'_> {
+    /// Which ready state starts first when slots are short (default `Normal`).
+    pub fn priority(self, priority: Priority) -> Self {
+        self.state.priority = priority;
+        self
+    }
+
+    /// A run of this state that takes longer fails with [`FlowError::StateTimedOut`] and status
+    /// `Timeout`.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.state.timeout = Some(timeout);
+        self
+    }
+
+    /// Makes this an entry state: the run starts here (with several, they start in parallel).
+    pub fn entry(self) -> Self {
+        self.state.spec.entry = true;
+        self
+    }
+
+    /// Declares every state this one may transition to. Optional, but it lets the scheduler
+    /// release a join as soon as no sibling branch can still reach it; and a transition outside
+    /// the list fails the run with [`FlowError::UndeclaredTransition`]. Declare an empty list
+    /// for a state that always ends its branch.
+    pub fn successors<I, S>(self, states: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.state.spec.successors = Some(states.into_iter().map(Into::into).collect());
+        self
+    }
+}
+
+fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
+    let agent = &*definition.name;
+    let specs: Vec<StateSpec> = definition.states.iter().map(|s| s.spec.clone()).collect();
+    let graph = StateGraph::build(agent, &specs, &definition.entries)?;
+    let invalid = |message: String| FlowError::InvalidConfig {
+        agent: agent.to_owned(),
+        message,
+    };
+    if definition.max_concurrent == Some(0) {
+        return Err(invalid(
+            "`max_concurrent` is 0, so no state could ever run; use at least 1".into(),
+        ));
+    }
+    if definition.timeout == Some(Duration::ZERO) {
+        return Err(invalid(
+            "the run `timeout` is zero; use a positive duration or none".into(),
+        ));
+    }
+    if let Some(state) = definition
+        .states
+        .iter()
+        .find(|s| s.timeout == Some(Duration::ZERO))
+    {
+        return Err(invalid(format!(
+            "state `{}` has a zero `timeout`; use a positive duration or none",
+            state.spec.name
+        )));
+    }
+    let states = definition
+        .states
+        .iter()
+        .map(|s| CompiledState {
+            func: Arc::clone(&s.func),
+            priority: s.priority,
+            timeout: s.timeout,
+        })
+        .collect();
+    Ok(Arc::new(Compiled {
+        name: Arc::clone(&definition.name),
+        graph: Arc::new(graph),
+        states,
+        max_concurrent: definition.max_concurrent.unwrap_or(usize::MAX),
+        timeout: definition.timeout,
+    }))
+}

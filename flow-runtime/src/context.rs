@@ -1,0 +1,305 @@
+//! The context store shared by the states of a run.
+
+use std::any::{Any, type_name};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use flow_core::FlowError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// What a context value must be: serializable (for checkpoints and reports), and shareable
+/// between the parallel states of a run. Implemented for every such type.
+pub trait ContextValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> ContextValue for T {}
+
+type SharedValue = Arc<dyn Any + Send + Sync>;
+type ToJson = fn(&(dyn Any + Send + Sync)) -> Result<Value, serde_json::Error>;
+
+/// One stored value: native (as the state stored it), or JSON that has not been read yet.
+enum Slot {
+    Native {
+        value: SharedValue,
+        type_name: &'static str,
+        to_json: ToJson,
+    },
+    Json(Value),
+}
+
+impl Slot {
+    fn native<T: ContextValue>(value: Arc<T>) -> Self {
+        Slot::Native {
+            value,
+            type_name: type_name::<T>(),
+            to_json: to_json::<T>,
+        }
+    }
+}
+
+fn to_json<T: ContextValue>(value: &(dyn Any + Send + Sync)) -> Result<Value, serde_json::Error> {
+    match value.downcast_ref::<T>() {
+        Some(value) => serde_json::to_value(value),
+        None => Ok(Value::Null), // unreachable: a slot's to_json is always made for its own type
+    }
+}
+
+/// The data the states of a run share.
+///
+/// A `Context` is a cheap handle (an `Arc`): cloning it shares the store. Values are kept as the
+/// Rust values they were stored as: reading one back is a downcast, not a JSON round trip, and
+/// JSON is made only when a snapshot is taken ([`Context::snapshot`]). A context built from JSON
+/// ([`Context::from_json`]) decodes each value on its first typed read and keeps the result.
+///
+/// Parallel states may read and write concurrently; each call is atomic. Reading a key that is
+/// not there gives [`FlowError::MissingKey`]; reading it as the wrong type gives
+/// [`FlowError::WrongType`].
+///
+/// ```
+/// # use flow_runtime::Context;
+/// let ctx = Context::new();
+/// ctx.set_state("scores", vec![95, 87, 92]);
+/// assert_eq!(ctx.get_state::<Vec<i32>>("scores").unwrap(), vec![95, 87, 92]);
+/// assert_eq!(ctx.get_state_or("missing", 7).unwrap(), 7);
+/// assert!(ctx.get_state::<String>("scores").is_err());
+/// ```
+#[derive(Clone, Default)]
+pub struct Context {
+    values: Arc<RwLock<HashMap<String, Slot>>>,
+}
+
+impl Context {
+    /// An empty context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A context holding the values of a JSON object (for example a snapshot taken earlier).
+    /// Each value is decoded into a Rust type on its first typed read.
+    pub fn from_json(values: Map<String, Value>) -> Self {
+        let map = values
+            .into_iter()
+            .map(|(k, v)| (k, Slot::Json(v)))
+            .collect();
+        Self {
+            values: Arc::new(RwLock::new(map)),
+        }
+    }
+
+    // A panic inside `update_typed`'s closure poisons the lock; the store itself is still
+    // consistent (the value is either updated or not), so the poison is cleared.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Slot>> {
+        self.values.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Slot>> {
+        self.values.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn set_state<T: ContextValue>(&self, key: impl Into<String>, value: T) {
+        self.write()
+            .insert(key.into(), Slot::native(Arc::new(value)));
+    }
+
+    /// Stores a typed value under `key`. The same store as [`Context::set_state`]: a value set
+    /// either way can be read either way; this name pairs with [`Context::get_typed`] and
+    /// [`Context::update_typed`] for structured data.
+    pub fn set_typed<T: ContextValue>(&self, key: impl Into<String>, value: T) {
+        self.set_state(key, value);
+    }
+
+    /// A copy of the value under `key`.
+    pub fn get_state<T: ContextValue + Clone>(&self, key: &str) -> Result<T, FlowError> {
+        self.get_typed::<T>(key).map(|value| T::clone(&value))
+    }
+
+    /// The value under `key`, or `default` when the key is absent. A value of another type is
+    /// still an error: a default would hide the bug.
+    pub fn get_state_or<T: ContextValue + Clone>(
+        &self,
+        key: &str,
+        default: T,
+    ) -> Result<T, FlowError> {
+        match self.get_state(key) {
+            Err(FlowError::MissingKey { .. }) => Ok(default),
+            other => other,
+        }
+    }
+
+    /// A shared handle to the value under `key`, without copying it.
+    pub fn get_typed<T: ContextValue>(&self, key: &str) -> Result<Arc<T>, FlowError> {
+        {
+            let values = self.read();
+            match values.get(key) {
+                None => return Err(missing(key)),
+                Some(Slot::Native {
+                    value,
+                    type_name: found,
+                    ..
+                }) => {
+                    return Arc::clone(value)
+                        .downcast::<T>()
+                        .map_err(|_| wrong_type::<T>(key, found));
+                }
+                Some(Slot::Json(_)) => {}
+            }
+        }
+        // Decode under the write lock, re-checking: another reader may have decoded it first.
+        let mut values = self.write();
+        let slot = values.get_mut(key).ok_or_else(|| missing(key))?;
+        match slot {
+            Slot::Native {
+                value,
+                type_name: found,
+                ..
+            } => Arc::clone(value)
+                .downcast::<T>()
+                .map_err(|_| wrong_type::<T>(key, found)),
+            Slot::Json(json) => {
+                let decoded: T = T::deserialize(&*json).map_err(|error| FlowError::WrongType {
+                    key: key.to_owned(),
+                    expected: type_name::<T>().to_owned(),
+                    found: format!(
+                        "JSON {} that does not decode as it ({error})",
+                        json_kind(json)
+                    ),
+                })?;
+                let decoded = Arc::new(decoded);
+                *slot = Slot::native(Arc::clone(&decoded));
+                Ok(decoded)
+            }
+        }
+    }
+
+    /// Changes the value under `key` in place and returns what `update` returns.
+    ///
+    /// The update is atomic with respect to other context calls: `update` runs while the store
+    /// is locked for writing, so it must not call this context itself (that would deadlock).
+    /// If the value is shared with a handle from [`Context::get_typed`], it is copied first, so
+    /// that handle keeps the old value. If `update` panics, the key is removed: a half-updated
+    /// value is never left behind.
+    pub fn update_typed<T, R>(
+        &self,
+        key: &str,
+        update: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, FlowError>
+    where
+        T: ContextValue + Clone,
+    {
+        // Decode a JSON value first, so that the slot below is native.
+        self.get_typed::<T>(key)?;
+        let mut values = self.write();
+        let (owned_key, slot) = values.remove_entry(key).ok_or_else(|| missing(key))?;
+        let Slot::Native {
+            value,
+            type_name: found,
+            to_json,
+        } = slot
+        else {
+            values.insert(owned_key, slot);
+            return Err(wrong_type::<T>(key, "serialized data"));
+        };
+        match value.downcast::<T>() {
+            Ok(mut typed) => {
+                let result = update(Arc::make_mut(&mut typed));
+                values.insert(owned_key, Slot::native(typed));
+                Ok(result)
+            }
+            Err(value) => {
+                values.insert(
+                    owned_key,
+                    Slot::Native {
+                        value,
+                        type_name: found,
+                        to_json,
+                    },
+                );
+                Err(wrong_type::<T>(key, found))
+            }
+        }
+    }
+
+    /// Whether a value is stored under `key`.
+    pub fn has_state(&self, key: &str) -> bool {
+        self.read().contains_key(key)
+    }
+
+    /// Removes the value under `key`; true if there was one.
+    pub fn remove_state(&self, key: &str) -> bool {
+        self.write().remove(key).is_some()
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.read().keys().cloned().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Number of stored values.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Every value as JSON, keyed by name (values keep their native form in the store).
+    pub fn snapshot(&self) -> Result<Map<String, Value>, FlowError> {
+        let values = self.read();
+        let mut keys: Vec<&String> = values.keys().collect();
+        keys.sort_unstable();
+        let mut map = Map::new();
+        for key in keys {
+            let json = match &values[key] {
+                Slot::Json(json) => json.clone(),
+                Slot::Native { value, to_json, .. } => {
+                    to_json(&**value).map_err(|error| FlowError::Serialization {
+                        key: key.clone(),
+                        message: error.to_string(),
+                    })?
+                }
+            };
+            map.insert(key.clone(), json);
+        }
+        Ok(map)
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("keys", &self.keys())
+            .finish()
+    }
+}
+
+fn missing(key: &str) -> FlowError {
+    FlowError::MissingKey {
+        key: key.to_owned(),
+    }
+}
+
+fn wrong_type<T>(key: &str, found: &str) -> FlowError {
+    FlowError::WrongType {
+        key: key.to_owned(),
+        expected: type_name::<T>().to_owned(),
+        found: found.to_owned(),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}

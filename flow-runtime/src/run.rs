@@ -1,0 +1,234 @@
+//! A run seen from outside: its live status, its handle, and its final report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use flow_core::{AgentStatus, FlowError, StateGraph, StateStatus};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+
+/// Live status of one run, written by its coordinator with plain atomic stores (no lock), read
+/// by handles and agents at any time.
+pub(crate) struct Observer {
+    pub(crate) run_id: u64,
+    pub(crate) graph: Arc<StateGraph>,
+    status: AtomicU8,
+    states: Box<[AtomicU8]>,
+    completed: AtomicU64,
+    running: AtomicUsize,
+    pending: AtomicUsize,
+}
+
+impl Observer {
+    pub(crate) fn new(run_id: u64, graph: Arc<StateGraph>) -> Self {
+        let states = (0..graph.len())
+            .map(|_| AtomicU8::new(StateStatus::Pending.as_u8()))
+            .collect();
+        Self {
+            run_id,
+            graph,
+            status: AtomicU8::new(AgentStatus::Idle.as_u8()),
+            states,
+            completed: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn set_status(&self, status: AgentStatus) {
+        self.status.store(status.as_u8(), Ordering::Release);
+    }
+
+    pub(crate) fn set_state(&self, index: usize, status: StateStatus) {
+        self.states[index].store(status.as_u8(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_counts(&self, completed: u64, running: usize, pending: usize) {
+        self.completed.store(completed, Ordering::Relaxed);
+        self.running.store(running, Ordering::Relaxed);
+        self.pending.store(pending, Ordering::Relaxed);
+    }
+
+    pub(crate) fn status(&self) -> AgentStatus {
+        AgentStatus::from_u8(self.status.load(Ordering::Acquire)).unwrap_or(AgentStatus::Idle)
+    }
+
+    pub(crate) fn state_status(&self, name: &str) -> Option<StateStatus> {
+        let id = self.graph.id(name)?;
+        StateStatus::from_u8(self.states[id.index()].load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn counts(&self) -> RunCounts {
+        RunCounts {
+            completed: self.completed.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+            pending: self.pending.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How many state runs of a run are done, running and waiting, at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunCounts {
+    /// State runs that finished successfully so far.
+    pub completed: u64,
+    /// States running now.
+    pub running: usize,
+    /// States scheduled but not started: ready for a slot, or held at a join.
+    pub pending: usize,
+}
+
+/// A run in progress. Dropping the handle leaves the run going; [`RunHandle::cancel`] stops it.
+pub struct RunHandle {
+    pub(crate) agent: Arc<str>,
+    pub(crate) observer: Arc<Observer>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) report: oneshot::Receiver<RunReport>,
+}
+
+impl RunHandle {
+    /// This run's id, unique among the runs of one agent (and its clones).
+    pub fn run_id(&self) -> u64 {
+        self.observer.run_id
+    }
+
+    /// The run's status now.
+    pub fn status(&self) -> AgentStatus {
+        self.observer.status()
+    }
+
+    /// A state's status now; `None` if the workflow has no state of that name.
+    pub fn state_status(&self, state: &str) -> Option<StateStatus> {
+        self.observer.state_status(state)
+    }
+
+    /// Completed, running and pending counts now.
+    pub fn counts(&self) -> RunCounts {
+        self.observer.counts()
+    }
+
+    /// Asks the run to stop: running states are aborted, the run ends as
+    /// [`AgentStatus::Cancelled`]. Returns at once; [`RunHandle::wait`] gives the report.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the run to finish and returns its report, whatever the outcome.
+    pub async fn wait(self) -> RunReport {
+        let agent = self.agent.clone();
+        match self.report.await {
+            Ok(report) => report,
+            Err(_) => RunReport::lost(agent, &self.observer),
+        }
+    }
+
+    /// Waits for the run to finish: the report if it completed, its error otherwise.
+    pub async fn result(self) -> Result<RunReport, FlowError> {
+        self.wait().await.into_result()
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The workflow's name.
+    pub agent: Arc<str>,
+    /// The run's id.
+    pub run_id: u64,
+    /// Completed, Failed or Cancelled.
+    pub status: AgentStatus,
+    /// Why the run did not complete, when it did not.
+    pub error: Option<FlowError>,
+    /// The context as the run left it.
+    pub context: Context,
+    /// Every state of the workflow, in the order they were added, with what it did in this run.
+    pub states: Vec<StateReport>,
+    /// How many state runs finished, successfully or not.
+    pub transitions: u64,
+    /// The most states that ran at the same time.
+    pub max_concurrency: usize,
+    /// When the run started, on tokio's clock.
+    pub started_at: Instant,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+impl RunReport {
+    /// The report of the state with this name.
+    pub fn state(&self, name: &str) -> Option<&StateReport> {
+        self.states.iter().find(|state| &*state.name == name)
+    }
+
+    /// True when the run completed.
+    pub fn is_success(&self) -> bool {
+        self.status == AgentStatus::Completed
+    }
+
+    /// `Ok(self)` when the run completed, its error otherwise.
+    pub fn into_result(self) -> Result<RunReport, FlowError> {
+        match self.error {
+            None if self.status == AgentStatus::Completed => Ok(self),
+            None => Err(FlowError::Cancelled {
+                agent: self.agent.to_string(),
+            }),
+            Some(error) => Err(error),
+        }
+    }
+
+    fn lost(agent: Arc<str>, observer: &Observer) -> Self {
+        RunReport {
+            error: Some(FlowError::RunLost {
+                agent: agent.to_string(),
+            }),
+            agent,
+            run_id: observer.run_id,
+            status: AgentStatus::Failed,
+            context: Context::new(),
+            states: Vec::new(),
+            transitions: 0,
+            max_concurrency: 0,
+            started_at: Instant::now(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// What one state did in a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateReport {
+    /// The state's name.
+    pub name: Arc<str>,
+    /// Its status when the run ended (`Pending` if it never ran).
+    pub status: StateStatus,
+    /// How many times it started (more than once in a loop).
+    pub runs: u32,
+    /// Attempts of its latest run (1 until retries exist).
+    pub attempts: u32,
+    /// Time spent running, over all its runs.
+    pub total_time: Duration,
+    /// When it first started.
+    pub first_started: Option<Instant>,
+    /// When it last finished.
+    pub last_finished: Option<Instant>,
+    /// The message of its last failure, if it failed.
+    pub last_error: Option<String>,
+}
+
+impl StateReport {
+    pub(crate) fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            status: StateStatus::Pending,
+            runs: 0,
+            attempts: 0,
+            total_time: Duration::ZERO,
+            first_started: None,
+            last_finished: None,
+            last_error: None,
+        }
+    }
+}

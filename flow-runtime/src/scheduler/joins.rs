@@ -1,0 +1,427 @@
+//! Branches, forks and exactly-once joins.
+//!
+//! Every fork (`Next::Parallel`) creates a *group* whose members are the branches it started;
+//! a branch that forks again becomes, from its group's point of view, one branch whose
+//! position is the state that forked. The run itself is the root group, with one branch per
+//! entry state.
+//!
+//! **The join rule.** A branch that arrives at state `s` by a transition is *held* at `s` while
+//! another branch of its group may still reach `s`. Branches held at the same `s` merge: when
+//! nothing else in the group may reach `s`, `s` runs once, for all of them. If every live
+//! branch of the group merged there, the group is done and `s` runs as the branch that forked
+//! (so an outer group can join it in turn); otherwise `s` runs as one merged branch of the group.
+//!
+//! "May still reach" is decided per position: a branch at a state with declared successors
+//! reaches what the declared edges reach; a branch at a *wild* state (undeclared successors,
+//! or one that leads to such a state) may reach anything. When every live branch of a group is
+//! held and none of the held sets is free to go (they may reach each other, as always without
+//! declared successors), the most recently created held set is released first.
+//!
+//! Fork targets start at once, unless a sibling target reaches them along declared edges (then
+//! they are held like arrivals, so that a declared DAG runs every state once per fork). An ended
+//! branch never blocks anything.
+//!
+//! **Cost.** Each held set keeps a count of the branches that may still reach it, updated as
+//! branches move: a move costs O(number of held sets in the group), and creating a held set
+//! costs O(declared ancestors of its state), bounded by the order of the forking state. A
+//! group with one live branch does no bookkeeping at all, so a plain chain costs O(1) per step.
+
+use std::collections::{HashMap, HashSet};
+
+use flow_core::{StateGraph, StateId};
+
+/// Index of a group in [`Joins`].
+pub(crate) type GroupId = u32;
+
+pub(crate) struct Joins {
+    groups: Vec<Option<Group>>,
+    free: Vec<GroupId>,
+    /// Branches to run now, as (state, group); the caller drains it.
+    pub(crate) released: Vec<(StateId, GroupId)>,
+    /// States at which a branch just started to wait; the caller drains it.
+    pub(crate) blocked: Vec<StateId>,
+    held_total: usize,
+    finished: bool,
+    stamps: Vec<u32>,
+    epoch: u32,
+    stack: Vec<StateId>,
+}
+
+struct Group {
+    parent: Option<GroupId>,
+    /// The state that forked this group: the position of its branch in the parent.
+    fork: StateId,
+    /// Positions of this group can only be states of at most this order (its fork's order),
+    /// unless the fork is wild.
+    order_limit: u32,
+    live: u32,
+    held_members: u32,
+    /// How many live branches are at each state (running, ready, held, or forked from there).
+    /// Kept only while more than one branch lives.
+    positions: HashMap<StateId, u32>,
+    /// How many live branches are at wild states.
+    wild: u32,
+    /// Held sets, oldest first.
+    held: Vec<Held>,
+}
+
+struct Held {
+    state: StateId,
+    members: u32,
+    /// Live branches of the group, other than the members, that may still reach `state`.
+    blockers: u32,
+    /// Whether branches at wild states count as blockers (arrivals) or not (fork targets).
+    counts_wild: bool,
+    /// Declared ancestors of `state` within the group's order limit.
+    ancestors: HashSet<StateId>,
+}
+
+impl Held {
+    fn counts(&self, graph: &StateGraph, position: StateId) -> bool {
+        (self.counts_wild && graph.is_wild(position)) || self.ancestors.contains(&position)
+    }
+}
+
+impl Group {
+    fn new(parent: Option<GroupId>, fork: StateId, order_limit: u32, live: u32) -> Self {
+        Self {
+            parent,
+            fork,
+            order_limit,
+            live,
+            held_members: 0,
+            positions: HashMap::new(),
+            wild: 0,
+            held: Vec::new(),
+        }
+    }
+
+    fn add_position(&mut self, graph: &StateGraph, state: StateId, n: u32) {
+        *self.positions.entry(state).or_insert(0) += n;
+        if graph.is_wild(state) {
+            self.wild += n;
+        }
+    }
+
+    fn remove_position(&mut self, graph: &StateGraph, state: StateId, n: u32) {
+        if let Some(count) = self.positions.get_mut(&state) {
+            debug_assert!(*count >= n, "position count underflow");
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.positions.remove(&state);
+            }
+        }
+        if graph.is_wild(state) {
+            self.wild = self.wild.saturating_sub(n);
+        }
+    }
+
+    fn held_at(&self, state: StateId) -> Option<usize> {
+        self.held.iter().position(|h| h.state == state)
+    }
+}
+
+impl Joins {
+    pub(crate) fn new(graph: &StateGraph) -> Self {
+        Self {
+            groups: Vec::new(),
+            free: Vec::new(),
+            released: Vec::new(),
+            blocked: Vec::new(),
+            held_total: 0,
+            finished: false,
+            stamps: vec![0; graph.len()],
+            epoch: 0,
+            stack: Vec::new(),
+        }
+    }
+
+    /// True once every branch of the run has ended.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Branches held at joins right now.
+    pub(crate) fn held_total(&self) -> usize {
+        self.held_total
+    }
+
+    /// The states at which branches are held.
+    pub(crate) fn held_states(&self) -> impl Iterator<Item = StateId> + '_ {
+        self.groups
+            .iter()
+            .flatten()
+            .flat_map(|g| g.held.iter().map(|h| h.state))
+    }
+
+    /// Starts the run: one branch per entry state.
+    pub(crate) fn start(&mut self, graph: &StateGraph, entries: &[StateId]) {
+        let root = self.alloc(Group::new(
+            None,
+            StateId::new(0),
+            u32::MAX,
+            entries.len() as u32,
+        ));
+        if entries.len() == 1 {
+            self.released.push((entries[0], root));
+        } else {
+            self.spread(graph, root, entries);
+        }
+    }
+
+    /// The branch of `group` that ran `at` ends.
+    pub(crate) fn end(&mut self, graph: &StateGraph, group: GroupId, at: StateId) {
+        let g = group_of(&mut self.groups, group);
+        if g.live > 1 {
+            g.remove_position(graph, at, 1);
+            for h in &mut g.held {
+                if h.counts(graph, at) {
+                    h.blockers = h.blockers.saturating_sub(1);
+                }
+            }
+        }
+        g.live -= 1;
+        if g.live == 0 {
+            let (parent, fork) = (g.parent, g.fork);
+            self.release_group(group);
+            match parent {
+                Some(parent) => self.end(graph, parent, fork),
+                None => self.finished = true,
+            }
+            return;
+        }
+        self.settle(graph, group);
+    }
+
+    /// The branch of `group` that ran `from` goes to `to`.
+    pub(crate) fn goto(&mut self, graph: &StateGraph, group: GroupId, from: StateId, to: StateId) {
+        let g = group_of(&mut self.groups, group);
+        if g.live == 1 {
+            // Nobody left to wait for: the group is only a wrapper around one branch.
+            match g.parent {
+                Some(parent) => {
+                    let fork = g.fork;
+                    self.release_group(group);
+                    self.goto(graph, parent, fork, to);
+                }
+                None => self.released.push((to, group)),
+            }
+            return;
+        }
+        g.remove_position(graph, from, 1);
+        g.add_position(graph, to, 1);
+        for h in &mut g.held {
+            if h.counts(graph, from) {
+                h.blockers = h.blockers.saturating_sub(1);
+            }
+            if h.state != to && h.counts(graph, to) {
+                h.blockers += 1;
+            }
+        }
+        if let Some(i) = g.held_at(to) {
+            g.held[i].members += 1;
+            g.held_members += 1;
+            self.held_total += 1;
+            self.blocked.push(to);
+        } else {
+            self.arrive_fresh(graph, group, to, true);
+        }
+        self.settle(graph, group);
+    }
+
+    /// The branch of `group` that ran `at` forks into `targets`.
+    pub(crate) fn fork(
+        &mut self,
+        graph: &StateGraph,
+        group: GroupId,
+        at: StateId,
+        targets: &[StateId],
+    ) {
+        match targets {
+            [] => self.end(graph, group, at),
+            [only] => self.goto(graph, group, at, *only),
+            _ => {
+                let limit = if graph.is_wild(at) {
+                    u32::MAX
+                } else {
+                    graph.order(at)
+                };
+                let child = self.alloc(Group::new(Some(group), at, limit, targets.len() as u32));
+                self.spread(graph, child, targets);
+            }
+        }
+    }
+
+    /// Places the new branches of `group` at `targets` and starts or holds each.
+    fn spread(&mut self, graph: &StateGraph, group: GroupId, targets: &[StateId]) {
+        let g = group_of(&mut self.groups, group);
+        for &target in targets {
+            g.add_position(graph, target, 1);
+        }
+        for &target in targets {
+            let g = group_of(&mut self.groups, group);
+            if let Some(i) = g.held_at(target) {
+                let h = &mut g.held[i];
+                h.members += 1;
+                if h.counts(graph, target) {
+                    h.blockers = h.blockers.saturating_sub(1);
+                }
+                g.held_members += 1;
+                self.held_total += 1;
+                self.blocked.push(target);
+            } else {
+                self.arrive_fresh(graph, group, target, false);
+            }
+        }
+        self.settle(graph, group);
+    }
+
+    /// A branch of `group` (already counted at `state`) arrives where no branch is held: it
+    /// runs at once, or starts a held set if another branch may still reach `state`.
+    fn arrive_fresh(
+        &mut self,
+        graph: &StateGraph,
+        group: GroupId,
+        state: StateId,
+        counts_wild: bool,
+    ) {
+        let limit = group_of(&mut self.groups, group).order_limit;
+        let ancestors = self.ancestors(graph, state, limit);
+        let g = group_of(&mut self.groups, group);
+        let mut held = Held {
+            state,
+            members: 1,
+            blockers: 0,
+            counts_wild,
+            ancestors: HashSet::new(),
+        };
+        let mut blockers: u32 = 0;
+        let mut wild_among_ancestors: u32 = 0;
+        for p in &ancestors {
+            let n = g.positions.get(p).copied().unwrap_or(0);
+            blockers += n;
+            if graph.is_wild(*p) {
+                wild_among_ancestors += n;
+            }
+        }
+        if counts_wild {
+            blockers += g.wild - wild_among_ancestors;
+        }
+        held.ancestors = ancestors.into_iter().collect();
+        // The arriving branch itself is at `state`; it is a member, not a blocker.
+        if held.counts(graph, state) {
+            blockers = blockers.saturating_sub(1);
+        }
+        if blockers == 0 {
+            self.released.push((state, group));
+        } else {
+            held.blockers = blockers;
+            g.held.push(held);
+            g.held_members += 1;
+            self.held_total += 1;
+            self.blocked.push(state);
+        }
+    }
+
+    /// Releases held sets of `group` while any may go.
+    fn settle(&mut self, graph: &StateGraph, group: GroupId) {
+        loop {
+            let Some(g) = self.groups[group as usize].as_ref() else {
+                return;
+            };
+            let index = match g.held.iter().position(|h| h.blockers == 0) {
+                Some(i) => i,
+                // Every live branch is held and all may reach each other: latest first.
+                None if !g.held.is_empty() && g.held_members == g.live => g.held.len() - 1,
+                None => return,
+            };
+            if !self.release(graph, group, index) {
+                return;
+            }
+        }
+    }
+
+    /// Runs held set `index` of `group`; false if that dissolved the group.
+    fn release(&mut self, graph: &StateGraph, group: GroupId, index: usize) -> bool {
+        let g = group_of(&mut self.groups, group);
+        let h = g.held.remove(index);
+        g.held_members -= h.members;
+        self.held_total -= h.members as usize;
+        if h.members == g.live {
+            match g.parent {
+                Some(parent) => {
+                    let fork = g.fork;
+                    self.release_group(group);
+                    self.goto(graph, parent, fork, h.state);
+                    return false;
+                }
+                None => {
+                    g.live = 1;
+                    g.positions.clear();
+                    g.wild = 0;
+                    self.released.push((h.state, group));
+                    return true;
+                }
+            }
+        }
+        let merged = h.members - 1;
+        if merged > 0 {
+            g.live -= merged;
+            g.remove_position(graph, h.state, merged);
+            for other in &mut g.held {
+                if other.counts(graph, h.state) {
+                    other.blockers = other.blockers.saturating_sub(merged);
+                }
+            }
+        }
+        self.released.push((h.state, group));
+        true
+    }
+
+    /// Declared ancestors of `state` (itself included only through a cycle) whose order is at
+    /// most `limit`.
+    fn ancestors(&mut self, graph: &StateGraph, state: StateId, limit: u32) -> Vec<StateId> {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.stamps.fill(0);
+            self.epoch = 1;
+        }
+        let mut found = Vec::new();
+        self.stack.clear();
+        self.stack.push(state);
+        while let Some(v) = self.stack.pop() {
+            for &p in graph.predecessors(v) {
+                if graph.order(p) <= limit && self.stamps[p.index()] != self.epoch {
+                    self.stamps[p.index()] = self.epoch;
+                    found.push(p);
+                    self.stack.push(p);
+                }
+            }
+        }
+        found
+    }
+
+    fn alloc(&mut self, group: Group) -> GroupId {
+        match self.free.pop() {
+            Some(id) => {
+                self.groups[id as usize] = Some(group);
+                id
+            }
+            None => {
+                self.groups.push(Some(group));
+                (self.groups.len() - 1) as GroupId
+            }
+        }
+    }
+
+    fn release_group(&mut self, group: GroupId) {
+        self.groups[group as usize] = None;
+        self.free.push(group);
+    }
+}
+
+fn group_of(groups: &mut [Option<Group>], group: GroupId) -> &mut Group {
+    groups[group as usize]
+        .as_mut()
+        .expect("scheduler bug: a branch refers to a dissolved group")
+}

@@ -1,0 +1,458 @@
+//! The coordinator: one task per run that owns all scheduling state.
+//!
+//! States run as tokio tasks and report back over one channel; the coordinator is the only
+//! code that touches the ready queue, the join bookkeeping and the per-state records, so none
+//! of them needs a lock. State names never appear on this path: states are [`StateId`]s, and a
+//! transition's name is resolved with one hash lookup.
+
+mod joins;
+mod ready;
+mod task;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flow_core::{AgentStatus, FlowError, Next, StateGraph, StateId, StateName, StateStatus};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::agent::Compiled;
+use crate::context::Context;
+use crate::events::{Event, EventHub, EventKind};
+use crate::run::{Observer, RunReport, StateReport};
+
+use joins::{GroupId, Joins};
+use ready::ReadyQueue;
+use task::{Message, Outcome, supervise};
+
+pub(crate) struct Coordinator {
+    compiled: Arc<Compiled>,
+    graph: Arc<StateGraph>,
+    context: Context,
+    observer: Arc<Observer>,
+    events: EventHub,
+    cancel: CancellationToken,
+    joins: Joins,
+    ready: ReadyQueue,
+    running: Vec<Option<Running>>,
+    free_slots: Vec<u32>,
+    running_count: usize,
+    states: Vec<StateReport>,
+    sender: UnboundedSender<Message>,
+    inbox: UnboundedReceiver<Message>,
+    completed: u64,
+    transitions: u64,
+    max_concurrency: usize,
+}
+
+struct Running {
+    state: StateId,
+    group: GroupId,
+    started: Instant,
+    abort: AbortHandle,
+}
+
+/// Why a run stopped before completing.
+enum Stop {
+    Failed(FlowError),
+    Cancelled,
+    TimedOut(Duration),
+}
+
+impl Coordinator {
+    pub(crate) fn new(
+        compiled: Arc<Compiled>,
+        context: Context,
+        observer: Arc<Observer>,
+        events: EventHub,
+        cancel: CancellationToken,
+    ) -> Self {
+        let graph = Arc::clone(&compiled.graph);
+        let (sender, inbox) = unbounded_channel();
+        Self {
+            joins: Joins::new(&graph),
+            states: graph
+                .names()
+                .iter()
+                .cloned()
+                .map(StateReport::new)
+                .collect(),
+            compiled,
+            graph,
+            context,
+            observer,
+            events,
+            cancel,
+            ready: ReadyQueue::default(),
+            running: Vec::new(),
+            free_slots: Vec::new(),
+            running_count: 0,
+            sender,
+            inbox,
+            completed: 0,
+            transitions: 0,
+            max_concurrency: 0,
+        }
+    }
+
+    pub(crate) async fn run(self) -> RunReport {
+        let span =
+            tracing::info_span!("run", agent = %self.compiled.name, run_id = self.observer.run_id);
+        self.drive().instrument(span).await
+    }
+
+    async fn drive(mut self) -> RunReport {
+        let started_at = Instant::now();
+        self.publish(EventKind::RunStarted {
+            agent: Arc::clone(&self.compiled.name),
+        });
+        let watcher = self.watch(started_at);
+
+        let graph = Arc::clone(&self.graph);
+        self.joins.start(&graph, graph.entries());
+        self.absorb_joins();
+
+        let stop = loop {
+            self.dispatch();
+            if self.running_count == 0 && self.ready.is_empty() {
+                if self.joins.is_finished() {
+                    break None;
+                }
+                break Some(Stop::Failed(self.no_progress()));
+            }
+            self.publish_counts();
+            // The coordinator holds a sender, so the channel never closes.
+            let Some(message) = self.inbox.recv().await else {
+                break Some(Stop::Cancelled);
+            };
+            match message {
+                Message::Done { slot, outcome } => {
+                    if let Err(error) = self.finish_state(slot, outcome) {
+                        break Some(Stop::Failed(error));
+                    }
+                }
+                Message::Cancel => break Some(Stop::Cancelled),
+                Message::Deadline => {
+                    break Some(Stop::TimedOut(self.compiled.timeout.unwrap_or_default()));
+                }
+            }
+        };
+        watcher.abort();
+        self.conclude(stop, started_at)
+    }
+
+    /// A task that turns cancellation and the run's deadline into messages, so that the
+    /// coordinator waits on its channel alone.
+    fn watch(&self, started_at: Instant) -> AbortHandle {
+        let cancel = self.cancel.clone();
+        let sender = self.sender.clone();
+        let deadline = self.compiled.timeout.map(|timeout| started_at + timeout);
+        tokio::spawn(async move {
+            let message = match deadline {
+                Some(deadline) => tokio::select! {
+                    _ = cancel.cancelled() => Message::Cancel,
+                    _ = tokio::time::sleep_until(deadline) => Message::Deadline,
+                },
+                None => {
+                    cancel.cancelled().await;
+                    Message::Cancel
+                }
+            };
+            let _ = sender.send(message);
+        })
+        .abort_handle()
+    }
+
+    /// Starts ready states while slots are free.
+    fn dispatch(&mut self) {
+        while self.running_count < self.compiled.max_concurrent {
+            let Some(entry) = self.ready.pop() else { break };
+            self.spawn(entry.state, entry.group);
+        }
+        self.max_concurrency = self.max_concurrency.max(self.running_count);
+    }
+
+    fn spawn(&mut self, state: StateId, group: GroupId) {
+        let spec = &self.compiled.states[state.index()];
+        let slot = match self.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                self.running.push(None);
+                (self.running.len() - 1) as u32
+            }
+        };
+        let now = Instant::now();
+        let record = &mut self.states[state.index()];
+        record.runs += 1;
+        record.attempts = 1;
+        record.status = StateStatus::Running;
+        record.first_started.get_or_insert(now);
+        let run = record.runs;
+        self.observer.set_state(state.index(), StateStatus::Running);
+
+        let span = tracing::debug_span!("state", state = %self.graph.name(state), run);
+        let body = supervise(
+            Arc::clone(&spec.func),
+            self.context.clone(),
+            spec.timeout,
+            slot,
+            self.sender.clone(),
+        );
+        let abort = tokio::spawn(body.instrument(span)).abort_handle();
+        self.running[slot as usize] = Some(Running {
+            state,
+            group,
+            started: now,
+            abort,
+        });
+        self.running_count += 1;
+        if self.events.is_observed() {
+            self.publish(EventKind::StateStarted {
+                state: Arc::clone(self.graph.name(state)),
+                run,
+            });
+        }
+    }
+
+    /// Records how a state run ended and routes its branch.
+    fn finish_state(&mut self, slot: u32, outcome: Outcome) -> Result<(), FlowError> {
+        let Some(Running {
+            state,
+            group,
+            started,
+            ..
+        }) = self.running[slot as usize].take()
+        else {
+            return Ok(()); // a stale message from a task that was already accounted for
+        };
+        self.free_slots.push(slot);
+        self.running_count -= 1;
+        self.transitions += 1;
+        let now = Instant::now();
+        let duration = now - started;
+        let record = &mut self.states[state.index()];
+        record.total_time += duration;
+        record.last_finished = Some(now);
+        let attempts = record.attempts;
+        let name = || self.graph.name(state).to_string();
+        let (status, result) = match outcome {
+            Outcome::Finished(Ok(next)) => (StateStatus::Completed, Ok(next)),
+            Outcome::Finished(Err(cause)) => (
+                StateStatus::Failed,
+                Err(FlowError::StateFailed {
+                    state: name(),
+                    attempts,
+                    cause,
+                }),
+            ),
+            Outcome::Panicked(message) => (
+                StateStatus::Failed,
+                Err(FlowError::StatePanicked {
+                    state: name(),
+                    attempts,
+                    message,
+                }),
+            ),
+            Outcome::TimedOut(timeout) => (
+                StateStatus::Timeout,
+                Err(FlowError::StateTimedOut {
+                    state: name(),
+                    attempts,
+                    timeout,
+                }),
+            ),
+        };
+        self.set_status(state, status);
+        match result {
+            Ok(next) => {
+                self.completed += 1;
+                tracing::debug!(state = %self.graph.name(state), ?duration, "state completed");
+                if self.events.is_observed() {
+                    let state = Arc::clone(self.graph.name(state));
+                    self.publish(EventKind::StateCompleted { state, duration });
+                }
+                self.route(state, group, next)?;
+                self.absorb_joins();
+                Ok(())
+            }
+            Err(error) => {
+                tracing::debug!(%error, "state failed");
+                self.states[state.index()].last_error = Some(error.to_string());
+                if self.events.is_observed() {
+                    let state = Arc::clone(self.graph.name(state));
+                    self.publish(EventKind::StateFailed {
+                        state,
+                        error: error.to_string(),
+                    });
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn route(&mut self, from: StateId, group: GroupId, next: Next) -> Result<(), FlowError> {
+        let graph = Arc::clone(&self.graph);
+        match next {
+            Next::End => self.joins.end(&graph, group, from),
+            Next::To(target) => {
+                let to = self.resolve(from, &target)?;
+                self.joins.goto(&graph, group, from, to);
+            }
+            Next::Parallel(targets) => {
+                let targets = targets
+                    .iter()
+                    .map(|target| self.resolve(from, target))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.joins.fork(&graph, group, from, &targets);
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, from: StateId, target: &StateName) -> Result<StateId, FlowError> {
+        let agent = || self.compiled.name.to_string();
+        let Some(to) = self.graph.id(target) else {
+            return Err(FlowError::UnknownTransition {
+                agent: agent(),
+                from: self.graph.name(from).to_string(),
+                to: target.to_string(),
+                suggestion: self.graph.suggest(target),
+            });
+        };
+        if let Some(declared) = self.graph.successors(from) {
+            if !declared.contains(&to) {
+                return Err(FlowError::UndeclaredTransition {
+                    agent: agent(),
+                    from: self.graph.name(from).to_string(),
+                    to: target.to_string(),
+                    declared: declared
+                        .iter()
+                        .map(|&s| self.graph.name(s).to_string())
+                        .collect(),
+                });
+            }
+        }
+        Ok(to)
+    }
+
+    /// Moves what the join bookkeeping decided into the ready queue and the statuses.
+    fn absorb_joins(&mut self) {
+        let mut blocked = std::mem::take(&mut self.joins.blocked);
+        for state in blocked.drain(..) {
+            self.set_status(state, StateStatus::Blocked);
+            if self.events.is_observed() {
+                self.publish(EventKind::StateBlocked {
+                    state: Arc::clone(self.graph.name(state)),
+                });
+            }
+        }
+        self.joins.blocked = blocked;
+        let mut released = std::mem::take(&mut self.joins.released);
+        for (state, group) in released.drain(..) {
+            self.ready
+                .push(state, group, self.compiled.states[state.index()].priority);
+            self.set_status(state, StateStatus::Ready);
+            if self.events.is_observed() {
+                self.publish(EventKind::StateReady {
+                    state: Arc::clone(self.graph.name(state)),
+                });
+            }
+        }
+        self.joins.released = released;
+    }
+
+    fn set_status(&mut self, state: StateId, status: StateStatus) {
+        self.states[state.index()].status = status;
+        self.observer.set_state(state.index(), status);
+    }
+
+    fn publish_counts(&self) {
+        let pending = self.ready.len() + self.joins.held_total();
+        self.observer
+            .set_counts(self.completed, self.running_count, pending);
+    }
+
+    fn publish(&self, kind: EventKind) {
+        if self.events.is_observed() {
+            self.events.publish(Event {
+                run_id: self.observer.run_id,
+                at: Instant::now(),
+                kind,
+            });
+        }
+    }
+
+    fn no_progress(&self) -> FlowError {
+        let mut waiting: Vec<String> = self
+            .joins
+            .held_states()
+            .map(|s| self.graph.name(s).to_string())
+            .collect();
+        waiting.sort();
+        waiting.dedup();
+        FlowError::NoProgress {
+            agent: self.compiled.name.to_string(),
+            waiting,
+        }
+    }
+
+    /// Stops what still runs, settles every status, and writes the report.
+    fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
+        let agent = || self.compiled.name.to_string();
+        let (status, error) = match stop {
+            None => (AgentStatus::Completed, None),
+            Some(Stop::Failed(error)) => (AgentStatus::Failed, Some(error)),
+            Some(Stop::Cancelled) => (
+                AgentStatus::Cancelled,
+                Some(FlowError::Cancelled { agent: agent() }),
+            ),
+            Some(Stop::TimedOut(timeout)) => (
+                AgentStatus::Failed,
+                Some(FlowError::RunTimedOut {
+                    agent: agent(),
+                    timeout,
+                }),
+            ),
+        };
+        // Work that will not happen is reported as cancelled, never silently dropped.
+        let mut cancelled: Vec<StateId> = Vec::new();
+        for running in self.running.iter_mut().filter_map(Option::take) {
+            running.abort.abort();
+            cancelled.push(running.state);
+        }
+        let queued: Vec<StateId> = self.ready.drain().map(|entry| entry.state).collect();
+        let held: Vec<StateId> = self.joins.held_states().collect();
+        self.running_count = 0;
+        for state in cancelled.iter().chain(&queued).chain(&held) {
+            self.set_status(*state, StateStatus::Cancelled);
+        }
+        for state in cancelled {
+            self.publish(EventKind::StateCancelled {
+                state: Arc::clone(self.graph.name(state)),
+            });
+        }
+        let duration = started_at.elapsed();
+        self.observer.set_counts(self.completed, 0, 0);
+        self.observer.set_status(status);
+        self.publish(EventKind::RunFinished { status, duration });
+        match &error {
+            None => tracing::debug!(?duration, "run completed"),
+            Some(error) => tracing::debug!(%error, "run stopped"),
+        }
+        RunReport {
+            agent: Arc::clone(&self.compiled.name),
+            run_id: self.observer.run_id,
+            status,
+            error,
+            context: self.context,
+            states: self.states,
+            transitions: self.transitions,
+            max_concurrency: self.max_concurrency,
+            started_at,
+            duration,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Helpers shared by the integration tests: scripted states that record when they ran.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use tokio::time::Instant;
+
+/// Which states started, in order, and when (on tokio's clock).
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<(String, Instant)>>>);
+
+impl Log {
+    pub fn push(&self, name: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((name.to_owned(), Instant::now()));
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .count()
+    }
+
+    /// When `name` started, relative to `origin` (its first run).
+    pub fn started(&self, name: &str, origin: Instant) -> Duration {
+        let log = self.0.lock().unwrap();
+        let (_, at) = log
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} never ran"));
+        *at - origin
+    }
+
+    pub fn position(&self, name: &str) -> usize {
+        self.names()
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("{name} never ran"))
+    }
+}
+
+/// A state that records its start, takes `delay` (paused clock), writes `ctx[name] = true`
+/// and goes to `next`. With `declare`, its successors are declared from `next`.
+pub fn scripted(
+    agent: &mut Agent,
+    log: &Log,
+    name: &str,
+    delay_ms: u64,
+    next: Next,
+    declare: bool,
+) {
+    let log = log.clone();
+    let key = name.to_owned();
+    let targets: Vec<String> = match &next {
+        Next::End => vec![],
+        Next::To(t) => vec![t.to_string()],
+        Next::Parallel(ts) => ts.iter().map(|t| t.to_string()).collect(),
+        _ => unreachable!(),
+    };
+    let options = agent.add_state(name, move |ctx: Context| {
+        let log = log.clone();
+        let key = key.clone();
+        let next = next.clone();
+        async move {
+            log.push(&key);
+            if delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            ctx.set_state(key, true);
+            Ok::<_, FlowError>(next)
+        }
+    });
+    if declare {
+        options.successors(targets);
+    }
+}
