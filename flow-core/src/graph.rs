@@ -1,11 +1,11 @@
 //! The state graph: names, declared transitions, entries, and what the scheduler's join rule
 //! needs to know about reachability.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::error::FlowError;
+use crate::hash::FxHashMap;
 use crate::suggest::closest_name;
 
 /// Dense index of a state in its [`StateGraph`] (states are interned: the scheduler passes these
@@ -59,7 +59,7 @@ impl StateSpec {
 #[derive(Debug, Clone)]
 pub struct StateGraph {
     names: Vec<Arc<str>>,
-    index: HashMap<Arc<str>, StateId>,
+    index: FxHashMap<Arc<str>, StateId>,
     successors: Vec<Option<Box<[StateId]>>>,
     predecessors: Vec<Vec<StateId>>,
     order: Vec<u32>,
@@ -85,7 +85,7 @@ impl StateGraph {
         }
         let mut errors = Vec::new();
         let mut names = Vec::with_capacity(specs.len());
-        let mut index = HashMap::with_capacity(specs.len());
+        let mut index = FxHashMap::with_capacity_and_hasher(specs.len(), Default::default());
         for (i, spec) in specs.iter().enumerate() {
             let name: Arc<str> = Arc::from(spec.name.as_str());
             match index.entry(name.clone()) {
@@ -113,12 +113,7 @@ impl StateGraph {
             let mut ids = Vec::with_capacity(declared.len());
             for target in declared {
                 match index.get(target.as_str()) {
-                    Some(&id) => {
-                        if !ids.contains(&id) {
-                            ids.push(id);
-                            predecessors[id.index()].push(StateId(i as u32));
-                        }
-                    }
+                    Some(&id) => ids.push(id),
                     None => errors.push(FlowError::UnknownSuccessor {
                         agent: agent.to_owned(),
                         state: spec.name.clone(),
@@ -126,6 +121,12 @@ impl StateGraph {
                         suggestion: suggest(target),
                     }),
                 }
+            }
+            // Sorted, so that checking a transition against a long list is a binary search.
+            ids.sort_unstable();
+            ids.dedup();
+            for &id in &ids {
+                predecessors[id.index()].push(StateId(i as u32));
             }
             successors.push(Some(ids.into_boxed_slice()));
         }
@@ -203,9 +204,18 @@ impl StateGraph {
         &self.entries
     }
 
-    /// The declared successors of a state, or `None` when it declared none.
+    /// The declared successors of a state, sorted by id, or `None` when it declared none.
     pub fn successors(&self, id: StateId) -> Option<&[StateId]> {
         self.successors[id.index()].as_deref()
+    }
+
+    /// Whether `from` may transition to `to`: true when `to` is among its declared successors,
+    /// or when `from` declared none.
+    pub fn allows(&self, from: StateId, to: StateId) -> bool {
+        match self.successors(from) {
+            Some(declared) => declared.binary_search(&to).is_ok(),
+            None => true,
+        }
     }
 
     /// The states that declare this one as a successor.

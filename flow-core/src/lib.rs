@@ -8,6 +8,7 @@
 
 mod error;
 mod graph;
+mod hash;
 mod next;
 mod priority;
 mod status;
@@ -15,6 +16,7 @@ mod suggest;
 
 pub use error::{FlowError, StateError};
 pub use graph::{StateGraph, StateId, StateSpec};
+pub use hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
 pub use next::{Next, StateName};
 pub use priority::Priority;
 pub use status::{AgentStatus, StateStatus};

@@ -1,11 +1,10 @@
 //! The context store shared by the states of a run.
 
 use std::any::{Any, type_name};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use flow_core::FlowError;
+use flow_core::{FlowError, FxHashMap};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -67,7 +66,7 @@ fn to_json<T: ContextValue>(value: &(dyn Any + Send + Sync)) -> Result<Value, se
 /// ```
 #[derive(Clone, Default)]
 pub struct Context {
-    values: Arc<RwLock<HashMap<String, Slot>>>,
+    values: Arc<RwLock<FxHashMap<String, Slot>>>,
 }
 
 impl Context {
@@ -90,11 +89,11 @@ impl Context {
 
     // A panic inside `update_typed`'s closure poisons the lock; the store itself is still
     // consistent (the value is either updated or not), so the poison is cleared.
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Slot>> {
+    fn read(&self) -> RwLockReadGuard<'_, FxHashMap<String, Slot>> {
         self.values.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Slot>> {
+    fn write(&self) -> RwLockWriteGuard<'_, FxHashMap<String, Slot>> {
         self.values.write().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -26,9 +26,7 @@
 //! costs O(declared ancestors of its state), bounded by the order of the forking state. A
 //! group with one live branch does no bookkeeping at all, so a plain chain costs O(1) per step.
 
-use std::collections::{HashMap, HashSet};
-
-use flow_core::{StateGraph, StateId};
+use flow_core::{FxHashMap, FxHashSet, StateGraph, StateId};
 
 /// Index of a group in [`Joins`].
 pub(crate) type GroupId = u32;
@@ -45,6 +43,7 @@ pub(crate) struct Joins {
     stamps: Vec<u32>,
     epoch: u32,
     stack: Vec<StateId>,
+    found: Vec<StateId>,
 }
 
 struct Group {
@@ -58,7 +57,7 @@ struct Group {
     held_members: u32,
     /// How many live branches are at each state (running, ready, held, or forked from there).
     /// Kept only while more than one branch lives.
-    positions: HashMap<StateId, u32>,
+    positions: FxHashMap<StateId, u32>,
     /// How many live branches are at wild states.
     wild: u32,
     /// Held sets, oldest first.
@@ -73,7 +72,7 @@ struct Held {
     /// Whether branches at wild states count as blockers (arrivals) or not (fork targets).
     counts_wild: bool,
     /// Declared ancestors of `state` within the group's order limit.
-    ancestors: HashSet<StateId>,
+    ancestors: FxHashSet<StateId>,
 }
 
 impl Held {
@@ -90,7 +89,7 @@ impl Group {
             order_limit,
             live,
             held_members: 0,
-            positions: HashMap::new(),
+            positions: FxHashMap::default(),
             wild: 0,
             held: Vec::new(),
         }
@@ -133,6 +132,7 @@ impl Joins {
             stamps: vec![0; graph.len()],
             epoch: 0,
             stack: Vec::new(),
+            found: Vec::new(),
         }
     }
 
@@ -286,41 +286,41 @@ impl Joins {
         counts_wild: bool,
     ) {
         let limit = group_of(&mut self.groups, group).order_limit;
-        let ancestors = self.ancestors(graph, state, limit);
+        self.collect_ancestors(graph, state, limit);
         let g = group_of(&mut self.groups, group);
-        let mut held = Held {
-            state,
-            members: 1,
-            blockers: 0,
-            counts_wild,
-            ancestors: HashSet::new(),
-        };
         let mut blockers: u32 = 0;
         let mut wild_among_ancestors: u32 = 0;
-        for p in &ancestors {
-            let n = g.positions.get(p).copied().unwrap_or(0);
+        let mut self_counted = false;
+        for &p in &self.found {
+            let n = g.positions.get(&p).copied().unwrap_or(0);
             blockers += n;
-            if graph.is_wild(*p) {
+            if graph.is_wild(p) {
                 wild_among_ancestors += n;
             }
+            self_counted |= p == state;
         }
         if counts_wild {
             blockers += g.wild - wild_among_ancestors;
+            self_counted |= graph.is_wild(state);
         }
-        held.ancestors = ancestors.into_iter().collect();
-        // The arriving branch itself is at `state`; it is a member, not a blocker.
-        if held.counts(graph, state) {
+        // The arriving branch itself is at `state`: a member, not a blocker.
+        if self_counted {
             blockers = blockers.saturating_sub(1);
         }
         if blockers == 0 {
             self.released.push((state, group));
-        } else {
-            held.blockers = blockers;
-            g.held.push(held);
-            g.held_members += 1;
-            self.held_total += 1;
-            self.blocked.push(state);
+            return;
         }
+        g.held.push(Held {
+            state,
+            members: 1,
+            blockers,
+            counts_wild,
+            ancestors: self.found.iter().copied().collect(),
+        });
+        g.held_members += 1;
+        self.held_total += 1;
+        self.blocked.push(state);
     }
 
     /// Releases held sets of `group` while any may go.
@@ -378,27 +378,26 @@ impl Joins {
         true
     }
 
-    /// Declared ancestors of `state` (itself included only through a cycle) whose order is at
-    /// most `limit`.
-    fn ancestors(&mut self, graph: &StateGraph, state: StateId, limit: u32) -> Vec<StateId> {
+    /// Collects into `found` the declared ancestors of `state` (itself included only through
+    /// a cycle) whose order is at most `limit`.
+    fn collect_ancestors(&mut self, graph: &StateGraph, state: StateId, limit: u32) {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
             self.stamps.fill(0);
             self.epoch = 1;
         }
-        let mut found = Vec::new();
+        self.found.clear();
         self.stack.clear();
         self.stack.push(state);
         while let Some(v) = self.stack.pop() {
             for &p in graph.predecessors(v) {
                 if graph.order(p) <= limit && self.stamps[p.index()] != self.epoch {
                     self.stamps[p.index()] = self.epoch;
-                    found.push(p);
+                    self.found.push(p);
                     self.stack.push(p);
                 }
             }
         }
-        found
     }
 
     fn alloc(&mut self, group: Group) -> GroupId {

@@ -24,9 +24,10 @@ use crate::context::Context;
 use crate::events::{Event, EventHub, EventKind};
 use crate::run::{Observer, RunReport, StateReport};
 
+use crate::state_fn::StateFuture;
 use joins::{GroupId, Joins};
 use ready::ReadyQueue;
-use task::{Message, Outcome, supervise};
+use task::{Message, Outcome};
 
 pub(crate) struct Coordinator {
     compiled: Arc<Compiled>,
@@ -46,13 +47,17 @@ pub(crate) struct Coordinator {
     completed: u64,
     transitions: u64,
     max_concurrency: usize,
+    /// The time of the event being handled: one clock read serves the state that finished
+    /// and the states it lets start.
+    now: Instant,
 }
 
 struct Running {
     state: StateId,
     group: GroupId,
     started: Instant,
-    abort: AbortHandle,
+    /// The task, when the state has one (a state whose body panicked when called has none).
+    abort: Option<AbortHandle>,
 }
 
 /// Why a run stopped before completing.
@@ -95,6 +100,7 @@ impl Coordinator {
             completed: 0,
             transitions: 0,
             max_concurrency: 0,
+            now: Instant::now(),
         }
     }
 
@@ -105,7 +111,7 @@ impl Coordinator {
     }
 
     async fn drive(mut self) -> RunReport {
-        let started_at = Instant::now();
+        let started_at = self.now;
         self.publish(EventKind::RunStarted {
             agent: Arc::clone(&self.compiled.name),
         });
@@ -116,6 +122,12 @@ impl Coordinator {
         self.absorb_joins();
 
         let stop = loop {
+            if self.running_count == 0 && self.ready.len() == 1 {
+                if let Err(stop) = self.run_solo().await {
+                    break Some(stop);
+                }
+                continue;
+            }
             self.dispatch();
             if self.running_count == 0 && self.ready.is_empty() {
                 if self.joins.is_finished() {
@@ -128,20 +140,67 @@ impl Coordinator {
             let Some(message) = self.inbox.recv().await else {
                 break Some(Stop::Cancelled);
             };
-            match message {
-                Message::Done { slot, outcome } => {
-                    if let Err(error) = self.finish_state(slot, outcome) {
-                        break Some(Stop::Failed(error));
-                    }
-                }
-                Message::Cancel => break Some(Stop::Cancelled),
-                Message::Deadline => {
-                    break Some(Stop::TimedOut(self.compiled.timeout.unwrap_or_default()));
-                }
+            if let Err(stop) = self.handle(message) {
+                break Some(stop);
             }
         };
         watcher.abort();
         self.conclude(stop, started_at)
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), Stop> {
+        match message {
+            Message::Done { slot, outcome } => {
+                self.now = Instant::now();
+                self.finish_task(slot, outcome).map_err(Stop::Failed)
+            }
+            Message::Cancel => Err(Stop::Cancelled),
+            Message::Deadline => Err(Stop::TimedOut(self.compiled.timeout.unwrap_or_default())),
+        }
+    }
+
+    /// The one ready state, when nothing else runs: its first poll happens right here, and
+    /// only if it does not finish at once does it move to a task of its own. Nothing else of
+    /// this run can be delayed by that (there is nothing else), and a chain of quick states
+    /// then costs no spawn and no channel hop per step.
+    async fn run_solo(&mut self) -> Result<(), Stop> {
+        // Cancellation and the deadline arrive as messages; a long chain must still see them.
+        if let Ok(message) = self.inbox.try_recv() {
+            self.handle(message)?;
+        }
+        // Yield to the tokio scheduler when this task's budget is spent, so that a long chain
+        // of instant states does not starve other tasks on this worker.
+        tokio::task::consume_budget().await;
+        let Some(entry) = self.ready.pop() else {
+            return Ok(());
+        };
+        let (state, group) = (entry.state, entry.group);
+        self.now = Instant::now();
+        let started = self.now;
+        let span = self.begin(state);
+        let mut run = match task::start(&self.compiled.states[state.index()].func, &self.context) {
+            Ok(run) => run,
+            Err(outcome) => {
+                return self
+                    .finish(state, group, started, outcome)
+                    .map_err(Stop::Failed);
+            }
+        };
+        let polled = {
+            let _entered = span.enter();
+            std::future::poll_fn(|cx| std::task::Poll::Ready(task::poll_once(&mut run, cx))).await
+        };
+        match polled {
+            Some(outcome) => {
+                self.now = Instant::now();
+                self.finish(state, group, started, outcome)
+                    .map_err(Stop::Failed)
+            }
+            None => {
+                self.launch(state, group, started, run, span);
+                Ok(())
+            }
+        }
     }
 
     /// A task that turns cancellation and the run's deadline into messages, so that the
@@ -170,21 +229,24 @@ impl Coordinator {
     fn dispatch(&mut self) {
         while self.running_count < self.compiled.max_concurrent {
             let Some(entry) = self.ready.pop() else { break };
-            self.spawn(entry.state, entry.group);
+            let span = self.begin(entry.state);
+            match task::start(
+                &self.compiled.states[entry.state.index()].func,
+                &self.context,
+            ) {
+                Ok(run) => self.launch(entry.state, entry.group, self.now, run, span),
+                Err(outcome) => {
+                    // The body panicked before it produced a future: report it like any panic.
+                    self.launch_outcome(entry.state, entry.group, outcome);
+                }
+            }
         }
         self.max_concurrency = self.max_concurrency.max(self.running_count);
     }
 
-    fn spawn(&mut self, state: StateId, group: GroupId) {
-        let spec = &self.compiled.states[state.index()];
-        let slot = match self.free_slots.pop() {
-            Some(slot) => slot,
-            None => {
-                self.running.push(None);
-                (self.running.len() - 1) as u32
-            }
-        };
-        let now = Instant::now();
+    /// Records that `state` starts now; returns the span its run is traced in.
+    fn begin(&mut self, state: StateId) -> tracing::Span {
+        let now = self.now;
         let record = &mut self.states[state.index()];
         record.runs += 1;
         record.attempts = 1;
@@ -192,33 +254,62 @@ impl Coordinator {
         record.first_started.get_or_insert(now);
         let run = record.runs;
         self.observer.set_state(state.index(), StateStatus::Running);
-
-        let span = tracing::debug_span!("state", state = %self.graph.name(state), run);
-        let body = supervise(
-            Arc::clone(&spec.func),
-            self.context.clone(),
-            spec.timeout,
-            slot,
-            self.sender.clone(),
-        );
-        let abort = tokio::spawn(body.instrument(span)).abort_handle();
-        self.running[slot as usize] = Some(Running {
-            state,
-            group,
-            started: now,
-            abort,
-        });
-        self.running_count += 1;
         if self.events.is_observed() {
             self.publish(EventKind::StateStarted {
                 state: Arc::clone(self.graph.name(state)),
                 run,
             });
         }
+        tracing::debug_span!("state", state = %self.graph.name(state), run)
     }
 
-    /// Records how a state run ended and routes its branch.
-    fn finish_state(&mut self, slot: u32, outcome: Outcome) -> Result<(), FlowError> {
+    fn take_slot(&mut self) -> u32 {
+        match self.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                self.running.push(None);
+                (self.running.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Runs a started state's future as a task of its own.
+    fn launch(
+        &mut self,
+        state: StateId,
+        group: GroupId,
+        started: Instant,
+        run: StateFuture,
+        span: tracing::Span,
+    ) {
+        let slot = self.take_slot();
+        let limit = self.compiled.states[state.index()].timeout;
+        let body = task::supervise(run, limit, slot, self.sender.clone());
+        let abort = Some(tokio::spawn(body.instrument(span)).abort_handle());
+        self.running[slot as usize] = Some(Running {
+            state,
+            group,
+            started,
+            abort,
+        });
+        self.running_count += 1;
+    }
+
+    /// Accounts for a state that ended as it started, through the same channel as the rest.
+    fn launch_outcome(&mut self, state: StateId, group: GroupId, outcome: Outcome) {
+        let slot = self.take_slot();
+        self.running[slot as usize] = Some(Running {
+            state,
+            group,
+            started: self.now,
+            abort: None,
+        });
+        self.running_count += 1;
+        let _ = self.sender.send(Message::Done { slot, outcome });
+    }
+
+    /// A task reported how its state run ended.
+    fn finish_task(&mut self, slot: u32, outcome: Outcome) -> Result<(), FlowError> {
         let Some(Running {
             state,
             group,
@@ -230,8 +321,19 @@ impl Coordinator {
         };
         self.free_slots.push(slot);
         self.running_count -= 1;
+        self.finish(state, group, started, outcome)
+    }
+
+    /// Records how a state run ended and routes its branch.
+    fn finish(
+        &mut self,
+        state: StateId,
+        group: GroupId,
+        started: Instant,
+        outcome: Outcome,
+    ) -> Result<(), FlowError> {
         self.transitions += 1;
-        let now = Instant::now();
+        let now = self.now;
         let duration = now - started;
         let record = &mut self.states[state.index()];
         record.total_time += duration;
@@ -322,18 +424,17 @@ impl Coordinator {
                 suggestion: self.graph.suggest(target),
             });
         };
-        if let Some(declared) = self.graph.successors(from) {
-            if !declared.contains(&to) {
-                return Err(FlowError::UndeclaredTransition {
-                    agent: agent(),
-                    from: self.graph.name(from).to_string(),
-                    to: target.to_string(),
-                    declared: declared
-                        .iter()
-                        .map(|&s| self.graph.name(s).to_string())
-                        .collect(),
-                });
-            }
+        if !self.graph.allows(from, to) {
+            let declared = self.graph.successors(from).unwrap_or_default();
+            return Err(FlowError::UndeclaredTransition {
+                agent: agent(),
+                from: self.graph.name(from).to_string(),
+                to: target.to_string(),
+                declared: declared
+                    .iter()
+                    .map(|&s| self.graph.name(s).to_string())
+                    .collect(),
+            });
         }
         Ok(to)
     }
@@ -420,7 +521,9 @@ impl Coordinator {
         // Work that will not happen is reported as cancelled, never silently dropped.
         let mut cancelled: Vec<StateId> = Vec::new();
         for running in self.running.iter_mut().filter_map(Option::take) {
-            running.abort.abort();
+            if let Some(abort) = running.abort {
+                abort.abort();
+            }
             cancelled.push(running.state);
         }
         let queued: Vec<StateId> = self.ready.drain().map(|entry| entry.state).collect();

@@ -28,22 +28,35 @@ pub(crate) enum Message {
     Deadline,
 }
 
+/// Calls a state's body; a panic in the call itself (before any future exists) is an outcome.
+pub(crate) fn start(body: &Arc<dyn StateFn>, context: &Context) -> Result<StateFuture, Outcome> {
+    catch_unwind(AssertUnwindSafe(|| body.call(context.clone())))
+        .map_err(|payload| Outcome::Panicked(panic_message(payload)))
+}
+
+/// Polls a state's future once, here; `None` if it is not finished.
+pub(crate) fn poll_once(run: &mut StateFuture, cx: &mut TaskContext<'_>) -> Option<Outcome> {
+    match catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+        Ok(Poll::Pending) => None,
+        Ok(Poll::Ready(result)) => Some(Outcome::Finished(result)),
+        Err(payload) => Some(Outcome::Panicked(panic_message(payload))),
+    }
+}
+
+/// Drives a state's future as a task and reports how it ended.
 pub(crate) async fn supervise(
-    body: Arc<dyn StateFn>,
-    context: Context,
+    run: StateFuture,
     limit: Option<Duration>,
     slot: u32,
     report: UnboundedSender<Message>,
 ) {
-    // Calling the body may itself panic, before there is a future to poll.
-    let outcome = match catch_unwind(AssertUnwindSafe(|| body.call(context))) {
-        Err(payload) => Outcome::Panicked(panic_message(payload)),
-        Ok(run) => match limit {
-            None => CatchUnwind(run).await,
-            Some(limit) => tokio::time::timeout(limit, CatchUnwind(run))
-                .await
-                .unwrap_or(Outcome::TimedOut(limit)),
-        },
+    let outcome = match limit {
+        None => CatchUnwind(run).await,
+        // Boxed: a timer is large, and most states have none; keeping it out of this future
+        // keeps every spawn small.
+        Some(limit) => Box::pin(tokio::time::timeout(limit, CatchUnwind(run)))
+            .await
+            .unwrap_or(Outcome::TimedOut(limit)),
     };
     // The coordinator is gone only when the run was stopped; nobody needs the outcome then.
     let _ = report.send(Message::Done { slot, outcome });
@@ -56,10 +69,9 @@ impl Future for CatchUnwind {
     type Output = Outcome;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Outcome> {
-        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(result)) => Poll::Ready(Outcome::Finished(result)),
-            Err(payload) => Poll::Ready(Outcome::Panicked(panic_message(payload))),
+        match poll_once(&mut self.0, cx) {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
         }
     }
 }
