@@ -291,10 +291,11 @@ mod tests {
 
     #[test]
     fn state_error_keeps_the_source_chain() {
-        assert_eq!(
-            StateError::from_error(&Outer(Inner)).message(),
-            "outer: inner"
-        );
+        let error = StateError::from_boxed(Box::new(Outer(Inner)));
+        assert_eq!(error.message(), "outer: inner");
+        assert!(error.downcast_ref::<Outer>().is_some());
+        assert!(error.downcast_ref::<Inner>().is_none());
+        assert_eq!(error, StateError::new("outer: inner"));
     }
 
     #[test]

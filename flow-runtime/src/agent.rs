@@ -29,7 +29,8 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
 /// unknown entry states and unknown declared successors are each a [`FlowError`] naming them.
 ///
 /// ```
-/// use fluffy_flow::prelude::*;
+/// use flow_core::{FlowError, Next};
+/// use flow_runtime::{Agent, Context};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), FlowError> {
