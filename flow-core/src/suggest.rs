@@ -15,19 +15,32 @@ where
         .map(|(_, candidate)| candidate)
 }
 
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// neighbouring characters (the commonest typo) each cost one.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    let mut current = vec![0; b.len() + 1];
-    for (i, ca) in a.chars().enumerate() {
-        current[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+    let width = b.len() + 1;
+    let mut rows = vec![vec![0usize; width]; 3];
+    rows[1] = (0..width).collect();
+    for i in 1..=a.len() {
+        let (before, rest) = rows.split_at_mut(1);
+        let (previous, current) = rest.split_at_mut(1);
+        let (two_back, previous, current) = (&before[0], &previous[0], &mut current[0]);
+        current[0] = i;
+        for j in 1..width {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (previous[j - 1] + cost)
+                .min(previous[j] + 1)
+                .min(current[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(two_back[j - 2] + 1);
+            }
+            current[j] = best;
         }
-        std::mem::swap(&mut previous, &mut current);
+        rows.rotate_left(1);
     }
-    previous[b.len()]
+    rows[1][b.len()]
 }
 
 #[cfg(test)]
@@ -40,6 +53,9 @@ mod tests {
         assert_eq!(closest_name("fromat_output", names), Some("format_output"));
         assert_eq!(closest_name("proces_data", names), Some("process_data"));
         assert_eq!(closest_name("xyz", names), None);
+        assert_eq!(closest_name("strat", ["start", "stop"]), Some("start"));
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 }

@@ -17,6 +17,9 @@
 //! held and none of the held sets is free to go (they may reach each other, as always without
 //! declared successors), the most recently created held set is released first.
 //!
+//! A state that transitions to itself (a loop) is never held unless branches already wait there.
+//! Longer loops inside a branch need declared successors to be told apart from joins.
+//!
 //! Fork targets start at once, unless a sibling target reaches them along declared edges (then
 //! they are held like arrivals, so that a declared DAG runs every state once per fork). An ended
 //! branch never blocks anything.
@@ -223,6 +226,10 @@ impl Joins {
             g.held_members += 1;
             self.held_total += 1;
             self.blocked.push(to);
+        } else if from == to {
+            // A state looping on itself is in the middle of its own work, not at a join: hold
+            // it and, with no graph knowledge, the fallback could release a real join first.
+            self.released.push((to, group));
         } else {
             self.arrive_fresh(graph, group, to, true);
         }
