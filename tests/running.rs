@@ -1,0 +1,222 @@
+//! Running: reports, live status, failures, cancellation, timeouts, concurrent runs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use fluffy_flow::RunCounts;
+use tokio::time::{Instant, sleep};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn sleeper(agent: &mut Agent, name: &str, millis: u64, next: Next) {
+    agent.add_state(name, move |_ctx: Context| {
+        let next = next.clone();
+        async move {
+            sleep(ms(millis)).await;
+            Ok::<_, FlowError>(next)
+        }
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_report_has_status_context_and_per_state_metadata() {
+    let mut agent = Agent::new("report");
+    sleeper(&mut agent, "a", 30, Next::to("b"));
+    agent.add_state("b", |ctx: Context| async move {
+        sleep(ms(20)).await;
+        ctx.set_state("done", true);
+        Ok::<_, FlowError>(Next::End)
+    });
+    agent.add_state("never", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    let start = Instant::now();
+    let report = agent.run().await.unwrap();
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert!(report.is_success());
+    assert_eq!(report.error, None);
+    assert_eq!(report.agent.as_ref(), "report");
+    assert!(report.context.get_state::<bool>("done").unwrap());
+    assert_eq!(report.duration, ms(50));
+    assert_eq!(report.transitions, 2);
+    let a = report.state("a").unwrap();
+    assert_eq!((a.status, a.runs, a.attempts, a.total_time), (StateStatus::Completed, 1, 1, ms(30)));
+    assert_eq!(a.first_started, Some(start));
+    assert_eq!(a.last_finished, Some(start + ms(30)));
+    let b = report.state("b").unwrap();
+    assert_eq!(b.first_started, Some(start + ms(30)));
+    assert_eq!(b.total_time, ms(20));
+    let never = report.state("never").unwrap();
+    assert_eq!((never.status, never.runs, never.first_started), (StateStatus::Pending, 0, None));
+    assert_eq!(report.states.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_and_counts_are_readable_while_the_run_goes_on() {
+    let mut agent = Agent::new("live");
+    agent.add_state("start", |_ctx: Context| async { Ok::<_, FlowError>(Next::parallel(["fast", "slow"])) });
+    sleeper(&mut agent, "fast", 10, Next::to("merge"));
+    sleeper(&mut agent, "slow", 100, Next::to("merge"));
+    sleeper(&mut agent, "merge", 10, Next::End);
+    let observer = agent.clone();
+    assert_eq!(observer.status(), AgentStatus::Idle);
+    assert_eq!(observer.state_status("slow"), None);
+
+    let handle = agent.start().unwrap();
+    sleep(ms(50)).await;
+    assert_eq!(handle.status(), AgentStatus::Running);
+    assert_eq!(observer.status(), AgentStatus::Running, "a clone sees the latest run");
+    assert_eq!(handle.state_status("start"), Some(StateStatus::Completed));
+    assert_eq!(handle.state_status("fast"), Some(StateStatus::Completed));
+    assert_eq!(handle.state_status("slow"), Some(StateStatus::Running));
+    assert_eq!(handle.state_status("merge"), Some(StateStatus::Blocked), "held at the join");
+    assert_eq!(handle.state_status("nope"), None);
+    assert_eq!(handle.counts(), RunCounts { completed: 2, running: 1, pending: 1 });
+    assert_eq!(observer.counts(), handle.counts());
+
+    sleep(ms(55)).await;
+    assert_eq!(handle.state_status("merge"), Some(StateStatus::Running));
+    assert_eq!(handle.counts(), RunCounts { completed: 3, running: 1, pending: 0 });
+
+    let report = handle.wait().await;
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(observer.status(), AgentStatus::Completed);
+    assert_eq!(observer.counts(), RunCounts { completed: 4, running: 0, pending: 0 });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_state_fails_the_run_and_cancels_its_siblings() {
+    let finished = Arc::new(AtomicBool::new(false));
+    let mut agent = Agent::new("failing");
+    agent.add_state("start", |_ctx: Context| async { Ok::<_, FlowError>(Next::parallel(["bad", "long"])) });
+    agent.add_state("bad", |_ctx: Context| async {
+        sleep(ms(5)).await;
+        Err::<Next, _>(std::io::Error::other("connection reset"))
+    });
+    let flag = Arc::clone(&finished);
+    agent.add_state("long", move |_ctx: Context| {
+        let flag = Arc::clone(&flag);
+        async move {
+            sleep(ms(1000)).await;
+            flag.store(true, Ordering::SeqCst);
+            Ok::<_, FlowError>(Next::End)
+        }
+    });
+    let report = agent.start().unwrap().wait().await;
+    assert_eq!(report.status, AgentStatus::Failed);
+    assert_eq!(
+        report.error.as_ref().unwrap().to_string(),
+        "state `bad` failed after 1 attempt(s): connection reset"
+    );
+    assert_eq!(report.state("bad").unwrap().status, StateStatus::Failed);
+    assert_eq!(report.state("bad").unwrap().last_error.as_deref(), Some("state `bad` failed after 1 attempt(s): connection reset"));
+    assert_eq!(report.state("long").unwrap().status, StateStatus::Cancelled);
+    assert_eq!(report.duration, ms(5));
+    sleep(ms(2000)).await;
+    assert!(!finished.load(Ordering::SeqCst), "the sibling was aborted, not left running");
+}
+
+#[tokio::test]
+async fn a_panic_is_reported_and_the_runtime_survives() {
+    let mut agent = Agent::new("panicky");
+    agent.add_state("explode", |ctx: Context| async move {
+        let items: Vec<u32> = ctx.get_state_or("items", vec![])?;
+        if items.is_empty() {
+            panic!("no items to process");
+        }
+        Ok::<_, FlowError>(Next::End)
+    });
+    let error = agent.run().await.unwrap_err();
+    assert_eq!(
+        error,
+        FlowError::StatePanicked { state: "explode".into(), attempts: 1, message: "no items to process".into() }
+    );
+    // The same runtime and agent still work.
+    let context = Context::new();
+    context.set_state("items", vec![1u32]);
+    assert!(agent.run_with(context).await.is_ok());
+
+    let mut eager = Agent::new("eager");
+    eager.add_state("sync_panic", |_ctx: Context| -> std::future::Ready<StateResult> { panic!("before any future") });
+    let error = eager.run().await.unwrap_err();
+    assert!(matches!(error, FlowError::StatePanicked { message, .. } if message == "before any future"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_timeout_fails_the_run_and_aborts_running_states() {
+    let mut agent = Agent::new("timed");
+    agent.timeout(ms(1000));
+    sleeper(&mut agent, "forever", 60_000, Next::End);
+    let start = Instant::now();
+    let report = agent.start().unwrap().wait().await;
+    assert_eq!(start.elapsed(), ms(1000));
+    assert_eq!(report.error, Some(FlowError::RunTimedOut { agent: "timed".into(), timeout: ms(1000) }));
+    assert_eq!(report.status, AgentStatus::Failed);
+    assert_eq!(report.state("forever").unwrap().status, StateStatus::Cancelled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_stops_the_run() {
+    let mut agent = Agent::new("cancelled");
+    sleeper(&mut agent, "a", 10, Next::to("b"));
+    sleeper(&mut agent, "b", 10_000, Next::End);
+    let handle = agent.start().unwrap();
+    sleep(ms(20)).await;
+    handle.cancel();
+    let report = handle.wait().await;
+    assert_eq!(report.status, AgentStatus::Cancelled);
+    assert_eq!(report.error, Some(FlowError::Cancelled { agent: "cancelled".into() }));
+    assert_eq!(report.state("a").unwrap().status, StateStatus::Completed);
+    assert_eq!(report.state("b").unwrap().status, StateStatus::Cancelled);
+    assert_eq!(report.duration, ms(20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_run_future_cancels_the_run() {
+    let mut agent = Agent::new("dropped");
+    sleeper(&mut agent, "slow", 10_000, Next::End);
+    let outcome = tokio::time::timeout(ms(100), agent.run()).await;
+    assert!(outcome.is_err(), "the caller gave up");
+    sleep(ms(1)).await;
+    assert_eq!(agent.status(), AgentStatus::Cancelled);
+    assert_eq!(agent.state_status("slow"), Some(StateStatus::Cancelled));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_serves_many_concurrent_runs_each_with_its_own_context() {
+    let mut agent = Agent::new("per request");
+    agent.add_state("double", |ctx: Context| async move {
+        let input: u64 = ctx.get_state("input")?;
+        tokio::task::yield_now().await;
+        ctx.set_state("output", input * 2);
+        Ok::<_, FlowError>(Next::End)
+    });
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let agent = agent.clone();
+        tasks.push(tokio::spawn(async move {
+            let context = Context::new();
+            context.set_state("input", i);
+            let report = agent.run_with(context).await.unwrap();
+            (i, report.run_id, report.context.get_state::<u64>("output").unwrap())
+        }));
+    }
+    let mut run_ids = Vec::new();
+    for task in tasks {
+        let (input, run_id, output) = task.await.unwrap();
+        assert_eq!(output, input * 2);
+        run_ids.push(run_id);
+    }
+    run_ids.sort_unstable();
+    run_ids.dedup();
+    assert_eq!(run_ids.len(), 200, "every run has its own id");
+}
+
+#[test]
+fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+    let mut agent = Agent::new("no runtime");
+    agent.add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    assert!(matches!(agent.start(), Err(FlowError::NoRuntime { agent }) if agent == "no runtime"));
+}
