@@ -14,7 +14,11 @@ struct UserProfile {
 }
 
 fn alice() -> UserProfile {
-    UserProfile { name: "Alice".into(), age: 28, scores: vec![95.0, 87.5] }
+    UserProfile {
+        name: "Alice".into(),
+        age: 28,
+        scores: vec![95.0, 87.5],
+    }
 }
 
 #[test]
@@ -40,7 +44,10 @@ fn basic_operations() {
 fn missing_and_wrong_type_are_different_errors() {
     let ctx = Context::new();
     ctx.set_state("count", 3u32);
-    assert_eq!(ctx.get_state::<u32>("nope").unwrap_err(), FlowError::MissingKey { key: "nope".into() });
+    assert_eq!(
+        ctx.get_state::<u32>("nope").unwrap_err(),
+        FlowError::MissingKey { key: "nope".into() }
+    );
     assert_eq!(
         ctx.get_state::<String>("count").unwrap_err(),
         FlowError::WrongType {
@@ -51,7 +58,10 @@ fn missing_and_wrong_type_are_different_errors() {
     );
     assert_eq!(ctx.get_state_or("nope", 7u32).unwrap(), 7);
     assert_eq!(ctx.get_state_or("count", 7u32).unwrap(), 3);
-    assert!(matches!(ctx.get_state_or("count", String::new()), Err(FlowError::WrongType { .. })));
+    assert!(matches!(
+        ctx.get_state_or("count", String::new()),
+        Err(FlowError::WrongType { .. })
+    ));
 }
 
 #[test]
@@ -67,10 +77,23 @@ fn typed_values_are_shared_and_updated_in_place() {
     // The handle taken before keeps the old value; the store has the new one.
     assert_eq!(before.age, 28);
     assert_eq!(ctx.get_typed::<UserProfile>("user").unwrap().age, 29);
-    assert_eq!(ctx.get_state::<UserProfile>("user").unwrap(), UserProfile { age: 29, ..alice() });
-    assert!(matches!(ctx.update_typed::<u32, _>("user", |_| ()), Err(FlowError::WrongType { .. })));
-    assert_eq!(ctx.get_typed::<UserProfile>("user").unwrap().age, 29, "a failed update changes nothing");
-    assert!(matches!(ctx.update_typed::<u32, _>("nobody", |_| ()), Err(FlowError::MissingKey { .. })));
+    assert_eq!(
+        ctx.get_state::<UserProfile>("user").unwrap(),
+        UserProfile { age: 29, ..alice() }
+    );
+    assert!(matches!(
+        ctx.update_typed::<u32, _>("user", |_| ()),
+        Err(FlowError::WrongType { .. })
+    ));
+    assert_eq!(
+        ctx.get_typed::<UserProfile>("user").unwrap().age,
+        29,
+        "a failed update changes nothing"
+    );
+    assert!(matches!(
+        ctx.update_typed::<u32, _>("nobody", |_| ()),
+        Err(FlowError::MissingKey { .. })
+    ));
 }
 
 #[test]
@@ -83,7 +106,11 @@ fn a_panicking_update_removes_the_key_instead_of_leaving_half_a_value() {
     assert!(result.is_err());
     assert!(!ctx.has_state("n"));
     ctx.set_state("n", 2u32);
-    assert_eq!(ctx.get_state::<u32>("n").unwrap(), 2, "the store still works");
+    assert_eq!(
+        ctx.get_state::<u32>("n").unwrap(),
+        2,
+        "the store still works"
+    );
 }
 
 #[test]
@@ -100,14 +127,26 @@ fn snapshots_and_json_contexts_round_trip_typed_values() {
     assert_eq!(restored.get_state::<UserProfile>("user").unwrap(), alice());
     assert_eq!(restored.get_state::<u64>("count").unwrap(), 3);
     // Once decoded, the value is native: another type is a type error.
-    assert!(matches!(restored.get_state::<String>("count"), Err(FlowError::WrongType { .. })));
-    let undecodable = Context::from_json(json!({"user": "not a profile"}).as_object().unwrap().clone());
+    assert!(matches!(
+        restored.get_state::<String>("count"),
+        Err(FlowError::WrongType { .. })
+    ));
+    let undecodable = Context::from_json(
+        json!({"user": "not a profile"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
     let error = undecodable.get_state::<UserProfile>("user").unwrap_err();
     assert!(
         matches!(&error, FlowError::WrongType { found, .. } if found.starts_with("JSON string that does not decode as it")),
         "{error}"
     );
-    assert_eq!(undecodable.get_state::<String>("user").unwrap(), "not a profile", "the value is kept");
+    assert_eq!(
+        undecodable.get_state::<String>("user").unwrap(),
+        "not a profile",
+        "the value is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,9 +167,15 @@ async fn parallel_states_update_one_value_without_losing_writes() {
     initial.set_state("total", 0u64);
     initial.set_state("given", "by the caller".to_string());
     let report = agent.run_with(initial.clone()).await.unwrap();
-    assert_eq!(report.context.get_state::<u64>("total").unwrap(), (0..n as u64).sum::<u64>());
+    assert_eq!(
+        report.context.get_state::<u64>("total").unwrap(),
+        (0..n as u64).sum::<u64>()
+    );
     assert_eq!(report.context.len(), n + 2);
-    assert_eq!(report.context.get_state::<String>("given").unwrap(), "by the caller");
+    assert_eq!(
+        report.context.get_state::<String>("given").unwrap(),
+        "by the caller"
+    );
     // The caller's handle is the same store.
     assert_eq!(initial.len(), n + 2);
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fluffy_flow::prelude::*;
 use fluffy_flow::RunCounts;
+use fluffy_flow::prelude::*;
 use tokio::time::{Instant, sleep};
 
 fn ms(n: u64) -> Duration {
@@ -31,7 +31,9 @@ async fn the_report_has_status_context_and_per_state_metadata() {
         ctx.set_state("done", true);
         Ok::<_, FlowError>(Next::End)
     });
-    agent.add_state("never", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    agent.add_state("never", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::End)
+    });
     let start = Instant::now();
     let report = agent.run().await.unwrap();
     assert_eq!(report.status, AgentStatus::Completed);
@@ -42,21 +44,29 @@ async fn the_report_has_status_context_and_per_state_metadata() {
     assert_eq!(report.duration, ms(50));
     assert_eq!(report.transitions, 2);
     let a = report.state("a").unwrap();
-    assert_eq!((a.status, a.runs, a.attempts, a.total_time), (StateStatus::Completed, 1, 1, ms(30)));
+    assert_eq!(
+        (a.status, a.runs, a.attempts, a.total_time),
+        (StateStatus::Completed, 1, 1, ms(30))
+    );
     assert_eq!(a.first_started, Some(start));
     assert_eq!(a.last_finished, Some(start + ms(30)));
     let b = report.state("b").unwrap();
     assert_eq!(b.first_started, Some(start + ms(30)));
     assert_eq!(b.total_time, ms(20));
     let never = report.state("never").unwrap();
-    assert_eq!((never.status, never.runs, never.first_started), (StateStatus::Pending, 0, None));
+    assert_eq!(
+        (never.status, never.runs, never.first_started),
+        (StateStatus::Pending, 0, None)
+    );
     assert_eq!(report.states.len(), 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn status_and_counts_are_readable_while_the_run_goes_on() {
     let mut agent = Agent::new("live");
-    agent.add_state("start", |_ctx: Context| async { Ok::<_, FlowError>(Next::parallel(["fast", "slow"])) });
+    agent.add_state("start", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::parallel(["fast", "slow"]))
+    });
     sleeper(&mut agent, "fast", 10, Next::to("merge"));
     sleeper(&mut agent, "slow", 100, Next::to("merge"));
     sleeper(&mut agent, "merge", 10, Next::End);
@@ -67,30 +77,61 @@ async fn status_and_counts_are_readable_while_the_run_goes_on() {
     let handle = agent.start().unwrap();
     sleep(ms(50)).await;
     assert_eq!(handle.status(), AgentStatus::Running);
-    assert_eq!(observer.status(), AgentStatus::Running, "a clone sees the latest run");
+    assert_eq!(
+        observer.status(),
+        AgentStatus::Running,
+        "a clone sees the latest run"
+    );
     assert_eq!(handle.state_status("start"), Some(StateStatus::Completed));
     assert_eq!(handle.state_status("fast"), Some(StateStatus::Completed));
     assert_eq!(handle.state_status("slow"), Some(StateStatus::Running));
-    assert_eq!(handle.state_status("merge"), Some(StateStatus::Blocked), "held at the join");
+    assert_eq!(
+        handle.state_status("merge"),
+        Some(StateStatus::Blocked),
+        "held at the join"
+    );
     assert_eq!(handle.state_status("nope"), None);
-    assert_eq!(handle.counts(), RunCounts { completed: 2, running: 1, pending: 1 });
+    assert_eq!(
+        handle.counts(),
+        RunCounts {
+            completed: 2,
+            running: 1,
+            pending: 1
+        }
+    );
     assert_eq!(observer.counts(), handle.counts());
 
     sleep(ms(55)).await;
     assert_eq!(handle.state_status("merge"), Some(StateStatus::Running));
-    assert_eq!(handle.counts(), RunCounts { completed: 3, running: 1, pending: 0 });
+    assert_eq!(
+        handle.counts(),
+        RunCounts {
+            completed: 3,
+            running: 1,
+            pending: 0
+        }
+    );
 
     let report = handle.wait().await;
     assert_eq!(report.status, AgentStatus::Completed);
     assert_eq!(observer.status(), AgentStatus::Completed);
-    assert_eq!(observer.counts(), RunCounts { completed: 4, running: 0, pending: 0 });
+    assert_eq!(
+        observer.counts(),
+        RunCounts {
+            completed: 4,
+            running: 0,
+            pending: 0
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_state_fails_the_run_and_cancels_its_siblings() {
     let finished = Arc::new(AtomicBool::new(false));
     let mut agent = Agent::new("failing");
-    agent.add_state("start", |_ctx: Context| async { Ok::<_, FlowError>(Next::parallel(["bad", "long"])) });
+    agent.add_state("start", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::parallel(["bad", "long"]))
+    });
     agent.add_state("bad", |_ctx: Context| async {
         sleep(ms(5)).await;
         Err::<Next, _>(std::io::Error::other("connection reset"))
@@ -111,11 +152,17 @@ async fn a_failing_state_fails_the_run_and_cancels_its_siblings() {
         "state `bad` failed after 1 attempt(s): connection reset"
     );
     assert_eq!(report.state("bad").unwrap().status, StateStatus::Failed);
-    assert_eq!(report.state("bad").unwrap().last_error.as_deref(), Some("state `bad` failed after 1 attempt(s): connection reset"));
+    assert_eq!(
+        report.state("bad").unwrap().last_error.as_deref(),
+        Some("state `bad` failed after 1 attempt(s): connection reset")
+    );
     assert_eq!(report.state("long").unwrap().status, StateStatus::Cancelled);
     assert_eq!(report.duration, ms(5));
     sleep(ms(2000)).await;
-    assert!(!finished.load(Ordering::SeqCst), "the sibling was aborted, not left running");
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the sibling was aborted, not left running"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +178,11 @@ async fn a_panic_is_reported_and_the_runtime_survives() {
     let error = agent.run().await.unwrap_err();
     assert_eq!(
         error,
-        FlowError::StatePanicked { state: "explode".into(), attempts: 1, message: "no items to process".into() }
+        FlowError::StatePanicked {
+            state: "explode".into(),
+            attempts: 1,
+            message: "no items to process".into()
+        }
     );
     // The same runtime and agent still work.
     let context = Context::new();
@@ -139,9 +190,14 @@ async fn a_panic_is_reported_and_the_runtime_survives() {
     assert!(agent.run_with(context).await.is_ok());
 
     let mut eager = Agent::new("eager");
-    eager.add_state("sync_panic", |_ctx: Context| -> std::future::Ready<StateResult> { panic!("before any future") });
+    eager.add_state(
+        "sync_panic",
+        |_ctx: Context| -> std::future::Ready<StateResult> { panic!("before any future") },
+    );
     let error = eager.run().await.unwrap_err();
-    assert!(matches!(error, FlowError::StatePanicked { message, .. } if message == "before any future"));
+    assert!(
+        matches!(error, FlowError::StatePanicked { message, .. } if message == "before any future")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,9 +208,18 @@ async fn a_run_timeout_fails_the_run_and_aborts_running_states() {
     let start = Instant::now();
     let report = agent.start().unwrap().wait().await;
     assert_eq!(start.elapsed(), ms(1000));
-    assert_eq!(report.error, Some(FlowError::RunTimedOut { agent: "timed".into(), timeout: ms(1000) }));
+    assert_eq!(
+        report.error,
+        Some(FlowError::RunTimedOut {
+            agent: "timed".into(),
+            timeout: ms(1000)
+        })
+    );
     assert_eq!(report.status, AgentStatus::Failed);
-    assert_eq!(report.state("forever").unwrap().status, StateStatus::Cancelled);
+    assert_eq!(
+        report.state("forever").unwrap().status,
+        StateStatus::Cancelled
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -167,7 +232,12 @@ async fn cancel_stops_the_run() {
     handle.cancel();
     let report = handle.wait().await;
     assert_eq!(report.status, AgentStatus::Cancelled);
-    assert_eq!(report.error, Some(FlowError::Cancelled { agent: "cancelled".into() }));
+    assert_eq!(
+        report.error,
+        Some(FlowError::Cancelled {
+            agent: "cancelled".into()
+        })
+    );
     assert_eq!(report.state("a").unwrap().status, StateStatus::Completed);
     assert_eq!(report.state("b").unwrap().status, StateStatus::Cancelled);
     assert_eq!(report.duration, ms(20));
@@ -200,7 +270,11 @@ async fn one_agent_serves_many_concurrent_runs_each_with_its_own_context() {
             let context = Context::new();
             context.set_state("input", i);
             let report = agent.run_with(context).await.unwrap();
-            (i, report.run_id, report.context.get_state::<u64>("output").unwrap())
+            (
+                i,
+                report.run_id,
+                report.context.get_state::<u64>("output").unwrap(),
+            )
         }));
     }
     let mut run_ids = Vec::new();

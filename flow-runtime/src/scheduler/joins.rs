@@ -1,33 +1,40 @@
 //! Branches, forks and exactly-once joins.
 //!
-//! Every fork (`Next::Parallel`) creates a *group* whose members are the branches it started;
-//! a branch that forks again becomes, from its group's point of view, one branch whose
-//! position is the state that forked. The run itself is the root group, with one branch per
-//! entry state.
+//! The branches of a run live in *groups*. The run starts as the root group, with one branch
+//! per entry state. A fork (`Next::Parallel`) at a state with declared successors replaces the
+//! forking branch by one branch per target *in the same group*; a fork at a *wild* state (one
+//! whose successors are not declared, or that leads to one) opens a child group instead, whose
+//! branches stand, from the parent's point of view, for the one branch that forked, positioned
+//! at the forking state.
 //!
-//! **The join rule.** A branch that arrives at state `s` by a transition is *held* at `s` while
-//! another branch of its group may still reach `s`. Branches held at the same `s` merge: when
-//! nothing else in the group may reach `s`, `s` runs once, for all of them. If every live
-//! branch of the group merged there, the group is done and `s` runs as the branch that forked
-//! (so an outer group can join it in turn); otherwise `s` runs as one merged branch of the group.
+//! **The join rule.** A branch that arrives at state `s` is *held* at `s` while another branch
+//! of its group may still reach `s`. Branches held at the same `s` merge: when nothing else in
+//! the group may reach `s`, `s` runs once, for all of them. If every live branch of a child
+//! group merged there, the group is done and `s` runs as the branch that forked it (so the
+//! parent group can join it in turn); otherwise `s` runs as one merged branch of the group.
 //!
-//! "May still reach" is decided per position: a branch at a state with declared successors
-//! reaches what the declared edges reach; a branch at a *wild* state (undeclared successors,
-//! or one that leads to such a state) may reach anything. When every live branch of a group is
-//! held and none of the held sets is free to go (they may reach each other, as always without
-//! declared successors), the most recently created held set is released first.
+//! "May still reach" is decided per position. A branch at a state with declared successors
+//! reaches what the declared edges reach; a branch at a wild state may reach anything. Fork
+//! targets differ from arrivals in one way: only declared reachability holds them (a fan-out
+//! starts all its targets at once unless one target leads to another), while an arrival is
+//! also held by a sibling at a wild state. When every live branch of a group is held and none
+//! of the held sets is free to go (they may reach each other, as always without declared
+//! successors), the most recently created held set is released first. An ended branch never
+//! blocks anything. A state that transitions to itself (a loop) is never held unless branches
+//! already wait there; longer loops inside a branch need declared successors to be told apart
+//! from joins.
 //!
-//! A state that transitions to itself (a loop) is never held unless branches already wait there.
-//! Longer loops inside a branch need declared successors to be told apart from joins.
-//!
-//! Fork targets start at once, unless a sibling target reaches them along declared edges (then
-//! they are held like arrivals, so that a declared DAG runs every state once per fork). An ended
-//! branch never blocks anything.
+//! With every successor declared (as the macros do), all branches of a run share the root
+//! group, so each state of a DAG runs once per visit however the fan-outs nest; without
+//! declarations, a fan-out's branches wait only for each other.
 //!
 //! **Cost.** Each held set keeps a count of the branches that may still reach it, updated as
 //! branches move: a move costs O(number of held sets in the group), and creating a held set
-//! costs O(declared ancestors of its state), bounded by the order of the forking state. A
-//! group with one live branch does no bookkeeping at all, so a plain chain costs O(1) per step.
+//! costs O(declared ancestors of its state that lie between it and the group's furthest-back
+//! branch). A group with one live branch does no bookkeeping at all, so a plain chain costs
+//! O(1) per step.
+
+use std::collections::BTreeMap;
 
 use flow_core::{FxHashMap, FxHashSet, StateGraph, StateId};
 
@@ -50,17 +57,16 @@ pub(crate) struct Joins {
 }
 
 struct Group {
-    parent: Option<GroupId>,
-    /// The state that forked this group: the position of its branch in the parent.
-    fork: StateId,
-    /// Positions of this group can only be states of at most this order (its fork's order),
-    /// unless the fork is wild.
-    order_limit: u32,
+    /// For a child group: the parent, and the wild state that forked it (the position of the
+    /// branch it stands for in the parent).
+    parent: Option<(GroupId, StateId)>,
     live: u32,
     held_members: u32,
     /// How many live branches are at each state (running, ready, held, or forked from there).
     /// Kept only while more than one branch lives.
     positions: FxHashMap<StateId, u32>,
+    /// The same positions by graph order: the highest bounds every ancestor search.
+    orders: BTreeMap<u32, u32>,
     /// How many live branches are at wild states.
     wild: u32,
     /// Held sets, oldest first.
@@ -74,7 +80,7 @@ struct Held {
     blockers: u32,
     /// Whether branches at wild states count as blockers (arrivals) or not (fork targets).
     counts_wild: bool,
-    /// Declared ancestors of `state` within the group's order limit.
+    /// Declared ancestors of `state` among the group's possible positions.
     ancestors: FxHashSet<StateId>,
 }
 
@@ -85,41 +91,78 @@ impl Held {
 }
 
 impl Group {
-    fn new(parent: Option<GroupId>, fork: StateId, order_limit: u32, live: u32) -> Self {
+    fn new(parent: Option<(GroupId, StateId)>, live: u32) -> Self {
         Self {
             parent,
-            fork,
-            order_limit,
             live,
             held_members: 0,
             positions: FxHashMap::default(),
+            orders: BTreeMap::new(),
             wild: 0,
             held: Vec::new(),
         }
     }
 
-    fn add_position(&mut self, graph: &StateGraph, state: StateId, n: u32) {
-        *self.positions.entry(state).or_insert(0) += n;
+    fn add_position(&mut self, graph: &StateGraph, state: StateId) {
+        *self.positions.entry(state).or_insert(0) += 1;
+        *self.orders.entry(graph.order(state)).or_insert(0) += 1;
         if graph.is_wild(state) {
-            self.wild += n;
+            self.wild += 1;
         }
     }
 
     fn remove_position(&mut self, graph: &StateGraph, state: StateId, n: u32) {
-        if let Some(count) = self.positions.get_mut(&state) {
-            debug_assert!(*count >= n, "position count underflow");
-            *count = count.saturating_sub(n);
-            if *count == 0 {
-                self.positions.remove(&state);
-            }
-        }
+        decrement_position(&mut self.positions, state, n);
+        decrement_order(&mut self.orders, graph.order(state), n);
         if graph.is_wild(state) {
             self.wild = self.wild.saturating_sub(n);
         }
     }
 
+    /// The branch at `from` moves away (to `to`, or nowhere when it ends): the held sets it
+    /// counted for lose a blocker.
+    fn forget_blocker(&mut self, graph: &StateGraph, from: StateId, n: u32) {
+        for h in &mut self.held {
+            if h.counts(graph, from) {
+                h.blockers = h.blockers.saturating_sub(n);
+            }
+        }
+    }
+
+    /// A branch is now at `at`: the held sets it may reach gain a blocker.
+    fn note_blocker(&mut self, graph: &StateGraph, at: StateId) {
+        for h in &mut self.held {
+            if h.counts(graph, at) {
+                h.blockers += 1;
+            }
+        }
+    }
+
     fn held_at(&self, state: StateId) -> Option<usize> {
         self.held.iter().position(|h| h.state == state)
+    }
+
+    fn highest_order(&self) -> u32 {
+        self.orders.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
+fn decrement_position(positions: &mut FxHashMap<StateId, u32>, state: StateId, n: u32) {
+    if let Some(count) = positions.get_mut(&state) {
+        debug_assert!(*count >= n, "position count underflow");
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            positions.remove(&state);
+        }
+    }
+}
+
+fn decrement_order(orders: &mut BTreeMap<u32, u32>, order: u32, n: u32) {
+    if let Some(count) = orders.get_mut(&order) {
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            orders.remove(&order);
+        }
     }
 }
 
@@ -157,16 +200,11 @@ impl Joins {
             .flat_map(|g| g.held.iter().map(|h| h.state))
     }
 
-    /// Starts the run: one branch per entry state.
+    /// Starts the run: one branch per entry state, in the root group.
     pub(crate) fn start(&mut self, graph: &StateGraph, entries: &[StateId]) {
-        let root = self.alloc(Group::new(
-            None,
-            StateId::new(0),
-            u32::MAX,
-            entries.len() as u32,
-        ));
-        if entries.len() == 1 {
-            self.released.push((entries[0], root));
+        let root = self.alloc(Group::new(None, entries.len() as u32));
+        if let [entry] = entries {
+            self.released.push((*entry, root));
         } else {
             self.spread(graph, root, entries);
         }
@@ -177,18 +215,14 @@ impl Joins {
         let g = group_of(&mut self.groups, group);
         if g.live > 1 {
             g.remove_position(graph, at, 1);
-            for h in &mut g.held {
-                if h.counts(graph, at) {
-                    h.blockers = h.blockers.saturating_sub(1);
-                }
-            }
+            g.forget_blocker(graph, at, 1);
         }
         g.live -= 1;
         if g.live == 0 {
-            let (parent, fork) = (g.parent, g.fork);
+            let parent = g.parent;
             self.release_group(group);
             match parent {
-                Some(parent) => self.end(graph, parent, fork),
+                Some((parent, fork)) => self.end(graph, parent, fork),
                 None => self.finished = true,
             }
             return;
@@ -200,10 +234,9 @@ impl Joins {
     pub(crate) fn goto(&mut self, graph: &StateGraph, group: GroupId, from: StateId, to: StateId) {
         let g = group_of(&mut self.groups, group);
         if g.live == 1 {
-            // Nobody left to wait for: the group is only a wrapper around one branch.
+            // Nobody left to wait for: a child group is only a wrapper around one branch.
             match g.parent {
-                Some(parent) => {
-                    let fork = g.fork;
+                Some((parent, fork)) => {
                     self.release_group(group);
                     self.goto(graph, parent, fork, to);
                 }
@@ -212,23 +245,22 @@ impl Joins {
             return;
         }
         g.remove_position(graph, from, 1);
-        g.add_position(graph, to, 1);
-        for h in &mut g.held {
-            if h.counts(graph, from) {
+        g.forget_blocker(graph, from, 1);
+        g.add_position(graph, to);
+        g.note_blocker(graph, to);
+        if let Some(i) = g.held_at(to) {
+            // Joining the set at `to`: a member of it, not a blocker.
+            let h = &mut g.held[i];
+            if h.counts(graph, to) {
                 h.blockers = h.blockers.saturating_sub(1);
             }
-            if h.state != to && h.counts(graph, to) {
-                h.blockers += 1;
-            }
-        }
-        if let Some(i) = g.held_at(to) {
-            g.held[i].members += 1;
+            h.members += 1;
             g.held_members += 1;
             self.held_total += 1;
             self.blocked.push(to);
         } else if from == to {
-            // A state looping on itself is in the middle of its own work, not at a join: hold
-            // it and, with no graph knowledge, the fallback could release a real join first.
+            // A state looping on itself is in the middle of its own work, not at a join:
+            // held, the fallback could release a real join before it.
             self.released.push((to, group));
         } else {
             self.arrive_fresh(graph, group, to, true);
@@ -247,23 +279,35 @@ impl Joins {
         match targets {
             [] => self.end(graph, group, at),
             [only] => self.goto(graph, group, at, *only),
-            _ => {
-                let limit = if graph.is_wild(at) {
-                    u32::MAX
-                } else {
-                    graph.order(at)
-                };
-                let child = self.alloc(Group::new(Some(group), at, limit, targets.len() as u32));
+            _ if graph.is_wild(at) => {
+                let child = self.alloc(Group::new(Some((group, at)), targets.len() as u32));
                 self.spread(graph, child, targets);
+            }
+            _ => {
+                // Declared successors: the new branches are siblings of every branch in this
+                // group, so joins between them and their cousins are exact.
+                let g = group_of(&mut self.groups, group);
+                if g.live == 1 {
+                    // Positions are not kept for a single branch; start them afresh.
+                    g.positions.clear();
+                    g.orders.clear();
+                    g.wild = 0;
+                } else {
+                    g.remove_position(graph, at, 1);
+                    g.forget_blocker(graph, at, 1);
+                }
+                g.live += targets.len() as u32 - 1;
+                self.spread(graph, group, targets);
             }
         }
     }
 
-    /// Places the new branches of `group` at `targets` and starts or holds each.
+    /// Places new branches of `group` at `targets` and starts or holds each.
     fn spread(&mut self, graph: &StateGraph, group: GroupId, targets: &[StateId]) {
         let g = group_of(&mut self.groups, group);
         for &target in targets {
-            g.add_position(graph, target, 1);
+            g.add_position(graph, target);
+            g.note_blocker(graph, target);
         }
         for &target in targets {
             let g = group_of(&mut self.groups, group);
@@ -292,7 +336,7 @@ impl Joins {
         state: StateId,
         counts_wild: bool,
     ) {
-        let limit = group_of(&mut self.groups, group).order_limit;
+        let limit = group_of(&mut self.groups, group).highest_order();
         self.collect_ancestors(graph, state, limit);
         let g = group_of(&mut self.groups, group);
         let mut blockers: u32 = 0;
@@ -356,16 +400,13 @@ impl Joins {
         self.held_total -= h.members as usize;
         if h.members == g.live {
             match g.parent {
-                Some(parent) => {
-                    let fork = g.fork;
+                Some((parent, fork)) => {
                     self.release_group(group);
                     self.goto(graph, parent, fork, h.state);
                     return false;
                 }
                 None => {
                     g.live = 1;
-                    g.positions.clear();
-                    g.wild = 0;
                     self.released.push((h.state, group));
                     return true;
                 }
@@ -375,18 +416,14 @@ impl Joins {
         if merged > 0 {
             g.live -= merged;
             g.remove_position(graph, h.state, merged);
-            for other in &mut g.held {
-                if other.counts(graph, h.state) {
-                    other.blockers = other.blockers.saturating_sub(merged);
-                }
-            }
+            g.forget_blocker(graph, h.state, merged);
         }
         self.released.push((h.state, group));
         true
     }
 
     /// Collects into `found` the declared ancestors of `state` (itself included only through
-    /// a cycle) whose order is at most `limit`.
+    /// a cycle) whose order is at most `limit`: no branch can be at a state of higher order.
     fn collect_ancestors(&mut self, graph: &StateGraph, state: StateId, limit: u32) {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {

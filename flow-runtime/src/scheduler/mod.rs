@@ -443,6 +443,15 @@ impl Coordinator {
     fn absorb_joins(&mut self) {
         let mut blocked = std::mem::take(&mut self.joins.blocked);
         for state in blocked.drain(..) {
+            // A branch that joined a held set which this same step released did not wait.
+            if self
+                .joins
+                .released
+                .iter()
+                .any(|&(released, _)| released == state)
+            {
+                continue;
+            }
             self.set_status(state, StateStatus::Blocked);
             if self.events.is_observed() {
                 self.publish(EventKind::StateBlocked {
