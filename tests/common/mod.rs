@@ -72,7 +72,6 @@ pub fn scripted(
         Next::End => vec![],
         Next::To(t) => vec![t.to_string()],
         Next::Parallel(ts) => ts.iter().map(|t| t.to_string()).collect(),
-        _ => unreachable!(),
     };
     let options = agent.add_state(name, move |ctx: Context| {
         let log = log.clone();
