@@ -175,6 +175,7 @@ impl Coordinator {
             return Ok(());
         };
         let (state, group) = (entry.state, entry.group);
+        self.max_concurrency = self.max_concurrency.max(1);
         self.now = Instant::now();
         let started = self.now;
         let span = self.begin(state);
@@ -193,8 +194,9 @@ impl Coordinator {
         match polled {
             Some(outcome) => {
                 self.now = Instant::now();
-                self.finish(state, group, started, outcome)
-                    .map_err(Stop::Failed)
+                let finished = self.finish(state, group, started, outcome);
+                self.publish_counts();
+                finished.map_err(Stop::Failed)
             }
             None => {
                 self.launch(state, group, started, run, span);
