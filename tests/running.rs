@@ -294,3 +294,21 @@ fn starting_outside_a_runtime_is_an_error_not_a_panic() {
     agent.add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
     assert!(matches!(agent.start(), Err(FlowError::NoRuntime { agent }) if agent == "no runtime"));
 }
+
+#[tokio::test]
+async fn a_loop_of_instant_states_yields_and_can_be_cancelled() {
+    // Each run of `spin` finishes on its first poll, so the coordinator runs it inline; it
+    // must still yield to other tasks (this test's) and notice the cancellation.
+    let mut agent = Agent::new("spinner");
+    agent.add_state("spin", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::to("spin"))
+    });
+    let handle = agent.start().unwrap();
+    while handle.counts().completed < 5_000 {
+        tokio::task::yield_now().await;
+    }
+    handle.cancel();
+    let report = handle.wait().await;
+    assert_eq!(report.status, AgentStatus::Cancelled);
+    assert!(report.state("spin").unwrap().runs >= 5_000);
+}
