@@ -7,7 +7,8 @@ pub use flow_core::{
 };
 pub use flow_runtime::{
     Agent, BoxError, Context, ContextValue, DEFAULT_EVENT_CAPACITY, Event, EventKind, EventStream,
-    EventStreamError, RunCounts, RunHandle, RunReport, StateOptions, StateReport, StateResult,
+    EventStreamError, MAX_EVENT_CAPACITY, RunCounts, RunHandle, RunReport, StateOptions,
+    StateReport, StateResult,
 };
 
 /// Everything a workflow usually needs, in one import: `use fluffy_flow::prelude::*;`.

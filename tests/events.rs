@@ -124,3 +124,60 @@ async fn each_run_is_told_apart_by_its_id() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn stopping_a_run_publishes_a_cancellation_for_every_unfinished_state() {
+    let mut agent = Agent::new("stopped");
+    agent.max_concurrent(1);
+    agent.add_state("start", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::parallel(["slow", "queued"]))
+    });
+    agent.add_state("slow", |_ctx: Context| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<_, FlowError>(Next::End)
+    });
+    agent.add_state("queued", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::End)
+    });
+    let mut events = agent.subscribe();
+    let handle = agent.start().unwrap();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    handle.cancel();
+    let report = handle.wait().await;
+    assert_eq!(
+        report.state("queued").unwrap().status,
+        StateStatus::Cancelled
+    );
+    let cancelled: Vec<String> = events
+        .drain()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::StateCancelled { state } => Some(state.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancelled, ["slow", "queued"]);
+}
+
+#[tokio::test]
+async fn the_stream_closes_when_the_agent_is_gone() {
+    let mut agent = Agent::new("short-lived");
+    agent.add_state("only", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::End)
+    });
+    let mut events = agent.subscribe();
+    agent.run().await.unwrap();
+    drop(agent);
+    let mut received = 0;
+    loop {
+        match events.recv().await {
+            Ok(_) => received += 1,
+            Err(error) => {
+                assert_eq!(error, EventStreamError::Closed);
+                break;
+            }
+        }
+    }
+    assert_eq!(received, 5);
+}

@@ -230,3 +230,53 @@ async fn a_wide_fan_out_joins_once_with_every_write() {
         assert_eq!(report.max_concurrency, n, "all branches ran at once");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_undeclared_branch_that_jumps_up_the_graph_still_blocks_the_join() {
+    // `w` declares nothing and jumps to `x`, which was added last (so it sorts above the
+    // other positions): the join must still wait for it.
+    let log = Log::default();
+    let mut agent = Agent::new("mixed");
+    scripted(&mut agent, &log, "start", 0, par(&["s", "w"]), true);
+    scripted(&mut agent, &log, "s", 0, to("j"), true);
+    scripted(&mut agent, &log, "w", 10, to("x"), false);
+    scripted(&mut agent, &log, "j", 0, Next::End, true);
+    scripted(&mut agent, &log, "x", 0, to("j"), true);
+    let origin = Instant::now();
+    run(&agent).await;
+    assert_eq!(log.count("j"), 1);
+    assert_eq!(log.started("j", origin).as_millis(), 10);
+    assert!(log.position("x") < log.position("j"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_loop_that_forks_every_round_neither_nests_nor_overflows() {
+    // The producer pattern without declared successors: each round of `poll` forks itself and a
+    // slow `work`, so thousands of forks are alive at once.
+    let rounds = 3000u32;
+    let mut agent = Agent::new("producer");
+    agent.add_state("poll", move |ctx: Context| async move {
+        let round = ctx.update_typed::<u32, _>("round", |r| {
+            *r += 1;
+            *r
+        })?;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        Ok::<_, FlowError>(if round < rounds {
+            Next::parallel(["poll", "work"])
+        } else {
+            Next::End
+        })
+    });
+    agent.add_state("work", |ctx: Context| async move {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        ctx.update_typed::<u32, _>("done", |d| *d += 1)?;
+        Ok::<_, FlowError>(Next::End)
+    });
+    let context = Context::new();
+    context.set_state("round", 0u32);
+    context.set_state("done", 0u32);
+    let report = agent.run_with(context).await.unwrap();
+    assert_eq!(report.state("poll").unwrap().runs, rounds);
+    assert_eq!(report.state("work").unwrap().runs, rounds - 1);
+    assert_eq!(report.context.get_state::<u32>("done").unwrap(), rounds - 1);
+}

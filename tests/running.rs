@@ -312,3 +312,11 @@ async fn a_loop_of_instant_states_yields_and_can_be_cancelled() {
     assert_eq!(report.status, AgentStatus::Cancelled);
     assert!(report.state("spin").unwrap().runs >= 5_000);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_too_long_for_the_clock_means_no_deadline() {
+    let mut agent = Agent::new("patient");
+    agent.timeout(Duration::MAX);
+    sleeper(&mut agent, "a", 10, Next::End);
+    assert!(agent.run().await.is_ok());
+}

@@ -18,6 +18,10 @@ use crate::state_fn::{BoxError, FnState, StateFn};
 /// Events kept for a subscriber that has not read them yet, unless set otherwise.
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
 
+/// The largest event buffer [`Agent::event_capacity`] accepts (each slot is allocated when the
+/// first subscriber subscribes).
+pub const MAX_EVENT_CAPACITY: usize = 1 << 20;
+
 /// A workflow: named async states, the options of each, and the run-wide options.
 ///
 /// An `Agent` is a definition: [`Agent::run`] may be called many times, also concurrently
@@ -185,10 +189,10 @@ impl Agent {
     }
 
     /// How many events a subscriber may fall behind before it misses some (default
-    /// [`DEFAULT_EVENT_CAPACITY`]). Set it before subscribing: subscriptions made earlier, and
+    /// [`DEFAULT_EVENT_CAPACITY`], at least 1, at most [`MAX_EVENT_CAPACITY`]). Set it before subscribing: subscriptions made earlier, and
     /// clones made earlier, keep the previous channel.
     pub fn event_capacity(&mut self, capacity: usize) -> &mut Self {
-        self.events = EventHub::new(capacity.max(1));
+        self.events = EventHub::new(capacity.clamp(1, MAX_EVENT_CAPACITY));
         self
     }
 

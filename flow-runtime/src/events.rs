@@ -98,7 +98,7 @@ pub(crate) struct EventHub {
 struct HubShared {
     capacity: usize,
     sender: OnceLock<broadcast::Sender<Event>>,
-    subscribers: AtomicUsize,
+    subscribers: Arc<AtomicUsize>,
 }
 
 impl EventHub {
@@ -107,7 +107,7 @@ impl EventHub {
             shared: Arc::new(HubShared {
                 capacity,
                 sender: OnceLock::new(),
-                subscribers: AtomicUsize::new(0),
+                subscribers: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -131,7 +131,7 @@ impl EventHub {
         self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         EventStream {
             receiver: sender.subscribe(),
-            hub: Arc::clone(&self.shared),
+            subscribers: Arc::clone(&self.shared.subscribers),
         }
     }
 }
@@ -142,7 +142,8 @@ impl EventHub {
 /// subscriber that falls further behind is told how many it missed.
 pub struct EventStream {
     receiver: broadcast::Receiver<Event>,
-    hub: Arc<HubShared>,
+    // Only the counter: holding the hub would keep the sender, and the stream, open forever.
+    subscribers: Arc<AtomicUsize>,
 }
 
 impl EventStream {
@@ -178,6 +179,6 @@ impl EventStream {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
-        self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.subscribers.fetch_sub(1, Ordering::Relaxed);
     }
 }

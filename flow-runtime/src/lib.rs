@@ -12,7 +12,7 @@ mod run;
 mod scheduler;
 mod state_fn;
 
-pub use agent::{Agent, DEFAULT_EVENT_CAPACITY, StateOptions};
+pub use agent::{Agent, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY, StateOptions};
 pub use context::{Context, ContextValue};
 pub use events::{Event, EventKind, EventStream, EventStreamError};
 pub use run::{RunCounts, RunHandle, RunReport, StateReport};

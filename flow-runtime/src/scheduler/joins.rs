@@ -2,8 +2,8 @@
 //!
 //! The branches of a run live in *groups*. The run starts as the root group, with one branch
 //! per entry state. A fork (`Next::Parallel`) at a state with declared successors replaces the
-//! forking branch by one branch per target *in the same group*; a fork at a *wild* state (one
-//! whose successors are not declared, or that leads to one) opens a child group instead, whose
+//! forking branch by one branch per target *in the same group*; a fork at a state whose
+//! successors are not declared opens a child group instead, whose
 //! branches stand, from the parent's point of view, for the one branch that forked, positioned
 //! at the forking state.
 //!
@@ -19,7 +19,10 @@
 //! starts all its targets at once unless one target leads to another), while an arrival is
 //! also held by a sibling at a wild state. When every live branch of a group is held and none
 //! of the held sets is free to go (they may reach each other, as always without declared
-//! successors), the most recently created held set is released first. An ended branch never
+//! successors), one is released: among the held sets no other held set reaches along declared
+//! edges, one at a state that is not a declared join first, then the most recently created
+//! (the most recent of all when every set is reached by another). Without any declared
+//! successors that is simply the most recent held set. An ended branch never
 //! blocks anything. A state that transitions to itself (a loop) is never held unless branches
 //! already wait there; longer loops inside a branch need declared successors to be told apart
 //! from joins.
@@ -46,14 +49,30 @@ pub(crate) struct Joins {
     free: Vec<GroupId>,
     /// Branches to run now, as (state, group); the caller drains it.
     pub(crate) released: Vec<(StateId, GroupId)>,
-    /// States at which a branch just started to wait; the caller drains it.
-    pub(crate) blocked: Vec<StateId>,
+    /// Branches that just started to wait, as (state, group); the caller drains it.
+    pub(crate) blocked: Vec<(StateId, GroupId)>,
     held_total: usize,
     finished: bool,
     stamps: Vec<u32>,
     epoch: u32,
     stack: Vec<StateId>,
     found: Vec<StateId>,
+    /// Moves of branches still to apply. A group folding into its parent moves the parent's
+    /// branch; queueing that move instead of recursing keeps the stack flat however deep
+    /// groups nest.
+    moves: Vec<Move>,
+}
+
+enum Move {
+    Goto {
+        group: GroupId,
+        from: StateId,
+        to: StateId,
+    },
+    End {
+        group: GroupId,
+        at: StateId,
+    },
 }
 
 struct Group {
@@ -115,6 +134,7 @@ impl Group {
         decrement_position(&mut self.positions, state, n);
         decrement_order(&mut self.orders, graph.order(state), n);
         if graph.is_wild(state) {
+            debug_assert!(self.wild >= n, "wild count drift");
             self.wild = self.wild.saturating_sub(n);
         }
     }
@@ -124,6 +144,7 @@ impl Group {
     fn forget_blocker(&mut self, graph: &StateGraph, from: StateId, n: u32) {
         for h in &mut self.held {
             if h.counts(graph, from) {
+                debug_assert!(h.blockers >= n, "blocker count drift");
                 h.blockers = h.blockers.saturating_sub(n);
             }
         }
@@ -136,6 +157,28 @@ impl Group {
                 h.blockers += 1;
             }
         }
+    }
+
+    /// The held set to release when every branch is held and each may reach another. Of the
+    /// sets that no other held set reaches along declared edges (so that a set further down a
+    /// declared path waits for the branches upstream of it), one at a state that is not a
+    /// declared join (at most one declared predecessor) goes first, then the latest; the
+    /// latest of all when every set is reached by another.
+    fn fallback_release(&self, graph: &StateGraph) -> usize {
+        let reached = |h: &Held| {
+            self.held
+                .iter()
+                .any(|other| h.ancestors.contains(&other.state))
+        };
+        let not_a_join = |h: &Held| graph.predecessors(h.state).len() <= 1;
+        let upstream = |i: &usize| !reached(&self.held[*i]);
+        let indices = 0..self.held.len();
+        indices
+            .clone()
+            .rev()
+            .find(|i| upstream(i) && not_a_join(&self.held[*i]))
+            .or_else(|| indices.clone().rev().find(upstream))
+            .unwrap_or(self.held.len() - 1)
     }
 
     fn held_at(&self, state: StateId) -> Option<usize> {
@@ -159,6 +202,7 @@ fn decrement_position(positions: &mut FxHashMap<StateId, u32>, state: StateId, n
 
 fn decrement_order(orders: &mut BTreeMap<u32, u32>, order: u32, n: u32) {
     if let Some(count) = orders.get_mut(&order) {
+        debug_assert!(*count >= n, "order count underflow");
         *count = count.saturating_sub(n);
         if *count == 0 {
             orders.remove(&order);
@@ -179,6 +223,7 @@ impl Joins {
             epoch: 0,
             stack: Vec::new(),
             found: Vec::new(),
+            moves: Vec::new(),
         }
     }
 
@@ -208,10 +253,31 @@ impl Joins {
         } else {
             self.spread(graph, root, entries);
         }
+        self.apply_moves(graph);
     }
 
     /// The branch of `group` that ran `at` ends.
     pub(crate) fn end(&mut self, graph: &StateGraph, group: GroupId, at: StateId) {
+        self.moves.push(Move::End { group, at });
+        self.apply_moves(graph);
+    }
+
+    /// The branch of `group` that ran `from` goes to `to`.
+    pub(crate) fn goto(&mut self, graph: &StateGraph, group: GroupId, from: StateId, to: StateId) {
+        self.moves.push(Move::Goto { group, from, to });
+        self.apply_moves(graph);
+    }
+
+    fn apply_moves(&mut self, graph: &StateGraph) {
+        while let Some(next) = self.moves.pop() {
+            match next {
+                Move::Goto { group, from, to } => self.apply_goto(graph, group, from, to),
+                Move::End { group, at } => self.apply_end(graph, group, at),
+            }
+        }
+    }
+
+    fn apply_end(&mut self, graph: &StateGraph, group: GroupId, at: StateId) {
         let g = group_of(&mut self.groups, group);
         if g.live > 1 {
             g.remove_position(graph, at, 1);
@@ -222,7 +288,10 @@ impl Joins {
             let parent = g.parent;
             self.release_group(group);
             match parent {
-                Some((parent, fork)) => self.end(graph, parent, fork),
+                Some((parent, fork)) => self.moves.push(Move::End {
+                    group: parent,
+                    at: fork,
+                }),
                 None => self.finished = true,
             }
             return;
@@ -230,15 +299,18 @@ impl Joins {
         self.settle(graph, group);
     }
 
-    /// The branch of `group` that ran `from` goes to `to`.
-    pub(crate) fn goto(&mut self, graph: &StateGraph, group: GroupId, from: StateId, to: StateId) {
+    fn apply_goto(&mut self, graph: &StateGraph, group: GroupId, from: StateId, to: StateId) {
         let g = group_of(&mut self.groups, group);
         if g.live == 1 {
             // Nobody left to wait for: a child group is only a wrapper around one branch.
             match g.parent {
                 Some((parent, fork)) => {
                     self.release_group(group);
-                    self.goto(graph, parent, fork, to);
+                    self.moves.push(Move::Goto {
+                        group: parent,
+                        from: fork,
+                        to,
+                    });
                 }
                 None => self.released.push((to, group)),
             }
@@ -257,7 +329,7 @@ impl Joins {
             h.members += 1;
             g.held_members += 1;
             self.held_total += 1;
-            self.blocked.push(to);
+            self.blocked.push((to, group));
         } else if from == to {
             // A state looping on itself is in the middle of its own work, not at a join:
             // held, the fallback could release a real join before it.
@@ -279,27 +351,33 @@ impl Joins {
         match targets {
             [] => self.end(graph, group, at),
             [only] => self.goto(graph, group, at, *only),
-            _ if graph.is_wild(at) => {
-                let child = self.alloc(Group::new(Some((group, at)), targets.len() as u32));
-                self.spread(graph, child, targets);
-            }
             _ => {
-                // Declared successors: the new branches are siblings of every branch in this
-                // group, so joins between them and their cousins are exact.
                 let g = group_of(&mut self.groups, group);
-                if g.live == 1 {
+                let split = if g.live == 1 {
+                    // The only branch forks: its group can hold the new branches, whatever the
+                    // fork (a loop that forks every round must not nest groups without end).
                     // Positions are not kept for a single branch; start them afresh.
                     g.positions.clear();
                     g.orders.clear();
                     g.wild = 0;
-                } else {
+                    g.live = targets.len() as u32;
+                    group
+                } else if graph.successors(at).is_some() {
+                    // Declared successors: the new branches are siblings of every branch in
+                    // this group, so joins between them and their cousins are exact.
                     g.remove_position(graph, at, 1);
                     g.forget_blocker(graph, at, 1);
-                }
-                g.live += targets.len() as u32 - 1;
-                self.spread(graph, group, targets);
+                    g.live += targets.len() as u32 - 1;
+                    group
+                } else {
+                    // Undeclared successors: a family of its own, whose branches wait only for
+                    // each other, standing for one branch (at `at`) in this group.
+                    self.alloc(Group::new(Some((group, at)), targets.len() as u32))
+                };
+                self.spread(graph, split, targets);
             }
         }
+        self.apply_moves(graph);
     }
 
     /// Places new branches of `group` at `targets` and starts or holds each.
@@ -319,7 +397,7 @@ impl Joins {
                 }
                 g.held_members += 1;
                 self.held_total += 1;
-                self.blocked.push(target);
+                self.blocked.push((target, group));
             } else {
                 self.arrive_fresh(graph, group, target, false);
             }
@@ -336,7 +414,13 @@ impl Joins {
         state: StateId,
         counts_wild: bool,
     ) {
-        let limit = group_of(&mut self.groups, group).highest_order();
+        let g = group_of(&mut self.groups, group);
+        // A branch at a wild state may jump anywhere, also to states of higher order.
+        let limit = if g.wild > 0 {
+            u32::MAX
+        } else {
+            g.highest_order()
+        };
         self.collect_ancestors(graph, state, limit);
         let g = group_of(&mut self.groups, group);
         let mut blockers: u32 = 0;
@@ -351,7 +435,8 @@ impl Joins {
             self_counted |= p == state;
         }
         if counts_wild {
-            blockers += g.wild - wild_among_ancestors;
+            debug_assert!(g.wild >= wild_among_ancestors, "wild count drift");
+            blockers += g.wild.saturating_sub(wild_among_ancestors);
             self_counted |= graph.is_wild(state);
         }
         // The arriving branch itself is at `state`: a member, not a blocker.
@@ -371,7 +456,7 @@ impl Joins {
         });
         g.held_members += 1;
         self.held_total += 1;
-        self.blocked.push(state);
+        self.blocked.push((state, group));
     }
 
     /// Releases held sets of `group` while any may go.
@@ -382,8 +467,8 @@ impl Joins {
             };
             let index = match g.held.iter().position(|h| h.blockers == 0) {
                 Some(i) => i,
-                // Every live branch is held and all may reach each other: latest first.
-                None if !g.held.is_empty() && g.held_members == g.live => g.held.len() - 1,
+                // Every live branch is held and all may reach each other.
+                None if !g.held.is_empty() && g.held_members == g.live => g.fallback_release(graph),
                 None => return,
             };
             if !self.release(graph, group, index) {
@@ -402,7 +487,11 @@ impl Joins {
             match g.parent {
                 Some((parent, fork)) => {
                     self.release_group(group);
-                    self.goto(graph, parent, fork, h.state);
+                    self.moves.push(Move::Goto {
+                        group: parent,
+                        from: fork,
+                        to: h.state,
+                    });
                     return false;
                 }
                 None => {

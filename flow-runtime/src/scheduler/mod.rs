@@ -210,7 +210,11 @@ impl Coordinator {
     fn watch(&self, started_at: Instant) -> AbortHandle {
         let cancel = self.cancel.clone();
         let sender = self.sender.clone();
-        let deadline = self.compiled.timeout.map(|timeout| started_at + timeout);
+        // A timeout too long to add to the clock is no deadline at all.
+        let deadline = self
+            .compiled
+            .timeout
+            .and_then(|timeout| started_at.checked_add(timeout));
         tokio::spawn(async move {
             let message = match deadline {
                 Some(deadline) => tokio::select! {
@@ -444,14 +448,9 @@ impl Coordinator {
     /// Moves what the join bookkeeping decided into the ready queue and the statuses.
     fn absorb_joins(&mut self) {
         let mut blocked = std::mem::take(&mut self.joins.blocked);
-        for state in blocked.drain(..) {
+        for (state, group) in blocked.drain(..) {
             // A branch that joined a held set which this same step released did not wait.
-            if self
-                .joins
-                .released
-                .iter()
-                .any(|&(released, _)| released == state)
-            {
+            if self.joins.released.contains(&(state, group)) {
                 continue;
             }
             self.set_status(state, StateStatus::Blocked);
@@ -512,6 +511,21 @@ impl Coordinator {
     }
 
     /// Stops what still runs, settles every status, and writes the report.
+    /// Aborts every running state task; returns their states.
+    fn abort_running(&mut self) -> Vec<StateId> {
+        self.running_count = 0;
+        self.running
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(|running| {
+                if let Some(abort) = running.abort {
+                    abort.abort();
+                }
+                running.state
+            })
+            .collect()
+    }
+
     fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
         let agent = || self.compiled.name.to_string();
         let (status, error) = match stop {
@@ -530,20 +544,11 @@ impl Coordinator {
             ),
         };
         // Work that will not happen is reported as cancelled, never silently dropped.
-        let mut cancelled: Vec<StateId> = Vec::new();
-        for running in self.running.iter_mut().filter_map(Option::take) {
-            if let Some(abort) = running.abort {
-                abort.abort();
-            }
-            cancelled.push(running.state);
-        }
-        let queued: Vec<StateId> = self.ready.drain().map(|entry| entry.state).collect();
-        let held: Vec<StateId> = self.joins.held_states().collect();
-        self.running_count = 0;
-        for state in cancelled.iter().chain(&queued).chain(&held) {
-            self.set_status(*state, StateStatus::Cancelled);
-        }
+        let mut cancelled = self.abort_running();
+        cancelled.extend(self.ready.drain().map(|entry| entry.state));
+        cancelled.extend(self.joins.held_states());
         for state in cancelled {
+            self.set_status(state, StateStatus::Cancelled);
             self.publish(EventKind::StateCancelled {
                 state: Arc::clone(self.graph.name(state)),
             });
@@ -561,12 +566,20 @@ impl Coordinator {
             run_id: self.observer.run_id,
             status,
             error,
-            context: self.context,
-            states: self.states,
+            context: self.context.clone(),
+            states: std::mem::take(&mut self.states),
             transitions: self.transitions,
             max_concurrency: self.max_concurrency,
             started_at,
             duration,
         }
+    }
+}
+
+impl Drop for Coordinator {
+    /// A coordinator that stops abnormally (its task aborted or its runtime shutting down)
+    /// takes its states' tasks with it rather than leaving them running unaccounted for.
+    fn drop(&mut self) {
+        self.abort_running();
     }
 }
