@@ -1,236 +1,35 @@
-//! Fixed benchmark scenarios; each prints one JSON line.
+//! Runs one benchmark scenario and prints its JSON line.
 //!
 //! ```text
 //! cargo run --release --example bench -- SCENARIO N [REPETITIONS]
 //! ```
 //!
 //! Scenarios: `chain`, `fanout`, `fanout_io`, `build`, `runs` (see the README's benchmark
-//! section). Times are medians over the repetitions (default 7); `run_s` is the run alone,
-//! `build_s` is adding the states and validating the graph.
+//! section and `benches/scenarios/mod.rs`). Times are medians over the repetitions (default 7).
+//! `cargo bench` runs every scenario at the sizes the README reports.
 
-use std::time::{Duration, Instant};
-
-use fluffy_flow::prelude::*;
-use serde_json::json;
-
-/// Names live for the whole program: a transition to a `&'static str` allocates nothing.
-fn leak_names(prefix: &str, n: usize) -> Vec<&'static str> {
-    (0..n)
-        .map(|i| &*Box::leak(format!("{prefix}{i}").into_boxed_str()))
-        .collect()
-}
-
-struct Sample {
-    build: Duration,
-    run: Duration,
-    transitions: u64,
-    max_concurrency: usize,
-    correct: bool,
-}
-
-fn chain_agent(n: usize) -> Agent {
-    let names = leak_names("s", n);
-    let mut agent = Agent::new("chain");
-    for i in 0..n {
-        let key = names[i];
-        let next = names.get(i + 1).copied();
-        agent
-            .add_state(key, move |ctx: Context| async move {
-                ctx.set_state(key, i);
-                Ok::<_, FlowError>(next.map_or(Next::End, Next::to))
-            })
-            .successors(next);
-    }
-    agent
-}
-
-async fn chain(n: usize) -> Sample {
-    let t = Instant::now();
-    let agent = chain_agent(n);
-    agent.validate().expect("valid chain");
-    let build = t.elapsed();
-    let t = Instant::now();
-    let report = agent.run().await.expect("chain completes");
-    let run = t.elapsed();
-    let last = format!("s{}", n - 1);
-    let correct = report.context.len() == n
-        && report.context.get_state::<usize>(&last).ok() == Some(n - 1)
-        && report.transitions == n as u64;
-    Sample {
-        build,
-        run,
-        transitions: report.transitions,
-        max_concurrency: report.max_concurrency,
-        correct,
-    }
-}
-
-fn fanout_agent(n: usize, sleep: Option<Duration>) -> Agent {
-    let names = leak_names("b", n);
-    let mut agent = Agent::new("fanout");
-    let targets = names.clone();
-    agent
-        .add_state("start", move |_ctx: Context| {
-            let targets = targets.clone();
-            async move { Ok::<_, FlowError>(Next::parallel(targets)) }
-        })
-        .successors(names.iter().copied());
-    for (i, &name) in names.iter().enumerate() {
-        agent
-            .add_state(name, move |ctx: Context| async move {
-                if let Some(sleep) = sleep {
-                    tokio::time::sleep(sleep).await;
-                }
-                ctx.set_state(name, i);
-                Ok::<_, FlowError>(Next::to("join"))
-            })
-            .successors(["join"]);
-    }
-    agent
-        .add_state("join", move |ctx: Context| {
-            let names = names.clone();
-            async move {
-                let mut sum = 0usize;
-                for name in &names {
-                    sum += ctx.get_state::<usize>(name)?;
-                }
-                ctx.set_state("sum", sum);
-                Ok::<_, FlowError>(Next::End)
-            }
-        })
-        .successors(Vec::<String>::new());
-    agent
-}
-
-async fn fanout(n: usize, sleep: Option<Duration>) -> Sample {
-    let t = Instant::now();
-    let agent = fanout_agent(n, sleep);
-    agent.validate().expect("valid fan-out");
-    let build = t.elapsed();
-    let t = Instant::now();
-    let report = agent.run().await.expect("fan-out completes");
-    let run = t.elapsed();
-    let correct = report.context.get_state::<usize>("sum").ok() == Some(n * (n - 1) / 2)
-        && report.state("join").map(|s| s.runs) == Some(1)
-        && report.transitions == n as u64 + 2;
-    Sample {
-        build,
-        run,
-        transitions: report.transitions,
-        max_concurrency: report.max_concurrency,
-        correct,
-    }
-}
-
-async fn build(n: usize) -> Sample {
-    let t = Instant::now();
-    let agent = chain_agent(n);
-    let valid = agent.validate().is_ok();
-    let build = t.elapsed();
-    let correct = valid && agent.graph().map(|g| g.len()) == Ok(n);
-    Sample {
-        build,
-        run: Duration::ZERO,
-        transitions: 0,
-        max_concurrency: 0,
-        correct,
-    }
-}
-
-async fn runs(n: usize) -> Sample {
-    let t = Instant::now();
-    let mut agent = Agent::new("request");
-    agent.add_state("parse", |ctx: Context| async move {
-        ctx.set_state("parsed", 1u32);
-        Ok::<_, FlowError>(Next::to("handle"))
-    });
-    agent.add_state("handle", |ctx: Context| async move {
-        let parsed: u32 = ctx.get_state("parsed")?;
-        ctx.set_state("handled", parsed + 1);
-        Ok::<_, FlowError>(Next::to("respond"))
-    });
-    agent.add_state("respond", |ctx: Context| async move {
-        let handled: u32 = ctx.get_state("handled")?;
-        ctx.set_state("response", handled + 1);
-        Ok::<_, FlowError>(Next::End)
-    });
-    agent.validate().expect("valid workflow");
-    let build = t.elapsed();
-    let t = Instant::now();
-    let handles: Vec<_> = (0..n).map(|_| agent.start().expect("started")).collect();
-    let mut correct = true;
-    let mut transitions = 0;
-    for handle in handles {
-        let report = handle.wait().await;
-        transitions += report.transitions;
-        correct &= report.context.get_state::<u32>("response").ok() == Some(3);
-    }
-    let run = t.elapsed();
-    Sample {
-        build,
-        run,
-        transitions,
-        max_concurrency: 1,
-        correct,
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
+#[path = "../benches/scenarios/mod.rs"]
+mod scenarios;
 
 fn main() {
+    let usage = format!(
+        "usage: bench SCENARIO N [REPETITIONS]; scenarios: {}",
+        scenarios::SCENARIOS.join(" ")
+    );
     let mut args = std::env::args().skip(1);
-    let usage =
-        "usage: bench SCENARIO N [REPETITIONS]; scenarios: chain fanout fanout_io build runs";
-    let scenario = args.next().expect(usage);
-    let n: usize = args.next().and_then(|a| a.parse().ok()).expect(usage);
-    let repetitions: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7).max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-
-    let samples: Vec<Sample> = (0..repetitions)
-        .map(|_| {
-            runtime.block_on(async {
-                match scenario.as_str() {
-                    "chain" => chain(n).await,
-                    "fanout" => fanout(n, None).await,
-                    "fanout_io" => fanout(n, Some(Duration::from_millis(10))).await,
-                    "build" => build(n).await,
-                    "runs" => runs(n).await,
-                    other => panic!("unknown scenario `{other}`; {usage}"),
-                }
-            })
-        })
-        .collect();
-
-    let run_s = median(samples.iter().map(|s| s.run.as_secs_f64()).collect());
-    let build_s = median(samples.iter().map(|s| s.build.as_secs_f64()).collect());
-    let transitions = samples[0].transitions;
-    let per_transition_us = if transitions > 0 {
-        Some(run_s / transitions as f64 * 1e6)
-    } else {
-        None
+    let (Some(scenario), Some(n)) = (
+        args.next(),
+        args.next().and_then(|a| a.parse::<usize>().ok()),
+    ) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
     };
-    let mut line = json!({
-        "scenario": scenario,
-        "n": n,
-        "repetitions": repetitions,
-        "run_s": run_s,
-        "build_s": build_s,
-        "transitions": transitions,
-        "per_transition_us": per_transition_us,
-        "max_concurrency": samples.iter().map(|s| s.max_concurrency).max(),
-        "correct": samples.iter().all(|s| s.correct),
-    });
-    if scenario.starts_with("fanout") {
-        line["per_branch_us"] = json!(run_s / n as f64 * 1e6);
+    let repetitions = args.next().and_then(|a| a.parse().ok()).unwrap_or(7);
+    match scenarios::run(&scenario, n, repetitions) {
+        Ok(line) => println!("{line}"),
+        Err(message) => {
+            eprintln!("{message}\n{usage}");
+            std::process::exit(2);
+        }
     }
-    if scenario == "runs" {
-        line["runs_per_s"] = json!(n as f64 / run_s);
-    }
-    println!("{line}");
 }

@@ -1,0 +1,18 @@
+//! `cargo bench`: every benchmark scenario at the sizes the README reports, one JSON line each.
+
+mod scenarios;
+
+fn main() {
+    for (scenario, n) in [
+        ("chain", 10_000),
+        ("fanout", 10_000),
+        ("fanout_io", 1_000),
+        ("build", 10_000),
+        ("runs", 10_000),
+    ] {
+        match scenarios::run(scenario, n, 7) {
+            Ok(line) => println!("{line}"),
+            Err(message) => panic!("{message}"),
+        }
+    }
+}
