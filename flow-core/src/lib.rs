@@ -10,7 +10,9 @@ mod error;
 mod graph;
 mod hash;
 mod next;
+mod options;
 mod priority;
+mod spec;
 mod status;
 mod suggest;
 
@@ -18,6 +20,8 @@ pub use error::{FlowError, StateError};
 pub use graph::{StateGraph, StateId, StateSpec};
 pub use hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
 pub use next::{Next, StateName};
+pub use options::{DependencyType, ResourceRequirements, RetryPolicy, parse_duration};
 pub use priority::Priority;
+pub use spec::{StateDecl, WorkflowSpec, find_cycle};
 pub use status::{AgentStatus, StateStatus};
 pub use suggest::closest_name;
