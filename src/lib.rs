@@ -2,25 +2,33 @@
 #![warn(missing_docs)]
 
 pub use flow_core::{
-    AgentStatus, FlowError, Next, Priority, StateError, StateGraph, StateId, StateName, StateSpec,
-    StateStatus,
+    AgentStatus, DependencyType, FlowError, Next, Priority, ResourceRequirements, RetryPolicy,
+    StateDecl, StateError, StateGraph, StateId, StateName, StateSpec, StateStatus, WorkflowSpec,
+    parse_duration,
 };
+pub use flow_macros::{context, state, workflow};
 pub use flow_runtime::{
     Agent, BoxError, Context, ContextValue, DEFAULT_EVENT_CAPACITY, Event, EventKind, EventStream,
     EventStreamError, MAX_EVENT_CAPACITY, RunCounts, RunHandle, RunReport, StateOptions,
-    StateReport, StateResult,
+    StateReport, StateResult, Workflow,
 };
+
+mod transitions;
 
 /// Everything a workflow usually needs, in one import: `use fluffy_flow::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Agent, AgentStatus, Context, FlowError, Next, Priority, RunReport, StateResult, StateStatus,
+        Agent, AgentStatus, Context, FlowError, Next, Priority, RunReport, StateResult,
+        StateStatus, Workflow, context, end, goto, next, parallel, state, workflow,
     };
 }
 
 /// Items the macros' generated code refers to. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use flow_core;
-    pub use flow_runtime;
+    pub use flow_core::{
+        DependencyType, FlowError, Next, Priority, ResourceRequirements, RetryPolicy, StateDecl,
+        WorkflowSpec,
+    };
+    pub use flow_runtime::{Agent, Context, Workflow};
 }

@@ -11,9 +11,11 @@ mod events;
 mod run;
 mod scheduler;
 mod state_fn;
+mod workflow;
 
 pub use agent::{Agent, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY, StateOptions};
 pub use context::{Context, ContextValue};
 pub use events::{Event, EventKind, EventStream, EventStreamError};
 pub use run::{RunCounts, RunHandle, RunReport, StateReport};
 pub use state_fn::{BoxError, StateResult};
+pub use workflow::Workflow;

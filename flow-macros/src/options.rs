@@ -1,0 +1,397 @@
+//! The options of `#[state(...)]` and `#[workflow(...)]`: parsed, validated, spanned.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use proc_macro2::Span;
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
+use syn::{Attribute, Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, UnOp};
+
+use crate::errors::Errors;
+
+mod kw {
+    syn::custom_keyword!(low);
+    syn::custom_keyword!(normal);
+    syn::custom_keyword!(high);
+    syn::custom_keyword!(critical);
+    syn::custom_keyword!(required);
+    syn::custom_keyword!(optional);
+    syn::custom_keyword!(parallel);
+    syn::custom_keyword!(sequential);
+}
+
+pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critical, timeout = \"30s\", \
+     resources(cpu, memory_mb, io, network, gpu), retry(max, initial_delay, max_delay, base, jitter), \
+     deps(state = required|optional|parallel|sequential), on_error = state";
+
+/// Everything `#[state(...)]` says.
+#[derive(Default)]
+pub(crate) struct StateOptions {
+    pub(crate) entry: bool,
+    /// The priority's variant name (`Low`, `Normal`, ...).
+    pub(crate) priority: Option<&'static str>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) resources: Resources,
+    pub(crate) retry: Option<Retry>,
+    pub(crate) deps: Vec<(Ident, &'static str)>,
+    pub(crate) on_error: Option<Ident>,
+}
+
+#[derive(Default)]
+pub(crate) struct Resources {
+    pub(crate) cpu: f64,
+    pub(crate) memory_mb: u64,
+    pub(crate) io: f64,
+    pub(crate) network: f64,
+    pub(crate) gpu: f64,
+}
+
+pub(crate) struct Retry {
+    pub(crate) max: u32,
+    pub(crate) initial_delay: Duration,
+    pub(crate) max_delay: Duration,
+    pub(crate) base: f64,
+    pub(crate) jitter: bool,
+}
+
+/// Everything `#[workflow(...)]` says.
+#[derive(Default)]
+pub(crate) struct WorkflowOptions {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) max_concurrent: Option<usize>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// Rejects an option given twice.
+struct Seen(HashSet<String>);
+
+impl Seen {
+    fn check(&mut self, meta: &ParseNestedMeta, key: &str, errors: &mut Errors) {
+        if !self.0.insert(key.to_owned()) {
+            errors.push(syn::Error::new(
+                meta.path.span(),
+                format!("`{key}` is given twice; keep one of them"),
+            ));
+        }
+    }
+}
+
+fn key_of(meta: &ParseNestedMeta) -> String {
+    meta.path
+        .get_ident()
+        .map(Ident::to_string)
+        .unwrap_or_else(|| {
+            meta.path
+                .segments
+                .iter()
+                .map(|s| s.ident.to_string())
+                .collect::<Vec<_>>()
+                .join("::")
+        })
+}
+
+/// A numeric literal, possibly negated, and its span.
+fn number(meta: &ParseNestedMeta, key: &str, example: &str) -> syn::Result<(f64, Span)> {
+    let expr: Expr = meta.value()?.parse()?;
+    let span = expr.span();
+    let wrong = || {
+        syn::Error::new(
+            span,
+            format!("`{key}` takes a number, like `{key} = {example}`"),
+        )
+    };
+    let (negative, lit) = match &expr {
+        Expr::Lit(ExprLit { lit, .. }) => (false, lit),
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_),
+            expr,
+            ..
+        }) => match &**expr {
+            Expr::Lit(ExprLit { lit, .. }) => (true, lit),
+            _ => return Err(wrong()),
+        },
+        _ => return Err(wrong()),
+    };
+    let value = match lit {
+        Lit::Float(f) => f.base10_parse::<f64>()?,
+        Lit::Int(i) => i.base10_parse::<f64>()?,
+        _ => return Err(wrong()),
+    };
+    Ok((if negative { -value } else { value }, span))
+}
+
+fn positive(
+    meta: &ParseNestedMeta,
+    key: &str,
+    example: &str,
+    errors: &mut Errors,
+) -> syn::Result<f64> {
+    let (value, span) = number(meta, key, example)?;
+    if !(value > 0.0 && value.is_finite()) {
+        errors.push(syn::Error::new(
+            span,
+            format!("`{key}` must be a positive number, not {value}; leave it out to request none"),
+        ));
+    }
+    Ok(value)
+}
+
+fn whole(meta: &ParseNestedMeta, key: &str, example: &str) -> syn::Result<(u64, Span)> {
+    let (value, span) = number(meta, key, example)?;
+    if value < 0.0 || value.fract() != 0.0 || value > u64::MAX as f64 {
+        return Err(syn::Error::new(
+            span,
+            format!("`{key}` takes a whole number of at least 0, like `{key} = {example}`"),
+        ));
+    }
+    Ok((value as u64, span))
+}
+
+fn duration(meta: &ParseNestedMeta, key: &str, errors: &mut Errors) -> syn::Result<Duration> {
+    let value = meta.value()?;
+    let literal: LitStr = value.parse().map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            format!("`{key}` takes a duration in quotes, like `{key} = \"30s\"`"),
+        )
+    })?;
+    match flow_core::parse_duration(&literal.value()) {
+        Ok(duration) if duration.is_zero() => {
+            errors.push(syn::Error::new(
+                literal.span(),
+                format!("`{key}` must be longer than zero"),
+            ));
+            Ok(duration)
+        }
+        Ok(duration) => Ok(duration),
+        Err(message) => {
+            errors.push(syn::Error::new(literal.span(), message));
+            Ok(Duration::ZERO)
+        }
+    }
+}
+
+fn boolean(meta: &ParseNestedMeta, key: &str) -> syn::Result<bool> {
+    let expr: Expr = meta.value()?.parse()?;
+    match &expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(b.value),
+        _ => Err(syn::Error::new(
+            expr.span(),
+            format!("`{key}` takes `true` or `false`"),
+        )),
+    }
+}
+
+fn priority(meta: &ParseNestedMeta) -> syn::Result<&'static str> {
+    let input = meta.value()?;
+    let lookahead = input.lookahead1();
+    if lookahead.peek(kw::low) {
+        input.parse::<kw::low>().map(|_| "Low")
+    } else if lookahead.peek(kw::normal) {
+        input.parse::<kw::normal>().map(|_| "Normal")
+    } else if lookahead.peek(kw::high) {
+        input.parse::<kw::high>().map(|_| "High")
+    } else if lookahead.peek(kw::critical) {
+        input.parse::<kw::critical>().map(|_| "Critical")
+    } else {
+        Err(lookahead.error())
+    }
+}
+
+fn dependency_kind(meta: &ParseNestedMeta) -> syn::Result<&'static str> {
+    let input = meta.value()?;
+    let lookahead = input.lookahead1();
+    if lookahead.peek(kw::required) {
+        input.parse::<kw::required>().map(|_| "Required")
+    } else if lookahead.peek(kw::optional) {
+        input.parse::<kw::optional>().map(|_| "Optional")
+    } else if lookahead.peek(kw::parallel) {
+        input.parse::<kw::parallel>().map(|_| "Parallel")
+    } else if lookahead.peek(kw::sequential) {
+        input.parse::<kw::sequential>().map(|_| "Sequential")
+    } else {
+        Err(lookahead.error())
+    }
+}
+
+/// Parses one `#[state]` / `#[state(...)]` attribute; problems go to `errors`.
+pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions {
+    let mut options = StateOptions::default();
+    if matches!(attr.meta, syn::Meta::Path(_)) {
+        return options;
+    }
+    let mut seen = Seen(HashSet::new());
+    let result = attr.parse_nested_meta(|meta| {
+        let key = key_of(&meta);
+        seen.check(&meta, &key, errors);
+        match key.as_str() {
+            "entry" => options.entry = true,
+            "priority" => options.priority = Some(priority(&meta)?),
+            "timeout" => options.timeout = Some(duration(&meta, "timeout", errors)?),
+            "on_error" => options.on_error = Some(meta.value()?.parse()?),
+            "resources" => parse_resources(&meta, &mut options.resources, errors)?,
+            "retry" => options.retry = Some(parse_retry(&meta, errors)?),
+            "deps" => meta.parse_nested_meta(|dep| {
+                let Some(state) = dep.path.get_ident().cloned() else {
+                    return Err(syn::Error::new(
+                        dep.path.span(),
+                        "name a state of this workflow, like `deps(load = required)`",
+                    ));
+                };
+                options.deps.push((state, dependency_kind(&dep)?));
+                Ok(())
+            })?,
+            other => {
+                return Err(syn::Error::new(
+                    meta.path.span(),
+                    format!(
+                        "unknown option `{other}` of `#[state]`; the options are: {STATE_OPTIONS}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    });
+    errors.push_result(result);
+    options
+}
+
+fn parse_resources(
+    meta: &ParseNestedMeta,
+    resources: &mut Resources,
+    errors: &mut Errors,
+) -> syn::Result<()> {
+    let mut seen = Seen(HashSet::new());
+    meta.parse_nested_meta(|kind| {
+        let key = key_of(&kind);
+        seen.check(&kind, &key, errors);
+        match key.as_str() {
+            "cpu" => resources.cpu = positive(&kind, "cpu", "2.0", errors)?,
+            "io" => resources.io = positive(&kind, "io", "1.0", errors)?,
+            "network" => resources.network = positive(&kind, "network", "1.0", errors)?,
+            "gpu" => resources.gpu = positive(&kind, "gpu", "1.0", errors)?,
+            "memory_mb" => {
+                let (value, span) = whole(&kind, "memory_mb", "512")?;
+                if value == 0 {
+                    errors.push(syn::Error::new(span, "`memory_mb` must be a positive number, not 0; leave it out to request none"));
+                }
+                resources.memory_mb = value;
+            }
+            other => {
+                return Err(syn::Error::new(
+                    kind.path.span(),
+                    format!("unknown resource `{other}`; the resources are: cpu, memory_mb, io, network, gpu"),
+                ));
+            }
+        }
+        Ok(())
+    })
+}
+
+fn parse_retry(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Retry> {
+    let defaults = flow_core::RetryPolicy::DEFAULT;
+    let mut retry = Retry {
+        max: defaults.max_retries,
+        initial_delay: defaults.initial_delay,
+        max_delay: defaults.max_delay,
+        base: defaults.exponential_base,
+        jitter: defaults.jitter,
+    };
+    let mut seen = Seen(HashSet::new());
+    let mut delays_span = None;
+    meta.parse_nested_meta(|option| {
+        let key = key_of(&option);
+        seen.check(&option, &key, errors);
+        match key.as_str() {
+            "max" => {
+                let (value, span) = whole(&option, "max", "3")?;
+                if value > u64::from(flow_core::RetryPolicy::MAX_RETRIES) {
+                    errors.push(syn::Error::new(
+                        span,
+                        format!("`max` is {value} retries; at most {} are allowed", flow_core::RetryPolicy::MAX_RETRIES),
+                    ));
+                }
+                retry.max = value.min(u64::from(u32::MAX)) as u32;
+            }
+            "initial_delay" => retry.initial_delay = duration(&option, "initial_delay", errors)?,
+            "max_delay" => {
+                delays_span = Some(option.path.span());
+                retry.max_delay = duration(&option, "max_delay", errors)?;
+            }
+            "base" => {
+                let (value, span) = number(&option, "base", "2.0")?;
+                if !(value >= 1.0 && value.is_finite()) {
+                    errors.push(syn::Error::new(span, format!("`base` must be at least 1.0 (the delay never shrinks), not {value}")));
+                }
+                retry.base = value;
+            }
+            "jitter" => retry.jitter = boolean(&option, "jitter")?,
+            other => {
+                return Err(syn::Error::new(
+                    option.path.span(),
+                    format!("unknown retry option `{other}`; the options are: max, initial_delay, max_delay, base, jitter"),
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    if retry.max_delay < retry.initial_delay {
+        errors.push(syn::Error::new(
+            delays_span.unwrap_or_else(|| meta.path.span()),
+            format!(
+                "`max_delay` ({:?}) is shorter than `initial_delay` ({:?}); these options conflict",
+                retry.max_delay, retry.initial_delay
+            ),
+        ));
+    }
+    Ok(retry)
+}
+
+/// Parses the arguments of `#[workflow(...)]`.
+pub(crate) fn parse_workflow(
+    args: proc_macro2::TokenStream,
+    errors: &mut Errors,
+) -> WorkflowOptions {
+    let mut options = WorkflowOptions::default();
+    let mut seen = Seen(HashSet::new());
+    let parser = syn::meta::parser(|meta| {
+        let key = key_of(&meta);
+        seen.check(&meta, &key, errors);
+        match key.as_str() {
+            "name" => {
+                options.name = Some(meta.value()?.parse().map_err(|e: syn::Error| {
+                    syn::Error::new(
+                        e.span(),
+                        "`name` takes a string, like `name = \"text_processor\"`",
+                    )
+                })?)
+            }
+            "max_concurrent" => {
+                let (value, span) = whole(&meta, "max_concurrent", "8")?;
+                if value == 0 {
+                    errors.push(syn::Error::new(
+                        span,
+                        "`max_concurrent` must be at least 1, or no state could run",
+                    ));
+                }
+                options.max_concurrent = Some(value as usize);
+            }
+            "timeout" => options.timeout = Some(duration(&meta, "timeout", errors)?),
+            other => {
+                return Err(syn::Error::new(
+                    meta.path.span(),
+                    format!(
+                        "unknown option `{other}` of `#[workflow]`; the options are: name = \"..\", max_concurrent = N, timeout = \"..\""
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    });
+    let result = syn::parse::Parser::parse2(parser, args);
+    errors.push_result(result);
+    options
+}

@@ -1,0 +1,349 @@
+//! `#[workflow]`: reads the `#[state]` methods of an impl block, checks the graph they form,
+//! and implements `Workflow` (the static `GRAPH` and the registration of every state).
+
+use std::collections::HashMap;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Attribute, Ident, ImplItem, ImplItemFn, ItemImpl, ReturnType};
+
+use crate::errors::Errors;
+use crate::options::{self, StateOptions, WorkflowOptions};
+use crate::signature;
+use crate::transitions::{self, Transitions};
+
+struct State {
+    ident: Ident,
+    options: StateOptions,
+    transitions: Transitions,
+    /// Where the return type is, for errors about what the state returns.
+    output_span: Span,
+}
+
+fn is_state_attribute(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "state")
+}
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let options = options::parse_workflow(args, &mut errors);
+    let mut block: ItemImpl = match syn::parse2(item.clone()) {
+        Ok(block) => block,
+        Err(_) => {
+            let error = syn::Error::new(
+                Span::call_site(),
+                "`#[workflow]` goes on an `impl` block whose `#[state]` methods are the workflow's states",
+            );
+            let mut out = error.to_compile_error();
+            out.extend(item);
+            return out;
+        }
+    };
+    if let Some((path, _)) = &block.trait_ {
+        errors.push(syn::Error::new_spanned(path, "`#[workflow]` goes on an inherent `impl` block (`impl MyWorkflow { .. }`), not a trait impl"));
+    }
+    if !block.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &block.generics,
+            "a `#[workflow]` type cannot be generic; wrap the generic parts in a concrete type",
+        ));
+    }
+
+    let states = collect_states(&mut block, &mut errors);
+    if states.is_empty() && errors.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &block.self_ty,
+            "this workflow has no states: mark its async methods with `#[state]`",
+        ));
+    }
+    check_graph(&states, &mut errors);
+
+    let self_ty = &block.self_ty;
+    let name = workflow_name(&options, self_ty);
+    let workflow_impl = if errors.is_empty() {
+        generate(&options, &name, self_ty, &states)
+    } else {
+        // Keep `.agent()` and `GRAPH` resolvable, so that one mistake is one error.
+        quote! {
+            impl ::fluffy_flow::__private::Workflow for #self_ty {
+                const GRAPH: ::fluffy_flow::__private::WorkflowSpec = ::fluffy_flow::__private::WorkflowSpec {
+                    name: #name, max_concurrent: ::core::option::Option::None,
+                    timeout: ::core::option::Option::None, states: &[],
+                };
+                fn __register(_: ::std::sync::Arc<Self>, _: &mut ::fluffy_flow::__private::Agent) {}
+            }
+        }
+    };
+    let compile_errors = errors.to_compile_errors();
+    quote! {
+        #compile_errors
+        #block
+        #workflow_impl
+    }
+}
+
+fn workflow_name(options: &WorkflowOptions, self_ty: &syn::Type) -> String {
+    if let Some(name) = &options.name {
+        return name.value();
+    }
+    match self_ty {
+        syn::Type::Path(path) => path.path.segments.last().map(|s| s.ident.to_string()),
+        _ => None,
+    }
+    .unwrap_or_else(|| self_ty.to_token_stream().to_string())
+}
+
+/// Takes the `#[state]` attributes off the methods and reads what each state is.
+fn collect_states(block: &mut ItemImpl, errors: &mut Errors) -> Vec<State> {
+    let mut states: Vec<State> = Vec::new();
+    let mut seen: HashMap<String, ()> = HashMap::new();
+    let mut duplicates = Vec::new();
+    for (index, item) in block.items.iter_mut().enumerate() {
+        let ImplItem::Fn(method) = item else { continue };
+        let (state_attrs, others): (Vec<Attribute>, Vec<Attribute>) =
+            method.attrs.drain(..).partition(is_state_attribute);
+        method.attrs = others;
+        let Some(first) = state_attrs.first() else {
+            continue;
+        };
+        for extra in &state_attrs[1..] {
+            errors.push(syn::Error::new_spanned(
+                extra,
+                format!(
+                    "`#[state]` is given twice on `{}`; merge the options into one",
+                    method.sig.ident
+                ),
+            ));
+        }
+        let options = options::parse_state(first, errors);
+        signature::check(&method.sig, errors);
+        let transitions = transitions::scan(&method.block, errors);
+        let name = method.sig.ident.to_string();
+        if seen.insert(name.clone(), ()).is_some() {
+            errors.push(syn::Error::new(
+                method.sig.ident.span(),
+                format!("two states are named `{name}`; state names must be unique, rename one"),
+            ));
+            duplicates.push(index);
+            continue;
+        }
+        states.push(State {
+            ident: method.sig.ident.clone(),
+            options,
+            transitions,
+            output_span: output_span(method),
+        });
+    }
+    // Only the first of two same-named methods is kept, so the compiler does not report the
+    // duplicate a second time.
+    for index in duplicates.into_iter().rev() {
+        block.items.remove(index);
+    }
+    states
+}
+
+fn output_span(method: &ImplItemFn) -> Span {
+    match &method.sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => method.sig.ident.span(),
+    }
+}
+
+/// Transitions, dependencies and error handlers must name states; required dependencies must
+/// not form a cycle.
+fn check_graph(states: &[State], errors: &mut Errors) {
+    let names: Vec<String> = states.iter().map(|s| s.ident.to_string()).collect();
+    let index = |ident: &Ident| names.iter().position(|n| *ident == n);
+    let unknown = |ident: &Ident, what: &str| {
+        let hint = flow_core::closest_name(&ident.to_string(), names.iter().map(String::as_str))
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_else(|| format!("; the states are: {}", names.join(", ")));
+        syn::Error::new(
+            ident.span(),
+            format!("{what} `{ident}`, but this workflow has no state of that name{hint}"),
+        )
+    };
+    for state in states {
+        for target in &state.transitions.targets {
+            if index(target).is_none() {
+                errors.push(unknown(target, &format!("state `{}` goes to", state.ident)));
+            }
+        }
+        for (dependency, _) in &state.options.deps {
+            if index(dependency).is_none() {
+                errors.push(unknown(
+                    dependency,
+                    &format!("state `{}` depends on", state.ident),
+                ));
+            } else if *dependency == state.ident {
+                errors.push(syn::Error::new(
+                    dependency.span(),
+                    format!(
+                        "state `{}` depends on itself; remove that dependency",
+                        state.ident
+                    ),
+                ));
+            }
+        }
+        if let Some(handler) = &state.options.on_error {
+            if index(handler).is_none() {
+                errors.push(unknown(
+                    handler,
+                    &format!("state `{}` names as its `on_error` handler", state.ident),
+                ));
+            } else if *handler == state.ident {
+                errors.push(syn::Error::new(
+                    handler.span(),
+                    format!("state `{}` cannot be its own `on_error` handler: the handler runs when the state has failed; name another state", state.ident),
+                ));
+            }
+        }
+    }
+    // Required dependencies, as edges dependency -> dependent, in the order they are written.
+    let mut edges = Vec::new();
+    let mut edge_tokens = Vec::new();
+    for (dependent, state) in states.iter().enumerate() {
+        for (dependency, kind) in &state.options.deps {
+            if let (true, Some(from)) = (*kind == "Required", index(dependency)) {
+                if from != dependent {
+                    edges.push((from, dependent));
+                    edge_tokens.push(dependency);
+                }
+            }
+        }
+    }
+    if let Some((closing, cycle)) = flow_core::find_cycle(states.len(), &edges) {
+        let path: Vec<String> = cycle
+            .iter()
+            .chain(cycle.first())
+            .map(|&i| names[i].clone())
+            .collect();
+        errors.push(syn::Error::new(
+            edge_tokens[closing].span(),
+            format!(
+                "required dependencies form a cycle: {}; no state of it could ever start — make one of these dependencies `optional` or remove it",
+                path.join(" is required by ")
+            ),
+        ));
+    }
+}
+
+fn optional<T: ToTokens>(value: Option<T>) -> TokenStream {
+    match value {
+        Some(value) => quote!(::core::option::Option::Some(#value)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+fn duration(value: std::time::Duration) -> TokenStream {
+    let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+    quote!(::core::time::Duration::from_nanos(#nanos))
+}
+
+fn generate(
+    options: &WorkflowOptions,
+    name: &str,
+    self_ty: &syn::Type,
+    states: &[State],
+) -> TokenStream {
+    let p = quote!(::fluffy_flow::__private);
+    let max_concurrent = optional(options.max_concurrent);
+    let timeout = optional(options.timeout.map(duration));
+    let declarations = states.iter().map(|state| {
+        let name = state.ident.to_string();
+        let entry = state.options.entry;
+        let successors = if state.transitions.dynamic {
+            quote!(::core::option::Option::None)
+        } else {
+            let mut targets: Vec<String> = Vec::new();
+            for target in &state.transitions.targets {
+                let target = target.to_string();
+                if !targets.contains(&target) {
+                    targets.push(target);
+                }
+            }
+            quote!(::core::option::Option::Some(&[#(#targets),*]))
+        };
+        let priority = Ident::new(
+            state.options.priority.unwrap_or("Normal"),
+            Span::call_site(),
+        );
+        let timeout = optional(state.options.timeout.map(duration));
+        let r = &state.options.resources;
+        let (cpu, memory_mb, io, network, gpu) = (r.cpu, r.memory_mb, r.io, r.network, r.gpu);
+        let retry = optional(state.options.retry.as_ref().map(|retry| {
+            let (max, base, jitter) = (retry.max, retry.base, retry.jitter);
+            let initial = duration(retry.initial_delay);
+            let max_delay = duration(retry.max_delay);
+            quote!(#p::RetryPolicy {
+                max_retries: #max, initial_delay: #initial, max_delay: #max_delay,
+                exponential_base: #base, jitter: #jitter,
+            })
+        }));
+        let dependencies = state.options.deps.iter().map(|(dependency, kind)| {
+            let dependency = dependency.to_string();
+            let kind = Ident::new(kind, Span::call_site());
+            quote!((#dependency, #p::DependencyType::#kind))
+        });
+        let on_error = optional(state.options.on_error.as_ref().map(Ident::to_string));
+        quote! {
+            #p::StateDecl {
+                name: #name,
+                entry: #entry,
+                successors: #successors,
+                priority: #p::Priority::#priority,
+                timeout: #timeout,
+                resources: #p::ResourceRequirements {
+                    cpu: #cpu, memory_mb: #memory_mb, io: #io, network: #network, gpu: #gpu,
+                },
+                retry: #retry,
+                dependencies: &[#(#dependencies),*],
+                on_error: #on_error,
+            }
+        }
+    });
+    let registrations = states.iter().enumerate().map(|(index, state)| {
+        let ident = &state.ident;
+        let name = ident.to_string();
+        // Type errors about what the state returns point at its return type.
+        let add = quote_spanned! {state.output_span=>
+            agent.add_state(#name, move |ctx: #p::Context| {
+                let this = ::std::sync::Arc::clone(&this);
+                async move { <Self>::#ident(&*this, &ctx).await }
+            })
+        };
+        quote! {
+            {
+                let this = ::std::sync::Arc::clone(&this);
+                let declared = &<Self as #p::Workflow>::GRAPH.states[#index];
+                let options = #add.priority(declared.priority);
+                let options = match declared.timeout {
+                    ::core::option::Option::Some(timeout) => options.timeout(timeout),
+                    ::core::option::Option::None => options,
+                };
+                let options = if declared.entry { options.entry() } else { options };
+                if let ::core::option::Option::Some(successors) = declared.successors {
+                    options.successors(successors.iter().copied());
+                }
+            }
+        }
+    });
+    quote! {
+        impl #p::Workflow for #self_ty {
+            const GRAPH: #p::WorkflowSpec = #p::WorkflowSpec {
+                name: #name,
+                max_concurrent: #max_concurrent,
+                timeout: #timeout,
+                states: &[#(#declarations),*],
+            };
+
+            fn __register(this: ::std::sync::Arc<Self>, agent: &mut #p::Agent) {
+                #(#registrations)*
+            }
+        }
+    }
+}

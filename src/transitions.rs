@@ -1,0 +1,42 @@
+//! `next!`, `parallel!`, `goto!` and `end!`: what a state returns, written so that
+//! `#[workflow]` can check every name at compile time.
+
+/// Go to one state next: `next!(analyze_text)` is `Ok(Next::to("analyze_text"))`.
+///
+/// Inside a `#[workflow]`, the name must be a state of that workflow, or the build fails with
+/// the closest name suggested.
+#[macro_export]
+macro_rules! next {
+    ($state:ident $(,)?) => {
+        ::core::result::Result::Ok($crate::Next::to(::core::stringify!($state)))
+    };
+}
+
+/// Fork into several states that run concurrently: `parallel!(a, b)` is
+/// `Ok(Next::parallel(["a", "b"]))`. Checked like [`next!`].
+#[macro_export]
+macro_rules! parallel {
+    ($($state:ident),+ $(,)?) => {
+        ::core::result::Result::Ok($crate::Next::parallel([$(::core::stringify!($state)),+]))
+    };
+}
+
+/// Go to a state whose name is computed at run time: `goto!(format!("chunk_{i}"))` is
+/// `Ok(Next::to(name))`. The escape hatch from compile-time checks: the name is checked when
+/// the transition happens (an unknown name fails the run with `FlowError::UnknownTransition`),
+/// and a state that uses it has no declared successors, so joins treat its branch
+/// conservatively.
+#[macro_export]
+macro_rules! goto {
+    ($state:expr $(,)?) => {
+        ::core::result::Result::Ok($crate::Next::to($state))
+    };
+}
+
+/// End this branch: `end!()` is `Ok(Next::End)`.
+#[macro_export]
+macro_rules! end {
+    () => {
+        ::core::result::Result::Ok($crate::Next::End)
+    };
+}
