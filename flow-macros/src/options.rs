@@ -197,7 +197,10 @@ fn priority(meta: &ParseNestedMeta) -> syn::Result<&'static str> {
     } else if lookahead.peek(kw::critical) {
         input.parse::<kw::critical>().map(|_| "Critical")
     } else {
-        Err(lookahead.error())
+        Err(syn::Error::new(
+            lookahead.error().span(),
+            "`priority` is one of `low`, `normal`, `high`, `critical`, like `priority = high`",
+        ))
     }
 }
 
@@ -213,7 +216,10 @@ fn dependency_kind(meta: &ParseNestedMeta) -> syn::Result<&'static str> {
     } else if lookahead.peek(kw::sequential) {
         input.parse::<kw::sequential>().map(|_| "Sequential")
     } else {
-        Err(lookahead.error())
+        Err(syn::Error::new(
+            lookahead.error().span(),
+            "a dependency is `required`, `optional`, `parallel` or `sequential`, like `deps(load = required)`",
+        ))
     }
 }
 

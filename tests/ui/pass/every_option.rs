@@ -1,0 +1,104 @@
+//! Every option of `#[workflow]` and `#[state]`, recorded in `GRAPH`.
+
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use fluffy_flow::{DependencyType, ResourceRequirements, RetryPolicy};
+
+struct Pipeline {
+    model: String,
+}
+
+#[workflow(name = "text_processor", max_concurrent = 8, timeout = "5m")]
+impl Pipeline {
+    #[state(entry, priority = critical)]
+    async fn clean_text(&self, ctx: &Context) -> StateResult {
+        ctx.set_state("model", self.model.clone());
+        next!(analyze_text)
+    }
+
+    #[state(
+        resources(cpu = 2.0, memory_mb = 512, io = 1.5, network = 1, gpu = 0.5),
+        priority = high,
+        timeout = "30s",
+        retry(max = 3, initial_delay = "100ms", max_delay = "10s", base = 3.0, jitter = true),
+        deps(clean_text = required, audit = optional, warm_up = parallel, prepare = sequential),
+        on_error = recover
+    )]
+    async fn analyze_text(&self, _ctx: &Context) -> Result<Next, FlowError> {
+        parallel!(summarize, audit)
+    }
+
+    #[state(priority = low)]
+    async fn summarize(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+
+    #[state(priority = normal)]
+    async fn audit(&self, _ctx: &Context) -> anyhow::Result<Next> {
+        end!()
+    }
+
+    #[state]
+    async fn warm_up(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+
+    #[state]
+    async fn prepare(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+
+    #[state]
+    async fn recover(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+
+    /// Not a state: ordinary methods may live in the same block.
+    fn helper(&self) -> usize {
+        self.model.len()
+    }
+}
+
+const _: () = {
+    assert!(Pipeline::GRAPH.states.len() == 7);
+    assert!(matches!(Pipeline::GRAPH.max_concurrent, Some(8)));
+};
+
+fn main() {
+    let graph = Pipeline::GRAPH;
+    assert_eq!(graph.name, "text_processor");
+    assert_eq!(graph.timeout, Some(Duration::from_secs(300)));
+    let analyze = graph.state("analyze_text").unwrap();
+    assert_eq!(analyze.priority, Priority::High);
+    assert_eq!(analyze.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(
+        analyze.resources,
+        ResourceRequirements { cpu: 2.0, memory_mb: 512, io: 1.5, network: 1.0, gpu: 0.5 }
+    );
+    assert_eq!(
+        analyze.retry,
+        Some(RetryPolicy {
+            max_retries: 3,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            exponential_base: 3.0,
+            jitter: true,
+        })
+    );
+    assert_eq!(
+        analyze.dependencies,
+        &[
+            ("clean_text", DependencyType::Required),
+            ("audit", DependencyType::Optional),
+            ("warm_up", DependencyType::Parallel),
+            ("prepare", DependencyType::Sequential),
+        ]
+    );
+    assert_eq!(analyze.on_error, Some("recover"));
+    assert_eq!(analyze.successors, Some(&["summarize", "audit"][..]));
+    assert!(graph.state("clean_text").unwrap().entry);
+    let pipeline = Pipeline { model: "m".into() };
+    assert_eq!(pipeline.helper(), 1);
+    let _agent: Agent = pipeline.agent();
+}
