@@ -1,0 +1,302 @@
+//! The macro form: the generated graph, its rendering, and that a macro workflow behaves
+//! exactly like the same workflow built by hand.
+
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use fluffy_flow::{DependencyType, RunReport};
+
+struct Review {
+    reviewers: usize,
+}
+
+#[workflow(name = "review", max_concurrent = 4)]
+impl Review {
+    #[state(entry)]
+    async fn draft(&self, ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        ctx.set_state("draft", "text".to_string());
+        parallel!(grammar, facts)
+    }
+
+    #[state(priority = high, deps(draft = required))]
+    async fn grammar(&self, ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        ctx.set_state("grammar", self.reviewers);
+        next!(publish)
+    }
+
+    #[state(timeout = "1s", on_error = draft)]
+    async fn facts(&self, ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ctx.set_state("facts", true);
+        next!(publish)
+    }
+
+    #[state]
+    async fn publish(&self, ctx: &Context) -> StateResult {
+        let grammar: usize = ctx.get_state("grammar")?;
+        let facts: bool = ctx.get_state("facts")?;
+        ctx.update_typed::<u32, _>("published", |n| *n += 1)?;
+        ctx.set_state(
+            "summary",
+            format!("{grammar} reviewers, facts checked: {facts}"),
+        );
+        end!()
+    }
+}
+
+#[test]
+fn the_generated_graph_has_every_edge_dependency_and_entry() {
+    let graph = Review::GRAPH;
+    assert_eq!(graph.name, "review");
+    assert_eq!(graph.max_concurrent, Some(4));
+    assert_eq!(graph.entries(), ["draft"]);
+    assert_eq!(
+        graph.edges(),
+        [
+            ("draft", "grammar"),
+            ("draft", "facts"),
+            ("grammar", "publish"),
+            ("facts", "publish")
+        ]
+    );
+    assert_eq!(
+        graph.dependency_edges(),
+        [("draft", "grammar", DependencyType::Required)]
+    );
+    assert_eq!(graph.state("facts").unwrap().on_error, Some("draft"));
+    assert_eq!(
+        graph.state("facts").unwrap().timeout,
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(graph.state("grammar").unwrap().priority, Priority::High);
+    assert_eq!(
+        graph.to_mermaid(),
+        "flowchart TD
+    draft([draft])
+    grammar[grammar]
+    facts[facts]
+    publish[publish]
+    draft --> grammar
+    draft --> facts
+    grammar --> publish
+    facts --> publish
+    draft -.->|required| grammar
+    facts -->|on error| draft
+"
+    );
+    assert!(graph.to_dot().contains("    \"draft\" -> \"grammar\";\n"));
+}
+
+/// The same workflow, by hand.
+fn hand_built(reviewers: usize) -> Agent {
+    let mut agent = Agent::new("review");
+    agent.max_concurrent(4);
+    agent
+        .add_state("draft", |ctx: Context| async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            ctx.set_state("draft", "text".to_string());
+            Ok::<_, FlowError>(Next::parallel(["grammar", "facts"]))
+        })
+        .entry()
+        .successors(["grammar", "facts"]);
+    agent
+        .add_state("grammar", move |ctx: Context| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            ctx.set_state("grammar", reviewers);
+            Ok::<_, FlowError>(Next::to("publish"))
+        })
+        .priority(Priority::High)
+        .successors(["publish"]);
+    agent
+        .add_state("facts", |ctx: Context| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            ctx.set_state("facts", true);
+            Ok::<_, FlowError>(Next::to("publish"))
+        })
+        .timeout(Duration::from_secs(1))
+        .successors(["publish"]);
+    agent
+        .add_state("publish", |ctx: Context| async move {
+            let grammar: usize = ctx.get_state("grammar")?;
+            let facts: bool = ctx.get_state("facts")?;
+            ctx.update_typed::<u32, _>("published", |n| *n += 1)?;
+            ctx.set_state(
+                "summary",
+                format!("{grammar} reviewers, facts checked: {facts}"),
+            );
+            Ok::<_, FlowError>(Next::End)
+        })
+        .successors(Vec::<String>::new());
+    agent
+}
+
+async fn run(agent: &Agent) -> RunReport {
+    let context = Context::new();
+    context.set_state("published", 0u32);
+    agent.run_with(context).await.expect("the review completes")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_macro_workflow_and_its_hand_built_twin_report_the_same() {
+    let from_macro = run(&Review { reviewers: 2 }.agent()).await;
+    let by_hand = run(&hand_built(2)).await;
+    assert_eq!(from_macro.status, AgentStatus::Completed);
+    assert_eq!(from_macro.agent, by_hand.agent);
+    assert_eq!(from_macro.transitions, by_hand.transitions);
+    assert_eq!(from_macro.max_concurrency, by_hand.max_concurrency);
+    assert_eq!(from_macro.duration, by_hand.duration);
+    assert_eq!(from_macro.duration, Duration::from_millis(25));
+    let strip = |report: &RunReport| {
+        report
+            .states
+            .iter()
+            .map(|s| {
+                (
+                    s.name.to_string(),
+                    s.status,
+                    s.runs,
+                    s.attempts,
+                    s.total_time,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&from_macro), strip(&by_hand));
+    assert_eq!(
+        from_macro.context.snapshot().unwrap(),
+        by_hand.context.snapshot().unwrap()
+    );
+    assert_eq!(
+        from_macro.context.get_state::<u32>("published").unwrap(),
+        1,
+        "the join ran once"
+    );
+    assert_eq!(
+        from_macro.context.get_state::<String>("summary").unwrap(),
+        "2 reviewers, facts checked: true"
+    );
+    // The macro declares every successor, exactly as the twin does.
+    let graph = Review { reviewers: 2 }.agent().graph().unwrap();
+    let twin = hand_built(2).graph().unwrap();
+    for name in ["draft", "grammar", "facts", "publish"] {
+        let (a, b) = (graph.id(name).unwrap(), twin.id(name).unwrap());
+        assert_eq!(graph.successors(a), twin.successors(b), "{name}");
+    }
+}
+
+struct Sharded;
+
+#[workflow]
+impl Sharded {
+    #[state]
+    async fn route(&self, ctx: &Context) -> StateResult {
+        let shard: u32 = ctx.get_state("shard")?;
+        goto!(format!("shard_{shard}"))
+    }
+
+    #[state]
+    async fn shard_0(&self, ctx: &Context) -> StateResult {
+        ctx.set_state("handled_by", 0u32);
+        end!()
+    }
+}
+
+#[tokio::test]
+async fn goto_is_checked_when_it_happens() {
+    let agent = Sharded.agent();
+    let context = Context::new();
+    context.set_state("shard", 0u32);
+    let report = agent.run_with(context).await.unwrap();
+    assert_eq!(report.context.get_state::<u32>("handled_by").unwrap(), 0);
+
+    let context = Context::new();
+    context.set_state("shard", 7u32);
+    let error = agent.run_with(context).await.unwrap_err();
+    assert!(
+        matches!(&error, FlowError::UnknownTransition { from, to, .. } if from == "route" && to == "shard_7"),
+        "{error}"
+    );
+}
+
+#[context]
+#[derive(Debug, Clone, PartialEq)]
+struct Counter {
+    hits: u64,
+    label: String,
+}
+
+struct Counting;
+
+#[workflow]
+impl Counting {
+    #[state]
+    async fn start(&self, ctx: &Context) -> StateResult {
+        ctx.set_hits(0);
+        ctx.set_label("visits".into());
+        parallel!(a, b, c)
+    }
+
+    #[state]
+    async fn a(&self, ctx: &Context) -> StateResult {
+        ctx.update_hits(|h| *h += 1)?;
+        next!(done)
+    }
+
+    #[state]
+    async fn b(&self, ctx: &Context) -> StateResult {
+        ctx.update_hits(|h| *h += 10)?;
+        next!(done)
+    }
+
+    #[state]
+    async fn c(&self, ctx: &Context) -> StateResult {
+        ctx.update_hits(|h| *h += 100)?;
+        next!(done)
+    }
+
+    #[state]
+    async fn done(&self, ctx: &Context) -> StateResult {
+        let counter = Counter::load(ctx)?;
+        ctx.set_label(format!("{}: {}", counter.label, counter.hits));
+        end!()
+    }
+}
+
+#[tokio::test]
+async fn typed_context_fields_share_the_store() {
+    let report = Counting.agent().run().await.unwrap();
+    assert_eq!(report.context.hits().unwrap(), 111);
+    assert_eq!(report.context.label().unwrap(), "visits: 111");
+    assert_eq!(
+        report.context.get_state::<u64>("hits").unwrap(),
+        111,
+        "untyped access sees it"
+    );
+    assert_eq!(report.state("done").unwrap().runs, 1);
+}
+
+struct Slow;
+
+#[workflow]
+impl Slow {
+    #[state(timeout = "50ms")]
+    async fn wait(&self, _ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        end!()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn options_from_the_attribute_reach_the_runtime() {
+    let error = Slow.agent().run().await.unwrap_err();
+    assert_eq!(
+        error,
+        FlowError::StateTimedOut {
+            state: "wait".into(),
+            attempts: 1,
+            timeout: Duration::from_millis(50)
+        }
+    );
+}
