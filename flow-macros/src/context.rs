@@ -103,6 +103,12 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             #(#definitions)*
         }
 
+        // The struct often serves only as the schema of its accessors: that is a use.
+        const _: () = {
+            let _ = #ident::load;
+            let _ = #ident::store;
+        };
+
         impl #ident {
             /// Stores every field in `context`, each under its own key.
             #vis fn store(self, context: &#p::Context) {
