@@ -1,7 +1,7 @@
 //! The fixed benchmark scenarios, shared by `examples/bench.rs` (one scenario, chosen on the
 //! command line) and `benches/all.rs` (every scenario at the sizes the README reports).
 //!
-//! Scenarios: `chain`, `fanout`, `fanout_io`, `build`, `runs` (see the README's benchmark
+//! Scenarios: `chain`, `chain_macro`, `ring`, `fanout`, `fanout_io`, `build`, `runs` (see the README's benchmark
 //! section). Each runs a number of repetitions and reports medians; `run_s` is the run alone,
 //! `build_s` is adding the states and validating the graph; `correct` says whether every
 //! repetition's result was verified.
@@ -49,6 +49,136 @@ async fn chain(n: usize) -> Sample {
     let build = t.elapsed();
     let t = Instant::now();
     let report = agent.run().await.expect("chain completes");
+    let run = t.elapsed();
+    let last = format!("s{}", n - 1);
+    let correct = report.context.len() == n
+        && report.context.get_state::<usize>(&last).ok() == Some(n - 1)
+        && report.transitions == n as u64;
+    Sample {
+        build,
+        run,
+        transitions: report.transitions,
+        max_concurrency: report.max_concurrency,
+        correct,
+    }
+}
+
+/// `chain_macro`: the same work as `chain` (one context write under a distinct key per
+/// transition), written with the macros as a ring of ten states that goes round until `n`
+/// transitions are done.
+struct Ring {
+    keys: Vec<&'static str>,
+    step: std::sync::atomic::AtomicUsize,
+}
+
+impl Ring {
+    /// Writes this transition's value; true when it was the last.
+    fn write(&self, ctx: &Context) -> bool {
+        let i = self.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.set_state(self.keys[i], i);
+        i + 1 == self.keys.len()
+    }
+}
+
+#[workflow(name = "chain_macro")]
+impl Ring {
+    #[state(entry)]
+    async fn r0(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r1) }
+    }
+    #[state]
+    async fn r1(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r2) }
+    }
+    #[state]
+    async fn r2(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r3) }
+    }
+    #[state]
+    async fn r3(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r4) }
+    }
+    #[state]
+    async fn r4(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r5) }
+    }
+    #[state]
+    async fn r5(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r6) }
+    }
+    #[state]
+    async fn r6(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r7) }
+    }
+    #[state]
+    async fn r7(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r8) }
+    }
+    #[state]
+    async fn r8(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r9) }
+    }
+    #[state]
+    async fn r9(&self, ctx: &Context) -> StateResult {
+        if self.write(ctx) { end!() } else { next!(r0) }
+    }
+}
+
+async fn chain_macro(n: usize) -> Sample {
+    let t = Instant::now();
+    let ring = Ring {
+        keys: leak_names("s", n),
+        step: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let agent = ring.agent();
+    agent.validate().expect("valid ring");
+    let build = t.elapsed();
+    let t = Instant::now();
+    let report = agent.run().await.expect("ring completes");
+    let run = t.elapsed();
+    let last = format!("s{}", n - 1);
+    let correct = report.context.len() == n
+        && report.context.get_state::<usize>(&last).ok() == Some(n - 1)
+        && report.transitions == n as u64;
+    Sample {
+        build,
+        run,
+        transitions: report.transitions,
+        max_concurrency: report.max_concurrency,
+        correct,
+    }
+}
+
+/// `ring`: `chain_macro`'s ring of ten states built by hand, to compare the two forms on the
+/// same graph.
+async fn ring(n: usize) -> Sample {
+    let t = Instant::now();
+    let shared = std::sync::Arc::new(Ring {
+        keys: leak_names("s", n),
+        step: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let names = leak_names("r", 10);
+    let mut agent = Agent::new("ring");
+    for (i, &name) in names.iter().enumerate() {
+        let ring = std::sync::Arc::clone(&shared);
+        let next = names[(i + 1) % names.len()];
+        agent
+            .add_state(name, move |ctx: Context| {
+                let ring = std::sync::Arc::clone(&ring);
+                async move {
+                    Ok::<_, FlowError>(if ring.write(&ctx) {
+                        Next::End
+                    } else {
+                        Next::to(next)
+                    })
+                }
+            })
+            .successors([next]);
+    }
+    agent.validate().expect("valid ring");
+    let build = t.elapsed();
+    let t = Instant::now();
+    let report = agent.run().await.expect("ring completes");
     let run = t.elapsed();
     let last = format!("s{}", n - 1);
     let correct = report.context.len() == n
@@ -179,7 +309,15 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The scenarios `run` knows.
-pub const SCENARIOS: [&str; 5] = ["chain", "fanout", "fanout_io", "build", "runs"];
+pub const SCENARIOS: [&str; 7] = [
+    "chain",
+    "chain_macro",
+    "ring",
+    "fanout",
+    "fanout_io",
+    "build",
+    "runs",
+];
 
 /// Runs `scenario` with size `n`, `repetitions` times, on a fresh multi-thread runtime, and
 /// returns its JSON line.
@@ -200,6 +338,8 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
             runtime.block_on(async {
                 match scenario {
                     "chain" => chain(n).await,
+                    "chain_macro" => chain_macro(n).await,
+                    "ring" => ring(n).await,
                     "fanout" => fanout(n, None).await,
                     "fanout_io" => fanout(n, Some(Duration::from_millis(10))).await,
                     "build" => build(n).await,
