@@ -208,11 +208,11 @@ fn check_graph(states: &[State], errors: &mut Errors) {
     let mut edge_tokens = Vec::new();
     for (dependent, state) in states.iter().enumerate() {
         for (dependency, kind) in &state.options.deps {
-            if let (true, Some(from)) = (*kind == "Required", index(dependency)) {
-                if from != dependent {
-                    edges.push((from, dependent));
-                    edge_tokens.push(dependency);
-                }
+            if let (true, Some(from)) = (*kind == "Required", index(dependency))
+                && from != dependent
+            {
+                edges.push((from, dependent));
+                edge_tokens.push(dependency);
             }
         }
     }
