@@ -10,6 +10,12 @@ macro_rules! next {
     ($state:ident $(,)?) => {
         ::core::result::Result::Ok($crate::Next::to(::core::stringify!($state)))
     };
+    ($($other:tt)*) => {
+        ::core::compile_error!(
+            "`next!` takes one state name, like `next!(analyze_text)`; use `parallel!(a, b)` for \
+             several, or `goto!(expr)` for a name computed at run time"
+        )
+    };
 }
 
 /// Fork into several states that run concurrently: `parallel!(a, b)` is
@@ -18,6 +24,12 @@ macro_rules! next {
 macro_rules! parallel {
     ($($state:ident),+ $(,)?) => {
         ::core::result::Result::Ok($crate::Next::parallel([$(::core::stringify!($state)),+]))
+    };
+    ($($other:tt)*) => {
+        ::core::compile_error!(
+            "`parallel!` takes one or more state names, like `parallel!(a, b)`; use `end!()` to end \
+             the branch"
+        )
     };
 }
 
@@ -38,5 +50,8 @@ macro_rules! goto {
 macro_rules! end {
     () => {
         ::core::result::Result::Ok($crate::Next::End)
+    };
+    ($($other:tt)+) => {
+        ::core::compile_error!("`end!()` takes nothing: it ends this branch")
     };
 }

@@ -300,3 +300,61 @@ async fn options_from_the_attribute_reach_the_runtime() {
         }
     );
 }
+
+struct Indirect;
+
+#[workflow]
+impl Indirect {
+    /// Not a state: a helper in the same block, whose transitions count for the states that
+    /// call it.
+    async fn decide(&self, ctx: &Context) -> StateResult {
+        if ctx.get_state_or("fast", false)? {
+            next!(fast_path)
+        } else {
+            next!(slow_path)
+        }
+    }
+
+    #[state(entry)]
+    async fn start(&self, ctx: &Context) -> StateResult {
+        let first = tokio::time::sleep(Duration::from_millis(5));
+        let second = tokio::time::sleep(Duration::from_millis(10));
+        tokio::select! {
+            _ = first => { ctx.set_state("fast", true); }
+            _ = second => { return next!(slow_path); }
+        }
+        next!(route)
+    }
+
+    #[state]
+    async fn route(&self, ctx: &Context) -> StateResult {
+        self.decide(ctx).await
+    }
+
+    #[state]
+    async fn fast_path(&self, ctx: &Context) -> StateResult {
+        ctx.set_state("path", "fast".to_string());
+        end!()
+    }
+
+    #[state]
+    async fn slow_path(&self, ctx: &Context) -> StateResult {
+        ctx.set_state("path", "slow".to_string());
+        end!()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transitions_in_other_macros_and_in_helpers_are_declared() {
+    let graph = Indirect::GRAPH;
+    assert_eq!(
+        graph.state("start").unwrap().successors,
+        Some(&["slow_path", "route"][..])
+    );
+    assert_eq!(
+        graph.state("route").unwrap().successors,
+        Some(&["fast_path", "slow_path"][..])
+    );
+    let report = Indirect.agent().run().await.unwrap();
+    assert_eq!(report.context.get_state::<String>("path").unwrap(), "fast");
+}

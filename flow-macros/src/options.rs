@@ -148,7 +148,12 @@ fn whole(meta: &ParseNestedMeta, key: &str, example: &str) -> syn::Result<(u64, 
     Ok((value as u64, span))
 }
 
-fn duration(meta: &ParseNestedMeta, key: &str, errors: &mut Errors) -> syn::Result<Duration> {
+/// A duration literal; `None` when it is not a valid one (the error is already reported).
+fn duration(
+    meta: &ParseNestedMeta,
+    key: &str,
+    errors: &mut Errors,
+) -> syn::Result<Option<Duration>> {
     let value = meta.value()?;
     let literal: LitStr = value.parse().map_err(|e| {
         syn::Error::new(
@@ -162,12 +167,12 @@ fn duration(meta: &ParseNestedMeta, key: &str, errors: &mut Errors) -> syn::Resu
                 literal.span(),
                 format!("`{key}` must be longer than zero"),
             ));
-            Ok(duration)
+            Ok(None)
         }
-        Ok(duration) => Ok(duration),
+        Ok(duration) => Ok(Some(duration)),
         Err(message) => {
             errors.push(syn::Error::new(literal.span(), message));
-            Ok(Duration::ZERO)
+            Ok(None)
         }
     }
 }
@@ -186,7 +191,9 @@ fn boolean(meta: &ParseNestedMeta, key: &str) -> syn::Result<bool> {
 }
 
 fn priority(meta: &ParseNestedMeta) -> syn::Result<&'static str> {
-    let input = meta.value()?;
+    let input = meta
+        .value()
+        .map_err(|e| syn::Error::new(e.span(), "write the priority as `priority = high`"))?;
     let lookahead = input.lookahead1();
     if lookahead.peek(kw::low) {
         input.parse::<kw::low>().map(|_| "Low")
@@ -205,7 +212,12 @@ fn priority(meta: &ParseNestedMeta) -> syn::Result<&'static str> {
 }
 
 fn dependency_kind(meta: &ParseNestedMeta) -> syn::Result<&'static str> {
-    let input = meta.value()?;
+    let input = meta.value().map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            "say what kind of dependency this is, like `deps(load = required)`",
+        )
+    })?;
     let lookahead = input.lookahead1();
     if lookahead.peek(kw::required) {
         input.parse::<kw::required>().map(|_| "Required")
@@ -234,10 +246,20 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
         let key = key_of(&meta);
         seen.check(&meta, &key, errors);
         match key.as_str() {
-            "entry" => options.entry = true,
+            "entry" => {
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    return Err(meta.error("`entry` takes no value: write `#[state(entry)]`"));
+                }
+                options.entry = true;
+            }
             "priority" => options.priority = Some(priority(&meta)?),
-            "timeout" => options.timeout = Some(duration(&meta, "timeout", errors)?),
-            "on_error" => options.on_error = Some(meta.value()?.parse()?),
+            "timeout" => options.timeout = duration(&meta, "timeout", errors)?,
+            "on_error" => {
+                let value = meta.value().map_err(|e| syn::Error::new(e.span(), "`on_error` names a state: `on_error = recover`"))?;
+                options.on_error = Some(value.parse().map_err(|e: syn::Error| {
+                    syn::Error::new(e.span(), "`on_error` names a state of this workflow, without quotes: `on_error = recover`")
+                })?);
+            }
             "resources" => parse_resources(&meta, &mut options.resources, errors)?,
             "retry" => options.retry = Some(parse_retry(&meta, errors)?),
             "deps" => meta.parse_nested_meta(|dep| {
@@ -247,7 +269,12 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
                         "name a state of this workflow, like `deps(load = required)`",
                     ));
                 };
-                options.deps.push((state, dependency_kind(&dep)?));
+                let kind = dependency_kind(&dep)?;
+                if options.deps.iter().any(|(known, _)| *known == state) {
+                    errors.push(syn::Error::new(state.span(), format!("the dependency on `{state}` is given twice; keep one")));
+                } else {
+                    options.deps.push((state, kind));
+                }
                 Ok(())
             })?,
             other => {
@@ -307,7 +334,9 @@ fn parse_retry(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Retry
         jitter: defaults.jitter,
     };
     let mut seen = Seen(HashSet::new());
-    let mut delays_span = None;
+    let mut max_delay_span = None;
+    let mut initial_delay_span = None;
+    let mut delays_valid = true;
     meta.parse_nested_meta(|option| {
         let key = key_of(&option);
         seen.check(&option, &key, errors);
@@ -322,10 +351,19 @@ fn parse_retry(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Retry
                 }
                 retry.max = value.min(u64::from(u32::MAX)) as u32;
             }
-            "initial_delay" => retry.initial_delay = duration(&option, "initial_delay", errors)?,
+            "initial_delay" => {
+                initial_delay_span = Some(option.path.span());
+                match duration(&option, "initial_delay", errors)? {
+                    Some(delay) => retry.initial_delay = delay,
+                    None => delays_valid = false,
+                }
+            }
             "max_delay" => {
-                delays_span = Some(option.path.span());
-                retry.max_delay = duration(&option, "max_delay", errors)?;
+                max_delay_span = Some(option.path.span());
+                match duration(&option, "max_delay", errors)? {
+                    Some(delay) => retry.max_delay = delay,
+                    None => delays_valid = false,
+                }
             }
             "base" => {
                 let (value, span) = number(&option, "base", "2.0")?;
@@ -344,14 +382,21 @@ fn parse_retry(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Retry
         }
         Ok(())
     })?;
-    if retry.max_delay < retry.initial_delay {
-        errors.push(syn::Error::new(
-            delays_span.unwrap_or_else(|| meta.path.span()),
-            format!(
+    if delays_valid && retry.max_delay < retry.initial_delay {
+        let message = match max_delay_span {
+            Some(_) => format!(
                 "`max_delay` ({:?}) is shorter than `initial_delay` ({:?}); these options conflict",
                 retry.max_delay, retry.initial_delay
             ),
-        ));
+            None => format!(
+                "`initial_delay` ({:?}) is longer than the default `max_delay` ({:?}); set a `max_delay` of at least {:?}",
+                retry.initial_delay, retry.max_delay, retry.initial_delay
+            ),
+        };
+        let span = max_delay_span
+            .or(initial_delay_span)
+            .unwrap_or_else(|| meta.path.span());
+        errors.push(syn::Error::new(span, message));
     }
     Ok(retry)
 }
@@ -385,7 +430,7 @@ pub(crate) fn parse_workflow(
                 }
                 options.max_concurrent = Some(value as usize);
             }
-            "timeout" => options.timeout = Some(duration(&meta, "timeout", errors)?),
+            "timeout" => options.timeout = duration(&meta, "timeout", errors)?,
             other => {
                 return Err(syn::Error::new(
                     meta.path.span(),

@@ -49,8 +49,7 @@ pub(crate) fn check(sig: &Signature, errors: &mut Errors) -> bool {
         ),
     }
     match inputs.next() {
-        Some(FnArg::Typed(typed)) if matches!(&*typed.ty, Type::Reference(r) if r.mutability.is_none()) =>
-            {}
+        Some(FnArg::Typed(typed)) if is_context_reference(&typed.ty) => {}
         Some(other) => fail(
             other.span(),
             format!(
@@ -98,4 +97,15 @@ pub(crate) fn check(sig: &Signature, errors: &mut Errors) -> bool {
         }
     }
     ok
+}
+
+/// `&Context` (by any path ending in `Context`).
+fn is_context_reference(ty: &Type) -> bool {
+    let Type::Reference(reference) = ty else {
+        return false;
+    };
+    if reference.mutability.is_some() {
+        return false;
+    }
+    matches!(&*reference.elem, Type::Path(path) if path.path.segments.last().is_some_and(|s| s.ident == "Context"))
 }

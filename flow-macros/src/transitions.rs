@@ -1,65 +1,129 @@
-//! Finds where a state's body says to go: `next!(a)`, `parallel!(a, b)`, `goto!(expr)`.
+//! Finds where a method's body says to go: `next!(a)`, `parallel!(a, b)`, `goto!(expr)`, a
+//! `Next` built by hand, and the methods of `self` it calls.
+//!
+//! The body is read as tokens, not as a syntax tree, so that transitions written inside other
+//! macros (`tokio::select! { .. => next!(a) }`, `vec![..]`) are found too.
 
+use proc_macro2::{Delimiter, TokenStream, TokenTree};
+use quote::ToTokens;
 use syn::punctuated::Punctuated;
-use syn::visit::Visit;
-use syn::{Block, Ident, Macro, Token};
+use syn::{Block, Ident, Token};
 
-use crate::errors::Errors;
-
-/// The transitions a state's body makes.
-#[derive(Default)]
+/// The transitions a method's body makes.
+#[derive(Default, Clone)]
 pub(crate) struct Transitions {
     /// Every state named by `next!` or `parallel!`, with the user's token (for errors).
     pub(crate) targets: Vec<Ident>,
-    /// Whether the body also makes a transition computed at run time (`goto!`).
+    /// Whether the body also makes a transition the macro cannot read: `goto!(expr)`, or a
+    /// `Next::to(..)` / `Next::parallel(..)` built by hand.
     pub(crate) dynamic: bool,
+    /// Methods called on `self`; their transitions count as this body's.
+    pub(crate) calls: Vec<Ident>,
 }
 
-struct Finder<'a> {
-    found: Transitions,
-    errors: &'a mut Errors,
+/// Scans a method's body. Malformed `next!`/`parallel!` calls are left to those macros, which
+/// report them.
+pub(crate) fn scan(body: &Block) -> Transitions {
+    let mut found = Transitions::default();
+    scan_stream(body.to_token_stream(), &mut found);
+    found
 }
 
-impl<'ast> Visit<'ast> for Finder<'_> {
-    fn visit_macro(&mut self, mac: &'ast Macro) {
-        let Some(name) = mac.path.segments.last().map(|s| s.ident.to_string()) else {
-            return;
+fn is_punct(token: Option<&TokenTree>, c: char) -> bool {
+    matches!(token, Some(TokenTree::Punct(p)) if p.as_char() == c)
+}
+
+fn scan_stream(stream: TokenStream, found: &mut Transitions) {
+    let tokens: Vec<TokenTree> = stream.into_iter().collect();
+    for (i, token) in tokens.iter().enumerate() {
+        let ident = match token {
+            TokenTree::Group(group) => {
+                scan_stream(group.stream(), found);
+                continue;
+            }
+            TokenTree::Ident(ident) => ident,
+            _ => continue,
         };
-        match name.as_str() {
-            "next" => match mac.parse_body_with(Punctuated::<Ident, Token![,]>::parse_terminated) {
-                Ok(names) if names.len() == 1 => self.found.targets.extend(names),
-                Ok(_) => self.errors.push(syn::Error::new_spanned(
-                    mac,
-                    "`next!` takes one state name, like `next!(analyze_text)`; use `parallel!(a, b)` for several",
-                )),
-                Err(error) => self.errors.push(syn::Error::new(
-                    error.span(),
-                    "`next!` takes the name of a state of this workflow, like `next!(analyze_text)`; use `goto!(expr)` for a name computed at run time",
-                )),
-            },
-            "parallel" => match mac.parse_body_with(Punctuated::<Ident, Token![,]>::parse_terminated) {
-                Ok(names) if !names.is_empty() => self.found.targets.extend(names),
-                Ok(_) => self.errors.push(syn::Error::new_spanned(
-                    mac,
-                    "`parallel!` needs at least one state, like `parallel!(a, b)`; use `end!()` to end the branch",
-                )),
-                Err(error) => self.errors.push(syn::Error::new(
-                    error.span(),
-                    "`parallel!` takes names of states of this workflow, like `parallel!(a, b)`",
-                )),
-            },
-            "goto" => self.found.dynamic = true,
+        let name = ident.to_string();
+        let macro_body = match (is_punct(tokens.get(i + 1), '!'), tokens.get(i + 2)) {
+            (true, Some(TokenTree::Group(group))) => Some(group.stream()),
+            _ => None,
+        };
+        match (name.as_str(), macro_body) {
+            ("next" | "parallel", Some(body)) => {
+                let parser = Punctuated::<Ident, Token![,]>::parse_terminated;
+                if let Ok(names) = syn::parse::Parser::parse2(parser, body)
+                    && (name == "parallel" || names.len() == 1)
+                {
+                    found.targets.extend(names);
+                }
+            }
+            ("goto", Some(_)) => found.dynamic = true,
+            ("Next", None)
+                if is_punct(tokens.get(i + 1), ':') && is_punct(tokens.get(i + 2), ':') =>
+            {
+                if let Some(TokenTree::Ident(variant)) = tokens.get(i + 3)
+                    && matches!(
+                        variant.to_string().as_str(),
+                        "to" | "To" | "parallel" | "Parallel"
+                    )
+                {
+                    found.dynamic = true;
+                }
+            }
+            ("self", None) if is_punct(tokens.get(i + 1), '.') => {
+                if let (Some(TokenTree::Ident(method)), Some(TokenTree::Group(args))) =
+                    (tokens.get(i + 2), tokens.get(i + 3))
+                    && args.delimiter() == Delimiter::Parenthesis
+                {
+                    found.calls.push(method.clone());
+                }
+            }
             _ => {}
         }
     }
 }
 
-/// Scans a state's body (closures and async blocks inside it included).
-pub(crate) fn scan(body: &Block, errors: &mut Errors) -> Transitions {
-    let mut finder = Finder {
-        found: Transitions::default(),
-        errors,
-    };
-    finder.visit_block(body);
-    finder.found
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_source(source: &str) -> Transitions {
+        scan(&syn::parse_str::<Block>(source).expect("a block"))
+    }
+
+    fn names(t: &Transitions) -> Vec<String> {
+        t.targets.iter().map(Ident::to_string).collect()
+    }
+
+    #[test]
+    fn finds_transitions_inside_other_macros_and_blocks() {
+        let t = scan_source(
+            "{ tokio::select! { _ = a => next!(left), _ = b => { parallel!(x, y,) } }; if c { next!(z) } else { end!() } }",
+        );
+        assert_eq!(names(&t), ["left", "x", "y", "z"]);
+        assert!(!t.dynamic);
+        assert!(t.calls.is_empty());
+    }
+
+    #[test]
+    fn hand_built_next_and_goto_are_dynamic_but_end_is_not() {
+        assert!(scan_source("{ Ok(Next::to(\"a\")) }").dynamic);
+        assert!(scan_source("{ Ok(fluffy_flow::Next::Parallel(v)) }").dynamic);
+        assert!(scan_source("{ goto!(name) }").dynamic);
+        assert!(!scan_source("{ Ok(Next::End) }").dynamic);
+    }
+
+    #[test]
+    fn records_methods_called_on_self() {
+        let t =
+            scan_source("{ self.helper(ctx).await?; let n = self.count; self.route(ctx).await }");
+        let calls: Vec<String> = t.calls.iter().map(Ident::to_string).collect();
+        assert_eq!(calls, ["helper", "route"]);
+    }
+
+    #[test]
+    fn malformed_calls_are_left_to_the_macros() {
+        assert!(names(&scan_source("{ next!(a, b); next!(\"x\"); parallel!() }")).is_empty());
+    }
 }

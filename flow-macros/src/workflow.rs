@@ -66,6 +66,9 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let name = workflow_name(&options, self_ty);
     let workflow_impl = if errors.is_empty() {
         generate(&options, &name, self_ty, &states)
+    } else if !block.generics.params.is_empty() {
+        // Its generics are already reported; an impl naming them would only add errors.
+        TokenStream::new()
     } else {
         // Keep `.agent()` and `GRAPH` resolvable, so that one mistake is one error.
         quote! {
@@ -97,32 +100,57 @@ fn workflow_name(options: &WorkflowOptions, self_ty: &syn::Type) -> String {
     .unwrap_or_else(|| self_ty.to_token_stream().to_string())
 }
 
+/// Names a state cannot have: they would hide the `Workflow` methods users call.
+const RESERVED: [&str; 2] = ["agent", "agent_shared"];
+
 /// Takes the `#[state]` attributes off the methods and reads what each state is.
 fn collect_states(block: &mut ItemImpl, errors: &mut Errors) -> Vec<State> {
     let mut states: Vec<State> = Vec::new();
     let mut seen: HashMap<String, ()> = HashMap::new();
     let mut duplicates = Vec::new();
+    // Transitions of every method, states and helpers alike: a state that calls a helper (or
+    // another state) on `self` makes the transitions that helper makes.
+    let mut bodies: HashMap<String, Transitions> = HashMap::new();
     for (index, item) in block.items.iter_mut().enumerate() {
         let ImplItem::Fn(method) = item else { continue };
         let (state_attrs, others): (Vec<Attribute>, Vec<Attribute>) =
             method.attrs.drain(..).partition(is_state_attribute);
         method.attrs = others;
+        let name = method.sig.ident.to_string();
         let Some(first) = state_attrs.first() else {
+            bodies
+                .entry(name)
+                .or_insert_with(|| transitions::scan(&method.block));
             continue;
         };
         for extra in &state_attrs[1..] {
             errors.push(syn::Error::new_spanned(
                 extra,
-                format!(
-                    "`#[state]` is given twice on `{}`; merge the options into one",
-                    method.sig.ident
-                ),
+                format!("`#[state]` is given twice on `{name}`; merge the options into one"),
+            ));
+        }
+        if let Some(cfg) = method
+            .attrs
+            .iter()
+            .find(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"))
+        {
+            errors.push(syn::Error::new_spanned(
+                cfg,
+                "a state cannot be conditionally compiled (the graph would name a state that may not exist); \
+                 put the condition inside the state's body, or on the whole `impl` block",
+            ));
+        }
+        if name.starts_with("r#") {
+            errors.push(syn::Error::new(method.sig.ident.span(), format!("`{name}` cannot name a state (state names are plain identifiers); rename the method")));
+        } else if RESERVED.contains(&name.as_str()) {
+            errors.push(syn::Error::new(
+                method.sig.ident.span(),
+                format!("a state cannot be named `{name}`: it would hide `Workflow::{name}`; rename the method"),
             ));
         }
         let options = options::parse_state(first, errors);
         signature::check(&method.sig, errors);
-        let transitions = transitions::scan(&method.block, errors);
-        let name = method.sig.ident.to_string();
+        let transitions = transitions::scan(&method.block);
         if seen.insert(name.clone(), ()).is_some() {
             errors.push(syn::Error::new(
                 method.sig.ident.span(),
@@ -131,6 +159,7 @@ fn collect_states(block: &mut ItemImpl, errors: &mut Errors) -> Vec<State> {
             duplicates.push(index);
             continue;
         }
+        bodies.insert(name, transitions.clone());
         states.push(State {
             ident: method.sig.ident.clone(),
             options,
@@ -143,7 +172,33 @@ fn collect_states(block: &mut ItemImpl, errors: &mut Errors) -> Vec<State> {
     for index in duplicates.into_iter().rev() {
         block.items.remove(index);
     }
+    for state in &mut states {
+        state.transitions = reachable_transitions(&state.ident.to_string(), &bodies);
+    }
     states
+}
+
+/// The transitions of a method together with those of every method it calls on `self`,
+/// transitively.
+fn reachable_transitions(method: &str, bodies: &HashMap<String, Transitions>) -> Transitions {
+    let mut merged = Transitions::default();
+    let mut visited = vec![method.to_owned()];
+    let mut queue = vec![method.to_owned()];
+    while let Some(name) = queue.pop() {
+        let Some(body) = bodies.get(&name) else {
+            continue;
+        };
+        merged.targets.extend(body.targets.iter().cloned());
+        merged.dynamic |= body.dynamic;
+        for call in &body.calls {
+            let call = call.to_string();
+            if !visited.contains(&call) {
+                visited.push(call.clone());
+                queue.push(call);
+            }
+        }
+    }
+    merged
 }
 
 fn output_span(method: &ImplItemFn) -> Span {
@@ -310,7 +365,8 @@ fn generate(
         let ident = &state.ident;
         let name = ident.to_string();
         // Type errors about what the state returns point at its return type.
-        let add = quote_spanned! {state.output_span=>
+        let span = Span::call_site().located_at(state.output_span);
+        let add = quote_spanned! {span=>
             agent.add_state(#name, move |ctx: #p::Context| {
                 let this = ::std::sync::Arc::clone(&this);
                 async move { <Self>::#ident(&*this, &ctx).await }

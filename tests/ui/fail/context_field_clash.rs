@@ -1,0 +1,9 @@
+use fluffy_flow::prelude::*;
+
+#[context]
+struct Index {
+    keys: Vec<String>,
+    size: usize,
+}
+
+fn main() {}
