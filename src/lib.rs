@@ -2,9 +2,9 @@
 #![warn(missing_docs)]
 
 pub use flow_core::{
-    AgentStatus, DependencyType, FlowError, Next, Priority, ResourceRequirements, RetryPolicy,
-    StateDecl, StateError, StateGraph, StateId, StateName, StateSpec, StateStatus, WorkflowSpec,
-    parse_duration,
+    AgentStatus, DependencyType, FlowError, Jitter, Next, Priority, ResourceRequirements,
+    RetryPolicy, StateDecl, StateError, StateGraph, StateId, StateName, StateSpec, StateStatus,
+    WorkflowSpec, parse_duration,
 };
 pub use flow_macros::{context, state, workflow};
 pub use flow_runtime::{
@@ -27,8 +27,8 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use flow_core::{
-        DependencyType, FlowError, Next, Priority, ResourceRequirements, RetryPolicy, StateDecl,
-        WorkflowSpec,
+        DependencyType, FlowError, Jitter, Next, Priority, ResourceRequirements, RetryPolicy,
+        StateDecl, WorkflowSpec,
     };
     pub use flow_runtime::{Agent, Context, Workflow};
 }

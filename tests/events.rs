@@ -12,7 +12,24 @@ fn describe(kind: &EventKind) -> String {
         EventKind::RunFinished { status, .. } => format!("run_finished {status:?}"),
         EventKind::StateReady { state } => format!("ready {state}"),
         EventKind::StateBlocked { state } => format!("blocked {state}"),
-        EventKind::StateStarted { state, run } => format!("started {state} #{run}"),
+        EventKind::StateStarted {
+            state,
+            run,
+            attempt: 1,
+        } => format!("started {state} #{run}"),
+        EventKind::StateStarted {
+            state,
+            run,
+            attempt,
+        } => format!("started {state} #{run}.{attempt}"),
+        EventKind::StateRetrying {
+            state,
+            attempt,
+            delay,
+            ..
+        } => format!("retrying {state} #{attempt} in {delay:?}"),
+        EventKind::RunPaused => "paused".into(),
+        EventKind::RunResumed => "resumed".into(),
         EventKind::StateCompleted { state, .. } => format!("completed {state}"),
         EventKind::StateFailed { state, error } => format!("failed {state}: {error}"),
         EventKind::StateCancelled { state } => format!("cancelled {state}"),

@@ -157,6 +157,26 @@ pub enum FlowError {
         /// The states branches wait at.
         waiting: Vec<String>,
     },
+    /// A state name given to a control call does not exist.
+    #[error("the workflow has no state named `{state}`{}", did_you_mean(.suggestion))]
+    UnknownState {
+        /// The name given.
+        state: String,
+        /// The closest existing name, if one is close.
+        suggestion: Option<String>,
+    },
+    /// A state's `on_error` handler does not exist.
+    #[error("state `{state}` of workflow `{agent}` names `{handler}` as its `on_error` handler, but there is no state of that name{}", did_you_mean(.suggestion))]
+    UnknownErrorHandler {
+        /// The workflow.
+        agent: String,
+        /// The state.
+        state: String,
+        /// The handler named.
+        handler: String,
+        /// The closest existing name, if one is close.
+        suggestion: Option<String>,
+    },
     /// A run was started outside a tokio runtime.
     #[error(
         "workflow `{agent}` was started outside a tokio runtime; call `run`/`start` from async code running on tokio (for example under `#[tokio::main]`)"

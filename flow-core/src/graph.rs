@@ -35,6 +35,8 @@ pub struct StateSpec {
     pub successors: Option<Vec<String>>,
     /// Whether the run starts here.
     pub entry: bool,
+    /// The state that runs when this one fails after its last attempt.
+    pub on_error: Option<String>,
 }
 
 impl StateSpec {
@@ -44,6 +46,7 @@ impl StateSpec {
             name: name.into(),
             successors: None,
             entry: false,
+            on_error: None,
         }
     }
 }
@@ -65,6 +68,7 @@ pub struct StateGraph {
     order: Vec<u32>,
     wild: Vec<bool>,
     entries: Vec<StateId>,
+    handlers: Vec<Option<StateId>>,
 }
 
 impl StateGraph {
@@ -103,6 +107,26 @@ impl StateGraph {
             closest_name(name, specs.iter().map(|s| s.name.as_str())).map(str::to_owned)
         };
 
+        let mut handlers = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let handler =
+                spec.on_error
+                    .as_ref()
+                    .and_then(|handler| match index.get(handler.as_str()) {
+                        Some(&id) => Some(id),
+                        None => {
+                            errors.push(FlowError::UnknownErrorHandler {
+                                agent: agent.to_owned(),
+                                state: spec.name.clone(),
+                                handler: handler.clone(),
+                                suggestion: suggest(handler),
+                            });
+                            None
+                        }
+                    });
+            handlers.push(handler);
+        }
+
         let mut successors = Vec::with_capacity(specs.len());
         let mut predecessors = vec![Vec::new(); specs.len()];
         for (i, spec) in specs.iter().enumerate() {
@@ -122,6 +146,8 @@ impl StateGraph {
                     }),
                 }
             }
+            // A failure goes to the handler: for joins, the handler is reachable from here.
+            ids.extend(handlers[i]);
             // Sorted, so that checking a transition against a long list is a binary search.
             ids.sort_unstable();
             ids.dedup();
@@ -171,6 +197,7 @@ impl StateGraph {
             order,
             wild,
             entries,
+            handlers,
         })
     }
 
@@ -221,6 +248,11 @@ impl StateGraph {
     /// The states that declare this one as a successor.
     pub fn predecessors(&self, id: StateId) -> &[StateId] {
         &self.predecessors[id.index()]
+    }
+
+    /// The state that runs when this one fails after its last attempt.
+    pub fn error_handler(&self, id: StateId) -> Option<StateId> {
+        self.handlers[id.index()]
     }
 
     /// Whether any state may be reachable from this one (see the type's docs).
@@ -321,6 +353,7 @@ mod tests {
             name: name.into(),
             successors: Some(successors.iter().map(|s| s.to_string()).collect()),
             entry: false,
+            on_error: None,
         }
     }
 
@@ -405,6 +438,7 @@ mod tests {
                     name: format!("s{i}"),
                     successors: Some(next),
                     entry: false,
+                    on_error: None,
                 }
             })
             .collect();

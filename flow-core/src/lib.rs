@@ -20,7 +20,7 @@ pub use error::{FlowError, StateError};
 pub use graph::{StateGraph, StateId, StateSpec};
 pub use hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
 pub use next::{Next, StateName};
-pub use options::{DependencyType, ResourceRequirements, RetryPolicy, parse_duration};
+pub use options::{DependencyType, Jitter, ResourceRequirements, RetryPolicy, parse_duration};
 pub use priority::Priority;
 pub use spec::{StateDecl, WorkflowSpec, find_cycle};
 pub use status::{AgentStatus, StateStatus};

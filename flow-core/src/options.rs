@@ -43,8 +43,10 @@ impl Default for ResourceRequirements {
 
 /// How a failing state is retried.
 ///
-/// **Recorded, not yet enforced:** retries are a later issue; until then a failing state fails
-/// the run on its first attempt.
+/// Total attempts = `1 + max_retries`. The delay before retry `k` (0 for the first retry) is
+/// `min(initial_delay × exponential_base^k, max_delay)`, then randomised by `jitter`. The delay
+/// is a pure function of the policy, `k` and a seed (see [`RetryPolicy::delay`]), so a run
+/// restored from a checkpoint continues the same schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (total attempts = 1 + this).
@@ -55,8 +57,21 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Growth factor of the delay per retry.
     pub exponential_base: f64,
-    /// Whether delays are randomised.
-    pub jitter: bool,
+    /// How delays are randomised, so that many failing states do not retry in lockstep.
+    pub jitter: Jitter,
+}
+
+/// Randomisation of retry delays.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Jitter {
+    /// The computed delay exactly.
+    None,
+    /// "Full jitter": uniformly between zero and the computed delay.
+    Full,
+    /// Uniformly between `(1 − ratio) ×` the computed delay and the computed delay; `ratio` is
+    /// clamped to `0.0..=1.0`.
+    Bounded(f64),
 }
 
 impl RetryPolicy {
@@ -69,8 +84,57 @@ impl RetryPolicy {
         initial_delay: Duration::from_millis(100),
         max_delay: Duration::from_secs(30),
         exponential_base: 2.0,
-        jitter: false,
+        jitter: Jitter::None,
     };
+
+    /// No retries: the first failure is final.
+    pub const NONE: Self = Self {
+        max_retries: 0,
+        ..Self::DEFAULT
+    };
+
+    /// The delay before retry `retry` (0 for the first retry). `seed` picks the random part
+    /// of a jittered delay: the same seed and retry give the same delay.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flow_core::{Jitter, RetryPolicy};
+    /// let policy = RetryPolicy { max_delay: Duration::from_millis(500), ..RetryPolicy::DEFAULT };
+    /// let delays: Vec<_> = (0..4).map(|k| policy.delay(k, 0).as_millis()).collect();
+    /// assert_eq!(delays, [100, 200, 400, 500]);
+    /// let full = RetryPolicy { jitter: Jitter::Full, ..policy };
+    /// assert!(full.delay(2, 7) <= Duration::from_millis(400));
+    /// assert_eq!(full.delay(2, 7), full.delay(2, 7));
+    /// ```
+    pub fn delay(&self, retry: u32, seed: u64) -> Duration {
+        let initial = self.initial_delay.as_secs_f64();
+        let ceiling = self.max_delay.as_secs_f64();
+        let exponent = i32::try_from(retry).unwrap_or(i32::MAX);
+        let grown = initial * self.exponential_base.max(1.0).powi(exponent);
+        let base = if grown.is_finite() {
+            grown.min(ceiling)
+        } else {
+            ceiling
+        };
+        let factor = match self.jitter {
+            Jitter::None => 1.0,
+            Jitter::Full => unit_interval(seed, retry),
+            Jitter::Bounded(ratio) => {
+                let ratio = ratio.clamp(0.0, 1.0);
+                1.0 - ratio * unit_interval(seed, retry)
+            }
+        };
+        Duration::try_from_secs_f64(base * factor).unwrap_or(self.max_delay)
+    }
+}
+
+/// A number in `[0, 1)` from a seed and a retry number (splitmix64).
+fn unit_interval(seed: u64, retry: u32) -> f64 {
+    let mut z = seed ^ (u64::from(retry).wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl Default for RetryPolicy {
@@ -157,6 +221,47 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delays_grow_cap_and_jitter_within_bounds() {
+        let policy = RetryPolicy {
+            max_retries: 5,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            exponential_base: 3.0,
+            jitter: Jitter::None,
+        };
+        let ms = |p: &RetryPolicy, k| p.delay(k, 42).as_millis();
+        assert_eq!(
+            (0..5).map(|k| ms(&policy, k)).collect::<Vec<_>>(),
+            [100, 300, 900, 1000, 1000]
+        );
+        assert_eq!(
+            policy.delay(10_000, 0),
+            Duration::from_secs(1),
+            "huge exponents are capped"
+        );
+        let bounded = RetryPolicy {
+            jitter: Jitter::Bounded(0.2),
+            ..policy
+        };
+        for seed in 0..200 {
+            let d = bounded.delay(1, seed).as_secs_f64();
+            assert!((0.24..=0.3).contains(&d), "{d}");
+        }
+        let full = RetryPolicy {
+            jitter: Jitter::Full,
+            ..policy
+        };
+        let spread: Vec<u128> = (0..50)
+            .map(|seed| full.delay(1, seed).as_millis())
+            .collect();
+        assert!(spread.iter().all(|&d| d <= 300));
+        assert!(
+            spread.iter().any(|&d| d < 150) && spread.iter().any(|&d| d > 150),
+            "{spread:?}"
+        );
+    }
 
     #[test]
     fn durations() {

@@ -52,7 +52,7 @@ pub(crate) struct Retry {
     pub(crate) initial_delay: Duration,
     pub(crate) max_delay: Duration,
     pub(crate) base: f64,
-    pub(crate) jitter: bool,
+    pub(crate) jitter: flow_core::Jitter,
 }
 
 /// Everything `#[workflow(...)]` says.
@@ -177,15 +177,32 @@ fn duration(
     }
 }
 
-fn boolean(meta: &ParseNestedMeta, key: &str) -> syn::Result<bool> {
+/// `jitter = true` (full), `false` (none) or a ratio in `(0, 1]` (bounded).
+fn jitter(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<flow_core::Jitter> {
     let expr: Expr = meta.value()?.parse()?;
     match &expr {
         Expr::Lit(ExprLit {
             lit: Lit::Bool(b), ..
-        }) => Ok(b.value),
+        }) => Ok(if b.value {
+            flow_core::Jitter::Full
+        } else {
+            flow_core::Jitter::None
+        }),
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(f), ..
+        }) => {
+            let ratio: f64 = f.base10_parse()?;
+            if !(ratio > 0.0 && ratio <= 1.0) {
+                errors.push(syn::Error::new(
+                    f.span(),
+                    format!("a jitter ratio is above 0 and at most 1, not {ratio}"),
+                ));
+            }
+            Ok(flow_core::Jitter::Bounded(ratio))
+        }
         _ => Err(syn::Error::new(
             expr.span(),
-            format!("`{key}` takes `true` or `false`"),
+            "`jitter` is `true` (full jitter), `false` (none) or a ratio like `0.25` (bounded)",
         )),
     }
 }
@@ -372,7 +389,7 @@ fn parse_retry(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Retry
                 }
                 retry.base = value;
             }
-            "jitter" => retry.jitter = boolean(&option, "jitter")?,
+            "jitter" => retry.jitter = jitter(&option, errors)?,
             other => {
                 return Err(syn::Error::new(
                     option.path.span(),

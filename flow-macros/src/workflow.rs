@@ -331,7 +331,12 @@ fn generate(
         let r = &state.options.resources;
         let (cpu, memory_mb, io, network, gpu) = (r.cpu, r.memory_mb, r.io, r.network, r.gpu);
         let retry = optional(state.options.retry.as_ref().map(|retry| {
-            let (max, base, jitter) = (retry.max, retry.base, retry.jitter);
+            let (max, base) = (retry.max, retry.base);
+            let jitter = match retry.jitter {
+                flow_core::Jitter::None => quote!(#p::Jitter::None),
+                flow_core::Jitter::Full => quote!(#p::Jitter::Full),
+                flow_core::Jitter::Bounded(ratio) => quote!(#p::Jitter::Bounded(#ratio)),
+            };
             let initial = duration(retry.initial_delay);
             let max_delay = duration(retry.max_delay);
             quote!(#p::RetryPolicy {

@@ -1,17 +1,22 @@
 //! The builder: an agent is a workflow definition that can be run many times.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use flow_core::{AgentStatus, FlowError, Next, Priority, StateGraph, StateSpec, StateStatus};
+use flow_core::{
+    AgentStatus, FlowError, Next, Priority, RetryPolicy, StateGraph, StateSpec, StateStatus,
+};
+use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::events::{EventHub, EventStream};
-use crate::run::{Observer, RunCounts, RunHandle, RunReport};
+use crate::failure::{DEAD_LETTER_CAPACITY, DeadLetter};
+use crate::run::{Observer, RunControl, RunCounts, RunHandle, RunReport};
 use crate::scheduler::Coordinator;
 use crate::state_fn::{BoxError, FnState, StateFn};
 
@@ -61,8 +66,9 @@ pub struct Agent {
 }
 
 struct AgentShared {
-    latest: Mutex<Option<Arc<Observer>>>,
+    latest: Mutex<Option<RunControl>>,
     next_run_id: AtomicU64,
+    dead_letters: Mutex<VecDeque<DeadLetter>>,
 }
 
 #[derive(Clone)]
@@ -72,6 +78,8 @@ struct Definition {
     entries: Vec<String>,
     max_concurrent: Option<usize>,
     timeout: Option<Duration>,
+    cleanup_timeout: Duration,
+    default_retry: RetryPolicy,
     compiled: OnceLock<Result<Arc<Compiled>, FlowError>>,
 }
 
@@ -81,6 +89,7 @@ struct StateDef {
     func: Arc<dyn StateFn>,
     priority: Priority,
     timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
 }
 
 /// A validated definition, shared by every run started from it.
@@ -90,12 +99,14 @@ pub(crate) struct Compiled {
     pub(crate) states: Box<[CompiledState]>,
     pub(crate) max_concurrent: usize,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) cleanup_timeout: Duration,
 }
 
 pub(crate) struct CompiledState {
     pub(crate) func: Arc<dyn StateFn>,
     pub(crate) priority: Priority,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: RetryPolicy,
 }
 
 impl Agent {
@@ -109,11 +120,14 @@ impl Agent {
                 entries: Vec::new(),
                 max_concurrent: None,
                 timeout: None,
+                cleanup_timeout: Duration::ZERO,
+                default_retry: RetryPolicy::NONE,
                 compiled: OnceLock::new(),
             }),
             shared: Arc::new(AgentShared {
                 latest: Mutex::new(None),
                 next_run_id: AtomicU64::new(0),
+                dead_letters: Mutex::new(VecDeque::new()),
             }),
             events: EventHub::new(DEFAULT_EVENT_CAPACITY),
         }
@@ -160,6 +174,7 @@ impl Agent {
             func: Arc::new(FnState(body)),
             priority: Priority::Normal,
             timeout: None,
+            retry: None,
         });
         let state = definition
             .states
@@ -185,6 +200,21 @@ impl Agent {
     /// states are aborted.
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.definition_mut().timeout = Some(timeout);
+        self
+    }
+
+    /// How long running states get to finish, after the run's context is cancelled, when the
+    /// run stops (it failed, was cancelled or timed out) before they are aborted. Default zero:
+    /// abort at once. States see the cancellation through [`Context::cancelled`].
+    pub fn cleanup_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.definition_mut().cleanup_timeout = timeout;
+        self
+    }
+
+    /// The retry policy of every state that sets none of its own (default:
+    /// [`RetryPolicy::NONE`], no retries).
+    pub fn default_retry(&mut self, policy: RetryPolicy) -> &mut Self {
+        self.definition_mut().default_retry = policy;
         self
     }
 
@@ -234,28 +264,43 @@ impl Agent {
         let run_id = self.shared.next_run_id.fetch_add(1, Ordering::Relaxed) + 1;
         let observer = Arc::new(Observer::new(run_id, Arc::clone(&compiled.graph)));
         observer.set_status(AgentStatus::Running);
+        let (sender, inbox) = unbounded_channel();
+        let control = RunControl {
+            observer,
+            cancel: CancellationToken::new(),
+            sender,
+        };
         *self
             .shared
             .latest
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&observer));
-        let cancel = CancellationToken::new();
+            .unwrap_or_else(PoisonError::into_inner) = Some(control.clone());
         let (report_tx, report_rx) = oneshot::channel();
         let coordinator = Coordinator::new(
             Arc::clone(&compiled),
             context,
-            Arc::clone(&observer),
+            control.clone(),
+            inbox,
             self.events.clone(),
-            cancel.clone(),
         );
+        let shared = Arc::clone(&self.shared);
         runtime.spawn(async move {
+            let report = coordinator.run().await;
+            if !report.dead_letters.is_empty() {
+                let mut kept = shared
+                    .dead_letters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                kept.extend(report.dead_letters.iter().cloned());
+                let excess = kept.len().saturating_sub(DEAD_LETTER_CAPACITY);
+                kept.drain(..excess);
+            }
             // The receiver is gone only if nobody waits for the report.
-            let _ = report_tx.send(coordinator.run().await);
+            let _ = report_tx.send(report);
         });
         Ok(RunHandle {
             agent: Arc::clone(&compiled.name),
-            observer,
-            cancel,
+            control,
             report: report_rx,
         })
     }
@@ -269,13 +314,13 @@ impl Agent {
     /// Runs the workflow with `context` (which may hold initial values) to the end.
     pub async fn run_with(&self, context: Context) -> Result<RunReport, FlowError> {
         let handle = self.start_with(context)?;
-        let guard = handle.cancel.clone().drop_guard();
+        let guard = handle.control.cancel.clone().drop_guard();
         let result = handle.result().await;
         guard.disarm();
         result
     }
 
-    fn latest(&self) -> Option<Arc<Observer>> {
+    fn latest(&self) -> Option<RunControl> {
         self.shared
             .latest
             .lock()
@@ -285,17 +330,63 @@ impl Agent {
 
     /// Status of the latest run started from this agent or a clone; `Idle` before the first.
     pub fn status(&self) -> AgentStatus {
-        self.latest().map_or(AgentStatus::Idle, |run| run.status())
+        self.latest()
+            .map_or(AgentStatus::Idle, |run| run.observer.status())
     }
 
     /// A state's status in the latest run; `None` before the first run or for an unknown name.
     pub fn state_status(&self, state: &str) -> Option<StateStatus> {
-        self.latest()?.state_status(state)
+        self.latest()?.observer.state_status(state)
     }
 
     /// Completed, running and pending counts of the latest run.
     pub fn counts(&self) -> RunCounts {
-        self.latest().map(|run| run.counts()).unwrap_or_default()
+        self.latest()
+            .map(|run| run.observer.counts())
+            .unwrap_or_default()
+    }
+
+    /// Pauses the latest run (see [`RunHandle::pause`]); returns at once if there is none.
+    pub async fn pause(&self) {
+        if let Some(run) = self.latest() {
+            run.pause().await;
+        }
+    }
+
+    /// Resumes the latest run (see [`RunHandle::resume`]).
+    pub fn resume(&self) {
+        if let Some(run) = self.latest() {
+            run.resume();
+        }
+    }
+
+    /// Cancels the running and ready runs of one state in the latest run (see
+    /// [`RunHandle::cancel_state`]).
+    pub async fn cancel_state(&self, state: &str) -> Result<usize, FlowError> {
+        match self.latest() {
+            Some(run) => run.cancel_state(state).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Cancels the latest run (see [`RunHandle::cancel`]).
+    pub fn cancel_all(&self) {
+        if let Some(run) = self.latest() {
+            run.cancel.cancel();
+        }
+    }
+
+    /// The dead letters of this agent's runs (and its clones'), oldest first: every state that
+    /// failed after its last attempt, handled by an `on_error` state or not. At most
+    /// [`DEAD_LETTER_CAPACITY`] are kept.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.shared
+            .dead_letters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -315,6 +406,21 @@ impl StateOptions<'_> {
     /// `Timeout`.
     pub fn timeout(self, timeout: Duration) -> Self {
         self.state.timeout = Some(timeout);
+        self
+    }
+
+    /// How this state is retried when an attempt fails (returns an error, panics or times out):
+    /// see [`RetryPolicy`]. Without one, the agent's [`Agent::default_retry`] applies.
+    pub fn retry(self, policy: RetryPolicy) -> Self {
+        self.state.retry = Some(policy);
+        self
+    }
+
+    /// The state that runs when this one has failed its last attempt: the branch goes there
+    /// instead of failing the run, and the handler reads the failure with
+    /// [`Context::failure`]. The failure is still recorded as a dead letter.
+    pub fn on_error(self, handler: impl Into<String>) -> Self {
+        self.state.spec.on_error = Some(handler.into());
         self
     }
 
@@ -373,6 +479,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             func: Arc::clone(&s.func),
             priority: s.priority,
             timeout: s.timeout,
+            retry: s.retry.unwrap_or(definition.default_retry),
         })
         .collect();
     Ok(Arc::new(Compiled {
@@ -381,5 +488,6 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         states,
         max_concurrent: definition.max_concurrent.unwrap_or(usize::MAX),
         timeout: definition.timeout,
+        cleanup_timeout: definition.cleanup_timeout,
     }))
 }

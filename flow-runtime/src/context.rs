@@ -8,6 +8,7 @@ use flow_core::{FlowError, FxHashMap};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
 
 /// What a context value must be: serializable (for checkpoints and reports), and shareable
 /// between the parallel states of a run. Implemented for every such type.
@@ -67,6 +68,8 @@ fn to_json<T: ContextValue>(value: &(dyn Any + Send + Sync)) -> Result<Value, se
 #[derive(Clone, Default)]
 pub struct Context {
     values: Arc<RwLock<FxHashMap<String, Slot>>>,
+    /// Cancelled when the run this handle was given to stops (see [`Context::cancelled`]).
+    cancellation: CancellationToken,
 }
 
 impl Context {
@@ -84,7 +87,35 @@ impl Context {
             .collect();
         Self {
             values: Arc::new(RwLock::new(map)),
+            cancellation: CancellationToken::new(),
         }
+    }
+
+    /// The same store, seen by one run: its cancellation is the run's.
+    pub(crate) fn for_run(&self, cancellation: CancellationToken) -> Self {
+        Self {
+            values: Arc::clone(&self.values),
+            cancellation,
+        }
+    }
+
+    /// The failure an `on_error` handler is handling: the dead letter of the state that failed
+    /// (stored under [`crate::FAILURE_KEY`]); `None` when no state has failed over to a handler.
+    pub fn failure(&self) -> Option<crate::DeadLetter> {
+        self.get_state(crate::FAILURE_KEY).ok()
+    }
+
+    /// True once the run this context belongs to is stopping (cancelled, failed, timed out).
+    /// A state doing long work can check it between steps and return early.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancellation.is_cancelled()
+    }
+
+    /// Completes when the run this context belongs to is stopping. Use it in `tokio::select!`
+    /// to end long waits promptly; the run gives running states its `cleanup_timeout` to
+    /// finish before it aborts them.
+    pub async fn cancelled(&self) {
+        self.cancellation.cancelled().await
     }
 
     // A panic inside `update_typed`'s closure poisons the lock; the store itself is still

@@ -51,7 +51,24 @@ pub enum EventKind {
         state: Arc<str>,
         /// Which run of this state in this run it is (1 for the first).
         run: u32,
+        /// Which attempt of that run (1 for the first, more after retries).
+        attempt: u32,
     },
+    /// An attempt failed and the state will be tried again after `delay`.
+    StateRetrying {
+        /// The state.
+        state: Arc<str>,
+        /// The attempt that will run next.
+        attempt: u32,
+        /// How long until it runs.
+        delay: Duration,
+        /// Why the last attempt failed.
+        error: String,
+    },
+    /// The run was paused: no new state starts until it is resumed.
+    RunPaused,
+    /// The run was resumed.
+    RunResumed,
     /// A state finished successfully.
     StateCompleted {
         /// The state.

@@ -5,11 +5,14 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flow_core::{AgentStatus, FlowError, StateGraph, StateStatus};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
+use crate::failure::DeadLetter;
+use crate::scheduler::Message;
 
 /// Live status of one run, written by its coordinator with plain atomic stores (no lock), read
 /// by handles and agents at any time.
@@ -82,39 +85,103 @@ pub struct RunCounts {
     pub pending: usize,
 }
 
+/// What controls a run from outside: shared by its handle and its agent.
+#[derive(Clone)]
+pub(crate) struct RunControl {
+    pub(crate) observer: Arc<Observer>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) sender: UnboundedSender<Message>,
+}
+
+impl RunControl {
+    pub(crate) async fn pause(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.sender.send(Message::Pause(ack)).is_ok() {
+            // An error means the run ended meanwhile: nothing runs, which is what was asked.
+            let _ = done.await;
+        }
+    }
+
+    pub(crate) fn resume(&self) {
+        let _ = self.sender.send(Message::Resume);
+    }
+
+    pub(crate) async fn cancel_state(&self, state: &str) -> Result<usize, FlowError> {
+        let Some(id) = self.observer.graph.id(state) else {
+            return Err(FlowError::UnknownState {
+                state: state.to_owned(),
+                suggestion: self.observer.graph.suggest(state),
+            });
+        };
+        let (reply, answer) = oneshot::channel();
+        if self
+            .sender
+            .send(Message::CancelState { state: id, reply })
+            .is_err()
+        {
+            return Ok(0);
+        }
+        Ok(answer.await.unwrap_or(0))
+    }
+}
+
 /// A run in progress. Dropping the handle leaves the run going; [`RunHandle::cancel`] stops it.
 pub struct RunHandle {
     pub(crate) agent: Arc<str>,
-    pub(crate) observer: Arc<Observer>,
-    pub(crate) cancel: CancellationToken,
+    pub(crate) control: RunControl,
     pub(crate) report: oneshot::Receiver<RunReport>,
 }
 
 impl RunHandle {
     /// This run's id, unique among the runs of one agent (and its clones).
     pub fn run_id(&self) -> u64 {
-        self.observer.run_id
+        self.control.observer.run_id
     }
 
     /// The run's status now.
     pub fn status(&self) -> AgentStatus {
-        self.observer.status()
+        self.control.observer.status()
     }
 
     /// A state's status now; `None` if the workflow has no state of that name.
     pub fn state_status(&self, state: &str) -> Option<StateStatus> {
-        self.observer.state_status(state)
+        self.control.observer.state_status(state)
     }
 
     /// Completed, running and pending counts now.
     pub fn counts(&self) -> RunCounts {
-        self.observer.counts()
+        self.control.observer.counts()
     }
 
-    /// Asks the run to stop: running states are aborted, the run ends as
+    /// Asks the run to stop: its context's cancellation fires, running states get the agent's
+    /// `cleanup_timeout` to finish and are then aborted, and the run ends as
     /// [`AgentStatus::Cancelled`]. Returns at once; [`RunHandle::wait`] gives the report.
     pub fn cancel(&self) {
-        self.cancel.cancel();
+        self.control.cancel.cancel();
+    }
+
+    /// The same as [`RunHandle::cancel`]: stops every state of the run.
+    pub fn cancel_all(&self) {
+        self.cancel();
+    }
+
+    /// Stops starting new states and waits until the running ones have finished (their
+    /// transitions are followed, so states they make ready wait too). The run's status is
+    /// `Paused` until [`RunHandle::resume`]. Returns at once if the run has ended.
+    pub async fn pause(&self) {
+        self.control.pause().await;
+    }
+
+    /// Lets a paused run start states again.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Cancels the runs of one state that are running or ready: each is aborted, its status
+    /// becomes `Cancelled`, and its branch ends (a join waiting for it goes on without it).
+    /// Returns how many were cancelled; an unknown name is an error.
+    pub async fn cancel_state(&self, state: &str) -> Result<usize, FlowError> {
+        self.control.cancel_state(state).await
     }
 
     /// Waits for the run to finish and returns its report, whatever the outcome.
@@ -122,7 +189,7 @@ impl RunHandle {
         let agent = self.agent.clone();
         match self.report.await {
             Ok(report) => report,
-            Err(_) => RunReport::lost(agent, &self.observer),
+            Err(_) => RunReport::lost(agent, &self.control.observer),
         }
     }
 
@@ -151,6 +218,8 @@ pub struct RunReport {
     pub transitions: u64,
     /// The most states that ran at the same time.
     pub max_concurrency: usize,
+    /// Every state that failed after its last attempt in this run, handled or not.
+    pub dead_letters: Vec<DeadLetter>,
     /// When the run started, on tokio's clock.
     pub started_at: Instant,
     /// How long it took.
@@ -191,6 +260,7 @@ impl RunReport {
             states: Vec::new(),
             transitions: 0,
             max_concurrency: 0,
+            dead_letters: Vec::new(),
             started_at: Instant::now(),
             duration: Duration::ZERO,
         }
@@ -206,7 +276,7 @@ pub struct StateReport {
     pub status: StateStatus,
     /// How many times it started (more than once in a loop).
     pub runs: u32,
-    /// Attempts of its latest run (1 until retries exist).
+    /// Attempts of its latest run (1, or more after retries).
     pub attempts: u32,
     /// Time spent running, over all its runs.
     pub total_time: Duration,

@@ -5,15 +5,20 @@
 //! of them needs a lock. State names never appear on this path: states are [`StateId`]s, and a
 //! transition's name is resolved with one hash lookup.
 
+mod control;
+mod failures;
 mod joins;
 mod ready;
 mod task;
 
+pub(crate) use task::Message;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use flow_core::{AgentStatus, FlowError, Next, StateGraph, StateId, StateName, StateStatus};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use flow_core::{FlowError, Next, StateGraph, StateId, StateName, StateStatus};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,12 +27,14 @@ use tracing::Instrument;
 use crate::agent::Compiled;
 use crate::context::Context;
 use crate::events::{Event, EventHub, EventKind};
-use crate::run::{Observer, RunReport, StateReport};
+use crate::failure::DeadLetter;
+use crate::run::{Observer, RunControl, RunReport, StateReport};
 
 use crate::state_fn::StateFuture;
+use failures::Failure;
 use joins::{GroupId, Joins};
 use ready::ReadyQueue;
-use task::{Message, Outcome};
+use task::Outcome;
 
 pub(crate) struct Coordinator {
     compiled: Arc<Compiled>,
@@ -50,11 +57,20 @@ pub(crate) struct Coordinator {
     /// The time of the event being handled: one clock read serves the state that finished
     /// and the states it lets start.
     now: Instant,
+    /// No state starts while paused; these wait to hear that nothing runs any more.
+    paused: bool,
+    pause_waiters: Vec<oneshot::Sender<()>>,
+    /// Timers of retries waiting for their delay, by id (aborted when the run stops).
+    timers: Vec<Option<AbortHandle>>,
+    free_timers: Vec<u32>,
+    timer_count: usize,
+    dead_letters: Vec<DeadLetter>,
 }
 
 struct Running {
     state: StateId,
     group: GroupId,
+    attempt: u32,
     started: Instant,
     /// The task, when the state has one (a state whose body panicked when called has none).
     abort: Option<AbortHandle>,
@@ -71,12 +87,16 @@ impl Coordinator {
     pub(crate) fn new(
         compiled: Arc<Compiled>,
         context: Context,
-        observer: Arc<Observer>,
+        control: RunControl,
+        inbox: UnboundedReceiver<Message>,
         events: EventHub,
-        cancel: CancellationToken,
     ) -> Self {
         let graph = Arc::clone(&compiled.graph);
-        let (sender, inbox) = unbounded_channel();
+        let RunControl {
+            observer,
+            cancel,
+            sender,
+        } = control;
         Self {
             joins: Joins::new(&graph),
             states: graph
@@ -85,9 +105,9 @@ impl Coordinator {
                 .cloned()
                 .map(StateReport::new)
                 .collect(),
+            context: context.for_run(cancel.clone()),
             compiled,
             graph,
-            context,
             observer,
             events,
             cancel,
@@ -101,6 +121,12 @@ impl Coordinator {
             transitions: 0,
             max_concurrency: 0,
             now: Instant::now(),
+            paused: false,
+            pause_waiters: Vec::new(),
+            timers: Vec::new(),
+            free_timers: Vec::new(),
+            timer_count: 0,
+            dead_letters: Vec::new(),
         }
     }
 
@@ -122,18 +148,25 @@ impl Coordinator {
         self.absorb_joins();
 
         let stop = loop {
-            if self.running_count == 0 && self.ready.len() == 1 {
+            if !self.paused && self.running_count == 0 && self.ready.len() == 1 {
                 if let Err(stop) = self.run_solo().await {
                     break Some(stop);
                 }
                 continue;
             }
-            self.dispatch();
-            if self.running_count == 0 && self.ready.is_empty() {
-                if self.joins.is_finished() {
-                    break None;
+            if !self.paused {
+                self.dispatch();
+            }
+            if self.running_count == 0 {
+                self.acknowledge_pause();
+                if self.ready.is_empty() && self.timer_count == 0 {
+                    if self.joins.is_finished() {
+                        break None;
+                    }
+                    if !self.paused {
+                        break Some(Stop::Failed(self.no_progress()));
+                    }
                 }
-                break Some(Stop::Failed(self.no_progress()));
             }
             self.publish_counts();
             // The coordinator holds a sender, so the channel never closes.
@@ -145,7 +178,7 @@ impl Coordinator {
             }
         };
         watcher.abort();
-        self.conclude(stop, started_at)
+        self.conclude(stop, started_at).await
     }
 
     fn handle(&mut self, message: Message) -> Result<(), Stop> {
@@ -153,6 +186,28 @@ impl Coordinator {
             Message::Done { slot, outcome } => {
                 self.now = Instant::now();
                 self.finish_task(slot, outcome).map_err(Stop::Failed)
+            }
+            Message::Retry {
+                timer,
+                state,
+                group,
+                attempt,
+            } => {
+                self.retry_due(timer, state, group, attempt);
+                Ok(())
+            }
+            Message::Pause(ack) => {
+                self.pause(ack);
+                Ok(())
+            }
+            Message::Resume => {
+                self.resume();
+                Ok(())
+            }
+            Message::CancelState { state, reply } => {
+                let cancelled = self.cancel_state(state);
+                let _ = reply.send(cancelled);
+                Ok(())
             }
             Message::Cancel => Err(Stop::Cancelled),
             Message::Deadline => Err(Stop::TimedOut(self.compiled.timeout.unwrap_or_default())),
@@ -174,16 +229,16 @@ impl Coordinator {
         let Some(entry) = self.ready.pop() else {
             return Ok(());
         };
-        let (state, group) = (entry.state, entry.group);
+        let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
         self.max_concurrency = self.max_concurrency.max(1);
         self.now = Instant::now();
         let started = self.now;
-        let span = self.begin(state);
+        let span = self.begin(state, attempt);
         let mut run = match task::start(&self.compiled.states[state.index()].func, &self.context) {
             Ok(run) => run,
             Err(outcome) => {
                 return self
-                    .finish(state, group, started, outcome)
+                    .finish(state, group, attempt, started, outcome)
                     .map_err(Stop::Failed);
             }
         };
@@ -194,12 +249,12 @@ impl Coordinator {
         match polled {
             Some(outcome) => {
                 self.now = Instant::now();
-                let finished = self.finish(state, group, started, outcome);
+                let finished = self.finish(state, group, attempt, started, outcome);
                 self.publish_counts();
                 finished.map_err(Stop::Failed)
             }
             None => {
-                self.launch(state, group, started, run, span);
+                self.launch(state, group, attempt, started, run, span);
                 Ok(())
             }
         }
@@ -235,38 +290,40 @@ impl Coordinator {
     fn dispatch(&mut self) {
         while self.running_count < self.compiled.max_concurrent {
             let Some(entry) = self.ready.pop() else { break };
-            let span = self.begin(entry.state);
-            match task::start(
-                &self.compiled.states[entry.state.index()].func,
-                &self.context,
-            ) {
-                Ok(run) => self.launch(entry.state, entry.group, self.now, run, span),
+            let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
+            let span = self.begin(state, attempt);
+            match task::start(&self.compiled.states[state.index()].func, &self.context) {
+                Ok(run) => self.launch(state, group, attempt, self.now, run, span),
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
-                    self.launch_outcome(entry.state, entry.group, outcome);
+                    self.launch_outcome(state, group, attempt, outcome);
                 }
             }
         }
         self.max_concurrency = self.max_concurrency.max(self.running_count);
     }
 
-    /// Records that `state` starts now; returns the span its run is traced in.
-    fn begin(&mut self, state: StateId) -> tracing::Span {
+    /// Records that `state` starts attempt `attempt` now; returns the span it is traced in.
+    fn begin(&mut self, state: StateId, attempt: u32) -> tracing::Span {
         let now = self.now;
         let record = &mut self.states[state.index()];
-        record.runs += 1;
-        record.attempts = 1;
+        if attempt == 1 {
+            record.runs += 1;
+        }
+        record.attempts = attempt;
         record.status = StateStatus::Running;
         record.first_started.get_or_insert(now);
         let run = record.runs;
         self.observer.set_state(state.index(), StateStatus::Running);
         if self.events.is_observed() {
+            let name = Arc::clone(self.graph.name(state));
             self.publish(EventKind::StateStarted {
-                state: Arc::clone(self.graph.name(state)),
+                state: name,
                 run,
+                attempt,
             });
         }
-        tracing::debug_span!("state", state = %self.graph.name(state), run)
+        tracing::debug_span!("state", state = %self.graph.name(state), run, attempt)
     }
 
     fn take_slot(&mut self) -> u32 {
@@ -284,6 +341,7 @@ impl Coordinator {
         &mut self,
         state: StateId,
         group: GroupId,
+        attempt: u32,
         started: Instant,
         run: StateFuture,
         span: tracing::Span,
@@ -295,6 +353,7 @@ impl Coordinator {
         self.running[slot as usize] = Some(Running {
             state,
             group,
+            attempt,
             started,
             abort,
         });
@@ -302,12 +361,14 @@ impl Coordinator {
     }
 
     /// Accounts for a state that ended as it started, through the same channel as the rest.
-    fn launch_outcome(&mut self, state: StateId, group: GroupId, outcome: Outcome) {
+    fn launch_outcome(&mut self, state: StateId, group: GroupId, attempt: u32, outcome: Outcome) {
         let slot = self.take_slot();
+        let started = self.now;
         self.running[slot as usize] = Some(Running {
             state,
             group,
-            started: self.now,
+            attempt,
+            started,
             abort: None,
         });
         self.running_count += 1;
@@ -319,6 +380,7 @@ impl Coordinator {
         let Some(Running {
             state,
             group,
+            attempt,
             started,
             ..
         }) = self.running[slot as usize].take()
@@ -327,14 +389,16 @@ impl Coordinator {
         };
         self.free_slots.push(slot);
         self.running_count -= 1;
-        self.finish(state, group, started, outcome)
+        self.finish(state, group, attempt, started, outcome)
     }
 
-    /// Records how a state run ended and routes its branch.
+    /// Records how a state's attempt ended and routes its branch: on, to a retry, to its
+    /// `on_error` handler, or to the run's failure.
     fn finish(
         &mut self,
         state: StateId,
         group: GroupId,
+        attempt: u32,
         started: Instant,
         outcome: Outcome,
     ) -> Result<(), FlowError> {
@@ -344,38 +408,9 @@ impl Coordinator {
         let record = &mut self.states[state.index()];
         record.total_time += duration;
         record.last_finished = Some(now);
-        let attempts = record.attempts;
-        let name = || self.graph.name(state).to_string();
-        let (status, result) = match outcome {
-            Outcome::Finished(Ok(next)) => (StateStatus::Completed, Ok(next)),
-            Outcome::Finished(Err(cause)) => (
-                StateStatus::Failed,
-                Err(FlowError::StateFailed {
-                    state: name(),
-                    attempts,
-                    cause,
-                }),
-            ),
-            Outcome::Panicked(message) => (
-                StateStatus::Failed,
-                Err(FlowError::StatePanicked {
-                    state: name(),
-                    attempts,
-                    message,
-                }),
-            ),
-            Outcome::TimedOut(timeout) => (
-                StateStatus::Timeout,
-                Err(FlowError::StateTimedOut {
-                    state: name(),
-                    attempts,
-                    timeout,
-                }),
-            ),
-        };
-        self.set_status(state, status);
-        match result {
-            Ok(next) => {
+        match outcome {
+            Outcome::Finished(Ok(next)) => {
+                self.set_status(state, StateStatus::Completed);
                 self.completed += 1;
                 tracing::debug!(state = %self.graph.name(state), ?duration, "state completed");
                 if self.events.is_observed() {
@@ -386,17 +421,14 @@ impl Coordinator {
                 self.absorb_joins();
                 Ok(())
             }
-            Err(error) => {
-                tracing::debug!(%error, "state failed");
-                self.states[state.index()].last_error = Some(error.to_string());
-                if self.events.is_observed() {
-                    let state = Arc::clone(self.graph.name(state));
-                    self.publish(EventKind::StateFailed {
-                        state,
-                        error: error.to_string(),
-                    });
-                }
-                Err(error)
+            Outcome::Finished(Err(cause)) => {
+                self.attempt_failed(state, group, attempt, Failure::Error(cause))
+            }
+            Outcome::Panicked(message) => {
+                self.attempt_failed(state, group, attempt, Failure::Panic(message))
+            }
+            Outcome::TimedOut(limit) => {
+                self.attempt_failed(state, group, attempt, Failure::Timeout(limit))
             }
         }
     }
@@ -463,8 +495,12 @@ impl Coordinator {
         self.joins.blocked = blocked;
         let mut released = std::mem::take(&mut self.joins.released);
         for (state, group) in released.drain(..) {
-            self.ready
-                .push(state, group, self.compiled.states[state.index()].priority);
+            self.ready.push(
+                state,
+                group,
+                1,
+                self.compiled.states[state.index()].priority,
+            );
             self.set_status(state, StateStatus::Ready);
             if self.events.is_observed() {
                 self.publish(EventKind::StateReady {
@@ -507,71 +543,6 @@ impl Coordinator {
         FlowError::NoProgress {
             agent: self.compiled.name.to_string(),
             waiting,
-        }
-    }
-
-    /// Stops what still runs, settles every status, and writes the report.
-    /// Aborts every running state task; returns their states.
-    fn abort_running(&mut self) -> Vec<StateId> {
-        self.running_count = 0;
-        self.running
-            .iter_mut()
-            .filter_map(Option::take)
-            .map(|running| {
-                if let Some(abort) = running.abort {
-                    abort.abort();
-                }
-                running.state
-            })
-            .collect()
-    }
-
-    fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
-        let agent = || self.compiled.name.to_string();
-        let (status, error) = match stop {
-            None => (AgentStatus::Completed, None),
-            Some(Stop::Failed(error)) => (AgentStatus::Failed, Some(error)),
-            Some(Stop::Cancelled) => (
-                AgentStatus::Cancelled,
-                Some(FlowError::Cancelled { agent: agent() }),
-            ),
-            Some(Stop::TimedOut(timeout)) => (
-                AgentStatus::Failed,
-                Some(FlowError::RunTimedOut {
-                    agent: agent(),
-                    timeout,
-                }),
-            ),
-        };
-        // Work that will not happen is reported as cancelled, never silently dropped.
-        let mut cancelled = self.abort_running();
-        cancelled.extend(self.ready.drain().map(|entry| entry.state));
-        cancelled.extend(self.joins.held_states());
-        for state in cancelled {
-            self.set_status(state, StateStatus::Cancelled);
-            self.publish(EventKind::StateCancelled {
-                state: Arc::clone(self.graph.name(state)),
-            });
-        }
-        let duration = started_at.elapsed();
-        self.observer.set_counts(self.completed, 0, 0);
-        self.observer.set_status(status);
-        self.publish(EventKind::RunFinished { status, duration });
-        match &error {
-            None => tracing::debug!(?duration, "run completed"),
-            Some(error) => tracing::debug!(%error, "run stopped"),
-        }
-        RunReport {
-            agent: Arc::clone(&self.compiled.name),
-            run_id: self.observer.run_id,
-            status,
-            error,
-            context: self.context.clone(),
-            states: std::mem::take(&mut self.states),
-            transitions: self.transitions,
-            max_concurrency: self.max_concurrency,
-            started_at,
-            duration,
         }
     }
 }

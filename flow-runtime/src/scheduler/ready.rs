@@ -13,6 +13,7 @@ pub(crate) struct ReadyEntry {
     seq: Reverse<u64>,
     pub(crate) state: StateId,
     pub(crate) group: GroupId,
+    pub(crate) attempt: u32,
 }
 
 impl Ord for ReadyEntry {
@@ -34,7 +35,13 @@ pub(crate) struct ReadyQueue {
 }
 
 impl ReadyQueue {
-    pub(crate) fn push(&mut self, state: StateId, group: GroupId, priority: Priority) {
+    pub(crate) fn push(
+        &mut self,
+        state: StateId,
+        group: GroupId,
+        attempt: u32,
+        priority: Priority,
+    ) {
         let seq = Reverse(self.next_seq);
         self.next_seq += 1;
         self.heap.push(ReadyEntry {
@@ -42,7 +49,15 @@ impl ReadyQueue {
             seq,
             state,
             group,
+            attempt,
         });
+    }
+
+    /// Takes every entry of `state` out of the queue (a rare, O(n) operation).
+    pub(crate) fn remove_state(&mut self, state: StateId) -> Vec<ReadyEntry> {
+        let (removed, kept): (Vec<_>, Vec<_>) = self.heap.drain().partition(|e| e.state == state);
+        self.heap = kept.into();
+        removed
     }
 
     pub(crate) fn pop(&mut self) -> Option<ReadyEntry> {
@@ -70,11 +85,11 @@ mod tests {
     fn priority_first_then_arrival_order() {
         let mut queue = ReadyQueue::default();
         let id = StateId::new;
-        queue.push(id(0), 0, Priority::Normal);
-        queue.push(id(1), 0, Priority::Low);
-        queue.push(id(2), 0, Priority::Critical);
-        queue.push(id(3), 0, Priority::Normal);
-        queue.push(id(4), 0, Priority::High);
+        queue.push(id(0), 0, 1, Priority::Normal);
+        queue.push(id(1), 0, 1, Priority::Low);
+        queue.push(id(2), 0, 1, Priority::Critical);
+        queue.push(id(3), 0, 1, Priority::Normal);
+        queue.push(id(4), 0, 1, Priority::High);
         let order: Vec<u32> = std::iter::from_fn(|| queue.pop())
             .map(|e| e.state.index() as u32)
             .collect();

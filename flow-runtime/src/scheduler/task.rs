@@ -8,8 +8,12 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use flow_core::StateId;
 use flow_core::{Next, StateError};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
+
+use super::joins::GroupId;
 
 use crate::context::Context;
 use crate::state_fn::{StateFn, StateFuture};
@@ -21,10 +25,29 @@ pub(crate) enum Outcome {
     TimedOut(Duration),
 }
 
-/// What the coordinator hears.
+/// What the coordinator hears: from its state tasks, its timers, and the run's controls.
 pub(crate) enum Message {
+    /// A state task finished its attempt.
     Done { slot: u32, outcome: Outcome },
+    /// A retry's delay is over.
+    Retry {
+        timer: u32,
+        state: StateId,
+        group: GroupId,
+        attempt: u32,
+    },
+    /// Stop starting states; answer when nothing runs.
+    Pause(oneshot::Sender<()>),
+    /// Start states again.
+    Resume,
+    /// Cancel the running and ready runs of a state; answer how many.
+    CancelState {
+        state: StateId,
+        reply: oneshot::Sender<usize>,
+    },
+    /// The run was cancelled.
     Cancel,
+    /// The run's timeout passed.
     Deadline,
 }
 

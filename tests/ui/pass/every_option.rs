@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fluffy_flow::prelude::*;
-use fluffy_flow::{DependencyType, ResourceRequirements, RetryPolicy};
+use fluffy_flow::{DependencyType, Jitter, ResourceRequirements, RetryPolicy};
 
 struct Pipeline {
     model: String,
@@ -83,7 +83,7 @@ fn main() {
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(10),
             exponential_base: 3.0,
-            jitter: true,
+            jitter: Jitter::Full,
         })
     );
     assert_eq!(

@@ -1,0 +1,49 @@
+//! What is kept when a state fails for good: dead letters.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// The context key under which an `on_error` handler finds the [`DeadLetter`] of the failure
+/// it handles (read it with [`crate::Context::failure`]).
+pub const FAILURE_KEY: &str = "fluffy_flow.failure";
+
+/// How many dead letters an agent keeps across its runs (the oldest are dropped first; every
+/// run's report keeps all of its own).
+pub const DEAD_LETTER_CAPACITY: usize = 1000;
+
+/// How a state's attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The state returned an error.
+    Error,
+    /// The state panicked.
+    Panic,
+    /// The attempt ran past the state's timeout.
+    Timeout,
+}
+
+/// The record of a state that failed after its last attempt: kept in the run's report and by
+/// the agent, and handed to the state's `on_error` handler through the context.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The run it happened in.
+    pub run_id: u64,
+    /// The state that failed.
+    pub state: String,
+    /// The last attempt's error message.
+    pub error: String,
+    /// How the last attempt failed.
+    pub kind: FailureKind,
+    /// How many attempts were made (1 + retries).
+    pub attempts: u32,
+    /// Whether the last attempt timed out.
+    pub timed_out: bool,
+    /// When it was recorded (wall clock).
+    pub at: SystemTime,
+    /// The context at that moment, as JSON (`{"snapshot_error": ..}` if a value could not be
+    /// serialized).
+    pub context: serde_json::Value,
+}

@@ -1,0 +1,200 @@
+//! Run control from outside (pause, resume, cancelling one state) and the end of a run
+//! (cleanup of what still runs, final statuses, the report).
+
+use std::sync::Arc;
+
+use flow_core::{AgentStatus, FlowError, StateId, StateStatus};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::task::Message;
+use super::{Coordinator, Stop};
+use crate::events::EventKind;
+use crate::run::RunReport;
+
+impl Coordinator {
+    pub(super) fn pause(&mut self, ack: oneshot::Sender<()>) {
+        if !self.paused {
+            self.paused = true;
+            self.observer.set_status(AgentStatus::Paused);
+            self.publish(EventKind::RunPaused);
+        }
+        self.pause_waiters.push(ack);
+    }
+
+    /// Tells those waiting for a pause that nothing runs any more.
+    pub(super) fn acknowledge_pause(&mut self) {
+        if self.paused {
+            for waiter in self.pause_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    pub(super) fn resume(&mut self) {
+        if self.paused {
+            self.paused = false;
+            self.observer.set_status(AgentStatus::Running);
+            self.publish(EventKind::RunResumed);
+        }
+    }
+
+    /// Cancels the running and ready runs of `state`; each branch ends. Returns how many.
+    pub(super) fn cancel_state(&mut self, state: StateId) -> usize {
+        let mut ended = Vec::new();
+        for slot in 0..self.running.len() {
+            if self.running[slot]
+                .as_ref()
+                .is_some_and(|r| r.state == state)
+            {
+                if let Some(running) = self.running[slot].take() {
+                    if let Some(abort) = running.abort {
+                        abort.abort();
+                    }
+                    self.free_slots.push(slot as u32);
+                    self.running_count -= 1;
+                    ended.push(running.group);
+                }
+            }
+        }
+        ended.extend(
+            self.ready
+                .remove_state(state)
+                .into_iter()
+                .map(|entry| entry.group),
+        );
+        let graph = Arc::clone(&self.graph);
+        for group in &ended {
+            self.joins.end(&graph, *group, state);
+        }
+        if !ended.is_empty() {
+            self.set_status(state, StateStatus::Cancelled);
+            for _ in &ended {
+                self.publish(EventKind::StateCancelled {
+                    state: Arc::clone(self.graph.name(state)),
+                });
+            }
+            self.absorb_joins();
+        }
+        ended.len()
+    }
+
+    /// Aborts every running state task; returns their states.
+    pub(super) fn abort_running(&mut self) -> Vec<StateId> {
+        self.running_count = 0;
+        self.running
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(|running| {
+                if let Some(abort) = running.abort {
+                    abort.abort();
+                }
+                running.state
+            })
+            .collect()
+    }
+
+    /// Gives running states the cleanup timeout to finish after the run's cancellation fired;
+    /// their outcomes are recorded, but their branches go nowhere.
+    async fn wind_down(&mut self) {
+        let limit = self.compiled.cleanup_timeout;
+        if limit.is_zero() || self.running_count == 0 {
+            return;
+        }
+        let deadline = Instant::now() + limit;
+        while self.running_count > 0 {
+            let message = match tokio::time::timeout_at(deadline, self.inbox.recv()).await {
+                Ok(Some(message)) => message,
+                Ok(None) | Err(_) => return,
+            };
+            match message {
+                Message::Done { slot, outcome } => {
+                    let Some(running) = self.running[slot as usize].take() else {
+                        continue;
+                    };
+                    self.free_slots.push(slot);
+                    self.running_count -= 1;
+                    let finished_cleanly = matches!(outcome, super::task::Outcome::Finished(Ok(_)));
+                    let now = Instant::now();
+                    let record = &mut self.states[running.state.index()];
+                    record.total_time += now - running.started;
+                    record.last_finished = Some(now);
+                    let status = if finished_cleanly {
+                        StateStatus::Completed
+                    } else {
+                        StateStatus::Cancelled
+                    };
+                    if finished_cleanly {
+                        self.completed += 1;
+                    }
+                    self.set_status(running.state, status);
+                }
+                Message::Pause(ack) => {
+                    let _ = ack.send(());
+                }
+                Message::CancelState { reply, .. } => {
+                    let _ = reply.send(0);
+                }
+                Message::Retry { .. } | Message::Resume | Message::Cancel | Message::Deadline => {}
+            }
+        }
+    }
+
+    /// Stops what still runs, settles every status, and writes the report.
+    pub(super) async fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
+        let agent = || self.compiled.name.to_string();
+        let (status, error) = match stop {
+            None => (AgentStatus::Completed, None),
+            Some(Stop::Failed(error)) => (AgentStatus::Failed, Some(error)),
+            Some(Stop::Cancelled) => (
+                AgentStatus::Cancelled,
+                Some(FlowError::Cancelled { agent: agent() }),
+            ),
+            Some(Stop::TimedOut(timeout)) => (
+                AgentStatus::Failed,
+                Some(FlowError::RunTimedOut {
+                    agent: agent(),
+                    timeout,
+                }),
+            ),
+        };
+        // States see the run stop through their context, and get the cleanup timeout.
+        self.cancel.cancel();
+        self.abort_timers();
+        self.wind_down().await;
+        // Work that will not happen is reported as cancelled, never silently dropped.
+        let mut cancelled = self.abort_running();
+        cancelled.extend(self.ready.drain().map(|entry| entry.state));
+        cancelled.extend(self.joins.held_states());
+        for state in cancelled {
+            self.set_status(state, StateStatus::Cancelled);
+            self.publish(EventKind::StateCancelled {
+                state: Arc::clone(self.graph.name(state)),
+            });
+        }
+        for waiter in self.pause_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        let duration = started_at.elapsed();
+        self.observer.set_counts(self.completed, 0, 0);
+        self.observer.set_status(status);
+        self.publish(EventKind::RunFinished { status, duration });
+        match &error {
+            None => tracing::debug!(?duration, "run completed"),
+            Some(error) => tracing::debug!(%error, "run stopped"),
+        }
+        RunReport {
+            agent: Arc::clone(&self.compiled.name),
+            run_id: self.observer.run_id,
+            status,
+            error,
+            context: self.context.clone(),
+            states: std::mem::take(&mut self.states),
+            transitions: self.transitions,
+            max_concurrency: self.max_concurrency,
+            dead_letters: std::mem::take(&mut self.dead_letters),
+            started_at,
+            duration,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! What happens when a state's attempt fails: a retry after its policy's delay, or, after the
+//! last attempt, a dead letter and either its `on_error` handler or the run's failure.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flow_core::{FlowError, StateError, StateId, StateStatus};
+use tokio::time::Instant;
+
+use super::Coordinator;
+use super::joins::GroupId;
+use super::task::Message;
+use crate::events::EventKind;
+use crate::failure::{DeadLetter, FAILURE_KEY, FailureKind};
+
+/// How an attempt failed.
+pub(super) enum Failure {
+    Error(StateError),
+    Panic(String),
+    Timeout(Duration),
+}
+
+impl Coordinator {
+    /// Handles a failed attempt (error, panic or timeout) of `state`.
+    pub(super) fn attempt_failed(
+        &mut self,
+        state: StateId,
+        group: GroupId,
+        attempt: u32,
+        failure: Failure,
+    ) -> Result<(), FlowError> {
+        let name = self.graph.name(state).to_string();
+        let (error, kind, status) = match failure {
+            Failure::Error(cause) => (
+                FlowError::StateFailed {
+                    state: name,
+                    attempts: attempt,
+                    cause,
+                },
+                FailureKind::Error,
+                StateStatus::Failed,
+            ),
+            Failure::Panic(message) => (
+                FlowError::StatePanicked {
+                    state: name,
+                    attempts: attempt,
+                    message,
+                },
+                FailureKind::Panic,
+                StateStatus::Failed,
+            ),
+            Failure::Timeout(timeout) => (
+                FlowError::StateTimedOut {
+                    state: name,
+                    attempts: attempt,
+                    timeout,
+                },
+                FailureKind::Timeout,
+                StateStatus::Timeout,
+            ),
+        };
+        self.set_status(state, status);
+        let message = error.to_string();
+        self.states[state.index()].last_error = Some(message.clone());
+        tracing::debug!(%error, "state attempt failed");
+
+        let policy = self.compiled.states[state.index()].retry;
+        if attempt <= policy.max_retries {
+            let delay = policy.delay(attempt - 1, self.retry_seed(state));
+            self.schedule_retry(state, group, attempt + 1, delay, message);
+            return Ok(());
+        }
+
+        if self.events.is_observed() {
+            let state = Arc::clone(self.graph.name(state));
+            self.publish(EventKind::StateFailed {
+                state,
+                error: message.clone(),
+            });
+        }
+        let letter = DeadLetter {
+            run_id: self.observer.run_id,
+            state: self.graph.name(state).to_string(),
+            error: message,
+            kind,
+            attempts: attempt,
+            timed_out: kind == FailureKind::Timeout,
+            at: SystemTime::now(),
+            context: match self.context.snapshot() {
+                Ok(values) => serde_json::Value::Object(values),
+                Err(error) => serde_json::json!({ "snapshot_error": error.to_string() }),
+            },
+        };
+        self.dead_letters.push(letter.clone());
+        match self.graph.error_handler(state) {
+            Some(handler) => {
+                self.context.set_state(FAILURE_KEY, letter);
+                let graph = Arc::clone(&self.graph);
+                self.joins.goto(&graph, group, state, handler);
+                self.absorb_joins();
+                Ok(())
+            }
+            None => Err(error),
+        }
+    }
+
+    /// A seed for this run and state, so that jittered delays differ between states and runs
+    /// but a state's schedule is a pure function of it.
+    fn retry_seed(&self, state: StateId) -> u64 {
+        self.observer.run_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (state.index() as u64)
+    }
+
+    fn schedule_retry(
+        &mut self,
+        state: StateId,
+        group: GroupId,
+        attempt: u32,
+        delay: Duration,
+        error: String,
+    ) {
+        self.set_status(state, StateStatus::Pending);
+        if self.events.is_observed() {
+            let name = Arc::clone(self.graph.name(state));
+            self.publish(EventKind::StateRetrying {
+                state: name,
+                attempt,
+                delay,
+                error,
+            });
+        }
+        let timer = match self.free_timers.pop() {
+            Some(timer) => timer,
+            None => {
+                self.timers.push(None);
+                (self.timers.len() - 1) as u32
+            }
+        };
+        let sender = self.sender.clone();
+        let due = Instant::now() + delay;
+        let task = tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            let _ = sender.send(Message::Retry {
+                timer,
+                state,
+                group,
+                attempt,
+            });
+        });
+        self.timers[timer as usize] = Some(task.abort_handle());
+        self.timer_count += 1;
+    }
+
+    /// A retry's delay is over: the state is ready for its next attempt.
+    pub(super) fn retry_due(&mut self, timer: u32, state: StateId, group: GroupId, attempt: u32) {
+        if self
+            .timers
+            .get_mut(timer as usize)
+            .and_then(Option::take)
+            .is_none()
+        {
+            return; // cancelled meanwhile
+        }
+        self.free_timers.push(timer);
+        self.timer_count -= 1;
+        self.ready.push(
+            state,
+            group,
+            attempt,
+            self.compiled.states[state.index()].priority,
+        );
+        self.set_status(state, StateStatus::Ready);
+        if self.events.is_observed() {
+            self.publish(EventKind::StateReady {
+                state: Arc::clone(self.graph.name(state)),
+            });
+        }
+    }
+
+    /// Stops every pending retry.
+    pub(super) fn abort_timers(&mut self) -> usize {
+        let mut aborted = 0;
+        for timer in self.timers.iter_mut().filter_map(Option::take) {
+            timer.abort();
+            aborted += 1;
+        }
+        self.timer_count = 0;
+        aborted
+    }
+}
