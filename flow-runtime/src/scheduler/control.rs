@@ -43,18 +43,16 @@ impl Coordinator {
     pub(super) fn cancel_state(&mut self, state: StateId) -> usize {
         let mut ended = Vec::new();
         for slot in 0..self.running.len() {
-            if self.running[slot]
+            let of_state = self.running[slot]
                 .as_ref()
-                .is_some_and(|r| r.state == state)
-            {
-                if let Some(running) = self.running[slot].take() {
-                    if let Some(abort) = running.abort {
-                        abort.abort();
-                    }
-                    self.free_slots.push(slot as u32);
-                    self.running_count -= 1;
-                    ended.push(running.group);
+                .is_some_and(|r| r.state == state);
+            if of_state && let Some(running) = self.running[slot].take() {
+                if let Some(abort) = running.abort {
+                    abort.abort();
                 }
+                self.free_slots.push(slot as u32);
+                self.running_count -= 1;
+                ended.push(running.group);
             }
         }
         ended.extend(
