@@ -387,6 +387,14 @@ fn generate(
                     ::core::option::Option::None => options,
                 };
                 let options = if declared.entry { options.entry() } else { options };
+                let options = match declared.retry {
+                    ::core::option::Option::Some(policy) => options.retry(policy),
+                    ::core::option::Option::None => options,
+                };
+                let options = match declared.on_error {
+                    ::core::option::Option::Some(handler) => options.on_error(handler),
+                    ::core::option::Option::None => options,
+                };
                 if let ::core::option::Option::Some(successors) = declared.successors {
                     options.successors(successors.iter().copied());
                 }
