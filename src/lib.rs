@@ -8,10 +8,10 @@ pub use flow_core::{
 };
 pub use flow_macros::{context, state, workflow};
 pub use flow_runtime::{
-    Agent, BoxError, Context, ContextValue, DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY,
-    DeadLetter, Event, EventKind, EventStream, EventStreamError, FAILURE_KEY, FailureKind,
-    MAX_EVENT_CAPACITY, RunCounts, RunHandle, RunReport, StateOptions, StateReport, StateResult,
-    Workflow,
+    Agent, BoxError, BreakerState, Bulkhead, CircuitBreaker, Context, ContextValue,
+    DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY, DeadLetter, Event, EventKind, EventStream,
+    EventStreamError, FAILURE_KEY, FailureKind, MAX_EVENT_CAPACITY, RunCounts, RunHandle,
+    RunReport, StateOptions, StateReport, StateResult, Workflow,
 };
 
 mod transitions;

@@ -421,3 +421,156 @@ async fn retry_and_on_error_work_from_the_attribute() {
     );
     assert_eq!(report.dead_letters.len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_circuit_breaker_opens_fails_fast_half_opens_and_closes() {
+    use fluffy_flow::{BreakerState, CircuitBreaker};
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicU32::new(0));
+    let breaker = CircuitBreaker::new(3, Duration::from_secs(10), 1);
+    let build = |breaker: &CircuitBreaker| {
+        let (healthy, calls) = (Arc::clone(&healthy), Arc::clone(&calls));
+        let mut agent = Agent::new("downstream");
+        agent
+            .add_state("call", move |_ctx: Context| {
+                let (healthy, calls) = (Arc::clone(&healthy), Arc::clone(&calls));
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if healthy.load(Ordering::SeqCst) {
+                        Ok::<_, fluffy_flow::BoxError>(Next::End)
+                    } else {
+                        Err("503 from the service".into())
+                    }
+                }
+            })
+            .circuit_breaker(breaker.clone());
+        agent
+    };
+    let agent = build(&breaker);
+    // Three failing runs open it.
+    for failures in 1..=3u32 {
+        let report = agent.start().unwrap().wait().await;
+        assert_eq!(report.dead_letters[0].kind, FailureKind::Error);
+        let expected = if failures < 3 {
+            BreakerState::Closed { failures }
+        } else {
+            BreakerState::Open
+        };
+        assert_eq!(breaker.state(), expected);
+    }
+    // Open: fails fast, without calling the state.
+    let report = agent.start().unwrap().wait().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(report.dead_letters[0].kind, FailureKind::CircuitOpen);
+    assert!(
+        matches!(report.error, Some(FlowError::CircuitOpen { retry_in, .. }) if retry_in == Duration::from_secs(10))
+    );
+    // After the recovery timeout one trial goes through; it fails and reopens the breaker.
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(breaker.state(), BreakerState::HalfOpen);
+    let _ = agent.start().unwrap().wait().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(breaker.state(), BreakerState::Open);
+    // The service recovers: the next trial succeeds and closes it.
+    healthy.store(true, Ordering::SeqCst);
+    sleep(Duration::from_secs(10)).await;
+    let report = agent.run().await.unwrap();
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(breaker.state(), BreakerState::Closed { failures: 0 });
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_policy_waits_out_an_open_breaker() {
+    use fluffy_flow::CircuitBreaker;
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let mut agent = Agent::new("patient");
+    agent
+        .add_state("call", move |_ctx: Context| {
+            let calls = Arc::clone(&c);
+            async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                if n < 2 {
+                    Err("flaky".into())
+                } else {
+                    Ok::<_, fluffy_flow::BoxError>(Next::End)
+                }
+            }
+        })
+        .circuit_breaker(CircuitBreaker::new(2, ms(300), 1))
+        .retry(RetryPolicy {
+            max_retries: 5,
+            initial_delay: ms(100),
+            max_delay: ms(100),
+            exponential_base: 1.0,
+            jitter: Jitter::None,
+        });
+    let start = Instant::now();
+    let report = agent.run().await.unwrap();
+    // Two failures open the breaker at 100 ms; attempts at 200 and 300 ms fail fast; the one at
+    // 400 ms is the half-open trial and succeeds.
+    assert_eq!(start.elapsed(), ms(400));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(report.state("call").unwrap().attempts, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bulkhead_caps_concurrency_and_rejects_beyond_its_queue() {
+    use fluffy_flow::Bulkhead;
+    let bulkhead = Bulkhead::new("database", 2, 3);
+    let running = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let mut agent = Agent::new("queries");
+    agent.add_state("start", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::parallel((0..5).map(|i| format!("q{i}"))))
+    });
+    for i in 0..5 {
+        let (running, peak) = (Arc::clone(&running), Arc::clone(&peak));
+        agent
+            .add_state(format!("q{i}"), move |_ctx: Context| {
+                let (running, peak) = (Arc::clone(&running), Arc::clone(&peak));
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    sleep(ms(100)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, FlowError>(Next::End)
+                }
+            })
+            .bulkhead(bulkhead.clone());
+    }
+    let start = Instant::now();
+    let report = agent.run().await.unwrap();
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "never more than two inside");
+    assert_eq!(start.elapsed(), ms(300), "five queries, two at a time");
+    assert!(report.dead_letters.is_empty());
+
+    // Two inside and three queued: a sixth caller is turned away at once.
+    let tight = Bulkhead::new("tight", 1, 0);
+    let mut agent = Agent::new("crowded");
+    agent.add_state("start", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::parallel(["a", "b"]))
+    });
+    for name in ["a", "b"] {
+        agent
+            .add_state(name, |_ctx: Context| async {
+                sleep(ms(100)).await;
+                Ok::<_, FlowError>(Next::End)
+            })
+            .bulkhead(tight.clone());
+    }
+    let report = agent.start().unwrap().wait().await;
+    assert_eq!(report.status, AgentStatus::Failed);
+    assert!(
+        matches!(&report.error, Some(FlowError::BulkheadFull { bulkhead, max_concurrent: 1, max_queued: 0, .. }) if bulkhead == "tight"),
+        "{:?}",
+        report.error
+    );
+    assert_eq!(report.dead_letters[0].kind, FailureKind::BulkheadFull);
+    assert_eq!(
+        (tight.in_use(), tight.queued()),
+        (0, 0),
+        "places are given back when the run stops"
+    );
+}

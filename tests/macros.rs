@@ -26,11 +26,17 @@ impl Review {
         next!(publish)
     }
 
-    #[state(timeout = "1s", on_error = draft)]
+    #[state(timeout = "1s", on_error = retract)]
     async fn facts(&self, ctx: &Context) -> StateResult {
         tokio::time::sleep(Duration::from_millis(20)).await;
         ctx.set_state("facts", true);
         next!(publish)
+    }
+
+    #[state]
+    async fn retract(&self, ctx: &Context) -> StateResult {
+        ctx.set_state("retracted", true);
+        end!()
     }
 
     #[state]
@@ -65,7 +71,7 @@ fn the_generated_graph_has_every_edge_dependency_and_entry() {
         graph.dependency_edges(),
         [("draft", "grammar", DependencyType::Required)]
     );
-    assert_eq!(graph.state("facts").unwrap().on_error, Some("draft"));
+    assert_eq!(graph.state("facts").unwrap().on_error, Some("retract"));
     assert_eq!(
         graph.state("facts").unwrap().timeout,
         Some(Duration::from_secs(1))
@@ -77,13 +83,14 @@ fn the_generated_graph_has_every_edge_dependency_and_entry() {
     draft([draft])
     grammar[grammar]
     facts[facts]
+    retract[retract]
     publish[publish]
     draft --> grammar
     draft --> facts
     grammar --> publish
     facts --> publish
     draft -.->|required| grammar
-    facts -->|on error| draft
+    facts -->|on error| retract
 "
     );
     assert!(graph.to_dot().contains("    \"draft\" -> \"grammar\";\n"));
@@ -116,7 +123,14 @@ fn hand_built(reviewers: usize) -> Agent {
             Ok::<_, FlowError>(Next::to("publish"))
         })
         .timeout(Duration::from_secs(1))
+        .on_error("retract")
         .successors(["publish"]);
+    agent
+        .add_state("retract", |ctx: Context| async move {
+            ctx.set_state("retracted", true);
+            Ok::<_, FlowError>(Next::End)
+        })
+        .successors(Vec::<String>::new());
     agent
         .add_state("publish", |ctx: Context| async move {
             let grammar: usize = ctx.get_state("grammar")?;
@@ -180,7 +194,7 @@ async fn a_macro_workflow_and_its_hand_built_twin_report_the_same() {
     // The macro declares every successor, exactly as the twin does.
     let graph = Review { reviewers: 2 }.agent().graph().unwrap();
     let twin = hand_built(2).graph().unwrap();
-    for name in ["draft", "grammar", "facts", "publish"] {
+    for name in ["draft", "grammar", "facts", "retract", "publish"] {
         let (a, b) = (graph.id(name).unwrap(), twin.id(name).unwrap());
         assert_eq!(graph.successors(a), twin.successors(b), "{name}");
     }

@@ -125,6 +125,34 @@ pub enum FlowError {
         /// The timeout it exceeded.
         timeout: Duration,
     },
+    /// The state's circuit breaker is open: the attempt failed without calling the state.
+    #[error(
+        "state `{state}` was not called on attempt {attempts}: its circuit breaker is open after repeated failures and half-opens in {retry_in:?}; give it a retry policy that waits that long, or fix what it calls"
+    )]
+    CircuitOpen {
+        /// The state.
+        state: String,
+        /// How many times it was attempted in this activation.
+        attempts: u32,
+        /// How long until the breaker lets a trial through.
+        retry_in: Duration,
+    },
+    /// The state's bulkhead had no place and its queue was full.
+    #[error(
+        "state `{state}` was not called on attempt {attempts}: bulkhead `{bulkhead}` has its {max_concurrent} places taken and {max_queued} attempts queued; raise its limits or slow the callers"
+    )]
+    BulkheadFull {
+        /// The state.
+        state: String,
+        /// How many times it was attempted in this activation.
+        attempts: u32,
+        /// The bulkhead's name.
+        bulkhead: String,
+        /// Its places.
+        max_concurrent: usize,
+        /// Its queue.
+        max_queued: usize,
+    },
     /// The whole run exceeded its timeout; running states were cancelled.
     #[error(
         "run of workflow `{agent}` timed out after {timeout:?}; raise the run's `timeout` or find the slow state in the report"

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::Context;
 use crate::events::{EventHub, EventStream};
 use crate::failure::{DEAD_LETTER_CAPACITY, DeadLetter};
+use crate::resilience::{Bulkhead, CircuitBreaker};
 use crate::run::{Observer, RunControl, RunCounts, RunHandle, RunReport};
 use crate::scheduler::Coordinator;
 use crate::state_fn::{BoxError, FnState, StateFn};
@@ -90,6 +91,8 @@ struct StateDef {
     priority: Priority,
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
+    breaker: Option<CircuitBreaker>,
+    bulkhead: Option<Bulkhead>,
 }
 
 /// A validated definition, shared by every run started from it.
@@ -107,6 +110,8 @@ pub(crate) struct CompiledState {
     pub(crate) priority: Priority,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: RetryPolicy,
+    pub(crate) breaker: Option<CircuitBreaker>,
+    pub(crate) bulkhead: Option<Bulkhead>,
 }
 
 impl Agent {
@@ -175,6 +180,8 @@ impl Agent {
             priority: Priority::Normal,
             timeout: None,
             retry: None,
+            breaker: None,
+            bulkhead: None,
         });
         let state = definition
             .states
@@ -416,6 +423,20 @@ impl StateOptions<'_> {
         self
     }
 
+    /// Protects what this state calls with a circuit breaker (share one breaker between the
+    /// states, and agents, that call the same service). See [`CircuitBreaker`].
+    pub fn circuit_breaker(self, breaker: CircuitBreaker) -> Self {
+        self.state.breaker = Some(breaker);
+        self
+    }
+
+    /// Runs this state's attempts through a bulkhead (shared by every state given the same
+    /// one). See [`Bulkhead`].
+    pub fn bulkhead(self, bulkhead: Bulkhead) -> Self {
+        self.state.bulkhead = Some(bulkhead);
+        self
+    }
+
     /// The state that runs when this one has failed its last attempt: the branch goes there
     /// instead of failing the run, and the handler reads the failure with
     /// [`Context::failure`]. The failure is still recorded as a dead letter.
@@ -480,6 +501,8 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             priority: s.priority,
             timeout: s.timeout,
             retry: s.retry.unwrap_or(definition.default_retry),
+            breaker: s.breaker.clone(),
+            bulkhead: s.bulkhead.clone(),
         })
         .collect();
     Ok(Arc::new(Compiled {

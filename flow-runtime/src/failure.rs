@@ -23,6 +23,10 @@ pub enum FailureKind {
     Panic,
     /// The attempt ran past the state's timeout.
     Timeout,
+    /// The state's circuit breaker was open: the state was not called.
+    CircuitOpen,
+    /// The state's bulkhead was full: the state was not called.
+    BulkheadFull,
 }
 
 /// The record of a state that failed after its last attempt: kept in the run's report and by

@@ -9,6 +9,7 @@ mod agent;
 mod context;
 mod events;
 mod failure;
+mod resilience;
 mod run;
 mod scheduler;
 mod state_fn;
@@ -18,6 +19,7 @@ pub use agent::{Agent, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY, StateOptions}
 pub use context::{Context, ContextValue};
 pub use events::{Event, EventKind, EventStream, EventStreamError};
 pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};
+pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};
 pub use run::{RunCounts, RunHandle, RunReport, StateReport};
 pub use state_fn::{BoxError, StateResult};
 pub use workflow::Workflow;

@@ -110,6 +110,7 @@ impl Coordinator {
                     let Some(running) = self.running[slot as usize].take() else {
                         continue;
                     };
+                    super::record_breaker(running.breaker, &outcome);
                     self.free_slots.push(slot);
                     self.running_count -= 1;
                     let finished_cleanly = matches!(outcome, super::task::Outcome::Finished(Ok(_)));

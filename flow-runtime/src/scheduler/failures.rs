@@ -12,12 +12,15 @@ use super::joins::GroupId;
 use super::task::Message;
 use crate::events::EventKind;
 use crate::failure::{DeadLetter, FAILURE_KEY, FailureKind};
+use crate::resilience::BulkheadFull;
 
 /// How an attempt failed.
 pub(super) enum Failure {
     Error(StateError),
     Panic(String),
     Timeout(Duration),
+    CircuitOpen(Duration),
+    BulkheadFull(BulkheadFull),
 }
 
 impl Coordinator {
@@ -57,6 +60,26 @@ impl Coordinator {
                 },
                 FailureKind::Timeout,
                 StateStatus::Timeout,
+            ),
+            Failure::CircuitOpen(retry_in) => (
+                FlowError::CircuitOpen {
+                    state: name,
+                    attempts: attempt,
+                    retry_in,
+                },
+                FailureKind::CircuitOpen,
+                StateStatus::Failed,
+            ),
+            Failure::BulkheadFull(full) => (
+                FlowError::BulkheadFull {
+                    state: name,
+                    attempts: attempt,
+                    bulkhead: full.name,
+                    max_concurrent: full.max_concurrent,
+                    max_queued: full.max_queued,
+                },
+                FailureKind::BulkheadFull,
+                StateStatus::Failed,
             ),
         };
         self.set_status(state, status);

@@ -28,6 +28,7 @@ use crate::agent::Compiled;
 use crate::context::Context;
 use crate::events::{Event, EventHub, EventKind};
 use crate::failure::DeadLetter;
+use crate::resilience::BreakerPermit;
 use crate::run::{Observer, RunControl, RunReport, StateReport};
 
 use crate::state_fn::StateFuture;
@@ -74,6 +75,8 @@ struct Running {
     started: Instant,
     /// The task, when the state has one (a state whose body panicked when called has none).
     abort: Option<AbortHandle>,
+    /// The state's circuit breaker's permission for this attempt, when it has a breaker.
+    breaker: Option<BreakerPermit>,
 }
 
 /// Why a run stopped before completing.
@@ -234,14 +237,29 @@ impl Coordinator {
         self.now = Instant::now();
         let started = self.now;
         let span = self.begin(state, attempt);
-        let mut run = match task::start(&self.compiled.states[state.index()].func, &self.context) {
-            Ok(run) => run,
+        let breaker = match self.admit(state) {
+            Ok(permit) => permit,
             Err(outcome) => {
                 return self
                     .finish(state, group, attempt, started, outcome)
                     .map_err(Stop::Failed);
             }
         };
+        let spec = &self.compiled.states[state.index()];
+        let mut run = match task::start(&spec.func, &self.context) {
+            Ok(run) => run,
+            Err(outcome) => {
+                record_breaker(breaker, &outcome);
+                return self
+                    .finish(state, group, attempt, started, outcome)
+                    .map_err(Stop::Failed);
+            }
+        };
+        if spec.bulkhead.is_some() {
+            // Waiting for a place must not happen here, on the coordinator.
+            self.launch(state, group, attempt, started, run, breaker, span);
+            return Ok(());
+        }
         let polled = {
             let _entered = span.enter();
             std::future::poll_fn(|cx| std::task::Poll::Ready(task::poll_once(&mut run, cx))).await
@@ -249,12 +267,13 @@ impl Coordinator {
         match polled {
             Some(outcome) => {
                 self.now = Instant::now();
+                record_breaker(breaker, &outcome);
                 let finished = self.finish(state, group, attempt, started, outcome);
                 self.publish_counts();
                 finished.map_err(Stop::Failed)
             }
             None => {
-                self.launch(state, group, attempt, started, run, span);
+                self.launch(state, group, attempt, started, run, breaker, span);
                 Ok(())
             }
         }
@@ -292,10 +311,19 @@ impl Coordinator {
             let Some(entry) = self.ready.pop() else { break };
             let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
             let span = self.begin(state, attempt);
+            let breaker = match self.admit(state) {
+                Ok(permit) => permit,
+                Err(outcome) => {
+                    // An open breaker fails the attempt without calling the state.
+                    self.launch_outcome(state, group, attempt, outcome);
+                    continue;
+                }
+            };
             match task::start(&self.compiled.states[state.index()].func, &self.context) {
-                Ok(run) => self.launch(state, group, attempt, self.now, run, span),
+                Ok(run) => self.launch(state, group, attempt, self.now, run, breaker, span),
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
+                    record_breaker(breaker, &outcome);
                     self.launch_outcome(state, group, attempt, outcome);
                 }
             }
@@ -336,7 +364,19 @@ impl Coordinator {
         }
     }
 
+    /// Asks the state's circuit breaker, if it has one, to let an attempt through.
+    fn admit(&self, state: StateId) -> Result<Option<BreakerPermit>, Outcome> {
+        match &self.compiled.states[state.index()].breaker {
+            None => Ok(None),
+            Some(breaker) => breaker
+                .try_acquire()
+                .map(Some)
+                .map_err(Outcome::CircuitOpen),
+        }
+    }
+
     /// Runs a started state's future as a task of its own.
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         &mut self,
         state: StateId,
@@ -344,18 +384,29 @@ impl Coordinator {
         attempt: u32,
         started: Instant,
         run: StateFuture,
+        breaker: Option<BreakerPermit>,
         span: tracing::Span,
     ) {
         let slot = self.take_slot();
-        let limit = self.compiled.states[state.index()].timeout;
-        let body = task::supervise(run, limit, slot, self.sender.clone());
-        let abort = Some(tokio::spawn(body.instrument(span)).abort_handle());
+        let spec = &self.compiled.states[state.index()];
+        let (limit, sender) = (spec.timeout, self.sender.clone());
+        let task = match &spec.bulkhead {
+            None => tokio::spawn(
+                task::supervise(task::plain(run), limit, slot, sender).instrument(span),
+            ),
+            Some(bulkhead) => {
+                let attempt = task::guarded(run, bulkhead.clone());
+                tokio::spawn(task::supervise(attempt, limit, slot, sender).instrument(span))
+            }
+        };
+        let abort = Some(task.abort_handle());
         self.running[slot as usize] = Some(Running {
             state,
             group,
             attempt,
             started,
             abort,
+            breaker,
         });
         self.running_count += 1;
     }
@@ -370,6 +421,7 @@ impl Coordinator {
             attempt,
             started,
             abort: None,
+            breaker: None,
         });
         self.running_count += 1;
         let _ = self.sender.send(Message::Done { slot, outcome });
@@ -429,6 +481,12 @@ impl Coordinator {
             }
             Outcome::TimedOut(limit) => {
                 self.attempt_failed(state, group, attempt, Failure::Timeout(limit))
+            }
+            Outcome::CircuitOpen(retry_in) => {
+                self.attempt_failed(state, group, attempt, Failure::CircuitOpen(retry_in))
+            }
+            Outcome::BulkheadFull(full) => {
+                self.attempt_failed(state, group, attempt, Failure::BulkheadFull(full))
             }
         }
     }
@@ -552,5 +610,18 @@ impl Drop for Coordinator {
     /// takes its states' tasks with it rather than leaving them running unaccounted for.
     fn drop(&mut self) {
         self.abort_running();
+    }
+}
+
+/// Tells a state's circuit breaker how its attempt went. A full bulkhead says nothing about
+/// the service behind the breaker: the permit is given back unrecorded.
+fn record_breaker(permit: Option<BreakerPermit>, outcome: &Outcome) {
+    let Some(permit) = permit else { return };
+    match outcome {
+        Outcome::Finished(Ok(_)) => permit.record(true),
+        Outcome::Finished(Err(_)) | Outcome::Panicked(_) | Outcome::TimedOut(_) => {
+            permit.record(false)
+        }
+        Outcome::CircuitOpen(_) | Outcome::BulkheadFull(_) => drop(permit),
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use super::joins::GroupId;
+use crate::resilience::{Bulkhead, BulkheadFull};
 
 use crate::context::Context;
 use crate::state_fn::{StateFn, StateFuture};
@@ -23,6 +24,10 @@ pub(crate) enum Outcome {
     Finished(Result<Next, StateError>),
     Panicked(String),
     TimedOut(Duration),
+    /// The state's circuit breaker is open; it half-opens after this long.
+    CircuitOpen(Duration),
+    /// The state's bulkhead had no place and its queue was full.
+    BulkheadFull(BulkheadFull),
 }
 
 /// What the coordinator hears: from its state tasks, its timers, and the run's controls.
@@ -66,18 +71,31 @@ pub(crate) fn poll_once(run: &mut StateFuture, cx: &mut TaskContext<'_>) -> Opti
     }
 }
 
-/// Drives a state's future as a task and reports how it ended.
-pub(crate) async fn supervise(
-    run: StateFuture,
+/// A state's attempt that first waits for a place in its bulkhead.
+pub(crate) async fn guarded(run: StateFuture, bulkhead: Bulkhead) -> Outcome {
+    match bulkhead.enter().await {
+        Ok(_place) => CatchUnwind(run).await,
+        Err(full) => Outcome::BulkheadFull(full),
+    }
+}
+
+/// The plain attempt: the state's future, panics caught.
+pub(crate) fn plain(run: StateFuture) -> impl Future<Output = Outcome> + Send {
+    CatchUnwind(run)
+}
+
+/// Drives a state's attempt as a task and reports how it ended.
+pub(crate) async fn supervise<F: Future<Output = Outcome> + Send>(
+    attempt: F,
     limit: Option<Duration>,
     slot: u32,
     report: UnboundedSender<Message>,
 ) {
     let outcome = match limit {
-        None => CatchUnwind(run).await,
+        None => attempt.await,
         // Boxed: a timer is large, and most states have none; keeping it out of this future
         // keeps every spawn small.
-        Some(limit) => Box::pin(tokio::time::timeout(limit, CatchUnwind(run)))
+        Some(limit) => Box::pin(tokio::time::timeout(limit, attempt))
             .await
             .unwrap_or(Outcome::TimedOut(limit)),
     };
