@@ -2,9 +2,9 @@
 #![warn(missing_docs)]
 
 pub use flow_core::{
-    AgentStatus, DependencyType, FlowError, Jitter, Next, Priority, ResourceRequirements,
-    RetryPolicy, StateDecl, StateError, StateGraph, StateId, StateName, StateSpec, StateStatus,
-    WorkflowSpec, parse_duration,
+    AgentStatus, BreakerSpec, BulkheadSpec, DependencyType, FlowError, Jitter, Next, Priority,
+    ResourceRequirements, RetryPolicy, StateDecl, StateError, StateGraph, StateId, StateName,
+    StateSpec, StateStatus, WorkflowSpec, parse_duration,
 };
 pub use flow_macros::{context, state, workflow};
 pub use flow_runtime::{
@@ -27,9 +27,10 @@ pub mod prelude {
 /// Items the macros' generated code refers to. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use flow_core::{BreakerSpec, BulkheadSpec};
     pub use flow_core::{
         DependencyType, FlowError, Jitter, Next, Priority, ResourceRequirements, RetryPolicy,
         StateDecl, WorkflowSpec,
     };
-    pub use flow_runtime::{Agent, Context, Workflow};
+    pub use flow_runtime::{Agent, Bulkhead, CircuitBreaker, Context, Workflow};
 }

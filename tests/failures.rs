@@ -574,3 +574,63 @@ async fn a_bulkhead_caps_concurrency_and_rejects_beyond_its_queue() {
         "places are given back when the run stops"
     );
 }
+
+struct Shared {
+    inside: AtomicU32,
+    peak: AtomicU32,
+}
+
+impl Shared {
+    async fn query(&self) {
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        sleep(ms(100)).await;
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[workflow]
+impl Shared {
+    #[state(entry)]
+    async fn fan(&self, _ctx: &Context) -> StateResult {
+        parallel!(a, b, c)
+    }
+
+    #[state(bulkhead(name = "db", max_concurrent = 1, max_queued = 4))]
+    async fn a(&self, _ctx: &Context) -> StateResult {
+        self.query().await;
+        end!()
+    }
+
+    #[state(bulkhead(name = "db", max_concurrent = 1, max_queued = 4))]
+    async fn b(&self, _ctx: &Context) -> StateResult {
+        self.query().await;
+        end!()
+    }
+
+    #[state(
+        bulkhead(name = "db", max_concurrent = 1, max_queued = 4),
+        circuit_breaker(failures = 1)
+    )]
+    async fn c(&self, _ctx: &Context) -> StateResult {
+        self.query().await;
+        end!()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn states_naming_one_bulkhead_in_the_attribute_share_it() {
+    let workflow = Shared {
+        inside: AtomicU32::new(0),
+        peak: AtomicU32::new(0),
+    };
+    let shared = Arc::new(workflow);
+    let start = Instant::now();
+    let report = Shared::agent_shared(Arc::clone(&shared))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(shared.peak.load(Ordering::SeqCst), 1);
+    assert_eq!(start.elapsed(), ms(300));
+}

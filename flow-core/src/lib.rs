@@ -22,6 +22,6 @@ pub use hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
 pub use next::{Next, StateName};
 pub use options::{DependencyType, Jitter, ResourceRequirements, RetryPolicy, parse_duration};
 pub use priority::Priority;
-pub use spec::{StateDecl, WorkflowSpec, find_cycle};
+pub use spec::{BreakerSpec, BulkheadSpec, StateDecl, WorkflowSpec, find_cycle};
 pub use status::{AgentStatus, StateStatus};
 pub use suggest::closest_name;

@@ -40,8 +40,34 @@ pub struct StateDecl {
     pub retry: Option<RetryPolicy>,
     /// Dependencies on other states (recorded; see [`DependencyType`]).
     pub dependencies: &'static [(&'static str, DependencyType)],
-    /// The state that handles this one's failure (recorded; the failure-handling issue runs it).
+    /// The state that handles this one's failure.
     pub on_error: Option<&'static str>,
+    /// The circuit breaker guarding this state, if any.
+    pub circuit_breaker: Option<BreakerSpec>,
+    /// The bulkhead this state's attempts run in, if any.
+    pub bulkhead: Option<BulkheadSpec>,
+}
+
+/// A circuit breaker declared on a state: see the runtime's `CircuitBreaker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSpec {
+    /// Consecutive failures that open it.
+    pub failures: u32,
+    /// How long it stays open.
+    pub recovery: Duration,
+    /// Trial attempts while half-open.
+    pub half_open: u32,
+}
+
+/// A bulkhead declared on a state: states naming the same bulkhead share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkheadSpec {
+    /// Its name.
+    pub name: &'static str,
+    /// Attempts inside at once.
+    pub max_concurrent: usize,
+    /// Attempts waiting for a place.
+    pub max_queued: usize,
 }
 
 impl WorkflowSpec {
@@ -234,6 +260,8 @@ mod tests {
             retry: None,
             dependencies: &[],
             on_error: None,
+            circuit_breaker: None,
+            bulkhead: None,
         }
     }
 

@@ -23,7 +23,8 @@ mod kw {
 
 pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critical, timeout = \"30s\", \
      resources(cpu, memory_mb, io, network, gpu), retry(max, initial_delay, max_delay, base, jitter), \
-     deps(state = required|optional|parallel|sequential), on_error = state";
+     deps(state = required|optional|parallel|sequential), on_error = state, \
+     circuit_breaker(failures, recovery, half_open), bulkhead(name, max_concurrent, max_queued)";
 
 /// Everything `#[state(...)]` says.
 #[derive(Default)]
@@ -36,6 +37,20 @@ pub(crate) struct StateOptions {
     pub(crate) retry: Option<Retry>,
     pub(crate) deps: Vec<(Ident, &'static str)>,
     pub(crate) on_error: Option<Ident>,
+    pub(crate) breaker: Option<Breaker>,
+    pub(crate) bulkhead: Option<BulkheadOption>,
+}
+
+pub(crate) struct Breaker {
+    pub(crate) failures: u32,
+    pub(crate) recovery: Duration,
+    pub(crate) half_open: u32,
+}
+
+pub(crate) struct BulkheadOption {
+    pub(crate) name: LitStr,
+    pub(crate) max_concurrent: usize,
+    pub(crate) max_queued: usize,
 }
 
 #[derive(Default)]
@@ -279,6 +294,8 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
             }
             "resources" => parse_resources(&meta, &mut options.resources, errors)?,
             "retry" => options.retry = Some(parse_retry(&meta, errors)?),
+            "circuit_breaker" => options.breaker = Some(parse_breaker(&meta, errors)?),
+            "bulkhead" => options.bulkhead = parse_bulkhead(&meta, errors)?,
             "deps" => meta.parse_nested_meta(|dep| {
                 let Some(state) = dep.path.get_ident().cloned() else {
                     return Err(syn::Error::new(
@@ -416,6 +433,91 @@ fn parse_retry(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Retry
         errors.push(syn::Error::new(span, message));
     }
     Ok(retry)
+}
+
+fn parse_breaker(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Breaker> {
+    let mut breaker = Breaker {
+        failures: 5,
+        recovery: Duration::from_secs(30),
+        half_open: 1,
+    };
+    let mut seen = Seen(HashSet::new());
+    meta.parse_nested_meta(|option| {
+        let key = key_of(&option);
+        seen.check(&option, &key, errors);
+        match key.as_str() {
+            "failures" | "half_open" => {
+                let (value, span) = whole(&option, &key, "5")?;
+                if value == 0 || value > u64::from(u32::MAX) {
+                    errors.push(syn::Error::new(span, format!("`{key}` must be at least 1")));
+                }
+                let value = value.clamp(1, u64::from(u32::MAX)) as u32;
+                if key == "failures" { breaker.failures = value } else { breaker.half_open = value }
+            }
+            "recovery" => {
+                if let Some(recovery) = duration(&option, "recovery", errors)? {
+                    breaker.recovery = recovery;
+                }
+            }
+            other => {
+                return Err(syn::Error::new(
+                    option.path.span(),
+                    format!("unknown circuit breaker option `{other}`; the options are: failures, recovery, half_open"),
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(breaker)
+}
+
+fn parse_bulkhead(
+    meta: &ParseNestedMeta,
+    errors: &mut Errors,
+) -> syn::Result<Option<BulkheadOption>> {
+    let mut name: Option<LitStr> = None;
+    let (mut max_concurrent, mut max_queued) = (None, 0usize);
+    let mut seen = Seen(HashSet::new());
+    meta.parse_nested_meta(|option| {
+        let key = key_of(&option);
+        seen.check(&option, &key, errors);
+        match key.as_str() {
+            "name" => {
+                name = Some(option.value()?.parse().map_err(|e: syn::Error| {
+                    syn::Error::new(e.span(), "a bulkhead's `name` is a string, like `name = \"database\"`")
+                })?)
+            }
+            "max_concurrent" => {
+                let (value, span) = whole(&option, "max_concurrent", "4")?;
+                if value == 0 {
+                    errors.push(syn::Error::new(span, "`max_concurrent` must be at least 1, or nothing could run"));
+                }
+                max_concurrent = Some(value as usize);
+            }
+            "max_queued" => max_queued = whole(&option, "max_queued", "16")?.0 as usize,
+            other => {
+                return Err(syn::Error::new(
+                    option.path.span(),
+                    format!("unknown bulkhead option `{other}`; the options are: name, max_concurrent, max_queued"),
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    match (name, max_concurrent) {
+        (Some(name), Some(max_concurrent)) => Ok(Some(BulkheadOption {
+            name,
+            max_concurrent,
+            max_queued,
+        })),
+        _ => {
+            errors.push(syn::Error::new(
+                meta.path.span(),
+                "a bulkhead needs a `name` and `max_concurrent`, like `bulkhead(name = \"db\", max_concurrent = 4)`",
+            ));
+            Ok(None)
+        }
+    }
 }
 
 /// Parses the arguments of `#[workflow(...)]`.

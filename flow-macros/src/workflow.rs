@@ -258,6 +258,34 @@ fn check_graph(states: &[State], errors: &mut Errors) {
             }
         }
     }
+    // A bulkhead is one thing, whichever states name it: its limits must agree.
+    let mut bulkheads: Vec<&crate::options::BulkheadOption> = Vec::new();
+    for state in states {
+        let Some(bulkhead) = &state.options.bulkhead else {
+            continue;
+        };
+        match bulkheads
+            .iter()
+            .find(|b| b.name.value() == bulkhead.name.value())
+        {
+            Some(first)
+                if (first.max_concurrent, first.max_queued)
+                    != (bulkhead.max_concurrent, bulkhead.max_queued) =>
+            {
+                errors.push(syn::Error::new(
+                    bulkhead.name.span(),
+                    format!(
+                        "bulkhead {:?} is declared with max_concurrent = {}, max_queued = {} elsewhere; states naming one bulkhead must give it the same limits",
+                        bulkhead.name.value(),
+                        first.max_concurrent,
+                        first.max_queued
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => bulkheads.push(bulkhead),
+        }
+    }
     // Required dependencies, as edges dependency -> dependent, in the order they are written.
     let mut edges = Vec::new();
     let mut edge_tokens = Vec::new();
@@ -350,6 +378,14 @@ fn generate(
             quote!((#dependency, #p::DependencyType::#kind))
         });
         let on_error = optional(state.options.on_error.as_ref().map(Ident::to_string));
+        let circuit_breaker = optional(state.options.breaker.as_ref().map(|b| {
+            let (failures, half_open, recovery) = (b.failures, b.half_open, duration(b.recovery));
+            quote!(#p::BreakerSpec { failures: #failures, recovery: #recovery, half_open: #half_open })
+        }));
+        let bulkhead = optional(state.options.bulkhead.as_ref().map(|b| {
+            let (name, max_concurrent, max_queued) = (b.name.value(), b.max_concurrent, b.max_queued);
+            quote!(#p::BulkheadSpec { name: #name, max_concurrent: #max_concurrent, max_queued: #max_queued })
+        }));
         quote! {
             #p::StateDecl {
                 name: #name,
@@ -363,6 +399,8 @@ fn generate(
                 retry: #retry,
                 dependencies: &[#(#dependencies),*],
                 on_error: #on_error,
+                circuit_breaker: #circuit_breaker,
+                bulkhead: #bulkhead,
             }
         }
     });
@@ -395,6 +433,21 @@ fn generate(
                     ::core::option::Option::Some(handler) => options.on_error(handler),
                     ::core::option::Option::None => options,
                 };
+                let options = match declared.circuit_breaker {
+                    ::core::option::Option::Some(spec) => options.circuit_breaker(
+                        #p::CircuitBreaker::new(spec.failures, spec.recovery, spec.half_open),
+                    ),
+                    ::core::option::Option::None => options,
+                };
+                let options = match declared.bulkhead {
+                    ::core::option::Option::Some(spec) => {
+                        let shared = bulkheads
+                            .entry(spec.name)
+                            .or_insert_with(|| #p::Bulkhead::new(spec.name, spec.max_concurrent, spec.max_queued));
+                        options.bulkhead(::core::clone::Clone::clone(shared))
+                    }
+                    ::core::option::Option::None => options,
+                };
                 if let ::core::option::Option::Some(successors) = declared.successors {
                     options.successors(successors.iter().copied());
                 }
@@ -411,7 +464,11 @@ fn generate(
             };
 
             fn __register(this: ::std::sync::Arc<Self>, agent: &mut #p::Agent) {
+                // States naming one bulkhead share it.
+                let mut bulkheads: ::std::collections::HashMap<&'static str, #p::Bulkhead> =
+                    ::std::collections::HashMap::new();
                 #(#registrations)*
+                let _ = &mut bulkheads;
             }
         }
     }

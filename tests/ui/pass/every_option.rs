@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use fluffy_flow::prelude::*;
-use fluffy_flow::{DependencyType, Jitter, ResourceRequirements, RetryPolicy};
+use fluffy_flow::{
+    BreakerSpec, BulkheadSpec, DependencyType, Jitter, ResourceRequirements, RetryPolicy,
+};
 
 struct Pipeline {
     model: String,
@@ -29,12 +31,16 @@ impl Pipeline {
         parallel!(summarize, audit)
     }
 
-    #[state(priority = low)]
+    #[state(
+        priority = low,
+        circuit_breaker(failures = 3, recovery = "10s", half_open = 2),
+        bulkhead(name = "llm", max_concurrent = 2, max_queued = 8)
+    )]
     async fn summarize(&self, _ctx: &Context) -> StateResult {
         end!()
     }
 
-    #[state(priority = normal)]
+    #[state(priority = normal, bulkhead(name = "llm", max_concurrent = 2, max_queued = 8))]
     async fn audit(&self, _ctx: &Context) -> anyhow::Result<Next> {
         end!()
     }
@@ -98,6 +104,14 @@ fn main() {
     assert_eq!(analyze.on_error, Some("recover"));
     assert_eq!(analyze.successors, Some(&["summarize", "audit"][..]));
     assert!(graph.state("clean_text").unwrap().entry);
+    let summarize = graph.state("summarize").unwrap();
+    assert_eq!(
+        summarize.circuit_breaker,
+        Some(BreakerSpec { failures: 3, recovery: Duration::from_secs(10), half_open: 2 })
+    );
+    let llm = BulkheadSpec { name: "llm", max_concurrent: 2, max_queued: 8 };
+    assert_eq!(summarize.bulkhead, Some(llm));
+    assert_eq!(graph.state("audit").unwrap().bulkhead, Some(llm));
     let pipeline = Pipeline { model: "m".into() };
     assert_eq!(pipeline.helper(), 1);
     let _agent: Agent = pipeline.agent();
