@@ -16,6 +16,8 @@ pub struct WorkflowSpec {
     pub max_concurrent: Option<usize>,
     /// The run-wide timeout, if set.
     pub timeout: Option<Duration>,
+    /// How long running states get to finish when a run stops, if set.
+    pub cleanup_timeout: Option<Duration>,
     /// Every state, in the order the methods appear.
     pub states: &'static [StateDecl],
 }
@@ -269,6 +271,7 @@ mod tests {
         name: "demo",
         max_concurrent: None,
         timeout: None,
+        cleanup_timeout: None,
         states: &[
             state("a", Some(&["b", "c"])),
             StateDecl {

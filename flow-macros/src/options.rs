@@ -76,6 +76,7 @@ pub(crate) struct WorkflowOptions {
     pub(crate) name: Option<LitStr>,
     pub(crate) max_concurrent: Option<usize>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) cleanup_timeout: Option<Duration>,
 }
 
 /// Rejects an option given twice.
@@ -550,11 +551,14 @@ pub(crate) fn parse_workflow(
                 options.max_concurrent = Some(value as usize);
             }
             "timeout" => options.timeout = duration(&meta, "timeout", errors)?,
+            "cleanup_timeout" => {
+                options.cleanup_timeout = duration(&meta, "cleanup_timeout", errors)?
+            }
             other => {
                 return Err(syn::Error::new(
                     meta.path.span(),
                     format!(
-                        "unknown option `{other}` of `#[workflow]`; the options are: name = \"..\", max_concurrent = N, timeout = \"..\""
+                        "unknown option `{other}` of `#[workflow]`; the options are: name = \"..\", max_concurrent = N, timeout = \"..\", cleanup_timeout = \"..\""
                     ),
                 ));
             }

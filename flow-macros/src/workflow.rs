@@ -75,7 +75,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             impl ::fluffy_flow::__private::Workflow for #self_ty {
                 const GRAPH: ::fluffy_flow::__private::WorkflowSpec = ::fluffy_flow::__private::WorkflowSpec {
                     name: #name, max_concurrent: ::core::option::Option::None,
-                    timeout: ::core::option::Option::None, states: &[],
+                    timeout: ::core::option::Option::None, cleanup_timeout: ::core::option::Option::None,
+                    states: &[],
                 };
                 fn __register(_: ::std::sync::Arc<Self>, _: &mut ::fluffy_flow::__private::Agent) {}
             }
@@ -336,6 +337,7 @@ fn generate(
     let p = quote!(::fluffy_flow::__private);
     let max_concurrent = optional(options.max_concurrent);
     let timeout = optional(options.timeout.map(duration));
+    let cleanup_timeout = optional(options.cleanup_timeout.map(duration));
     let declarations = states.iter().map(|state| {
         let name = state.ident.to_string();
         let entry = state.options.entry;
@@ -460,6 +462,7 @@ fn generate(
                 name: #name,
                 max_concurrent: #max_concurrent,
                 timeout: #timeout,
+                cleanup_timeout: #cleanup_timeout,
                 states: &[#(#declarations),*],
             };
 

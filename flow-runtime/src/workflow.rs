@@ -32,6 +32,9 @@ pub trait Workflow: Send + Sync + Sized + 'static {
         if let Some(timeout) = Self::GRAPH.timeout {
             agent.timeout(timeout);
         }
+        if let Some(timeout) = Self::GRAPH.cleanup_timeout {
+            agent.cleanup_timeout(timeout);
+        }
         Self::__register(this, &mut agent);
         agent
     }

@@ -11,7 +11,7 @@ struct Pipeline {
     model: String,
 }
 
-#[workflow(name = "text_processor", max_concurrent = 8, timeout = "5m")]
+#[workflow(name = "text_processor", max_concurrent = 8, timeout = "5m", cleanup_timeout = "2s")]
 impl Pipeline {
     #[state(entry, priority = critical)]
     async fn clean_text(&self, ctx: &Context) -> StateResult {
@@ -75,6 +75,7 @@ fn main() {
     let graph = Pipeline::GRAPH;
     assert_eq!(graph.name, "text_processor");
     assert_eq!(graph.timeout, Some(Duration::from_secs(300)));
+    assert_eq!(graph.cleanup_timeout, Some(Duration::from_secs(2)));
     let analyze = graph.state("analyze_text").unwrap();
     assert_eq!(analyze.priority, Priority::High);
     assert_eq!(analyze.timeout, Some(Duration::from_secs(30)));
