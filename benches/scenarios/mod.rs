@@ -42,13 +42,15 @@ fn chain_agent(n: usize) -> Agent {
     agent
 }
 
-async fn chain(n: usize) -> Sample {
+/// Times building (`build`, which also validates) and running an agent whose run writes `n`
+/// keys `s0..s{n-1}`, each `si = i`, in `n` transitions, and checks that it did.
+async fn timed_writes(n: usize, build: impl FnOnce() -> Agent) -> Sample {
     let t = Instant::now();
-    let agent = chain_agent(n);
-    agent.validate().expect("valid chain");
+    let agent = build();
+    agent.validate().expect("a valid workflow");
     let build = t.elapsed();
     let t = Instant::now();
-    let report = agent.run().await.expect("chain completes");
+    let report = agent.run().await.expect("the run completes");
     let run = t.elapsed();
     let last = format!("s{}", n - 1);
     let correct = report.context.len() == n
@@ -61,6 +63,10 @@ async fn chain(n: usize) -> Sample {
         max_concurrency: report.max_concurrency,
         correct,
     }
+}
+
+async fn chain(n: usize) -> Sample {
+    timed_writes(n, || chain_agent(n)).await
 }
 
 /// `chain_macro`: the same work as `chain` (one context write under a distinct key per
@@ -125,72 +131,45 @@ impl Ring {
 }
 
 async fn chain_macro(n: usize) -> Sample {
-    let t = Instant::now();
-    let ring = Ring {
-        keys: leak_names("s", n),
-        step: std::sync::atomic::AtomicUsize::new(0),
-    };
-    let agent = ring.agent();
-    agent.validate().expect("valid ring");
-    let build = t.elapsed();
-    let t = Instant::now();
-    let report = agent.run().await.expect("ring completes");
-    let run = t.elapsed();
-    let last = format!("s{}", n - 1);
-    let correct = report.context.len() == n
-        && report.context.get_state::<usize>(&last).ok() == Some(n - 1)
-        && report.transitions == n as u64;
-    Sample {
-        build,
-        run,
-        transitions: report.transitions,
-        max_concurrency: report.max_concurrency,
-        correct,
-    }
+    timed_writes(n, || {
+        Ring {
+            keys: leak_names("s", n),
+            step: std::sync::atomic::AtomicUsize::new(0),
+        }
+        .agent()
+    })
+    .await
 }
 
 /// `ring`: `chain_macro`'s ring of ten states built by hand, to compare the two forms on the
 /// same graph.
 async fn ring(n: usize) -> Sample {
-    let t = Instant::now();
-    let shared = std::sync::Arc::new(Ring {
-        keys: leak_names("s", n),
-        step: std::sync::atomic::AtomicUsize::new(0),
-    });
-    let names = leak_names("r", 10);
-    let mut agent = Agent::new("ring");
-    for (i, &name) in names.iter().enumerate() {
-        let ring = std::sync::Arc::clone(&shared);
-        let next = names[(i + 1) % names.len()];
+    timed_writes(n, || {
+        let shared = std::sync::Arc::new(Ring {
+            keys: leak_names("s", n),
+            step: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let names = leak_names("r", 10);
+        let mut agent = Agent::new("ring");
+        for (i, &name) in names.iter().enumerate() {
+            let ring = std::sync::Arc::clone(&shared);
+            let next = names[(i + 1) % names.len()];
+            agent
+                .add_state(name, move |ctx: Context| {
+                    let ring = std::sync::Arc::clone(&ring);
+                    async move {
+                        Ok::<_, FlowError>(if ring.write(&ctx) {
+                            Next::End
+                        } else {
+                            Next::to(next)
+                        })
+                    }
+                })
+                .successors([next]);
+        }
         agent
-            .add_state(name, move |ctx: Context| {
-                let ring = std::sync::Arc::clone(&ring);
-                async move {
-                    Ok::<_, FlowError>(if ring.write(&ctx) {
-                        Next::End
-                    } else {
-                        Next::to(next)
-                    })
-                }
-            })
-            .successors([next]);
-    }
-    agent.validate().expect("valid ring");
-    let build = t.elapsed();
-    let t = Instant::now();
-    let report = agent.run().await.expect("ring completes");
-    let run = t.elapsed();
-    let last = format!("s{}", n - 1);
-    let correct = report.context.len() == n
-        && report.context.get_state::<usize>(&last).ok() == Some(n - 1)
-        && report.transitions == n as u64;
-    Sample {
-        build,
-        run,
-        transitions: report.transitions,
-        max_concurrency: report.max_concurrency,
-        correct,
-    }
+    })
+    .await
 }
 
 fn fanout_agent(n: usize, sleep: Option<Duration>) -> Agent {

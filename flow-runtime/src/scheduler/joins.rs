@@ -303,17 +303,7 @@ impl Joins {
         let g = group_of(&mut self.groups, group);
         if g.live == 1 {
             // Nobody left to wait for: a child group is only a wrapper around one branch.
-            match g.parent {
-                Some((parent, fork)) => {
-                    self.release_group(group);
-                    self.moves.push(Move::Goto {
-                        group: parent,
-                        from: fork,
-                        to,
-                    });
-                }
-                None => self.released.push((to, group)),
-            }
+            self.arrive_as_one(group, to);
             return;
         }
         g.remove_position(graph, from, 1);
@@ -484,22 +474,7 @@ impl Joins {
         g.held_members -= h.members;
         self.held_total -= h.members as usize;
         if h.members == g.live {
-            match g.parent {
-                Some((parent, fork)) => {
-                    self.release_group(group);
-                    self.moves.push(Move::Goto {
-                        group: parent,
-                        from: fork,
-                        to: h.state,
-                    });
-                    return false;
-                }
-                None => {
-                    g.live = 1;
-                    self.released.push((h.state, group));
-                    return true;
-                }
-            }
+            return self.arrive_as_one(group, h.state);
         }
         let merged = h.members - 1;
         if merged > 0 {
@@ -509,6 +484,29 @@ impl Joins {
         }
         self.released.push((h.state, group));
         true
+    }
+
+    /// Every live branch of `group` is at `to`: a child group folds into its parent (whose
+    /// branch moves from the fork to `to`), the root runs `to` as its one branch. Returns
+    /// whether the group still exists.
+    fn arrive_as_one(&mut self, group: GroupId, to: StateId) -> bool {
+        let g = group_of(&mut self.groups, group);
+        match g.parent {
+            Some((parent, fork)) => {
+                self.release_group(group);
+                self.moves.push(Move::Goto {
+                    group: parent,
+                    from: fork,
+                    to,
+                });
+                false
+            }
+            None => {
+                g.live = 1;
+                self.released.push((to, group));
+                true
+            }
+        }
     }
 
     /// Collects into `found` the declared ancestors of `state` (itself included only through
