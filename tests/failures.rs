@@ -634,3 +634,109 @@ async fn states_naming_one_bulkhead_in_the_attribute_share_it() {
     assert_eq!(shared.peak.load(Ordering::SeqCst), 1);
     assert_eq!(start.elapsed(), ms(300));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_learns_from_states_that_run_as_tasks() {
+    use fluffy_flow::{BreakerState, CircuitBreaker};
+    let breaker = CircuitBreaker::new(2, Duration::from_secs(60), 1);
+    let mut agent = Agent::new("slow service");
+    agent
+        .add_state("call", |_ctx: Context| async {
+            sleep(ms(20)).await;
+            Err::<Next, _>(std::io::Error::other("timeout upstream"))
+        })
+        .circuit_breaker(breaker.clone());
+    let _ = agent.start().unwrap().wait().await;
+    assert_eq!(breaker.state(), BreakerState::Closed { failures: 1 });
+    let _ = agent.start().unwrap().wait().await;
+    assert_eq!(breaker.state(), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_state_reaches_a_state_waiting_for_a_retry_and_stopping_marks_it_cancelled() {
+    let mut agent = Agent::new("backing off");
+    agent.add_state("start", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::parallel(["flaky", "steady"]))
+    });
+    agent
+        .add_state("flaky", |_ctx: Context| async {
+            Err::<Next, _>(std::io::Error::other("no"))
+        })
+        .retry(RetryPolicy {
+            max_retries: 10,
+            initial_delay: Duration::from_secs(10),
+            ..policy(0)
+        });
+    agent.add_state("steady", |_ctx: Context| async {
+        sleep(ms(50)).await;
+        Ok::<_, FlowError>(Next::End)
+    });
+    let handle = agent.start().unwrap();
+    sleep(ms(1)).await;
+    assert_eq!(
+        handle.state_status("flaky"),
+        Some(StateStatus::Pending),
+        "waiting for its retry"
+    );
+    assert_eq!(handle.cancel_state("flaky").await.unwrap(), 1);
+    let report = handle.wait().await;
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(
+        report.duration,
+        ms(50),
+        "the retry did not keep the run alive"
+    );
+    assert_eq!(
+        report.state("flaky").unwrap().status,
+        StateStatus::Cancelled
+    );
+
+    // Stopping the run while a retry waits reports the state as cancelled, not pending.
+    let handle = agent.start().unwrap();
+    sleep(ms(1)).await;
+    handle.cancel();
+    let report = handle.wait().await;
+    assert_eq!(
+        report.state("flaky").unwrap().status,
+        StateStatus::Cancelled
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_resumed_before_it_settles_still_returns() {
+    let (agent, log) = pausable();
+    let handle = agent.start().unwrap();
+    sleep(ms(50)).await;
+    let pausing = handle.pause();
+    handle.resume();
+    pausing.await;
+    let report = handle.wait().await;
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(*log.lock().unwrap(), ["one", "two", "three"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_bulkhead_the_timeout_covers_the_call_not_the_wait() {
+    use fluffy_flow::Bulkhead;
+    let bulkhead = Bulkhead::new("single", 1, 4);
+    let mut agent = Agent::new("queued");
+    agent.add_state("start", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::parallel(["a", "b", "c"]))
+    });
+    for name in ["a", "b", "c"] {
+        agent
+            .add_state(name, |_ctx: Context| async {
+                sleep(ms(80)).await;
+                Ok::<_, FlowError>(Next::End)
+            })
+            .timeout(ms(100))
+            .bulkhead(bulkhead.clone());
+    }
+    let start = Instant::now();
+    let report = agent
+        .run()
+        .await
+        .expect("each call fits its timeout, though c waits 160 ms");
+    assert_eq!(start.elapsed(), ms(240));
+    assert!(report.dead_letters.is_empty());
+}

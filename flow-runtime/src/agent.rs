@@ -353,10 +353,13 @@ impl Agent {
             .unwrap_or_default()
     }
 
-    /// Pauses the latest run (see [`RunHandle::pause`]); returns at once if there is none.
-    pub async fn pause(&self) {
-        if let Some(run) = self.latest() {
-            run.pause().await;
+    /// Pauses the latest run (see [`RunHandle::pause`]); completes at once if there is none.
+    pub fn pause(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        let pausing = self.latest().map(|run| run.pause());
+        async move {
+            if let Some(pausing) = pausing {
+                pausing.await;
+            }
         }
     }
 

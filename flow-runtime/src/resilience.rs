@@ -7,6 +7,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+/// About thirty years: "open until further notice" for recovery times the clock cannot add.
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 /// Where a [`CircuitBreaker`] stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -123,15 +126,20 @@ impl CircuitBreaker {
 
     fn record(&self, trial: bool, success: bool) {
         let mut phase = self.phase();
-        let reopen = Phase::Open {
-            until: Instant::now() + self.shared.recovery_timeout,
+        let reopen = || {
+            let now = Instant::now();
+            // A recovery too long for the clock keeps it open for a very long time instead.
+            let until = now
+                .checked_add(self.shared.recovery_timeout)
+                .unwrap_or(now + FOREVER);
+            Phase::Open { until }
         };
         *phase = match (&*phase, success) {
             (Phase::Closed { .. }, true) => Phase::Closed { failures: 0 },
             (Phase::Closed { failures }, false)
                 if failures + 1 >= self.shared.failure_threshold =>
             {
-                reopen
+                reopen()
             }
             (Phase::Closed { failures }, false) => Phase::Closed {
                 failures: failures + 1,
@@ -152,7 +160,7 @@ impl CircuitBreaker {
                     }
                 }
             }
-            (Phase::HalfOpen { .. }, false) if trial => reopen,
+            (Phase::HalfOpen { .. }, false) if trial => reopen(),
             // An attempt let through before the breaker opened: it no longer decides anything.
             (
                 Phase::HalfOpen {
@@ -220,7 +228,7 @@ pub(crate) struct BulkheadFull {
 impl Bulkhead {
     /// A bulkhead named `name` (for errors and reports). `max_concurrent` is raised to one.
     pub fn new(name: impl Into<String>, max_concurrent: usize, max_queued: usize) -> Self {
-        let max_concurrent = max_concurrent.max(1);
+        let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             shared: Arc::new(BulkheadShared {
                 name: name.into(),

@@ -1,5 +1,6 @@
 //! A run seen from outside: its live status, its handle, and its final report.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -94,11 +95,15 @@ pub(crate) struct RunControl {
 }
 
 impl RunControl {
-    pub(crate) async fn pause(&self) {
+    /// Asks for the pause at once; the returned future completes when nothing runs.
+    pub(crate) fn pause(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
         let (ack, done) = oneshot::channel();
-        if self.sender.send(Message::Pause(ack)).is_ok() {
-            // An error means the run ended meanwhile: nothing runs, which is what was asked.
-            let _ = done.await;
+        let sent = self.sender.send(Message::Pause(ack)).is_ok();
+        async move {
+            if sent {
+                // An error means the run ended meanwhile: nothing runs, which is what was asked.
+                let _ = done.await;
+            }
         }
     }
 
@@ -165,11 +170,12 @@ impl RunHandle {
         self.cancel();
     }
 
-    /// Stops starting new states and waits until the running ones have finished (their
-    /// transitions are followed, so states they make ready wait too). The run's status is
-    /// `Paused` until [`RunHandle::resume`]. Returns at once if the run has ended.
-    pub async fn pause(&self) {
-        self.control.pause().await;
+    /// Stops starting new states, from the moment it is called; the returned future completes
+    /// once the running ones have finished (their transitions are followed, so states they
+    /// make ready wait too), or at once if the run has ended. The run's status is `Paused`
+    /// until [`RunHandle::resume`].
+    pub fn pause(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+        self.control.pause()
     }
 
     /// Lets a paused run start states again.

@@ -32,6 +32,10 @@ impl Coordinator {
     }
 
     pub(super) fn resume(&mut self) {
+        // Whoever waits for a pause resumed before it settled is told it is over.
+        for waiter in self.pause_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
         if self.paused {
             self.paused = false;
             self.observer.set_status(AgentStatus::Running);
@@ -39,7 +43,9 @@ impl Coordinator {
         }
     }
 
-    /// Cancels the running and ready runs of `state`; each branch ends. Returns how many.
+    /// Cancels the running and ready runs of `state`, and those waiting for a retry; each
+    /// branch ends. Returns how many. (Branches held at a join are not cancelled: they are
+    /// waiting for others, not running the state.)
     pub(super) fn cancel_state(&mut self, state: StateId) -> usize {
         let mut ended = Vec::new();
         for slot in 0..self.running.len() {
@@ -55,6 +61,7 @@ impl Coordinator {
                 ended.push(running.group);
             }
         }
+        ended.extend(self.cancel_timers(state));
         ended.extend(
             self.ready
                 .remove_state(state)
@@ -99,34 +106,56 @@ impl Coordinator {
         if limit.is_zero() || self.running_count == 0 {
             return;
         }
-        let deadline = Instant::now() + limit;
+        // A cleanup time too long for the clock means waiting for every state.
+        let deadline = Instant::now().checked_add(limit);
         while self.running_count > 0 {
-            let message = match tokio::time::timeout_at(deadline, self.inbox.recv()).await {
-                Ok(Some(message)) => message,
-                Ok(None) | Err(_) => return,
+            let next = self.inbox.recv();
+            let message = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, next).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) | Err(_) => return,
+                },
+                None => match next.await {
+                    Some(message) => message,
+                    None => return,
+                },
             };
             match message {
-                Message::Done { slot, outcome } => {
-                    let Some(running) = self.running[slot as usize].take() else {
+                Message::Done {
+                    slot,
+                    ticket,
+                    outcome,
+                } => {
+                    let entry = &mut self.running[slot as usize];
+                    if entry
+                        .as_ref()
+                        .is_none_or(|running| running.ticket != ticket)
+                    {
+                        continue;
+                    }
+                    let Some(running) = entry.take() else {
                         continue;
                     };
                     super::record_breaker(running.breaker, &outcome);
                     self.free_slots.push(slot);
                     self.running_count -= 1;
-                    let finished_cleanly = matches!(outcome, super::task::Outcome::Finished(Ok(_)));
                     let now = Instant::now();
                     let record = &mut self.states[running.state.index()];
-                    record.total_time += now - running.started;
+                    let duration = now - running.started;
+                    record.total_time += duration;
                     record.last_finished = Some(now);
-                    let status = if finished_cleanly {
-                        StateStatus::Completed
-                    } else {
-                        StateStatus::Cancelled
-                    };
-                    if finished_cleanly {
+                    let name = Arc::clone(self.graph.name(running.state));
+                    if matches!(outcome, super::task::Outcome::Finished(Ok(_))) {
                         self.completed += 1;
+                        self.set_status(running.state, StateStatus::Completed);
+                        self.publish(EventKind::StateCompleted {
+                            state: name,
+                            duration,
+                        });
+                    } else {
+                        self.set_status(running.state, StateStatus::Cancelled);
+                        self.publish(EventKind::StateCancelled { state: name });
                     }
-                    self.set_status(running.state, status);
                 }
                 Message::Pause(ack) => {
                     let _ = ack.send(());
@@ -159,12 +188,15 @@ impl Coordinator {
         };
         // States see the run stop through their context, and get the cleanup timeout.
         self.cancel.cancel();
-        self.abort_timers();
+        let waiting_for_retry = self.abort_timers();
         self.wind_down().await;
         // Work that will not happen is reported as cancelled, never silently dropped.
         let mut cancelled = self.abort_running();
         cancelled.extend(self.ready.drain().map(|entry| entry.state));
         cancelled.extend(self.joins.held_states());
+        cancelled.extend(waiting_for_retry);
+        cancelled.sort_unstable();
+        cancelled.dedup();
         for state in cancelled {
             self.set_status(state, StateStatus::Cancelled);
             self.publish(EventKind::StateCancelled {

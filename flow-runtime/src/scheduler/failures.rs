@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use flow_core::{FlowError, StateError, StateId, StateStatus};
-use tokio::time::Instant;
+use tokio::task::AbortHandle;
 
 use super::Coordinator;
 use super::joins::GroupId;
@@ -13,6 +13,13 @@ use super::task::Message;
 use crate::events::EventKind;
 use crate::failure::{DeadLetter, FAILURE_KEY, FailureKind};
 use crate::resilience::BulkheadFull;
+
+/// A retry waiting for its delay.
+pub(super) struct RetryTimer {
+    abort: AbortHandle,
+    state: StateId,
+    group: GroupId,
+}
 
 /// How an attempt failed.
 pub(super) enum Failure {
@@ -159,9 +166,9 @@ impl Coordinator {
             }
         };
         let sender = self.sender.clone();
-        let due = Instant::now() + delay;
+        // `sleep` copes with delays too long for the clock (it then sleeps "forever").
         let task = tokio::spawn(async move {
-            tokio::time::sleep_until(due).await;
+            tokio::time::sleep(delay).await;
             let _ = sender.send(Message::Retry {
                 timer,
                 state,
@@ -169,7 +176,11 @@ impl Coordinator {
                 attempt,
             });
         });
-        self.timers[timer as usize] = Some(task.abort_handle());
+        self.timers[timer as usize] = Some(RetryTimer {
+            abort: task.abort_handle(),
+            state,
+            group,
+        });
         self.timer_count += 1;
     }
 
@@ -199,14 +210,32 @@ impl Coordinator {
         }
     }
 
-    /// Stops every pending retry.
-    pub(super) fn abort_timers(&mut self) -> usize {
-        let mut aborted = 0;
-        for timer in self.timers.iter_mut().filter_map(Option::take) {
-            timer.abort();
-            aborted += 1;
-        }
+    /// Stops every pending retry; returns the states that were waiting.
+    pub(super) fn abort_timers(&mut self) -> Vec<StateId> {
         self.timer_count = 0;
-        aborted
+        self.timers
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(|timer| {
+                timer.abort.abort();
+                timer.state
+            })
+            .collect()
+    }
+
+    /// Stops the pending retries of `state`; returns the groups of their branches.
+    pub(super) fn cancel_timers(&mut self, state: StateId) -> Vec<GroupId> {
+        let mut groups = Vec::new();
+        for (id, slot) in self.timers.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|t| t.state == state)
+                && let Some(timer) = slot.take()
+            {
+                timer.abort.abort();
+                self.free_timers.push(id as u32);
+                self.timer_count -= 1;
+                groups.push(timer.group);
+            }
+        }
+        groups
     }
 }

@@ -58,11 +58,12 @@ pub(crate) struct Coordinator {
     /// The time of the event being handled: one clock read serves the state that finished
     /// and the states it lets start.
     now: Instant,
+    next_ticket: u64,
     /// No state starts while paused; these wait to hear that nothing runs any more.
     paused: bool,
     pause_waiters: Vec<oneshot::Sender<()>>,
     /// Timers of retries waiting for their delay, by id (aborted when the run stops).
-    timers: Vec<Option<AbortHandle>>,
+    timers: Vec<Option<failures::RetryTimer>>,
     free_timers: Vec<u32>,
     timer_count: usize,
     dead_letters: Vec<DeadLetter>,
@@ -77,6 +78,8 @@ struct Running {
     abort: Option<AbortHandle>,
     /// The state's circuit breaker's permission for this attempt, when it has a breaker.
     breaker: Option<BreakerPermit>,
+    /// Tells this attempt's report from a late report of an attempt that used the slot before.
+    ticket: u64,
 }
 
 /// Why a run stopped before completing.
@@ -124,6 +127,7 @@ impl Coordinator {
             transitions: 0,
             max_concurrency: 0,
             now: Instant::now(),
+            next_ticket: 0,
             paused: false,
             pause_waiters: Vec::new(),
             timers: Vec::new(),
@@ -186,9 +190,14 @@ impl Coordinator {
 
     fn handle(&mut self, message: Message) -> Result<(), Stop> {
         match message {
-            Message::Done { slot, outcome } => {
+            Message::Done {
+                slot,
+                ticket,
+                outcome,
+            } => {
                 self.now = Instant::now();
-                self.finish_task(slot, outcome).map_err(Stop::Failed)
+                self.finish_task(slot, ticket, outcome)
+                    .map_err(Stop::Failed)
             }
             Message::Retry {
                 timer,
@@ -225,6 +234,9 @@ impl Coordinator {
         // Cancellation and the deadline arrive as messages; a long chain must still see them.
         if let Ok(message) = self.inbox.try_recv() {
             self.handle(message)?;
+            if self.paused {
+                return Ok(());
+            }
         }
         // Yield to the tokio scheduler when this task's budget is spent, so that a long chain
         // of instant states does not starve other tasks on this worker.
@@ -307,6 +319,11 @@ impl Coordinator {
 
     /// Starts ready states while slots are free.
     fn dispatch(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        // Retries, resumes and cancellations arrive without a fresh clock reading.
+        self.now = Instant::now();
         while self.running_count < self.compiled.max_concurrent {
             let Some(entry) = self.ready.pop() else { break };
             let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
@@ -354,14 +371,17 @@ impl Coordinator {
         tracing::debug_span!("state", state = %self.graph.name(state), run, attempt)
     }
 
-    fn take_slot(&mut self) -> u32 {
-        match self.free_slots.pop() {
+    /// A free slot for a running attempt, and a ticket no earlier attempt had.
+    fn take_slot(&mut self) -> (u32, u64) {
+        self.next_ticket += 1;
+        let slot = match self.free_slots.pop() {
             Some(slot) => slot,
             None => {
                 self.running.push(None);
                 (self.running.len() - 1) as u32
             }
-        }
+        };
+        (slot, self.next_ticket)
     }
 
     /// Asks the state's circuit breaker, if it has one, to let an attempt through.
@@ -384,19 +404,21 @@ impl Coordinator {
         attempt: u32,
         started: Instant,
         run: StateFuture,
-        breaker: Option<BreakerPermit>,
+        mut breaker: Option<BreakerPermit>,
         span: tracing::Span,
     ) {
-        let slot = self.take_slot();
+        let (slot, ticket) = self.take_slot();
         let spec = &self.compiled.states[state.index()];
         let (limit, sender) = (spec.timeout, self.sender.clone());
         let task = match &spec.bulkhead {
-            None => tokio::spawn(
-                task::supervise(task::plain(run), limit, slot, sender).instrument(span),
-            ),
+            None => {
+                let attempt = task::plain(run);
+                tokio::spawn(task::supervise(attempt, limit, slot, ticket, sender).instrument(span))
+            }
             Some(bulkhead) => {
-                let attempt = task::guarded(run, bulkhead.clone());
-                tokio::spawn(task::supervise(attempt, limit, slot, sender).instrument(span))
+                // The timeout covers the call, not the wait for a place (see `task::guarded`).
+                let attempt = task::guarded(run, bulkhead.clone(), breaker.take(), limit);
+                tokio::spawn(task::supervise(attempt, None, slot, ticket, sender).instrument(span))
             }
         };
         let abort = Some(task.abort_handle());
@@ -407,13 +429,14 @@ impl Coordinator {
             started,
             abort,
             breaker,
+            ticket,
         });
         self.running_count += 1;
     }
 
     /// Accounts for a state that ended as it started, through the same channel as the rest.
     fn launch_outcome(&mut self, state: StateId, group: GroupId, attempt: u32, outcome: Outcome) {
-        let slot = self.take_slot();
+        let (slot, ticket) = self.take_slot();
         let started = self.now;
         self.running[slot as usize] = Some(Running {
             state,
@@ -422,25 +445,39 @@ impl Coordinator {
             started,
             abort: None,
             breaker: None,
+            ticket,
         });
         self.running_count += 1;
-        let _ = self.sender.send(Message::Done { slot, outcome });
+        let _ = self.sender.send(Message::Done {
+            slot,
+            ticket,
+            outcome,
+        });
     }
 
     /// A task reported how its state run ended.
-    fn finish_task(&mut self, slot: u32, outcome: Outcome) -> Result<(), FlowError> {
+    fn finish_task(&mut self, slot: u32, ticket: u64, outcome: Outcome) -> Result<(), FlowError> {
+        let entry = &mut self.running[slot as usize];
+        if entry
+            .as_ref()
+            .is_none_or(|running| running.ticket != ticket)
+        {
+            return Ok(()); // a late report of an attempt that was cancelled
+        }
         let Some(Running {
             state,
             group,
             attempt,
             started,
+            breaker,
             ..
-        }) = self.running[slot as usize].take()
+        }) = entry.take()
         else {
-            return Ok(()); // a stale message from a task that was already accounted for
+            return Ok(());
         };
         self.free_slots.push(slot);
         self.running_count -= 1;
+        record_breaker(breaker, &outcome);
         self.finish(state, group, attempt, started, outcome)
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use super::joins::GroupId;
-use crate::resilience::{Bulkhead, BulkheadFull};
+use crate::resilience::{BreakerPermit, Bulkhead, BulkheadFull};
 
 use crate::context::Context;
 use crate::state_fn::{StateFn, StateFuture};
@@ -33,7 +33,11 @@ pub(crate) enum Outcome {
 /// What the coordinator hears: from its state tasks, its timers, and the run's controls.
 pub(crate) enum Message {
     /// A state task finished its attempt.
-    Done { slot: u32, outcome: Outcome },
+    Done {
+        slot: u32,
+        ticket: u64,
+        outcome: Outcome,
+    },
     /// A retry's delay is over.
     Retry {
         timer: u32,
@@ -71,12 +75,29 @@ pub(crate) fn poll_once(run: &mut StateFuture, cx: &mut TaskContext<'_>) -> Opti
     }
 }
 
-/// A state's attempt that first waits for a place in its bulkhead.
-pub(crate) async fn guarded(run: StateFuture, bulkhead: Bulkhead) -> Outcome {
-    match bulkhead.enter().await {
-        Ok(_place) => CatchUnwind(run).await,
-        Err(full) => Outcome::BulkheadFull(full),
+/// A state's attempt that first waits for a place in its bulkhead. The state's timeout covers
+/// the call, not the wait; the circuit breaker's permit (taken when the attempt was scheduled)
+/// is settled here, so that only the call itself counts for the breaker.
+pub(crate) async fn guarded(
+    run: StateFuture,
+    bulkhead: Bulkhead,
+    breaker: Option<BreakerPermit>,
+    limit: Option<Duration>,
+) -> Outcome {
+    let _place = match bulkhead.enter().await {
+        Ok(place) => place,
+        Err(full) => return Outcome::BulkheadFull(full),
+    };
+    let outcome = match limit {
+        None => CatchUnwind(run).await,
+        Some(limit) => tokio::time::timeout(limit, CatchUnwind(run))
+            .await
+            .unwrap_or(Outcome::TimedOut(limit)),
+    };
+    if let Some(permit) = breaker {
+        permit.record(matches!(outcome, Outcome::Finished(Ok(_))));
     }
+    outcome
 }
 
 /// The plain attempt: the state's future, panics caught.
@@ -89,6 +110,7 @@ pub(crate) async fn supervise<F: Future<Output = Outcome> + Send>(
     attempt: F,
     limit: Option<Duration>,
     slot: u32,
+    ticket: u64,
     report: UnboundedSender<Message>,
 ) {
     let outcome = match limit {
@@ -100,7 +122,11 @@ pub(crate) async fn supervise<F: Future<Output = Outcome> + Send>(
             .unwrap_or(Outcome::TimedOut(limit)),
     };
     // The coordinator is gone only when the run was stopped; nobody needs the outcome then.
-    let _ = report.send(Message::Done { slot, outcome });
+    let _ = report.send(Message::Done {
+        slot,
+        ticket,
+        outcome,
+    });
 }
 
 /// Polls a state's future, turning a panic into an outcome.
