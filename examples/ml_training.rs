@@ -8,6 +8,7 @@
 //! ```
 
 use fluffy_flow::prelude::*;
+use fluffy_flow::{ResourcePool, ResourceRequirements};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,7 +201,16 @@ impl MlPipeline {
 
 #[tokio::main]
 async fn main() -> Result<(), FlowError> {
-    let report = MlPipeline.agent().run().await?;
+    // The machine the pipeline schedules against: training needs the GPU and four cores.
+    let mut agent = MlPipeline.agent();
+    agent.resource_pool(ResourcePool::new(ResourceRequirements {
+        cpu: 8.0,
+        memory_mb: 32_768,
+        io: 10.0,
+        network: 10.0,
+        gpu: 1.0,
+    }));
+    let report = agent.run().await?;
     println!("{}", report.context.report()?);
     println!("exported: {}", report.context.exported()?);
     println!(

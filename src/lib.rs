@@ -8,10 +8,11 @@ pub use flow_core::{
 };
 pub use flow_macros::{context, state, workflow};
 pub use flow_runtime::{
-    Agent, BoxError, BreakerState, Bulkhead, CircuitBreaker, Context, ContextValue,
-    DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY, DeadLetter, Event, EventKind, EventStream,
-    EventStreamError, FAILURE_KEY, FailureKind, MAX_EVENT_CAPACITY, RunCounts, RunHandle,
-    RunReport, StateOptions, StateReport, StateResult, Workflow,
+    Agent, Allocation, BoxError, BreakerState, Bulkhead, CircuitBreaker, Context, ContextValue,
+    DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING, DeadLetter, Event,
+    EventKind, EventStream, EventStreamError, FAILURE_KEY, FailureKind, MAX_EVENT_CAPACITY,
+    ResourceKind, ResourcePool, RunCounts, RunHandle, RunReport, StateOptions, StateReport,
+    StateResult, UsageStats, Waiting, Workflow,
 };
 
 mod transitions;

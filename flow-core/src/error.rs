@@ -125,6 +125,20 @@ pub enum FlowError {
         /// The timeout it exceeded.
         timeout: Duration,
     },
+    /// A state needs more of some resource than its pool has at all: it could never start.
+    #[error("state `{state}` of workflow `{agent}` needs more {} than the resource pool has ({needs} against a pool of {capacity}); lower its `resources` or give the agent a larger pool", .kinds.join(", "))]
+    ResourceRequestTooLarge {
+        /// The workflow.
+        agent: String,
+        /// The state.
+        state: String,
+        /// The kinds it asks too much of.
+        kinds: Vec<String>,
+        /// What it asks for.
+        needs: String,
+        /// What the pool has.
+        capacity: String,
+    },
     /// The state's circuit breaker is open: the attempt failed without calling the state.
     #[error(
         "state `{state}` was not called on attempt {attempts}: its circuit breaker is open after repeated failures and half-opens in {retry_in:?}; give it a retry policy that waits that long, or fix what it calls"

@@ -427,6 +427,7 @@ fn generate(
                     ::core::option::Option::None => options,
                 };
                 let options = if declared.entry { options.entry() } else { options };
+                let options = options.resources(declared.resources);
                 let options = match declared.retry {
                     ::core::option::Option::Some(policy) => options.retry(policy),
                     ::core::option::Option::None => options,

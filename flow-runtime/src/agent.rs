@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use flow_core::{
-    AgentStatus, FlowError, Next, Priority, RetryPolicy, StateGraph, StateSpec, StateStatus,
+    AgentStatus, FlowError, Next, Priority, ResourceRequirements, RetryPolicy, StateGraph,
+    StateSpec, StateStatus,
 };
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::oneshot;
@@ -17,12 +18,16 @@ use crate::context::Context;
 use crate::events::{EventHub, EventStream};
 use crate::failure::{DEAD_LETTER_CAPACITY, DeadLetter};
 use crate::resilience::{Bulkhead, CircuitBreaker};
+use crate::resources::{Amounts, ResourcePool, amounts};
 use crate::run::{Observer, RunControl, RunCounts, RunHandle, RunReport};
 use crate::scheduler::Coordinator;
 use crate::state_fn::{BoxError, FnState, StateFn};
 
 /// Events kept for a subscriber that has not read them yet, unless set otherwise.
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
+
+/// How long a ready state waits before it goes ahead of states one priority level above it.
+pub const DEFAULT_PRIORITY_AGING: Duration = Duration::from_secs(1);
 
 /// The largest event buffer [`Agent::event_capacity`] accepts (each slot is allocated when the
 /// first subscriber subscribes).
@@ -81,6 +86,8 @@ struct Definition {
     timeout: Option<Duration>,
     cleanup_timeout: Duration,
     default_retry: RetryPolicy,
+    pool: Option<ResourcePool>,
+    priority_aging: Duration,
     compiled: OnceLock<Result<Arc<Compiled>, FlowError>>,
 }
 
@@ -93,6 +100,7 @@ struct StateDef {
     retry: Option<RetryPolicy>,
     breaker: Option<CircuitBreaker>,
     bulkhead: Option<Bulkhead>,
+    resources: ResourceRequirements,
 }
 
 /// A validated definition, shared by every run started from it.
@@ -103,6 +111,9 @@ pub(crate) struct Compiled {
     pub(crate) max_concurrent: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cleanup_timeout: Duration,
+    /// The pool states draw from; `None` when no state needs anything.
+    pub(crate) pool: Option<ResourcePool>,
+    pub(crate) priority_aging: Duration,
 }
 
 pub(crate) struct CompiledState {
@@ -112,6 +123,8 @@ pub(crate) struct CompiledState {
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: Option<CircuitBreaker>,
     pub(crate) bulkhead: Option<Bulkhead>,
+    /// What the state needs from the pool, in exact units (all zero: nothing).
+    pub(crate) needs: Amounts,
 }
 
 impl Agent {
@@ -127,6 +140,8 @@ impl Agent {
                 timeout: None,
                 cleanup_timeout: Duration::ZERO,
                 default_retry: RetryPolicy::NONE,
+                pool: None,
+                priority_aging: DEFAULT_PRIORITY_AGING,
                 compiled: OnceLock::new(),
             }),
             shared: Arc::new(AgentShared {
@@ -182,6 +197,7 @@ impl Agent {
             retry: None,
             breaker: None,
             bulkhead: None,
+            resources: ResourceRequirements::NONE,
         });
         let state = definition
             .states
@@ -215,6 +231,22 @@ impl Agent {
     /// abort at once. States see the cancellation through [`Context::cancelled`].
     pub fn cleanup_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.definition_mut().cleanup_timeout = timeout;
+        self
+    }
+
+    /// The pool this agent's states draw from (clone one pool into several agents to share it).
+    /// Without one, a workflow whose states need resources gets [`ResourcePool::detect`]'s pool,
+    /// one per agent.
+    pub fn resource_pool(&mut self, pool: ResourcePool) -> &mut Self {
+        self.definition_mut().pool = Some(pool);
+        self
+    }
+
+    /// How long a ready state waits before it goes ahead of states one priority level above it
+    /// that became ready after it (default [`DEFAULT_PRIORITY_AGING`]): no state waits forever
+    /// behind a stream of higher-priority work.
+    pub fn priority_aging(&mut self, aging: Duration) -> &mut Self {
+        self.definition_mut().priority_aging = aging;
         self
     }
 
@@ -426,6 +458,13 @@ impl StateOptions<'_> {
         self
     }
 
+    /// What this state needs from the agent's resource pool: it starts only when the pool can
+    /// grant all of it at once, and gives it back when its attempt ends, however it ends.
+    pub fn resources(self, needs: ResourceRequirements) -> Self {
+        self.state.resources = needs;
+        self
+    }
+
     /// Protects what this state calls with a circuit breaker (share one breaker between the
     /// states, and agents, that call the same service). See [`CircuitBreaker`].
     pub fn circuit_breaker(self, breaker: CircuitBreaker) -> Self {
@@ -506,8 +545,46 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             retry: s.retry.unwrap_or(definition.default_retry),
             breaker: s.breaker.clone(),
             bulkhead: s.bulkhead.clone(),
+            needs: amounts(&s.resources),
         })
         .collect();
+    let needs_any = definition
+        .states
+        .iter()
+        .any(|s| amounts(&s.resources) != [0; 5]);
+    let pool = match &definition.pool {
+        Some(pool) => Some(pool.clone()),
+        None if needs_any => Some(ResourcePool::detect()),
+        None => None,
+    };
+    if let Some(pool) = &pool {
+        let mut too_large = Vec::new();
+        for s in &definition.states {
+            let kinds = pool.oversized(&amounts(&s.resources));
+            if !kinds.is_empty() {
+                too_large.push(FlowError::ResourceRequestTooLarge {
+                    agent: agent.to_owned(),
+                    state: s.spec.name.clone(),
+                    kinds: kinds
+                        .iter()
+                        .map(|k| format!("{k:?}").to_lowercase())
+                        .collect(),
+                    needs: format!("{:?}", s.resources),
+                    capacity: format!("{:?}", pool.capacity()),
+                });
+            }
+        }
+        match too_large.len() {
+            0 => {}
+            1 => return Err(too_large.remove(0)),
+            _ => {
+                return Err(FlowError::Invalid {
+                    agent: agent.to_owned(),
+                    errors: too_large,
+                });
+            }
+        }
+    }
     Ok(Arc::new(Compiled {
         name: Arc::clone(&definition.name),
         graph: Arc::new(graph),
@@ -515,5 +592,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         max_concurrent: definition.max_concurrent.unwrap_or(usize::MAX),
         timeout: definition.timeout,
         cleanup_timeout: definition.cleanup_timeout,
+        pool,
+        priority_aging: definition.priority_aging,
     }))
 }

@@ -10,16 +10,20 @@ mod context;
 mod events;
 mod failure;
 mod resilience;
+mod resources;
 mod run;
 mod scheduler;
 mod state_fn;
 mod workflow;
 
-pub use agent::{Agent, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY, StateOptions};
+pub use agent::{
+    Agent, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING, MAX_EVENT_CAPACITY, StateOptions,
+};
 pub use context::{Context, ContextValue};
 pub use events::{Event, EventKind, EventStream, EventStreamError};
 pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};
 pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};
+pub use resources::{Allocation, ResourceKind, ResourcePool, UsageStats, Waiting};
 pub use run::{RunCounts, RunHandle, RunReport, StateReport};
 pub use state_fn::{BoxError, StateResult};
 pub use workflow::Workflow;

@@ -163,7 +163,11 @@ impl Coordinator {
                 Message::CancelState { reply, .. } => {
                     let _ = reply.send(0);
                 }
-                Message::Retry { .. } | Message::Resume | Message::Cancel | Message::Deadline => {}
+                Message::Retry { .. }
+                | Message::Resume
+                | Message::PoolFreed
+                | Message::Cancel
+                | Message::Deadline => {}
             }
         }
     }
@@ -189,6 +193,9 @@ impl Coordinator {
         // States see the run stop through their context, and get the cleanup timeout.
         self.cancel.cancel();
         let waiting_for_retry = self.abort_timers();
+        if let Some(pool) = &self.compiled.pool {
+            pool.forget_run(self.observer.run_id);
+        }
         self.wind_down().await;
         // Work that will not happen is reported as cancelled, never silently dropped.
         let mut cancelled = self.abort_running();

@@ -29,6 +29,7 @@ use crate::context::Context;
 use crate::events::{Event, EventHub, EventKind};
 use crate::failure::DeadLetter;
 use crate::resilience::BreakerPermit;
+use crate::resources::{Claimant, Grant};
 use crate::run::{Observer, RunControl, RunReport, StateReport};
 
 use crate::state_fn::StateFuture;
@@ -80,6 +81,8 @@ struct Running {
     breaker: Option<BreakerPermit>,
     /// Tells this attempt's report from a late report of an attempt that used the slot before.
     ticket: u64,
+    /// What it holds from the resource pool; given back when this is dropped.
+    _grant: Option<Grant>,
 }
 
 /// Why a run stopped before completing.
@@ -105,6 +108,7 @@ impl Coordinator {
         } = control;
         Self {
             joins: Joins::new(&graph),
+            ready: ReadyQueue::new(compiled.priority_aging),
             states: graph
                 .names()
                 .iter()
@@ -117,7 +121,7 @@ impl Coordinator {
             observer,
             events,
             cancel,
-            ready: ReadyQueue::default(),
+
             running: Vec::new(),
             free_slots: Vec::new(),
             running_count: 0,
@@ -155,7 +159,11 @@ impl Coordinator {
         self.absorb_joins();
 
         let stop = loop {
-            if !self.paused && self.running_count == 0 && self.ready.len() == 1 {
+            if !self.paused
+                && self.running_count == 0
+                && self.ready.len() == 1
+                && self.head_needs_nothing()
+            {
                 if let Err(stop) = self.run_solo().await {
                     break Some(stop);
                 }
@@ -216,6 +224,8 @@ impl Coordinator {
                 self.resume();
                 Ok(())
             }
+            // The loop dispatches after every message: nothing else to do.
+            Message::PoolFreed => Ok(()),
             Message::CancelState { state, reply } => {
                 let cancelled = self.cancel_state(state);
                 let _ = reply.send(cancelled);
@@ -269,7 +279,7 @@ impl Coordinator {
         };
         if spec.bulkhead.is_some() {
             // Waiting for a place must not happen here, on the coordinator.
-            self.launch(state, group, attempt, started, run, breaker, span);
+            self.launch(state, group, attempt, started, run, breaker, None, span);
             return Ok(());
         }
         let polled = {
@@ -285,7 +295,7 @@ impl Coordinator {
                 finished.map_err(Stop::Failed)
             }
             None => {
-                self.launch(state, group, attempt, started, run, breaker, span);
+                self.launch(state, group, attempt, started, run, breaker, None, span);
                 Ok(())
             }
         }
@@ -325,6 +335,12 @@ impl Coordinator {
         // Retries, resumes and cancellations arrive without a fresh clock reading.
         self.now = Instant::now();
         while self.running_count < self.compiled.max_concurrent {
+            // The head of the queue goes first: if the pool cannot grant it yet, nothing behind
+            // it starts either (so a large request is not starved by small ones).
+            let grant = match self.grant_for_head() {
+                Ok(grant) => grant,
+                Err(()) => break,
+            };
             let Some(entry) = self.ready.pop() else { break };
             let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
             let span = self.begin(state, attempt);
@@ -337,7 +353,7 @@ impl Coordinator {
                 }
             };
             match task::start(&self.compiled.states[state.index()].func, &self.context) {
-                Ok(run) => self.launch(state, group, attempt, self.now, run, breaker, span),
+                Ok(run) => self.launch(state, group, attempt, self.now, run, breaker, grant, span),
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
                     record_breaker(breaker, &outcome);
@@ -384,6 +400,33 @@ impl Coordinator {
         (slot, self.next_ticket)
     }
 
+    /// Whether the next ready state needs nothing from the pool (so it may run inline).
+    fn head_needs_nothing(&self) -> bool {
+        self.ready
+            .peek()
+            .is_none_or(|head| self.compiled.states[head.state.index()].needs == [0; 5])
+    }
+
+    /// Asks the pool for what the next ready state needs. `Err` when it must wait: the pool
+    /// will send `PoolFreed` when something is given back.
+    fn grant_for_head(&self) -> Result<Option<Grant>, ()> {
+        let (Some(head), Some(pool)) = (self.ready.peek(), &self.compiled.pool) else {
+            return Ok(None);
+        };
+        let needs = &self.compiled.states[head.state.index()].needs;
+        if *needs == [0; 5] {
+            return Ok(None);
+        }
+        let who = Claimant {
+            agent: Arc::clone(&self.compiled.name),
+            run_id: self.observer.run_id,
+            state: Arc::clone(self.graph.name(head.state)),
+        };
+        pool.try_grant(&who, needs, &self.sender)
+            .map(Some)
+            .ok_or(())
+    }
+
     /// Asks the state's circuit breaker, if it has one, to let an attempt through.
     fn admit(&self, state: StateId) -> Result<Option<BreakerPermit>, Outcome> {
         match &self.compiled.states[state.index()].breaker {
@@ -405,6 +448,7 @@ impl Coordinator {
         started: Instant,
         run: StateFuture,
         mut breaker: Option<BreakerPermit>,
+        grant: Option<Grant>,
         span: tracing::Span,
     ) {
         let (slot, ticket) = self.take_slot();
@@ -430,6 +474,7 @@ impl Coordinator {
             abort,
             breaker,
             ticket,
+            _grant: grant,
         });
         self.running_count += 1;
     }
@@ -446,6 +491,7 @@ impl Coordinator {
             abort: None,
             breaker: None,
             ticket,
+            _grant: None,
         });
         self.running_count += 1;
         let _ = self.sender.send(Message::Done {

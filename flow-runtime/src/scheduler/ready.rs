@@ -1,16 +1,25 @@
-//! The queue of states waiting for a free slot: highest priority first, then first come.
+//! The queue of ready states: higher priority first, first come first among equals, and
+//! waiting ages, so that nothing starves.
+//!
+//! Each entry is ordered by a *virtual start time*: the time it became ready, minus a head
+//! start of one aging period per priority level (`Low` 0 … `Critical` 3). A `High` state thus
+//! goes before a `Normal` one that became ready less than one aging period earlier, but a state
+//! that has waited longer than that goes first whatever came after it. The key is fixed when
+//! the entry is pushed, so the queue stays a plain binary heap: O(log n) per push and pop.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::time::Duration;
 
 use flow_core::{Priority, StateId};
+use tokio::time::Instant;
 
 use super::joins::GroupId;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ReadyEntry {
-    pub(crate) priority: Priority,
-    seq: Reverse<u64>,
+    /// Virtual start time in microseconds since the queue's origin; smaller goes first.
+    key: Reverse<(i64, u64)>,
     pub(crate) state: StateId,
     pub(crate) group: GroupId,
     pub(crate) attempt: u32,
@@ -18,7 +27,7 @@ pub(crate) struct ReadyEntry {
 
 impl Ord for ReadyEntry {
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.priority, self.seq).cmp(&(other.priority, other.seq))
+        self.key.cmp(&other.key)
     }
 }
 
@@ -28,13 +37,23 @@ impl PartialOrd for ReadyEntry {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct ReadyQueue {
     heap: BinaryHeap<ReadyEntry>,
     next_seq: u64,
+    origin: Instant,
+    aging_micros: i64,
 }
 
 impl ReadyQueue {
+    pub(crate) fn new(aging: Duration) -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            origin: Instant::now(),
+            aging_micros: i64::try_from(aging.as_micros()).unwrap_or(i64::MAX / 8),
+        }
+    }
+
     pub(crate) fn push(
         &mut self,
         state: StateId,
@@ -42,15 +61,27 @@ impl ReadyQueue {
         attempt: u32,
         priority: Priority,
     ) {
-        let seq = Reverse(self.next_seq);
+        let level = match priority {
+            Priority::Low => 0,
+            Priority::Normal => 1,
+            Priority::High => 2,
+            Priority::Critical => 3,
+        };
+        let since = i64::try_from(self.origin.elapsed().as_micros()).unwrap_or(i64::MAX / 2);
+        let virtual_start = since.saturating_sub(self.aging_micros.saturating_mul(level));
         self.next_seq += 1;
+        let key = Reverse((virtual_start, self.next_seq));
         self.heap.push(ReadyEntry {
-            priority,
-            seq,
+            key,
             state,
             group,
             attempt,
         });
+    }
+
+    /// The entry that goes next, without taking it.
+    pub(crate) fn peek(&self) -> Option<&ReadyEntry> {
+        self.heap.peek()
     }
 
     /// Takes every entry of `state` out of the queue (a rare, O(n) operation).
@@ -81,18 +112,35 @@ impl ReadyQueue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn priority_first_then_arrival_order() {
-        let mut queue = ReadyQueue::default();
+    fn order(queue: &mut ReadyQueue) -> Vec<u32> {
+        std::iter::from_fn(|| queue.pop())
+            .map(|e| e.state.index() as u32)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn priority_first_then_arrival_order() {
+        let mut queue = ReadyQueue::new(Duration::from_secs(1));
         let id = StateId::new;
         queue.push(id(0), 0, 1, Priority::Normal);
         queue.push(id(1), 0, 1, Priority::Low);
         queue.push(id(2), 0, 1, Priority::Critical);
         queue.push(id(3), 0, 1, Priority::Normal);
         queue.push(id(4), 0, 1, Priority::High);
-        let order: Vec<u32> = std::iter::from_fn(|| queue.pop())
-            .map(|e| e.state.index() as u32)
-            .collect();
-        assert_eq!(order, vec![2, 4, 0, 3, 1]);
+        assert_eq!(order(&mut queue), vec![2, 4, 0, 3, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_ages_past_later_higher_priorities() {
+        let mut queue = ReadyQueue::new(Duration::from_millis(100));
+        let id = StateId::new;
+        queue.push(id(0), 0, 1, Priority::Low);
+        tokio::time::advance(Duration::from_millis(250)).await;
+        // A Critical state 250 ms later gets a 300 ms head start: it still goes first...
+        queue.push(id(1), 0, 1, Priority::Critical);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // ...but a High one 350 ms later (200 ms head start) comes after the old Low one.
+        queue.push(id(2), 0, 1, Priority::High);
+        assert_eq!(order(&mut queue), vec![1, 0, 2]);
     }
 }

@@ -49,6 +49,8 @@ pub(crate) enum Message {
     Pause(oneshot::Sender<()>),
     /// Start states again.
     Resume,
+    /// The resource pool got something back: try to start waiting states.
+    PoolFreed,
     /// Cancel the running and ready runs of a state; answer how many.
     CancelState {
         state: StateId,

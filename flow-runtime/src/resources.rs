@@ -1,0 +1,393 @@
+//! The resource pool: what states may hold at once, granted all-or-nothing by the coordinator.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use flow_core::ResourceRequirements;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+
+use crate::scheduler::Message;
+
+/// The kinds of resource a pool holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    /// CPU cores.
+    Cpu,
+    /// Memory, in MiB.
+    Memory,
+    /// I/O weight.
+    Io,
+    /// Network weight.
+    Network,
+    /// GPU units.
+    Gpu,
+}
+
+const KINDS: [ResourceKind; 5] = [
+    ResourceKind::Cpu,
+    ResourceKind::Memory,
+    ResourceKind::Io,
+    ResourceKind::Network,
+    ResourceKind::Gpu,
+];
+
+/// Amounts in thousandths (memory in whole MiB), so that grants and releases add up exactly.
+pub(crate) type Amounts = [u64; 5];
+
+/// Converts requirements to exact amounts.
+pub(crate) fn amounts(r: &ResourceRequirements) -> Amounts {
+    let milli = |v: f64| {
+        if v.is_finite() && v > 0.0 {
+            (v * 1000.0).round() as u64
+        } else {
+            0
+        }
+    };
+    [
+        milli(r.cpu),
+        r.memory_mb,
+        milli(r.io),
+        milli(r.network),
+        milli(r.gpu),
+    ]
+}
+
+fn value(kind: usize, amount: u64) -> f64 {
+    if kind == 1 {
+        amount as f64
+    } else {
+        amount as f64 / 1000.0
+    }
+}
+
+/// Use of one kind of resource.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UsageStats {
+    /// Which kind.
+    pub kind: ResourceKind,
+    /// The pool's total.
+    pub capacity: f64,
+    /// Held now.
+    pub in_use: f64,
+    /// The most held at once.
+    pub peak: f64,
+    /// Grants that included this kind.
+    pub grants: u64,
+    /// Times a state needing this kind had to wait for it.
+    pub waits: u64,
+}
+
+/// What one running state holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allocation {
+    /// The workflow.
+    pub agent: Arc<str>,
+    /// The run.
+    pub run_id: u64,
+    /// The state.
+    pub state: Arc<str>,
+    /// What it holds.
+    pub amounts: ResourceRequirements,
+}
+
+/// A state waiting for the pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    /// The workflow.
+    pub agent: Arc<str>,
+    /// The run.
+    pub run_id: u64,
+    /// The state.
+    pub state: Arc<str>,
+    /// What it needs.
+    pub needs: ResourceRequirements,
+    /// How long it has waited so far.
+    pub waited: Duration,
+}
+
+/// A pool of CPU, memory, I/O, network and GPU capacity that states draw from: a state starts
+/// only when the pool can grant everything it needs at once, and gives it back when its attempt
+/// ends, however it ends. One pool may be shared by several agents and runs (clone it).
+///
+/// Grants are made by each run's coordinator (never by state tasks); when a grant is given
+/// back, the runs waiting for the pool are told to try again.
+#[derive(Debug, Clone)]
+pub struct ResourcePool {
+    shared: Arc<PoolShared>,
+}
+
+#[derive(Debug)]
+struct PoolShared {
+    capacity: Amounts,
+    ledger: Mutex<Ledger>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    in_use: Amounts,
+    peak: Amounts,
+    grants: [u64; 5],
+    waits: [u64; 5],
+    next_grant: u64,
+    allocations: Vec<(u64, Allocation)>,
+    waiting: Vec<(Waiting, Instant)>,
+    waiters: Vec<UnboundedSender<Message>>,
+}
+
+/// Who asks for a grant.
+#[derive(Clone)]
+pub(crate) struct Claimant {
+    pub(crate) agent: Arc<str>,
+    pub(crate) run_id: u64,
+    pub(crate) state: Arc<str>,
+}
+
+/// Resources held by one attempt; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    pool: ResourcePool,
+    id: u64,
+    amounts: Amounts,
+}
+
+impl ResourcePool {
+    /// A pool with these totals.
+    pub fn new(total: ResourceRequirements) -> Self {
+        Self {
+            shared: Arc::new(PoolShared {
+                capacity: amounts(&total),
+                ledger: Mutex::default(),
+            }),
+        }
+    }
+
+    /// A pool the size of this machine: CPUs as the process may use them (container limits
+    /// count), total memory (read from `/proc/meminfo` on Linux, 0 elsewhere), and no GPU,
+    /// I/O or network limits (100 units each). GPUs are not detected: give them with
+    /// [`ResourcePool::new`] or [`ResourcePool::with_gpus`].
+    pub fn detect() -> Self {
+        let cpu = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
+        Self::new(ResourceRequirements {
+            cpu,
+            memory_mb: total_memory_mb().unwrap_or(0),
+            io: 100.0,
+            network: 100.0,
+            gpu: 0.0,
+        })
+    }
+
+    /// This pool's totals with `gpus` GPU units.
+    pub fn with_gpus(self, gpus: f64) -> Self {
+        let mut total = self.capacity();
+        total.gpu = gpus;
+        Self::new(total)
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.shared
+            .ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pool's totals.
+    pub fn capacity(&self) -> ResourceRequirements {
+        let c = &self.shared.capacity;
+        ResourceRequirements {
+            cpu: value(0, c[0]),
+            memory_mb: c[1],
+            io: value(2, c[2]),
+            network: value(3, c[3]),
+            gpu: value(4, c[4]),
+        }
+    }
+
+    /// Use per kind.
+    pub fn usage_stats(&self) -> Vec<UsageStats> {
+        let ledger = self.ledger();
+        KINDS
+            .iter()
+            .enumerate()
+            .map(|(k, &kind)| UsageStats {
+                kind,
+                capacity: value(k, self.shared.capacity[k]),
+                in_use: value(k, ledger.in_use[k]),
+                peak: value(k, ledger.peak[k]),
+                grants: ledger.grants[k],
+                waits: ledger.waits[k],
+            })
+            .collect()
+    }
+
+    /// What each running state holds.
+    pub fn allocations(&self) -> Vec<Allocation> {
+        self.ledger()
+            .allocations
+            .iter()
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// The states waiting for the pool, and for how long.
+    pub fn waiting(&self) -> Vec<Waiting> {
+        let now = Instant::now();
+        self.ledger()
+            .waiting
+            .iter()
+            .map(|(w, since)| Waiting {
+                waited: now - *since,
+                ..w.clone()
+            })
+            .collect()
+    }
+
+    /// The kinds `needs` asks more of than the pool has at all.
+    pub(crate) fn oversized(&self, needs: &Amounts) -> Vec<ResourceKind> {
+        (0..5)
+            .filter(|&k| needs[k] > self.shared.capacity[k])
+            .map(|k| KINDS[k])
+            .collect()
+    }
+
+    /// Grants `needs` now if it fits; otherwise records that `who` waits and asks to be told
+    /// (through `notify`) when something is given back.
+    pub(crate) fn try_grant(
+        &self,
+        who: &Claimant,
+        needs: &Amounts,
+        notify: &UnboundedSender<Message>,
+    ) -> Option<Grant> {
+        let mut ledger = self.ledger();
+        let fits = (0..5).all(|k| ledger.in_use[k] + needs[k] <= self.shared.capacity[k]);
+        let waiting_at = ledger
+            .waiting
+            .iter()
+            .position(|(w, _)| w.run_id == who.run_id && w.state == who.state);
+        if !fits {
+            if waiting_at.is_none() {
+                for k in 0..5 {
+                    if needs[k] > 0 && ledger.in_use[k] + needs[k] > self.shared.capacity[k] {
+                        ledger.waits[k] += 1;
+                    }
+                }
+                let needs_report = to_requirements(needs);
+                ledger.waiting.push((
+                    Waiting {
+                        agent: Arc::clone(&who.agent),
+                        run_id: who.run_id,
+                        state: Arc::clone(&who.state),
+                        needs: needs_report,
+                        waited: Duration::ZERO,
+                    },
+                    Instant::now(),
+                ));
+            }
+            ledger.waiters.push(notify.clone());
+            return None;
+        }
+        if let Some(at) = waiting_at {
+            ledger.waiting.swap_remove(at);
+        }
+        for k in 0..5 {
+            if needs[k] > 0 {
+                ledger.in_use[k] += needs[k];
+                ledger.peak[k] = ledger.peak[k].max(ledger.in_use[k]);
+                ledger.grants[k] += 1;
+            }
+        }
+        ledger.next_grant += 1;
+        let id = ledger.next_grant;
+        ledger.allocations.push((
+            id,
+            Allocation {
+                agent: Arc::clone(&who.agent),
+                run_id: who.run_id,
+                state: Arc::clone(&who.state),
+                amounts: to_requirements(needs),
+            },
+        ));
+        Some(Grant {
+            pool: self.clone(),
+            id,
+            amounts: *needs,
+        })
+    }
+
+    /// Forgets that a run waits (it stopped).
+    pub(crate) fn forget_run(&self, run_id: u64) {
+        self.ledger().waiting.retain(|(w, _)| w.run_id != run_id);
+    }
+
+    fn release(&self, id: u64, amounts: &Amounts) {
+        let waiters = {
+            let mut ledger = self.ledger();
+            for k in 0..5 {
+                ledger.in_use[k] = ledger.in_use[k].saturating_sub(amounts[k]);
+            }
+            if let Some(at) = ledger
+                .allocations
+                .iter()
+                .position(|(grant, _)| *grant == id)
+            {
+                ledger.allocations.swap_remove(at);
+            }
+            std::mem::take(&mut ledger.waiters)
+        };
+        // Each waiting run tries again; one that still does not fit asks again.
+        for waiter in waiters {
+            let _ = waiter.send(Message::PoolFreed);
+        }
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.pool.release(self.id, &self.amounts);
+    }
+}
+
+fn to_requirements(a: &Amounts) -> ResourceRequirements {
+    ResourceRequirements {
+        cpu: value(0, a[0]),
+        memory_mb: a[1],
+        io: value(2, a[2]),
+        network: value(3, a[3]),
+        gpu: value(4, a[4]),
+    }
+}
+
+/// Total memory in MiB from `/proc/meminfo`, where there is one.
+fn total_memory_mb() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_exact_thousandths() {
+        let r = ResourceRequirements {
+            cpu: 0.1,
+            memory_mb: 512,
+            io: 1.5,
+            network: 0.0,
+            gpu: 2.0,
+        };
+        assert_eq!(amounts(&r), [100, 512, 1500, 0, 2000]);
+        assert_eq!(to_requirements(&amounts(&r)), r);
+    }
+
+    #[test]
+    fn detect_sees_at_least_one_cpu() {
+        let pool = ResourcePool::detect();
+        assert!(pool.capacity().cpu >= 1.0);
+        assert_eq!(pool.with_gpus(2.0).capacity().gpu, 2.0);
+    }
+}

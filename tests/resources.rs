@@ -1,0 +1,344 @@
+//! Resource-aware scheduling: admission against a pool, priority and aging, release on every
+//! exit path, shared pools, observability, and a property test over random requirements.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use fluffy_flow::{ResourcePool, ResourceRequirements};
+use proptest::prelude::*;
+use tokio::time::{Instant, sleep};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn cpus(n: f64) -> ResourceRequirements {
+    ResourceRequirements {
+        cpu: n,
+        ..ResourceRequirements::NONE
+    }
+}
+
+/// Counts what the states themselves hold (in thousandths of a CPU), independently of the pool.
+#[derive(Clone, Default)]
+struct Meter {
+    now: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
+}
+
+impl Meter {
+    fn enter(&self, milli: u64) {
+        let now = self.now.fetch_add(milli, Ordering::SeqCst) + milli;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+    fn leave(&self, milli: u64) {
+        self.now.fetch_sub(milli, Ordering::SeqCst);
+    }
+}
+
+fn fan_of_workers(name: &str, n: usize, need: f64, work: Duration, meter: &Meter) -> Agent {
+    let mut agent = Agent::new(name);
+    agent.add_state("start", move |_ctx: Context| async move {
+        Ok::<_, FlowError>(Next::parallel((0..n).map(|i| format!("w{i}"))))
+    });
+    for i in 0..n {
+        let meter = meter.clone();
+        agent
+            .add_state(format!("w{i}"), move |_ctx: Context| {
+                let meter = meter.clone();
+                async move {
+                    let milli = (need * 1000.0) as u64;
+                    meter.enter(milli);
+                    sleep(work).await;
+                    meter.leave(milli);
+                    Ok::<_, FlowError>(Next::End)
+                }
+            })
+            .resources(cpus(need));
+    }
+    agent
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_starts_only_when_the_pool_can_grant_it() {
+    let meter = Meter::default();
+    let mut agent = fan_of_workers("cpu bound", 12, 1.0, ms(10), &meter);
+    let pool = ResourcePool::new(cpus(4.0));
+    agent.resource_pool(pool.clone());
+    let start = Instant::now();
+    let report = agent.run().await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        ms(30),
+        "twelve 10 ms states, four at a time"
+    );
+    assert_eq!(meter.peak.load(Ordering::SeqCst), 4000);
+    assert_eq!(report.max_concurrency, 4);
+    let cpu = pool.usage_stats()[0];
+    assert_eq!(
+        (cpu.capacity, cpu.in_use, cpu.peak, cpu.grants),
+        (4.0, 0.0, 4.0, 12)
+    );
+    assert!(cpu.waits >= 1);
+    assert!(pool.allocations().is_empty() && pool.waiting().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_larger_than_the_pool_is_an_error_before_anything_runs() {
+    let mut agent = Agent::new("greedy");
+    agent.resource_pool(ResourcePool::new(ResourceRequirements {
+        cpu: 2.0,
+        gpu: 0.0,
+        ..cpus(2.0)
+    }));
+    agent
+        .add_state("train", |_ctx: Context| async {
+            Ok::<_, FlowError>(Next::End)
+        })
+        .resources(ResourceRequirements {
+            cpu: 4.0,
+            gpu: 1.0,
+            ..ResourceRequirements::NONE
+        });
+    let error = agent.validate().unwrap_err();
+    assert!(
+        matches!(&error, FlowError::ResourceRequestTooLarge { state, kinds, .. } if state == "train" && kinds == &["cpu", "gpu"]),
+        "{error}"
+    );
+    assert!(error.to_string().starts_with(
+        "state `train` of workflow `greedy` needs more cpu, gpu than the resource pool has"
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn higher_priority_goes_first_when_the_pool_is_short() {
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut agent = Agent::new("priorities");
+    agent.resource_pool(ResourcePool::new(cpus(1.0)));
+    agent.add_state("start", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::parallel(["low", "normal", "critical", "high"]))
+    });
+    for (name, priority) in [
+        ("low", Priority::Low),
+        ("normal", Priority::Normal),
+        ("critical", Priority::Critical),
+        ("high", Priority::High),
+    ] {
+        let order = Arc::clone(&order);
+        agent
+            .add_state(name, move |_ctx: Context| {
+                let order = Arc::clone(&order);
+                async move {
+                    order.lock().unwrap().push(name);
+                    sleep(ms(5)).await;
+                    Ok::<_, FlowError>(Next::End)
+                }
+            })
+            .priority(priority)
+            .resources(cpus(1.0));
+    }
+    agent.run().await.unwrap();
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["critical", "high", "normal", "low"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_low_priority_state_is_not_starved_by_a_stream_of_high_ones() {
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let mut agent = Agent::new("aging");
+    agent
+        .resource_pool(ResourcePool::new(cpus(1.0)))
+        .priority_aging(ms(250));
+    agent.add_state("start", |_ctx: Context| async {
+        Ok::<_, FlowError>(Next::parallel(["low", "h0"]))
+    });
+    let log = Arc::clone(&starts);
+    agent
+        .add_state("low", move |_ctx: Context| {
+            let log = Arc::clone(&log);
+            async move {
+                log.lock()
+                    .unwrap()
+                    .push(("low".to_string(), Instant::now()));
+                sleep(ms(100)).await;
+                Ok::<_, FlowError>(Next::End)
+            }
+        })
+        .priority(Priority::Low)
+        .resources(cpus(1.0))
+        .successors(Vec::<String>::new());
+    for i in 0..10 {
+        let log = Arc::clone(&starts);
+        agent
+            .add_state(format!("h{i}"), move |_ctx: Context| {
+                let log = Arc::clone(&log);
+                async move {
+                    log.lock().unwrap().push((format!("h{i}"), Instant::now()));
+                    sleep(ms(100)).await;
+                    Ok::<_, FlowError>(if i < 9 {
+                        Next::to(format!("h{}", i + 1))
+                    } else {
+                        Next::End
+                    })
+                }
+            })
+            .priority(Priority::High)
+            .resources(cpus(1.0))
+            // Declared, so that the join rule does not hold each `h` for the `low` branch.
+            .successors(if i < 9 {
+                vec![format!("h{}", i + 1)]
+            } else {
+                vec![]
+            });
+    }
+    let origin = Instant::now();
+    agent.run().await.unwrap();
+    let starts = starts.lock().unwrap();
+    let low = starts.iter().position(|(name, _)| name == "low").unwrap();
+    // Every High state gets a 500 ms head start; the Low one, ready at 0, goes ahead of any
+    // High state that became ready after 500 ms.
+    let seen: Vec<(String, Duration)> = starts
+        .iter()
+        .map(|(n, t)| (n.clone(), *t - origin))
+        .collect();
+    assert_eq!(starts[low].1 - origin, ms(500), "{seen:?}");
+    assert_eq!(low, 5, "after h0..h4, before h5..h9");
+}
+
+#[tokio::test(start_paused = true)]
+async fn grants_come_back_after_a_panic_a_timeout_and_a_cancellation() {
+    let pool = ResourcePool::new(cpus(1.0));
+    let mut agent = Agent::new("unlucky");
+    agent.resource_pool(pool.clone());
+    agent
+        .add_state("panics", |_ctx: Context| async {
+            sleep(ms(5)).await;
+            if true {
+                panic!("boom");
+            }
+            Ok::<_, FlowError>(Next::End)
+        })
+        .resources(cpus(1.0));
+    let _ = agent.start().unwrap().wait().await;
+    assert_eq!(pool.usage_stats()[0].in_use, 0.0, "after a panic");
+
+    let mut agent = Agent::new("slow");
+    agent.resource_pool(pool.clone());
+    agent
+        .add_state("sleeps", |_ctx: Context| async {
+            sleep(Duration::from_secs(10)).await;
+            Ok::<_, FlowError>(Next::End)
+        })
+        .timeout(ms(20))
+        .resources(cpus(1.0));
+    let _ = agent.start().unwrap().wait().await;
+    assert_eq!(pool.usage_stats()[0].in_use, 0.0, "after a timeout");
+
+    let handle = agent.start().unwrap();
+    sleep(ms(5)).await;
+    assert_eq!(pool.allocations().len(), 1);
+    assert_eq!(&*pool.allocations()[0].state, "sleeps");
+    handle.cancel();
+    let _ = handle.wait().await;
+    assert_eq!(pool.usage_stats()[0].in_use, 0.0, "after a cancellation");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_pool_shared_by_two_agents_running_at_once() {
+    let meter = Meter::default();
+    let pool = ResourcePool::new(cpus(2.0));
+    let mut first = fan_of_workers("first", 4, 1.0, ms(10), &meter);
+    let mut second = fan_of_workers("second", 4, 1.0, ms(10), &meter);
+    first.resource_pool(pool.clone());
+    second.resource_pool(pool.clone());
+    let start = Instant::now();
+    let (a, b) = tokio::join!(first.run(), second.run());
+    assert!(a.is_ok() && b.is_ok());
+    assert_eq!(
+        meter.peak.load(Ordering::SeqCst),
+        2000,
+        "never more than the pool"
+    );
+    assert_eq!(start.elapsed(), ms(40), "eight 10 ms states, two at a time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pool_reports_who_waits_and_for_how_long() {
+    let pool = ResourcePool::new(cpus(1.0));
+    let meter = Meter::default();
+    let mut agent = fan_of_workers("observed", 2, 1.0, ms(30), &meter);
+    agent.resource_pool(pool.clone());
+    let handle = agent.start().unwrap();
+    sleep(ms(10)).await;
+    let waiting = pool.waiting();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        (&*waiting[0].agent, waiting[0].waited),
+        ("observed", ms(10))
+    );
+    assert_eq!(waiting[0].needs, cpus(1.0));
+    handle.wait().await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random needs and priorities on a small pool: at no instant do the states hold more than
+    /// the pool (measured by the states), every state runs exactly once, the run completes.
+    #[test]
+    fn the_pool_is_never_exceeded(
+        needs in proptest::collection::vec((1u64..=4, 0u64..=2048, 0usize..4, 1u64..20), 1..24),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        let capacity = (4000u64, 2048u64);
+        let held = Arc::new(Mutex::new((0u64, 0u64, 0u64, 0u64)));
+        let runs = Arc::new(AtomicU64::new(0));
+        let mut agent = Agent::new("random");
+        agent.resource_pool(ResourcePool::new(ResourceRequirements { cpu: 4.0, memory_mb: 2048, ..ResourceRequirements::NONE }));
+        let n = needs.len();
+        agent.add_state("start", move |_ctx: Context| async move {
+            Ok::<_, FlowError>(Next::parallel((0..n).map(|i| format!("s{i}"))))
+        });
+        for (i, &(cpu_quarters, memory, priority, work)) in needs.iter().enumerate() {
+            let (held, runs) = (Arc::clone(&held), Arc::clone(&runs));
+            let cpu_milli = cpu_quarters * 1000 / 2; // 0.5 to 2 CPUs
+            let priority = [Priority::Low, Priority::Normal, Priority::High, Priority::Critical][priority];
+            agent
+                .add_state(format!("s{i}"), move |_ctx: Context| {
+                    let (held, runs) = (Arc::clone(&held), Arc::clone(&runs));
+                    async move {
+                        {
+                            let mut h = held.lock().unwrap();
+                            h.0 += cpu_milli;
+                            h.1 += memory;
+                            h.2 = h.2.max(h.0);
+                            h.3 = h.3.max(h.1);
+                        }
+                        sleep(ms(work)).await;
+                        {
+                            let mut h = held.lock().unwrap();
+                            h.0 -= cpu_milli;
+                            h.1 -= memory;
+                        }
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, FlowError>(Next::End)
+                    }
+                })
+                .priority(priority)
+                .resources(ResourceRequirements { cpu: cpu_milli as f64 / 1000.0, memory_mb: memory, ..ResourceRequirements::NONE });
+        }
+        let report = runtime.block_on(agent.run()).unwrap();
+        prop_assert_eq!(report.status, AgentStatus::Completed);
+        prop_assert_eq!(runs.load(Ordering::SeqCst), n as u64);
+        let h = held.lock().unwrap();
+        prop_assert!(h.2 <= capacity.0, "cpu peak {} over 4000", h.2);
+        prop_assert!(h.3 <= capacity.1, "memory peak {} over 2048", h.3);
+        for state in report.states.iter().filter(|s| s.name.starts_with('s')) {
+            prop_assert_eq!(state.runs, 1);
+        }
+    }
+}
