@@ -268,8 +268,8 @@ impl ResourcePool {
             .position(|(w, _)| w.run_id == who.run_id && w.state == who.state);
         if !fits {
             if waiting_at.is_none() {
-                for k in 0..5 {
-                    if needs[k] > 0 && ledger.in_use[k] + needs[k] > self.shared.capacity[k] {
+                for (k, &need) in needs.iter().enumerate() {
+                    if need > 0 && ledger.in_use[k] + need > self.shared.capacity[k] {
                         ledger.waits[k] += 1;
                     }
                 }
@@ -291,9 +291,9 @@ impl ResourcePool {
         if let Some(at) = waiting_at {
             ledger.waiting.swap_remove(at);
         }
-        for k in 0..5 {
-            if needs[k] > 0 {
-                ledger.in_use[k] += needs[k];
+        for (k, &need) in needs.iter().enumerate() {
+            if need > 0 {
+                ledger.in_use[k] += need;
                 ledger.peak[k] = ledger.peak[k].max(ledger.in_use[k]);
                 ledger.grants[k] += 1;
             }
