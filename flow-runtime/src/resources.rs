@@ -324,8 +324,8 @@ impl ResourcePool {
     fn release(&self, id: u64, amounts: &Amounts) {
         let waiters = {
             let mut ledger = self.ledger();
-            for k in 0..5 {
-                ledger.in_use[k] = ledger.in_use[k].saturating_sub(amounts[k]);
+            for (held, &amount) in ledger.in_use.iter_mut().zip(amounts) {
+                *held = held.saturating_sub(amount);
             }
             if let Some(at) = ledger
                 .allocations
