@@ -229,6 +229,79 @@ async fn fanout(n: usize, sleep: Option<Duration>) -> Sample {
     }
 }
 
+/// `resources`: `n` states needing one CPU each and sleeping 1 ms, on a pool of 4 CPUs. The
+/// sample's `run` is the run; the second value is n/4 times one such sleep measured on this
+/// runtime, the ideal.
+async fn resources(n: usize) -> (Sample, Duration) {
+    use fluffy_flow::{ResourcePool, ResourceRequirements};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let one_cpu = ResourceRequirements {
+        cpu: 1.0,
+        ..ResourceRequirements::NONE
+    };
+    let sleep_for = Duration::from_millis(1);
+    let t = Instant::now();
+    let names = leak_names("w", n);
+    let mut agent = Agent::new("resources");
+    agent.resource_pool(ResourcePool::new(ResourceRequirements {
+        cpu: 4.0,
+        ..one_cpu
+    }));
+    let targets = names.clone();
+    agent
+        .add_state("start", move |_ctx: Context| {
+            let targets = targets.clone();
+            async move { Ok::<_, FlowError>(Next::parallel(targets)) }
+        })
+        .successors(names.iter().copied());
+    let (in_use, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    for &name in &names {
+        let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
+        agent
+            .add_state(name, move |_ctx: Context| {
+                let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
+                async move {
+                    peak.fetch_max(in_use.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tokio::time::sleep(sleep_for).await;
+                    in_use.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, FlowError>(Next::End)
+                }
+            })
+            .resources(one_cpu)
+            .successors(Vec::<String>::new());
+    }
+    agent.validate().expect("valid workflow");
+    let build = t.elapsed();
+    // One such sleep, measured on this runtime (median of 21).
+    let mut sleeps = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        tokio::spawn(tokio::time::sleep(sleep_for))
+            .await
+            .expect("the sleep task");
+        sleeps.push(t.elapsed().as_secs_f64());
+    }
+    let one_sleep = median(sleeps);
+    let t = Instant::now();
+    let report = agent.run().await.expect("the run completes");
+    let run = t.elapsed();
+    let correct = report.transitions == n as u64 + 1
+        && peak.load(Ordering::SeqCst) == 4
+        && report.states.iter().skip(1).all(|s| s.runs == 1);
+    let sample = Sample {
+        build,
+        run,
+        transitions: report.transitions,
+        max_concurrency: report.max_concurrency,
+        correct,
+    };
+    (
+        sample,
+        Duration::from_secs_f64(one_sleep * n.div_ceil(4) as f64),
+    )
+}
+
 async fn build(n: usize) -> Sample {
     let t = Instant::now();
     let agent = chain_agent(n);
@@ -288,12 +361,13 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The scenarios `run` knows.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "chain",
     "chain_macro",
     "ring",
     "fanout",
     "fanout_io",
+    "resources",
     "build",
     "runs",
 ];
@@ -312,10 +386,16 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    let mut ideals = Vec::new();
     let samples: Vec<Sample> = (0..repetitions)
         .map(|_| {
             runtime.block_on(async {
                 match scenario {
+                    "resources" => {
+                        let (sample, ideal) = resources(n).await;
+                        ideals.push(ideal.as_secs_f64());
+                        sample
+                    }
                     "chain" => chain(n).await,
                     "chain_macro" => chain_macro(n).await,
                     "ring" => ring(n).await,
@@ -349,6 +429,11 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
     });
     if scenario.starts_with("fanout") {
         line["per_branch_us"] = json!(run_s / n as f64 * 1e6);
+    }
+    if scenario == "resources" {
+        let ideal_s = median(ideals);
+        line["ideal_s"] = json!(ideal_s);
+        line["over_ideal_pct"] = json!((run_s / ideal_s - 1.0) * 100.0);
     }
     if scenario == "runs" {
         line["runs_per_s"] = json!(n as f64 / run_s);

@@ -132,7 +132,8 @@ struct Ledger {
     next_grant: u64,
     allocations: Vec<(u64, Allocation)>,
     waiting: Vec<(Waiting, Instant)>,
-    waiters: Vec<UnboundedSender<Message>>,
+    /// Runs to tell when something is given back, at most once each.
+    waiters: Vec<(u64, UnboundedSender<Message>)>,
 }
 
 /// Who asks for a grant.
@@ -285,7 +286,9 @@ impl ResourcePool {
                     Instant::now(),
                 ));
             }
-            ledger.waiters.push(notify.clone());
+            if !ledger.waiters.iter().any(|(run, _)| *run == who.run_id) {
+                ledger.waiters.push((who.run_id, notify.clone()));
+            }
             return None;
         }
         if let Some(at) = waiting_at {
@@ -337,7 +340,7 @@ impl ResourcePool {
             std::mem::take(&mut ledger.waiters)
         };
         // Each waiting run tries again; one that still does not fit asks again.
-        for waiter in waiters {
+        for (_, waiter) in waiters {
             let _ = waiter.send(Message::PoolFreed);
         }
     }
