@@ -1,5 +1,6 @@
 //! The resource pool: what states may hold at once, granted all-or-nothing by the coordinator.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -131,7 +132,7 @@ struct Ledger {
     waits: [u64; 5],
     next_grant: u64,
     allocations: Vec<(u64, Allocation)>,
-    waiting: Vec<(Waiting, Instant)>,
+    waiting: Vec<(Waiting, Instant, u64)>,
     /// Runs to tell when something is given back, at most once each.
     waiters: Vec<(u64, UnboundedSender<Message>)>,
 }
@@ -139,6 +140,8 @@ struct Ledger {
 /// Who asks for a grant.
 #[derive(Clone)]
 pub(crate) struct Claimant {
+    /// Unique per run in this process (run ids are unique per agent only).
+    pub(crate) run_key: u64,
     pub(crate) agent: Arc<str>,
     pub(crate) run_id: u64,
     pub(crate) state: Arc<str>,
@@ -238,7 +241,7 @@ impl ResourcePool {
         self.ledger()
             .waiting
             .iter()
-            .map(|(w, since)| Waiting {
+            .map(|(w, since, _)| Waiting {
                 waited: now - *since,
                 ..w.clone()
             })
@@ -266,7 +269,7 @@ impl ResourcePool {
         let waiting_at = ledger
             .waiting
             .iter()
-            .position(|(w, _)| w.run_id == who.run_id && w.state == who.state);
+            .position(|(w, _, run)| *run == who.run_key && w.state == who.state);
         if !fits {
             if waiting_at.is_none() {
                 for (k, &need) in needs.iter().enumerate() {
@@ -284,10 +287,11 @@ impl ResourcePool {
                         waited: Duration::ZERO,
                     },
                     Instant::now(),
+                    who.run_key,
                 ));
             }
-            if !ledger.waiters.iter().any(|(run, _)| *run == who.run_id) {
-                ledger.waiters.push((who.run_id, notify.clone()));
+            if !ledger.waiters.iter().any(|(run, _)| *run == who.run_key) {
+                ledger.waiters.push((who.run_key, notify.clone()));
             }
             return None;
         }
@@ -320,8 +324,16 @@ impl ResourcePool {
     }
 
     /// Forgets that a run waits (it stopped).
-    pub(crate) fn forget_run(&self, run_id: u64) {
-        self.ledger().waiting.retain(|(w, _)| w.run_id != run_id);
+    pub(crate) fn forget_run(&self, run_key: u64) {
+        let mut ledger = self.ledger();
+        ledger.waiting.retain(|(_, _, run)| *run != run_key);
+        ledger.waiters.retain(|(run, _)| *run != run_key);
+    }
+
+    /// A key no other run of this process has.
+    pub(crate) fn run_key() -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
     }
 
     fn release(&self, id: u64, amounts: &Amounts) {

@@ -194,7 +194,7 @@ impl Coordinator {
         self.cancel.cancel();
         let waiting_for_retry = self.abort_timers();
         if let Some(pool) = &self.compiled.pool {
-            pool.forget_run(self.observer.run_id);
+            pool.forget_run(self.run_key);
         }
         self.wind_down().await;
         // Work that will not happen is reported as cancelled, never silently dropped.

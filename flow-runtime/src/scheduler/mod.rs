@@ -29,7 +29,7 @@ use crate::context::Context;
 use crate::events::{Event, EventHub, EventKind};
 use crate::failure::DeadLetter;
 use crate::resilience::BreakerPermit;
-use crate::resources::{Claimant, Grant};
+use crate::resources::{Claimant, Grant, ResourcePool};
 use crate::run::{Observer, RunControl, RunReport, StateReport};
 
 use crate::state_fn::StateFuture;
@@ -60,6 +60,8 @@ pub(crate) struct Coordinator {
     /// and the states it lets start.
     now: Instant,
     next_ticket: u64,
+    /// Identifies this run to a shared resource pool.
+    run_key: u64,
     /// No state starts while paused; these wait to hear that nothing runs any more.
     paused: bool,
     pause_waiters: Vec<oneshot::Sender<()>>,
@@ -132,6 +134,7 @@ impl Coordinator {
             max_concurrency: 0,
             now: Instant::now(),
             next_ticket: 0,
+            run_key: ResourcePool::run_key(),
             paused: false,
             pause_waiters: Vec::new(),
             timers: Vec::new(),
@@ -418,6 +421,7 @@ impl Coordinator {
             return Ok(None);
         }
         let who = Claimant {
+            run_key: self.run_key,
             agent: Arc::clone(&self.compiled.name),
             run_id: self.observer.run_id,
             state: Arc::clone(self.graph.name(head.state)),
