@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// What a state needs from the resource pool to start.
-///
-/// **Recorded, not yet enforced:** the resource-aware scheduler is a later issue; until then
-/// these values are validated and kept in the workflow's graph only.
+/// What a state needs from the resource pool to start: the runtime starts the state only when
+/// its pool can grant all of it at once, and takes it back when the attempt ends.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ResourceRequirements {
     /// CPU cores (fractions allowed).

@@ -36,9 +36,9 @@ pub struct StateDecl {
     pub priority: Priority,
     /// Per-run timeout.
     pub timeout: Option<Duration>,
-    /// Resource needs (recorded; see [`ResourceRequirements`]).
+    /// Resource needs (see [`ResourceRequirements`]).
     pub resources: ResourceRequirements,
-    /// Retry policy (recorded; see [`RetryPolicy`]).
+    /// Retry policy (see [`RetryPolicy`]).
     pub retry: Option<RetryPolicy>,
     /// Dependencies on other states (recorded; see [`DependencyType`]).
     pub dependencies: &'static [(&'static str, DependencyType)],
