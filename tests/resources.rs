@@ -342,3 +342,51 @@ proptest! {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiting_past_the_acquisition_timeout_fails_the_attempt() {
+    let mut agent = Agent::new("impatient");
+    agent.resource_pool(ResourcePool::new(cpus(1.0)));
+    agent
+        .add_state("start", |_ctx: Context| async {
+            Ok::<_, FlowError>(Next::parallel(["hog", "quick"]))
+        })
+        .successors(["hog", "quick"]);
+    agent
+        .add_state("hog", |_ctx: Context| async {
+            sleep(ms(100)).await;
+            Ok::<_, FlowError>(Next::End)
+        })
+        .priority(Priority::High)
+        .resources(cpus(1.0))
+        .successors(Vec::<String>::new());
+    agent
+        .add_state("quick", |_ctx: Context| async {
+            Ok::<_, FlowError>(Next::End)
+        })
+        .resources(cpus(1.0))
+        .acquire_timeout(ms(30))
+        .successors(Vec::<String>::new());
+    let start = Instant::now();
+    let report = agent.start().unwrap().wait().await;
+    assert_eq!(
+        start.elapsed(),
+        ms(30),
+        "the run fails when the wait times out"
+    );
+    assert_eq!(
+        report.error,
+        Some(FlowError::ResourceTimeout {
+            state: "quick".into(),
+            attempts: 1,
+            waited: ms(30)
+        })
+    );
+    assert_eq!(report.state("quick").unwrap().status, StateStatus::Timeout);
+    assert_eq!(report.state("quick").unwrap().runs, 0, "it never started");
+    assert_eq!(
+        report.dead_letters[0].kind,
+        fluffy_flow::FailureKind::ResourceTimeout
+    );
+    assert_eq!(report.state("hog").unwrap().status, StateStatus::Cancelled);
+}

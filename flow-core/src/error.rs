@@ -139,6 +139,18 @@ pub enum FlowError {
         /// What the pool has.
         capacity: String,
     },
+    /// A state waited longer than its acquisition timeout for the resource pool.
+    #[error(
+        "state `{state}` waited {waited:?} for its resources on attempt {attempts} and gave up; raise its `acquire_timeout`, lower its `resources`, or give the agent a larger pool"
+    )]
+    ResourceTimeout {
+        /// The state.
+        state: String,
+        /// How many times it was attempted in this activation.
+        attempts: u32,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The state's circuit breaker is open: the attempt failed without calling the state.
     #[error(
         "state `{state}` was not called on attempt {attempts}: its circuit breaker is open after repeated failures and half-opens in {retry_in:?}; give it a retry policy that waits that long, or fix what it calls"

@@ -101,6 +101,7 @@ struct StateDef {
     breaker: Option<CircuitBreaker>,
     bulkhead: Option<Bulkhead>,
     resources: ResourceRequirements,
+    acquire_timeout: Option<Duration>,
 }
 
 /// A validated definition, shared by every run started from it.
@@ -125,6 +126,8 @@ pub(crate) struct CompiledState {
     pub(crate) bulkhead: Option<Bulkhead>,
     /// What the state needs from the pool, in exact units (all zero: nothing).
     pub(crate) needs: Amounts,
+    /// How long it may wait for the pool before the attempt fails.
+    pub(crate) acquire_timeout: Option<Duration>,
 }
 
 impl Agent {
@@ -198,6 +201,7 @@ impl Agent {
             breaker: None,
             bulkhead: None,
             resources: ResourceRequirements::NONE,
+            acquire_timeout: None,
         });
         let state = definition
             .states
@@ -465,6 +469,14 @@ impl StateOptions<'_> {
         self
     }
 
+    /// How long this state may wait, once ready, for the pool to grant its resources: longer,
+    /// and the attempt fails with [`FlowError::ResourceTimeout`] and status `Timeout` (retries
+    /// and `on_error` apply as for any failure).
+    pub fn acquire_timeout(self, timeout: Duration) -> Self {
+        self.state.acquire_timeout = Some(timeout);
+        self
+    }
+
     /// Protects what this state calls with a circuit breaker (share one breaker between the
     /// states, and agents, that call the same service). See [`CircuitBreaker`].
     pub fn circuit_breaker(self, breaker: CircuitBreaker) -> Self {
@@ -546,6 +558,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             breaker: s.breaker.clone(),
             bulkhead: s.bulkhead.clone(),
             needs: amounts(&s.resources),
+            acquire_timeout: s.acquire_timeout,
         })
         .collect();
     let needs_any = definition

@@ -27,6 +27,8 @@ pub enum FailureKind {
     CircuitOpen,
     /// The state's bulkhead was full: the state was not called.
     BulkheadFull,
+    /// The state waited too long for the resource pool: it was not called.
+    ResourceTimeout,
 }
 
 /// The record of a state that failed after its last attempt: kept in the run's report and by

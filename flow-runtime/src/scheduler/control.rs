@@ -166,6 +166,7 @@ impl Coordinator {
                 Message::Retry { .. }
                 | Message::Resume
                 | Message::PoolFreed
+                | Message::AcquireDeadline { .. }
                 | Message::Cancel
                 | Message::Deadline => {}
             }
@@ -193,6 +194,9 @@ impl Coordinator {
         // States see the run stop through their context, and get the cleanup timeout.
         self.cancel.cancel();
         let waiting_for_retry = self.abort_timers();
+        for (_, deadline) in self.deadlines.drain() {
+            deadline.abort();
+        }
         if let Some(pool) = &self.compiled.pool {
             pool.forget_run(self.run_key);
         }

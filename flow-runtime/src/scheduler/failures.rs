@@ -28,6 +28,7 @@ pub(super) enum Failure {
     Timeout(Duration),
     CircuitOpen(Duration),
     BulkheadFull(BulkheadFull),
+    ResourceTimeout(Duration),
 }
 
 impl Coordinator {
@@ -66,6 +67,15 @@ impl Coordinator {
                     timeout,
                 },
                 FailureKind::Timeout,
+                StateStatus::Timeout,
+            ),
+            Failure::ResourceTimeout(waited) => (
+                FlowError::ResourceTimeout {
+                    state: name,
+                    attempts: attempt,
+                    waited,
+                },
+                FailureKind::ResourceTimeout,
                 StateStatus::Timeout,
             ),
             Failure::CircuitOpen(retry_in) => (
@@ -196,12 +206,7 @@ impl Coordinator {
         }
         self.free_timers.push(timer);
         self.timer_count -= 1;
-        self.ready.push(
-            state,
-            group,
-            attempt,
-            self.compiled.states[state.index()].priority,
-        );
+        self.enqueue(state, group, attempt);
         self.set_status(state, StateStatus::Ready);
         if self.events.is_observed() {
             self.publish(EventKind::StateReady {

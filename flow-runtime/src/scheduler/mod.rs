@@ -16,7 +16,7 @@ pub(crate) use task::Message;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flow_core::{FlowError, Next, StateGraph, StateId, StateName, StateStatus};
+use flow_core::{FlowError, FxHashMap, Next, StateGraph, StateId, StateName, StateStatus};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -62,6 +62,8 @@ pub(crate) struct Coordinator {
     next_ticket: u64,
     /// Identifies this run to a shared resource pool.
     run_key: u64,
+    /// Acquisition deadlines of ready states, by queue sequence number.
+    deadlines: FxHashMap<u64, AbortHandle>,
     /// No state starts while paused; these wait to hear that nothing runs any more.
     paused: bool,
     pause_waiters: Vec<oneshot::Sender<()>>,
@@ -135,6 +137,7 @@ impl Coordinator {
             now: Instant::now(),
             next_ticket: 0,
             run_key: ResourcePool::run_key(),
+            deadlines: FxHashMap::default(),
             paused: false,
             pause_waiters: Vec::new(),
             timers: Vec::new(),
@@ -229,6 +232,7 @@ impl Coordinator {
             }
             // The loop dispatches after every message: nothing else to do.
             Message::PoolFreed => Ok(()),
+            Message::AcquireDeadline { seq } => self.acquire_deadline(seq).map_err(Stop::Failed),
             Message::CancelState { state, reply } => {
                 let cancelled = self.cancel_state(state);
                 let _ = reply.send(cancelled);
@@ -257,6 +261,7 @@ impl Coordinator {
         let Some(entry) = self.ready.pop() else {
             return Ok(());
         };
+        self.dequeued(entry.seq());
         let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
         self.max_concurrency = self.max_concurrency.max(1);
         self.now = Instant::now();
@@ -345,6 +350,7 @@ impl Coordinator {
                 Err(()) => break,
             };
             let Some(entry) = self.ready.pop() else { break };
+            self.dequeued(entry.seq());
             let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
             let span = self.begin(state, attempt);
             let breaker = match self.admit(state) {
@@ -401,6 +407,49 @@ impl Coordinator {
             }
         };
         (slot, self.next_ticket)
+    }
+
+    /// Queues a state for attempt `attempt`; if it needs resources and has an acquisition
+    /// timeout, arms a deadline for the wait.
+    fn enqueue(&mut self, state: StateId, group: GroupId, attempt: u32) {
+        let spec = &self.compiled.states[state.index()];
+        let seq = self.ready.push(state, group, attempt, spec.priority);
+        if let (Some(limit), false) = (spec.acquire_timeout, spec.needs == [0; 5]) {
+            let sender = self.sender.clone();
+            let timer = tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                let _ = sender.send(Message::AcquireDeadline { seq });
+            });
+            self.deadlines.insert(seq, timer.abort_handle());
+        }
+    }
+
+    /// A ready entry leaves the queue to start: its deadline, if any, is off.
+    fn dequeued(&mut self, seq: u64) {
+        if let Some(timer) = self.deadlines.remove(&seq) {
+            timer.abort();
+        }
+    }
+
+    /// A ready state waited for the pool past its acquisition timeout: the attempt fails.
+    fn acquire_deadline(&mut self, seq: u64) -> Result<(), FlowError> {
+        if self.deadlines.remove(&seq).is_none() {
+            return Ok(()); // it started meanwhile
+        }
+        let Some(entry) = self.ready.remove_seq(seq) else {
+            return Ok(());
+        };
+        let waited = self.compiled.states[entry.state.index()]
+            .acquire_timeout
+            .unwrap_or_default();
+        self.now = Instant::now();
+        self.states[entry.state.index()].attempts = entry.attempt;
+        self.attempt_failed(
+            entry.state,
+            entry.group,
+            entry.attempt,
+            Failure::ResourceTimeout(waited),
+        )
     }
 
     /// Whether the next ready state needs nothing from the pool (so it may run inline).
@@ -640,12 +689,7 @@ impl Coordinator {
         self.joins.blocked = blocked;
         let mut released = std::mem::take(&mut self.joins.released);
         for (state, group) in released.drain(..) {
-            self.ready.push(
-                state,
-                group,
-                1,
-                self.compiled.states[state.index()].priority,
-            );
+            self.enqueue(state, group, 1);
             self.set_status(state, StateStatus::Ready);
             if self.events.is_observed() {
                 self.publish(EventKind::StateReady {

@@ -25,6 +25,13 @@ pub(crate) struct ReadyEntry {
     pub(crate) attempt: u32,
 }
 
+impl ReadyEntry {
+    /// The entry's sequence number (see [`ReadyQueue::push`]).
+    pub(crate) fn seq(&self) -> u64 {
+        self.key.0.1
+    }
+}
+
 impl Ord for ReadyEntry {
     fn cmp(&self, other: &Self) -> Ordering {
         self.key.cmp(&other.key)
@@ -54,13 +61,14 @@ impl ReadyQueue {
         }
     }
 
+    /// Queues a state; returns the entry's sequence number (its identity in the queue).
     pub(crate) fn push(
         &mut self,
         state: StateId,
         group: GroupId,
         attempt: u32,
         priority: Priority,
-    ) {
+    ) -> u64 {
         let level = match priority {
             Priority::Low => 0,
             Priority::Normal => 1,
@@ -77,6 +85,15 @@ impl ReadyQueue {
             group,
             attempt,
         });
+        self.next_seq
+    }
+
+    /// Takes the entry with this sequence number out of the queue, if it is still there (a
+    /// rare, O(n) operation).
+    pub(crate) fn remove_seq(&mut self, seq: u64) -> Option<ReadyEntry> {
+        let (mut removed, kept): (Vec<_>, Vec<_>) = self.heap.drain().partition(|e| e.seq() == seq);
+        self.heap = kept.into();
+        removed.pop()
     }
 
     /// The entry that goes next, without taking it.

@@ -51,6 +51,8 @@ pub(crate) enum Message {
     Resume,
     /// The resource pool got something back: try to start waiting states.
     PoolFreed,
+    /// A ready state's acquisition timeout passed (the entry, by its sequence number).
+    AcquireDeadline { seq: u64 },
     /// Cancel the running and ready runs of a state; answer how many.
     CancelState {
         state: StateId,
