@@ -390,3 +390,43 @@ async fn waiting_past_the_acquisition_timeout_fails_the_attempt() {
     );
     assert_eq!(report.state("hog").unwrap().status, StateStatus::Cancelled);
 }
+
+#[tokio::test(start_paused = true)]
+async fn quotas_cap_an_agent_and_a_state_below_the_pool() {
+    let pool = ResourcePool::new(cpus(8.0));
+    pool.limit_agent("capped", cpus(3.0));
+    let meter = Meter::default();
+    let mut agent = fan_of_workers("capped", 6, 1.0, ms(10), &meter);
+    agent.resource_pool(pool.clone());
+    let start = Instant::now();
+    agent.run().await.unwrap();
+    assert_eq!(
+        meter.peak.load(Ordering::SeqCst),
+        3000,
+        "the agent's quota, not the pool's 8"
+    );
+    assert_eq!(start.elapsed(), ms(20));
+
+    pool.limit_state("capped", "w0", cpus(0.5));
+    let error = fan_of_workers("capped", 1, 1.0, ms(1), &meter)
+        .resource_pool(pool.clone())
+        .validate()
+        .unwrap_err();
+    assert!(
+        matches!(error, FlowError::ResourceRequestTooLarge { ref state, .. } if state == "w0"),
+        "{error}"
+    );
+
+    // A state quota below the agent's: two runs of one state share it.
+    let pool = ResourcePool::new(cpus(8.0));
+    pool.limit_state("per state", "w0", cpus(1.0));
+    let meter = Meter::default();
+    let mut first = fan_of_workers("per state", 1, 1.0, ms(10), &meter);
+    first.resource_pool(pool.clone());
+    let second = first.clone();
+    let start = Instant::now();
+    let (a, b) = tokio::join!(first.run(), second.run());
+    assert!(a.is_ok() && b.is_ok());
+    assert_eq!(meter.peak.load(Ordering::SeqCst), 1000);
+    assert_eq!(start.elapsed(), ms(20), "the two runs of w0 took turns");
+}

@@ -126,7 +126,7 @@ pub enum FlowError {
         timeout: Duration,
     },
     /// A state needs more of some resource than its pool has at all: it could never start.
-    #[error("state `{state}` of workflow `{agent}` needs more {} than the resource pool has ({needs} against a pool of {capacity}); lower its `resources` or give the agent a larger pool", .kinds.join(", "))]
+    #[error("state `{state}` of workflow `{agent}` needs more {} than the resource pool has, or than its quota allows ({needs} against a pool of {capacity}); lower its `resources`, raise the quota, or give the agent a larger pool", .kinds.join(", "))]
     ResourceRequestTooLarge {
         /// The workflow.
         agent: String,

@@ -573,7 +573,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
     if let Some(pool) = &pool {
         let mut too_large = Vec::new();
         for s in &definition.states {
-            let kinds = pool.oversized(&amounts(&s.resources));
+            let kinds = pool.oversized(agent, &s.spec.name, &amounts(&s.resources));
             if !kinds.is_empty() {
                 too_large.push(FlowError::ResourceRequestTooLarge {
                     agent: agent.to_owned(),

@@ -135,6 +135,10 @@ struct Ledger {
     waiting: Vec<(Waiting, Instant, u64)>,
     /// Runs to tell when something is given back, at most once each.
     waiters: Vec<(u64, UnboundedSender<Message>)>,
+    /// Caps on what all runs of one agent may hold at once, by agent name.
+    agent_quotas: Vec<(Arc<str>, Amounts)>,
+    /// Caps on what all runs of one state may hold at once, by (agent, state).
+    state_quotas: Vec<(Arc<str>, Arc<str>, Amounts)>,
 }
 
 /// Who asks for a grant.
@@ -248,10 +252,53 @@ impl ResourcePool {
             .collect()
     }
 
-    /// The kinds `needs` asks more of than the pool has at all.
-    pub(crate) fn oversized(&self, needs: &Amounts) -> Vec<ResourceKind> {
+    /// Caps what all runs of agent `agent` may hold at once (0 for a kind: no cap on it).
+    /// Set quotas before the runs they govern start: a run checks its requests against them
+    /// when it starts.
+    pub fn limit_agent(&self, agent: &str, limits: ResourceRequirements) -> &Self {
+        let mut ledger = self.ledger();
+        ledger.agent_quotas.retain(|(a, _)| &**a != agent);
+        ledger
+            .agent_quotas
+            .push((Arc::from(agent), amounts(&limits)));
+        self
+    }
+
+    /// Caps what all runs of state `state` of agent `agent` may hold at once (0 for a kind: no
+    /// cap on it).
+    pub fn limit_state(&self, agent: &str, state: &str, limits: ResourceRequirements) -> &Self {
+        let mut ledger = self.ledger();
+        ledger
+            .state_quotas
+            .retain(|(a, s, _)| !(&**a == agent && &**s == state));
+        ledger
+            .state_quotas
+            .push((Arc::from(agent), Arc::from(state), amounts(&limits)));
+        self
+    }
+
+    /// The kinds `needs` asks more of than the pool has at all, or than a quota on `agent` or
+    /// on its `state` allows.
+    pub(crate) fn oversized(&self, agent: &str, state: &str, needs: &Amounts) -> Vec<ResourceKind> {
+        let ledger = self.ledger();
+        let quotas: Vec<&Amounts> = ledger
+            .agent_quotas
+            .iter()
+            .filter(|(a, _)| &**a == agent)
+            .map(|(_, q)| q)
+            .chain(
+                ledger
+                    .state_quotas
+                    .iter()
+                    .filter(|(a, s, _)| &**a == agent && &**s == state)
+                    .map(|(_, _, q)| q),
+            )
+            .collect();
         (0..5)
-            .filter(|&k| needs[k] > self.shared.capacity[k])
+            .filter(|&k| {
+                needs[k] > self.shared.capacity[k]
+                    || quotas.iter().any(|q| q[k] > 0 && needs[k] > q[k])
+            })
             .map(|k| KINDS[k])
             .collect()
     }
@@ -265,7 +312,8 @@ impl ResourcePool {
         notify: &UnboundedSender<Message>,
     ) -> Option<Grant> {
         let mut ledger = self.ledger();
-        let fits = (0..5).all(|k| ledger.in_use[k] + needs[k] <= self.shared.capacity[k]);
+        let fits = (0..5).all(|k| ledger.in_use[k] + needs[k] <= self.shared.capacity[k])
+            && ledger.within_quotas(who, needs);
         let waiting_at = ledger
             .waiting
             .iter()
@@ -355,6 +403,40 @@ impl ResourcePool {
         for (_, waiter) in waiters {
             let _ = waiter.send(Message::PoolFreed);
         }
+    }
+}
+
+impl Ledger {
+    /// Whether granting `needs` to `who` keeps its agent and its state within their quotas.
+    fn within_quotas(&self, who: &Claimant, needs: &Amounts) -> bool {
+        let held = |keep: &dyn Fn(&Allocation) -> bool| {
+            let mut sum = [0u64; 5];
+            for (_, a) in self.allocations.iter().filter(|(_, a)| keep(a)) {
+                for (total, amount) in sum.iter_mut().zip(amounts(&a.amounts)) {
+                    *total += amount;
+                }
+            }
+            sum
+        };
+        let allows = |quota: &Amounts, held: Amounts| {
+            (0..5).all(|k| quota[k] == 0 || held[k] + needs[k] <= quota[k])
+        };
+        let agent_ok = self
+            .agent_quotas
+            .iter()
+            .filter(|(a, _)| *a == who.agent)
+            .all(|(_, q)| allows(q, held(&|a: &Allocation| a.agent == who.agent)));
+        let state_ok = self
+            .state_quotas
+            .iter()
+            .filter(|(a, s, _)| *a == who.agent && *s == who.state)
+            .all(|(_, _, q)| {
+                allows(
+                    q,
+                    held(&|a: &Allocation| a.agent == who.agent && a.state == who.state),
+                )
+            });
+        agent_ok && state_ok
     }
 }
 
