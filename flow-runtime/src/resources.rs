@@ -171,9 +171,11 @@ impl ResourcePool {
     }
 
     /// A pool the size of this machine: CPUs as the process may use them (container limits
-    /// count), total memory (read from `/proc/meminfo` on Linux, 0 elsewhere), and no GPU,
-    /// I/O or network limits (100 units each). GPUs are not detected: give them with
-    /// [`ResourcePool::new`] or [`ResourcePool::with_gpus`].
+    /// count), total memory (read from `/proc/meminfo` on Linux, 0 elsewhere), I/O and network
+    /// 100 units each, and GPUs: with the `nvidia` feature, the NVIDIA GPUs `nvidia-smi` lists
+    /// (0, without error, when there is no driver); without it, none (give them with
+    /// [`ResourcePool::with_gpus`]). Detection reads files and may start `nvidia-smi`: call it
+    /// once, at start-up, not from async code that must not block.
     pub fn detect() -> Self {
         let cpu = std::thread::available_parallelism()
             .map(|n| n.get() as f64)
@@ -183,7 +185,7 @@ impl ResourcePool {
             memory_mb: total_memory_mb().unwrap_or(0),
             io: 100.0,
             network: 100.0,
-            gpu: 0.0,
+            gpu: detect_gpus(),
         })
     }
 
@@ -454,6 +456,28 @@ fn to_requirements(a: &Amounts) -> ResourceRequirements {
         network: value(3, a[3]),
         gpu: value(4, a[4]),
     }
+}
+
+/// NVIDIA GPUs as `nvidia-smi -L` lists them; 0 when it is missing or fails.
+#[cfg(feature = "nvidia")]
+fn detect_gpus() -> f64 {
+    std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("GPU "))
+                .count() as f64
+        })
+        .unwrap_or(0.0)
+}
+
+#[cfg(not(feature = "nvidia"))]
+fn detect_gpus() -> f64 {
+    0.0
 }
 
 /// Total memory in MiB from `/proc/meminfo`, where there is one.
