@@ -430,3 +430,82 @@ async fn quotas_cap_an_agent_and_a_state_below_the_pool() {
     assert_eq!(meter.peak.load(Ordering::SeqCst), 1000);
     assert_eq!(start.elapsed(), ms(20), "the two runs of w0 took turns");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_critical_state_preempts_a_preemptible_low_one_which_runs_again_later() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut agent = Agent::new("preempting");
+    agent.resource_pool(ResourcePool::new(cpus(1.0)).with_preemption());
+    agent
+        .add_state("start", |_ctx: Context| async {
+            Ok::<_, FlowError>(Next::parallel(["batch", "wait"]))
+        })
+        .successors(["batch", "wait"]);
+    let l = Arc::clone(&log);
+    agent
+        .add_state("batch", move |_ctx: Context| {
+            let log = Arc::clone(&l);
+            async move {
+                log.lock().unwrap().push(("batch starts", Instant::now()));
+                sleep(ms(1000)).await;
+                log.lock().unwrap().push(("batch done", Instant::now()));
+                Ok::<_, FlowError>(Next::End)
+            }
+        })
+        .priority(Priority::Low)
+        .resources(cpus(1.0))
+        .preemptible()
+        .successors(Vec::<String>::new());
+    agent
+        .add_state("wait", |_ctx: Context| async {
+            sleep(ms(10)).await;
+            Ok::<_, FlowError>(Next::to("urgent"))
+        })
+        .successors(["urgent"]);
+    let l = Arc::clone(&log);
+    agent
+        .add_state("urgent", move |_ctx: Context| {
+            let log = Arc::clone(&l);
+            async move {
+                log.lock().unwrap().push(("urgent starts", Instant::now()));
+                sleep(ms(50)).await;
+                Ok::<_, FlowError>(Next::End)
+            }
+        })
+        .priority(Priority::Critical)
+        .resources(cpus(1.0))
+        .successors(Vec::<String>::new());
+    let origin = Instant::now();
+    let report = agent.run().await.unwrap();
+    let log: Vec<(&str, Duration)> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(e, t)| (*e, *t - origin))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            ("batch starts", ms(0)),
+            ("urgent starts", ms(10)),
+            ("batch starts", ms(60)),
+            ("batch done", ms(1060))
+        ]
+    );
+    assert_eq!(
+        report.state("batch").unwrap().runs,
+        2,
+        "preempted, then run again from the start"
+    );
+    assert_eq!(
+        report.state("batch").unwrap().status,
+        StateStatus::Completed
+    );
+
+    // Without preemption the urgent state waits for the batch.
+    let mut patient = agent.clone();
+    patient.resource_pool(ResourcePool::new(cpus(1.0)));
+    let report = patient.run().await.unwrap();
+    assert_eq!(report.state("batch").unwrap().runs, 1);
+    assert_eq!(report.duration, ms(1050));
+}

@@ -48,6 +48,10 @@ pub struct StateDecl {
     pub circuit_breaker: Option<BreakerSpec>,
     /// The bulkhead this state's attempts run in, if any.
     pub bulkhead: Option<BulkheadSpec>,
+    /// How long it may wait for its resources once ready.
+    pub acquire_timeout: Option<Duration>,
+    /// Whether a higher-priority state of its run may preempt it.
+    pub preemptible: bool,
 }
 
 /// A circuit breaker declared on a state: see the runtime's `CircuitBreaker`.
@@ -264,6 +268,8 @@ mod tests {
             on_error: None,
             circuit_breaker: None,
             bulkhead: None,
+            acquire_timeout: None,
+            preemptible: false,
         }
     }
 

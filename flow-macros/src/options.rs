@@ -24,7 +24,8 @@ mod kw {
 pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critical, timeout = \"30s\", \
      resources(cpu, memory_mb, io, network, gpu), retry(max, initial_delay, max_delay, base, jitter), \
      deps(state = required|optional|parallel|sequential), on_error = state, \
-     circuit_breaker(failures, recovery, half_open), bulkhead(name, max_concurrent, max_queued)";
+     circuit_breaker(failures, recovery, half_open), bulkhead(name, max_concurrent, max_queued), \
+     acquire_timeout = \"5s\", preemptible";
 
 /// Everything `#[state(...)]` says.
 #[derive(Default)]
@@ -39,6 +40,8 @@ pub(crate) struct StateOptions {
     pub(crate) on_error: Option<Ident>,
     pub(crate) breaker: Option<Breaker>,
     pub(crate) bulkhead: Option<BulkheadOption>,
+    pub(crate) acquire_timeout: Option<Duration>,
+    pub(crate) preemptible: bool,
 }
 
 pub(crate) struct Breaker {
@@ -296,6 +299,13 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
             "resources" => parse_resources(&meta, &mut options.resources, errors)?,
             "retry" => options.retry = Some(parse_retry(&meta, errors)?),
             "circuit_breaker" => options.breaker = Some(parse_breaker(&meta, errors)?),
+            "acquire_timeout" => options.acquire_timeout = duration(&meta, "acquire_timeout", errors)?,
+            "preemptible" => {
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    return Err(meta.error("`preemptible` takes no value: write `#[state(preemptible)]`"));
+                }
+                options.preemptible = true;
+            }
             "bulkhead" => options.bulkhead = parse_bulkhead(&meta, errors)?,
             "deps" => meta.parse_nested_meta(|dep| {
                 let Some(state) = dep.path.get_ident().cloned() else {

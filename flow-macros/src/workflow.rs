@@ -380,6 +380,8 @@ fn generate(
             quote!((#dependency, #p::DependencyType::#kind))
         });
         let on_error = optional(state.options.on_error.as_ref().map(Ident::to_string));
+        let acquire_timeout = optional(state.options.acquire_timeout.map(duration));
+        let preemptible = state.options.preemptible;
         let circuit_breaker = optional(state.options.breaker.as_ref().map(|b| {
             let (failures, half_open, recovery) = (b.failures, b.half_open, duration(b.recovery));
             quote!(#p::BreakerSpec { failures: #failures, recovery: #recovery, half_open: #half_open })
@@ -403,6 +405,8 @@ fn generate(
                 on_error: #on_error,
                 circuit_breaker: #circuit_breaker,
                 bulkhead: #bulkhead,
+                acquire_timeout: #acquire_timeout,
+                preemptible: #preemptible,
             }
         }
     });
@@ -428,6 +432,11 @@ fn generate(
                 };
                 let options = if declared.entry { options.entry() } else { options };
                 let options = options.resources(declared.resources);
+                let options = match declared.acquire_timeout {
+                    ::core::option::Option::Some(limit) => options.acquire_timeout(limit),
+                    ::core::option::Option::None => options,
+                };
+                let options = if declared.preemptible { options.preemptible() } else { options };
                 let options = match declared.retry {
                     ::core::option::Option::Some(policy) => options.retry(policy),
                     ::core::option::Option::None => options,

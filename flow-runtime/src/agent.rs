@@ -102,6 +102,7 @@ struct StateDef {
     bulkhead: Option<Bulkhead>,
     resources: ResourceRequirements,
     acquire_timeout: Option<Duration>,
+    preemptible: bool,
 }
 
 /// A validated definition, shared by every run started from it.
@@ -128,6 +129,8 @@ pub(crate) struct CompiledState {
     pub(crate) needs: Amounts,
     /// How long it may wait for the pool before the attempt fails.
     pub(crate) acquire_timeout: Option<Duration>,
+    /// Whether a higher-priority state of its run may stop it to take its resources.
+    pub(crate) preemptible: bool,
 }
 
 impl Agent {
@@ -202,6 +205,7 @@ impl Agent {
             bulkhead: None,
             resources: ResourceRequirements::NONE,
             acquire_timeout: None,
+            preemptible: false,
         });
         let state = definition
             .states
@@ -477,6 +481,15 @@ impl StateOptions<'_> {
         self
     }
 
+    /// Lets a higher-priority state of the same run stop this one when the pool (if it has
+    /// preemption, see [`ResourcePool::with_preemption`]) cannot grant it otherwise: this
+    /// state's attempt is aborted, its resources go back at once, and it is queued to run again
+    /// from the start later. Mark only states that can safely run twice.
+    pub fn preemptible(self) -> Self {
+        self.state.preemptible = true;
+        self
+    }
+
     /// Protects what this state calls with a circuit breaker (share one breaker between the
     /// states, and agents, that call the same service). See [`CircuitBreaker`].
     pub fn circuit_breaker(self, breaker: CircuitBreaker) -> Self {
@@ -559,6 +572,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             bulkhead: s.bulkhead.clone(),
             needs: amounts(&s.resources),
             acquire_timeout: s.acquire_timeout,
+            preemptible: s.preemptible,
         })
         .collect();
     let needs_any = definition

@@ -121,6 +121,7 @@ pub struct ResourcePool {
 #[derive(Debug)]
 struct PoolShared {
     capacity: Amounts,
+    preemption: bool,
     ledger: Mutex<Ledger>,
 }
 
@@ -165,6 +166,7 @@ impl ResourcePool {
         Self {
             shared: Arc::new(PoolShared {
                 capacity: amounts(&total),
+                preemption: false,
                 ledger: Mutex::default(),
             }),
         }
@@ -189,11 +191,43 @@ impl ResourcePool {
         })
     }
 
+    /// This pool's totals, with preemption: a ready state that cannot be granted may stop
+    /// running states of its own run that are marked preemptible and have a lower priority,
+    /// if that frees enough; they go back to the ready queue and run again later from the
+    /// start (at-least-once). States of other runs sharing the pool are never preempted.
+    pub fn with_preemption(self) -> Self {
+        Self {
+            shared: Arc::new(PoolShared {
+                capacity: self.shared.capacity,
+                preemption: true,
+                ledger: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Whether this pool preempts (see [`ResourcePool::with_preemption`]).
+    pub fn preemption(&self) -> bool {
+        self.shared.preemption
+    }
+
+    /// Whether `needs` would fit if `freed` were given back first.
+    pub(crate) fn would_fit(&self, needs: &Amounts, freed: &Amounts) -> bool {
+        let ledger = self.ledger();
+        (0..5).all(|k| {
+            ledger.in_use[k].saturating_sub(freed[k]) + needs[k] <= self.shared.capacity[k]
+        })
+    }
+
     /// This pool's totals with `gpus` GPU units.
     pub fn with_gpus(self, gpus: f64) -> Self {
         let mut total = self.capacity();
         total.gpu = gpus;
-        Self::new(total)
+        let pool = Self::new(total);
+        if self.preemption() {
+            pool.with_preemption()
+        } else {
+            pool
+        }
     }
 
     fn ledger(&self) -> MutexGuard<'_, Ledger> {

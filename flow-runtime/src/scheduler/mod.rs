@@ -347,6 +347,10 @@ impl Coordinator {
             // it starts either (so a large request is not starved by small ones).
             let grant = match self.grant_for_head() {
                 Ok(grant) => grant,
+                Err(()) if self.preempt_for_head() => match self.grant_for_head() {
+                    Ok(grant) => grant,
+                    Err(()) => break,
+                },
                 Err(()) => break,
             };
             let Some(entry) = self.ready.pop() else { break };
@@ -478,6 +482,78 @@ impl Coordinator {
         pool.try_grant(&who, needs, &self.sender)
             .map(Some)
             .ok_or(())
+    }
+
+    /// When the pool preempts: stops preemptible running states of this run with a lower
+    /// priority than the next ready state, lowest priority and latest started first, if that
+    /// frees enough for it. They are queued again. Returns whether any was stopped.
+    fn preempt_for_head(&mut self) -> bool {
+        let (Some(head), Some(pool)) = (self.ready.peek(), self.compiled.pool.clone()) else {
+            return false;
+        };
+        if !pool.preemption() {
+            return false;
+        }
+        let head_priority = self.compiled.states[head.state.index()].priority;
+        let needs = self.compiled.states[head.state.index()].needs;
+        let mut candidates: Vec<(usize, flow_core::Priority, Instant)> = self
+            .running
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, r)| r.as_ref().map(|r| (slot, r)))
+            .filter(|(_, r)| {
+                let spec = &self.compiled.states[r.state.index()];
+                spec.preemptible && spec.priority < head_priority && r._grant.is_some()
+            })
+            .map(|(slot, r)| {
+                (
+                    slot,
+                    self.compiled.states[r.state.index()].priority,
+                    r.started,
+                )
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)));
+        let mut freed = [0u64; 5];
+        let mut victims = Vec::new();
+        for (slot, _, _) in candidates {
+            if pool.would_fit(&needs, &freed) {
+                break;
+            }
+            let Some(running) = &self.running[slot] else {
+                continue;
+            };
+            for (total, amount) in freed
+                .iter_mut()
+                .zip(self.compiled.states[running.state.index()].needs)
+            {
+                *total += amount;
+            }
+            victims.push(slot);
+        }
+        if victims.is_empty() || !pool.would_fit(&needs, &freed) {
+            return false;
+        }
+        for slot in victims {
+            let Some(running) = self.running[slot].take() else {
+                continue;
+            };
+            if let Some(abort) = &running.abort {
+                abort.abort();
+            }
+            self.free_slots.push(slot as u32);
+            self.running_count -= 1;
+            let (state, group, attempt) = (running.state, running.group, running.attempt);
+            tracing::debug!(state = %self.graph.name(state), "preempted");
+            // Dropping the record gives its grant back now.
+            drop(running);
+            self.publish(EventKind::StateCancelled {
+                state: Arc::clone(self.graph.name(state)),
+            });
+            self.enqueue(state, group, attempt);
+            self.set_status(state, StateStatus::Ready);
+        }
+        true
     }
 
     /// Asks the state's circuit breaker, if it has one, to let an attempt through.

@@ -33,6 +33,8 @@ impl Pipeline {
 
     #[state(
         priority = low,
+        acquire_timeout = "5s",
+        preemptible,
         circuit_breaker(failures = 3, recovery = "10s", half_open = 2),
         bulkhead(name = "llm", max_concurrent = 2, max_queued = 8)
     )]
@@ -112,6 +114,8 @@ fn main() {
     );
     let llm = BulkheadSpec { name: "llm", max_concurrent: 2, max_queued: 8 };
     assert_eq!(summarize.bulkhead, Some(llm));
+    assert_eq!(summarize.acquire_timeout, Some(Duration::from_secs(5)));
+    assert!(summarize.preemptible);
     assert_eq!(graph.state("audit").unwrap().bulkhead, Some(llm));
     let pipeline = Pipeline { model: "m".into() };
     assert_eq!(pipeline.helper(), 1);
