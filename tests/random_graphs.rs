@@ -159,20 +159,28 @@ fn check(dag: &Dag, timeline: &Timeline, report: &RunReport) -> Result<(), TestC
     Ok(())
 }
 
+/// Runs the DAG's workflow on `runtime` and checks the property.
+fn run_and_check(runtime: tokio::runtime::Runtime, dag: &Dag) -> Result<(), TestCaseError> {
+    let timeline = Timeline::default();
+    let agent = build(dag, &timeline);
+    let report = runtime.block_on(agent.run()).unwrap();
+    check(dag, &timeline, &report)
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn every_reachable_state_runs_once_after_its_predecessors(dag in dag()) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        let timeline = Timeline::default();
-        let agent = build(&dag, &timeline);
-        let report = runtime.block_on(agent.run()).unwrap();
-        check(&dag, &timeline, &report)?;
+        run_and_check(paused_runtime(), &dag)?;
     }
 
     #[test]
@@ -182,23 +190,11 @@ proptest! {
             .enable_time()
             .build()
             .unwrap();
-        let timeline = Timeline::default();
-        let dag = Dag { delays_ms: vec![0; dag.delays_ms.len()], ..dag };
-        let agent = build(&dag, &timeline);
-        let report = runtime.block_on(agent.run()).unwrap();
-        check(&dag, &timeline, &report)?;
+        run_and_check(runtime, &Dag { delays_ms: vec![0; dag.delays_ms.len()], ..dag })?;
     }
 
     #[test]
     fn the_same_holds_when_some_states_declare_nothing(dag in mixed_dag()) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        let timeline = Timeline::default();
-        let agent = build(&dag, &timeline);
-        let report = runtime.block_on(agent.run()).unwrap();
-        check(&dag, &timeline, &report)?;
+        run_and_check(paused_runtime(), &dag)?;
     }
 }
