@@ -305,6 +305,9 @@ impl Agent {
     /// Starts a run whose states share `context` (which may hold initial values).
     pub fn start_with(&self, context: Context) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
+        // Quotas may have changed since the definition was validated: a request above one
+        // would wait forever, so it is an error now.
+        check_requests(&self.definition, compiled.pool.as_ref())?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| FlowError::NoRuntime {
             agent: self.name().to_owned(),
         })?;
@@ -584,34 +587,25 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         None if needs_any => Some(ResourcePool::detect()),
         None => None,
     };
-    if let Some(pool) = &pool {
-        let mut too_large = Vec::new();
-        for s in &definition.states {
-            let kinds = pool.oversized(agent, &s.spec.name, &amounts(&s.resources));
-            if !kinds.is_empty() {
-                too_large.push(FlowError::ResourceRequestTooLarge {
-                    agent: agent.to_owned(),
-                    state: s.spec.name.clone(),
-                    kinds: kinds
-                        .iter()
-                        .map(|k| format!("{k:?}").to_lowercase())
-                        .collect(),
-                    needs: format!("{:?}", s.resources),
-                    capacity: format!("{:?}", pool.capacity()),
-                });
-            }
+    for state in &definition.states {
+        let r = &state.resources;
+        if [r.cpu, r.io, r.network, r.gpu]
+            .iter()
+            .any(|v| !v.is_finite() || *v < 0.0)
+        {
+            return Err(invalid(format!(
+                "state `{}` asks for {:?}: resource amounts must be finite and not negative",
+                state.spec.name, r
+            )));
         }
-        match too_large.len() {
-            0 => {}
-            1 => return Err(too_large.remove(0)),
-            _ => {
-                return Err(FlowError::Invalid {
-                    agent: agent.to_owned(),
-                    errors: too_large,
-                });
-            }
+        if state.acquire_timeout == Some(Duration::ZERO) {
+            return Err(invalid(format!(
+                "state `{}` has a zero `acquire_timeout`; use a positive duration or none",
+                state.spec.name
+            )));
         }
     }
+    check_requests(definition, pool.as_ref())?;
     Ok(Arc::new(Compiled {
         name: Arc::clone(&definition.name),
         graph: Arc::new(graph),
@@ -622,4 +616,34 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         pool,
         priority_aging: definition.priority_aging,
     }))
+}
+
+/// Every state's request must fit the pool and its quotas, or it would wait forever.
+fn check_requests(definition: &Definition, pool: Option<&ResourcePool>) -> Result<(), FlowError> {
+    let Some(pool) = pool else { return Ok(()) };
+    let agent = &*definition.name;
+    let mut too_large = Vec::new();
+    for s in &definition.states {
+        let kinds = pool.oversized(agent, &s.spec.name, &amounts(&s.resources));
+        if !kinds.is_empty() {
+            too_large.push(FlowError::ResourceRequestTooLarge {
+                agent: agent.to_owned(),
+                state: s.spec.name.clone(),
+                kinds: kinds
+                    .iter()
+                    .map(|k| format!("{k:?}").to_lowercase())
+                    .collect(),
+                needs: format!("{:?}", s.resources),
+                capacity: format!("{:?}", pool.capacity()),
+            });
+        }
+    }
+    match too_large.len() {
+        0 => Ok(()),
+        1 => Err(too_large.remove(0)),
+        _ => Err(FlowError::Invalid {
+            agent: agent.to_owned(),
+            errors: too_large,
+        }),
+    }
 }

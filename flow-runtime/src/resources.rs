@@ -39,10 +39,11 @@ pub(crate) type Amounts = [u64; 5];
 /// Converts requirements to exact amounts.
 pub(crate) fn amounts(r: &ResourceRequirements) -> Amounts {
     let milli = |v: f64| {
-        if v.is_finite() && v > 0.0 {
-            (v * 1000.0).round() as u64
-        } else {
+        if v.is_nan() || v <= 0.0 {
             0
+        } else {
+            // An infinite amount saturates: "unlimited" for a capacity.
+            (v * 1000.0).round() as u64
         }
     };
     [
@@ -195,12 +196,20 @@ impl ResourcePool {
     /// running states of its own run that are marked preemptible and have a lower priority,
     /// if that frees enough; they go back to the ready queue and run again later from the
     /// start (at-least-once). States of other runs sharing the pool are never preempted.
+    /// (This makes a new pool: clones taken before share the old one; quotas are kept.)
     pub fn with_preemption(self) -> Self {
+        let ledger = self.ledger();
+        let kept = Ledger {
+            agent_quotas: ledger.agent_quotas.clone(),
+            state_quotas: ledger.state_quotas.clone(),
+            ..Ledger::default()
+        };
+        drop(ledger);
         Self {
             shared: Arc::new(PoolShared {
                 capacity: self.shared.capacity,
                 preemption: true,
-                ledger: Mutex::default(),
+                ledger: Mutex::new(kept),
             }),
         }
     }
@@ -210,15 +219,32 @@ impl ResourcePool {
         self.shared.preemption
     }
 
+    /// The kinds `needs` does not fit in now (capacity only).
+    pub(crate) fn short_of(&self, needs: &Amounts) -> [bool; 5] {
+        let ledger = self.ledger();
+        std::array::from_fn(|k| ledger.in_use[k].saturating_add(needs[k]) > self.shared.capacity[k])
+    }
+
+    /// Forgets that `state` of a run waits (it was cancelled or gave up).
+    pub(crate) fn forget_wait(&self, run_key: u64, state: &str) {
+        self.ledger()
+            .waiting
+            .retain(|(w, _, run)| !(*run == run_key && &*w.state == state));
+    }
+
     /// Whether `needs` would fit if `freed` were given back first.
     pub(crate) fn would_fit(&self, needs: &Amounts, freed: &Amounts) -> bool {
         let ledger = self.ledger();
         (0..5).all(|k| {
-            ledger.in_use[k].saturating_sub(freed[k]) + needs[k] <= self.shared.capacity[k]
+            ledger.in_use[k]
+                .saturating_sub(freed[k])
+                .saturating_add(needs[k])
+                <= self.shared.capacity[k]
         })
     }
 
-    /// This pool's totals with `gpus` GPU units.
+    /// This pool's totals with `gpus` GPU units (a new pool, like
+    /// [`ResourcePool::with_preemption`]; call it before setting quotas).
     pub fn with_gpus(self, gpus: f64) -> Self {
         let mut total = self.capacity();
         total.gpu = gpus;
@@ -348,7 +374,8 @@ impl ResourcePool {
         notify: &UnboundedSender<Message>,
     ) -> Option<Grant> {
         let mut ledger = self.ledger();
-        let fits = (0..5).all(|k| ledger.in_use[k] + needs[k] <= self.shared.capacity[k])
+        let fits = (0..5)
+            .all(|k| ledger.in_use[k].saturating_add(needs[k]) <= self.shared.capacity[k])
             && ledger.within_quotas(who, needs);
         let waiting_at = ledger
             .waiting
@@ -357,7 +384,7 @@ impl ResourcePool {
         if !fits {
             if waiting_at.is_none() {
                 for (k, &need) in needs.iter().enumerate() {
-                    if need > 0 && ledger.in_use[k] + need > self.shared.capacity[k] {
+                    if need > 0 && ledger.in_use[k].saturating_add(need) > self.shared.capacity[k] {
                         ledger.waits[k] += 1;
                     }
                 }
@@ -384,7 +411,7 @@ impl ResourcePool {
         }
         for (k, &need) in needs.iter().enumerate() {
             if need > 0 {
-                ledger.in_use[k] += need;
+                ledger.in_use[k] = ledger.in_use[k].saturating_add(need);
                 ledger.peak[k] = ledger.peak[k].max(ledger.in_use[k]);
                 ledger.grants[k] += 1;
             }
@@ -449,7 +476,7 @@ impl Ledger {
             let mut sum = [0u64; 5];
             for (_, a) in self.allocations.iter().filter(|(_, a)| keep(a)) {
                 for (total, amount) in sum.iter_mut().zip(amounts(&a.amounts)) {
-                    *total += amount;
+                    *total = total.saturating_add(amount);
                 }
             }
             sum

@@ -62,12 +62,14 @@ impl Coordinator {
             }
         }
         ended.extend(self.cancel_timers(state));
-        ended.extend(
-            self.ready
-                .remove_state(state)
-                .into_iter()
-                .map(|entry| entry.group),
-        );
+        let removed = self.ready.remove_state(state);
+        for entry in &removed {
+            self.dequeued(entry.seq());
+        }
+        if !removed.is_empty() {
+            self.forget_wait(state);
+        }
+        ended.extend(removed.into_iter().map(|entry| entry.group));
         let graph = Arc::clone(&self.graph);
         for group in &ended {
             self.joins.end(&graph, *group, state);

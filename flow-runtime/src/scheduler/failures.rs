@@ -124,7 +124,7 @@ impl Coordinator {
             error: message,
             kind,
             attempts: attempt,
-            timed_out: kind == FailureKind::Timeout,
+            timed_out: matches!(kind, FailureKind::Timeout | FailureKind::ResourceTimeout),
             at: SystemTime::now(),
             context: match self.context.snapshot() {
                 Ok(values) => serde_json::Value::Object(values),

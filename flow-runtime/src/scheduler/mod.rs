@@ -87,6 +87,8 @@ struct Running {
     ticket: u64,
     /// What it holds from the resource pool; given back when this is dropped.
     _grant: Option<Grant>,
+    /// Its place in the ready order when it was granted, kept if it is preempted.
+    queued_at: i64,
 }
 
 /// Why a run stopped before completing.
@@ -251,7 +253,9 @@ impl Coordinator {
         // Cancellation and the deadline arrive as messages; a long chain must still see them.
         if let Ok(message) = self.inbox.try_recv() {
             self.handle(message)?;
-            if self.paused {
+            // The message may have paused the run or queued other states (some needing the
+            // pool): then the main loop decides what starts.
+            if self.paused || self.ready.len() != 1 || !self.head_needs_nothing() {
                 return Ok(());
             }
         }
@@ -356,6 +360,7 @@ impl Coordinator {
             let Some(entry) = self.ready.pop() else { break };
             self.dequeued(entry.seq());
             let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
+            let grant = grant.map(|grant| (grant, entry.virtual_start()));
             let span = self.begin(state, attempt);
             let breaker = match self.admit(state) {
                 Ok(permit) => permit,
@@ -428,6 +433,13 @@ impl Coordinator {
         }
     }
 
+    /// Tells a shared pool that `state` of this run no longer waits for it.
+    fn forget_wait(&self, state: StateId) {
+        if let Some(pool) = &self.compiled.pool {
+            pool.forget_wait(self.run_key, self.graph.name(state));
+        }
+    }
+
     /// A ready entry leaves the queue to start: its deadline, if any, is off.
     fn dequeued(&mut self, seq: u64) {
         if let Some(timer) = self.deadlines.remove(&seq) {
@@ -443,6 +455,7 @@ impl Coordinator {
         let Some(entry) = self.ready.remove_seq(seq) else {
             return Ok(());
         };
+        self.forget_wait(entry.state);
         let waited = self.compiled.states[entry.state.index()]
             .acquire_timeout
             .unwrap_or_default();
@@ -496,6 +509,7 @@ impl Coordinator {
         }
         let head_priority = self.compiled.states[head.state.index()].priority;
         let needs = self.compiled.states[head.state.index()].needs;
+        let short = pool.short_of(&needs);
         let mut candidates: Vec<(usize, flow_core::Priority, Instant)> = self
             .running
             .iter()
@@ -503,7 +517,14 @@ impl Coordinator {
             .filter_map(|(slot, r)| r.as_ref().map(|r| (slot, r)))
             .filter(|(_, r)| {
                 let spec = &self.compiled.states[r.state.index()];
-                spec.preemptible && spec.priority < head_priority && r._grant.is_some()
+                // A task that already finished has its report on the way: keep its result.
+                let finished = r.abort.as_ref().is_some_and(AbortHandle::is_finished);
+                let helps = (0..5).any(|k| short[k] && spec.needs[k] > 0);
+                spec.preemptible
+                    && spec.priority < head_priority
+                    && r._grant.is_some()
+                    && !finished
+                    && helps
             })
             .map(|(slot, r)| {
                 (
@@ -543,14 +564,19 @@ impl Coordinator {
             }
             self.free_slots.push(slot as u32);
             self.running_count -= 1;
-            let (state, group, attempt) = (running.state, running.group, running.attempt);
+            let (state, group, attempt, queued_at) = (
+                running.state,
+                running.group,
+                running.attempt,
+                running.queued_at,
+            );
             tracing::debug!(state = %self.graph.name(state), "preempted");
             // Dropping the record gives its grant back now.
             drop(running);
             self.publish(EventKind::StateCancelled {
                 state: Arc::clone(self.graph.name(state)),
             });
-            self.enqueue(state, group, attempt);
+            self.ready.push_at(state, group, attempt, queued_at);
             self.set_status(state, StateStatus::Ready);
         }
         true
@@ -577,7 +603,7 @@ impl Coordinator {
         started: Instant,
         run: StateFuture,
         mut breaker: Option<BreakerPermit>,
-        grant: Option<Grant>,
+        grant: Option<(Grant, i64)>,
         span: tracing::Span,
     ) {
         let (slot, ticket) = self.take_slot();
@@ -603,7 +629,8 @@ impl Coordinator {
             abort,
             breaker,
             ticket,
-            _grant: grant,
+            queued_at: grant.as_ref().map_or(0, |(_, at)| *at),
+            _grant: grant.map(|(grant, _)| grant),
         });
         self.running_count += 1;
     }
@@ -621,6 +648,7 @@ impl Coordinator {
             breaker: None,
             ticket,
             _grant: None,
+            queued_at: 0,
         });
         self.running_count += 1;
         let _ = self.sender.send(Message::Done {
@@ -817,6 +845,9 @@ impl Drop for Coordinator {
     /// takes its states' tasks with it rather than leaving them running unaccounted for.
     fn drop(&mut self) {
         self.abort_running();
+        if let Some(pool) = &self.compiled.pool {
+            pool.forget_run(self.run_key);
+        }
     }
 }
 

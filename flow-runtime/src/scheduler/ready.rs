@@ -30,6 +30,11 @@ impl ReadyEntry {
     pub(crate) fn seq(&self) -> u64 {
         self.key.0.1
     }
+
+    /// The entry's virtual start time (its place in the order).
+    pub(crate) fn virtual_start(&self) -> i64 {
+        self.key.0.0
+    }
 }
 
 impl Ord for ReadyEntry {
@@ -77,6 +82,25 @@ impl ReadyQueue {
         };
         let since = i64::try_from(self.origin.elapsed().as_micros()).unwrap_or(i64::MAX / 2);
         let virtual_start = since.saturating_sub(self.aging_micros.saturating_mul(level));
+        self.next_seq += 1;
+        let key = Reverse((virtual_start, self.next_seq));
+        self.heap.push(ReadyEntry {
+            key,
+            state,
+            group,
+            attempt,
+        });
+        self.next_seq
+    }
+
+    /// Queues a state again at the place it had (a preempted state keeps its age).
+    pub(crate) fn push_at(
+        &mut self,
+        state: StateId,
+        group: GroupId,
+        attempt: u32,
+        virtual_start: i64,
+    ) -> u64 {
         self.next_seq += 1;
         let key = Reverse((virtual_start, self.next_seq));
         self.heap.push(ReadyEntry {
