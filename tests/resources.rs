@@ -509,3 +509,17 @@ async fn a_critical_state_preempts_a_preemptible_low_one_which_runs_again_later(
     assert_eq!(report.state("batch").unwrap().runs, 1);
     assert_eq!(report.duration, ms(1050));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_set_after_a_run_is_checked_when_the_next_run_starts() {
+    let pool = ResourcePool::new(cpus(4.0));
+    let meter = Meter::default();
+    let mut agent = fan_of_workers("later", 2, 2.0, ms(1), &meter);
+    agent.resource_pool(pool.clone());
+    assert!(agent.run().await.is_ok());
+    pool.limit_agent("later", cpus(1.0));
+    // Two CPUs per state can never fit a one-CPU quota: an error, not a run that waits forever.
+    assert!(
+        matches!(agent.run().await, Err(FlowError::Invalid { errors, .. }) if errors.len() == 2)
+    );
+}
