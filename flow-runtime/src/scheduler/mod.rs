@@ -205,16 +205,16 @@ impl Coordinator {
     }
 
     fn handle(&mut self, message: Message) -> Result<(), Stop> {
+        // One clock read per event serves everything it leads to (statuses, queue order).
+        self.now = Instant::now();
         match message {
             Message::Done {
                 slot,
                 ticket,
                 outcome,
-            } => {
-                self.now = Instant::now();
-                self.finish_task(slot, ticket, outcome)
-                    .map_err(Stop::Failed)
-            }
+            } => self
+                .finish_task(slot, ticket, outcome)
+                .map_err(Stop::Failed),
             Message::Retry {
                 timer,
                 state,
@@ -422,7 +422,9 @@ impl Coordinator {
     /// timeout, arms a deadline for the wait.
     fn enqueue(&mut self, state: StateId, group: GroupId, attempt: u32) {
         let spec = &self.compiled.states[state.index()];
-        let seq = self.ready.push(state, group, attempt, spec.priority);
+        let seq = self
+            .ready
+            .push(state, group, attempt, spec.priority, self.now);
         if let (Some(limit), false) = (spec.acquire_timeout, spec.needs == [0; 5]) {
             let sender = self.sender.clone();
             let timer = tokio::spawn(async move {
@@ -442,6 +444,9 @@ impl Coordinator {
 
     /// A ready entry leaves the queue to start: its deadline, if any, is off.
     fn dequeued(&mut self, seq: u64) {
+        if self.deadlines.is_empty() {
+            return;
+        }
         if let Some(timer) = self.deadlines.remove(&seq) {
             timer.abort();
         }

@@ -67,12 +67,14 @@ impl ReadyQueue {
     }
 
     /// Queues a state; returns the entry's sequence number (its identity in the queue).
+    /// `now` is the caller's current time (the coordinator reads the clock once per event).
     pub(crate) fn push(
         &mut self,
         state: StateId,
         group: GroupId,
         attempt: u32,
         priority: Priority,
+        now: Instant,
     ) -> u64 {
         let level = match priority {
             Priority::Low => 0,
@@ -80,7 +82,8 @@ impl ReadyQueue {
             Priority::High => 2,
             Priority::Critical => 3,
         };
-        let since = i64::try_from(self.origin.elapsed().as_micros()).unwrap_or(i64::MAX / 2);
+        let since = i64::try_from(now.saturating_duration_since(self.origin).as_micros())
+            .unwrap_or(i64::MAX / 2);
         let virtual_start = since.saturating_sub(self.aging_micros.saturating_mul(level));
         self.next_seq += 1;
         let key = Reverse((virtual_start, self.next_seq));
@@ -163,11 +166,11 @@ mod tests {
     async fn priority_first_then_arrival_order() {
         let mut queue = ReadyQueue::new(Duration::from_secs(1));
         let id = StateId::new;
-        queue.push(id(0), 0, 1, Priority::Normal);
-        queue.push(id(1), 0, 1, Priority::Low);
-        queue.push(id(2), 0, 1, Priority::Critical);
-        queue.push(id(3), 0, 1, Priority::Normal);
-        queue.push(id(4), 0, 1, Priority::High);
+        queue.push(id(0), 0, 1, Priority::Normal, Instant::now());
+        queue.push(id(1), 0, 1, Priority::Low, Instant::now());
+        queue.push(id(2), 0, 1, Priority::Critical, Instant::now());
+        queue.push(id(3), 0, 1, Priority::Normal, Instant::now());
+        queue.push(id(4), 0, 1, Priority::High, Instant::now());
         assert_eq!(order(&mut queue), vec![2, 4, 0, 3, 1]);
     }
 
@@ -175,13 +178,13 @@ mod tests {
     async fn waiting_ages_past_later_higher_priorities() {
         let mut queue = ReadyQueue::new(Duration::from_millis(100));
         let id = StateId::new;
-        queue.push(id(0), 0, 1, Priority::Low);
+        queue.push(id(0), 0, 1, Priority::Low, Instant::now());
         tokio::time::advance(Duration::from_millis(250)).await;
         // A Critical state 250 ms later gets a 300 ms head start: it still goes first...
-        queue.push(id(1), 0, 1, Priority::Critical);
+        queue.push(id(1), 0, 1, Priority::Critical, Instant::now());
         tokio::time::advance(Duration::from_millis(100)).await;
         // ...but a High one 350 ms later (200 ms head start) comes after the old Low one.
-        queue.push(id(2), 0, 1, Priority::High);
+        queue.push(id(2), 0, 1, Priority::High, Instant::now());
         assert_eq!(order(&mut queue), vec![1, 0, 2]);
     }
 }
