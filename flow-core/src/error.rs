@@ -269,6 +269,21 @@ pub enum FlowError {
     },
 }
 
+impl FlowError {
+    /// `Ok` for no problems, the problem itself for one, [`FlowError::Invalid`] listing all of
+    /// them for several: how validation reports everything it found at once.
+    pub fn from_problems(agent: &str, mut problems: Vec<FlowError>) -> Result<(), FlowError> {
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(FlowError::Invalid {
+                agent: agent.to_owned(),
+                errors: problems,
+            }),
+        }
+    }
+}
+
 fn did_you_mean(suggestion: &Option<String>) -> String {
     match suggestion {
         Some(name) => format!(" (did you mean `{name}`?)"),

@@ -176,16 +176,7 @@ impl StateGraph {
             entries.push(StateId(0));
         }
 
-        match errors.len() {
-            0 => {}
-            1 => return Err(errors.remove(0)),
-            _ => {
-                return Err(FlowError::Invalid {
-                    agent: agent.to_owned(),
-                    errors,
-                });
-            }
-        }
+        FlowError::from_problems(agent, errors)?;
 
         let order = component_order(&successors);
         let wild = wild_states(&successors, &predecessors);

@@ -638,12 +638,5 @@ fn check_requests(definition: &Definition, pool: Option<&ResourcePool>) -> Resul
             });
         }
     }
-    match too_large.len() {
-        0 => Ok(()),
-        1 => Err(too_large.remove(0)),
-        _ => Err(FlowError::Invalid {
-            agent: agent.to_owned(),
-            errors: too_large,
-        }),
-    }
+    FlowError::from_problems(agent, too_large)
 }

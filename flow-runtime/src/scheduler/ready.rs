@@ -85,15 +85,7 @@ impl ReadyQueue {
         let since = i64::try_from(now.saturating_duration_since(self.origin).as_micros())
             .unwrap_or(i64::MAX / 2);
         let virtual_start = since.saturating_sub(self.aging_micros.saturating_mul(level));
-        self.next_seq += 1;
-        let key = Reverse((virtual_start, self.next_seq));
-        self.heap.push(ReadyEntry {
-            key,
-            state,
-            group,
-            attempt,
-        });
-        self.next_seq
+        self.push_at(state, group, attempt, virtual_start)
     }
 
     /// Queues a state again at the place it had (a preempted state keeps its age).
@@ -118,9 +110,14 @@ impl ReadyQueue {
     /// Takes the entry with this sequence number out of the queue, if it is still there (a
     /// rare, O(n) operation).
     pub(crate) fn remove_seq(&mut self, seq: u64) -> Option<ReadyEntry> {
-        let (mut removed, kept): (Vec<_>, Vec<_>) = self.heap.drain().partition(|e| e.seq() == seq);
+        self.remove_where(|e| e.seq() == seq).pop()
+    }
+
+    /// Takes out every entry `take` selects, keeping the rest in order (O(n)).
+    fn remove_where(&mut self, take: impl Fn(&ReadyEntry) -> bool) -> Vec<ReadyEntry> {
+        let (removed, kept): (Vec<_>, Vec<_>) = self.heap.drain().partition(|e| take(e));
         self.heap = kept.into();
-        removed.pop()
+        removed
     }
 
     /// The entry that goes next, without taking it.
@@ -130,9 +127,7 @@ impl ReadyQueue {
 
     /// Takes every entry of `state` out of the queue (a rare, O(n) operation).
     pub(crate) fn remove_state(&mut self, state: StateId) -> Vec<ReadyEntry> {
-        let (removed, kept): (Vec<_>, Vec<_>) = self.heap.drain().partition(|e| e.state == state);
-        self.heap = kept.into();
-        removed
+        self.remove_where(|e| e.state == state)
     }
 
     pub(crate) fn pop(&mut self) -> Option<ReadyEntry> {
