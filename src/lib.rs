@@ -2,17 +2,17 @@
 #![warn(missing_docs)]
 
 pub use flow_core::{
-    AgentStatus, BreakerSpec, BulkheadSpec, DependencyType, FlowError, Jitter, Next, Priority,
-    ResourceRequirements, RetryPolicy, StateDecl, StateError, StateGraph, StateId, StateName,
-    StateSpec, StateStatus, WorkflowSpec, parse_duration,
+    AgentStatus, BreakerSpec, BulkheadSpec, DependencyDecl, DependencyLifecycle, DependencyType,
+    FlowError, Jitter, Next, Priority, ResourceRequirements, RetryPolicy, StateDecl, StateError,
+    StateGraph, StateId, StateName, StateSpec, StateStatus, WorkflowSpec, parse_duration,
 };
 pub use flow_macros::{context, state, workflow};
 pub use flow_runtime::{
-    Agent, Allocation, BoxError, BreakerState, Bulkhead, CircuitBreaker, Context, ContextValue,
-    DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING, DeadLetter, Event,
-    EventKind, EventStream, EventStreamError, FAILURE_KEY, FailureKind, MAX_EVENT_CAPACITY,
-    ResourceKind, ResourcePool, RunCounts, RunHandle, RunReport, StateOptions, StateReport,
-    StateResult, UsageStats, Waiting, Workflow,
+    Agent, Allocation, BlockedState, BoxError, BreakerState, Bulkhead, CircuitBreaker, Condition,
+    Context, ContextValue, DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING,
+    DeadLetter, DependencyConfig, Event, EventKind, EventStream, EventStreamError, FAILURE_KEY,
+    FailureKind, MAX_EVENT_CAPACITY, ResourceKind, ResourcePool, RunCounts, RunHandle, RunReport,
+    StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
 };
 
 mod transitions;
@@ -28,10 +28,10 @@ pub mod prelude {
 /// Items the macros' generated code refers to. Not a public API: it changes without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use flow_core::{BreakerSpec, BulkheadSpec};
+    pub use flow_core::{BreakerSpec, BulkheadSpec, DependencyDecl, DependencyLifecycle};
     pub use flow_core::{
         DependencyType, FlowError, Jitter, Next, Priority, ResourceRequirements, RetryPolicy,
         StateDecl, WorkflowSpec,
     };
-    pub use flow_runtime::{Agent, Bulkhead, CircuitBreaker, Context, Workflow};
+    pub use flow_runtime::{Agent, Bulkhead, CircuitBreaker, Context, DependencyConfig, Workflow};
 }

@@ -372,3 +372,53 @@ async fn transitions_in_other_macros_and_in_helpers_are_declared() {
     let report = Indirect.agent().run().await.unwrap();
     assert_eq!(report.context.get_state::<String>("path").unwrap(), "fast");
 }
+
+/// A macro workflow whose report starts by itself once `load` completed and the condition
+/// (a method of the workflow) holds.
+struct Etl {
+    min_rows: u32,
+}
+
+#[workflow(name = "etl")]
+impl Etl {
+    #[state(entry)]
+    async fn extract(&self, ctx: &Context) -> StateResult {
+        ctx.set_state("order", vec!["extract".to_string()]);
+        next!(load)
+    }
+
+    #[state]
+    async fn load(&self, ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ctx.update_typed::<Vec<String>, _>("order", |o| o.push("load".into()))?;
+        ctx.set_state("rows", 7u32);
+        end!()
+    }
+
+    #[state(deps(load(required, timeout = "1s", condition = enough_rows), extract = sequential))]
+    async fn report(&self, ctx: &Context) -> StateResult {
+        ctx.update_typed::<Vec<String>, _>("order", |o| o.push("report".into()))?;
+        end!()
+    }
+
+    fn enough_rows(&self, ctx: &Context) -> bool {
+        ctx.get_state::<u32>("rows")
+            .is_ok_and(|rows| rows >= self.min_rows)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn macro_dependencies_and_conditions_are_enforced() {
+    let report = Etl { min_rows: 5 }.agent().run().await.expect("completes");
+    let order: Vec<String> = report.context.get_state("order").unwrap();
+    assert_eq!(order, ["extract", "load", "report"]);
+    assert_eq!(report.state("report").unwrap().runs, 1);
+
+    // The condition never holds: the dependency's timeout fails `report`, naming `load`.
+    let error = Etl { min_rows: 50 }.agent().run().await.unwrap_err();
+    assert!(
+        matches!(&error, FlowError::DependencyTimeout { state, dependency, waiting_for, .. }
+            if state == "report" && dependency == "load" && waiting_for == "its condition does not hold"),
+        "{error}"
+    );
+}

@@ -203,13 +203,72 @@ pub enum FlowError {
         /// The workflow.
         agent: String,
     },
-    /// Nothing is running or ready, yet branches still wait: the run cannot make progress.
-    #[error("run of workflow `{agent}` cannot make progress: nothing runs, and these states wait: {}", .waiting.join(", "))]
+    /// Nothing is running or ready, yet states still wait: the run cannot make progress.
+    #[error("run of workflow `{agent}` cannot make progress: nothing runs, and these states wait: {}", .waiting.join("; "))]
     NoProgress {
         /// The workflow.
         agent: String,
-        /// The states branches wait at.
+        /// Each waiting state, with what it waits for: a join (`merge (held at a join)`) or
+        /// dependencies (`report (waits for: load: required, not completed)`).
         waiting: Vec<String>,
+    },
+    /// A state depends on a state that does not exist.
+    #[error("state `{state}` of workflow `{agent}` depends on `{dependency}`, but there is no state of that name{}", did_you_mean(.suggestion))]
+    UnknownDependency {
+        /// The workflow.
+        agent: String,
+        /// The dependent state.
+        state: String,
+        /// The dependency named.
+        dependency: String,
+        /// The closest existing name, if one is close.
+        suggestion: Option<String>,
+    },
+    /// Required dependencies form a cycle, so none of its states could ever start.
+    #[error("required dependencies of workflow `{agent}` form a cycle: {}; none of these states could ever start — make one of these dependencies `optional` or remove it", .cycle.join(" → "))]
+    DependencyCycle {
+        /// The workflow.
+        agent: String,
+        /// The states of the cycle, each required by the next; the first is repeated at the end.
+        cycle: Vec<String>,
+    },
+    /// A state's required dependency failed, so the state cannot run.
+    #[error(
+        "state `{state}` cannot run: its required dependency `{dependency}` failed ({error}); fix `{dependency}`, or make the dependency `optional` if `{state}` can do without it"
+    )]
+    DependencyFailed {
+        /// The dependent state.
+        state: String,
+        /// The dependency that failed.
+        dependency: String,
+        /// How it failed.
+        error: String,
+    },
+    /// A state's required dependency has not completed and nothing left in the run can run it.
+    #[error(
+        "state `{state}` cannot run: its required dependency `{dependency}` {reason}, and nothing left in the run can start it; make sure a transition reaches `{dependency}`, or make the dependency `optional`"
+    )]
+    DependencyUnsatisfied {
+        /// The dependent state.
+        state: String,
+        /// The dependency.
+        dependency: String,
+        /// What is known of the dependency (never ran, or its completion no longer counts).
+        reason: String,
+    },
+    /// A state waited for a dependency longer than that dependency's `timeout`.
+    #[error(
+        "state `{state}` waited {timeout:?} for its dependency `{dependency}` ({waiting_for}) and gave up; raise the dependency's `timeout`, or find out why `{dependency}` is not satisfied"
+    )]
+    DependencyTimeout {
+        /// The dependent state.
+        state: String,
+        /// The dependency it waited for.
+        dependency: String,
+        /// The dependency's timeout.
+        timeout: Duration,
+        /// What it still waited for.
+        waiting_for: String,
     },
     /// A state name given to a control call does not exist.
     #[error("the workflow has no state named `{state}`{}", did_you_mean(.suggestion))]

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use crate::error::FlowError;
 use crate::hash::FxHashMap;
+use crate::options::DependencyType;
+use crate::spec::find_cycle;
 use crate::suggest::closest_name;
 
 /// Dense index of a state in its [`StateGraph`] (states are interned: the scheduler passes these
@@ -37,6 +39,8 @@ pub struct StateSpec {
     pub entry: bool,
     /// The state that runs when this one fails after its last attempt.
     pub on_error: Option<String>,
+    /// The states this one depends on, and how.
+    pub dependencies: Vec<(String, DependencyType)>,
 }
 
 impl StateSpec {
@@ -47,6 +51,7 @@ impl StateSpec {
             successors: None,
             entry: false,
             on_error: None,
+            dependencies: Vec::new(),
         }
     }
 }
@@ -69,6 +74,7 @@ pub struct StateGraph {
     wild: Vec<bool>,
     entries: Vec<StateId>,
     handlers: Vec<Option<StateId>>,
+    dependencies: Vec<Box<[(StateId, DependencyType)]>>,
 }
 
 impl StateGraph {
@@ -176,6 +182,8 @@ impl StateGraph {
             entries.push(StateId(0));
         }
 
+        let dependencies = resolve_dependencies(agent, specs, &index, &mut errors);
+
         FlowError::from_problems(agent, errors)?;
 
         let order = component_order(&successors);
@@ -189,6 +197,7 @@ impl StateGraph {
             wild,
             entries,
             handlers,
+            dependencies,
         })
     }
 
@@ -246,6 +255,11 @@ impl StateGraph {
         self.handlers[id.index()]
     }
 
+    /// The states this one depends on, and how, in the order they were declared.
+    pub fn dependencies(&self, id: StateId) -> &[(StateId, DependencyType)] {
+        &self.dependencies[id.index()]
+    }
+
     /// Whether any state may be reachable from this one (see the type's docs).
     pub fn is_wild(&self, id: StateId) -> bool {
         self.wild[id.index()]
@@ -261,6 +275,63 @@ impl StateGraph {
     pub fn suggest(&self, name: &str) -> Option<String> {
         closest_name(name, self.names.iter().map(|n| &**n)).map(str::to_owned)
     }
+}
+
+/// Resolves every dependency to an id; reports unknown names, a state depending on itself and
+/// cycles of required dependencies (whose states could never start).
+fn resolve_dependencies(
+    agent: &str,
+    specs: &[StateSpec],
+    index: &FxHashMap<Arc<str>, StateId>,
+    errors: &mut Vec<FlowError>,
+) -> Vec<Box<[(StateId, DependencyType)]>> {
+    let mut resolved = Vec::with_capacity(specs.len());
+    let mut required = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let mut ids: Vec<(StateId, DependencyType)> = Vec::with_capacity(spec.dependencies.len());
+        for (name, kind) in &spec.dependencies {
+            match index.get(name.as_str()) {
+                None => errors.push(FlowError::UnknownDependency {
+                    agent: agent.to_owned(),
+                    state: spec.name.clone(),
+                    dependency: name.clone(),
+                    suggestion: closest_name(name, specs.iter().map(|s| s.name.as_str()))
+                        .map(str::to_owned),
+                }),
+                Some(&id) if id.index() == i => errors.push(FlowError::InvalidConfig {
+                    agent: agent.to_owned(),
+                    message: format!(
+                        "state `{name}` depends on itself, so it could never start; remove that dependency"
+                    ),
+                }),
+                Some(&id) if ids.iter().any(|(known, _)| *known == id) => {
+                    errors.push(FlowError::InvalidConfig {
+                        agent: agent.to_owned(),
+                        message: format!(
+                            "state `{}` depends on `{name}` twice; keep one dependency",
+                            spec.name
+                        ),
+                    })
+                }
+                Some(&id) => {
+                    ids.push((id, *kind));
+                    if *kind == DependencyType::Required {
+                        required.push((id.index(), i));
+                    }
+                }
+            }
+        }
+        resolved.push(ids.into_boxed_slice());
+    }
+    if let Some((_, cycle)) = find_cycle(specs.len(), &required) {
+        let mut names: Vec<String> = cycle.iter().map(|&i| specs[i].name.clone()).collect();
+        names.push(names[0].clone());
+        errors.push(FlowError::DependencyCycle {
+            agent: agent.to_owned(),
+            cycle: names,
+        });
+    }
+    resolved
 }
 
 /// Tarjan's algorithm, iterative (a chain of 100 000 states must not overflow the stack).
@@ -345,6 +416,7 @@ mod tests {
             successors: Some(successors.iter().map(|s| s.to_string()).collect()),
             entry: false,
             on_error: None,
+            dependencies: Vec::new(),
         }
     }
 
@@ -430,6 +502,7 @@ mod tests {
                     successors: Some(next),
                     entry: false,
                     on_error: None,
+                    dependencies: Vec::new(),
                 }
             })
             .collect();
@@ -454,5 +527,62 @@ mod tests {
         let wild = |n: &str| g.is_wild(g.id(n).unwrap());
         assert!(wild("a") && wild("b"));
         assert!(!wild("c") && !wild("d"));
+    }
+
+    #[test]
+    fn dependencies_are_resolved_and_checked() {
+        use DependencyType::*;
+        let with = |name: &str, deps: &[(&str, DependencyType)]| StateSpec {
+            dependencies: deps.iter().map(|(d, k)| (d.to_string(), *k)).collect(),
+            ..spec(name, &[])
+        };
+        let g = StateGraph::build(
+            "w",
+            &[
+                with("a", &[]),
+                with("b", &[("a", Required), ("c", Optional)]),
+                with("c", &[]),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            g.dependencies(StateId(1)),
+            &[(StateId(0), Required), (StateId(2), Optional)]
+        );
+        let err = StateGraph::build(
+            "w",
+            &[
+                with("a", &[("b", Required), ("zz", Optional)]),
+                with("b", &[("c", Required), ("b", Optional)]),
+                with("c", &[("a", Required)]),
+            ],
+            &[],
+        )
+        .unwrap_err();
+        let FlowError::Invalid { errors, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            matches!(&errors[0], FlowError::UnknownDependency { dependency, .. } if dependency == "zz")
+        );
+        assert!(errors[1].to_string().contains("`b` depends on itself"));
+        assert_eq!(
+            errors[2],
+            FlowError::DependencyCycle {
+                agent: "w".into(),
+                cycle: vec!["a".into(), "c".into(), "b".into(), "a".into()],
+            }
+        );
+        // A cycle through a non-required dependency can still start.
+        assert!(
+            StateGraph::build(
+                "w",
+                &[with("a", &[("b", Required)]), with("b", &[("a", Optional)])],
+                &[],
+            )
+            .is_ok()
+        );
     }
 }

@@ -20,8 +20,10 @@ pub use error::{FlowError, StateError};
 pub use graph::{StateGraph, StateId, StateSpec};
 pub use hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
 pub use next::{Next, StateName};
-pub use options::{DependencyType, Jitter, ResourceRequirements, RetryPolicy, parse_duration};
+pub use options::{
+    DependencyLifecycle, DependencyType, Jitter, ResourceRequirements, RetryPolicy, parse_duration,
+};
 pub use priority::Priority;
-pub use spec::{BreakerSpec, BulkheadSpec, StateDecl, WorkflowSpec, find_cycle};
+pub use spec::{BreakerSpec, BulkheadSpec, DependencyDecl, StateDecl, WorkflowSpec, find_cycle};
 pub use status::{AgentStatus, StateStatus};
 pub use suggest::closest_name;

@@ -1,6 +1,6 @@
-//! Per-state options whose runtime features are built by later issues. They are part of the
-//! vocabulary now so that the macros can parse, validate and record them in a workflow's
-//! [`crate::WorkflowSpec`]; the runtime does not act on them yet (each type says so).
+//! Per-state options shared by the macros (which parse, validate and record them in a
+//! workflow's [`crate::WorkflowSpec`]) and the runtime (which acts on them): resources, retry
+//! policies, dependency kinds and lifecycles, durations.
 
 use std::time::Duration;
 
@@ -141,21 +141,42 @@ impl Default for RetryPolicy {
     }
 }
 
-/// How a state depends on another.
+/// How a state (the *dependent*) depends on another (its *dependency*).
 ///
-/// **Recorded, not yet enforced:** dependency scheduling is a later issue; until then
-/// dependencies are validated (unknown states, cycles of required ones) and kept in the graph.
+/// The runtime's `DependencyConfig` documents exactly when each kind lets the dependent start;
+/// in short:
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DependencyType {
-    /// Waits until the dependency completed in this run.
+    /// Waits until the dependency has completed in this run (and the completion still counts
+    /// under the lifecycle). If the dependency fails, or nothing left in the run can run it,
+    /// the dependent fails with an error naming both. A state with required dependencies that
+    /// no transition leads to starts by itself once they are satisfied.
     Required,
-    /// Waits only while the dependency is scheduled or running.
+    /// Waits only while the dependency is scheduled or running; otherwise goes ahead.
     Optional,
-    /// Starts together with the dependency.
+    /// Does not wait: when the dependent starts, the dependency is started alongside it,
+    /// unless it is already scheduled or its last completion still counts.
     Parallel,
-    /// Runs after the dependency, if it runs.
+    /// Runs after the dependency if the dependency runs: waits while it is scheduled or
+    /// running, and, when it has not run (since the dependent last ran), until nothing else
+    /// in the run is left that could start it.
     Sequential,
+}
+
+/// Whether a completed dependency still counts for its dependent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyLifecycle {
+    /// One completion counts for the rest of the run.
+    #[default]
+    Once,
+    /// Each run of the dependent needs a completion newer than the dependent's previous start.
+    Always,
+    /// A completion counts for the dependency's `interval`; when it is older, the dependency
+    /// is run again first (for a required or parallel dependency) and the dependent waits for
+    /// that fresh completion.
+    Periodic,
 }
 
 /// Parses a duration written as a number and a unit, or several such parts: `"250ms"`,

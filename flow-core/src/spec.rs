@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::options::{DependencyType, ResourceRequirements, RetryPolicy};
+use crate::options::{DependencyLifecycle, DependencyType, ResourceRequirements, RetryPolicy};
 use crate::priority::Priority;
 
 /// The static description of a workflow: its states, their transitions, dependencies and
@@ -40,8 +40,8 @@ pub struct StateDecl {
     pub resources: ResourceRequirements,
     /// Retry policy (see [`RetryPolicy`]).
     pub retry: Option<RetryPolicy>,
-    /// Dependencies on other states (recorded; see [`DependencyType`]).
-    pub dependencies: &'static [(&'static str, DependencyType)],
+    /// Dependencies on other states, in the order written.
+    pub dependencies: &'static [DependencyDecl],
     /// The state that handles this one's failure.
     pub on_error: Option<&'static str>,
     /// The circuit breaker guarding this state, if any.
@@ -52,6 +52,41 @@ pub struct StateDecl {
     pub acquire_timeout: Option<Duration>,
     /// Whether a higher-priority state of its run may preempt it.
     pub preemptible: bool,
+}
+
+/// One dependency declared with `#[state(deps(...))]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DependencyDecl {
+    /// The state depended on.
+    pub state: &'static str,
+    /// How (see [`DependencyType`]).
+    pub kind: DependencyType,
+    /// Whether a completion still counts (see [`DependencyLifecycle`]).
+    pub lifecycle: DependencyLifecycle,
+    /// How long a completion counts under [`DependencyLifecycle::Periodic`].
+    pub interval: Option<Duration>,
+    /// How long any completion counts, whatever the lifecycle.
+    pub expiry: Option<Duration>,
+    /// How long the dependent may wait for this dependency before it fails.
+    pub timeout: Option<Duration>,
+    /// The method of the workflow that must also return `true`, if any.
+    pub condition: Option<&'static str>,
+}
+
+impl DependencyDecl {
+    /// A dependency of this kind with the defaults: lifecycle `Once`, no interval, expiry,
+    /// timeout or condition.
+    pub const fn new(state: &'static str, kind: DependencyType) -> Self {
+        Self {
+            state,
+            kind,
+            lifecycle: DependencyLifecycle::Once,
+            interval: None,
+            expiry: None,
+            timeout: None,
+            condition: None,
+        }
+    }
 }
 
 /// A circuit breaker declared on a state: see the runtime's `CircuitBreaker`.
@@ -117,7 +152,7 @@ impl WorkflowSpec {
             .flat_map(|s| {
                 s.dependencies
                     .iter()
-                    .map(move |(d, kind)| (*d, s.name, *kind))
+                    .map(move |d| (d.state, s.name, d.kind))
             })
             .collect()
     }
@@ -281,7 +316,7 @@ mod tests {
         states: &[
             state("a", Some(&["b", "c"])),
             StateDecl {
-                dependencies: &[("a", DependencyType::Required)],
+                dependencies: &[DependencyDecl::new("a", DependencyType::Required)],
                 ..state("b", Some(&[]))
             },
             StateDecl {

@@ -23,7 +23,8 @@ mod kw {
 
 pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critical, timeout = \"30s\", \
      resources(cpu, memory_mb, io, network, gpu), retry(max, initial_delay, max_delay, base, jitter), \
-     deps(state = required|optional|parallel|sequential), on_error = state, \
+     deps(state = required|optional|parallel|sequential, or state(kind, always|once, periodic = \"5m\", \
+     expiry = \"1h\", timeout = \"1m\", condition = method)), on_error = state, \
      circuit_breaker(failures, recovery, half_open), bulkhead(name, max_concurrent, max_queued), \
      acquire_timeout = \"5s\", preemptible";
 
@@ -36,12 +37,26 @@ pub(crate) struct StateOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) resources: Resources,
     pub(crate) retry: Option<Retry>,
-    pub(crate) deps: Vec<(Ident, &'static str)>,
+    pub(crate) deps: Vec<Dependency>,
     pub(crate) on_error: Option<Ident>,
     pub(crate) breaker: Option<Breaker>,
     pub(crate) bulkhead: Option<BulkheadOption>,
     pub(crate) acquire_timeout: Option<Duration>,
     pub(crate) preemptible: bool,
+}
+
+/// One entry of `deps(...)`.
+pub(crate) struct Dependency {
+    pub(crate) state: Ident,
+    /// The kind's variant name (`Required`, ...).
+    pub(crate) kind: &'static str,
+    /// The lifecycle's variant name (`Once`, `Always`, `Periodic`).
+    pub(crate) lifecycle: &'static str,
+    pub(crate) interval: Option<Duration>,
+    pub(crate) expiry: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
+    /// A method of the workflow, `fn(&self, &Context) -> bool`.
+    pub(crate) condition: Option<Ident>,
 }
 
 pub(crate) struct Breaker {
@@ -271,6 +286,98 @@ fn dependency_kind(meta: &ParseNestedMeta) -> syn::Result<&'static str> {
     }
 }
 
+const DEPENDENCY_OPTIONS: &str = "a kind (`required`, `optional`, `parallel`, `sequential`), \
+     `once`, `always`, `periodic = \"5m\"`, `expiry = \"1h\"`, `timeout = \"1m\"`, `condition = method`";
+
+/// `load(required, periodic = "5m", expiry = "1h", timeout = "1m", condition = ready)`.
+fn parse_dependency(
+    meta: &ParseNestedMeta,
+    state: Ident,
+    errors: &mut Errors,
+) -> syn::Result<Dependency> {
+    let mut dependency = Dependency {
+        state,
+        kind: "",
+        lifecycle: "Once",
+        interval: None,
+        expiry: None,
+        timeout: None,
+        condition: None,
+    };
+    let mut seen = Seen(HashSet::new());
+    let mut lifecycle_span: Option<Span> = None;
+    meta.parse_nested_meta(|option| {
+        let key = key_of(&option);
+        let span = option.path.span();
+        let kind = match key.as_str() {
+            "required" => Some("Required"),
+            "optional" => Some("Optional"),
+            "parallel" => Some("Parallel"),
+            "sequential" => Some("Sequential"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            if !dependency.kind.is_empty() {
+                errors.push(syn::Error::new(span, "a dependency has one kind; keep one of them"));
+            }
+            dependency.kind = kind;
+            return Ok(());
+        }
+        seen.check(&option, &key, errors);
+        let mut lifecycle = |name: &'static str| {
+            if lifecycle_span.is_some() {
+                errors.push(syn::Error::new(
+                    span,
+                    "a dependency has one lifecycle: `once`, `always` or `periodic = \"5m\"`; keep one",
+                ));
+            }
+            lifecycle_span = Some(span);
+            dependency.lifecycle = name;
+        };
+        match key.as_str() {
+            "once" => lifecycle("Once"),
+            "always" => lifecycle("Always"),
+            "periodic" => {
+                lifecycle("Periodic");
+                dependency.interval = duration(&option, "periodic", errors)?;
+            }
+            "expiry" => dependency.expiry = duration(&option, "expiry", errors)?,
+            "timeout" => dependency.timeout = duration(&option, "timeout", errors)?,
+            "condition" => {
+                let value = option.value()?;
+                dependency.condition = Some(value.parse().map_err(|e: syn::Error| {
+                    syn::Error::new(
+                        e.span(),
+                        "`condition` names a method of this workflow, `fn(&self, &Context) -> bool`, like `condition = is_ready`",
+                    )
+                })?);
+            }
+            other => {
+                return Err(syn::Error::new(
+                    span,
+                    format!("unknown dependency option `{other}`; the options are: {DEPENDENCY_OPTIONS}"),
+                ));
+            }
+        }
+        Ok(())
+    })?;
+    if dependency.kind.is_empty() {
+        errors.push(syn::Error::new(
+            dependency.state.span(),
+            format!(
+                "say what kind of dependency this is, like `{}(required, ...)`",
+                dependency.state
+            ),
+        ));
+        dependency.kind = "Required";
+    }
+    if dependency.lifecycle == "Periodic" && dependency.interval.is_none() {
+        // The interval was given but invalid: its error is reported already.
+        dependency.lifecycle = "Once";
+    }
+    Ok(dependency)
+}
+
 /// Parses one `#[state]` / `#[state(...)]` attribute; problems go to `errors`.
 pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions {
     let mut options = StateOptions::default();
@@ -314,11 +421,23 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
                         "name a state of this workflow, like `deps(load = required)`",
                     ));
                 };
-                let kind = dependency_kind(&dep)?;
-                if options.deps.iter().any(|(known, _)| *known == state) {
+                let dependency = if dep.input.peek(syn::token::Paren) {
+                    parse_dependency(&dep, state.clone(), errors)?
+                } else {
+                    Dependency {
+                        state: state.clone(),
+                        kind: dependency_kind(&dep)?,
+                        lifecycle: "Once",
+                        interval: None,
+                        expiry: None,
+                        timeout: None,
+                        condition: None,
+                    }
+                };
+                if options.deps.iter().any(|known| known.state == state) {
                     errors.push(syn::Error::new(state.span(), format!("the dependency on `{state}` is given twice; keep one")));
                 } else {
-                    options.deps.push((state, kind));
+                    options.deps.push(dependency);
                 }
                 Ok(())
             })?,

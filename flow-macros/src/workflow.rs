@@ -229,7 +229,7 @@ fn check_graph(states: &[State], errors: &mut Errors) {
                 errors.push(unknown(target, &format!("state `{}` goes to", state.ident)));
             }
         }
-        for (dependency, _) in &state.options.deps {
+        for dependency in state.options.deps.iter().map(|d| &d.state) {
             if index(dependency).is_none() {
                 errors.push(unknown(
                     dependency,
@@ -291,12 +291,12 @@ fn check_graph(states: &[State], errors: &mut Errors) {
     let mut edges = Vec::new();
     let mut edge_tokens = Vec::new();
     for (dependent, state) in states.iter().enumerate() {
-        for (dependency, kind) in &state.options.deps {
-            if let (true, Some(from)) = (*kind == "Required", index(dependency))
+        for dependency in &state.options.deps {
+            if let (true, Some(from)) = (dependency.kind == "Required", index(&dependency.state))
                 && from != dependent
             {
                 edges.push((from, dependent));
-                edge_tokens.push(dependency);
+                edge_tokens.push(&dependency.state);
             }
         }
     }
@@ -374,10 +374,23 @@ fn generate(
                 exponential_base: #base, jitter: #jitter,
             })
         }));
-        let dependencies = state.options.deps.iter().map(|(dependency, kind)| {
-            let dependency = dependency.to_string();
-            let kind = Ident::new(kind, Span::call_site());
-            quote!((#dependency, #p::DependencyType::#kind))
+        let dependencies = state.options.deps.iter().map(|dependency| {
+            let name = dependency.state.to_string();
+            let kind = Ident::new(dependency.kind, Span::call_site());
+            let lifecycle = Ident::new(dependency.lifecycle, Span::call_site());
+            let interval = optional(dependency.interval.map(duration));
+            let expiry = optional(dependency.expiry.map(duration));
+            let timeout = optional(dependency.timeout.map(duration));
+            let condition = optional(dependency.condition.as_ref().map(Ident::to_string));
+            quote!(#p::DependencyDecl {
+                state: #name,
+                kind: #p::DependencyType::#kind,
+                lifecycle: #p::DependencyLifecycle::#lifecycle,
+                interval: #interval,
+                expiry: #expiry,
+                timeout: #timeout,
+                condition: #condition,
+            })
         });
         let on_error = optional(state.options.on_error.as_ref().map(Ident::to_string));
         let acquire_timeout = optional(state.options.acquire_timeout.map(duration));
@@ -413,6 +426,24 @@ fn generate(
     let registrations = states.iter().enumerate().map(|(index, state)| {
         let ident = &state.ident;
         let name = ident.to_string();
+        let has_conditions = state.options.deps.iter().any(|d| d.condition.is_some());
+        let keep_this = has_conditions.then(|| quote!(let condition_this = ::std::sync::Arc::clone(&this);));
+        let dependencies = state.options.deps.iter().enumerate().map(|(i, dependency)| {
+            let when = dependency.condition.as_ref().map(|method| {
+                quote_spanned! {method.span()=>
+                    .when({
+                        let this = ::std::sync::Arc::clone(&condition_this);
+                        move |ctx: &#p::Context| -> bool { <Self>::#method(&*this, ctx) }
+                    })
+                }
+            });
+            quote! {
+                let options = {
+                    let dependency = &declared.dependencies[#i];
+                    options.depends_on(dependency.state, #p::DependencyConfig::from(dependency) #when)
+                };
+            }
+        });
         // Type errors about what the state returns point at its return type.
         let span = Span::call_site().located_at(state.output_span);
         let add = quote_spanned! {span=>
@@ -424,6 +455,7 @@ fn generate(
         quote! {
             {
                 let this = ::std::sync::Arc::clone(&this);
+                #keep_this
                 let declared = &<Self as #p::Workflow>::GRAPH.states[#index];
                 let options = #add.priority(declared.priority);
                 let options = match declared.timeout {
@@ -437,6 +469,7 @@ fn generate(
                     ::core::option::Option::None => options,
                 };
                 let options = if declared.preemptible { options.preemptible() } else { options };
+                #(#dependencies)*
                 let options = match declared.retry {
                     ::core::option::Option::Some(policy) => options.retry(policy),
                     ::core::option::Option::None => options,

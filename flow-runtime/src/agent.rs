@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use flow_core::{
-    AgentStatus, FlowError, Next, Priority, ResourceRequirements, RetryPolicy, StateGraph,
-    StateSpec, StateStatus,
+    AgentStatus, DependencyType, FlowError, Next, Priority, ResourceRequirements, RetryPolicy,
+    StateGraph, StateId, StateSpec, StateStatus,
 };
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
+use crate::dependency::DependencyConfig;
 use crate::events::{EventHub, EventStream};
 use crate::failure::{DEAD_LETTER_CAPACITY, DeadLetter};
 use crate::resilience::{Bulkhead, CircuitBreaker};
@@ -103,6 +104,7 @@ struct StateDef {
     resources: ResourceRequirements,
     acquire_timeout: Option<Duration>,
     preemptible: bool,
+    dependencies: Vec<(String, DependencyConfig)>,
 }
 
 /// A validated definition, shared by every run started from it.
@@ -116,6 +118,17 @@ pub(crate) struct Compiled {
     /// The pool states draw from; `None` when no state needs anything.
     pub(crate) pool: Option<ResourcePool>,
     pub(crate) priority_aging: Duration,
+    /// For each state, the states that depend on it.
+    pub(crate) dependents: Box<[Box<[StateId]>]>,
+    /// The states that start by themselves once their dependencies let them (see
+    /// [`DependencyConfig`]).
+    pub(crate) self_starting: Box<[StateId]>,
+}
+
+/// One dependency of a compiled state.
+pub(crate) struct CompiledDependency {
+    pub(crate) on: StateId,
+    pub(crate) config: DependencyConfig,
 }
 
 pub(crate) struct CompiledState {
@@ -131,6 +144,8 @@ pub(crate) struct CompiledState {
     pub(crate) acquire_timeout: Option<Duration>,
     /// Whether a higher-priority state of its run may stop it to take its resources.
     pub(crate) preemptible: bool,
+    /// What it waits for before it starts.
+    pub(crate) dependencies: Box<[CompiledDependency]>,
 }
 
 impl Agent {
@@ -206,6 +221,7 @@ impl Agent {
             resources: ResourceRequirements::NONE,
             acquire_timeout: None,
             preemptible: false,
+            dependencies: Vec::new(),
         });
         let state = definition
             .states
@@ -422,6 +438,15 @@ impl Agent {
         }
     }
 
+    /// The states of the latest run waiting on their dependencies (see
+    /// [`RunHandle::blocked`]).
+    pub async fn blocked(&self) -> Vec<crate::BlockedState> {
+        match self.latest() {
+            Some(run) => run.blocked().await,
+            None => Vec::new(),
+        }
+    }
+
     /// Cancels the latest run (see [`RunHandle::cancel`]).
     pub fn cancel_all(&self) {
         if let Some(run) = self.latest() {
@@ -515,6 +540,53 @@ impl StateOptions<'_> {
         self
     }
 
+    /// Makes this state depend on `state`: a [`DependencyType`](flow_core::DependencyType) or a
+    /// full [`DependencyConfig`] (lifecycle, expiry, interval, timeout, condition). See
+    /// [`DependencyConfig`] for what each kind waits for. Checked when a run starts: an unknown
+    /// state, a second dependency on the same state and a cycle of required dependencies are
+    /// errors.
+    ///
+    /// ```
+    /// use flow_core::{DependencyType, FlowError, Next};
+    /// use flow_runtime::{Agent, Context, DependencyConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), FlowError> {
+    /// let mut agent = Agent::new("etl");
+    /// agent.add_state("extract", |_ctx: Context| async { Ok::<_, FlowError>(Next::to("load")) });
+    /// agent.add_state("load", |ctx: Context| async move {
+    ///     ctx.set_state("rows", 3u32);
+    ///     Ok::<_, FlowError>(Next::End)
+    /// });
+    /// // Nothing transitions to `report`: it starts once `load` completed.
+    /// agent
+    ///     .add_state("report", |ctx: Context| async move {
+    ///         let rows: u32 = ctx.get_state("rows")?;
+    ///         ctx.set_state("summary", format!("{rows} rows"));
+    ///         Ok::<_, FlowError>(Next::End)
+    ///     })
+    ///     .depends_on("load", DependencyType::Required)
+    ///     .depends_on("extract", DependencyConfig::sequential());
+    /// let report = agent.run().await?;
+    /// assert_eq!(report.context.get_state::<String>("summary")?, "3 rows");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn depends_on(
+        self,
+        state: impl Into<String>,
+        dependency: impl Into<DependencyConfig>,
+    ) -> Self {
+        let dependency = dependency.into();
+        let state = state.into();
+        self.state
+            .spec
+            .dependencies
+            .push((state.clone(), dependency.kind));
+        self.state.dependencies.push((state, dependency));
+        self
+    }
+
     /// Makes this an entry state: the run starts here (with several, they start in parallel).
     pub fn entry(self) -> Self {
         self.state.spec.entry = true;
@@ -563,10 +635,23 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             state.spec.name
         )));
     }
+    let mut timing = Vec::new();
+    for state in &definition.states {
+        for (dependency, config) in &state.dependencies {
+            timing.extend(
+                config
+                    .problems(&state.spec.name, dependency)
+                    .into_iter()
+                    .map(invalid),
+            );
+        }
+    }
+    FlowError::from_problems(agent, timing)?;
     let states = definition
         .states
         .iter()
-        .map(|s| CompiledState {
+        .enumerate()
+        .map(|(index, s)| CompiledState {
             func: Arc::clone(&s.func),
             priority: s.priority,
             timeout: s.timeout,
@@ -576,8 +661,19 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             needs: amounts(&s.resources),
             acquire_timeout: s.acquire_timeout,
             preemptible: s.preemptible,
+            // The graph resolved and checked the names, in the same order.
+            dependencies: graph
+                .dependencies(StateId::new(index as u32))
+                .iter()
+                .zip(&s.dependencies)
+                .map(|(&(on, _), (_, config))| CompiledDependency {
+                    on,
+                    config: config.clone(),
+                })
+                .collect(),
         })
         .collect();
+    let (dependents, self_starting) = dependency_tables(&graph);
     let needs_any = definition
         .states
         .iter()
@@ -615,7 +711,46 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         cleanup_timeout: definition.cleanup_timeout,
         pool,
         priority_aging: definition.priority_aging,
+        dependents,
+        self_starting,
     }))
+}
+
+/// Who depends on each state, and which states start by themselves: those with a required
+/// dependency that are not entries and that no declared transition leads to.
+/// For each state, a list of states.
+type PerState = Box<[Box<[StateId]>]>;
+
+fn dependency_tables(graph: &StateGraph) -> (PerState, Box<[StateId]>) {
+    let mut dependents = vec![Vec::new(); graph.len()];
+    let mut self_starting = Vec::new();
+    let mut handles_errors = vec![false; graph.len()];
+    for index in 0..graph.len() {
+        if let Some(handler) = graph.error_handler(StateId::new(index as u32)) {
+            handles_errors[handler.index()] = true;
+        }
+    }
+    for (index, &handles_errors) in handles_errors.iter().enumerate() {
+        let state = StateId::new(index as u32);
+        for &(on, _) in graph.dependencies(state) {
+            dependents[on.index()].push(state);
+        }
+        let required = graph
+            .dependencies(state)
+            .iter()
+            .any(|(_, kind)| *kind == DependencyType::Required);
+        if required
+            && !graph.entries().contains(&state)
+            && graph.predecessors(state).is_empty()
+            && !handles_errors
+        {
+            self_starting.push(state);
+        }
+    }
+    (
+        dependents.into_iter().map(Vec::into_boxed_slice).collect(),
+        self_starting.into_boxed_slice(),
+    )
 }
 
 /// Every state's request must fit the pool and its quotas, or it would wait forever.

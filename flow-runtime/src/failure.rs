@@ -29,6 +29,9 @@ pub enum FailureKind {
     BulkheadFull,
     /// The state waited too long for the resource pool: it was not called.
     ResourceTimeout,
+    /// A dependency failed, could no longer run, or was waited for past its timeout: the
+    /// state was not called (and is not retried).
+    Dependency,
 }
 
 /// The record of a state that failed after its last attempt: kept in the run's report and by

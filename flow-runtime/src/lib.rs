@@ -7,6 +7,7 @@
 
 mod agent;
 mod context;
+mod dependency;
 mod events;
 mod failure;
 mod resilience;
@@ -20,10 +21,12 @@ pub use agent::{
     Agent, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING, MAX_EVENT_CAPACITY, StateOptions,
 };
 pub use context::{Context, ContextValue};
+pub use dependency::{Condition, DependencyConfig};
 pub use events::{Event, EventKind, EventStream, EventStreamError};
 pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};
 pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};
 pub use resources::{Allocation, ResourceKind, ResourcePool, UsageStats, Waiting};
 pub use run::{RunCounts, RunHandle, RunReport, StateReport};
+pub use scheduler::BlockedState;
 pub use state_fn::{BoxError, StateResult};
 pub use workflow::Workflow;

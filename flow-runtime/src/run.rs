@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::failure::DeadLetter;
-use crate::scheduler::Message;
+use crate::scheduler::{BlockedState, Message};
 
 /// Live status of one run, written by its coordinator with plain atomic stores (no lock), read
 /// by handles and agents at any time.
@@ -128,6 +128,14 @@ impl RunControl {
         }
         Ok(answer.await.unwrap_or(0))
     }
+
+    pub(crate) async fn blocked(&self) -> Vec<BlockedState> {
+        let (reply, answer) = oneshot::channel();
+        if self.sender.send(Message::Blocked(reply)).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
 }
 
 /// A run in progress. Dropping the handle leaves the run going; [`RunHandle::cancel`] stops it.
@@ -188,6 +196,12 @@ impl RunHandle {
     /// Returns how many were cancelled; an unknown name is an error.
     pub async fn cancel_state(&self, state: &str) -> Result<usize, FlowError> {
         self.control.cancel_state(state).await
+    }
+
+    /// The states waiting on their dependencies right now (status `Blocked`), each with what
+    /// it waits for, sorted by name. Empty when none waits or the run has ended.
+    pub async fn blocked(&self) -> Vec<BlockedState> {
+        self.control.blocked().await
     }
 
     /// Waits for the run to finish and returns its report, whatever the outcome.

@@ -70,20 +70,27 @@ impl Coordinator {
             self.forget_wait(state);
         }
         ended.extend(removed.into_iter().map(|entry| entry.group));
+        let queued_or_running = ended.len();
+        let waiting = self.cancel_waiting(state);
+        let cancelled = ended.len() + waiting.len();
+        ended.extend(waiting.into_iter().flatten());
         let graph = Arc::clone(&self.graph);
         for group in &ended {
             self.joins.end(&graph, *group, state);
         }
-        if !ended.is_empty() {
+        for _ in 0..queued_or_running {
+            self.dependency_ended(state, None);
+        }
+        if cancelled > 0 {
             self.set_status(state, StateStatus::Cancelled);
-            for _ in &ended {
+            for _ in 0..cancelled {
                 self.publish(EventKind::StateCancelled {
                     state: Arc::clone(self.graph.name(state)),
                 });
             }
             self.absorb_joins();
         }
-        ended.len()
+        cancelled
     }
 
     /// Aborts every running state task; returns their states.
@@ -165,7 +172,11 @@ impl Coordinator {
                 Message::CancelState { reply, .. } => {
                     let _ = reply.send(0);
                 }
+                Message::Blocked(reply) => {
+                    let _ = reply.send(Vec::new());
+                }
                 Message::Retry { .. }
+                | Message::DependencyDeadline { .. }
                 | Message::Resume
                 | Message::PoolFreed
                 | Message::AcquireDeadline { .. }
@@ -208,6 +219,7 @@ impl Coordinator {
         cancelled.extend(self.ready.drain().map(|entry| entry.state));
         cancelled.extend(self.joins.held_states());
         cancelled.extend(waiting_for_retry);
+        cancelled.extend(self.abort_dependency_waits());
         cancelled.sort_unstable();
         cancelled.dedup();
         for state in cancelled {

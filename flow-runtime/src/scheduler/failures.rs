@@ -29,6 +29,8 @@ pub(super) enum Failure {
     CircuitOpen(Duration),
     BulkheadFull(BulkheadFull),
     ResourceTimeout(Duration),
+    /// A dependency failed, could no longer run, or timed out: the state never started.
+    Dependency(FlowError),
 }
 
 impl Coordinator {
@@ -78,6 +80,14 @@ impl Coordinator {
                 FailureKind::ResourceTimeout,
                 StateStatus::Timeout,
             ),
+            Failure::Dependency(error) => {
+                let status = if matches!(error, FlowError::DependencyTimeout { .. }) {
+                    StateStatus::Timeout
+                } else {
+                    StateStatus::Failed
+                };
+                (error, FailureKind::Dependency, status)
+            }
             Failure::CircuitOpen(retry_in) => (
                 FlowError::CircuitOpen {
                     state: name,
@@ -105,7 +115,8 @@ impl Coordinator {
         tracing::debug!(%error, "state attempt failed");
 
         let policy = self.compiled.states[state.index()].retry;
-        if attempt <= policy.max_retries {
+        let from_dependency = kind == FailureKind::Dependency;
+        if !from_dependency && attempt <= policy.max_retries {
             let delay = policy.delay(attempt - 1, self.retry_seed(state));
             self.schedule_retry(state, group, attempt + 1, delay, message);
             return Ok(());
@@ -121,10 +132,11 @@ impl Coordinator {
         let letter = DeadLetter {
             run_id: self.observer.run_id,
             state: self.graph.name(state).to_string(),
-            error: message,
+            error: message.clone(),
             kind,
             attempts: attempt,
-            timed_out: matches!(kind, FailureKind::Timeout | FailureKind::ResourceTimeout),
+            timed_out: matches!(kind, FailureKind::Timeout | FailureKind::ResourceTimeout)
+                || status == StateStatus::Timeout,
             at: SystemTime::now(),
             context: match self.context.snapshot() {
                 Ok(values) => serde_json::Value::Object(values),
@@ -138,6 +150,10 @@ impl Coordinator {
                 let graph = Arc::clone(&self.graph);
                 self.joins.goto(&graph, group, state, handler);
                 self.absorb_joins();
+                if !from_dependency {
+                    // Its dependents learn it failed (a dependency failure records itself).
+                    self.dependency_ended(state, Some(message));
+                }
                 Ok(())
             }
             None => Err(error),

@@ -52,7 +52,9 @@ pub(crate) struct Joins {
     /// Branches that just started to wait, as (state, group); the caller drains it.
     pub(crate) blocked: Vec<(StateId, GroupId)>,
     held_total: usize,
-    finished: bool,
+    /// Groups without a parent that still have live branches: the run's own, and one per
+    /// state started by the dependency rules.
+    roots: u32,
     stamps: Vec<u32>,
     epoch: u32,
     stack: Vec<StateId>,
@@ -218,7 +220,7 @@ impl Joins {
             released: Vec::new(),
             blocked: Vec::new(),
             held_total: 0,
-            finished: false,
+            roots: 0,
             stamps: vec![0; graph.len()],
             epoch: 0,
             stack: Vec::new(),
@@ -229,7 +231,19 @@ impl Joins {
 
     /// True once every branch of the run has ended.
     pub(crate) fn is_finished(&self) -> bool {
-        self.finished
+        self.roots == 0
+    }
+
+    /// Whether a branch is held at `state`.
+    pub(crate) fn holds(&self, state: StateId) -> bool {
+        self.held_total > 0 && self.held_states().any(|held| held == state)
+    }
+
+    /// A branch of its own, at `state`, for a state started by the dependency rules rather
+    /// than by a transition: its transitions join nothing the rest of the run does.
+    pub(crate) fn spawn(&mut self) -> GroupId {
+        self.roots += 1;
+        self.alloc(Group::new(None, 1))
     }
 
     /// Branches held at joins right now.
@@ -247,6 +261,7 @@ impl Joins {
 
     /// Starts the run: one branch per entry state, in the root group.
     pub(crate) fn start(&mut self, graph: &StateGraph, entries: &[StateId]) {
+        self.roots += 1;
         let root = self.alloc(Group::new(None, entries.len() as u32));
         if let [entry] = entries {
             self.released.push((*entry, root));
@@ -292,7 +307,7 @@ impl Joins {
                     group: parent,
                     at: fork,
                 }),
-                None => self.finished = true,
+                None => self.roots -= 1,
             }
             return;
         }

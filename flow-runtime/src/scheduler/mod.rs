@@ -6,11 +6,13 @@
 //! transition's name is resolved with one hash lookup.
 
 mod control;
+mod deps;
 mod failures;
 mod joins;
 mod ready;
 mod task;
 
+pub use deps::BlockedState;
 pub(crate) use task::Message;
 
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use crate::resources::{Claimant, Grant, ResourcePool};
 use crate::run::{Observer, RunControl, RunReport, StateReport};
 
 use crate::state_fn::StateFuture;
+use deps::{Dependencies, Origin};
 use failures::Failure;
 use joins::{GroupId, Joins};
 use ready::ReadyQueue;
@@ -72,6 +75,11 @@ pub(crate) struct Coordinator {
     free_timers: Vec<u32>,
     timer_count: usize,
     dead_letters: Vec<DeadLetter>,
+    /// Which states wait on which, and what each state's dependents need to know of it.
+    deps: Dependencies,
+    /// The run's failure, when a dependency failure with no handler ends it (found deep in
+    /// the gate, acted on by the loop).
+    failed_by_dependency: Option<FlowError>,
 }
 
 struct Running {
@@ -114,6 +122,12 @@ impl Coordinator {
         } = control;
         Self {
             joins: Joins::new(&graph),
+            deps: Dependencies::new(
+                graph.len(),
+                compiled.states.iter().any(|s| !s.dependencies.is_empty()),
+                &compiled.self_starting,
+            ),
+            failed_by_dependency: None,
             ready: ReadyQueue::new(compiled.priority_aging),
             states: graph
                 .names()
@@ -165,6 +179,9 @@ impl Coordinator {
         let graph = Arc::clone(&self.graph);
         self.joins.start(&graph, graph.entries());
         self.absorb_joins();
+        if self.deps.enabled {
+            self.park_self_starting();
+        }
 
         let stop = loop {
             if !self.paused
@@ -175,6 +192,9 @@ impl Coordinator {
                 if let Err(stop) = self.run_solo().await {
                     break Some(stop);
                 }
+                if let Some(error) = self.failed_by_dependency.take() {
+                    break Some(Stop::Failed(error));
+                }
                 continue;
             }
             if !self.paused {
@@ -183,11 +203,21 @@ impl Coordinator {
             if self.running_count == 0 {
                 self.acknowledge_pause();
                 if self.ready.is_empty() && self.timer_count == 0 {
-                    if self.joins.is_finished() {
+                    if self.joins.is_finished() && self.deps.waiting() == 0 {
                         break None;
                     }
                     if !self.paused {
-                        break Some(Stop::Failed(self.no_progress()));
+                        // Nothing else is left to run: waits that only depended on that end.
+                        if self.deps.waiting() > 0 && self.settle_dependencies() {
+                            if let Some(error) = self.failed_by_dependency.take() {
+                                break Some(Stop::Failed(error));
+                            }
+                            continue;
+                        }
+                        // A dependency timeout still to fire is progress to come.
+                        if self.deps.armed == 0 {
+                            break Some(Stop::Failed(self.no_progress()));
+                        }
                     }
                 }
             }
@@ -198,6 +228,9 @@ impl Coordinator {
             };
             if let Err(stop) = self.handle(message) {
                 break Some(stop);
+            }
+            if let Some(error) = self.failed_by_dependency.take() {
+                break Some(Stop::Failed(error));
             }
         };
         watcher.abort();
@@ -242,6 +275,14 @@ impl Coordinator {
             }
             Message::Cancel => Err(Stop::Cancelled),
             Message::Deadline => Err(Stop::TimedOut(self.compiled.timeout.unwrap_or_default())),
+            Message::DependencyDeadline { waiter, token } => {
+                self.dependency_deadline(waiter, token);
+                Ok(())
+            }
+            Message::Blocked(reply) => {
+                let _ = reply.send(self.blocked_states());
+                Ok(())
+            }
         }
     }
 
@@ -388,7 +429,9 @@ impl Coordinator {
         let record = &mut self.states[state.index()];
         if attempt == 1 {
             record.runs += 1;
+            self.dependency_began(state);
         }
+        let record = &mut self.states[state.index()];
         record.attempts = attempt;
         record.status = StateStatus::Running;
         record.first_started.get_or_insert(now);
@@ -714,8 +757,13 @@ impl Coordinator {
                     let state = Arc::clone(self.graph.name(state));
                     self.publish(EventKind::StateCompleted { state, duration });
                 }
+                // Recorded before the branch moves (a join it releases sees it), announced to
+                // waiting dependents after (so an arriving transition takes precedence over a
+                // state starting by itself).
+                self.dependency_completed(state);
                 self.route(state, group, next)?;
                 self.absorb_joins();
+                self.after_completion(state);
                 Ok(())
             }
             Outcome::Finished(Err(cause)) => {
@@ -798,15 +846,26 @@ impl Coordinator {
         self.joins.blocked = blocked;
         let mut released = std::mem::take(&mut self.joins.released);
         for (state, group) in released.drain(..) {
-            self.enqueue(state, group, 1);
-            self.set_status(state, StateStatus::Ready);
-            if self.events.is_observed() {
-                self.publish(EventKind::StateReady {
-                    state: Arc::clone(self.graph.name(state)),
-                });
-            }
+            self.arrive(state, Origin::Branch(group));
         }
+        // The gate may have sent a failed state's branch on to its handler meanwhile.
+        released.append(&mut self.joins.released);
         self.joins.released = released;
+        if !self.joins.released.is_empty() || !self.joins.blocked.is_empty() {
+            self.absorb_joins();
+        }
+    }
+
+    /// Queues a state's first attempt (it passed the dependency gate).
+    fn make_ready(&mut self, state: StateId, group: GroupId) {
+        self.enqueue(state, group, 1);
+        self.dependency_started(state);
+        self.set_status(state, StateStatus::Ready);
+        if self.events.is_observed() {
+            self.publish(EventKind::StateReady {
+                state: Arc::clone(self.graph.name(state)),
+            });
+        }
     }
 
     fn set_status(&mut self, state: StateId, status: StateStatus) {
@@ -815,7 +874,7 @@ impl Coordinator {
     }
 
     fn publish_counts(&self) {
-        let pending = self.ready.len() + self.joins.held_total();
+        let pending = self.ready.len() + self.joins.held_total() + self.deps.waiting();
         self.observer
             .set_counts(self.completed, self.running_count, pending);
     }
@@ -834,10 +893,17 @@ impl Coordinator {
         let mut waiting: Vec<String> = self
             .joins
             .held_states()
-            .map(|s| self.graph.name(s).to_string())
+            .map(|s| format!("{} (held at a join)", self.graph.name(s)))
             .collect();
         waiting.sort();
         waiting.dedup();
+        waiting.extend(self.blocked_states().into_iter().map(|blocked| {
+            format!(
+                "{} (waits for {})",
+                blocked.state,
+                blocked.waits_for.join(", ")
+            )
+        }));
         FlowError::NoProgress {
             agent: self.compiled.name.to_string(),
             waiting,

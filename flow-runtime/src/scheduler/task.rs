@@ -62,6 +62,10 @@ pub(crate) enum Message {
     Cancel,
     /// The run's timeout passed.
     Deadline,
+    /// A state waiting on its dependencies reached a dependency's timeout.
+    DependencyDeadline { waiter: u32, token: u64 },
+    /// Report which states wait on which dependencies.
+    Blocked(oneshot::Sender<Vec<super::BlockedState>>),
 }
 
 /// Calls a state's body; a panic in the call itself (before any future exists) is an outcome.

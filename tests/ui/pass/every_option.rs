@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use fluffy_flow::prelude::*;
 use fluffy_flow::{
-    BreakerSpec, BulkheadSpec, DependencyType, Jitter, ResourceRequirements, RetryPolicy,
+    BreakerSpec, BulkheadSpec, DependencyDecl, DependencyLifecycle, DependencyType, Jitter,
+    ResourceRequirements, RetryPolicy,
 };
 
 struct Pipeline {
@@ -24,7 +25,12 @@ impl Pipeline {
         priority = high,
         timeout = "30s",
         retry(max = 3, initial_delay = "100ms", max_delay = "10s", base = 3.0, jitter = true),
-        deps(clean_text = required, audit = optional, warm_up = parallel, prepare = sequential),
+        deps(
+            clean_text(required, periodic = "5m", timeout = "1m", condition = is_ready),
+            audit = optional,
+            warm_up(parallel, always),
+            prepare(sequential, expiry = "1h")
+        ),
         on_error = recover
     )]
     async fn analyze_text(&self, _ctx: &Context) -> Result<Next, FlowError> {
@@ -60,6 +66,11 @@ impl Pipeline {
     #[state]
     async fn recover(&self, _ctx: &Context) -> StateResult {
         end!()
+    }
+
+    /// A dependency's condition: a method taking the context.
+    fn is_ready(&self, ctx: &Context) -> bool {
+        ctx.get_state::<String>("model").is_ok_and(|model| model == self.model)
     }
 
     /// Not a state: ordinary methods may live in the same block.
@@ -98,10 +109,22 @@ fn main() {
     assert_eq!(
         analyze.dependencies,
         &[
-            ("clean_text", DependencyType::Required),
-            ("audit", DependencyType::Optional),
-            ("warm_up", DependencyType::Parallel),
-            ("prepare", DependencyType::Sequential),
+            DependencyDecl {
+                lifecycle: DependencyLifecycle::Periodic,
+                interval: Some(Duration::from_secs(300)),
+                timeout: Some(Duration::from_secs(60)),
+                condition: Some("is_ready"),
+                ..DependencyDecl::new("clean_text", DependencyType::Required)
+            },
+            DependencyDecl::new("audit", DependencyType::Optional),
+            DependencyDecl {
+                lifecycle: DependencyLifecycle::Always,
+                ..DependencyDecl::new("warm_up", DependencyType::Parallel)
+            },
+            DependencyDecl {
+                expiry: Some(Duration::from_secs(3600)),
+                ..DependencyDecl::new("prepare", DependencyType::Sequential)
+            },
         ]
     );
     assert_eq!(analyze.on_error, Some("recover"));
