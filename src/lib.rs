@@ -8,11 +8,13 @@ pub use flow_core::{
 };
 pub use flow_macros::{context, state, workflow};
 pub use flow_runtime::{
-    Agent, Allocation, BlockedState, BoxError, BreakerState, Bulkhead, CircuitBreaker, Condition,
+    Agent, Allocation, BlockedState, BoxError, BreakerState, Bulkhead, CHECKPOINT_FORMAT,
+    Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, CircuitBreaker, Condition,
     Context, ContextValue, DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING,
     DeadLetter, DependencyConfig, Event, EventKind, EventStream, EventStreamError, FAILURE_KEY,
-    FailureKind, MAX_EVENT_CAPACITY, ResourceKind, ResourcePool, RunCounts, RunHandle, RunReport,
-    StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
+    FailureKind, FileStore, MAX_EVENT_CAPACITY, MemoryStore, QueuePlace, QueuedState, RedbStore,
+    ResourceKind, ResourcePool, RunCounts, RunHandle, RunReport, StateCheckpoint, StateOptions,
+    StateReport, StateResult, UsageStats, Waiting, Workflow,
 };
 
 mod transitions;

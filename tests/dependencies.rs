@@ -614,3 +614,87 @@ async fn bad_dependencies_are_rejected_before_anything_runs() {
         "invalid configuration of workflow `bad`: the dependency of `report` on `load` is periodic but has no `interval`; say how long a completion counts"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dependency_released_in_the_same_step_counts_as_scheduled() {
+    // `b` is checked before `c`, which the same fork releases: `c` is on its way, so it is
+    // neither started a second time (parallel) nor skipped (optional).
+    let log = Log::default();
+    let mut agent = Agent::new("same_step");
+    step(&mut agent, &log, "a", 0, par(&["b", "c"]));
+    step(&mut agent, &log, "b", 0, Next::End).depends_on("c", DependencyType::Parallel);
+    step(&mut agent, &log, "c", 10, Next::End);
+    agent.run().await.expect("completes");
+    assert_eq!(log.count("c"), 1);
+
+    let log = Log::default();
+    let mut agent = Agent::new("same_step");
+    step(&mut agent, &log, "a", 0, par(&["b", "c"]));
+    step(&mut agent, &log, "b", 0, Next::End).depends_on("c", DependencyType::Optional);
+    step(&mut agent, &log, "c", 10, Next::End);
+    let origin = Instant::now();
+    agent.run().await.expect("completes");
+    assert_eq!(log.started("b", origin), MS * 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn settling_a_quiet_run_may_refresh_a_periodic_dependency() {
+    let log = Log::default();
+    let mut agent = Agent::new("settle");
+    step(&mut agent, &log, "a", 0, par(&["x", "g", "l"]));
+    step(&mut agent, &log, "x", 0, Next::End);
+    step(&mut agent, &log, "g", 10, Next::to("d"));
+    step(&mut agent, &log, "l", 500, Next::End);
+    step(&mut agent, &log, "s", 0, Next::End);
+    step(&mut agent, &log, "d", 0, Next::End)
+        .depends_on("x", DependencyConfig::required().periodic(MS * 100))
+        .depends_on("s", DependencyType::Sequential);
+    let origin = Instant::now();
+    agent.run().await.expect("completes");
+    // At 500 ms nothing else runs: `s` will not run, and `x` (500 ms old) runs again first.
+    assert_eq!(log.count("x"), 2);
+    assert_eq!(log.count("d"), 1);
+    assert_eq!(log.started("d", origin), MS * 500);
+    assert_eq!(log.count("s"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_waiting_for_its_next_fresh_completion_owes_nothing() {
+    let log = Log::default();
+    let mut agent = Agent::new("repark");
+    step(&mut agent, &log, "load", 0, Next::End).entry();
+    step(&mut agent, &log, "other", 120_000, Next::End).entry();
+    step(&mut agent, &log, "report", 0, Next::End).depends_on(
+        "load",
+        DependencyConfig::required()
+            .always()
+            .timeout(Duration::from_secs(60)),
+    );
+    let report = agent
+        .run()
+        .await
+        .expect("no timeout: report is not owed a second run");
+    assert_eq!(log.count("report"), 1);
+    assert_eq!(
+        report.state("report").unwrap().status,
+        StateStatus::Completed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_waiting_state_lets_its_dependents_go_on() {
+    let log = Log::default();
+    let mut agent = Agent::new("cancel_wait");
+    step(&mut agent, &log, "a", 0, par(&["b", "c", "slow"]));
+    step(&mut agent, &log, "slow", 500, Next::End);
+    step(&mut agent, &log, "b", 0, Next::End).depends_on("slow", DependencyType::Required);
+    step(&mut agent, &log, "c", 0, Next::to("d"));
+    step(&mut agent, &log, "d", 0, Next::End).depends_on("b", DependencyType::Optional);
+    let origin = Instant::now();
+    let handle = agent.start().unwrap();
+    tokio::time::sleep(MS * 10).await;
+    assert_eq!(handle.cancel_state("b").await.unwrap(), 1);
+    handle.result().await.expect("completes");
+    assert_eq!(log.started("d", origin), MS * 10);
+    assert_eq!(log.count("b"), 0);
+}

@@ -283,7 +283,13 @@ async fn pause_lets_running_states_finish_and_resume_goes_on() {
     let handle = agent.start().unwrap();
     sleep(ms(50)).await;
     let start = Instant::now();
-    handle.pause().await;
+    let checkpoint = handle.pause().await.expect("the run is going");
+    // The pause's checkpoint: `one` done, `two` queued, nothing running.
+    assert_eq!(checkpoint.completed().collect::<Vec<_>>(), ["one"]);
+    assert_eq!(checkpoint.queue.len(), 1);
+    assert_eq!(checkpoint.queue[0].state, "two");
+    assert_eq!(checkpoint.queue[0].place, fluffy_flow::QueuePlace::Ready);
+    assert_eq!(checkpoint.status, AgentStatus::Paused);
     assert_eq!(
         start.elapsed(),
         ms(50),
@@ -709,7 +715,7 @@ async fn a_pause_resumed_before_it_settles_still_returns() {
     sleep(ms(50)).await;
     let pausing = handle.pause();
     handle.resume();
-    pausing.await;
+    pausing.await.expect("the run is still going");
     let report = handle.wait().await;
     assert_eq!(report.status, AgentStatus::Completed);
     assert_eq!(*log.lock().unwrap(), ["one", "two", "three"]);

@@ -270,6 +270,54 @@ pub enum FlowError {
         /// What it still waited for.
         waiting_for: String,
     },
+    /// Checkpoint data could not be read: truncated, corrupt, or not a checkpoint.
+    #[error(
+        "checkpoint of run `{run}` of workflow `{agent}` in {store} is unreadable: {message}; restore an earlier checkpoint or start the run afresh"
+    )]
+    CorruptCheckpoint {
+        /// The store (its kind and location).
+        store: String,
+        /// The workflow.
+        agent: String,
+        /// The run's key.
+        run: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A checkpoint store failed to read or write.
+    #[error("checkpoint store {store} failed while {action}: {message}")]
+    CheckpointStore {
+        /// The store (its kind and location).
+        store: String,
+        /// What it was doing.
+        action: String,
+        /// The underlying error.
+        message: String,
+    },
+    /// A checkpoint does not belong to the agent it is restored into.
+    #[error(
+        "checkpoint of run `{run}` of workflow `{checkpoint_agent}` cannot be restored into workflow `{agent}`: {reason}"
+    )]
+    CheckpointMismatch {
+        /// The agent restoring it.
+        agent: String,
+        /// The workflow the checkpoint was taken of.
+        checkpoint_agent: String,
+        /// The run's key.
+        run: String,
+        /// What differs, and what to do.
+        reason: String,
+    },
+    /// A control call reached a run that has already ended.
+    #[error("run `{run_id}` of workflow `{agent}` has already ended; there is nothing to {action}")]
+    RunEnded {
+        /// The workflow.
+        agent: String,
+        /// The run.
+        run_id: u64,
+        /// What was asked.
+        action: String,
+    },
     /// A state name given to a control call does not exist.
     #[error("the workflow has no state named `{state}`{}", did_you_mean(.suggestion))]
     UnknownState {

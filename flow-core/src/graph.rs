@@ -12,7 +12,10 @@ use crate::suggest::closest_name;
 
 /// Dense index of a state in its [`StateGraph`] (states are interned: the scheduler passes these
 /// around, never names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct StateId(u32);
 
 impl StateId {

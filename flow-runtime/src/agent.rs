@@ -14,6 +14,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{Checkpoint, CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
 use crate::dependency::DependencyConfig;
 use crate::events::{EventHub, EventStream};
@@ -22,6 +23,7 @@ use crate::resilience::{Bulkhead, CircuitBreaker};
 use crate::resources::{Amounts, ResourcePool, amounts};
 use crate::run::{Observer, RunControl, RunCounts, RunHandle, RunReport};
 use crate::scheduler::Coordinator;
+use crate::scheduler::check_fits;
 use crate::state_fn::{BoxError, FnState, StateFn};
 
 /// Events kept for a subscriber that has not read them yet, unless set otherwise.
@@ -89,6 +91,7 @@ struct Definition {
     default_retry: RetryPolicy,
     pool: Option<ResourcePool>,
     priority_aging: Duration,
+    checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     compiled: OnceLock<Result<Arc<Compiled>, FlowError>>,
 }
 
@@ -118,6 +121,8 @@ pub(crate) struct Compiled {
     /// The pool states draw from; `None` when no state needs anything.
     pub(crate) pool: Option<ResourcePool>,
     pub(crate) priority_aging: Duration,
+    /// Where runs write automatic checkpoints, and when.
+    pub(crate) checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     /// For each state, the states that depend on it.
     pub(crate) dependents: Box<[Box<[StateId]>]>,
     /// The states that start by themselves once their dependencies let them (see
@@ -163,6 +168,7 @@ impl Agent {
                 default_retry: RetryPolicy::NONE,
                 pool: None,
                 priority_aging: DEFAULT_PRIORITY_AGING,
+                checkpoints: None,
                 compiled: OnceLock::new(),
             }),
             shared: Arc::new(AgentShared {
@@ -266,6 +272,18 @@ impl Agent {
         self
     }
 
+    /// Makes every run write checkpoints to `store` as `policy` says (after each completed
+    /// state, every interval, or both), off the scheduler; a completed run also writes a last
+    /// one with status `Completed`. A save that fails fails the run. See [`CheckpointPolicy`].
+    pub fn checkpoints(
+        &mut self,
+        store: impl CheckpointStore,
+        policy: CheckpointPolicy,
+    ) -> &mut Self {
+        self.definition_mut().checkpoints = Some((Arc::new(store), policy));
+        self
+    }
+
     /// How long a ready state waits before it goes ahead of states one priority level above it
     /// that became ready after it (default [`DEFAULT_PRIORITY_AGING`]): no state waits forever
     /// behind a stream of higher-priority work.
@@ -320,6 +338,109 @@ impl Agent {
 
     /// Starts a run whose states share `context` (which may hold initial values).
     pub fn start_with(&self, context: Context) -> Result<RunHandle, FlowError> {
+        self.launch(context, None, None)
+    }
+
+    /// Continues the run a checkpoint was taken of, in this agent (built from the same
+    /// definition: same states in the same order, same transitions and dependencies — anything
+    /// else is [`FlowError::CheckpointMismatch`]). States that had completed do not run again;
+    /// states that were running when it was taken run again from their start (at-least-once:
+    /// make such states idempotent); retries keep their remaining delay and attempt count; the
+    /// context comes back with every value, decoded into its type on first read.
+    ///
+    /// ```
+    /// use flow_core::{FlowError, Next};
+    /// use flow_runtime::{Agent, Context};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), FlowError> {
+    /// fn build() -> Agent {
+    ///     let mut agent = Agent::new("two_steps");
+    ///     agent.add_state("first", |ctx: Context| async move {
+    ///         ctx.set_state("first", 1u32);
+    ///         Ok::<_, FlowError>(Next::to("second"))
+    ///     });
+    ///     agent.add_state("second", |ctx: Context| async move {
+    ///         let first: u32 = ctx.get_state("first")?;
+    ///         ctx.set_state("second", first + 1);
+    ///         Ok::<_, FlowError>(Next::End)
+    ///     });
+    ///     agent
+    /// }
+    /// let handle = build().start()?;
+    /// let checkpoint = handle.pause().await?; // nothing runs once it returns
+    /// handle.cancel();
+    /// let json = checkpoint.to_json()?;
+    ///
+    /// let checkpoint = flow_runtime::Checkpoint::from_json(&json, "bytes", "two_steps", "1")?;
+    /// let report = build().restore_from_checkpoint(checkpoint)?.result().await?;
+    /// assert_eq!(report.context.get_state::<u32>("second")?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn restore_from_checkpoint(&self, checkpoint: Checkpoint) -> Result<RunHandle, FlowError> {
+        let compiled = self.compiled()?;
+        check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
+        let context = Context::from_raw(&checkpoint.context.0);
+        self.launch(context, Some(&checkpoint), None)
+    }
+
+    /// Runs the workflow as the durable run `key`, checkpointed in `store`: if the store has a
+    /// checkpoint of `key` for this workflow, the run continues from the latest (or, if that
+    /// one says the run completed, its report is returned without running anything);
+    /// otherwise it starts afresh. Checkpoints follow the agent's [`CheckpointPolicy`] if one
+    /// was set with [`Agent::checkpoints`], else one after every completed state. Run the same
+    /// program again after a crash and it continues where the last checkpoint left it.
+    ///
+    /// A run that fails keeps its last checkpoint (taken before the failure): running it
+    /// again retries from there.
+    pub async fn run_durable(
+        &self,
+        store: impl CheckpointStore,
+        key: &str,
+    ) -> Result<RunReport, FlowError> {
+        let store: Arc<dyn CheckpointStore> = Arc::new(store);
+        let compiled = self.compiled()?;
+        let latest = {
+            let (store, agent, key) = (
+                Arc::clone(&store),
+                compiled.name.to_string(),
+                key.to_owned(),
+            );
+            tokio::task::spawn_blocking(move || store.latest(&agent, &key))
+                .await
+                .map_err(|error| FlowError::CheckpointStore {
+                    store: "checkpoint reader".into(),
+                    action: "reading the latest checkpoint".into(),
+                    message: error.to_string(),
+                })??
+        };
+        let policy = match &self.definition.checkpoints {
+            Some((_, policy)) if policy.is_active() => *policy,
+            _ => CheckpointPolicy::after_each_state(),
+        };
+        let handle = match latest {
+            Some(checkpoint) if checkpoint.status == AgentStatus::Completed => {
+                check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
+                return Ok(RunReport::from_checkpoint(checkpoint));
+            }
+            Some(checkpoint) => {
+                check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
+                let context = Context::from_raw(&checkpoint.context.0);
+                self.launch(context, Some(&checkpoint), Some((key, store, policy)))?
+            }
+            None => self.launch(Context::new(), None, Some((key, store, policy)))?,
+        };
+        handle.result().await
+    }
+
+    /// Starts a run: afresh, or continuing a checkpoint; as a durable run when given a key.
+    fn launch(
+        &self,
+        context: Context,
+        checkpoint: Option<&Checkpoint>,
+        durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+    ) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
         // Quotas may have changed since the definition was validated: a request above one
         // would wait forever, so it is an error now.
@@ -328,7 +449,11 @@ impl Agent {
             agent: self.name().to_owned(),
         })?;
         let run_id = self.shared.next_run_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let observer = Arc::new(Observer::new(run_id, Arc::clone(&compiled.graph)));
+        let observer = Arc::new(Observer::new(
+            run_id,
+            Arc::clone(&compiled.graph),
+            Arc::clone(&compiled.name),
+        ));
         observer.set_status(AgentStatus::Running);
         let (sender, inbox) = unbounded_channel();
         let control = RunControl {
@@ -342,13 +467,21 @@ impl Agent {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(control.clone());
         let (report_tx, report_rx) = oneshot::channel();
-        let coordinator = Coordinator::new(
+        let mut coordinator = Coordinator::new(
             Arc::clone(&compiled),
             context,
             control.clone(),
             inbox,
             self.events.clone(),
         );
+        if let Some((key, store, policy)) = durable {
+            coordinator.durable(key, Some((store, policy)));
+        } else if let Some(checkpoint) = checkpoint {
+            coordinator.durable(&checkpoint.run_key, None);
+        }
+        if let Some(checkpoint) = checkpoint {
+            coordinator.continue_from(checkpoint);
+        }
         let shared = Arc::clone(&self.shared);
         runtime.spawn(async move {
             let report = coordinator.run().await;
@@ -412,13 +545,33 @@ impl Agent {
             .unwrap_or_default()
     }
 
-    /// Pauses the latest run (see [`RunHandle::pause`]); completes at once if there is none.
-    pub fn pause(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+    /// Pauses the latest run and returns its checkpoint (see [`RunHandle::pause`]).
+    pub fn pause(
+        &self,
+    ) -> impl Future<Output = Result<Checkpoint, FlowError>> + Send + 'static + use<> {
         let pausing = self.latest().map(|run| run.pause());
+        let agent = self.name().to_owned();
         async move {
-            if let Some(pausing) = pausing {
-                pausing.await;
+            match pausing {
+                Some(pausing) => pausing.await,
+                None => Err(FlowError::RunEnded {
+                    agent,
+                    run_id: 0,
+                    action: "pause".into(),
+                }),
             }
+        }
+    }
+
+    /// A checkpoint of the latest run, taken now (see [`RunHandle::create_checkpoint`]).
+    pub async fn create_checkpoint(&self) -> Result<Checkpoint, FlowError> {
+        match self.latest() {
+            Some(run) => run.checkpoint().await,
+            None => Err(FlowError::RunEnded {
+                agent: self.name().to_owned(),
+                run_id: 0,
+                action: "checkpoint".into(),
+            }),
         }
     }
 
@@ -711,6 +864,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         cleanup_timeout: definition.cleanup_timeout,
         pool,
         priority_aging: definition.priority_aging,
+        checkpoints: definition.checkpoints.clone(),
         dependents,
         self_starting,
     }))

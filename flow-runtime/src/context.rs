@@ -7,6 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use flow_core::{FlowError, FxHashMap};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -18,15 +19,63 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> ContextValue for T
 
 type SharedValue = Arc<dyn Any + Send + Sync>;
 type ToJson = fn(&(dyn Any + Send + Sync)) -> Result<Value, serde_json::Error>;
+type ToRaw = fn(&(dyn Any + Send + Sync)) -> Result<Box<RawValue>, serde_json::Error>;
 
-/// One stored value: native (as the state stored it), or JSON that has not been read yet.
+/// One stored value: native (as the state stored it), or JSON that has not been read yet
+/// (parsed, or still text as a checkpoint kept it).
 enum Slot {
     Native {
         value: SharedValue,
         type_name: &'static str,
         to_json: ToJson,
+        to_raw: ToRaw,
     },
     Json(Value),
+    Raw(Arc<RawValue>),
+}
+
+/// A value as a checkpoint captures it: shared, not yet serialized (that happens off the
+/// scheduler, see [`ContextImage::serialize`]).
+enum Captured {
+    Native { value: SharedValue, to_raw: ToRaw },
+    Json(Value),
+    Raw(Arc<RawValue>),
+}
+
+/// Every value of a context at one moment, shared with the store: taking it copies the keys
+/// and bumps reference counts; serializing it is a separate step.
+pub(crate) struct ContextImage(Vec<(String, Captured)>);
+
+impl ContextImage {
+    /// Each value as JSON text, sorted by key. A value that fails to serialize is an error
+    /// naming its key.
+    pub(crate) fn serialize(self) -> Result<Vec<(String, Arc<RawValue>)>, FlowError> {
+        let mut values = self.0;
+        values.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        values
+            .into_iter()
+            .map(|(key, value)| {
+                let raw = match value {
+                    Captured::Raw(raw) => raw,
+                    Captured::Native { value, to_raw } => {
+                        Arc::from(to_raw(&*value).map_err(|error| FlowError::Serialization {
+                            key: key.clone(),
+                            message: error.to_string(),
+                        })?)
+                    }
+                    Captured::Json(json) => {
+                        Arc::from(serde_json::value::to_raw_value(&json).map_err(|error| {
+                            FlowError::Serialization {
+                                key: key.clone(),
+                                message: error.to_string(),
+                            }
+                        })?)
+                    }
+                };
+                Ok((key, raw))
+            })
+            .collect()
+    }
 }
 
 impl Slot {
@@ -35,7 +84,18 @@ impl Slot {
             value,
             type_name: type_name::<T>(),
             to_json: to_json::<T>,
+            to_raw: to_raw::<T>,
         }
+    }
+}
+
+fn to_raw<T: ContextValue>(
+    value: &(dyn Any + Send + Sync),
+) -> Result<Box<RawValue>, serde_json::Error> {
+    match value.downcast_ref::<T>() {
+        Some(value) => serde_json::value::to_raw_value(value),
+        // Unreachable: a slot's to_raw is always made for its own type.
+        None => serde_json::value::to_raw_value(&()),
     }
 }
 
@@ -89,6 +149,39 @@ impl Context {
             values: Arc::new(RwLock::new(map)),
             cancellation: CancellationToken::new(),
         }
+    }
+
+    /// A context holding the values a checkpoint kept, as JSON text decoded on first read.
+    pub(crate) fn from_raw(values: &[(String, Arc<RawValue>)]) -> Self {
+        let mut map = FxHashMap::with_capacity_and_hasher(values.len(), Default::default());
+        for (key, raw) in values {
+            map.insert(key.clone(), Slot::Raw(Arc::clone(raw)));
+        }
+        Self {
+            values: Arc::new(RwLock::new(map)),
+            cancellation: CancellationToken::new(),
+        }
+    }
+
+    /// Every value now, shared (see [`ContextImage`]).
+    pub(crate) fn capture(&self) -> ContextImage {
+        let values = self.read();
+        ContextImage(
+            values
+                .iter()
+                .map(|(key, slot)| {
+                    let captured = match slot {
+                        Slot::Native { value, to_raw, .. } => Captured::Native {
+                            value: Arc::clone(value),
+                            to_raw: *to_raw,
+                        },
+                        Slot::Json(json) => Captured::Json(json.clone()),
+                        Slot::Raw(raw) => Captured::Raw(Arc::clone(raw)),
+                    };
+                    (key.clone(), captured)
+                })
+                .collect(),
+        )
     }
 
     /// The same store, seen by one run: its cancellation is the run's.
@@ -174,7 +267,7 @@ impl Context {
                         .downcast::<T>()
                         .map_err(|_| wrong_type::<T>(key, found));
                 }
-                Some(Slot::Json(_)) => {}
+                Some(Slot::Json(_) | Slot::Raw(_)) => {}
             }
         }
         // Decode under the write lock, re-checking: another reader may have decoded it first.
@@ -197,6 +290,17 @@ impl Context {
                         json_kind(json)
                     ),
                 })?;
+                let decoded = Arc::new(decoded);
+                *slot = Slot::native(Arc::clone(&decoded));
+                Ok(decoded)
+            }
+            Slot::Raw(raw) => {
+                let decoded: T =
+                    serde_json::from_str(raw.get()).map_err(|error| FlowError::WrongType {
+                        key: key.to_owned(),
+                        expected: type_name::<T>().to_owned(),
+                        found: format!("JSON that does not decode as it ({error})"),
+                    })?;
                 let decoded = Arc::new(decoded);
                 *slot = Slot::native(Arc::clone(&decoded));
                 Ok(decoded)
@@ -227,6 +331,7 @@ impl Context {
             value,
             type_name: found,
             to_json,
+            to_raw,
         } = slot
         else {
             values.insert(owned_key, slot);
@@ -245,6 +350,7 @@ impl Context {
                         value,
                         type_name: found,
                         to_json,
+                        to_raw,
                     },
                 );
                 Err(wrong_type::<T>(key, found))
@@ -288,6 +394,12 @@ impl Context {
         for key in keys {
             let json = match &values[key] {
                 Slot::Json(json) => json.clone(),
+                Slot::Raw(raw) => {
+                    serde_json::from_str(raw.get()).map_err(|error| FlowError::Serialization {
+                        key: key.clone(),
+                        message: error.to_string(),
+                    })?
+                }
                 Slot::Native { value, to_json, .. } => {
                     to_json(&**value).map_err(|error| FlowError::Serialization {
                         key: key.clone(),

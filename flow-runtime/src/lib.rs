@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod checkpoint;
 mod context;
 mod dependency;
 mod events;
@@ -19,6 +20,10 @@ mod workflow;
 
 pub use agent::{
     Agent, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING, MAX_EVENT_CAPACITY, StateOptions,
+};
+pub use checkpoint::{
+    CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, FileStore,
+    MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint,
 };
 pub use context::{Context, ContextValue};
 pub use dependency::{Condition, DependencyConfig};

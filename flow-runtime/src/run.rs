@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::Checkpoint;
 use crate::context::Context;
 use crate::failure::DeadLetter;
 use crate::scheduler::{BlockedState, Message};
@@ -20,6 +21,8 @@ use crate::scheduler::{BlockedState, Message};
 pub(crate) struct Observer {
     pub(crate) run_id: u64,
     pub(crate) graph: Arc<StateGraph>,
+    /// The workflow's name.
+    pub(crate) agent: Arc<str>,
     status: AtomicU8,
     states: Box<[AtomicU8]>,
     completed: AtomicU64,
@@ -28,13 +31,14 @@ pub(crate) struct Observer {
 }
 
 impl Observer {
-    pub(crate) fn new(run_id: u64, graph: Arc<StateGraph>) -> Self {
+    pub(crate) fn new(run_id: u64, graph: Arc<StateGraph>, agent: Arc<str>) -> Self {
         let states = (0..graph.len())
             .map(|_| AtomicU8::new(StateStatus::Pending.as_u8()))
             .collect();
         Self {
             run_id,
             graph,
+            agent,
             status: AtomicU8::new(AgentStatus::Idle.as_u8()),
             states,
             completed: AtomicU64::new(0),
@@ -96,15 +100,35 @@ pub(crate) struct RunControl {
 
 impl RunControl {
     /// Asks for the pause at once; the returned future completes when nothing runs.
-    pub(crate) fn pause(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+    pub(crate) fn pause(
+        &self,
+    ) -> impl Future<Output = Result<Checkpoint, FlowError>> + Send + 'static + use<> {
         let (ack, done) = oneshot::channel();
         let sent = self.sender.send(Message::Pause(ack)).is_ok();
+        let control = self.clone();
         async move {
             if sent {
-                // An error means the run ended meanwhile: nothing runs, which is what was asked.
+                // An error means the run ended meanwhile (reported by the checkpoint below).
                 let _ = done.await;
             }
+            control.checkpoint().await
         }
+    }
+
+    /// A checkpoint taken by the coordinator now; its values are serialized here, by the
+    /// caller, not by the scheduler.
+    pub(crate) async fn checkpoint(&self) -> Result<Checkpoint, FlowError> {
+        let ended = || FlowError::RunEnded {
+            agent: self.observer.agent.to_string(),
+            run_id: self.observer.run_id,
+            action: "checkpoint".into(),
+        };
+        let (reply, answer) = oneshot::channel();
+        if self.sender.send(Message::Checkpoint(reply)).is_err() {
+            return Err(ended());
+        }
+        let pending = answer.await.map_err(|_| ended())?;
+        pending.finish()
     }
 
     pub(crate) fn resume(&self) {
@@ -182,8 +206,23 @@ impl RunHandle {
     /// once the running ones have finished (their transitions are followed, so states they
     /// make ready wait too), or at once if the run has ended. The run's status is `Paused`
     /// until [`RunHandle::resume`].
-    pub fn pause(&self) -> impl Future<Output = ()> + Send + 'static + use<> {
+    ///
+    /// The future returns the run's [`Checkpoint`] at that point: nothing is running, so it
+    /// holds only completed work, queued states and waits. Keep it to continue the run
+    /// elsewhere with [`crate::Agent::restore_from_checkpoint`]. A run that has ended gives
+    /// [`FlowError::RunEnded`].
+    pub fn pause(
+        &self,
+    ) -> impl Future<Output = Result<Checkpoint, FlowError>> + Send + 'static + use<> {
         self.control.pause()
+    }
+
+    /// A checkpoint of the run now: consistent (taken between two events of the scheduler, so
+    /// no state is half-counted), with the states that are running listed as due again. The
+    /// context's values are serialized by the caller, so a large context does not hold up
+    /// the run. A run that has ended gives [`FlowError::RunEnded`].
+    pub async fn create_checkpoint(&self) -> Result<Checkpoint, FlowError> {
+        self.control.checkpoint().await
     }
 
     /// Lets a paused run start states again.
@@ -265,6 +304,35 @@ impl RunReport {
                 agent: self.agent.to_string(),
             }),
             Some(error) => Err(error),
+        }
+    }
+
+    /// The report of a durable run that had completed, from its last checkpoint.
+    pub(crate) fn from_checkpoint(checkpoint: Checkpoint) -> Self {
+        let states = checkpoint
+            .states
+            .iter()
+            .map(|s| StateReport {
+                status: s.status,
+                runs: s.runs,
+                attempts: s.attempts,
+                total_time: s.total_time,
+                last_error: s.last_error.clone(),
+                ..StateReport::new(Arc::from(s.name.as_str()))
+            })
+            .collect();
+        RunReport {
+            agent: Arc::from(checkpoint.agent.as_str()),
+            run_id: checkpoint.run_id,
+            status: checkpoint.status,
+            error: None,
+            context: Context::from_raw(&checkpoint.context.0),
+            states,
+            transitions: checkpoint.scheduler.transitions(),
+            max_concurrency: checkpoint.scheduler.max_concurrency(),
+            dead_letters: checkpoint.dead_letters,
+            started_at: Instant::now(),
+            duration: checkpoint.elapsed,
         }
     }
 

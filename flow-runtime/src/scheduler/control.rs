@@ -81,6 +81,10 @@ impl Coordinator {
         for _ in 0..queued_or_running {
             self.dependency_ended(state, None);
         }
+        if cancelled > queued_or_running && queued_or_running == 0 {
+            // Only waits were cancelled: what waited on this state may go on.
+            self.recheck_dependents(state, false);
+        }
         if cancelled > 0 {
             self.set_status(state, StateStatus::Cancelled);
             for _ in 0..cancelled {
@@ -175,6 +179,7 @@ impl Coordinator {
                 Message::Blocked(reply) => {
                     let _ = reply.send(Vec::new());
                 }
+                Message::Checkpoint(_) | Message::CheckpointTick | Message::CheckpointSaved(_) => {}
                 Message::Retry { .. }
                 | Message::DependencyDeadline { .. }
                 | Message::Resume
@@ -188,6 +193,7 @@ impl Coordinator {
 
     /// Stops what still runs, settles every status, and writes the report.
     pub(super) async fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
+        let stop = self.finish_checkpoints(stop).await;
         let agent = || self.compiled.name.to_string();
         let (status, error) = match stop {
             None => (AgentStatus::Completed, None),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flow_core::{DependencyLifecycle, DependencyType, FlowError, StateId, StateStatus};
+use serde::{Deserialize, Serialize};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -27,7 +28,7 @@ use crate::agent::CompiledDependency;
 use crate::events::EventKind;
 
 /// Why a state came to the gate, and where it goes on when it passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Origin {
     /// A transition: the branch of this group that reached it goes on.
     Branch(GroupId),
@@ -62,6 +63,9 @@ struct Record {
     /// Whether a transition has brought it in this run: then it is not parked to start by
     /// itself again.
     by_transition: bool,
+    /// Branches released to it by the joins and about to reach the gate in this same step:
+    /// already scheduled for the states checked before them.
+    incoming: u32,
 }
 
 struct Waiter {
@@ -101,6 +105,19 @@ impl fmt::Display for WaitReason {
     }
 }
 
+/// How much the run knows is over when a state's dependencies are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Quiet {
+    /// Things still run: any dependency may yet change.
+    No,
+    /// Nothing runs, is queued or waits for a retry: a dependency that is not scheduled will
+    /// not run unless a waiting state is released; waits for "if it runs" end.
+    Release,
+    /// As `Release`, and no waiting state could be released: required dependencies that are
+    /// not scheduled never will be.
+    Fail,
+}
+
 /// The outcome of checking a state's dependencies.
 enum Verdict {
     /// It may start; these parallel dependencies start with it.
@@ -127,6 +144,9 @@ pub(super) struct Dependencies {
     pub(super) armed: usize,
     completions: u64,
     tokens: u64,
+    /// States that failed because of a dependency, whose dependents are still to learn it.
+    failed: Vec<StateId>,
+    cascading: bool,
     /// Whether each state starts by itself.
     self_starting: Vec<bool>,
 }
@@ -168,6 +188,8 @@ impl Dependencies {
             armed: 0,
             completions: 0,
             tokens: 0,
+            failed: Vec::new(),
+            cascading: false,
             self_starting: flags,
         }
     }
@@ -226,20 +248,20 @@ impl Coordinator {
         for id in superseded {
             self.drop_waiter(id);
         }
-        self.check_gate(state, origin, None, false);
+        self.check_gate(state, origin, None, Quiet::No);
     }
 
     /// Parks every state that starts by itself; called once the entries are queued.
     pub(super) fn park_self_starting(&mut self) {
         for index in 0..self.compiled.self_starting.len() {
             let state = self.compiled.self_starting[index];
-            self.check_gate(state, Origin::SelfStart, None, false);
+            self.check_gate(state, Origin::SelfStart, None, Quiet::No);
         }
     }
 
     /// Checks `state`'s dependencies and acts on the verdict. `waiter` is its place at the
     /// gate if it already waits there.
-    fn check_gate(&mut self, state: StateId, origin: Origin, waiter: Option<u32>, quiet: bool) {
+    fn check_gate(&mut self, state: StateId, origin: Origin, waiter: Option<u32>, quiet: Quiet) {
         match self.verdict(state, quiet) {
             Verdict::Go(parallel) => {
                 if let Some(id) = waiter {
@@ -271,9 +293,8 @@ impl Coordinator {
         }
     }
 
-    /// Whether every dependency of `state` lets it start now. `quiet`: nothing else in the
-    /// run is left that could start anything.
-    fn verdict(&self, state: StateId, quiet: bool) -> Verdict {
+    /// Whether every dependency of `state` lets it start now, given what `quiet` says is over.
+    fn verdict(&self, state: StateId, quiet: Quiet) -> Verdict {
         let dependencies = &self.compiled.states[state.index()].dependencies;
         let mut waits = Vec::new();
         let mut parallel = Vec::new();
@@ -308,7 +329,7 @@ impl Coordinator {
                     {
                         waits.push((index, WaitReason::Refreshing));
                         refresh.push(on);
-                    } else if quiet {
+                    } else if quiet == Quiet::Fail {
                         let reason = if record.completed.is_some() {
                             "completed, but that completion no longer counts"
                         } else {
@@ -331,7 +352,7 @@ impl Coordinator {
                 DependencyType::Sequential => {
                     if pending {
                         waits.push((index, WaitReason::Scheduled));
-                    } else if !(counts || record.failure.is_some() || quiet) {
+                    } else if !(counts || record.failure.is_some() || quiet != Quiet::No) {
                         waits.push((index, WaitReason::NotRunYet));
                     }
                 }
@@ -378,7 +399,27 @@ impl Coordinator {
     /// a join, or a branch waiting here at the gate.
     fn is_pending(&self, state: StateId) -> bool {
         let record = &self.deps.records[state.index()];
-        record.active > 0 || record.waiting_branches > 0 || self.joins.holds(state)
+        record.active > 0
+            || record.waiting_branches > 0
+            || record.incoming > 0
+            || self.joins.holds(state)
+    }
+
+    /// The joins released these branches in one step: each counts as scheduled until it
+    /// reaches the gate, so that a state checked first does not start (as its parallel
+    /// dependency) one that is on its way.
+    pub(super) fn note_incoming(&mut self, released: &[(StateId, GroupId)], incoming: bool) {
+        if !self.deps.enabled {
+            return;
+        }
+        for (state, _) in released {
+            let record = &mut self.deps.records[state.index()];
+            if incoming {
+                record.incoming += 1;
+            } else {
+                record.incoming = record.incoming.saturating_sub(1);
+            }
+        }
     }
 
     fn park(&mut self, state: StateId, origin: Origin) {
@@ -396,7 +437,15 @@ impl Coordinator {
             .iter()
             .filter_map(|d| d.config.timeout)
             .min();
-        let timer = timeout.map(|timeout| self.arm(id, token, timeout));
+        // Counted from `since` (earlier than now for a waiter restored from a checkpoint).
+        let waited = Instant::now().saturating_duration_since(self.now);
+        // A state that already ran and is parked to run again after fresh completions owes
+        // nothing: it has no timeout.
+        let repark = origin == Origin::SelfStart
+            && self.deps.records[state.index()].started_at_count.is_some();
+        let timer = timeout
+            .filter(|_| !repark)
+            .map(|timeout| self.arm(id, token, timeout.saturating_sub(waited)));
         if timer.is_some() {
             self.deps.armed += 1;
         }
@@ -460,7 +509,17 @@ impl Coordinator {
             return;
         }
         self.deps.records[state.index()].failure = Some(message);
-        self.recheck_dependents(state, false);
+        // Its dependents fail in turn, through a worklist rather than recursion (a long chain
+        // of handled failures must not grow the stack).
+        self.deps.failed.push(state);
+        if self.deps.cascading {
+            return;
+        }
+        self.deps.cascading = true;
+        while let Some(failed) = self.deps.failed.pop() {
+            self.recheck_dependents(failed, false);
+        }
+        self.deps.cascading = false;
     }
 
     /// A state's run was queued for its first attempt.
@@ -496,6 +555,13 @@ impl Coordinator {
         if !self.deps.enabled {
             return;
         }
+        self.repark(state);
+        self.recheck_dependents(state, true);
+    }
+
+    /// A state that starts by itself after every fresh completion of an `always` required
+    /// dependency waits for the next one once its run ended (however it ended).
+    fn repark(&mut self, state: StateId) {
         if self.deps.self_starting[state.index()]
             && !self.deps.records[state.index()].by_transition
             && self.deps.by_state[state.index()].is_empty()
@@ -508,9 +574,13 @@ impl Coordinator {
                         && d.config.lifecycle == DependencyLifecycle::Always
                 })
         {
-            self.check_gate(state, Origin::SelfStart, None, false);
+            let status = self.states[state.index()].status;
+            self.check_gate(state, Origin::SelfStart, None, Quiet::No);
+            // Waiting for a next run is not being blocked: it keeps the status its run left.
+            if self.deps.by_state[state.index()].len() == 1 {
+                self.set_status(state, status);
+            }
         }
-        self.recheck_dependents(state, true);
     }
 
     /// A state's run ended without completing (its last attempt failed, or it was cancelled).
@@ -523,11 +593,12 @@ impl Coordinator {
         if failure.is_some() {
             record.failure = failure;
         }
+        self.repark(state);
         self.recheck_dependents(state, false);
     }
 
     /// Checks again the waiters that `state`'s news may concern.
-    fn recheck_dependents(&mut self, state: StateId, completed: bool) {
+    pub(super) fn recheck_dependents(&mut self, state: StateId, completed: bool) {
         if self.deps.count == 0 {
             return;
         }
@@ -545,38 +616,49 @@ impl Coordinator {
         ids.sort_unstable();
         ids.dedup();
         for id in ids {
-            self.recheck(id, false);
+            self.recheck(id, Quiet::No);
         }
     }
 
     /// Checks one waiter again; returns whether it left the gate.
-    fn recheck(&mut self, id: u32, quiet: bool) -> bool {
+    fn recheck(&mut self, id: u32, quiet: Quiet) -> bool {
         let Some((state, origin)) = self.deps.waiters[id as usize]
             .as_ref()
             .map(|w| (w.state, w.origin))
         else {
             return false;
         };
-        if quiet
-            && origin == Origin::SelfStart
+        if origin == Origin::SelfStart
             && self.deps.records[state.index()].started_at_count.is_some()
         {
-            // A state that already ran, parked to run again after fresh completions that
-            // can no longer come: nothing is owed.
-            self.drop_waiter(id);
-            return true;
+            if quiet == Quiet::Fail {
+                // A state that already ran, parked to run again after fresh completions that
+                // can no longer come: nothing is owed.
+                self.drop_waiter(id);
+                return true;
+            }
+            if quiet == Quiet::Release {
+                return false;
+            }
         }
         self.check_gate(state, origin, Some(id), quiet);
         self.deps.waiters[id as usize].is_none()
     }
 
     /// Nothing runs, is queued or waits for a retry: dependencies that only waited for the
-    /// rest of the run are settled, one waiter at a time (what it starts may change the rest).
-    /// Returns whether one left the gate.
+    /// rest of the run are settled, one waiter at a time (what it starts may change the rest),
+    /// releases first, failures only when nothing can be released. Returns whether one left
+    /// the gate.
     pub(super) fn settle_dependencies(&mut self) -> bool {
-        for id in 0..self.deps.waiters.len() as u32 {
-            if self.recheck(id, true) {
-                return true;
+        for quiet in [Quiet::Release, Quiet::Fail] {
+            for id in 0..self.deps.waiters.len() as u32 {
+                let before = (self.ready.len(), self.deps.count, self.timer_count);
+                let left = self.recheck(id, quiet);
+                // A waiter that stays may still have queued a dependency to refresh.
+                let after = (self.ready.len(), self.deps.count, self.timer_count);
+                if left || before != after || self.failed_by_dependency.is_some() {
+                    return true;
+                }
             }
         }
         false
@@ -599,10 +681,10 @@ impl Coordinator {
         self.deps.armed -= 1;
         let (state, origin, since) = (waiter.state, waiter.origin, waiter.since);
         let waited = self.now.saturating_duration_since(since);
-        let waits = match self.verdict(state, false) {
+        let waits = match self.verdict(state, Quiet::No) {
             Verdict::Wait(waits, _) => waits,
             Verdict::Go(_) | Verdict::Fail(_) => {
-                self.recheck(id, false);
+                self.recheck(id, Quiet::No);
                 return;
             }
         };
@@ -661,7 +743,7 @@ impl Coordinator {
         let mut blocked = Vec::new();
         for waiter in self.deps.waiters.iter().flatten() {
             let dependencies = &self.compiled.states[waiter.state.index()].dependencies;
-            let waits = match self.verdict(waiter.state, false) {
+            let waits = match self.verdict(waiter.state, Quiet::No) {
                 Verdict::Wait(waits, _) => waits,
                 Verdict::Go(_) | Verdict::Fail(_) => Vec::new(),
             };
@@ -698,6 +780,97 @@ impl Coordinator {
 /// Calls a user's condition; one that panics does not hold (the scheduler must not unwind).
 fn holds(condition: &crate::Condition, context: &crate::Context) -> bool {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| condition(context))).unwrap_or(false)
+}
+
+/// What a checkpoint keeps of one state's dependency record.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct RecordImage {
+    /// Its last completion: how long before the checkpoint, and its number.
+    completed: Option<(Duration, u64)>,
+    started_at_count: Option<u64>,
+    failure: Option<String>,
+    by_transition: bool,
+}
+
+/// What a checkpoint keeps of a state waiting at the gate.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct WaiterImage {
+    pub(super) state: StateId,
+    pub(super) origin: Origin,
+    /// How long it had waited.
+    pub(super) waited: Duration,
+}
+
+/// The dependency bookkeeping as a checkpoint keeps it.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub(crate) struct DependenciesImage {
+    pub(super) records: Vec<RecordImage>,
+    pub(super) waiters: Vec<WaiterImage>,
+    pub(super) completions: u64,
+}
+
+impl Coordinator {
+    pub(super) fn dependencies_image(&self) -> DependenciesImage {
+        let now = self.now;
+        DependenciesImage {
+            records: self
+                .deps
+                .records
+                .iter()
+                .map(|r| RecordImage {
+                    completed: r
+                        .completed
+                        .map(|(at, n)| (now.saturating_duration_since(at), n)),
+                    started_at_count: r.started_at_count,
+                    failure: r.failure.clone(),
+                    by_transition: r.by_transition,
+                })
+                .collect(),
+            waiters: self
+                .deps
+                .waiters
+                .iter()
+                .flatten()
+                .map(|w| WaiterImage {
+                    state: w.state,
+                    origin: w.origin,
+                    waited: now.saturating_duration_since(w.since),
+                })
+                .collect(),
+            completions: self.deps.completions,
+        }
+    }
+
+    /// Takes back a checkpoint's dependency records; `active` counts each state's due work.
+    /// Waiters are parked again afterwards ([`Coordinator::restore_waiter`]).
+    pub(super) fn restore_dependency_records(&mut self, image: &DependenciesImage, active: &[u32]) {
+        if !self.deps.enabled {
+            return;
+        }
+        let now = self.now;
+        for (index, (record, saved)) in self.deps.records.iter_mut().zip(&image.records).enumerate()
+        {
+            record.completed = saved
+                .completed
+                .map(|(age, n)| (now.checked_sub(age).unwrap_or(now), n));
+            record.started_at_count = saved.started_at_count;
+            record.failure = saved.failure.clone();
+            record.by_transition = saved.by_transition;
+            record.active = active.get(index).copied().unwrap_or(0);
+        }
+        self.deps.completions = image.completions;
+    }
+
+    /// Parks a waiter of a checkpoint again, as if it had waited `waited` already.
+    pub(super) fn restore_waiter(&mut self, waiter: &WaiterImage) {
+        if !self.deps.enabled {
+            return;
+        }
+        let now = self.now;
+        self.now = now.checked_sub(waiter.waited).unwrap_or(now);
+        self.park(waiter.state, waiter.origin);
+        self.now = now;
+    }
 }
 
 fn kind_name(kind: DependencyType) -> &'static str {

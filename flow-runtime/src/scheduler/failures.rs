@@ -17,8 +17,11 @@ use crate::resilience::BulkheadFull;
 /// A retry waiting for its delay.
 pub(super) struct RetryTimer {
     abort: AbortHandle,
-    state: StateId,
-    group: GroupId,
+    pub(super) state: StateId,
+    pub(super) group: GroupId,
+    pub(super) attempt: u32,
+    /// When it is due (a checkpoint keeps the time left).
+    pub(super) due: tokio::time::Instant,
 }
 
 /// How an attempt failed.
@@ -163,10 +166,10 @@ impl Coordinator {
     /// A seed for this run and state, so that jittered delays differ between states and runs
     /// but a state's schedule is a pure function of it.
     fn retry_seed(&self, state: StateId) -> u64 {
-        self.observer.run_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (state.index() as u64)
+        self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (state.index() as u64)
     }
 
-    fn schedule_retry(
+    pub(super) fn schedule_retry(
         &mut self,
         state: StateId,
         group: GroupId,
@@ -206,6 +209,10 @@ impl Coordinator {
             abort: task.abort_handle(),
             state,
             group,
+            attempt,
+            due: tokio::time::Instant::now()
+                .checked_add(delay)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
         });
         self.timer_count += 1;
     }

@@ -40,6 +40,7 @@
 use std::collections::BTreeMap;
 
 use flow_core::{FxHashMap, FxHashSet, StateGraph, StateId};
+use serde::{Deserialize, Serialize};
 
 /// Index of a group in [`Joins`].
 pub(crate) type GroupId = u32;
@@ -65,6 +66,22 @@ pub(crate) struct Joins {
     moves: Vec<Move>,
 }
 
+/// The branches and joins of a run, as a checkpoint keeps them.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct JoinsImage {
+    groups: Vec<Option<Group>>,
+    free: Vec<GroupId>,
+    held_total: usize,
+    roots: u32,
+}
+
+impl JoinsImage {
+    /// Whether `group` is a live group of this image.
+    pub(crate) fn has_group(&self, group: GroupId) -> bool {
+        self.groups.get(group as usize).is_some_and(Option::is_some)
+    }
+}
+
 enum Move {
     Goto {
         group: GroupId,
@@ -77,6 +94,7 @@ enum Move {
     },
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 struct Group {
     /// For a child group: the parent, and the wild state that forked it (the position of the
     /// branch it stands for in the parent).
@@ -94,6 +112,7 @@ struct Group {
     held: Vec<Held>,
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 struct Held {
     state: StateId,
     members: u32,
@@ -227,6 +246,42 @@ impl Joins {
             found: Vec::new(),
             moves: Vec::new(),
         }
+    }
+
+    /// What a checkpoint keeps of the branches: every group and held set. (Taken between
+    /// events, when nothing is being released or blocked.)
+    pub(crate) fn image(&self) -> JoinsImage {
+        JoinsImage {
+            groups: self.groups.clone(),
+            free: self.free.clone(),
+            held_total: self.held_total,
+            roots: self.roots,
+        }
+    }
+
+    /// The branches of a checkpoint, for a graph of the same definition.
+    pub(crate) fn restore(graph: &StateGraph, image: JoinsImage) -> Self {
+        let mut joins = Self::new(graph);
+        joins.groups = image.groups;
+        joins.free = image.free;
+        joins.held_total = image.held_total;
+        joins.roots = image.roots;
+        joins
+    }
+
+    /// Whether every state a checkpoint's branches name is one of `states`.
+    pub(crate) fn image_is_within(image: &JoinsImage, states: usize) -> bool {
+        let ok = |s: &StateId| s.index() < states;
+        image.groups.iter().flatten().all(|g| {
+            g.parent.is_none_or(|(_, s)| ok(&s))
+                && g.positions.keys().all(ok)
+                && g.held
+                    .iter()
+                    .all(|h| ok(&h.state) && h.ancestors.iter().all(ok))
+        }) && image.groups.iter().flatten().all(|g| {
+            g.parent
+                .is_none_or(|(p, _)| (p as usize) < image.groups.len())
+        })
     }
 
     /// True once every branch of the run has ended.

@@ -8,11 +8,13 @@
 mod control;
 mod deps;
 mod failures;
+mod image;
 mod joins;
 mod ready;
 mod task;
 
 pub use deps::BlockedState;
+pub(crate) use image::{PendingCheckpoint, SchedulerImage, check_fits};
 pub(crate) use task::Message;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::agent::Compiled;
+use crate::checkpoint::writer::{self, Writer};
+use crate::checkpoint::{Checkpoint, CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
 use crate::events::{Event, EventHub, EventKind};
 use crate::failure::DeadLetter;
@@ -80,6 +84,23 @@ pub(crate) struct Coordinator {
     /// The run's failure, when a dependency failure with no handler ends it (found deep in
     /// the gate, acted on by the loop).
     failed_by_dependency: Option<FlowError>,
+    /// The seed of retry jitter: the id of the run this one continues (its own if new).
+    seed: u64,
+    /// Completions of each state.
+    completions: Vec<u32>,
+    /// The run's key in checkpoint stores.
+    durable_key: Arc<str>,
+    /// The number of the last checkpoint taken.
+    checkpoint_sequence: u64,
+    /// Time the run had taken in earlier processes (restored from a checkpoint).
+    elapsed_before: Duration,
+    started_at: Instant,
+    /// Whether this run continues a checkpoint (then it does not start its entries).
+    restored: bool,
+    /// Where automatic checkpoints go, and when.
+    checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+    writer: Option<Writer>,
+    ticker: Option<AbortHandle>,
 }
 
 struct Running {
@@ -128,6 +149,16 @@ impl Coordinator {
                 &compiled.self_starting,
             ),
             failed_by_dependency: None,
+            seed: observer.run_id,
+            completions: vec![0; graph.len()],
+            durable_key: Arc::from(observer.run_id.to_string()),
+            checkpoint_sequence: 0,
+            elapsed_before: Duration::ZERO,
+            started_at: Instant::now(),
+            restored: false,
+            checkpoints: compiled.checkpoints.clone(),
+            writer: None,
+            ticker: None,
             ready: ReadyQueue::new(compiled.priority_aging),
             states: graph
                 .names()
@@ -169,18 +200,40 @@ impl Coordinator {
         self.drive().instrument(span).await
     }
 
+    /// This run's key in checkpoint stores (a durable run's name), and the store and policy
+    /// its automatic checkpoints follow, replacing the agent's.
+    pub(crate) fn durable(
+        &mut self,
+        key: &str,
+        checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+    ) {
+        self.durable_key = Arc::from(key);
+        if checkpoints.is_some() {
+            self.checkpoints = checkpoints;
+        }
+    }
+
+    /// Continues the run of `checkpoint` instead of starting afresh (checked to fit).
+    pub(crate) fn continue_from(&mut self, checkpoint: &Checkpoint) {
+        self.restore(checkpoint);
+    }
+
     async fn drive(mut self) -> RunReport {
         let started_at = self.now;
+        self.started_at = started_at;
         self.publish(EventKind::RunStarted {
             agent: Arc::clone(&self.compiled.name),
         });
         let watcher = self.watch(started_at);
+        self.start_checkpoints();
 
-        let graph = Arc::clone(&self.graph);
-        self.joins.start(&graph, graph.entries());
-        self.absorb_joins();
-        if self.deps.enabled {
-            self.park_self_starting();
+        if !self.restored {
+            let graph = Arc::clone(&self.graph);
+            self.joins.start(&graph, graph.entries());
+            self.absorb_joins();
+            if self.deps.enabled {
+                self.park_self_starting();
+            }
         }
 
         let stop = loop {
@@ -281,6 +334,27 @@ impl Coordinator {
             }
             Message::Blocked(reply) => {
                 let _ = reply.send(self.blocked_states());
+                Ok(())
+            }
+            Message::Checkpoint(reply) => {
+                let status = self.observer.status();
+                let _ = reply.send(self.capture(status));
+                Ok(())
+            }
+            Message::CheckpointTick => {
+                self.checkpoint_due();
+                Ok(())
+            }
+            Message::CheckpointSaved(error) => {
+                if let Some(writer) = &mut self.writer {
+                    writer.busy = false;
+                }
+                if let Some(error) = error {
+                    return Err(Stop::Failed(error));
+                }
+                if self.writer.as_ref().is_some_and(|w| w.dirty) {
+                    self.checkpoint_due();
+                }
                 Ok(())
             }
         }
@@ -475,6 +549,83 @@ impl Coordinator {
                 let _ = sender.send(Message::AcquireDeadline { seq });
             });
             self.deadlines.insert(seq, timer.abort_handle());
+        }
+    }
+
+    /// Queues a restored attempt at a given place in the order.
+    fn requeue(&mut self, state: StateId, group: GroupId, attempt: u32, virtual_start: i64) {
+        self.ready.push_at(state, group, attempt, virtual_start);
+        self.set_status(state, StateStatus::Ready);
+    }
+
+    /// Starts the writer of automatic checkpoints, and the timer of interval ones.
+    fn start_checkpoints(&mut self) {
+        let Some((store, policy)) = &self.checkpoints else {
+            return;
+        };
+        if !policy.is_active() {
+            return;
+        }
+        self.writer = Some(Writer::start(
+            Arc::clone(store),
+            policy.keep,
+            self.sender.clone(),
+        ));
+        if let Some(interval) = policy.interval.filter(|i| !i.is_zero()) {
+            let sender = self.sender.clone();
+            let ticker = tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks.tick().await; // the first tick is immediate
+                loop {
+                    ticks.tick().await;
+                    if sender.send(Message::CheckpointTick).is_err() {
+                        break;
+                    }
+                }
+            });
+            self.ticker = Some(ticker.abort_handle());
+        }
+    }
+
+    /// The policy asks for a checkpoint: taken now, or right after the save in progress.
+    fn checkpoint_due(&mut self) {
+        let Some(writer) = &mut self.writer else {
+            return;
+        };
+        if writer.busy {
+            writer.dirty = true;
+            return;
+        }
+        writer.dirty = false;
+        let status = self.observer.status();
+        let pending = self.capture(status);
+        if let Some(writer) = &mut self.writer {
+            writer.submit(pending);
+        }
+    }
+
+    /// At the end of the run: the save in progress finishes; a completed run saves a last
+    /// checkpoint saying so (a durable run asked again then returns its result rather than
+    /// running again). A failed save fails the run: its completion is not durable.
+    async fn finish_checkpoints(&mut self, stop: Option<Stop>) -> Option<Stop> {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.abort();
+        }
+        let Some(writer) = self.writer.take() else {
+            return stop;
+        };
+        writer.close().await;
+        let Some((store, policy)) = self.checkpoints.clone() else {
+            return stop;
+        };
+        if stop.is_some() {
+            return stop;
+        }
+        let pending = self.capture(flow_core::AgentStatus::Completed);
+        match writer::save(store, pending, policy.keep).await {
+            Ok(_) => None,
+            Err(error) => Some(Stop::Failed(error)),
         }
     }
 
@@ -761,9 +912,18 @@ impl Coordinator {
                 // waiting dependents after (so an arriving transition takes precedence over a
                 // state starting by itself).
                 self.dependency_completed(state);
+                self.completions[state.index()] += 1;
                 self.route(state, group, next)?;
                 self.absorb_joins();
                 self.after_completion(state);
+                if self.writer.is_some()
+                    && self
+                        .checkpoints
+                        .as_ref()
+                        .is_some_and(|(_, p)| p.after_each_state)
+                {
+                    self.checkpoint_due();
+                }
                 Ok(())
             }
             Outcome::Finished(Err(cause)) => {
@@ -845,7 +1005,9 @@ impl Coordinator {
         }
         self.joins.blocked = blocked;
         let mut released = std::mem::take(&mut self.joins.released);
+        self.note_incoming(&released, true);
         for (state, group) in released.drain(..) {
+            self.note_incoming(&[(state, group)], false);
             self.arrive(state, Origin::Branch(group));
         }
         // The gate may have sent a failed state's branch on to its handler meanwhile.

@@ -82,10 +82,22 @@ impl ReadyQueue {
             Priority::High => 2,
             Priority::Critical => 3,
         };
-        let since = i64::try_from(now.saturating_duration_since(self.origin).as_micros())
-            .unwrap_or(i64::MAX / 2);
-        let virtual_start = since.saturating_sub(self.aging_micros.saturating_mul(level));
+        let virtual_start = self
+            .clock(now)
+            .saturating_sub(self.aging_micros.saturating_mul(level));
         self.push_at(state, group, attempt, virtual_start)
+    }
+
+    /// `now` on the queue's clock (microseconds since its origin), the scale of virtual
+    /// start times.
+    pub(crate) fn clock(&self, now: Instant) -> i64 {
+        i64::try_from(now.saturating_duration_since(self.origin).as_micros())
+            .unwrap_or(i64::MAX / 2)
+    }
+
+    /// Every entry, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &ReadyEntry> {
+        self.heap.iter()
     }
 
     /// Queues a state again at the place it had (a preempted state keeps its age).

@@ -66,6 +66,12 @@ pub(crate) enum Message {
     DependencyDeadline { waiter: u32, token: u64 },
     /// Report which states wait on which dependencies.
     Blocked(oneshot::Sender<Vec<super::BlockedState>>),
+    /// Take a checkpoint.
+    Checkpoint(oneshot::Sender<super::PendingCheckpoint>),
+    /// The checkpoint interval passed.
+    CheckpointTick,
+    /// The checkpoint writer finished a save (with its error, if it failed).
+    CheckpointSaved(Option<flow_core::FlowError>),
 }
 
 /// Calls a state's body; a panic in the call itself (before any future exists) is an outcome.

@@ -1,0 +1,178 @@
+//! A store of JSON files: one directory per workflow and run, one file per checkpoint.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flow_core::FlowError;
+
+use super::{Checkpoint, CheckpointStore};
+
+/// Keeps each checkpoint in its own JSON file: `<dir>/<workflow>/<run>/<sequence>.json`.
+///
+/// A save writes a temporary file, flushes it to disk (`fsync`), renames it over its final
+/// name (atomic on POSIX file systems) and flushes the directory, so a crash leaves either the
+/// old set of files or the new one, never a half-written checkpoint under a final name. Names
+/// come from sequence numbers, which only grow within a run: two checkpoints never share a
+/// file. Workflow and run names are escaped to be safe file names. One process should write a
+/// given run at a time.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    /// A store in `dir` (created when the first checkpoint is saved).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory it keeps its files in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn run_dir(&self, agent: &str, run: &str) -> PathBuf {
+        self.dir.join(escape(agent)).join(escape(run))
+    }
+
+    fn file(&self, agent: &str, run: &str, sequence: u64) -> PathBuf {
+        self.run_dir(agent, run)
+            .join(format!("{sequence:020}.json"))
+    }
+
+    fn failed(&self, action: &str, error: &io::Error) -> FlowError {
+        FlowError::CheckpointStore {
+            store: self.describe(),
+            action: action.to_owned(),
+            message: error.to_string(),
+        }
+    }
+
+    fn read(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
+        let path = self.file(agent, run, sequence);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => {
+                return Err(self.failed(&format!("reading {}", path.display()), &error));
+            }
+        };
+        let store = format!("{} (file {})", self.describe(), path.display());
+        Checkpoint::from_json(&bytes, &store, agent, run).map(Some)
+    }
+}
+
+impl CheckpointStore for FileStore {
+    fn describe(&self) -> String {
+        format!("file store {}", self.dir.display())
+    }
+
+    fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
+        let bytes = checkpoint.to_json()?;
+        let dir = self.run_dir(&checkpoint.agent, &checkpoint.run_key);
+        fs::create_dir_all(&dir)
+            .map_err(|e| self.failed(&format!("creating {}", dir.display()), &e))?;
+        let target = self.file(&checkpoint.agent, &checkpoint.run_key, checkpoint.sequence);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let temporary = dir.join(format!(
+            ".{:020}.{}.{nanos}.tmp",
+            checkpoint.sequence,
+            std::process::id()
+        ));
+        let write = || -> io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temporary)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            fs::rename(&temporary, &target)?;
+            // The rename is durable once the directory is.
+            File::open(&dir)?.sync_all()
+        };
+        write().map_err(|error| {
+            let _ = fs::remove_file(&temporary);
+            self.failed(&format!("writing {}", target.display()), &error)
+        })
+    }
+
+    fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {
+        match self.sequences(agent, run)?.last() {
+            Some(&sequence) => self.read(agent, run, sequence),
+            None => Ok(None),
+        }
+    }
+
+    fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
+        let dir = self.run_dir(agent, run);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(self.failed(&format!("listing {}", dir.display()), &error)),
+        };
+        let mut sequences = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| self.failed(&format!("listing {}", dir.display()), &e))?;
+            let name = entry.file_name();
+            // Temporary files start with a dot; anything else not ours is ignored.
+            if let Some(sequence) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|n| n.len() == 20)
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                sequences.push(sequence);
+            }
+        }
+        sequences.sort_unstable();
+        Ok(sequences)
+    }
+
+    fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
+        self.read(agent, run, sequence)
+    }
+
+    fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
+        let path = self.file(agent, run, sequence);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(self.failed(&format!("deleting {}", path.display()), &error)),
+        }
+    }
+}
+
+/// A name as a safe file name: ASCII letters, digits, `-` and `_` stay; everything else
+/// (including `.`, so `..` cannot escape) becomes `%XX` per byte.
+fn escape(name: &str) -> String {
+    let mut escaped = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            escaped.push(byte as char);
+        } else {
+            escaped.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if escaped.is_empty() {
+        escaped.push('%');
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn names_cannot_escape_the_directory() {
+        assert_eq!(escape("nightly-2026_11"), "nightly-2026_11");
+        assert_eq!(escape("../etc"), "%2E%2E%2Fetc");
+        assert_eq!(escape("a b"), "a%20b");
+        assert_eq!(escape(""), "%");
+    }
+}

@@ -1,0 +1,160 @@
+//! The durable default: checkpoints in one embedded redb database file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flow_core::FlowError;
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use super::{Checkpoint, CheckpointStore};
+
+/// Checkpoints by (workflow, run key, sequence).
+const CHECKPOINTS: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("fluffy_flow_checkpoints");
+
+/// Keeps checkpoints in a redb database: one file, crash-safe transactions (a commit is
+/// durable when `save` returns; a crash mid-commit leaves the previous commit intact), many
+/// workflows and runs side by side, the latest checkpoint of a run found by a range lookup.
+///
+/// redb is a pure-Rust embedded key-value store: nothing to install, no server, no C library
+/// to build. Clones share the open database; one process at a time may open the file.
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Opens the database at `path`, creating it if it does not exist.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, FlowError> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::create(&path).map_err(|error| FlowError::CheckpointStore {
+            store: format!("redb store {}", path.display()),
+            action: "opening the database".to_owned(),
+            message: error.to_string(),
+        })?;
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    fn failed(&self, action: &str, error: impl std::fmt::Display) -> FlowError {
+        FlowError::CheckpointStore {
+            store: self.describe(),
+            action: action.to_owned(),
+            message: error.to_string(),
+        }
+    }
+
+    fn read(
+        &self,
+        agent: &str,
+        run: &str,
+        pick: impl FnOnce(
+            &redb::ReadOnlyTable<(&str, &str, u64), &[u8]>,
+        ) -> Result<Option<Vec<u8>>, redb::StorageError>,
+    ) -> Result<Option<Checkpoint>, FlowError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.failed("starting a read", e))?;
+        let table = match txn.open_table(CHECKPOINTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(self.failed("opening the checkpoint table", error)),
+        };
+        let bytes = pick(&table).map_err(|e| self.failed("reading a checkpoint", e))?;
+        bytes
+            .map(|bytes| Checkpoint::from_json(&bytes, &self.describe(), agent, run))
+            .transpose()
+    }
+}
+
+impl CheckpointStore for RedbStore {
+    fn describe(&self) -> String {
+        format!("redb store {}", self.path.display())
+    }
+
+    fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
+        let bytes = checkpoint.to_json()?;
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.failed("starting a write", e))?;
+        {
+            let mut table = txn
+                .open_table(CHECKPOINTS)
+                .map_err(|e| self.failed("opening the checkpoint table", e))?;
+            table
+                .insert(
+                    (
+                        checkpoint.agent.as_str(),
+                        checkpoint.run_key.as_str(),
+                        checkpoint.sequence,
+                    ),
+                    bytes.as_slice(),
+                )
+                .map_err(|e| self.failed("writing a checkpoint", e))?;
+        }
+        txn.commit()
+            .map_err(|e| self.failed("committing a checkpoint", e))
+    }
+
+    fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {
+        self.read(agent, run, |table| {
+            let mut range = table.range((agent, run, 0)..=(agent, run, u64::MAX))?;
+            range
+                .next_back()
+                .transpose()
+                .map(|entry| entry.map(|(_, value)| value.value().to_vec()))
+        })
+    }
+
+    fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.failed("starting a read", e))?;
+        let table = match txn.open_table(CHECKPOINTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(self.failed("opening the checkpoint table", error)),
+        };
+        let range = table
+            .range((agent, run, 0)..=(agent, run, u64::MAX))
+            .map_err(|e| self.failed("listing checkpoints", e))?;
+        range
+            .map(|entry| {
+                entry
+                    .map(|(key, _)| key.value().2)
+                    .map_err(|e| self.failed("listing checkpoints", e))
+            })
+            .collect()
+    }
+
+    fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
+        self.read(agent, run, |table| {
+            Ok(table
+                .get((agent, run, sequence))?
+                .map(|value| value.value().to_vec()))
+        })
+    }
+
+    fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.failed("starting a write", e))?;
+        {
+            let mut table = txn
+                .open_table(CHECKPOINTS)
+                .map_err(|e| self.failed("opening the checkpoint table", e))?;
+            table
+                .remove((agent, run, sequence))
+                .map_err(|e| self.failed("deleting a checkpoint", e))?;
+        }
+        txn.commit()
+            .map_err(|e| self.failed("committing a deletion", e))
+    }
+}

@@ -1,0 +1,78 @@
+//! Automatic checkpoints: a task that serializes and saves what the coordinator captured, so
+//! that neither serialization nor the store's I/O happens on the scheduler.
+
+use std::sync::Arc;
+
+use flow_core::FlowError;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::task::JoinHandle;
+
+use super::{Checkpoint, CheckpointStore};
+use crate::scheduler::{Message, PendingCheckpoint};
+
+/// The coordinator's end of the writer task.
+pub(crate) struct Writer {
+    jobs: UnboundedSender<PendingCheckpoint>,
+    task: JoinHandle<()>,
+    /// A save is in progress.
+    pub(crate) busy: bool,
+    /// Another checkpoint was asked for while busy: one is taken when the save ends.
+    pub(crate) dirty: bool,
+}
+
+impl Writer {
+    /// Starts the task; it reports each save to the coordinator as [`Message::CheckpointSaved`].
+    pub(crate) fn start(
+        store: Arc<dyn CheckpointStore>,
+        keep: usize,
+        coordinator: UnboundedSender<Message>,
+    ) -> Self {
+        let (jobs, mut queue) = unbounded_channel::<PendingCheckpoint>();
+        let task = tokio::spawn(async move {
+            while let Some(pending) = queue.recv().await {
+                let result = save(Arc::clone(&store), pending, keep).await;
+                let _ = coordinator.send(Message::CheckpointSaved(result.err()));
+            }
+        });
+        Self {
+            jobs,
+            task,
+            busy: false,
+            dirty: false,
+        }
+    }
+
+    /// Hands a captured checkpoint to the task.
+    pub(crate) fn submit(&mut self, pending: PendingCheckpoint) {
+        self.busy = true;
+        let _ = self.jobs.send(pending);
+    }
+
+    /// Waits for the save in progress, if any, and stops the task.
+    pub(crate) async fn close(self) {
+        drop(self.jobs);
+        let _ = self.task.await;
+    }
+}
+
+/// Serializes and saves one checkpoint on a blocking thread, then prunes old ones.
+pub(crate) async fn save(
+    store: Arc<dyn CheckpointStore>,
+    pending: PendingCheckpoint,
+    keep: usize,
+) -> Result<Checkpoint, FlowError> {
+    let joined = tokio::task::spawn_blocking(move || {
+        let checkpoint = pending.finish()?;
+        store.save(&checkpoint)?;
+        store.prune(&checkpoint.agent, &checkpoint.run_key, keep)?;
+        Ok(checkpoint)
+    })
+    .await;
+    joined.unwrap_or_else(|error| {
+        Err(FlowError::CheckpointStore {
+            store: "checkpoint writer".into(),
+            action: "saving a checkpoint".into(),
+            message: format!("the save task stopped: {error}"),
+        })
+    })
+}

@@ -1,0 +1,317 @@
+//! Checkpoints from the coordinator's side: taking a consistent image of a run between two
+//! events, and starting a coordinator from one.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flow_core::{AgentStatus, FlowError, StateId, StateStatus};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::Coordinator;
+use super::deps::{DependenciesImage, Origin};
+use super::joins::{GroupId, Joins, JoinsImage};
+use crate::checkpoint::{
+    CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, QueuePlace, QueuedState, StateCheckpoint,
+    fingerprint,
+};
+use crate::context::ContextImage;
+
+/// The scheduler's records in a checkpoint: branches and joins, due work, dependency waits.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct SchedulerImage {
+    joins: JoinsImage,
+    work: Vec<Work>,
+    dependencies: DependenciesImage,
+    /// The seed of the run's retry jitter, so that restored retries keep their schedule.
+    seed: u64,
+    completed: u64,
+    transitions: u64,
+    max_concurrency: usize,
+}
+
+impl std::fmt::Debug for SchedulerImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerImage")
+            .field("work", &self.work.len())
+            .field("waiting", &self.dependencies.waiters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SchedulerImage {
+    /// State runs that had finished, successfully or not.
+    pub(crate) fn transitions(&self) -> u64 {
+        self.transitions
+    }
+
+    /// The most states that had run at once.
+    pub(crate) fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+}
+
+/// One due attempt.
+#[derive(Clone, Serialize, Deserialize)]
+struct Work {
+    state: StateId,
+    group: GroupId,
+    attempt: u32,
+    place: Place,
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+enum Place {
+    /// Queued, with its virtual start time relative to the checkpoint (microseconds; negative:
+    /// it had waited), so that it keeps its place and its age.
+    Ready(i64),
+    /// Running: it runs again, first.
+    Running,
+    /// Waiting for a retry due this much later.
+    Retry(Duration),
+}
+
+/// A checkpoint as the coordinator hands it out: complete but for the context's values,
+/// which are serialized by whoever asked (off the coordinator).
+pub(crate) struct PendingCheckpoint {
+    checkpoint: Checkpoint,
+    context: ContextImage,
+}
+
+impl PendingCheckpoint {
+    /// Serializes the context's values into the checkpoint.
+    pub(crate) fn finish(self) -> Result<Checkpoint, FlowError> {
+        let mut checkpoint = self.checkpoint;
+        checkpoint.context = CheckpointContext(self.context.serialize()?);
+        Ok(checkpoint)
+    }
+}
+
+impl Coordinator {
+    /// An image of the run now, with status `status`. Runs between events only.
+    pub(super) fn capture(&mut self, status: AgentStatus) -> PendingCheckpoint {
+        self.now = Instant::now();
+        let now = self.now;
+        let clock = self.ready.clock(now);
+        self.checkpoint_sequence += 1;
+        let mut work: Vec<Work> = Vec::with_capacity(self.ready.len() + self.running_count);
+        work.extend(self.running.iter().flatten().map(|r| Work {
+            state: r.state,
+            group: r.group,
+            attempt: r.attempt,
+            place: Place::Running,
+        }));
+        let mut ready: Vec<_> = self.ready.iter().collect();
+        ready.sort_unstable();
+        ready.reverse(); // the heap's order: the next to start first
+        work.extend(ready.into_iter().map(|e| Work {
+            state: e.state,
+            group: e.group,
+            attempt: e.attempt,
+            place: Place::Ready(e.virtual_start().saturating_sub(clock)),
+        }));
+        work.extend(self.timers.iter().flatten().map(|t| Work {
+            state: t.state,
+            group: t.group,
+            attempt: t.attempt,
+            place: Place::Retry(t.due.saturating_duration_since(now)),
+        }));
+        let dependencies = self.dependencies_image();
+        let name = |s: StateId| self.graph.name(s).to_string();
+        let queue = work
+            .iter()
+            .map(|w| QueuedState {
+                state: name(w.state),
+                attempt: w.attempt,
+                place: match w.place {
+                    Place::Ready(_) => QueuePlace::Ready,
+                    Place::Running => QueuePlace::Running,
+                    Place::Retry(left) => QueuePlace::Retry(left),
+                },
+            })
+            .collect();
+        let mut waiting: Vec<String> = self.joins.held_states().map(name).collect();
+        waiting.extend(dependencies.waiters.iter().map(|w| name(w.state)));
+        waiting.sort_unstable();
+        waiting.dedup();
+        let states = self
+            .states
+            .iter()
+            .zip(&self.completions)
+            .map(|(report, &completions)| StateCheckpoint {
+                name: report.name.to_string(),
+                status: report.status,
+                runs: report.runs,
+                attempts: report.attempts,
+                completions,
+                total_time: report.total_time,
+                last_error: report.last_error.clone(),
+            })
+            .collect();
+        let checkpoint = Checkpoint {
+            format: CHECKPOINT_FORMAT,
+            agent: self.compiled.name.to_string(),
+            run_key: self.durable_key.to_string(),
+            run_id: self.observer.run_id,
+            sequence: self.checkpoint_sequence,
+            created_at: SystemTime::now(),
+            status,
+            elapsed: self.elapsed_before + now.saturating_duration_since(self.started_at),
+            definition: fingerprint(&self.graph),
+            states,
+            queue,
+            waiting,
+            dead_letters: self.dead_letters.clone(),
+            context: CheckpointContext::default(),
+            scheduler: SchedulerImage {
+                joins: self.joins.image(),
+                work,
+                dependencies,
+                seed: self.seed,
+                completed: self.completed,
+                transitions: self.transitions,
+                max_concurrency: self.max_concurrency,
+            },
+        };
+        PendingCheckpoint {
+            checkpoint,
+            context: self.context.capture(),
+        }
+    }
+
+    /// Puts a checkpoint's run back in place of the fresh one `new` made: branches, due work
+    /// (what was running is queued first, to run again), retries with their remaining delay,
+    /// dependency waits, statuses and counts. The checkpoint was checked to fit the definition.
+    pub(super) fn restore(&mut self, checkpoint: &Checkpoint) {
+        let image = &checkpoint.scheduler;
+        self.restored = true;
+        self.now = Instant::now();
+        let graph = Arc::clone(&self.graph);
+        self.joins = Joins::restore(&graph, image.joins.clone());
+        self.seed = image.seed;
+        self.completed = image.completed;
+        self.transitions = image.transitions;
+        self.max_concurrency = image.max_concurrency;
+        self.checkpoint_sequence = checkpoint.sequence;
+        self.elapsed_before = checkpoint.elapsed;
+        self.dead_letters = checkpoint.dead_letters.clone();
+        for (record, saved) in self.states.iter_mut().zip(&checkpoint.states) {
+            record.runs = saved.runs;
+            record.attempts = saved.attempts;
+            record.total_time = saved.total_time;
+            record.last_error = saved.last_error.clone();
+            record.status = saved.status;
+        }
+        for (index, saved) in checkpoint.states.iter().enumerate() {
+            self.completions[index] = saved.completions;
+            self.observer.set_state(index, saved.status);
+        }
+        let mut active = vec![0u32; self.graph.len()];
+        let clock = self.ready.clock(self.now);
+        for work in &image.work {
+            active[work.state.index()] += 1;
+            match work.place {
+                // Ahead of everything queued: it had started already.
+                Place::Running => self.requeue(work.state, work.group, work.attempt, i64::MIN / 4),
+                Place::Ready(relative) => self.requeue(
+                    work.state,
+                    work.group,
+                    work.attempt,
+                    clock.saturating_add(relative),
+                ),
+                Place::Retry(left) => {
+                    self.schedule_retry(
+                        work.state,
+                        work.group,
+                        work.attempt,
+                        left,
+                        "restored from a checkpoint".to_owned(),
+                    );
+                }
+            }
+        }
+        self.restore_dependency_records(&image.dependencies, &active);
+        for waiter in &image.dependencies.waiters {
+            self.restore_waiter(waiter);
+        }
+    }
+}
+
+/// Checks that a checkpoint fits the definition of `graph` before anything is restored:
+/// same workflow, same states in the same order, same graph, and ids within range (a
+/// damaged checkpoint that still parses is refused here rather than trusted).
+pub(crate) fn check_fits(
+    checkpoint: &Checkpoint,
+    agent: &str,
+    graph: &flow_core::StateGraph,
+) -> Result<(), FlowError> {
+    let mismatch = |reason: String| FlowError::CheckpointMismatch {
+        agent: agent.to_owned(),
+        checkpoint_agent: checkpoint.agent.clone(),
+        run: checkpoint.run_key.clone(),
+        reason,
+    };
+    if checkpoint.agent != agent {
+        return Err(mismatch(
+            "it was taken of another workflow; restore it into an agent built from that workflow's definition".into(),
+        ));
+    }
+    let names: Vec<&str> = graph.names().iter().map(|n| &**n).collect();
+    let saved: Vec<&str> = checkpoint.states.iter().map(|s| s.name.as_str()).collect();
+    if names != saved {
+        let missing: Vec<&str> = saved
+            .iter()
+            .copied()
+            .filter(|s| !names.contains(s))
+            .collect();
+        let added: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|s| !saved.contains(s))
+            .collect();
+        return Err(mismatch(format!(
+            "its states differ from this definition's (missing here: [{}]; new here: [{}]{}); restore it into the definition it was taken of",
+            missing.join(", "),
+            added.join(", "),
+            if missing.is_empty() && added.is_empty() {
+                "; the same states in another order"
+            } else {
+                ""
+            }
+        )));
+    }
+    if checkpoint.definition != fingerprint(graph) {
+        return Err(mismatch(
+            "its transitions, entries, error handlers or dependencies differ from this definition's; restore it into the definition it was taken of".into(),
+        ));
+    }
+    let image = &checkpoint.scheduler;
+    let n = graph.len();
+    let state_ok = |s: StateId| s.index() < n;
+    let fits = Joins::image_is_within(&image.joins, n)
+        && image
+            .work
+            .iter()
+            .all(|w| state_ok(w.state) && image.joins.has_group(w.group) && w.attempt >= 1)
+        && image.dependencies.waiters.iter().all(|w| {
+            state_ok(w.state)
+                && match w.origin {
+                    Origin::Branch(group) => image.joins.has_group(group),
+                    Origin::Requested | Origin::SelfStart => true,
+                }
+        })
+        && (image.dependencies.records.is_empty() || image.dependencies.records.len() == n)
+        && checkpoint
+            .states
+            .iter()
+            .all(|s| !matches!(s.status, StateStatus::Running) || s.runs > 0);
+    if !fits {
+        return Err(FlowError::CorruptCheckpoint {
+            store: "the checkpoint given".into(),
+            agent: checkpoint.agent.clone(),
+            run: checkpoint.run_key.clone(),
+            message: "its scheduler records name states or branches that do not exist".into(),
+        });
+    }
+    Ok(())
+}
