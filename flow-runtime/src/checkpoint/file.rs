@@ -33,6 +33,11 @@ impl FileStore {
         &self.dir
     }
 
+    /// The file checkpoint `sequence` of `run` is (or would be) kept in.
+    pub fn file_of(&self, agent: &str, run: &str, sequence: u64) -> PathBuf {
+        self.file(agent, run, sequence)
+    }
+
     fn run_dir(&self, agent: &str, run: &str) -> PathBuf {
         self.dir.join(escape(agent)).join(escape(run))
     }

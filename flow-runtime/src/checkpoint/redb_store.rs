@@ -39,6 +39,31 @@ impl RedbStore {
         })
     }
 
+    /// Stores bytes as if they were checkpoint `sequence` of `run` (to test how damaged data
+    /// is reported).
+    pub fn insert_raw(
+        &self,
+        agent: &str,
+        run: &str,
+        sequence: u64,
+        bytes: &[u8],
+    ) -> Result<(), FlowError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.failed("starting a write", e))?;
+        {
+            let mut table = txn
+                .open_table(CHECKPOINTS)
+                .map_err(|e| self.failed("opening the checkpoint table", e))?;
+            table
+                .insert((agent, run, sequence), bytes)
+                .map_err(|e| self.failed("writing a checkpoint", e))?;
+        }
+        txn.commit()
+            .map_err(|e| self.failed("committing a checkpoint", e))
+    }
+
     fn failed(&self, action: &str, error: impl std::fmt::Display) -> FlowError {
         FlowError::CheckpointStore {
             store: self.describe(),

@@ -1,0 +1,644 @@
+//! Checkpoints: what they hold, restoring them (completed states do not run again, in-flight
+//! ones do), automatic checkpoints, durable runs, damaged data, and one conformance suite run
+//! against every store.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use common::Log;
+use fluffy_flow::prelude::*;
+use fluffy_flow::{
+    CHECKPOINT_FORMAT, Checkpoint, CheckpointPolicy, CheckpointStore, DependencyType, FileStore,
+    MemoryStore, QueuePlace, RedbStore, RetryPolicy, StateOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, sleep};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A state that logs its start, sleeps `delay_ms`, records `ctx[name] = order of completion`
+/// and goes to `next` (declared).
+fn step<'a>(
+    agent: &'a mut Agent,
+    log: &Log,
+    name: &str,
+    delay_ms: u64,
+    next: Next,
+) -> StateOptions<'a> {
+    let log = log.clone();
+    let key = name.to_owned();
+    let declared: Vec<String> = match &next {
+        Next::End => vec![],
+        Next::To(t) => vec![t.to_string()],
+        Next::Parallel(ts) => ts.iter().map(|t| t.to_string()).collect(),
+    };
+    agent
+        .add_state(name, move |ctx: Context| {
+            let (log, key, next) = (log.clone(), key.clone(), next.clone());
+            async move {
+                log.push(&key);
+                sleep(MS * delay_ms as u32).await;
+                ctx.set_state(key, true);
+                Ok::<_, FlowError>(next)
+            }
+        })
+        .successors(declared)
+}
+
+fn chain(log: &Log) -> Agent {
+    let mut agent = Agent::new("chain");
+    step(&mut agent, log, "a", 10, Next::to("b"));
+    step(&mut agent, log, "b", 100, Next::to("c"));
+    step(&mut agent, log, "c", 10, Next::End);
+    agent
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_run_skips_completed_states_and_reruns_the_one_in_flight() {
+    let log = Log::default();
+    let handle = chain(&log).start().unwrap();
+    sleep(MS * 50).await;
+    let checkpoint = handle.create_checkpoint().await.unwrap();
+    handle.cancel();
+    handle.wait().await;
+    assert_eq!(checkpoint.format, CHECKPOINT_FORMAT);
+    assert_eq!(checkpoint.agent, "chain");
+    assert_eq!(checkpoint.status, AgentStatus::Running);
+    assert_eq!(checkpoint.completed().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(checkpoint.queue.len(), 1);
+    assert_eq!(checkpoint.queue[0].state, "b");
+    assert_eq!(checkpoint.queue[0].place, QueuePlace::Running);
+    assert_eq!(checkpoint.state("b").unwrap().runs, 1);
+    assert_eq!(checkpoint.context.keys().collect::<Vec<_>>(), ["a"]);
+
+    // Through JSON, into a fresh agent of the same definition.
+    let json = checkpoint.to_json().unwrap();
+    let checkpoint = Checkpoint::from_json(&json, "test", "chain", "1").unwrap();
+    let resumed = Log::default();
+    let report = chain(&resumed)
+        .restore_from_checkpoint(checkpoint)
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(resumed.names(), ["b", "c"], "a completed; b was in flight");
+    assert_eq!(report.state("a").unwrap().runs, 1);
+    assert_eq!(report.state("b").unwrap().runs, 2);
+    for key in ["a", "b", "c"] {
+        assert!(report.context.get_state::<bool>(key).unwrap());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_restored_mid_fan_out_still_runs_once() {
+    fn fan(log: &Log) -> Agent {
+        let mut agent = Agent::new("fan");
+        step(&mut agent, log, "start", 0, Next::parallel(["x", "y"]));
+        step(&mut agent, log, "x", 10, Next::to("merge"));
+        step(&mut agent, log, "y", 50, Next::to("merge"));
+        step(&mut agent, log, "merge", 0, Next::End);
+        agent
+    }
+    let log = Log::default();
+    let handle = fan(&log).start().unwrap();
+    sleep(MS * 20).await;
+    let checkpoint = handle.create_checkpoint().await.unwrap();
+    handle.cancel();
+    handle.wait().await;
+    assert_eq!(
+        checkpoint.waiting,
+        ["merge"],
+        "x's branch is held at the join"
+    );
+    let resumed = Log::default();
+    let report = fan(&resumed)
+        .restore_from_checkpoint(checkpoint)
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(resumed.names(), ["y", "merge"]);
+    assert_eq!(report.state("merge").unwrap().runs, 1);
+    assert_eq!(report.state("x").unwrap().runs, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_at_checkpoint_time_keeps_its_attempt_and_remaining_delay() {
+    fn flaky(calls: Arc<AtomicU32>) -> Agent {
+        let mut agent = Agent::new("flaky");
+        agent
+            .add_state("call", move |ctx: Context| {
+                let calls = calls.clone();
+                async move {
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n < 3 {
+                        return Err(format!("attempt {n} failed"));
+                    }
+                    ctx.set_state("done", n);
+                    Ok(Next::End)
+                }
+            })
+            .retry(RetryPolicy {
+                max_retries: 5,
+                initial_delay: MS * 100,
+                ..RetryPolicy::default()
+            });
+        agent
+    }
+    let calls = Arc::new(AtomicU32::new(0));
+    let handle = flaky(calls.clone()).start().unwrap();
+    sleep(MS * 30).await; // attempt 1 failed at 0; attempt 2 is due at 100 ms
+    let checkpoint = handle.create_checkpoint().await.unwrap();
+    handle.cancel();
+    handle.wait().await;
+    assert_eq!(checkpoint.queue[0].attempt, 2);
+    assert_eq!(checkpoint.queue[0].place, QueuePlace::Retry(MS * 70));
+
+    let restored_at = Instant::now();
+    let report = flaky(calls.clone())
+        .restore_from_checkpoint(checkpoint)
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    // Attempt 2 at +70 ms (fails), attempt 3 after 200 ms more (succeeds): the schedule goes on.
+    assert_eq!(restored_at.elapsed(), MS * 270);
+    assert_eq!(report.state("call").unwrap().attempts, 3);
+    assert_eq!(report.context.get_state::<u32>("done").unwrap(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependency_wait_is_restored() {
+    fn waits(log: &Log) -> Agent {
+        let mut agent = Agent::new("waits");
+        step(&mut agent, log, "a", 0, Next::parallel(["b", "c"]));
+        step(&mut agent, log, "b", 100, Next::End);
+        step(&mut agent, log, "c", 0, Next::to("d"));
+        step(&mut agent, log, "d", 0, Next::End).depends_on("b", DependencyType::Required);
+        agent
+    }
+    let log = Log::default();
+    let handle = waits(&log).start().unwrap();
+    sleep(MS * 10).await;
+    let checkpoint = handle.create_checkpoint().await.unwrap();
+    handle.cancel();
+    handle.wait().await;
+    assert_eq!(checkpoint.waiting, ["d"]);
+    assert_eq!(checkpoint.state("d").unwrap().status, StateStatus::Blocked);
+    let resumed = Log::default();
+    let agent = waits(&resumed);
+    let handle = agent.restore_from_checkpoint(checkpoint).unwrap();
+    sleep(MS * 50).await;
+    assert_eq!(handle.blocked().await.len(), 1, "d still waits for b");
+    handle.result().await.unwrap();
+    assert_eq!(resumed.names(), ["b", "d"]);
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Model {
+    name: String,
+    weights: Vec<f64>,
+    tags: BTreeMap<String, u32>,
+}
+
+#[tokio::test(start_paused = true)]
+async fn typed_values_come_back_as_their_types() {
+    let mut agent = Agent::new("typed");
+    agent.add_state("train", |ctx: Context| async move {
+        ctx.set_state(
+            "model",
+            Model {
+                name: "m".into(),
+                weights: vec![0.5, -1.25],
+                tags: BTreeMap::from([("epoch".into(), 3)]),
+            },
+        );
+        ctx.set_state("scores", vec![95u8, 87, 92]);
+        ctx.set_state("note", Some("ok".to_string()));
+        Ok::<_, FlowError>(Next::to("wait"))
+    });
+    agent.add_state("wait", |_ctx: Context| async {
+        sleep(Duration::from_secs(1)).await;
+        Ok::<_, FlowError>(Next::End)
+    });
+    let handle = agent.start().unwrap();
+    sleep(MS * 10).await;
+    let checkpoint = handle.create_checkpoint().await.unwrap();
+    handle.cancel();
+    let json = checkpoint.to_json().unwrap();
+    let checkpoint = Checkpoint::from_json(&json, "test", "typed", "1").unwrap();
+    let model: Model = checkpoint.context.get("model").unwrap();
+    assert_eq!(model.weights, [0.5, -1.25]);
+    let report = agent
+        .restore_from_checkpoint(checkpoint)
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    let model: Model = report.context.get_state("model").unwrap();
+    assert_eq!(model.tags["epoch"], 3);
+    assert_eq!(
+        report.context.get_state::<Vec<u8>>("scores").unwrap(),
+        [95, 87, 92]
+    );
+    assert_eq!(
+        report.context.get_state::<Option<String>>("note").unwrap(),
+        Some("ok".into())
+    );
+    assert!(report.context.get_state::<String>("scores").is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_restores_only_into_its_own_definition() {
+    let log = Log::default();
+    let handle = chain(&log).start().unwrap();
+    sleep(MS * 50).await;
+    let checkpoint = handle.create_checkpoint().await.unwrap();
+    handle.cancel();
+
+    let mut renamed = Agent::new("chain");
+    step(&mut renamed, &log, "a", 10, Next::to("bb"));
+    step(&mut renamed, &log, "bb", 100, Next::to("c"));
+    step(&mut renamed, &log, "c", 10, Next::End);
+    let error = renamed
+        .restore_from_checkpoint(checkpoint.clone())
+        .err()
+        .unwrap();
+    assert_eq!(
+        error.to_string(),
+        "checkpoint of run `1` of workflow `chain` cannot be restored into workflow `chain`: its states differ from this definition's (missing here: [b]; new here: [bb]); restore it into the definition it was taken of"
+    );
+
+    let mut rewired = Agent::new("chain");
+    step(&mut rewired, &log, "a", 10, Next::to("c"));
+    step(&mut rewired, &log, "b", 100, Next::to("c"));
+    step(&mut rewired, &log, "c", 10, Next::End);
+    let error = rewired
+        .restore_from_checkpoint(checkpoint.clone())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&error, FlowError::CheckpointMismatch { reason, .. } if reason.contains("transitions")),
+        "{error}"
+    );
+
+    let error = Agent::new("other")
+        .restore_from_checkpoint(checkpoint)
+        .err()
+        .unwrap();
+    assert!(matches!(error, FlowError::NoStates { .. }), "{error}");
+}
+
+async fn sample_checkpoint() -> Checkpoint {
+    let log = Log::default();
+    let handle = chain(&log).start().unwrap();
+    sleep(MS * 50).await;
+    let checkpoint = handle.create_checkpoint().await.unwrap();
+    handle.cancel();
+    checkpoint
+}
+
+#[tokio::test(start_paused = true)]
+async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic() {
+    let json = sample_checkpoint().await.to_json().unwrap();
+    let error =
+        Checkpoint::from_json(&json[..json.len() / 2], "file store /x", "chain", "r7").unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.starts_with(
+            "checkpoint of run `r7` of workflow `chain` in file store /x is unreadable: "
+        ),
+        "{message}"
+    );
+    // Every truncation and many byte flips: errors, or (rarely) a checkpoint that is refused
+    // when restored; never a panic.
+    for cut in (0..json.len()).step_by(7) {
+        assert!(Checkpoint::from_json(&json[..cut], "s", "chain", "r").is_err());
+    }
+    let agent = chain(&Log::default());
+    for position in (0..json.len()).step_by(5) {
+        let mut bytes = json.clone();
+        bytes[position] ^= 0x15;
+        if let Ok(checkpoint) = Checkpoint::from_json(&bytes, "s", "chain", "r") {
+            if let Ok(handle) = agent.restore_from_checkpoint(checkpoint) {
+                handle.cancel();
+                handle.wait().await;
+            }
+        }
+    }
+    let newer =
+        String::from_utf8(json.clone())
+            .unwrap()
+            .replacen("\"format\":1", "\"format\":99", 1);
+    let error = Checkpoint::from_json(newer.as_bytes(), "s", "chain", "r").unwrap_err();
+    assert!(error.to_string().contains("it has format 99, newer than this version of fluffy-flow reads (1); upgrade fluffy-flow"), "{error}");
+}
+
+/// Every store behaves the same: save, latest, list, load, prune, delete, isolation between
+/// workflows and runs, damaged data reported with the store and run named.
+async fn conformance(store: &dyn CheckpointStore, corrupt: &dyn Fn(&str, &str, u64, &[u8])) {
+    let base = sample_checkpoint().await;
+    let with = |run: &str, sequence: u64| {
+        let mut c = base.clone();
+        c.run_key = run.to_owned();
+        c.sequence = sequence;
+        c
+    };
+    assert!(store.latest("chain", "r1").unwrap().is_none());
+    assert!(store.sequences("chain", "r1").unwrap().is_empty());
+    for sequence in [1, 2, 3] {
+        store.save(&with("r1", sequence)).unwrap();
+    }
+    store.save(&with("r2", 9)).unwrap();
+    let mut other = with("r1", 7);
+    other.agent = "another".into();
+    store.save(&other).unwrap();
+
+    let latest = store.latest("chain", "r1").unwrap().unwrap();
+    assert_eq!((latest.run_key.as_str(), latest.sequence), ("r1", 3));
+    assert_eq!(latest.context, base.context);
+    assert_eq!(latest.states, base.states);
+    assert_eq!(latest.queue, base.queue);
+    assert_eq!(store.sequences("chain", "r1").unwrap(), [1, 2, 3]);
+    assert_eq!(store.sequences("chain", "r2").unwrap(), [9]);
+    assert_eq!(store.sequences("another", "r1").unwrap(), [7]);
+    assert_eq!(store.load("chain", "r1", 2).unwrap().unwrap().sequence, 2);
+    assert!(store.load("chain", "r1", 5).unwrap().is_none());
+
+    // Saving the same sequence again replaces it.
+    let mut replaced = with("r1", 3);
+    replaced.elapsed = Duration::from_secs(42);
+    store.save(&replaced).unwrap();
+    assert_eq!(
+        store.latest("chain", "r1").unwrap().unwrap().elapsed,
+        Duration::from_secs(42)
+    );
+
+    store.prune("chain", "r1", 2).unwrap();
+    assert_eq!(store.sequences("chain", "r1").unwrap(), [2, 3]);
+    store.delete("chain", "r1", 3).unwrap();
+    assert_eq!(store.latest("chain", "r1").unwrap().unwrap().sequence, 2);
+    store.delete_run("chain", "r1").unwrap();
+    assert!(store.latest("chain", "r1").unwrap().is_none());
+    assert_eq!(
+        store.sequences("chain", "r2").unwrap(),
+        [9],
+        "other runs untouched"
+    );
+
+    // A restored run from what the store gave back completes.
+    let resumed = Log::default();
+    let checkpoint = store.latest("chain", "r2").unwrap().unwrap();
+    chain(&resumed)
+        .restore_from_checkpoint(checkpoint)
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(resumed.names(), ["b", "c"]);
+
+    // Damaged data is an error naming the store and the run.
+    let json = base.to_json().unwrap();
+    corrupt("chain", "bad", 1, &json[..json.len() - 10]);
+    let error = store.latest("chain", "bad").unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(error, FlowError::CorruptCheckpoint { .. }),
+        "{message}"
+    );
+    assert!(message.contains(&store.describe()), "{message}");
+    assert!(
+        message.contains("run `bad` of workflow `chain`"),
+        "{message}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_memory_store_conforms() {
+    let store = MemoryStore::new();
+    let raw = store.clone();
+    conformance(&store, &|agent, run, seq, bytes| {
+        raw.insert_raw(agent, run, seq, bytes)
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_file_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    let raw = store.clone();
+    conformance(&store, &|agent, run, seq, bytes| {
+        let path = raw.file_of(agent, run, seq);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    })
+    .await;
+    // Names that are not file names stay inside the store's directory.
+    let mut odd = sample_checkpoint().await;
+    odd.run_key = "../../escape me".into();
+    store.save(&odd).unwrap();
+    assert_eq!(store.sequences("chain", "../../escape me").unwrap(), [1]);
+    assert!(
+        store
+            .file_of("chain", "../../escape me", 1)
+            .starts_with(dir.path())
+    );
+    // No temporary file is left behind.
+    let leftovers: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_redb_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("flows.redb")).unwrap();
+    let raw = store.clone();
+    conformance(&store, &|agent, run, seq, bytes| {
+        raw.insert_raw(agent, run, seq, bytes).unwrap()
+    })
+    .await;
+    // Reopened, it still has what was committed.
+    drop(store);
+    drop(raw);
+    let store = RedbStore::open(dir.path().join("flows.redb")).unwrap();
+    assert_eq!(store.sequences("chain", "r2").unwrap(), [9]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn automatic_checkpoints_follow_the_policy() {
+    let log = Log::default();
+    let store = MemoryStore::new();
+    let mut agent = chain(&log);
+    agent.checkpoints(store.clone(), CheckpointPolicy::after_each_state());
+    let report = agent.run().await.unwrap();
+    let run = report.run_id.to_string();
+    // Three completions and the final one; the policy keeps the latest three.
+    assert_eq!(store.sequences("chain", &run).unwrap(), [2, 3, 4]);
+    let last = store.latest("chain", &run).unwrap().unwrap();
+    assert_eq!(last.status, AgentStatus::Completed);
+    assert_eq!(last.completed().count(), 3);
+    let after_b = store.load("chain", &run, 2).unwrap().unwrap();
+    assert_eq!(after_b.completed().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(after_b.queue[0].state, "c");
+
+    // By interval: every 25 ms of a 120 ms run.
+    let store = MemoryStore::new();
+    let mut agent = chain(&Log::default());
+    agent.checkpoints(
+        store.clone(),
+        CheckpointPolicy {
+            keep: 0,
+            ..CheckpointPolicy::every(MS * 25)
+        },
+    );
+    let report = agent.run().await.unwrap();
+    let sequences = store
+        .sequences("chain", &report.run_id.to_string())
+        .unwrap();
+    assert_eq!(
+        sequences,
+        [1, 2, 3, 4, 5],
+        "at 25, 50, 75, 100 ms, and the final one"
+    );
+}
+
+/// A store whose saves block until released, counting them.
+#[derive(Clone, Default)]
+struct GatedStore {
+    inner: MemoryStore,
+    open: Arc<(Mutex<bool>, Condvar)>,
+    saves: Arc<AtomicUsize>,
+}
+
+impl GatedStore {
+    fn release(&self) {
+        *self.open.0.lock().unwrap() = true;
+        self.open.1.notify_all();
+    }
+}
+
+impl CheckpointStore for GatedStore {
+    fn describe(&self) -> String {
+        "gated store".into()
+    }
+    fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
+        let (lock, signal) = &*self.open;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = signal.wait(open).unwrap();
+        }
+        self.saves.fetch_add(1, Ordering::SeqCst);
+        self.inner.save(checkpoint)
+    }
+    fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {
+        self.inner.latest(agent, run)
+    }
+    fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
+        self.inner.sequences(agent, run)
+    }
+    fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
+        self.inner.load(agent, run, sequence)
+    }
+    fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
+        self.inner.delete(agent, run, sequence)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_store_does_not_hold_up_the_scheduler() {
+    let mut agent = Agent::new("many");
+    let n = 1000;
+    for i in 0..n {
+        let next = if i + 1 < n {
+            Next::to(format!("s{}", i + 1))
+        } else {
+            Next::End
+        };
+        agent.add_state(format!("s{i}"), move |ctx: Context| {
+            let next = next.clone();
+            async move {
+                ctx.set_state("last", i);
+                Ok::<_, FlowError>(next)
+            }
+        });
+    }
+    let store = GatedStore::default();
+    agent.checkpoints(store.clone(), CheckpointPolicy::after_each_state());
+    let handle = agent.start().unwrap();
+    // Every state completes while the first save is stuck.
+    while handle.counts().completed < n as u64 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(store.saves.load(Ordering::SeqCst), 0);
+    store.release();
+    let report = handle.result().await.unwrap();
+    // The first image (taken after `s0`), then the final one: the completions in between
+    // were merged into it, as the run ended while the first save was stuck.
+    assert_eq!(store.saves.load(Ordering::SeqCst), 2);
+    let last = store
+        .latest("many", &report.run_id.to_string())
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.context.get::<u32>("last").unwrap(), n - 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_durable_run_continues_from_its_store_and_is_not_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flows.redb");
+    // A first process got as far as `b` and died (here: its checkpoint is written by hand).
+    let log = Log::default();
+    let handle = chain(&log).start().unwrap();
+    sleep(MS * 50).await;
+    let mut checkpoint = handle.create_checkpoint().await.unwrap();
+    handle.cancel();
+    checkpoint.run_key = "nightly".into();
+    RedbStore::open(&path).unwrap().save(&checkpoint).unwrap();
+
+    let resumed = Log::default();
+    let report = chain(&resumed)
+        .run_durable(RedbStore::open(&path).unwrap(), "nightly")
+        .await
+        .unwrap();
+    assert_eq!(resumed.names(), ["b", "c"]);
+    assert!(report.context.get_state::<bool>("c").unwrap());
+
+    // Asked again, the completed run answers from its last checkpoint.
+    let again = Log::default();
+    let report = chain(&again)
+        .run_durable(RedbStore::open(&path).unwrap(), "nightly")
+        .await
+        .unwrap();
+    assert!(again.names().is_empty());
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert!(report.context.get_state::<bool>("c").unwrap());
+
+    // A new key starts afresh.
+    let fresh = Log::default();
+    chain(&fresh)
+        .run_durable(RedbStore::open(&path).unwrap(), "tomorrow")
+        .await
+        .unwrap();
+    assert_eq!(fresh.names(), ["a", "b", "c"]);
+}
