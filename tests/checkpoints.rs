@@ -323,11 +323,11 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
     for position in (0..json.len()).step_by(5) {
         let mut bytes = json.clone();
         bytes[position] ^= 0x15;
-        if let Ok(checkpoint) = Checkpoint::from_json(&bytes, "s", "chain", "r") {
-            if let Ok(handle) = agent.restore_from_checkpoint(checkpoint) {
-                handle.cancel();
-                handle.wait().await;
-            }
+        if let Ok(checkpoint) = Checkpoint::from_json(&bytes, "s", "chain", "r")
+            && let Ok(handle) = agent.restore_from_checkpoint(checkpoint)
+        {
+            handle.cancel();
+            handle.wait().await;
         }
     }
     let newer =
@@ -340,7 +340,10 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
 
 /// Every store behaves the same: save, latest, list, load, prune, delete, isolation between
 /// workflows and runs, damaged data reported with the store and run named.
-async fn conformance(store: &dyn CheckpointStore, corrupt: &dyn Fn(&str, &str, u64, &[u8])) {
+/// Writes raw bytes into a store as checkpoint `sequence` of (`agent`, `run`).
+type Corrupt<'a> = &'a dyn Fn(&str, &str, u64, &[u8]);
+
+async fn conformance(store: &dyn CheckpointStore, corrupt: Corrupt<'_>) {
     let base = sample_checkpoint().await;
     let with = |run: &str, sequence: u64| {
         let mut c = base.clone();
