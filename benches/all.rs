@@ -9,6 +9,7 @@ fn main() {
         ("fanout_io", 1_000),
         ("build", 10_000),
         ("runs", 10_000),
+        ("checkpoint", 100_000),
     ] {
         match scenarios::run(scenario, n, 7) {
             Ok(line) => println!("{line}"),

@@ -73,7 +73,7 @@ async fn a_restored_run_skips_completed_states_and_reruns_the_one_in_flight() {
     assert_eq!(checkpoint.queue[0].state, "b");
     assert_eq!(checkpoint.queue[0].place, QueuePlace::Running);
     assert_eq!(checkpoint.state("b").unwrap().runs, 1);
-    assert_eq!(checkpoint.context.keys().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(checkpoint.context.keys(), ["a"]);
 
     // Through JSON, into a fresh agent of the same definition.
     let json = checkpoint.to_json().unwrap();

@@ -270,8 +270,5 @@ fn crash_recovery_after_sigkill() {
             reference.context.get_state::<String>(key).unwrap()
         );
     }
-    assert_eq!(
-        last.context.keys().collect::<Vec<_>>(),
-        reference.context.keys()
-    );
+    assert_eq!(last.context.keys(), reference.context.keys());
 }

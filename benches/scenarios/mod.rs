@@ -1,13 +1,15 @@
 //! The fixed benchmark scenarios, shared by `examples/bench.rs` (one scenario, chosen on the
 //! command line) and `benches/all.rs` (every scenario at the sizes the README reports).
 //!
-//! Scenarios: `chain`, `chain_macro`, `ring`, `fanout`, `fanout_io`, `build`, `runs` (see the README's benchmark
+//! Scenarios: `chain`, `chain_macro`, `ring`, `fanout`, `fanout_io`, `build`, `runs`,
+//! `checkpoint` (see the README's benchmark
 //! section). Each runs a number of repetitions and reports medians; `run_s` is the run alone,
 //! `build_s` is adding the states and validating the graph; `correct` says whether every
 //! repetition's result was verified.
 
 use std::time::{Duration, Instant};
 
+use fluffy_flow::Checkpoint;
 use fluffy_flow::prelude::*;
 use serde_json::json;
 
@@ -355,13 +357,93 @@ async fn runs(n: usize) -> Sample {
     }
 }
 
+/// A context of `n` small string keys (`key{i}` = `"value {i}"`): `build` times taking a
+/// checkpoint of the paused run and serializing it to JSON; `run` times reading the JSON back,
+/// restoring it into a fresh agent and running it to the end (one state that reads a value).
+/// Also returns the checkpoint's size in bytes.
+async fn checkpoint(n: usize) -> (Sample, usize) {
+    use std::sync::Arc;
+    use tokio::sync::{Notify, Semaphore};
+
+    /// `fill` writes the keys, says so on `filled`, and finishes when `gate` opens: the bench
+    /// pauses the run in between, so the checkpoint holds every key and `read` queued.
+    fn definition(
+        keys: &'static [&'static str],
+        filled: Arc<Notify>,
+        gate: Arc<Semaphore>,
+    ) -> Agent {
+        let mut agent = Agent::new("checkpointed");
+        agent
+            .add_state("fill", move |ctx: Context| {
+                let (filled, gate) = (filled.clone(), gate.clone());
+                async move {
+                    for (i, key) in keys.iter().enumerate() {
+                        ctx.set_state(*key, format!("value {i}"));
+                    }
+                    filled.notify_one();
+                    let _permit = gate.acquire().await;
+                    Ok::<_, FlowError>(Next::to("read"))
+                }
+            })
+            .successors(["read"]);
+        agent
+            .add_state("read", move |ctx: Context| async move {
+                let last: String = ctx.get_state(keys[keys.len() - 1])?;
+                ctx.set_state("read", last);
+                Ok::<_, FlowError>(Next::End)
+            })
+            .successors(Vec::<String>::new());
+        agent
+    }
+    let keys: &'static [&'static str] = Box::leak(leak_names("key", n).into_boxed_slice());
+    let (filled, gate) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    let agent = definition(keys, filled.clone(), gate.clone());
+    let handle = agent.start().expect("started");
+    filled.notified().await;
+    let pausing = handle.pause();
+    gate.add_permits(1);
+    pausing.await.expect("paused after `fill`");
+
+    let t = Instant::now();
+    let taken = handle.create_checkpoint().await.expect("a checkpoint");
+    let bytes = taken.to_json().expect("serializable");
+    let create = t.elapsed();
+    handle.cancel();
+    handle.wait().await;
+
+    let t = Instant::now();
+    let read =
+        Checkpoint::from_json(&bytes, "bench", "checkpointed", &taken.run_key).expect("readable");
+    let report = definition(keys, filled, gate)
+        .restore_from_checkpoint(read)
+        .expect("restorable")
+        .result()
+        .await
+        .expect("the restored run completes");
+    let restore = t.elapsed();
+    let correct = report.context.len() == n + 1
+        && report.context.get_state::<String>("read").ok() == Some(format!("value {}", n - 1))
+        && report.state("fill").is_some_and(|s| s.runs == 1)
+        && report.state("read").is_some_and(|s| s.runs == 1);
+    (
+        Sample {
+            build: create,
+            run: restore,
+            transitions: 1,
+            max_concurrency: 1,
+            correct,
+        },
+        bytes.len(),
+    )
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
 /// The scenarios `run` knows.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "chain",
     "chain_macro",
     "ring",
@@ -370,6 +452,7 @@ pub const SCENARIOS: [&str; 8] = [
     "resources",
     "build",
     "runs",
+    "checkpoint",
 ];
 
 /// Runs `scenario` with size `n`, `repetitions` times, on a fresh multi-thread runtime, and
@@ -387,6 +470,7 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
         .build()
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
     let mut ideals = Vec::new();
+    let mut sizes = Vec::new();
     let samples: Vec<Sample> = (0..repetitions)
         .map(|_| {
             runtime.block_on(async {
@@ -402,6 +486,11 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
                     "fanout" => fanout(n, None).await,
                     "fanout_io" => fanout(n, Some(Duration::from_millis(10))).await,
                     "build" => build(n).await,
+                    "checkpoint" => {
+                        let (sample, size) = checkpoint(n).await;
+                        sizes.push(size);
+                        sample
+                    }
                     _ => runs(n).await,
                 }
             })
@@ -437,6 +526,11 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
     }
     if scenario == "runs" {
         line["runs_per_s"] = json!(n as f64 / run_s);
+    }
+    if scenario == "checkpoint" {
+        line["create_serialize_ms"] = json!(build_s * 1e3);
+        line["restore_ms"] = json!(run_s * 1e3);
+        line["bytes"] = json!(sizes.first());
     }
     Ok(line)
 }

@@ -378,10 +378,13 @@ impl Agent {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn restore_from_checkpoint(&self, checkpoint: Checkpoint) -> Result<RunHandle, FlowError> {
+    pub fn restore_from_checkpoint(
+        &self,
+        mut checkpoint: Checkpoint,
+    ) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
         check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
-        let context = Context::from_raw(&checkpoint.context.0);
+        let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context));
         self.launch(context, Some(&checkpoint), None)
     }
 
@@ -424,9 +427,9 @@ impl Agent {
                 check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
                 return Ok(RunReport::from_checkpoint(checkpoint));
             }
-            Some(checkpoint) => {
+            Some(mut checkpoint) => {
                 check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
-                let context = Context::from_raw(&checkpoint.context.0);
+                let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context));
                 self.launch(context, Some(&checkpoint), Some((key, store, policy)))?
             }
             None => self.launch(Context::new(), None, Some((key, store, policy)))?,

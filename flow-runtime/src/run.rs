@@ -308,7 +308,7 @@ impl RunReport {
     }
 
     /// The report of a durable run that had completed, from its last checkpoint.
-    pub(crate) fn from_checkpoint(checkpoint: Checkpoint) -> Self {
+    pub(crate) fn from_checkpoint(mut checkpoint: Checkpoint) -> Self {
         let states = checkpoint
             .states
             .iter()
@@ -326,7 +326,7 @@ impl RunReport {
             run_id: checkpoint.run_id,
             status: checkpoint.status,
             error: None,
-            context: Context::from_raw(&checkpoint.context.0),
+            context: Context::from_checkpoint(std::mem::take(&mut checkpoint.context)),
             states,
             transitions: checkpoint.scheduler.transitions(),
             max_concurrency: checkpoint.scheduler.max_concurrency(),

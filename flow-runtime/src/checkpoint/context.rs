@@ -1,114 +1,214 @@
-//! The context as a checkpoint keeps it: each value's JSON text, by key.
+//! The context as a checkpoint keeps it: one JSON object, and an index of where each value is.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use flow_core::FlowError;
-use serde::de::{DeserializeOwned, MapAccess, Visitor};
-use serde::ser::SerializeMap;
+use serde::de::{DeserializeOwned, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-/// Every context value of a [`Checkpoint`](super::Checkpoint), as JSON text sorted by key.
+/// Every context value of a [`Checkpoint`](super::Checkpoint): one JSON object, written as it
+/// is into the checkpoint's JSON, with an index of each value's place in it. (Keys are in no
+/// particular order; if one appears twice in a hand-edited checkpoint, the last one counts.)
 ///
-/// Values are not parsed when a checkpoint is read: a restored run decodes each one into its
-/// Rust type on its first typed read, so restoring a large context costs little more than
-/// reading its bytes.
-#[derive(Clone, Default)]
-pub struct CheckpointContext(pub(crate) Vec<(String, Arc<RawValue>)>);
+/// Nothing is decoded when a checkpoint is read but the index: a restored run decodes each
+/// value into its Rust type on its first typed read, straight from this text. So a large
+/// context costs one copy of its bytes and one pass over them, not an allocation per value.
+#[derive(Clone)]
+pub struct CheckpointContext {
+    text: Arc<str>,
+    /// Each key and the byte range of its value in `text` (made on first use for a context
+    /// this process wrote, when reading it for a checkpoint read from JSON).
+    entries: OnceLock<Vec<(String, Range<usize>)>>,
+}
+
+impl Default for CheckpointContext {
+    fn default() -> Self {
+        Self {
+            text: Arc::from("{}"),
+            entries: OnceLock::from(Vec::new()),
+        }
+    }
+}
 
 impl CheckpointContext {
+    /// From the text of a JSON object written by this crate (trusted: not parsed again).
+    pub(crate) fn written(text: String) -> Self {
+        Self {
+            text: Arc::from(text),
+            entries: OnceLock::new(),
+        }
+    }
+
+    /// The JSON object's text.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn entries(&self) -> &[(String, Range<usize>)] {
+        // Text this crate wrote always indexes; should it not, it reads as empty.
+        self.entries
+            .get_or_init(|| index(&self.text).unwrap_or_default())
+    }
+
     /// Number of values.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries().len()
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries().is_empty()
     }
 
     /// Every key, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(key, _)| key.as_str())
+    pub fn keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.entries().iter().map(|(key, _)| key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// The value under `key`, decoded as `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, FlowError> {
-        let raw = self
-            .0
-            .binary_search_by(|(k, _)| k.as_str().cmp(key))
-            .map(|i| &self.0[i].1)
-            .map_err(|_| FlowError::MissingKey {
-                key: key.to_owned(),
-            })?;
-        serde_json::from_str(raw.get()).map_err(|error| FlowError::WrongType {
+        let raw = self.raw(key).ok_or_else(|| FlowError::MissingKey {
+            key: key.to_owned(),
+        })?;
+        serde_json::from_str(raw).map_err(|error| FlowError::WrongType {
             key: key.to_owned(),
             expected: std::any::type_name::<T>().to_owned(),
             found: format!("JSON that does not decode as it ({error})"),
         })
     }
 
-    /// The JSON text of the value under `key`.
+    /// The JSON text of the value under `key` (a scan: checkpoints are read whole by a
+    /// restored run, not looked up key by key).
     pub fn raw(&self, key: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(key))
-            .ok()
-            .map(|i| self.0[i].1.get())
+        self.entries()
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, range)| &self.text[range.clone()])
+    }
+
+    /// The whole object's text and the index, for a context built from it.
+    pub(crate) fn into_parts(self) -> (Arc<str>, Vec<(String, Range<usize>)>) {
+        self.entries();
+        let entries = self.entries.into_inner().unwrap_or_default();
+        (self.text, entries)
     }
 }
 
 impl fmt::Debug for CheckpointContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.0.iter().map(|(k, v)| (k, v.get())))
+            .entries(
+                self.entries()
+                    .iter()
+                    .map(|(k, range)| (k, &self.text[range.clone()])),
+            )
             .finish()
     }
 }
 
 impl PartialEq for CheckpointContext {
     fn eq(&self, other: &Self) -> bool {
-        self.0.len() == other.0.len()
-            && self
-                .0
+        fn sorted(c: &CheckpointContext) -> Vec<(&str, &str)> {
+            let mut entries: Vec<(&str, &str)> = c
+                .entries()
                 .iter()
-                .zip(&other.0)
-                .all(|((a, x), (b, y))| a == b && x.get() == y.get())
+                .map(|(k, range)| (k.as_str(), &c.text[range.clone()]))
+                .collect();
+            entries.sort_unstable();
+            entries
+        }
+        sorted(self) == sorted(other)
     }
 }
 
 impl Serialize for CheckpointContext {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (key, value) in &self.0 {
-            map.serialize_entry(key, &**value)?;
-        }
-        map.end()
+        // Into JSON, the text goes as it is (`Checkpoint::to_json` splices it in without even
+        // this check).
+        RawValue::from_string(self.text.to_string())
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for CheckpointContext {
+    /// One pass over the object: each value is borrowed from the input (so this reads from
+    /// bytes or a string, as [`Checkpoint::from_json`](super::Checkpoint::from_json) does, not
+    /// from a reader), copied once into the new text, and indexed.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Values;
         impl<'de> Visitor<'de> for Values {
             type Value = CheckpointContext;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of context values")
+                f.write_str("an object of context values")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-                let mut values: Vec<(String, Arc<RawValue>)> =
-                    Vec::with_capacity(access.size_hint().unwrap_or(0));
-                while let Some((key, value)) = access.next_entry::<String, Box<RawValue>>()? {
-                    values.push((key, Arc::from(value)));
+                let mut text = String::with_capacity(4096);
+                let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0));
+                text.push('{');
+                while let Some((key, value)) =
+                    access.next_entry::<Cow<'de, str>, &'de RawValue>()?
+                {
+                    if !entries.is_empty() {
+                        text.push(',');
+                    }
+                    let quoted = serde_json::to_string(&*key).map_err(A::Error::custom)?;
+                    text.push_str(&quoted);
+                    text.push(':');
+                    let start = text.len();
+                    text.push_str(value.get());
+                    entries.push((key.into_owned(), start..text.len()));
                 }
-                // Written sorted; sorted again (cheaply, if so) so that lookups may search.
-                values.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                if values.windows(2).any(|w| w[0].0 == w[1].0) {
-                    return Err(serde::de::Error::custom("a context key appears twice"));
-                }
-                Ok(CheckpointContext(values))
+                text.push('}');
+                Ok(CheckpointContext {
+                    text: Arc::from(text),
+                    entries: OnceLock::from(entries),
+                })
             }
         }
         deserializer.deserialize_map(Values)
     }
+}
+
+/// Where each value of the JSON object `text` is: one pass, borrowing the values.
+fn index(text: &str) -> Result<Vec<(String, Range<usize>)>, String> {
+    struct Places<'a> {
+        base: usize,
+        len: usize,
+        _text: std::marker::PhantomData<&'a ()>,
+    }
+    impl<'de> Visitor<'de> for Places<'de> {
+        type Value = Vec<(String, Range<usize>)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of context values")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0));
+            while let Some((key, value)) = access.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                let start = value.get().as_ptr() as usize - self.base;
+                let end = start + value.get().len();
+                if end > self.len {
+                    return Err(A::Error::custom("a value lies outside the context"));
+                }
+                entries.push((key.into_owned(), start..end));
+            }
+            Ok(entries)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    deserializer
+        .deserialize_map(Places {
+            base: text.as_ptr() as usize,
+            len: text.len(),
+            _text: std::marker::PhantomData,
+        })
+        .map_err(|error| error.to_string())
 }

@@ -67,10 +67,30 @@ pub struct Checkpoint {
     pub waiting: Vec<String>,
     /// The run's dead letters so far.
     pub dead_letters: Vec<DeadLetter>,
-    /// Every context value.
-    pub context: CheckpointContext,
     /// The scheduler's own records (branches and joins, dependency bookkeeping).
     pub(crate) scheduler: SchedulerImage,
+    /// Every context value. (Last: [`Checkpoint::to_json`] appends its text as it is.)
+    pub context: CheckpointContext,
+}
+
+/// Every field of a [`Checkpoint`] but its context, borrowed, in the same order and with the
+/// same names: what [`Checkpoint::to_json`] serializes before it appends the context's text.
+#[derive(Serialize)]
+struct Head<'a> {
+    format: u32,
+    agent: &'a str,
+    run_key: &'a str,
+    run_id: u64,
+    sequence: u64,
+    created_at: SystemTime,
+    status: AgentStatus,
+    elapsed: Duration,
+    definition: u64,
+    states: &'a [StateCheckpoint],
+    queue: &'a [QueuedState],
+    waiting: &'a [String],
+    dead_letters: &'a [DeadLetter],
+    scheduler: &'a SchedulerImage,
 }
 
 /// One state in a [`Checkpoint`].
@@ -118,10 +138,35 @@ pub enum QueuePlace {
 impl Checkpoint {
     /// The checkpoint as JSON.
     pub fn to_json(&self) -> Result<Vec<u8>, FlowError> {
-        serde_json::to_vec(self).map_err(|error| FlowError::Serialization {
+        let head = Head {
+            format: self.format,
+            agent: &self.agent,
+            run_key: &self.run_key,
+            run_id: self.run_id,
+            sequence: self.sequence,
+            created_at: self.created_at,
+            status: self.status,
+            elapsed: self.elapsed,
+            definition: self.definition,
+            states: &self.states,
+            queue: &self.queue,
+            waiting: &self.waiting,
+            dead_letters: &self.dead_letters,
+            scheduler: &self.scheduler,
+        };
+        let context = self.context.text();
+        let mut bytes = Vec::with_capacity(context.len() + 4096);
+        serde_json::to_writer(&mut bytes, &head).map_err(|error| FlowError::Serialization {
             key: format!("checkpoint {} of run `{}`", self.sequence, self.run_key),
             message: error.to_string(),
-        })
+        })?;
+        // `{...}` becomes `{...,"context":<the context's JSON object>}`: the context was
+        // written as JSON by this crate, so it goes in as it is, unparsed.
+        bytes.pop();
+        bytes.extend_from_slice(b",\"context\":");
+        bytes.extend_from_slice(context.as_bytes());
+        bytes.push(b'}');
+        Ok(bytes)
     }
 
     /// Reads a checkpoint written by [`Checkpoint::to_json`] of this or an earlier format.

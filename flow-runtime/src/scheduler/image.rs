@@ -15,7 +15,7 @@ use crate::checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, QueuePlace, QueuedState, StateCheckpoint,
     fingerprint,
 };
-use crate::context::ContextImage;
+use crate::context::Context;
 
 /// The scheduler's records in a checkpoint: branches and joins, due work, dependency waits.
 #[derive(Clone, Serialize, Deserialize)]
@@ -71,18 +71,24 @@ enum Place {
     Retry(Duration),
 }
 
-/// A checkpoint as the coordinator hands it out: complete but for the context's values,
-/// which are serialized by whoever asked (off the coordinator).
+/// A checkpoint as the coordinator hands it out: complete but for the context, which whoever
+/// asked serializes (off the coordinator).
+///
+/// The context is read after the scheduler's image was taken, while the run goes on: every
+/// state the image counts as completed had written all it writes before it completed, so its
+/// writes are there; a state that completes in between may have its writes there too, but the
+/// image still has it due, so it runs again when restored — the same at-least-once as for
+/// the writes of any state in flight.
 pub(crate) struct PendingCheckpoint {
     checkpoint: Checkpoint,
-    context: ContextImage,
+    context: Context,
 }
 
 impl PendingCheckpoint {
-    /// Serializes the context's values into the checkpoint.
+    /// Serializes the context into the checkpoint.
     pub(crate) fn finish(self) -> Result<Checkpoint, FlowError> {
         let mut checkpoint = self.checkpoint;
-        checkpoint.context = CheckpointContext(self.context.serialize()?);
+        checkpoint.context = self.context.to_checkpoint()?;
         Ok(checkpoint)
     }
 }
@@ -175,7 +181,7 @@ impl Coordinator {
         };
         PendingCheckpoint {
             checkpoint,
-            context: self.context.capture(),
+            context: self.context.clone(),
         }
     }
 
