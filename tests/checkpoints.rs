@@ -645,3 +645,77 @@ async fn a_durable_run_continues_from_its_store_and_is_not_run_twice() {
         .unwrap();
     assert_eq!(fresh.names(), ["a", "b", "c"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_durable_run_retries_the_failed_state_and_nothing_before_it() {
+    fn flaky(log: &Log, up: Arc<std::sync::atomic::AtomicBool>) -> Agent {
+        let mut agent = Agent::new("flaky_chain");
+        step(&mut agent, log, "a", 0, Next::parallel(["b", "c"]));
+        step(&mut agent, log, "b", 0, Next::to("d"));
+        step(&mut agent, log, "c", 0, Next::to("d"));
+        let log = log.clone();
+        agent
+            .add_state("d", move |ctx: Context| {
+                let (log, up) = (log.clone(), up.clone());
+                async move {
+                    log.push("d");
+                    if !up.load(Ordering::SeqCst) {
+                        return Err("down".to_string());
+                    }
+                    ctx.set_state("d", true);
+                    Ok(Next::End)
+                }
+            })
+            .successors(Vec::<String>::new());
+        agent
+    }
+    let store = MemoryStore::new();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = Log::default();
+    let error = flaky(&log, up.clone())
+        .run_durable(store.clone(), "r")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("state `d` failed"), "{error}");
+    let last = store.latest("flaky_chain", "r").unwrap().unwrap();
+    assert_eq!(last.status, AgentStatus::Failed);
+    assert_eq!(last.queue.len(), 1);
+    assert_eq!(
+        (last.queue[0].state.as_str(), last.queue[0].attempt),
+        ("d", 1)
+    );
+
+    up.store(true, Ordering::SeqCst);
+    let again = Log::default();
+    let report = flaky(&again, up)
+        .run_durable(store.clone(), "r")
+        .await
+        .unwrap();
+    assert_eq!(again.names(), ["d"], "a, b and c had completed");
+    assert_eq!(report.state("d").unwrap().runs, 2);
+    assert!(report.context.get_state::<bool>("b").unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_durable_run_continues_with_what_was_running() {
+    let store = MemoryStore::new();
+    let log = Log::default();
+    let agent = chain(&log);
+    let run = {
+        let (agent, store) = (agent.clone(), store.clone());
+        tokio::spawn(async move { agent.run_durable(store, "r").await })
+    };
+    sleep(MS * 50).await; // `b` runs
+    agent.cancel_all();
+    assert!(matches!(
+        run.await.unwrap(),
+        Err(FlowError::Cancelled { .. })
+    ));
+    let last = store.latest("chain", "r").unwrap().unwrap();
+    assert_eq!(last.status, AgentStatus::Cancelled);
+    assert_eq!(last.queue[0].place, QueuePlace::Running);
+
+    let again = Log::default();
+    chain(&again).run_durable(store, "r").await.unwrap();
+    assert_eq!(again.names(), ["b", "c"]);
+}

@@ -395,8 +395,9 @@ impl Agent {
     /// was set with [`Agent::checkpoints`], else one after every completed state. Run the same
     /// program again after a crash and it continues where the last checkpoint left it.
     ///
-    /// A run that fails keeps its last checkpoint (taken before the failure): running it
-    /// again retries from there.
+    /// When the run ends it saves a last checkpoint: a failed state (with no handler) is due
+    /// again in it, and what was running when the run was cancelled or timed out is due again:
+    /// running the same key again continues from there.
     pub async fn run_durable(
         &self,
         store: impl CheckpointStore,

@@ -115,8 +115,8 @@ impl RunControl {
         }
     }
 
-    /// A checkpoint taken by the coordinator now; its values are serialized here, by the
-    /// caller, not by the scheduler.
+    /// A checkpoint taken by the coordinator now; its values are serialized on a blocking
+    /// thread, not by the scheduler.
     pub(crate) async fn checkpoint(&self) -> Result<Checkpoint, FlowError> {
         let ended = || FlowError::RunEnded {
             agent: self.observer.agent.to_string(),
@@ -128,7 +128,15 @@ impl RunControl {
             return Err(ended());
         }
         let pending = answer.await.map_err(|_| ended())?;
-        pending.finish()
+        // Serializing a large context takes milliseconds: not on an async worker.
+        tokio::task::spawn_blocking(move || pending.finish())
+            .await
+            .unwrap_or_else(|error| {
+                Err(FlowError::Serialization {
+                    key: "(the checkpoint)".into(),
+                    message: format!("the serializing task stopped: {error}"),
+                })
+            })
     }
 
     pub(crate) fn resume(&self) {

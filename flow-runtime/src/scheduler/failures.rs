@@ -159,7 +159,14 @@ impl Coordinator {
                 }
                 Ok(())
             }
-            None => Err(error),
+            None => {
+                if !from_dependency {
+                    // A last checkpoint of the failed run has it due again (see
+                    // `finish_checkpoints`).
+                    self.failed_state = Some((state, group));
+                }
+                Err(error)
+            }
         }
     }
 

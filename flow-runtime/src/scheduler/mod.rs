@@ -101,6 +101,8 @@ pub(crate) struct Coordinator {
     checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     writer: Option<Writer>,
     ticker: Option<AbortHandle>,
+    /// The state whose failure (with no handler) stopped the run, and its branch.
+    failed_state: Option<(StateId, GroupId)>,
 }
 
 struct Running {
@@ -159,6 +161,7 @@ impl Coordinator {
             checkpoints: compiled.checkpoints.clone(),
             writer: None,
             ticker: None,
+            failed_state: None,
             ready: ReadyQueue::new(compiled.priority_aging),
             states: graph
                 .names()
@@ -605,9 +608,17 @@ impl Coordinator {
         }
     }
 
-    /// At the end of the run: the save in progress finishes; a completed run saves a last
-    /// checkpoint saying so (a durable run asked again then returns its result rather than
-    /// running again). A failed save fails the run: its completion is not durable.
+    /// At the end of the run, before anything is cancelled: the save in progress finishes,
+    /// and a last checkpoint is saved (so completions merged while a save was in progress are
+    /// not lost):
+    /// - completed: status `Completed` (a durable run asked again returns its result);
+    /// - cancelled or timed out: what was running is listed as due, to run again;
+    /// - failed because a state failed with no handler: that state is due again, so running
+    ///   the durable run again retries it;
+    /// - failed otherwise (an invalid transition, a dependency failure, a store error): no
+    ///   last checkpoint; the latest one saved stays.
+    ///
+    /// A failed last save fails the run: its end is not durable.
     async fn finish_checkpoints(&mut self, stop: Option<Stop>) -> Option<Stop> {
         if let Some(ticker) = self.ticker.take() {
             ticker.abort();
@@ -619,12 +630,23 @@ impl Coordinator {
         let Some((store, policy)) = self.checkpoints.clone() else {
             return stop;
         };
-        if stop.is_some() {
-            return stop;
-        }
-        let pending = self.capture(flow_core::AgentStatus::Completed);
+        let status = match &stop {
+            None => flow_core::AgentStatus::Completed,
+            Some(Stop::Cancelled) => flow_core::AgentStatus::Cancelled,
+            Some(Stop::TimedOut(_)) => flow_core::AgentStatus::Failed,
+            Some(Stop::Failed(_)) => match self.failed_state.take() {
+                Some((state, group)) => {
+                    self.now = Instant::now();
+                    let at = self.ready.clock(self.now);
+                    self.requeue(state, group, 1, at);
+                    flow_core::AgentStatus::Failed
+                }
+                None => return stop,
+            },
+        };
+        let pending = self.capture(status);
         match writer::save(store, pending, policy.keep).await {
-            Ok(_) => None,
+            Ok(_) => stop,
             Err(error) => Some(Stop::Failed(error)),
         }
     }
