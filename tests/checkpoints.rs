@@ -49,6 +49,24 @@ fn step<'a>(
         .successors(declared)
 }
 
+fn fan(log: &Log) -> Agent {
+    let mut agent = Agent::new("fan");
+    step(&mut agent, log, "start", 0, Next::parallel(["x", "y"]));
+    step(&mut agent, log, "x", 10, Next::to("merge"));
+    step(&mut agent, log, "y", 50, Next::to("merge"));
+    step(&mut agent, log, "merge", 0, Next::End);
+    agent
+}
+
+fn waits(log: &Log) -> Agent {
+    let mut agent = Agent::new("waits");
+    step(&mut agent, log, "a", 0, Next::parallel(["b", "c"]));
+    step(&mut agent, log, "b", 100, Next::End);
+    step(&mut agent, log, "c", 0, Next::to("d"));
+    step(&mut agent, log, "d", 0, Next::End).depends_on("b", DependencyType::Required);
+    agent
+}
+
 fn chain(log: &Log) -> Agent {
     let mut agent = Agent::new("chain");
     step(&mut agent, log, "a", 10, Next::to("b"));
@@ -95,14 +113,6 @@ async fn a_restored_run_skips_completed_states_and_reruns_the_one_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn a_join_restored_mid_fan_out_still_runs_once() {
-    fn fan(log: &Log) -> Agent {
-        let mut agent = Agent::new("fan");
-        step(&mut agent, log, "start", 0, Next::parallel(["x", "y"]));
-        step(&mut agent, log, "x", 10, Next::to("merge"));
-        step(&mut agent, log, "y", 50, Next::to("merge"));
-        step(&mut agent, log, "merge", 0, Next::End);
-        agent
-    }
     let log = Log::default();
     let handle = fan(&log).start().unwrap();
     sleep(MS * 20).await;
@@ -173,14 +183,6 @@ async fn a_retry_waiting_at_checkpoint_time_keeps_its_attempt_and_remaining_dela
 
 #[tokio::test(start_paused = true)]
 async fn a_dependency_wait_is_restored() {
-    fn waits(log: &Log) -> Agent {
-        let mut agent = Agent::new("waits");
-        step(&mut agent, log, "a", 0, Next::parallel(["b", "c"]));
-        step(&mut agent, log, "b", 100, Next::End);
-        step(&mut agent, log, "c", 0, Next::to("d"));
-        step(&mut agent, log, "d", 0, Next::End).depends_on("b", DependencyType::Required);
-        agent
-    }
     let log = Log::default();
     let handle = waits(&log).start().unwrap();
     sleep(MS * 10).await;
@@ -326,9 +328,26 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
         if let Ok(checkpoint) = Checkpoint::from_json(&bytes, "s", "chain", "r")
             && let Ok(handle) = agent.restore_from_checkpoint(checkpoint)
         {
-            handle.cancel();
-            handle.wait().await;
+            // A restored run either runs or is refused; its coordinator never dies.
+            let report = tokio::time::timeout(Duration::from_secs(3600), handle.wait())
+                .await
+                .expect("the restored run ends");
+            assert!(
+                !matches!(report.error, Some(FlowError::RunLost { .. })),
+                "flipping byte {position} killed the coordinator"
+            );
         }
+    }
+    fuzz_numbers(&json, &agent).await;
+    // The same over a checkpoint taken mid-fan-out (a held join) and one with a dependency
+    // wait.
+    for (build, at) in [(fan as fn(&Log) -> Agent, 20), (waits, 10)] {
+        let agent = build(&Log::default());
+        let handle = agent.start().unwrap();
+        sleep(MS * at).await;
+        let json = handle.create_checkpoint().await.unwrap().to_json().unwrap();
+        handle.cancel();
+        fuzz_numbers(&json, &agent).await;
     }
     let newer =
         String::from_utf8(json.clone())
@@ -336,6 +355,35 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
             .replacen("\"format\":1", "\"format\":99", 1);
     let error = Checkpoint::from_json(newer.as_bytes(), "s", "chain", "r").unwrap_err();
     assert!(error.to_string().contains("it has format 99, newer than this version of fluffy-flow reads (1); upgrade fluffy-flow"), "{error}");
+}
+
+/// Changes each digit of a checkpoint to 0 and to 9 (still valid JSON, so the checks and the
+/// rebuilt scheduler must cope): each is refused or restores into a run that ends normally.
+async fn fuzz_numbers(json: &[u8], agent: &Agent) {
+    let (name, run) = (agent.name().to_owned(), "r");
+    for position in 0..json.len() {
+        if !json[position].is_ascii_digit() {
+            continue;
+        }
+        for digit in [b'0', b'9'] {
+            let mut bytes = json.to_vec();
+            bytes[position] = digit;
+            if let Ok(checkpoint) = Checkpoint::from_json(&bytes, "s", &name, run)
+                && let Ok(handle) = agent.restore_from_checkpoint(checkpoint)
+            {
+                let report = tokio::time::timeout(Duration::from_secs(3600), handle.wait())
+                    .await
+                    .expect("the restored run ends");
+                let around = position.saturating_sub(60)..(position + 20).min(bytes.len());
+                assert!(
+                    !matches!(report.error, Some(FlowError::RunLost { .. })),
+                    "a {} at byte {position} killed the coordinator: {}",
+                    digit as char,
+                    String::from_utf8_lossy(&bytes[around])
+                );
+            }
+        }
+    }
 }
 
 /// Every store behaves the same: save, latest, list, load, prune, delete, isolation between

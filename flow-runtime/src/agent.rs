@@ -23,7 +23,7 @@ use crate::resilience::{Bulkhead, CircuitBreaker};
 use crate::resources::{Amounts, ResourcePool, amounts};
 use crate::run::{Observer, RunControl, RunCounts, RunHandle, RunReport};
 use crate::scheduler::Coordinator;
-use crate::scheduler::check_fits;
+use crate::scheduler::{Restorable, check_fits};
 use crate::state_fn::{BoxError, FnState, StateFn};
 
 /// Events kept for a subscriber that has not read them yet, unless set otherwise.
@@ -383,9 +383,9 @@ impl Agent {
         mut checkpoint: Checkpoint,
     ) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
-        check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
+        let checked = check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
         let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context));
-        self.launch(context, Some(&checkpoint), None)
+        self.launch(context, Some((&checkpoint, checked)), None)
     }
 
     /// Runs the workflow as the durable run `key`, checkpointed in `store`: if the store has a
@@ -425,13 +425,17 @@ impl Agent {
         };
         let handle = match latest {
             Some(checkpoint) if checkpoint.status == AgentStatus::Completed => {
-                check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
+                let _checked = check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
                 return Ok(RunReport::from_checkpoint(checkpoint));
             }
             Some(mut checkpoint) => {
-                check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
+                let checked = check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
                 let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context));
-                self.launch(context, Some(&checkpoint), Some((key, store, policy)))?
+                self.launch(
+                    context,
+                    Some((&checkpoint, checked)),
+                    Some((key, store, policy)),
+                )?
             }
             None => self.launch(Context::new(), None, Some((key, store, policy)))?,
         };
@@ -442,7 +446,7 @@ impl Agent {
     fn launch(
         &self,
         context: Context,
-        checkpoint: Option<&Checkpoint>,
+        checkpoint: Option<(&Checkpoint, Restorable)>,
         durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     ) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
@@ -480,11 +484,11 @@ impl Agent {
         );
         if let Some((key, store, policy)) = durable {
             coordinator.durable(key, Some((store, policy)));
-        } else if let Some(checkpoint) = checkpoint {
+        } else if let Some((checkpoint, _)) = &checkpoint {
             coordinator.durable(&checkpoint.run_key, None);
         }
-        if let Some(checkpoint) = checkpoint {
-            coordinator.continue_from(checkpoint);
+        if let Some((checkpoint, checked)) = checkpoint {
+            coordinator.continue_from(checkpoint, checked);
         }
         let shared = Arc::clone(&self.shared);
         runtime.spawn(async move {

@@ -1,7 +1,6 @@
 //! Checkpoints from the coordinator's side: taking a consistent image of a run between two
 //! events, and starting a coordinator from one.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use flow_core::{AgentStatus, FlowError, StateId, StateStatus};
@@ -179,6 +178,17 @@ impl Coordinator {
                 max_concurrency: self.max_concurrency,
             },
         };
+        // What a restore rebuilds from this image must be these very branches.
+        #[cfg(debug_assertions)]
+        if let Err(difference) = Joins::restore(
+            &self.graph,
+            &checkpoint.scheduler.joins,
+            &branches(&checkpoint.scheduler),
+        )
+        .and_then(|rebuilt| self.joins.same_counts(&rebuilt))
+        {
+            panic!("scheduler bug: a checkpoint's branches do not rebuild: {difference}");
+        }
         PendingCheckpoint {
             checkpoint,
             context: self.context.clone(),
@@ -188,12 +198,11 @@ impl Coordinator {
     /// Puts a checkpoint's run back in place of the fresh one `new` made: branches, due work
     /// (what was running is queued first, to run again), retries with their remaining delay,
     /// dependency waits, statuses and counts. The checkpoint was checked to fit the definition.
-    pub(super) fn restore(&mut self, checkpoint: &Checkpoint) {
+    pub(super) fn restore(&mut self, checkpoint: &Checkpoint, joins: Joins) {
         let image = &checkpoint.scheduler;
         self.restored = true;
         self.now = Instant::now();
-        let graph = Arc::clone(&self.graph);
-        self.joins = Joins::restore(&graph, image.joins.clone());
+        self.joins = joins;
         self.seed = image.seed;
         self.completed = image.completed;
         self.transitions = image.transitions;
@@ -250,7 +259,7 @@ pub(crate) fn check_fits(
     checkpoint: &Checkpoint,
     agent: &str,
     graph: &flow_core::StateGraph,
-) -> Result<(), FlowError> {
+) -> Result<Restorable, FlowError> {
     let mismatch = |reason: String| FlowError::CheckpointMismatch {
         agent: agent.to_owned(),
         checkpoint_agent: checkpoint.agent.clone(),
@@ -293,31 +302,58 @@ pub(crate) fn check_fits(
     }
     let image = &checkpoint.scheduler;
     let n = graph.len();
+    let corrupt = |message: String| FlowError::CorruptCheckpoint {
+        store: "the checkpoint given".into(),
+        agent: checkpoint.agent.clone(),
+        run: checkpoint.run_key.clone(),
+        message,
+    };
     let state_ok = |s: StateId| s.index() < n;
-    let fits = Joins::image_is_within(&image.joins, n)
-        && image
-            .work
-            .iter()
-            .all(|w| state_ok(w.state) && image.joins.has_group(w.group) && w.attempt >= 1)
-        && image.dependencies.waiters.iter().all(|w| {
-            state_ok(w.state)
-                && match w.origin {
-                    Origin::Branch(group) => image.joins.has_group(group),
-                    Origin::Requested | Origin::SelfStart => true,
-                }
-        })
-        && (image.dependencies.records.is_empty() || image.dependencies.records.len() == n)
-        && checkpoint
+    if !image
+        .work
+        .iter()
+        .all(|w| state_ok(w.state) && w.attempt >= 1)
+        || !image.dependencies.waiters.iter().all(|w| state_ok(w.state))
+        || !(image.dependencies.records.is_empty() || image.dependencies.records.len() == n)
+        || !checkpoint
             .states
             .iter()
-            .all(|s| !matches!(s.status, StateStatus::Running) || s.runs > 0);
-    if !fits {
-        return Err(FlowError::CorruptCheckpoint {
-            store: "the checkpoint given".into(),
-            agent: checkpoint.agent.clone(),
-            run: checkpoint.run_key.clone(),
-            message: "its scheduler records name states or branches that do not exist".into(),
-        });
+            .all(|s| !matches!(s.status, StateStatus::Running) || s.runs > 0)
+    {
+        return Err(corrupt(
+            "its scheduler records name states that do not exist".into(),
+        ));
     }
-    Ok(())
+    let joins = Joins::restore(graph, &image.joins, &branches(image))
+        .map_err(|reason| corrupt(format!("its branches do not fit together: {reason}")))?;
+    Ok(Restorable { joins })
+}
+
+/// A checkpoint checked against a definition, with its branches rebuilt.
+pub(crate) struct Restorable {
+    joins: Joins,
+}
+
+impl Coordinator {
+    /// Continues the run of a checked checkpoint instead of starting afresh.
+    pub(crate) fn continue_from(&mut self, checkpoint: &Checkpoint, checked: Restorable) {
+        self.restore(checkpoint, checked.joins);
+    }
+}
+
+/// Every branch the due work and the dependency waits stand for, by state and group.
+fn branches(image: &SchedulerImage) -> Vec<(StateId, GroupId)> {
+    let mut branches: Vec<(StateId, GroupId)> =
+        image.work.iter().map(|w| (w.state, w.group)).collect();
+    branches.extend(
+        image
+            .dependencies
+            .waiters
+            .iter()
+            .filter_map(|w| match w.origin {
+                Origin::Branch(group) => Some((w.state, group)),
+                Origin::Requested | Origin::SelfStart => None,
+            }),
+    );
+    branches
 }

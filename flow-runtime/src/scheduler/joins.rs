@@ -75,13 +75,6 @@ pub(crate) struct JoinsImage {
     roots: u32,
 }
 
-impl JoinsImage {
-    /// Whether `group` is a live group of this image.
-    pub(crate) fn has_group(&self, group: GroupId) -> bool {
-        self.groups.get(group as usize).is_some_and(Option::is_some)
-    }
-}
-
 enum Move {
     Goto {
         group: GroupId,
@@ -259,29 +252,182 @@ impl Joins {
         }
     }
 
-    /// The branches of a checkpoint, for a graph of the same definition.
-    pub(crate) fn restore(graph: &StateGraph, image: JoinsImage) -> Self {
+    /// The branches of a checkpoint, for a graph of the same definition. `branches` are the
+    /// checkpoint's due attempts and waits, by state and group: with the held sets and the
+    /// child groups they are every live branch, so every count (live branches, positions,
+    /// blockers, held totals, roots) is recomputed from them rather than trusted; only the
+    /// groups, their parents and the held sets' states, members and ancestors are read.
+    /// Anything that does not fit together is an error (a damaged checkpoint), never a panic
+    /// later.
+    pub(crate) fn restore(
+        graph: &StateGraph,
+        image: &JoinsImage,
+        branches: &[(StateId, GroupId)],
+    ) -> Result<Self, String> {
+        let n = graph.len();
+        let state_ok = |s: StateId| s.index() < n;
+        let mut groups = image.groups.clone();
+        let len = groups.len();
+        for (id, group) in groups.iter().enumerate() {
+            let Some(g) = group else { continue };
+            // Parents exist, and following them ends (no cycle).
+            let mut at = g.parent;
+            let mut steps = 0;
+            while let Some((parent, fork)) = at {
+                let exists = (parent as usize) < len && groups[parent as usize].is_some();
+                if !exists || !state_ok(fork) || steps > len || parent as usize == id {
+                    return Err(format!("group {id} has a missing or circular parent"));
+                }
+                at = groups[parent as usize].as_ref().and_then(|p| p.parent);
+                steps += 1;
+            }
+            for (i, h) in g.held.iter().enumerate() {
+                if !state_ok(h.state) || h.members == 0 || !h.ancestors.iter().all(|a| state_ok(*a))
+                {
+                    return Err(format!(
+                        "group {id} holds branches at a state that does not exist"
+                    ));
+                }
+                if g.held[..i].iter().any(|other| other.state == h.state) {
+                    return Err(format!("group {id} holds two sets at one state"));
+                }
+            }
+        }
+        for g in groups.iter_mut().flatten() {
+            g.live = 0;
+            g.held_members = 0;
+            g.positions.clear();
+            g.orders.clear();
+            g.wild = 0;
+        }
+        let place = |groups: &mut [Option<Group>], group: GroupId, state: StateId, count: u32| {
+            let Some(Some(g)) = groups.get_mut(group as usize) else {
+                return Err(format!(
+                    "a branch is in group {group}, which does not exist"
+                ));
+            };
+            if !state_ok(state) {
+                return Err("a branch is at a state that does not exist".to_owned());
+            }
+            g.live = g.live.saturating_add(count);
+            for _ in 0..count.min(1 << 20) {
+                g.add_position(graph, state);
+            }
+            Ok(())
+        };
+        for &(state, group) in branches {
+            place(&mut groups, group, state, 1)?;
+        }
+        let children: Vec<(GroupId, StateId)> =
+            groups.iter().flatten().filter_map(|g| g.parent).collect();
+        for (parent, fork) in children {
+            place(&mut groups, parent, fork, 1)?;
+        }
+        let held: Vec<(GroupId, StateId, u32)> = groups
+            .iter()
+            .enumerate()
+            .filter_map(|(id, g)| g.as_ref().map(|g| (id as GroupId, g)))
+            .flat_map(|(id, g)| g.held.iter().map(move |h| (id, h.state, h.members)))
+            .collect();
+        for (group, state, members) in held {
+            if members > 1 << 20 {
+                return Err(format!("group {group} holds {members} branches"));
+            }
+            place(&mut groups, group, state, members)?;
+        }
+        let mut held_total = 0usize;
+        let mut roots = 0u32;
+        for (id, group) in groups.iter_mut().enumerate() {
+            let Some(g) = group else { continue };
+            if g.live == 0 {
+                return Err(format!("group {id} has no branch left"));
+            }
+            if g.parent.is_none() {
+                roots += 1;
+            }
+            g.held_members = g.held.iter().map(|h| h.members).sum();
+            if g.live == 1 {
+                if !g.held.is_empty() {
+                    return Err(format!("group {id} holds its only branch"));
+                }
+                // Positions are kept only while more than one branch lives.
+                g.positions.clear();
+                g.orders.clear();
+                g.wild = 0;
+                continue;
+            }
+            held_total += g.held_members as usize;
+            let positions: Vec<(StateId, u32)> =
+                g.positions.iter().map(|(s, c)| (*s, *c)).collect();
+            for h in &mut g.held {
+                let reach: u32 = positions
+                    .iter()
+                    .filter(|(p, _)| h.counts(graph, *p))
+                    .map(|(_, c)| *c)
+                    .sum();
+                let own = if h.counts(graph, h.state) {
+                    h.members
+                } else {
+                    0
+                };
+                h.blockers = reach.saturating_sub(own);
+            }
+        }
         let mut joins = Self::new(graph);
-        joins.groups = image.groups;
-        joins.free = image.free;
-        joins.held_total = image.held_total;
-        joins.roots = image.roots;
-        joins
+        joins.free = (0..len as GroupId)
+            .filter(|&id| groups[id as usize].is_none())
+            .collect();
+        joins.groups = groups;
+        joins.held_total = held_total;
+        joins.roots = roots;
+        Ok(joins)
     }
 
-    /// Whether every state a checkpoint's branches name is one of `states`.
-    pub(crate) fn image_is_within(image: &JoinsImage, states: usize) -> bool {
-        let ok = |s: &StateId| s.index() < states;
-        image.groups.iter().flatten().all(|g| {
-            g.parent.is_none_or(|(_, s)| ok(&s))
-                && g.positions.keys().all(ok)
-                && g.held
+    /// Whether `other` (rebuilt from a checkpoint of this) counts the same branches: live
+    /// branches, positions, held sets and their blockers, totals. For the debug check that
+    /// every checkpoint restores to what it was taken of.
+    #[cfg(debug_assertions)]
+    pub(crate) fn same_counts(&self, other: &Self) -> Result<(), String> {
+        if (self.roots, self.held_total) != (other.roots, other.held_total) {
+            return Err(format!(
+                "roots/held {:?} vs {:?}",
+                (self.roots, self.held_total),
+                (other.roots, other.held_total)
+            ));
+        }
+        for (id, (a, b)) in self.groups.iter().zip(&other.groups).enumerate() {
+            let (Some(a), Some(b)) = (a, b) else {
+                if a.is_some() != b.is_some() {
+                    return Err(format!("group {id} exists in one only"));
+                }
+                continue;
+            };
+            if (a.live, a.held_members) != (b.live, b.held_members) {
+                return Err(format!(
+                    "group {id}: live/held {:?} vs {:?}",
+                    (a.live, a.held_members),
+                    (b.live, b.held_members)
+                ));
+            }
+            if a.live > 1
+                && (a.positions != b.positions || a.wild != b.wild || a.orders != b.orders)
+            {
+                return Err(format!(
+                    "group {id}: positions {:?} vs {:?}",
+                    a.positions, b.positions
+                ));
+            }
+            let held = |g: &Group| -> Vec<(StateId, u32, u32)> {
+                g.held
                     .iter()
-                    .all(|h| ok(&h.state) && h.ancestors.iter().all(ok))
-        }) && image.groups.iter().flatten().all(|g| {
-            g.parent
-                .is_none_or(|(p, _)| (p as usize) < image.groups.len())
-        })
+                    .map(|h| (h.state, h.members, h.blockers))
+                    .collect()
+            };
+            if held(a) != held(b) {
+                return Err(format!("group {id}: held {:?} vs {:?}", held(a), held(b)));
+            }
+        }
+        Ok(())
     }
 
     /// True once every branch of the run has ended.

@@ -14,7 +14,7 @@ mod ready;
 mod task;
 
 pub use deps::BlockedState;
-pub(crate) use image::{PendingCheckpoint, SchedulerImage, check_fits};
+pub(crate) use image::{PendingCheckpoint, Restorable, SchedulerImage, check_fits};
 pub(crate) use task::Message;
 
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use crate::agent::Compiled;
 use crate::checkpoint::writer::{self, Writer};
-use crate::checkpoint::{Checkpoint, CheckpointPolicy, CheckpointStore};
+use crate::checkpoint::{CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
 use crate::events::{Event, EventHub, EventKind};
 use crate::failure::DeadLetter;
@@ -214,11 +214,6 @@ impl Coordinator {
         if checkpoints.is_some() {
             self.checkpoints = checkpoints;
         }
-    }
-
-    /// Continues the run of `checkpoint` instead of starting afresh (checked to fit).
-    pub(crate) fn continue_from(&mut self, checkpoint: &Checkpoint) {
-        self.restore(checkpoint);
     }
 
     async fn drive(mut self) -> RunReport {
@@ -593,6 +588,10 @@ impl Coordinator {
 
     /// The policy asks for a checkpoint: taken now, or right after the save in progress.
     fn checkpoint_due(&mut self) {
+        // A run about to stop on a failure saves its last checkpoint when it ends.
+        if self.failed_by_dependency.is_some() {
+            return;
+        }
         let Some(writer) = &mut self.writer else {
             return;
         };
