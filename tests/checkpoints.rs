@@ -272,7 +272,10 @@ async fn a_checkpoint_restores_only_into_its_own_definition() {
         .unwrap();
     assert_eq!(
         error.to_string(),
-        "checkpoint of run `1` of workflow `chain` cannot be restored into workflow `chain`: its states differ from this definition's (missing here: [b]; new here: [bb]); restore it into the definition it was taken of"
+        format!(
+            "checkpoint of run `{}` of workflow `chain` cannot be restored into workflow `chain`: its states differ from this definition's (missing here: [b]; new here: [bb]); restore it into the definition it was taken of",
+            checkpoint.run_key
+        )
     );
 
     let mut rewired = Agent::new("chain");
@@ -543,7 +546,7 @@ async fn automatic_checkpoints_follow_the_policy() {
     let mut agent = chain(&log);
     agent.checkpoints(store.clone(), CheckpointPolicy::after_each_state());
     let report = agent.run().await.unwrap();
-    let run = report.run_id.to_string();
+    let run = report.run_key.to_string();
     // Three completions and the final one; the policy keeps the latest three.
     assert_eq!(store.sequences("chain", &run).unwrap(), [2, 3, 4]);
     let last = store.latest("chain", &run).unwrap().unwrap();
@@ -564,9 +567,7 @@ async fn automatic_checkpoints_follow_the_policy() {
         },
     );
     let report = agent.run().await.unwrap();
-    let sequences = store
-        .sequences("chain", &report.run_id.to_string())
-        .unwrap();
+    let sequences = store.sequences("chain", &report.run_key).unwrap();
     assert_eq!(
         sequences,
         [1, 2, 3, 4, 5],
@@ -647,10 +648,7 @@ async fn a_stalled_store_does_not_hold_up_the_scheduler() {
     // The first image (taken after `s0`), then the final one: the completions in between
     // were merged into it, as the run ended while the first save was stuck.
     assert_eq!(store.saves.load(Ordering::SeqCst), 2);
-    let last = store
-        .latest("many", &report.run_id.to_string())
-        .unwrap()
-        .unwrap();
+    let last = store.latest("many", &report.run_key).unwrap().unwrap();
     assert_eq!(last.context.get::<u32>("last").unwrap(), n - 1);
 }
 
@@ -766,4 +764,110 @@ async fn a_cancelled_durable_run_continues_with_what_was_running() {
     let again = Log::default();
     chain(&again).run_durable(store, "r").await.unwrap();
     assert_eq!(again.names(), ["b", "c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_get_their_own_keys_and_a_restore_numbers_above_what_is_kept() {
+    let store = MemoryStore::new();
+    let mut agent = chain(&Log::default());
+    agent.checkpoints(
+        store.clone(),
+        CheckpointPolicy {
+            keep: 0,
+            ..CheckpointPolicy::after_each_state()
+        },
+    );
+    let first = agent.run().await.unwrap();
+    let second = agent.run().await.unwrap();
+    assert_ne!(first.run_key, second.run_key, "keys are unique per run");
+    assert_eq!(
+        store.sequences("chain", &first.run_key).unwrap(),
+        [1, 2, 3, 4]
+    );
+
+    // Restoring the checkpoint taken after `a` (sequence 1) while 2..4 are kept: the
+    // restored run's checkpoints come after them, so `latest` is the restored run's.
+    let early = store.load("chain", &first.run_key, 1).unwrap().unwrap();
+    let resumed = Log::default();
+    let mut again = chain(&resumed);
+    again.checkpoints(
+        store.clone(),
+        CheckpointPolicy {
+            keep: 0,
+            ..CheckpointPolicy::after_each_state()
+        },
+    );
+    let report = again
+        .restore_from_checkpoint(early)
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(report.run_key, first.run_key);
+    assert_eq!(resumed.names(), ["b", "c"]);
+    assert_eq!(
+        store.sequences("chain", &first.run_key).unwrap(),
+        [1, 2, 3, 4, 5, 6, 7]
+    );
+    let latest = store.latest("chain", &first.run_key).unwrap().unwrap();
+    assert_eq!(
+        (latest.sequence, latest.status),
+        (7, AgentStatus::Completed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_ready_state_keeps_its_acquisition_timeout() {
+    use fluffy_flow::{ResourcePool, ResourceRequirements};
+    fn pooled() -> Agent {
+        let mut agent = Agent::new("pooled");
+        agent.resource_pool(ResourcePool::new(ResourceRequirements {
+            cpu: 1.0,
+            ..ResourceRequirements::NONE
+        }));
+        agent
+            .add_state("start", |_ctx: Context| async {
+                Ok::<_, FlowError>(Next::parallel(["hog", "late"]))
+            })
+            .successors(["hog", "late"]);
+        for (name, wait) in [("hog", 1000), ("late", 0)] {
+            agent
+                .add_state(name, move |_ctx: Context| async move {
+                    sleep(MS * wait).await;
+                    Ok::<_, FlowError>(Next::End)
+                })
+                .successors(Vec::<String>::new())
+                .resources(ResourceRequirements {
+                    cpu: 1.0,
+                    ..ResourceRequirements::NONE
+                })
+                .acquire_timeout(MS * 100);
+        }
+        agent
+    }
+    let handle = pooled().start().unwrap();
+    sleep(MS * 10).await; // `hog` holds the CPU, `late` waits for it
+    let checkpoint = handle.create_checkpoint().await.unwrap();
+    handle.cancel();
+    let places: Vec<(&str, QueuePlace)> = checkpoint
+        .queue
+        .iter()
+        .map(|q| (q.state.as_str(), q.place))
+        .collect();
+    assert_eq!(
+        places,
+        [("hog", QueuePlace::Running), ("late", QueuePlace::Ready)]
+    );
+    let restored_at = Instant::now();
+    let error = pooled()
+        .restore_from_checkpoint(checkpoint)
+        .unwrap()
+        .result()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, FlowError::ResourceTimeout { state, .. } if state == "late"),
+        "{error}"
+    );
+    assert_eq!(restored_at.elapsed(), MS * 100);
 }

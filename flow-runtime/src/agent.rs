@@ -439,7 +439,12 @@ impl Agent {
             }
             None => self.launch(Context::new(), None, Some((key, store, policy)))?,
         };
-        handle.result().await
+        // Dropping this future cancels the run, as for `run`: two of one durable run must not
+        // go on side by side.
+        let guard = handle.control.cancel.clone().drop_guard();
+        let result = handle.result().await;
+        guard.disarm();
+        result
     }
 
     /// Starts a run: afresh, or continuing a checkpoint; as a durable run when given a key.
@@ -482,11 +487,12 @@ impl Agent {
             inbox,
             self.events.clone(),
         );
-        if let Some((key, store, policy)) = durable {
-            coordinator.durable(key, Some((store, policy)));
-        } else if let Some((checkpoint, _)) = &checkpoint {
-            coordinator.durable(&checkpoint.run_key, None);
-        }
+        let run_key: Arc<str> = match (&durable, &checkpoint) {
+            (Some((key, _, _)), _) => Arc::from(*key),
+            (None, Some((checkpoint, _))) => Arc::from(checkpoint.run_key.as_str()),
+            (None, None) => Arc::from(crate::scheduler::default_key(run_id)),
+        };
+        coordinator.durable(&run_key, durable.map(|(_, store, policy)| (store, policy)));
         if let Some((checkpoint, checked)) = checkpoint {
             coordinator.continue_from(checkpoint, checked);
         }
@@ -507,6 +513,7 @@ impl Agent {
         });
         Ok(RunHandle {
             agent: Arc::clone(&compiled.name),
+            run_key,
             control,
             report: report_rx,
         })

@@ -25,7 +25,8 @@ type WriteJson = fn(&(dyn Any + Send + Sync), &mut Vec<u8>) -> Result<(), serde_
 
 /// One stored value: native (as the state stored it), or JSON that has not been read yet
 /// (parsed, or still text: a value restored from a checkpoint is a slice of its context's
-/// text until it is read).
+/// text until it is read). Cloning one shares its value.
+#[derive(Clone)]
 enum Slot {
     Native {
         value: SharedValue,
@@ -33,11 +34,75 @@ enum Slot {
         to_json: ToJson,
         write_json: WriteJson,
     },
-    Json(Value),
+    Json(Arc<Value>),
     Text {
         text: Arc<str>,
         range: Range<usize>,
     },
+}
+
+type Store = FxHashMap<String, Slot>;
+
+/// The store, writable: the first write after a checkpoint took a [`Frozen`] copy of the map
+/// copies it (copy-on-write), so the checkpoint keeps the values of its moment.
+struct Writable<'a>(RwLockWriteGuard<'a, Arc<Store>>);
+
+impl std::ops::Deref for Writable<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Writable<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+/// The context's values at one moment, for a checkpoint: taking it is O(1) (the map is
+/// shared); serializing it needs no lock, and writes meanwhile copy the map rather than
+/// change what it holds.
+pub(crate) struct Frozen(Arc<Store>);
+
+impl Frozen {
+    /// The values as one JSON object with each value's place in it (the context of a
+    /// checkpoint), written in one pass, no lock held. A value that fails to serialize is an
+    /// error naming its key.
+    pub(crate) fn to_checkpoint(&self) -> Result<CheckpointContext, FlowError> {
+        let values = &*self.0;
+        let failed = |key: &str, error: serde_json::Error| FlowError::Serialization {
+            key: key.to_owned(),
+            message: error.to_string(),
+        };
+        let mut buffer: Vec<u8> = Vec::with_capacity(values.len() * 32 + 2);
+        buffer.push(b'{');
+        for (index, (key, slot)) in values.iter().enumerate() {
+            if index > 0 {
+                buffer.push(b',');
+            }
+            serde_json::to_writer(&mut buffer, key).map_err(|e| failed(key, e))?;
+            buffer.push(b':');
+            match slot {
+                Slot::Native {
+                    value, write_json, ..
+                } => write_json(&**value, &mut buffer).map_err(|e| failed(key, e))?,
+                Slot::Json(json) => {
+                    serde_json::to_writer(&mut buffer, &**json).map_err(|e| failed(key, e))?;
+                }
+                Slot::Text { text, range } => {
+                    buffer.extend_from_slice(&text.as_bytes()[range.clone()]);
+                }
+            }
+        }
+        buffer.push(b'}');
+        let whole = |message: String| FlowError::Serialization {
+            key: "(the context)".into(),
+            message,
+        };
+        let text = String::from_utf8(buffer).map_err(|e| whole(e.to_string()))?;
+        Ok(CheckpointContext::written(text))
+    }
 }
 
 impl Slot {
@@ -90,7 +155,7 @@ fn to_json<T: ContextValue>(value: &(dyn Any + Send + Sync)) -> Result<Value, se
 /// ```
 #[derive(Clone, Default)]
 pub struct Context {
-    values: Arc<RwLock<FxHashMap<String, Slot>>>,
+    values: Arc<RwLock<Arc<Store>>>,
     /// Cancelled when the run this handle was given to stops (see [`Context::cancelled`]).
     cancellation: CancellationToken,
 }
@@ -106,10 +171,10 @@ impl Context {
     pub fn from_json(values: Map<String, Value>) -> Self {
         let map = values
             .into_iter()
-            .map(|(k, v)| (k, Slot::Json(v)))
+            .map(|(k, v)| (k, Slot::Json(Arc::new(v))))
             .collect();
         Self {
-            values: Arc::new(RwLock::new(map)),
+            values: Arc::new(RwLock::new(Arc::new(map))),
             cancellation: CancellationToken::new(),
         }
     }
@@ -123,50 +188,14 @@ impl Context {
             map.insert(key, Slot::Text { text, range });
         }
         Self {
-            values: Arc::new(RwLock::new(map)),
+            values: Arc::new(RwLock::new(Arc::new(map))),
             cancellation: CancellationToken::new(),
         }
     }
 
-    /// Every value now, as one JSON object with each value's place in it (the context of a
-    /// checkpoint). Written in one pass under the read lock: no key or value is copied first.
-    /// Writers wait meanwhile (about a millisecond per ten thousand small values), which is
-    /// why the runtime calls this off the scheduler. A value that fails to serialize is an
-    /// error naming its key.
-    pub(crate) fn to_checkpoint(&self) -> Result<CheckpointContext, FlowError> {
-        let values = self.read();
-        let failed = |key: &str, error: serde_json::Error| FlowError::Serialization {
-            key: key.to_owned(),
-            message: error.to_string(),
-        };
-        let mut buffer: Vec<u8> = Vec::with_capacity(values.len() * 32 + 2);
-        buffer.push(b'{');
-        for (index, (key, slot)) in values.iter().enumerate() {
-            if index > 0 {
-                buffer.push(b',');
-            }
-            serde_json::to_writer(&mut buffer, key).map_err(|e| failed(key, e))?;
-            buffer.push(b':');
-            match slot {
-                Slot::Native {
-                    value, write_json, ..
-                } => write_json(&**value, &mut buffer).map_err(|e| failed(key, e))?,
-                Slot::Json(json) => {
-                    serde_json::to_writer(&mut buffer, json).map_err(|e| failed(key, e))?;
-                }
-                Slot::Text { text, range } => {
-                    buffer.extend_from_slice(&text.as_bytes()[range.clone()]);
-                }
-            }
-        }
-        drop(values);
-        buffer.push(b'}');
-        let whole = |message: String| FlowError::Serialization {
-            key: "(the context)".into(),
-            message,
-        };
-        let text = String::from_utf8(buffer).map_err(|e| whole(e.to_string()))?;
-        Ok(CheckpointContext::written(text))
+    /// The values now, for a checkpoint (O(1): see [`Frozen`]).
+    pub(crate) fn freeze(&self) -> Frozen {
+        Frozen(Arc::clone(&self.read()))
     }
 
     /// The same store, seen by one run: its cancellation is the run's.
@@ -198,12 +227,12 @@ impl Context {
 
     // A panic inside `update_typed`'s closure poisons the lock; the store itself is still
     // consistent (the value is either updated or not), so the poison is cleared.
-    fn read(&self) -> RwLockReadGuard<'_, FxHashMap<String, Slot>> {
+    fn read(&self) -> RwLockReadGuard<'_, Arc<Store>> {
         self.values.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, FxHashMap<String, Slot>> {
-        self.values.write().unwrap_or_else(PoisonError::into_inner)
+    fn write(&self) -> Writable<'_> {
+        Writable(self.values.write().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Stores `value` under `key`, replacing what was there.
@@ -267,7 +296,7 @@ impl Context {
                 .downcast::<T>()
                 .map_err(|_| wrong_type::<T>(key, found)),
             Slot::Json(json) => {
-                let decoded: T = T::deserialize(&*json).map_err(|error| FlowError::WrongType {
+                let decoded: T = T::deserialize(&**json).map_err(|error| FlowError::WrongType {
                     key: key.to_owned(),
                     expected: type_name::<T>().to_owned(),
                     found: format!(
@@ -380,7 +409,7 @@ impl Context {
         for key in keys {
             let json =
                 match &values[key] {
-                    Slot::Json(json) => json.clone(),
+                    Slot::Json(json) => Value::clone(json),
                     Slot::Text { text, range } => serde_json::from_str(&text[range.clone()])
                         .map_err(|error| FlowError::Serialization {
                             key: key.clone(),
@@ -429,5 +458,52 @@ fn json_kind(value: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frozen_image_keeps_its_moment_while_the_context_changes() {
+        let ctx = Context::new();
+        ctx.set_state("count", 1u32);
+        ctx.set_state("name", "a".to_string());
+        let frozen = ctx.freeze();
+        // Writes after the image copy the map; the image keeps what it had.
+        ctx.update_typed::<u32, _>("count", |c| *c += 1).unwrap();
+        ctx.remove_state("name");
+        ctx.set_state("late", true);
+        let image = frozen.to_checkpoint().unwrap();
+        assert_eq!(image.get::<u32>("count").unwrap(), 1);
+        assert_eq!(image.get::<String>("name").unwrap(), "a");
+        assert!(image.raw("late").is_none());
+        assert_eq!(ctx.get_state::<u32>("count").unwrap(), 2);
+
+        // And a context restored from it decodes on read, and can be written again.
+        let restored = Context::from_checkpoint(image);
+        assert_eq!(restored.get_state::<u32>("count").unwrap(), 1);
+        assert!(restored.get_state::<u32>("name").is_err());
+        restored.set_state("count", 5u32);
+        assert_eq!(restored.keys(), ["count", "name"]);
+    }
+
+    #[test]
+    fn keys_needing_escapes_and_unicode_round_trip() {
+        let ctx = Context::new();
+        ctx.set_state("quote\"back\\slash", 1u8);
+        ctx.set_state("ünïcödé ✓", vec!["x".to_string()]);
+        ctx.set_state("", 0.5f64);
+        let image = ctx.freeze().to_checkpoint().unwrap();
+        let json = serde_json::to_string(&image).unwrap();
+        let read: CheckpointContext = serde_json::from_str(&json).unwrap();
+        let restored = Context::from_checkpoint(read);
+        assert_eq!(restored.get_state::<u8>("quote\"back\\slash").unwrap(), 1);
+        assert_eq!(
+            restored.get_state::<Vec<String>>("ünïcödé ✓").unwrap(),
+            ["x"]
+        );
+        assert_eq!(restored.get_state::<f64>("").unwrap(), 0.5);
     }
 }

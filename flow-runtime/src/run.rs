@@ -173,6 +173,7 @@ impl RunControl {
 /// A run in progress. Dropping the handle leaves the run going; [`RunHandle::cancel`] stops it.
 pub struct RunHandle {
     pub(crate) agent: Arc<str>,
+    pub(crate) run_key: Arc<str>,
     pub(crate) control: RunControl,
     pub(crate) report: oneshot::Receiver<RunReport>,
 }
@@ -251,12 +252,18 @@ impl RunHandle {
         self.control.blocked().await
     }
 
+    /// The run's key in checkpoint stores: the durable run's name, the key of the checkpoint
+    /// it continues, or one made unique for it (time, process and run id).
+    pub fn run_key(&self) -> &str {
+        &self.run_key
+    }
+
     /// Waits for the run to finish and returns its report, whatever the outcome.
     pub async fn wait(self) -> RunReport {
-        let agent = self.agent.clone();
+        let (agent, key) = (self.agent.clone(), self.run_key.clone());
         match self.report.await {
             Ok(report) => report,
-            Err(_) => RunReport::lost(agent, &self.control.observer),
+            Err(_) => RunReport::lost(agent, key, &self.control.observer),
         }
     }
 
@@ -273,6 +280,8 @@ pub struct RunReport {
     pub agent: Arc<str>,
     /// The run's id.
     pub run_id: u64,
+    /// The run's key in checkpoint stores (see [`RunHandle::run_key`]).
+    pub run_key: Arc<str>,
     /// Completed, Failed or Cancelled.
     pub status: AgentStatus,
     /// Why the run did not complete, when it did not.
@@ -332,6 +341,7 @@ impl RunReport {
         RunReport {
             agent: Arc::from(checkpoint.agent.as_str()),
             run_id: checkpoint.run_id,
+            run_key: Arc::from(checkpoint.run_key.as_str()),
             status: checkpoint.status,
             error: None,
             context: Context::from_checkpoint(std::mem::take(&mut checkpoint.context)),
@@ -344,13 +354,14 @@ impl RunReport {
         }
     }
 
-    fn lost(agent: Arc<str>, observer: &Observer) -> Self {
+    fn lost(agent: Arc<str>, run_key: Arc<str>, observer: &Observer) -> Self {
         RunReport {
             error: Some(FlowError::RunLost {
                 agent: agent.to_string(),
             }),
             agent,
             run_id: observer.run_id,
+            run_key,
             status: AgentStatus::Failed,
             context: Context::new(),
             states: Vec::new(),

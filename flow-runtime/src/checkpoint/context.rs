@@ -17,6 +17,8 @@ use serde_json::value::RawValue;
 /// Nothing is decoded when a checkpoint is read but the index: a restored run decodes each
 /// value into its Rust type on its first typed read, straight from this text. So a large
 /// context costs one copy of its bytes and one pass over them, not an allocation per value.
+/// (It reads from bytes or a string, borrowing as it goes: not from a reader or a
+/// `serde_json::Value`.)
 #[derive(Clone)]
 pub struct CheckpointContext {
     text: Arc<str>,
@@ -41,6 +43,17 @@ impl CheckpointContext {
             text: Arc::from(text),
             entries: OnceLock::new(),
         }
+    }
+
+    /// The context of a checkpoint's JSON: `text` is that JSON object (checked by the caller's
+    /// parse), copied once and indexed.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let text: Arc<str> = Arc::from(text);
+        let entries = index(&text)?;
+        Ok(Self {
+            text,
+            entries: OnceLock::from(entries),
+        })
     }
 
     /// The JSON object's text.
@@ -160,8 +173,19 @@ impl<'de> Deserialize<'de> for CheckpointContext {
                     if !entries.is_empty() {
                         text.push(',');
                     }
-                    let quoted = serde_json::to_string(&*key).map_err(A::Error::custom)?;
-                    text.push_str(&quoted);
+                    match &key {
+                        // Borrowed from the input: it had no escapes, so it needs none.
+                        Cow::Borrowed(plain) => {
+                            text.push('"');
+                            text.push_str(plain);
+                            text.push('"');
+                        }
+                        Cow::Owned(unescaped) => {
+                            let quoted =
+                                serde_json::to_string(unescaped).map_err(A::Error::custom)?;
+                            text.push_str(&quoted);
+                        }
+                    }
                     text.push(':');
                     let start = text.len();
                     text.push_str(value.get());

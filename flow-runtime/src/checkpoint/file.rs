@@ -55,6 +55,26 @@ impl FileStore {
         }
     }
 
+    /// Creates `dir` and any missing parent, flushing each new directory's entry in its parent
+    /// to disk (a new run's first checkpoint must not vanish with its directory).
+    fn create_durably(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            self.create_durably(parent)?;
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(error) => return Err(error),
+        }
+        match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => File::open(parent)?.sync_all(),
+            _ => Ok(()),
+        }
+    }
+
     fn read(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
         let path = self.file(agent, run, sequence);
         let bytes = match fs::read(&path) {
@@ -77,7 +97,7 @@ impl CheckpointStore for FileStore {
     fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
         let bytes = checkpoint.to_json()?;
         let dir = self.run_dir(&checkpoint.agent, &checkpoint.run_key);
-        fs::create_dir_all(&dir)
+        self.create_durably(&dir)
             .map_err(|e| self.failed(&format!("creating {}", dir.display()), &e))?;
         let target = self.file(&checkpoint.agent, &checkpoint.run_key, checkpoint.sequence);
         let nanos = SystemTime::now()

@@ -187,11 +187,41 @@ impl Checkpoint {
         struct Version {
             format: u32,
         }
-        let version: Version = serde_json::from_slice(bytes)
-            .map_err(|error| corrupt(format!("no format version could be read ({error})")))?;
-        match version.format {
-            CHECKPOINT_FORMAT => serde_json::from_slice(bytes)
-                .map_err(|error| corrupt(format!("format {CHECKPOINT_FORMAT}: {error}"))),
+        // `to_json` writes the format first: read it there without parsing the whole document
+        // twice; anything else (reformatted JSON) is parsed for it.
+        let format = match leading_format(bytes) {
+            Some(format) => format,
+            None => {
+                let version: Version = serde_json::from_slice(bytes).map_err(|error| {
+                    corrupt(format!("no format version could be read ({error})"))
+                })?;
+                version.format
+            }
+        };
+        match format {
+            CHECKPOINT_FORMAT => {
+                let wire: Wire<'_> = serde_json::from_slice(bytes)
+                    .map_err(|error| corrupt(format!("format {CHECKPOINT_FORMAT}: {error}")))?;
+                let context = CheckpointContext::parse(wire.context.get())
+                    .map_err(|error| corrupt(format!("its context: {error}")))?;
+                Ok(Checkpoint {
+                    format: wire.format,
+                    agent: wire.agent,
+                    run_key: wire.run_key,
+                    run_id: wire.run_id,
+                    sequence: wire.sequence,
+                    created_at: wire.created_at,
+                    status: wire.status,
+                    elapsed: wire.elapsed,
+                    definition: wire.definition,
+                    states: wire.states,
+                    queue: wire.queue,
+                    waiting: wire.waiting,
+                    dead_letters: wire.dead_letters,
+                    scheduler: wire.scheduler,
+                    context,
+                })
+            }
             newer if newer > CHECKPOINT_FORMAT => Err(corrupt(format!(
                 "it has format {newer}, newer than this version of fluffy-flow reads ({CHECKPOINT_FORMAT}); upgrade fluffy-flow"
             ))),
@@ -213,6 +243,39 @@ impl Checkpoint {
     pub fn state(&self, name: &str) -> Option<&StateCheckpoint> {
         self.states.iter().find(|s| s.name == name)
     }
+}
+
+/// A checkpoint as [`Checkpoint::from_json`] reads it: the context borrowed, unparsed, so that
+/// it is copied once, at its exact size, and indexed in one pass.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    format: u32,
+    agent: String,
+    run_key: String,
+    run_id: u64,
+    sequence: u64,
+    created_at: SystemTime,
+    status: AgentStatus,
+    elapsed: Duration,
+    definition: u64,
+    states: Vec<StateCheckpoint>,
+    queue: Vec<QueuedState>,
+    waiting: Vec<String>,
+    dead_letters: Vec<DeadLetter>,
+    scheduler: SchedulerImage,
+    #[serde(borrow)]
+    context: &'a serde_json::value::RawValue,
+}
+
+/// The format number of a checkpoint written by [`Checkpoint::to_json`], which begins with
+/// `{"format":N,`.
+fn leading_format(bytes: &[u8]) -> Option<u32> {
+    let rest = bytes.strip_prefix(b"{\"format\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || rest.get(digits) != Some(&b',') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// A fingerprint of what a run's position means: state names in order, declared successors,

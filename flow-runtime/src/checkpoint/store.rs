@@ -57,8 +57,9 @@ pub trait CheckpointStore: Send + Sync + 'static {
 
 /// When a run writes checkpoints on its own (see [`crate::Agent::checkpoints`]).
 ///
-/// Writing happens off the scheduler: the coordinator takes a consistent image (it copies the
-/// context's keys and shares its values, O(keys)) and a writer task serializes and saves it.
+/// Writing happens off the scheduler: the coordinator takes a consistent image (its own small
+/// records, and the context's map shared copy-on-write: O(1)) and a writer task serializes
+/// and saves it.
 /// While a save is in progress, further requests are merged into one image taken when it
 /// ends: a slow store makes checkpoints rarer, never the scheduler slower, and the latest
 /// checkpoint is never older than the one being written.

@@ -2,6 +2,7 @@
 //! that neither serialization nor the store's I/O happens on the scheduler.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use flow_core::FlowError;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -25,12 +26,13 @@ impl Writer {
     pub(crate) fn start(
         store: Arc<dyn CheckpointStore>,
         keep: usize,
+        saved: Arc<AtomicU64>,
         coordinator: UnboundedSender<Message>,
     ) -> Self {
         let (jobs, mut queue) = unbounded_channel::<PendingCheckpoint>();
         let task = tokio::spawn(async move {
             while let Some(pending) = queue.recv().await {
-                let result = save(Arc::clone(&store), pending, keep).await;
+                let result = save(Arc::clone(&store), pending, keep, Arc::clone(&saved)).await;
                 let _ = coordinator.send(Message::CheckpointSaved(result.err()));
             }
         });
@@ -56,14 +58,32 @@ impl Writer {
 }
 
 /// Serializes and saves one checkpoint on a blocking thread, then prunes old ones.
+///
+/// `saved` is the highest sequence number this run saved (0: none yet). Before its first save
+/// a run asks the store for the run's highest: a run restored from an older checkpoint, or
+/// one whose key was used before, numbers its checkpoints above everything kept, so that
+/// `latest` is its newest and pruning never removes it.
 pub(crate) async fn save(
     store: Arc<dyn CheckpointStore>,
     pending: PendingCheckpoint,
     keep: usize,
+    saved: Arc<AtomicU64>,
 ) -> Result<Checkpoint, FlowError> {
     let joined = tokio::task::spawn_blocking(move || {
-        let checkpoint = pending.finish()?;
+        let mut checkpoint = pending.finish()?;
+        let mut highest = saved.load(Ordering::Acquire);
+        if highest == 0 {
+            highest = store
+                .sequences(&checkpoint.agent, &checkpoint.run_key)?
+                .last()
+                .copied()
+                .unwrap_or(0);
+        }
+        if checkpoint.sequence <= highest {
+            checkpoint.sequence = highest.saturating_add(1);
+        }
         store.save(&checkpoint)?;
+        saved.store(checkpoint.sequence, Ordering::Release);
         store.prune(&checkpoint.agent, &checkpoint.run_key, keep)?;
         Ok(checkpoint)
     })

@@ -155,7 +155,7 @@ impl Coordinator {
                     let now = Instant::now();
                     let record = &mut self.states[running.state.index()];
                     let duration = now - running.started;
-                    record.total_time += duration;
+                    record.total_time = record.total_time.saturating_add(duration);
                     record.last_finished = Some(now);
                     let name = Arc::clone(self.graph.name(running.state));
                     if matches!(outcome, super::task::Outcome::Finished(Ok(_))) {
@@ -248,6 +248,7 @@ impl Coordinator {
         RunReport {
             agent: Arc::clone(&self.compiled.name),
             run_id: self.observer.run_id,
+            run_key: Arc::clone(&self.durable_key),
             status,
             error,
             context: self.context.clone(),

@@ -52,6 +52,9 @@ impl Origin {
 struct Record {
     /// Its last completion: when, and its number among the run's completions.
     completed: Option<(Instant, u64)>,
+    /// Age the completion had beyond what the clock can go back to (a checkpoint restored on
+    /// a machine up for less time than the completion's age).
+    older_by: Duration,
     /// The run's completion count when it last started: a completion numbered higher is newer.
     started_at_count: Option<u64>,
     /// Why its last run failed, when it did (cleared when it completes).
@@ -372,10 +375,14 @@ impl Coordinator {
 
     /// Whether the last completion of `dependency.on` still counts for `state`.
     fn completion_counts(&self, state: StateId, dependency: &CompiledDependency) -> bool {
-        let Some((at, number)) = self.deps.records[dependency.on.index()].completed else {
+        let record = &self.deps.records[dependency.on.index()];
+        let Some((at, number)) = record.completed else {
             return false;
         };
-        let age = self.now.saturating_duration_since(at);
+        let age = self
+            .now
+            .saturating_duration_since(at)
+            .saturating_add(record.older_by);
         if dependency.config.expiry.is_some_and(|expiry| age >= expiry) {
             return false;
         }
@@ -541,10 +548,11 @@ impl Coordinator {
         if !self.deps.enabled {
             return;
         }
-        self.deps.completions += 1;
+        self.deps.completions = self.deps.completions.saturating_add(1);
         let record = &mut self.deps.records[state.index()];
         record.active = record.active.saturating_sub(1);
         record.completed = Some((self.now, self.deps.completions));
+        record.older_by = Duration::ZERO;
         record.failure = None;
     }
 
@@ -818,9 +826,12 @@ impl Coordinator {
                 .records
                 .iter()
                 .map(|r| RecordImage {
-                    completed: r
-                        .completed
-                        .map(|(at, n)| (now.saturating_duration_since(at), n)),
+                    completed: r.completed.map(|(at, n)| {
+                        (
+                            now.saturating_duration_since(at).saturating_add(r.older_by),
+                            n,
+                        )
+                    }),
                     started_at_count: r.started_at_count,
                     failure: r.failure.clone(),
                     by_transition: r.by_transition,
@@ -850,9 +861,16 @@ impl Coordinator {
         let now = self.now;
         for (index, (record, saved)) in self.deps.records.iter_mut().zip(&image.records).enumerate()
         {
-            record.completed = saved
-                .completed
-                .map(|(age, n)| (now.checked_sub(age).unwrap_or(now), n));
+            record.completed = saved.completed.map(|(age, n)| match now.checked_sub(age) {
+                Some(at) => {
+                    record.older_by = Duration::ZERO;
+                    (at, n)
+                }
+                None => {
+                    record.older_by = age;
+                    (now, n)
+                }
+            });
             record.started_at_count = saved.started_at_count;
             record.failure = saved.failure.clone();
             record.by_transition = saved.by_transition;

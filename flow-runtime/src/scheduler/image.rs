@@ -14,7 +14,7 @@ use crate::checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, QueuePlace, QueuedState, StateCheckpoint,
     fingerprint,
 };
-use crate::context::Context;
+use crate::context::Frozen;
 
 /// The scheduler's records in a checkpoint: branches and joins, due work, dependency waits.
 #[derive(Clone, Serialize, Deserialize)]
@@ -70,17 +70,12 @@ enum Place {
     Retry(Duration),
 }
 
-/// A checkpoint as the coordinator hands it out: complete but for the context, which whoever
-/// asked serializes (off the coordinator).
-///
-/// The context is read after the scheduler's image was taken, while the run goes on: every
-/// state the image counts as completed had written all it writes before it completed, so its
-/// writes are there; a state that completes in between may have its writes there too, but the
-/// image still has it due, so it runs again when restored — the same at-least-once as for
-/// the writes of any state in flight.
+/// A checkpoint as the coordinator hands it out: complete but for the context's values, which
+/// whoever asked serializes (off the coordinator) from a copy-on-write image of the context
+/// taken in the same step as the rest: later writes do not reach it.
 pub(crate) struct PendingCheckpoint {
     checkpoint: Checkpoint,
-    context: Context,
+    context: Frozen,
 }
 
 impl PendingCheckpoint {
@@ -98,7 +93,7 @@ impl Coordinator {
         self.now = Instant::now();
         let now = self.now;
         let clock = self.ready.clock(now);
-        self.checkpoint_sequence += 1;
+        self.checkpoint_sequence = self.checkpoint_sequence.saturating_add(1);
         let mut work: Vec<Work> = Vec::with_capacity(self.ready.len() + self.running_count);
         work.extend(self.running.iter().flatten().map(|r| Work {
             state: r.state,
@@ -161,7 +156,9 @@ impl Coordinator {
             sequence: self.checkpoint_sequence,
             created_at: SystemTime::now(),
             status,
-            elapsed: self.elapsed_before + now.saturating_duration_since(self.started_at),
+            elapsed: self
+                .elapsed_before
+                .saturating_add(now.saturating_duration_since(self.started_at)),
             definition: fingerprint(&self.graph),
             states,
             queue,
@@ -191,7 +188,7 @@ impl Coordinator {
         }
         PendingCheckpoint {
             checkpoint,
-            context: self.context.clone(),
+            context: self.context.freeze(),
         }
     }
 

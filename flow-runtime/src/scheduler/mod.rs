@@ -103,6 +103,8 @@ pub(crate) struct Coordinator {
     ticker: Option<AbortHandle>,
     /// The state whose failure (with no handler) stopped the run, and its branch.
     failed_state: Option<(StateId, GroupId)>,
+    /// The highest checkpoint sequence this run saved (see `writer::save`).
+    saved_sequence: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Running {
@@ -153,7 +155,7 @@ impl Coordinator {
             failed_by_dependency: None,
             seed: observer.run_id,
             completions: vec![0; graph.len()],
-            durable_key: Arc::from(observer.run_id.to_string()),
+            durable_key: Arc::from(default_key(observer.run_id)),
             checkpoint_sequence: 0,
             elapsed_before: Duration::ZERO,
             started_at: Instant::now(),
@@ -162,6 +164,7 @@ impl Coordinator {
             writer: None,
             ticker: None,
             failed_state: None,
+            saved_sequence: Arc::default(),
             ready: ReadyQueue::new(compiled.priority_aging),
             states: graph
                 .names()
@@ -500,7 +503,7 @@ impl Coordinator {
         let now = self.now;
         let record = &mut self.states[state.index()];
         if attempt == 1 {
-            record.runs += 1;
+            record.runs = record.runs.saturating_add(1);
             self.dependency_began(state);
         }
         let record = &mut self.states[state.index()];
@@ -540,6 +543,13 @@ impl Coordinator {
         let seq = self
             .ready
             .push(state, group, attempt, spec.priority, self.now);
+        self.arm_acquire_deadline(state, seq);
+    }
+
+    /// If `state` needs resources and has an acquisition timeout, arms a deadline for the wait
+    /// of its queue entry `seq`.
+    fn arm_acquire_deadline(&mut self, state: StateId, seq: u64) {
+        let spec = &self.compiled.states[state.index()];
         if let (Some(limit), false) = (spec.acquire_timeout, spec.needs == [0; 5]) {
             let sender = self.sender.clone();
             let timer = tokio::spawn(async move {
@@ -552,7 +562,8 @@ impl Coordinator {
 
     /// Queues a restored attempt at a given place in the order.
     fn requeue(&mut self, state: StateId, group: GroupId, attempt: u32, virtual_start: i64) {
-        self.ready.push_at(state, group, attempt, virtual_start);
+        let seq = self.ready.push_at(state, group, attempt, virtual_start);
+        self.arm_acquire_deadline(state, seq);
         self.set_status(state, StateStatus::Ready);
     }
 
@@ -567,6 +578,7 @@ impl Coordinator {
         self.writer = Some(Writer::start(
             Arc::clone(store),
             policy.keep,
+            Arc::clone(&self.saved_sequence),
             self.sender.clone(),
         ));
         if let Some(interval) = policy.interval.filter(|i| !i.is_zero()) {
@@ -644,7 +656,14 @@ impl Coordinator {
             },
         };
         let pending = self.capture(status);
-        match writer::save(store, pending, policy.keep).await {
+        match writer::save(
+            store,
+            pending,
+            policy.keep,
+            Arc::clone(&self.saved_sequence),
+        )
+        .await
+        {
             Ok(_) => stop,
             Err(error) => Some(Stop::Failed(error)),
         }
@@ -918,7 +937,7 @@ impl Coordinator {
         let now = self.now;
         let duration = now - started;
         let record = &mut self.states[state.index()];
-        record.total_time += duration;
+        record.total_time = record.total_time.saturating_add(duration);
         record.last_finished = Some(now);
         match outcome {
             Outcome::Finished(Ok(next)) => {
@@ -933,7 +952,8 @@ impl Coordinator {
                 // waiting dependents after (so an arriving transition takes precedence over a
                 // state starting by itself).
                 self.dependency_completed(state);
-                self.completions[state.index()] += 1;
+                let completions = &mut self.completions[state.index()];
+                *completions = completions.saturating_add(1);
                 self.route(state, group, next)?;
                 self.absorb_joins();
                 self.after_completion(state);
@@ -1092,6 +1112,15 @@ impl Coordinator {
             waiting,
         }
     }
+}
+
+/// The key of a run that was given none: unique across processes (time, process, run id), so
+/// that two processes' runs never share checkpoints in one store.
+pub(crate) fn default_key(run_id: u64) -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{millis}-{}-{run_id}", std::process::id())
 }
 
 impl Drop for Coordinator {
