@@ -357,7 +357,22 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
             .unwrap()
             .replacen("\"format\":1", "\"format\":99", 1);
     let error = Checkpoint::from_json(newer.as_bytes(), "s", "chain", "r").unwrap_err();
-    assert!(error.to_string().contains("it has format 99, newer than this version of fluffy-flow reads (1); upgrade fluffy-flow"), "{error}");
+    assert_eq!(
+        error,
+        FlowError::CheckpointTooNew {
+            store: "s".into(),
+            agent: "chain".into(),
+            run: "r".into(),
+            format: 99,
+            supported: CHECKPOINT_FORMAT,
+        }
+    );
+    assert!(
+        error
+            .to_string()
+            .ends_with("upgrade fluffy-flow to restore it"),
+        "{error}"
+    );
 }
 
 /// Changes each digit of a checkpoint to 0 and to 9 (still valid JSON, so the checks and the
@@ -870,4 +885,45 @@ async fn a_restored_ready_state_keeps_its_acquisition_timeout() {
         "{error}"
     );
     assert_eq!(restored_at.elapsed(), MS * 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_of_another_workflow_or_a_policy_asking_nothing_is_refused() {
+    let checkpoint = sample_checkpoint().await;
+    // Same states, another name.
+    let mut other = Agent::new("other");
+    let log = Log::default();
+    step(&mut other, &log, "a", 10, Next::to("b"));
+    step(&mut other, &log, "b", 100, Next::to("c"));
+    step(&mut other, &log, "c", 10, Next::End);
+    let error = other.restore_from_checkpoint(checkpoint).err().unwrap();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "checkpoint of run `{}` of workflow `chain` cannot be restored into workflow `other`: it was taken of another workflow; restore it into an agent built from that workflow's definition",
+            match &error {
+                FlowError::CheckpointMismatch { run, .. } => run.clone(),
+                _ => String::new(),
+            }
+        )
+    );
+
+    let mut agent = chain(&Log::default());
+    agent.checkpoints(MemoryStore::new(), CheckpointPolicy::default());
+    let error = agent.run().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("the checkpoint policy asks for no checkpoint"),
+        "{error}"
+    );
+
+    let error = chain(&Log::default())
+        .create_checkpoint()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "workflow `chain` has no run to checkpoint; start one with `start` or `run` first"
+    );
 }

@@ -535,7 +535,7 @@ async fn when_nothing_can_progress_the_run_fails_listing_who_waits_for_what() {
     let error = agent.run().await.unwrap_err();
     assert_eq!(
         error.to_string(),
-        "run of workflow `stuck` cannot make progress: nothing runs, and these states wait: t (waits for `a` (required): its condition does not hold)"
+        "run of workflow `stuck` cannot make progress: nothing runs, and these states wait: t (waits for `a` (required): its condition does not hold); make sure what they wait for can happen (a transition to it, a condition that can turn true), or give the dependency a `timeout`"
     );
 }
 
@@ -697,4 +697,81 @@ async fn cancelling_a_waiting_state_lets_its_dependents_go_on() {
     handle.result().await.expect("completes");
     assert_eq!(log.started("d", origin), MS * 10);
     assert_eq!(log.count("b"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_condition_that_panics_does_not_hold() {
+    let log = Log::default();
+    let mut agent = Agent::new("panicky");
+    step(&mut agent, &log, "a", 0, Next::to("t"));
+    step(&mut agent, &log, "t", 0, Next::End).depends_on(
+        "a",
+        DependencyConfig::required()
+            .timeout(MS * 50)
+            .when(|_| panic!("a bug in the condition")),
+    );
+    let error = agent.run().await.unwrap_err();
+    assert!(
+        matches!(&error, FlowError::DependencyTimeout { state, waiting_for, .. }
+            if state == "t" && waiting_for == "its condition does not hold"),
+        "{error}"
+    );
+    assert_eq!(log.count("t"), 0);
+}
+
+#[tokio::test]
+async fn dependency_options_that_would_do_nothing_are_rejected() {
+    let noop = |_ctx: Context| async { Ok::<_, FlowError>(Next::End) };
+    let cases: Vec<(DependencyConfig, &str)> = vec![
+        (
+            DependencyConfig {
+                interval: Some(MS),
+                ..DependencyConfig::required()
+            },
+            "the dependency of `b` on `a` has an `interval` but is not periodic; make it periodic or drop the interval",
+        ),
+        (
+            DependencyConfig::required().expiry(Duration::ZERO),
+            "the dependency of `b` on `a` has a zero `expiry`; use a positive duration or none",
+        ),
+        (
+            DependencyConfig::required().timeout(Duration::ZERO),
+            "the dependency of `b` on `a` has a zero `timeout`; use a positive duration or none",
+        ),
+        (
+            DependencyConfig::optional().always(),
+            "the dependency of `b` on `a` is optional: it waits only while the dependency is scheduled or running, so its completions do not matter and `always`, `periodic` and `expiry` would do nothing; remove them",
+        ),
+        (
+            DependencyConfig::parallel().timeout(MS),
+            "the dependency of `b` on `a` is parallel without a condition: it never waits, so its `timeout` would never fire; remove the timeout or add a condition",
+        ),
+    ];
+    for (config, message) in cases {
+        let mut agent = Agent::new("bad");
+        agent.add_state("a", noop);
+        agent.add_state("b", noop).depends_on("a", config);
+        assert_eq!(
+            agent.validate().unwrap_err().to_string(),
+            format!("invalid configuration of workflow `bad`: {message}")
+        );
+    }
+    // A parallel dependency with a condition may wait, so a timeout is meaningful there.
+    let mut agent = Agent::new("fine");
+    agent.add_state("a", noop);
+    agent
+        .add_state("b", noop)
+        .depends_on("a", DependencyConfig::parallel().timeout(MS).when(|_| true));
+    agent.validate().unwrap();
+
+    let mut agent = Agent::new("twice");
+    agent.add_state("a", noop);
+    agent
+        .add_state("b", noop)
+        .depends_on("a", DependencyType::Required)
+        .depends_on("a", DependencyType::Optional);
+    assert_eq!(
+        agent.validate().unwrap_err().to_string(),
+        "invalid configuration of workflow `twice`: state `b` depends on `a` twice; keep one dependency"
+    );
 }

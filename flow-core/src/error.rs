@@ -204,12 +204,12 @@ pub enum FlowError {
         agent: String,
     },
     /// Nothing is running or ready, yet states still wait: the run cannot make progress.
-    #[error("run of workflow `{agent}` cannot make progress: nothing runs, and these states wait: {}", .waiting.join("; "))]
+    #[error("run of workflow `{agent}` cannot make progress: nothing runs, and these states wait: {}; make sure what they wait for can happen (a transition to it, a condition that can turn true), or give the dependency a `timeout`", .waiting.join("; "))]
     NoProgress {
         /// The workflow.
         agent: String,
         /// Each waiting state, with what it waits for: a join (`merge (held at a join)`) or
-        /// dependencies (`report (waits for: load: required, not completed)`).
+        /// dependencies (``report (waits for `load` (required): it is scheduled or running)``).
         waiting: Vec<String>,
     },
     /// A state depends on a state that does not exist.
@@ -285,7 +285,9 @@ pub enum FlowError {
         message: String,
     },
     /// A checkpoint store failed to read or write.
-    #[error("checkpoint store {store} failed while {action}: {message}")]
+    #[error(
+        "checkpoint store {store} failed while {action}: {message}; check that its location exists, is writable and has space, or use another store"
+    )]
     CheckpointStore {
         /// The store (its kind and location).
         store: String,
@@ -307,6 +309,30 @@ pub enum FlowError {
         run: String,
         /// What differs, and what to do.
         reason: String,
+    },
+    /// A checkpoint was written by a newer version of fluffy-flow than this one.
+    #[error(
+        "checkpoint of run `{run}` of workflow `{agent}` in {store} has format {format}, newer than this version of fluffy-flow reads ({supported}); upgrade fluffy-flow to restore it"
+    )]
+    CheckpointTooNew {
+        /// The store (its kind and location).
+        store: String,
+        /// The workflow.
+        agent: String,
+        /// The run's key.
+        run: String,
+        /// Its format.
+        format: u32,
+        /// The newest format this version reads.
+        supported: u32,
+    },
+    /// A control call was made on an agent that has not started a run.
+    #[error("workflow `{agent}` has no run to {action}; start one with `start` or `run` first")]
+    NoRun {
+        /// The workflow.
+        agent: String,
+        /// What was asked.
+        action: String,
     },
     /// A control call reached a run that has already ended.
     #[error("run `{run_id}` of workflow `{agent}` has already ended; there is nothing to {action}")]

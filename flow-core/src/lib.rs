@@ -21,7 +21,8 @@ pub use graph::{StateGraph, StateId, StateSpec};
 pub use hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
 pub use next::{Next, StateName};
 pub use options::{
-    DependencyLifecycle, DependencyType, Jitter, ResourceRequirements, RetryPolicy, parse_duration,
+    DependencyLifecycle, DependencyType, Jitter, ResourceRequirements, RetryPolicy,
+    dependency_problems, parse_duration,
 };
 pub use priority::Priority;
 pub use spec::{BreakerSpec, BulkheadSpec, DependencyDecl, StateDecl, WorkflowSpec, find_cycle};

@@ -159,8 +159,8 @@ pub enum DependencyType {
     /// unless it is already scheduled or its last completion still counts.
     Parallel,
     /// Runs after the dependency if the dependency runs: waits while it is scheduled or
-    /// running, and, when it has not run (since the dependent last ran), until nothing else
-    /// in the run is left that could start it.
+    /// running, and, when it has not run (no completion that counts under the lifecycle, no
+    /// failed run), until nothing else in the run is left that could start it.
     Sequential,
 }
 
@@ -177,6 +177,51 @@ pub enum DependencyLifecycle {
     /// is run again first (for a required or parallel dependency) and the dependent waits for
     /// that fresh completion.
     Periodic,
+}
+
+/// What is wrong with a dependency's options, each problem a sentence that says what to do
+/// (the caller names the dependency before it); empty when nothing is. Shared by the builder's
+/// validation and the macros' compile errors.
+pub fn dependency_problems(
+    kind: DependencyType,
+    lifecycle: DependencyLifecycle,
+    interval: Option<Duration>,
+    expiry: Option<Duration>,
+    timeout: Option<Duration>,
+    has_condition: bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    match (lifecycle, interval) {
+        (DependencyLifecycle::Periodic, None) => problems
+            .push("is periodic but has no `interval`; say how long a completion counts".into()),
+        (DependencyLifecycle::Periodic, Some(Duration::ZERO)) => {
+            problems.push("has a zero `interval`; use a positive duration".into())
+        }
+        (DependencyLifecycle::Once | DependencyLifecycle::Always, Some(_)) => problems.push(
+            "has an `interval` but is not periodic; make it periodic or drop the interval".into(),
+        ),
+        _ => {}
+    }
+    for (name, value) in [("expiry", expiry), ("timeout", timeout)] {
+        if value == Some(Duration::ZERO) {
+            problems.push(format!(
+                "has a zero `{name}`; use a positive duration or none"
+            ));
+        }
+    }
+    if kind == DependencyType::Optional
+        && (lifecycle != DependencyLifecycle::Once || expiry.is_some())
+    {
+        problems.push(
+            "is optional: it waits only while the dependency is scheduled or running, so its completions do not matter and `always`, `periodic` and `expiry` would do nothing; remove them".into(),
+        );
+    }
+    if kind == DependencyType::Parallel && timeout.is_some() && !has_condition {
+        problems.push(
+            "is parallel without a condition: it never waits, so its `timeout` would never fire; remove the timeout or add a condition".into(),
+        );
+    }
+    problems
 }
 
 /// Parses a duration written as a number and a unit, or several such parts: `"250ms"`,

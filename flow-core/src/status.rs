@@ -35,7 +35,8 @@ pub enum StateStatus {
     Completed,
     /// Its last run returned an error or panicked.
     Failed,
-    /// A branch arrived and waits for sibling branches that may still reach it (a join).
+    /// It waits: a branch arrived and waits for sibling branches that may still reach it (a
+    /// join), or it waits on its dependencies.
     Blocked,
     /// Its run was cancelled.
     Cancelled,

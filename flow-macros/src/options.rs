@@ -375,6 +375,30 @@ fn parse_dependency(
         // The interval was given but invalid: its error is reported already.
         dependency.lifecycle = "Once";
     }
+    let kind = match dependency.kind {
+        "Optional" => flow_core::DependencyType::Optional,
+        "Parallel" => flow_core::DependencyType::Parallel,
+        "Sequential" => flow_core::DependencyType::Sequential,
+        _ => flow_core::DependencyType::Required,
+    };
+    let lifecycle = match dependency.lifecycle {
+        "Always" => flow_core::DependencyLifecycle::Always,
+        "Periodic" => flow_core::DependencyLifecycle::Periodic,
+        _ => flow_core::DependencyLifecycle::Once,
+    };
+    for problem in flow_core::dependency_problems(
+        kind,
+        lifecycle,
+        dependency.interval,
+        dependency.expiry,
+        dependency.timeout,
+        dependency.condition.is_some(),
+    ) {
+        errors.push(syn::Error::new(
+            dependency.state.span(),
+            format!("the dependency on `{}` {problem}", dependency.state),
+        ));
+    }
     Ok(dependency)
 }
 

@@ -123,6 +123,8 @@ pub(crate) struct Compiled {
     pub(crate) priority_aging: Duration,
     /// Where runs write automatic checkpoints, and when.
     pub(crate) checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+    /// What a checkpoint of this definition is stamped with (see `checkpoint::fingerprint`).
+    pub(crate) fingerprint: u64,
     /// For each state, the states that depend on it.
     pub(crate) dependents: Box<[Box<[StateId]>]>,
     /// The states that start by themselves once their dependencies let them (see
@@ -273,8 +275,11 @@ impl Agent {
     }
 
     /// Makes every run write checkpoints to `store` as `policy` says (after each completed
-    /// state, every interval, or both), off the scheduler; a completed run also writes a last
-    /// one with status `Completed`. A save that fails fails the run. See [`CheckpointPolicy`].
+    /// state, every interval, or both), off the scheduler. When a run ends it writes a last
+    /// one: `Completed`; `Cancelled` or `Failed` with what was running due again; `Failed` with
+    /// a failed state due again (see [`Agent::run_durable`]). A save that fails fails the run.
+    /// A policy that asks for no checkpoint is [`FlowError::InvalidConfig`] when the run
+    /// starts. See [`CheckpointPolicy`].
     pub fn checkpoints(
         &mut self,
         store: impl CheckpointStore,
@@ -383,8 +388,8 @@ impl Agent {
         mut checkpoint: Checkpoint,
     ) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
-        let checked = check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
-        let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context));
+        let checked = check_fits(&checkpoint, &compiled)?;
+        let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
         self.launch(context, Some((&checkpoint, checked)), None)
     }
 
@@ -425,12 +430,12 @@ impl Agent {
         };
         let handle = match latest {
             Some(checkpoint) if checkpoint.status == AgentStatus::Completed => {
-                let _checked = check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
-                return Ok(RunReport::from_checkpoint(checkpoint));
+                let _checked = check_fits(&checkpoint, &compiled)?;
+                return RunReport::from_checkpoint(checkpoint);
             }
             Some(mut checkpoint) => {
-                let checked = check_fits(&checkpoint, &compiled.name, &compiled.graph)?;
-                let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context));
+                let checked = check_fits(&checkpoint, &compiled)?;
+                let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
                 self.launch(
                     context,
                     Some((&checkpoint, checked)),
@@ -569,9 +574,8 @@ impl Agent {
         async move {
             match pausing {
                 Some(pausing) => pausing.await,
-                None => Err(FlowError::RunEnded {
+                None => Err(FlowError::NoRun {
                     agent,
-                    run_id: 0,
                     action: "pause".into(),
                 }),
             }
@@ -582,9 +586,8 @@ impl Agent {
     pub async fn create_checkpoint(&self) -> Result<Checkpoint, FlowError> {
         match self.latest() {
             Some(run) => run.checkpoint().await,
-            None => Err(FlowError::RunEnded {
+            None => Err(FlowError::NoRun {
                 agent: self.name().to_owned(),
-                run_id: 0,
                 action: "checkpoint".into(),
             }),
         }
@@ -842,6 +845,14 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         })
         .collect();
     let (dependents, self_starting) = dependency_tables(&graph);
+    if let Some((_, policy)) = &definition.checkpoints
+        && !policy.is_active()
+    {
+        return Err(invalid(
+            "the checkpoint policy asks for no checkpoint; use `CheckpointPolicy::after_each_state()`, `CheckpointPolicy::every(interval)` with a positive interval, or both".into(),
+        ));
+    }
+    let fingerprint = crate::checkpoint::fingerprint(&graph);
     let needs_any = definition
         .states
         .iter()
@@ -880,6 +891,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         pool,
         priority_aging: definition.priority_aging,
         checkpoints: definition.checkpoints.clone(),
+        fingerprint,
         dependents,
         self_starting,
     }))

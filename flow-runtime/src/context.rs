@@ -122,15 +122,20 @@ fn write_json<T: ContextValue>(
 ) -> Result<(), serde_json::Error> {
     match value.downcast_ref::<T>() {
         Some(value) => serde_json::to_writer(out, value),
-        // Unreachable: a slot's writer is always made for its own type.
-        None => serde_json::to_writer(out, &()),
+        // A slot's writer is always made for its own type: this would be a bug, said as such.
+        None => Err(serde::ser::Error::custom(
+            "the value is not of the type it was stored as",
+        )),
     }
 }
 
 fn to_json<T: ContextValue>(value: &(dyn Any + Send + Sync)) -> Result<Value, serde_json::Error> {
     match value.downcast_ref::<T>() {
         Some(value) => serde_json::to_value(value),
-        None => Ok(Value::Null), // unreachable: a slot's to_json is always made for its own type
+        // A slot's converter is always made for its own type: this would be a bug, said as such.
+        None => Err(serde::ser::Error::custom(
+            "the value is not of the type it was stored as",
+        )),
     }
 }
 
@@ -180,17 +185,17 @@ impl Context {
     }
 
     /// A context holding the values a checkpoint kept, as JSON text decoded on first read.
-    pub(crate) fn from_checkpoint(values: CheckpointContext) -> Self {
-        let (text, entries) = values.into_parts();
+    pub(crate) fn from_checkpoint(values: CheckpointContext) -> Result<Self, FlowError> {
+        let (text, entries) = values.into_parts()?;
         let mut map = FxHashMap::with_capacity_and_hasher(entries.len(), Default::default());
         for (key, range) in entries {
             let text = Arc::clone(&text);
             map.insert(key, Slot::Text { text, range });
         }
-        Self {
+        Ok(Self {
             values: Arc::new(RwLock::new(Arc::new(map))),
             cancellation: CancellationToken::new(),
-        }
+        })
     }
 
     /// The values now, for a checkpoint (O(1): see [`Frozen`]).
@@ -482,7 +487,7 @@ mod tests {
         assert_eq!(ctx.get_state::<u32>("count").unwrap(), 2);
 
         // And a context restored from it decodes on read, and can be written again.
-        let restored = Context::from_checkpoint(image);
+        let restored = Context::from_checkpoint(image).unwrap();
         assert_eq!(restored.get_state::<u32>("count").unwrap(), 1);
         assert!(restored.get_state::<u32>("name").is_err());
         restored.set_state("count", 5u32);
@@ -498,7 +503,7 @@ mod tests {
         let image = ctx.freeze().to_checkpoint().unwrap();
         let json = serde_json::to_string(&image).unwrap();
         let read: CheckpointContext = serde_json::from_str(&json).unwrap();
-        let restored = Context::from_checkpoint(read);
+        let restored = Context::from_checkpoint(read).unwrap();
         assert_eq!(restored.get_state::<u8>("quote\"back\\slash").unwrap(), 1);
         assert_eq!(
             restored.get_state::<Vec<String>>("ünïcödé ✓").unwrap(),

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flow_core::{DependencyDecl, DependencyLifecycle, DependencyType};
+use flow_core::{DependencyDecl, DependencyLifecycle, DependencyType, dependency_problems};
 
 use crate::context::Context;
 
@@ -21,7 +21,7 @@ pub type Condition = Arc<dyn Fn(&Context) -> bool + Send + Sync>;
 /// |---|---|
 /// | `Required` | the dependency's last completion *counts* (below) — if the dependency fails instead, or nothing left in the run can start it, the dependent fails with [`FlowError::DependencyFailed`] / [`FlowError::DependencyUnsatisfied`] |
 /// | `Optional` | the dependency is not scheduled or running (ready, running, waiting for a retry, held at a join, or itself waiting on dependencies) |
-/// | `Sequential` | the dependency is not scheduled or running, and it has run since the dependent last started — or nothing else in the run is left that could start it |
+/// | `Sequential` | the dependency is not scheduled or running, and it has run: its last completion counts (with lifecycle `always`: it completed since the dependent last started) or its last run failed — or nothing else in the run is left that could start it |
 /// | `Parallel` | at once; the dependency is started alongside, unless it is scheduled or running or its last completion still counts |
 ///
 /// A completion *counts* when it is younger than [`expiry`](Self::expiry) (if set) and, by
@@ -145,28 +145,17 @@ impl DependencyConfig {
     /// Problems with the timing options, said for the state `state` and dependency
     /// `dependency`.
     pub(crate) fn problems(&self, state: &str, dependency: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        let on = format!("the dependency of `{state}` on `{dependency}`");
-        match (self.lifecycle, self.interval) {
-            (DependencyLifecycle::Periodic, None) => problems.push(format!(
-                "{on} is periodic but has no `interval`; say how long a completion counts"
-            )),
-            (DependencyLifecycle::Periodic, Some(Duration::ZERO)) => problems.push(format!(
-                "{on} has a zero `interval`; use a positive duration"
-            )),
-            (DependencyLifecycle::Once | DependencyLifecycle::Always, Some(_)) => problems.push(
-                format!("{on} has an `interval` but is not periodic; make it periodic or drop the interval"),
-            ),
-            _ => {}
-        }
-        for (name, value) in [("expiry", self.expiry), ("timeout", self.timeout)] {
-            if value == Some(Duration::ZERO) {
-                problems.push(format!(
-                    "{on} has a zero `{name}`; use a positive duration or none"
-                ));
-            }
-        }
-        problems
+        dependency_problems(
+            self.kind,
+            self.lifecycle,
+            self.interval,
+            self.expiry,
+            self.timeout,
+            self.condition.is_some(),
+        )
+        .into_iter()
+        .map(|problem| format!("the dependency of `{state}` on `{dependency}` {problem}"))
+        .collect()
     }
 }
 

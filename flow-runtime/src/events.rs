@@ -40,7 +40,8 @@ pub enum EventKind {
         /// The state.
         state: Arc<str>,
     },
-    /// A branch arrived at a state and waits there for sibling branches (a join).
+    /// A state waits: a branch arrived there and waits for sibling branches (a join), or it
+    /// waits on its dependencies.
     StateBlocked {
         /// The state.
         state: Arc<str>,

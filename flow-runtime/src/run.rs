@@ -325,7 +325,8 @@ impl RunReport {
     }
 
     /// The report of a durable run that had completed, from its last checkpoint.
-    pub(crate) fn from_checkpoint(mut checkpoint: Checkpoint) -> Self {
+    pub(crate) fn from_checkpoint(mut checkpoint: Checkpoint) -> Result<Self, FlowError> {
+        let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
         let states = checkpoint
             .states
             .iter()
@@ -338,20 +339,20 @@ impl RunReport {
                 ..StateReport::new(Arc::from(s.name.as_str()))
             })
             .collect();
-        RunReport {
+        Ok(RunReport {
             agent: Arc::from(checkpoint.agent.as_str()),
             run_id: checkpoint.run_id,
             run_key: Arc::from(checkpoint.run_key.as_str()),
             status: checkpoint.status,
             error: None,
-            context: Context::from_checkpoint(std::mem::take(&mut checkpoint.context)),
+            context,
             states,
             transitions: checkpoint.scheduler.transitions(),
             max_concurrency: checkpoint.scheduler.max_concurrency(),
             dead_letters: checkpoint.dead_letters,
             started_at: Instant::now(),
             duration: checkpoint.elapsed,
-        }
+        })
     }
 
     fn lost(agent: Arc<str>, run_key: Arc<str>, observer: &Observer) -> Self {

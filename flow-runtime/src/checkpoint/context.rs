@@ -10,6 +10,9 @@ use serde::de::{DeserializeOwned, Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+/// Each key and the byte range of its value in a context's text.
+pub(crate) type Index = Vec<(String, Range<usize>)>;
+
 /// Every context value of a [`Checkpoint`](super::Checkpoint): one JSON object, written as it
 /// is into the checkpoint's JSON, with an index of each value's place in it. (Keys are in no
 /// particular order; if one appears twice in a hand-edited checkpoint, the last one counts.)
@@ -24,14 +27,14 @@ pub struct CheckpointContext {
     text: Arc<str>,
     /// Each key and the byte range of its value in `text` (made on first use for a context
     /// this process wrote, when reading it for a checkpoint read from JSON).
-    entries: OnceLock<Vec<(String, Range<usize>)>>,
+    entries: OnceLock<Result<Index, String>>,
 }
 
 impl Default for CheckpointContext {
     fn default() -> Self {
         Self {
             text: Arc::from("{}"),
-            entries: OnceLock::from(Vec::new()),
+            entries: OnceLock::from(Ok(Vec::new())),
         }
     }
 }
@@ -52,7 +55,7 @@ impl CheckpointContext {
         let entries = index(&text)?;
         Ok(Self {
             text,
-            entries: OnceLock::from(entries),
+            entries: OnceLock::from(Ok(entries)),
         })
     }
 
@@ -61,25 +64,32 @@ impl CheckpointContext {
         &self.text
     }
 
-    fn entries(&self) -> &[(String, Range<usize>)] {
-        // Text this crate wrote always indexes; should it not, it reads as empty.
+    /// The index, made on first use for a context this process wrote (the text it wrote always
+    /// indexes; if it ever did not, every read reports why rather than finding nothing).
+    fn entries(&self) -> Result<&[(String, Range<usize>)], FlowError> {
         self.entries
-            .get_or_init(|| index(&self.text).unwrap_or_default())
+            .get_or_init(|| index(&self.text))
+            .as_deref()
+            .map_err(|message| FlowError::Serialization {
+                key: "(the checkpoint's context)".into(),
+                message: message.clone(),
+            })
     }
 
-    /// Number of values.
+    /// Number of values (0 for a context that cannot be read: [`Self::get`] says why).
     pub fn len(&self) -> usize {
-        self.entries().len()
+        self.entries().map_or(0, <[_]>::len)
     }
 
-    /// True when there are none.
+    /// True when there are none (or the context cannot be read: [`Self::get`] says why).
     pub fn is_empty(&self) -> bool {
-        self.entries().is_empty()
+        self.len() == 0
     }
 
-    /// Every key, sorted.
+    /// Every key, sorted (none for a context that cannot be read: [`Self::get`] says why).
     pub fn keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self.entries().iter().map(|(key, _)| key.as_str()).collect();
+        let entries = self.entries().unwrap_or_default();
+        let mut keys: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
         keys
@@ -87,6 +97,7 @@ impl CheckpointContext {
 
     /// The value under `key`, decoded as `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, FlowError> {
+        self.entries()?;
         let raw = self.raw(key).ok_or_else(|| FlowError::MissingKey {
             key: key.to_owned(),
         })?;
@@ -101,6 +112,7 @@ impl CheckpointContext {
     /// restored run, not looked up key by key).
     pub fn raw(&self, key: &str) -> Option<&str> {
         self.entries()
+            .ok()?
             .iter()
             .rev()
             .find(|(k, _)| k == key)
@@ -108,10 +120,14 @@ impl CheckpointContext {
     }
 
     /// The whole object's text and the index, for a context built from it.
-    pub(crate) fn into_parts(self) -> (Arc<str>, Vec<(String, Range<usize>)>) {
-        self.entries();
-        let entries = self.entries.into_inner().unwrap_or_default();
-        (self.text, entries)
+    pub(crate) fn into_parts(self) -> Result<(Arc<str>, Index), FlowError> {
+        self.entries()?;
+        let entries = self
+            .entries
+            .into_inner()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        Ok((self.text, entries))
     }
 }
 
@@ -120,6 +136,7 @@ impl fmt::Debug for CheckpointContext {
         f.debug_map()
             .entries(
                 self.entries()
+                    .unwrap_or_default()
                     .iter()
                     .map(|(k, range)| (k, &self.text[range.clone()])),
             )
@@ -132,6 +149,7 @@ impl PartialEq for CheckpointContext {
         fn sorted(c: &CheckpointContext) -> Vec<(&str, &str)> {
             let mut entries: Vec<(&str, &str)> = c
                 .entries()
+                .unwrap_or_default()
                 .iter()
                 .map(|(k, range)| (k.as_str(), &c.text[range.clone()]))
                 .collect();
@@ -194,7 +212,7 @@ impl<'de> Deserialize<'de> for CheckpointContext {
                 text.push('}');
                 Ok(CheckpointContext {
                     text: Arc::from(text),
-                    entries: OnceLock::from(entries),
+                    entries: OnceLock::from(Ok(entries)),
                 })
             }
         }

@@ -15,7 +15,7 @@ pub(crate) mod writer;
 
 use std::time::{Duration, SystemTime};
 
-use flow_core::{AgentStatus, FlowError, FxHasher, StateGraph, StateStatus};
+use flow_core::{AgentStatus, FlowError, StateGraph, StateStatus};
 use serde::{Deserialize, Serialize};
 
 pub use context::CheckpointContext;
@@ -27,10 +27,11 @@ pub use store::{CheckpointPolicy, CheckpointStore};
 use crate::failure::DeadLetter;
 use crate::scheduler::SchedulerImage;
 
-/// The checkpoint format this version writes. Older formats are migrated when read (see
-/// [`Checkpoint::from_json`]); a newer one is an error naming both versions.
+/// The checkpoint format this version writes; a newer one is refused when read
+/// ([`FlowError::CheckpointTooNew`]). When the format changes, [`Checkpoint::from_json`]
+/// gains a step that upgrades the previous one, and this history a line.
 ///
-/// Format history: `1` — the first.
+/// Format history: `1` — the first (the only one so far).
 pub const CHECKPOINT_FORMAT: u32 = 1;
 
 /// A run at one moment: enough to continue it in another process.
@@ -43,7 +44,8 @@ pub struct Checkpoint {
     pub format: u32,
     /// The workflow's name.
     pub agent: String,
-    /// The run's key: the durable run's name, or the run id as text.
+    /// The run's key: the durable run's name, or the key made unique for a run given none (see
+    /// [`crate::RunHandle::run_key`]).
     pub run_key: String,
     /// The id of the run it was taken of.
     pub run_id: u64,
@@ -169,13 +171,13 @@ impl Checkpoint {
         Ok(bytes)
     }
 
-    /// Reads a checkpoint written by [`Checkpoint::to_json`] of this or an earlier format.
-    /// `store` names where the bytes came from, for the error if they are not a checkpoint.
+    /// Reads a checkpoint written by [`Checkpoint::to_json`]. `store`, `agent` and `run` only
+    /// label the error if the bytes are not a checkpoint (they are not checked against its
+    /// content: restoring checks the workflow).
     ///
-    /// Migration: the format number is read first; a checkpoint of an older format is
-    /// upgraded step by step to [`CHECKPOINT_FORMAT`] before it is decoded (each format change
-    /// adds one step here and a line to the format history), and one of a newer format is an
-    /// error telling to upgrade.
+    /// The format number is read first: [`CHECKPOINT_FORMAT`] is decoded; a newer one is
+    /// [`FlowError::CheckpointTooNew`]. (Format 1 is the only one so far; each future change
+    /// adds a step here that upgrades the format before it.)
     pub fn from_json(bytes: &[u8], store: &str, agent: &str, run: &str) -> Result<Self, FlowError> {
         let corrupt = |message: String| FlowError::CorruptCheckpoint {
             store: store.to_owned(),
@@ -222,9 +224,13 @@ impl Checkpoint {
                     context,
                 })
             }
-            newer if newer > CHECKPOINT_FORMAT => Err(corrupt(format!(
-                "it has format {newer}, newer than this version of fluffy-flow reads ({CHECKPOINT_FORMAT}); upgrade fluffy-flow"
-            ))),
+            newer if newer > CHECKPOINT_FORMAT => Err(FlowError::CheckpointTooNew {
+                store: store.to_owned(),
+                agent: agent.to_owned(),
+                run: run.to_owned(),
+                format: newer,
+                supported: CHECKPOINT_FORMAT,
+            }),
             older => Err(corrupt(format!(
                 "format {older} is not one fluffy-flow ever wrote (the first is 1)"
             ))),
@@ -279,34 +285,74 @@ fn leading_format(bytes: &[u8]) -> Option<u32> {
 }
 
 /// A fingerprint of what a run's position means: state names in order, declared successors,
-/// entries, error handlers, dependencies. Stable across processes and builds (FxHash of the
-/// names and indices, not of pointers).
+/// entries, error handlers, and each dependency's state and kind (not its timing options,
+/// which a restored run may change). 64-bit FNV-1a over a fixed encoding (every number as
+/// eight little-endian bytes), so it is the same on every platform, build and version that
+/// keeps this encoding; changing the encoding means a new checkpoint format.
 pub(crate) fn fingerprint(graph: &StateGraph) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = FxHasher::default();
-    graph.len().hash(&mut hasher);
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    hash.number(graph.len() as u64);
     for index in 0..graph.len() {
         let state = flow_core::StateId::new(index as u32);
-        graph.name(state).as_bytes().hash(&mut hasher);
-        0xffu8.hash(&mut hasher);
+        let name = graph.name(state);
+        hash.number(name.len() as u64);
+        hash.bytes(name.as_bytes());
         match graph.successors(state) {
-            None => u32::MAX.hash(&mut hasher),
+            None => hash.number(u64::MAX),
             Some(successors) => {
-                successors.len().hash(&mut hasher);
+                hash.number(successors.len() as u64);
                 for s in successors {
-                    s.index().hash(&mut hasher);
+                    hash.number(s.index() as u64);
                 }
             }
         }
-        graph
-            .error_handler(state)
-            .map(|h| h.index())
-            .hash(&mut hasher);
-        for (on, kind) in graph.dependencies(state) {
-            on.index().hash(&mut hasher);
-            (*kind as u8).hash(&mut hasher);
+        hash.number(
+            graph
+                .error_handler(state)
+                .map_or(u64::MAX, |h| h.index() as u64),
+        );
+        let dependencies = graph.dependencies(state);
+        hash.number(dependencies.len() as u64);
+        for (on, kind) in dependencies {
+            hash.number(on.index() as u64);
+            hash.number(*kind as u64);
         }
-        graph.entries().contains(&state).hash(&mut hasher);
+        hash.number(u64::from(graph.entries().contains(&state)));
     }
-    hasher.finish()
+    hash.0
+}
+
+/// 64-bit FNV-1a.
+struct Fnv(u64);
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn number(&mut self, value: u64) {
+        self.bytes(&value.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flow_core::{StateGraph, StateSpec};
+
+    use super::fingerprint;
+
+    #[test]
+    fn the_fingerprint_is_fixed_for_a_definition() {
+        let spec = |name: &str, next: &[&str]| StateSpec {
+            successors: Some(next.iter().map(|s| s.to_string()).collect()),
+            ..StateSpec::new(name)
+        };
+        let graph = StateGraph::build("w", &[spec("a", &["b"]), spec("b", &[])], &[]).unwrap();
+        // The same on every platform and build: a stored checkpoint stays restorable.
+        assert_eq!(fingerprint(&graph), 0x7567_2342_a880_efe5);
+        let other = StateGraph::build("w", &[spec("a", &[]), spec("b", &[])], &[]).unwrap();
+        assert_ne!(fingerprint(&graph), fingerprint(&other));
+    }
 }

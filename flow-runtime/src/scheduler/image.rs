@@ -10,9 +10,9 @@ use tokio::time::Instant;
 use super::Coordinator;
 use super::deps::{DependenciesImage, Origin};
 use super::joins::{GroupId, Joins, JoinsImage};
+use crate::agent::Compiled;
 use crate::checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, QueuePlace, QueuedState, StateCheckpoint,
-    fingerprint,
 };
 use crate::context::Frozen;
 
@@ -159,7 +159,7 @@ impl Coordinator {
             elapsed: self
                 .elapsed_before
                 .saturating_add(now.saturating_duration_since(self.started_at)),
-            definition: fingerprint(&self.graph),
+            definition: self.compiled.fingerprint,
             states,
             queue,
             waiting,
@@ -254,9 +254,9 @@ impl Coordinator {
 /// damaged checkpoint that still parses is refused here rather than trusted).
 pub(crate) fn check_fits(
     checkpoint: &Checkpoint,
-    agent: &str,
-    graph: &flow_core::StateGraph,
+    compiled: &Compiled,
 ) -> Result<Restorable, FlowError> {
+    let (agent, graph) = (&*compiled.name, &*compiled.graph);
     let mismatch = |reason: String| FlowError::CheckpointMismatch {
         agent: agent.to_owned(),
         checkpoint_agent: checkpoint.agent.clone(),
@@ -292,7 +292,7 @@ pub(crate) fn check_fits(
             }
         )));
     }
-    if checkpoint.definition != fingerprint(graph) {
+    if checkpoint.definition != compiled.fingerprint {
         return Err(mismatch(
             "its transitions, entries, error handlers or dependencies differ from this definition's; restore it into the definition it was taken of".into(),
         ));
@@ -306,20 +306,31 @@ pub(crate) fn check_fits(
         message,
     };
     let state_ok = |s: StateId| s.index() < n;
-    if !image
-        .work
-        .iter()
-        .all(|w| state_ok(w.state) && w.attempt >= 1)
+    if !image.work.iter().all(|w| state_ok(w.state))
         || !image.dependencies.waiters.iter().all(|w| state_ok(w.state))
-        || !(image.dependencies.records.is_empty() || image.dependencies.records.len() == n)
-        || !checkpoint
-            .states
-            .iter()
-            .all(|s| !matches!(s.status, StateStatus::Running) || s.runs > 0)
     {
         return Err(corrupt(
-            "its scheduler records name states that do not exist".into(),
+            "its queue or its waits name states that do not exist".into(),
         ));
+    }
+    if image.work.iter().any(|w| w.attempt == 0) {
+        return Err(corrupt("its queue has an attempt numbered 0".into()));
+    }
+    if !(image.dependencies.records.is_empty() || image.dependencies.records.len() == n) {
+        return Err(corrupt(format!(
+            "it keeps dependency records for {} states, not {n}",
+            image.dependencies.records.len()
+        )));
+    }
+    if let Some(state) = checkpoint
+        .states
+        .iter()
+        .find(|s| matches!(s.status, StateStatus::Running) && s.runs == 0)
+    {
+        return Err(corrupt(format!(
+            "state `{}` is running but never started",
+            state.name
+        )));
     }
     let joins = Joins::restore(graph, &image.joins, &branches(image))
         .map_err(|reason| corrupt(format!("its branches do not fit together: {reason}")))?;

@@ -24,6 +24,12 @@ impl Etl {
     async fn notify(&self, _ctx: &Context) -> StateResult {
         end!()
     }
+
+    // Options that would do nothing.
+    #[state(deps(load(optional, expiry = "1h")))]
+    async fn archive(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
 }
 
 fn main() {}
