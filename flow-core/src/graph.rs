@@ -326,6 +326,9 @@ fn resolve_dependencies(
         }
         resolved.push(ids.into_boxed_slice());
     }
+    if required.is_empty() {
+        return resolved;
+    }
     if let Some((_, cycle)) = find_cycle(specs.len(), &required) {
         let mut names: Vec<String> = cycle.iter().map(|&i| specs[i].name.clone()).collect();
         names.push(names[0].clone());

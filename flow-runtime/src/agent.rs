@@ -123,13 +123,23 @@ pub(crate) struct Compiled {
     pub(crate) priority_aging: Duration,
     /// Where runs write automatic checkpoints, and when.
     pub(crate) checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
-    /// What a checkpoint of this definition is stamped with (see `checkpoint::fingerprint`).
-    pub(crate) fingerprint: u64,
+    /// What a checkpoint of this definition is stamped with (see `checkpoint::fingerprint`),
+    /// computed the first time one is taken or restored.
+    fingerprint: OnceLock<u64>,
     /// For each state, the states that depend on it.
     pub(crate) dependents: Box<[Box<[StateId]>]>,
     /// The states that start by themselves once their dependencies let them (see
     /// [`DependencyConfig`]).
     pub(crate) self_starting: Box<[StateId]>,
+}
+
+impl Compiled {
+    /// The definition's fingerprint (see `checkpoint::fingerprint`).
+    pub(crate) fn fingerprint(&self) -> u64 {
+        *self
+            .fingerprint
+            .get_or_init(|| crate::checkpoint::fingerprint(&self.graph))
+    }
 }
 
 /// One dependency of a compiled state.
@@ -852,7 +862,6 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             "the checkpoint policy asks for no checkpoint; use `CheckpointPolicy::after_each_state()`, `CheckpointPolicy::every(interval)` with a positive interval, or both".into(),
         ));
     }
-    let fingerprint = crate::checkpoint::fingerprint(&graph);
     let needs_any = definition
         .states
         .iter()
@@ -891,7 +900,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         pool,
         priority_aging: definition.priority_aging,
         checkpoints: definition.checkpoints.clone(),
-        fingerprint,
+        fingerprint: OnceLock::new(),
         dependents,
         self_starting,
     }))

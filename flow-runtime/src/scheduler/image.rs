@@ -159,7 +159,7 @@ impl Coordinator {
             elapsed: self
                 .elapsed_before
                 .saturating_add(now.saturating_duration_since(self.started_at)),
-            definition: self.compiled.fingerprint,
+            definition: self.compiled.fingerprint(),
             states,
             queue,
             waiting,
@@ -292,7 +292,7 @@ pub(crate) fn check_fits(
             }
         )));
     }
-    if checkpoint.definition != compiled.fingerprint {
+    if checkpoint.definition != compiled.fingerprint() {
         return Err(mismatch(
             "its transitions, entries, error handlers or dependencies differ from this definition's; restore it into the definition it was taken of".into(),
         ));
