@@ -9,45 +9,16 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use common::Log;
+use common::{Log, step};
 use fluffy_flow::prelude::*;
 use fluffy_flow::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointPolicy, CheckpointStore, DependencyType, FileStore,
-    MemoryStore, QueuePlace, RedbStore, RetryPolicy, StateOptions,
+    MemoryStore, QueuePlace, RedbStore, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep};
 
 const MS: Duration = Duration::from_millis(1);
-
-/// A state that logs its start, sleeps `delay_ms`, records `ctx[name] = order of completion`
-/// and goes to `next` (declared).
-fn step<'a>(
-    agent: &'a mut Agent,
-    log: &Log,
-    name: &str,
-    delay_ms: u64,
-    next: Next,
-) -> StateOptions<'a> {
-    let log = log.clone();
-    let key = name.to_owned();
-    let declared: Vec<String> = match &next {
-        Next::End => vec![],
-        Next::To(t) => vec![t.to_string()],
-        Next::Parallel(ts) => ts.iter().map(|t| t.to_string()).collect(),
-    };
-    agent
-        .add_state(name, move |ctx: Context| {
-            let (log, key, next) = (log.clone(), key.clone(), next.clone());
-            async move {
-                log.push(&key);
-                sleep(MS * delay_ms as u32).await;
-                ctx.set_state(key, true);
-                Ok::<_, FlowError>(next)
-            }
-        })
-        .successors(declared)
-}
 
 fn fan(log: &Log) -> Agent {
     let mut agent = Agent::new("fan");
@@ -328,18 +299,7 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
     for position in (0..json.len()).step_by(5) {
         let mut bytes = json.clone();
         bytes[position] ^= 0x15;
-        if let Ok(checkpoint) = Checkpoint::from_json(&bytes, "s", "chain", "r")
-            && let Ok(handle) = agent.restore_from_checkpoint(checkpoint)
-        {
-            // A restored run either runs or is refused; its coordinator never dies.
-            let report = tokio::time::timeout(Duration::from_secs(3600), handle.wait())
-                .await
-                .expect("the restored run ends");
-            assert!(
-                !matches!(report.error, Some(FlowError::RunLost { .. })),
-                "flipping byte {position} killed the coordinator"
-            );
-        }
+        refused_or_ends(&agent, &bytes, &format!("flipping byte {position}")).await;
     }
     fuzz_numbers(&json, &agent).await;
     // The same over a checkpoint taken mid-fan-out (a held join) and one with a dependency
@@ -378,7 +338,6 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
 /// Changes each digit of a checkpoint to 0 and to 9 (still valid JSON, so the checks and the
 /// rebuilt scheduler must cope): each is refused or restores into a run that ends normally.
 async fn fuzz_numbers(json: &[u8], agent: &Agent) {
-    let (name, run) = (agent.name().to_owned(), "r");
     for position in 0..json.len() {
         if !json[position].is_ascii_digit() {
             continue;
@@ -386,29 +345,38 @@ async fn fuzz_numbers(json: &[u8], agent: &Agent) {
         for digit in [b'0', b'9'] {
             let mut bytes = json.to_vec();
             bytes[position] = digit;
-            if let Ok(checkpoint) = Checkpoint::from_json(&bytes, "s", &name, run)
-                && let Ok(handle) = agent.restore_from_checkpoint(checkpoint)
-            {
-                let report = tokio::time::timeout(Duration::from_secs(3600), handle.wait())
-                    .await
-                    .expect("the restored run ends");
-                let around = position.saturating_sub(60)..(position + 20).min(bytes.len());
-                assert!(
-                    !matches!(report.error, Some(FlowError::RunLost { .. })),
-                    "a {} at byte {position} killed the coordinator: {}",
-                    digit as char,
-                    String::from_utf8_lossy(&bytes[around])
-                );
-            }
+            let around = position.saturating_sub(60)..(position + 20).min(bytes.len());
+            let what = format!(
+                "a {} at byte {position} ({})",
+                digit as char,
+                String::from_utf8_lossy(&bytes[around])
+            );
+            refused_or_ends(agent, &bytes, &what).await;
         }
     }
 }
 
-/// Every store behaves the same: save, latest, list, load, prune, delete, isolation between
-/// workflows and runs, damaged data reported with the store and run named.
+/// Damaged checkpoint bytes are refused when read or restored, or restore into a run that
+/// ends: its coordinator never dies. `what` says what was damaged.
+async fn refused_or_ends(agent: &Agent, bytes: &[u8], what: &str) {
+    if let Ok(checkpoint) = Checkpoint::from_json(bytes, "s", agent.name(), "r")
+        && let Ok(handle) = agent.restore_from_checkpoint(checkpoint)
+    {
+        let report = tokio::time::timeout(Duration::from_secs(3600), handle.wait())
+            .await
+            .expect("the restored run ends");
+        assert!(
+            !matches!(report.error, Some(FlowError::RunLost { .. })),
+            "{what} killed the coordinator"
+        );
+    }
+}
+
 /// Writes raw bytes into a store as checkpoint `sequence` of (`agent`, `run`).
 type Corrupt<'a> = &'a dyn Fn(&str, &str, u64, &[u8]);
 
+/// Every store behaves the same: save, latest, list, load, prune, delete, isolation between
+/// workflows and runs, damaged data reported with the store and run named.
 async fn conformance(store: &dyn CheckpointStore, corrupt: Corrupt<'_>) {
     let base = sample_checkpoint().await;
     let with = |run: &str, sequence: u64| {

@@ -7,55 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::Log;
+use common::{Log, step, step_undeclared, targets};
 use fluffy_flow::prelude::*;
 use fluffy_flow::{DependencyConfig, DependencyType, FailureKind, StateOptions};
 use tokio::time::Instant;
 
 const MS: Duration = Duration::from_millis(1);
-
-/// The states a `Next` goes to.
-fn targets(next: &Next) -> Vec<String> {
-    match next {
-        Next::End => vec![],
-        Next::To(t) => vec![t.to_string()],
-        Next::Parallel(ts) => ts.iter().map(|t| t.to_string()).collect(),
-    }
-}
-
-/// A state that logs its start, sleeps `delay_ms` on the paused clock, sets `ctx[name]` and
-/// goes to `next`; its successors are declared (so joins and self-starting states are exact).
-fn step<'a>(
-    agent: &'a mut Agent,
-    log: &Log,
-    name: &str,
-    delay_ms: u64,
-    next: Next,
-) -> StateOptions<'a> {
-    let declared = targets(&next);
-    step_undeclared(agent, log, name, delay_ms, next).successors(declared)
-}
-
-/// [`step`] without declared successors.
-fn step_undeclared<'a>(
-    agent: &'a mut Agent,
-    log: &Log,
-    name: &str,
-    delay_ms: u64,
-    next: Next,
-) -> StateOptions<'a> {
-    let log = log.clone();
-    let key = name.to_owned();
-    agent.add_state(name, move |ctx: Context| {
-        let (log, key, next) = (log.clone(), key.clone(), next.clone());
-        async move {
-            log.push(&key);
-            tokio::time::sleep(MS * delay_ms as u32).await;
-            ctx.set_state(key, true);
-            Ok::<_, FlowError>(next)
-        }
-    })
-}
 
 /// A state that goes to `again` the first `times - 1` times it runs, then to `then`.
 fn looping<'a>(

@@ -164,6 +164,19 @@ pub enum DependencyType {
     Sequential,
 }
 
+impl DependencyType {
+    /// The kind's name as written in `deps(...)`: `required`, `optional`, `parallel`,
+    /// `sequential`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "required",
+            Self::Optional => "optional",
+            Self::Parallel => "parallel",
+            Self::Sequential => "sequential",
+        }
+    }
+}
+
 /// Whether a completed dependency still counts for its dependent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -179,11 +179,7 @@ impl WorkflowSpec {
             let _ = writeln!(out, "    {from} --> {to}");
         }
         for (dependency, dependent, kind) in self.dependency_edges() {
-            let _ = writeln!(
-                out,
-                "    {dependency} -.->|{}| {dependent}",
-                kind_name(kind)
-            );
+            let _ = writeln!(out, "    {dependency} -.->|{}| {dependent}", kind.as_str());
         }
         for s in self.states {
             if let Some(handler) = s.on_error {
@@ -217,7 +213,7 @@ impl WorkflowSpec {
             let _ = writeln!(
                 out,
                 "    \"{dependency}\" -> \"{dependent}\" [style=dotted, label=\"{}\"];",
-                kind_name(kind)
+                kind.as_str()
             );
         }
         for s in self.states {
@@ -231,15 +227,6 @@ impl WorkflowSpec {
         }
         out.push_str("}\n");
         out
-    }
-}
-
-fn kind_name(kind: DependencyType) -> &'static str {
-    match kind {
-        DependencyType::Required => "required",
-        DependencyType::Optional => "optional",
-        DependencyType::Parallel => "parallel",
-        DependencyType::Sequential => "sequential",
     }
 }
 

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fluffy_flow::StateOptions;
 use fluffy_flow::prelude::*;
 use tokio::time::Instant;
 
@@ -56,6 +57,15 @@ impl Log {
     }
 }
 
+/// The states a `Next` goes to.
+pub fn targets(next: &Next) -> Vec<String> {
+    match next {
+        Next::End => vec![],
+        Next::To(t) => vec![t.to_string()],
+        Next::Parallel(ts) => ts.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
 /// A state that records its start, takes `delay` (paused clock), writes `ctx[name] = true`
 /// and goes to `next`. With `declare`, its successors are declared from `next`.
 pub fn scripted(
@@ -66,17 +76,38 @@ pub fn scripted(
     next: Next,
     declare: bool,
 ) {
+    if declare {
+        step(agent, log, name, delay_ms, next);
+    } else {
+        step_undeclared(agent, log, name, delay_ms, next);
+    }
+}
+
+/// [`scripted`] with declared successors (so joins and self-starting states are exact),
+/// returning the state's options for more.
+pub fn step<'a>(
+    agent: &'a mut Agent,
+    log: &Log,
+    name: &str,
+    delay_ms: u64,
+    next: Next,
+) -> StateOptions<'a> {
+    let declared = targets(&next);
+    step_undeclared(agent, log, name, delay_ms, next).successors(declared)
+}
+
+/// [`scripted`] without declared successors, returning the state's options.
+pub fn step_undeclared<'a>(
+    agent: &'a mut Agent,
+    log: &Log,
+    name: &str,
+    delay_ms: u64,
+    next: Next,
+) -> StateOptions<'a> {
     let log = log.clone();
     let key = name.to_owned();
-    let targets: Vec<String> = match &next {
-        Next::End => vec![],
-        Next::To(t) => vec![t.to_string()],
-        Next::Parallel(ts) => ts.iter().map(|t| t.to_string()).collect(),
-    };
-    let options = agent.add_state(name, move |ctx: Context| {
-        let log = log.clone();
-        let key = key.clone();
-        let next = next.clone();
+    agent.add_state(name, move |ctx: Context| {
+        let (log, key, next) = (log.clone(), key.clone(), next.clone());
         async move {
             log.push(&key);
             if delay_ms > 0 {
@@ -85,8 +116,5 @@ pub fn scripted(
             ctx.set_state(key, true);
             Ok::<_, FlowError>(next)
         }
-    });
-    if declare {
-        options.successors(targets);
-    }
+    })
 }

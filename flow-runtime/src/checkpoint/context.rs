@@ -50,7 +50,7 @@ impl CheckpointContext {
 
     /// The context of a checkpoint's JSON: `text` is that JSON object (checked by the caller's
     /// parse), copied once and indexed.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, String> {
         let text: Arc<str> = Arc::from(text);
         let entries = index(&text)?;
         Ok(Self {
@@ -171,52 +171,12 @@ impl Serialize for CheckpointContext {
 }
 
 impl<'de> Deserialize<'de> for CheckpointContext {
-    /// One pass over the object: each value is borrowed from the input (so this reads from
-    /// bytes or a string, as [`Checkpoint::from_json`](super::Checkpoint::from_json) does, not
-    /// from a reader), copied once into the new text, and indexed.
+    /// The object is borrowed from the input, then copied once and indexed (as
+    /// [`Checkpoint::from_json`](super::Checkpoint::from_json) does): this reads from bytes or
+    /// a string, not from a reader.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Values;
-        impl<'de> Visitor<'de> for Values {
-            type Value = CheckpointContext;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object of context values")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-                let mut text = String::with_capacity(4096);
-                let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0));
-                text.push('{');
-                while let Some((key, value)) =
-                    access.next_entry::<Cow<'de, str>, &'de RawValue>()?
-                {
-                    if !entries.is_empty() {
-                        text.push(',');
-                    }
-                    match &key {
-                        // Borrowed from the input: it had no escapes, so it needs none.
-                        Cow::Borrowed(plain) => {
-                            text.push('"');
-                            text.push_str(plain);
-                            text.push('"');
-                        }
-                        Cow::Owned(unescaped) => {
-                            let quoted =
-                                serde_json::to_string(unescaped).map_err(A::Error::custom)?;
-                            text.push_str(&quoted);
-                        }
-                    }
-                    text.push(':');
-                    let start = text.len();
-                    text.push_str(value.get());
-                    entries.push((key.into_owned(), start..text.len()));
-                }
-                text.push('}');
-                Ok(CheckpointContext {
-                    text: Arc::from(text),
-                    entries: OnceLock::from(Ok(entries)),
-                })
-            }
-        }
-        deserializer.deserialize_map(Values)
+        let text: &'de RawValue = Deserialize::deserialize(deserializer)?;
+        Self::parse(text.get()).map_err(D::Error::custom)
     }
 }
 

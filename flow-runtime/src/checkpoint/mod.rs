@@ -201,29 +201,10 @@ impl Checkpoint {
             }
         };
         match format {
-            CHECKPOINT_FORMAT => {
-                let wire: Wire<'_> = serde_json::from_slice(bytes)
-                    .map_err(|error| corrupt(format!("format {CHECKPOINT_FORMAT}: {error}")))?;
-                let context = CheckpointContext::parse(wire.context.get())
-                    .map_err(|error| corrupt(format!("its context: {error}")))?;
-                Ok(Checkpoint {
-                    format: wire.format,
-                    agent: wire.agent,
-                    run_key: wire.run_key,
-                    run_id: wire.run_id,
-                    sequence: wire.sequence,
-                    created_at: wire.created_at,
-                    status: wire.status,
-                    elapsed: wire.elapsed,
-                    definition: wire.definition,
-                    states: wire.states,
-                    queue: wire.queue,
-                    waiting: wire.waiting,
-                    dead_letters: wire.dead_letters,
-                    scheduler: wire.scheduler,
-                    context,
-                })
-            }
+            // The context is borrowed from `bytes`, copied once and indexed (see
+            // `CheckpointContext`'s `Deserialize`).
+            CHECKPOINT_FORMAT => serde_json::from_slice(bytes)
+                .map_err(|error| corrupt(format!("format {CHECKPOINT_FORMAT}: {error}"))),
             newer if newer > CHECKPOINT_FORMAT => Err(FlowError::CheckpointTooNew {
                 store: store.to_owned(),
                 agent: agent.to_owned(),
@@ -249,28 +230,6 @@ impl Checkpoint {
     pub fn state(&self, name: &str) -> Option<&StateCheckpoint> {
         self.states.iter().find(|s| s.name == name)
     }
-}
-
-/// A checkpoint as [`Checkpoint::from_json`] reads it: the context borrowed, unparsed, so that
-/// it is copied once, at its exact size, and indexed in one pass.
-#[derive(Deserialize)]
-struct Wire<'a> {
-    format: u32,
-    agent: String,
-    run_key: String,
-    run_id: u64,
-    sequence: u64,
-    created_at: SystemTime,
-    status: AgentStatus,
-    elapsed: Duration,
-    definition: u64,
-    states: Vec<StateCheckpoint>,
-    queue: Vec<QueuedState>,
-    waiting: Vec<String>,
-    dead_letters: Vec<DeadLetter>,
-    scheduler: SchedulerImage,
-    #[serde(borrow)]
-    context: &'a serde_json::value::RawValue,
 }
 
 /// The format number of a checkpoint written by [`Checkpoint::to_json`], which begins with

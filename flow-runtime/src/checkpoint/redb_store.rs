@@ -4,12 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flow_core::FlowError;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadOnlyTable, ReadableDatabase, StorageError, Table, TableDefinition};
 
 use super::{Checkpoint, CheckpointStore};
 
 /// Checkpoints by (workflow, run key, sequence).
-const CHECKPOINTS: TableDefinition<(&str, &str, u64), &[u8]> =
+type Key<'a> = (&'a str, &'a str, u64);
+
+const CHECKPOINTS: TableDefinition<Key<'static>, &[u8]> =
     TableDefinition::new("fluffy_flow_checkpoints");
 
 /// Keeps checkpoints in a redb database: one file, crash-safe transactions (a commit is
@@ -48,20 +50,9 @@ impl RedbStore {
         sequence: u64,
         bytes: &[u8],
     ) -> Result<(), FlowError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.failed("starting a write", e))?;
-        {
-            let mut table = txn
-                .open_table(CHECKPOINTS)
-                .map_err(|e| self.failed("opening the checkpoint table", e))?;
-            table
-                .insert((agent, run, sequence), bytes)
-                .map_err(|e| self.failed("writing a checkpoint", e))?;
-        }
-        txn.commit()
-            .map_err(|e| self.failed("committing a checkpoint", e))
+        self.write("writing a checkpoint", |table| {
+            table.insert((agent, run, sequence), bytes).map(drop)
+        })
     }
 
     fn failed(&self, action: &str, error: impl std::fmt::Display) -> FlowError {
@@ -72,14 +63,32 @@ impl RedbStore {
         }
     }
 
-    fn read(
+    /// One write transaction doing `change` (described by `action` if it fails), committed.
+    fn write(
         &self,
-        agent: &str,
-        run: &str,
-        pick: impl FnOnce(
-            &redb::ReadOnlyTable<(&str, &str, u64), &[u8]>,
-        ) -> Result<Option<Vec<u8>>, redb::StorageError>,
-    ) -> Result<Option<Checkpoint>, FlowError> {
+        action: &str,
+        change: impl FnOnce(&mut Table<Key<'static>, &[u8]>) -> Result<(), StorageError>,
+    ) -> Result<(), FlowError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.failed("starting a write", e))?;
+        {
+            let mut table = txn
+                .open_table(CHECKPOINTS)
+                .map_err(|e| self.failed("opening the checkpoint table", e))?;
+            change(&mut table).map_err(|e| self.failed(action, e))?;
+        }
+        txn.commit().map_err(|e| self.failed(action, e))
+    }
+
+    /// One read transaction doing `look` (described by `action` if it fails); `None` when
+    /// nothing was ever saved (the table does not exist yet).
+    fn read<R>(
+        &self,
+        action: &str,
+        look: impl FnOnce(&ReadOnlyTable<Key<'static>, &[u8]>) -> Result<R, StorageError>,
+    ) -> Result<Option<R>, FlowError> {
         let txn = self
             .db
             .begin_read()
@@ -89,7 +98,15 @@ impl RedbStore {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(error) => return Err(self.failed("opening the checkpoint table", error)),
         };
-        let bytes = pick(&table).map_err(|e| self.failed("reading a checkpoint", e))?;
+        look(&table).map(Some).map_err(|e| self.failed(action, e))
+    }
+
+    fn decode(
+        &self,
+        bytes: Option<Vec<u8>>,
+        agent: &str,
+        run: &str,
+    ) -> Result<Option<Checkpoint>, FlowError> {
         bytes
             .map(|bytes| Checkpoint::from_json(&bytes, &self.describe(), agent, run))
             .transpose()
@@ -103,83 +120,47 @@ impl CheckpointStore for RedbStore {
 
     fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
         let bytes = checkpoint.to_json()?;
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.failed("starting a write", e))?;
-        {
-            let mut table = txn
-                .open_table(CHECKPOINTS)
-                .map_err(|e| self.failed("opening the checkpoint table", e))?;
-            table
-                .insert(
-                    (
-                        checkpoint.agent.as_str(),
-                        checkpoint.run_key.as_str(),
-                        checkpoint.sequence,
-                    ),
-                    bytes.as_slice(),
-                )
-                .map_err(|e| self.failed("writing a checkpoint", e))?;
-        }
-        txn.commit()
-            .map_err(|e| self.failed("committing a checkpoint", e))
+        self.insert_raw(
+            &checkpoint.agent,
+            &checkpoint.run_key,
+            checkpoint.sequence,
+            &bytes,
+        )
     }
 
     fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {
-        self.read(agent, run, |table| {
+        let bytes = self.read("reading a checkpoint", |table| {
             let mut range = table.range((agent, run, 0)..=(agent, run, u64::MAX))?;
             range
                 .next_back()
                 .transpose()
                 .map(|entry| entry.map(|(_, value)| value.value().to_vec()))
-        })
+        })?;
+        self.decode(bytes.flatten(), agent, run)
     }
 
     fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.failed("starting a read", e))?;
-        let table = match txn.open_table(CHECKPOINTS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(self.failed("opening the checkpoint table", error)),
-        };
-        let range = table
-            .range((agent, run, 0)..=(agent, run, u64::MAX))
-            .map_err(|e| self.failed("listing checkpoints", e))?;
-        range
-            .map(|entry| {
-                entry
-                    .map(|(key, _)| key.value().2)
-                    .map_err(|e| self.failed("listing checkpoints", e))
-            })
-            .collect()
+        let sequences = self.read("listing checkpoints", |table| {
+            table
+                .range((agent, run, 0)..=(agent, run, u64::MAX))?
+                .map(|entry| entry.map(|(key, _)| key.value().2))
+                .collect::<Result<Vec<u64>, _>>()
+        })?;
+        Ok(sequences.unwrap_or_default())
     }
 
     fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
-        self.read(agent, run, |table| {
+        let bytes = self.read("reading a checkpoint", |table| {
             Ok(table
                 .get((agent, run, sequence))?
                 .map(|value| value.value().to_vec()))
-        })
+        })?;
+        self.decode(bytes.flatten(), agent, run)
     }
 
     fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.failed("starting a write", e))?;
-        {
-            let mut table = txn
-                .open_table(CHECKPOINTS)
-                .map_err(|e| self.failed("opening the checkpoint table", e))?;
-            table
-                .remove((agent, run, sequence))
-                .map_err(|e| self.failed("deleting a checkpoint", e))?;
-        }
-        txn.commit()
-            .map_err(|e| self.failed("committing a deletion", e))
+        self.write("deleting a checkpoint", |table| {
+            table.remove((agent, run, sequence)).map(drop)
+        })
     }
 }

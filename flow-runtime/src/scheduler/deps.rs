@@ -764,7 +764,7 @@ impl Coordinator {
                         format!(
                             "`{}` ({}): {reason}",
                             self.graph.name(dependency.on),
-                            kind_name(dependency.config.kind)
+                            dependency.config.kind.as_str()
                         )
                     })
                     .collect(),
@@ -888,14 +888,5 @@ impl Coordinator {
         self.now = now.checked_sub(waiter.waited).unwrap_or(now);
         self.park(waiter.state, waiter.origin);
         self.now = now;
-    }
-}
-
-fn kind_name(kind: DependencyType) -> &'static str {
-    match kind {
-        DependencyType::Required => "required",
-        DependencyType::Optional => "optional",
-        DependencyType::Parallel => "parallel",
-        DependencyType::Sequential => "sequential",
     }
 }
