@@ -166,15 +166,19 @@ async fn case_5_nested_fan_outs_join_inside_out() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_declared_dag_runs_a_shared_target_once() {
-    // start -> [a, b], a -> b: with declared edges, the fork's own `b` waits for `a`'s.
-    let log = Log::default();
-    let mut agent = Agent::new("dag");
-    scripted(&mut agent, &log, "start", 0, par(&["a", "b"]), true);
-    scripted(&mut agent, &log, "a", 5, to("b"), true);
-    scripted(&mut agent, &log, "b", 0, Next::End, true);
-    run(&agent).await;
-    assert_eq!(log.names(), vec!["start", "a", "b"]);
+async fn a_fork_target_starts_at_once_even_when_a_sibling_leads_to_it() {
+    // start -> [a, b], a -> b: the fork's own `b` starts at once (a branch is never held at
+    // its start); `a`'s arrival runs `b` again, since nothing else may still reach it.
+    for declare in [true, false] {
+        let log = Log::default();
+        let mut agent = Agent::new("dag");
+        scripted(&mut agent, &log, "start", 0, par(&["a", "b"]), declare);
+        scripted(&mut agent, &log, "a", 5, to("b"), declare);
+        scripted(&mut agent, &log, "b", 0, Next::End, declare);
+        let report = run(&agent).await;
+        assert_eq!(log.names(), vec!["start", "a", "b", "b"]);
+        assert_eq!(report.state("b").unwrap().runs, 2);
+    }
 }
 
 #[tokio::test(start_paused = true)]

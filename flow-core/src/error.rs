@@ -212,6 +212,21 @@ pub enum FlowError {
         /// dependencies (``report (waits for `load` (required): it is scheduled or running)``).
         waiting: Vec<String>,
     },
+    /// With [`strict_joins`](../fluffy_flow/struct.Agent.html#method.strict_joins), branches of
+    /// one fork were held at several joins that may each lead to another, with nothing else
+    /// left to run: which join comes first cannot be known from the graph.
+    #[error("run of workflow `{agent}` stopped at an ambiguous join: branches{} are held at {} and each may still reach another, so the scheduler cannot tell which join comes first; {}", fork_of(.fork), .held.join(", "), declare_hint(.declare))]
+    AmbiguousJoin {
+        /// The workflow.
+        agent: String,
+        /// The state whose fork opened the branches (`None`: the run's entries).
+        fork: Option<String>,
+        /// The states where branches are held.
+        held: Vec<String>,
+        /// The states whose successors are undeclared and make the join ambiguous (empty when
+        /// every state involved declares its successors and the joins reach each other).
+        declare: Vec<String>,
+    },
     /// A state depends on a state that does not exist.
     #[error("state `{state}` of workflow `{agent}` depends on `{dependency}`, but there is no state of that name{}", did_you_mean(.suggestion))]
     UnknownDependency {
@@ -417,6 +432,28 @@ impl FlowError {
     }
 }
 
+fn fork_of(fork: &Option<String>) -> String {
+    match fork {
+        Some(fork) => format!(" forked by `{fork}`"),
+        None => String::new(),
+    }
+}
+
+fn declare_hint(declare: &[String]) -> String {
+    if declare.is_empty() {
+        "these declared joins reach each other: make one lead to the other only, or end a branch before the other join".to_owned()
+    } else {
+        format!(
+            "declare the successors of {} (`.successors(..)`, as `#[workflow]` does) so that joins are exact",
+            declare
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
 fn did_you_mean(suggestion: &Option<String>) -> String {
     match suggestion {
         Some(name) => format!(" (did you mean `{name}`?)"),
@@ -548,3 +585,4 @@ mod tests {
         );
     }
 }
+

@@ -88,6 +88,7 @@ struct Definition {
     max_concurrent: Option<usize>,
     timeout: Option<Duration>,
     cleanup_timeout: Duration,
+    strict_joins: bool,
     default_retry: RetryPolicy,
     pool: Option<ResourcePool>,
     priority_aging: Duration,
@@ -118,6 +119,8 @@ pub(crate) struct Compiled {
     pub(crate) max_concurrent: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cleanup_timeout: Duration,
+    /// An ambiguous join fails the run rather than being guessed.
+    pub(crate) strict_joins: bool,
     /// The pool states draw from; `None` when no state needs anything.
     pub(crate) pool: Option<ResourcePool>,
     pub(crate) priority_aging: Duration,
@@ -177,6 +180,7 @@ impl Agent {
                 max_concurrent: None,
                 timeout: None,
                 cleanup_timeout: Duration::ZERO,
+                strict_joins: false,
                 default_retry: RetryPolicy::NONE,
                 pool: None,
                 priority_aging: DEFAULT_PRIORITY_AGING,
@@ -273,6 +277,18 @@ impl Agent {
     /// abort at once. States see the cancellation through [`Context::cancelled`].
     pub fn cleanup_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.definition_mut().cleanup_timeout = timeout;
+        self
+    }
+
+    /// Whether an ambiguous join fails the run (default `false`).
+    ///
+    /// Without declared successors the scheduler cannot always tell which of two joins comes
+    /// first: when every branch of a fork is held, at states that may each lead to another, it
+    /// releases the set held last and reports a [`RunWarning::AmbiguousJoin`](crate::RunWarning)
+    /// (and a `tracing` warning). With `strict_joins(true)` the run fails with
+    /// [`FlowError::AmbiguousJoin`] instead, naming the states whose successors to declare.
+    pub fn strict_joins(&mut self, strict: bool) -> &mut Self {
+        self.definition_mut().strict_joins = strict;
         self
     }
 
@@ -897,6 +913,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         max_concurrent: definition.max_concurrent.unwrap_or(usize::MAX),
         timeout: definition.timeout,
         cleanup_timeout: definition.cleanup_timeout,
+        strict_joins: definition.strict_joins,
         pool,
         priority_aging: definition.priority_aging,
         checkpoints: definition.checkpoints.clone(),

@@ -31,7 +31,7 @@ pub use events::{Event, EventKind, EventStream, EventStreamError};
 pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};
 pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};
 pub use resources::{Allocation, ResourceKind, ResourcePool, UsageStats, Waiting};
-pub use run::{RunCounts, RunHandle, RunReport, StateReport};
+pub use run::{RunCounts, RunHandle, RunReport, RunWarning, StateReport};
 pub use scheduler::BlockedState;
 pub use state_fn::{BoxError, StateResult};
 pub use workflow::Workflow;

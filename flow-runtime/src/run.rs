@@ -273,6 +273,68 @@ impl RunHandle {
     }
 }
 
+/// Something the scheduler decided without knowing, reported with the run (and logged with
+/// `tracing::warn!`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunWarning {
+    /// Every live branch of one fork was held, at several states that may each lead to
+    /// another, so the scheduler could not tell which join comes first. It released the set
+    /// held last (deterministic for a given order of events) and went on; with
+    /// [`Agent::strict_joins`](crate::Agent::strict_joins) the run fails with
+    /// [`FlowError::AmbiguousJoin`] instead.
+    AmbiguousJoin {
+        /// The state whose fork opened the branches (`None`: the run's entries).
+        fork: Option<Arc<str>>,
+        /// The states where branches were held, oldest first.
+        held: Vec<Arc<str>>,
+        /// The state released first.
+        released: Arc<str>,
+        /// The states whose undeclared successors make it ambiguous: declare them (empty when
+        /// declared joins reach each other).
+        declare: Vec<Arc<str>>,
+        /// How many times it happened in this run.
+        times: u32,
+    },
+}
+
+impl std::fmt::Display for RunWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AmbiguousJoin {
+                fork,
+                held,
+                released,
+                declare,
+                times,
+            } => {
+                let list = |states: &[Arc<str>]| {
+                    states
+                        .iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                write!(f, "ambiguous join")?;
+                if let Some(fork) = fork {
+                    write!(f, " in the branches forked by `{fork}`")?;
+                }
+                write!(
+                    f,
+                    ": branches held at {} may each reach another; `{released}` was released first ({times} time{})",
+                    list(held),
+                    if *times == 1 { "" } else { "s" }
+                )?;
+                if declare.is_empty() {
+                    write!(f, "; these declared joins reach each other")
+                } else {
+                    write!(f, "; declare the successors of {}", list(declare))
+                }
+            }
+        }
+    }
+}
+
 /// What a finished run did.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -296,6 +358,9 @@ pub struct RunReport {
     pub max_concurrency: usize,
     /// Every state that failed after its last attempt in this run, handled or not.
     pub dead_letters: Vec<DeadLetter>,
+    /// What the scheduler had to decide without knowing (for example an ambiguous join in a
+    /// workflow without declared successors), once per kind and place.
+    pub warnings: Vec<RunWarning>,
     /// When the run started, on tokio's clock.
     pub started_at: Instant,
     /// How long it took.
@@ -333,6 +398,7 @@ impl RunReport {
             .map(|s| StateReport {
                 status: s.status,
                 runs: s.runs,
+                arrivals: s.arrivals,
                 attempts: s.attempts,
                 total_time: s.total_time,
                 last_error: s.last_error.clone(),
@@ -350,6 +416,7 @@ impl RunReport {
             transitions: checkpoint.scheduler.transitions(),
             max_concurrency: checkpoint.scheduler.max_concurrency(),
             dead_letters: checkpoint.dead_letters,
+            warnings: Vec::new(),
             started_at: Instant::now(),
             duration: checkpoint.elapsed,
         })
@@ -368,6 +435,7 @@ impl RunReport {
             states: Vec::new(),
             transitions: 0,
             max_concurrency: 0,
+            warnings: Vec::new(),
             dead_letters: Vec::new(),
             started_at: Instant::now(),
             duration: Duration::ZERO,
@@ -384,6 +452,10 @@ pub struct StateReport {
     pub status: StateStatus,
     /// How many times it started (more than once in a loop).
     pub runs: u32,
+    /// How many branches reached it: transitions to it, fork targets, and starts as an entry
+    /// or by the dependency rules. A join that merged three branches into one run counts 3
+    /// arrivals and 1 run.
+    pub arrivals: u32,
     /// Attempts of its latest run (1, or more after retries).
     pub attempts: u32,
     /// Time spent running, over all its runs.
@@ -402,6 +474,7 @@ impl StateReport {
             name,
             status: StateStatus::Pending,
             runs: 0,
+            arrivals: 0,
             attempts: 0,
             total_time: Duration::ZERO,
             first_started: None,

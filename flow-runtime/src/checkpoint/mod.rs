@@ -31,8 +31,10 @@ use crate::scheduler::SchedulerImage;
 /// ([`FlowError::CheckpointTooNew`]). When the format changes, [`Checkpoint::from_json`]
 /// gains a step that upgrades the previous one, and this history a line.
 ///
-/// Format history: `1` — the first (the only one so far).
-pub const CHECKPOINT_FORMAT: u32 = 1;
+/// Format history: `1` — the first; `2` — branches live in fork scopes (each with the state
+/// that opened it), states count arrivals. A format-1 checkpoint reads as format 2: its
+/// groups become scopes opened at their fork state, its arrivals are 0.
+pub const CHECKPOINT_FORMAT: u32 = 2;
 
 /// A run at one moment: enough to continue it in another process.
 ///
@@ -104,6 +106,10 @@ pub struct StateCheckpoint {
     pub status: StateStatus,
     /// How many times it had started.
     pub runs: u32,
+    /// How many branches had reached it (see [`StateReport::arrivals`](crate::StateReport)).
+    /// Checkpoints of format 1 do not have it: 0.
+    #[serde(default)]
+    pub arrivals: u32,
     /// Attempts of its latest run (retries continue from here).
     pub attempts: u32,
     /// How many times it had completed.
@@ -176,8 +182,8 @@ impl Checkpoint {
     /// content: restoring checks the workflow).
     ///
     /// The format number is read first: [`CHECKPOINT_FORMAT`] is decoded; a newer one is
-    /// [`FlowError::CheckpointTooNew`]. (Format 1 is the only one so far; each future change
-    /// adds a step here that upgrades the format before it.)
+    /// [`FlowError::CheckpointTooNew`]. Format 1 is read as format 2 (the fields format 2
+    /// added have defaults; see [`CHECKPOINT_FORMAT`]).
     pub fn from_json(bytes: &[u8], store: &str, agent: &str, run: &str) -> Result<Self, FlowError> {
         let corrupt = |message: String| FlowError::CorruptCheckpoint {
             store: store.to_owned(),
@@ -203,8 +209,12 @@ impl Checkpoint {
         match format {
             // The context is borrowed from `bytes`, copied once and indexed (see
             // `CheckpointContext`'s `Deserialize`).
-            CHECKPOINT_FORMAT => serde_json::from_slice(bytes)
-                .map_err(|error| corrupt(format!("format {CHECKPOINT_FORMAT}: {error}"))),
+            1 | CHECKPOINT_FORMAT => serde_json::from_slice::<Self>(bytes)
+                .map(|mut checkpoint| {
+                    checkpoint.format = CHECKPOINT_FORMAT;
+                    checkpoint
+                })
+                .map_err(|error| corrupt(format!("format {format}: {error}"))),
             newer if newer > CHECKPOINT_FORMAT => Err(FlowError::CheckpointTooNew {
                 store: store.to_owned(),
                 agent: agent.to_owned(),

@@ -58,7 +58,7 @@ impl Coordinator {
                 }
                 self.free_slots.push(slot as u32);
                 self.running_count -= 1;
-                ended.push(running.group);
+                ended.push(running.scope);
             }
         }
         ended.extend(self.cancel_timers(state));
@@ -69,14 +69,14 @@ impl Coordinator {
         if !removed.is_empty() {
             self.forget_wait(state);
         }
-        ended.extend(removed.into_iter().map(|entry| entry.group));
+        ended.extend(removed.into_iter().map(|entry| entry.scope));
         let queued_or_running = ended.len();
         let waiting = self.cancel_waiting(state);
         let cancelled = ended.len() + waiting.len();
         ended.extend(waiting.into_iter().flatten());
         let graph = Arc::clone(&self.graph);
-        for group in &ended {
-            self.joins.end(&graph, *group, state);
+        for scope in &ended {
+            self.joins.end(&graph, *scope, state);
         }
         for _ in 0..queued_or_running {
             self.dependency_ended(state, None);
@@ -237,6 +237,22 @@ impl Coordinator {
         for waiter in self.pause_waiters.drain(..) {
             let _ = waiter.send(());
         }
+        // No branch disappears: each was created, then ended, was absorbed by a join, or is
+        // still live (a run that stopped early); a completed run has none live.
+        #[cfg(debug_assertions)]
+        {
+            let ledger = self.joins.ledger();
+            let live = self.joins.live_branches();
+            assert_eq!(
+                ledger.created,
+                ledger.ended + ledger.absorbed + live,
+                "scheduler bug: branches lost ({ledger:?}, {live} live)"
+            );
+            assert!(
+                status != AgentStatus::Completed || live == 0,
+                "scheduler bug: a completed run left {live} branches"
+            );
+        }
         let duration = started_at.elapsed();
         self.observer.set_counts(self.completed, 0, 0);
         self.observer.set_status(status);
@@ -256,6 +272,7 @@ impl Coordinator {
             transitions: self.transitions,
             max_concurrency: self.max_concurrency,
             dead_letters: std::mem::take(&mut self.dead_letters),
+            warnings: std::mem::take(&mut self.warnings),
             started_at,
             duration,
         }

@@ -8,7 +8,7 @@ use flow_core::{FlowError, StateError, StateId, StateStatus};
 use tokio::task::AbortHandle;
 
 use super::Coordinator;
-use super::joins::GroupId;
+use super::joins::ScopeId;
 use super::task::Message;
 use crate::events::EventKind;
 use crate::failure::{DeadLetter, FAILURE_KEY, FailureKind};
@@ -18,7 +18,7 @@ use crate::resilience::BulkheadFull;
 pub(super) struct RetryTimer {
     abort: AbortHandle,
     pub(super) state: StateId,
-    pub(super) group: GroupId,
+    pub(super) scope: ScopeId,
     pub(super) attempt: u32,
     /// When it is due (a checkpoint keeps the time left).
     pub(super) due: tokio::time::Instant,
@@ -41,7 +41,7 @@ impl Coordinator {
     pub(super) fn attempt_failed(
         &mut self,
         state: StateId,
-        group: GroupId,
+        scope: ScopeId,
         attempt: u32,
         failure: Failure,
     ) -> Result<(), FlowError> {
@@ -121,7 +121,7 @@ impl Coordinator {
         let from_dependency = kind == FailureKind::Dependency;
         if !from_dependency && attempt <= policy.max_retries {
             let delay = policy.delay(attempt - 1, self.retry_seed(state));
-            self.schedule_retry(state, group, attempt + 1, delay, message);
+            self.schedule_retry(state, scope, attempt + 1, delay, message);
             return Ok(());
         }
 
@@ -151,7 +151,8 @@ impl Coordinator {
             Some(handler) => {
                 self.context.set_state(FAILURE_KEY, letter);
                 let graph = Arc::clone(&self.graph);
-                self.joins.goto(&graph, group, state, handler);
+                self.arrived(handler);
+                self.joins.goto(&graph, scope, state, handler);
                 self.absorb_joins();
                 if !from_dependency {
                     // Its dependents learn it failed (a dependency failure records itself).
@@ -163,7 +164,7 @@ impl Coordinator {
                 if !from_dependency {
                     // A last checkpoint of the failed run has it due again (see
                     // `finish_checkpoints`).
-                    self.failed_state = Some((state, group));
+                    self.failed_state = Some((state, scope));
                 }
                 Err(error)
             }
@@ -179,7 +180,7 @@ impl Coordinator {
     pub(super) fn schedule_retry(
         &mut self,
         state: StateId,
-        group: GroupId,
+        scope: ScopeId,
         attempt: u32,
         delay: Duration,
         error: String,
@@ -208,14 +209,14 @@ impl Coordinator {
             let _ = sender.send(Message::Retry {
                 timer,
                 state,
-                group,
+                scope,
                 attempt,
             });
         });
         self.timers[timer as usize] = Some(RetryTimer {
             abort: task.abort_handle(),
             state,
-            group,
+            scope,
             attempt,
             due: tokio::time::Instant::now()
                 .checked_add(delay)
@@ -225,7 +226,7 @@ impl Coordinator {
     }
 
     /// A retry's delay is over: the state is ready for its next attempt.
-    pub(super) fn retry_due(&mut self, timer: u32, state: StateId, group: GroupId, attempt: u32) {
+    pub(super) fn retry_due(&mut self, timer: u32, state: StateId, scope: ScopeId, attempt: u32) {
         if self
             .timers
             .get_mut(timer as usize)
@@ -236,7 +237,7 @@ impl Coordinator {
         }
         self.free_timers.push(timer);
         self.timer_count -= 1;
-        self.enqueue(state, group, attempt);
+        self.enqueue(state, scope, attempt);
         self.set_status(state, StateStatus::Ready);
         if self.events.is_observed() {
             self.publish(EventKind::StateReady {
@@ -258,9 +259,9 @@ impl Coordinator {
             .collect()
     }
 
-    /// Stops the pending retries of `state`; returns the groups of their branches.
-    pub(super) fn cancel_timers(&mut self, state: StateId) -> Vec<GroupId> {
-        let mut groups = Vec::new();
+    /// Stops the pending retries of `state`; returns the scopes of their branches.
+    pub(super) fn cancel_timers(&mut self, state: StateId) -> Vec<ScopeId> {
+        let mut scopes = Vec::new();
         for (id, slot) in self.timers.iter_mut().enumerate() {
             if slot.as_ref().is_some_and(|t| t.state == state)
                 && let Some(timer) = slot.take()
@@ -268,9 +269,9 @@ impl Coordinator {
                 timer.abort.abort();
                 self.free_timers.push(id as u32);
                 self.timer_count -= 1;
-                groups.push(timer.group);
+                scopes.push(timer.scope);
             }
         }
-        groups
+        scopes
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::Coordinator;
 use super::deps::{DependenciesImage, Origin};
-use super::joins::{GroupId, Joins, JoinsImage};
+use super::joins::{ScopeId, Joins, JoinsImage};
 use crate::agent::Compiled;
 use crate::checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, QueuePlace, QueuedState, StateCheckpoint,
@@ -54,7 +54,8 @@ impl SchedulerImage {
 #[derive(Clone, Serialize, Deserialize)]
 struct Work {
     state: StateId,
-    group: GroupId,
+    #[serde(rename = "group")]
+    scope: ScopeId,
     attempt: u32,
     place: Place,
 }
@@ -97,7 +98,7 @@ impl Coordinator {
         let mut work: Vec<Work> = Vec::with_capacity(self.ready.len() + self.running_count);
         work.extend(self.running.iter().flatten().map(|r| Work {
             state: r.state,
-            group: r.group,
+            scope: r.scope,
             attempt: r.attempt,
             place: Place::Running,
         }));
@@ -106,13 +107,13 @@ impl Coordinator {
         ready.reverse(); // the heap's order: the next to start first
         work.extend(ready.into_iter().map(|e| Work {
             state: e.state,
-            group: e.group,
+            scope: e.scope,
             attempt: e.attempt,
             place: Place::Ready(e.virtual_start().saturating_sub(clock)),
         }));
         work.extend(self.timers.iter().flatten().map(|t| Work {
             state: t.state,
-            group: t.group,
+            scope: t.scope,
             attempt: t.attempt,
             place: Place::Retry(t.due.saturating_duration_since(now)),
         }));
@@ -142,6 +143,7 @@ impl Coordinator {
                 name: report.name.to_string(),
                 status: report.status,
                 runs: report.runs,
+                arrivals: report.arrivals,
                 attempts: report.attempts,
                 completions,
                 total_time: report.total_time,
@@ -200,6 +202,7 @@ impl Coordinator {
         self.restored = true;
         self.now = Instant::now();
         self.joins = joins;
+        self.joins.set_strict(self.compiled.strict_joins);
         self.seed = image.seed;
         self.completed = image.completed;
         self.transitions = image.transitions;
@@ -209,6 +212,7 @@ impl Coordinator {
         self.dead_letters = checkpoint.dead_letters.clone();
         for (record, saved) in self.states.iter_mut().zip(&checkpoint.states) {
             record.runs = saved.runs;
+            record.arrivals = saved.arrivals;
             record.attempts = saved.attempts;
             record.total_time = saved.total_time;
             record.last_error = saved.last_error.clone();
@@ -224,17 +228,17 @@ impl Coordinator {
             active[work.state.index()] += 1;
             match work.place {
                 // Ahead of everything queued: it had started already.
-                Place::Running => self.requeue(work.state, work.group, work.attempt, i64::MIN / 4),
+                Place::Running => self.requeue(work.state, work.scope, work.attempt, i64::MIN / 4),
                 Place::Ready(relative) => self.requeue(
                     work.state,
-                    work.group,
+                    work.scope,
                     work.attempt,
                     clock.saturating_add(relative),
                 ),
                 Place::Retry(left) => {
                     self.schedule_retry(
                         work.state,
-                        work.group,
+                        work.scope,
                         work.attempt,
                         left,
                         "restored from a checkpoint".to_owned(),
@@ -349,17 +353,17 @@ impl Coordinator {
     }
 }
 
-/// Every branch the due work and the dependency waits stand for, by state and group.
-fn branches(image: &SchedulerImage) -> Vec<(StateId, GroupId)> {
-    let mut branches: Vec<(StateId, GroupId)> =
-        image.work.iter().map(|w| (w.state, w.group)).collect();
+/// Every branch the due work and the dependency waits stand for, by state and scope.
+fn branches(image: &SchedulerImage) -> Vec<(StateId, ScopeId)> {
+    let mut branches: Vec<(StateId, ScopeId)> =
+        image.work.iter().map(|w| (w.state, w.scope)).collect();
     branches.extend(
         image
             .dependencies
             .waiters
             .iter()
             .filter_map(|w| match w.origin {
-                Origin::Branch(group) => Some((w.state, group)),
+                Origin::Branch(scope) => Some((w.state, scope)),
                 Origin::Requested | Origin::SelfStart => None,
             }),
     );

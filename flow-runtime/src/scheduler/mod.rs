@@ -12,6 +12,7 @@ mod image;
 mod joins;
 mod ready;
 mod task;
+mod warnings;
 
 pub use deps::BlockedState;
 pub(crate) use image::{PendingCheckpoint, Restorable, SchedulerImage, check_fits};
@@ -36,12 +37,12 @@ use crate::events::{Event, EventHub, EventKind};
 use crate::failure::DeadLetter;
 use crate::resilience::BreakerPermit;
 use crate::resources::{Claimant, Grant, ResourcePool};
-use crate::run::{Observer, RunControl, RunReport, StateReport};
+use crate::run::{Observer, RunControl, RunReport, RunWarning, StateReport};
 
 use crate::state_fn::StateFuture;
 use deps::{Dependencies, Origin};
 use failures::Failure;
-use joins::{GroupId, Joins};
+use joins::{ScopeId, Joins};
 use ready::ReadyQueue;
 use task::Outcome;
 
@@ -81,9 +82,11 @@ pub(crate) struct Coordinator {
     dead_letters: Vec<DeadLetter>,
     /// Which states wait on which, and what each state's dependents need to know of it.
     deps: Dependencies,
-    /// The run's failure, when a dependency failure with no handler ends it (found deep in
-    /// the gate, acted on by the loop).
-    failed_by_dependency: Option<FlowError>,
+    /// The run's failure when something found deep in a step ends it (a dependency failure
+    /// with no handler, an ambiguous join under `strict_joins`); the loop acts on it.
+    deferred_failure: Option<FlowError>,
+    /// What the scheduler decided without knowing, for the report.
+    warnings: Vec<RunWarning>,
     /// The seed of retry jitter: the id of the run this one continues (its own if new).
     seed: u64,
     /// Completions of each state.
@@ -102,14 +105,14 @@ pub(crate) struct Coordinator {
     writer: Option<Writer>,
     ticker: Option<AbortHandle>,
     /// The state whose failure (with no handler) stopped the run, and its branch.
-    failed_state: Option<(StateId, GroupId)>,
+    failed_state: Option<(StateId, ScopeId)>,
     /// The highest checkpoint sequence this run saved (see `writer::save`).
     saved_sequence: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Running {
     state: StateId,
-    group: GroupId,
+    scope: ScopeId,
     attempt: u32,
     started: Instant,
     /// The task, when the state has one (a state whose body panicked when called has none).
@@ -146,13 +149,18 @@ impl Coordinator {
             sender,
         } = control;
         Self {
-            joins: Joins::new(&graph),
+            joins: {
+                let mut joins = Joins::new(&graph);
+                joins.set_strict(compiled.strict_joins);
+                joins
+            },
             deps: Dependencies::new(
                 graph.len(),
                 compiled.states.iter().any(|s| !s.dependencies.is_empty()),
                 &compiled.self_starting,
             ),
-            failed_by_dependency: None,
+            deferred_failure: None,
+            warnings: Vec::new(),
             seed: observer.run_id,
             completions: vec![0; graph.len()],
             durable_key: Arc::from(default_key(observer.run_id)),
@@ -230,11 +238,18 @@ impl Coordinator {
 
         if !self.restored {
             let graph = Arc::clone(&self.graph);
+            for &entry in graph.entries() {
+                self.arrived(entry);
+            }
             self.joins.start(&graph, graph.entries());
             self.absorb_joins();
             if self.deps.enabled {
                 self.park_self_starting();
             }
+        } else {
+            let graph = Arc::clone(&self.graph);
+            self.joins.resettle(&graph);
+            self.absorb_joins();
         }
 
         let stop = loop {
@@ -246,7 +261,7 @@ impl Coordinator {
                 if let Err(stop) = self.run_solo().await {
                     break Some(stop);
                 }
-                if let Some(error) = self.failed_by_dependency.take() {
+                if let Some(error) = self.deferred_failure.take() {
                     break Some(Stop::Failed(error));
                 }
                 continue;
@@ -263,7 +278,7 @@ impl Coordinator {
                     if !self.paused {
                         // Nothing else is left to run: waits that only depended on that end.
                         if self.deps.waiting() > 0 && self.settle_dependencies() {
-                            if let Some(error) = self.failed_by_dependency.take() {
+                            if let Some(error) = self.deferred_failure.take() {
                                 break Some(Stop::Failed(error));
                             }
                             continue;
@@ -283,7 +298,7 @@ impl Coordinator {
             if let Err(stop) = self.handle(message) {
                 break Some(stop);
             }
-            if let Some(error) = self.failed_by_dependency.take() {
+            if let Some(error) = self.deferred_failure.take() {
                 break Some(Stop::Failed(error));
             }
         };
@@ -305,10 +320,10 @@ impl Coordinator {
             Message::Retry {
                 timer,
                 state,
-                group,
+                scope,
                 attempt,
             } => {
-                self.retry_due(timer, state, group, attempt);
+                self.retry_due(timer, state, scope, attempt);
                 Ok(())
             }
             Message::Pause(ack) => {
@@ -382,7 +397,7 @@ impl Coordinator {
             return Ok(());
         };
         self.dequeued(entry.seq());
-        let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
+        let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
         self.max_concurrency = self.max_concurrency.max(1);
         self.now = Instant::now();
         let started = self.now;
@@ -391,7 +406,7 @@ impl Coordinator {
             Ok(permit) => permit,
             Err(outcome) => {
                 return self
-                    .finish(state, group, attempt, started, outcome)
+                    .finish(state, scope, attempt, started, outcome)
                     .map_err(Stop::Failed);
             }
         };
@@ -401,13 +416,13 @@ impl Coordinator {
             Err(outcome) => {
                 record_breaker(breaker, &outcome);
                 return self
-                    .finish(state, group, attempt, started, outcome)
+                    .finish(state, scope, attempt, started, outcome)
                     .map_err(Stop::Failed);
             }
         };
         if spec.bulkhead.is_some() {
             // Waiting for a place must not happen here, on the coordinator.
-            self.launch(state, group, attempt, started, run, breaker, None, span);
+            self.launch(state, scope, attempt, started, run, breaker, None, span);
             return Ok(());
         }
         let polled = {
@@ -418,12 +433,12 @@ impl Coordinator {
             Some(outcome) => {
                 self.now = Instant::now();
                 record_breaker(breaker, &outcome);
-                let finished = self.finish(state, group, attempt, started, outcome);
+                let finished = self.finish(state, scope, attempt, started, outcome);
                 self.publish_counts();
                 finished.map_err(Stop::Failed)
             }
             None => {
-                self.launch(state, group, attempt, started, run, breaker, None, span);
+                self.launch(state, scope, attempt, started, run, breaker, None, span);
                 Ok(())
             }
         }
@@ -475,23 +490,23 @@ impl Coordinator {
             };
             let Some(entry) = self.ready.pop() else { break };
             self.dequeued(entry.seq());
-            let (state, group, attempt) = (entry.state, entry.group, entry.attempt);
+            let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
             let grant = grant.map(|grant| (grant, entry.virtual_start()));
             let span = self.begin(state, attempt);
             let breaker = match self.admit(state) {
                 Ok(permit) => permit,
                 Err(outcome) => {
                     // An open breaker fails the attempt without calling the state.
-                    self.launch_outcome(state, group, attempt, outcome);
+                    self.launch_outcome(state, scope, attempt, outcome);
                     continue;
                 }
             };
             match task::start(&self.compiled.states[state.index()].func, &self.context) {
-                Ok(run) => self.launch(state, group, attempt, self.now, run, breaker, grant, span),
+                Ok(run) => self.launch(state, scope, attempt, self.now, run, breaker, grant, span),
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
                     record_breaker(breaker, &outcome);
-                    self.launch_outcome(state, group, attempt, outcome);
+                    self.launch_outcome(state, scope, attempt, outcome);
                 }
             }
         }
@@ -538,11 +553,11 @@ impl Coordinator {
 
     /// Queues a state for attempt `attempt`; if it needs resources and has an acquisition
     /// timeout, arms a deadline for the wait.
-    fn enqueue(&mut self, state: StateId, group: GroupId, attempt: u32) {
+    fn enqueue(&mut self, state: StateId, scope: ScopeId, attempt: u32) {
         let spec = &self.compiled.states[state.index()];
         let seq = self
             .ready
-            .push(state, group, attempt, spec.priority, self.now);
+            .push(state, scope, attempt, spec.priority, self.now);
         self.arm_acquire_deadline(state, seq);
     }
 
@@ -561,8 +576,8 @@ impl Coordinator {
     }
 
     /// Queues a restored attempt at a given place in the order.
-    fn requeue(&mut self, state: StateId, group: GroupId, attempt: u32, virtual_start: i64) {
-        let seq = self.ready.push_at(state, group, attempt, virtual_start);
+    fn requeue(&mut self, state: StateId, scope: ScopeId, attempt: u32, virtual_start: i64) {
+        let seq = self.ready.push_at(state, scope, attempt, virtual_start);
         self.arm_acquire_deadline(state, seq);
         self.set_status(state, StateStatus::Ready);
     }
@@ -601,7 +616,7 @@ impl Coordinator {
     /// The policy asks for a checkpoint: taken now, or right after the save in progress.
     fn checkpoint_due(&mut self) {
         // A run about to stop on a failure saves its last checkpoint when it ends.
-        if self.failed_by_dependency.is_some() {
+        if self.deferred_failure.is_some() {
             return;
         }
         let Some(writer) = &mut self.writer else {
@@ -646,10 +661,10 @@ impl Coordinator {
             Some(Stop::Cancelled) => flow_core::AgentStatus::Cancelled,
             Some(Stop::TimedOut(_)) => flow_core::AgentStatus::Failed,
             Some(Stop::Failed(_)) => match self.failed_state.take() {
-                Some((state, group)) => {
+                Some((state, scope)) => {
                     self.now = Instant::now();
                     let at = self.ready.clock(self.now);
-                    self.requeue(state, group, 1, at);
+                    self.requeue(state, scope, 1, at);
                     flow_core::AgentStatus::Failed
                 }
                 None => return stop,
@@ -702,7 +717,7 @@ impl Coordinator {
         self.states[entry.state.index()].attempts = entry.attempt;
         self.attempt_failed(
             entry.state,
-            entry.group,
+            entry.scope,
             entry.attempt,
             Failure::ResourceTimeout(waited),
         )
@@ -803,9 +818,9 @@ impl Coordinator {
             }
             self.free_slots.push(slot as u32);
             self.running_count -= 1;
-            let (state, group, attempt, queued_at) = (
+            let (state, scope, attempt, queued_at) = (
                 running.state,
-                running.group,
+                running.scope,
                 running.attempt,
                 running.queued_at,
             );
@@ -815,7 +830,7 @@ impl Coordinator {
             self.publish(EventKind::StateCancelled {
                 state: Arc::clone(self.graph.name(state)),
             });
-            self.ready.push_at(state, group, attempt, queued_at);
+            self.ready.push_at(state, scope, attempt, queued_at);
             self.set_status(state, StateStatus::Ready);
         }
         true
@@ -837,7 +852,7 @@ impl Coordinator {
     fn launch(
         &mut self,
         state: StateId,
-        group: GroupId,
+        scope: ScopeId,
         attempt: u32,
         started: Instant,
         run: StateFuture,
@@ -862,7 +877,7 @@ impl Coordinator {
         let abort = Some(task.abort_handle());
         self.running[slot as usize] = Some(Running {
             state,
-            group,
+            scope,
             attempt,
             started,
             abort,
@@ -875,12 +890,12 @@ impl Coordinator {
     }
 
     /// Accounts for a state that ended as it started, through the same channel as the rest.
-    fn launch_outcome(&mut self, state: StateId, group: GroupId, attempt: u32, outcome: Outcome) {
+    fn launch_outcome(&mut self, state: StateId, scope: ScopeId, attempt: u32, outcome: Outcome) {
         let (slot, ticket) = self.take_slot();
         let started = self.now;
         self.running[slot as usize] = Some(Running {
             state,
-            group,
+            scope,
             attempt,
             started,
             abort: None,
@@ -908,7 +923,7 @@ impl Coordinator {
         }
         let Some(Running {
             state,
-            group,
+            scope,
             attempt,
             started,
             breaker,
@@ -920,7 +935,7 @@ impl Coordinator {
         self.free_slots.push(slot);
         self.running_count -= 1;
         record_breaker(breaker, &outcome);
-        self.finish(state, group, attempt, started, outcome)
+        self.finish(state, scope, attempt, started, outcome)
     }
 
     /// Records how a state's attempt ended and routes its branch: on, to a retry, to its
@@ -928,7 +943,7 @@ impl Coordinator {
     fn finish(
         &mut self,
         state: StateId,
-        group: GroupId,
+        scope: ScopeId,
         attempt: u32,
         started: Instant,
         outcome: Outcome,
@@ -954,7 +969,7 @@ impl Coordinator {
                 self.dependency_completed(state);
                 let completions = &mut self.completions[state.index()];
                 *completions = completions.saturating_add(1);
-                self.route(state, group, next)?;
+                self.route(state, scope, next)?;
                 self.absorb_joins();
                 self.after_completion(state);
                 if self.writer.is_some()
@@ -968,37 +983,41 @@ impl Coordinator {
                 Ok(())
             }
             Outcome::Finished(Err(cause)) => {
-                self.attempt_failed(state, group, attempt, Failure::Error(cause))
+                self.attempt_failed(state, scope, attempt, Failure::Error(cause))
             }
             Outcome::Panicked(message) => {
-                self.attempt_failed(state, group, attempt, Failure::Panic(message))
+                self.attempt_failed(state, scope, attempt, Failure::Panic(message))
             }
             Outcome::TimedOut(limit) => {
-                self.attempt_failed(state, group, attempt, Failure::Timeout(limit))
+                self.attempt_failed(state, scope, attempt, Failure::Timeout(limit))
             }
             Outcome::CircuitOpen(retry_in) => {
-                self.attempt_failed(state, group, attempt, Failure::CircuitOpen(retry_in))
+                self.attempt_failed(state, scope, attempt, Failure::CircuitOpen(retry_in))
             }
             Outcome::BulkheadFull(full) => {
-                self.attempt_failed(state, group, attempt, Failure::BulkheadFull(full))
+                self.attempt_failed(state, scope, attempt, Failure::BulkheadFull(full))
             }
         }
     }
 
-    fn route(&mut self, from: StateId, group: GroupId, next: Next) -> Result<(), FlowError> {
+    fn route(&mut self, from: StateId, scope: ScopeId, next: Next) -> Result<(), FlowError> {
         let graph = Arc::clone(&self.graph);
         match next {
-            Next::End => self.joins.end(&graph, group, from),
+            Next::End => self.joins.end(&graph, scope, from),
             Next::To(target) => {
                 let to = self.resolve(from, &target)?;
-                self.joins.goto(&graph, group, from, to);
+                self.arrived(to);
+                self.joins.goto(&graph, scope, from, to);
             }
             Next::Parallel(targets) => {
                 let targets = targets
                     .iter()
                     .map(|target| self.resolve(from, target))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.joins.fork(&graph, group, from, &targets);
+                for &target in &targets {
+                    self.arrived(target);
+                }
+                self.joins.fork(&graph, scope, from, &targets);
             }
         }
         Ok(())
@@ -1029,12 +1048,28 @@ impl Coordinator {
         Ok(to)
     }
 
+    /// A branch reached `state` (for the report's arrivals).
+    fn arrived(&mut self, state: StateId) {
+        let record = &mut self.states[state.index()];
+        record.arrivals = record.arrivals.saturating_add(1);
+    }
+
+    /// A branch of its own for `state`, started by the dependency rules.
+    fn new_branch(&mut self, state: StateId) -> ScopeId {
+        self.arrived(state);
+        self.joins.spawn()
+    }
+
     /// Moves what the join bookkeeping decided into the ready queue and the statuses.
     fn absorb_joins(&mut self) {
+        if !self.joins.ambiguities.is_empty() {
+            self.report_ambiguities();
+        }
         let mut blocked = std::mem::take(&mut self.joins.blocked);
-        for (state, group) in blocked.drain(..) {
-            // A branch that joined a held set which this same step released did not wait.
-            if self.joins.released.contains(&(state, group)) {
+        for (state, _) in blocked.drain(..) {
+            // A branch that joined a held set which this same step released did not wait
+            // (it may run in the parent scope, if the join closed its own).
+            if self.joins.released.iter().any(|&(released, _)| released == state) {
                 continue;
             }
             self.set_status(state, StateStatus::Blocked);
@@ -1047,9 +1082,9 @@ impl Coordinator {
         self.joins.blocked = blocked;
         let mut released = std::mem::take(&mut self.joins.released);
         self.note_incoming(&released, true);
-        for (state, group) in released.drain(..) {
-            self.note_incoming(&[(state, group)], false);
-            self.arrive(state, Origin::Branch(group));
+        for (state, scope) in released.drain(..) {
+            self.note_incoming(&[(state, scope)], false);
+            self.arrive(state, Origin::Branch(scope));
         }
         // The gate may have sent a failed state's branch on to its handler meanwhile.
         released.append(&mut self.joins.released);
@@ -1060,8 +1095,8 @@ impl Coordinator {
     }
 
     /// Queues a state's first attempt (it passed the dependency gate).
-    fn make_ready(&mut self, state: StateId, group: GroupId) {
-        self.enqueue(state, group, 1);
+    fn make_ready(&mut self, state: StateId, scope: ScopeId) {
+        self.enqueue(state, scope, 1);
         self.dependency_started(state);
         self.set_status(state, StateStatus::Ready);
         if self.events.is_observed() {

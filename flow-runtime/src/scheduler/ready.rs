@@ -14,14 +14,14 @@ use std::time::Duration;
 use flow_core::{Priority, StateId};
 use tokio::time::Instant;
 
-use super::joins::GroupId;
+use super::joins::ScopeId;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ReadyEntry {
     /// Virtual start time in microseconds since the queue's origin; smaller goes first.
     key: Reverse<(i64, u64)>,
     pub(crate) state: StateId,
-    pub(crate) group: GroupId,
+    pub(crate) scope: ScopeId,
     pub(crate) attempt: u32,
 }
 
@@ -71,7 +71,7 @@ impl ReadyQueue {
     pub(crate) fn push(
         &mut self,
         state: StateId,
-        group: GroupId,
+        scope: ScopeId,
         attempt: u32,
         priority: Priority,
         now: Instant,
@@ -85,7 +85,7 @@ impl ReadyQueue {
         let virtual_start = self
             .clock(now)
             .saturating_sub(self.aging_micros.saturating_mul(level));
-        self.push_at(state, group, attempt, virtual_start)
+        self.push_at(state, scope, attempt, virtual_start)
     }
 
     /// `now` on the queue's clock (microseconds since its origin), the scale of virtual
@@ -104,7 +104,7 @@ impl ReadyQueue {
     pub(crate) fn push_at(
         &mut self,
         state: StateId,
-        group: GroupId,
+        scope: ScopeId,
         attempt: u32,
         virtual_start: i64,
     ) -> u64 {
@@ -113,7 +113,7 @@ impl ReadyQueue {
         self.heap.push(ReadyEntry {
             key,
             state,
-            group,
+            scope,
             attempt,
         });
         self.next_seq

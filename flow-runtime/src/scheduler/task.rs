@@ -13,7 +13,7 @@ use flow_core::{Next, StateError};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
-use super::joins::GroupId;
+use super::joins::ScopeId;
 use crate::resilience::{BreakerPermit, Bulkhead, BulkheadFull};
 
 use crate::context::Context;
@@ -42,7 +42,7 @@ pub(crate) enum Message {
     Retry {
         timer: u32,
         state: StateId,
-        group: GroupId,
+        scope: ScopeId,
         attempt: u32,
     },
     /// Stop starting states; answer when nothing runs.

@@ -1,0 +1,227 @@
+//! The branches and joins of a run as a checkpoint keeps them, and rebuilding them.
+
+use flow_core::{StateGraph, StateId};
+use serde::{Deserialize, Serialize};
+
+use super::scope::Scope;
+use super::{Joins, ScopeId};
+
+/// The scopes of a run and their held sets. Counts are not kept: a restore rebuilds them from
+/// the branches the checkpoint's work and waits stand for. (Format 1 called scopes "groups";
+/// its groups read as scopes.)
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct JoinsImage {
+    #[serde(alias = "groups")]
+    scopes: Vec<Option<Scope>>,
+}
+
+impl Joins {
+    /// What a checkpoint keeps of the branches. (Taken between events, when nothing is being
+    /// released or blocked.)
+    pub(crate) fn image(&self) -> JoinsImage {
+        JoinsImage {
+            scopes: self.scopes.clone(),
+        }
+    }
+
+    /// The branches of a checkpoint, for a graph of the same definition. `branches` are the
+    /// checkpoint's due attempts and waits, by state and scope: with the held sets and the
+    /// child scopes they are every live branch, so every count (live branches, positions,
+    /// held sets' ancestors and blockers, totals, roots) is recomputed from them; only the
+    /// scopes' parents and openers and the held sets' states and members are read. Anything
+    /// that does not fit together is an error (a damaged checkpoint), never a panic later.
+    pub(crate) fn restore(
+        graph: &StateGraph,
+        image: &JoinsImage,
+        branches: &[(StateId, ScopeId)],
+    ) -> Result<Self, String> {
+        let n = graph.len();
+        let state_ok = |s: StateId| s.index() < n;
+        let mut scopes = image.scopes.clone();
+        let len = scopes.len();
+        if len > u32::MAX as usize / 2 {
+            return Err(format!("{len} scopes"));
+        }
+        for (id, scope) in scopes.iter().enumerate() {
+            let Some(s) = scope else { continue };
+            // Parents exist, and following them ends (no cycle).
+            let mut at = s.parent;
+            let mut steps = 0;
+            while let Some((parent, anchor)) = at {
+                let exists = (parent as usize) < len && scopes[parent as usize].is_some();
+                if !exists || !state_ok(anchor) || steps > len || parent as usize == id {
+                    return Err(format!("scope {id} has a missing or circular parent"));
+                }
+                at = scopes[parent as usize].as_ref().and_then(|p| p.parent);
+                steps += 1;
+            }
+            if s.opener.is_some_and(|o| !state_ok(o)) {
+                return Err(format!("scope {id} was opened at a state that does not exist"));
+            }
+            for (i, h) in s.held.iter().enumerate() {
+                if !state_ok(h.state) || h.members == 0 || h.members > 1 << 20 {
+                    return Err(format!(
+                        "scope {id} holds {} branches at state {}",
+                        h.members,
+                        h.state.index()
+                    ));
+                }
+                if s.held[..i].iter().any(|other| other.state == h.state) {
+                    return Err(format!("scope {id} holds two sets at one state"));
+                }
+            }
+        }
+        for s in scopes.iter_mut().flatten() {
+            // Format 1 kept no opener: its child groups were opened at their fork state.
+            if s.opener.is_none() {
+                s.opener = s.parent.map(|(_, anchor)| anchor);
+            }
+            *s = Scope {
+                held: std::mem::take(&mut s.held),
+                ..Scope::new(s.parent, s.opener, 0)
+            };
+        }
+        let place = |scopes: &mut [Option<Scope>], scope: ScopeId, state: StateId, count: u32| {
+            let Some(Some(s)) = scopes.get_mut(scope as usize) else {
+                return Err(format!("a branch is in scope {scope}, which does not exist"));
+            };
+            if !state_ok(state) {
+                return Err("a branch is at a state that does not exist".to_owned());
+            }
+            s.live = s.live.saturating_add(count);
+            for _ in 0..count {
+                s.add_position(graph, state);
+            }
+            Ok(())
+        };
+        for &(state, scope) in branches {
+            place(&mut scopes, scope, state, 1)?;
+        }
+        let children: Vec<(ScopeId, ScopeId, StateId)> = scopes
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| {
+                let (parent, anchor) = s.as_ref()?.parent?;
+                Some((id as ScopeId, parent, anchor))
+            })
+            .collect();
+        for (child, parent, anchor) in children {
+            place(&mut scopes, parent, anchor, 1)?;
+            if let Some(Some(p)) = scopes.get_mut(parent as usize) {
+                p.children += 1;
+                p.child_sum += u64::from(child);
+            }
+        }
+        let held: Vec<(ScopeId, StateId, u32)> = scopes
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| s.as_ref().map(|s| (id as ScopeId, s)))
+            .flat_map(|(id, s)| s.held.iter().map(move |h| (id, h.state, h.members)))
+            .collect();
+        for (scope, state, members) in held {
+            place(&mut scopes, scope, state, members)?;
+        }
+        let mut joins = Self::new(graph);
+        for (id, scope) in scopes.iter_mut().enumerate() {
+            let Some(s) = scope else { continue };
+            if s.live == 0 {
+                return Err(format!("scope {id} has no branch left"));
+            }
+            if s.parent.is_none() {
+                joins.roots += 1;
+            }
+            s.held_members = s.held.iter().map(|h| h.members).sum();
+            joins.held_total += s.held_members as usize;
+            for h in &s.held {
+                joins.held_sets_at[h.state.index()] += 1;
+            }
+            if s.live == 1 {
+                if !s.held.is_empty() {
+                    return Err(format!("scope {id} holds its only branch"));
+                }
+                // Positions are kept only while more than one branch lives.
+                s.clear_positions();
+                continue;
+            }
+            let limit = if s.wild > 0 {
+                u32::MAX
+            } else {
+                s.highest_order()
+            };
+            for i in 0..s.held.len() {
+                let state = s.held[i].state;
+                joins.search.collect(graph, state, limit, s.opener);
+                let members = s.held[i].members;
+                let blockers = s.blockers_of(graph, state, &joins.search.found, members);
+                if blockers == 0 {
+                    return Err(format!(
+                        "scope {id} holds branches at state {} that nothing may reach",
+                        state.index()
+                    ));
+                }
+                let h = &mut s.held[i];
+                h.blockers = blockers;
+                h.ancestors = joins.search.found.iter().copied().collect();
+            }
+        }
+        joins.ledger.created = scopes
+            .iter()
+            .flatten()
+            .map(|s| u64::from(s.live - s.children))
+            .sum();
+        joins.free = (0..len as ScopeId)
+            .filter(|&id| scopes[id as usize].is_none())
+            .collect();
+        joins.scopes = scopes;
+        Ok(joins)
+    }
+
+    /// Whether `other` (rebuilt from a checkpoint of this) counts the same branches: live
+    /// branches, children, positions, held sets and their blockers, totals. For the debug
+    /// check that every checkpoint restores to what it was taken of.
+    #[cfg(debug_assertions)]
+    pub(crate) fn same_counts(&self, other: &Self) -> Result<(), String> {
+        if (self.roots, self.held_total) != (other.roots, other.held_total)
+            || self.held_sets_at != other.held_sets_at
+        {
+            return Err(format!(
+                "roots/held {:?} vs {:?}",
+                (self.roots, self.held_total),
+                (other.roots, other.held_total)
+            ));
+        }
+        if self.live_branches() != other.live_branches() {
+            return Err("live branches differ".to_owned());
+        }
+        for (id, (a, b)) in self.scopes.iter().zip(&other.scopes).enumerate() {
+            let (Some(a), Some(b)) = (a, b) else {
+                if a.is_some() != b.is_some() {
+                    return Err(format!("scope {id} exists in one only"));
+                }
+                continue;
+            };
+            let counts = |s: &Scope| (s.live, s.held_members, s.children, s.child_sum, s.opener);
+            if counts(a) != counts(b) {
+                return Err(format!("scope {id}: {:?} vs {:?}", counts(a), counts(b)));
+            }
+            if a.live > 1
+                && (a.positions != b.positions || a.wild != b.wild || a.orders != b.orders)
+            {
+                return Err(format!(
+                    "scope {id}: positions {:?} vs {:?}",
+                    a.positions, b.positions
+                ));
+            }
+            let held = |s: &Scope| -> Vec<(StateId, u32, u32)> {
+                s.held
+                    .iter()
+                    .map(|h| (h.state, h.members, h.blockers))
+                    .collect()
+            };
+            if held(a) != held(b) {
+                return Err(format!("scope {id}: held {:?} vs {:?}", held(a), held(b)));
+            }
+        }
+        Ok(())
+    }
+}
