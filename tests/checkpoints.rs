@@ -315,7 +315,7 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
     let newer =
         String::from_utf8(json.clone())
             .unwrap()
-            .replacen("\"format\":1", "\"format\":99", 1);
+            .replacen("\"format\":2", "\"format\":99", 1);
     let error = Checkpoint::from_json(newer.as_bytes(), "s", "chain", "r").unwrap_err();
     assert_eq!(
         error,

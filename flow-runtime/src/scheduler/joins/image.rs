@@ -55,9 +55,6 @@ impl Joins {
                 at = scopes[parent as usize].as_ref().and_then(|p| p.parent);
                 steps += 1;
             }
-            if s.opener.is_some_and(|o| !state_ok(o)) {
-                return Err(format!("scope {id} was opened at a state that does not exist"));
-            }
             for (i, h) in s.held.iter().enumerate() {
                 if !state_ok(h.state) || h.members == 0 || h.members > 1 << 20 {
                     return Err(format!(
@@ -72,13 +69,10 @@ impl Joins {
             }
         }
         for s in scopes.iter_mut().flatten() {
-            // Format 1 kept no opener: its child groups were opened at their fork state.
-            if s.opener.is_none() {
-                s.opener = s.parent.map(|(_, anchor)| anchor);
-            }
             *s = Scope {
                 held: std::mem::take(&mut s.held),
-                ..Scope::new(s.parent, s.opener, 0)
+                spent: s.spent,
+                ..Scope::new(s.parent, 0)
             };
         }
         let place = |scopes: &mut [Option<Scope>], scope: ScopeId, state: StateId, count: u32| {
@@ -97,20 +91,24 @@ impl Joins {
         for &(state, scope) in branches {
             place(&mut scopes, scope, state, 1)?;
         }
-        let children: Vec<(ScopeId, ScopeId, StateId)> = scopes
+        let children: Vec<(ScopeId, StateId, bool)> = scopes
             .iter()
-            .enumerate()
-            .filter_map(|(id, s)| {
-                let (parent, anchor) = s.as_ref()?.parent?;
-                Some((id as ScopeId, parent, anchor))
+            .filter_map(|s| {
+                let s = s.as_ref()?;
+                let (parent, opener) = s.parent?;
+                Some((parent, opener, s.spent))
             })
             .collect();
-        for (child, parent, anchor) in children {
-            place(&mut scopes, parent, anchor, 1)?;
+        let mut joins = Self::new(graph);
+        for &(parent, opener, spent) in &children {
+            place(&mut scopes, parent, opener, 1)?;
             if let Some(Some(p)) = scopes.get_mut(parent as usize) {
                 p.children += 1;
-                p.child_sum += u64::from(child);
+                if spent {
+                    *p.spent_at.entry(opener).or_insert(0) += 1;
+                }
             }
+            joins.opened_by[opener.index()] += 1;
         }
         let held: Vec<(ScopeId, StateId, u32)> = scopes
             .iter()
@@ -121,7 +119,6 @@ impl Joins {
         for (scope, state, members) in held {
             place(&mut scopes, scope, state, members)?;
         }
-        let mut joins = Self::new(graph);
         for (id, scope) in scopes.iter_mut().enumerate() {
             let Some(s) = scope else { continue };
             if s.live == 0 {
@@ -150,8 +147,12 @@ impl Joins {
             };
             for i in 0..s.held.len() {
                 let state = s.held[i].state;
-                joins.search.collect(graph, state, limit, s.opener);
-                let members = s.held[i].members;
+                joins.search.collect(graph, state, limit, s.opener());
+                let members = if Some(state) == s.opener() {
+                    0
+                } else {
+                    s.held[i].members
+                };
                 let blockers = s.blockers_of(graph, state, &joins.search.found, members);
                 if blockers == 0 {
                     return Err(format!(
@@ -183,6 +184,7 @@ impl Joins {
     pub(crate) fn same_counts(&self, other: &Self) -> Result<(), String> {
         if (self.roots, self.held_total) != (other.roots, other.held_total)
             || self.held_sets_at != other.held_sets_at
+            || self.opened_by != other.opened_by
         {
             return Err(format!(
                 "roots/held {:?} vs {:?}",
@@ -200,7 +202,7 @@ impl Joins {
                 }
                 continue;
             };
-            let counts = |s: &Scope| (s.live, s.held_members, s.children, s.child_sum, s.opener);
+            let counts = |s: &Scope| (s.live, s.held_members, s.children, s.spent, s.parent);
             if counts(a) != counts(b) {
                 return Err(format!("scope {id}: {:?} vs {:?}", counts(a), counts(b)));
             }
@@ -211,6 +213,9 @@ impl Joins {
                     "scope {id}: positions {:?} vs {:?}",
                     a.positions, b.positions
                 ));
+            }
+            if a.live > 1 && a.spent_at != b.spent_at {
+                return Err(format!("scope {id}: spent {:?} vs {:?}", a.spent_at, b.spent_at));
             }
             let held = |s: &Scope| -> Vec<(StateId, u32, u32)> {
                 s.held

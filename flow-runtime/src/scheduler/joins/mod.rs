@@ -3,43 +3,50 @@
 //! **Branches and scopes.** A run starts with one branch per entry state, in the *root scope*.
 //! `Next::Parallel([t1..tk])` on a branch `B` of scope `S` opens a new scope `F`, a child of
 //! `S` (one per fork *visit*: a fork inside a loop opens a new scope each pass), and replaces
-//! `B` by k branches of `F`, one per target. Seen from `S`, the branches of `F` stand for `B`,
-//! positioned at the fork state. **Fork targets start at once**: a branch is never held at
-//! the start of its own branch (also when a fork names one state twice: it runs twice).
+//! `B` by k branches of `F`, one per target. Seen from `S`, `F` is one member standing for
+//! `B`, at the fork state. **Fork targets start at once**: a branch is never held at the
+//! start of its own branch (also when a fork names one state twice: it runs twice).
 //!
 //! **The join rule.** `Next::To(t)` moves a branch to `t`. It is *held* at `t` while another
-//! live branch of its scope may still reach `t`. Held branches of one scope at one state
+//! live member of its scope may still reach `t`. Held branches of one scope at one state
 //! merge; when nothing else in the scope may reach `t`, `t` runs once for all of them. If
-//! every live branch of `F` merged there, `F` closes and the merged branch continues as `B`,
+//! every live member of `F` merged there, `F` closes and the merged branch continues as `B`,
 //! at `t`, in `S`, where it may be held again: `t` runs once, at the outermost level whose
 //! branches all arrived (nested forks join once, not once per level). A scope whose last
-//! branch ends closes, and `B` ends in `S`. A scope with one branch left closes at that
-//! branch's next move (it has nobody to wait for); a scope whose one branch stands for a
-//! child scope is removed at once, the child taking its place (so a loop that forks every
-//! pass does not nest scopes without end).
+//! branch ends closes, and `B` ends in `S`. A scope with one member left closes at that
+//! member's next move (it has nobody to wait for).
 //!
-//! **May still reach.** A branch at state `p` of scope `F` may reach `t` when `p` is *wild*
+//! **The next pass.** A branch of `F` that is about to run the state that opened `F` again
+//! (a loop came back to the fork, or the fork named its own state) starts the next pass: it
+//! leaves `F` and goes on in `S`, at the fork state (held there like any arrival, unless it
+//! is a fork target), while `F` goes on with its other branches. So a loop's next pass never
+//! joins anything of the previous pass's scope, the passes of a fork inside a loop never
+//! merge, and a pass never waits for the previous pass's leftovers at the fork state (a
+//! branch left only because none of them may reach it any more: `F` is then *spent*, and
+//! holds nothing at the fork state in `S`).
+//!
+//! **May still reach.** A member at state `p` of scope `F` may reach `t` when `p` is *wild*
 //! (its successors are undeclared, or it reaches such a state: it may go anywhere), or when a
 //! path of declared edges (an `on_error` handler counts as an edge) leads from `p` to `t`
-//! without passing through the state that opened `F`. A path that re-enters the fork state
-//! leads into the next visit's scope, never to a join of this one, so a loop's back edge
-//! never holds a branch of the current pass, and a declared branch standing at the fork state
-//! itself blocks nothing. A branch standing for a child scope counts at its fork state.
+//! without passing through the state that opened `F` (beyond it lies the next pass). A child
+//! scope counts at its fork state; a branch held at `F`'s own fork state reaches nothing
+//! else of `F` (it goes on to the next pass).
 //!
-//! **When the scheduler cannot know.** When every live branch of a scope is held and none of
-//! the held sets is free (they may reach each other: always possible without declared
-//! successors, or with declared joins that reach each other), the most recently held set is
-//! released first, deterministically for a given order of events, and the ambiguity is
-//! reported ([`Ambiguity`]); in strict mode nothing is released and the run fails instead.
+//! **When the scheduler cannot know.** When every live member of a scope is a held branch
+//! and none of the held sets is free (they may reach each other: always possible without
+//! declared successors, or with declared joins that reach each other), the most recently held
+//! set is released first, deterministically for a given order of events, and the ambiguity
+//! is reported ([`Ambiguity`]); in strict mode nothing is released and the run fails instead.
 //!
 //! **No branch disappears.** Every branch is created (an entry, a fork target, a state
 //! started by the dependency rules), then ends or is absorbed by a join run; [`Ledger`]
 //! counts them, and debug builds check the balance at the end of every run.
 //!
-//! **Cost.** Each held set keeps a count of the branches that may still reach it, updated as
-//! branches move: a move costs O(held sets in its scope); creating a held set costs a reverse
+//! **Cost.** Each held set keeps a count of the members that may still reach it, updated as
+//! members move: a move costs O(held sets in its scope); creating a held set costs a reverse
 //! search over the declared ancestors of its state, bounded by the highest graph order any
-//! branch of the scope stands at. A scope with one live branch does no bookkeeping at all, so
+//! member of the scope stands at; running a state that opened a scope still open costs a
+//! walk up the enclosing scopes. A scope with one live member does no bookkeeping at all, so
 //! a chain costs O(1) per step.
 
 mod image;
@@ -71,6 +78,8 @@ pub(crate) struct Joins {
     held_total: usize,
     /// How many held sets there are at each state.
     held_sets_at: Vec<u32>,
+    /// How many open scopes each state opened.
+    opened_by: Vec<u32>,
     /// Root scopes still open: the run's own, and one per state started by the dependency
     /// rules.
     roots: u32,
@@ -101,16 +110,32 @@ pub(crate) struct Ambiguity {
     pub(crate) released: StateId,
 }
 
+
 enum Move {
+    /// A member of `scope` at `from` goes to `to`. `spent`: the member is a spent child scope.
     Goto {
         scope: ScopeId,
         from: StateId,
         to: StateId,
+        spent: bool,
     },
+    /// A member of `scope` at `at` ends.
     End {
         scope: ScopeId,
         at: StateId,
+        spent: bool,
     },
+    /// Held sets of `scope` may be free to go.
+    Settle { scope: ScopeId },
+}
+
+/// How a branch comes to run a state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// As a fork target (or entry): never held.
+    Fork,
+    /// Released by its scope's join rule.
+    Released,
 }
 
 impl Joins {
@@ -124,6 +149,7 @@ impl Joins {
             strict: false,
             held_total: 0,
             held_sets_at: vec![0; graph.len()],
+            opened_by: vec![0; graph.len()],
             roots: 0,
             ledger: Ledger::default(),
             search: AncestorSearch::new(graph.len()),
@@ -164,7 +190,7 @@ impl Joins {
         self.ledger
     }
 
-    /// Branches alive now (a branch standing for a child scope is its child's branches).
+    /// Branches alive now (a child scope member is its own branches).
     pub(crate) fn live_branches(&self) -> u64 {
         self.scopes
             .iter()
@@ -177,8 +203,11 @@ impl Joins {
     /// ambiguity are reported (and, not strict, released) once more.
     pub(crate) fn resettle(&mut self, graph: &StateGraph) {
         for scope in 0..self.scopes.len() as ScopeId {
-            self.settle(graph, scope);
+            if self.scopes[scope as usize].is_some() {
+                self.moves.push(Move::Settle { scope });
+            }
         }
+        self.apply_moves(graph);
     }
 
     /// Starts the run: one branch per entry state, in the root scope; each starts at once.
@@ -186,7 +215,7 @@ impl Joins {
         self.roots += 1;
         let k = entries.len() as u32;
         self.ledger.created += u64::from(k);
-        let mut root = Scope::new(None, None, k);
+        let mut root = Scope::new(None, k);
         if k > 1 {
             for &entry in entries {
                 root.add_position(graph, entry);
@@ -201,19 +230,28 @@ impl Joins {
     pub(crate) fn spawn(&mut self) -> ScopeId {
         self.roots += 1;
         self.ledger.created += 1;
-        self.alloc(Scope::new(None, None, 1))
+        self.alloc(Scope::new(None, 1))
     }
 
     /// The branch of `scope` that ran `at` ends.
     pub(crate) fn end(&mut self, graph: &StateGraph, scope: ScopeId, at: StateId) {
         self.ledger.ended += 1;
-        self.moves.push(Move::End { scope, at });
+        self.moves.push(Move::End {
+            scope,
+            at,
+            spent: false,
+        });
         self.apply_moves(graph);
     }
 
     /// The branch of `scope` that ran `from` goes to `to`.
     pub(crate) fn goto(&mut self, graph: &StateGraph, scope: ScopeId, from: StateId, to: StateId) {
-        self.moves.push(Move::Goto { scope, from, to });
+        self.moves.push(Move::Goto {
+            scope,
+            from,
+            to,
+            spent: false,
+        });
         self.apply_moves(graph);
     }
 
@@ -232,82 +270,98 @@ impl Joins {
         }
         let k = targets.len() as u32;
         self.ledger.created += u64::from(k - 1);
-        let s = scope_of(&mut self.scopes, scope);
-        let (parent, anchor) = match s.parent {
-            // The only branch of a scope forks: the new scope takes the old one's place (the
-            // old one would only ever wait for it).
-            Some((parent, anchor)) if s.live == 1 => {
-                self.close(scope);
-                (parent, anchor)
-            }
-            _ => (scope, at),
-        };
-        let mut child = Scope::new(Some((parent, anchor)), Some(at), k);
+        let mut child = Scope::new(Some((scope, at)), k);
         for &target in targets {
             child.add_position(graph, target);
         }
         let child = self.alloc(child);
-        let p = scope_of(&mut self.scopes, parent);
-        p.children += 1;
-        p.child_sum += u64::from(child);
-        self.released.extend(targets.iter().map(|&t| (t, child)));
+        self.opened_by[at.index()] += 1;
+        // The forking branch becomes the child, standing at the fork state: its position in
+        // `scope` does not change.
+        scope_of(&mut self.scopes, scope).children += 1;
+        for &target in targets {
+            self.run_at(graph, child, target, Start::Fork);
+            self.apply_moves(graph);
+        }
     }
 
     fn apply_moves(&mut self, graph: &StateGraph) {
         while let Some(next) = self.moves.pop() {
             match next {
-                Move::Goto { scope, from, to } => self.apply_goto(graph, scope, from, to),
-                Move::End { scope, at } => self.apply_end(graph, scope, at),
+                Move::Goto {
+                    scope,
+                    from,
+                    to,
+                    spent,
+                } => self.apply_goto(graph, scope, from, to, spent),
+                Move::End { scope, at, spent } => self.apply_end(graph, scope, at, spent),
+                Move::Settle { scope } => self.settle(graph, scope),
             }
         }
     }
 
-    fn apply_end(&mut self, graph: &StateGraph, scope: ScopeId, at: StateId) {
+    fn apply_end(&mut self, graph: &StateGraph, scope: ScopeId, at: StateId, spent: bool) {
         let s = scope_of(&mut self.scopes, scope);
         if s.live > 1 {
             s.remove_position(graph, at, 1);
-            s.forget_blocker(graph, at, 1);
+            s.forget_blocker(graph, at, 1, spent);
+            if spent {
+                s.forget_spent(at);
+            }
         }
         s.live -= 1;
         match s.live {
             0 => {
                 match s.parent {
-                    Some((parent, anchor)) => self.moves.push(Move::End {
+                    Some((parent, opener)) => self.moves.push(Move::End {
                         scope: parent,
-                        at: anchor,
+                        at: opener,
+                        spent: s.spent,
                     }),
                     None => self.roots -= 1,
                 }
                 self.close(scope);
-                return;
             }
             1 => {
                 s.clear_positions();
-                if s.children == 1 && s.parent.is_some() {
-                    self.splice(scope);
-                    return;
-                }
+                self.moves.push(Move::Settle { scope });
             }
-            _ => {}
+            _ => self.moves.push(Move::Settle { scope }),
         }
-        self.settle(graph, scope);
     }
 
-    fn apply_goto(&mut self, graph: &StateGraph, scope: ScopeId, from: StateId, to: StateId) {
+    fn apply_goto(
+        &mut self,
+        graph: &StateGraph,
+        scope: ScopeId,
+        from: StateId,
+        to: StateId,
+        spent: bool,
+    ) {
         let s = scope_of(&mut self.scopes, scope);
         if s.live == 1 {
             // Nobody left to wait for.
-            self.arrive_as_one(scope, to);
+            self.arrive_as_one(graph, scope, to);
             return;
         }
         s.remove_position(graph, from, 1);
-        s.forget_blocker(graph, from, 1);
+        s.forget_blocker(graph, from, 1, spent);
+        if spent {
+            s.forget_spent(from);
+        }
         s.add_position(graph, to);
         s.note_blocker(graph, to);
+        self.arrive(graph, scope, to);
+    }
+
+    /// A member of `scope`, already counted at `to`, arrives there: it joins the set held
+    /// there, is held, or runs.
+    fn arrive(&mut self, graph: &StateGraph, scope: ScopeId, to: StateId) {
+        let s = scope_of(&mut self.scopes, scope);
         if let Some(i) = s.held_at(to) {
             // Joining the set at `to`: a member of it, not a blocker.
             let h = &mut s.held[i];
-            if h.counts(graph, to) {
+            if h.counts(graph, to) && Some(to) != s.parent.map(|p| p.1) {
                 h.blockers = h.blockers.saturating_sub(1);
             }
             h.members += 1;
@@ -317,24 +371,25 @@ impl Joins {
         } else {
             self.arrive_fresh(graph, scope, to);
         }
-        self.settle(graph, scope);
+        self.moves.push(Move::Settle { scope });
     }
 
     /// A branch of `scope` (already counted at `state`) arrives where no branch is held: it
-    /// runs at once, or starts a held set if another branch may still reach `state`.
+    /// runs at once, or starts a held set if another member may still reach `state`.
     fn arrive_fresh(&mut self, graph: &StateGraph, scope: ScopeId, state: StateId) {
         let s = scope_of(&mut self.scopes, scope);
-        // A branch at a wild state may jump anywhere, also to states of higher order.
+        // A member at a wild state may jump anywhere, also to states of higher order.
         let limit = if s.wild > 0 {
             u32::MAX
         } else {
             s.highest_order()
         };
-        self.search.collect(graph, state, limit, s.opener);
+        self.search.collect(graph, state, limit, s.opener());
         let s = scope_of(&mut self.scopes, scope);
-        let blockers = s.blockers_of(graph, state, &self.search.found, 1);
+        let members = u32::from(Some(state) != s.opener());
+        let blockers = s.blockers_of(graph, state, &self.search.found, members);
         if blockers == 0 {
-            self.released.push((state, scope));
+            self.run_at(graph, scope, state, Start::Released);
             return;
         }
         s.held.push(Held {
@@ -351,35 +406,33 @@ impl Joins {
 
     /// Releases held sets of `scope` while any may go.
     fn settle(&mut self, graph: &StateGraph, scope: ScopeId) {
-        loop {
-            let Some(s) = self.scopes[scope as usize].as_ref() else {
-                return;
-            };
-            let index = match s.held.iter().position(|h| h.blockers == 0) {
-                Some(i) => i,
-                // Every live branch is held, and each set may be reached by another.
-                None if !s.held.is_empty() && s.held_members == s.live => {
-                    let latest = s.held.len() - 1;
-                    self.ambiguities.push(Ambiguity {
-                        opener: s.opener,
-                        held: s.held.iter().map(|h| h.state).collect(),
-                        released: s.held[latest].state,
-                    });
-                    if self.strict {
-                        return;
-                    }
-                    latest
+        let Some(s) = self.scopes[scope as usize].as_ref() else {
+            return;
+        };
+        let index = match s.held.iter().position(|h| h.blockers == 0) {
+            Some(i) => i,
+            // Every live member is a held branch, and each set may be reached by another.
+            None if !s.held.is_empty() && s.held_members == s.live => {
+                let latest = s.held.len() - 1;
+                self.ambiguities.push(Ambiguity {
+                    opener: s.opener(),
+                    held: s.held.iter().map(|h| h.state).collect(),
+                    released: s.held[latest].state,
+                });
+                if self.strict {
+                    return;
                 }
-                None => return,
-            };
-            if !self.release(graph, scope, index) {
-                return;
+                latest
             }
-        }
+            None => return,
+        };
+        // Settle again after this release (more may be free).
+        self.moves.push(Move::Settle { scope });
+        self.release(graph, scope, index);
     }
 
-    /// Runs held set `index` of `scope`; false if that closed the scope.
-    fn release(&mut self, graph: &StateGraph, scope: ScopeId, index: usize) -> bool {
+    /// Runs held set `index` of `scope`.
+    fn release(&mut self, graph: &StateGraph, scope: ScopeId, index: usize) {
         let s = scope_of(&mut self.scopes, scope);
         let h = s.held.remove(index);
         s.held_members -= h.members;
@@ -387,54 +440,140 @@ impl Joins {
         self.held_sets_at[h.state.index()] -= 1;
         self.ledger.absorbed += u64::from(h.members - 1);
         if h.members == s.live {
-            return self.arrive_as_one(scope, h.state);
+            self.arrive_as_one(graph, scope, h.state);
+            return;
         }
         let merged = h.members - 1;
         if merged > 0 {
             s.live -= merged;
             s.remove_position(graph, h.state, merged);
-            s.forget_blocker(graph, h.state, merged);
+            s.forget_blocker(graph, h.state, merged, false);
         }
-        self.released.push((h.state, scope));
-        true
+        self.run_at(graph, scope, h.state, Start::Released);
     }
 
-    /// Every live branch of `scope` is one branch arriving at `to`: a child scope closes and
-    /// its parent's branch moves from the fork to `to`; a root runs `to`. Returns whether the
-    /// scope is still open.
-    fn arrive_as_one(&mut self, scope: ScopeId, to: StateId) -> bool {
+    /// Every live member of `scope` is one branch arriving at `to`: a child scope closes and
+    /// its parent's member moves from the fork to `to`; a root runs `to`.
+    fn arrive_as_one(&mut self, graph: &StateGraph, scope: ScopeId, to: StateId) {
         let s = scope_of(&mut self.scopes, scope);
         match s.parent {
-            Some((parent, anchor)) => {
+            Some((parent, opener)) => {
                 self.moves.push(Move::Goto {
                     scope: parent,
-                    from: anchor,
+                    from: opener,
                     to,
+                    spent: s.spent,
                 });
                 self.close(scope);
-                false
             }
             None => {
                 s.live = 1;
                 s.clear_positions();
-                self.released.push((to, scope));
-                true
+                self.run_at(graph, scope, to, Start::Released);
             }
         }
     }
 
-    /// Removes `scope`, whose one live branch stands for its one child scope: the child takes
-    /// its place in the parent, at the same position.
-    fn splice(&mut self, scope: ScopeId) {
-        let s = scope_of(&mut self.scopes, scope);
-        let child = s.child_sum as ScopeId;
-        let place = s.parent;
-        let (parent, _) = place.expect("only a child scope is spliced");
-        self.close(scope);
-        scope_of(&mut self.scopes, child).parent = place;
-        let p = scope_of(&mut self.scopes, parent);
-        p.children += 1;
-        p.child_sum += u64::from(child);
+    /// A branch of `scope` runs `state`: here, or, when `state` opened `scope` or a scope
+    /// around it, as the next pass in that scope's parent.
+    fn run_at(&mut self, graph: &StateGraph, scope: ScopeId, state: StateId, how: Start) {
+        if self.opened_by[state.index()] > 0 {
+            let mut at = scope;
+            loop {
+                let s = self.scopes[at as usize].as_ref().expect("open scope");
+                match s.parent {
+                    Some((_, opener)) if opener == state => {
+                        return self.leave(graph, scope, state, at, how);
+                    }
+                    Some((parent, _)) => at = parent,
+                    None => break,
+                }
+            }
+        }
+        self.released.push((state, scope));
+    }
+
+    /// The branch of `scope` about to run `state`, the fork state of `pass` (`scope` or a
+    /// scope around it), leaves for `pass`'s parent: the next pass.
+    fn leave(&mut self, graph: &StateGraph, scope: ScopeId, state: StateId, pass: ScopeId, how: Start) {
+        // Out of `scope`, and of every scope up to `pass` that it leaves empty.
+        let mut at_scope = scope;
+        let mut at = state;
+        let mut spent_member = false;
+        let parent = loop {
+            let s = scope_of(&mut self.scopes, at_scope);
+            if s.live > 1 {
+                s.remove_position(graph, at, 1);
+                s.forget_blocker(graph, at, 1, spent_member);
+                if spent_member {
+                    s.forget_spent(at);
+                }
+            }
+            s.live -= 1;
+            let (parent, opener) = s.parent.expect("a pass has a parent");
+            if s.live == 0 {
+                let spent = s.spent;
+                self.close(at_scope);
+                if at_scope == pass {
+                    // The branch takes the emptied pass's place in the parent, at the same
+                    // state: no longer a spent child, a branch that counts.
+                    let p = scope_of(&mut self.scopes, parent);
+                    if spent && p.live > 1 {
+                        p.forget_spent(state);
+                        if let Some(i) = p.held_at(state)
+                            && p.held[i].counts(graph, state)
+                        {
+                            p.held[i].blockers += 1;
+                        }
+                    }
+                    break parent;
+                }
+                at_scope = parent;
+                at = opener;
+                spent_member = spent;
+                // The emptied scope's member in its parent ends.
+                continue;
+            }
+            if s.live == 1 {
+                s.clear_positions();
+            }
+            self.moves.push(Move::Settle { scope: at_scope });
+            let from_pass_itself = at_scope == pass && scope == pass && how == Start::Released;
+            // The pass keeps other branches; its parent gains this one.
+            let pass_scope = scope_of(&mut self.scopes, pass);
+            let pass_was_spent = pass_scope.spent;
+            if from_pass_itself {
+                // Released by the pass's own rule: none of its other branches may reach the
+                // fork state now.
+                pass_scope.spent = true;
+            }
+            let (grand, _) = pass_scope.parent.expect("a pass has a parent");
+            let p = scope_of(&mut self.scopes, grand);
+            p.live += 1;
+            if p.live == 2 {
+                // It had only the pass: start counting positions.
+                p.add_position(graph, state);
+                if pass_was_spent || from_pass_itself {
+                    *p.spent_at.entry(state).or_insert(0) += 1;
+                }
+            } else if from_pass_itself && !pass_was_spent {
+                p.mark_spent(graph, state);
+            }
+            p.add_position(graph, state);
+            p.note_blocker(graph, state);
+            break grand;
+        };
+        match how {
+            Start::Fork => self.released.push((state, parent)),
+            Start::Released => {
+                let p = scope_of(&mut self.scopes, parent);
+                if p.live == 1 {
+                    self.arrive_as_one(graph, parent, state);
+                } else {
+                    self.arrive(graph, parent, state);
+                }
+            }
+        }
     }
 
     /// Frees `scope`; its parent no longer has it as a child.
@@ -443,10 +582,9 @@ impl Joins {
             .take()
             .expect("scheduler bug: a scope closed twice");
         self.free.push(scope);
-        if let Some((parent, _)) = s.parent {
-            let p = scope_of(&mut self.scopes, parent);
-            p.children -= 1;
-            p.child_sum -= u64::from(scope);
+        if let Some((parent, opener)) = s.parent {
+            self.opened_by[opener.index()] -= 1;
+            scope_of(&mut self.scopes, parent).children -= 1;
         }
     }
 

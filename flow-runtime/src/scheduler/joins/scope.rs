@@ -14,35 +14,37 @@ use super::ScopeId;
 /// checkpoint; every count is rebuilt from the branches when it is restored.
 #[derive(Clone, Serialize, Deserialize)]
 pub(super) struct Scope {
-    /// The enclosing scope, and the state where this scope's branches stand, as one branch of
-    /// it (the fork state; after an empty scope in between was removed, that scope's).
+    /// The enclosing scope and the state whose fork opened this one: the branches of this
+    /// scope stand there, as one branch of the parent. `None` for root scopes.
     pub(super) parent: Option<(ScopeId, StateId)>,
-    /// The state whose fork opened this scope: paths through it lead into the next visit's
-    /// scope, never to a join of this one. `None` for root scopes. (Checkpoints of format 1
-    /// have no opener: their child groups were opened at their parent's fork state.)
+    /// Whether a branch of this scope went on from the fork state to the next pass while
+    /// others stayed: then none of those may reach the fork state any more, and in the parent
+    /// this scope holds nothing at it.
     #[serde(default)]
-    pub(super) opener: Option<StateId>,
-    /// Live branches: running, queued, waiting, held, or standing for a child scope.
+    pub(super) spent: bool,
+    /// Live members: branches running, queued, waiting or held, and child scopes.
     #[serde(skip)]
     pub(super) live: u32,
-    /// Live branches that stand for a child scope.
+    /// Members that are child scopes.
     #[serde(skip)]
     pub(super) children: u32,
-    /// The sum of the ids of the child scopes: with one child, its id.
-    #[serde(skip)]
-    pub(super) child_sum: u64,
     /// Branches held at joins.
     #[serde(skip)]
     pub(super) held_members: u32,
-    /// How many live branches stand at each state. Kept only while more than one lives.
+    /// How many members stand at each state (a child scope at its fork state; nothing at this
+    /// scope's own fork state, from which no member reaches anything of this scope). Kept only
+    /// while more than one member lives.
     #[serde(skip)]
     pub(super) positions: FxHashMap<StateId, u32>,
     /// The same positions by graph order: the highest bounds every ancestor search.
     #[serde(skip)]
     pub(super) orders: BTreeMap<u32, u32>,
-    /// How many live branches stand at wild states (which may reach anything).
+    /// How many members stand at wild states (which may reach anything).
     #[serde(skip)]
     pub(super) wild: u32,
+    /// Spent child scopes, by fork state: they hold nothing at that state.
+    #[serde(skip)]
+    pub(super) spent_at: FxHashMap<StateId, u32>,
     /// Held sets, oldest first.
     pub(super) held: Vec<Held>,
 }
@@ -69,26 +71,30 @@ impl Held {
 }
 
 impl Scope {
-    pub(super) fn new(
-        parent: Option<(ScopeId, StateId)>,
-        opener: Option<StateId>,
-        live: u32,
-    ) -> Self {
+    pub(super) fn new(parent: Option<(ScopeId, StateId)>, live: u32) -> Self {
         Self {
             parent,
-            opener,
+            spent: false,
             live,
             children: 0,
-            child_sum: 0,
             held_members: 0,
             positions: FxHashMap::default(),
             orders: BTreeMap::new(),
             wild: 0,
+            spent_at: FxHashMap::default(),
             held: Vec::new(),
         }
     }
 
+    /// The state whose fork opened this scope.
+    pub(super) fn opener(&self) -> Option<StateId> {
+        self.parent.map(|(_, opener)| opener)
+    }
+
     pub(super) fn add_position(&mut self, graph: &StateGraph, state: StateId) {
+        if Some(state) == self.opener() {
+            return;
+        }
         *self.positions.entry(state).or_insert(0) += 1;
         *self.orders.entry(graph.order(state)).or_insert(0) += 1;
         if graph.is_wild(state) {
@@ -97,6 +103,9 @@ impl Scope {
     }
 
     pub(super) fn remove_position(&mut self, graph: &StateGraph, state: StateId, n: u32) {
+        if Some(state) == self.opener() {
+            return;
+        }
         decrement_position(&mut self.positions, state, n);
         decrement_order(&mut self.orders, graph.order(state), n);
         if graph.is_wild(state) {
@@ -105,25 +114,33 @@ impl Scope {
         }
     }
 
-    /// One branch is left: nothing can be held for it, so positions are not kept.
+    /// One member is left: nothing can be held for it, so positions are not kept.
     pub(super) fn clear_positions(&mut self) {
         self.positions.clear();
         self.orders.clear();
         self.wild = 0;
+        self.spent_at.clear();
     }
 
-    /// `n` branches at `from` move away (or end): the held sets they counted for lose them.
-    pub(super) fn forget_blocker(&mut self, graph: &StateGraph, from: StateId, n: u32) {
+    /// `n` members at `from` move away (or end): the held sets they counted for lose them.
+    /// `spent`: they are a spent child scope, which counted for no set at `from`.
+    pub(super) fn forget_blocker(&mut self, graph: &StateGraph, from: StateId, n: u32, spent: bool) {
+        if Some(from) == self.opener() {
+            return;
+        }
         for h in &mut self.held {
-            if h.counts(graph, from) {
+            if h.counts(graph, from) && !(spent && h.state == from) {
                 debug_assert!(h.blockers >= n, "blocker count drift");
                 h.blockers = h.blockers.saturating_sub(n);
             }
         }
     }
 
-    /// A branch now stands at `at`: the held sets it may reach gain a blocker.
+    /// A member now stands at `at`: the held sets it may reach gain a blocker.
     pub(super) fn note_blocker(&mut self, graph: &StateGraph, at: StateId) {
+        if Some(at) == self.opener() {
+            return;
+        }
         for h in &mut self.held {
             if h.counts(graph, at) {
                 h.blockers += 1;
@@ -131,18 +148,36 @@ impl Scope {
         }
     }
 
+    /// The child scope standing at `at` became spent: a set held at `at` no longer waits
+    /// for it.
+    pub(super) fn mark_spent(&mut self, graph: &StateGraph, at: StateId) {
+        *self.spent_at.entry(at).or_insert(0) += 1;
+        if let Some(i) = self.held_at(at)
+            && self.held[i].counts(graph, at)
+        {
+            let h = &mut self.held[i];
+            debug_assert!(h.blockers >= 1, "blocker count drift");
+            h.blockers = h.blockers.saturating_sub(1);
+        }
+    }
+
+    /// A spent child scope at `at` is gone (it closed or ended): no longer discounted.
+    pub(super) fn forget_spent(&mut self, at: StateId) {
+        decrement_position(&mut self.spent_at, at, 1);
+    }
+
     pub(super) fn held_at(&self, state: StateId) -> Option<usize> {
         self.held.iter().position(|h| h.state == state)
     }
 
-    /// The highest graph order of a position: no branch of this scope can reach a state of
+    /// The highest graph order of a position: no member of this scope can reach a state of
     /// higher order along declared edges.
     pub(super) fn highest_order(&self) -> u32 {
         self.orders.keys().next_back().copied().unwrap_or(0)
     }
 
-    /// The live branches of this scope (other than those at `state` itself when `state`
-    /// counts) that may still reach `state`, given its ancestors.
+    /// The live members of this scope (other than the `members` at `state` itself) that may
+    /// still reach `state`, given its ancestors.
     pub(super) fn blockers_of(
         &self,
         graph: &StateGraph,
@@ -156,7 +191,7 @@ impl Scope {
             .sum();
         let all = declared + self.wild;
         let own = if graph.is_wild(state) || ancestors.contains(&state) {
-            members
+            members + self.spent_at.get(&state).copied().unwrap_or(0)
         } else {
             0
         };

@@ -1,0 +1,228 @@
+//! The real scheduler against the reference model (`tests/model`) on random programs with
+//! loops, forks of random width (naming a state twice, sometimes), random mixes of declared
+//! and undeclared successors and random durations on the paused clock: the same runs of every
+//! state, the same arrivals, the same ambiguity warnings and, where the order of events is
+//! fixed by the durations, the same inbox at the start of every run (which arrivals had come
+//! in when each join ran). For fully declared programs, five duration assignments must give
+//! the same counts wherever each loop's visits are causally ordered.
+
+mod model;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use model::{ProgState, Program, RunId};
+use proptest::prelude::*;
+
+#[derive(Clone, Copy, Debug)]
+enum Mix {
+    Declared,
+    Undeclared,
+    Mixed,
+}
+
+fn program(mix: Mix) -> impl Strategy<Value = Program> {
+    (2usize..=8).prop_flat_map(move |n| {
+        let state = move |i: usize| {
+            let exit = if i + 1 < n {
+                proptest::collection::vec(i + 1..n, 0..=2).boxed()
+            } else {
+                Just(Vec::new()).boxed()
+            };
+            (
+                any::<bool>(),
+                0u32..=2,
+                proptest::collection::vec(0..n, 0..=3),
+                exit,
+                1u64..=1_000_000,
+            )
+                .prop_map(move |(coin, cap, looping, exit, duration_ms)| ProgState {
+                    declared: match mix {
+                        Mix::Declared => true,
+                        Mix::Undeclared => false,
+                        Mix::Mixed => coin,
+                    },
+                    cap,
+                    looping,
+                    exit,
+                    duration_ms,
+                })
+        };
+        (0..n)
+            .map(state)
+            .collect::<Vec<_>>()
+            .prop_map(|states| Program { states })
+    })
+}
+
+#[derive(Default)]
+struct Shared {
+    visits: Vec<u32>,
+    inbox: Vec<Vec<RunId>>,
+    drained: BTreeMap<RunId, Vec<RunId>>,
+}
+
+fn name(i: usize) -> String {
+    format!("s{i}")
+}
+
+/// Runs `program` on the real scheduler (paused clock): the report and each run's inbox.
+fn run_real(program: &Program) -> (RunReport, BTreeMap<RunId, Vec<RunId>>) {
+    let n = program.states.len();
+    let shared = Arc::new(Mutex::new(Shared {
+        visits: vec![0; n],
+        inbox: vec![Vec::new(); n],
+        drained: BTreeMap::new(),
+    }));
+    let program = Arc::new(program.clone());
+    let mut agent = Agent::new("model");
+    for i in 0..n {
+        let (program_, shared_) = (Arc::clone(&program), Arc::clone(&shared));
+        let options = agent.add_state(name(i), move |_ctx: Context| {
+            let (program, shared) = (Arc::clone(&program_), Arc::clone(&shared_));
+            async move {
+                let visit = {
+                    let mut s = shared.lock().unwrap();
+                    let visit = s.visits[i];
+                    s.visits[i] += 1;
+                    let drained = std::mem::take(&mut s.inbox[i]);
+                    s.drained.insert((i, visit), drained);
+                    visit
+                };
+                let duration = program.states[i].duration_ms;
+                tokio::time::sleep(Duration::from_millis(duration)).await;
+                let targets = program.next(i, visit);
+                let mut s = shared.lock().unwrap();
+                for &t in targets {
+                    s.inbox[t].push((i, visit));
+                }
+                Ok::<_, FlowError>(match targets {
+                    [] => Next::End,
+                    [to] => Next::to(name(*to)),
+                    _ => Next::parallel(targets.iter().map(|&t| name(t))),
+                })
+            }
+        });
+        if program.states[i].declared {
+            options.successors(program.successors(i).into_iter().map(name));
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let report = runtime.block_on(agent.run()).expect("the definition is valid");
+    let drained = std::mem::take(&mut shared.lock().unwrap().drained);
+    (report, drained)
+}
+
+fn counts(report: &RunReport) -> (Vec<u32>, Vec<u32>) {
+    (
+        report.states.iter().map(|s| s.runs).collect(),
+        report.states.iter().map(|s| s.arrivals).collect(),
+    )
+}
+
+fn warnings(report: &RunReport) -> u32 {
+    report
+        .warnings
+        .iter()
+        .map(|w| match w {
+            fluffy_flow::RunWarning::AmbiguousJoin { times, .. } => *times,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Runs both and compares; returns the model's outcome (None when it was cut short).
+fn compare(program: &Program) -> Result<Option<model::Outcome>, TestCaseError> {
+    let expected = model::run(program);
+    if expected.truncated {
+        return Ok(None);
+    }
+    let (report, drained) = run_real(program);
+    prop_assert_eq!(report.status, AgentStatus::Completed, "{:?}", report.error);
+    if expected.order_exact {
+        let (runs, arrivals) = counts(&report);
+        prop_assert_eq!(&runs, &expected.runs, "runs per state");
+        prop_assert_eq!(&arrivals, &expected.arrivals, "arrivals per state");
+        prop_assert_eq!(&drained, &expected.drained, "inbox at each run's start");
+        prop_assert_eq!(warnings(&report), expected.ambiguities, "ambiguity warnings");
+    }
+    Ok(Some(expected))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_scheduler_does_what_the_model_does(
+        program in prop_oneof![program(Mix::Declared), program(Mix::Undeclared), program(Mix::Mixed)]
+    ) {
+        compare(&program)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn declared_programs_count_the_same_under_five_timings(
+        program in program(Mix::Declared),
+        timings in proptest::collection::vec(proptest::collection::vec(1u64..=1_000_000, 8), 4),
+    ) {
+        let mut outcomes = Vec::new();
+        let mut variant = program.clone();
+        for durations in std::iter::once(None).chain(timings.iter().map(Some)) {
+            if let Some(durations) = durations {
+                for (state, &d) in variant.states.iter_mut().zip(durations) {
+                    state.duration_ms = d;
+                }
+            }
+            match compare(&variant)? {
+                Some(outcome) => outcomes.push(outcome),
+                None => return Ok(()),
+            }
+        }
+        let comparable = outcomes
+            .iter()
+            .all(|o| o.order_exact && o.visits_causal && o.ambiguities == 0);
+        if comparable {
+            for o in &outcomes[1..] {
+                prop_assert_eq!(&o.runs, &outcomes[0].runs, "runs under another timing");
+                prop_assert_eq!(&o.arrivals, &outcomes[0].arrivals);
+                prop_assert_eq!(&o.members, &outcomes[0].members, "join memberships");
+            }
+        }
+    }
+}
+
+/// The generator makes the shapes the comparison is for: most cases have a fixed order of
+/// events, many have joins and loops, some are ambiguous.
+#[test]
+fn the_generated_programs_have_joins_loops_and_ambiguities() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = prop_oneof![
+        program(Mix::Declared),
+        program(Mix::Undeclared),
+        program(Mix::Mixed)
+    ];
+    let (mut exact, mut joins, mut loops, mut ambiguous) = (0, 0, 0, 0);
+    let cases = 1000;
+    for _ in 0..cases {
+        let outcome = model::run(&strategy.new_tree(&mut runner).unwrap().current());
+        exact += usize::from(outcome.order_exact);
+        joins += usize::from(outcome.members.values().any(|m| m.len() >= 2));
+        loops += usize::from(outcome.runs.iter().any(|&r| r >= 3));
+        ambiguous += usize::from(outcome.ambiguities > 0);
+    }
+    assert!(exact * 2 > cases, "{exact} of {cases} with a fixed order");
+    assert!(joins * 5 > cases, "{joins} of {cases} with a join");
+    assert!(loops * 5 > cases, "{loops} of {cases} with a loop");
+    assert!(ambiguous * 20 > cases, "{ambiguous} of {cases} ambiguous");
+}
