@@ -98,6 +98,10 @@ pub struct Outcome {
     /// For each state with a loop cap: whether each of its runs came causally after the one
     /// before (so which branch got which visit number does not depend on timing).
     pub visits_causal: bool,
+    /// Every run as its causal history (its state, its visit number where behaviour depends
+    /// on it, and the histories of the runs it absorbed), sorted: equal for two runs of a
+    /// program exactly when they ran the same states with the same joins, whatever the order.
+    pub histories: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -188,6 +192,7 @@ pub fn run(program: &Program) -> Outcome {
         sim.complete(branch, run);
     }
     sim.out.visits_causal = sim.visits_causal();
+    sim.out.histories = sim.histories();
     sim.out
 }
 
@@ -240,6 +245,45 @@ impl Sim<'_> {
             match s.parent {
                 Some((parent, _)) => at = parent,
                 None => break,
+            }
+        }
+        // Released where a scope around waits for it: it joins there instead (as it would
+        // had the rest of its scope ended).
+        let own = self.branches[branch].as_ref().unwrap().scope;
+        if !fork_target && let Some((parent, _)) = self.scopes[own].as_ref().unwrap().parent {
+            let mut wanted = false;
+            let mut below = own;
+            let mut chain = branch;
+            while let Some((up, stand_in)) = self.scopes[below].as_ref().unwrap().parent {
+                let p = self.scopes[up].clone().unwrap();
+                wanted |= p.members.iter().any(|&m| {
+                    m != stand_in && {
+                        let b = self.branches[m].as_ref().unwrap();
+                        (b.pos == state && matches!(b.kind, Kind::Held(_)))
+                            || self.may_reach(up, m, state)
+                    }
+                });
+                // A next pass coming up from `below` (a branch that may still reach its fork
+                // state) that may reach `state` there.
+                let opener = self.scopes[below].as_ref().unwrap().opener.unwrap();
+                wanted |= self.may_reach(up, stand_in, state)
+                    && self.scopes[below].as_ref().unwrap().members.iter().any(|&m| {
+                        m != chain && {
+                            let b = self.branches[m].as_ref().unwrap();
+                            (b.pos == opener && matches!(b.kind, Kind::Held(_)))
+                                || self.may_reach(below, m, opener)
+                        }
+                    });
+                chain = stand_in;
+                below = up;
+            }
+            if wanted {
+                let carried = self.remove_branch(branch).carried;
+                let b = self.new_branch(parent, state, carried);
+                let carried = std::mem::take(&mut self.branch(b).carried);
+                self.arrive(b, parent, state, carried);
+                self.settle(own);
+                return;
             }
         }
         self.run_here(branch, state);
@@ -505,6 +549,30 @@ impl Sim<'_> {
                     past.get(&(i, v)).is_some_and(|p| p.contains(&(i, v - 1)))
                 })
         })
+    }
+
+    fn histories(&self) -> Vec<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut order: Vec<&RunId> = self.out.members.keys().collect();
+        order.sort_by_key(|r| self.start_time(r));
+        let mut history: HashMap<RunId, u64> = HashMap::new();
+        for run in order {
+            let mut members: Vec<u64> = self.out.members[run]
+                .iter()
+                .map(|m| history[m])
+                .collect();
+            members.sort_unstable();
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            run.0.hash(&mut hasher);
+            if self.program.states[run.0].cap > 0 {
+                run.1.hash(&mut hasher);
+            }
+            members.hash(&mut hasher);
+            history.insert(*run, hasher.finish());
+        }
+        let mut all: Vec<u64> = history.into_values().collect();
+        all.sort_unstable();
+        all
     }
 
     fn start_time(&self, run: &RunId) -> u64 {

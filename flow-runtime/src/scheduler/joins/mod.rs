@@ -490,7 +490,128 @@ impl Joins {
                 }
             }
         }
+        if how == Start::Released
+            && let Some((parent, _)) = self.scopes[scope as usize].as_ref().and_then(|s| s.parent)
+            && self.wanted_above(graph, scope, state)
+        {
+            return self.escalate(graph, scope, parent, state);
+        }
         self.released.push((state, scope));
+    }
+
+    /// Whether a scope around `scope` waits for `state`: it holds branches there, or has a
+    /// member (other than the one standing for the scopes below it) that may still reach it,
+    /// or a scope below will send it a next pass (a branch that may still reach that scope's
+    /// fork state) from which `state` may be reached.
+    fn wanted_above(&mut self, graph: &StateGraph, scope: ScopeId, state: StateId) -> bool {
+        let mut below = scope;
+        // Where, in `below`, the branch being released stands (or the scope holding it).
+        let mut from = state;
+        while let Some((parent, child_at)) =
+            self.scopes[below as usize].as_ref().and_then(|s| s.parent)
+        {
+            if self.wanted_by(graph, parent, below, child_at, from, state) {
+                return true;
+            }
+            from = child_at;
+            below = parent;
+        }
+        false
+    }
+
+    /// Whether `parent` waits for `state` (see [`Self::wanted_above`]); `below` is its child
+    /// standing at `child_at`, in which the released branch stands at `from`.
+    fn wanted_by(
+        &mut self,
+        graph: &StateGraph,
+        parent: ScopeId,
+        below: ScopeId,
+        child_at: StateId,
+        from: StateId,
+        state: StateId,
+    ) -> bool {
+        let spent = self.scopes[below as usize].as_ref().is_some_and(|s| s.spent);
+        let p = scope_of(&mut self.scopes, parent);
+        if p.held_at(state).is_some() {
+            return true;
+        }
+        let limit = if p.wild > 0 || p.live == 1 {
+            u32::MAX
+        } else {
+            p.highest_order().max(graph.order(child_at))
+        };
+        self.search.collect(graph, state, limit, p.opener());
+        let p = scope_of(&mut self.scopes, parent);
+        let child_counts = Some(child_at) != p.opener()
+            && !(spent && child_at == state)
+            && (graph.is_wild(child_at) || self.search.found.contains(&child_at));
+        if p.live > 1 {
+            let reach = p.blockers_of(graph, state, &self.search.found, 0);
+            if reach > u32::from(child_counts) {
+                return true;
+            }
+        }
+        child_counts && self.next_pass_coming(graph, below, child_at, from)
+    }
+
+    /// Whether a member of `scope` (opened at `opener`), other than one standing at `from`,
+    /// may still reach `opener`: a next pass that will go on in the parent.
+    fn next_pass_coming(
+        &mut self,
+        graph: &StateGraph,
+        scope: ScopeId,
+        opener: StateId,
+        from: StateId,
+    ) -> bool {
+        let s = scope_of(&mut self.scopes, scope);
+        if s.live == 1 {
+            return false;
+        }
+        if s.held_at(opener).is_some() {
+            // Held at the fork state: it goes on as the next pass once released.
+            return true;
+        }
+        let limit = if s.wild > 0 {
+            u32::MAX
+        } else {
+            s.highest_order()
+        };
+        self.search.collect(graph, opener, limit, Some(opener));
+        let s = scope_of(&mut self.scopes, scope);
+        let reach = s.blockers_of(graph, opener, &self.search.found, 0);
+        let from_counts = Some(from) != s.opener()
+            && (graph.is_wild(from) || self.search.found.contains(&from));
+        reach > u32::from(from_counts)
+    }
+
+    /// A branch of `scope` released at `state`, which a scope around waits for: rather than
+    /// running it here (what it would do had the rest of `scope` already ended, or could not
+    /// reach `state`), it goes on in the parent, arriving at `state` there. So whether a
+    /// nested branch joins an outer join never depends on whether its siblings, which cannot
+    /// reach that join, have ended yet.
+    fn escalate(&mut self, graph: &StateGraph, scope: ScopeId, parent: ScopeId, state: StateId) {
+        let s = scope_of(&mut self.scopes, scope);
+        let (_, child_at) = s.parent.expect("a child scope has a parent");
+        let spent = s.spent;
+        s.remove_position(graph, state, 1);
+        s.forget_blocker(graph, state, 1, false);
+        s.live -= 1;
+        if s.live == 1 {
+            s.clear_positions();
+        }
+        self.moves.push(Move::Settle { scope });
+        let p = scope_of(&mut self.scopes, parent);
+        if p.live == 1 {
+            // It had only `scope` (a scope further up wants the branch): count positions now.
+            p.add_position(graph, child_at);
+            if spent {
+                *p.spent_at.entry(child_at).or_insert(0) += 1;
+            }
+        }
+        p.live += 1;
+        p.add_position(graph, state);
+        p.note_blocker(graph, state);
+        self.arrive(graph, parent, state);
     }
 
     /// The branch of `scope` about to run `state`, the fork state of `pass` (`scope` or a
