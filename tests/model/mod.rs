@@ -260,18 +260,18 @@ impl Sim<'_> {
                     m != stand_in && {
                         let b = self.branches[m].as_ref().unwrap();
                         (b.pos == state && matches!(b.kind, Kind::Held(_)))
-                            || self.may_reach(up, m, state)
+                            || self.may_reach_declared(up, m, state)
                     }
                 });
                 // A next pass coming up from `below` (a branch that may still reach its fork
                 // state) that may reach `state` there.
                 let opener = self.scopes[below].as_ref().unwrap().opener.unwrap();
-                wanted |= self.may_reach(up, stand_in, state)
+                wanted |= self.may_reach_declared(up, stand_in, state)
                     && self.scopes[below].as_ref().unwrap().members.iter().any(|&m| {
                         m != chain && {
                             let b = self.branches[m].as_ref().unwrap();
                             (b.pos == opener && matches!(b.kind, Kind::Held(_)))
-                                || self.may_reach(below, m, opener)
+                                || self.may_reach_declared(below, m, opener)
                         }
                     });
                 chain = stand_in;
@@ -403,6 +403,11 @@ impl Sim<'_> {
             }
         }
         false
+    }
+
+    /// [`Self::may_reach`] along declared edges only (a wild member does not count).
+    fn may_reach_declared(&self, scope: usize, member: usize, to: usize) -> bool {
+        !self.wild[self.branches[member].as_ref().unwrap().pos] && self.may_reach(scope, member, to)
     }
 
     fn end(&mut self, branch: usize) {

@@ -502,7 +502,9 @@ impl Joins {
     /// Whether a scope around `scope` waits for `state`: it holds branches there, or has a
     /// member (other than the one standing for the scopes below it) that may still reach it,
     /// or a scope below will send it a next pass (a branch that may still reach that scope's
-    /// fork state) from which `state` may be reached.
+    /// fork state) from which `state` may be reached. Only declared edges count here: a wild
+    /// member "may reach anything", which would send every branch up (without declared
+    /// successors joins are conservative anyway).
     fn wanted_above(&mut self, graph: &StateGraph, scope: ScopeId, state: StateId) -> bool {
         let mut below = scope;
         // Where, in `below`, the branch being released stands (or the scope holding it).
@@ -544,9 +546,9 @@ impl Joins {
         let p = scope_of(&mut self.scopes, parent);
         let child_counts = Some(child_at) != p.opener()
             && !(spent && child_at == state)
-            && (graph.is_wild(child_at) || self.search.found.contains(&child_at));
+            && self.search.found.contains(&child_at);
         if p.live > 1 {
-            let reach = p.blockers_of(graph, state, &self.search.found, 0);
+            let reach = p.declared_reach(&self.search.found);
             if reach > u32::from(child_counts) {
                 return true;
             }
@@ -578,9 +580,8 @@ impl Joins {
         };
         self.search.collect(graph, opener, limit, Some(opener));
         let s = scope_of(&mut self.scopes, scope);
-        let reach = s.blockers_of(graph, opener, &self.search.found, 0);
-        let from_counts = Some(from) != s.opener()
-            && (graph.is_wild(from) || self.search.found.contains(&from));
+        let reach = s.declared_reach(&self.search.found);
+        let from_counts = Some(from) != s.opener() && self.search.found.contains(&from);
         reach > u32::from(from_counts)
     }
 

@@ -176,6 +176,14 @@ impl Scope {
         self.orders.keys().next_back().copied().unwrap_or(0)
     }
 
+    /// The live members at declared (not wild) states among `ancestors`.
+    pub(super) fn declared_reach(&self, ancestors: &[StateId]) -> u32 {
+        ancestors
+            .iter()
+            .map(|p| self.positions.get(p).copied().unwrap_or(0))
+            .sum()
+    }
+
     /// The live members of this scope (other than the `members` at `state` itself) that may
     /// still reach `state`, given its ancestors.
     pub(super) fn blockers_of(
