@@ -95,6 +95,9 @@ pub struct Outcome {
     pub order_exact: bool,
     /// Too many events: the program was cut short (not compared).
     pub truncated: bool,
+    /// A loop's next pass started while branches of the previous pass still ran: whether
+    /// those meet the next pass's branches at a join around the loop can depend on timing.
+    pub passes_overlap: bool,
     /// For each state with a loop cap: whether each of its runs came causally after the one
     /// before (so which branch got which visit number does not depend on timing).
     pub visits_causal: bool,
@@ -253,7 +256,6 @@ impl Sim<'_> {
         if !fork_target && let Some((parent, _)) = self.scopes[own].as_ref().unwrap().parent {
             let mut wanted = false;
             let mut below = own;
-            let mut chain = branch;
             while let Some((up, stand_in)) = self.scopes[below].as_ref().unwrap().parent {
                 let p = self.scopes[up].clone().unwrap();
                 wanted |= p.members.iter().any(|&m| {
@@ -263,21 +265,10 @@ impl Sim<'_> {
                             || self.may_reach_declared(up, m, state)
                     }
                 });
-                // A next pass coming up from `below` (a branch that may still reach its fork
-                // state) that may reach `state` there.
-                let opener = self.scopes[below].as_ref().unwrap().opener.unwrap();
-                wanted |= self.may_reach_declared(up, stand_in, state)
-                    && self.scopes[below].as_ref().unwrap().members.iter().any(|&m| {
-                        m != chain && {
-                            let b = self.branches[m].as_ref().unwrap();
-                            (b.pos == opener && matches!(b.kind, Kind::Held(_)))
-                                || self.may_reach_declared(below, m, opener)
-                        }
-                    });
-                chain = stand_in;
                 below = up;
             }
             if wanted {
+                if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} escalate s{} from {}", self.now, state, own); }
                 let carried = self.remove_branch(branch).carried;
                 let b = self.new_branch(parent, state, carried);
                 let carried = std::mem::take(&mut self.branch(b).carried);
@@ -290,6 +281,7 @@ impl Sim<'_> {
     }
 
     fn leave(&mut self, branch: usize, state: usize, pass: usize, fork_target: bool) {
+        if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} leave s{} pass {}", self.now, state, pass); }
         let own = self.branches[branch].as_ref().unwrap().scope;
         let carried = self.remove_branch(branch).carried;
         let mut cur = own;
@@ -312,6 +304,7 @@ impl Sim<'_> {
                 continue;
             }
             left.push(cur);
+            self.out.passes_overlap = true;
             if cur == pass && own == pass && !fork_target {
                 self.scope(pass).spent = true;
             }
@@ -331,6 +324,7 @@ impl Sim<'_> {
     }
 
     fn run_here(&mut self, branch: usize, state: usize) {
+        if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} start s{} scope {}", self.now, state, self.branches[branch].as_ref().unwrap().scope); }
         let scope = {
             let b = self.branch(branch);
             b.kind = Kind::Running;
@@ -360,6 +354,7 @@ impl Sim<'_> {
     }
 
     fn complete(&mut self, branch: usize, run: RunId) {
+        if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} done {:?} scope {}", self.now, run, self.branches[branch].as_ref().unwrap().scope); }
         let targets = self.program.next(run.0, run.1).to_vec();
         for &t in &targets {
             self.inbox[t].push(run);
@@ -390,6 +385,18 @@ impl Sim<'_> {
         if self.wild[from] {
             return true;
         }
+        // Beyond the fork state of this scope or of any scope around it lies a next pass,
+        // which never comes back to this scope.
+        let mut openers = Vec::new();
+        let mut at = Some(scope);
+        while let Some(id) = at {
+            let s = self.scopes[id].as_ref().unwrap();
+            openers.extend(s.opener);
+            at = s.parent.map(|(parent, _)| parent);
+        }
+        if openers.contains(&from) {
+            return false;
+        }
         let mut seen = HashSet::new();
         let mut stack = vec![from];
         while let Some(v) = stack.pop() {
@@ -397,7 +404,7 @@ impl Sim<'_> {
                 if w == to {
                     return true;
                 }
-                if Some(w) != opener && seen.insert(w) {
+                if !openers.contains(&w) && seen.insert(w) {
                     stack.push(w);
                 }
             }
@@ -464,6 +471,7 @@ impl Sim<'_> {
                 .iter()
                 .any(|&m| m != branch && self.may_reach(scope, m, to));
             if blocked {
+                if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} held s{} scope {}", self.now, to, scope); }
                 self.held_seq += 1;
                 self.branch(branch).kind = Kind::Held(self.held_seq);
             } else {

@@ -4,7 +4,7 @@ use flow_core::{StateGraph, StateId};
 use serde::{Deserialize, Serialize};
 
 use super::scope::Scope;
-use super::{Joins, ScopeId};
+use super::{Joins, ScopeId, chain_openers};
 
 /// The scopes of a run and their held sets. Counts are not kept: a restore rebuilds them from
 /// the branches the checkpoint's work and waits stand for. (Format 1 called scopes "groups";
@@ -119,8 +119,12 @@ impl Joins {
         for (scope, state, members) in held {
             place(&mut scopes, scope, state, members)?;
         }
-        for (id, scope) in scopes.iter_mut().enumerate() {
-            let Some(s) = scope else { continue };
+        let mut openers = Vec::new();
+        for id in 0..scopes.len() {
+            chain_openers(&scopes, id as ScopeId, &mut openers);
+            let Some(s) = scopes[id].as_mut() else {
+                continue;
+            };
             if s.live == 0 {
                 return Err(format!("scope {id} has no branch left"));
             }
@@ -147,7 +151,7 @@ impl Joins {
             };
             for i in 0..s.held.len() {
                 let state = s.held[i].state;
-                joins.search.collect(graph, state, limit, s.opener());
+                joins.search.collect(graph, state, limit, &openers);
                 let members = if Some(state) == s.opener() {
                     0
                 } else {

@@ -85,6 +85,8 @@ pub(crate) struct Joins {
     roots: u32,
     ledger: Ledger,
     search: AncestorSearch,
+    /// The fork states of a scope and the scopes around it (a reused buffer).
+    openers: Vec<StateId>,
     /// Moves of branches still to apply. A scope closing into its parent moves the parent's
     /// branch; queueing that move instead of recursing keeps the stack flat however deep
     /// scopes nest.
@@ -153,6 +155,7 @@ impl Joins {
             roots: 0,
             ledger: Ledger::default(),
             search: AncestorSearch::new(graph.len()),
+            openers: Vec::new(),
             moves: Vec::new(),
         }
     }
@@ -384,7 +387,7 @@ impl Joins {
         } else {
             s.highest_order()
         };
-        self.search.collect(graph, state, limit, s.opener());
+        self.collect_for(graph, scope, state, limit);
         let s = scope_of(&mut self.scopes, scope);
         let members = u32::from(Some(state) != s.opener());
         let blockers = s.blockers_of(graph, state, &self.search.found, members);
@@ -500,89 +503,51 @@ impl Joins {
     }
 
     /// Whether a scope around `scope` waits for `state`: it holds branches there, or has a
-    /// member (other than the one standing for the scopes below it) that may still reach it,
-    /// or a scope below will send it a next pass (a branch that may still reach that scope's
-    /// fork state) from which `state` may be reached. Only declared edges count here: a wild
-    /// member "may reach anything", which would send every branch up (without declared
-    /// successors joins are conservative anyway).
+    /// member (other than the one standing for the scopes below it) that may still reach it
+    /// along declared edges (a wild member "may reach anything", which would send every
+    /// branch up; without declared successors joins are conservative anyway).
     fn wanted_above(&mut self, graph: &StateGraph, scope: ScopeId, state: StateId) -> bool {
         let mut below = scope;
-        // Where, in `below`, the branch being released stands (or the scope holding it).
-        let mut from = state;
         while let Some((parent, child_at)) =
             self.scopes[below as usize].as_ref().and_then(|s| s.parent)
         {
-            if self.wanted_by(graph, parent, below, child_at, from, state) {
+            if self.wanted_by(graph, parent, below, child_at, state) {
                 return true;
             }
-            from = child_at;
             below = parent;
         }
         false
     }
 
     /// Whether `parent` waits for `state` (see [`Self::wanted_above`]); `below` is its child
-    /// standing at `child_at`, in which the released branch stands at `from`.
+    /// standing at `child_at`.
     fn wanted_by(
         &mut self,
         graph: &StateGraph,
         parent: ScopeId,
         below: ScopeId,
         child_at: StateId,
-        from: StateId,
         state: StateId,
     ) -> bool {
         let spent = self.scopes[below as usize].as_ref().is_some_and(|s| s.spent);
         let p = scope_of(&mut self.scopes, parent);
+        if p.live == 1 {
+            return false;
+        }
         if p.held_at(state).is_some() {
             return true;
         }
-        let limit = if p.wild > 0 || p.live == 1 {
+        let limit = if p.wild > 0 {
             u32::MAX
         } else {
-            p.highest_order().max(graph.order(child_at))
+            p.highest_order()
         };
-        self.search.collect(graph, state, limit, p.opener());
+        self.collect_for(graph, parent, state, limit);
         let p = scope_of(&mut self.scopes, parent);
         let child_counts = Some(child_at) != p.opener()
             && !(spent && child_at == state)
             && self.search.found.contains(&child_at);
-        if p.live > 1 {
-            let reach = p.declared_reach(&self.search.found);
-            if reach > u32::from(child_counts) {
-                return true;
-            }
-        }
-        child_counts && self.next_pass_coming(graph, below, child_at, from)
-    }
-
-    /// Whether a member of `scope` (opened at `opener`), other than one standing at `from`,
-    /// may still reach `opener`: a next pass that will go on in the parent.
-    fn next_pass_coming(
-        &mut self,
-        graph: &StateGraph,
-        scope: ScopeId,
-        opener: StateId,
-        from: StateId,
-    ) -> bool {
-        let s = scope_of(&mut self.scopes, scope);
-        if s.live == 1 {
-            return false;
-        }
-        if s.held_at(opener).is_some() {
-            // Held at the fork state: it goes on as the next pass once released.
-            return true;
-        }
-        let limit = if s.wild > 0 {
-            u32::MAX
-        } else {
-            s.highest_order()
-        };
-        self.search.collect(graph, opener, limit, Some(opener));
-        let s = scope_of(&mut self.scopes, scope);
-        let reach = s.declared_reach(&self.search.found);
-        let from_counts = Some(from) != s.opener() && self.search.found.contains(&from);
-        reach > u32::from(from_counts)
+        p.declared_reach(&self.search.found) > u32::from(child_counts)
     }
 
     /// A branch of `scope` released at `state`, which a scope around waits for: rather than
@@ -698,6 +663,15 @@ impl Joins {
         }
     }
 
+    /// The ancestors of `state` that a member of `scope` may stand at (see
+    /// [`AncestorSearch::collect`]), into `self.search.found`.
+    fn collect_for(&mut self, graph: &StateGraph, scope: ScopeId, state: StateId, limit: u32) {
+        let mut openers = std::mem::take(&mut self.openers);
+        chain_openers(&self.scopes, scope, &mut openers);
+        self.search.collect(graph, state, limit, &openers);
+        self.openers = openers;
+    }
+
     /// Frees `scope`; its parent no longer has it as a child.
     fn close(&mut self, scope: ScopeId) {
         let s = self.scopes[scope as usize]
@@ -728,4 +702,17 @@ fn scope_of(scopes: &mut [Option<Scope>], scope: ScopeId) -> &mut Scope {
     scopes[scope as usize]
         .as_mut()
         .expect("scheduler bug: a branch refers to a closed scope")
+}
+
+/// The fork states of `scope` and of every scope around it, into `openers`.
+fn chain_openers(scopes: &[Option<Scope>], scope: ScopeId, openers: &mut Vec<StateId>) {
+    openers.clear();
+    let mut at = Some(scope);
+    while let Some(id) = at {
+        let Some(s) = scopes[id as usize].as_ref() else {
+            return;
+        };
+        openers.extend(s.opener());
+        at = s.parent.map(|(parent, _)| parent);
+    }
 }

@@ -247,7 +247,8 @@ impl AncestorSearch {
     }
 
     /// Collects into `found` the declared (not wild) states from which `state` is reachable
-    /// along declared edges without passing through `opener` (which is never collected), of
+    /// along declared edges without passing through any of `openers` (the fork states of a
+    /// scope and of the scopes around it: beyond them lies a next pass; never collected), of
     /// order at most `limit`: no branch can stand at a state of higher order. `state` itself
     /// is collected only through a cycle. Wild states are not collected (they count anyway)
     /// nor searched through (only wild states reach them).
@@ -256,7 +257,7 @@ impl AncestorSearch {
         graph: &StateGraph,
         state: StateId,
         limit: u32,
-        opener: Option<StateId>,
+        openers: &[StateId],
     ) {
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
@@ -268,7 +269,7 @@ impl AncestorSearch {
         self.stack.push(state);
         while let Some(v) = self.stack.pop() {
             for &p in graph.predecessors(v) {
-                if Some(p) == opener
+                if openers.contains(&p)
                     || graph.is_wild(p)
                     || graph.order(p) > limit
                     || self.stamps[p.index()] == self.epoch
