@@ -14,8 +14,7 @@ pub use flow_runtime::{
     DeadLetter, DependencyConfig, Event, EventKind, EventStream, EventStreamError, FAILURE_KEY,
     FailureKind, FileStore, MAX_EVENT_CAPACITY, MemoryStore, QueuePlace, QueuedState, RedbStore,
     ResourceKind, ResourcePool, RunCounts, RunHandle, RunReport, RunWarning, StateCheckpoint,
-    StateOptions,
-    StateReport, StateResult, UsageStats, Waiting, Workflow,
+    StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
 };
 
 mod transitions;

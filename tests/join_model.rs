@@ -119,7 +119,9 @@ fn run_real(program: &Program) -> (RunReport, BTreeMap<RunId, Vec<RunId>>) {
         .start_paused(true)
         .build()
         .unwrap();
-    let report = runtime.block_on(agent.run()).expect("the definition is valid");
+    let report = runtime
+        .block_on(agent.run())
+        .expect("the definition is valid");
     let drained = std::mem::take(&mut shared.lock().unwrap().drained);
     (report, drained)
 }
@@ -155,7 +157,11 @@ fn compare(program: &Program) -> Result<Option<model::Outcome>, TestCaseError> {
         prop_assert_eq!(&runs, &expected.runs, "runs per state");
         prop_assert_eq!(&arrivals, &expected.arrivals, "arrivals per state");
         prop_assert_eq!(&drained, &expected.drained, "inbox at each run's start");
-        prop_assert_eq!(warnings(&report), expected.ambiguities, "ambiguity warnings");
+        prop_assert_eq!(
+            warnings(&report),
+            expected.ambiguities,
+            "ambiguity warnings"
+        );
     }
     Ok(Some(expected))
 }

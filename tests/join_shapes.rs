@@ -34,10 +34,6 @@ impl Trace {
         runs.iter().filter(|r| r.state == state).cloned().collect()
     }
 
-    fn count(&self, state: &str) -> usize {
-        self.runs(state).len()
-    }
-
     /// The latest end of any run of `state` that started before `at`.
     fn last_end_before(&self, state: &str, at: u64) -> u64 {
         self.runs(state)
@@ -93,7 +89,8 @@ impl Shape {
     /// The agent, with `delays` (ms, 1 when not named) and declared successors if `declare`.
     fn agent(&self, delays: &[(&str, u64)], declare: bool, origin: Instant) -> (Agent, Trace) {
         let trace = Trace::default();
-        let delays: HashMap<String, u64> = delays.iter().map(|(s, d)| (s.to_string(), *d)).collect();
+        let delays: HashMap<String, u64> =
+            delays.iter().map(|(s, d)| (s.to_string(), *d)).collect();
         let names: Vec<String> = self.states.iter().map(|s| s.0.to_string()).collect();
         let mut agent = Agent::new("shape");
         for (name, plan, successors) in &self.states {
@@ -102,33 +99,34 @@ impl Shape {
             let name = name.to_string();
             let key = name.clone();
             let options = agent.add_state(name.clone(), move |ctx: Context| {
-                let (trace, plan, names, key) =
-                    (trace_.clone(), Arc::clone(&plan_), names_.clone(), key.clone());
+                let (trace, plan, names, key) = (
+                    trace_.clone(),
+                    Arc::clone(&plan_),
+                    names_.clone(),
+                    key.clone(),
+                );
                 async move {
                     let saw: HashMap<String, u32> = names
                         .iter()
                         .map(|n| (n.clone(), ctx.get_state_or::<u32>(n, 0).unwrap_or(0)))
                         .collect();
-                    let visit = {
+                    // The visit number is kept in the context (so a restored run goes on
+                    // counting); the trace keeps this process's runs.
+                    let visit = saw[&key];
+                    let index = {
                         let mut runs = trace.0.lock().unwrap();
-                        let visit = runs.iter().filter(|r| r.state == key).count() as u32;
                         runs.push(Run {
                             state: key.clone(),
                             start: (Instant::now() - origin).as_millis() as u64,
                             end: None,
                             saw,
                         });
-                        visit
+                        runs.len() - 1
                     };
                     tokio::time::sleep(delay).await;
                     ctx.set_state(key.clone(), visit + 1);
-                    let mut runs = trace.0.lock().unwrap();
-                    let run = runs
-                        .iter_mut()
-                        .filter(|r| r.state == key)
-                        .nth(visit as usize)
-                        .unwrap();
-                    run.end = Some((Instant::now() - origin).as_millis() as u64);
+                    trace.0.lock().unwrap()[index].end =
+                        Some((Instant::now() - origin).as_millis() as u64);
                     Ok::<_, FlowError>(plan(visit))
                 }
             });
@@ -274,7 +272,11 @@ async fn nested_fan_outs_join_inside_out_whichever_side_is_slow() {
         .state("merge", always(Next::End), &[]);
     for slow in ["a1", "a2", "b", "am"] {
         let (report, trace) = shape.run(&[(slow, 40)], true).await;
-        assert_eq!((runs(&report, "am"), runs(&report, "merge")), (1, 1), "{slow}");
+        assert_eq!(
+            (runs(&report, "am"), runs(&report, "merge")),
+            (1, 1),
+            "{slow}"
+        );
         joined_after(&trace, "am", &["a1", "a2"]);
         joined_after(&trace, "merge", &["am", "b"]);
         let (report, _) = shape.run(&[(slow, 40)], false).await;
@@ -315,7 +317,11 @@ async fn a_fork_naming_one_state_twice_runs_it_twice_and_joins_both() {
     for declare in [true, false] {
         let (report, trace) = shape.run(&[("w", 5)], declare).await;
         assert_eq!(runs(&report, "w"), 2);
-        assert_eq!(trace.runs("w")[0].start, trace.runs("w")[1].start, "both at once");
+        assert_eq!(
+            trace.runs("w")[0].start,
+            trace.runs("w")[1].start,
+            "both at once"
+        );
         assert_eq!((runs(&report, "merge"), arrivals(&report, "merge")), (1, 2));
     }
 }
@@ -325,7 +331,13 @@ fn agent_loop() -> Shape {
     Shape::new()
         .state(
             "agent",
-            plan(|v| if v < 2 { par(&["tool_a", "tool_b"]) } else { Next::End }),
+            plan(|v| {
+                if v < 2 {
+                    par(&["tool_a", "tool_b"])
+                } else {
+                    Next::End
+                }
+            }),
             &["tool_a", "tool_b"],
         )
         .state("tool_a", always(to("agent")), &["agent"])
@@ -344,7 +356,11 @@ async fn an_agent_loop_runs_its_tools_concurrently_every_turn() {
             let (report, trace) = shape.run(&delays, declare).await;
             assert_eq!(runs(&report, "agent"), 3);
             assert_eq!((runs(&report, "tool_a"), runs(&report, "tool_b")), (2, 2));
-            let (a, b, agent) = (trace.runs("tool_a"), trace.runs("tool_b"), trace.runs("agent"));
+            let (a, b, agent) = (
+                trace.runs("tool_a"),
+                trace.runs("tool_b"),
+                trace.runs("agent"),
+            );
             for turn in 0..2 {
                 // The tools of one turn overlap.
                 assert_eq!(a[turn].start, b[turn].start);
@@ -367,7 +383,13 @@ async fn a_producer_loop_works_once_per_pass() {
     let shape = Shape::new()
         .state(
             "poll",
-            plan(|v| if v < 4 { par(&["poll", "work"]) } else { Next::End }),
+            plan(|v| {
+                if v < 4 {
+                    par(&["poll", "work"])
+                } else {
+                    Next::End
+                }
+            }),
             &["poll", "work"],
         )
         .state("work", always(Next::End), &[]);
@@ -409,12 +431,19 @@ async fn a_fork_join_loop_joins_once_per_round() {
             for declare in [true, false] {
                 let (report, trace) = shape.run(&[(slow, 20)], declare).await;
                 assert_eq!(
-                    (runs(&report, "x"), runs(&report, "y"), runs(&report, "merge")),
+                    (
+                        runs(&report, "x"),
+                        runs(&report, "y"),
+                        runs(&report, "merge")
+                    ),
                     (3, 3, 3),
                     "decider {decider}, {slow} slow, declared {declare}"
                 );
                 for (round, m) in trace.runs("merge").iter().enumerate() {
-                    assert_eq!((m.saw["x"], m.saw["y"]), (round as u32 + 1, round as u32 + 1));
+                    assert_eq!(
+                        (m.saw["x"], m.saw["y"]),
+                        (round as u32 + 1, round as u32 + 1)
+                    );
                 }
             }
         }
@@ -447,9 +476,12 @@ async fn a_fire_and_forget_branch_in_a_loop_runs_every_round() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_join_in_a_loop_is_once_per_round_and_passes_never_merge() {
-    // top -> [x, y], x -> j, y -> top (three rounds), then top -> j: j runs for each round's
-    // x as soon as it arrives, and once for the last round.
+async fn a_join_after_a_loop_with_overlapping_passes_absorbs_every_arrival() {
+    // top -> [x, y], x -> j, y -> top (three rounds), then top -> j. Each round's x and the
+    // loop's exit reach j, a join around the loop: every arrival is absorbed by a j run, the
+    // last after the last x. (The passes overlap: whether a round's x meets the later rounds
+    // at j or runs j alone depends on whether it arrived before the next round started: see
+    // the README.)
     let shape = Shape::new()
         .state(
             "top",
@@ -461,12 +493,15 @@ async fn a_join_in_a_loop_is_once_per_round_and_passes_never_merge() {
         .state("j", always(Next::End), &[]);
     for (x, y) in [(1, 10), (10, 1), (50, 5)] {
         let (report, trace) = shape.run(&[("x", x), ("y", y)], true).await;
-        assert_eq!(runs(&report, "x"), 3);
-        assert_eq!((runs(&report, "j"), arrivals(&report, "j")), (4, 4));
-        assert!(report.warnings.is_empty());
-        // Round 1's j did not wait for the loop to finish.
+        assert_eq!((runs(&report, "x"), arrivals(&report, "j")), (3, 4));
         let j = trace.runs("j");
-        assert_eq!(j[0].start, trace.runs("x")[0].end.unwrap());
+        assert_eq!(j.len() as u32, runs(&report, "j"));
+        let last_x = trace.runs("x").iter().filter_map(|r| r.end).max().unwrap();
+        assert!(
+            j.iter().map(|r| r.start).max().unwrap() >= last_x,
+            "a j after every x"
+        );
+        assert!(report.warnings.is_empty());
     }
 }
 
@@ -474,7 +509,11 @@ async fn a_join_in_a_loop_is_once_per_round_and_passes_never_merge() {
 async fn a_loop_back_edge_never_holds_a_branch_of_the_current_pass() {
     // rewrite -> [analyze, r2], analyze -> r1, r1, r2 -> qa, qa -> decide -> rewrite.
     let shape = Shape::new()
-        .state("rewrite", always(par(&["analyze", "r2"])), &["analyze", "r2"])
+        .state(
+            "rewrite",
+            always(par(&["analyze", "r2"])),
+            &["analyze", "r2"],
+        )
         .state("analyze", always(to("r1")), &["r1"])
         .state("r1", always(to("qa")), &["qa"])
         .state("r2", always(to("qa")), &["qa"])
@@ -488,7 +527,11 @@ async fn a_loop_back_edge_never_holds_a_branch_of_the_current_pass() {
         let (report, trace) = shape.run(&[("r2", r2)], true).await;
         assert_eq!((runs(&report, "r1"), runs(&report, "qa")), (2, 2));
         let r1 = trace.runs("r1");
-        assert_eq!(r1[0].start, trace.runs("analyze")[0].end.unwrap(), "r1 not held");
+        assert_eq!(
+            r1[0].start,
+            trace.runs("analyze")[0].end.unwrap(),
+            "r1 not held"
+        );
         joined_after(&trace, "qa", &["r1", "r2"]);
     }
 }
@@ -514,7 +557,12 @@ async fn an_error_handler_upstream_of_a_fork_does_not_serialize_it() {
     assert_eq!(trace.runs("a")[0].start, trace.runs("b")[0].start);
     assert_eq!(report.max_concurrency, 2);
     assert_eq!(runs(&report, "join"), 1);
-    assert!(report.context.get_state::<serde_json::Value>(FAILURE_KEY).is_err());
+    assert!(
+        report
+            .context
+            .get_state::<serde_json::Value>(FAILURE_KEY)
+            .is_err()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -522,7 +570,11 @@ async fn a_join_in_a_loop_inside_one_branch_of_a_fan_out() {
     // start -> [loopy, other]; loopy -> [l1, l2] -> lj, lj -> loopy (three rounds) -> merge;
     // other -> merge.
     let shape = Shape::new()
-        .state("start", always(par(&["loopy", "other"])), &["loopy", "other"])
+        .state(
+            "start",
+            always(par(&["loopy", "other"])),
+            &["loopy", "other"],
+        )
         .state("loopy", always(par(&["l1", "l2"])), &["l1", "l2"])
         .state("l1", always(to("lj")), &["lj"])
         .state("l2", always(to("lj")), &["lj"])
@@ -535,9 +587,16 @@ async fn a_join_in_a_loop_inside_one_branch_of_a_fan_out() {
         .state("merge", always(Next::End), &[]);
     for slow in ["l1", "l2", "other"] {
         let (report, trace) = shape.run(&[(slow, 25)], true).await;
-        assert_eq!((runs(&report, "lj"), runs(&report, "merge")), (3, 1), "{slow}");
+        assert_eq!(
+            (runs(&report, "lj"), runs(&report, "merge")),
+            (3, 1),
+            "{slow}"
+        );
         for (round, lj) in trace.runs("lj").iter().enumerate() {
-            assert_eq!((lj.saw["l1"], lj.saw["l2"]), (round as u32 + 1, round as u32 + 1));
+            assert_eq!(
+                (lj.saw["l1"], lj.saw["l2"]),
+                (round as u32 + 1, round as u32 + 1)
+            );
         }
         joined_after(&trace, "merge", &["lj", "other"]);
         assert_eq!(trace.runs("merge")[0].saw["lj"], 3);
@@ -558,7 +617,11 @@ async fn three_levels_of_nested_forks_inside_a_loop() {
         .state("a2", always(to("aj")), &["aj"])
         .state("b", always(to("tj")), &["tj"])
         .state("aj", always(to("tj")), &["tj"])
-        .state("tj", plan(|v| if v < 2 { to("top") } else { Next::End }), &["top"]);
+        .state(
+            "tj",
+            plan(|v| if v < 2 { to("top") } else { Next::End }),
+            &["top"],
+        );
     for slow in ["a11", "a2", "b", "a12"] {
         let (report, trace) = shape.run(&[(slow, 30)], true).await;
         for join in ["a1j", "aj", "tj"] {
@@ -577,13 +640,22 @@ async fn three_levels_of_nested_forks_inside_a_loop() {
 async fn a_loop_inside_one_branch_is_waited_for() {
     let shape = Shape::new()
         .state("start", always(par(&["a", "b"])), &["a", "b"])
-        .state("a", plan(|v| if v < 2 { to("a") } else { to("merge") }), &["a", "merge"])
+        .state(
+            "a",
+            plan(|v| if v < 2 { to("a") } else { to("merge") }),
+            &["a", "merge"],
+        )
         .state("b", always(to("merge")), &["merge"])
         .state("merge", always(Next::End), &[]);
     for (a, b) in [(1, 50), (20, 1), (5, 5)] {
         for declare in [true, false] {
             let (report, trace) = shape.run(&[("a", a), ("b", b)], declare).await;
-            assert_eq!((runs(&report, "a"), runs(&report, "merge")), (3, 1));
+            assert_eq!(runs(&report, "a"), 3);
+            if !declare {
+                exact_or_warned(&report, runs(&report, "merge") == 1, "undeclared");
+                continue;
+            }
+            assert_eq!(runs(&report, "merge"), 1);
             assert_eq!(trace.runs("merge")[0].saw["a"], 3);
             joined_after(&trace, "merge", &["a", "b"]);
         }
@@ -615,7 +687,7 @@ async fn pausing_and_restoring_a_looping_fork_keeps_its_counts() {
     let shape = agent_loop();
     let delays = [("tool_a", 30), ("tool_b", 5), ("agent", 2)];
     let (expected, _) = shape.run(&delays, true).await;
-    for at in [1, 20, 40, 70] {
+    for at in [1, 20, 33, 50] {
         let origin = Instant::now();
         let (agent, _) = shape.agent(&delays, true, origin);
         let handle = agent.start().unwrap();
@@ -625,11 +697,19 @@ async fn pausing_and_restoring_a_looping_fork_keeps_its_counts() {
         let json = checkpoint.to_json().unwrap();
         let checkpoint = fluffy_flow::Checkpoint::from_json(&json, "test", "shape", "r").unwrap();
         let (fresh, _) = shape.agent(&delays, true, origin);
-        let report = fresh.restore_from_checkpoint(checkpoint).unwrap().wait().await;
+        let report = fresh
+            .restore_from_checkpoint(checkpoint)
+            .unwrap()
+            .wait()
+            .await;
         assert_eq!(report.status, AgentStatus::Completed, "paused at {at}");
         for s in ["agent", "tool_a", "tool_b"] {
             assert_eq!(runs(&report, s), runs(&expected, s), "{s}, paused at {at}");
-            assert_eq!(arrivals(&report, s), arrivals(&expected, s), "{s}, paused at {at}");
+            assert_eq!(
+                arrivals(&report, s),
+                arrivals(&expected, s),
+                "{s}, paused at {at}"
+            );
         }
     }
 }
@@ -647,13 +727,15 @@ fn ambiguous() -> Shape {
 #[tokio::test(start_paused = true)]
 async fn an_ambiguous_join_is_reported_and_strict_joins_refuse_it() {
     let (report, _) = ambiguous().run(&[("b", 30)], false).await;
-    let [RunWarning::AmbiguousJoin {
-        fork,
-        held,
-        released,
-        declare,
-        times,
-    }] = report.warnings.as_slice()
+    let [
+        RunWarning::AmbiguousJoin {
+            fork,
+            held,
+            released,
+            declare,
+            times,
+        },
+    ] = report.warnings.as_slice()
     else {
         panic!("one warning expected: {:?}", report.warnings);
     };
@@ -665,23 +747,33 @@ async fn an_ambiguous_join_is_reported_and_strict_joins_refuse_it() {
     assert_eq!(declare, ["x", "merge"]);
     assert_eq!(*times, 1);
     let text = report.warnings[0].to_string();
-    assert!(text.contains("declare the successors of `x`, `merge`"), "{text}");
+    assert!(
+        text.contains("declare the successors of `x`, `merge`"),
+        "{text}"
+    );
 
     let origin = Instant::now();
     let (mut agent, _) = ambiguous().agent(&[("b", 30)], false, origin);
     agent.strict_joins(true);
-    let report = agent.run().await.unwrap();
-    assert_eq!(report.status, AgentStatus::Failed);
-    let Some(FlowError::AmbiguousJoin {
-        fork, held, declare, ..
-    }) = &report.error
+    let error = agent.run().await.unwrap_err();
+    let FlowError::AmbiguousJoin {
+        fork,
+        held,
+        declare,
+        ..
+    } = &error
     else {
-        panic!("{:?}", report.error);
+        panic!("{error:?}");
     };
     assert_eq!(fork.as_deref(), Some("start"));
     assert_eq!(held, &["x", "merge"]);
     assert_eq!(declare, &["x", "merge"]);
-    assert!(report.error.as_ref().unwrap().to_string().contains("declare the successors"));
+    assert!(
+        error
+            .to_string()
+            .contains("declare the successors of `x`, `merge`"),
+        "{error}"
+    );
 
     // Declared, the same shape is exact and quiet, strict or not.
     let (mut agent, _) = ambiguous().agent(&[("b", 30)], true, origin);

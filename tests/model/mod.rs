@@ -268,7 +268,9 @@ impl Sim<'_> {
                 below = up;
             }
             if wanted {
-                if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} escalate s{} from {}", self.now, state, own); }
+                if std::env::var("MODEL_TRACE").is_ok() {
+                    eprintln!("t={} escalate s{} from {}", self.now, state, own);
+                }
                 let carried = self.remove_branch(branch).carried;
                 let b = self.new_branch(parent, state, carried);
                 let carried = std::mem::take(&mut self.branch(b).carried);
@@ -281,7 +283,9 @@ impl Sim<'_> {
     }
 
     fn leave(&mut self, branch: usize, state: usize, pass: usize, fork_target: bool) {
-        if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} leave s{} pass {}", self.now, state, pass); }
+        if std::env::var("MODEL_TRACE").is_ok() {
+            eprintln!("t={} leave s{} pass {}", self.now, state, pass);
+        }
         let own = self.branches[branch].as_ref().unwrap().scope;
         let carried = self.remove_branch(branch).carried;
         let mut cur = own;
@@ -324,7 +328,14 @@ impl Sim<'_> {
     }
 
     fn run_here(&mut self, branch: usize, state: usize) {
-        if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} start s{} scope {}", self.now, state, self.branches[branch].as_ref().unwrap().scope); }
+        if std::env::var("MODEL_TRACE").is_ok() {
+            eprintln!(
+                "t={} start s{} scope {}",
+                self.now,
+                state,
+                self.branches[branch].as_ref().unwrap().scope
+            );
+        }
         let scope = {
             let b = self.branch(branch);
             b.kind = Kind::Running;
@@ -349,12 +360,18 @@ impl Sim<'_> {
         self.out.runs[state] += 1;
         self.seq += 1;
         let due = self.now + self.program.states[state].duration_ms;
-        self.events
-            .push(Reverse((due, self.seq, branch, run)));
+        self.events.push(Reverse((due, self.seq, branch, run)));
     }
 
     fn complete(&mut self, branch: usize, run: RunId) {
-        if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} done {:?} scope {}", self.now, run, self.branches[branch].as_ref().unwrap().scope); }
+        if std::env::var("MODEL_TRACE").is_ok() {
+            eprintln!(
+                "t={} done {:?} scope {}",
+                self.now,
+                run,
+                self.branches[branch].as_ref().unwrap().scope
+            );
+        }
         let targets = self.program.next(run.0, run.1).to_vec();
         for &t in &targets {
             self.inbox[t].push(run);
@@ -471,7 +488,9 @@ impl Sim<'_> {
                 .iter()
                 .any(|&m| m != branch && self.may_reach(scope, m, to));
             if blocked {
-                if std::env::var("MODEL_TRACE").is_ok() { eprintln!("t={} held s{} scope {}", self.now, to, scope); }
+                if std::env::var("MODEL_TRACE").is_ok() {
+                    eprintln!("t={} held s{} scope {}", self.now, to, scope);
+                }
                 self.held_seq += 1;
                 self.branch(branch).kind = Kind::Held(self.held_seq);
             } else {
@@ -558,9 +577,8 @@ impl Sim<'_> {
         }
         self.program.states.iter().enumerate().all(|(i, s)| {
             s.cap == 0
-                || (1..self.out.runs[i]).all(|v| {
-                    past.get(&(i, v)).is_some_and(|p| p.contains(&(i, v - 1)))
-                })
+                || (1..self.out.runs[i])
+                    .all(|v| past.get(&(i, v)).is_some_and(|p| p.contains(&(i, v - 1))))
         })
     }
 
@@ -570,10 +588,7 @@ impl Sim<'_> {
         order.sort_by_key(|r| self.start_time(r));
         let mut history: HashMap<RunId, u64> = HashMap::new();
         for run in order {
-            let mut members: Vec<u64> = self.out.members[run]
-                .iter()
-                .map(|m| history[m])
-                .collect();
+            let mut members: Vec<u64> = self.out.members[run].iter().map(|m| history[m]).collect();
             members.sort_unstable();
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             run.0.hash(&mut hasher);

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::Coordinator;
 use super::deps::{DependenciesImage, Origin};
-use super::joins::{ScopeId, Joins, JoinsImage};
+use super::joins::{Joins, JoinsImage, ScopeId};
 use crate::agent::Compiled;
 use crate::checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, QueuePlace, QueuedState, StateCheckpoint,

@@ -42,7 +42,7 @@ use crate::run::{Observer, RunControl, RunReport, RunWarning, StateReport};
 use crate::state_fn::StateFuture;
 use deps::{Dependencies, Origin};
 use failures::Failure;
-use joins::{ScopeId, Joins};
+use joins::{Joins, ScopeId};
 use ready::ReadyQueue;
 use task::Outcome;
 
@@ -1069,7 +1069,12 @@ impl Coordinator {
         for (state, _) in blocked.drain(..) {
             // A branch that joined a held set which this same step released did not wait
             // (it may run in the parent scope, if the join closed its own).
-            if self.joins.released.iter().any(|&(released, _)| released == state) {
+            if self
+                .joins
+                .released
+                .iter()
+                .any(|&(released, _)| released == state)
+            {
                 continue;
             }
             self.set_status(state, StateStatus::Blocked);

@@ -78,11 +78,7 @@ impl Coordinator {
 /// edges (what makes them "may reach anything"), sorted.
 fn undeclared_behind(graph: &StateGraph, held: &[StateId]) -> Vec<StateId> {
     let mut seen = vec![false; graph.len()];
-    let mut stack: Vec<StateId> = held
-        .iter()
-        .copied()
-        .filter(|&s| graph.is_wild(s))
-        .collect();
+    let mut stack: Vec<StateId> = held.iter().copied().filter(|&s| graph.is_wild(s)).collect();
     let mut found = Vec::new();
     while let Some(state) = stack.pop() {
         if std::mem::replace(&mut seen[state.index()], true) {

@@ -77,7 +77,9 @@ impl Joins {
         }
         let place = |scopes: &mut [Option<Scope>], scope: ScopeId, state: StateId, count: u32| {
             let Some(Some(s)) = scopes.get_mut(scope as usize) else {
-                return Err(format!("a branch is in scope {scope}, which does not exist"));
+                return Err(format!(
+                    "a branch is in scope {scope}, which does not exist"
+                ));
             };
             if !state_ok(state) {
                 return Err("a branch is at a state that does not exist".to_owned());
@@ -219,7 +221,10 @@ impl Joins {
                 ));
             }
             if a.live > 1 && a.spent_at != b.spent_at {
-                return Err(format!("scope {id}: spent {:?} vs {:?}", a.spent_at, b.spent_at));
+                return Err(format!(
+                    "scope {id}: spent {:?} vs {:?}",
+                    a.spent_at, b.spent_at
+                ));
             }
             let held = |s: &Scope| -> Vec<(StateId, u32, u32)> {
                 s.held

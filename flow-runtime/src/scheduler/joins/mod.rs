@@ -112,7 +112,6 @@ pub(crate) struct Ambiguity {
     pub(crate) released: StateId,
 }
 
-
 enum Move {
     /// A member of `scope` at `from` goes to `to`. `spent`: the member is a spent child scope.
     Goto {
@@ -529,7 +528,9 @@ impl Joins {
         child_at: StateId,
         state: StateId,
     ) -> bool {
-        let spent = self.scopes[below as usize].as_ref().is_some_and(|s| s.spent);
+        let spent = self.scopes[below as usize]
+            .as_ref()
+            .is_some_and(|s| s.spent);
         let p = scope_of(&mut self.scopes, parent);
         if p.live == 1 {
             return false;
@@ -582,7 +583,14 @@ impl Joins {
 
     /// The branch of `scope` about to run `state`, the fork state of `pass` (`scope` or a
     /// scope around it), leaves for `pass`'s parent: the next pass.
-    fn leave(&mut self, graph: &StateGraph, scope: ScopeId, state: StateId, pass: ScopeId, how: Start) {
+    fn leave(
+        &mut self,
+        graph: &StateGraph,
+        scope: ScopeId,
+        state: StateId,
+        pass: ScopeId,
+        how: Start,
+    ) {
         // Out of `scope`, and of every scope up to `pass` that it leaves empty.
         let mut at_scope = scope;
         let mut at = state;

@@ -124,7 +124,13 @@ impl Scope {
 
     /// `n` members at `from` move away (or end): the held sets they counted for lose them.
     /// `spent`: they are a spent child scope, which counted for no set at `from`.
-    pub(super) fn forget_blocker(&mut self, graph: &StateGraph, from: StateId, n: u32, spent: bool) {
+    pub(super) fn forget_blocker(
+        &mut self,
+        graph: &StateGraph,
+        from: StateId,
+        n: u32,
+        spent: bool,
+    ) {
         if Some(from) == self.opener() {
             return;
         }
