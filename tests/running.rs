@@ -320,3 +320,128 @@ async fn a_timeout_too_long_for_the_clock_means_no_deadline() {
     sleeper(&mut agent, "a", 10, Next::End);
     assert!(agent.run().await.is_ok());
 }
+
+#[tokio::test]
+async fn a_state_of_a_dropped_run_is_not_polled_again() {
+    // A state that keeps working, yielding between steps. Once the caller drops the run's
+    // future, the state must not take another step, even though the run's coordinator has
+    // not yet had a turn to hear of it.
+    let steps = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut agent = Agent::new("dropped");
+    let counter = Arc::clone(&steps);
+    agent.add_state("busy", move |_ctx: Context| {
+        let counter = Arc::clone(&counter);
+        async move {
+            loop {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                if counter.load(Ordering::SeqCst) == u64::MAX {
+                    return Ok::<_, FlowError>(Next::End);
+                }
+            }
+        }
+    });
+    let mut run = Box::pin(agent.run());
+    std::future::poll_fn(|cx| {
+        let _ = run.as_mut().poll(cx);
+        if steps.load(Ordering::SeqCst) >= 3 {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    drop(run);
+    let at_drop = steps.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        steps.load(Ordering::SeqCst),
+        at_drop,
+        "the state ran on after the drop"
+    );
+    assert_eq!(agent.status(), AgentStatus::Cancelled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callers_context_reports_the_runs_cancellation() {
+    let mut agent = Agent::new("observed");
+    sleeper(&mut agent, "slow", 10_000, Next::End);
+    let context = Context::new();
+    let handle = agent.start_with(context.clone()).unwrap();
+    sleep(ms(10)).await;
+    assert!(!context.is_cancelled());
+    handle.cancel();
+    assert!(
+        context.is_cancelled(),
+        "the caller's handle sees the run stop"
+    );
+    // `cancelled()` completes on the caller's handle too.
+    tokio::time::timeout(ms(1), context.cancelled())
+        .await
+        .expect("cancelled() completes");
+    handle.wait().await;
+    // A context never given to a run is never cancelled.
+    assert!(!Context::new().is_cancelled());
+}
+
+#[tokio::test]
+async fn an_event_capacity_rounds_up_to_a_power_of_two() {
+    let mut agent = Agent::new("events");
+    for i in 0..20 {
+        let next = if i < 19 {
+            Next::to(format!("s{}", i + 1))
+        } else {
+            Next::End
+        };
+        agent.add_state(format!("s{i}"), move |_ctx: Context| {
+            let next = next.clone();
+            async move { Ok::<_, FlowError>(next) }
+        });
+    }
+    agent.event_capacity(5);
+    let mut events = agent.subscribe();
+    agent.run().await.unwrap();
+    let kept = events.drain();
+    // 8 events kept (5 rounded up), the rest reported as missed.
+    match kept {
+        Err(fluffy_flow::EventStreamError::Lagged(missed)) => assert!(missed > 0),
+        other => panic!("{other:?}"),
+    }
+    let mut count = 0;
+    while let Some(Ok(_)) = events.try_recv() {
+        count += 1;
+    }
+    assert_eq!(count, 8);
+}
+
+#[test]
+fn a_retry_policy_past_the_limit_is_refused_by_the_builder_too() {
+    let mut agent = Agent::new("retries");
+    agent
+        .add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) })
+        .retry(fluffy_flow::RetryPolicy {
+            max_retries: 5000,
+            ..fluffy_flow::RetryPolicy::default()
+        });
+    let error = agent.validate().unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("state `a`"), "{text}");
+    assert!(
+        text.contains("`max_retries` is 5000; at most 1000"),
+        "{text}"
+    );
+    let mut agent = Agent::new("shrinking");
+    agent.add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    agent.default_retry(fluffy_flow::RetryPolicy {
+        exponential_base: 0.5,
+        ..fluffy_flow::RetryPolicy::default()
+    });
+    let text = agent.validate().unwrap_err().to_string();
+    assert!(
+        text.contains("`exponential_base` must be at least 1.0"),
+        "{text}"
+    );
+}

@@ -76,6 +76,27 @@ impl RetryPolicy {
     /// The most retries a policy may ask for.
     pub const MAX_RETRIES: u32 = 1000;
 
+    /// What is wrong with this policy, if anything: more than [`Self::MAX_RETRIES`] retries,
+    /// or a growth factor below 1 or not finite. The same rules as `#[state(retry(..))]`
+    /// checks at compile time; the builder checks them when the definition is validated.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.max_retries > Self::MAX_RETRIES {
+            problems.push(format!(
+                "`max_retries` is {}; at most {} are allowed",
+                self.max_retries,
+                Self::MAX_RETRIES
+            ));
+        }
+        if !(self.exponential_base >= 1.0 && self.exponential_base.is_finite()) {
+            problems.push(format!(
+                "`exponential_base` must be at least 1.0 (the delay never shrinks), not {}",
+                self.exponential_base
+            ));
+        }
+        problems
+    }
+
     /// Defaults: 3 retries, 100 ms doubling up to 30 s, no jitter.
     pub const DEFAULT: Self = Self {
         max_retries: 3,

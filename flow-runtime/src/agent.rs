@@ -331,7 +331,9 @@ impl Agent {
     }
 
     /// How many events a subscriber may fall behind before it misses some (default
-    /// [`DEFAULT_EVENT_CAPACITY`], at least 1, at most [`MAX_EVENT_CAPACITY`]). Set it before subscribing: subscriptions made earlier, and
+    /// [`DEFAULT_EVENT_CAPACITY`], at least 1, at most [`MAX_EVENT_CAPACITY`]), rounded up to
+    /// the next power of two (the broadcast ring's size: `event_capacity(5)` keeps 8 events).
+    /// Set it before subscribing: subscriptions made earlier, and
     /// clones made earlier, keep the previous channel.
     pub fn event_capacity(&mut self, capacity: usize) -> &mut Self {
         self.events = EventHub::new(capacity.clamp(1, MAX_EVENT_CAPACITY));
@@ -557,11 +559,18 @@ impl Agent {
     }
 
     /// Runs the workflow with `context` (which may hold initial values) to the end.
+    ///
+    /// Dropping the returned future stops the run there and then: its context's cancellation
+    /// fires, and (unless [`Agent::cleanup_timeout`] gives states time to clean up) no state
+    /// is polled again, also before the run's coordinator hears of it.
     pub async fn run_with(&self, context: Context) -> Result<RunReport, FlowError> {
         let handle = self.start_with(context)?;
-        let guard = handle.control.cancel.clone().drop_guard();
+        let mut guard = StopOnDrop {
+            control: Some(handle.control.clone()),
+            halt: self.compiled()?.cleanup_timeout.is_zero(),
+        };
         let result = handle.result().await;
-        guard.disarm();
+        guard.control = None;
         result
     }
 
@@ -834,6 +843,13 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
     }
     let mut timing = Vec::new();
     for state in &definition.states {
+        let retry = state.retry.unwrap_or(definition.default_retry);
+        timing.extend(retry.problems().into_iter().map(|problem| {
+            invalid(format!(
+                "state `{}` has a retry policy that cannot be used: {problem}",
+                state.spec.name
+            ))
+        }));
         for (dependency, config) in &state.dependencies {
             timing.extend(
                 config
@@ -981,4 +997,22 @@ fn check_requests(definition: &Definition, pool: Option<&ResourcePool>) -> Resul
         }
     }
     FlowError::from_problems(agent, too_large)
+}
+
+/// Stops a run whose future was dropped before it finished.
+struct StopOnDrop {
+    control: Option<RunControl>,
+    /// Whether states are stopped at once (no cleanup time).
+    halt: bool,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(control) = self.control.take() {
+            if self.halt {
+                control.observer.halt();
+            }
+            control.cancel.cancel();
+        }
+    }
 }

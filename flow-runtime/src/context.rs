@@ -2,7 +2,7 @@
 
 use std::any::{Any, type_name};
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use flow_core::{FlowError, FxHashMap};
 use serde::Serialize;
@@ -161,8 +161,11 @@ fn to_json<T: ContextValue>(value: &(dyn Any + Send + Sync)) -> Result<Value, se
 #[derive(Clone, Default)]
 pub struct Context {
     values: Arc<RwLock<Arc<Store>>>,
-    /// Cancelled when the run this handle was given to stops (see [`Context::cancelled`]).
+    /// Cancelled when the run this handle belongs to stops (see [`Context::cancelled`]).
     cancellation: CancellationToken,
+    /// The cancellation of the run this handle (or a clone of it) was last given to with
+    /// `run_with`/`start_with`: the caller's handle reports that run stopping too.
+    given_to: Arc<Mutex<Option<CancellationToken>>>,
 }
 
 impl Context {
@@ -181,6 +184,7 @@ impl Context {
         Self {
             values: Arc::new(RwLock::new(Arc::new(map))),
             cancellation: CancellationToken::new(),
+            given_to: Arc::default(),
         }
     }
 
@@ -195,6 +199,7 @@ impl Context {
         Ok(Self {
             values: Arc::new(RwLock::new(Arc::new(map))),
             cancellation: CancellationToken::new(),
+            given_to: Arc::default(),
         })
     }
 
@@ -203,12 +208,22 @@ impl Context {
         Frozen(Arc::clone(&self.read()))
     }
 
-    /// The same store, seen by one run: its cancellation is the run's.
+    /// The same store, seen by one run: its cancellation is the run's. This handle (the
+    /// caller's) reports that run's cancellation from now on too.
     pub(crate) fn for_run(&self, cancellation: CancellationToken) -> Self {
+        *self.given_to.lock().unwrap_or_else(PoisonError::into_inner) = Some(cancellation.clone());
         Self {
             values: Arc::clone(&self.values),
             cancellation,
+            given_to: Arc::default(),
         }
+    }
+
+    fn given_to(&self) -> Option<CancellationToken> {
+        self.given_to
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The failure an `on_error` handler is handling: the dead letter of the state that failed
@@ -220,14 +235,22 @@ impl Context {
     /// True once the run this context belongs to is stopping (cancelled, failed, timed out).
     /// A state doing long work can check it between steps and return early.
     pub fn is_cancelled(&self) -> bool {
-        self.cancellation.is_cancelled()
+        self.cancellation.is_cancelled() || self.given_to().is_some_and(|run| run.is_cancelled())
     }
 
     /// Completes when the run this context belongs to is stopping. Use it in `tokio::select!`
     /// to end long waits promptly; the run gives running states its `cleanup_timeout` to
     /// finish before it aborts them.
     pub async fn cancelled(&self) {
-        self.cancellation.cancelled().await
+        match self.given_to() {
+            Some(run) => {
+                tokio::select! {
+                    () = self.cancellation.cancelled() => {}
+                    () = run.cancelled() => {}
+                }
+            }
+            None => self.cancellation.cancelled().await,
+        }
     }
 
     // A panic inside `update_typed`'s closure poisons the lock; the store itself is still

@@ -202,7 +202,8 @@ impl Drop for BreakerPermit {
 /// A bulkhead: at most `max_concurrent` attempts of the states that share it run at once, at
 /// most `max_queued` more wait for a place, and any beyond that fail fast with
 /// `FlowError::BulkheadFull`. Shareable by several states, runs and agents. Waiting for a place
-/// happens inside the state's attempt: the state's status is `Running` and its timeout counts.
+/// happens inside the state's attempt (its status is `Running`), but the state's timeout does
+/// not count while it waits: it covers the call, from the moment the attempt has a place.
 #[derive(Debug, Clone)]
 pub struct Bulkhead {
     shared: Arc<BulkheadShared>,

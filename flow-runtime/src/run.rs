@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flow_core::{AgentStatus, FlowError, StateGraph, StateStatus};
@@ -28,6 +28,9 @@ pub(crate) struct Observer {
     completed: AtomicU64,
     running: AtomicUsize,
     pending: AtomicUsize,
+    /// Set when the future driving the run was dropped with no cleanup time to give: state
+    /// tasks are not polled again (see `scheduler::task::supervise`).
+    halted: AtomicBool,
 }
 
 impl Observer {
@@ -44,7 +47,17 @@ impl Observer {
             completed: AtomicU64::new(0),
             running: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
+            halted: AtomicBool::new(false),
         }
+    }
+
+    /// No state of this run is polled again.
+    pub(crate) fn halt(&self) {
+        self.halted.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_status(&self, status: AgentStatus) {

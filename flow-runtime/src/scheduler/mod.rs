@@ -863,15 +863,21 @@ impl Coordinator {
         let (slot, ticket) = self.take_slot();
         let spec = &self.compiled.states[state.index()];
         let (limit, sender) = (spec.timeout, self.sender.clone());
+        let observer = Arc::clone(&self.observer);
         let task = match &spec.bulkhead {
             None => {
                 let attempt = task::plain(run);
-                tokio::spawn(task::supervise(attempt, limit, slot, ticket, sender).instrument(span))
+                tokio::spawn(
+                    task::supervise(attempt, limit, slot, ticket, sender, observer)
+                        .instrument(span),
+                )
             }
             Some(bulkhead) => {
                 // The timeout covers the call, not the wait for a place (see `task::guarded`).
                 let attempt = task::guarded(run, bulkhead.clone(), breaker.take(), limit);
-                tokio::spawn(task::supervise(attempt, None, slot, ticket, sender).instrument(span))
+                tokio::spawn(
+                    task::supervise(attempt, None, slot, ticket, sender, observer).instrument(span),
+                )
             }
         };
         let abort = Some(task.abort_handle());

@@ -17,6 +17,7 @@ use super::joins::ScopeId;
 use crate::resilience::{BreakerPermit, Bulkhead, BulkheadFull};
 
 use crate::context::Context;
+use crate::run::Observer;
 use crate::state_fn::{StateFn, StateFuture};
 
 /// How a state run ended.
@@ -119,22 +120,33 @@ pub(crate) fn plain(run: StateFuture) -> impl Future<Output = Outcome> + Send {
     CatchUnwind(run)
 }
 
-/// Drives a state's attempt as a task and reports how it ended.
+/// Drives a state's attempt as a task and reports how it ended. Once the run is halted (its
+/// future dropped) the attempt is not polled again and reports nothing.
 pub(crate) async fn supervise<F: Future<Output = Outcome> + Send>(
     attempt: F,
     limit: Option<Duration>,
     slot: u32,
     ticket: u64,
     report: UnboundedSender<Message>,
+    run: Arc<Observer>,
 ) {
+    let mut attempt = std::pin::pin!(attempt);
+    let unless_halted = std::future::poll_fn(|cx| {
+        if run.is_halted() {
+            Poll::Ready(None)
+        } else {
+            attempt.as_mut().poll(cx).map(Some)
+        }
+    });
     let outcome = match limit {
-        None => attempt.await,
+        None => unless_halted.await,
         // Boxed: a timer is large, and most states have none; keeping it out of this future
         // keeps every spawn small.
-        Some(limit) => Box::pin(tokio::time::timeout(limit, attempt))
+        Some(limit) => Box::pin(tokio::time::timeout(limit, unless_halted))
             .await
-            .unwrap_or(Outcome::TimedOut(limit)),
+            .unwrap_or(Some(Outcome::TimedOut(limit))),
     };
+    let Some(outcome) = outcome else { return };
     // The coordinator is gone only when the run was stopped; nobody needs the outcome then.
     let _ = report.send(Message::Done {
         slot,
