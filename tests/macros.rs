@@ -422,3 +422,124 @@ async fn macro_dependencies_and_conditions_are_enforced() {
         "{error}"
     );
 }
+
+/// An agent that calls a run-time choice of its tools each turn, for three turns.
+struct ToolAgent;
+
+#[workflow(name = "tool_agent")]
+impl ToolAgent {
+    #[state(entry, successors(search, calculator, weather))]
+    async fn think(&self, ctx: &Context) -> StateResult {
+        let turn = ctx.update_typed::<u32, _>("turn", |t| {
+            *t += 1;
+            *t
+        })?;
+        // The tools of the last turn have all reported.
+        let reported: u32 = ["search", "calculator", "weather"]
+            .iter()
+            .map(|t| ctx.get_state_or::<u32>(t, 0).unwrap_or(0))
+            .sum();
+        ctx.set_state(format!("seen_{turn}"), reported);
+        if turn > 3 {
+            return end!();
+        }
+        // Turn 1 calls one tool, turn 2 two, turn 3 all three.
+        let chosen: Vec<&str> = ["search", "calculator", "weather"][..turn as usize].to_vec();
+        Ok(Next::parallel(chosen))
+    }
+
+    #[state]
+    async fn search(&self, ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        ctx.update_typed::<u32, _>("search", |n| *n += 1)
+            .or_else(|_| Ok::<_, FlowError>(ctx.set_state("search", 1u32)))?;
+        next!(think)
+    }
+
+    #[state]
+    async fn calculator(&self, ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        ctx.update_typed::<u32, _>("calculator", |n| *n += 1)
+            .or_else(|_| Ok::<_, FlowError>(ctx.set_state("calculator", 1u32)))?;
+        next!(think)
+    }
+
+    #[state]
+    async fn weather(&self, ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ctx.update_typed::<u32, _>("weather", |n| *n += 1)
+            .or_else(|_| Ok::<_, FlowError>(ctx.set_state("weather", 1u32)))?;
+        next!(think)
+    }
+}
+
+#[test]
+fn listed_successors_are_edges_of_the_compile_time_graph() {
+    let graph = ToolAgent::GRAPH;
+    let agent = graph.states.iter().find(|s| s.name == "think").unwrap();
+    assert_eq!(
+        agent.successors,
+        Some(&["search", "calculator", "weather"][..])
+    );
+    let mermaid = graph.to_mermaid();
+    for tool in ["search", "calculator", "weather"] {
+        assert!(mermaid.contains(&format!("think --> {tool}")), "{mermaid}");
+        assert!(mermaid.contains(&format!("{tool} --> think")), "{mermaid}");
+    }
+    assert!(!mermaid.contains("(dynamic)"), "{mermaid}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_time_choice_of_listed_successors_joins_exactly() {
+    let context = Context::new();
+    context.set_state("turn", 0u32);
+    let report = ToolAgent.agent().run_with(context).await.unwrap();
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(report.state("think").unwrap().runs, 4);
+    // Each turn ran after every tool of the turn before: 1, then 1 + 2, then 3 + 3.
+    for (turn, seen) in [(2, 1u32), (3, 3), (4, 6)] {
+        assert_eq!(
+            report
+                .context
+                .get_state::<u32>(&format!("seen_{turn}"))
+                .unwrap(),
+            seen
+        );
+    }
+    assert_eq!(report.state("search").unwrap().runs, 3);
+    assert_eq!(report.state("weather").unwrap().runs, 1);
+    assert!(report.warnings.is_empty());
+}
+
+struct Strict;
+
+#[workflow(name = "strict")]
+impl Strict {
+    #[state(entry, successors(a))]
+    async fn pick(&self, _ctx: &Context) -> StateResult {
+        Ok(Next::parallel(["a", "b"]))
+    }
+
+    #[state]
+    async fn a(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+
+    #[state]
+    async fn b(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+}
+
+#[tokio::test]
+async fn a_run_time_choice_outside_the_listed_successors_is_an_error() {
+    let error = Strict.agent().run().await.unwrap_err();
+    let FlowError::UndeclaredTransition {
+        from, to, declared, ..
+    } = &error
+    else {
+        panic!("{error:?}");
+    };
+    assert_eq!((from.as_str(), to.as_str()), ("pick", "b"));
+    assert_eq!(declared, &["a"]);
+}

@@ -26,7 +26,7 @@ pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critic
      deps(state = required|optional|parallel|sequential, or state(kind, always|once, periodic = \"5m\", \
      expiry = \"1h\", timeout = \"1m\", condition = method)), on_error = state, \
      circuit_breaker(failures, recovery, half_open), bulkhead(name, max_concurrent, max_queued), \
-     acquire_timeout = \"5s\", preemptible";
+     acquire_timeout = \"5s\", preemptible, successors(state, ..)";
 
 /// Everything `#[state(...)]` says.
 #[derive(Default)]
@@ -43,6 +43,9 @@ pub(crate) struct StateOptions {
     pub(crate) bulkhead: Option<BulkheadOption>,
     pub(crate) acquire_timeout: Option<Duration>,
     pub(crate) preemptible: bool,
+    /// `successors(a, b, c)`: every state the body may go to, for transitions the macro cannot
+    /// read (`goto!`, `Next::parallel(chosen)`); checked at run time against this set.
+    pub(crate) successors: Option<Vec<Ident>>,
 }
 
 /// One entry of `deps(...)`.
@@ -438,6 +441,19 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
                 options.preemptible = true;
             }
             "bulkhead" => options.bulkhead = parse_bulkhead(&meta, errors)?,
+            "successors" => {
+                let content;
+                syn::parenthesized!(content in meta.input);
+                let names =
+                    syn::punctuated::Punctuated::<Ident, syn::Token![,]>::parse_terminated(&content)
+                        .map_err(|e| {
+                            syn::Error::new(
+                                e.span(),
+                                "`successors` lists states of this workflow, without quotes: `successors(search, calculator)`",
+                            )
+                        })?;
+                options.successors = Some(names.into_iter().collect());
+            }
             "deps" => meta.parse_nested_meta(|dep| {
                 let Some(state) = dep.path.get_ident().cloned() else {
                     return Err(syn::Error::new(

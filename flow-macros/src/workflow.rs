@@ -229,6 +229,14 @@ fn check_graph(states: &[State], errors: &mut Errors) {
                 errors.push(unknown(target, &format!("state `{}` goes to", state.ident)));
             }
         }
+        for target in state.options.successors.iter().flatten() {
+            if index(target).is_none() {
+                errors.push(unknown(
+                    target,
+                    &format!("state `{}` lists as a successor", state.ident),
+                ));
+            }
+        }
         for dependency in state.options.deps.iter().map(|d| &d.state) {
             if index(dependency).is_none() {
                 errors.push(unknown(
@@ -341,11 +349,12 @@ fn generate(
     let declarations = states.iter().map(|state| {
         let name = state.ident.to_string();
         let entry = state.options.entry;
-        let successors = if state.transitions.dynamic {
+        let successors = if state.transitions.dynamic && state.options.successors.is_none() {
             quote!(::core::option::Option::None)
         } else {
             let mut targets: Vec<String> = Vec::new();
-            for target in &state.transitions.targets {
+            let listed = state.options.successors.iter().flatten();
+            for target in state.transitions.targets.iter().chain(listed) {
                 let target = target.to_string();
                 if !targets.contains(&target) {
                     targets.push(target);
