@@ -107,6 +107,50 @@ async fn a_join_restored_mid_fan_out_still_runs_once() {
     assert_eq!(report.state("x").unwrap().runs, 1);
 }
 
+/// Rewrites a checkpoint as format 1 wrote it: groups instead of scopes, no arrivals, no
+/// fields format 2 added to scopes.
+fn as_format_1(json: &[u8]) -> Vec<u8> {
+    let mut value: serde_json::Value = serde_json::from_slice(json).unwrap();
+    value["format"] = 1.into();
+    for state in value["states"].as_array_mut().unwrap() {
+        state.as_object_mut().unwrap().remove("arrivals");
+    }
+    let joins = value["scheduler"]["joins"].as_object_mut().unwrap();
+    let mut scopes = joins.remove("scopes").unwrap();
+    for scope in scopes.as_array_mut().unwrap() {
+        let Some(scope) = scope.as_object_mut() else {
+            continue;
+        };
+        scope.remove("spent");
+        scope.insert("live".into(), 2.into());
+    }
+    joins.insert("groups".into(), scopes);
+    serde_json::to_vec(&value).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_format_1_checkpoint_reads_as_format_2_and_finishes_the_run() {
+    let handle = fan(&Log::default()).start().unwrap();
+    sleep(MS * 20).await;
+    let json = handle.create_checkpoint().await.unwrap().to_json().unwrap();
+    handle.cancel();
+    handle.wait().await;
+    let old = as_format_1(&json);
+    assert!(String::from_utf8_lossy(&old).contains("\"groups\""));
+    let checkpoint = Checkpoint::from_json(&old, "s", "fan", "r").unwrap();
+    assert_eq!(checkpoint.format, CHECKPOINT_FORMAT);
+    assert_eq!(checkpoint.states.iter().map(|s| s.arrivals).sum::<u32>(), 0);
+    let resumed = Log::default();
+    let report = fan(&resumed)
+        .restore_from_checkpoint(checkpoint)
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(resumed.names(), ["y", "merge"]);
+    assert_eq!(report.state("merge").unwrap().runs, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_retry_waiting_at_checkpoint_time_keeps_its_attempt_and_remaining_delay() {
     fn flaky(calls: Arc<AtomicU32>) -> Agent {
