@@ -451,24 +451,21 @@ impl ToolAgent {
     #[state]
     async fn search(&self, ctx: &Context) -> StateResult {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        ctx.update_typed::<u32, _>("search", |n| *n += 1)
-            .or_else(|_| Ok::<_, FlowError>(ctx.set_state("search", 1u32)))?;
+        ctx.update_typed::<u32, _>("search", |n| *n += 1)?;
         next!(think)
     }
 
     #[state]
     async fn calculator(&self, ctx: &Context) -> StateResult {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        ctx.update_typed::<u32, _>("calculator", |n| *n += 1)
-            .or_else(|_| Ok::<_, FlowError>(ctx.set_state("calculator", 1u32)))?;
+        ctx.update_typed::<u32, _>("calculator", |n| *n += 1)?;
         next!(think)
     }
 
     #[state]
     async fn weather(&self, ctx: &Context) -> StateResult {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        ctx.update_typed::<u32, _>("weather", |n| *n += 1)
-            .or_else(|_| Ok::<_, FlowError>(ctx.set_state("weather", 1u32)))?;
+        ctx.update_typed::<u32, _>("weather", |n| *n += 1)?;
         next!(think)
     }
 }
@@ -492,7 +489,9 @@ fn listed_successors_are_edges_of_the_compile_time_graph() {
 #[tokio::test(start_paused = true)]
 async fn a_run_time_choice_of_listed_successors_joins_exactly() {
     let context = Context::new();
-    context.set_state("turn", 0u32);
+    for counter in ["turn", "search", "calculator", "weather"] {
+        context.set_state(counter, 0u32);
+    }
     let report = ToolAgent.agent().run_with(context).await.unwrap();
     assert_eq!(report.status, AgentStatus::Completed);
     assert_eq!(report.state("think").unwrap().runs, 4);
