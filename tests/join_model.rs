@@ -62,6 +62,16 @@ fn program(mix: Mix) -> impl Strategy<Value = Program> {
     })
 }
 
+/// `default` cases, times `JOIN_MODEL_SCALE` if set (for long runs by hand:
+/// `JOIN_MODEL_SCALE=100 cargo test --release --test join_model`).
+fn cases(default: u32) -> u32 {
+    let scale: u32 = std::env::var("JOIN_MODEL_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    default.saturating_mul(scale)
+}
+
 #[derive(Default)]
 struct Shared {
     visits: Vec<u32>,
@@ -167,7 +177,7 @@ fn compare(program: &Program) -> Result<Option<model::Outcome>, TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(3000), ..ProptestConfig::default() })]
 
     #[test]
     fn the_scheduler_does_what_the_model_does(
@@ -178,7 +188,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(300), ..ProptestConfig::default() })]
 
     #[test]
     fn declared_programs_count_the_same_under_five_timings(

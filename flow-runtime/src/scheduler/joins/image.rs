@@ -84,7 +84,11 @@ impl Joins {
             if !state_ok(state) {
                 return Err("a branch is at a state that does not exist".to_owned());
             }
-            s.live = s.live.saturating_add(count);
+            s.live = s
+                .live
+                .checked_add(count)
+                .filter(|live| *live <= 1 << 24)
+                .ok_or_else(|| format!("scope {scope} has more branches than a run can hold"))?;
             for _ in 0..count {
                 s.add_position(graph, state);
             }

@@ -24,10 +24,10 @@
 //! (a loop came back to the fork, or the fork named its own state) starts the next pass: it
 //! leaves `F` and goes on in `S`, at the fork state (held there like any arrival, unless it
 //! is a fork target), while `F` goes on with its other branches. So a loop's next pass never
-//! joins anything of the previous pass's scope, the passes of a fork inside a loop never
-//! merge, and a pass never waits for the previous pass's leftovers at the fork state (a
-//! branch left only because none of them may reach it any more: `F` is then *spent*, and
-//! holds nothing at the fork state in `S`).
+//! joins anything of the previous pass's scope, and the passes of a fork inside a loop never
+//! merge. When `F`'s own rule released the branch (nothing else of `F` may reach the fork
+//! state, or an ambiguity released the set held there), `F` is *spent*: it holds nothing at
+//! the fork state in `S`, so its leftovers never hold the next pass back there.
 //!
 //! **May still reach.** A member at state `p` of scope `F` may reach `t` when `p` is *wild*
 //! (its successors are undeclared, or it reaches such a state: it may go anywhere), or when a
@@ -50,8 +50,9 @@
 //! members move: a move costs O(held sets in its scope); creating a held set costs a reverse
 //! search over the declared ancestors of its state, bounded by the highest graph order any
 //! member of the scope stands at; running a state that opened a scope still open costs a
-//! walk up the enclosing scopes. A scope with one live member does no bookkeeping at all, so
-//! a chain costs O(1) per step.
+//! walk up the enclosing scopes; a release in a nested scope asks each enclosing scope with
+//! more than one member whether it waits for the state (one reverse search each). A scope with
+//! one live member does no bookkeeping at all, so a chain costs O(1) per step.
 
 mod image;
 mod passes;
@@ -309,14 +310,7 @@ impl Joins {
 
     fn apply_end(&mut self, graph: &StateGraph, scope: ScopeId, at: StateId, spent: bool) {
         let s = scope_of(&mut self.scopes, scope);
-        if s.live > 1 {
-            s.remove_position(graph, at, 1);
-            s.forget_blocker(graph, at, 1, spent);
-            if spent {
-                s.forget_spent(at);
-            }
-        }
-        s.live -= 1;
+        s.remove_member(graph, at, spent);
         match s.live {
             0 => {
                 match s.parent {
@@ -364,6 +358,9 @@ impl Joins {
     /// A member of `scope`, already counted at `to`, arrives there: it joins the set held
     /// there, is held, or runs.
     fn arrive(&mut self, graph: &StateGraph, scope: ScopeId, to: StateId) {
+        // Settled after whatever running `to` leads to (moves are a stack): the order the
+        // reference model follows, and the one that makes a release order reproducible.
+        self.moves.push(Move::Settle { scope });
         let s = scope_of(&mut self.scopes, scope);
         if let Some(i) = s.held_at(to) {
             // Joining the set at `to`: a member of it, not a blocker.
@@ -378,7 +375,6 @@ impl Joins {
         } else {
             self.arrive_fresh(graph, scope, to);
         }
-        self.moves.push(Move::Settle { scope });
     }
 
     /// A branch of `scope` (already counted at `state`) arrives where no branch is held: it

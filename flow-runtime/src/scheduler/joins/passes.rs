@@ -84,7 +84,16 @@ impl Joins {
         let child_counts = Some(child_at) != p.opener()
             && !(spent && child_at == state)
             && self.search.found.contains(&child_at);
-        p.declared_reach(&self.search.found) > u32::from(child_counts)
+        // Spent children standing at `state` hold nothing there (as in `blockers_of`).
+        let spent_there = if self.search.found.contains(&state) {
+            p.spent_at.get(&state).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let reach = p
+            .declared_reach(&self.search.found)
+            .saturating_sub(spent_there);
+        reach > u32::from(child_counts)
     }
 
     /// A branch of `scope` released at `state`, which a scope around waits for: rather than
@@ -96,9 +105,7 @@ impl Joins {
         let s = scope_of(&mut self.scopes, scope);
         let (_, child_at) = s.parent.expect("a child scope has a parent");
         let spent = s.spent;
-        s.remove_position(graph, state, 1);
-        s.forget_blocker(graph, state, 1, false);
-        s.live -= 1;
+        s.remove_member(graph, state, false);
         if s.live == 1 {
             s.clear_positions();
         }
@@ -133,14 +140,7 @@ impl Joins {
         let mut spent_member = false;
         let parent = loop {
             let s = scope_of(&mut self.scopes, at_scope);
-            if s.live > 1 {
-                s.remove_position(graph, at, 1);
-                s.forget_blocker(graph, at, 1, spent_member);
-                if spent_member {
-                    s.forget_spent(at);
-                }
-            }
-            s.live -= 1;
+            s.remove_member(graph, at, spent_member);
             let (parent, opener) = s.parent.expect("a pass has a parent");
             if s.live == 0 {
                 let spent = s.spent;

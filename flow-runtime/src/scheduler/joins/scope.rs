@@ -114,6 +114,19 @@ impl Scope {
         }
     }
 
+    /// A member at `at` leaves the scope (it ended, or goes on elsewhere): its position goes,
+    /// and the held sets it counted for lose it. `spent`: it is a spent child scope.
+    pub(super) fn remove_member(&mut self, graph: &StateGraph, at: StateId, spent: bool) {
+        if self.live > 1 {
+            self.remove_position(graph, at, 1);
+            self.forget_blocker(graph, at, 1, spent);
+            if spent {
+                self.forget_spent(at);
+            }
+        }
+        self.live -= 1;
+    }
+
     /// One member is left: nothing can be held for it, so positions are not kept.
     pub(super) fn clear_positions(&mut self) {
         self.positions.clear();
