@@ -506,6 +506,7 @@ impl Agent {
             observer,
             cancel: CancellationToken::new(),
             sender,
+            halted: Arc::default(),
         };
         *self
             .shared
@@ -1010,7 +1011,9 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         if let Some(control) = self.control.take() {
             if self.halt {
-                control.observer.halt();
+                control
+                    .halted
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
             control.cancel.cancel();
         }

@@ -28,9 +28,6 @@ pub(crate) struct Observer {
     completed: AtomicU64,
     running: AtomicUsize,
     pending: AtomicUsize,
-    /// Set when the future driving the run was dropped with no cleanup time to give: state
-    /// tasks are not polled again (see `scheduler::task::supervise`).
-    halted: AtomicBool,
 }
 
 impl Observer {
@@ -47,17 +44,7 @@ impl Observer {
             completed: AtomicU64::new(0),
             running: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
-            halted: AtomicBool::new(false),
         }
-    }
-
-    /// No state of this run is polled again.
-    pub(crate) fn halt(&self) {
-        self.halted.store(true, Ordering::Release);
-    }
-
-    pub(crate) fn is_halted(&self) -> bool {
-        self.halted.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_status(&self, status: AgentStatus) {
@@ -109,6 +96,9 @@ pub(crate) struct RunControl {
     pub(crate) observer: Arc<Observer>,
     pub(crate) cancel: CancellationToken,
     pub(crate) sender: UnboundedSender<Message>,
+    /// Set when the future driving the run was dropped with no cleanup time to give: state
+    /// tasks are not polled again (see `scheduler::task::supervise`).
+    pub(crate) halted: Arc<AtomicBool>,
 }
 
 impl RunControl {

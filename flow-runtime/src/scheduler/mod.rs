@@ -60,6 +60,8 @@ pub(crate) struct Coordinator {
     running_count: usize,
     states: Vec<StateReport>,
     sender: UnboundedSender<Message>,
+    /// What state tasks hold of the run (the sender again, and the halt flag).
+    link: Arc<task::TaskLink>,
     inbox: UnboundedReceiver<Message>,
     completed: u64,
     transitions: u64,
@@ -147,6 +149,7 @@ impl Coordinator {
             observer,
             cancel,
             sender,
+            halted,
         } = control;
         Self {
             joins: {
@@ -190,6 +193,10 @@ impl Coordinator {
             running: Vec::new(),
             free_slots: Vec::new(),
             running_count: 0,
+            link: Arc::new(task::TaskLink {
+                report: sender.clone(),
+                halted,
+            }),
             sender,
             inbox,
             completed: 0,
@@ -862,22 +869,16 @@ impl Coordinator {
     ) {
         let (slot, ticket) = self.take_slot();
         let spec = &self.compiled.states[state.index()];
-        let (limit, sender) = (spec.timeout, self.sender.clone());
-        let observer = Arc::clone(&self.observer);
+        let (limit, link) = (spec.timeout, Arc::clone(&self.link));
         let task = match &spec.bulkhead {
             None => {
                 let attempt = task::plain(run);
-                tokio::spawn(
-                    task::supervise(attempt, limit, slot, ticket, sender, observer)
-                        .instrument(span),
-                )
+                tokio::spawn(task::supervise(attempt, limit, slot, ticket, link).instrument(span))
             }
             Some(bulkhead) => {
                 // The timeout covers the call, not the wait for a place (see `task::guarded`).
                 let attempt = task::guarded(run, bulkhead.clone(), breaker.take(), limit);
-                tokio::spawn(
-                    task::supervise(attempt, None, slot, ticket, sender, observer).instrument(span),
-                )
+                tokio::spawn(task::supervise(attempt, None, slot, ticket, link).instrument(span))
             }
         };
         let abort = Some(task.abort_handle());

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -17,7 +18,6 @@ use super::joins::ScopeId;
 use crate::resilience::{BreakerPermit, Bulkhead, BulkheadFull};
 
 use crate::context::Context;
-use crate::run::Observer;
 use crate::state_fn::{StateFn, StateFuture};
 
 /// How a state run ended.
@@ -120,6 +120,14 @@ pub(crate) fn plain(run: StateFuture) -> impl Future<Output = Outcome> + Send {
     CatchUnwind(run)
 }
 
+/// What a state task holds of its run: one reference for the channel to the coordinator and
+/// the halt flag (one reference-count update per task, as a bare sender clone would cost).
+pub(crate) struct TaskLink {
+    pub(crate) report: UnboundedSender<Message>,
+    /// Set when the run's future was dropped with no cleanup time (see `Agent::run_with`).
+    pub(crate) halted: Arc<AtomicBool>,
+}
+
 /// Drives a state's attempt as a task and reports how it ended. Once the run is halted (its
 /// future dropped) the attempt is not polled again and reports nothing.
 pub(crate) async fn supervise<F: Future<Output = Outcome> + Send>(
@@ -127,12 +135,11 @@ pub(crate) async fn supervise<F: Future<Output = Outcome> + Send>(
     limit: Option<Duration>,
     slot: u32,
     ticket: u64,
-    report: UnboundedSender<Message>,
-    run: Arc<Observer>,
+    link: Arc<TaskLink>,
 ) {
     let mut attempt = std::pin::pin!(attempt);
     let unless_halted = std::future::poll_fn(|cx| {
-        if run.is_halted() {
+        if link.halted.load(Ordering::Acquire) {
             Poll::Ready(None)
         } else {
             attempt.as_mut().poll(cx).map(Some)
@@ -148,7 +155,7 @@ pub(crate) async fn supervise<F: Future<Output = Outcome> + Send>(
     };
     let Some(outcome) = outcome else { return };
     // The coordinator is gone only when the run was stopped; nobody needs the outcome then.
-    let _ = report.send(Message::Done {
+    let _ = link.report.send(Message::Done {
         slot,
         ticket,
         outcome,

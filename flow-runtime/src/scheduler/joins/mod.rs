@@ -194,11 +194,13 @@ impl Joins {
     }
 
     /// Branches created, ended and absorbed so far.
+    #[cfg(debug_assertions)]
     pub(crate) fn ledger(&self) -> Ledger {
         self.ledger
     }
 
     /// Branches alive now (a child scope member is its own branches).
+    #[cfg(debug_assertions)]
     pub(crate) fn live_branches(&self) -> u64 {
         self.scopes
             .iter()
