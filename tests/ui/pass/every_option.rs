@@ -63,9 +63,10 @@ impl Pipeline {
         end!()
     }
 
-    #[state]
+    #[state(successors(summarize, audit))]
     async fn recover(&self, _ctx: &Context) -> StateResult {
-        end!()
+        // A fork chosen at run time, among the listed successors.
+        Ok(Next::parallel(["audit"]))
     }
 
     /// A dependency's condition: a method taking the context.
@@ -130,6 +131,10 @@ fn main() {
     assert_eq!(analyze.on_error, Some("recover"));
     assert_eq!(analyze.successors, Some(&["summarize", "audit"][..]));
     assert!(graph.state("clean_text").unwrap().entry);
+    assert_eq!(
+        graph.state("recover").unwrap().successors,
+        Some(&["summarize", "audit"][..])
+    );
     let summarize = graph.state("summarize").unwrap();
     assert_eq!(
         summarize.circuit_breaker,
