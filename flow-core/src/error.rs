@@ -299,6 +299,16 @@ pub enum FlowError {
         /// What is wrong with it.
         message: String,
     },
+    /// A checkpoint store's file is damaged: it cannot be opened or read safely.
+    #[error(
+        "checkpoint store {store} is damaged: {message}; restore the file from a backup, or move it away to start afresh (runs it held then start over and repeat their side effects)"
+    )]
+    CorruptStore {
+        /// The store (its kind and location).
+        store: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A checkpoint store failed to read or write.
     #[error(
         "checkpoint store {store} failed while {action}: {message}; check that its location exists, is writable and has space, or use another store"

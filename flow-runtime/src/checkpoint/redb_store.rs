@@ -1,5 +1,6 @@
 //! The durable default: checkpoints in one embedded redb database file.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,23 +21,100 @@ const CHECKPOINTS: TableDefinition<Key<'static>, &[u8]> =
 ///
 /// redb is a pure-Rust embedded key-value store: nothing to install, no server, no C library
 /// to build. Clones share the open database; one process at a time may open the file.
+///
+/// A damaged file is an error, never a panic: an existing file is opened with redb's integrity
+/// check (every page's checksum), an existing file that is empty or not a redb database is
+/// [`FlowError::CorruptStore`] (only a file the store creates itself starts empty: a truncated
+/// store never silently restarts the runs it held), and a panic inside redb on damaged data is
+/// caught at this boundary and reported as [`FlowError::CorruptStore`] /
+/// [`FlowError::CorruptCheckpoint`], naming the file.
 #[derive(Clone)]
 pub struct RedbStore {
-    db: Arc<Database>,
+    db: Arc<Guarded>,
     path: PathBuf,
 }
 
+/// The database, closed without letting a panic out (redb may panic dropping a damaged file).
+struct Guarded(Option<Database>);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take() {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(db.close())));
+        }
+    }
+}
+
+impl Guarded {
+    fn db(&self) -> &Database {
+        self.0
+            .as_ref()
+            .expect("the database is only taken when dropped")
+    }
+}
+
 impl RedbStore {
-    /// Opens the database at `path`, creating it if it does not exist.
+    /// Opens the database at `path`, creating it if it does not exist. An existing file is
+    /// checked page by page as it opens (it reads the whole file once).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FlowError> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path).map_err(|error| FlowError::CheckpointStore {
-            store: format!("redb store {}", path.display()),
-            action: "opening the database".to_owned(),
-            message: error.to_string(),
-        })?;
+        let store = format!("redb store {}", path.display());
+        let corrupt = |message: String| FlowError::CorruptStore {
+            store: store.clone(),
+            message,
+        };
+        let exists = match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() == 0 => {
+                return Err(corrupt(
+                    "the file is empty (truncated?), not a database this store created".into(),
+                ));
+            }
+            Ok(_) => true,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Err(error) => {
+                return Err(FlowError::CheckpointStore {
+                    store,
+                    action: "opening the database".to_owned(),
+                    message: error.to_string(),
+                });
+            }
+        };
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            let mut builder = Database::builder();
+            if exists {
+                builder.set_check_integrity_on_open(true).open(&path)
+            } else {
+                builder.create(&path)
+            }
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(error @ redb::DatabaseError::Storage(StorageError::Corrupted(_)))) => {
+                return Err(corrupt(error.to_string()));
+            }
+            Ok(Err(error))
+                if exists && !matches!(error, redb::DatabaseError::DatabaseAlreadyOpen) =>
+            {
+                return Err(corrupt(format!(
+                    "it is not a redb database this store can open ({error})"
+                )));
+            }
+            Ok(Err(error)) => {
+                return Err(FlowError::CheckpointStore {
+                    store,
+                    action: "opening the database".to_owned(),
+                    message: error.to_string(),
+                });
+            }
+            Err(panic) => {
+                return Err(corrupt(format!(
+                    "redb panicked opening it ({})",
+                    panic_text(panic.as_ref())
+                )));
+            }
+        };
         Ok(Self {
-            db: Arc::new(db),
+            db: Arc::new(Guarded(Some(db))),
             path,
         })
     }
@@ -55,11 +133,21 @@ impl RedbStore {
         })
     }
 
-    fn failed(&self, action: &str, error: impl std::fmt::Display) -> FlowError {
+    fn failed(&self, action: &str, error: impl std::fmt::Display + 'static) -> FlowError {
+        let message = error.to_string();
+        let corrupted = (&error as &dyn std::any::Any)
+            .downcast_ref::<StorageError>()
+            .is_some_and(|e| matches!(e, StorageError::Corrupted(_)));
+        if corrupted || message.to_lowercase().contains("corrupt") {
+            return FlowError::CorruptStore {
+                store: self.describe(),
+                message: format!("{action}: {message}"),
+            };
+        }
         FlowError::CheckpointStore {
             store: self.describe(),
             action: action.to_owned(),
-            message: error.to_string(),
+            message,
         }
     }
 
@@ -69,17 +157,20 @@ impl RedbStore {
         action: &str,
         change: impl FnOnce(&mut Table<Key<'static>, &[u8]>) -> Result<(), StorageError>,
     ) -> Result<(), FlowError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.failed("starting a write", e))?;
-        {
-            let mut table = txn
-                .open_table(CHECKPOINTS)
-                .map_err(|e| self.failed("opening the checkpoint table", e))?;
-            change(&mut table).map_err(|e| self.failed(action, e))?;
-        }
-        txn.commit().map_err(|e| self.failed(action, e))
+        self.guard(action, || {
+            let txn = self
+                .db
+                .db()
+                .begin_write()
+                .map_err(|e| self.failed("starting a write", e))?;
+            {
+                let mut table = txn
+                    .open_table(CHECKPOINTS)
+                    .map_err(|e| self.failed("opening the checkpoint table", e))?;
+                change(&mut table).map_err(|e| self.failed(action, e))?;
+            }
+            txn.commit().map_err(|e| self.failed(action, e))
+        })
     }
 
     /// One read transaction doing `look` (described by `action` if it fails); `None` when
@@ -89,16 +180,36 @@ impl RedbStore {
         action: &str,
         look: impl FnOnce(&ReadOnlyTable<Key<'static>, &[u8]>) -> Result<R, StorageError>,
     ) -> Result<Option<R>, FlowError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.failed("starting a read", e))?;
-        let table = match txn.open_table(CHECKPOINTS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(error) => return Err(self.failed("opening the checkpoint table", error)),
-        };
-        look(&table).map(Some).map_err(|e| self.failed(action, e))
+        self.guard(action, || {
+            let txn = self
+                .db
+                .db()
+                .begin_read()
+                .map_err(|e| self.failed("starting a read", e))?;
+            let table = match txn.open_table(CHECKPOINTS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(error) => return Err(self.failed("opening the checkpoint table", error)),
+            };
+            look(&table).map(Some).map_err(|e| self.failed(action, e))
+        })
+    }
+
+    /// Runs a redb call, turning a panic on damaged data into an error naming the file.
+    fn guard<R>(
+        &self,
+        action: &str,
+        call: impl FnOnce() -> Result<R, FlowError>,
+    ) -> Result<R, FlowError> {
+        catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+            Err(FlowError::CorruptStore {
+                store: self.describe(),
+                message: format!(
+                    "redb panicked while {action} ({})",
+                    panic_text(panic.as_ref())
+                ),
+            })
+        })
     }
 
     fn decode(
@@ -163,4 +274,12 @@ impl CheckpointStore for RedbStore {
             table.remove((agent, run, sequence)).map(drop)
         })
     }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
