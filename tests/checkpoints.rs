@@ -150,29 +150,31 @@ async fn a_format_1_checkpoint_reads_as_format_2_and_finishes_the_run() {
     resume_fan(checkpoint).await;
 }
 
+/// A state that fails twice, then succeeds; 5 retries, 100 ms doubling.
+fn flaky(calls: Arc<AtomicU32>) -> Agent {
+    let mut agent = Agent::new("flaky");
+    agent
+        .add_state("call", move |ctx: Context| {
+            let calls = calls.clone();
+            async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if n < 3 {
+                    return Err(format!("attempt {n} failed"));
+                }
+                ctx.set_state("done", n);
+                Ok(Next::End)
+            }
+        })
+        .retry(RetryPolicy {
+            max_retries: 5,
+            initial_delay: MS * 100,
+            ..RetryPolicy::default()
+        });
+    agent
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_retry_waiting_at_checkpoint_time_keeps_its_attempt_and_remaining_delay() {
-    fn flaky(calls: Arc<AtomicU32>) -> Agent {
-        let mut agent = Agent::new("flaky");
-        agent
-            .add_state("call", move |ctx: Context| {
-                let calls = calls.clone();
-                async move {
-                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                    if n < 3 {
-                        return Err(format!("attempt {n} failed"));
-                    }
-                    ctx.set_state("done", n);
-                    Ok(Next::End)
-                }
-            })
-            .retry(RetryPolicy {
-                max_retries: 5,
-                initial_delay: MS * 100,
-                ..RetryPolicy::default()
-            });
-        agent
-    }
     let calls = Arc::new(AtomicU32::new(0));
     let handle = flaky(calls.clone()).start().unwrap();
     sleep(MS * 30).await; // attempt 1 failed at 0; attempt 2 is due at 100 ms
@@ -193,6 +195,50 @@ async fn a_retry_waiting_at_checkpoint_time_keeps_its_attempt_and_remaining_dela
     assert_eq!(restored_at.elapsed(), MS * 270);
     assert_eq!(report.state("call").unwrap().attempts, 3);
     assert_eq!(report.context.get_state::<u32>("done").unwrap(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn numbers_a_definition_cannot_produce_are_refused_not_waited_for() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let handle = flaky(calls.clone()).start().unwrap();
+    sleep(MS * 30).await;
+    let json = handle.create_checkpoint().await.unwrap().to_json().unwrap();
+    handle.cancel();
+    handle.wait().await;
+    let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let damage = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut value = value.clone();
+        change(&mut value["scheduler"]["work"][0]);
+        Checkpoint::from_json(&serde_json::to_vec(&value).unwrap(), "s", "flaky", "r").unwrap()
+    };
+    // A retry delay of u64::MAX seconds (it used to leave the restored run waiting for ever).
+    let forever = damage(&|work| {
+        work["place"] = serde_json::json!({"Retry": {"secs": u64::MAX, "nanos": 0}});
+    });
+    let error = flaky(calls.clone())
+        .restore_from_checkpoint(forever)
+        .err()
+        .unwrap();
+    let FlowError::CorruptCheckpoint { message, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(message.contains("state `call` waits"), "{message}");
+    assert!(message.contains("max_delay"), "{message}");
+    // An attempt beyond the policy.
+    let beyond = damage(&|work| work["attempt"] = 99.into());
+    let error = flaky(calls.clone())
+        .restore_from_checkpoint(beyond)
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("attempt 99"), "{error}");
+    // The checkpoint as taken restores.
+    let fine = damage(&|_| {});
+    let report = flaky(calls)
+        .restore_from_checkpoint(fine)
+        .unwrap()
+        .result()
+        .await;
+    assert_eq!(report.unwrap().state("call").unwrap().attempts, 3);
 }
 
 #[tokio::test(start_paused = true)]

@@ -320,6 +320,27 @@ pub(crate) fn check_fits(
     if image.work.iter().any(|w| w.attempt == 0) {
         return Err(corrupt("its queue has an attempt numbered 0".into()));
     }
+    // Every number the queue carries is within what the definition can produce: a damaged
+    // delay must not leave a restored run waiting for ever.
+    for work in &image.work {
+        let policy = compiled.states[work.state.index()].retry;
+        let name = graph.name(work.state);
+        if work.attempt > policy.max_retries.saturating_add(1) {
+            return Err(corrupt(format!(
+                "state `{name}` is due for attempt {}, but its retry policy allows {}",
+                work.attempt,
+                policy.max_retries.saturating_add(1)
+            )));
+        }
+        if let Place::Retry(left) = work.place
+            && left > policy.max_delay
+        {
+            return Err(corrupt(format!(
+                "state `{name}` waits {left:?} for a retry, longer than its policy's `max_delay` of {:?}",
+                policy.max_delay
+            )));
+        }
+    }
     if !(image.dependencies.records.is_empty() || image.dependencies.records.len() == n) {
         return Err(corrupt(format!(
             "it keeps dependency records for {} states, not {n}",
