@@ -391,16 +391,32 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
         refused_or_ends(&agent, &bytes, &format!("flipping byte {position}")).await;
     }
     fuzz_numbers(&json, &agent).await;
-    // The same over a checkpoint taken mid-fan-out (a held join) and one with a dependency
-    // wait.
-    for (build, at) in [(fan as fn(&Log) -> Agent, 20), (waits, 10)] {
+    remove_each_field(&json, &agent).await;
+    // The same over a checkpoint taken mid-fan-out (a held join), one with a dependency wait
+    // and one with a retry waiting for its delay.
+    fn flaky_agent(_: &Log) -> Agent {
+        flaky(Arc::new(AtomicU32::new(0)))
+    }
+    for (build, at) in [
+        (fan as fn(&Log) -> Agent, 20),
+        (waits, 10),
+        (flaky_agent, 30),
+    ] {
         let agent = build(&Log::default());
         let handle = agent.start().unwrap();
         sleep(MS * at).await;
         let json = handle.create_checkpoint().await.unwrap().to_json().unwrap();
         handle.cancel();
         fuzz_numbers(&json, &agent).await;
+        remove_each_field(&json, &agent).await;
     }
+    // A field given twice is refused.
+    let twice = String::from_utf8(json.clone()).unwrap().replacen(
+        "\"format\":2,",
+        "\"format\":2,\"format\":2,",
+        1,
+    );
+    assert!(Checkpoint::from_json(twice.as_bytes(), "s", "chain", "r").is_err());
     let newer =
         String::from_utf8(json.clone())
             .unwrap()
@@ -422,6 +438,49 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
             .ends_with("upgrade fluffy-flow to restore it"),
         "{error}"
     );
+}
+
+/// Removes each field of a checkpoint in turn (every object at every depth): each is refused
+/// or restores into a run that ends normally.
+async fn remove_each_field(json: &[u8], agent: &Agent) {
+    fn paths(value: &serde_json::Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, inner) in map {
+                    at.push(key.clone());
+                    out.push(at.clone());
+                    paths(inner, at, out);
+                    at.pop();
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, inner) in items.iter().enumerate().take(3) {
+                    at.push(i.to_string());
+                    paths(inner, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(json).unwrap();
+    let mut all = Vec::new();
+    paths(&value, &mut Vec::new(), &mut all);
+    assert!(all.len() > 20, "{} fields", all.len());
+    for path in all {
+        let mut damaged = value.clone();
+        let (last, parents) = path.split_last().unwrap();
+        let mut at = &mut damaged;
+        for step in parents {
+            at = match at {
+                serde_json::Value::Array(items) => &mut items[step.parse::<usize>().unwrap()],
+                other => &mut other[step.as_str()],
+            };
+        }
+        at.as_object_mut().unwrap().remove(last);
+        let bytes = serde_json::to_vec(&damaged).unwrap();
+        refused_or_ends(agent, &bytes, &format!("removing {}", path.join("."))).await;
+    }
 }
 
 /// Changes each digit of a checkpoint to 0 and to 9 (still valid JSON, so the checks and the
