@@ -181,6 +181,7 @@ impl Coordinator {
                 }
                 Message::Checkpoint(_) | Message::CheckpointTick | Message::CheckpointSaved(_) => {}
                 Message::Retry { .. }
+                | Message::StateDeadline { .. }
                 | Message::DependencyDeadline { .. }
                 | Message::Resume
                 | Message::PoolFreed

@@ -127,6 +127,18 @@ struct Running {
     _grant: Option<Grant>,
     /// Its place in the ready order when it was granted, kept if it is preempted.
     queued_at: i64,
+    /// The coordinator's own timer for the state's timeout (see `Message::StateDeadline`);
+    /// stopped when the attempt ends.
+    _deadline: Option<AbortOnDrop>,
+}
+
+/// Aborts a helper task when dropped.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Why a run stopped before completing.
@@ -324,6 +336,22 @@ impl Coordinator {
             } => self
                 .finish_task(slot, ticket, outcome)
                 .map_err(Stop::Failed),
+            Message::StateDeadline {
+                slot,
+                ticket,
+                limit,
+            } => {
+                // Still running past its timeout: its task did not report (it may block its
+                // thread). Abandon it; a late report finds its slot's ticket changed.
+                if let Some(Some(running)) = self.running.get(slot as usize)
+                    && running.ticket == ticket
+                    && let Some(abort) = &running.abort
+                {
+                    abort.abort();
+                }
+                self.finish_task(slot, ticket, Outcome::TimedOut(limit))
+                    .map_err(Stop::Failed)
+            }
             Message::Retry {
                 timer,
                 state,
@@ -731,10 +759,15 @@ impl Coordinator {
     }
 
     /// Whether the next ready state needs nothing from the pool (so it may run inline).
+    /// Whether the next ready state may be polled on the coordinator: it needs nothing from
+    /// the pool, and no timeout depends on the coordinator staying free (a state that blocks
+    /// its thread there would hold the run's and its own deadline back).
     fn head_needs_nothing(&self) -> bool {
-        self.ready
-            .peek()
-            .is_none_or(|head| self.compiled.states[head.state.index()].needs == [0; 5])
+        self.compiled.timeout.is_none()
+            && self.ready.peek().is_none_or(|head| {
+                let spec = &self.compiled.states[head.state.index()];
+                spec.needs == [0; 5] && spec.timeout.is_none()
+            })
     }
 
     /// Asks the pool for what the next ready state needs. `Err` when it must wait: the pool
@@ -882,6 +915,25 @@ impl Coordinator {
             }
         };
         let abort = Some(task.abort_handle());
+        // The task's own timeout cannot fire while its state blocks the thread or never
+        // yields: the coordinator keeps a timer too, and fails the attempt on time whatever
+        // the state does (its task is abandoned). Not for a bulkhead state, whose timeout
+        // starts once it has a place.
+        let deadline = match (limit, &spec.bulkhead) {
+            (Some(limit), None) => {
+                let sender = self.sender.clone();
+                let timer = tokio::spawn(async move {
+                    tokio::time::sleep(limit).await;
+                    let _ = sender.send(Message::StateDeadline {
+                        slot,
+                        ticket,
+                        limit,
+                    });
+                });
+                Some(AbortOnDrop(timer.abort_handle()))
+            }
+            _ => None,
+        };
         self.running[slot as usize] = Some(Running {
             state,
             scope,
@@ -892,6 +944,7 @@ impl Coordinator {
             ticket,
             queued_at: grant.as_ref().map_or(0, |(_, at)| *at),
             _grant: grant.map(|(grant, _)| grant),
+            _deadline: deadline,
         });
         self.running_count += 1;
     }
@@ -910,6 +963,7 @@ impl Coordinator {
             ticket,
             _grant: None,
             queued_at: 0,
+            _deadline: None,
         });
         self.running_count += 1;
         let _ = self.sender.send(Message::Done {

@@ -39,6 +39,12 @@ pub(crate) enum Message {
         ticket: u64,
         outcome: Outcome,
     },
+    /// A running state's timeout passed, by the coordinator's own timer.
+    StateDeadline {
+        slot: u32,
+        ticket: u64,
+        limit: Duration,
+    },
     /// A retry's delay is over.
     Retry {
         timer: u32,

@@ -1,0 +1,65 @@
+//! Timeouts hold against states that block their thread or never yield (on a multi-thread
+//! runtime with a worker free): the run and state deadlines are kept by the coordinator, not by
+//! the state's own task. Real time: a blocked thread cannot be faked on the paused clock. Four
+//! workers, since an abandoned state keeps its thread until it returns (each test blocks two).
+
+use std::time::{Duration, Instant};
+
+use fluffy_flow::prelude::*;
+
+const BLOCK: Duration = Duration::from_millis(1500);
+
+fn blocker<'a>(agent: &'a mut Agent, name: &str, spin: bool) -> fluffy_flow::StateOptions<'a> {
+    agent.add_state(name, move |_ctx: Context| async move {
+        if spin {
+            // Busy, never yielding (bounded, so that the test's runtime can shut down).
+            let until = Instant::now() + BLOCK;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::sleep(BLOCK);
+        }
+        Ok::<_, FlowError>(Next::End)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_timeout_holds_against_a_state_that_blocks_its_thread() {
+    for spin in [false, true] {
+        let mut agent = Agent::new("blocked");
+        blocker(&mut agent, "stuck", spin);
+        agent.timeout(Duration::from_millis(100));
+        let started = Instant::now();
+        let error = agent.run().await.unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            matches!(error, FlowError::RunTimedOut { .. }),
+            "spin {spin}: {error}"
+        );
+        assert!(
+            took < Duration::from_millis(1000),
+            "spin {spin}: returned after {took:?}"
+        );
+        assert_eq!(agent.state_status("stuck"), Some(StateStatus::Cancelled));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_timeout_holds_against_a_state_that_blocks_its_thread() {
+    for spin in [false, true] {
+        let mut agent = Agent::new("blocked");
+        blocker(&mut agent, "stuck", spin).timeout(Duration::from_millis(100));
+        let started = Instant::now();
+        let error = agent.run().await.unwrap_err();
+        let took = started.elapsed();
+        let FlowError::StateTimedOut { state, .. } = &error else {
+            panic!("spin {spin}: {error}");
+        };
+        assert_eq!(state, "stuck");
+        assert!(
+            took < Duration::from_millis(1000),
+            "spin {spin}: returned after {took:?}"
+        );
+    }
+}
