@@ -159,7 +159,7 @@ impl Coordinator {
                     record.last_finished = Some(now);
                     let name = Arc::clone(self.graph.name(running.state));
                     if matches!(outcome, super::task::Outcome::Finished(Ok(_))) {
-                        self.completed += 1;
+                        self.completed = self.completed.saturating_add(1);
                         self.set_status(running.state, StateStatus::Completed);
                         self.publish(EventKind::StateCompleted {
                             state: name,

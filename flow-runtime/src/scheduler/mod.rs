@@ -1009,7 +1009,7 @@ impl Coordinator {
         started: Instant,
         outcome: Outcome,
     ) -> Result<(), FlowError> {
-        self.transitions += 1;
+        self.transitions = self.transitions.saturating_add(1);
         let now = self.now;
         let duration = now - started;
         let record = &mut self.states[state.index()];
@@ -1018,7 +1018,7 @@ impl Coordinator {
         match outcome {
             Outcome::Finished(Ok(next)) => {
                 self.set_status(state, StateStatus::Completed);
-                self.completed += 1;
+                self.completed = self.completed.saturating_add(1);
                 tracing::debug!(state = %self.graph.name(state), ?duration, "state completed");
                 if self.events.is_observed() {
                     let state = Arc::clone(self.graph.name(state));
