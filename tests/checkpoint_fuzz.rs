@@ -268,3 +268,15 @@ fn the_undamaged_checkpoints_finish_the_run() {
         assert_eq!(report.state("merge").unwrap().runs, 1);
     }
 }
+
+/// Writes the checkpoints as the fuzz target's seed corpus:
+/// `cargo test --test checkpoint_fuzz -- --ignored` (then `cargo +nightly fuzz run checkpoint`).
+#[test]
+#[ignore]
+fn write_the_fuzz_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/checkpoint");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, bytes) in checkpoints().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i}.json")), bytes).unwrap();
+    }
+}
