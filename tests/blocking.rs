@@ -33,10 +33,11 @@ async fn a_run_timeout_holds_against_a_state_that_blocks_its_thread() {
         let started = Instant::now();
         let error = agent.run().await.unwrap_err();
         let took = started.elapsed();
-        assert!(
-            matches!(error, FlowError::RunTimedOut { .. }),
-            "spin {spin}: {error}"
-        );
+        let FlowError::RunTimedOut { running, .. } = &error else {
+            panic!("spin {spin}: {error}");
+        };
+        assert_eq!(running, &["stuck"], "the abandoned state is named");
+        assert!(error.to_string().contains("spawn_blocking"), "{error}");
         assert!(
             took < Duration::from_millis(1000),
             "spin {spin}: returned after {took:?}"

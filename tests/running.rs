@@ -212,7 +212,8 @@ async fn a_run_timeout_fails_the_run_and_aborts_running_states() {
         report.error,
         Some(FlowError::RunTimedOut {
             agent: "timed".into(),
-            timeout: ms(1000)
+            timeout: ms(1000),
+            running: vec!["forever".into()],
         })
     );
     assert_eq!(report.status, AgentStatus::Failed);

@@ -181,13 +181,17 @@ pub enum FlowError {
     },
     /// The whole run exceeded its timeout; running states were cancelled.
     #[error(
-        "run of workflow `{agent}` timed out after {timeout:?}; raise the run's `timeout` or find the slow state in the report"
+        "run of workflow `{agent}` timed out after {timeout:?}{}; raise the run's `timeout` or find the slow state in the report (a state that blocks its thread belongs in `tokio::task::spawn_blocking`)",
+        stopped_states(.running)
     )]
     RunTimedOut {
         /// The workflow.
         agent: String,
         /// The run timeout.
         timeout: Duration,
+        /// The states that were running at the deadline: stopped, or abandoned if they do not
+        /// yield (sorted, each once).
+        running: Vec<String>,
     },
     /// The run was cancelled (by `cancel()` on its handle, or by dropping the `run()` future).
     #[error("run of workflow `{agent}` was cancelled")]
@@ -439,6 +443,21 @@ impl FlowError {
                 errors: problems,
             }),
         }
+    }
+}
+
+fn stopped_states(running: &[String]) -> String {
+    if running.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " with {} still running (stopped)",
+            running
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 

@@ -203,13 +203,24 @@ impl Coordinator {
                 AgentStatus::Cancelled,
                 Some(FlowError::Cancelled { agent: agent() }),
             ),
-            Some(Stop::TimedOut(timeout)) => (
-                AgentStatus::Failed,
-                Some(FlowError::RunTimedOut {
-                    agent: agent(),
-                    timeout,
-                }),
-            ),
+            Some(Stop::TimedOut(timeout)) => {
+                let mut running: Vec<String> = self
+                    .running
+                    .iter()
+                    .flatten()
+                    .map(|r| self.graph.name(r.state).to_string())
+                    .collect();
+                running.sort_unstable();
+                running.dedup();
+                (
+                    AgentStatus::Failed,
+                    Some(FlowError::RunTimedOut {
+                        agent: agent(),
+                        timeout,
+                        running,
+                    }),
+                )
+            }
         };
         // States see the run stop through their context, and get the cleanup timeout.
         self.cancel.cancel();
