@@ -64,3 +64,48 @@ async fn a_state_timeout_holds_against_a_state_that_blocks_its_thread() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_that_holds_its_thread_is_reported() {
+    let mut agent = Agent::new("blocky");
+    agent
+        .add_state("start", |_ctx: Context| async {
+            // Polled on the coordinator (the run's only ready state): blocks there.
+            std::thread::sleep(Duration::from_millis(400));
+            Ok::<_, FlowError>(Next::parallel(["blocks", "awaits"]))
+        })
+        .successors(["blocks", "awaits"]);
+    agent
+        .add_state("blocks", |_ctx: Context| async {
+            std::thread::sleep(Duration::from_millis(400));
+            Ok::<_, FlowError>(Next::End)
+        })
+        .successors(Vec::<String>::new());
+    agent
+        .add_state("awaits", |_ctx: Context| async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, FlowError>(Next::End)
+        })
+        .successors(Vec::<String>::new());
+    agent.warn_blocking(Duration::from_millis(200));
+    let report = agent.run().await.unwrap();
+    let mut blocked: Vec<(String, Duration)> = report
+        .warnings
+        .iter()
+        .filter_map(|w| match w {
+            fluffy_flow::RunWarning::BlockingState {
+                state, held_for, ..
+            } => Some((state.to_string(), *held_for)),
+            _ => None,
+        })
+        .collect();
+    blocked.sort();
+    let names: Vec<&str> = blocked.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["blocks", "start"], "{:?}", report.warnings);
+    assert!(
+        blocked
+            .iter()
+            .all(|(_, held)| *held >= Duration::from_millis(400))
+    );
+    assert!(report.warnings[0].to_string().contains("spawn_blocking"));
+}

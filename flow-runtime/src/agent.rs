@@ -89,6 +89,7 @@ struct Definition {
     timeout: Option<Duration>,
     cleanup_timeout: Duration,
     strict_joins: bool,
+    blocking_threshold: Option<Duration>,
     default_retry: RetryPolicy,
     pool: Option<ResourcePool>,
     priority_aging: Duration,
@@ -121,6 +122,8 @@ pub(crate) struct Compiled {
     pub(crate) cleanup_timeout: Duration,
     /// An ambiguous join fails the run rather than being guessed.
     pub(crate) strict_joins: bool,
+    /// Polls of a state longer than this are reported (see [`Agent::warn_blocking`]).
+    pub(crate) blocking_threshold: Option<Duration>,
     /// The pool states draw from; `None` when no state needs anything.
     pub(crate) pool: Option<ResourcePool>,
     pub(crate) priority_aging: Duration,
@@ -181,6 +184,7 @@ impl Agent {
                 timeout: None,
                 cleanup_timeout: Duration::ZERO,
                 strict_joins: false,
+                blocking_threshold: None,
                 default_retry: RetryPolicy::NONE,
                 pool: None,
                 priority_aging: DEFAULT_PRIORITY_AGING,
@@ -289,6 +293,18 @@ impl Agent {
     /// [`FlowError::AmbiguousJoin`] instead, naming the states whose successors to declare.
     pub fn strict_joins(&mut self, strict: bool) -> &mut Self {
         self.definition_mut().strict_joins = strict;
+        self
+    }
+
+    /// Reports a state that holds its thread for longer than `threshold` in one poll (a
+    /// blocking call, or a loop that never yields): a [`RunWarning::BlockingState`] in the
+    /// report and a `tracing` warning naming the state, which should run such work with
+    /// `tokio::task::spawn_blocking`. Off by default: it reads the clock around every poll of
+    /// every state (about 50 ns each). One to two seconds is a usual threshold.
+    ///
+    /// [`RunWarning::BlockingState`]: crate::RunWarning::BlockingState
+    pub fn warn_blocking(&mut self, threshold: Duration) -> &mut Self {
+        self.definition_mut().blocking_threshold = Some(threshold);
         self
     }
 
@@ -931,6 +947,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         timeout: definition.timeout,
         cleanup_timeout: definition.cleanup_timeout,
         strict_joins: definition.strict_joins,
+        blocking_threshold: definition.blocking_threshold,
         pool,
         priority_aging: definition.priority_aging,
         checkpoints: definition.checkpoints.clone(),

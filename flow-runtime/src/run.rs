@@ -299,6 +299,19 @@ pub enum RunWarning {
         /// How many times it happened in this run.
         times: u32,
     },
+    /// A state held its thread for longer than [`Agent::warn_blocking`]'s threshold in one
+    /// poll: it blocks (or spins) instead of awaiting. Run such work with
+    /// `tokio::task::spawn_blocking`.
+    ///
+    /// [`Agent::warn_blocking`]: crate::Agent::warn_blocking
+    BlockingState {
+        /// The state.
+        state: Arc<str>,
+        /// The longest it held its thread in one poll.
+        held_for: Duration,
+        /// How many polls went over the threshold.
+        times: u32,
+    },
 }
 
 impl std::fmt::Display for RunWarning {
@@ -334,6 +347,15 @@ impl std::fmt::Display for RunWarning {
                     write!(f, "; declare the successors of {}", list(declare))
                 }
             }
+            Self::BlockingState {
+                state,
+                held_for,
+                times,
+            } => write!(
+                f,
+                "state `{state}` held its thread for {held_for:?} without yielding ({times} time{}); run blocking work with `tokio::task::spawn_blocking`",
+                if *times == 1 { "" } else { "s" }
+            ),
         }
     }
 }

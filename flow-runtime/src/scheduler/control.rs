@@ -182,6 +182,7 @@ impl Coordinator {
                 Message::Checkpoint(_) | Message::CheckpointTick | Message::CheckpointSaved(_) => {}
                 Message::Retry { .. }
                 | Message::StateDeadline { .. }
+                | Message::Blocking { .. }
                 | Message::DependencyDeadline { .. }
                 | Message::Resume
                 | Message::PoolFreed

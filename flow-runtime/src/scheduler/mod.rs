@@ -163,6 +163,7 @@ impl Coordinator {
             sender,
             halted,
         } = control;
+        let blocking = compiled.blocking_threshold;
         Self {
             joins: {
                 let mut joins = Joins::new(&graph);
@@ -208,6 +209,7 @@ impl Coordinator {
             link: Arc::new(task::TaskLink {
                 report: sender.clone(),
                 halted,
+                blocking,
             }),
             sender,
             inbox,
@@ -336,6 +338,14 @@ impl Coordinator {
             } => self
                 .finish_task(slot, ticket, outcome)
                 .map_err(Stop::Failed),
+            Message::Blocking { slot, ticket, held } => {
+                if let Some(Some(running)) = self.running.get(slot as usize)
+                    && running.ticket == ticket
+                {
+                    self.report_blocking(running.state, held);
+                }
+                Ok(())
+            }
             Message::StateDeadline {
                 slot,
                 ticket,
@@ -464,6 +474,12 @@ impl Coordinator {
             let _entered = span.enter();
             std::future::poll_fn(|cx| std::task::Poll::Ready(task::poll_once(&mut run, cx))).await
         };
+        if let Some(threshold) = self.compiled.blocking_threshold {
+            let held = Instant::now() - started;
+            if held > threshold {
+                self.report_blocking(state, held);
+            }
+        }
         match polled {
             Some(outcome) => {
                 self.now = Instant::now();

@@ -39,6 +39,12 @@ pub(crate) enum Message {
         ticket: u64,
         outcome: Outcome,
     },
+    /// A state held its thread this long in one poll (over `Agent::warn_blocking`'s threshold).
+    Blocking {
+        slot: u32,
+        ticket: u64,
+        held: Duration,
+    },
     /// A running state's timeout passed, by the coordinator's own timer.
     StateDeadline {
         slot: u32,
@@ -132,6 +138,8 @@ pub(crate) struct TaskLink {
     pub(crate) report: UnboundedSender<Message>,
     /// Set when the run's future was dropped with no cleanup time (see `Agent::run_with`).
     pub(crate) halted: Arc<AtomicBool>,
+    /// Polls longer than this are reported (see `Agent::warn_blocking`).
+    pub(crate) blocking: Option<Duration>,
 }
 
 /// Drives a state's attempt as a task and reports how it ended. Once the run is halted (its
@@ -146,10 +154,18 @@ pub(crate) async fn supervise<F: Future<Output = Outcome> + Send>(
     let mut attempt = std::pin::pin!(attempt);
     let unless_halted = std::future::poll_fn(|cx| {
         if link.halted.load(Ordering::Acquire) {
-            Poll::Ready(None)
-        } else {
-            attempt.as_mut().poll(cx).map(Some)
+            return Poll::Ready(None);
         }
+        let Some(threshold) = link.blocking else {
+            return attempt.as_mut().poll(cx).map(Some);
+        };
+        let began = std::time::Instant::now();
+        let polled = attempt.as_mut().poll(cx).map(Some);
+        let held = began.elapsed();
+        if held > threshold {
+            let _ = link.report.send(Message::Blocking { slot, ticket, held });
+        }
+        polled
     });
     let outcome = match limit {
         None => unless_halted.await,

@@ -56,6 +56,7 @@ impl Coordinator {
                     released: r,
                     ..
                 } => *f == fork && *h == held && *r == released,
+                _ => false,
             };
             if let Some(RunWarning::AmbiguousJoin { times, .. }) =
                 self.warnings.iter_mut().find(|w| same(w))
@@ -91,4 +92,39 @@ fn undeclared_behind(graph: &StateGraph, held: &[StateId]) -> Vec<StateId> {
     }
     found.sort_unstable();
     found
+}
+
+impl Coordinator {
+    /// A state held its thread for `held` in one poll.
+    pub(super) fn report_blocking(&mut self, state: StateId, held: std::time::Duration) {
+        let name = Arc::clone(self.graph.name(state));
+        tracing::warn!(
+            state = %name,
+            ?held,
+            "a state held its thread without yielding; run blocking work with tokio::task::spawn_blocking"
+        );
+        let count = self.warnings.len();
+        let existing = self.warnings.iter_mut().find_map(|w| match w {
+            RunWarning::BlockingState {
+                state,
+                held_for,
+                times,
+            } if *state == name => Some((held_for, times)),
+            _ => None,
+        });
+        match existing {
+            Some((held_for, times)) => {
+                *held_for = (*held_for).max(held);
+                *times = times.saturating_add(1);
+            }
+            None if count < MAX_WARNINGS => {
+                self.warnings.push(RunWarning::BlockingState {
+                    state: name,
+                    held_for: held,
+                    times: 1,
+                });
+            }
+            None => {}
+        }
+    }
 }
