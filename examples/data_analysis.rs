@@ -125,9 +125,7 @@ fn build() -> Agent {
     agent
         .add_state("merge_results", merge_results)
         .successors(["report"]);
-    agent
-        .add_state("report", report)
-        .successors(Vec::<String>::new());
+    agent.add_state("report", report).terminal();
     agent
 }
 

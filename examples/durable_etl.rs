@@ -67,7 +67,7 @@ fn pipeline(runs: Arc<Runs>, warehouse_up: Arc<AtomicBool>) -> Agent {
                 Ok::<_, fluffy_flow::BoxError>(Next::End)
             }
         })
-        .successors(Vec::<String>::new())
+        .terminal()
         .retry(RetryPolicy::NONE);
     agent
         .add_state("report", |ctx: Context| async move {
@@ -75,7 +75,7 @@ fn pipeline(runs: Arc<Runs>, warehouse_up: Arc<AtomicBool>) -> Agent {
             ctx.set_state("report", format!("{loaded} order units loaded"));
             Ok::<_, FlowError>(Next::End)
         })
-        .successors(Vec::<String>::new())
+        .terminal()
         .depends_on("load", DependencyType::Required);
     agent
 }

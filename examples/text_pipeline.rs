@@ -59,9 +59,7 @@ async fn main() -> Result<(), FlowError> {
     agent
         .add_state("analyze_text", analyze_text)
         .successors(["format_results"]);
-    agent
-        .add_state("format_results", format_results)
-        .successors(Vec::<String>::new());
+    agent.add_state("format_results", format_results).terminal();
 
     let context = Context::new();
     context.set_state("raw_text", input);

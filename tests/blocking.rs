@@ -80,13 +80,13 @@ async fn a_state_that_holds_its_thread_is_reported() {
             std::thread::sleep(Duration::from_millis(400));
             Ok::<_, FlowError>(Next::End)
         })
-        .successors(Vec::<String>::new());
+        .terminal();
     agent
         .add_state("awaits", |_ctx: Context| async {
             tokio::time::sleep(Duration::from_millis(400)).await;
             Ok::<_, FlowError>(Next::End)
         })
-        .successors(Vec::<String>::new());
+        .terminal();
     agent.warn_blocking(Duration::from_millis(200));
     let report = agent.run().await.unwrap();
     let mut blocked: Vec<(String, Duration)> = report

@@ -64,7 +64,7 @@ fn agent() -> Agent {
         .add_state("merge", |_ctx: Context| async {
             Ok::<_, FlowError>(Next::End)
         })
-        .successors(Vec::<String>::new());
+        .terminal();
     agent
 }
 

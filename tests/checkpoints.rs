@@ -843,7 +843,7 @@ async fn a_failed_durable_run_retries_the_failed_state_and_nothing_before_it() {
                     Ok(Next::End)
                 }
             })
-            .successors(Vec::<String>::new());
+            .terminal();
         agent
     }
     let store = MemoryStore::new();
@@ -967,7 +967,7 @@ async fn a_restored_ready_state_keeps_its_acquisition_timeout() {
                     sleep(MS * wait).await;
                     Ok::<_, FlowError>(Next::End)
                 })
-                .successors(Vec::<String>::new())
+                .terminal()
                 .resources(ResourceRequirements {
                     cpu: 1.0,
                     ..ResourceRequirements::NONE

@@ -134,7 +134,7 @@ fn failing_upstream(agent: &mut Agent, log: &Log, handle_dependent: bool) {
             tokio::time::sleep(MS * 10).await;
             Err::<Next, _>("upstream is down".to_string())
         })
-        .successors(Vec::<String>::new())
+        .terminal()
         .on_error("cleanup");
     step(agent, log, "cleanup", 0, Next::End);
     step(agent, log, "c", 0, Next::to("d"));
@@ -153,7 +153,7 @@ fn failing_upstream(agent: &mut Agent, log: &Log, handle_dependent: bool) {
                     Ok::<_, FlowError>(Next::End)
                 }
             })
-            .successors(Vec::<String>::new());
+            .terminal();
     }
 }
 

@@ -41,7 +41,7 @@ async fn case_1(declare: bool) {
         }
     });
     if declare {
-        merge = merge.successors(Vec::<String>::new());
+        merge = merge.terminal();
     }
     let _ = merge;
     let origin = Instant::now();

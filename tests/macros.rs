@@ -130,7 +130,7 @@ fn hand_built(reviewers: usize) -> Agent {
             ctx.set_state("retracted", true);
             Ok::<_, FlowError>(Next::End)
         })
-        .successors(Vec::<String>::new());
+        .terminal();
     agent
         .add_state("publish", |ctx: Context| async move {
             let grammar: usize = ctx.get_state("grammar")?;
@@ -142,7 +142,7 @@ fn hand_built(reviewers: usize) -> Agent {
             );
             Ok::<_, FlowError>(Next::End)
         })
-        .successors(Vec::<String>::new());
+        .terminal();
     agent
 }
 

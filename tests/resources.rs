@@ -170,7 +170,7 @@ async fn a_low_priority_state_is_not_starved_by_a_stream_of_high_ones() {
         })
         .priority(Priority::Low)
         .resources(cpus(1.0))
-        .successors(Vec::<String>::new());
+        .terminal();
     for i in 0..10 {
         let log = Arc::clone(&starts);
         agent
@@ -359,14 +359,14 @@ async fn waiting_past_the_acquisition_timeout_fails_the_attempt() {
         })
         .priority(Priority::High)
         .resources(cpus(1.0))
-        .successors(Vec::<String>::new());
+        .terminal();
     agent
         .add_state("quick", |_ctx: Context| async {
             Ok::<_, FlowError>(Next::End)
         })
         .resources(cpus(1.0))
         .acquire_timeout(ms(30))
-        .successors(Vec::<String>::new());
+        .terminal();
     let start = Instant::now();
     let report = agent.start().unwrap().wait().await;
     assert_eq!(
@@ -455,7 +455,7 @@ async fn a_critical_state_preempts_a_preemptible_low_one_which_runs_again_later(
         .priority(Priority::Low)
         .resources(cpus(1.0))
         .preemptible()
-        .successors(Vec::<String>::new());
+        .terminal();
     agent
         .add_state("wait", |_ctx: Context| async {
             sleep(ms(10)).await;
@@ -474,7 +474,7 @@ async fn a_critical_state_preempts_a_preemptible_low_one_which_runs_again_later(
         })
         .priority(Priority::Critical)
         .resources(cpus(1.0))
-        .successors(Vec::<String>::new());
+        .terminal();
     let origin = Instant::now();
     let report = agent.run().await.unwrap();
     let log: Vec<(&str, Duration)> = log

@@ -131,3 +131,18 @@ fn an_empty_or_foreign_file_is_refused_not_taken_as_an_empty_store() {
     let store = RedbStore::open(&fresh).unwrap();
     assert!(store.latest("any", "run").unwrap().is_none());
 }
+
+#[test]
+fn a_store_opened_twice_says_to_clone_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flows.redb");
+    let first = RedbStore::open(&path).unwrap();
+    let Err(error @ FlowError::StoreInUse { .. }) = RedbStore::open(&path) else {
+        panic!("a second open of one file succeeded or failed otherwise");
+    };
+    assert!(error.to_string().contains("clone the store"), "{error}");
+    assert!(error.to_string().contains("flows.redb"), "{error}");
+    // The clone works.
+    let second = first.clone();
+    assert!(second.latest("any", "run").unwrap().is_none());
+}

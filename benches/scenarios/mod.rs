@@ -207,7 +207,7 @@ fn fanout_agent(n: usize, sleep: Option<Duration>) -> Agent {
                 Ok::<_, FlowError>(Next::End)
             }
         })
-        .successors(Vec::<String>::new());
+        .terminal();
     agent
 }
 
@@ -271,7 +271,7 @@ async fn resources(n: usize) -> (Sample, Duration) {
                 }
             })
             .resources(one_cpu)
-            .successors(Vec::<String>::new());
+            .terminal();
     }
     agent.validate().expect("valid workflow");
     let build = t.elapsed();
@@ -392,7 +392,7 @@ async fn checkpoint(n: usize) -> (Sample, usize) {
                 ctx.set_state("read", last);
                 Ok::<_, FlowError>(Next::End)
             })
-            .successors(Vec::<String>::new());
+            .terminal();
         agent
     }
     let keys: &'static [&'static str] = Box::leak(leak_names("key", n).into_boxed_slice());

@@ -303,6 +303,14 @@ pub enum FlowError {
         /// What is wrong with it.
         message: String,
     },
+    /// A store file is already open (a second `RedbStore::open` of one path).
+    #[error(
+        "checkpoint store {store} is already open (in this process, or another one): open it once and clone the store, whose clones share the database"
+    )]
+    StoreInUse {
+        /// The store (its kind and location).
+        store: String,
+    },
     /// A checkpoint store's file is damaged: it cannot be opened or read safely.
     #[error(
         "checkpoint store {store} is damaged: {message}; restore the file from a backup, or move it away to start afresh (runs it held then start over and repeat their side effects)"

@@ -818,14 +818,22 @@ impl StateOptions<'_> {
 
     /// Declares every state this one may transition to. Optional, but it lets the scheduler
     /// release a join as soon as no sibling branch can still reach it; and a transition outside
-    /// the list fails the run with [`FlowError::UndeclaredTransition`]. Declare an empty list
-    /// for a state that always ends its branch.
+    /// the list fails the run with [`FlowError::UndeclaredTransition`]. For a state that
+    /// always ends its branch, use [`StateOptions::terminal`].
     pub fn successors<I, S>(self, states: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         self.state.spec.successors = Some(states.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Declares that this state always ends its branch: it has no successors (what
+    /// `.successors([])` would say, if an empty list could name its element type). A
+    /// transition from it fails the run with [`FlowError::UndeclaredTransition`].
+    pub fn terminal(self) -> Self {
+        self.state.spec.successors = Some(Vec::new());
         self
     }
 }

@@ -99,6 +99,9 @@ impl RedbStore {
                     "it is not a redb database this store can open ({error})"
                 )));
             }
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(FlowError::StoreInUse { store });
+            }
             Ok(Err(error)) => {
                 return Err(FlowError::CheckpointStore {
                     store,
