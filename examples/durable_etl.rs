@@ -31,7 +31,7 @@ fn pipeline(runs: Arc<Runs>, warehouse_up: Arc<AtomicBool>) -> Agent {
             async move {
                 runs.extract.fetch_add(1, Ordering::SeqCst);
                 ctx.set_state("orders", vec![120u32, 80, 45, 300, 15, 60]);
-                Ok::<_, FlowError>(Next::parallel(["shard_a", "shard_b", "shard_c"]))
+                Ok(Next::parallel(["shard_a", "shard_b", "shard_c"]))
             }
         })
         .successors(["shard_a", "shard_b", "shard_c"]);
@@ -45,7 +45,7 @@ fn pipeline(runs: Arc<Runs>, warehouse_up: Arc<AtomicBool>) -> Agent {
                     let orders: Vec<u32> = ctx.get_state("orders")?;
                     let total: u32 = orders.iter().skip(index * 2).take(2).sum();
                     ctx.set_state(format!("total_{shard}"), total);
-                    Ok::<_, FlowError>(Next::to("load"))
+                    Ok(Next::to("load"))
                 }
             })
             .successors(["load"]);
@@ -73,7 +73,7 @@ fn pipeline(runs: Arc<Runs>, warehouse_up: Arc<AtomicBool>) -> Agent {
         .add_state("report", |ctx: Context| async move {
             let loaded: u32 = ctx.get_state("loaded")?;
             ctx.set_state("report", format!("{loaded} order units loaded"));
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .terminal()
         .depends_on("load", DependencyType::Required);

@@ -20,7 +20,7 @@ fn blocker<'a>(agent: &'a mut Agent, name: &str, spin: bool) -> fluffy_flow::Sta
         } else {
             std::thread::sleep(BLOCK);
         }
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     })
 }
 
@@ -72,19 +72,19 @@ async fn a_state_that_holds_its_thread_is_reported() {
         .add_state("start", |_ctx: Context| async {
             // Polled on the coordinator (the run's only ready state): blocks there.
             std::thread::sleep(Duration::from_millis(400));
-            Ok::<_, FlowError>(Next::parallel(["blocks", "awaits"]))
+            Ok(Next::parallel(["blocks", "awaits"]))
         })
         .successors(["blocks", "awaits"]);
     agent
         .add_state("blocks", |_ctx: Context| async {
             std::thread::sleep(Duration::from_millis(400));
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .terminal();
     agent
         .add_state("awaits", |_ctx: Context| async {
             tokio::time::sleep(Duration::from_millis(400)).await;
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .terminal();
     agent.warn_blocking(Duration::from_millis(200));

@@ -25,7 +25,7 @@ fn cause_of(error: &FlowError) -> &StateError {
 #[tokio::test]
 async fn states_may_use_any_error_type() {
     let mut agent = Agent::new("errors");
-    agent.add_state("thiserror", |_ctx: Context| async {
+    agent.add_state_with_error("thiserror", |_ctx: Context| async {
         Err::<Next, _>(PaymentError::Declined(42))
     });
     let error = failing_run(&agent).await;
@@ -39,7 +39,7 @@ async fn states_may_use_any_error_type() {
     ));
 
     let mut agent = Agent::new("errors");
-    agent.add_state("anyhow", |_ctx: Context| async {
+    agent.add_state_with_error("anyhow", |_ctx: Context| async {
         let inner = anyhow::anyhow!("disk full");
         Err::<Next, _>(inner.context("could not write the report"))
     });
@@ -62,7 +62,7 @@ async fn states_may_use_any_error_type() {
     let mut agent = Agent::new("errors");
     agent.add_state("flow", |ctx: Context| async move {
         let value: u32 = ctx.get_state("absent")?;
-        Ok::<_, FlowError>(Next::to(format!("s{value}")))
+        Ok(Next::to(format!("s{value}")))
     });
     let error = failing_run(&agent).await;
     assert!(
@@ -83,8 +83,8 @@ async fn states_may_use_any_error_type() {
 #[tokio::test]
 async fn validation_names_the_states_involved() {
     let mut agent = Agent::new("dup");
-    agent.add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
-    agent.add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    agent.add_state("a", |_ctx: Context| async { Ok(Next::End) });
+    agent.add_state("a", |_ctx: Context| async { Ok(Next::End) });
     assert_eq!(
         agent.run().await.unwrap_err(),
         FlowError::DuplicateState {
@@ -94,9 +94,7 @@ async fn validation_names_the_states_involved() {
     );
 
     let mut agent = Agent::new("entry");
-    agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("start", |_ctx: Context| async { Ok(Next::End) });
     agent.set_entry("strat");
     let error = agent.run().await.unwrap_err();
     assert_eq!(
@@ -114,16 +112,16 @@ async fn validation_names_the_states_involved() {
 
     let mut agent = Agent::new("successor");
     agent
-        .add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) })
+        .add_state("a", |_ctx: Context| async { Ok(Next::End) })
         .successors(["b", "c"]);
-    agent.add_state("b", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    agent.add_state("b", |_ctx: Context| async { Ok(Next::End) });
     let error = agent.validate().unwrap_err();
     assert!(
         matches!(&error, FlowError::UnknownSuccessor { state, target, .. } if state == "a" && target == "c")
     );
 
     let mut agent = Agent::new("zero");
-    agent.add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    agent.add_state("a", |_ctx: Context| async { Ok(Next::End) });
     agent.max_concurrent(0);
     assert!(
         matches!(agent.validate().unwrap_err(), FlowError::InvalidConfig { message, .. } if message.contains("max_concurrent"))
@@ -133,12 +131,8 @@ async fn validation_names_the_states_involved() {
 #[tokio::test]
 async fn a_transition_to_an_unknown_state_fails_the_run_with_both_names() {
     let mut agent = Agent::new("typo");
-    agent.add_state("load", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::to("proces"))
-    });
-    agent.add_state("process", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("load", |_ctx: Context| async { Ok(Next::to("proces")) });
+    agent.add_state("process", |_ctx: Context| async { Ok(Next::End) });
     let report = agent.start().unwrap().wait().await;
     assert_eq!(report.status, AgentStatus::Failed);
     assert_eq!(
@@ -155,11 +149,11 @@ async fn a_transition_to_an_unknown_state_fails_the_run_with_both_names() {
     let mut agent = Agent::new("declared");
     agent
         .add_state("a", |_ctx: Context| async {
-            Ok::<_, FlowError>(Next::parallel(["b", "c"]))
+            Ok(Next::parallel(["b", "c"]))
         })
         .successors(["b"]);
-    agent.add_state("b", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
-    agent.add_state("c", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    agent.add_state("b", |_ctx: Context| async { Ok(Next::End) });
+    agent.add_state("c", |_ctx: Context| async { Ok(Next::End) });
     let error = agent.run().await.unwrap_err();
     assert_eq!(
         error.to_string(),
@@ -172,7 +166,7 @@ async fn priority_orders_ready_states_when_slots_are_short() {
     let mut agent = Agent::new("priorities");
     agent.max_concurrent(1);
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["low", "normal", "critical", "high"]))
+        Ok(Next::parallel(["low", "normal", "critical", "high"]))
     });
     for (name, priority) in [
         ("low", Priority::Low),
@@ -184,7 +178,7 @@ async fn priority_orders_ready_states_when_slots_are_short() {
             .add_state(name, move |ctx: Context| async move {
                 ctx.update_typed::<Vec<String>, _>("order", |order| order.push(name.to_owned()))?;
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             })
             .priority(priority);
     }
@@ -204,7 +198,7 @@ async fn a_state_timeout_fails_the_run_with_status_timeout() {
     agent
         .add_state("fetch", |_ctx: Context| async {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .timeout(Duration::from_millis(250));
     let started = tokio::time::Instant::now();
@@ -226,12 +220,12 @@ async fn states_can_be_added_in_a_loop() {
     let mut agent = Agent::new("dynamic");
     let chunks: usize = 50;
     agent.add_state("split", move |_ctx: Context| async move {
-        Ok::<_, FlowError>(Next::parallel((0..chunks).map(|i| format!("chunk_{i}"))))
+        Ok(Next::parallel((0..chunks).map(|i| format!("chunk_{i}"))))
     });
     for i in 0..chunks {
         agent.add_state(format!("chunk_{i}"), move |ctx: Context| async move {
             ctx.set_state(format!("result_{i}"), i * i);
-            Ok::<_, FlowError>(Next::to("merge"))
+            Ok(Next::to("merge"))
         });
     }
     agent.add_state("merge", move |ctx: Context| async move {
@@ -239,7 +233,7 @@ async fn states_can_be_added_in_a_loop() {
             .map(|i| ctx.get_state::<usize>(&format!("result_{i}")))
             .sum::<Result<_, _>>()?;
         ctx.set_state("total", total);
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let report = agent.run().await.unwrap();
     assert_eq!(

@@ -26,17 +26,17 @@ fn agent() -> Agent {
     agent
         .add_state("start", |ctx: Context| async move {
             ctx.set_state("started", true);
-            Ok::<_, FlowError>(Next::parallel(["slow", "flaky", "waiter"]))
+            Ok(Next::parallel(["slow", "flaky", "waiter"]))
         })
         .successors(["slow", "flaky", "waiter"]);
     agent
         .add_state("slow", |_ctx: Context| async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok::<_, FlowError>(Next::to("merge"))
+            Ok(Next::to("merge"))
         })
         .successors(["merge"]);
     agent
-        .add_state("flaky", |ctx: Context| async move {
+        .add_state_with_error("flaky", |ctx: Context| async move {
             let n = ctx.update_typed::<u32, _>("tries", |n| {
                 *n += 1;
                 *n
@@ -55,15 +55,11 @@ fn agent() -> Agent {
         })
         .successors(["merge"]);
     agent
-        .add_state("waiter", |_ctx: Context| async {
-            Ok::<_, FlowError>(Next::to("merge"))
-        })
+        .add_state("waiter", |_ctx: Context| async { Ok(Next::to("merge")) })
         .depends_on("slow", DependencyType::Required)
         .successors(["merge"]);
     agent
-        .add_state("merge", |_ctx: Context| async {
-            Ok::<_, FlowError>(Next::End)
-        })
+        .add_state("merge", |_ctx: Context| async { Ok(Next::End) })
         .terminal();
     agent
 }

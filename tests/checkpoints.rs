@@ -154,7 +154,7 @@ async fn a_format_1_checkpoint_reads_as_format_2_and_finishes_the_run() {
 fn flaky(calls: Arc<AtomicU32>) -> Agent {
     let mut agent = Agent::new("flaky");
     agent
-        .add_state("call", move |ctx: Context| {
+        .add_state_with_error("call", move |ctx: Context| {
             let calls = calls.clone();
             async move {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -281,11 +281,11 @@ async fn typed_values_come_back_as_their_types() {
         );
         ctx.set_state("scores", vec![95u8, 87, 92]);
         ctx.set_state("note", Some("ok".to_string()));
-        Ok::<_, FlowError>(Next::to("wait"))
+        Ok(Next::to("wait"))
     });
     agent.add_state("wait", |_ctx: Context| async {
         sleep(Duration::from_secs(1)).await;
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let handle = agent.start().unwrap();
     sleep(MS * 10).await;
@@ -762,7 +762,7 @@ async fn a_stalled_store_does_not_hold_up_the_scheduler() {
             let next = next.clone();
             async move {
                 ctx.set_state("last", i);
-                Ok::<_, FlowError>(next)
+                Ok(next)
             }
         });
     }
@@ -832,7 +832,7 @@ async fn a_failed_durable_run_retries_the_failed_state_and_nothing_before_it() {
         step(&mut agent, log, "c", 0, Next::to("d"));
         let log = log.clone();
         agent
-            .add_state("d", move |ctx: Context| {
+            .add_state_with_error("d", move |ctx: Context| {
                 let (log, up) = (log.clone(), up.clone());
                 async move {
                     log.push("d");
@@ -958,14 +958,14 @@ async fn a_restored_ready_state_keeps_its_acquisition_timeout() {
         }));
         agent
             .add_state("start", |_ctx: Context| async {
-                Ok::<_, FlowError>(Next::parallel(["hog", "late"]))
+                Ok(Next::parallel(["hog", "late"]))
             })
             .successors(["hog", "late"]);
         for (name, wait) in [("hog", 1000), ("late", 0)] {
             agent
                 .add_state(name, move |_ctx: Context| async move {
                     sleep(MS * wait).await;
-                    Ok::<_, FlowError>(Next::End)
+                    Ok(Next::End)
                 })
                 .terminal()
                 .resources(ResourceRequirements {

@@ -154,13 +154,13 @@ async fn parallel_states_update_one_value_without_losing_writes() {
     let n = 500;
     let mut agent = Agent::new("counter");
     agent.add_state("start", move |_ctx: Context| async move {
-        Ok::<_, FlowError>(Next::parallel((0..n).map(|i| format!("w{i}"))))
+        Ok(Next::parallel((0..n).map(|i| format!("w{i}"))))
     });
     for i in 0..n {
         agent.add_state(format!("w{i}"), move |ctx: Context| async move {
             ctx.update_typed::<u64, _>("total", |total| *total += i as u64)?;
             ctx.set_state(format!("w{i}"), i);
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         });
     }
     let initial = Context::new();

@@ -96,7 +96,7 @@ fn workflow(log: Option<PathBuf>, work: Duration) -> Agent {
                     if let Some(log) = &log {
                         note(log, &format!("done {name}"));
                     }
-                    Ok::<_, FlowError>(next)
+                    Ok(next)
                 }
             })
             .successors(declared);

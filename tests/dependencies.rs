@@ -36,7 +36,7 @@ fn looping<'a>(
                 log.push(&key);
                 tokio::time::sleep(MS * delay_ms as u32).await;
                 let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                Ok::<_, FlowError>(if run < times { Next::to(again) } else { then })
+                Ok(if run < times { Next::to(again) } else { then })
             }
         })
         .successors(declared)
@@ -130,7 +130,7 @@ async fn a_diamond_runs_its_join_once_however_it_is_written() {
 fn failing_upstream(agent: &mut Agent, log: &Log, handle_dependent: bool) {
     step(agent, log, "a", 0, par(&["b", "c"]));
     agent
-        .add_state("b", |_ctx: Context| async {
+        .add_state_with_error("b", |_ctx: Context| async {
             tokio::time::sleep(MS * 10).await;
             Err::<Next, _>("upstream is down".to_string())
         })
@@ -150,7 +150,7 @@ fn failing_upstream(agent: &mut Agent, log: &Log, handle_dependent: bool) {
                 async move {
                     log.push("d_failed");
                     ctx.set_state("why", ctx.failure().expect("a failure").error);
-                    Ok::<_, FlowError>(Next::End)
+                    Ok(Next::End)
                 }
             })
             .terminal();
@@ -442,7 +442,7 @@ async fn waiting_past_a_dependency_timeout_fails_the_dependent() {
             log.push("fallback");
             let failure = ctx.failure().expect("the failure is there");
             ctx.set_state("why", failure.error);
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         }
     });
     let origin = Instant::now();
@@ -534,7 +534,7 @@ async fn a_waiting_state_can_be_cancelled() {
 
 #[tokio::test]
 async fn bad_dependencies_are_rejected_before_anything_runs() {
-    let noop = |_ctx: Context| async { Ok::<_, FlowError>(Next::End) };
+    let noop = |_ctx: Context| async { Ok(Next::End) };
     let mut agent = Agent::new("bad");
     agent
         .add_state("a", noop)
@@ -678,7 +678,7 @@ async fn a_condition_that_panics_does_not_hold() {
 
 #[tokio::test]
 async fn dependency_options_that_would_do_nothing_are_rejected() {
-    let noop = |_ctx: Context| async { Ok::<_, FlowError>(Next::End) };
+    let noop = |_ctx: Context| async { Ok(Next::End) };
     let cases: Vec<(DependencyConfig, &str)> = vec![
         (
             DependencyConfig {

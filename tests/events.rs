@@ -42,18 +42,14 @@ async fn every_lifecycle_event_is_published_in_order() {
     let mut agent = Agent::new("observed");
     agent.add_state("fetch", |_ctx: Context| async {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        Ok::<_, FlowError>(Next::parallel(["left", "right"]))
+        Ok(Next::parallel(["left", "right"]))
     });
-    agent.add_state("left", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::to("join"))
-    });
+    agent.add_state("left", |_ctx: Context| async { Ok(Next::to("join")) });
     agent.add_state("right", |_ctx: Context| async {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        Ok::<_, FlowError>(Next::to("join"))
+        Ok(Next::to("join"))
     });
-    agent.add_state("join", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("join", |_ctx: Context| async { Ok(Next::End) });
     let mut events = agent.subscribe();
     let start = Instant::now();
     let report = agent.run().await.unwrap();
@@ -94,10 +90,8 @@ async fn every_lifecycle_event_is_published_in_order() {
 async fn failures_are_published_and_slow_subscribers_learn_what_they_missed() {
     let mut agent = Agent::new("noisy");
     agent.event_capacity(4);
-    agent.add_state("a", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::to("b"))
-    });
-    agent.add_state("b", |_ctx: Context| async {
+    agent.add_state("a", |_ctx: Context| async { Ok(Next::to("b")) });
+    agent.add_state_with_error("b", |_ctx: Context| async {
         Err::<Next, _>(FlowError::MissingKey {
             key: "input".into(),
         })
@@ -126,9 +120,7 @@ async fn failures_are_published_and_slow_subscribers_learn_what_they_missed() {
 #[tokio::test]
 async fn each_run_is_told_apart_by_its_id() {
     let mut agent = Agent::new("twice");
-    agent.add_state("only", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("only", |_ctx: Context| async { Ok(Next::End) });
     let mut events = agent.subscribe();
     let first = agent.run().await.unwrap().run_id;
     let second = agent.run().await.unwrap().run_id;
@@ -147,15 +139,13 @@ async fn stopping_a_run_publishes_a_cancellation_for_every_unfinished_state() {
     let mut agent = Agent::new("stopped");
     agent.max_concurrent(1);
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["slow", "queued"]))
+        Ok(Next::parallel(["slow", "queued"]))
     });
     agent.add_state("slow", |_ctx: Context| async {
         tokio::time::sleep(Duration::from_secs(10)).await;
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
-    agent.add_state("queued", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("queued", |_ctx: Context| async { Ok(Next::End) });
     let mut events = agent.subscribe();
     let handle = agent.start().unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -180,9 +170,7 @@ async fn stopping_a_run_publishes_a_cancellation_for_every_unfinished_state() {
 #[tokio::test]
 async fn the_stream_closes_when_the_agent_is_gone() {
     let mut agent = Agent::new("short-lived");
-    agent.add_state("only", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("only", |_ctx: Context| async { Ok(Next::End) });
     let mut events = agent.subscribe();
     agent.run().await.unwrap();
     drop(agent);

@@ -126,7 +126,7 @@ async fn a_timeout_then_a_retry_then_success() {
                     sleep(Duration::from_secs(60)).await;
                 }
                 ctx.set_state("fetched", true);
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             }
         })
         .timeout(ms(200))
@@ -162,16 +162,14 @@ async fn a_timeout_then_a_retry_then_success() {
 async fn on_error_runs_once_with_the_failure_and_a_dead_letter_is_kept() {
     let mut agent = Agent::new("payments");
     agent
-        .add_state("charge", |ctx: Context| async move {
+        .add_state_with_error("charge", |ctx: Context| async move {
             ctx.set_state("order", 42u32);
             Err::<Next, _>(std::io::Error::other("card declined"))
         })
         .retry(policy(1))
         .on_error("refund")
         .successors(["receipt"]);
-    agent.add_state("receipt", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("receipt", |_ctx: Context| async { Ok(Next::End) });
     agent.add_state("refund", |ctx: Context| async move {
         let failure = ctx.failure().expect("the handler sees the failure");
         ctx.update_typed::<u32, _>("refunds", |n| *n += 1)?;
@@ -182,7 +180,7 @@ async fn on_error_runs_once_with_the_failure_and_a_dead_letter_is_kept() {
                 failure.state, failure.attempts, failure.error
             ),
         );
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let context = Context::new();
     context.set_state("refunds", 0u32);
@@ -219,7 +217,7 @@ async fn a_timed_out_state_without_handler_fails_the_run_with_a_dead_letter() {
     agent
         .add_state("crawl", |_ctx: Context| async {
             sleep(Duration::from_secs(10)).await;
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .timeout(ms(50));
     let report = agent.start().unwrap().wait().await;
@@ -244,7 +242,7 @@ async fn the_agent_default_retry_applies_to_states_without_their_own() {
             if calls.fetch_add(1, Ordering::SeqCst) < 2 {
                 panic!("not yet");
             }
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         }
     });
     let report = agent.run().await.unwrap();
@@ -270,7 +268,7 @@ fn pausable() -> (Agent, Arc<Mutex<Vec<&'static str>>>) {
             async move {
                 sleep(ms(100)).await;
                 log.lock().unwrap().push(name);
-                Ok::<_, FlowError>(next.map_or(Next::End, Next::to))
+                Ok(next.map_or(Next::End, Next::to))
             }
         });
     }
@@ -310,20 +308,20 @@ async fn pause_lets_running_states_finish_and_resume_goes_on() {
 async fn cancel_state_ends_one_branch_and_the_run_goes_on() {
     let mut agent = Agent::new("selective");
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["slow", "fast"]))
+        Ok(Next::parallel(["slow", "fast"]))
     });
     agent.add_state("slow", |ctx: Context| async move {
         sleep(Duration::from_secs(100)).await;
         ctx.set_state("slow_done", true);
-        Ok::<_, FlowError>(Next::to("merge"))
+        Ok(Next::to("merge"))
     });
     agent.add_state("fast", |_ctx: Context| async {
         sleep(ms(10)).await;
-        Ok::<_, FlowError>(Next::to("merge"))
+        Ok(Next::to("merge"))
     });
     agent.add_state("merge", |ctx: Context| async move {
         ctx.set_state("merged", true);
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let handle = agent.start().unwrap();
     sleep(ms(20)).await;
@@ -348,19 +346,19 @@ async fn cancel_all_gives_states_their_cleanup_time() {
     let mut agent = Agent::new("graceful");
     agent.cleanup_timeout(ms(500));
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["polite", "stubborn"]))
+        Ok(Next::parallel(["polite", "stubborn"]))
     });
     agent.add_state("polite", |ctx: Context| async move {
         tokio::select! {
             _ = sleep(Duration::from_secs(100)) => {}
             _ = ctx.cancelled() => { sleep(ms(50)).await; ctx.set_state("saved_work", true); }
         }
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     agent.add_state("stubborn", |ctx: Context| async move {
         sleep(Duration::from_secs(100)).await;
         ctx.set_state("stubborn_done", true);
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let handle = agent.start().unwrap();
     sleep(ms(10)).await;
@@ -529,7 +527,7 @@ async fn a_bulkhead_caps_concurrency_and_rejects_beyond_its_queue() {
     let peak = Arc::new(AtomicU32::new(0));
     let mut agent = Agent::new("queries");
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel((0..5).map(|i| format!("q{i}"))))
+        Ok(Next::parallel((0..5).map(|i| format!("q{i}"))))
     });
     for i in 0..5 {
         let (running, peak) = (Arc::clone(&running), Arc::clone(&peak));
@@ -541,7 +539,7 @@ async fn a_bulkhead_caps_concurrency_and_rejects_beyond_its_queue() {
                     peak.fetch_max(now, Ordering::SeqCst);
                     sleep(ms(100)).await;
                     running.fetch_sub(1, Ordering::SeqCst);
-                    Ok::<_, FlowError>(Next::End)
+                    Ok(Next::End)
                 }
             })
             .bulkhead(bulkhead.clone());
@@ -556,13 +554,13 @@ async fn a_bulkhead_caps_concurrency_and_rejects_beyond_its_queue() {
     let tight = Bulkhead::new("tight", 1, 0);
     let mut agent = Agent::new("crowded");
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["a", "b"]))
+        Ok(Next::parallel(["a", "b"]))
     });
     for name in ["a", "b"] {
         agent
             .add_state(name, |_ctx: Context| async {
                 sleep(ms(100)).await;
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             })
             .bulkhead(tight.clone());
     }
@@ -647,7 +645,7 @@ async fn a_breaker_learns_from_states_that_run_as_tasks() {
     let breaker = CircuitBreaker::new(2, Duration::from_secs(60), 1);
     let mut agent = Agent::new("slow service");
     agent
-        .add_state("call", |_ctx: Context| async {
+        .add_state_with_error("call", |_ctx: Context| async {
             sleep(ms(20)).await;
             Err::<Next, _>(std::io::Error::other("timeout upstream"))
         })
@@ -662,10 +660,10 @@ async fn a_breaker_learns_from_states_that_run_as_tasks() {
 async fn cancel_state_reaches_a_state_waiting_for_a_retry_and_stopping_marks_it_cancelled() {
     let mut agent = Agent::new("backing off");
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["flaky", "steady"]))
+        Ok(Next::parallel(["flaky", "steady"]))
     });
     agent
-        .add_state("flaky", |_ctx: Context| async {
+        .add_state_with_error("flaky", |_ctx: Context| async {
             Err::<Next, _>(std::io::Error::other("no"))
         })
         .retry(RetryPolicy {
@@ -675,7 +673,7 @@ async fn cancel_state_reaches_a_state_waiting_for_a_retry_and_stopping_marks_it_
         });
     agent.add_state("steady", |_ctx: Context| async {
         sleep(ms(50)).await;
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let handle = agent.start().unwrap();
     sleep(ms(1)).await;
@@ -727,13 +725,13 @@ async fn with_a_bulkhead_the_timeout_covers_the_call_not_the_wait() {
     let bulkhead = Bulkhead::new("single", 1, 4);
     let mut agent = Agent::new("queued");
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["a", "b", "c"]))
+        Ok(Next::parallel(["a", "b", "c"]))
     });
     for name in ["a", "b", "c"] {
         agent
             .add_state(name, |_ctx: Context| async {
                 sleep(ms(80)).await;
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             })
             .timeout(ms(100))
             .bulkhead(bulkhead.clone());

@@ -113,7 +113,7 @@ fn run_real(program: &Program) -> (RunReport, BTreeMap<RunId, Vec<RunId>>) {
                 for &t in targets {
                     s.inbox[t].push((i, visit));
                 }
-                Ok::<_, FlowError>(match targets {
+                Ok(match targets {
                     [] => Next::End,
                     [to] => Next::to(name(*to)),
                     _ => Next::parallel(targets.iter().map(|&t| name(t))),

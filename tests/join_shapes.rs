@@ -127,7 +127,7 @@ impl Shape {
                     ctx.set_state(key.clone(), visit + 1);
                     trace.0.lock().unwrap()[index].end =
                         Some((Instant::now() - origin).as_millis() as u64);
-                    Ok::<_, FlowError>(plan(visit))
+                    Ok(plan(visit))
                 }
             });
             let options = match self.handlers.get(name.as_str()) {

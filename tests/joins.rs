@@ -37,7 +37,7 @@ async fn case_1(declare: bool) {
             for key in ["a", "b", "c"] {
                 assert!(ctx.get_state::<bool>(key)?, "merge ran before {key} wrote");
             }
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         }
     });
     if declare {
@@ -190,7 +190,7 @@ async fn a_wide_fan_out_joins_once_with_every_write() {
         let targets = names.clone();
         let mut start = agent.add_state("start", move |_ctx: Context| {
             let targets = targets.clone();
-            async move { Ok::<_, FlowError>(Next::parallel(targets)) }
+            async move { Ok(Next::parallel(targets)) }
         });
         if declare {
             start = start.successors(names.clone());
@@ -203,7 +203,7 @@ async fn a_wide_fan_out_joins_once_with_every_write() {
                 async move {
                     tokio::time::sleep(std::time::Duration::from_millis((i % 7) as u64)).await;
                     ctx.set_state(key, i);
-                    Ok::<_, FlowError>(Next::to("join"))
+                    Ok(Next::to("join"))
                 }
             });
             if declare {
@@ -222,7 +222,7 @@ async fn a_wide_fan_out_joins_once_with_every_write() {
                     Ok::<_, FlowError>(())
                 })?;
             ctx.set_state("sum", sum);
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         });
         let report = run(&agent).await;
         assert_eq!(report.context.get_state::<usize>("joins").unwrap(), 1);
@@ -265,7 +265,7 @@ async fn a_loop_that_forks_every_round_neither_nests_nor_overflows() {
             *r
         })?;
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        Ok::<_, FlowError>(if round < rounds {
+        Ok(if round < rounds {
             Next::parallel(["poll", "work"])
         } else {
             Next::End
@@ -274,7 +274,7 @@ async fn a_loop_that_forks_every_round_neither_nests_nor_overflows() {
     agent.add_state("work", |ctx: Context| async move {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         ctx.update_typed::<u32, _>("done", |d| *d += 1)?;
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let context = Context::new();
     context.set_state("round", 0u32);

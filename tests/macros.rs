@@ -104,7 +104,7 @@ fn hand_built(reviewers: usize) -> Agent {
         .add_state("draft", |ctx: Context| async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
             ctx.set_state("draft", "text".to_string());
-            Ok::<_, FlowError>(Next::parallel(["grammar", "facts"]))
+            Ok(Next::parallel(["grammar", "facts"]))
         })
         .entry()
         .successors(["grammar", "facts"]);
@@ -112,7 +112,7 @@ fn hand_built(reviewers: usize) -> Agent {
         .add_state("grammar", move |ctx: Context| async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
             ctx.set_state("grammar", reviewers);
-            Ok::<_, FlowError>(Next::to("publish"))
+            Ok(Next::to("publish"))
         })
         .priority(Priority::High)
         .successors(["publish"]);
@@ -120,7 +120,7 @@ fn hand_built(reviewers: usize) -> Agent {
         .add_state("facts", |ctx: Context| async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             ctx.set_state("facts", true);
-            Ok::<_, FlowError>(Next::to("publish"))
+            Ok(Next::to("publish"))
         })
         .timeout(Duration::from_secs(1))
         .on_error("retract")
@@ -128,7 +128,7 @@ fn hand_built(reviewers: usize) -> Agent {
     agent
         .add_state("retract", |ctx: Context| async move {
             ctx.set_state("retracted", true);
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .terminal();
     agent
@@ -140,7 +140,7 @@ fn hand_built(reviewers: usize) -> Agent {
                 "summary",
                 format!("{grammar} reviewers, facts checked: {facts}"),
             );
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .terminal();
     agent

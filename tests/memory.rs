@@ -42,7 +42,7 @@ fn agent() -> Agent {
     agent
         .add_state("split", |ctx: Context| async move {
             ctx.set_state("input", vec![1u64; 16]);
-            Ok::<_, FlowError>(Next::parallel(["left", "right"]))
+            Ok(Next::parallel(["left", "right"]))
         })
         .successors(["left", "right"]);
     for side in ["left", "right"] {
@@ -50,14 +50,14 @@ fn agent() -> Agent {
             .add_state(side, move |ctx: Context| async move {
                 tokio::task::yield_now().await;
                 ctx.set_state(side, side.len());
-                Ok::<_, FlowError>(Next::to("join"))
+                Ok(Next::to("join"))
             })
             .successors(["join"]);
     }
     agent.add_state("join", |ctx: Context| async move {
         let total = ctx.get_state::<usize>("left")? + ctx.get_state::<usize>("right")?;
         ctx.set_state("total", total);
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     agent
 }

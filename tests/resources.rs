@@ -41,7 +41,7 @@ impl Meter {
 fn fan_of_workers(name: &str, n: usize, need: f64, work: Duration, meter: &Meter) -> Agent {
     let mut agent = Agent::new(name);
     agent.add_state("start", move |_ctx: Context| async move {
-        Ok::<_, FlowError>(Next::parallel((0..n).map(|i| format!("w{i}"))))
+        Ok(Next::parallel((0..n).map(|i| format!("w{i}"))))
     });
     for i in 0..n {
         let meter = meter.clone();
@@ -53,7 +53,7 @@ fn fan_of_workers(name: &str, n: usize, need: f64, work: Duration, meter: &Meter
                     meter.enter(milli);
                     sleep(work).await;
                     meter.leave(milli);
-                    Ok::<_, FlowError>(Next::End)
+                    Ok(Next::End)
                 }
             })
             .resources(cpus(need));
@@ -94,9 +94,7 @@ async fn a_request_larger_than_the_pool_is_an_error_before_anything_runs() {
         ..cpus(2.0)
     }));
     agent
-        .add_state("train", |_ctx: Context| async {
-            Ok::<_, FlowError>(Next::End)
-        })
+        .add_state("train", |_ctx: Context| async { Ok(Next::End) })
         .resources(ResourceRequirements {
             cpu: 4.0,
             gpu: 1.0,
@@ -118,7 +116,7 @@ async fn higher_priority_goes_first_when_the_pool_is_short() {
     let mut agent = Agent::new("priorities");
     agent.resource_pool(ResourcePool::new(cpus(1.0)));
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["low", "normal", "critical", "high"]))
+        Ok(Next::parallel(["low", "normal", "critical", "high"]))
     });
     for (name, priority) in [
         ("low", Priority::Low),
@@ -133,7 +131,7 @@ async fn higher_priority_goes_first_when_the_pool_is_short() {
                 async move {
                     order.lock().unwrap().push(name);
                     sleep(ms(5)).await;
-                    Ok::<_, FlowError>(Next::End)
+                    Ok(Next::End)
                 }
             })
             .priority(priority)
@@ -154,7 +152,7 @@ async fn a_low_priority_state_is_not_starved_by_a_stream_of_high_ones() {
         .resource_pool(ResourcePool::new(cpus(1.0)))
         .priority_aging(ms(250));
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["low", "h0"]))
+        Ok(Next::parallel(["low", "h0"]))
     });
     let log = Arc::clone(&starts);
     agent
@@ -165,7 +163,7 @@ async fn a_low_priority_state_is_not_starved_by_a_stream_of_high_ones() {
                     .unwrap()
                     .push(("low".to_string(), Instant::now()));
                 sleep(ms(100)).await;
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             }
         })
         .priority(Priority::Low)
@@ -179,7 +177,7 @@ async fn a_low_priority_state_is_not_starved_by_a_stream_of_high_ones() {
                 async move {
                     log.lock().unwrap().push((format!("h{i}"), Instant::now()));
                     sleep(ms(100)).await;
-                    Ok::<_, FlowError>(if i < 9 {
+                    Ok(if i < 9 {
                         Next::to(format!("h{}", i + 1))
                     } else {
                         Next::End
@@ -220,7 +218,7 @@ async fn grants_come_back_after_a_panic_a_timeout_and_a_cancellation() {
             if true {
                 panic!("boom");
             }
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .resources(cpus(1.0));
     let _ = agent.start().unwrap().wait().await;
@@ -231,7 +229,7 @@ async fn grants_come_back_after_a_panic_a_timeout_and_a_cancellation() {
     agent
         .add_state("sleeps", |_ctx: Context| async {
             sleep(Duration::from_secs(10)).await;
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .timeout(ms(20))
         .resources(cpus(1.0));
@@ -301,7 +299,7 @@ proptest! {
         agent.resource_pool(ResourcePool::new(ResourceRequirements { cpu: 4.0, memory_mb: 2048, ..ResourceRequirements::NONE }));
         let n = needs.len();
         agent.add_state("start", move |_ctx: Context| async move {
-            Ok::<_, FlowError>(Next::parallel((0..n).map(|i| format!("s{i}"))))
+            Ok(Next::parallel((0..n).map(|i| format!("s{i}"))))
         });
         for (i, &(cpu_quarters, memory, priority, work)) in needs.iter().enumerate() {
             let (held, runs) = (Arc::clone(&held), Arc::clone(&runs));
@@ -325,7 +323,7 @@ proptest! {
                             h.1 -= memory;
                         }
                         runs.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, FlowError>(Next::End)
+                        Ok(Next::End)
                     }
                 })
                 .priority(priority)
@@ -349,21 +347,19 @@ async fn waiting_past_the_acquisition_timeout_fails_the_attempt() {
     agent.resource_pool(ResourcePool::new(cpus(1.0)));
     agent
         .add_state("start", |_ctx: Context| async {
-            Ok::<_, FlowError>(Next::parallel(["hog", "quick"]))
+            Ok(Next::parallel(["hog", "quick"]))
         })
         .successors(["hog", "quick"]);
     agent
         .add_state("hog", |_ctx: Context| async {
             sleep(ms(100)).await;
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         })
         .priority(Priority::High)
         .resources(cpus(1.0))
         .terminal();
     agent
-        .add_state("quick", |_ctx: Context| async {
-            Ok::<_, FlowError>(Next::End)
-        })
+        .add_state("quick", |_ctx: Context| async { Ok(Next::End) })
         .resources(cpus(1.0))
         .acquire_timeout(ms(30))
         .terminal();
@@ -438,7 +434,7 @@ async fn a_critical_state_preempts_a_preemptible_low_one_which_runs_again_later(
     agent.resource_pool(ResourcePool::new(cpus(1.0)).with_preemption());
     agent
         .add_state("start", |_ctx: Context| async {
-            Ok::<_, FlowError>(Next::parallel(["batch", "wait"]))
+            Ok(Next::parallel(["batch", "wait"]))
         })
         .successors(["batch", "wait"]);
     let l = Arc::clone(&log);
@@ -449,7 +445,7 @@ async fn a_critical_state_preempts_a_preemptible_low_one_which_runs_again_later(
                 log.lock().unwrap().push(("batch starts", Instant::now()));
                 sleep(ms(1000)).await;
                 log.lock().unwrap().push(("batch done", Instant::now()));
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             }
         })
         .priority(Priority::Low)
@@ -459,7 +455,7 @@ async fn a_critical_state_preempts_a_preemptible_low_one_which_runs_again_later(
     agent
         .add_state("wait", |_ctx: Context| async {
             sleep(ms(10)).await;
-            Ok::<_, FlowError>(Next::to("urgent"))
+            Ok(Next::to("urgent"))
         })
         .successors(["urgent"]);
     let l = Arc::clone(&log);
@@ -469,7 +465,7 @@ async fn a_critical_state_preempts_a_preemptible_low_one_which_runs_again_later(
             async move {
                 log.lock().unwrap().push(("urgent starts", Instant::now()));
                 sleep(ms(50)).await;
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             }
         })
         .priority(Priority::Critical)

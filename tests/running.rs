@@ -17,7 +17,7 @@ fn sleeper(agent: &mut Agent, name: &str, millis: u64, next: Next) {
         let next = next.clone();
         async move {
             sleep(ms(millis)).await;
-            Ok::<_, FlowError>(next)
+            Ok(next)
         }
     });
 }
@@ -29,11 +29,9 @@ async fn the_report_has_status_context_and_per_state_metadata() {
     agent.add_state("b", |ctx: Context| async move {
         sleep(ms(20)).await;
         ctx.set_state("done", true);
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
-    agent.add_state("never", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("never", |_ctx: Context| async { Ok(Next::End) });
     let start = Instant::now();
     let report = agent.run().await.unwrap();
     assert_eq!(report.status, AgentStatus::Completed);
@@ -65,7 +63,7 @@ async fn the_report_has_status_context_and_per_state_metadata() {
 async fn status_and_counts_are_readable_while_the_run_goes_on() {
     let mut agent = Agent::new("live");
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["fast", "slow"]))
+        Ok(Next::parallel(["fast", "slow"]))
     });
     sleeper(&mut agent, "fast", 10, Next::to("merge"));
     sleeper(&mut agent, "slow", 100, Next::to("merge"));
@@ -130,9 +128,9 @@ async fn a_failing_state_fails_the_run_and_cancels_its_siblings() {
     let finished = Arc::new(AtomicBool::new(false));
     let mut agent = Agent::new("failing");
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["bad", "long"]))
+        Ok(Next::parallel(["bad", "long"]))
     });
-    agent.add_state("bad", |_ctx: Context| async {
+    agent.add_state_with_error("bad", |_ctx: Context| async {
         sleep(ms(5)).await;
         Err::<Next, _>(std::io::Error::other("connection reset"))
     });
@@ -142,7 +140,7 @@ async fn a_failing_state_fails_the_run_and_cancels_its_siblings() {
         async move {
             sleep(ms(1000)).await;
             flag.store(true, Ordering::SeqCst);
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         }
     });
     let report = agent.start().unwrap().wait().await;
@@ -173,7 +171,7 @@ async fn a_panic_is_reported_and_the_runtime_survives() {
         if items.is_empty() {
             panic!("no items to process");
         }
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let error = agent.run().await.unwrap_err();
     assert_eq!(
@@ -262,7 +260,7 @@ async fn one_agent_serves_many_concurrent_runs_each_with_its_own_context() {
         let input: u64 = ctx.get_state("input")?;
         tokio::task::yield_now().await;
         ctx.set_state("output", input * 2);
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let mut tasks = Vec::new();
     for i in 0..200u64 {
@@ -292,7 +290,7 @@ async fn one_agent_serves_many_concurrent_runs_each_with_its_own_context() {
 #[test]
 fn starting_outside_a_runtime_is_an_error_not_a_panic() {
     let mut agent = Agent::new("no runtime");
-    agent.add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    agent.add_state("a", |_ctx: Context| async { Ok(Next::End) });
     assert!(matches!(agent.start(), Err(FlowError::NoRuntime { agent }) if agent == "no runtime"));
 }
 
@@ -301,9 +299,7 @@ async fn a_loop_of_instant_states_yields_and_can_be_cancelled() {
     // Each run of `spin` finishes on its first poll, so the coordinator runs it inline; it
     // must still yield to other tasks (this test's) and notice the cancellation.
     let mut agent = Agent::new("spinner");
-    agent.add_state("spin", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::to("spin"))
-    });
+    agent.add_state("spin", |_ctx: Context| async { Ok(Next::to("spin")) });
     let handle = agent.start().unwrap();
     while handle.counts().completed < 5_000 {
         tokio::task::yield_now().await;
@@ -337,7 +333,7 @@ async fn a_state_of_a_dropped_run_is_not_polled_again() {
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::task::yield_now().await;
                 if counter.load(Ordering::SeqCst) == u64::MAX {
-                    return Ok::<_, FlowError>(Next::End);
+                    return Ok(Next::End);
                 }
             }
         }
@@ -399,7 +395,7 @@ async fn an_event_capacity_rounds_up_to_a_power_of_two() {
         };
         agent.add_state(format!("s{i}"), move |_ctx: Context| {
             let next = next.clone();
-            async move { Ok::<_, FlowError>(next) }
+            async move { Ok(next) }
         });
     }
     agent.event_capacity(5);
@@ -422,7 +418,7 @@ async fn an_event_capacity_rounds_up_to_a_power_of_two() {
 fn a_retry_policy_past_the_limit_is_refused_by_the_builder_too() {
     let mut agent = Agent::new("retries");
     agent
-        .add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) })
+        .add_state("a", |_ctx: Context| async { Ok(Next::End) })
         .retry(fluffy_flow::RetryPolicy {
             max_retries: 5000,
             ..fluffy_flow::RetryPolicy::default()
@@ -435,7 +431,7 @@ fn a_retry_policy_past_the_limit_is_refused_by_the_builder_too() {
         "{text}"
     );
     let mut agent = Agent::new("shrinking");
-    agent.add_state("a", |_ctx: Context| async { Ok::<_, FlowError>(Next::End) });
+    agent.add_state("a", |_ctx: Context| async { Ok(Next::End) });
     agent.default_retry(fluffy_flow::RetryPolicy {
         exponential_base: 0.5,
         ..fluffy_flow::RetryPolicy::default()

@@ -15,20 +15,18 @@ async fn checkpoint() -> Checkpoint {
     agent
         .add_state("start", |ctx: Context| async move {
             ctx.set_state("payload", "x".repeat(2000));
-            Ok::<_, FlowError>(Next::parallel(["a", "b"]))
+            Ok(Next::parallel(["a", "b"]))
         })
         .successors(["a", "b"]);
     for name in ["a", "b"] {
         agent
             .add_state(name, |_ctx: Context| async {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                Ok::<_, FlowError>(Next::to("merge"))
+                Ok(Next::to("merge"))
             })
             .successors(["merge"]);
     }
-    agent.add_state("merge", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("merge", |_ctx: Context| async { Ok(Next::End) });
     let handle = agent.start().unwrap();
     let checkpoint = handle.pause().await.unwrap();
     handle.cancel();

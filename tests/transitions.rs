@@ -13,13 +13,13 @@ async fn a_thousand_parallel_branches_really_run_concurrently() {
     let n = 1000;
     let mut agent = Agent::new("concurrent");
     agent.add_state("start", move |_ctx: Context| async move {
-        Ok::<_, FlowError>(Next::parallel((0..n).map(|i| format!("b{i}"))))
+        Ok(Next::parallel((0..n).map(|i| format!("b{i}"))))
     });
     for i in 0..n {
         agent.add_state(format!("b{i}"), move |ctx: Context| async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
             ctx.set_state(format!("b{i}"), i);
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         });
     }
     let started = Instant::now();
@@ -36,12 +36,12 @@ async fn max_concurrent_caps_running_states() {
     let mut agent = Agent::new("capped");
     agent.max_concurrent(3);
     agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel((0..9).map(|i| format!("b{i}"))))
+        Ok(Next::parallel((0..9).map(|i| format!("b{i}"))))
     });
     for i in 0..9 {
         agent.add_state(format!("b{i}"), |_ctx: Context| async {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            Ok::<_, FlowError>(Next::End)
+            Ok(Next::End)
         });
     }
     let started = Instant::now();
@@ -62,15 +62,13 @@ async fn a_loop_runs_a_thousand_times() {
             *count += 1;
             *count
         })?;
-        Ok::<_, FlowError>(if count < 1000 {
+        Ok(if count < 1000 {
             Next::to("tick")
         } else {
             Next::to("done")
         })
     });
-    agent.add_state("done", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::End)
-    });
+    agent.add_state("done", |_ctx: Context| async { Ok(Next::End) });
     let context = Context::new();
     context.set_state("count", 0u32);
     let report = agent.run_with(context).await.unwrap();
@@ -84,7 +82,7 @@ async fn branch_loop(declare: bool) {
     // start -> [count, other]; count loops 100 times, then both meet at merge.
     let mut agent = Agent::new("branch loop");
     let start = agent.add_state("start", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(["count", "other"]))
+        Ok(Next::parallel(["count", "other"]))
     });
     if declare {
         start.successors(["count", "other"]);
@@ -95,7 +93,7 @@ async fn branch_loop(declare: bool) {
             *n
         })?;
         tokio::task::yield_now().await;
-        Ok::<_, FlowError>(if n < 100 {
+        Ok(if n < 100 {
             Next::to("count")
         } else {
             Next::to("merge")
@@ -104,15 +102,13 @@ async fn branch_loop(declare: bool) {
     if declare {
         count.successors(["count", "merge"]);
     }
-    let other = agent.add_state("other", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::to("merge"))
-    });
+    let other = agent.add_state("other", |_ctx: Context| async { Ok(Next::to("merge")) });
     if declare {
         other.successors(["merge"]);
     }
     agent.add_state("merge", |ctx: Context| async move {
         ctx.set_state("n_at_merge", ctx.get_state::<u32>("n")?);
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     let context = Context::new();
     context.set_state("n", 0u32);
@@ -178,7 +174,7 @@ async fn an_entry_can_be_marked_on_the_state() {
             let log = entry_log.clone();
             async move {
                 log.push("real_start");
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             }
         })
         .entry();
@@ -190,7 +186,7 @@ async fn an_entry_can_be_marked_on_the_state() {
 async fn an_empty_parallel_ends_the_branch() {
     let mut agent = Agent::new("empty parallel");
     agent.add_state("a", |_ctx: Context| async {
-        Ok::<_, FlowError>(Next::parallel(Vec::<String>::new()))
+        Ok(Next::parallel(Vec::<String>::new()))
     });
     let report = agent.run().await.unwrap();
     assert_eq!(report.transitions, 1);

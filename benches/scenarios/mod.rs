@@ -37,7 +37,7 @@ fn chain_agent(n: usize) -> Agent {
         agent
             .add_state(key, move |ctx: Context| async move {
                 ctx.set_state(key, i);
-                Ok::<_, FlowError>(next.map_or(Next::End, Next::to))
+                Ok(next.map_or(Next::End, Next::to))
             })
             .successors(next);
     }
@@ -160,7 +160,7 @@ async fn ring(n: usize) -> Sample {
                 .add_state(name, move |ctx: Context| {
                     let ring = std::sync::Arc::clone(&ring);
                     async move {
-                        Ok::<_, FlowError>(if ring.write(&ctx) {
+                        Ok(if ring.write(&ctx) {
                             Next::End
                         } else {
                             Next::to(next)
@@ -181,7 +181,7 @@ fn fanout_agent(n: usize, sleep: Option<Duration>) -> Agent {
     agent
         .add_state("start", move |_ctx: Context| {
             let targets = targets.clone();
-            async move { Ok::<_, FlowError>(Next::parallel(targets)) }
+            async move { Ok(Next::parallel(targets)) }
         })
         .successors(names.iter().copied());
     for (i, &name) in names.iter().enumerate() {
@@ -191,7 +191,7 @@ fn fanout_agent(n: usize, sleep: Option<Duration>) -> Agent {
                     tokio::time::sleep(sleep).await;
                 }
                 ctx.set_state(name, i);
-                Ok::<_, FlowError>(Next::to("join"))
+                Ok(Next::to("join"))
             })
             .successors(["join"]);
     }
@@ -204,7 +204,7 @@ fn fanout_agent(n: usize, sleep: Option<Duration>) -> Agent {
                     sum += ctx.get_state::<usize>(name)?;
                 }
                 ctx.set_state("sum", sum);
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             }
         })
         .terminal();
@@ -254,7 +254,7 @@ async fn resources(n: usize) -> (Sample, Duration) {
     agent
         .add_state("start", move |_ctx: Context| {
             let targets = targets.clone();
-            async move { Ok::<_, FlowError>(Next::parallel(targets)) }
+            async move { Ok(Next::parallel(targets)) }
         })
         .successors(names.iter().copied());
     let (in_use, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -267,7 +267,7 @@ async fn resources(n: usize) -> (Sample, Duration) {
                     peak.fetch_max(in_use.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
                     tokio::time::sleep(sleep_for).await;
                     in_use.fetch_sub(1, Ordering::SeqCst);
-                    Ok::<_, FlowError>(Next::End)
+                    Ok(Next::End)
                 }
             })
             .resources(one_cpu)
@@ -324,17 +324,17 @@ async fn runs(n: usize) -> Sample {
     let mut agent = Agent::new("request");
     agent.add_state("parse", |ctx: Context| async move {
         ctx.set_state("parsed", 1u32);
-        Ok::<_, FlowError>(Next::to("handle"))
+        Ok(Next::to("handle"))
     });
     agent.add_state("handle", |ctx: Context| async move {
         let parsed: u32 = ctx.get_state("parsed")?;
         ctx.set_state("handled", parsed + 1);
-        Ok::<_, FlowError>(Next::to("respond"))
+        Ok(Next::to("respond"))
     });
     agent.add_state("respond", |ctx: Context| async move {
         let handled: u32 = ctx.get_state("handled")?;
         ctx.set_state("response", handled + 1);
-        Ok::<_, FlowError>(Next::End)
+        Ok(Next::End)
     });
     agent.validate().expect("valid workflow");
     let build = t.elapsed();
@@ -382,7 +382,7 @@ async fn checkpoint(n: usize) -> (Sample, usize) {
                     }
                     filled.notify_one();
                     let _permit = gate.acquire().await;
-                    Ok::<_, FlowError>(Next::to("read"))
+                    Ok(Next::to("read"))
                 }
             })
             .successors(["read"]);
@@ -390,7 +390,7 @@ async fn checkpoint(n: usize) -> (Sample, usize) {
             .add_state("read", move |ctx: Context| async move {
                 let last: String = ctx.get_state(keys[keys.len() - 1])?;
                 ctx.set_state("read", last);
-                Ok::<_, FlowError>(Next::End)
+                Ok(Next::End)
             })
             .terminal();
         agent

@@ -456,7 +456,7 @@ fn generate(
         // Type errors about what the state returns point at its return type.
         let span = Span::call_site().located_at(state.output_span);
         let add = quote_spanned! {span=>
-            agent.add_state(#name, move |ctx: #p::Context| {
+            agent.add_state_with_error(#name, move |ctx: #p::Context| {
                 let this = ::std::sync::Arc::clone(&this);
                 async move { <Self>::#ident(&*this, &ctx).await }
             })

@@ -24,7 +24,7 @@ use crate::resources::{Amounts, ResourcePool, amounts};
 use crate::run::{Observer, RunControl, RunCounts, RunHandle, RunReport};
 use crate::scheduler::Coordinator;
 use crate::scheduler::{Restorable, check_fits};
-use crate::state_fn::{BoxError, FnState, StateFn};
+use crate::state_fn::{BoxError, FnState, StateFn, StateResult};
 
 /// Events kept for a subscriber that has not read them yet, unless set otherwise.
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
@@ -55,12 +55,12 @@ pub const MAX_EVENT_CAPACITY: usize = 1 << 20;
 /// let mut agent = Agent::new("greeter");
 /// agent.add_state("greet", |ctx: Context| async move {
 ///     ctx.set_state("greeting", "Hello, World!".to_string());
-///     Ok::<_, FlowError>(Next::to("shout"))
+///     Ok(Next::to("shout"))
 /// });
 /// agent.add_state("shout", |ctx: Context| async move {
 ///     let greeting: String = ctx.get_state("greeting")?;
 ///     ctx.set_state("greeting", greeting.to_uppercase());
-///     Ok::<_, FlowError>(Next::End)
+///     Ok(Next::End)
 /// });
 /// let report = agent.run().await?;
 /// assert_eq!(report.context.get_state::<String>("greeting")?, "HELLO, WORLD!");
@@ -221,15 +221,31 @@ impl Agent {
     }
 
     /// Adds a state: `body` is an async function or closure that takes the run's [`Context`] and
-    /// returns `Result<Next, E>`, where `E` is any error that converts into [`BoxError`]: every
-    /// `std::error::Error + Send + Sync` type (a thiserror enum, [`FlowError`], ...),
-    /// `anyhow::Error`, `Box<dyn Error + Send + Sync>`, `String`. (A plain `Box<dyn Error>` is
-    /// not `Send`, so it cannot leave the state's task: add `+ Send + Sync`.) The original
+    /// returns a [`StateResult`] — `Ok(Next::to("b"))`, with no type annotation. `?` converts
+    /// every `std::error::Error + Send + Sync` type (a thiserror enum, [`FlowError`], ...) and
+    /// `anyhow::Error` into its [`BoxError`]; `Err("message".into())` works too. The original
     /// error stays reachable through [`flow_core::StateError::downcast_ref`]. Returns the
-    /// state's options.
+    /// state's options. (For a body that returns its own error type, see
+    /// [`Agent::add_state_with_error`].)
     ///
     /// States may be added in a loop (a dynamic workflow); names are checked when a run starts.
-    pub fn add_state<F, Fut, E>(&mut self, name: impl Into<String>, body: F) -> StateOptions<'_>
+    pub fn add_state<F, Fut>(&mut self, name: impl Into<String>, body: F) -> StateOptions<'_>
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = StateResult> + Send + 'static,
+    {
+        self.add_state_with_error(name, body)
+    }
+
+    /// [`Agent::add_state`] for a body returning `Result<Next, E>` with an error type of its
+    /// own: any `E` that converts into [`BoxError`] — every `std::error::Error + Send + Sync`
+    /// type, `anyhow::Error`, `String`. (A plain `Box<dyn Error>` is not `Send`, so it cannot
+    /// leave the state's task: add `+ Send + Sync`.)
+    pub fn add_state_with_error<F, Fut, E>(
+        &mut self,
+        name: impl Into<String>,
+        body: F,
+    ) -> StateOptions<'_>
     where
         F: Fn(Context) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Next, E>> + Send + 'static,
@@ -407,12 +423,12 @@ impl Agent {
     ///     let mut agent = Agent::new("two_steps");
     ///     agent.add_state("first", |ctx: Context| async move {
     ///         ctx.set_state("first", 1u32);
-    ///         Ok::<_, FlowError>(Next::to("second"))
+    ///         Ok(Next::to("second"))
     ///     });
     ///     agent.add_state("second", |ctx: Context| async move {
     ///         let first: u32 = ctx.get_state("first")?;
     ///         ctx.set_state("second", first + 1);
-    ///         Ok::<_, FlowError>(Next::End)
+    ///         Ok(Next::End)
     ///     });
     ///     agent
     /// }
@@ -776,17 +792,17 @@ impl StateOptions<'_> {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), FlowError> {
     /// let mut agent = Agent::new("etl");
-    /// agent.add_state("extract", |_ctx: Context| async { Ok::<_, FlowError>(Next::to("load")) });
+    /// agent.add_state("extract", |_ctx: Context| async { Ok(Next::to("load")) });
     /// agent.add_state("load", |ctx: Context| async move {
     ///     ctx.set_state("rows", 3u32);
-    ///     Ok::<_, FlowError>(Next::End)
+    ///     Ok(Next::End)
     /// });
     /// // Nothing transitions to `report`: it starts once `load` completed.
     /// agent
     ///     .add_state("report", |ctx: Context| async move {
     ///         let rows: u32 = ctx.get_state("rows")?;
     ///         ctx.set_state("summary", format!("{rows} rows"));
-    ///         Ok::<_, FlowError>(Next::End)
+    ///         Ok(Next::End)
     ///     })
     ///     .depends_on("load", DependencyType::Required)
     ///     .depends_on("extract", DependencyConfig::sequential());

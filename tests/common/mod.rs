@@ -114,7 +114,7 @@ pub fn step_undeclared<'a>(
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             }
             ctx.set_state(key, true);
-            Ok::<_, FlowError>(next)
+            Ok(next)
         }
     })
 }
