@@ -179,3 +179,65 @@ async fn parallel_states_update_one_value_without_losing_writes() {
     // The caller's handle is the same store.
     assert_eq!(initial.len(), n + 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_state_knows_its_run_state_attempt_and_visit_across_a_restore() {
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, String, u32, u32)>>>;
+    fn agent(seen: &Seen) -> Agent {
+        let mut agent = Agent::new("aware");
+        let seen = Arc::clone(seen);
+        agent
+            .add_state("step", move |ctx: Context| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let (attempt, visit) = (ctx.attempt().unwrap(), ctx.visit().unwrap());
+                    seen.lock().unwrap().push((
+                        ctx.run_key().unwrap().to_owned(),
+                        ctx.state().unwrap().to_owned(),
+                        attempt,
+                        visit,
+                    ));
+                    assert!(ctx.run_id().is_some());
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    if visit == 1 && attempt == 1 {
+                        return Err("first try fails".into());
+                    }
+                    Ok(if visit < 3 {
+                        Next::to("step")
+                    } else {
+                        Next::End
+                    })
+                }
+            })
+            .retry(fluffy_flow::RetryPolicy {
+                max_retries: 1,
+                initial_delay: std::time::Duration::from_millis(5),
+                ..fluffy_flow::RetryPolicy::default()
+            })
+            .successors(["step"]);
+        agent
+    }
+    let seen: Seen = Arc::default();
+    let caller = Context::new();
+    let handle = agent(&seen).start_with(caller.clone()).unwrap();
+    // Visit 1 fails (10 ms), retries after 5 ms, succeeds at 25 ms; visit 2 runs 25..35.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let checkpoint = handle.pause().await.unwrap();
+    let key = handle.run_key().to_owned();
+    handle.cancel();
+    assert_eq!(
+        caller.run_key(),
+        None,
+        "the caller's handle belongs to no run"
+    );
+    assert_eq!(caller.state(), None);
+    let restored = agent(&seen).restore_from_checkpoint(checkpoint).unwrap();
+    assert_eq!(restored.wait().await.status, AgentStatus::Completed);
+    let seen = seen.lock().unwrap().clone();
+    let expected: Vec<(String, String, u32, u32)> = [(1, 1), (2, 1), (1, 2), (1, 3)]
+        .into_iter()
+        .map(|(attempt, visit)| (key.clone(), "step".to_owned(), attempt, visit))
+        .collect();
+    assert_eq!(seen, expected, "visit 3 ran after the restore, counted on");
+}

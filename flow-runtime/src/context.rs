@@ -166,6 +166,25 @@ pub struct Context {
     /// The cancellation of the run this handle (or a clone of it) was last given to with
     /// `run_with`/`start_with`: the caller's handle reports that run stopping too.
     given_to: Arc<Mutex<Option<CancellationToken>>>,
+    /// The run this handle belongs to (a state's handle, or one of the run's own).
+    run: Option<Arc<RunInfo>>,
+    /// The state run this handle was given to.
+    at: Option<StateRun>,
+}
+
+/// The run a context handle belongs to.
+pub(crate) struct RunInfo {
+    pub(crate) key: Arc<str>,
+    pub(crate) id: u64,
+    pub(crate) graph: Arc<flow_core::StateGraph>,
+}
+
+/// The state run a context handle was given to.
+#[derive(Clone, Copy)]
+struct StateRun {
+    state: flow_core::StateId,
+    attempt: u32,
+    visit: u32,
 }
 
 impl Context {
@@ -185,6 +204,8 @@ impl Context {
             values: Arc::new(RwLock::new(Arc::new(map))),
             cancellation: CancellationToken::new(),
             given_to: Arc::default(),
+            run: None,
+            at: None,
         }
     }
 
@@ -200,6 +221,8 @@ impl Context {
             values: Arc::new(RwLock::new(Arc::new(map))),
             cancellation: CancellationToken::new(),
             given_to: Arc::default(),
+            run: None,
+            at: None,
         })
     }
 
@@ -216,7 +239,57 @@ impl Context {
             values: Arc::clone(&self.values),
             cancellation,
             given_to: Arc::default(),
+            run: None,
+            at: None,
         }
+    }
+
+    /// This (run's) handle belongs to the run `info` describes.
+    pub(crate) fn set_run(&mut self, info: RunInfo) {
+        self.run = Some(Arc::new(info));
+    }
+
+    /// The handle a state's run is given: this run's, saying which state, attempt and visit.
+    pub(crate) fn for_state(&self, state: flow_core::StateId, attempt: u32, visit: u32) -> Self {
+        Self {
+            at: Some(StateRun {
+                state,
+                attempt,
+                visit,
+            }),
+            ..self.clone()
+        }
+    }
+
+    /// The run's key in checkpoint stores (`run_durable`'s key, or the generated one): with
+    /// [`Context::state`] and [`Context::attempt`], what to key a side effect by so that a
+    /// state run again after a restore or a retry can tell it already happened. `None` for a
+    /// handle that belongs to no run (the one given to `run_with` is the caller's).
+    pub fn run_key(&self) -> Option<&str> {
+        self.run.as_deref().map(|run| &*run.key)
+    }
+
+    /// The run's id (unique among the runs of one agent in this process); `None` outside a run.
+    pub fn run_id(&self) -> Option<u64> {
+        self.run.as_deref().map(|run| run.id)
+    }
+
+    /// The name of the state this handle was given to; `None` outside a state.
+    pub fn state(&self) -> Option<&str> {
+        let (run, at) = (self.run.as_deref()?, self.at?);
+        Some(&**run.graph.name(at.state))
+    }
+
+    /// The attempt of the state's current run (1, or more after retries); `None` outside a
+    /// state.
+    pub fn attempt(&self) -> Option<u32> {
+        self.at.map(|at| at.attempt)
+    }
+
+    /// Which run of the state this is in the run (1 for the first; more in a loop), counted
+    /// across restores from checkpoints; `None` outside a state.
+    pub fn visit(&self) -> Option<u32> {
+        self.at.map(|at| at.visit)
     }
 
     fn given_to(&self) -> Option<CancellationToken> {

@@ -164,7 +164,7 @@ impl Coordinator {
             halted,
         } = control;
         let blocking = compiled.blocking_threshold;
-        Self {
+        let mut coordinator = Self {
             joins: {
                 let mut joins = Joins::new(&graph);
                 joins.set_strict(compiled.strict_joins);
@@ -226,7 +226,14 @@ impl Coordinator {
             free_timers: Vec::new(),
             timer_count: 0,
             dead_letters: Vec::new(),
-        }
+        };
+        let info = crate::context::RunInfo {
+            key: Arc::clone(&coordinator.durable_key),
+            id: coordinator.observer.run_id,
+            graph: Arc::clone(&coordinator.graph),
+        };
+        coordinator.context.set_run(info);
+        coordinator
     }
 
     pub(crate) async fn run(self) -> RunReport {
@@ -243,6 +250,11 @@ impl Coordinator {
         checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     ) {
         self.durable_key = Arc::from(key);
+        self.context.set_run(crate::context::RunInfo {
+            key: Arc::clone(&self.durable_key),
+            id: self.observer.run_id,
+            graph: Arc::clone(&self.graph),
+        });
         if checkpoints.is_some() {
             self.checkpoints = checkpoints;
         }
@@ -455,8 +467,9 @@ impl Coordinator {
                     .map_err(Stop::Failed);
             }
         };
+        let context = self.state_context(state, attempt);
         let spec = &self.compiled.states[state.index()];
-        let mut run = match task::start(&spec.func, &self.context) {
+        let mut run = match task::start(&spec.func, &context) {
             Ok(run) => run,
             Err(outcome) => {
                 record_breaker(breaker, &outcome);
@@ -552,7 +565,8 @@ impl Coordinator {
                     continue;
                 }
             };
-            match task::start(&self.compiled.states[state.index()].func, &self.context) {
+            let context = self.state_context(state, attempt);
+            match task::start(&self.compiled.states[state.index()].func, &context) {
                 Ok(run) => self.launch(state, scope, attempt, self.now, run, breaker, grant, span),
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
@@ -587,6 +601,12 @@ impl Coordinator {
             });
         }
         tracing::debug_span!("state", state = %self.graph.name(state), run, attempt)
+    }
+
+    /// The context handle a state's attempt is given (which state, attempt and visit).
+    fn state_context(&self, state: StateId, attempt: u32) -> Context {
+        self.context
+            .for_state(state, attempt, self.states[state.index()].runs)
     }
 
     /// A free slot for a running attempt, and a ticket no earlier attempt had.
