@@ -158,14 +158,17 @@ fn to_json<T: ContextValue>(value: &(dyn Any + Send + Sync)) -> Result<Value, se
 /// assert_eq!(ctx.get_state_or("missing", 7).unwrap(), 7);
 /// assert!(ctx.get_state::<String>("scores").is_err());
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Context {
     values: Arc<RwLock<Arc<Store>>>,
     /// Cancelled when the run this handle belongs to stops (see [`Context::cancelled`]).
-    cancellation: CancellationToken,
+    /// (Behind an `Arc`: cloning a token takes a lock, and every state run clones its handle.)
+    cancellation: Arc<CancellationToken>,
     /// The cancellation of the run this handle (or a clone of it) was last given to with
     /// `run_with`/`start_with`: the caller's handle reports that run stopping too.
-    given_to: Arc<Mutex<Option<CancellationToken>>>,
+    /// (`None` for the run's own handles: they have their run's cancellation already, and
+    /// cloning them for every state costs nothing more.)
+    given_to: Option<Arc<Mutex<Option<CancellationToken>>>>,
     /// The run this handle belongs to (a state's handle, or one of the run's own).
     run: Option<Arc<RunInfo>>,
     /// The state run this handle was given to.
@@ -187,6 +190,18 @@ struct StateRun {
     visit: u32,
 }
 
+impl Default for Context {
+    fn default() -> Self {
+        Self {
+            values: Arc::default(),
+            cancellation: Arc::default(),
+            given_to: Some(Arc::default()),
+            run: None,
+            at: None,
+        }
+    }
+}
+
 impl Context {
     /// An empty context.
     pub fn new() -> Self {
@@ -202,8 +217,8 @@ impl Context {
             .collect();
         Self {
             values: Arc::new(RwLock::new(Arc::new(map))),
-            cancellation: CancellationToken::new(),
-            given_to: Arc::default(),
+            cancellation: Arc::default(),
+            given_to: Some(Arc::default()),
             run: None,
             at: None,
         }
@@ -219,8 +234,8 @@ impl Context {
         }
         Ok(Self {
             values: Arc::new(RwLock::new(Arc::new(map))),
-            cancellation: CancellationToken::new(),
-            given_to: Arc::default(),
+            cancellation: Arc::default(),
+            given_to: Some(Arc::default()),
             run: None,
             at: None,
         })
@@ -234,11 +249,13 @@ impl Context {
     /// The same store, seen by one run: its cancellation is the run's. This handle (the
     /// caller's) reports that run's cancellation from now on too.
     pub(crate) fn for_run(&self, cancellation: CancellationToken) -> Self {
-        *self.given_to.lock().unwrap_or_else(PoisonError::into_inner) = Some(cancellation.clone());
+        if let Some(given_to) = &self.given_to {
+            *given_to.lock().unwrap_or_else(PoisonError::into_inner) = Some(cancellation.clone());
+        }
         Self {
             values: Arc::clone(&self.values),
-            cancellation,
-            given_to: Arc::default(),
+            cancellation: Arc::new(cancellation),
+            given_to: None,
             run: None,
             at: None,
         }
@@ -294,6 +311,7 @@ impl Context {
 
     fn given_to(&self) -> Option<CancellationToken> {
         self.given_to
+            .as_ref()?
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
