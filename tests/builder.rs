@@ -243,3 +243,32 @@ async fn states_can_be_added_in_a_loop() {
     assert_eq!(report.state("merge").unwrap().runs, 1);
     assert_eq!(report.transitions, 52);
 }
+
+#[tokio::test]
+async fn states_share_a_service_without_cloning_it_by_hand() {
+    struct Service {
+        calls: std::sync::atomic::AtomicU32,
+    }
+    let service = std::sync::Arc::new(Service {
+        calls: std::sync::atomic::AtomicU32::new(0),
+    });
+    let mut agent = Agent::new("shared");
+    for (name, next) in [("first", Next::to("second")), ("second", Next::End)] {
+        agent.add_state_with(
+            name,
+            std::sync::Arc::clone(&service),
+            move |service, _ctx| {
+                let next = next.clone();
+                async move {
+                    service
+                        .calls
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(next)
+                }
+            },
+        );
+    }
+    agent.run().await.unwrap();
+    agent.run().await.unwrap();
+    assert_eq!(service.calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+}

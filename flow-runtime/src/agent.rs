@@ -237,6 +237,36 @@ impl Agent {
         self.add_state_with_error(name, body)
     }
 
+    /// [`Agent::add_state`] for a body that uses shared data (a client, a model, a pool): the
+    /// body gets its own handle to `shared` with each call, so it needs no clone-per-state
+    /// boilerplate.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use flow_core::Next;
+    /// # use flow_runtime::Agent;
+    /// struct Llm { model: String }
+    /// let llm = Arc::new(Llm { model: "small".into() });
+    /// let mut agent = Agent::new("answer");
+    /// agent.add_state_with("ask", Arc::clone(&llm), |llm, ctx| async move {
+    ///     ctx.set_state("model", llm.model.clone());
+    ///     Ok(Next::End)
+    /// });
+    /// ```
+    pub fn add_state_with<S, F, Fut>(
+        &mut self,
+        name: impl Into<String>,
+        shared: Arc<S>,
+        body: F,
+    ) -> StateOptions<'_>
+    where
+        S: Send + Sync + 'static + ?Sized,
+        F: Fn(Arc<S>, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = StateResult> + Send + 'static,
+    {
+        self.add_state(name, move |ctx| body(Arc::clone(&shared), ctx))
+    }
+
     /// [`Agent::add_state`] for a body returning `Result<Next, E>` with an error type of its
     /// own: any `E` that converts into [`BoxError`] — every `std::error::Error + Send + Sync`
     /// type, `anyhow::Error`, `String`. (A plain `Box<dyn Error>` is not `Send`, so it cannot
