@@ -542,3 +542,45 @@ async fn a_run_time_choice_outside_the_listed_successors_is_an_error() {
     assert_eq!((from.as_str(), to.as_str()), ("pick", "b"));
     assert_eq!(declared, &["a"]);
 }
+
+/// LangGraph's usual node name, on a method of another name.
+struct Named;
+
+#[workflow(name = "named")]
+impl Named {
+    #[state(entry, name = "agent")]
+    async fn think(&self, ctx: &Context) -> StateResult {
+        let turn = ctx.update_typed::<u32, _>("turn", |t| {
+            *t += 1;
+            *t
+        })?;
+        if turn > 2 {
+            return end!();
+        }
+        parallel!(search, calc)
+    }
+
+    #[state]
+    async fn search(&self, _ctx: &Context) -> StateResult {
+        next!(agent)
+    }
+
+    #[state(name = "calc")]
+    async fn calculator(&self, _ctx: &Context) -> StateResult {
+        next!(agent)
+    }
+}
+
+#[tokio::test]
+async fn a_state_may_be_named_apart_from_its_method() {
+    let graph = Named::GRAPH;
+    let names: Vec<&str> = graph.states.iter().map(|s| s.name).collect();
+    assert_eq!(names, ["agent", "search", "calc"]);
+    assert!(graph.to_mermaid().contains("agent --> calc"));
+    let context = Context::new();
+    context.set_state("turn", 0u32);
+    let report = Named.agent().run_with(context).await.unwrap();
+    assert_eq!(report.state("agent").unwrap().runs, 3);
+    assert_eq!(report.state("calc").unwrap().runs, 2);
+    assert!(report.state("think").is_none());
+}

@@ -26,7 +26,7 @@ pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critic
      deps(state = required|optional|parallel|sequential, or state(kind, always|once, periodic = \"5m\", \
      expiry = \"1h\", timeout = \"1m\", condition = method)), on_error = state, \
      circuit_breaker(failures, recovery, half_open), bulkhead(name, max_concurrent, max_queued), \
-     acquire_timeout = \"5s\", preemptible, successors(state, ..)";
+     acquire_timeout = \"5s\", preemptible, successors(state, ..), name = \"state_name\"";
 
 /// Everything `#[state(...)]` says.
 #[derive(Default)]
@@ -46,6 +46,8 @@ pub(crate) struct StateOptions {
     /// `successors(a, b, c)`: every state the body may go to, for transitions the macro cannot
     /// read (`goto!`, `Next::parallel(chosen)`); checked at run time against this set.
     pub(crate) successors: Option<Vec<Ident>>,
+    /// `name = "agent"`: the state's name, when it is not the method's.
+    pub(crate) name: Option<LitStr>,
 }
 
 /// One entry of `deps(...)`.
@@ -441,6 +443,17 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
                 options.preemptible = true;
             }
             "bulkhead" => options.bulkhead = parse_bulkhead(&meta, errors)?,
+            "name" => {
+                let value: LitStr = meta.value()?.parse()?;
+                if syn::parse_str::<Ident>(&value.value()).is_err() || value.value().starts_with("r#") {
+                    errors.push(syn::Error::new(
+                        value.span(),
+                        format!("state name {:?} is not a plain identifier; `next!` and `parallel!` name states by identifiers, so use one (`name = \"agent\"`)", value.value()),
+                    ));
+                } else {
+                    options.name = Some(value);
+                }
+            }
             "successors" => {
                 let content;
                 syn::parenthesized!(content in meta.input);

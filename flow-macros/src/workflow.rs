@@ -14,7 +14,10 @@ use crate::signature;
 use crate::transitions::{self, Transitions};
 
 struct State {
+    /// The method.
     ident: Ident,
+    /// The state's name: the method's, or `#[state(name = "..")]`.
+    name: String,
     options: StateOptions,
     transitions: Transitions,
     /// Where the return type is, for errors about what the state returns.
@@ -141,27 +144,38 @@ fn collect_states(block: &mut ItemImpl, errors: &mut Errors) -> Vec<State> {
                  put the condition inside the state's body, or on the whole `impl` block",
             ));
         }
-        if name.starts_with("r#") {
-            errors.push(syn::Error::new(method.sig.ident.span(), format!("`{name}` cannot name a state (state names are plain identifiers); rename the method")));
+        let options = options::parse_state(first, errors);
+        if name.starts_with("r#") && options.name.is_none() {
+            errors.push(syn::Error::new(method.sig.ident.span(), format!("`{name}` cannot name a state (state names are plain identifiers); rename the method, or name the state with `#[state(name = \"..\")]`")));
         } else if RESERVED.contains(&name.as_str()) {
             errors.push(syn::Error::new(
                 method.sig.ident.span(),
-                format!("a state cannot be named `{name}`: it would hide `Workflow::{name}`; rename the method"),
+                format!("a method cannot be named `{name}`: it would hide `Workflow::{name}`; rename the method and keep the state's name with `#[state(name = \"{name}\")]`"),
             ));
         }
-        let options = options::parse_state(first, errors);
         signature::check(&method.sig, errors);
         let transitions = transitions::scan(&method.block);
-        if seen.insert(name.clone(), ()).is_some() {
+        let state_name = options
+            .name
+            .as_ref()
+            .map_or_else(|| name.clone(), syn::LitStr::value);
+        let name_span = options
+            .name
+            .as_ref()
+            .map_or_else(|| method.sig.ident.span(), syn::LitStr::span);
+        if seen.insert(state_name.clone(), ()).is_some() {
             errors.push(syn::Error::new(
-                method.sig.ident.span(),
-                format!("two states are named `{name}`; state names must be unique, rename one"),
+                name_span,
+                format!(
+                    "two states are named `{state_name}`; state names must be unique, rename one"
+                ),
             ));
             duplicates.push(index);
             continue;
         }
         bodies.insert(name, transitions.clone());
         states.push(State {
+            name: state_name,
             ident: method.sig.ident.clone(),
             options,
             transitions,
@@ -212,7 +226,7 @@ fn output_span(method: &ImplItemFn) -> Span {
 /// Transitions, dependencies and error handlers must name states; required dependencies must
 /// not form a cycle.
 fn check_graph(states: &[State], errors: &mut Errors) {
-    let names: Vec<String> = states.iter().map(|s| s.ident.to_string()).collect();
+    let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
     let index = |ident: &Ident| names.iter().position(|n| *ident == n);
     let unknown = |ident: &Ident, what: &str| {
         let hint = flow_core::closest_name(&ident.to_string(), names.iter().map(String::as_str))
@@ -226,14 +240,14 @@ fn check_graph(states: &[State], errors: &mut Errors) {
     for state in states {
         for target in &state.transitions.targets {
             if index(target).is_none() {
-                errors.push(unknown(target, &format!("state `{}` goes to", state.ident)));
+                errors.push(unknown(target, &format!("state `{}` goes to", state.name)));
             }
         }
         for target in state.options.successors.iter().flatten() {
             if index(target).is_none() {
                 errors.push(unknown(
                     target,
-                    &format!("state `{}` lists as a successor", state.ident),
+                    &format!("state `{}` lists as a successor", state.name),
                 ));
             }
         }
@@ -241,14 +255,14 @@ fn check_graph(states: &[State], errors: &mut Errors) {
             if index(dependency).is_none() {
                 errors.push(unknown(
                     dependency,
-                    &format!("state `{}` depends on", state.ident),
+                    &format!("state `{}` depends on", state.name),
                 ));
-            } else if *dependency == state.ident {
+            } else if *dependency == state.name {
                 errors.push(syn::Error::new(
                     dependency.span(),
                     format!(
                         "state `{}` depends on itself; remove that dependency",
-                        state.ident
+                        state.name
                     ),
                 ));
             }
@@ -257,12 +271,12 @@ fn check_graph(states: &[State], errors: &mut Errors) {
             if index(handler).is_none() {
                 errors.push(unknown(
                     handler,
-                    &format!("state `{}` names as its `on_error` handler", state.ident),
+                    &format!("state `{}` names as its `on_error` handler", state.name),
                 ));
-            } else if *handler == state.ident {
+            } else if *handler == state.name {
                 errors.push(syn::Error::new(
                     handler.span(),
-                    format!("state `{}` cannot be its own `on_error` handler: the handler runs when the state has failed; name another state", state.ident),
+                    format!("state `{}` cannot be its own `on_error` handler: the handler runs when the state has failed; name another state", state.name),
                 ));
             }
         }
@@ -347,7 +361,7 @@ fn generate(
     let timeout = optional(options.timeout.map(duration));
     let cleanup_timeout = optional(options.cleanup_timeout.map(duration));
     let declarations = states.iter().map(|state| {
-        let name = state.ident.to_string();
+        let name = state.name.clone();
         let entry = state.options.entry;
         let successors = if state.transitions.dynamic && state.options.successors.is_none() {
             quote!(::core::option::Option::None)
@@ -434,7 +448,7 @@ fn generate(
     });
     let registrations = states.iter().enumerate().map(|(index, state)| {
         let ident = &state.ident;
-        let name = ident.to_string();
+        let name = state.name.clone();
         let has_conditions = state.options.deps.iter().any(|d| d.condition.is_some());
         let keep_this = has_conditions.then(|| quote!(let condition_this = ::std::sync::Arc::clone(&this);));
         let dependencies = state.options.deps.iter().enumerate().map(|(i, dependency)| {
