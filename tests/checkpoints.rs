@@ -1043,3 +1043,25 @@ async fn a_checkpoint_of_another_workflow_or_a_policy_asking_nothing_is_refused(
         "workflow `chain` has no run to checkpoint; start one with `start` or `run` first"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_durable_run_can_use_the_agents_own_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("flows.redb")).unwrap();
+    let log = Log::default();
+    let mut agent = chain(&log);
+    agent.checkpoints(store.clone(), CheckpointPolicy::after_each_state());
+    let first = agent.run_durable_in_agent_store("nightly").await.unwrap();
+    assert_eq!(first.status, AgentStatus::Completed);
+    let ran = log.names().len();
+    // The same key again: the completed run's report, nothing runs.
+    let again = agent.run_durable_in_agent_store("nightly").await.unwrap();
+    assert_eq!(again.status, AgentStatus::Completed);
+    assert_eq!(log.names().len(), ran);
+    assert!(store.latest("chain", "nightly").unwrap().is_some());
+    let error = chain(&Log::default())
+        .run_durable_in_agent_store("nightly")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no checkpoint store"), "{error}");
+}

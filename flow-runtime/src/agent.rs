@@ -498,7 +498,27 @@ impl Agent {
         store: impl CheckpointStore,
         key: &str,
     ) -> Result<RunReport, FlowError> {
-        let store: Arc<dyn CheckpointStore> = Arc::new(store);
+        self.run_durable_arc(Arc::new(store), key).await
+    }
+
+    /// [`Agent::run_durable`] in the store this agent checkpoints to (see
+    /// [`Agent::checkpoints`]), so that the store is opened and given once. Without one, a
+    /// [`FlowError::InvalidConfig`] says to set it.
+    pub async fn run_durable_in_agent_store(&self, key: &str) -> Result<RunReport, FlowError> {
+        let Some((store, _)) = &self.definition.checkpoints else {
+            return Err(FlowError::InvalidConfig {
+                agent: self.name().to_owned(),
+                message: "this agent has no checkpoint store: set one with `checkpoints(store, policy)`, or pass one to `run_durable(store, key)`".into(),
+            });
+        };
+        self.run_durable_arc(Arc::clone(store), key).await
+    }
+
+    async fn run_durable_arc(
+        &self,
+        store: Arc<dyn CheckpointStore>,
+        key: &str,
+    ) -> Result<RunReport, FlowError> {
         let compiled = self.compiled()?;
         let latest = {
             let (store, agent, key) = (
