@@ -1065,3 +1065,41 @@ async fn a_durable_run_can_use_the_agents_own_store() {
         .unwrap_err();
     assert!(error.to_string().contains("no checkpoint store"), "{error}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_runs_report_says_what_ran_before_it() {
+    let handle = chain(&Log::default()).start().unwrap();
+    sleep(MS * 15).await;
+    let checkpoint = handle.pause().await.unwrap();
+    handle.cancel();
+    let sequence = checkpoint.sequence;
+    let before: Vec<(String, u32)> = checkpoint
+        .states
+        .iter()
+        .map(|s| (s.name.clone(), s.runs))
+        .collect();
+    let report = chain(&Log::default())
+        .restore_from_checkpoint(checkpoint)
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    assert_eq!(report.restored_from, Some(sequence));
+    for (name, runs_before) in before {
+        let state = report.state(&name).unwrap();
+        assert_eq!(state.restored_runs, runs_before, "{name}");
+        assert!(state.runs >= runs_before, "{name}");
+    }
+    assert!(report.states.iter().any(|s| s.restored_runs == 1));
+    assert!(
+        report
+            .states
+            .iter()
+            .any(|s| s.restored_runs == 0 && s.runs == 1)
+    );
+    // A fresh run was restored from nothing.
+    assert_eq!(
+        chain(&Log::default()).run().await.unwrap().restored_from,
+        None
+    );
+}

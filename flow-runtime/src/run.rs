@@ -386,6 +386,10 @@ pub struct RunReport {
     /// What the scheduler had to decide without knowing (for example an ambiguous join in a
     /// workflow without declared successors), once per kind and place.
     pub warnings: Vec<RunWarning>,
+    /// The sequence number of the checkpoint this run continued (after a crash, a pause or a
+    /// failure), if it did: its states' counts then include what ran before (see
+    /// [`StateReport::restored_runs`]).
+    pub restored_from: Option<u64>,
     /// When the run started, on tokio's clock.
     pub started_at: Instant,
     /// How long it took.
@@ -423,6 +427,7 @@ impl RunReport {
             .map(|s| StateReport {
                 status: s.status,
                 runs: s.runs,
+                restored_runs: s.runs,
                 arrivals: s.arrivals,
                 attempts: s.attempts,
                 total_time: s.total_time,
@@ -440,6 +445,7 @@ impl RunReport {
             states,
             transitions: checkpoint.scheduler.transitions(),
             max_concurrency: checkpoint.scheduler.max_concurrency(),
+            restored_from: Some(checkpoint.sequence),
             dead_letters: checkpoint.dead_letters,
             warnings: Vec::new(),
             started_at: Instant::now(),
@@ -461,6 +467,7 @@ impl RunReport {
             transitions: 0,
             max_concurrency: 0,
             warnings: Vec::new(),
+            restored_from: None,
             dead_letters: Vec::new(),
             started_at: Instant::now(),
             duration: Duration::ZERO,
@@ -491,6 +498,10 @@ pub struct StateReport {
     pub last_finished: Option<Instant>,
     /// The message of its last failure, if it failed.
     pub last_error: Option<String>,
+    /// Of `runs`, how many the checkpoint this run was restored from had counted (0 for a run
+    /// that was not restored): `runs - restored_runs` happened in this process. When the two
+    /// are equal, `attempts`, `status` and `last_error` are those of a run before the restore.
+    pub restored_runs: u32,
 }
 
 impl StateReport {
@@ -505,6 +516,7 @@ impl StateReport {
             first_started: None,
             last_finished: None,
             last_error: None,
+            restored_runs: 0,
         }
     }
 }

@@ -286,6 +286,7 @@ impl Coordinator {
             max_concurrency: self.max_concurrency,
             dead_letters: std::mem::take(&mut self.dead_letters),
             warnings: std::mem::take(&mut self.warnings),
+            restored_from: self.restored_from,
             started_at,
             duration,
         }

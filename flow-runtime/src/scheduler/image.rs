@@ -200,6 +200,7 @@ impl Coordinator {
     pub(super) fn restore(&mut self, checkpoint: &Checkpoint, joins: Joins) {
         let image = &checkpoint.scheduler;
         self.restored = true;
+        self.restored_from = Some(checkpoint.sequence);
         self.now = Instant::now();
         self.joins = joins;
         self.joins.set_strict(self.compiled.strict_joins);
@@ -212,6 +213,7 @@ impl Coordinator {
         self.dead_letters = checkpoint.dead_letters.clone();
         for (record, saved) in self.states.iter_mut().zip(&checkpoint.states) {
             record.runs = saved.runs;
+            record.restored_runs = saved.runs;
             record.arrivals = saved.arrivals;
             record.attempts = saved.attempts;
             record.total_time = saved.total_time;

@@ -102,6 +102,8 @@ pub(crate) struct Coordinator {
     started_at: Instant,
     /// Whether this run continues a checkpoint (then it does not start its entries).
     restored: bool,
+    /// The sequence of the checkpoint it continues, for the report.
+    restored_from: Option<u64>,
     /// Where automatic checkpoints go, and when.
     checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     writer: Option<Writer>,
@@ -184,6 +186,7 @@ impl Coordinator {
             elapsed_before: Duration::ZERO,
             started_at: Instant::now(),
             restored: false,
+            restored_from: None,
             checkpoints: compiled.checkpoints.clone(),
             writer: None,
             ticker: None,
