@@ -57,14 +57,14 @@ fn pipeline(runs: Arc<Runs>, warehouse_up: Arc<AtomicBool>) -> Agent {
             async move {
                 runs.load.fetch_add(1, Ordering::SeqCst);
                 if !up.load(Ordering::SeqCst) {
-                    return Err(fluffy_flow::BoxError::from("the warehouse is down"));
+                    return Err("the warehouse is down".into());
                 }
                 let mut loaded = 0;
                 for shard in ["shard_a", "shard_b", "shard_c"] {
                     loaded += ctx.get_state::<u32>(&format!("total_{shard}"))?;
                 }
                 ctx.set_state("loaded", loaded);
-                Ok::<_, fluffy_flow::BoxError>(Next::End)
+                Ok(Next::End)
             }
         })
         .terminal()

@@ -42,7 +42,7 @@ fn flaky(
                     return Err(std::io::Error::other(format!("attempt {n} refused")).into());
                 }
                 ctx.set_state("answer", n);
-                Ok::<_, fluffy_flow::BoxError>(Next::End)
+                Ok(Next::End)
             }
         })
         .retry(retry);
@@ -441,7 +441,7 @@ async fn a_circuit_breaker_opens_fails_fast_half_opens_and_closes() {
                 async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     if healthy.load(Ordering::SeqCst) {
-                        Ok::<_, fluffy_flow::BoxError>(Next::End)
+                        Ok(Next::End)
                     } else {
                         Err("503 from the service".into())
                     }
@@ -498,7 +498,7 @@ async fn a_retry_policy_waits_out_an_open_breaker() {
                 if n < 2 {
                     Err("flaky".into())
                 } else {
-                    Ok::<_, fluffy_flow::BoxError>(Next::End)
+                    Ok(Next::End)
                 }
             }
         })
