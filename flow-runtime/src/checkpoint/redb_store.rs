@@ -8,6 +8,7 @@ use flow_core::FlowError;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, StorageError, Table, TableDefinition};
 
 use super::{Checkpoint, CheckpointStore};
+use crate::scheduler::panic_message;
 
 /// Checkpoints by (workflow, run key, sequence).
 type Key<'a> = (&'a str, &'a str, u64);
@@ -112,7 +113,7 @@ impl RedbStore {
             Err(panic) => {
                 return Err(corrupt(format!(
                     "redb panicked opening it ({})",
-                    panic_text(panic.as_ref())
+                    panic_message(panic)
                 )));
             }
         };
@@ -207,10 +208,7 @@ impl RedbStore {
         catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|panic| {
             Err(FlowError::CorruptStore {
                 store: self.describe(),
-                message: format!(
-                    "redb panicked while {action} ({})",
-                    panic_text(panic.as_ref())
-                ),
+                message: format!("redb panicked while {action} ({})", panic_message(panic)),
             })
         })
     }
@@ -277,12 +275,4 @@ impl CheckpointStore for RedbStore {
             table.remove((agent, run, sequence)).map(drop)
         })
     }
-}
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -16,7 +16,7 @@ mod warnings;
 
 pub use deps::BlockedState;
 pub(crate) use image::{PendingCheckpoint, Restorable, SchedulerImage, check_fits};
-pub(crate) use task::Message;
+pub(crate) use task::{Message, panic_message};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -198,7 +198,8 @@ impl Future for CatchUnwind {
     }
 }
 
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
+/// A panic's message (`String` or `&str` payloads), or a placeholder.
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(message) => *message,
         Err(payload) => match payload.downcast::<&'static str>() {
