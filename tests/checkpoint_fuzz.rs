@@ -7,8 +7,13 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+mod common;
+mod fuzz_agent;
+
+use common::json_fields;
+use fluffy_flow::Checkpoint;
 use fluffy_flow::prelude::*;
-use fluffy_flow::{Checkpoint, DependencyType, RetryPolicy};
+use fuzz_agent::agent;
 use proptest::prelude::*;
 
 fn paused() -> tokio::runtime::Runtime {
@@ -17,51 +22,6 @@ fn paused() -> tokio::runtime::Runtime {
         .start_paused(true)
         .build()
         .unwrap()
-}
-
-/// start -> [slow, flaky, waiter], each -> merge; `flaky` fails twice (retries 100 ms apart),
-/// `waiter` needs `slow`, `broken` (reached from `slow`'s error handler) never runs.
-fn agent() -> Agent {
-    let mut agent = Agent::new("fuzzed");
-    agent
-        .add_state("start", |ctx: Context| async move {
-            ctx.set_state("started", true);
-            Ok(Next::parallel(["slow", "flaky", "waiter"]))
-        })
-        .successors(["slow", "flaky", "waiter"]);
-    agent
-        .add_state("slow", |_ctx: Context| async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok(Next::to("merge"))
-        })
-        .successors(["merge"]);
-    agent
-        .add_state_with_error("flaky", |ctx: Context| async move {
-            let n = ctx.update_typed::<u32, _>("tries", |n| {
-                *n += 1;
-                *n
-            })?;
-            if n < 3 {
-                return Err(FlowError::Cancelled {
-                    agent: format!("try {n}"),
-                });
-            }
-            Ok(Next::to("merge"))
-        })
-        .retry(RetryPolicy {
-            max_retries: 3,
-            initial_delay: Duration::from_millis(100),
-            ..RetryPolicy::default()
-        })
-        .successors(["merge"]);
-    agent
-        .add_state("waiter", |_ctx: Context| async { Ok(Next::to("merge")) })
-        .depends_on("slow", DependencyType::Required)
-        .successors(["merge"]);
-    agent
-        .add_state("merge", |_ctx: Context| async { Ok(Next::End) })
-        .terminal();
-    agent
 }
 
 /// Checkpoints of the agent's run at several moments, as JSON.
@@ -109,28 +69,6 @@ fn damage() -> impl Strategy<Value = Damage> {
     ]
 }
 
-/// The paths of every field, depth-first.
-fn fields(value: &serde_json::Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, inner) in map {
-                at.push(key.clone());
-                out.push(at.clone());
-                fields(inner, at, out);
-                at.pop();
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for (i, inner) in items.iter().enumerate() {
-                at.push(i.to_string());
-                fields(inner, at, out);
-                at.pop();
-            }
-        }
-        _ => {}
-    }
-}
-
 fn at_path<'a>(value: &'a mut serde_json::Value, path: &[String]) -> &'a mut serde_json::Value {
     path.iter().fold(value, |v, step| match v {
         serde_json::Value::Array(items) => &mut items[step.parse::<usize>().unwrap()],
@@ -166,7 +104,7 @@ fn structured(bytes: &[u8], damage: &Damage) -> Vec<u8> {
         return bytes.to_vec();
     };
     let mut all = Vec::new();
-    fields(&value, &mut Vec::new(), &mut all);
+    json_fields(&value, usize::MAX, &mut Vec::new(), &mut all);
     if all.is_empty() {
         return bytes.to_vec();
     }

@@ -443,29 +443,9 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
 /// Removes each field of a checkpoint in turn (every object at every depth): each is refused
 /// or restores into a run that ends normally.
 async fn remove_each_field(json: &[u8], agent: &Agent) {
-    fn paths(value: &serde_json::Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, inner) in map {
-                    at.push(key.clone());
-                    out.push(at.clone());
-                    paths(inner, at, out);
-                    at.pop();
-                }
-            }
-            serde_json::Value::Array(items) => {
-                for (i, inner) in items.iter().enumerate().take(3) {
-                    at.push(i.to_string());
-                    paths(inner, at, out);
-                    at.pop();
-                }
-            }
-            _ => {}
-        }
-    }
     let value: serde_json::Value = serde_json::from_slice(json).unwrap();
     let mut all = Vec::new();
-    paths(&value, &mut Vec::new(), &mut all);
+    common::json_fields(&value, 3, &mut Vec::new(), &mut all);
     assert!(all.len() > 20, "{} fields", all.len());
     for path in all {
         let mut damaged = value.clone();

@@ -118,3 +118,31 @@ pub fn step_undeclared<'a>(
         }
     })
 }
+
+/// The path of every field of a JSON value, depth-first, looking into at most `per_array`
+/// items of each array.
+pub fn json_fields(
+    value: &serde_json::Value,
+    per_array: usize,
+    at: &mut Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                at.push(key.clone());
+                out.push(at.clone());
+                json_fields(inner, per_array, at, out);
+                at.pop();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, inner) in items.iter().enumerate().take(per_array) {
+                at.push(i.to_string());
+                json_fields(inner, per_array, at, out);
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+}

@@ -202,19 +202,17 @@ impl Coordinator {
                 (self.timers.len() - 1) as u32
             }
         };
-        let sender = self.sender.clone();
-        // `sleep` copes with delays too long for the clock (it then sleeps "forever").
-        let task = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = sender.send(Message::Retry {
+        let abort = self.message_after(
+            delay,
+            Message::Retry {
                 timer,
                 state,
                 scope,
                 attempt,
-            });
-        });
+            },
+        );
         self.timers[timer as usize] = Some(RetryTimer {
-            abort: task.abort_handle(),
+            abort,
             state,
             scope,
             attempt,

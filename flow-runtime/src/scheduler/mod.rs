@@ -640,13 +640,20 @@ impl Coordinator {
     fn arm_acquire_deadline(&mut self, state: StateId, seq: u64) {
         let spec = &self.compiled.states[state.index()];
         if let (Some(limit), false) = (spec.acquire_timeout, spec.needs == [0; 5]) {
-            let sender = self.sender.clone();
-            let timer = tokio::spawn(async move {
-                tokio::time::sleep(limit).await;
-                let _ = sender.send(Message::AcquireDeadline { seq });
-            });
-            self.deadlines.insert(seq, timer.abort_handle());
+            let timer = self.message_after(limit, Message::AcquireDeadline { seq });
+            self.deadlines.insert(seq, timer);
         }
+    }
+
+    /// A timer that sends `message` to this coordinator after `delay` (a delay too long for
+    /// the clock sleeps "forever"); abort it to take the message back.
+    fn message_after(&self, delay: Duration, message: Message) -> AbortHandle {
+        let sender = self.sender.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = sender.send(message);
+        })
+        .abort_handle()
     }
 
     /// Queues a restored attempt at a given place in the order.
@@ -959,18 +966,14 @@ impl Coordinator {
         // the state does (its task is abandoned). Not for a bulkhead state, whose timeout
         // starts once it has a place.
         let deadline = match (limit, &spec.bulkhead) {
-            (Some(limit), None) => {
-                let sender = self.sender.clone();
-                let timer = tokio::spawn(async move {
-                    tokio::time::sleep(limit).await;
-                    let _ = sender.send(Message::StateDeadline {
-                        slot,
-                        ticket,
-                        limit,
-                    });
-                });
-                Some(AbortOnDrop(timer.abort_handle()))
-            }
+            (Some(limit), None) => Some(AbortOnDrop(self.message_after(
+                limit,
+                Message::StateDeadline {
+                    slot,
+                    ticket,
+                    limit,
+                },
+            ))),
             _ => None,
         };
         self.running[slot as usize] = Some(Running {
