@@ -458,15 +458,17 @@ fn stopped_states(running: &[String]) -> String {
     if running.is_empty() {
         String::new()
     } else {
-        format!(
-            " with {} still running (stopped)",
-            running
-                .iter()
-                .map(|s| format!("`{s}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!(" with {} still running (stopped)", backticked(running))
     }
+}
+
+/// Names as `` `a`, `b` ``.
+fn backticked(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|s| format!("`{s}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn fork_of(fork: &Option<String>) -> String {
@@ -482,11 +484,7 @@ fn declare_hint(declare: &[String]) -> String {
     } else {
         format!(
             "declare the successors of {} (`.successors(..)`, as `#[workflow]` does) so that joins are exact",
-            declare
-                .iter()
-                .map(|s| format!("`{s}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            backticked(declare)
         )
     }
 }
