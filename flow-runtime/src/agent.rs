@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{Checkpoint, CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
 use crate::dependency::DependencyConfig;
-use crate::events::{EventHub, EventStream};
+use crate::events::{EventHub, EventStream, RunEvents};
 use crate::failure::{DEAD_LETTER_CAPACITY, DeadLetter};
 use crate::resilience::{Bulkhead, CircuitBreaker};
 use crate::resources::{Amounts, ResourcePool, amounts};
@@ -436,6 +436,22 @@ impl Agent {
         self.launch(context, None, None)
     }
 
+    /// Starts a run like [`Agent::start_with`], with a stream of its events from the first
+    /// ([`EventKind::RunStarted`](crate::EventKind::RunStarted)) to the last
+    /// ([`EventKind::RunFinished`](crate::EventKind::RunFinished)), where the stream ends: a
+    /// progress display is a `while let Some(event) = events.next().await` loop.
+    ///
+    /// Events are built only while someone subscribes, so runs started with
+    /// [`Agent::start_with`] meanwhile cost a little more; the stream keeps this run's own.
+    pub fn start_watched(&self, context: Context) -> Result<(RunHandle, RunEvents), FlowError> {
+        // Subscribed before the launch, so that not even the first event is missed.
+        let events = self.events.subscribe();
+        let handle = self.launch(context, None, None)?;
+        let finished = handle.control.observer.finished.clone();
+        let events = RunEvents::new(events, handle.run_id(), finished);
+        Ok((handle, events))
+    }
+
     /// Continues the run a checkpoint was taken of, in this agent (built from the same
     /// definition: same states in the same order, same transitions and dependencies — anything
     /// else is [`FlowError::CheckpointMismatch`]). States that had completed do not run again;
@@ -613,7 +629,10 @@ impl Agent {
             coordinator.continue_from(checkpoint, checked);
         }
         let shared = Arc::clone(&self.shared);
+        // Fires when the coordinator is done, also if it panicked: per-run event streams end.
+        let finished = control.observer.finished.clone().drop_guard();
         runtime.spawn(async move {
+            let _finished = finished;
             let report = coordinator.run().await;
             if !report.dead_letters.is_empty() {
                 let mut kept = shared
@@ -632,6 +651,7 @@ impl Agent {
             run_key,
             control,
             report: report_rx,
+            events: self.events.clone(),
         })
     }
 

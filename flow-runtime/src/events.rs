@@ -1,12 +1,17 @@
 //! Lifecycle events of runs, on one subscription API.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use flow_core::AgentStatus;
+use futures_core::Stream;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Something that happened in a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,40 +153,56 @@ impl EventHub {
             .get_or_init(|| broadcast::channel(self.shared.capacity).0);
         self.shared.subscribers.fetch_add(1, Ordering::Relaxed);
         EventStream {
-            receiver: sender.subscribe(),
+            receiver: Some(sender.subscribe()),
+            waiting: None,
             subscribers: Arc::clone(&self.shared.subscribers),
         }
     }
 }
 
+/// The wait for the next event: it owns the receiver while it waits (a broadcast receiver has
+/// no poll method), and gives it back with the event.
+type PendingRecv =
+    Pin<Box<dyn Future<Output = (Result<Event, broadcast::error::RecvError>, Receiver)> + Send>>;
+type Receiver = broadcast::Receiver<Event>;
+
 /// A subscription to the events of every run of an agent, from the moment it was made.
 ///
-/// Events are kept in a ring buffer of the agent's [`crate::Agent::event_capacity`]; a
-/// subscriber that falls further behind is told how many it missed.
+/// It is a [`Stream`] of `Result<Event, EventStreamError>` that ends when the agent and every
+/// run of it are gone, and has [`EventStream::next`] to read it without importing a stream
+/// trait. Events are kept in a ring buffer of the agent's [`crate::Agent::event_capacity`]; a
+/// subscriber that falls further behind gets [`EventStreamError::Lagged`] with how many it
+/// missed, then the oldest event still kept. For the events of one run, ending with it, see
+/// [`crate::Agent::start_watched`] and [`crate::RunHandle::events`].
 pub struct EventStream {
-    receiver: broadcast::Receiver<Event>,
+    /// `None` while `waiting` holds it.
+    receiver: Option<Receiver>,
+    waiting: Option<PendingRecv>,
     // Only the counter: holding the hub would keep the sender, and the stream, open forever.
     subscribers: Arc<AtomicUsize>,
 }
 
 impl EventStream {
-    /// The next event, waiting for it.
+    /// The next event, waiting for it; `None` once no more can come.
+    ///
+    /// The same as [`StreamExt::next`](https://docs.rs/tokio-stream/latest/tokio_stream/trait.StreamExt.html#method.next),
+    /// without importing it.
+    pub async fn next(&mut self) -> Option<Result<Event, EventStreamError>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// The next event, waiting for it; [`EventStreamError::Closed`] once no more can come.
     pub async fn recv(&mut self) -> Result<Event, EventStreamError> {
-        self.receiver.recv().await.map_err(|error| match error {
-            broadcast::error::RecvError::Lagged(n) => EventStreamError::Lagged(n),
-            broadcast::error::RecvError::Closed => EventStreamError::Closed,
-        })
+        self.next().await.unwrap_or(Err(EventStreamError::Closed))
     }
 
     /// The next event if one is there, without waiting.
     pub fn try_recv(&mut self) -> Option<Result<Event, EventStreamError>> {
-        match self.receiver.try_recv() {
-            Ok(event) => Some(Ok(event)),
-            Err(broadcast::error::TryRecvError::Empty) => None,
-            Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                Some(Err(EventStreamError::Lagged(n)))
-            }
-            Err(broadcast::error::TryRecvError::Closed) => Some(Err(EventStreamError::Closed)),
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(self).poll_next(&mut cx) {
+            Poll::Ready(Some(event)) => Some(event),
+            Poll::Ready(None) => Some(Err(EventStreamError::Closed)),
+            Poll::Pending => None,
         }
     }
 
@@ -195,8 +216,170 @@ impl EventStream {
     }
 }
 
+fn received(
+    result: Result<Event, broadcast::error::RecvError>,
+) -> Option<Result<Event, EventStreamError>> {
+    match result {
+        Ok(event) => Some(Ok(event)),
+        Err(broadcast::error::RecvError::Lagged(n)) => Some(Err(EventStreamError::Lagged(n))),
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<Event, EventStreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(waiting) = this.waiting.as_mut() {
+            let Poll::Ready((result, receiver)) = waiting.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            this.waiting = None;
+            this.receiver = Some(receiver);
+            return Poll::Ready(received(result));
+        }
+        let Some(mut receiver) = this.receiver.take() else {
+            return Poll::Ready(None);
+        };
+        // Take what is there without allocating; box a wait only when there is nothing.
+        match receiver.try_recv() {
+            Ok(event) => {
+                this.receiver = Some(receiver);
+                Poll::Ready(Some(Ok(event)))
+            }
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                this.receiver = Some(receiver);
+                Poll::Ready(Some(Err(EventStreamError::Lagged(n))))
+            }
+            Err(broadcast::error::TryRecvError::Closed) => {
+                this.receiver = Some(receiver);
+                Poll::Ready(None)
+            }
+            Err(broadcast::error::TryRecvError::Empty) => {
+                this.waiting = Some(Box::pin(async move {
+                    let result = receiver.recv().await;
+                    (result, receiver)
+                }));
+                self.poll_next(cx)
+            }
+        }
+    }
+}
+
 impl Drop for EventStream {
     fn drop(&mut self) {
         self.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The events of one run, from its start (with [`crate::Agent::start_watched`]) or from the
+/// moment of [`crate::RunHandle::events`], ending with the run: after its
+/// [`EventKind::RunFinished`], or, if that was published before the subscription, as soon as
+/// the run has finished.
+///
+/// A [`Stream`] of `Result<Event, EventStreamError>`, with [`RunEvents::next`] to read it
+/// without importing a stream trait:
+///
+/// ```
+/// use flow_core::{FlowError, Next};
+/// use flow_runtime::{Agent, Context, EventKind};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), FlowError> {
+/// let mut agent = Agent::new("progress");
+/// agent.add_state("only", |_ctx: Context| async move { Ok(Next::End) });
+/// let (handle, mut events) = agent.start_watched(Context::new())?;
+/// let mut finished = 0;
+/// while let Some(event) = events.next().await {
+///     if let EventKind::StateCompleted { .. } = event?.kind {
+///         finished += 1;
+///     }
+/// }
+/// assert_eq!(finished, 1);
+/// assert!(handle.wait().await.is_success());
+/// # Ok(())
+/// # }
+/// ```
+///
+/// It reads the agent's event channel and keeps this run's events, so
+/// [`EventStreamError::Lagged`] counts the events of every run of the agent that this
+/// subscriber missed (raise [`crate::Agent::event_capacity`] when many runs go at once).
+pub struct RunEvents {
+    events: EventStream,
+    run_id: u64,
+    /// Fires once the run has published its last event (or its coordinator is gone).
+    finished: Pin<Box<WaitForCancellationFutureOwned>>,
+    state: RunEventsState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RunEventsState {
+    Open,
+    /// The run has finished: what is still in the buffer is read, then the stream ends.
+    Draining,
+    Ended,
+}
+
+impl RunEvents {
+    pub(crate) fn new(events: EventStream, run_id: u64, finished: CancellationToken) -> Self {
+        Self {
+            events,
+            run_id,
+            finished: Box::pin(finished.cancelled_owned()),
+            state: RunEventsState::Open,
+        }
+    }
+
+    /// The run these are the events of.
+    pub fn run_id(&self) -> u64 {
+        self.run_id
+    }
+
+    /// The next event of the run, waiting for it; `None` once the run has ended and every one
+    /// of its events has been read.
+    pub async fn next(&mut self) -> Option<Result<Event, EventStreamError>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for RunEvents {
+    type Item = Result<Event, EventStreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.state == RunEventsState::Ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.events).poll_next(cx) {
+                Poll::Ready(Some(Ok(event))) => {
+                    if event.run_id != this.run_id {
+                        continue;
+                    }
+                    if matches!(event.kind, EventKind::RunFinished { .. }) {
+                        this.state = RunEventsState::Ended;
+                    }
+                    return Poll::Ready(Some(Ok(event)));
+                }
+                Poll::Ready(Some(Err(lagged))) => return Poll::Ready(Some(Err(lagged))),
+                Poll::Ready(None) => {
+                    this.state = RunEventsState::Ended;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending if this.state == RunEventsState::Draining => {
+                    this.state = RunEventsState::Ended;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    // Every event of the run is published before `finished` fires: once it
+                    // has, what is not in the buffer will never come.
+                    if this.finished.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.state = RunEventsState::Draining;
+                }
+            }
+        }
     }
 }

@@ -27,7 +27,7 @@ pub use checkpoint::{
 };
 pub use context::{Context, ContextValue};
 pub use dependency::{Condition, DependencyConfig};
-pub use events::{Event, EventKind, EventStream, EventStreamError};
+pub use events::{Event, EventKind, EventStream, EventStreamError, RunEvents};
 pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};
 pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};
 pub use resources::{Allocation, ResourceKind, ResourcePool, UsageStats, Waiting};

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoint;
 use crate::context::Context;
+use crate::events::{EventHub, RunEvents};
 use crate::failure::DeadLetter;
 use crate::scheduler::{BlockedState, Message};
 
@@ -28,6 +29,9 @@ pub(crate) struct Observer {
     completed: AtomicU64,
     running: AtomicUsize,
     pending: AtomicUsize,
+    /// Fires once the run has published its last event, or its coordinator is gone: the end
+    /// of [`crate::RunEvents`].
+    pub(crate) finished: CancellationToken,
 }
 
 impl Observer {
@@ -44,6 +48,7 @@ impl Observer {
             completed: AtomicU64::new(0),
             running: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
+            finished: CancellationToken::new(),
         }
     }
 
@@ -179,6 +184,7 @@ pub struct RunHandle {
     pub(crate) run_key: Arc<str>,
     pub(crate) control: RunControl,
     pub(crate) report: oneshot::Receiver<RunReport>,
+    pub(crate) events: EventHub,
 }
 
 impl RunHandle {
@@ -253,6 +259,17 @@ impl RunHandle {
     /// it waits for, sorted by name. Empty when none waits or the run has ended.
     pub async fn blocked(&self) -> Vec<BlockedState> {
         self.control.blocked().await
+    }
+
+    /// The events of this run from now on, ending with the run (at once if it has already
+    /// finished). To see every event from the run's start, start it with
+    /// [`crate::Agent::start_watched`] instead.
+    pub fn events(&self) -> RunEvents {
+        RunEvents::new(
+            self.events.subscribe(),
+            self.run_id(),
+            self.control.observer.finished.clone(),
+        )
     }
 
     /// The run's key in checkpoint stores: the durable run's name, the key of the checkpoint
