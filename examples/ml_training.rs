@@ -2,13 +2,14 @@
 //! with early stopping), evaluate on held-out data, then export the model and write a report
 //! in parallel. The model is a real logistic regression trained by gradient descent on a
 //! synthetic, seeded dataset, so the example runs anywhere and always gives the same result.
+//! Progress is shown from the run's event stream as states finish.
 //!
 //! ```text
 //! cargo run --example ml_training
 //! ```
 
 use fluffy_flow::prelude::*;
-use fluffy_flow::{ResourcePool, ResourceRequirements};
+use fluffy_flow::{EventKind, ResourcePool, ResourceRequirements};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,7 +211,19 @@ async fn main() -> Result<(), FlowError> {
         network: 10.0,
         gpu: 1.0,
     }));
-    let report = agent.run().await?;
+    // A progress line per finished state, read from the run's own events; the stream ends
+    // with the run.
+    let (handle, mut events) = agent.start_watched(Context::new())?;
+    while let Some(event) = events.next().await {
+        match event.map(|event| event.kind) {
+            Ok(EventKind::StateCompleted { state, duration }) => {
+                println!("done: {state} ({duration:.1?})");
+            }
+            Ok(_) => {}
+            Err(missed) => println!("progress: {missed}"),
+        }
+    }
+    let report = handle.result().await?;
     println!("{}", report.context.report()?);
     println!("exported: {}", report.context.exported()?);
     println!(
