@@ -5,8 +5,12 @@ mod scenarios;
 fn main() {
     for (scenario, n) in [
         ("chain", 10_000),
+        ("chain_macro", 10_000),
         ("fanout", 10_000),
         ("fanout_io", 1_000),
+        ("ring", 10_000),
+        ("resources", 1_000),
+        ("resources", 10_000),
         ("build", 10_000),
         ("runs", 10_000),
         ("checkpoint", 100_000),

@@ -4,7 +4,8 @@
 //! cargo run --release --example bench -- SCENARIO N [REPETITIONS]
 //! ```
 //!
-//! Scenarios: `chain`, `chain_macro`, `fanout`, `fanout_io`, `resources`, `build`, `runs` (see the README's benchmark
+//! Scenarios: `chain`, `chain_macro`, `fanout`, `fanout_io`, `ring`, `resources`, `build`, `runs`,
+//! `checkpoint` (see the README's benchmark
 //! section and `benches/scenarios/mod.rs`). Times are medians over the repetitions (default 7).
 //! `cargo bench` runs every scenario at the sizes the README reports.
 

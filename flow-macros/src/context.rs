@@ -8,7 +8,7 @@ use syn::{Fields, ItemStruct, LitStr};
 use crate::errors::Errors;
 
 /// Field names whose accessors (`x`, `set_x`, `update_x`) would collide with `Context`'s methods.
-const CLASHES: [&str; 16] = [
+const CLASHES: &[&str] = &[
     "new",
     "from_json",
     "state",
@@ -25,6 +25,13 @@ const CLASHES: [&str; 16] = [
     "clone",
     "fmt",
     "default",
+    "run_key",
+    "run_id",
+    "attempt",
+    "visit",
+    "failure",
+    "is_cancelled",
+    "cancelled",
 ];
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {

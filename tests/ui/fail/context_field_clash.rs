@@ -4,6 +4,7 @@ use fluffy_flow::prelude::*;
 struct Index {
     keys: Vec<String>,
     size: usize,
+    attempt: u32,
 }
 
 fn main() {}
