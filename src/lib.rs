@@ -12,8 +12,8 @@ pub use flow_runtime::{
     Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, CircuitBreaker, Condition,
     Context, ContextValue, DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING,
     DeadLetter, DependencyConfig, Event, EventKind, EventStream, EventStreamError, FAILURE_KEY,
-    FailureKind, FileStore, MAX_EVENT_CAPACITY, MemoryStore, QueuePlace, QueuedState, RedbStore,
-    ResourceKind, ResourcePool, RunCounts, RunEvents, RunHandle, RunReport, RunWarning,
+    FailureKind, FileStore, MAX_EVENT_CAPACITY, MemoryStore, QueuePlace, QueuedState, RateLimit,
+    RedbStore, ResourceKind, ResourcePool, RunCounts, RunEvents, RunHandle, RunReport, RunWarning,
     StateCheckpoint, StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
 };
 

@@ -179,6 +179,42 @@ pub enum FlowError {
         /// Its queue.
         max_queued: usize,
     },
+    /// A rate limit was given values it cannot work with.
+    #[error("invalid rate limit {limit}: {reason}")]
+    InvalidRateLimit {
+        /// The limit as written (strategy and values).
+        limit: String,
+        /// What is wrong and what to use instead.
+        reason: String,
+    },
+    /// A leaky bucket already held as many waiting acquisitions as its capacity: this one was
+    /// refused rather than queued.
+    #[error(
+        "{}: leaky bucket `{limit}` already holds {capacity} waiting acquisitions; raise its capacity, slow the callers, or give the state a retry policy", refused_caller(.state)
+    )]
+    RateLimited {
+        /// The state refused (`None` for an acquisition made directly on the limit).
+        state: Option<String>,
+        /// The limit's name.
+        limit: String,
+        /// How many acquisitions it lets wait.
+        capacity: u32,
+    },
+    /// A ready state waited longer than its acquisition timeout at an admission gate (a rate
+    /// limit): it was not called.
+    #[error(
+        "state `{state}` waited {waited:?} at {gate} on attempt {attempts} and gave up; raise its `acquire_timeout` or the limit's rate"
+    )]
+    AdmissionTimeout {
+        /// The state.
+        state: String,
+        /// How many times it was attempted in this activation.
+        attempts: u32,
+        /// How long it waited.
+        waited: Duration,
+        /// What it waited at (e.g. "rate limit `openai`").
+        gate: String,
+    },
     /// The whole run exceeded its timeout; running states were cancelled.
     #[error(
         "run of workflow `{agent}` timed out after {timeout:?}{}; raise the run's `timeout` or find the slow state in the report (a state that blocks its thread belongs in `tokio::task::spawn_blocking`)",
@@ -493,6 +529,14 @@ fn did_you_mean(suggestion: &Option<String>) -> String {
     match suggestion {
         Some(name) => format!(" (did you mean `{name}`?)"),
         None => String::new(),
+    }
+}
+
+/// Who a refused acquisition was for, as the start of a message.
+fn refused_caller(state: &Option<String>) -> String {
+    match state {
+        Some(state) => format!("state `{state}` was not called"),
+        None => "an acquisition was refused".to_owned(),
     }
 }
 

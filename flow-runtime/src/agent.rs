@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
+use crate::coordination::RateLimit;
 use crate::dependency::DependencyConfig;
 use crate::events::{EventHub, EventStream, RunEvents};
 use crate::failure::{DEAD_LETTER_CAPACITY, DeadLetter};
@@ -106,6 +107,7 @@ struct StateDef {
     retry: Option<RetryPolicy>,
     breaker: Option<CircuitBreaker>,
     bulkhead: Option<Bulkhead>,
+    rate_limits: Vec<RateLimit>,
     resources: ResourceRequirements,
     acquire_timeout: Option<Duration>,
     preemptible: bool,
@@ -126,6 +128,8 @@ pub(crate) struct Compiled {
     pub(crate) blocking_threshold: Option<Duration>,
     /// The pool states draw from; `None` when no state needs anything.
     pub(crate) pool: Option<ResourcePool>,
+    /// Every distinct rate limit the states use (a state names them by index).
+    pub(crate) gates: Box<[RateLimit]>,
     pub(crate) priority_aging: Duration,
     /// Where runs write automatic checkpoints, and when.
     pub(crate) checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
@@ -167,6 +171,8 @@ pub(crate) struct CompiledState {
     pub(crate) acquire_timeout: Option<Duration>,
     /// Whether a higher-priority state of its run may stop it to take its resources.
     pub(crate) preemptible: bool,
+    /// Its admission gates (indexes into [`Compiled::gates`]), asked in this order.
+    pub(crate) gates: Box<[usize]>,
     /// What it waits for before it starts.
     pub(crate) dependencies: Box<[CompiledDependency]>,
 }
@@ -290,6 +296,7 @@ impl Agent {
             retry: None,
             breaker: None,
             bulkhead: None,
+            rate_limits: Vec::new(),
             resources: ResourceRequirements::NONE,
             acquire_timeout: None,
             preemptible: false,
@@ -841,6 +848,19 @@ impl StateOptions<'_> {
         self
     }
 
+    /// Starts this state only as often as `limit` allows (see [`RateLimit`]): a ready state
+    /// the limit refuses waits without holding a slot or delaying other ready states, and
+    /// starts at the instant the limit names (one timer per run, no polling). Give clones of
+    /// one limit to several states, runs or agents to share it; call this again to add
+    /// another limit (the state starts when every one admits it). The wait counts against
+    /// [`StateOptions::acquire_timeout`].
+    pub fn rate_limit(self, limit: RateLimit) -> Self {
+        if !self.state.rate_limits.iter().any(|l| l.same(&limit)) {
+            self.state.rate_limits.push(limit);
+        }
+        self
+    }
+
     /// The state that runs when this one has failed its last attempt: the branch goes there
     /// instead of failing the run, and the handler reads the failure with
     /// [`Context::failure`]. The failure is still recorded as a dead letter.
@@ -971,6 +991,19 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         }
     }
     FlowError::from_problems(agent, timing)?;
+    let mut gates: Vec<RateLimit> = Vec::new();
+    let mut gate_of = |limit: &RateLimit| match gates.iter().position(|g| g.same(limit)) {
+        Some(index) => index,
+        None => {
+            gates.push(limit.clone());
+            gates.len() - 1
+        }
+    };
+    let state_gates: Vec<Box<[usize]>> = definition
+        .states
+        .iter()
+        .map(|s| s.rate_limits.iter().map(&mut gate_of).collect())
+        .collect();
     let states = definition
         .states
         .iter()
@@ -985,6 +1018,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             needs: amounts(&s.resources),
             acquire_timeout: s.acquire_timeout,
             preemptible: s.preemptible,
+            gates: state_gates[index].clone(),
             // The graph resolved and checked the names, in the same order.
             dependencies: graph
                 .dependencies(StateId::new(index as u32))
@@ -1043,6 +1077,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         strict_joins: definition.strict_joins,
         blocking_threshold: definition.blocking_threshold,
         pool,
+        gates: gates.into(),
         priority_aging: definition.priority_aging,
         checkpoints: definition.checkpoints.clone(),
         fingerprint: OnceLock::new(),

@@ -292,7 +292,7 @@ impl Drop for EventStream {
 /// let (handle, mut events) = agent.start_watched(Context::new())?;
 /// let mut finished = 0;
 /// while let Some(event) = events.next().await {
-///     if let EventKind::StateCompleted { .. } = event?.kind {
+///     if let EventKind::StateCompleted { .. } = event.expect("kept up").kind {
 ///         finished += 1;
 ///     }
 /// }

@@ -29,6 +29,10 @@ pub enum FailureKind {
     BulkheadFull,
     /// The state waited too long for the resource pool: it was not called.
     ResourceTimeout,
+    /// The state waited too long at an admission gate (a rate limit): it was not called.
+    AdmissionTimeout,
+    /// A rate limit refused the state outright (a full leaky bucket): it was not called.
+    RateLimited,
     /// A dependency failed, could no longer run, or was waited for past its timeout: the
     /// state was not called (and is not retried).
     Dependency,

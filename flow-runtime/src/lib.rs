@@ -8,6 +8,7 @@
 mod agent;
 mod checkpoint;
 mod context;
+mod coordination;
 mod dependency;
 mod events;
 mod failure;
@@ -26,6 +27,7 @@ pub use checkpoint::{
     MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint,
 };
 pub use context::{Context, ContextValue};
+pub use coordination::RateLimit;
 pub use dependency::{Condition, DependencyConfig};
 pub use events::{Event, EventKind, EventStream, EventStreamError, RunEvents};
 pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};

@@ -186,6 +186,7 @@ impl Coordinator {
                 | Message::DependencyDeadline { .. }
                 | Message::Resume
                 | Message::PoolFreed
+                | Message::GateDue
                 | Message::AcquireDeadline { .. }
                 | Message::Cancel
                 | Message::Deadline => {}

@@ -771,6 +771,7 @@ impl Coordinator {
                 waited: self.now.saturating_duration_since(waiter.since),
             });
         }
+        blocked.extend(self.blocked_at_gates());
         blocked.sort_by(|a, b| a.state.cmp(&b.state));
         blocked
     }

@@ -32,6 +32,10 @@ pub(super) enum Failure {
     CircuitOpen(Duration),
     BulkheadFull(BulkheadFull),
     ResourceTimeout(Duration),
+    /// It waited at an admission gate past its acquisition timeout (how long, and which gate).
+    AdmissionTimeout(Duration, String),
+    /// A gate refused it outright (a full leaky bucket).
+    Refused(FlowError),
     /// A dependency failed, could no longer run, or timed out: the state never started.
     Dependency(FlowError),
 }
@@ -100,6 +104,17 @@ impl Coordinator {
                 FailureKind::CircuitOpen,
                 StateStatus::Failed,
             ),
+            Failure::AdmissionTimeout(waited, gate) => (
+                FlowError::AdmissionTimeout {
+                    state: name,
+                    attempts: attempt,
+                    waited,
+                    gate,
+                },
+                FailureKind::AdmissionTimeout,
+                StateStatus::Timeout,
+            ),
+            Failure::Refused(error) => (error, FailureKind::RateLimited, StateStatus::Failed),
             Failure::BulkheadFull(full) => (
                 FlowError::BulkheadFull {
                     state: name,
@@ -138,8 +153,10 @@ impl Coordinator {
             error: message.clone(),
             kind,
             attempts: attempt,
-            timed_out: matches!(kind, FailureKind::Timeout | FailureKind::ResourceTimeout)
-                || status == StateStatus::Timeout,
+            timed_out: matches!(
+                kind,
+                FailureKind::Timeout | FailureKind::ResourceTimeout | FailureKind::AdmissionTimeout
+            ) || status == StateStatus::Timeout,
             at: SystemTime::now(),
             context: match self.context.snapshot() {
                 Ok(values) => serde_json::Value::Object(values),

@@ -5,6 +5,7 @@
 //! of them needs a lock. State names never appear on this path: states are [`StateId`]s, and a
 //! transition's name is resolved with one hash lookup.
 
+mod admission;
 mod control;
 mod deps;
 mod failures;
@@ -40,6 +41,7 @@ use crate::resources::{Claimant, Grant, ResourcePool};
 use crate::run::{Observer, RunControl, RunReport, RunWarning, StateReport};
 
 use crate::state_fn::StateFuture;
+use admission::GateVerdict;
 use deps::{Dependencies, Origin};
 use failures::Failure;
 use joins::{Joins, ScopeId};
@@ -74,6 +76,8 @@ pub(crate) struct Coordinator {
     run_key: u64,
     /// Acquisition deadlines of ready states, by queue sequence number.
     deadlines: FxHashMap<u64, AbortHandle>,
+    /// The one timer for the earliest instant a state waiting at a gate may ask it again.
+    gate_timer: Option<(Instant, AbortOnDrop)>,
     /// No state starts while paused; these wait to hear that nothing runs any more.
     paused: bool,
     pause_waiters: Vec<oneshot::Sender<()>>,
@@ -192,7 +196,7 @@ impl Coordinator {
             ticker: None,
             failed_state: None,
             saved_sequence: Arc::default(),
-            ready: ReadyQueue::new(compiled.priority_aging),
+            ready: ReadyQueue::new(compiled.priority_aging).with_gates(compiled.gates.len()),
             states: graph
                 .names()
                 .iter()
@@ -223,6 +227,7 @@ impl Coordinator {
             next_ticket: 0,
             run_key: ResourcePool::run_key(),
             deadlines: FxHashMap::default(),
+            gate_timer: None,
             paused: false,
             pause_waiters: Vec::new(),
             timers: Vec::new(),
@@ -395,7 +400,7 @@ impl Coordinator {
                 Ok(())
             }
             // The loop dispatches after every message: nothing else to do.
-            Message::PoolFreed => Ok(()),
+            Message::PoolFreed | Message::GateDue => Ok(()),
             Message::AcquireDeadline { seq } => self.acquire_deadline(seq).map_err(Stop::Failed),
             Message::CancelState { state, reply } => {
                 let cancelled = self.cancel_state(state);
@@ -545,6 +550,7 @@ impl Coordinator {
         // Retries, resumes and cancellations arrive without a fresh clock reading.
         self.now = Instant::now();
         while self.running_count < self.compiled.max_concurrent {
+            self.release_gates();
             // The head of the queue goes first: if the pool cannot grant it yet, nothing behind
             // it starts either (so a large request is not starved by small ones).
             let grant = match self.grant_for_head() {
@@ -556,6 +562,18 @@ impl Coordinator {
                 Err(()) => break,
             };
             let Some(entry) = self.ready.pop() else { break };
+            let entry = match self.through_gates(entry) {
+                GateVerdict::Admitted(entry) => entry,
+                // Its grant, if any, goes back as it drops: others may use it meanwhile.
+                GateVerdict::Waiting => continue,
+                GateVerdict::Refused(entry, error) => {
+                    self.dequeued(entry.seq());
+                    let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
+                    let _span = self.begin(state, attempt);
+                    self.launch_outcome(state, scope, attempt, Outcome::Refused(error));
+                    continue;
+                }
+            };
             self.dequeued(entry.seq());
             let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
             let grant = grant.map(|grant| (grant, entry.virtual_start()));
@@ -579,6 +597,7 @@ impl Coordinator {
             }
         }
         self.max_concurrency = self.max_concurrency.max(self.running_count);
+        self.arm_gate_timer();
     }
 
     /// Records that `state` starts attempt `attempt` now; returns the span it is traced in.
@@ -639,7 +658,10 @@ impl Coordinator {
     /// of its queue entry `seq`.
     fn arm_acquire_deadline(&mut self, state: StateId, seq: u64) {
         let spec = &self.compiled.states[state.index()];
-        if let (Some(limit), false) = (spec.acquire_timeout, spec.needs == [0; 5]) {
+        if let (Some(limit), true) = (
+            spec.acquire_timeout,
+            spec.needs != [0; 5] || !spec.gates.is_empty(),
+        ) {
             let timer = self.message_after(limit, Message::AcquireDeadline { seq });
             self.deadlines.insert(seq, timer);
         }
@@ -787,6 +809,7 @@ impl Coordinator {
         if self.deadlines.remove(&seq).is_none() {
             return Ok(()); // it started meanwhile
         }
+        let gate = self.ready.gate_of(seq);
         let Some(entry) = self.ready.remove_seq(seq) else {
             return Ok(());
         };
@@ -796,12 +819,11 @@ impl Coordinator {
             .unwrap_or_default();
         self.now = Instant::now();
         self.states[entry.state.index()].attempts = entry.attempt;
-        self.attempt_failed(
-            entry.state,
-            entry.scope,
-            entry.attempt,
-            Failure::ResourceTimeout(waited),
-        )
+        let failure = match gate {
+            Some(gate) => Failure::AdmissionTimeout(waited, self.gate_name(gate)),
+            None => Failure::ResourceTimeout(waited),
+        };
+        self.attempt_failed(entry.state, entry.scope, entry.attempt, failure)
     }
 
     /// Whether the next ready state needs nothing from the pool (so it may run inline).
@@ -810,9 +832,9 @@ impl Coordinator {
     /// its thread there would hold the run's and its own deadline back).
     fn head_needs_nothing(&self) -> bool {
         self.compiled.timeout.is_none()
-            && self.ready.peek().is_none_or(|head| {
+            && self.ready.peek().is_some_and(|head| {
                 let spec = &self.compiled.states[head.state.index()];
-                spec.needs == [0; 5] && spec.timeout.is_none()
+                spec.needs == [0; 5] && spec.timeout.is_none() && spec.gates.is_empty()
             })
     }
 
@@ -1100,6 +1122,9 @@ impl Coordinator {
             Outcome::BulkheadFull(full) => {
                 self.attempt_failed(state, scope, attempt, Failure::BulkheadFull(full))
             }
+            Outcome::Refused(error) => {
+                self.attempt_failed(state, scope, attempt, Failure::Refused(error))
+            }
         }
     }
 
@@ -1286,6 +1311,6 @@ fn record_breaker(permit: Option<BreakerPermit>, outcome: &Outcome) {
         Outcome::Finished(Err(_)) | Outcome::Panicked(_) | Outcome::TimedOut(_) => {
             permit.record(false)
         }
-        Outcome::CircuitOpen(_) | Outcome::BulkheadFull(_) => drop(permit),
+        Outcome::CircuitOpen(_) | Outcome::BulkheadFull(_) | Outcome::Refused(_) => drop(permit),
     }
 }

@@ -8,13 +8,14 @@
 //! the entry is pushed, so the queue stays a plain binary heap: O(log n) per push and pop.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use flow_core::{Priority, StateId};
 use tokio::time::Instant;
 
 use super::joins::ScopeId;
+use crate::coordination::WaitTicket;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ReadyEntry {
@@ -54,6 +55,22 @@ pub(crate) struct ReadyQueue {
     next_seq: u64,
     origin: Instant,
     aging_micros: i64,
+    /// Entries waiting at an admission gate, by gate (see `scheduler::admission`): ready, but
+    /// not in the heap until the gate may admit them. Empty for an agent with no gates.
+    gates: Box<[GateWait]>,
+    /// Places held in leaky buckets by waiting entries, by sequence number.
+    tickets: HashMap<u64, WaitTicket>,
+}
+
+/// The entries waiting at one gate, in ready order. Only the first asks the gate again; the
+/// others wait behind it without asking, so a gate costs O(log n) per admission.
+#[derive(Default)]
+pub(crate) struct GateWait {
+    heap: BinaryHeap<ReadyEntry>,
+    /// When the first may ask again; `None` while nobody waits or it is out asking.
+    until: Option<Instant>,
+    /// The entry let out to ask again (it is in the main heap meanwhile).
+    trying: Option<u64>,
 }
 
 impl ReadyQueue {
@@ -63,7 +80,15 @@ impl ReadyQueue {
             next_seq: 0,
             origin: Instant::now(),
             aging_micros: i64::try_from(aging.as_micros()).unwrap_or(i64::MAX / 8),
+            gates: Box::default(),
+            tickets: HashMap::new(),
         }
+    }
+
+    /// Makes room for entries waiting at `count` gates.
+    pub(crate) fn with_gates(mut self, count: usize) -> Self {
+        self.gates = (0..count).map(|_| GateWait::default()).collect();
+        self
     }
 
     /// Queues a state; returns the entry's sequence number (its identity in the queue).
@@ -76,16 +101,20 @@ impl ReadyQueue {
         priority: Priority,
         now: Instant,
     ) -> u64 {
-        let level = match priority {
-            Priority::Low => 0,
-            Priority::Normal => 1,
-            Priority::High => 2,
-            Priority::Critical => 3,
-        };
+        let level = priority_level(priority);
         let virtual_start = self
             .clock(now)
             .saturating_sub(self.aging_micros.saturating_mul(level));
         self.push_at(state, scope, attempt, virtual_start)
+    }
+
+    /// When an entry of this priority became ready (the inverse of `push`).
+    pub(crate) fn became_ready(&self, entry: &ReadyEntry, priority: Priority) -> Instant {
+        let level = priority_level(priority);
+        let micros = entry
+            .virtual_start()
+            .saturating_add(self.aging_micros.saturating_mul(level));
+        self.origin + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
     }
 
     /// `now` on the queue's clock (microseconds since its origin), the scale of virtual
@@ -97,7 +126,9 @@ impl ReadyQueue {
 
     /// Every entry, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &ReadyEntry> {
-        self.heap.iter()
+        self.heap
+            .iter()
+            .chain(self.gates.iter().flat_map(|gate| gate.heap.iter()))
     }
 
     /// Queues a state again at the place it had (a preempted state keeps its age).
@@ -125,11 +156,113 @@ impl ReadyQueue {
         self.remove_where(|e| e.seq() == seq).pop()
     }
 
+    /// The gate an entry waits at, if it waits at one (O(n) over the gates' entries).
+    pub(crate) fn gate_of(&self, seq: u64) -> Option<usize> {
+        self.gates
+            .iter()
+            .position(|wait| wait.heap.iter().any(|e| e.seq() == seq))
+    }
+
     /// Takes out every entry `take` selects, keeping the rest in order (O(n)).
     fn remove_where(&mut self, take: impl Fn(&ReadyEntry) -> bool) -> Vec<ReadyEntry> {
-        let (removed, kept): (Vec<_>, Vec<_>) = self.heap.drain().partition(|e| take(e));
+        let (mut removed, kept): (Vec<_>, Vec<_>) = self.heap.drain().partition(|e| take(e));
         self.heap = kept.into();
+        for gate in self.gates.iter_mut() {
+            if gate.heap.is_empty() {
+                continue;
+            }
+            let (out, kept): (Vec<_>, Vec<_>) = gate.heap.drain().partition(|e| take(e));
+            gate.heap = kept.into();
+            removed.extend(out);
+        }
+        for entry in &removed {
+            self.left(entry.seq());
+        }
         removed
+    }
+
+    /// An entry leaves for good (started, failed or removed): it holds no place in a leaky
+    /// bucket any more, and if it was out asking a gate, the next one waiting there may ask.
+    pub(crate) fn left(&mut self, seq: u64) {
+        if self.gates.is_empty() {
+            return;
+        }
+        self.tickets.remove(&seq);
+        for gate in self.gates.iter_mut() {
+            if gate.trying == Some(seq) {
+                gate.trying = None;
+                if !gate.heap.is_empty() {
+                    gate.until = Some(self.origin);
+                }
+            }
+        }
+    }
+
+    /// Whether an entry must wait behind others at `gate` without asking it: someone waits
+    /// there and this entry is not the one let out to ask.
+    pub(crate) fn queued_at(&self, gate: usize, seq: u64) -> bool {
+        let wait = &self.gates[gate];
+        !wait.heap.is_empty() && wait.trying != Some(seq)
+    }
+
+    /// Whether the entry holds a place in a leaky bucket.
+    pub(crate) fn has_ticket(&self, seq: u64) -> bool {
+        self.tickets.contains_key(&seq)
+    }
+
+    /// Puts an entry to wait at `gate`; `until`, when the gate refused it, is when the first
+    /// waiting there may ask again. A ticket is its place in a leaky bucket.
+    pub(crate) fn park(
+        &mut self,
+        gate: usize,
+        entry: ReadyEntry,
+        until: Option<Instant>,
+        ticket: Option<WaitTicket>,
+    ) {
+        let seq = entry.seq();
+        if let Some(ticket) = ticket {
+            self.tickets.insert(seq, ticket);
+        }
+        let wait = &mut self.gates[gate];
+        if wait.trying == Some(seq) {
+            wait.trying = None;
+        }
+        wait.heap.push(entry);
+        if let Some(until) = until {
+            wait.until = Some(until);
+        } else if wait.trying.is_none() && wait.until.is_none() {
+            // Nobody is asking for this gate: the first waiting may ask at once.
+            wait.until = Some(self.origin);
+        }
+    }
+
+    /// Lets the first entry of every gate whose time has come back into the heap to ask it
+    /// again. O(gates).
+    pub(crate) fn release_due(&mut self, now: Instant) {
+        for wait in self.gates.iter_mut() {
+            if wait.until.is_some_and(|until| until <= now)
+                && let Some(entry) = wait.heap.pop()
+            {
+                wait.until = None;
+                wait.trying = Some(entry.seq());
+                self.heap.push(entry);
+            }
+        }
+    }
+
+    /// The earliest instant a gate's first waiting entry may ask again.
+    pub(crate) fn next_release(&self) -> Option<Instant> {
+        self.gates.iter().filter_map(|wait| wait.until).min()
+    }
+
+    /// The entries waiting at each gate, for `blocked()`: (gate, entry, first may ask at).
+    pub(crate) fn waiting_at_gates(
+        &self,
+    ) -> impl Iterator<Item = (usize, &ReadyEntry, Option<Instant>)> {
+        self.gates
+            .iter()
+            .enumerate()
+            .flat_map(|(gate, wait)| wait.heap.iter().map(move |entry| (gate, entry, wait.until)))
     }
 
     /// The entry that goes next, without taking it.
@@ -146,16 +279,33 @@ impl ReadyQueue {
         self.heap.pop()
     }
 
+    /// Every entry, waiting at a gate or not.
     pub(crate) fn len(&self) -> usize {
-        self.heap.len()
+        self.heap.len() + self.gates.iter().map(|wait| wait.heap.len()).sum::<usize>()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.heap.is_empty() && self.gates.iter().all(|wait| wait.heap.is_empty())
     }
 
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = ReadyEntry> + '_ {
+        self.tickets.clear();
+        for wait in self.gates.iter_mut() {
+            self.heap.extend(wait.heap.drain());
+            wait.until = None;
+            wait.trying = None;
+        }
         self.heap.drain()
+    }
+}
+
+/// How many aging periods of head start a priority gives.
+fn priority_level(priority: Priority) -> i64 {
+    match priority {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+        Priority::Critical => 3,
     }
 }
 

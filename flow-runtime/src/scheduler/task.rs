@@ -29,6 +29,8 @@ pub(crate) enum Outcome {
     CircuitOpen(Duration),
     /// The state's bulkhead had no place and its queue was full.
     BulkheadFull(BulkheadFull),
+    /// An admission gate refused the attempt outright.
+    Refused(flow_core::FlowError),
 }
 
 /// What the coordinator hears: from its state tasks, its timers, and the run's controls.
@@ -64,6 +66,8 @@ pub(crate) enum Message {
     Resume,
     /// The resource pool got something back: try to start waiting states.
     PoolFreed,
+    /// The earliest instant a state waiting at an admission gate may ask it again has come.
+    GateDue,
     /// A ready state's acquisition timeout passed (the entry, by its sequence number).
     AcquireDeadline { seq: u64 },
     /// Cancel the running and ready runs of a state; answer how many.
