@@ -319,3 +319,23 @@ fn limits_that_cannot_work_are_refused_with_the_reason() {
         assert!(error.to_string().contains(expected), "{error}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiting_adds_no_drift_when_the_interval_is_not_a_whole_millisecond() {
+    // 3 per second: one every 333.33 ms. tokio's timers fire on whole milliseconds, so each
+    // wait ends up to 1 ms late; admissions are still counted at the instants the limit named,
+    // so the 31st comes at 10 s, not 10 s plus 30 roundings.
+    let limit = RateLimit::token_bucket(3.0, 1).unwrap();
+    let (report, started) = starts(&limited_fan(&limit, 31, |_| ms(0))).await;
+    assert!(report.is_success());
+    let last = *instants(&started).last().unwrap();
+    assert!((10_000..=10_001).contains(&last), "{last}");
+
+    let direct = RateLimit::token_bucket(3.0, 1).unwrap();
+    let start = Instant::now();
+    for _ in 0..31 {
+        direct.acquire().await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert!(elapsed >= ms(9_999) && elapsed <= ms(10_001), "{elapsed:?}");
+}

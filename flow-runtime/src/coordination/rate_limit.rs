@@ -36,7 +36,23 @@ pub struct RateLimit {
 struct Shared {
     name: Mutex<Arc<str>>,
     strategy: Strategy,
-    state: Mutex<Meter>,
+    state: Mutex<Clocked>,
+}
+
+/// A meter and the latest instant it was asked at: asks never go back in time (callers may
+/// ask at the instant the limit named rather than the slightly later one their timer woke
+/// at, and several callers share one limit), so each meter sees a clock that only advances.
+struct Clocked {
+    latest: Option<Instant>,
+    meter: Meter,
+}
+
+impl Clocked {
+    fn at(&mut self, now: Instant) -> Instant {
+        let now = self.latest.map_or(now, |latest| latest.max(now));
+        self.latest = Some(now);
+        now
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -155,7 +171,10 @@ impl RateLimit {
             shared: Arc::new(Shared {
                 name: Mutex::new(Arc::from(name)),
                 strategy,
-                state: Mutex::new(meter),
+                state: Mutex::new(Clocked {
+                    latest: None,
+                    meter,
+                }),
             }),
         }
     }
@@ -193,23 +212,29 @@ impl RateLimit {
     /// refuses ([`FlowError::RateLimited`]); the others wait as long as it takes. Cancel-safe:
     /// dropping the future takes nothing.
     pub async fn acquire(&self) -> Result<(), FlowError> {
-        let _waiting = match self.try_acquire_at(Instant::now()) {
+        let waiting = match self.try_acquire_at(Instant::now()) {
             Ok(()) => return Ok(()),
             Err(NotBefore(at)) => {
                 let ticket = self.enter_wait(None)?;
                 tokio::time::sleep_until(at).await;
-                ticket
+                (ticket, at)
             }
         };
+        let (_ticket, mut at) = waiting;
         loop {
-            match self.try_acquire_at(Instant::now()) {
+            // Ask at the instant the limit named, not the later one the timer woke at (it
+            // rounds to the millisecond): waiting adds no drift.
+            match self.try_acquire_at(at) {
                 Ok(()) => return Ok(()),
-                Err(NotBefore(at)) => tokio::time::sleep_until(at).await,
+                Err(NotBefore(next)) => {
+                    tokio::time::sleep_until(next).await;
+                    at = next;
+                }
             }
         }
     }
 
-    fn meter(&self) -> MutexGuard<'_, Meter> {
+    fn meter(&self) -> MutexGuard<'_, Clocked> {
         self.shared
             .state
             .lock()
@@ -222,8 +247,9 @@ impl RateLimit {
 
     /// Admits one acquisition at `now`, or says when to ask again.
     pub(crate) fn try_acquire_at(&self, now: Instant) -> Result<(), NotBefore> {
-        let mut meter = self.meter();
-        match (self.shared.strategy, &mut *meter) {
+        let mut clocked = self.meter();
+        let now = clocked.at(now);
+        match (self.shared.strategy, &mut clocked.meter) {
             (
                 Strategy::TokenBucket {
                     interval,
@@ -273,8 +299,9 @@ impl RateLimit {
     /// Gives back an admission taken at `now` that was not used (another gate of the same
     /// state refused): the next caller may have it.
     pub(crate) fn refund(&self, now: Instant) {
-        let mut meter = self.meter();
-        match (self.shared.strategy, &mut *meter) {
+        let mut clocked = self.meter();
+        let now = clocked.at(now);
+        match (self.shared.strategy, &mut clocked.meter) {
             (
                 Strategy::TokenBucket { interval, .. } | Strategy::LeakyBucket { interval, .. },
                 Meter::Cell {
@@ -299,8 +326,8 @@ impl RateLimit {
         let Strategy::LeakyBucket { capacity, .. } = self.shared.strategy else {
             return Ok(None);
         };
-        let mut meter = self.meter();
-        let Meter::Cell { waiting, .. } = &mut *meter else {
+        let mut clocked = self.meter();
+        let Meter::Cell { waiting, .. } = &mut clocked.meter else {
             return Ok(None);
         };
         if *waiting >= capacity {
@@ -330,7 +357,7 @@ pub(crate) struct WaitTicket {
 
 impl Drop for WaitTicket {
     fn drop(&mut self) {
-        if let Meter::Cell { waiting, .. } = &mut *self.limit.meter() {
+        if let Meter::Cell { waiting, .. } = &mut self.limit.meter().meter {
             *waiting = waiting.saturating_sub(1);
         }
     }

@@ -42,10 +42,14 @@ impl Coordinator {
         if let Some(&gate) = gates.iter().find(|&&gate| self.ready.queued_at(gate, seq)) {
             return self.wait_at(gate, entry, None);
         }
+        // A state let out of a gate asks at the instant the gate named (see
+        // `GateWait::trying`); others at the current one.
+        let at = self.ready.asking_at(seq).unwrap_or(self.now);
         for (taken, &gate) in gates.iter().enumerate() {
-            if let Err(NotBefore(until)) = compiled.gates[gate].try_acquire_at(self.now) {
+            self.ready.asked(gate, at);
+            if let Err(NotBefore(until)) = compiled.gates[gate].try_acquire_at(at) {
                 for &earlier in &gates[..taken] {
-                    compiled.gates[earlier].refund(self.now);
+                    compiled.gates[earlier].refund(at);
                 }
                 return self.wait_at(gate, entry, Some(until));
             }

@@ -69,8 +69,12 @@ pub(crate) struct GateWait {
     heap: BinaryHeap<ReadyEntry>,
     /// When the first may ask again; `None` while nobody waits or it is out asking.
     until: Option<Instant>,
-    /// The entry let out to ask again (it is in the main heap meanwhile).
-    trying: Option<u64>,
+    /// The entry let out to ask again (it is in the main heap meanwhile), and the instant it
+    /// asks for: the one the gate named, not the later one at which the timer (rounded to the
+    /// clock's millisecond) happened to fire, so that waiting adds no drift.
+    trying: Option<(u64, Instant)>,
+    /// The latest instant this run asked this gate at.
+    asked: Option<Instant>,
 }
 
 impl ReadyQueue {
@@ -189,10 +193,11 @@ impl ReadyQueue {
         }
         self.tickets.remove(&seq);
         for gate in self.gates.iter_mut() {
-            if gate.trying == Some(seq) {
+            if gate.trying.is_some_and(|(trying, _)| trying == seq) {
                 gate.trying = None;
                 if !gate.heap.is_empty() {
-                    gate.until = Some(self.origin);
+                    // The next may ask at once (at the latest instant this gate was asked).
+                    gate.until = Some(gate.asked.unwrap_or(self.origin));
                 }
             }
         }
@@ -202,7 +207,7 @@ impl ReadyQueue {
     /// there and this entry is not the one let out to ask.
     pub(crate) fn queued_at(&self, gate: usize, seq: u64) -> bool {
         let wait = &self.gates[gate];
-        !wait.heap.is_empty() && wait.trying != Some(seq)
+        !wait.heap.is_empty() && !wait.trying.is_some_and(|(trying, _)| trying == seq)
     }
 
     /// Whether the entry holds a place in a leaky bucket.
@@ -224,7 +229,7 @@ impl ReadyQueue {
             self.tickets.insert(seq, ticket);
         }
         let wait = &mut self.gates[gate];
-        if wait.trying == Some(seq) {
+        if wait.trying.is_some_and(|(trying, _)| trying == seq) {
             wait.trying = None;
         }
         wait.heap.push(entry);
@@ -243,11 +248,29 @@ impl ReadyQueue {
             if wait.until.is_some_and(|until| until <= now)
                 && let Some(entry) = wait.heap.pop()
             {
-                wait.until = None;
-                wait.trying = Some(entry.seq());
+                let at = wait
+                    .until
+                    .take()
+                    .unwrap_or(now)
+                    .max(wait.asked.unwrap_or(now));
+                wait.trying = Some((entry.seq(), at));
                 self.heap.push(entry);
             }
         }
+    }
+
+    /// The instant an entry let out of a gate asks for (see [`GateWait::trying`]).
+    pub(crate) fn asking_at(&self, seq: u64) -> Option<Instant> {
+        self.gates.iter().find_map(|wait| match wait.trying {
+            Some((trying, at)) if trying == seq => Some(at),
+            _ => None,
+        })
+    }
+
+    /// Notes that this run asked `gate` at `at`.
+    pub(crate) fn asked(&mut self, gate: usize, at: Instant) {
+        let wait = &mut self.gates[gate];
+        wait.asked = Some(wait.asked.map_or(at, |asked| asked.max(at)));
     }
 
     /// The earliest instant a gate's first waiting entry may ask again.

@@ -1,0 +1,229 @@
+//! The scheduler's rate limiting against a reference model, on random arrivals.
+//!
+//! Each strategy is modelled in a different, deliberately naive form (a token count, a scan of
+//! the whole admission history), so that the real meter (GCRA, window counters, a ring of
+//! instants) is checked by something that shares none of its arithmetic. States reach their
+//! limited step at random instants; every admission instant must be the model's. Scale the
+//! number of cases with `RATE_MODEL_SCALE=N`.
+
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use fluffy_flow::{EventKind, RateLimit};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Token { interval_ms: u64, burst: u32 },
+    Leaky { interval_ms: u64 },
+    Fixed { max: u32, window_ms: u64 },
+    Sliding { max: u32, window_ms: u64 },
+}
+
+impl Limit {
+    fn limit(self) -> RateLimit {
+        match self {
+            Limit::Token { interval_ms, burst } => {
+                RateLimit::token_bucket(1000.0 / interval_ms as f64, burst)
+            }
+            // Capacity enough that nothing is refused: this model is about timing.
+            Limit::Leaky { interval_ms } => {
+                RateLimit::leaky_bucket(1000.0 / interval_ms as f64, 1000)
+            }
+            Limit::Fixed { max, window_ms } => {
+                RateLimit::fixed_window(max, Duration::from_millis(window_ms))
+            }
+            Limit::Sliding { max, window_ms } => {
+                RateLimit::sliding_window(max, Duration::from_millis(window_ms))
+            }
+        }
+        .unwrap()
+    }
+
+    /// The model: admission instants (ms) of requests arriving at `arrivals` (ascending),
+    /// served first come, first served.
+    fn admissions(self, arrivals: &[u64]) -> Vec<u64> {
+        let mut admitted: Vec<u64> = Vec::new();
+        match self {
+            Limit::Token { interval_ms, burst } => {
+                // Credit in ms of refill, capped at `burst` tokens; a token costs one interval.
+                let cap = interval_ms * u64::from(burst);
+                let (mut credit, mut at) = (cap, 0u64);
+                for &arrival in arrivals {
+                    let mut t = arrival.max(at);
+                    credit = (credit + (t - at)).min(cap);
+                    if credit < interval_ms {
+                        t += interval_ms - credit;
+                        credit = interval_ms;
+                    }
+                    credit -= interval_ms;
+                    at = t;
+                    admitted.push(t);
+                }
+            }
+            Limit::Leaky { interval_ms } => {
+                for &arrival in arrivals {
+                    let t = match admitted.last() {
+                        Some(&last) => arrival.max(last + interval_ms),
+                        None => arrival,
+                    };
+                    admitted.push(t);
+                }
+            }
+            Limit::Fixed { max, window_ms } => {
+                for &arrival in arrivals {
+                    let epoch = admitted.first().copied().unwrap_or(arrival);
+                    let mut t = arrival.max(admitted.last().copied().unwrap_or(0));
+                    loop {
+                        let window = (t - epoch) / window_ms;
+                        let in_window = admitted
+                            .iter()
+                            .filter(|&&a| (a - epoch) / window_ms == window)
+                            .count();
+                        if in_window < max as usize {
+                            break;
+                        }
+                        t = epoch + (window + 1) * window_ms;
+                    }
+                    admitted.push(t);
+                }
+            }
+            Limit::Sliding { max, window_ms } => {
+                for &arrival in arrivals {
+                    let mut t = arrival.max(admitted.last().copied().unwrap_or(0));
+                    // The earliest t with fewer than `max` admissions in (t - window, t].
+                    while admitted.iter().filter(|&&a| a + window_ms > t).count() >= max as usize {
+                        t = admitted
+                            .iter()
+                            .map(|&a| a + window_ms)
+                            .filter(|&free| free > t)
+                            .min()
+                            .expect("a full window has an oldest admission");
+                    }
+                    admitted.push(t);
+                }
+            }
+        }
+        admitted
+    }
+}
+
+/// Runs a fork into one branch per arrival: branch `i` waits `arrivals[i]` ms, then goes to
+/// its limited step. Returns the limited steps' start instants (ms), sorted.
+fn run_real(strategy: Limit, arrivals: &[u64], max_concurrent: Option<usize>) -> Vec<u64> {
+    let limit = strategy.limit();
+    let mut agent = Agent::new("arrivals");
+    if let Some(max) = max_concurrent {
+        agent.max_concurrent(max);
+    }
+    let branches: Vec<String> = (0..arrivals.len()).map(|i| format!("arrive_{i}")).collect();
+    agent.add_state("fork", move |_ctx: Context| {
+        let branches = branches.clone();
+        async move { Ok(Next::parallel(branches)) }
+    });
+    for (i, &arrival) in arrivals.iter().enumerate() {
+        let limited = format!("limited_{i}");
+        // Declared successors: otherwise `limited_0` would wait for the other branches as a
+        // possible join (see the README's joins), and arrivals would not be what they say.
+        let declared = [limited.clone()];
+        agent
+            .add_state(format!("arrive_{i}"), move |_ctx: Context| {
+                let limited = limited.clone();
+                async move {
+                    // (`sleep(0)` would wait for the clock's next millisecond.)
+                    if arrival > 0 {
+                        tokio::time::sleep(Duration::from_millis(arrival)).await;
+                    }
+                    Ok(Next::to(limited))
+                }
+            })
+            .successors(declared);
+        agent
+            .add_state(format!("limited_{i}"), |_ctx: Context| async {
+                Ok(Next::End)
+            })
+            .terminal()
+            .rate_limit(limit.clone());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (handle, mut events) = agent.start_watched(Context::new()).unwrap();
+        let mut origin = None;
+        let mut started = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = event.expect("the subscriber keeps up");
+            match event.kind {
+                EventKind::RunStarted { .. } => origin = Some(event.at),
+                EventKind::StateStarted { state, .. } if state.starts_with("limited_") => {
+                    started.push((event.at - origin.unwrap()).as_millis() as u64);
+                }
+                _ => {}
+            }
+        }
+        assert!(handle.wait().await.is_success());
+        started.sort_unstable();
+        started
+    })
+}
+
+fn strategy() -> impl Strategy<Value = Limit> {
+    prop_oneof![
+        (1u64..=200, 1u32..=6).prop_map(|(interval_ms, burst)| Limit::Token { interval_ms, burst }),
+        (1u64..=200).prop_map(|interval_ms| Limit::Leaky { interval_ms }),
+        (1u32..=5, 1u64..=500).prop_map(|(max, window_ms)| Limit::Fixed { max, window_ms }),
+        (1u32..=5, 1u64..=500).prop_map(|(max, window_ms)| Limit::Sliding { max, window_ms }),
+    ]
+}
+
+fn cases(default: u32) -> u32 {
+    let scale: u32 = std::env::var("RATE_MODEL_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    default.saturating_mul(scale)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(400), ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_admission_is_at_the_instant_the_model_gives(
+        strategy in strategy(),
+        mut arrivals in proptest::collection::vec(
+            // Clustered arrivals (many at one instant) and spread ones.
+            prop_oneof![Just(0u64), 0u64..50, 0u64..2000],
+            1..24,
+        ),
+    ) {
+        arrivals.sort_unstable();
+        let expected = strategy.admissions(&arrivals);
+        let real = run_real(strategy, &arrivals, None);
+        prop_assert_eq!(real, expected, "{:?} with arrivals {:?}", strategy, arrivals);
+    }
+}
+
+#[test]
+fn the_model_gives_the_documented_examples() {
+    let token = Limit::Token {
+        interval_ms: 100,
+        burst: 5,
+    };
+    assert_eq!(token.admissions(&[0; 8]), [0, 0, 0, 0, 0, 100, 200, 300]);
+    let fixed = Limit::Fixed {
+        max: 2,
+        window_ms: 1000,
+    };
+    assert_eq!(fixed.admissions(&[0, 900, 900, 900]), [0, 900, 1000, 1000]);
+    let sliding = Limit::Sliding {
+        max: 2,
+        window_ms: 1000,
+    };
+    assert_eq!(
+        sliding.admissions(&[0, 900, 900, 900]),
+        [0, 900, 1000, 1900]
+    );
+}
