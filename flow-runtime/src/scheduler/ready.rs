@@ -207,7 +207,7 @@ impl ReadyQueue {
     /// there and this entry is not the one let out to ask.
     pub(crate) fn queued_at(&self, gate: usize, seq: u64) -> bool {
         let wait = &self.gates[gate];
-        !wait.heap.is_empty() && !wait.trying.is_some_and(|(trying, _)| trying == seq)
+        !wait.heap.is_empty() && wait.trying.is_none_or(|(trying, _)| trying != seq)
     }
 
     /// Whether the entry holds a place in a leaky bucket.
