@@ -2,9 +2,10 @@
 #![warn(missing_docs)]
 
 pub use flow_core::{
-    AgentStatus, BreakerSpec, BulkheadSpec, DependencyDecl, DependencyLifecycle, DependencyType,
-    FlowError, Jitter, Next, Priority, ResourceRequirements, RetryPolicy, StateDecl, StateError,
-    StateGraph, StateId, StateName, StateSpec, StateStatus, WorkflowSpec, parse_duration,
+    AgentStatus, BreakerSpec, BulkheadSpec, CoordinationDecl, DependencyDecl, DependencyLifecycle,
+    DependencyType, FlowError, Jitter, Next, Priority, RateLimitSpec, ResourceRequirements,
+    RetryPolicy, StateDecl, StateError, StateGraph, StateId, StateName, StateSpec, StateStatus,
+    WorkflowSpec, parse_duration,
 };
 pub use flow_macros::{context, state, workflow};
 pub use flow_runtime::{
@@ -31,9 +32,12 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use flow_core::{BreakerSpec, BulkheadSpec, DependencyDecl, DependencyLifecycle};
+    pub use flow_core::{CoordinationDecl, RateLimitSpec};
     pub use flow_core::{
         DependencyType, FlowError, Jitter, Next, Priority, ResourceRequirements, RetryPolicy,
         StateDecl, WorkflowSpec,
     };
-    pub use flow_runtime::{Agent, Bulkhead, CircuitBreaker, Context, DependencyConfig, Workflow};
+    pub use flow_runtime::{
+        Agent, Bulkhead, CircuitBreaker, Context, DependencyConfig, RateLimit, Workflow,
+    };
 }

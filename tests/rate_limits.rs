@@ -339,3 +339,68 @@ async fn waiting_adds_no_drift_when_the_interval_is_not_a_whole_millisecond() {
     let elapsed = start.elapsed();
     assert!(elapsed >= ms(9_999) && elapsed <= ms(10_001), "{elapsed:?}");
 }
+
+struct Crawler;
+
+#[workflow]
+impl Crawler {
+    #[state(entry)]
+    async fn start(&self, _ctx: &Context) -> StateResult {
+        parallel!(fetch_a, fetch_b, parse)
+    }
+
+    #[state(rate_limit(token_bucket(rate = 10, burst = 1), name = "site"))]
+    async fn fetch_a(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+
+    #[state(rate_limit(token_bucket(rate = 10, burst = 1), name = "site"))]
+    async fn fetch_b(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+
+    // Its own limit, not the shared one: not delayed by the fetches.
+    #[state(rate_limit(token_bucket(rate = 10, burst = 1)))]
+    async fn parse(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn macro_limits_are_enforced_and_shared_by_name() {
+    let agent = Crawler.agent();
+    // Twice: the limit belongs to the agent, so the second run meets the budget the first used.
+    let (first, started) = starts(&agent).await;
+    assert!(first.is_success());
+    let mut started: Vec<(String, u64)> = started
+        .into_iter()
+        .filter(|(name, _)| name != "start")
+        .collect();
+    started.sort();
+    assert_eq!(
+        started,
+        [
+            ("fetch_a".to_string(), 0),
+            ("fetch_b".to_string(), 100),
+            ("parse".to_string(), 0)
+        ]
+    );
+    let (second, started) = starts(&agent).await;
+    assert!(second.is_success());
+    let fetches: Vec<u64> = started
+        .iter()
+        .filter(|(name, _)| name.starts_with("fetch"))
+        .map(|(_, at)| *at)
+        .collect();
+    // The second run starts at 100 ms (when the first ended); the shared bucket's next token
+    // is at 200 ms, i.e. 100 ms into this run.
+    assert_eq!(
+        instants(
+            &fetches
+                .iter()
+                .map(|&at| (String::new(), at))
+                .collect::<Vec<_>>()
+        ),
+        [100, 200]
+    );
+}

@@ -6,6 +6,7 @@
 //! runs when a run starts and the macros will run at compile time.
 #![warn(missing_docs)]
 
+mod coordination;
 mod error;
 mod graph;
 mod hash;
@@ -16,6 +17,7 @@ mod spec;
 mod status;
 mod suggest;
 
+pub use coordination::{CoordinationDecl, LONGEST_RATE_PERIOD, RateLimitSpec};
 pub use error::{FlowError, StateError};
 pub use graph::{StateGraph, StateId, StateSpec};
 pub use hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};

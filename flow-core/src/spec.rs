@@ -52,6 +52,8 @@ pub struct StateDecl {
     pub acquire_timeout: Option<Duration>,
     /// Whether a higher-priority state of its run may preempt it.
     pub preemptible: bool,
+    /// The coordination primitives it passes before it starts, in the order written.
+    pub coordination: &'static [crate::CoordinationDecl],
 }
 
 /// One dependency declared with `#[state(deps(...))]`.
@@ -292,6 +294,7 @@ mod tests {
             bulkhead: None,
             acquire_timeout: None,
             preemptible: false,
+            coordination: &[],
         }
     }
 

@@ -309,6 +309,33 @@ fn check_graph(states: &[State], errors: &mut Errors) {
             None => bulkheads.push(bulkhead),
         }
     }
+    // A named rate limit is one limit, whichever states name it: its values must agree.
+    let mut limits: Vec<&crate::options::RateLimitOption> = Vec::new();
+    for state in states {
+        let Some(limit) = &state.options.rate_limit else {
+            continue;
+        };
+        let Some(name) = &limit.name else {
+            continue;
+        };
+        match limits
+            .iter()
+            .find(|l| l.name.as_ref().is_some_and(|n| n.value() == name.value()))
+        {
+            Some(first) if first.spec != limit.spec => {
+                errors.push(syn::Error::new(
+                    name.span(),
+                    format!(
+                        "rate limit {:?} is declared as {} elsewhere; states naming one limit must give it the same strategy and values",
+                        name.value(),
+                        first.spec
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => limits.push(limit),
+        }
+    }
     // Required dependencies, as edges dependency -> dependent, in the order they are written.
     let mut edges = Vec::new();
     let mut edge_tokens = Vec::new();
@@ -422,6 +449,27 @@ fn generate(
             let (failures, half_open, recovery) = (b.failures, b.half_open, duration(b.recovery));
             quote!(#p::BreakerSpec { failures: #failures, recovery: #recovery, half_open: #half_open })
         }));
+        let coordination = state.options.rate_limit.as_ref().map(|limit| {
+            let name = optional(limit.name.as_ref().map(syn::LitStr::value));
+            let spec = match limit.spec {
+                flow_core::RateLimitSpec::TokenBucket { rate, burst } => {
+                    quote!(#p::RateLimitSpec::TokenBucket { rate: #rate, burst: #burst })
+                }
+                flow_core::RateLimitSpec::LeakyBucket { rate, capacity } => {
+                    quote!(#p::RateLimitSpec::LeakyBucket { rate: #rate, capacity: #capacity })
+                }
+                flow_core::RateLimitSpec::FixedWindow { max, window } => {
+                    let window = duration(window);
+                    quote!(#p::RateLimitSpec::FixedWindow { max: #max, window: #window })
+                }
+                flow_core::RateLimitSpec::SlidingWindow { max, window } => {
+                    let window = duration(window);
+                    quote!(#p::RateLimitSpec::SlidingWindow { max: #max, window: #window })
+                }
+            };
+            quote!(#p::CoordinationDecl::RateLimit { name: #name, limit: #spec })
+        });
+        let coordination: Vec<TokenStream> = coordination.into_iter().collect();
         let bulkhead = optional(state.options.bulkhead.as_ref().map(|b| {
             let (name, max_concurrent, max_queued) = (b.name.value(), b.max_concurrent, b.max_queued);
             quote!(#p::BulkheadSpec { name: #name, max_concurrent: #max_concurrent, max_queued: #max_queued })
@@ -443,6 +491,7 @@ fn generate(
                 bulkhead: #bulkhead,
                 acquire_timeout: #acquire_timeout,
                 preemptible: #preemptible,
+                coordination: &[#(#coordination),*],
             }
         }
     });
@@ -516,6 +565,7 @@ fn generate(
                     }
                     ::core::option::Option::None => options,
                 };
+                let options = options.__coordination(declared.coordination, &mut rate_limits);
                 if let ::core::option::Option::Some(successors) = declared.successors {
                     options.successors(successors.iter().copied());
                 }
@@ -536,8 +586,11 @@ fn generate(
                 // States naming one bulkhead share it.
                 let mut bulkheads: ::std::collections::HashMap<&'static str, #p::Bulkhead> =
                     ::std::collections::HashMap::new();
+                // States naming one rate limit share it too.
+                let mut rate_limits: ::std::collections::HashMap<&'static str, #p::RateLimit> =
+                    ::std::collections::HashMap::new();
                 #(#registrations)*
-                let _ = &mut bulkheads;
+                let _ = (&mut bulkheads, &mut rate_limits);
             }
         }
     }

@@ -1,14 +1,14 @@
 //! The builder: an agent is a workflow definition that can be run many times.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use flow_core::{
-    AgentStatus, DependencyType, FlowError, Next, Priority, ResourceRequirements, RetryPolicy,
-    StateGraph, StateId, StateSpec, StateStatus,
+    AgentStatus, CoordinationDecl, DependencyType, FlowError, Next, Priority, ResourceRequirements,
+    RetryPolicy, StateGraph, StateId, StateSpec, StateStatus,
 };
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::oneshot;
@@ -108,6 +108,9 @@ struct StateDef {
     breaker: Option<CircuitBreaker>,
     bulkhead: Option<Bulkhead>,
     rate_limits: Vec<RateLimit>,
+    /// Problems found while the state was declared, reported when the definition is
+    /// validated (as for retry policies).
+    declared_problems: Vec<FlowError>,
     resources: ResourceRequirements,
     acquire_timeout: Option<Duration>,
     preemptible: bool,
@@ -297,6 +300,7 @@ impl Agent {
             breaker: None,
             bulkhead: None,
             rate_limits: Vec::new(),
+            declared_problems: Vec::new(),
             resources: ResourceRequirements::NONE,
             acquire_timeout: None,
             preemptible: false,
@@ -861,6 +865,39 @@ impl StateOptions<'_> {
         self
     }
 
+    /// Applies what `#[state(...)]` declared for coordination: unnamed rate limits are the
+    /// state's own, named ones are shared through `shared` by the states of one agent.
+    #[doc(hidden)]
+    pub fn __coordination(
+        mut self,
+        declared: &'static [CoordinationDecl],
+        shared: &mut HashMap<&'static str, RateLimit>,
+    ) -> Self {
+        for declaration in declared {
+            let limit = match *declaration {
+                CoordinationDecl::RateLimit {
+                    name: Some(name),
+                    limit,
+                } => match shared.get(name) {
+                    Some(limit) => Ok(limit.clone()),
+                    None => RateLimit::from_spec(limit).map(|limit| {
+                        let limit = limit.named(name);
+                        shared.insert(name, limit.clone());
+                        limit
+                    }),
+                },
+                CoordinationDecl::RateLimit { name: None, limit } => RateLimit::from_spec(limit),
+                // Declarations this runtime does not know yet (a newer flow-core).
+                _ => continue,
+            };
+            match limit {
+                Ok(limit) => self = self.rate_limit(limit),
+                Err(error) => self.state.declared_problems.push(error),
+            }
+        }
+        self
+    }
+
     /// The state that runs when this one has failed its last attempt: the branch goes there
     /// instead of failing the run, and the handler reads the failure with
     /// [`Context::failure`]. The failure is still recorded as a dead letter.
@@ -974,6 +1011,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
     }
     let mut timing = Vec::new();
     for state in &definition.states {
+        timing.extend(state.declared_problems.iter().cloned());
         let retry = state.retry.unwrap_or(definition.default_retry);
         timing.extend(retry.problems().into_iter().map(|problem| {
             invalid(format!(

@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use flow_core::FlowError;
+use flow_core::{FlowError, LONGEST_RATE_PERIOD, RateLimitSpec};
 use tokio::time::Instant;
 
 /// A rate limit: attach it to states (`StateOptions::rate_limit`, `#[state(rate_limit(..))]`)
@@ -99,57 +99,52 @@ impl RateLimit {
     /// full bucket `burst` acquisitions go at once, then one every `1 / rate` seconds.
     /// `token_bucket(10.0, 5)`: five at t = 0, then t = 100 ms, 200 ms, ...
     pub fn token_bucket(rate: f64, burst: u32) -> Result<Self, FlowError> {
-        let written = format!("token_bucket(rate = {rate}, burst = {burst})");
-        let interval = interval(rate, &written)?;
-        if burst == 0 {
-            return Err(invalid(
-                &written,
-                "a burst of 0 admits nothing; use 1 or more",
-            ));
-        }
-        let tolerance = interval
-            .checked_mul(burst - 1)
-            .ok_or_else(|| invalid(&written, "the burst is too large for the rate"))?;
-        Ok(Self::new(
-            written,
-            Strategy::TokenBucket {
-                interval,
-                tolerance,
-            },
-        ))
+        Self::from_spec(RateLimitSpec::TokenBucket { rate, burst })
     }
 
     /// A leaky bucket: acquisitions leave it one every `1 / rate` seconds, never in bursts;
     /// at most `capacity` may wait in it, and one more is refused at once with
     /// [`FlowError::RateLimited`] (a state's attempt fails; its retry policy applies).
     pub fn leaky_bucket(rate: f64, capacity: u32) -> Result<Self, FlowError> {
-        let written = format!("leaky_bucket(rate = {rate}, capacity = {capacity})");
-        let interval = interval(rate, &written)?;
-        if capacity == 0 {
-            return Err(invalid(
-                &written,
-                "a capacity of 0 lets no acquisition wait; use 1 or more",
-            ));
-        }
-        Ok(Self::new(
-            written,
-            Strategy::LeakyBucket { interval, capacity },
-        ))
+        Self::from_spec(RateLimitSpec::LeakyBucket { rate, capacity })
     }
 
     /// At most `max` acquisitions per window of `window`; windows follow each other from the
     /// first acquisition, and the count starts again at each.
     pub fn fixed_window(max: u32, window: Duration) -> Result<Self, FlowError> {
-        let written = format!("fixed_window(max = {max}, window = {window:?})");
-        check_window(max, window, &written)?;
-        Ok(Self::new(written, Strategy::FixedWindow { max, window }))
+        Self::from_spec(RateLimitSpec::FixedWindow { max, window })
     }
 
     /// At most `max` acquisitions in any interval of length `window`.
     pub fn sliding_window(max: u32, window: Duration) -> Result<Self, FlowError> {
-        let written = format!("sliding_window(max = {max}, window = {window:?})");
-        check_window(max, window, &written)?;
-        Ok(Self::new(written, Strategy::SlidingWindow { max, window }))
+        Self::from_spec(RateLimitSpec::SlidingWindow { max, window })
+    }
+
+    /// A limit from its description (what `#[state(rate_limit(..))]` declares).
+    pub fn from_spec(spec: RateLimitSpec) -> Result<Self, FlowError> {
+        if let Some(reason) = spec.problem() {
+            return Err(FlowError::InvalidRateLimit {
+                limit: spec.to_string(),
+                reason: reason.to_owned(),
+            });
+        }
+        let strategy = match spec {
+            RateLimitSpec::TokenBucket { burst, .. } => {
+                let interval = spec.interval().unwrap_or(FAR);
+                Strategy::TokenBucket {
+                    interval,
+                    // Saturating: a tolerance past thirty years is "always a token".
+                    tolerance: interval.checked_mul(burst - 1).unwrap_or(Duration::MAX),
+                }
+            }
+            RateLimitSpec::LeakyBucket { capacity, .. } => Strategy::LeakyBucket {
+                interval: spec.interval().unwrap_or(FAR),
+                capacity,
+            },
+            RateLimitSpec::FixedWindow { max, window } => Strategy::FixedWindow { max, window },
+            RateLimitSpec::SlidingWindow { max, window } => Strategy::SlidingWindow { max, window },
+        };
+        Ok(Self::new(spec.to_string(), strategy))
     }
 
     fn new(name: String, strategy: Strategy) -> Self {
@@ -388,40 +383,4 @@ fn window_start(epoch: Instant, window: Duration, index: u128) -> Instant {
 }
 
 /// About thirty years: "later than anything a run will see".
-const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-
-fn interval(rate: f64, written: &str) -> Result<Duration, FlowError> {
-    if !(rate.is_finite() && rate > 0.0) {
-        return Err(invalid(
-            written,
-            "the rate must be a positive number of acquisitions per second",
-        ));
-    }
-    match Duration::try_from_secs_f64(1.0 / rate) {
-        Ok(interval) if interval >= Duration::from_nanos(1) && interval <= FAR => Ok(interval),
-        _ => Err(invalid(
-            written,
-            "the rate is out of range: use between one per thirty years and a billion per second",
-        )),
-    }
-}
-
-fn check_window(max: u32, window: Duration, written: &str) -> Result<(), FlowError> {
-    if max == 0 {
-        return Err(invalid(written, "a max of 0 admits nothing; use 1 or more"));
-    }
-    if window.is_zero() || window > FAR {
-        return Err(invalid(
-            written,
-            "the window must be a positive duration of at most thirty years",
-        ));
-    }
-    Ok(())
-}
-
-fn invalid(written: &str, reason: &str) -> FlowError {
-    FlowError::InvalidRateLimit {
-        limit: written.to_owned(),
-        reason: reason.to_owned(),
-    }
-}
+const FAR: Duration = LONGEST_RATE_PERIOD;

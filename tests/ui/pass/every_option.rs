@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use fluffy_flow::prelude::*;
 use fluffy_flow::{
-    BreakerSpec, BulkheadSpec, DependencyDecl, DependencyLifecycle, DependencyType, Jitter,
-    ResourceRequirements, RetryPolicy,
+    BreakerSpec, BulkheadSpec, CoordinationDecl, DependencyDecl, DependencyLifecycle, DependencyType, Jitter,
+    RateLimitSpec, ResourceRequirements, RetryPolicy,
 };
 
 struct Pipeline {
@@ -42,28 +42,33 @@ impl Pipeline {
         acquire_timeout = "5s",
         preemptible,
         circuit_breaker(failures = 3, recovery = "10s", half_open = 2),
-        bulkhead(name = "llm", max_concurrent = 2, max_queued = 8)
+        bulkhead(name = "llm", max_concurrent = 2, max_queued = 8),
+        rate_limit(token_bucket(rate = 10, burst = 5), name = "llm_api")
     )]
     async fn summarize(&self, _ctx: &Context) -> StateResult {
         end!()
     }
 
-    #[state(priority = normal, bulkhead(name = "llm", max_concurrent = 2, max_queued = 8))]
+    #[state(
+        priority = normal,
+        bulkhead(name = "llm", max_concurrent = 2, max_queued = 8),
+        rate_limit(leaky_bucket(rate = 0.5, capacity = 3))
+    )]
     async fn audit(&self, _ctx: &Context) -> anyhow::Result<Next> {
         end!()
     }
 
-    #[state]
+    #[state(rate_limit(sliding_window(max = 100, window = "1m")))]
     async fn warm_up(&self, _ctx: &Context) -> StateResult {
         end!()
     }
 
-    #[state]
+    #[state(rate_limit(name = "llm_api", token_bucket(burst = 5, rate = 10.0)))]
     async fn prepare(&self, _ctx: &Context) -> StateResult {
         end!()
     }
 
-    #[state(successors(summarize, audit))]
+    #[state(successors(summarize, audit), rate_limit(fixed_window(max = 3, window = "1s")))]
     async fn recover(&self, _ctx: &Context) -> StateResult {
         // A fork chosen at run time, among the listed successors.
         Ok(Next::parallel(["audit"]))
@@ -145,6 +150,33 @@ fn main() {
     assert_eq!(summarize.acquire_timeout, Some(Duration::from_secs(5)));
     assert!(summarize.preemptible);
     assert_eq!(graph.state("audit").unwrap().bulkhead, Some(llm));
+    let api = CoordinationDecl::RateLimit {
+        name: Some("llm_api"),
+        limit: RateLimitSpec::TokenBucket { rate: 10.0, burst: 5 },
+    };
+    assert_eq!(summarize.coordination, [api]);
+    assert_eq!(graph.state("prepare").unwrap().coordination, [api]);
+    assert_eq!(
+        graph.state("audit").unwrap().coordination,
+        [CoordinationDecl::RateLimit {
+            name: None,
+            limit: RateLimitSpec::LeakyBucket { rate: 0.5, capacity: 3 }
+        }]
+    );
+    assert_eq!(
+        graph.state("warm_up").unwrap().coordination,
+        [CoordinationDecl::RateLimit {
+            name: None,
+            limit: RateLimitSpec::SlidingWindow { max: 100, window: Duration::from_secs(60) }
+        }]
+    );
+    assert_eq!(
+        graph.state("recover").unwrap().coordination,
+        [CoordinationDecl::RateLimit {
+            name: None,
+            limit: RateLimitSpec::FixedWindow { max: 3, window: Duration::from_secs(1) }
+        }]
+    );
     let pipeline = Pipeline { model: "m".into() };
     assert_eq!(pipeline.helper(), 1);
     let _agent: Agent = pipeline.agent();
