@@ -437,19 +437,86 @@ async fn checkpoint(n: usize) -> (Sample, usize) {
     )
 }
 
+/// The rate limit of the `rate_limit` scenario: a token bucket of 1000 per second, burst 10.
+const LIMIT_RATE: f64 = 1000.0;
+const LIMIT_BURST: u32 = 10;
+
+/// N states through one token bucket (1000/s, burst 10) on the real clock; returns the sample
+/// and the ideal time, (N - burst) / rate. Correct when every state ran once and no state
+/// started before the bucket allowed it (the k-th start at least (k + 1 - burst) / rate after
+/// the run began).
+async fn rate_limit(n: usize) -> (Sample, Duration) {
+    use fluffy_flow::RateLimit;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let t = Instant::now();
+    let names = leak_names("w", n);
+    let limit = RateLimit::token_bucket(LIMIT_RATE, LIMIT_BURST).expect("a valid limit");
+    let mut agent = Agent::new("rate_limit");
+    let targets = names.clone();
+    agent
+        .add_state("start", move |_ctx: Context| {
+            let targets = targets.clone();
+            async move { Ok(Next::parallel(targets)) }
+        })
+        .successors(names.iter().copied());
+    let origin = Instant::now();
+    let started: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    for (i, &name) in names.iter().enumerate() {
+        let started = Arc::clone(&started);
+        agent
+            .add_state(name, move |_ctx: Context| {
+                let started = Arc::clone(&started);
+                async move {
+                    let at = origin.elapsed().as_nanos() as u64;
+                    started[i].store(at, Ordering::Relaxed);
+                    Ok(Next::End)
+                }
+            })
+            .rate_limit(limit.clone())
+            .terminal();
+    }
+    agent.validate().expect("valid workflow");
+    let build = t.elapsed();
+    let t = Instant::now();
+    let run_began = origin.elapsed().as_nanos() as u64;
+    let report = agent.run().await.expect("the run completes");
+    let run = t.elapsed();
+    let mut starts: Vec<u64> = started.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    starts.sort_unstable();
+    let interval = 1e9 / LIMIT_RATE;
+    let never_early = starts.iter().enumerate().all(|(k, &at)| {
+        let earliest = (k as f64 + 1.0 - f64::from(LIMIT_BURST)).max(0.0) * interval;
+        (at - run_began) as f64 >= earliest
+    });
+    let correct = report.transitions == n as u64 + 1
+        && report.states.iter().skip(1).all(|s| s.runs == 1)
+        && never_early;
+    let sample = Sample {
+        build,
+        run,
+        transitions: report.transitions,
+        max_concurrency: report.max_concurrency,
+        correct,
+    };
+    let ideal = (n as f64 - f64::from(LIMIT_BURST)).max(0.0) / LIMIT_RATE;
+    (sample, Duration::from_secs_f64(ideal))
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
 /// The scenarios `run` knows.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "chain",
     "chain_macro",
     "ring",
     "fanout",
     "fanout_io",
     "resources",
+    "rate_limit",
     "build",
     "runs",
     "checkpoint",
@@ -477,6 +544,11 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
                 match scenario {
                     "resources" => {
                         let (sample, ideal) = resources(n).await;
+                        ideals.push(ideal.as_secs_f64());
+                        sample
+                    }
+                    "rate_limit" => {
+                        let (sample, ideal) = rate_limit(n).await;
                         ideals.push(ideal.as_secs_f64());
                         sample
                     }
@@ -520,9 +592,16 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
         line["per_branch_us"] = json!(run_s / n as f64 * 1e6);
     }
     if scenario == "resources" {
-        let ideal_s = median(ideals);
+        let ideal_s = median(ideals.clone());
         line["ideal_s"] = json!(ideal_s);
         line["over_ideal_pct"] = json!((run_s / ideal_s - 1.0) * 100.0);
+    }
+    if scenario == "rate_limit" {
+        let ideal_s = median(ideals.clone());
+        line["ideal_s"] = json!(ideal_s);
+        let admitted_after_burst = n as f64 - f64::from(LIMIT_BURST);
+        let achieved = admitted_after_burst / run_s;
+        line["rate_error"] = json!((achieved - LIMIT_RATE).abs() / LIMIT_RATE);
     }
     if scenario == "runs" {
         line["runs_per_s"] = json!(n as f64 / run_s);
