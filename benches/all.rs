@@ -11,6 +11,7 @@ fn main() {
         ("ring", 10_000),
         ("resources", 1_000),
         ("resources", 10_000),
+        ("rate_limit", 2_000),
         ("build", 10_000),
         ("runs", 10_000),
         ("checkpoint", 100_000),

@@ -1029,19 +1029,24 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         }
     }
     FlowError::from_problems(agent, timing)?;
+    // Every distinct limit once; each state names its own by index. Nothing is built for an
+    // agent whose states use none.
     let mut gates: Vec<RateLimit> = Vec::new();
-    let mut gate_of = |limit: &RateLimit| match gates.iter().position(|g| g.same(limit)) {
-        Some(index) => index,
-        None => {
-            gates.push(limit.clone());
-            gates.len() - 1
-        }
-    };
-    let state_gates: Vec<Box<[usize]>> = definition
-        .states
-        .iter()
-        .map(|s| s.rate_limits.iter().map(&mut gate_of).collect())
-        .collect();
+    let mut state_gates: Vec<Box<[usize]>> = Vec::new();
+    if definition.states.iter().any(|s| !s.rate_limits.is_empty()) {
+        let mut gate_of = |limit: &RateLimit| match gates.iter().position(|g| g.same(limit)) {
+            Some(index) => index,
+            None => {
+                gates.push(limit.clone());
+                gates.len() - 1
+            }
+        };
+        state_gates = definition
+            .states
+            .iter()
+            .map(|s| s.rate_limits.iter().map(&mut gate_of).collect())
+            .collect();
+    }
     let states = definition
         .states
         .iter()
@@ -1056,7 +1061,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
             needs: amounts(&s.resources),
             acquire_timeout: s.acquire_timeout,
             preemptible: s.preemptible,
-            gates: state_gates[index].clone(),
+            gates: state_gates.get(index).cloned().unwrap_or_default(),
             // The graph resolved and checked the names, in the same order.
             dependencies: graph
                 .dependencies(StateId::new(index as u32))

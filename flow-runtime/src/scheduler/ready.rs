@@ -58,6 +58,8 @@ pub(crate) struct ReadyQueue {
     /// Entries waiting at an admission gate, by gate (see `scheduler::admission`): ready, but
     /// not in the heap until the gate may admit them. Empty for an agent with no gates.
     gates: Box<[GateWait]>,
+    /// How many entries wait at gates (so that `len` costs an agent without gates nothing).
+    gated: usize,
     /// Places held in leaky buckets by waiting entries, by sequence number.
     tickets: HashMap<u64, WaitTicket>,
 }
@@ -85,6 +87,7 @@ impl ReadyQueue {
             origin: Instant::now(),
             aging_micros: i64::try_from(aging.as_micros()).unwrap_or(i64::MAX / 8),
             gates: Box::default(),
+            gated: 0,
             tickets: HashMap::new(),
         }
     }
@@ -177,6 +180,7 @@ impl ReadyQueue {
             }
             let (out, kept): (Vec<_>, Vec<_>) = gate.heap.drain().partition(|e| take(e));
             gate.heap = kept.into();
+            self.gated -= out.len();
             removed.extend(out);
         }
         for entry in &removed {
@@ -233,6 +237,7 @@ impl ReadyQueue {
             wait.trying = None;
         }
         wait.heap.push(entry);
+        self.gated += 1;
         if let Some(until) = until {
             wait.until = Some(until);
         } else if wait.trying.is_none() && wait.until.is_none() {
@@ -254,6 +259,7 @@ impl ReadyQueue {
                     .unwrap_or(now)
                     .max(wait.asked.unwrap_or(now));
                 wait.trying = Some((entry.seq(), at));
+                self.gated -= 1;
                 self.heap.push(entry);
             }
         }
@@ -304,15 +310,16 @@ impl ReadyQueue {
 
     /// Every entry, waiting at a gate or not.
     pub(crate) fn len(&self) -> usize {
-        self.heap.len() + self.gates.iter().map(|wait| wait.heap.len()).sum::<usize>()
+        self.heap.len() + self.gated
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.heap.is_empty() && self.gates.iter().all(|wait| wait.heap.is_empty())
+        self.heap.is_empty() && self.gated == 0
     }
 
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = ReadyEntry> + '_ {
         self.tickets.clear();
+        self.gated = 0;
         for wait in self.gates.iter_mut() {
             self.heap.extend(wait.heap.drain());
             wait.until = None;
