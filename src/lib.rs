@@ -11,11 +11,13 @@ pub use flow_macros::{context, state, workflow};
 pub use flow_runtime::{
     Agent, Allocation, BlockedState, BoxError, BreakerState, Bulkhead, CHECKPOINT_FORMAT,
     Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, CircuitBreaker, Condition,
-    Context, ContextValue, DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING,
-    DeadLetter, DependencyConfig, Event, EventKind, EventStream, EventStreamError, FAILURE_KEY,
-    FailureKind, FileStore, MAX_EVENT_CAPACITY, MemoryStore, QueuePlace, QueuedState, RateLimit,
-    RedbStore, ResourceKind, ResourcePool, RunCounts, RunEvents, RunHandle, RunReport, RunWarning,
-    StateCheckpoint, StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
+    Context, ContextValue, CoordinationStatus, DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_PRIORITY_AGING, DeadLetter, DependencyConfig, Event, EventKind, EventStream,
+    EventStreamError, FAILURE_KEY, FailureKind, FileStore, FlowMutex, FlowSemaphore, HoldGuard,
+    HolderStatus, Lease, MAX_EVENT_CAPACITY, MemoryStore, PrimitiveKind, PrimitiveStatus,
+    QueuePlace, QueuedState, Quota, RateLimit, RedbStore, ResourceKind, ResourcePool, RunCounts,
+    RunEvents, RunHandle, RunReport, RunWarning, StateCheckpoint, StateOptions, StateReport,
+    StateResult, UsageStats, Waiting, Workflow,
 };
 
 mod transitions;
@@ -38,6 +40,7 @@ pub mod __private {
         StateDecl, WorkflowSpec,
     };
     pub use flow_runtime::{
-        Agent, Bulkhead, CircuitBreaker, Context, DependencyConfig, RateLimit, Workflow,
+        Agent, Bulkhead, CircuitBreaker, Context, DeclaredPrimitives, DependencyConfig, RateLimit,
+        Workflow,
     };
 }

@@ -119,4 +119,39 @@ pub enum CoordinationDecl {
         /// Strategy and values.
         limit: RateLimitSpec,
     },
+    /// `semaphore(name = "..", permits = N)`: shared by the states naming it; each start
+    /// takes `take` permits (1 unless `take = ..`).
+    Semaphore {
+        /// Its name.
+        name: &'static str,
+        /// Its permits.
+        permits: u32,
+        /// Permits the state takes.
+        take: u32,
+    },
+    /// `mutex = ".."` or `mutex(name = "..", ttl = "..")`.
+    Mutex {
+        /// Its name.
+        name: &'static str,
+        /// How long one hold may last.
+        ttl: Option<Duration>,
+    },
+    /// `lease(name = "..", ttl = "..")`.
+    Lease {
+        /// Its name.
+        name: &'static str,
+        /// How long one hold may last.
+        ttl: Duration,
+    },
+    /// `quota(name = "..", limit = .., reset = "..", amount = ..)`.
+    Quota {
+        /// Its name.
+        name: &'static str,
+        /// What may be consumed per period (or in all).
+        limit: f64,
+        /// The period, if it resets.
+        reset_every: Option<Duration>,
+        /// What each start consumes.
+        amount: f64,
+    },
 }

@@ -200,6 +200,55 @@ pub enum FlowError {
         /// How many acquisitions it lets wait.
         capacity: u32,
     },
+    /// A state or a caller asked a coordination primitive for more than it has at all.
+    #[error(
+        "{who} asks {primitive} for {amount}, more than its {capacity}; ask for less or give it more"
+    )]
+    CoordinationRequestTooLarge {
+        /// The state (or task) that asked.
+        who: String,
+        /// The primitive, like "semaphore `gpu`".
+        primitive: String,
+        /// What it asked for.
+        amount: String,
+        /// What the primitive has.
+        capacity: String,
+    },
+    /// A quota without a reset period has too little left for a take, and never refills.
+    #[error(
+        "{who} cannot take {amount} from quota `{quota}`: its limit of {limit} is spent and it has no reset period; give it one (`Quota::per`) or a larger limit"
+    )]
+    QuotaExhausted {
+        /// The state (or task) that asked.
+        who: String,
+        /// The quota.
+        quota: String,
+        /// What it asked for.
+        amount: String,
+        /// The quota's limit.
+        limit: String,
+    },
+    /// Waiting for a primitive would have closed a cycle of waits: the waiter was refused.
+    #[error("deadlock refused: {}; the last wait was refused to break it (take primitives in one order, or declare them all on the state so that it takes them at once)", .cycle.join("; "))]
+    Deadlock {
+        /// Each holder in the cycle: what it holds and what it waits for.
+        cycle: Vec<String>,
+    },
+    /// A state held a mutex or lease past its TTL: the hold went to the next waiter and the
+    /// attempt was cancelled.
+    #[error(
+        "state `{state}` held {primitive} longer than its TTL of {ttl:?} on attempt {attempts}; it was given to the next waiter and the attempt cancelled; raise the TTL or make the state faster"
+    )]
+    HoldExpired {
+        /// The state.
+        state: String,
+        /// How many times it was attempted in this activation.
+        attempts: u32,
+        /// The primitive, like "lease `batch`".
+        primitive: String,
+        /// Its TTL.
+        ttl: Duration,
+    },
     /// A ready state waited longer than its acquisition timeout at an admission gate (a rate
     /// limit): it was not called.
     #[error(

@@ -586,9 +586,8 @@ fn generate(
                 // States naming one bulkhead share it.
                 let mut bulkheads: ::std::collections::HashMap<&'static str, #p::Bulkhead> =
                     ::std::collections::HashMap::new();
-                // States naming one rate limit share it too.
-                let mut rate_limits: ::std::collections::HashMap<&'static str, #p::RateLimit> =
-                    ::std::collections::HashMap::new();
+                // States naming one rate limit or primitive share it too.
+                let mut rate_limits = #p::DeclaredPrimitives::default();
                 #(#registrations)*
                 let _ = (&mut bulkheads, &mut rate_limits);
             }

@@ -1,14 +1,14 @@
 //! The builder: an agent is a workflow definition that can be run many times.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use flow_core::{
-    AgentStatus, CoordinationDecl, DependencyType, FlowError, Next, Priority, ResourceRequirements,
-    RetryPolicy, StateGraph, StateId, StateSpec, StateStatus,
+    AgentStatus, DependencyType, FlowError, Next, Priority, ResourceRequirements, RetryPolicy,
+    StateGraph, StateId, StateSpec, StateStatus,
 };
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::oneshot;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
-use crate::coordination::RateLimit;
+use crate::coordination::Gate;
 use crate::dependency::DependencyConfig;
 use crate::events::{EventHub, EventStream, RunEvents};
 use crate::failure::{DEAD_LETTER_CAPACITY, DeadLetter};
@@ -107,7 +107,8 @@ struct StateDef {
     retry: Option<RetryPolicy>,
     breaker: Option<CircuitBreaker>,
     bulkhead: Option<Bulkhead>,
-    rate_limits: Vec<RateLimit>,
+    /// Coordination primitives it passes before it starts, with the amount it asks for.
+    gates: Vec<(Gate, u64)>,
     /// Problems found while the state was declared, reported when the definition is
     /// validated (as for retry policies).
     declared_problems: Vec<FlowError>,
@@ -132,7 +133,7 @@ pub(crate) struct Compiled {
     /// The pool states draw from; `None` when no state needs anything.
     pub(crate) pool: Option<ResourcePool>,
     /// Every distinct rate limit the states use (a state names them by index).
-    pub(crate) gates: Box<[RateLimit]>,
+    pub(crate) gates: Box<[Gate]>,
     pub(crate) priority_aging: Duration,
     /// Where runs write automatic checkpoints, and when.
     pub(crate) checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
@@ -174,8 +175,9 @@ pub(crate) struct CompiledState {
     pub(crate) acquire_timeout: Option<Duration>,
     /// Whether a higher-priority state of its run may stop it to take its resources.
     pub(crate) preemptible: bool,
-    /// Its admission gates (indexes into [`Compiled::gates`]), asked in this order.
-    pub(crate) gates: Box<[usize]>,
+    /// Its admission gates (indexes into [`Compiled::gates`]) and the amount it asks of
+    /// each, asked in this order.
+    pub(crate) gates: Box<[(usize, u64)]>,
     /// What it waits for before it starts.
     pub(crate) dependencies: Box<[CompiledDependency]>,
 }
@@ -299,7 +301,7 @@ impl Agent {
             retry: None,
             breaker: None,
             bulkhead: None,
-            rate_limits: Vec::new(),
+            gates: Vec::new(),
             declared_problems: Vec::new(),
             resources: ResourceRequirements::NONE,
             acquire_timeout: None,
@@ -852,50 +854,19 @@ impl StateOptions<'_> {
         self
     }
 
-    /// Starts this state only as often as `limit` allows (see [`RateLimit`]): a ready state
-    /// the limit refuses waits without holding a slot or delaying other ready states, and
-    /// starts at the instant the limit names (one timer per run, no polling). Give clones of
-    /// one limit to several states, runs or agents to share it; call this again to add
-    /// another limit (the state starts when every one admits it). The wait counts against
-    /// [`StateOptions::acquire_timeout`].
-    pub fn rate_limit(self, limit: RateLimit) -> Self {
-        if !self.state.rate_limits.iter().any(|l| l.same(&limit)) {
-            self.state.rate_limits.push(limit);
+    /// Adds a coordination gate (see `coordination::attach` for the public options); one
+    /// primitive given twice counts once, with the later amount.
+    pub(crate) fn push_gate(&mut self, gate: Gate, amount: u64) {
+        match self.state.gates.iter_mut().find(|(g, _)| g.same(&gate)) {
+            Some(existing) => existing.1 = amount,
+            None => self.state.gates.push((gate, amount)),
         }
-        self
     }
 
-    /// Applies what `#[state(...)]` declared for coordination: unnamed rate limits are the
-    /// state's own, named ones are shared through `shared` by the states of one agent.
-    #[doc(hidden)]
-    pub fn __coordination(
-        mut self,
-        declared: &'static [CoordinationDecl],
-        shared: &mut HashMap<&'static str, RateLimit>,
-    ) -> Self {
-        for declaration in declared {
-            let limit = match *declaration {
-                CoordinationDecl::RateLimit {
-                    name: Some(name),
-                    limit,
-                } => match shared.get(name) {
-                    Some(limit) => Ok(limit.clone()),
-                    None => RateLimit::from_spec(limit).map(|limit| {
-                        let limit = limit.named(name);
-                        shared.insert(name, limit.clone());
-                        limit
-                    }),
-                },
-                CoordinationDecl::RateLimit { name: None, limit } => RateLimit::from_spec(limit),
-                // Declarations this runtime does not know yet (a newer flow-core).
-                _ => continue,
-            };
-            match limit {
-                Ok(limit) => self = self.rate_limit(limit),
-                Err(error) => self.state.declared_problems.push(error),
-            }
-        }
-        self
+    /// Records a problem found while declaring the state, reported when the definition is
+    /// validated.
+    pub(crate) fn declared_problem(&mut self, problem: FlowError) {
+        self.state.declared_problems.push(problem);
     }
 
     /// The state that runs when this one has failed its last attempt: the branch goes there
@@ -1031,21 +1002,28 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
     FlowError::from_problems(agent, timing)?;
     // Every distinct limit once; each state names its own by index. Nothing is built for an
     // agent whose states use none.
-    let mut gates: Vec<RateLimit> = Vec::new();
-    let mut state_gates: Vec<Box<[usize]>> = Vec::new();
-    if definition.states.iter().any(|s| !s.rate_limits.is_empty()) {
-        let mut gate_of = |limit: &RateLimit| match gates.iter().position(|g| g.same(limit)) {
-            Some(index) => index,
-            None => {
-                gates.push(limit.clone());
-                gates.len() - 1
+    let mut gates: Vec<Gate> = Vec::new();
+    let mut state_gates: Vec<Box<[(usize, u64)]>> = Vec::new();
+    if definition.states.iter().any(|s| !s.gates.is_empty()) {
+        let mut too_large = Vec::new();
+        for state in &definition.states {
+            let mut own = Vec::with_capacity(state.gates.len());
+            for (gate, amount) in &state.gates {
+                if let Some(error) = gate.too_large(*amount, &state.spec.name) {
+                    too_large.push(error);
+                }
+                let index = match gates.iter().position(|g| g.same(gate)) {
+                    Some(index) => index,
+                    None => {
+                        gates.push(gate.clone());
+                        gates.len() - 1
+                    }
+                };
+                own.push((index, *amount));
             }
-        };
-        state_gates = definition
-            .states
-            .iter()
-            .map(|s| s.rate_limits.iter().map(&mut gate_of).collect())
-            .collect();
+            state_gates.push(own.into());
+        }
+        FlowError::from_problems(agent, too_large)?;
     }
     let states = definition
         .states

@@ -33,6 +33,9 @@ pub enum FailureKind {
     AdmissionTimeout,
     /// A rate limit refused the state outright (a full leaky bucket): it was not called.
     RateLimited,
+    /// A coordination primitive refused the state (a quota spent for good, a request larger
+    /// than the primitive), or it held a mutex or lease past its TTL and was cancelled.
+    Coordination,
     /// A dependency failed, could no longer run, or was waited for past its timeout: the
     /// state was not called (and is not retried).
     Dependency,

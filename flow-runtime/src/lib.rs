@@ -27,7 +27,10 @@ pub use checkpoint::{
     MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint,
 };
 pub use context::{Context, ContextValue};
-pub use coordination::RateLimit;
+pub use coordination::{
+    CoordinationStatus, DeclaredPrimitives, FlowMutex, FlowSemaphore, HoldGuard, HolderStatus,
+    Lease, PrimitiveKind, PrimitiveStatus, Quota, RateLimit,
+};
 pub use dependency::{Condition, DependencyConfig};
 pub use events::{Event, EventKind, EventStream, EventStreamError, RunEvents};
 pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};

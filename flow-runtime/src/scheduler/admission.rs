@@ -1,6 +1,7 @@
 //! Admission gates: what a ready state must pass, besides a slot and the resource pool,
-//! before it starts. Today these are rate limits; each answers "admitted" or "not before
-//! instant T".
+//! before it starts: rate limits, semaphores, mutexes, leases and quotas. Each answers
+//! "admitted" (with units to hold while the state runs), "not before instant T", "wait for a
+//! release", or "refused" (see `coordination::Gate`).
 //!
 //! A state a gate refuses leaves the ready heap and waits at that gate (`ReadyQueue::park`),
 //! so it never delays unrelated ready states and holds no slot. Only the first entry waiting
@@ -13,15 +14,18 @@ use std::sync::Arc;
 use flow_core::FlowError;
 use tokio::time::Instant;
 
-use super::ready::ReadyEntry;
+use super::ready::{ReadyEntry, Wake};
 use super::task::Message;
+use super::task::Outcome;
 use super::{AbortOnDrop, BlockedState, Coordinator};
-use crate::coordination::NotBefore;
+use crate::agent::Compiled;
+use crate::coordination::{Asker, HeldUnits, Owner, Verdict, label_task};
+use flow_core::StateId;
 
 /// What the gates of a ready state said.
 pub(super) enum GateVerdict {
-    /// Every gate admitted it (and counted it): it may start.
-    Admitted(ReadyEntry),
+    /// Every gate admitted it: it may start, holding these units while it runs.
+    Admitted(ReadyEntry, Vec<HeldUnits>),
     /// It waits at a gate, out of the ready heap.
     Waiting,
     /// A gate refused it outright: the attempt fails.
@@ -29,49 +33,79 @@ pub(super) enum GateVerdict {
 }
 
 impl Coordinator {
-    /// Asks the gates of `entry`'s state, in order. All or nothing: an admission taken from
-    /// an earlier gate is given back when a later one refuses.
+    /// Asks the gates of `entry`'s state, in order. All or nothing: what earlier gates gave is
+    /// given back when a later one refuses, so a waiting state never holds anything (and can
+    /// never be part of a deadlock).
     pub(super) fn through_gates(&mut self, entry: ReadyEntry) -> GateVerdict {
         let compiled = Arc::clone(&self.compiled);
         let gates = &compiled.states[entry.state.index()].gates;
         if gates.is_empty() {
-            return GateVerdict::Admitted(entry);
+            return GateVerdict::Admitted(entry, Vec::new());
         }
         let seq = entry.seq();
         // Others of this run already wait at one of its gates: wait behind them, in order.
-        if let Some(&gate) = gates.iter().find(|&&gate| self.ready.queued_at(gate, seq)) {
-            return self.wait_at(gate, entry, None);
+        if let Some(&(gate, _)) = gates
+            .iter()
+            .find(|&&(gate, _)| self.ready.queued_at(gate, seq))
+        {
+            return self.wait_at(gate, entry, Wake::Behind);
         }
         // A state let out of a gate asks at the instant the gate named (see
         // `GateWait::trying`); others at the current one.
         let at = self.ready.asking_at(seq).unwrap_or(self.now);
-        for (taken, &gate) in gates.iter().enumerate() {
+        let name = Arc::clone(self.graph.name(entry.state));
+        let owner = Owner {
+            task: None,
+            label: Arc::from(format!(
+                "state `{name}` of run {} (workflow `{}`)",
+                self.observer.run_id, self.compiled.name
+            )),
+        };
+        let mut held = Vec::new();
+        for (taken, &(gate, amount)) in gates.iter().enumerate() {
             self.ready.asked(gate, at);
-            if let Err(NotBefore(until)) = compiled.gates[gate].try_acquire_at(at) {
-                for &earlier in &gates[..taken] {
-                    compiled.gates[earlier].refund(at);
+            let asker = Asker {
+                state: &name,
+                owner: owner.clone(),
+                run_key: self.run_key,
+                wake: &self.sender,
+                gate,
+            };
+            let wake = match compiled.gates[gate].ask(at, amount, &asker) {
+                Verdict::Admitted(units) => {
+                    held.extend(units);
+                    continue;
                 }
-                return self.wait_at(gate, entry, Some(until));
-            }
+                Verdict::At(until) => Wake::At(until),
+                Verdict::OnRelease => Wake::OnRelease,
+                Verdict::Refused(error) => {
+                    undo(&compiled, &gates[..taken], at);
+                    self.ready.left(seq);
+                    return GateVerdict::Refused(entry, error);
+                }
+            };
+            undo(&compiled, &gates[..taken], at);
+            drop(held); // given back before waiting: nothing is held while waiting
+            return self.wait_at(gate, entry, wake);
         }
         self.ready.left(seq);
-        GateVerdict::Admitted(entry)
+        GateVerdict::Admitted(entry, held)
     }
 
-    /// Puts `entry` to wait at `gate` (`until`: the gate refused it until then).
-    fn wait_at(&mut self, gate: usize, entry: ReadyEntry, until: Option<Instant>) -> GateVerdict {
-        let ticket = if self.ready.has_ticket(entry.seq()) {
+    /// Puts `entry` to wait at `gate`.
+    fn wait_at(&mut self, gate: usize, entry: ReadyEntry, wake: Wake) -> GateVerdict {
+        let ticket = if self.ready.has_ticket(entry.seq(), gate) {
             None
         } else {
-            match self.compiled.gates[gate].enter_wait(Some(self.graph.name(entry.state))) {
-                Ok(ticket) => ticket,
+            match self.compiled.gates[gate].enter_wait(self.graph.name(entry.state)) {
+                Ok(ticket) => Some(ticket),
                 Err(error) => {
                     self.ready.left(entry.seq());
                     return GateVerdict::Refused(entry, error);
                 }
             }
         };
-        self.ready.park(gate, entry, until, ticket);
+        self.ready.park(gate, entry, wake, ticket);
         GateVerdict::Waiting
     }
 
@@ -102,7 +136,14 @@ impl Coordinator {
 
     /// What a waiting state is waiting at, for messages.
     pub(super) fn gate_name(&self, gate: usize) -> String {
-        format!("rate limit `{}`", self.compiled.gates[gate].name())
+        self.compiled.gates[gate].describe()
+    }
+
+    /// The run has ended: the primitives it waited at forget it.
+    pub(super) fn forget_gates(&self) {
+        for gate in &self.compiled.gates {
+            gate.forget(self.run_key);
+        }
     }
 
     /// The states waiting at gates, for `blocked()`.
@@ -115,7 +156,7 @@ impl Coordinator {
                         format!("it may ask again in {:?}", until - self.now)
                     }
                     Some(_) => "it may ask again now".to_owned(),
-                    None => "it waits behind others of this run".to_owned(),
+                    None => "it waits for a release, or behind others of this run".to_owned(),
                 };
                 let priority = self.compiled.states[entry.state.index()].priority;
                 let since = self.ready.became_ready(entry, priority);
@@ -126,5 +167,72 @@ impl Coordinator {
                 }
             })
             .collect()
+    }
+}
+
+/// Gives back what the gates in `taken` admitted at `at` (a later gate refused).
+fn undo(compiled: &Compiled, taken: &[(usize, u64)], at: Instant) {
+    for &(gate, _) in taken {
+        compiled.gates[gate].undo(at);
+    }
+}
+
+impl Coordinator {
+    /// A state starts holding `held` in task `task`: labels the task for deadlock reports and
+    /// arms a timer for the earliest TTL among its holds.
+    pub(super) fn holding(
+        &self,
+        state: StateId,
+        slot: u32,
+        ticket: u64,
+        task: tokio::task::Id,
+        held: &[HeldUnits],
+    ) -> Option<AbortOnDrop> {
+        let label = Arc::from(format!(
+            "state `{}` of run {} (workflow `{}`)",
+            self.graph.name(state),
+            self.observer.run_id,
+            self.compiled.name
+        ));
+        label_task(task, label);
+        for units in held {
+            units.set_task(task);
+        }
+        let gates = &self.compiled.states[state.index()].gates;
+        let (ttl, gate) = gates
+            .iter()
+            .filter_map(|&(gate, _)| self.compiled.gates[gate].ttl().map(|ttl| (ttl, gate)))
+            .min()?;
+        Some(AbortOnDrop(self.message_after(
+            ttl,
+            Message::HoldExpired { slot, ticket, gate },
+        )))
+    }
+
+    /// A running state still holds a mutex or lease past its TTL: the primitive has gone (or
+    /// goes now) to the next waiter, and the attempt is cancelled.
+    pub(super) fn hold_expired(
+        &mut self,
+        slot: u32,
+        ticket: u64,
+        gate: usize,
+    ) -> Result<(), FlowError> {
+        let Some(Some(running)) = self.running.get(slot as usize) else {
+            return Ok(());
+        };
+        if running.ticket != ticket {
+            return Ok(());
+        }
+        if let Some(abort) = &running.abort {
+            abort.abort();
+        }
+        let state = running.state;
+        let error = FlowError::HoldExpired {
+            state: self.graph.name(state).to_string(),
+            attempts: running.attempt,
+            primitive: self.gate_name(gate),
+            ttl: self.compiled.gates[gate].ttl().unwrap_or_default(),
+        };
+        self.finish_task(slot, ticket, Outcome::Refused(error))
     }
 }

@@ -187,6 +187,8 @@ impl Coordinator {
                 | Message::Resume
                 | Message::PoolFreed
                 | Message::GateDue
+                | Message::GateReleased { .. }
+                | Message::HoldExpired { .. }
                 | Message::AcquireDeadline { .. }
                 | Message::Cancel
                 | Message::Deadline => {}
@@ -197,6 +199,7 @@ impl Coordinator {
     /// Stops what still runs, settles every status, and writes the report.
     pub(super) async fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
         let stop = self.finish_checkpoints(stop).await;
+        self.forget_gates();
         let agent = || self.compiled.name.to_string();
         let (status, error) = match stop {
             None => (AgentStatus::Completed, None),

@@ -114,7 +114,18 @@ impl Coordinator {
                 FailureKind::AdmissionTimeout,
                 StateStatus::Timeout,
             ),
-            Failure::Refused(error) => (error, FailureKind::RateLimited, StateStatus::Failed),
+            Failure::Refused(error) => {
+                let (kind, status) = match error {
+                    FlowError::RateLimited { .. } => {
+                        (FailureKind::RateLimited, StateStatus::Failed)
+                    }
+                    FlowError::HoldExpired { .. } => {
+                        (FailureKind::Coordination, StateStatus::Timeout)
+                    }
+                    _ => (FailureKind::Coordination, StateStatus::Failed),
+                };
+                (error, kind, status)
+            }
             Failure::BulkheadFull(full) => (
                 FlowError::BulkheadFull {
                     state: name,

@@ -34,6 +34,7 @@ use crate::agent::Compiled;
 use crate::checkpoint::writer::{self, Writer};
 use crate::checkpoint::{CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
+use crate::coordination::HeldUnits;
 use crate::events::{Event, EventHub, EventKind};
 use crate::failure::DeadLetter;
 use crate::resilience::BreakerPermit;
@@ -136,6 +137,10 @@ struct Running {
     /// The coordinator's own timer for the state's timeout (see `Message::StateDeadline`);
     /// stopped when the attempt ends.
     _deadline: Option<AbortOnDrop>,
+    /// Units of coordination primitives it holds; given back when this is dropped.
+    _held: Vec<HeldUnits>,
+    /// The timer for the earliest TTL among them (see `Message::HoldExpired`).
+    _hold_timer: Option<AbortOnDrop>,
 }
 
 /// Aborts a helper task when dropped.
@@ -401,6 +406,13 @@ impl Coordinator {
             }
             // The loop dispatches after every message: nothing else to do.
             Message::PoolFreed | Message::GateDue => Ok(()),
+            Message::GateReleased { gate } => {
+                self.ready.wake_gate(gate, self.now);
+                Ok(())
+            }
+            Message::HoldExpired { slot, ticket, gate } => {
+                self.hold_expired(slot, ticket, gate).map_err(Stop::Failed)
+            }
             Message::AcquireDeadline { seq } => self.acquire_deadline(seq).map_err(Stop::Failed),
             Message::CancelState { state, reply } => {
                 let cancelled = self.cancel_state(state);
@@ -488,7 +500,8 @@ impl Coordinator {
         };
         if spec.bulkhead.is_some() {
             // Waiting for a place must not happen here, on the coordinator.
-            self.launch(state, scope, attempt, started, run, breaker, None, span);
+            let holds = (None, Vec::new());
+            self.launch(state, scope, attempt, started, run, breaker, holds, span);
             return Ok(());
         }
         let polled = {
@@ -510,7 +523,8 @@ impl Coordinator {
                 finished.map_err(Stop::Failed)
             }
             None => {
-                self.launch(state, scope, attempt, started, run, breaker, None, span);
+                let holds = (None, Vec::new());
+                self.launch(state, scope, attempt, started, run, breaker, holds, span);
                 Ok(())
             }
         }
@@ -563,7 +577,7 @@ impl Coordinator {
             };
             let Some(entry) = self.ready.pop() else { break };
             let entry = match self.through_gates(entry) {
-                GateVerdict::Admitted(entry) => entry,
+                GateVerdict::Admitted(entry, held) => (entry, held),
                 // Its grant, if any, goes back as it drops: others may use it meanwhile.
                 GateVerdict::Waiting => continue,
                 GateVerdict::Refused(entry, error) => {
@@ -574,6 +588,7 @@ impl Coordinator {
                     continue;
                 }
             };
+            let (entry, held) = entry;
             self.dequeued(entry.seq());
             let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
             let grant = grant.map(|grant| (grant, entry.virtual_start()));
@@ -588,7 +603,10 @@ impl Coordinator {
             };
             let context = self.state_context(state, attempt);
             match task::start(&self.compiled.states[state.index()].func, &context) {
-                Ok(run) => self.launch(state, scope, attempt, self.now, run, breaker, grant, span),
+                Ok(run) => {
+                    let holds = (grant, held);
+                    self.launch(state, scope, attempt, self.now, run, breaker, holds, span)
+                }
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
                     record_breaker(breaker, &outcome);
@@ -965,7 +983,7 @@ impl Coordinator {
         started: Instant,
         run: StateFuture,
         mut breaker: Option<BreakerPermit>,
-        grant: Option<(Grant, i64)>,
+        (grant, held): (Option<(Grant, i64)>, Vec<HeldUnits>),
         span: tracing::Span,
     ) {
         let (slot, ticket) = self.take_slot();
@@ -983,6 +1001,11 @@ impl Coordinator {
             }
         };
         let abort = Some(task.abort_handle());
+        let hold_timer = if held.is_empty() {
+            None
+        } else {
+            self.holding(state, slot, ticket, task.id(), &held)
+        };
         // The task's own timeout cannot fire while its state blocks the thread or never
         // yields: the coordinator keeps a timer too, and fails the attempt on time whatever
         // the state does (its task is abandoned). Not for a bulkhead state, whose timeout
@@ -1009,6 +1032,8 @@ impl Coordinator {
             queued_at: grant.as_ref().map_or(0, |(_, at)| *at),
             _grant: grant.map(|(grant, _)| grant),
             _deadline: deadline,
+            _held: held,
+            _hold_timer: hold_timer,
         });
         self.running_count += 1;
     }
@@ -1028,6 +1053,8 @@ impl Coordinator {
             _grant: None,
             queued_at: 0,
             _deadline: None,
+            _held: Vec::new(),
+            _hold_timer: None,
         });
         self.running_count += 1;
         let _ = self.sender.send(Message::Done {

@@ -15,7 +15,7 @@ use flow_core::{Priority, StateId};
 use tokio::time::Instant;
 
 use super::joins::ScopeId;
-use crate::coordination::WaitTicket;
+use crate::coordination::Ticket;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ReadyEntry {
@@ -60,8 +60,19 @@ pub(crate) struct ReadyQueue {
     gates: Box<[GateWait]>,
     /// How many entries wait at gates (so that `len` costs an agent without gates nothing).
     gated: usize,
-    /// Places held in leaky buckets by waiting entries, by sequence number.
-    tickets: HashMap<u64, WaitTicket>,
+    /// Places held by waiting entries at the gate they wait at (a leaky bucket's capacity, a
+    /// primitive's waiting count), by sequence number.
+    tickets: HashMap<u64, (usize, Ticket)>,
+}
+
+/// When the first entry waiting at a gate may ask it again.
+pub(crate) enum Wake {
+    /// At this instant (or sooner, if woken by a release).
+    At(Instant),
+    /// When woken by a release.
+    OnRelease,
+    /// Behind others already waiting there: as they are.
+    Behind,
 }
 
 /// The entries waiting at one gate, in ready order. Only the first asks the gate again; the
@@ -189,8 +200,8 @@ impl ReadyQueue {
         removed
     }
 
-    /// An entry leaves for good (started, failed or removed): it holds no place in a leaky
-    /// bucket any more, and if it was out asking a gate, the next one waiting there may ask.
+    /// An entry leaves for good (started, failed or removed): it holds no place at a gate any
+    /// more, and if it was out asking a gate, the next one waiting there may ask.
     pub(crate) fn left(&mut self, seq: u64) {
         if self.gates.is_empty() {
             return;
@@ -214,23 +225,23 @@ impl ReadyQueue {
         !wait.heap.is_empty() && wait.trying.is_none_or(|(trying, _)| trying != seq)
     }
 
-    /// Whether the entry holds a place in a leaky bucket.
-    pub(crate) fn has_ticket(&self, seq: u64) -> bool {
-        self.tickets.contains_key(&seq)
+    /// Whether the entry holds its place at `gate` already.
+    pub(crate) fn has_ticket(&self, seq: u64, gate: usize) -> bool {
+        self.tickets.get(&seq).is_some_and(|(at, _)| *at == gate)
     }
 
-    /// Puts an entry to wait at `gate`; `until`, when the gate refused it, is when the first
-    /// waiting there may ask again. A ticket is its place in a leaky bucket.
+    /// Puts an entry to wait at `gate`. `wake` says when the first waiting there may ask
+    /// again. A ticket is its place at the gate (replacing one it held at another gate).
     pub(crate) fn park(
         &mut self,
         gate: usize,
         entry: ReadyEntry,
-        until: Option<Instant>,
-        ticket: Option<WaitTicket>,
+        wake: Wake,
+        ticket: Option<Ticket>,
     ) {
         let seq = entry.seq();
         if let Some(ticket) = ticket {
-            self.tickets.insert(seq, ticket);
+            self.tickets.insert(seq, (gate, ticket));
         }
         let wait = &mut self.gates[gate];
         if wait.trying.is_some_and(|(trying, _)| trying == seq) {
@@ -238,11 +249,16 @@ impl ReadyQueue {
         }
         wait.heap.push(entry);
         self.gated += 1;
-        if let Some(until) = until {
-            wait.until = Some(until);
-        } else if wait.trying.is_none() && wait.until.is_none() {
-            // Nobody is asking for this gate: the first waiting may ask at once.
-            wait.until = Some(self.origin);
+        match wake {
+            Wake::At(until) => wait.until = Some(until),
+            // A release will wake the gate (`wake_gate`).
+            Wake::OnRelease => wait.until = None,
+            Wake::Behind => {
+                if wait.trying.is_none() && wait.until.is_none() && wait.heap.len() == 1 {
+                    // Nobody else is asking for this gate: the first waiting may ask at once.
+                    wait.until = Some(self.origin);
+                }
+            }
         }
     }
 
@@ -262,6 +278,16 @@ impl ReadyQueue {
                 self.gated -= 1;
                 self.heap.push(entry);
             }
+        }
+    }
+
+    /// Something came back to `gate`: its first waiting entry may ask again now.
+    pub(crate) fn wake_gate(&mut self, gate: usize, now: Instant) {
+        if let Some(wait) = self.gates.get_mut(gate)
+            && !wait.heap.is_empty()
+            && wait.trying.is_none()
+        {
+            wait.until = Some(wait.until.map_or(now, |until| until.min(now)));
         }
     }
 

@@ -68,6 +68,11 @@ pub(crate) enum Message {
     PoolFreed,
     /// The earliest instant a state waiting at an admission gate may ask it again has come.
     GateDue,
+    /// A coordination primitive got units back: the states waiting at that gate (by index)
+    /// may ask again.
+    GateReleased { gate: usize },
+    /// A running state still holds a mutex or lease past its TTL (by the coordinator's timer).
+    HoldExpired { slot: u32, ticket: u64, gate: usize },
     /// A ready state's acquisition timeout passed (the entry, by its sequence number).
     AcquireDeadline { seq: u64 },
     /// Cancel the running and ready runs of a state; answer how many.

@@ -1,0 +1,169 @@
+//! What the scheduler's admission sees of a primitive: one shape for all of them (see
+//! `scheduler::admission`). Asked for a ready state, a gate admits it (with units to hold while
+//! it runs, or none), names the instant to ask again, asks to be woken by a release, or
+//! refuses the attempt.
+
+use std::sync::Arc;
+
+use flow_core::FlowError;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+
+use super::hold::{Busy, Engine, HeldUnits, PrimitiveKind};
+use super::rate_limit::{NotBefore, RateLimit};
+use super::{FlowMutex, FlowSemaphore, Lease, Owner, Quota};
+use crate::scheduler::Message;
+
+/// A primitive a state passes before it starts.
+#[derive(Clone)]
+pub(crate) enum Gate {
+    Rate(RateLimit),
+    Hold(Arc<Engine>),
+}
+
+/// A gate's answer.
+pub(crate) enum Verdict {
+    /// Admitted; the units (if any) are held until the attempt ends.
+    Admitted(Option<HeldUnits>),
+    /// Ask again at this instant (and, for a hold, when woken by a release).
+    At(Instant),
+    /// Ask again when woken by a release.
+    OnRelease,
+    /// The attempt fails.
+    Refused(FlowError),
+}
+
+/// A waiting acquisition's place at a gate (a leaky bucket's capacity, a primitive's waiting
+/// count); it is given up when dropped.
+pub(crate) struct Ticket(#[allow(dead_code)] Box<dyn Send>);
+
+/// Who asks, and how to wake it.
+pub(crate) struct Asker<'a> {
+    pub(crate) state: &'a str,
+    pub(crate) owner: Owner,
+    pub(crate) run_key: u64,
+    pub(crate) wake: &'a UnboundedSender<Message>,
+    pub(crate) gate: usize,
+}
+
+impl Gate {
+    pub(crate) fn same(&self, other: &Gate) -> bool {
+        match (self, other) {
+            (Gate::Rate(a), Gate::Rate(b)) => a.same(b),
+            (Gate::Hold(a), Gate::Hold(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// "rate limit `api`", "semaphore `gpu`", ...
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Gate::Rate(limit) => format!("rate limit `{}`", limit.name()),
+            Gate::Hold(engine) => engine.describe(),
+        }
+    }
+
+    /// Asks for `amount` (units of a hold; rate limits admit one) at `at`.
+    pub(crate) fn ask(&self, at: Instant, amount: u64, asker: &Asker<'_>) -> Verdict {
+        match self {
+            Gate::Rate(limit) => match limit.try_acquire_at(at) {
+                Ok(()) => Verdict::Admitted(None),
+                Err(NotBefore(until)) => Verdict::At(until),
+            },
+            Gate::Hold(engine) => {
+                let wake = Some((asker.run_key, asker.wake, asker.gate));
+                match engine.try_take(amount, asker.owner.clone(), at, wake) {
+                    Ok(units) => Verdict::Admitted(Some(units)),
+                    // A quota with nothing left and no period to come: waiting is forever.
+                    Err(Busy { until: None }) if engine.kind == PrimitiveKind::Quota => {
+                        Verdict::Refused(engine.exhausted(amount, describe_state(asker.state)))
+                    }
+                    Err(Busy { until: Some(until) }) => Verdict::At(until),
+                    Err(Busy { until: None }) => Verdict::OnRelease,
+                }
+            }
+        }
+    }
+
+    /// Gives back what an admission at `at` took, when a later gate of the same state refused
+    /// (a hold gives its units back when dropped).
+    pub(crate) fn undo(&self, at: Instant) {
+        if let Gate::Rate(limit) = self {
+            limit.refund(at);
+        }
+    }
+
+    /// A place among the acquisitions waiting here, or a refusal when there is none.
+    pub(crate) fn enter_wait(&self, state: &str) -> Result<Ticket, FlowError> {
+        match self {
+            Gate::Rate(limit) => Ok(Ticket(Box::new(limit.enter_wait(Some(state))?))),
+            Gate::Hold(engine) => Ok(Ticket(Box::new(engine.enter_wait()))),
+        }
+    }
+
+    /// A request larger than the primitive: it could never be admitted.
+    pub(crate) fn too_large(&self, amount: u64, state: &str) -> Option<FlowError> {
+        match self {
+            Gate::Hold(engine) if !engine.fits_at_all(amount) => {
+                Some(engine.too_large(amount, describe_state(state)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The hold's TTL, for the scheduler's timer.
+    pub(crate) fn ttl(&self) -> Option<std::time::Duration> {
+        match self {
+            Gate::Hold(engine) => engine.ttl,
+            Gate::Rate(_) => None,
+        }
+    }
+
+    /// The run no longer waits here.
+    pub(crate) fn forget(&self, run_key: u64) {
+        if let Gate::Hold(engine) = self {
+            engine.forget(run_key);
+        }
+    }
+
+    pub(crate) fn engine(&self) -> Option<&Arc<Engine>> {
+        match self {
+            Gate::Hold(engine) => Some(engine),
+            Gate::Rate(_) => None,
+        }
+    }
+}
+
+fn describe_state(state: &str) -> String {
+    format!("state `{state}`")
+}
+
+impl From<RateLimit> for Gate {
+    fn from(limit: RateLimit) -> Self {
+        Gate::Rate(limit)
+    }
+}
+
+impl From<FlowSemaphore> for Gate {
+    fn from(primitive: FlowSemaphore) -> Self {
+        Gate::Hold(primitive.engine)
+    }
+}
+
+impl From<FlowMutex> for Gate {
+    fn from(primitive: FlowMutex) -> Self {
+        Gate::Hold(primitive.engine)
+    }
+}
+
+impl From<Lease> for Gate {
+    fn from(primitive: Lease) -> Self {
+        Gate::Hold(primitive.engine)
+    }
+}
+
+impl From<Quota> for Gate {
+    fn from(primitive: Quota) -> Self {
+        Gate::Hold(primitive.engine)
+    }
+}
