@@ -1,0 +1,405 @@
+//! Semaphores, mutexes, leases and quotas: enforced by the scheduler at admission (held while
+//! the attempt runs), usable directly as guards, with deadlocks refused as they close.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use fluffy_flow::{
+    EventKind, FailureKind, FlowMutex, FlowSemaphore, Lease, PrimitiveKind, Quota, RetryPolicy,
+};
+use tokio::time::Instant;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Runs `agent` watched; returns each state's start instants (ms after the run started),
+/// without the entry `fork`, sorted by (instant, name).
+async fn starts(agent: &Agent) -> (RunReport, Vec<(String, u64)>) {
+    let (handle, mut events) = agent.start_watched(Context::new()).unwrap();
+    let mut origin = None;
+    let mut started = Vec::new();
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        match event.kind {
+            EventKind::RunStarted { .. } => origin = Some(event.at),
+            EventKind::StateStarted { state, .. } if &*state != "fork" => {
+                started.push((
+                    state.to_string(),
+                    (event.at - origin.unwrap()).as_millis() as u64,
+                ));
+            }
+            _ => {}
+        }
+    }
+    started.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    (handle.wait().await, started)
+}
+
+/// A fork into `names`, each sleeping `work` ms, each configured by `attach`.
+fn fan(
+    names: &[&str],
+    work: u64,
+    attach: impl Fn(fluffy_flow::StateOptions<'_>) -> fluffy_flow::StateOptions<'_>,
+) -> Agent {
+    let mut agent = Agent::new("fan");
+    let targets: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    agent.add_state("fork", move |_ctx: Context| {
+        let targets = targets.clone();
+        async move { Ok(Next::parallel(targets)) }
+    });
+    for name in names {
+        let options = agent.add_state(*name, move |_ctx: Context| async move {
+            tokio::time::sleep(ms(work)).await;
+            Ok(Next::End)
+        });
+        attach(options.terminal());
+    }
+    agent
+}
+
+fn at(started: &[(String, u64)]) -> Vec<u64> {
+    started.iter().map(|(_, at)| *at).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_semaphore_lets_its_permits_through_and_the_rest_wait_in_order() {
+    let gpu = FlowSemaphore::new("gpu", 2);
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let agent = fan(&names, 10, |o| o.semaphore(gpu.clone()));
+    let (report, started) = starts(&agent).await;
+    assert!(report.is_success());
+    assert_eq!(at(&started), [0, 0, 10, 10, 20, 20]);
+    let order: Vec<&str> = started.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(order, names);
+    assert_eq!(report.max_concurrency, 2);
+    assert_eq!(gpu.status().in_use, "0");
+    assert_eq!(gpu.status().granted, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_waiting_for_a_permit_holds_no_slot_and_delays_no_other_state() {
+    let db = FlowSemaphore::new("db", 1);
+    let mut agent = Agent::new("mixed");
+    agent.max_concurrent(2);
+    agent.add_state("fork", |_ctx: Context| async {
+        Ok(Next::parallel(["a", "b", "free"]))
+    });
+    for name in ["a", "b"] {
+        agent
+            .add_state(name, |_ctx: Context| async {
+                tokio::time::sleep(ms(10)).await;
+                Ok(Next::End)
+            })
+            .semaphore(db.clone());
+    }
+    agent.add_state("free", |_ctx: Context| async { Ok(Next::End) });
+    let (report, started) = starts(&agent).await;
+    assert!(report.is_success());
+    assert_eq!(
+        started,
+        [
+            ("a".to_string(), 0),
+            ("free".to_string(), 0),
+            ("b".to_string(), 10)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_semaphore_is_shared_by_runs_given_clones() {
+    let one = FlowSemaphore::new("one", 1);
+    let agent = fan(&["a", "b"], 10, |o| o.semaphore(one.clone()));
+    let other = fan(&["c"], 10, |o| o.semaphore(one.clone()));
+    let start = Instant::now();
+    let (x, y, z) = tokio::join!(agent.run(), agent.run(), other.run());
+    assert!(x.is_ok() && y.is_ok() && z.is_ok());
+    // Five states of 10 ms through one permit.
+    assert_eq!(start.elapsed(), ms(50));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mutex_held_past_its_ttl_goes_to_the_next_waiter_and_cancels_the_holder() {
+    let lock = FlowMutex::with_ttl("db", ms(50));
+    let mut agent = Agent::new("slow");
+    agent.add_state("fork", |_ctx: Context| async {
+        Ok(Next::parallel(["slow", "next"]))
+    });
+    agent
+        .add_state("slow", |_ctx: Context| async {
+            tokio::time::sleep(ms(200)).await;
+            Ok(Next::End)
+        })
+        .mutex(lock.clone())
+        .on_error("recover");
+    agent
+        .add_state("next", |_ctx: Context| async {
+            tokio::time::sleep(ms(10)).await;
+            Ok(Next::End)
+        })
+        .mutex(lock.clone())
+        .terminal();
+    agent
+        .add_state("recover", |_ctx: Context| async { Ok(Next::End) })
+        .terminal();
+    let (report, started) = starts(&agent).await;
+    assert!(report.is_success(), "{:?}", report.error);
+    assert_eq!(
+        started,
+        [
+            ("slow".to_string(), 0),
+            ("next".to_string(), 50),
+            ("recover".to_string(), 50)
+        ]
+    );
+    let letter = &report.dead_letters[0];
+    assert_eq!(letter.kind, FailureKind::Coordination);
+    assert!(letter.timed_out);
+    assert!(
+        letter
+            .error
+            .contains("state `slow` held mutex `db` longer than its TTL of 50ms"),
+        "{}",
+        letter.error
+    );
+    assert_eq!(report.state("slow").unwrap().status, StateStatus::Timeout);
+    assert_eq!(lock.status().granted, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_guard_is_told_when_it_is_lost_and_can_be_renewed() {
+    let lease = Lease::new("batch", ms(100));
+    let first = lease.acquire().await.unwrap();
+    tokio::time::advance(ms(60)).await;
+    assert!(first.renew()); // good for 100 ms from now
+    tokio::time::advance(ms(60)).await;
+    assert!(!first.is_lost());
+    assert!(lease.try_acquire().is_none());
+    // Past the renewed TTL, the next asker takes it; the first guard learns it lost it.
+    let start = Instant::now();
+    let second = lease.acquire().await.unwrap();
+    assert_eq!(start.elapsed(), ms(40));
+    assert!(first.is_lost());
+    assert!(!first.renew());
+    assert!(!second.is_lost());
+    drop(first); // gives nothing back: it had lost the lease
+    assert!(lease.try_acquire().is_none());
+    assert_eq!(lease.status().revoked, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quota_with_a_period_waits_for_the_next_and_one_without_fails_when_spent() {
+    let tokens = Quota::per("tokens", 3.0, ms(1000));
+    let agent = fan(&["a", "b", "c", "d", "e"], 0, |o| {
+        o.quota(tokens.clone(), 1.0)
+    });
+    let (report, started) = starts(&agent).await;
+    assert!(report.is_success());
+    assert_eq!(at(&started), [0, 0, 0, 1000, 1000]);
+
+    let budget = Quota::new("budget", 2.5);
+    let agent = fan(&["a", "b", "c"], 0, |o| o.quota(budget.clone(), 1.0));
+    let report = agent.start().unwrap().wait().await;
+    match report.error {
+        Some(FlowError::QuotaExhausted {
+            ref who,
+            ref quota,
+            ref amount,
+            ref limit,
+        }) => {
+            assert_eq!(
+                (
+                    who.as_str(),
+                    quota.as_str(),
+                    amount.as_str(),
+                    limit.as_str()
+                ),
+                ("state `c`", "budget", "1", "2.5")
+            );
+        }
+        ref other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(report.dead_letters[0].kind, FailureKind::Coordination);
+
+    // Directly: a take waits for the next period.
+    let quota = Quota::per("direct", 2.0, ms(500));
+    let start = Instant::now();
+    quota.take(1.5).await.unwrap();
+    assert!(!quota.try_take(1.0));
+    quota.take(1.0).await.unwrap();
+    assert_eq!(start.elapsed(), ms(500));
+    assert!(matches!(
+        quota.take(2.5).await,
+        Err(FlowError::CoordinationRequestTooLarge { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_larger_than_the_primitive_is_refused_before_the_run() {
+    let gpu = FlowSemaphore::new("gpu", 2);
+    let mut agent = Agent::new("greedy");
+    agent
+        .add_state("train", |_ctx: Context| async { Ok(Next::End) })
+        .semaphore_permits(gpu, 3);
+    let error = agent.run().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("state `train` asks semaphore `gpu` for 3, more than its 2"),
+        "{error}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_is_visible_counted_and_bounded_by_acquire_timeout() {
+    let gpu = FlowSemaphore::new("gpu", 1);
+    let mut agent = Agent::new("visible");
+    agent.add_state("fork", |_ctx: Context| async {
+        Ok(Next::parallel(["holder", "waiter"]))
+    });
+    agent
+        .add_state("holder", |_ctx: Context| async {
+            tokio::time::sleep(ms(500)).await;
+            Ok(Next::End)
+        })
+        .semaphore(gpu.clone());
+    agent
+        .add_state("waiter", |_ctx: Context| async { Ok(Next::End) })
+        .semaphore(gpu.clone())
+        .acquire_timeout(ms(200));
+    let handle = agent.start().unwrap();
+    tokio::time::sleep(ms(100)).await;
+    let blocked = handle.blocked().await;
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(
+        blocked[0].waits_for,
+        ["semaphore `gpu`: it waits for a release, or behind others of this run"]
+    );
+    let status = agent.coordination_status().unwrap();
+    assert_eq!(status.primitives.len(), 1);
+    let gpu_status = &status.primitives[0];
+    assert_eq!(gpu_status.kind, PrimitiveKind::Semaphore);
+    assert_eq!((gpu_status.in_use.as_str(), gpu_status.waiting), ("1", 1));
+    assert_eq!(gpu_status.holders.len(), 1);
+    assert!(
+        gpu_status.holders[0]
+            .holder
+            .starts_with("state `holder` of run 1"),
+        "{:?}",
+        gpu_status.holders
+    );
+    assert_eq!(gpu_status.holders[0].held_for, ms(100));
+    let report = handle.wait().await;
+    match &report.error {
+        Some(FlowError::AdmissionTimeout {
+            state,
+            gate,
+            waited,
+            ..
+        }) => {
+            assert_eq!(
+                (state.as_str(), gate.as_str(), *waited),
+                ("waiter", "semaphore `gpu`", ms(200))
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(gpu.status().waiting, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_coordination_releases_what_is_held_and_wakes_the_waiters() {
+    let lock = FlowMutex::new("stuck");
+    let mut agent = Agent::new("recovery");
+    agent
+        .add_state("wait", |_ctx: Context| async { Ok(Next::End) })
+        .mutex(lock.clone());
+    // Something outside the agent holds the mutex and never gives it back.
+    let stuck = lock.lock().await.unwrap();
+    let handle = agent.start().unwrap();
+    tokio::time::sleep(ms(1000)).await;
+    assert_eq!(handle.status(), AgentStatus::Running);
+    agent.reset_coordination().unwrap();
+    let report = handle.wait().await;
+    assert!(report.is_success());
+    assert!(stuck.is_lost());
+}
+
+/// Two states that each hold one mutex through the scheduler and take the other inside.
+fn crossing(first_wait: u64, second_wait: u64) -> (Agent, FlowMutex, FlowMutex) {
+    let (left, right) = (FlowMutex::new("left"), FlowMutex::new("right"));
+    let mut agent = Agent::new("crossing");
+    agent.add_state("fork", |_ctx: Context| async {
+        Ok(Next::parallel(["a", "b"]))
+    });
+    let (l, r) = (left.clone(), right.clone());
+    agent
+        .add_state_with("a", Arc::new(r), move |right, _ctx: Context| async move {
+            tokio::time::sleep(ms(first_wait)).await;
+            let _other = right.lock().await?;
+            tokio::time::sleep(ms(5)).await;
+            Ok(Next::End)
+        })
+        .mutex(left.clone())
+        .retry(RetryPolicy {
+            max_retries: 1,
+            initial_delay: ms(100),
+            ..RetryPolicy::DEFAULT
+        });
+    agent
+        .add_state_with("b", Arc::new(l), move |left, _ctx: Context| async move {
+            tokio::time::sleep(ms(second_wait)).await;
+            let _other = left.lock().await?;
+            tokio::time::sleep(ms(5)).await;
+            Ok(Next::End)
+        })
+        .mutex(right.clone())
+        .retry(RetryPolicy {
+            max_retries: 1,
+            initial_delay: ms(100),
+            ..RetryPolicy::DEFAULT
+        });
+    (agent, left, right)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadlock_is_refused_when_it_closes_and_the_retry_gets_through() {
+    // Under several orderings: whichever state waits second closes the cycle and is refused.
+    for (first_wait, second_wait, refused) in [(10, 20, "b"), (20, 10, "a"), (1, 30, "b")] {
+        let (agent, left, right) = crossing(first_wait, second_wait);
+        let (handle, mut events) = agent.start_watched(Context::new()).unwrap();
+        let mut retried = Vec::new();
+        while let Some(event) = events.next().await {
+            if let EventKind::StateRetrying { state, error, .. } = event.unwrap().kind {
+                retried.push((state.to_string(), error));
+            }
+        }
+        let report = handle.wait().await;
+        assert!(report.is_success(), "{:?}", report.error);
+        assert_eq!(retried.len(), 1, "{retried:?}");
+        let (state, error) = &retried[0];
+        assert_eq!(state, refused);
+        let holder = if refused == "a" { "b" } else { "a" };
+        assert!(error.starts_with("state `"), "{error}");
+        assert!(error.contains("deadlock refused"), "{error}");
+        assert!(
+            error.contains(&format!(
+                "state `{holder}` of run 1 (workflow `crossing`) holds mutex"
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains(&format!(
+                "state `{refused}` of run 1 (workflow `crossing`) holds mutex"
+            )),
+            "{error}"
+        );
+        assert!(
+            error.contains("mutex `left`") && error.contains("mutex `right`"),
+            "{error}"
+        );
+        assert_eq!(report.state(refused).unwrap().attempts, 2);
+        assert!(left.try_lock().is_some() && right.try_lock().is_some());
+    }
+}
