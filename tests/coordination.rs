@@ -403,3 +403,68 @@ async fn a_deadlock_is_refused_when_it_closes_and_the_retry_gets_through() {
         assert!(left.try_lock().is_some() && right.try_lock().is_some());
     }
 }
+
+struct Trainer;
+
+#[workflow]
+impl Trainer {
+    #[state(entry)]
+    async fn start(&self, _ctx: &Context) -> StateResult {
+        parallel!(train_a, train_b, train_c, report)
+    }
+
+    #[state(semaphore(name = "gpu", permits = 2))]
+    async fn train_a(&self, _ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        end!()
+    }
+
+    #[state(semaphore(name = "gpu", permits = 2))]
+    async fn train_b(&self, _ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        end!()
+    }
+
+    #[state(semaphore(name = "gpu", permits = 2, take = 2))]
+    async fn train_c(&self, _ctx: &Context) -> StateResult {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        end!()
+    }
+
+    #[state(mutex = "report", quota(name = "pages", limit = 1, amount = 1))]
+    async fn report(&self, _ctx: &Context) -> StateResult {
+        end!()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn macro_primitives_are_enforced_and_shared_by_name() {
+    let agent = Trainer.agent();
+    let start = Instant::now();
+    let report = agent.run().await.unwrap();
+    // a and b share the two GPU permits, then c takes both.
+    assert_eq!(start.elapsed(), ms(200));
+    assert_eq!(report.max_concurrency, 3); // a, b and report at once
+    let status = agent.coordination_status().unwrap();
+    let names: Vec<(&str, PrimitiveKind, &str)> = status
+        .primitives
+        .iter()
+        .map(|p| (&*p.name, p.kind, p.capacity.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("gpu", PrimitiveKind::Semaphore, "2"),
+            ("report", PrimitiveKind::Mutex, "1"),
+            ("pages", PrimitiveKind::Quota, "1")
+        ]
+    );
+    assert_eq!(status.primitives[0].granted, 3);
+    // The quota of one page is spent: a second run fails at `report`.
+    let second = agent.start().unwrap().wait().await;
+    assert!(
+        matches!(second.error, Some(FlowError::QuotaExhausted { .. })),
+        "{:?}",
+        second.error
+    );
+}

@@ -285,7 +285,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_end);
         let value: f64 = number.parse().map_err(|_| {
-            format!("`{text}` is not a duration: `{number}` is not a number; write it like \"30s\", \"250ms\" or \"1h30m\"")
+            if number.is_empty() {
+                format!("`{text}` is not a duration: it must start with a number; write it like \"30s\", \"250ms\" or \"1h30m\"")
+            } else {
+                format!("`{text}` is not a duration: `{number}` is not a number; write it like \"30s\", \"250ms\" or \"1h30m\"")
+            }
         })?;
         let seconds = match unit.trim() {
             "ns" => 1e-9,

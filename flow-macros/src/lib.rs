@@ -4,6 +4,7 @@
 //! names runtime items only through `::fluffy_flow::__private`.
 
 mod context;
+mod coordination;
 mod errors;
 mod options;
 mod signature;

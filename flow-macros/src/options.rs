@@ -28,7 +28,8 @@ pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critic
      circuit_breaker(failures, recovery, half_open), bulkhead(name, max_concurrent, max_queued), \
      acquire_timeout = \"5s\", preemptible, successors(state, ..), name = \"state_name\", \
      rate_limit(token_bucket(rate, burst) | leaky_bucket(rate, capacity) | fixed_window(max, window) | \
-     sliding_window(max, window), name = \"shared\")";
+     sliding_window(max, window), name = \"shared\"), semaphore(name, permits, take), \
+     mutex = \"name\" or mutex(name, ttl), lease(name, ttl), quota(name, limit, reset, amount)";
 
 /// Everything `#[state(...)]` says.
 #[derive(Default)]
@@ -50,15 +51,8 @@ pub(crate) struct StateOptions {
     pub(crate) successors: Option<Vec<Ident>>,
     /// `name = "agent"`: the state's name, when it is not the method's.
     pub(crate) name: Option<LitStr>,
-    /// `rate_limit(..)`, and later the other coordination primitives.
-    pub(crate) rate_limit: Option<RateLimitOption>,
-}
-
-/// `rate_limit(strategy(..), name = "..")`.
-pub(crate) struct RateLimitOption {
-    /// States of the workflow naming one limit share it.
-    pub(crate) name: Option<LitStr>,
-    pub(crate) spec: flow_core::RateLimitSpec,
+    /// `rate_limit(..)`, `semaphore(..)`, `mutex = ..`, `lease(..)`, `quota(..)`, in order.
+    pub(crate) coordination: Vec<crate::coordination::Primitive>,
 }
 
 /// One entry of `deps(...)`.
@@ -114,10 +108,10 @@ pub(crate) struct WorkflowOptions {
 }
 
 /// Rejects an option given twice.
-struct Seen(HashSet<String>);
+pub(crate) struct Seen(pub(crate) HashSet<String>);
 
 impl Seen {
-    fn check(&mut self, meta: &ParseNestedMeta, key: &str, errors: &mut Errors) {
+    pub(crate) fn check(&mut self, meta: &ParseNestedMeta, key: &str, errors: &mut Errors) {
         if !self.0.insert(key.to_owned()) {
             errors.push(syn::Error::new(
                 meta.path.span(),
@@ -127,7 +121,7 @@ impl Seen {
     }
 }
 
-fn key_of(meta: &ParseNestedMeta) -> String {
+pub(crate) fn key_of(meta: &ParseNestedMeta) -> String {
     meta.path
         .get_ident()
         .map(Ident::to_string)
@@ -142,7 +136,7 @@ fn key_of(meta: &ParseNestedMeta) -> String {
 }
 
 /// A numeric literal, possibly negated, and its span.
-fn number(meta: &ParseNestedMeta, key: &str, example: &str) -> syn::Result<(f64, Span)> {
+pub(crate) fn number(meta: &ParseNestedMeta, key: &str, example: &str) -> syn::Result<(f64, Span)> {
     let expr: Expr = meta.value()?.parse()?;
     let span = expr.span();
     let wrong = || {
@@ -187,7 +181,7 @@ fn positive(
     Ok(value)
 }
 
-fn whole(meta: &ParseNestedMeta, key: &str, example: &str) -> syn::Result<(u64, Span)> {
+pub(crate) fn whole(meta: &ParseNestedMeta, key: &str, example: &str) -> syn::Result<(u64, Span)> {
     let (value, span) = number(meta, key, example)?;
     if value < 0.0 || value.fract() != 0.0 || value > u64::MAX as f64 {
         return Err(syn::Error::new(
@@ -199,7 +193,7 @@ fn whole(meta: &ParseNestedMeta, key: &str, example: &str) -> syn::Result<(u64, 
 }
 
 /// A duration literal; `None` when it is not a valid one (the error is already reported).
-fn duration(
+pub(crate) fn duration(
     meta: &ParseNestedMeta,
     key: &str,
     errors: &mut Errors,
@@ -454,7 +448,9 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
                 options.preemptible = true;
             }
             "bulkhead" => options.bulkhead = parse_bulkhead(&meta, errors)?,
-            "rate_limit" => options.rate_limit = parse_rate_limit(&meta, errors)?,
+            "rate_limit" | "semaphore" | "mutex" | "lease" | "quota" => {
+                options.coordination.extend(crate::coordination::parse(&meta, &key, errors)?);
+            }
             "name" => {
                 let value: LitStr = meta.value()?.parse()?;
                 if syn::parse_str::<Ident>(&value.value()).is_err() || value.value().starts_with("r#") {
@@ -713,156 +709,6 @@ fn parse_bulkhead(
             Ok(None)
         }
     }
-}
-
-const RATE_STRATEGIES: &str = "token_bucket(rate = 10, burst = 5), leaky_bucket(rate = 10, capacity = 100), fixed_window(max = 100, window = \"1m\") or sliding_window(max = 100, window = \"1m\")";
-
-/// One example per strategy, for "needs all of its values".
-const RATE_EXAMPLES: [&str; 4] = [
-    "token_bucket(rate = 10, burst = 5)",
-    "leaky_bucket(rate = 10, capacity = 100)",
-    "fixed_window(max = 100, window = \"1m\")",
-    "sliding_window(max = 100, window = \"1m\")",
-];
-
-fn parse_rate_limit(
-    meta: &ParseNestedMeta,
-    errors: &mut Errors,
-) -> syn::Result<Option<RateLimitOption>> {
-    let mut name: Option<LitStr> = None;
-    let mut strategy: Option<flow_core::RateLimitSpec> = None;
-    let mut complete = true;
-    let mut seen = Seen(HashSet::new());
-    meta.parse_nested_meta(|option| {
-        let key = key_of(&option);
-        match key.as_str() {
-            "name" => {
-                seen.check(&option, &key, errors);
-                name = Some(option.value()?.parse().map_err(|e: syn::Error| {
-                    syn::Error::new(e.span(), "a rate limit's `name` is a string, like `name = \"openai\"`")
-                })?);
-            }
-            "token_bucket" | "leaky_bucket" | "fixed_window" | "sliding_window" => {
-                if strategy.is_some() {
-                    errors.push(syn::Error::new(
-                        option.path.span(),
-                        "a rate limit has one strategy; give a state one `rate_limit(..)`, or use the builder's `.rate_limit(..)` twice for two limits",
-                    ));
-                }
-                match parse_rate_strategy(&option, &key, errors)? {
-                    Some(spec) => strategy = Some(spec),
-                    None => complete = false,
-                }
-            }
-            other => {
-                return Err(syn::Error::new(
-                    option.path.span(),
-                    format!("unknown rate-limit strategy or option `{other}`; write one of {RATE_STRATEGIES}, and optionally `name = \"..\"` to share the limit between states"),
-                ));
-            }
-        }
-        Ok(())
-    })?;
-    match strategy {
-        Some(spec) => Ok(Some(RateLimitOption { name, spec })),
-        None => {
-            if complete {
-                errors.push(syn::Error::new(
-                    meta.path.span(),
-                    format!("a rate limit needs a strategy: {RATE_STRATEGIES}"),
-                ));
-            }
-            Ok(None)
-        }
-    }
-}
-
-/// One strategy's values; `None` when one is missing or wrong (reported).
-fn parse_rate_strategy(
-    option: &ParseNestedMeta,
-    strategy: &str,
-    errors: &mut Errors,
-) -> syn::Result<Option<flow_core::RateLimitSpec>> {
-    let (rate_key, count_key) = match strategy {
-        "token_bucket" => (Some("rate"), "burst"),
-        "leaky_bucket" => (Some("rate"), "capacity"),
-        _ => (None, "max"),
-    };
-    let (mut rate, mut count, mut window) = (None, None, None);
-    let mut seen = Seen(HashSet::new());
-    let mut valid = true;
-    option.parse_nested_meta(|value| {
-        let key = key_of(&value);
-        seen.check(&value, &key, errors);
-        if Some(key.as_str()) == rate_key {
-            rate = Some(number(&value, "rate", "10")?);
-        } else if key == count_key {
-            let (n, span) = whole(&value, count_key, "5")?;
-            match u32::try_from(n) {
-                Ok(n) => count = Some((n, span)),
-                Err(_) => {
-                    errors.push(syn::Error::new(
-                        span,
-                        format!("`{count_key}` is at most {}", u32::MAX),
-                    ));
-                    valid = false;
-                }
-            }
-        } else if key == "window" && rate_key.is_none() {
-            match duration(&value, "window", errors)? {
-                Some(duration) => window = Some(duration),
-                None => valid = false,
-            }
-        } else {
-            let expected = match rate_key {
-                Some(rate) => format!("{rate}, {count_key}"),
-                None => format!("{count_key}, window"),
-            };
-            return Err(syn::Error::new(
-                value.path.span(),
-                format!("unknown option `{key}` of `{strategy}`; it takes {expected}"),
-            ));
-        }
-        Ok(())
-    })?;
-    let spec = match (strategy, rate, count, window) {
-        ("token_bucket", Some((rate, _)), Some((burst, _)), _) => {
-            flow_core::RateLimitSpec::TokenBucket { rate, burst }
-        }
-        ("leaky_bucket", Some((rate, _)), Some((capacity, _)), _) => {
-            flow_core::RateLimitSpec::LeakyBucket { rate, capacity }
-        }
-        ("fixed_window", _, Some((max, _)), Some(window)) => {
-            flow_core::RateLimitSpec::FixedWindow { max, window }
-        }
-        ("sliding_window", _, Some((max, _)), Some(window)) => {
-            flow_core::RateLimitSpec::SlidingWindow { max, window }
-        }
-        _ => {
-            if valid {
-                let example = RATE_EXAMPLES
-                    .iter()
-                    .find(|e| e.starts_with(strategy))
-                    .unwrap_or(&strategy);
-                errors.push(syn::Error::new(
-                    option.path.span(),
-                    format!("`{strategy}` needs all of its values, like `{example}`"),
-                ));
-            }
-            return Ok(None);
-        }
-    };
-    if let Some(problem) = spec.problem() {
-        // At the value at fault where there is one, else at the strategy.
-        let span = match (problem.contains("rate"), rate, count) {
-            (true, Some((_, span)), _) => span,
-            (false, _, Some((_, span))) if !problem.contains("window") => span,
-            _ => option.path.span(),
-        };
-        errors.push(syn::Error::new(span, format!("{spec}: {problem}")));
-        return Ok(None);
-    }
-    Ok(Some(spec))
 }
 
 /// Parses the arguments of `#[workflow(...)]`.

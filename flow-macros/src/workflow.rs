@@ -309,33 +309,13 @@ fn check_graph(states: &[State], errors: &mut Errors) {
             None => bulkheads.push(bulkhead),
         }
     }
-    // A named rate limit is one limit, whichever states name it: its values must agree.
-    let mut limits: Vec<&crate::options::RateLimitOption> = Vec::new();
-    for state in states {
-        let Some(limit) = &state.options.rate_limit else {
-            continue;
-        };
-        let Some(name) = &limit.name else {
-            continue;
-        };
-        match limits
+    // A named primitive is one thing, whichever states name it: its settings must agree.
+    crate::coordination::check_shared(
+        states
             .iter()
-            .find(|l| l.name.as_ref().is_some_and(|n| n.value() == name.value()))
-        {
-            Some(first) if first.spec != limit.spec => {
-                errors.push(syn::Error::new(
-                    name.span(),
-                    format!(
-                        "rate limit {:?} is declared as {} elsewhere; states naming one limit must give it the same strategy and values",
-                        name.value(),
-                        first.spec
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => limits.push(limit),
-        }
-    }
+            .flat_map(|state| state.options.coordination.iter()),
+        errors,
+    );
     // Required dependencies, as edges dependency -> dependent, in the order they are written.
     let mut edges = Vec::new();
     let mut edge_tokens = Vec::new();
@@ -370,6 +350,11 @@ fn optional<T: ToTokens>(value: Option<T>) -> TokenStream {
         Some(value) => quote!(::core::option::Option::Some(#value)),
         None => quote!(::core::option::Option::None),
     }
+}
+
+/// A `Duration` as tokens.
+pub(crate) fn duration_tokens(value: std::time::Duration) -> TokenStream {
+    duration(value)
 }
 
 fn duration(value: std::time::Duration) -> TokenStream {
@@ -449,27 +434,13 @@ fn generate(
             let (failures, half_open, recovery) = (b.failures, b.half_open, duration(b.recovery));
             quote!(#p::BreakerSpec { failures: #failures, recovery: #recovery, half_open: #half_open })
         }));
-        let coordination = state.options.rate_limit.as_ref().map(|limit| {
-            let name = optional(limit.name.as_ref().map(syn::LitStr::value));
-            let spec = match limit.spec {
-                flow_core::RateLimitSpec::TokenBucket { rate, burst } => {
-                    quote!(#p::RateLimitSpec::TokenBucket { rate: #rate, burst: #burst })
-                }
-                flow_core::RateLimitSpec::LeakyBucket { rate, capacity } => {
-                    quote!(#p::RateLimitSpec::LeakyBucket { rate: #rate, capacity: #capacity })
-                }
-                flow_core::RateLimitSpec::FixedWindow { max, window } => {
-                    let window = duration(window);
-                    quote!(#p::RateLimitSpec::FixedWindow { max: #max, window: #window })
-                }
-                flow_core::RateLimitSpec::SlidingWindow { max, window } => {
-                    let window = duration(window);
-                    quote!(#p::RateLimitSpec::SlidingWindow { max: #max, window: #window })
-                }
-            };
-            quote!(#p::CoordinationDecl::RateLimit { name: #name, limit: #spec })
-        });
-        let coordination: Vec<TokenStream> = coordination.into_iter().collect();
+        let coordination: Vec<TokenStream> = state
+            .options
+            .coordination
+            .iter()
+            .map(|primitive| primitive.tokens(&p))
+            .collect();
+
         let bulkhead = optional(state.options.bulkhead.as_ref().map(|b| {
             let (name, max_concurrent, max_queued) = (b.name.value(), b.max_concurrent, b.max_queued);
             quote!(#p::BulkheadSpec { name: #name, max_concurrent: #max_concurrent, max_queued: #max_queued })

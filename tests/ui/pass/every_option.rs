@@ -58,12 +58,23 @@ impl Pipeline {
         end!()
     }
 
-    #[state(rate_limit(sliding_window(max = 100, window = "1m")))]
+    #[state(
+        rate_limit(sliding_window(max = 100, window = "1m")),
+        semaphore(name = "gpu", permits = 3, take = 2),
+        mutex = "db",
+        lease(name = "batch", ttl = "10m"),
+        quota(name = "tokens", limit = 1000, reset = "1h", amount = 10.5)
+    )]
     async fn warm_up(&self, _ctx: &Context) -> StateResult {
         end!()
     }
 
-    #[state(rate_limit(name = "llm_api", token_bucket(burst = 5, rate = 10.0)))]
+    #[state(
+        rate_limit(name = "llm_api", token_bucket(burst = 5, rate = 10.0)),
+        semaphore(name = "gpu", permits = 3),
+        mutex(name = "cache", ttl = "30s"),
+        quota(name = "budget", limit = 2.5, amount = 0.5)
+    )]
     async fn prepare(&self, _ctx: &Context) -> StateResult {
         end!()
     }
@@ -155,7 +166,15 @@ fn main() {
         limit: RateLimitSpec::TokenBucket { rate: 10.0, burst: 5 },
     };
     assert_eq!(summarize.coordination, [api]);
-    assert_eq!(graph.state("prepare").unwrap().coordination, [api]);
+    assert_eq!(
+        graph.state("prepare").unwrap().coordination,
+        [
+            api,
+            CoordinationDecl::Semaphore { name: "gpu", permits: 3, take: 1 },
+            CoordinationDecl::Mutex { name: "cache", ttl: Some(Duration::from_secs(30)) },
+            CoordinationDecl::Quota { name: "budget", limit: 2.5, reset_every: None, amount: 0.5 },
+        ]
+    );
     assert_eq!(
         graph.state("audit").unwrap().coordination,
         [CoordinationDecl::RateLimit {
@@ -165,10 +184,21 @@ fn main() {
     );
     assert_eq!(
         graph.state("warm_up").unwrap().coordination,
-        [CoordinationDecl::RateLimit {
-            name: None,
-            limit: RateLimitSpec::SlidingWindow { max: 100, window: Duration::from_secs(60) }
-        }]
+        [
+            CoordinationDecl::RateLimit {
+                name: None,
+                limit: RateLimitSpec::SlidingWindow { max: 100, window: Duration::from_secs(60) }
+            },
+            CoordinationDecl::Semaphore { name: "gpu", permits: 3, take: 2 },
+            CoordinationDecl::Mutex { name: "db", ttl: None },
+            CoordinationDecl::Lease { name: "batch", ttl: Duration::from_secs(600) },
+            CoordinationDecl::Quota {
+                name: "tokens",
+                limit: 1000.0,
+                reset_every: Some(Duration::from_secs(3600)),
+                amount: 10.5
+            },
+        ]
     );
     assert_eq!(
         graph.state("recover").unwrap().coordination,
