@@ -1,15 +1,16 @@
-//! The scheduler's rate limiting against a reference model, on random arrivals.
+//! The scheduler's admission gates against reference models, on random arrivals.
 //!
-//! Each strategy is modelled in a different, deliberately naive form (a token count, a scan of
-//! the whole admission history), so that the real meter (GCRA, window counters, a ring of
-//! instants) is checked by something that shares none of its arithmetic. States reach their
-//! limited step at random instants; every admission instant must be the model's. Scale the
-//! number of cases with `RATE_MODEL_SCALE=N`.
+//! Each rate-limit strategy is modelled in a different, deliberately naive form (a token count,
+//! a scan of the whole admission history), so that the real meter (GCRA, window counters, a
+//! ring of instants) is checked by something that shares none of its arithmetic; a semaphore
+//! is modelled as a first-come-first-served queue in front of `permits` servers. States reach
+//! their gated step at random instants (and hold a semaphore for random times); every start
+//! instant must be the model's. Scale the number of cases with `ADMISSION_MODEL_SCALE=N`.
 
 use std::time::Duration;
 
 use fluffy_flow::prelude::*;
-use fluffy_flow::{EventKind, RateLimit};
+use fluffy_flow::{EventKind, FlowSemaphore, RateLimit};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -109,19 +110,20 @@ impl Limit {
 }
 
 /// Runs a fork into one branch per arrival: branch `i` waits `arrivals[i]` ms, then goes to
-/// its limited step. Returns the limited steps' start instants (ms), sorted.
-fn run_real(strategy: Limit, arrivals: &[u64], max_concurrent: Option<usize>) -> Vec<u64> {
-    let limit = strategy.limit();
+/// its gated step (configured by `gate`), which runs `service[i]` ms. Returns the gated steps'
+/// start instants (ms), sorted.
+fn run_real(
+    arrivals: &[u64],
+    service: &[u64],
+    gate: impl Fn(fluffy_flow::StateOptions<'_>) -> fluffy_flow::StateOptions<'_>,
+) -> Vec<u64> {
     let mut agent = Agent::new("arrivals");
-    if let Some(max) = max_concurrent {
-        agent.max_concurrent(max);
-    }
     let branches: Vec<String> = (0..arrivals.len()).map(|i| format!("arrive_{i}")).collect();
     agent.add_state("fork", move |_ctx: Context| {
         let branches = branches.clone();
         async move { Ok(Next::parallel(branches)) }
     });
-    for (i, &arrival) in arrivals.iter().enumerate() {
+    for (i, (&arrival, &busy)) in arrivals.iter().zip(service).enumerate() {
         let limited = format!("limited_{i}");
         // Declared successors: otherwise `limited_0` would wait for the other branches as a
         // possible join (see the README's joins), and arrivals would not be what they say.
@@ -138,12 +140,15 @@ fn run_real(strategy: Limit, arrivals: &[u64], max_concurrent: Option<usize>) ->
                 }
             })
             .successors(declared);
-        agent
-            .add_state(format!("limited_{i}"), |_ctx: Context| async {
+        let options = agent
+            .add_state(format!("limited_{i}"), move |_ctx: Context| async move {
+                if busy > 0 {
+                    tokio::time::sleep(Duration::from_millis(busy)).await;
+                }
                 Ok(Next::End)
             })
-            .terminal()
-            .rate_limit(limit.clone());
+            .terminal();
+        gate(options);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -170,6 +175,27 @@ fn run_real(strategy: Limit, arrivals: &[u64], max_concurrent: Option<usize>) ->
     })
 }
 
+/// The semaphore model: requests in arrival order, each served by the first of `permits`
+/// servers to come free (a request never overtakes an earlier one).
+fn semaphore_starts(permits: usize, arrivals: &[u64], service: &[u64]) -> Vec<u64> {
+    let mut free = vec![0u64; permits];
+    let mut starts = Vec::new();
+    let mut last_start = 0;
+    for (&arrival, &busy) in arrivals.iter().zip(service) {
+        let (server, &earliest) = free
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, at)| *at)
+            .expect("at least one permit");
+        let start = arrival.max(earliest).max(last_start);
+        free[server] = start + busy;
+        last_start = start;
+        starts.push(start);
+    }
+    starts.sort_unstable();
+    starts
+}
+
 fn strategy() -> impl Strategy<Value = Limit> {
     prop_oneof![
         (1u64..=200, 1u32..=6).prop_map(|(interval_ms, burst)| Limit::Token { interval_ms, burst }),
@@ -180,7 +206,7 @@ fn strategy() -> impl Strategy<Value = Limit> {
 }
 
 fn cases(default: u32) -> u32 {
-    let scale: u32 = std::env::var("RATE_MODEL_SCALE")
+    let scale: u32 = std::env::var("ADMISSION_MODEL_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
@@ -201,8 +227,28 @@ proptest! {
     ) {
         arrivals.sort_unstable();
         let expected = strategy.admissions(&arrivals);
-        let real = run_real(strategy, &arrivals, None);
+        let limit = strategy.limit();
+        let real = run_real(&arrivals, &vec![0; arrivals.len()], |o| o.rate_limit(limit.clone()));
         prop_assert_eq!(real, expected, "{:?} with arrivals {:?}", strategy, arrivals);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(300), ..ProptestConfig::default() })]
+
+    #[test]
+    fn semaphore_starts_are_the_queue_models(
+        permits in 1usize..=4,
+        jobs in proptest::collection::vec((1u64..40, prop_oneof![Just(0u64), 1u64..100]), 1..20),
+    ) {
+        // Distinct arrival instants (gaps of at least 1 ms), random holding times.
+        let arrivals: Vec<u64> = jobs.iter().scan(0, |at, (gap, _)| { *at += gap; Some(*at) }).collect();
+        let service: Vec<u64> = jobs.iter().map(|(_, busy)| *busy).collect();
+        let expected = semaphore_starts(permits, &arrivals, &service);
+        let semaphore = FlowSemaphore::new("model", permits as u32);
+        let real = run_real(&arrivals, &service, |o| o.semaphore(semaphore.clone()));
+        prop_assert_eq!(real, expected, "{} permits, arrivals {:?}, service {:?}", permits, arrivals, service);
+        prop_assert_eq!(semaphore.status().in_use, "0");
     }
 }
 
