@@ -12,6 +12,8 @@ fn main() {
         ("resources", 1_000),
         ("resources", 10_000),
         ("rate_limit", 2_000),
+        ("coordination", 1_000),
+        ("coordination", 10_000),
         ("build", 10_000),
         ("runs", 10_000),
         ("checkpoint", 100_000),

@@ -275,16 +275,7 @@ async fn resources(n: usize) -> (Sample, Duration) {
     }
     agent.validate().expect("valid workflow");
     let build = t.elapsed();
-    // One such sleep, measured on this runtime (median of 21).
-    let mut sleeps = Vec::new();
-    for _ in 0..21 {
-        let t = Instant::now();
-        tokio::spawn(tokio::time::sleep(sleep_for))
-            .await
-            .expect("the sleep task");
-        sleeps.push(t.elapsed().as_secs_f64());
-    }
-    let one_sleep = median(sleeps);
+    let one_sleep = measured_sleep(sleep_for).await;
     let t = Instant::now();
     let report = agent.run().await.expect("the run completes");
     let run = t.elapsed();
@@ -437,6 +428,73 @@ async fn checkpoint(n: usize) -> (Sample, usize) {
     )
 }
 
+/// N states of 1 ms contending for one semaphore of 4 permits; returns the sample and the
+/// ideal time (N / 4 such sleeps). Correct when every state ran once and never more than 4
+/// held a permit at once.
+async fn coordination(n: usize) -> (Sample, Duration) {
+    use fluffy_flow::FlowSemaphore;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sleep_for = Duration::from_millis(1);
+    let t = Instant::now();
+    let names = leak_names("w", n);
+    let permits = FlowSemaphore::new("workers", 4);
+    let mut agent = Agent::new("coordination");
+    let targets = names.clone();
+    agent
+        .add_state("start", move |_ctx: Context| {
+            let targets = targets.clone();
+            async move { Ok(Next::parallel(targets)) }
+        })
+        .successors(names.iter().copied());
+    let (in_use, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    for &name in &names {
+        let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
+        agent
+            .add_state(name, move |_ctx: Context| {
+                let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
+                async move {
+                    peak.fetch_max(in_use.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tokio::time::sleep(sleep_for).await;
+                    in_use.fetch_sub(1, Ordering::SeqCst);
+                    Ok(Next::End)
+                }
+            })
+            .semaphore(permits.clone())
+            .terminal();
+    }
+    agent.validate().expect("valid workflow");
+    let build = t.elapsed();
+    let one_sleep = measured_sleep(sleep_for).await;
+    let t = Instant::now();
+    let report = agent.run().await.expect("the run completes");
+    let run = t.elapsed();
+    let correct = report.transitions == n as u64 + 1
+        && peak.load(Ordering::SeqCst) == 4
+        && report.states.iter().skip(1).all(|s| s.runs == 1);
+    let sample = Sample {
+        build,
+        run,
+        transitions: report.transitions,
+        max_concurrency: report.max_concurrency,
+        correct,
+    };
+    (sample, Duration::from_secs_f64(one_sleep * n as f64 / 4.0))
+}
+
+/// One `sleep_for` on this runtime, measured (median of 21).
+async fn measured_sleep(sleep_for: Duration) -> f64 {
+    let mut sleeps = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        tokio::spawn(tokio::time::sleep(sleep_for))
+            .await
+            .expect("the sleep task");
+        sleeps.push(t.elapsed().as_secs_f64());
+    }
+    median(sleeps)
+}
+
 /// The rate limit of the `rate_limit` scenario: a token bucket of 1000 per second, burst 10.
 const LIMIT_RATE: f64 = 1000.0;
 const LIMIT_BURST: u32 = 10;
@@ -509,7 +567,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The scenarios `run` knows.
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 11] = [
     "chain",
     "chain_macro",
     "ring",
@@ -517,6 +575,7 @@ pub const SCENARIOS: [&str; 10] = [
     "fanout_io",
     "resources",
     "rate_limit",
+    "coordination",
     "build",
     "runs",
     "checkpoint",
@@ -549,6 +608,11 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
                     }
                     "rate_limit" => {
                         let (sample, ideal) = rate_limit(n).await;
+                        ideals.push(ideal.as_secs_f64());
+                        sample
+                    }
+                    "coordination" => {
+                        let (sample, ideal) = coordination(n).await;
                         ideals.push(ideal.as_secs_f64());
                         sample
                     }
@@ -591,7 +655,7 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
     if scenario.starts_with("fanout") {
         line["per_branch_us"] = json!(run_s / n as f64 * 1e6);
     }
-    if scenario == "resources" {
+    if scenario == "resources" || scenario == "coordination" {
         let ideal_s = median(ideals.clone());
         line["ideal_s"] = json!(ideal_s);
         line["over_ideal_pct"] = json!((run_s / ideal_s - 1.0) * 100.0);
