@@ -468,3 +468,60 @@ async fn macro_primitives_are_enforced_and_shared_by_name() {
         second.error
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_consumed_for_a_state_that_then_waits() {
+    // 10 runs × 4 calls through a sliding window of 20 per second and 4 permits, 20 ms each:
+    // 20 calls in the first 100 ms, the other 20 from 1 s on, all done at 1.1 s: no admission
+    // of the window is lost to a state that then waited for a permit.
+    let window = fluffy_flow::RateLimit::sliding_window(20, ms(1000)).unwrap();
+    let permits = FlowSemaphore::new("in_flight", 4);
+    let agent = fan(&["a", "b", "c", "d"], 20, |o| {
+        o.rate_limit(window.clone()).semaphore(permits.clone())
+    });
+    let start = Instant::now();
+    let runs: Vec<_> = (0..10).map(|_| agent.start().unwrap()).collect();
+    for run in runs {
+        assert!(run.wait().await.is_success());
+    }
+    assert_eq!(start.elapsed(), ms(1100));
+
+    // Two quotas: a state admitted by the first and made to wait by the second gives the
+    // first back, so the first counts only the starts that happened.
+    let calls = Quota::new("calls", 10.0);
+    let per_second = Quota::per("per_second", 1.0, ms(1000));
+    let agent = fan(&["x", "y", "z"], 0, |o| {
+        o.quota(calls.clone(), 1.0).quota(per_second.clone(), 1.0)
+    });
+    let (report, started) = starts(&agent).await;
+    assert!(report.is_success());
+    assert_eq!(at(&started), [0, 1000, 2000]);
+    assert_eq!(calls.status().in_use, "3");
+}
+
+#[test]
+fn runs_on_several_threads_lose_no_admission_either() {
+    // The same gateway load on a multi-thread runtime, on the real clock: runs on different
+    // threads count and give back admissions of one window in between each other. A lost
+    // admission costs a whole window (this took 2.0 s when a give-back could miss); the
+    // bound leaves room for a slow machine.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let window = fluffy_flow::RateLimit::sliding_window(20, ms(1000)).unwrap();
+        let permits = FlowSemaphore::new("in_flight", 4);
+        let agent = fan(&["a", "b", "c", "d"], 20, |o| {
+            o.rate_limit(window.clone()).semaphore(permits.clone())
+        });
+        let start = std::time::Instant::now();
+        let runs: Vec<_> = (0..10).map(|_| agent.start().unwrap()).collect();
+        for run in runs {
+            assert!(run.wait().await.is_success());
+        }
+        let elapsed = start.elapsed();
+        assert!(elapsed >= ms(1000) && elapsed < ms(1800), "{elapsed:?}");
+    });
+}

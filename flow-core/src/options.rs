@@ -378,6 +378,7 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown unit `fortnights`")
         );
-        assert!(parse_duration("abc").unwrap_err().contains("not a number"));
+        assert!(parse_duration("abc").unwrap_err().contains("must start with a number"));
+        assert!(parse_duration("1..5s").unwrap_err().contains("`1..5` is not a number"));
     }
 }

@@ -1021,6 +1021,9 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
                 };
                 own.push((index, *amount));
             }
+            // Holds first, then rate limits, then quotas (see `Gate::rank`); stable, so the
+            // declared order stands within each.
+            own.sort_by_key(|&(index, _)| gates[index].rank());
             state_gates.push(own.into());
         }
         FlowError::from_problems(agent, too_large)?;

@@ -21,10 +21,28 @@ pub(crate) enum Gate {
     Hold(Arc<Engine>),
 }
 
+/// What an admission took, to keep while the attempt runs or to give back.
+pub(crate) enum Taken {
+    /// A rate limit's admission, counted at this instant.
+    Rate(RateLimit, Instant),
+    /// Units of a hold.
+    Units(HeldUnits),
+}
+
+impl Taken {
+    /// Gives it back: a later gate of the same state refused.
+    pub(crate) fn undo(self) {
+        match self {
+            Taken::Rate(limit, counted) => limit.refund(counted),
+            Taken::Units(units) => units.give_back(),
+        }
+    }
+}
+
 /// A gate's answer.
 pub(crate) enum Verdict {
-    /// Admitted; the units (if any) are held until the attempt ends.
-    Admitted(Option<HeldUnits>),
+    /// Admitted, with what it took.
+    Admitted(Taken),
     /// Ask again at this instant (and, for a hold, when woken by a release).
     At(Instant),
     /// Ask again when woken by a release.
@@ -67,13 +85,13 @@ impl Gate {
     pub(crate) fn ask(&self, at: Instant, amount: u64, asker: &Asker<'_>) -> Verdict {
         match self {
             Gate::Rate(limit) => match limit.try_acquire_at(at) {
-                Ok(()) => Verdict::Admitted(None),
+                Ok(counted) => Verdict::Admitted(Taken::Rate(limit.clone(), counted)),
                 Err(NotBefore(until)) => Verdict::At(until),
             },
             Gate::Hold(engine) => {
                 let wake = Some((asker.run_key, asker.wake, asker.gate));
                 match engine.try_take(amount, asker.owner.clone(), at, wake) {
-                    Ok(units) => Verdict::Admitted(Some(units)),
+                    Ok(units) => Verdict::Admitted(Taken::Units(units)),
                     // A quota with nothing left and no period to come: waiting is forever.
                     Err(Busy { until: None }) if engine.kind == PrimitiveKind::Quota => {
                         Verdict::Refused(engine.exhausted(amount, describe_state(asker.state)))
@@ -85,11 +103,14 @@ impl Gate {
         }
     }
 
-    /// Gives back what an admission at `at` took, when a later gate of the same state refused
-    /// (a hold gives its units back when dropped).
-    pub(crate) fn undo(&self, at: Instant) {
-        if let Gate::Rate(limit) = self {
-            limit.refund(at);
+    /// The order gates are asked in: holds that give back exactly (semaphores, mutexes,
+    /// leases) first, then rate limits, then quotas, so that nothing is consumed for a state
+    /// that then waits.
+    pub(crate) fn rank(&self) -> u8 {
+        match self {
+            Gate::Hold(engine) if engine.kind == PrimitiveKind::Quota => 2,
+            Gate::Hold(_) => 0,
+            Gate::Rate(_) => 1,
         }
     }
 

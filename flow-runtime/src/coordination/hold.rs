@@ -126,6 +126,15 @@ impl HeldUnits {
         !self.engine.ledger().holds.iter().any(|h| h.id == self.id)
     }
 
+    /// Gives the units back, a quota's too (the state they were taken for did not start).
+    pub(crate) fn give_back(self) {
+        if self.engine.kind == PrimitiveKind::Quota {
+            let mut ledger = self.engine.ledger();
+            ledger.used = ledger.used.saturating_sub(self.amount);
+        }
+        // Dropping releases a hold (a quota's drop keeps its consumption).
+    }
+
     /// Extends the hold's time limit to `ttl` from now; `false` if it was already lost.
     pub(crate) fn renew(&self) -> bool {
         let now = Instant::now();

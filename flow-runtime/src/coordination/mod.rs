@@ -19,7 +19,7 @@ pub use primitives::{FlowMutex, FlowSemaphore, HoldGuard, Lease, Quota};
 pub use rate_limit::RateLimit;
 
 pub(crate) use deadlock::{Owner, cycles_found, label as label_task};
-pub(crate) use gate::{Asker, Gate, Ticket, Verdict};
+pub(crate) use gate::{Asker, Gate, Taken, Ticket, Verdict};
 pub(crate) use hold::HeldUnits;
 
 /// One primitive as it stands (see [`crate::Agent::coordination_status`]).

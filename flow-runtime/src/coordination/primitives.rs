@@ -16,10 +16,10 @@ use super::hold::{Engine, HeldUnits, PrimitiveKind, QUOTA_SCALE};
 /// A counting semaphore: at most `permits` held at once.
 ///
 /// ```
-/// use fluffy_flow::FlowSemaphore;
+/// use flow_runtime::FlowSemaphore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), fluffy_flow::FlowError> {
+/// # async fn main() -> Result<(), flow_core::FlowError> {
 /// let gpu = FlowSemaphore::new("gpu", 2);
 /// let first = gpu.acquire().await?;
 /// let _second = gpu.acquire().await?;

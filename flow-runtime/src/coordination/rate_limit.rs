@@ -200,6 +200,7 @@ impl RateLimit {
     /// instant it may (another caller may take it first).
     pub fn try_acquire(&self) -> Result<(), Instant> {
         self.try_acquire_at(Instant::now())
+            .map(drop)
             .map_err(|NotBefore(at)| at)
     }
 
@@ -208,7 +209,7 @@ impl RateLimit {
     /// dropping the future takes nothing.
     pub async fn acquire(&self) -> Result<(), FlowError> {
         let waiting = match self.try_acquire_at(Instant::now()) {
-            Ok(()) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(NotBefore(at)) => {
                 let ticket = self.enter_wait(None)?;
                 tokio::time::sleep_until(at).await;
@@ -220,7 +221,7 @@ impl RateLimit {
             // Ask at the instant the limit named, not the later one the timer woke at (it
             // rounds to the millisecond): waiting adds no drift.
             match self.try_acquire_at(at) {
-                Ok(()) => return Ok(()),
+                Ok(_) => return Ok(()),
                 Err(NotBefore(next)) => {
                     tokio::time::sleep_until(next).await;
                     at = next;
@@ -240,11 +241,16 @@ impl RateLimit {
         Arc::ptr_eq(&self.shared, &other.shared)
     }
 
-    /// Admits one acquisition at `now`, or says when to ask again.
-    pub(crate) fn try_acquire_at(&self, now: Instant) -> Result<(), NotBefore> {
+    /// Admits one acquisition at `now`, or says when to ask again. Returns the instant it
+    /// was counted at (for [`RateLimit::refund`]).
+    pub(crate) fn try_acquire_at(&self, now: Instant) -> Result<Instant, NotBefore> {
         let mut clocked = self.meter();
         let now = clocked.at(now);
-        match (self.shared.strategy, &mut clocked.meter) {
+        self.admit(&mut clocked.meter, now).map(|()| now)
+    }
+
+    fn admit(&self, meter: &mut Meter, now: Instant) -> Result<(), NotBefore> {
+        match (self.shared.strategy, meter) {
             (
                 Strategy::TokenBucket {
                     interval,
@@ -291,11 +297,11 @@ impl RateLimit {
         }
     }
 
-    /// Gives back an admission taken at `now` that was not used (another gate of the same
-    /// state refused): the next caller may have it.
-    pub(crate) fn refund(&self, now: Instant) {
+    /// Gives back an admission counted at `counted` that was not used (another gate of the
+    /// same state refused): the next caller may have it.
+    pub(crate) fn refund(&self, counted: Instant) {
         let mut clocked = self.meter();
-        let now = clocked.at(now);
+        let now = clocked.at(counted);
         match (self.shared.strategy, &mut clocked.meter) {
             (
                 Strategy::TokenBucket { interval, .. } | Strategy::LeakyBucket { interval, .. },
@@ -303,13 +309,29 @@ impl RateLimit {
                     next: Some(next), ..
                 },
             ) => {
+                // One cell less ahead; never back past the present (the bucket was full).
                 *next = next.checked_sub(interval).unwrap_or(now).max(now);
             }
-            (Strategy::FixedWindow { .. }, Meter::Window { count, .. }) => {
-                *count = count.saturating_sub(1);
+            (
+                Strategy::FixedWindow { window, .. },
+                Meter::Window {
+                    epoch: Some(epoch),
+                    index,
+                    count,
+                },
+            ) => {
+                // Only while the window it was counted in is still the current one.
+                let counted_in =
+                    counted.saturating_duration_since(*epoch).as_nanos() / window.as_nanos();
+                if counted_in == *index {
+                    *count = count.saturating_sub(1);
+                }
             }
-            (Strategy::SlidingWindow { .. }, Meter::Log(log)) if log.back() == Some(&now) => {
-                log.pop_back();
+            (Strategy::SlidingWindow { .. }, Meter::Log(log)) => {
+                // Others may have been counted since: remove this one, wherever it is.
+                if let Some(at) = log.iter().rposition(|&at| at == counted) {
+                    log.remove(at);
+                }
             }
             _ => {}
         }

@@ -12,14 +12,12 @@
 use std::sync::Arc;
 
 use flow_core::FlowError;
-use tokio::time::Instant;
 
 use super::ready::{ReadyEntry, Wake};
 use super::task::Message;
 use super::task::Outcome;
 use super::{AbortOnDrop, BlockedState, Coordinator};
-use crate::agent::Compiled;
-use crate::coordination::{Asker, HeldUnits, Owner, Verdict, label_task};
+use crate::coordination::{Asker, HeldUnits, Owner, Taken, Verdict, label_task};
 use flow_core::StateId;
 
 /// What the gates of a ready state said.
@@ -61,8 +59,8 @@ impl Coordinator {
                 self.observer.run_id, self.compiled.name
             )),
         };
-        let mut held = Vec::new();
-        for (taken, &(gate, amount)) in gates.iter().enumerate() {
+        let mut taken: Vec<Taken> = Vec::new();
+        for &(gate, amount) in gates.iter() {
             self.ready.asked(gate, at);
             let asker = Asker {
                 state: &name,
@@ -72,23 +70,30 @@ impl Coordinator {
                 gate,
             };
             let wake = match compiled.gates[gate].ask(at, amount, &asker) {
-                Verdict::Admitted(units) => {
-                    held.extend(units);
+                Verdict::Admitted(took) => {
+                    taken.push(took);
                     continue;
                 }
                 Verdict::At(until) => Wake::At(until),
                 Verdict::OnRelease => Wake::OnRelease,
                 Verdict::Refused(error) => {
-                    undo(&compiled, &gates[..taken], at);
+                    taken.into_iter().for_each(Taken::undo);
                     self.ready.left(seq);
                     return GateVerdict::Refused(entry, error);
                 }
             };
-            undo(&compiled, &gates[..taken], at);
-            drop(held); // given back before waiting: nothing is held while waiting
+            // Given back before waiting: nothing is held while waiting.
+            taken.into_iter().for_each(Taken::undo);
             return self.wait_at(gate, entry, wake);
         }
         self.ready.left(seq);
+        let held = taken
+            .into_iter()
+            .filter_map(|took| match took {
+                Taken::Units(units) => Some(units),
+                Taken::Rate(..) => None,
+            })
+            .collect();
         GateVerdict::Admitted(entry, held)
     }
 
@@ -167,13 +172,6 @@ impl Coordinator {
                 }
             })
             .collect()
-    }
-}
-
-/// Gives back what the gates in `taken` admitted at `at` (a later gate refused).
-fn undo(compiled: &Compiled, taken: &[(usize, u64)], at: Instant) {
-    for &(gate, _) in taken {
-        compiled.gates[gate].undo(at);
     }
 }
 
