@@ -13,11 +13,11 @@ pub use flow_runtime::{
     Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, CircuitBreaker, Condition,
     Context, ContextValue, CoordinationStatus, DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY,
     DEFAULT_PRIORITY_AGING, DeadLetter, DependencyConfig, Event, EventKind, EventStream,
-    EventStreamError, FAILURE_KEY, FailureKind, FileStore, FlowMutex, FlowSemaphore, HoldGuard,
-    HolderStatus, Lease, MAX_EVENT_CAPACITY, MemoryStore, PrimitiveKind, PrimitiveStatus,
-    QueuePlace, QueuedState, Quota, RateLimit, RedbStore, ResourceKind, ResourcePool, RunCounts,
-    RunEvents, RunHandle, RunReport, RunWarning, StateCheckpoint, StateOptions, StateReport,
-    StateResult, UsageStats, Waiting, Workflow,
+    EventStreamError, FAILURE_KEY, FailureKind, FileStore, FlowBarrier, FlowMutex, FlowSemaphore,
+    HoldGuard, HolderStatus, Lease, MAX_EVENT_CAPACITY, MemoryStore, PrimitiveKind,
+    PrimitiveStatus, QueuePlace, QueuedState, Quota, RateLimit, RedbStore, ResourceKind,
+    ResourcePool, RunCounts, RunEvents, RunHandle, RunReport, RunWarning, StateCheckpoint,
+    StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
 };
 
 mod transitions;

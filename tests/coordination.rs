@@ -525,3 +525,90 @@ fn runs_on_several_threads_lose_no_admission_either() {
         assert!(elapsed >= ms(1000) && elapsed < ms(1800), "{elapsed:?}");
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_barrier_starts_its_parties_together() {
+    use fluffy_flow::FlowBarrier;
+    // Three branches reach the barrier at different times; all start when the last arrives.
+    let merge = FlowBarrier::new("merge", 3, ms(1000));
+    let mut agent = Agent::new("phases");
+    agent.add_state("fork", |_ctx: Context| async {
+        Ok(Next::parallel(["prep_a", "prep_b", "prep_c"]))
+    });
+    for (prep, work, phase) in [
+        ("prep_a", 10, "go_a"),
+        ("prep_b", 50, "go_b"),
+        ("prep_c", 30, "go_c"),
+    ] {
+        agent
+            .add_state(prep, move |_ctx: Context| async move {
+                tokio::time::sleep(ms(work)).await;
+                Ok(Next::to(phase))
+            })
+            .successors([phase]);
+        agent
+            .add_state(phase, |_ctx: Context| async { Ok(Next::End) })
+            .barrier(merge.clone())
+            .terminal();
+    }
+    let (report, started) = starts(&agent).await;
+    assert!(report.is_success(), "{:?}", report.error);
+    let phases: Vec<(String, u64)> = started
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("go"))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            ("go_a".to_string(), 50),
+            ("go_b".to_string(), 50),
+            ("go_c".to_string(), 50)
+        ]
+    );
+    assert_eq!(merge.counts(), (1, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_barrier_round_not_complete_in_time_fails_every_waiter() {
+    use fluffy_flow::FlowBarrier;
+    let merge = FlowBarrier::new("merge", 3, ms(100));
+    let agent = fan(&["a", "b"], 0, |o| {
+        o.barrier(merge.clone()).on_error("handled")
+    });
+    let mut agent = agent;
+    agent.add_state("handled", |_ctx: Context| async { Ok(Next::End) });
+    let (report, started) = starts(&agent).await;
+    assert!(report.is_success(), "{:?}", report.error);
+    // Both failed at the barrier's timeout and went to their handler (where the two branches
+    // join: it runs once).
+    let handled: Vec<u64> = started
+        .iter()
+        .filter(|(n, _)| n == "handled")
+        .map(|(_, at)| *at)
+        .collect();
+    assert_eq!(handled, [100]);
+    assert_eq!(report.dead_letters.len(), 2);
+    for letter in &report.dead_letters {
+        assert!(
+            letter
+                .error
+                .contains("waited at barrier `merge` for 100ms and not all 3 parties arrived"),
+            "{}",
+            letter.error
+        );
+    }
+    assert_eq!(merge.counts(), (0, 1, 0));
+
+    // Directly: two tasks and a third that comes late.
+    let direct = FlowBarrier::new("direct", 2, ms(100));
+    let (first, second) = tokio::join!(direct.wait(), async {
+        tokio::time::sleep(ms(60)).await;
+        direct.wait().await
+    });
+    assert!(first.is_ok() && second.is_ok());
+    let alone = direct.wait().await;
+    assert!(
+        matches!(alone, Err(FlowError::BarrierTimeout { parties: 2, .. })),
+        "{alone:?}"
+    );
+}

@@ -143,6 +143,15 @@ pub enum CoordinationDecl {
         /// How long one hold may last.
         ttl: Duration,
     },
+    /// `barrier(name = "..", parties = N, timeout = "..")`.
+    Barrier {
+        /// Its name.
+        name: &'static str,
+        /// Arrivals that complete a round.
+        parties: u32,
+        /// How long a round may take from its first arrival.
+        timeout: Duration,
+    },
     /// `quota(name = "..", limit = .., reset = "..", amount = ..)`.
     Quota {
         /// Its name.

@@ -234,6 +234,21 @@ pub enum FlowError {
         /// Each holder in the cycle: what it holds and what it waits for.
         cycle: Vec<String>,
     },
+    /// A barrier's round was not complete within its timeout: every waiter of the round
+    /// failed.
+    #[error(
+        "{who} waited at barrier `{barrier}` for {timeout:?} and not all {parties} parties arrived; the round failed for every waiter (retries apply); raise the timeout or check that {parties} states reach the barrier"
+    )]
+    BarrierTimeout {
+        /// The state (or task) that waited.
+        who: String,
+        /// The barrier.
+        barrier: String,
+        /// Its parties.
+        parties: u32,
+        /// Its timeout.
+        timeout: Duration,
+    },
     /// A state held a mutex or lease past its TTL: the hold went to the next waiter and the
     /// attempt was cancelled.
     #[error(

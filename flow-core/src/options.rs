@@ -378,7 +378,15 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown unit `fortnights`")
         );
-        assert!(parse_duration("abc").unwrap_err().contains("must start with a number"));
-        assert!(parse_duration("1..5s").unwrap_err().contains("`1..5` is not a number"));
+        assert!(
+            parse_duration("abc")
+                .unwrap_err()
+                .contains("must start with a number")
+        );
+        assert!(
+            parse_duration("1..5s")
+                .unwrap_err()
+                .contains("`1..5` is not a number")
+        );
     }
 }

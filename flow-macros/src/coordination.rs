@@ -1,5 +1,5 @@
 //! The coordination options of `#[state(...)]`: `rate_limit(..)`, `semaphore(..)`,
-//! `mutex = ".."`, `lease(..)` and `quota(..)`: parsed, checked (with the runtime's own
+//! `mutex = ".."`, `lease(..)`, `quota(..)` and `barrier(..)`: parsed, checked (with the runtime's own
 //! rules where there are any), compared across the states naming one primitive, and written
 //! out as `CoordinationDecl`s.
 
@@ -41,6 +41,11 @@ pub(crate) enum Primitive {
         reset: Option<Duration>,
         amount: f64,
     },
+    Barrier {
+        name: LitStr,
+        parties: u32,
+        timeout: Duration,
+    },
 }
 
 impl Primitive {
@@ -52,6 +57,7 @@ impl Primitive {
             Primitive::Mutex { name, .. } => Some(("mutex", name)),
             Primitive::Lease { name, .. } => Some(("lease", name)),
             Primitive::Quota { name, .. } => Some(("quota", name)),
+            Primitive::Barrier { name, .. } => Some(("barrier", name)),
         }
     }
 
@@ -63,6 +69,11 @@ impl Primitive {
             Primitive::Mutex { ttl: Some(ttl), .. } => format!("ttl = {ttl:?}"),
             Primitive::Mutex { ttl: None, .. } => "no ttl".to_owned(),
             Primitive::Lease { ttl, .. } => format!("ttl = {ttl:?}"),
+            Primitive::Barrier {
+                parties, timeout, ..
+            } => {
+                format!("parties = {parties}, timeout = {timeout:?}")
+            }
             Primitive::Quota { limit, reset, .. } => match reset {
                 Some(reset) => format!("limit = {limit}, reset = {reset:?}"),
                 None => format!("limit = {limit}, no reset"),
@@ -121,6 +132,14 @@ impl Primitive {
             Primitive::Lease { name, ttl } => {
                 let (name, ttl) = (name.value(), crate::workflow::duration_tokens(*ttl));
                 quote!(#p::CoordinationDecl::Lease { name: #name, ttl: #ttl })
+            }
+            Primitive::Barrier {
+                name,
+                parties,
+                timeout,
+            } => {
+                let (name, timeout) = (name.value(), crate::workflow::duration_tokens(*timeout));
+                quote!(#p::CoordinationDecl::Barrier { name: #name, parties: #parties, timeout: #timeout })
             }
             Primitive::Quota {
                 name,
@@ -197,10 +216,11 @@ fn parse_named(
         "semaphore" => &["name", "permits", "take"],
         "mutex" => &["name", "ttl"],
         "lease" => &["name", "ttl"],
+        "barrier" => &["name", "parties", "timeout"],
         _ => &["name", "limit", "reset", "amount"],
     };
     let mut name: Option<LitStr> = None;
-    let (mut permits, mut take) = (None, 1u32);
+    let (mut permits, mut take, mut parties) = (None, 1u32, None);
     let (mut ttl, mut reset) = (None, None);
     let (mut limit, mut amount) = (None, None);
     let mut valid = true;
@@ -210,7 +230,7 @@ fn parse_named(
         seen.check(&option, &key, errors);
         match key.as_str() {
             "name" if allowed.contains(&"name") => name = Some(name_value(&option, "name", "gpu")?),
-            "permits" | "take" if allowed.contains(&key.as_str()) => {
+            "permits" | "take" | "parties" if allowed.contains(&key.as_str()) => {
                 let (value, span) = whole(&option, &key, "3")?;
                 match u32::try_from(value) {
                     Ok(0) => {
@@ -221,6 +241,7 @@ fn parse_named(
                         valid = false;
                     }
                     Ok(value) if key == "permits" => permits = Some(value),
+                    Ok(value) if key == "parties" => parties = Some(value),
                     Ok(value) => take = value,
                     Err(_) => {
                         errors.push(syn::Error::new(
@@ -231,9 +252,10 @@ fn parse_named(
                     }
                 }
             }
-            "ttl" | "reset" if allowed.contains(&key.as_str()) => {
+            "ttl" | "reset" | "timeout" if allowed.contains(&key.as_str()) => {
                 match duration(&option, &key, errors)? {
-                    Some(value) if key == "ttl" => ttl = Some(value),
+                    // A barrier's timeout is kept where a lease's TTL is.
+                    Some(value) if key == "ttl" || key == "timeout" => ttl = Some(value),
                     Some(value) => reset = Some(value),
                     None => valid = false,
                 }
@@ -300,6 +322,14 @@ fn parse_named(
             Some(ttl) => Ok(Some(Primitive::Lease { name, ttl })),
             None => missing("a `ttl`", &example(kind), errors),
         },
+        "barrier" => match (parties, ttl) {
+            (Some(parties), Some(timeout)) => Ok(Some(Primitive::Barrier {
+                name,
+                parties,
+                timeout,
+            })),
+            _ => missing("its `parties` and a `timeout`", &example(kind), errors),
+        },
         _ => {
             let (Some((limit, _)), Some((amount, span))) = (limit, amount) else {
                 return missing("a `limit` and an `amount`", &example(kind), errors);
@@ -326,6 +356,7 @@ fn example(kind: &str) -> String {
         "semaphore" => "semaphore(name = \"gpu\", permits = 3)".to_owned(),
         "mutex" => "mutex(name = \"db\", ttl = \"30s\")".to_owned(),
         "lease" => "lease(name = \"batch\", ttl = \"10m\")".to_owned(),
+        "barrier" => "barrier(name = \"merge\", parties = 5, timeout = \"30s\")".to_owned(),
         _ => "quota(name = \"tokens\", limit = 1000, reset = \"1h\", amount = 10)".to_owned(),
     }
 }

@@ -29,7 +29,8 @@ pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critic
      acquire_timeout = \"5s\", preemptible, successors(state, ..), name = \"state_name\", \
      rate_limit(token_bucket(rate, burst) | leaky_bucket(rate, capacity) | fixed_window(max, window) | \
      sliding_window(max, window), name = \"shared\"), semaphore(name, permits, take), \
-     mutex = \"name\" or mutex(name, ttl), lease(name, ttl), quota(name, limit, reset, amount)";
+     mutex = \"name\" or mutex(name, ttl), lease(name, ttl), quota(name, limit, reset, amount), \
+     barrier(name, parties, timeout)";
 
 /// Everything `#[state(...)]` says.
 #[derive(Default)]
@@ -448,7 +449,7 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
                 options.preemptible = true;
             }
             "bulkhead" => options.bulkhead = parse_bulkhead(&meta, errors)?,
-            "rate_limit" | "semaphore" | "mutex" | "lease" | "quota" => {
+            "rate_limit" | "semaphore" | "mutex" | "lease" | "quota" | "barrier" => {
                 options.coordination.extend(crate::coordination::parse(&meta, &key, errors)?);
             }
             "name" => {

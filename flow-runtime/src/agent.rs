@@ -134,6 +134,9 @@ pub(crate) struct Compiled {
     pub(crate) pool: Option<ResourcePool>,
     /// Every distinct rate limit the states use (a state names them by index).
     pub(crate) gates: Box<[Gate]>,
+    /// For each gate, whether its waiters all ask at once when it wakes (see
+    /// `ReadyQueue::with_gates`).
+    pub(crate) gates_together: Box<[bool]>,
     pub(crate) priority_aging: Duration,
     /// Where runs write automatic checkpoints, and when.
     pub(crate) checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
@@ -1101,6 +1104,7 @@ fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
         strict_joins: definition.strict_joins,
         blocking_threshold: definition.blocking_threshold,
         pool,
+        gates_together: gates.iter().map(Gate::together).collect(),
         gates: gates.into(),
         priority_aging: definition.priority_aging,
         checkpoints: definition.checkpoints.clone(),

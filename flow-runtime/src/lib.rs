@@ -28,8 +28,8 @@ pub use checkpoint::{
 };
 pub use context::{Context, ContextValue};
 pub use coordination::{
-    CoordinationStatus, DeclaredPrimitives, FlowMutex, FlowSemaphore, HoldGuard, HolderStatus,
-    Lease, PrimitiveKind, PrimitiveStatus, Quota, RateLimit,
+    CoordinationStatus, DeclaredPrimitives, FlowBarrier, FlowMutex, FlowSemaphore, HoldGuard,
+    HolderStatus, Lease, PrimitiveKind, PrimitiveStatus, Quota, RateLimit,
 };
 pub use dependency::{Condition, DependencyConfig};
 pub use events::{Event, EventKind, EventStream, EventStreamError, RunEvents};

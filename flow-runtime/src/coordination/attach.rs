@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use flow_core::{CoordinationDecl, FlowError};
 
 use super::primitives::units;
-use super::{FlowMutex, FlowSemaphore, Gate, Lease, Quota, RateLimit};
+use super::{FlowBarrier, FlowMutex, FlowSemaphore, Gate, Lease, Quota, RateLimit};
 use crate::agent::StateOptions;
 
 impl StateOptions<'_> {
@@ -44,6 +44,14 @@ impl StateOptions<'_> {
     /// cancelled ([`FlowError::HoldExpired`]) and the lease goes to the next waiter.
     pub fn lease(mut self, lease: Lease) -> Self {
         self.push_gate(Gate::from(lease), 1);
+        self
+    }
+
+    /// Starts this state only together with the other parties of `barrier`: when as many
+    /// states sharing it have arrived, all start; a round not complete within the barrier's
+    /// timeout fails every waiting attempt with [`FlowError::BarrierTimeout`] (retries apply).
+    pub fn barrier(mut self, barrier: FlowBarrier) -> Self {
+        self.push_gate(Gate::from(barrier), 1);
         self
     }
 
@@ -89,6 +97,14 @@ impl StateOptions<'_> {
                         Some(ttl) => FlowMutex::with_ttl(name, ttl),
                         None => FlowMutex::new(name),
                     }))
+                })
+                .map(|gate| (gate, 1)),
+                CoordinationDecl::Barrier {
+                    name,
+                    parties,
+                    timeout,
+                } => named(shared, ("barrier", name), || {
+                    Ok(Gate::from(FlowBarrier::new(name, parties, timeout)))
                 })
                 .map(|gate| (gate, 1)),
                 CoordinationDecl::Lease { name, ttl } => named(shared, ("lease", name), || {

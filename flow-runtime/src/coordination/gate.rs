@@ -9,9 +9,10 @@ use flow_core::FlowError;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
+use super::barrier::{Arrival, ArrivalTicket, BarrierInner};
 use super::hold::{Busy, Engine, HeldUnits, PrimitiveKind};
 use super::rate_limit::{NotBefore, RateLimit};
-use super::{FlowMutex, FlowSemaphore, Lease, Owner, Quota};
+use super::{FlowBarrier, FlowMutex, FlowSemaphore, Lease, Owner, Quota};
 use crate::scheduler::Message;
 
 /// A primitive a state passes before it starts.
@@ -19,6 +20,7 @@ use crate::scheduler::Message;
 pub(crate) enum Gate {
     Rate(RateLimit),
     Hold(Arc<Engine>),
+    Barrier(Arc<BarrierInner>),
 }
 
 /// What an admission took, to keep while the attempt runs or to give back.
@@ -27,6 +29,8 @@ pub(crate) enum Taken {
     Rate(RateLimit, Instant),
     /// Units of a hold.
     Units(HeldUnits),
+    /// Passage through a barrier (nothing to give back).
+    Passage,
 }
 
 impl Taken {
@@ -35,6 +39,7 @@ impl Taken {
         match self {
             Taken::Rate(limit, counted) => limit.refund(counted),
             Taken::Units(units) => units.give_back(),
+            Taken::Passage => {}
         }
     }
 }
@@ -52,8 +57,11 @@ pub(crate) enum Verdict {
 }
 
 /// A waiting acquisition's place at a gate (a leaky bucket's capacity, a primitive's waiting
-/// count); it is given up when dropped.
-pub(crate) struct Ticket(#[allow(dead_code)] Box<dyn Send>);
+/// count, an arrival at a barrier); it is given up when dropped.
+pub(crate) enum Ticket {
+    Place(#[allow(dead_code)] Box<dyn Send>),
+    Arrival(ArrivalTicket),
+}
 
 /// Who asks, and how to wake it.
 pub(crate) struct Asker<'a> {
@@ -62,6 +70,8 @@ pub(crate) struct Asker<'a> {
     pub(crate) run_key: u64,
     pub(crate) wake: &'a UnboundedSender<Message>,
     pub(crate) gate: usize,
+    /// Its arrival, at a barrier.
+    pub(crate) arrival: Option<u64>,
 }
 
 impl Gate {
@@ -69,6 +79,7 @@ impl Gate {
         match (self, other) {
             (Gate::Rate(a), Gate::Rate(b)) => a.same(b),
             (Gate::Hold(a), Gate::Hold(b)) => Arc::ptr_eq(a, b),
+            (Gate::Barrier(a), Gate::Barrier(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -78,6 +89,7 @@ impl Gate {
         match self {
             Gate::Rate(limit) => format!("rate limit `{}`", limit.name()),
             Gate::Hold(engine) => engine.describe(),
+            Gate::Barrier(barrier) => barrier.describe(),
         }
     }
 
@@ -100,6 +112,42 @@ impl Gate {
                     Err(Busy { until: None }) => Verdict::OnRelease,
                 }
             }
+            Gate::Barrier(barrier) => {
+                let Some(arrival) = asker.arrival else {
+                    // The coordinator arrives first (see `Gate::arrive`); not reached.
+                    return Verdict::OnRelease;
+                };
+                let wake = Some((asker.run_key, asker.wake, asker.gate));
+                match barrier.check(arrival, at, wake) {
+                    Arrival::Passed => Verdict::Admitted(Taken::Passage),
+                    Arrival::TimedOut => {
+                        Verdict::Refused(barrier.timed_out(&describe_state(asker.state)))
+                    }
+                    Arrival::Waiting(Some(deadline)) => Verdict::At(deadline),
+                    Arrival::Waiting(None) => Verdict::OnRelease,
+                }
+            }
+        }
+    }
+
+    /// Whether every state waiting here asks when it wakes (a barrier).
+    pub(crate) fn together(&self) -> bool {
+        matches!(self, Gate::Barrier(_))
+    }
+
+    /// A state's arrival at a barrier gate (none for other gates).
+    pub(crate) fn arrive(
+        &self,
+        at: Instant,
+        run_key: u64,
+        wake: &UnboundedSender<Message>,
+        gate: usize,
+    ) -> Option<Ticket> {
+        match self {
+            Gate::Barrier(barrier) => Some(Ticket::Arrival(
+                barrier.arrive(at, Some((run_key, wake, gate))),
+            )),
+            _ => None,
         }
     }
 
@@ -111,14 +159,18 @@ impl Gate {
             Gate::Hold(engine) if engine.kind == PrimitiveKind::Quota => 2,
             Gate::Hold(_) => 0,
             Gate::Rate(_) => 1,
+            // Last: a passage cannot be given back.
+            Gate::Barrier(_) => 3,
         }
     }
 
     /// A place among the acquisitions waiting here, or a refusal when there is none.
     pub(crate) fn enter_wait(&self, state: &str) -> Result<Ticket, FlowError> {
         match self {
-            Gate::Rate(limit) => Ok(Ticket(Box::new(limit.enter_wait(Some(state))?))),
-            Gate::Hold(engine) => Ok(Ticket(Box::new(engine.enter_wait()))),
+            Gate::Rate(limit) => Ok(Ticket::Place(Box::new(limit.enter_wait(Some(state))?))),
+            Gate::Hold(engine) => Ok(Ticket::Place(Box::new(engine.enter_wait()))),
+            // Its arrival is its place (taken before it is asked).
+            Gate::Barrier(_) => Ok(Ticket::Place(Box::new(()))),
         }
     }
 
@@ -136,21 +188,32 @@ impl Gate {
     pub(crate) fn ttl(&self) -> Option<std::time::Duration> {
         match self {
             Gate::Hold(engine) => engine.ttl,
-            Gate::Rate(_) => None,
+            Gate::Rate(_) | Gate::Barrier(_) => None,
         }
     }
 
     /// The run no longer waits here.
     pub(crate) fn forget(&self, run_key: u64) {
-        if let Gate::Hold(engine) = self {
-            engine.forget(run_key);
+        match self {
+            Gate::Hold(engine) => engine.forget(run_key),
+            Gate::Barrier(barrier) => barrier.forget(run_key),
+            Gate::Rate(_) => {}
+        }
+    }
+
+    /// Where the primitive stands (rate limits keep no holders: `None`).
+    pub(crate) fn status(&self) -> Option<super::PrimitiveStatus> {
+        match self {
+            Gate::Hold(engine) => Some(engine.status()),
+            Gate::Barrier(barrier) => Some(barrier.status()),
+            Gate::Rate(_) => None,
         }
     }
 
     pub(crate) fn engine(&self) -> Option<&Arc<Engine>> {
         match self {
             Gate::Hold(engine) => Some(engine),
-            Gate::Rate(_) => None,
+            Gate::Rate(_) | Gate::Barrier(_) => None,
         }
     }
 }
@@ -186,5 +249,11 @@ impl From<Lease> for Gate {
 impl From<Quota> for Gate {
     fn from(primitive: Quota) -> Self {
         Gate::Hold(primitive.engine)
+    }
+}
+
+impl From<FlowBarrier> for Gate {
+    fn from(barrier: FlowBarrier) -> Self {
+        Gate::Barrier(barrier.inner)
     }
 }

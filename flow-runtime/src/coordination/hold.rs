@@ -28,6 +28,8 @@ pub enum PrimitiveKind {
     Lease,
     /// [`Quota`](super::Quota): an amount consumed, not given back, reset each period.
     Quota,
+    /// [`FlowBarrier`](super::FlowBarrier): parties that start together.
+    Barrier,
 }
 
 impl PrimitiveKind {
@@ -38,6 +40,7 @@ impl PrimitiveKind {
             PrimitiveKind::Mutex => "mutex",
             PrimitiveKind::Lease => "lease",
             PrimitiveKind::Quota => "quota",
+            PrimitiveKind::Barrier => "barrier",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! is usable on its own; deadlocks between them are detected as they close.
 
 mod attach;
+mod barrier;
 mod deadlock;
 mod gate;
 mod hold;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use attach::DeclaredPrimitives;
+pub use barrier::FlowBarrier;
 pub use hold::PrimitiveKind;
 pub use primitives::{FlowMutex, FlowSemaphore, HoldGuard, Lease, Quota};
 pub use rate_limit::RateLimit;
@@ -80,12 +82,7 @@ impl crate::Agent {
     pub fn coordination_status(&self) -> Result<CoordinationStatus, flow_core::FlowError> {
         let compiled = self.compiled()?;
         Ok(CoordinationStatus {
-            primitives: compiled
-                .gates
-                .iter()
-                .filter_map(Gate::engine)
-                .map(|engine| engine.status())
-                .collect(),
+            primitives: compiled.gates.iter().filter_map(Gate::status).collect(),
             deadlocks: cycles_found(),
         })
     }

@@ -62,12 +62,19 @@ impl Coordinator {
         let mut taken: Vec<Taken> = Vec::new();
         for &(gate, amount) in gates.iter() {
             self.ready.asked(gate, at);
+            if !self.ready.has_ticket(seq, gate)
+                && let Some(ticket) =
+                    compiled.gates[gate].arrive(at, self.run_key, &self.sender, gate)
+            {
+                self.ready.add_ticket(seq, gate, ticket);
+            }
             let asker = Asker {
                 state: &name,
                 owner: owner.clone(),
                 run_key: self.run_key,
                 wake: &self.sender,
                 gate,
+                arrival: self.ready.arrival(seq, gate),
             };
             let wake = match compiled.gates[gate].ask(at, amount, &asker) {
                 Verdict::Admitted(took) => {
@@ -91,7 +98,7 @@ impl Coordinator {
             .into_iter()
             .filter_map(|took| match took {
                 Taken::Units(units) => Some(units),
-                Taken::Rate(..) => None,
+                Taken::Rate(..) | Taken::Passage => None,
             })
             .collect();
         GateVerdict::Admitted(entry, held)

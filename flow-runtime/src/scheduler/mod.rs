@@ -201,7 +201,7 @@ impl Coordinator {
             ticker: None,
             failed_state: None,
             saved_sequence: Arc::default(),
-            ready: ReadyQueue::new(compiled.priority_aging).with_gates(compiled.gates.len()),
+            ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.gates_together),
             states: graph
                 .names()
                 .iter()

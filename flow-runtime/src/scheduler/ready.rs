@@ -62,7 +62,7 @@ pub(crate) struct ReadyQueue {
     gated: usize,
     /// Places held by waiting entries at the gate they wait at (a leaky bucket's capacity, a
     /// primitive's waiting count), by sequence number.
-    tickets: HashMap<u64, (usize, Ticket)>,
+    tickets: HashMap<u64, Vec<(usize, Ticket)>>,
 }
 
 /// When the first entry waiting at a gate may ask it again.
@@ -88,6 +88,9 @@ pub(crate) struct GateWait {
     trying: Option<(u64, Instant)>,
     /// The latest instant this run asked this gate at.
     asked: Option<Instant>,
+    /// Every waiting entry asks when the gate wakes, and none waits behind another (a
+    /// barrier, where each must arrive).
+    together: bool,
 }
 
 impl ReadyQueue {
@@ -104,8 +107,17 @@ impl ReadyQueue {
     }
 
     /// Makes room for entries waiting at `count` gates.
-    pub(crate) fn with_gates(mut self, count: usize) -> Self {
-        self.gates = (0..count).map(|_| GateWait::default()).collect();
+    /// Makes room for entries waiting at gates; `together[i]` says gate `i` lets all its
+    /// waiting entries ask at once when woken (a barrier: each must arrive), where others let
+    /// the first ask and keep the rest behind it.
+    pub(crate) fn with_gates(mut self, together: &[bool]) -> Self {
+        self.gates = together
+            .iter()
+            .map(|&together| GateWait {
+                together,
+                ..GateWait::default()
+            })
+            .collect();
         self
     }
 
@@ -222,12 +234,32 @@ impl ReadyQueue {
     /// there and this entry is not the one let out to ask.
     pub(crate) fn queued_at(&self, gate: usize, seq: u64) -> bool {
         let wait = &self.gates[gate];
-        !wait.heap.is_empty() && wait.trying.is_none_or(|(trying, _)| trying != seq)
+        !wait.together
+            && !wait.heap.is_empty()
+            && wait.trying.is_none_or(|(trying, _)| trying != seq)
+    }
+
+    /// Keeps an entry's place at `gate` (given up when the entry leaves).
+    pub(crate) fn add_ticket(&mut self, seq: u64, gate: usize, ticket: Ticket) {
+        self.tickets.entry(seq).or_default().push((gate, ticket));
+    }
+
+    /// The entry's arrival at the barrier `gate`, if it has arrived.
+    pub(crate) fn arrival(&self, seq: u64, gate: usize) -> Option<u64> {
+        self.tickets
+            .get(&seq)?
+            .iter()
+            .find_map(|(at, ticket)| match ticket {
+                Ticket::Arrival(arrival) if *at == gate => Some(arrival.id),
+                _ => None,
+            })
     }
 
     /// Whether the entry holds its place at `gate` already.
     pub(crate) fn has_ticket(&self, seq: u64, gate: usize) -> bool {
-        self.tickets.get(&seq).is_some_and(|(at, _)| *at == gate)
+        self.tickets
+            .get(&seq)
+            .is_some_and(|held| held.iter().any(|(at, _)| *at == gate))
     }
 
     /// Puts an entry to wait at `gate`. `wake` says when the first waiting there may ask
@@ -241,7 +273,7 @@ impl ReadyQueue {
     ) {
         let seq = entry.seq();
         if let Some(ticket) = ticket {
-            self.tickets.insert(seq, (gate, ticket));
+            self.add_ticket(seq, gate, ticket);
         }
         let wait = &mut self.gates[gate];
         if wait.trying.is_some_and(|(trying, _)| trying == seq) {
@@ -266,6 +298,12 @@ impl ReadyQueue {
     /// again. O(gates).
     pub(crate) fn release_due(&mut self, now: Instant) {
         for wait in self.gates.iter_mut() {
+            if wait.together && wait.until.is_some_and(|until| until <= now) {
+                wait.until = None;
+                self.gated -= wait.heap.len();
+                self.heap.extend(wait.heap.drain());
+                continue;
+            }
             if wait.until.is_some_and(|until| until <= now)
                 && let Some(entry) = wait.heap.pop()
             {

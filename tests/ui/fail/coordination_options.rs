@@ -51,6 +51,11 @@ impl Coordinated {
 
     #[state(mutex(name = "db", ttl = "1s"), mutex = "db")]
     async fn mutex_ttl_conflict(&self, _ctx: &Context) -> StateResult {
+        next!(barrier_without_timeout)
+    }
+
+    #[state(barrier(name = "phase", parties = 3))]
+    async fn barrier_without_timeout(&self, _ctx: &Context) -> StateResult {
         end!()
     }
 }

@@ -63,7 +63,8 @@ impl Pipeline {
         semaphore(name = "gpu", permits = 3, take = 2),
         mutex = "db",
         lease(name = "batch", ttl = "10m"),
-        quota(name = "tokens", limit = 1000, reset = "1h", amount = 10.5)
+        quota(name = "tokens", limit = 1000, reset = "1h", amount = 10.5),
+        barrier(name = "phase", parties = 2, timeout = "30s")
     )]
     async fn warm_up(&self, _ctx: &Context) -> StateResult {
         end!()
@@ -198,6 +199,7 @@ fn main() {
                 reset_every: Some(Duration::from_secs(3600)),
                 amount: 10.5
             },
+            CoordinationDecl::Barrier { name: "phase", parties: 2, timeout: Duration::from_secs(30) },
         ]
     );
     assert_eq!(
