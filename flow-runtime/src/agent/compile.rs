@@ -1,0 +1,292 @@
+//! The validated form of a definition, built once and shared by every run started from it.
+
+use super::*;
+
+/// A validated definition, shared by every run started from it.
+pub(crate) struct Compiled {
+    pub(crate) name: Arc<str>,
+    pub(crate) graph: Arc<StateGraph>,
+    pub(crate) states: Box<[CompiledState]>,
+    pub(crate) max_concurrent: usize,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) cleanup_timeout: Duration,
+    /// An ambiguous join fails the run rather than being guessed.
+    pub(crate) strict_joins: bool,
+    /// Polls of a state longer than this are reported (see [`Agent::warn_blocking`]).
+    pub(crate) blocking_threshold: Option<Duration>,
+    /// The pool states draw from; `None` when no state needs anything.
+    pub(crate) pool: Option<ResourcePool>,
+    /// Every distinct rate limit the states use (a state names them by index).
+    pub(crate) gates: Box<[Gate]>,
+    /// For each gate, whether its waiters all ask at once when it wakes (see
+    /// `ReadyQueue::with_gates`).
+    pub(crate) gates_together: Box<[bool]>,
+    pub(crate) priority_aging: Duration,
+    /// Where runs write automatic checkpoints, and when.
+    pub(crate) checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+    /// What a checkpoint of this definition is stamped with (see `checkpoint::fingerprint`),
+    /// computed the first time one is taken or restored.
+    fingerprint: OnceLock<u64>,
+    /// For each state, the states that depend on it.
+    pub(crate) dependents: Box<[Box<[StateId]>]>,
+    /// The states that start by themselves once their dependencies let them (see
+    /// [`DependencyConfig`]).
+    pub(crate) self_starting: Box<[StateId]>,
+}
+
+impl Compiled {
+    /// The definition's fingerprint (see `checkpoint::fingerprint`).
+    pub(crate) fn fingerprint(&self) -> u64 {
+        *self
+            .fingerprint
+            .get_or_init(|| crate::checkpoint::fingerprint(&self.graph))
+    }
+}
+
+/// One dependency of a compiled state.
+pub(crate) struct CompiledDependency {
+    pub(crate) on: StateId,
+    pub(crate) config: DependencyConfig,
+}
+
+pub(crate) struct CompiledState {
+    pub(crate) func: Arc<dyn StateFn>,
+    pub(crate) priority: Priority,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) breaker: Option<CircuitBreaker>,
+    pub(crate) bulkhead: Option<Bulkhead>,
+    /// What the state needs from the pool, in exact units (all zero: nothing).
+    pub(crate) needs: Amounts,
+    /// How long it may wait for the pool before the attempt fails.
+    pub(crate) acquire_timeout: Option<Duration>,
+    /// Whether a higher-priority state of its run may stop it to take its resources.
+    pub(crate) preemptible: bool,
+    /// Its admission gates (indexes into [`Compiled::gates`]) and the amount it asks of
+    /// each, asked in this order.
+    pub(crate) gates: Box<[(usize, u64)]>,
+    /// What it waits for before it starts.
+    pub(crate) dependencies: Box<[CompiledDependency]>,
+}
+
+pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
+    let agent = &*definition.name;
+    let specs: Vec<StateSpec> = definition.states.iter().map(|s| s.spec.clone()).collect();
+    let graph = StateGraph::build(agent, &specs, &definition.entries)?;
+    let invalid = |message: String| FlowError::InvalidConfig {
+        agent: agent.to_owned(),
+        message,
+    };
+    if definition.max_concurrent == Some(0) {
+        return Err(invalid(
+            "`max_concurrent` is 0, so no state could ever run; use at least 1".into(),
+        ));
+    }
+    if definition.timeout == Some(Duration::ZERO) {
+        return Err(invalid(
+            "the run `timeout` is zero; use a positive duration or none".into(),
+        ));
+    }
+    if let Some(state) = definition
+        .states
+        .iter()
+        .find(|s| s.timeout == Some(Duration::ZERO))
+    {
+        return Err(invalid(format!(
+            "state `{}` has a zero `timeout`; use a positive duration or none",
+            state.spec.name
+        )));
+    }
+    let mut timing = Vec::new();
+    for state in &definition.states {
+        timing.extend(state.declared_problems.iter().cloned());
+        let retry = state.retry.unwrap_or(definition.default_retry);
+        timing.extend(retry.problems().into_iter().map(|problem| {
+            invalid(format!(
+                "state `{}` has a retry policy that cannot be used: {problem}",
+                state.spec.name
+            ))
+        }));
+        for (dependency, config) in &state.dependencies {
+            timing.extend(
+                config
+                    .problems(&state.spec.name, dependency)
+                    .into_iter()
+                    .map(invalid),
+            );
+        }
+    }
+    FlowError::from_problems(agent, timing)?;
+    // Every distinct limit once; each state names its own by index. Nothing is built for an
+    // agent whose states use none.
+    let mut gates: Vec<Gate> = Vec::new();
+    let mut state_gates: Vec<Box<[(usize, u64)]>> = Vec::new();
+    if definition.states.iter().any(|s| !s.gates.is_empty()) {
+        let mut too_large = Vec::new();
+        for state in &definition.states {
+            let mut own = Vec::with_capacity(state.gates.len());
+            for (gate, amount) in &state.gates {
+                if let Some(error) = gate.too_large(*amount, &state.spec.name) {
+                    too_large.push(error);
+                }
+                let index = match gates.iter().position(|g| g.same(gate)) {
+                    Some(index) => index,
+                    None => {
+                        gates.push(gate.clone());
+                        gates.len() - 1
+                    }
+                };
+                own.push((index, *amount));
+            }
+            // Holds first, then rate limits, then quotas (see `Gate::rank`); stable, so the
+            // declared order stands within each.
+            own.sort_by_key(|&(index, _)| gates[index].rank());
+            state_gates.push(own.into());
+        }
+        FlowError::from_problems(agent, too_large)?;
+    }
+    let states = definition
+        .states
+        .iter()
+        .enumerate()
+        .map(|(index, s)| CompiledState {
+            func: Arc::clone(&s.func),
+            priority: s.priority,
+            timeout: s.timeout,
+            retry: s.retry.unwrap_or(definition.default_retry),
+            breaker: s.breaker.clone(),
+            bulkhead: s.bulkhead.clone(),
+            needs: amounts(&s.resources),
+            acquire_timeout: s.acquire_timeout,
+            preemptible: s.preemptible,
+            gates: state_gates.get(index).cloned().unwrap_or_default(),
+            // The graph resolved and checked the names, in the same order.
+            dependencies: graph
+                .dependencies(StateId::new(index as u32))
+                .iter()
+                .zip(&s.dependencies)
+                .map(|(&(on, _), (_, config))| CompiledDependency {
+                    on,
+                    config: config.clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    let (dependents, self_starting) = dependency_tables(&graph);
+    if let Some((_, policy)) = &definition.checkpoints
+        && !policy.is_active()
+    {
+        return Err(invalid(
+            "the checkpoint policy asks for no checkpoint; use `CheckpointPolicy::after_each_state()`, `CheckpointPolicy::every(interval)` with a positive interval, or both".into(),
+        ));
+    }
+    let needs_any = definition
+        .states
+        .iter()
+        .any(|s| amounts(&s.resources) != [0; 5]);
+    let pool = match &definition.pool {
+        Some(pool) => Some(pool.clone()),
+        None if needs_any => Some(ResourcePool::detect()),
+        None => None,
+    };
+    for state in &definition.states {
+        let r = &state.resources;
+        if [r.cpu, r.io, r.network, r.gpu]
+            .iter()
+            .any(|v| !v.is_finite() || *v < 0.0)
+        {
+            return Err(invalid(format!(
+                "state `{}` asks for {:?}: resource amounts must be finite and not negative",
+                state.spec.name, r
+            )));
+        }
+        if state.acquire_timeout == Some(Duration::ZERO) {
+            return Err(invalid(format!(
+                "state `{}` has a zero `acquire_timeout`; use a positive duration or none",
+                state.spec.name
+            )));
+        }
+    }
+    check_requests(definition, pool.as_ref())?;
+    Ok(Arc::new(Compiled {
+        name: Arc::clone(&definition.name),
+        graph: Arc::new(graph),
+        states,
+        max_concurrent: definition.max_concurrent.unwrap_or(usize::MAX),
+        timeout: definition.timeout,
+        cleanup_timeout: definition.cleanup_timeout,
+        strict_joins: definition.strict_joins,
+        blocking_threshold: definition.blocking_threshold,
+        pool,
+        gates_together: gates.iter().map(Gate::together).collect(),
+        gates: gates.into(),
+        priority_aging: definition.priority_aging,
+        checkpoints: definition.checkpoints.clone(),
+        fingerprint: OnceLock::new(),
+        dependents,
+        self_starting,
+    }))
+}
+
+/// Who depends on each state, and which states start by themselves: those with a required
+/// dependency that are not entries and that no declared transition leads to.
+/// For each state, a list of states.
+type PerState = Box<[Box<[StateId]>]>;
+
+fn dependency_tables(graph: &StateGraph) -> (PerState, Box<[StateId]>) {
+    let mut dependents = vec![Vec::new(); graph.len()];
+    let mut self_starting = Vec::new();
+    let mut handles_errors = vec![false; graph.len()];
+    for index in 0..graph.len() {
+        if let Some(handler) = graph.error_handler(StateId::new(index as u32)) {
+            handles_errors[handler.index()] = true;
+        }
+    }
+    for (index, &handles_errors) in handles_errors.iter().enumerate() {
+        let state = StateId::new(index as u32);
+        for &(on, _) in graph.dependencies(state) {
+            dependents[on.index()].push(state);
+        }
+        let required = graph
+            .dependencies(state)
+            .iter()
+            .any(|(_, kind)| *kind == DependencyType::Required);
+        if required
+            && !graph.entries().contains(&state)
+            && graph.predecessors(state).is_empty()
+            && !handles_errors
+        {
+            self_starting.push(state);
+        }
+    }
+    (
+        dependents.into_iter().map(Vec::into_boxed_slice).collect(),
+        self_starting.into_boxed_slice(),
+    )
+}
+
+/// Every state's request must fit the pool and its quotas, or it would wait forever.
+pub(super) fn check_requests(
+    definition: &Definition,
+    pool: Option<&ResourcePool>,
+) -> Result<(), FlowError> {
+    let Some(pool) = pool else { return Ok(()) };
+    let agent = &*definition.name;
+    let mut too_large = Vec::new();
+    for s in &definition.states {
+        let kinds = pool.oversized(agent, &s.spec.name, &amounts(&s.resources));
+        if !kinds.is_empty() {
+            too_large.push(FlowError::ResourceRequestTooLarge {
+                agent: agent.to_owned(),
+                state: s.spec.name.clone(),
+                kinds: kinds
+                    .iter()
+                    .map(|k| format!("{k:?}").to_lowercase())
+                    .collect(),
+                needs: format!("{:?}", s.resources),
+                capacity: format!("{:?}", pool.capacity()),
+            });
+        }
+    }
+    FlowError::from_problems(agent, too_large)
+}

@@ -1,0 +1,377 @@
+//! Starting, restoring and controlling runs of an agent.
+
+use super::*;
+
+impl Agent {
+    /// Starts a run with an empty context and returns its handle at once.
+    ///
+    /// Must be called within a tokio runtime. The run goes on if the handle is dropped.
+    pub fn start(&self) -> Result<RunHandle, FlowError> {
+        self.start_with(Context::new())
+    }
+
+    /// Starts a run whose states share `context` (which may hold initial values).
+    pub fn start_with(&self, context: Context) -> Result<RunHandle, FlowError> {
+        self.launch(context, None, None)
+    }
+
+    /// Starts a run like [`Agent::start_with`], with a stream of its events from the first
+    /// ([`EventKind::RunStarted`](crate::EventKind::RunStarted)) to the last
+    /// ([`EventKind::RunFinished`](crate::EventKind::RunFinished)), where the stream ends: a
+    /// progress display is a `while let Some(event) = events.next().await` loop.
+    ///
+    /// Events are built only while someone subscribes, so runs started with
+    /// [`Agent::start_with`] meanwhile cost a little more; the stream keeps this run's own.
+    pub fn start_watched(&self, context: Context) -> Result<(RunHandle, RunEvents), FlowError> {
+        // Subscribed before the launch, so that not even the first event is missed.
+        let events = self.events.subscribe();
+        let handle = self.launch(context, None, None)?;
+        let finished = handle.control.observer.finished.clone();
+        let events = RunEvents::new(events, handle.run_id(), finished);
+        Ok((handle, events))
+    }
+
+    /// Continues the run a checkpoint was taken of, in this agent (built from the same
+    /// definition: same states in the same order, same transitions and dependencies — anything
+    /// else is [`FlowError::CheckpointMismatch`]). States that had completed do not run again;
+    /// states that were running when it was taken run again from their start (at-least-once:
+    /// make such states idempotent); retries keep their remaining delay and attempt count; the
+    /// context comes back with every value, decoded into its type on first read.
+    ///
+    /// ```
+    /// use flow_core::{FlowError, Next};
+    /// use flow_runtime::{Agent, Context};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), FlowError> {
+    /// fn build() -> Agent {
+    ///     let mut agent = Agent::new("two_steps");
+    ///     agent.add_state("first", |ctx: Context| async move {
+    ///         ctx.set_state("first", 1u32);
+    ///         Ok(Next::to("second"))
+    ///     });
+    ///     agent.add_state("second", |ctx: Context| async move {
+    ///         let first: u32 = ctx.get_state("first")?;
+    ///         ctx.set_state("second", first + 1);
+    ///         Ok(Next::End)
+    ///     });
+    ///     agent
+    /// }
+    /// let handle = build().start()?;
+    /// let checkpoint = handle.pause().await?; // nothing runs once it returns
+    /// handle.cancel();
+    /// let json = checkpoint.to_json()?;
+    ///
+    /// let checkpoint = flow_runtime::Checkpoint::from_json(&json, "bytes", "two_steps", "1")?;
+    /// let report = build().restore_from_checkpoint(checkpoint)?.result().await?;
+    /// assert_eq!(report.context.get_state::<u32>("second")?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn restore_from_checkpoint(
+        &self,
+        mut checkpoint: Checkpoint,
+    ) -> Result<RunHandle, FlowError> {
+        let compiled = self.compiled()?;
+        let checked = check_fits(&checkpoint, &compiled)?;
+        let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
+        self.launch(context, Some((&checkpoint, checked)), None)
+    }
+
+    /// Runs the workflow as the durable run `key`, checkpointed in `store`: if the store has a
+    /// checkpoint of `key` for this workflow, the run continues from the latest (or, if that
+    /// one says the run completed, its report is returned without running anything);
+    /// otherwise it starts afresh. Checkpoints follow the agent's [`CheckpointPolicy`] if one
+    /// was set with [`Agent::checkpoints`], else one after every completed state. Run the same
+    /// program again after a crash and it continues where the last checkpoint left it.
+    ///
+    /// When the run ends it saves a last checkpoint: a failed state (with no handler) is due
+    /// again in it, and what was running when the run was cancelled or timed out is due again:
+    /// running the same key again continues from there.
+    pub async fn run_durable(
+        &self,
+        store: impl CheckpointStore,
+        key: &str,
+    ) -> Result<RunReport, FlowError> {
+        self.run_durable_arc(Arc::new(store), key).await
+    }
+
+    /// [`Agent::run_durable`] in the store this agent checkpoints to (see
+    /// [`Agent::checkpoints`]), so that the store is opened and given once. Without one, a
+    /// [`FlowError::InvalidConfig`] says to set it.
+    pub async fn run_durable_in_agent_store(&self, key: &str) -> Result<RunReport, FlowError> {
+        let Some((store, _)) = &self.definition.checkpoints else {
+            return Err(FlowError::InvalidConfig {
+                agent: self.name().to_owned(),
+                message: "this agent has no checkpoint store: set one with `checkpoints(store, policy)`, or pass one to `run_durable(store, key)`".into(),
+            });
+        };
+        self.run_durable_arc(Arc::clone(store), key).await
+    }
+
+    async fn run_durable_arc(
+        &self,
+        store: Arc<dyn CheckpointStore>,
+        key: &str,
+    ) -> Result<RunReport, FlowError> {
+        let compiled = self.compiled()?;
+        let latest = {
+            let (store, agent, key) = (
+                Arc::clone(&store),
+                compiled.name.to_string(),
+                key.to_owned(),
+            );
+            tokio::task::spawn_blocking(move || store.latest(&agent, &key))
+                .await
+                .map_err(|error| FlowError::CheckpointStore {
+                    store: "checkpoint reader".into(),
+                    action: "reading the latest checkpoint".into(),
+                    message: error.to_string(),
+                })??
+        };
+        let policy = match &self.definition.checkpoints {
+            Some((_, policy)) if policy.is_active() => *policy,
+            _ => CheckpointPolicy::after_each_state(),
+        };
+        let handle = match latest {
+            Some(checkpoint) if checkpoint.status == AgentStatus::Completed => {
+                let _checked = check_fits(&checkpoint, &compiled)?;
+                return RunReport::from_checkpoint(checkpoint);
+            }
+            Some(mut checkpoint) => {
+                let checked = check_fits(&checkpoint, &compiled)?;
+                let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
+                self.launch(
+                    context,
+                    Some((&checkpoint, checked)),
+                    Some((key, store, policy)),
+                )?
+            }
+            None => self.launch(Context::new(), None, Some((key, store, policy)))?,
+        };
+        // Dropping this future cancels the run, as for `run`: two of one durable run must not
+        // go on side by side.
+        let guard = handle.control.cancel.clone().drop_guard();
+        let result = handle.result().await;
+        guard.disarm();
+        result
+    }
+
+    /// Starts a run: afresh, or continuing a checkpoint; as a durable run when given a key.
+    fn launch(
+        &self,
+        context: Context,
+        checkpoint: Option<(&Checkpoint, Restorable)>,
+        durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+    ) -> Result<RunHandle, FlowError> {
+        let compiled = self.compiled()?;
+        // Quotas may have changed since the definition was validated: a request above one
+        // would wait forever, so it is an error now.
+        check_requests(&self.definition, compiled.pool.as_ref())?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| FlowError::NoRuntime {
+            agent: self.name().to_owned(),
+        })?;
+        let run_id = self.shared.next_run_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let observer = Arc::new(Observer::new(
+            run_id,
+            Arc::clone(&compiled.graph),
+            Arc::clone(&compiled.name),
+        ));
+        observer.set_status(AgentStatus::Running);
+        let (sender, inbox) = unbounded_channel();
+        let control = RunControl {
+            observer,
+            cancel: CancellationToken::new(),
+            sender,
+            halted: Arc::default(),
+        };
+        *self
+            .shared
+            .latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(control.clone());
+        let (report_tx, report_rx) = oneshot::channel();
+        let mut coordinator = Coordinator::new(
+            Arc::clone(&compiled),
+            context,
+            control.clone(),
+            inbox,
+            self.events.clone(),
+        );
+        let run_key: Arc<str> = match (&durable, &checkpoint) {
+            (Some((key, _, _)), _) => Arc::from(*key),
+            (None, Some((checkpoint, _))) => Arc::from(checkpoint.run_key.as_str()),
+            (None, None) => Arc::from(crate::scheduler::default_key(run_id)),
+        };
+        coordinator.durable(&run_key, durable.map(|(_, store, policy)| (store, policy)));
+        if let Some((checkpoint, checked)) = checkpoint {
+            coordinator.continue_from(checkpoint, checked);
+        }
+        let shared = Arc::clone(&self.shared);
+        // Fires when the coordinator is done, also if it panicked: per-run event streams end.
+        let finished = control.observer.finished.clone().drop_guard();
+        runtime.spawn(async move {
+            let _finished = finished;
+            let report = coordinator.run().await;
+            if !report.dead_letters.is_empty() {
+                let mut kept = shared
+                    .dead_letters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                kept.extend(report.dead_letters.iter().cloned());
+                let excess = kept.len().saturating_sub(DEAD_LETTER_CAPACITY);
+                kept.drain(..excess);
+            }
+            // The receiver is gone only if nobody waits for the report.
+            let _ = report_tx.send(report);
+        });
+        Ok(RunHandle {
+            agent: Arc::clone(&compiled.name),
+            run_key,
+            control,
+            report: report_rx,
+            events: self.events.clone(),
+        })
+    }
+
+    /// Runs the workflow with an empty context to the end: its report if it completed, the
+    /// error that stopped it otherwise. Dropping the returned future cancels the run.
+    pub async fn run(&self) -> Result<RunReport, FlowError> {
+        self.run_with(Context::new()).await
+    }
+
+    /// Runs the workflow with `context` (which may hold initial values) to the end.
+    ///
+    /// Dropping the returned future stops the run there and then: its context's cancellation
+    /// fires, and (unless [`Agent::cleanup_timeout`] gives states time to clean up) no state
+    /// is polled again, also before the run's coordinator hears of it.
+    pub async fn run_with(&self, context: Context) -> Result<RunReport, FlowError> {
+        let handle = self.start_with(context)?;
+        let mut guard = StopOnDrop {
+            control: Some(handle.control.clone()),
+            halt: self.compiled()?.cleanup_timeout.is_zero(),
+        };
+        let result = handle.result().await;
+        guard.control = None;
+        result
+    }
+
+    fn latest(&self) -> Option<RunControl> {
+        self.shared
+            .latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Status of the latest run started from this agent or a clone; `Idle` before the first.
+    pub fn status(&self) -> AgentStatus {
+        self.latest()
+            .map_or(AgentStatus::Idle, |run| run.observer.status())
+    }
+
+    /// A state's status in the latest run; `None` before the first run or for an unknown name.
+    pub fn state_status(&self, state: &str) -> Option<StateStatus> {
+        self.latest()?.observer.state_status(state)
+    }
+
+    /// Completed, running and pending counts of the latest run.
+    pub fn counts(&self) -> RunCounts {
+        self.latest()
+            .map(|run| run.observer.counts())
+            .unwrap_or_default()
+    }
+
+    /// Pauses the latest run and returns its checkpoint (see [`RunHandle::pause`]).
+    pub fn pause(
+        &self,
+    ) -> impl Future<Output = Result<Checkpoint, FlowError>> + Send + 'static + use<> {
+        let pausing = self.latest().map(|run| run.pause());
+        let agent = self.name().to_owned();
+        async move {
+            match pausing {
+                Some(pausing) => pausing.await,
+                None => Err(FlowError::NoRun {
+                    agent,
+                    action: "pause".into(),
+                }),
+            }
+        }
+    }
+
+    /// A checkpoint of the latest run, taken now (see [`RunHandle::create_checkpoint`]).
+    pub async fn create_checkpoint(&self) -> Result<Checkpoint, FlowError> {
+        match self.latest() {
+            Some(run) => run.checkpoint().await,
+            None => Err(FlowError::NoRun {
+                agent: self.name().to_owned(),
+                action: "checkpoint".into(),
+            }),
+        }
+    }
+
+    /// Resumes the latest run (see [`RunHandle::resume`]).
+    pub fn resume(&self) {
+        if let Some(run) = self.latest() {
+            run.resume();
+        }
+    }
+
+    /// Cancels the running and ready runs of one state in the latest run (see
+    /// [`RunHandle::cancel_state`]).
+    pub async fn cancel_state(&self, state: &str) -> Result<usize, FlowError> {
+        match self.latest() {
+            Some(run) => run.cancel_state(state).await,
+            None => Ok(0),
+        }
+    }
+
+    /// The states of the latest run waiting on their dependencies (see
+    /// [`RunHandle::blocked`]).
+    pub async fn blocked(&self) -> Vec<crate::BlockedState> {
+        match self.latest() {
+            Some(run) => run.blocked().await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Cancels the latest run (see [`RunHandle::cancel`]).
+    pub fn cancel_all(&self) {
+        if let Some(run) = self.latest() {
+            run.cancel.cancel();
+        }
+    }
+
+    /// The dead letters of this agent's runs (and its clones'), oldest first: every state that
+    /// failed after its last attempt, handled by an `on_error` state or not. At most
+    /// [`DEAD_LETTER_CAPACITY`] are kept.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.shared
+            .dead_letters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Stops a run whose future was dropped before it finished.
+struct StopOnDrop {
+    control: Option<RunControl>,
+    /// Whether states are stopped at once (no cleanup time).
+    halt: bool,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(control) = self.control.take() {
+            if self.halt {
+                control
+                    .halted
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            control.cancel.cancel();
+        }
+    }
+}
