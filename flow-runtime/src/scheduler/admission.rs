@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use flow_core::FlowError;
 
+use super::failures::Failure;
 use super::ready::{ReadyEntry, Wake};
 use super::task::Message;
 use super::task::Outcome;
 use super::{AbortOnDrop, BlockedState, Coordinator};
 use crate::coordination::{Asker, HeldUnits, Owner, Taken, Verdict, label_task};
 use flow_core::StateId;
+use tokio::time::Instant;
 
 /// What the gates of a ready state said.
 pub(super) enum GateVerdict {
@@ -239,5 +241,52 @@ impl Coordinator {
             ttl: self.compiled.gates[gate].ttl().unwrap_or_default(),
         };
         self.finish_task(slot, ticket, Outcome::Refused(error))
+    }
+}
+
+impl Coordinator {
+    /// A ready entry leaves the queue to start: its deadline, if any, is off.
+    pub(super) fn dequeued(&mut self, seq: u64) {
+        if self.deadlines.is_empty() {
+            return;
+        }
+        if let Some(timer) = self.deadlines.remove(&seq) {
+            timer.abort();
+        }
+    }
+
+    /// A ready state waited for the pool past its acquisition timeout: the attempt fails.
+    pub(super) fn acquire_deadline(&mut self, seq: u64) -> Result<(), FlowError> {
+        if self.deadlines.remove(&seq).is_none() {
+            return Ok(()); // it started meanwhile
+        }
+        let gate = self.ready.gate_of(seq);
+        let Some(entry) = self.ready.remove_seq(seq) else {
+            return Ok(());
+        };
+        self.forget_wait(entry.state);
+        let waited = self.compiled.states[entry.state.index()]
+            .acquire_timeout
+            .unwrap_or_default();
+        self.now = Instant::now();
+        self.states[entry.state.index()].attempts = entry.attempt;
+        let failure = match gate {
+            Some(gate) => Failure::AdmissionTimeout(waited, self.gate_name(gate)),
+            None => Failure::ResourceTimeout(waited),
+        };
+        self.attempt_failed(entry.state, entry.scope, entry.attempt, failure)
+    }
+
+    /// If `state` needs resources and has an acquisition timeout, arms a deadline for the wait
+    /// of its queue entry `seq`.
+    pub(super) fn arm_acquire_deadline(&mut self, state: StateId, seq: u64) {
+        let spec = &self.compiled.states[state.index()];
+        if let (Some(limit), true) = (
+            spec.acquire_timeout,
+            spec.needs != [0; 5] || !spec.gates.is_empty(),
+        ) {
+            let timer = self.message_after(limit, Message::AcquireDeadline { seq });
+            self.deadlines.insert(seq, timer);
+        }
     }
 }

@@ -1,0 +1,107 @@
+//! Automatic checkpoints of a run: when they are due, and the last ones at its end.
+
+use super::*;
+
+impl Coordinator {
+    /// Starts the writer of automatic checkpoints, and the timer of interval ones.
+    pub(super) fn start_checkpoints(&mut self) {
+        let Some((store, policy)) = &self.checkpoints else {
+            return;
+        };
+        if !policy.is_active() {
+            return;
+        }
+        self.writer = Some(Writer::start(
+            Arc::clone(store),
+            policy.keep,
+            Arc::clone(&self.saved_sequence),
+            self.sender.clone(),
+        ));
+        if let Some(interval) = policy.interval.filter(|i| !i.is_zero()) {
+            let sender = self.sender.clone();
+            let ticker = tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks.tick().await; // the first tick is immediate
+                loop {
+                    ticks.tick().await;
+                    if sender.send(Message::CheckpointTick).is_err() {
+                        break;
+                    }
+                }
+            });
+            self.ticker = Some(ticker.abort_handle());
+        }
+    }
+
+    /// The policy asks for a checkpoint: taken now, or right after the save in progress.
+    pub(super) fn checkpoint_due(&mut self) {
+        // A run about to stop on a failure saves its last checkpoint when it ends.
+        if self.deferred_failure.is_some() {
+            return;
+        }
+        let Some(writer) = &mut self.writer else {
+            return;
+        };
+        if writer.busy {
+            writer.dirty = true;
+            return;
+        }
+        writer.dirty = false;
+        let status = self.observer.status();
+        let pending = self.capture(status);
+        if let Some(writer) = &mut self.writer {
+            writer.submit(pending);
+        }
+    }
+
+    /// At the end of the run, before anything is cancelled: the save in progress finishes,
+    /// and a last checkpoint is saved (so completions merged while a save was in progress are
+    /// not lost):
+    /// - completed: status `Completed` (a durable run asked again returns its result);
+    /// - cancelled or timed out: what was running is listed as due, to run again;
+    /// - failed because a state failed with no handler: that state is due again, so running
+    ///   the durable run again retries it;
+    /// - failed otherwise (an invalid transition, a dependency failure, a store error): no
+    ///   last checkpoint; the latest one saved stays.
+    ///
+    /// A failed last save fails the run: its end is not durable.
+    pub(super) async fn finish_checkpoints(&mut self, stop: Option<Stop>) -> Option<Stop> {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.abort();
+        }
+        let Some(writer) = self.writer.take() else {
+            return stop;
+        };
+        writer.close().await;
+        let Some((store, policy)) = self.checkpoints.clone() else {
+            return stop;
+        };
+        let status = match &stop {
+            None => flow_core::AgentStatus::Completed,
+            Some(Stop::Cancelled) => flow_core::AgentStatus::Cancelled,
+            Some(Stop::TimedOut(_)) => flow_core::AgentStatus::Failed,
+            Some(Stop::Failed(_)) => match self.failed_state.take() {
+                Some((state, scope)) => {
+                    self.now = Instant::now();
+                    let at = self.ready.clock(self.now);
+                    self.requeue(state, scope, 1, at);
+                    flow_core::AgentStatus::Failed
+                }
+                None => return stop,
+            },
+        };
+        let pending = self.capture(status);
+        match writer::save(
+            store,
+            pending,
+            policy.keep,
+            Arc::clone(&self.saved_sequence),
+        )
+        .await
+        {
+            Ok(_) => stop,
+            Err(error) => Some(Stop::Failed(error)),
+        }
+    }
+}

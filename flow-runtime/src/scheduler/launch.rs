@@ -1,0 +1,297 @@
+//! Starting ready states: a slot, the pool, the gates and the breaker, then a task (or one
+//! poll inline, when nothing else runs).
+
+use super::*;
+
+impl Coordinator {
+    /// The one ready state, when nothing else runs: its first poll happens right here, and
+    /// only if it does not finish at once does it move to a task of its own. Nothing else of
+    /// this run can be delayed by that (there is nothing else), and a chain of quick states
+    /// then costs no spawn and no channel hop per step.
+    pub(super) async fn run_solo(&mut self) -> Result<(), Stop> {
+        // Cancellation and the deadline arrive as messages; a long chain must still see them.
+        if let Ok(message) = self.inbox.try_recv() {
+            self.handle(message)?;
+            // The message may have paused the run or queued other states (some needing the
+            // pool): then the main loop decides what starts.
+            if self.paused || self.ready.len() != 1 || !self.head_needs_nothing() {
+                return Ok(());
+            }
+        }
+        // Yield to the tokio scheduler when this task's budget is spent, so that a long chain
+        // of instant states does not starve other tasks on this worker.
+        tokio::task::consume_budget().await;
+        let Some(entry) = self.ready.pop() else {
+            return Ok(());
+        };
+        self.dequeued(entry.seq());
+        let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
+        self.max_concurrency = self.max_concurrency.max(1);
+        self.now = Instant::now();
+        let started = self.now;
+        let span = self.begin(state, attempt);
+        let breaker = match self.admit(state) {
+            Ok(permit) => permit,
+            Err(outcome) => {
+                return self
+                    .finish(state, scope, attempt, started, outcome)
+                    .map_err(Stop::Failed);
+            }
+        };
+        let context = self.state_context(state, attempt);
+        let spec = &self.compiled.states[state.index()];
+        let mut run = match task::start(&spec.func, &context) {
+            Ok(run) => run,
+            Err(outcome) => {
+                record_breaker(breaker, &outcome);
+                return self
+                    .finish(state, scope, attempt, started, outcome)
+                    .map_err(Stop::Failed);
+            }
+        };
+        if spec.bulkhead.is_some() {
+            // Waiting for a place must not happen here, on the coordinator.
+            let holds = (None, Vec::new());
+            self.launch(state, scope, attempt, started, run, breaker, holds, span);
+            return Ok(());
+        }
+        let polled = {
+            let _entered = span.enter();
+            std::future::poll_fn(|cx| std::task::Poll::Ready(task::poll_once(&mut run, cx))).await
+        };
+        if let Some(threshold) = self.compiled.blocking_threshold {
+            let held = Instant::now() - started;
+            if held > threshold {
+                self.report_blocking(state, held);
+            }
+        }
+        match polled {
+            Some(outcome) => {
+                self.now = Instant::now();
+                record_breaker(breaker, &outcome);
+                let finished = self.finish(state, scope, attempt, started, outcome);
+                self.publish_counts();
+                finished.map_err(Stop::Failed)
+            }
+            None => {
+                let holds = (None, Vec::new());
+                self.launch(state, scope, attempt, started, run, breaker, holds, span);
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts ready states while slots are free.
+    pub(super) fn dispatch(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        // Retries, resumes and cancellations arrive without a fresh clock reading.
+        self.now = Instant::now();
+        while self.running_count < self.compiled.max_concurrent {
+            self.release_gates();
+            // The head of the queue goes first: if the pool cannot grant it yet, nothing behind
+            // it starts either (so a large request is not starved by small ones).
+            let grant = match self.grant_for_head() {
+                Ok(grant) => grant,
+                Err(()) if self.preempt_for_head() => match self.grant_for_head() {
+                    Ok(grant) => grant,
+                    Err(()) => break,
+                },
+                Err(()) => break,
+            };
+            let Some(entry) = self.ready.pop() else { break };
+            let entry = match self.through_gates(entry) {
+                GateVerdict::Admitted(entry, held) => (entry, held),
+                // Its grant, if any, goes back as it drops: others may use it meanwhile.
+                GateVerdict::Waiting => continue,
+                GateVerdict::Refused(entry, error) => {
+                    self.dequeued(entry.seq());
+                    let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
+                    let _span = self.begin(state, attempt);
+                    self.launch_outcome(state, scope, attempt, Outcome::Refused(error));
+                    continue;
+                }
+            };
+            let (entry, held) = entry;
+            self.dequeued(entry.seq());
+            let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
+            let grant = grant.map(|grant| (grant, entry.virtual_start()));
+            let span = self.begin(state, attempt);
+            let breaker = match self.admit(state) {
+                Ok(permit) => permit,
+                Err(outcome) => {
+                    // An open breaker fails the attempt without calling the state.
+                    self.launch_outcome(state, scope, attempt, outcome);
+                    continue;
+                }
+            };
+            let context = self.state_context(state, attempt);
+            match task::start(&self.compiled.states[state.index()].func, &context) {
+                Ok(run) => {
+                    let holds = (grant, held);
+                    self.launch(state, scope, attempt, self.now, run, breaker, holds, span)
+                }
+                Err(outcome) => {
+                    // The body panicked before it produced a future: report it like any panic.
+                    record_breaker(breaker, &outcome);
+                    self.launch_outcome(state, scope, attempt, outcome);
+                }
+            }
+        }
+        self.max_concurrency = self.max_concurrency.max(self.running_count);
+        self.arm_gate_timer();
+    }
+
+    /// Records that `state` starts attempt `attempt` now; returns the span it is traced in.
+    pub(super) fn begin(&mut self, state: StateId, attempt: u32) -> tracing::Span {
+        let now = self.now;
+        let record = &mut self.states[state.index()];
+        if attempt == 1 {
+            record.runs = record.runs.saturating_add(1);
+            self.dependency_began(state);
+        }
+        let record = &mut self.states[state.index()];
+        record.attempts = attempt;
+        record.status = StateStatus::Running;
+        record.first_started.get_or_insert(now);
+        let run = record.runs;
+        self.observer.set_state(state.index(), StateStatus::Running);
+        if self.events.is_observed() {
+            let name = Arc::clone(self.graph.name(state));
+            self.publish(EventKind::StateStarted {
+                state: name,
+                run,
+                attempt,
+            });
+        }
+        tracing::debug_span!("state", state = %self.graph.name(state), run, attempt)
+    }
+
+    /// The context handle a state's attempt is given (which state, attempt and visit).
+    pub(super) fn state_context(&self, state: StateId, attempt: u32) -> Context {
+        self.context
+            .for_state(state, attempt, self.states[state.index()].runs)
+    }
+
+    /// A free slot for a running attempt, and a ticket no earlier attempt had.
+    pub(super) fn take_slot(&mut self) -> (u32, u64) {
+        self.next_ticket += 1;
+        let slot = match self.free_slots.pop() {
+            Some(slot) => slot,
+            None => {
+                self.running.push(None);
+                (self.running.len() - 1) as u32
+            }
+        };
+        (slot, self.next_ticket)
+    }
+
+    /// Asks the state's circuit breaker, if it has one, to let an attempt through.
+    pub(super) fn admit(&self, state: StateId) -> Result<Option<BreakerPermit>, Outcome> {
+        match &self.compiled.states[state.index()].breaker {
+            None => Ok(None),
+            Some(breaker) => breaker
+                .try_acquire()
+                .map(Some)
+                .map_err(Outcome::CircuitOpen),
+        }
+    }
+
+    /// Runs a started state's future as a task of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn launch(
+        &mut self,
+        state: StateId,
+        scope: ScopeId,
+        attempt: u32,
+        started: Instant,
+        run: StateFuture,
+        mut breaker: Option<BreakerPermit>,
+        (grant, held): (Option<(Grant, i64)>, Vec<HeldUnits>),
+        span: tracing::Span,
+    ) {
+        let (slot, ticket) = self.take_slot();
+        let spec = &self.compiled.states[state.index()];
+        let (limit, link) = (spec.timeout, Arc::clone(&self.link));
+        let task = match &spec.bulkhead {
+            None => {
+                let attempt = task::plain(run);
+                tokio::spawn(task::supervise(attempt, limit, slot, ticket, link).instrument(span))
+            }
+            Some(bulkhead) => {
+                // The timeout covers the call, not the wait for a place (see `task::guarded`).
+                let attempt = task::guarded(run, bulkhead.clone(), breaker.take(), limit);
+                tokio::spawn(task::supervise(attempt, None, slot, ticket, link).instrument(span))
+            }
+        };
+        let abort = Some(task.abort_handle());
+        let hold_timer = if held.is_empty() {
+            None
+        } else {
+            self.holding(state, slot, ticket, task.id(), &held)
+        };
+        // The task's own timeout cannot fire while its state blocks the thread or never
+        // yields: the coordinator keeps a timer too, and fails the attempt on time whatever
+        // the state does (its task is abandoned). Not for a bulkhead state, whose timeout
+        // starts once it has a place.
+        let deadline = match (limit, &spec.bulkhead) {
+            (Some(limit), None) => Some(AbortOnDrop(self.message_after(
+                limit,
+                Message::StateDeadline {
+                    slot,
+                    ticket,
+                    limit,
+                },
+            ))),
+            _ => None,
+        };
+        self.running[slot as usize] = Some(Running {
+            state,
+            scope,
+            attempt,
+            started,
+            abort,
+            breaker,
+            ticket,
+            queued_at: grant.as_ref().map_or(0, |(_, at)| *at),
+            _grant: grant.map(|(grant, _)| grant),
+            _deadline: deadline,
+            _held: held,
+            _hold_timer: hold_timer,
+        });
+        self.running_count += 1;
+    }
+
+    /// Accounts for a state that ended as it started, through the same channel as the rest.
+    pub(super) fn launch_outcome(
+        &mut self,
+        state: StateId,
+        scope: ScopeId,
+        attempt: u32,
+        outcome: Outcome,
+    ) {
+        let (slot, ticket) = self.take_slot();
+        let started = self.now;
+        self.running[slot as usize] = Some(Running {
+            state,
+            scope,
+            attempt,
+            started,
+            abort: None,
+            breaker: None,
+            ticket,
+            _grant: None,
+            queued_at: 0,
+            _deadline: None,
+            _held: Vec::new(),
+            _hold_timer: None,
+        });
+        self.running_count += 1;
+        let _ = self.sender.send(Message::Done {
+            slot,
+            ticket,
+            outcome,
+        });
+    }
+}
