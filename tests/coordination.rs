@@ -1,8 +1,12 @@
 //! Semaphores, mutexes, leases and quotas: enforced by the scheduler at admission (held while
 //! the attempt runs), usable directly as guards, with deadlocks refused as they close.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
+
+use common::starts;
 
 use fluffy_flow::prelude::*;
 use fluffy_flow::{
@@ -12,29 +16,6 @@ use tokio::time::Instant;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Runs `agent` watched; returns each state's start instants (ms after the run started),
-/// without the entry `fork`, sorted by (instant, name).
-async fn starts(agent: &Agent) -> (RunReport, Vec<(String, u64)>) {
-    let (handle, mut events) = agent.start_watched(Context::new()).unwrap();
-    let mut origin = None;
-    let mut started = Vec::new();
-    while let Some(event) = events.next().await {
-        let event = event.unwrap();
-        match event.kind {
-            EventKind::RunStarted { .. } => origin = Some(event.at),
-            EventKind::StateStarted { state, .. } if &*state != "fork" => {
-                started.push((
-                    state.to_string(),
-                    (event.at - origin.unwrap()).as_millis() as u64,
-                ));
-            }
-            _ => {}
-        }
-    }
-    started.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-    (handle.wait().await, started)
 }
 
 /// A fork into `names`, each sleeping `work` ms, each configured by `attach`.

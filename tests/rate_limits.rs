@@ -1,10 +1,14 @@
 //! Rate limits: exact admission instants for each strategy on the paused clock, enforced by
 //! the scheduler without holding slots or delaying other states, shared across runs.
 
+mod common;
+
 use std::time::Duration;
 
+use common::starts;
+
 use fluffy_flow::prelude::*;
-use fluffy_flow::{EventKind, FailureKind, RateLimit};
+use fluffy_flow::{FailureKind, RateLimit};
 use tokio::time::Instant;
 
 fn ms(n: u64) -> Duration {
@@ -30,25 +34,6 @@ fn limited_fan(limit: &RateLimit, branches: usize, work: fn(usize) -> Duration) 
             .rate_limit(limit.clone());
     }
     agent
-}
-
-/// Runs `agent` watched; returns each state's start instants (ms after the run started).
-async fn starts(agent: &Agent) -> (RunReport, Vec<(String, u64)>) {
-    let (handle, mut events) = agent.start_watched(Context::new()).unwrap();
-    let mut origin = None;
-    let mut started = Vec::new();
-    while let Some(event) = events.next().await {
-        let event = event.unwrap();
-        match event.kind {
-            EventKind::RunStarted { .. } => origin = Some(event.at),
-            EventKind::StateStarted { state, .. } if &*state != "fork" => {
-                let at = event.at - origin.unwrap();
-                started.push((state.to_string(), at.as_millis() as u64));
-            }
-            _ => {}
-        }
-    }
-    (handle.wait().await, started)
 }
 
 fn instants(starts: &[(String, u64)]) -> Vec<u64> {

@@ -177,13 +177,7 @@ async fn ring(n: usize) -> Sample {
 fn fanout_agent(n: usize, sleep: Option<Duration>) -> Agent {
     let names = leak_names("b", n);
     let mut agent = Agent::new("fanout");
-    let targets = names.clone();
-    agent
-        .add_state("start", move |_ctx: Context| {
-            let targets = targets.clone();
-            async move { Ok(Next::parallel(targets)) }
-        })
-        .successors(names.iter().copied());
+    add_fork(&mut agent, &names);
     for (i, &name) in names.iter().enumerate() {
         agent
             .add_state(name, move |ctx: Context| async move {
@@ -250,13 +244,7 @@ async fn resources(n: usize) -> (Sample, Duration) {
         cpu: 4.0,
         ..one_cpu
     }));
-    let targets = names.clone();
-    agent
-        .add_state("start", move |_ctx: Context| {
-            let targets = targets.clone();
-            async move { Ok(Next::parallel(targets)) }
-        })
-        .successors(names.iter().copied());
+    add_fork(&mut agent, &names);
     let (in_use, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     for &name in &names {
         let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
@@ -440,13 +428,7 @@ async fn coordination(n: usize) -> (Sample, Duration) {
     let names = leak_names("w", n);
     let permits = FlowSemaphore::new("workers", 4);
     let mut agent = Agent::new("coordination");
-    let targets = names.clone();
-    agent
-        .add_state("start", move |_ctx: Context| {
-            let targets = targets.clone();
-            async move { Ok(Next::parallel(targets)) }
-        })
-        .successors(names.iter().copied());
+    add_fork(&mut agent, &names);
     let (in_use, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     for &name in &names {
         let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
@@ -511,13 +493,7 @@ async fn rate_limit(n: usize) -> (Sample, Duration) {
     let names = leak_names("w", n);
     let limit = RateLimit::token_bucket(LIMIT_RATE, LIMIT_BURST).expect("a valid limit");
     let mut agent = Agent::new("rate_limit");
-    let targets = names.clone();
-    agent
-        .add_state("start", move |_ctx: Context| {
-            let targets = targets.clone();
-            async move { Ok(Next::parallel(targets)) }
-        })
-        .successors(names.iter().copied());
+    add_fork(&mut agent, &names);
     let origin = Instant::now();
     let started: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
     for (i, &name) in names.iter().enumerate() {
@@ -559,6 +535,17 @@ async fn rate_limit(n: usize) -> (Sample, Duration) {
     };
     let ideal = (n as f64 - f64::from(LIMIT_BURST)).max(0.0) / LIMIT_RATE;
     (sample, Duration::from_secs_f64(ideal))
+}
+
+/// The entry `start`, forking into every state of `names` (declared, so joins are exact).
+fn add_fork(agent: &mut Agent, names: &[&'static str]) {
+    let targets = names.to_vec();
+    agent
+        .add_state("start", move |_ctx: Context| {
+            let targets = targets.clone();
+            async move { Ok(Next::parallel(targets)) }
+        })
+        .successors(names.iter().copied());
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

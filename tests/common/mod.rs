@@ -146,3 +146,24 @@ pub fn json_fields(
         _ => {}
     }
 }
+
+/// Runs `agent` watched; returns the report and each state's start instants (ms after the run
+/// started), without a state named `fork`, sorted by (instant, name).
+pub async fn starts(agent: &Agent) -> (RunReport, Vec<(String, u64)>) {
+    let (handle, mut events) = agent.start_watched(Context::new()).unwrap();
+    let mut origin = None;
+    let mut started = Vec::new();
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        match event.kind {
+            fluffy_flow::EventKind::RunStarted { .. } => origin = Some(event.at),
+            fluffy_flow::EventKind::StateStarted { state, .. } if &*state != "fork" => {
+                let at = event.at - origin.expect("the run starts first");
+                started.push((state.to_string(), at.as_millis() as u64));
+            }
+            _ => {}
+        }
+    }
+    started.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    (handle.wait().await, started)
+}

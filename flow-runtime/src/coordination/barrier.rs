@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use flow_core::FlowError;
 use tokio::sync::Notify;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
-use crate::scheduler::Message;
+use super::wakers::{Wake, Wakers};
 
 /// A barrier for `parties` states or tasks (named so as not to clash with tokio's). Attach it to
 /// states (`.barrier(b)`, `#[state(barrier(name = "merge", parties = 5, timeout = "30s"))]`):
@@ -39,8 +38,8 @@ struct Gathering {
     deadline: Option<Instant>,
     /// Decided arrivals not yet collected: true passed, false timed out.
     decided: HashMap<u64, bool>,
-    /// Coordinators with states waiting here: (run key, channel, gate index).
-    coordinators: Vec<(u64, UnboundedSender<Message>, usize)>,
+    /// Coordinators with states waiting here.
+    coordinators: Wakers,
     /// Rounds completed and rounds that timed out.
     passed: u64,
     broken: u64,
@@ -142,11 +141,7 @@ impl BarrierInner {
     }
 
     /// A new arrival at `now`; the round completes if it is the last party.
-    pub(crate) fn arrive(
-        self: &Arc<Self>,
-        now: Instant,
-        wake: Option<(u64, &UnboundedSender<Message>, usize)>,
-    ) -> ArrivalTicket {
+    pub(crate) fn arrive(self: &Arc<Self>, now: Instant, wake: Wake<'_>) -> ArrivalTicket {
         let mut gathering = self.gathering();
         self.expire(&mut gathering, now);
         gathering.next_id += 1;
@@ -155,14 +150,7 @@ impl BarrierInner {
         if gathering.deadline.is_none() {
             gathering.deadline = now.checked_add(self.timeout);
         }
-        if let Some((run_key, sender, gate)) = wake
-            && !gathering
-                .coordinators
-                .iter()
-                .any(|(key, _, _)| *key == run_key)
-        {
-            gathering.coordinators.push((run_key, sender.clone(), gate));
-        }
+        gathering.coordinators.register(wake);
         if gathering.waiting.len() >= self.parties as usize {
             let round = std::mem::take(&mut gathering.waiting);
             gathering
@@ -179,26 +167,14 @@ impl BarrierInner {
     }
 
     /// Where arrival `id` stands at `now` (a coordinator passes `wake` to hear of a change).
-    pub(crate) fn check(
-        &self,
-        id: u64,
-        now: Instant,
-        wake: Option<(u64, &UnboundedSender<Message>, usize)>,
-    ) -> Arrival {
+    pub(crate) fn check(&self, id: u64, now: Instant, wake: Wake<'_>) -> Arrival {
         let mut gathering = self.gathering();
         self.expire(&mut gathering, now);
         match gathering.decided.get(&id) {
             Some(true) => Arrival::Passed,
             Some(false) => Arrival::TimedOut,
             None => {
-                if let Some((run_key, sender, gate)) = wake
-                    && !gathering
-                        .coordinators
-                        .iter()
-                        .any(|(key, _, _)| *key == run_key)
-                {
-                    gathering.coordinators.push((run_key, sender.clone(), gate));
-                }
+                gathering.coordinators.register(wake);
                 Arrival::Waiting(gathering.deadline)
             }
         }
@@ -218,9 +194,7 @@ impl BarrierInner {
     }
 
     fn wake(&self, gathering: &mut Gathering) {
-        for (_, sender, gate) in gathering.coordinators.drain(..) {
-            let _ = sender.send(Message::GateReleased { gate });
-        }
+        gathering.coordinators.take().wake();
         self.passed.notify_waiters();
     }
 
@@ -234,9 +208,7 @@ impl BarrierInner {
     }
 
     pub(crate) fn forget(&self, run_key: u64) {
-        self.gathering()
-            .coordinators
-            .retain(|(key, _, _)| *key != run_key);
+        self.gathering().coordinators.forget(run_key);
     }
 }
 

@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use super::deadlock::{self, Owner};
-use crate::scheduler::Message;
+use super::wakers::{Wake, Wakers};
 
 /// Which primitive an engine is, for messages and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +66,8 @@ struct Ledger {
     used: u64,
     holds: Vec<Hold>,
     next_id: u64,
-    /// Coordinators with states waiting here: (run key, channel, the gate's index there).
-    coordinators: Vec<(u64, UnboundedSender<Message>, usize)>,
+    /// Coordinators with states waiting here.
+    coordinators: Wakers,
     /// A quota's current period began here (the first take).
     period_start: Option<Instant>,
     /// How many holds were revoked past their TTL.
@@ -194,20 +193,13 @@ impl Engine {
         amount: u64,
         owner: Owner,
         now: Instant,
-        wake: Option<(u64, &UnboundedSender<Message>, usize)>,
+        wake: Wake<'_>,
     ) -> Result<HeldUnits, Busy> {
         let mut ledger = self.ledger();
         self.evict_expired(&mut ledger, now);
         self.roll_period(&mut ledger, now);
         if ledger.used.saturating_add(amount) > self.capacity {
-            if let Some((run_key, sender, gate)) = wake
-                && !ledger
-                    .coordinators
-                    .iter()
-                    .any(|(key, _, _)| *key == run_key)
-            {
-                ledger.coordinators.push((run_key, sender.clone(), gate));
-            }
+            ledger.coordinators.register(wake);
             let expiry = ledger.holds.iter().filter_map(|h| h.expires).min();
             let reset = self.next_reset(&ledger);
             let until = match (expiry, reset) {
@@ -247,9 +239,7 @@ impl Engine {
 
     /// Forgets a coordinator's interest (its run ended).
     pub(crate) fn forget(&self, run_key: u64) {
-        self.ledger()
-            .coordinators
-            .retain(|(key, _, _)| *key != run_key);
+        self.ledger().coordinators.forget(run_key);
     }
 
     fn release(&self, id: u64, amount: u64) {
@@ -266,15 +256,13 @@ impl Engine {
                 deadlock::released(task, self);
             }
             ledger.used = ledger.used.saturating_sub(amount);
-            std::mem::take(&mut ledger.coordinators)
+            ledger.coordinators.take()
         };
         self.wake(waiters);
     }
 
-    fn wake(&self, waiters: Vec<(u64, UnboundedSender<Message>, usize)>) {
-        for (_, sender, gate) in waiters {
-            let _ = sender.send(Message::GateReleased { gate });
-        }
+    fn wake(&self, waiters: Wakers) {
+        waiters.wake();
         self.released.notify_waiters();
     }
 
@@ -429,7 +417,7 @@ impl Engine {
             }
             ledger.used = 0;
             ledger.period_start = None;
-            std::mem::take(&mut ledger.coordinators)
+            ledger.coordinators.take()
         };
         self.wake(waiters);
     }

@@ -10,6 +10,7 @@ mod gate;
 mod hold;
 mod primitives;
 mod rate_limit;
+mod wakers;
 
 use std::sync::Arc;
 use std::time::Duration;
