@@ -593,3 +593,36 @@ async fn a_barrier_round_not_complete_in_time_fails_every_waiter() {
         "{alone:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_state_let_out_of_one_gate_and_parked_at_another_asks_at_the_right_instant() {
+    // The semaphore is asked first, then the rate limit: the second state gets the permit
+    // when the first ends (10 ms), is refused by the limit until 1 s, and must ask the limit
+    // at 1 s, not at 10 ms again (which once made the scheduler spin at 1 s).
+    let permit = FlowSemaphore::new("one", 1);
+    let limit = fluffy_flow::RateLimit::token_bucket(1.0, 1).unwrap();
+    let agent = fan(&["a", "b", "c"], 10, |o| {
+        o.semaphore(permit.clone()).rate_limit(limit.clone())
+    });
+    let (report, started) = starts(&agent).await;
+    assert!(report.is_success());
+    assert_eq!(at(&started), [0, 1000, 2000]);
+    assert_eq!(permit.status().in_use, "0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_waiting_for_a_quota_period_is_not_taken_for_a_deadlock() {
+    let quota = Quota::per("per_second", 2.0, ms(1000));
+    let task = tokio::spawn({
+        let quota = quota.clone();
+        async move {
+            quota.take(2.0).await?;
+            // Waits for the next period: the quota is not "held" by this task.
+            quota.take(1.0).await?;
+            Ok::<_, FlowError>(Instant::now())
+        }
+    });
+    let start = Instant::now();
+    let finished = task.await.unwrap().unwrap();
+    assert_eq!(finished - start, ms(1000));
+}

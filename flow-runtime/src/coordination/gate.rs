@@ -72,6 +72,9 @@ pub(crate) struct Asker<'a> {
     pub(crate) gate: usize,
     /// Its arrival, at a barrier.
     pub(crate) arrival: Option<u64>,
+    /// The current instant: holds, quotas and barriers are asked at it (a rate limit is
+    /// asked at the instant it named, see `Gate::ask`).
+    pub(crate) now: Instant,
 }
 
 impl Gate {
@@ -93,7 +96,10 @@ impl Gate {
         }
     }
 
-    /// Asks for `amount` (units of a hold; rate limits admit one) at `at`.
+    /// Asks for `amount` (units of a hold; rate limits admit one). A rate limit is asked at
+    /// `at`, the instant it named to a state let out to ask again (so that the timer's
+    /// millisecond rounding adds no drift); everything else at the current instant (a hold
+    /// must start its TTL now, not at an earlier instant).
     pub(crate) fn ask(&self, at: Instant, amount: u64, asker: &Asker<'_>) -> Verdict {
         match self {
             Gate::Rate(limit) => match limit.try_acquire_at(at) {
@@ -102,7 +108,7 @@ impl Gate {
             },
             Gate::Hold(engine) => {
                 let wake = Some((asker.run_key, asker.wake, asker.gate));
-                match engine.try_take(amount, asker.owner.clone(), at, wake) {
+                match engine.try_take(amount, asker.owner.clone(), asker.now, wake) {
                     Ok(units) => Verdict::Admitted(Taken::Units(units)),
                     // A quota with nothing left and no period to come: waiting is forever.
                     Err(Busy { until: None }) if engine.kind == PrimitiveKind::Quota => {
@@ -118,7 +124,7 @@ impl Gate {
                     return Verdict::OnRelease;
                 };
                 let wake = Some((asker.run_key, asker.wake, asker.gate));
-                match barrier.check(arrival, at, wake) {
+                match barrier.check(arrival, asker.now, wake) {
                     Arrival::Passed => Verdict::Admitted(Taken::Passage),
                     Arrival::TimedOut => {
                         Verdict::Refused(barrier.timed_out(&describe_state(asker.state)))

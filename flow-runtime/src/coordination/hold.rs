@@ -106,6 +106,8 @@ pub(crate) struct HeldUnits {
     engine: Arc<Engine>,
     id: u64,
     amount: u64,
+    /// The quota period they were taken in.
+    period: Option<Instant>,
 }
 
 impl HeldUnits {
@@ -113,11 +115,13 @@ impl HeldUnits {
         &self.engine
     }
 
-    /// Records the task that holds these units (for deadlock detection and status).
-    pub(crate) fn set_task(&self, task: tokio::task::Id) {
+    /// Records the task that holds these units, named `label` (for deadlock detection and
+    /// status). A quota's units are consumed, not held: nothing to record.
+    pub(crate) fn set_task(&self, task: tokio::task::Id, label: &Arc<str>) {
         let mut ledger = self.engine.ledger();
         if let Some(hold) = ledger.holds.iter_mut().find(|h| h.id == self.id) {
             hold.owner.task = Some(task);
+            deadlock::label(task, Arc::clone(label));
             deadlock::held(task, &self.engine);
         }
     }
@@ -128,10 +132,12 @@ impl HeldUnits {
         !self.engine.ledger().holds.iter().any(|h| h.id == self.id)
     }
 
-    /// Gives the units back, a quota's too (the state they were taken for did not start).
+    /// Gives the units back, a quota's too (the state they were taken for did not start),
+    /// unless its period has rolled over since (the new period owes nothing).
     pub(crate) fn give_back(self) {
-        if self.engine.kind == PrimitiveKind::Quota {
-            let mut ledger = self.engine.ledger();
+        let mut ledger = self.engine.ledger();
+        ledger.granted = ledger.granted.saturating_sub(1);
+        if self.engine.kind == PrimitiveKind::Quota && ledger.period_start == self.period {
             ledger.used = ledger.used.saturating_sub(self.amount);
         }
         // Dropping releases a hold (a quota's drop keeps its consumption).
@@ -144,7 +150,7 @@ impl HeldUnits {
         self.engine.evict_expired(&mut ledger, now);
         match ledger.holds.iter_mut().find(|h| h.id == self.id) {
             Some(hold) => {
-                hold.expires = self.engine.ttl.map(|ttl| now + ttl);
+                hold.expires = self.engine.ttl.and_then(|ttl| now.checked_add(ttl));
                 true
             }
             None => false,
@@ -212,10 +218,10 @@ impl Engine {
         ledger.next_id += 1;
         ledger.granted += 1;
         let id = ledger.next_id;
-        if let Some(task) = owner.task {
-            deadlock::held(task, self);
-        }
         if self.kind != PrimitiveKind::Quota {
+            if let Some(task) = owner.task {
+                deadlock::held(task, self);
+            }
             ledger.holds.push(Hold {
                 id,
                 amount,
@@ -228,6 +234,7 @@ impl Engine {
             engine: Arc::clone(self),
             id,
             amount,
+            period: ledger.period_start,
         })
     }
 

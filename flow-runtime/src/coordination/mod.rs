@@ -21,7 +21,7 @@ pub use hold::PrimitiveKind;
 pub use primitives::{FlowMutex, FlowSemaphore, HoldGuard, Lease, Quota};
 pub use rate_limit::RateLimit;
 
-pub(crate) use deadlock::{Owner, cycles_found, label as label_task};
+pub(crate) use deadlock::{Owner, cycles_found};
 pub(crate) use gate::{Asker, Gate, Taken, Ticket, Verdict};
 pub(crate) use hold::HeldUnits;
 

@@ -18,7 +18,7 @@ use super::ready::{ReadyEntry, Wake};
 use super::task::Message;
 use super::task::Outcome;
 use super::{AbortOnDrop, BlockedState, Coordinator};
-use crate::coordination::{Asker, HeldUnits, Owner, Taken, Verdict, label_task};
+use crate::coordination::{Asker, HeldUnits, Owner, Taken, Verdict};
 use flow_core::StateId;
 use tokio::time::Instant;
 
@@ -77,6 +77,7 @@ impl Coordinator {
                 wake: &self.sender,
                 gate,
                 arrival: self.ready.arrival(seq, gate),
+                now: self.now,
             };
             let wake = match compiled.gates[gate].ask(at, amount, &asker) {
                 Verdict::Admitted(took) => {
@@ -195,15 +196,14 @@ impl Coordinator {
         task: tokio::task::Id,
         held: &[HeldUnits],
     ) -> Option<AbortOnDrop> {
-        let label = Arc::from(format!(
+        let label: Arc<str> = Arc::from(format!(
             "state `{}` of run {} (workflow `{}`)",
             self.graph.name(state),
             self.observer.run_id,
             self.compiled.name
         ));
-        label_task(task, label);
         for units in held {
-            units.set_task(task);
+            units.set_task(task, &label);
         }
         let gates = &self.compiled.states[state.index()].gates;
         let (ttl, gate) = gates

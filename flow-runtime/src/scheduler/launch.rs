@@ -101,11 +101,27 @@ impl Coordinator {
                 Err(()) => break,
             };
             let Some(entry) = self.ready.pop() else { break };
+            // The breaker first: its permission is given back losslessly if a gate then makes
+            // the state wait, where a gate's admission (a quota, a rate limit's instant, a
+            // barrier's passage) could not be if the breaker refused after it.
+            let breaker = match self.admit(entry.state) {
+                Ok(permit) => permit,
+                Err(outcome) => {
+                    // An open breaker fails the attempt without calling the state.
+                    self.ready.left(entry.seq());
+                    self.dequeued(entry.seq());
+                    let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
+                    let _span = self.begin(state, attempt);
+                    self.launch_outcome(state, scope, attempt, outcome);
+                    continue;
+                }
+            };
             let entry = match self.through_gates(entry) {
                 GateVerdict::Admitted(entry, held) => (entry, held),
                 // Its grant, if any, goes back as it drops: others may use it meanwhile.
                 GateVerdict::Waiting => continue,
                 GateVerdict::Refused(entry, error) => {
+                    drop(breaker);
                     self.dequeued(entry.seq());
                     let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
                     let _span = self.begin(state, attempt);
@@ -118,14 +134,6 @@ impl Coordinator {
             let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
             let grant = grant.map(|grant| (grant, entry.virtual_start()));
             let span = self.begin(state, attempt);
-            let breaker = match self.admit(state) {
-                Ok(permit) => permit,
-                Err(outcome) => {
-                    // An open breaker fails the attempt without calling the state.
-                    self.launch_outcome(state, scope, attempt, outcome);
-                    continue;
-                }
-            };
             let context = self.state_context(state, attempt);
             match task::start(&self.compiled.states[state.index()].func, &context) {
                 Ok(run) => {

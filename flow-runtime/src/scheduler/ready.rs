@@ -106,7 +106,6 @@ impl ReadyQueue {
         }
     }
 
-    /// Makes room for entries waiting at `count` gates.
     /// Makes room for entries waiting at gates; `together[i]` says gate `i` lets all its
     /// waiting entries ask at once when woken (a barrier: each must arrive), where others let
     /// the first ask and keep the rest behind it.
@@ -188,9 +187,10 @@ impl ReadyQueue {
 
     /// The gate an entry waits at, if it waits at one (O(n) over the gates' entries).
     pub(crate) fn gate_of(&self, seq: u64) -> Option<usize> {
-        self.gates
-            .iter()
-            .position(|wait| wait.heap.iter().any(|e| e.seq() == seq))
+        self.gates.iter().position(|wait| {
+            wait.trying.is_some_and(|(trying, _)| trying == seq)
+                || wait.heap.iter().any(|e| e.seq() == seq)
+        })
     }
 
     /// Takes out every entry `take` selects, keeping the rest in order (O(n)).
@@ -219,11 +219,16 @@ impl ReadyQueue {
             return;
         }
         self.tickets.remove(&seq);
+        self.stop_trying(seq);
+    }
+
+    /// The entry is no longer out asking any gate: at each gate it was asking, the next one
+    /// waiting there may ask (at the latest instant that gate was asked).
+    fn stop_trying(&mut self, seq: u64) {
         for gate in self.gates.iter_mut() {
             if gate.trying.is_some_and(|(trying, _)| trying == seq) {
                 gate.trying = None;
                 if !gate.heap.is_empty() {
-                    // The next may ask at once (at the latest instant this gate was asked).
                     gate.until = Some(gate.asked.unwrap_or(self.origin));
                 }
             }
@@ -272,25 +277,24 @@ impl ReadyQueue {
         ticket: Option<Ticket>,
     ) {
         let seq = entry.seq();
+        // It waits here now, and nowhere else: its turn at any other gate passes on, and its
+        // places there are given up (an arrival at a barrier stays: it counts in the round).
+        self.stop_trying(seq);
+        if let Some(held) = self.tickets.get_mut(&seq) {
+            held.retain(|(at, ticket)| *at == gate || matches!(ticket, Ticket::Arrival(_)));
+        }
         if let Some(ticket) = ticket {
             self.add_ticket(seq, gate, ticket);
         }
         let wait = &mut self.gates[gate];
-        if wait.trying.is_some_and(|(trying, _)| trying == seq) {
-            wait.trying = None;
-        }
         wait.heap.push(entry);
         self.gated += 1;
         match wake {
             Wake::At(until) => wait.until = Some(until),
             // A release will wake the gate (`wake_gate`).
             Wake::OnRelease => wait.until = None,
-            Wake::Behind => {
-                if wait.trying.is_none() && wait.until.is_none() && wait.heap.len() == 1 {
-                    // Nobody else is asking for this gate: the first waiting may ask at once.
-                    wait.until = Some(self.origin);
-                }
-            }
+            // Behind the first, which asks when its turn comes.
+            Wake::Behind => {}
         }
     }
 
