@@ -1,11 +1,11 @@
 //! Circuit breakers and bulkheads: protection for the services states call.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+use crate::coordination::{Engine, PrimitiveKind};
 
 /// About thirty years: "open until further notice" for recovery times the clock cannot add.
 const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
@@ -201,88 +201,49 @@ impl Drop for BreakerPermit {
 
 /// A bulkhead: at most `max_concurrent` attempts of the states that share it run at once, at
 /// most `max_queued` more wait for a place, and any beyond that fail fast with
-/// `FlowError::BulkheadFull`. Shareable by several states, runs and agents. Waiting for a place
-/// happens inside the state's attempt (its status is `Running`), but the state's timeout does
-/// not count while it waits: it covers the call, from the moment the attempt has a place.
-#[derive(Debug, Clone)]
+/// `FlowError::BulkheadFull`. Shareable by several states, runs and agents.
+///
+/// A bulkhead is one of the scheduler's admission gates (like a semaphore with a bounded
+/// queue): a state waits for its place before its attempt starts, holding no slot, and the
+/// state's timeout covers the call only. Its circuit breaker is asked first; a full bulkhead
+/// says nothing about the service behind the breaker, so the breaker's permission goes back
+/// unrecorded.
+#[derive(Clone)]
 pub struct Bulkhead {
-    shared: Arc<BulkheadShared>,
-}
-
-#[derive(Debug)]
-struct BulkheadShared {
-    name: String,
-    max_concurrent: usize,
-    max_queued: usize,
-    places: Arc<Semaphore>,
-    queued: AtomicUsize,
-}
-
-/// Why an attempt could not enter a bulkhead.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BulkheadFull {
-    pub(crate) name: String,
-    pub(crate) max_concurrent: usize,
-    pub(crate) max_queued: usize,
+    pub(crate) engine: Arc<Engine>,
 }
 
 impl Bulkhead {
     /// A bulkhead named `name` (for errors and reports). `max_concurrent` is raised to one.
     pub fn new(name: impl Into<String>, max_concurrent: usize, max_queued: usize) -> Self {
-        let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        let name = name.into();
+        let places = u64::try_from(max_concurrent.max(1)).unwrap_or(u64::MAX);
         Self {
-            shared: Arc::new(BulkheadShared {
-                name: name.into(),
-                max_concurrent,
-                max_queued,
-                places: Arc::new(Semaphore::new(max_concurrent)),
-                queued: AtomicUsize::new(0),
-            }),
+            engine: Arc::new(
+                Engine::new(PrimitiveKind::Bulkhead, &name, places, None, None)
+                    .with_queue_limit(max_queued),
+            ),
         }
     }
 
     /// Its name.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        &self.engine.name
     }
 
     /// Attempts inside now.
     pub fn in_use(&self) -> usize {
-        self.shared.max_concurrent - self.shared.places.available_permits()
+        usize::try_from(self.engine.used()).unwrap_or(usize::MAX)
     }
 
     /// Attempts waiting for a place now.
     pub fn queued(&self) -> usize {
-        self.shared.queued.load(Ordering::Relaxed)
-    }
-
-    /// Waits for a place (released when the permit is dropped), or fails at once when the
-    /// queue is full.
-    pub(crate) async fn enter(&self) -> Result<OwnedSemaphorePermit, BulkheadFull> {
-        let places = Arc::clone(&self.shared.places);
-        if let Ok(permit) = Arc::clone(&places).try_acquire_owned() {
-            return Ok(permit);
-        }
-        let full = || BulkheadFull {
-            name: self.shared.name.clone(),
-            max_concurrent: self.shared.max_concurrent,
-            max_queued: self.shared.max_queued,
-        };
-        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.shared.max_queued {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(full());
-        }
-        // Leaves the queue however the wait ends, also when the attempt is aborted.
-        let _in_queue = QueueSlot(&self.shared.queued);
-        // The semaphore is never closed.
-        places.acquire_owned().await.map_err(|_| full())
+        self.engine.waiting()
     }
 }
 
-struct QueueSlot<'a>(&'a AtomicUsize);
-
-impl Drop for QueueSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl std::fmt::Debug for Bulkhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.engine.describe())
     }
 }

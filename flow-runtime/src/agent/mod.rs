@@ -117,7 +117,6 @@ struct StateDef {
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
     breaker: Option<CircuitBreaker>,
-    bulkhead: Option<Bulkhead>,
     /// Coordination primitives it passes before it starts, with the amount it asks for.
     gates: Vec<(Gate, u64)>,
     /// Problems found while the state was declared, reported when the definition is
@@ -247,7 +246,6 @@ impl Agent {
             timeout: None,
             retry: None,
             breaker: None,
-            bulkhead: None,
             gates: Vec::new(),
             declared_problems: Vec::new(),
             resources: ResourceRequirements::NONE,

@@ -61,8 +61,8 @@ impl StateOptions<'_> {
 
     /// Runs this state's attempts through a bulkhead (shared by every state given the same
     /// one). See [`Bulkhead`].
-    pub fn bulkhead(self, bulkhead: Bulkhead) -> Self {
-        self.state.bulkhead = Some(bulkhead);
+    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.push_gate(Gate::from(bulkhead), 1);
         self
     }
 

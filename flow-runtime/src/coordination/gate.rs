@@ -171,10 +171,13 @@ impl Gate {
     }
 
     /// A place among the acquisitions waiting here, or a refusal when there is none.
-    pub(crate) fn enter_wait(&self, state: &str) -> Result<Ticket, FlowError> {
+    pub(crate) fn enter_wait(&self, state: &str, attempt: u32) -> Result<Ticket, FlowError> {
         match self {
             Gate::Rate(limit) => Ok(Ticket::Place(Box::new(limit.enter_wait(Some(state))?))),
-            Gate::Hold(engine) => Ok(Ticket::Place(Box::new(engine.enter_wait()))),
+            Gate::Hold(engine) => match engine.enter_wait() {
+                Some(waiting) => Ok(Ticket::Place(Box::new(waiting))),
+                None => Err(engine.queue_full(state.to_owned(), attempt)),
+            },
             // Its arrival is its place (taken before it is asked).
             Gate::Barrier(_) => Ok(Ticket::Place(Box::new(()))),
         }
@@ -249,6 +252,12 @@ impl From<FlowMutex> for Gate {
 impl From<Lease> for Gate {
     fn from(primitive: Lease) -> Self {
         Gate::Hold(primitive.engine)
+    }
+}
+
+impl From<crate::Bulkhead> for Gate {
+    fn from(bulkhead: crate::Bulkhead) -> Self {
+        Gate::Hold(bulkhead.engine)
     }
 }
 

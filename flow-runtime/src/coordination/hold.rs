@@ -29,6 +29,8 @@ pub enum PrimitiveKind {
     Quota,
     /// [`FlowBarrier`](super::FlowBarrier): parties that start together.
     Barrier,
+    /// [`Bulkhead`](crate::Bulkhead): places for attempts, with a bounded queue.
+    Bulkhead,
 }
 
 impl PrimitiveKind {
@@ -40,6 +42,7 @@ impl PrimitiveKind {
             PrimitiveKind::Lease => "lease",
             PrimitiveKind::Quota => "quota",
             PrimitiveKind::Barrier => "barrier",
+            PrimitiveKind::Bulkhead => "bulkhead",
         }
     }
 }
@@ -56,6 +59,8 @@ pub(crate) struct Engine {
     pub(crate) ttl: Option<Duration>,
     /// How often a quota's consumption starts again.
     pub(crate) reset_every: Option<Duration>,
+    /// How many may wait at most (a bulkhead's queue); one more is refused.
+    pub(crate) queue_limit: Option<usize>,
     state: Mutex<Ledger>,
     /// Wakes tasks awaiting a guard.
     released: Notify,
@@ -178,9 +183,26 @@ impl Engine {
             capacity,
             ttl,
             reset_every,
+            queue_limit: None,
             state: Mutex::new(Ledger::default()),
             released: Notify::new(),
         }
+    }
+
+    /// The same engine with at most `limit` acquisitions waiting.
+    pub(crate) fn with_queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = Some(limit);
+        self
+    }
+
+    /// Units held (or consumed in this period) now.
+    pub(crate) fn used(&self) -> u64 {
+        self.ledger().used
+    }
+
+    /// Acquisitions waiting now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.ledger().waiting
     }
 
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
@@ -238,10 +260,18 @@ impl Engine {
         })
     }
 
-    /// Counts one more acquisition waiting here, until the returned value is dropped.
-    pub(crate) fn enter_wait(self: &Arc<Self>) -> Waiting {
-        self.ledger().waiting += 1;
-        Waiting(Arc::clone(self))
+    /// Counts one more acquisition waiting here, until the returned value is dropped; `None`
+    /// when the queue is full (a bulkhead's).
+    pub(crate) fn enter_wait(self: &Arc<Self>) -> Option<Waiting> {
+        let mut ledger = self.ledger();
+        if self
+            .queue_limit
+            .is_some_and(|limit| ledger.waiting >= limit)
+        {
+            return None;
+        }
+        ledger.waiting += 1;
+        Some(Waiting(Arc::clone(self)))
     }
 
     /// Forgets a coordinator's interest (its run ended).
@@ -341,7 +371,10 @@ impl Engine {
                         return Err(self.exhausted(amount, owner.label.to_string()));
                     }
                     if edge.is_none() {
-                        edge = Some((deadlock::waits(&owner, self)?, self.enter_wait()));
+                        let Some(waiting) = self.enter_wait() else {
+                            return Err(self.queue_full(owner.label.to_string(), 1));
+                        };
+                        edge = Some((deadlock::waits(&owner, self)?, waiting));
                     }
                     match until {
                         Some(until) => {
@@ -363,6 +396,17 @@ impl Engine {
             primitive: self.describe(),
             amount: self.show(amount),
             capacity: self.show(self.capacity),
+        }
+    }
+
+    /// A bulkhead whose queue is full refused `who`.
+    pub(crate) fn queue_full(&self, who: String, attempts: u32) -> flow_core::FlowError {
+        flow_core::FlowError::BulkheadFull {
+            state: who,
+            attempts,
+            bulkhead: self.name.to_string(),
+            max_concurrent: usize::try_from(self.capacity).unwrap_or(usize::MAX),
+            max_queued: self.queue_limit.unwrap_or(0),
         }
     }
 

@@ -23,7 +23,7 @@ pub use rate_limit::RateLimit;
 
 pub(crate) use deadlock::{Owner, cycles_found};
 pub(crate) use gate::{Asker, Gate, Taken, Ticket, Verdict};
-pub(crate) use hold::HeldUnits;
+pub(crate) use hold::{Engine, HeldUnits};
 
 /// One primitive as it stands (see [`crate::Agent::coordination_status`]).
 #[derive(Debug, Clone, PartialEq)]

@@ -112,7 +112,8 @@ impl Coordinator {
         let ticket = if self.ready.has_ticket(entry.seq(), gate) {
             None
         } else {
-            match self.compiled.gates[gate].enter_wait(self.graph.name(entry.state)) {
+            let state = self.graph.name(entry.state);
+            match self.compiled.gates[gate].enter_wait(state, entry.attempt) {
                 Ok(ticket) => Some(ticket),
                 Err(error) => {
                     self.ready.left(entry.seq());

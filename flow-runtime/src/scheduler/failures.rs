@@ -12,7 +12,6 @@ use super::joins::ScopeId;
 use super::task::Message;
 use crate::events::EventKind;
 use crate::failure::{DeadLetter, FAILURE_KEY, FailureKind};
-use crate::resilience::BulkheadFull;
 
 /// A retry waiting for its delay.
 pub(super) struct RetryTimer {
@@ -30,7 +29,6 @@ pub(super) enum Failure {
     Panic(String),
     Timeout(Duration),
     CircuitOpen(Duration),
-    BulkheadFull(BulkheadFull),
     ResourceTimeout(Duration),
     /// It waited at an admission gate past its acquisition timeout (how long, and which gate).
     AdmissionTimeout(Duration, String),
@@ -119,6 +117,9 @@ impl Coordinator {
                     FlowError::RateLimited { .. } => {
                         (FailureKind::RateLimited, StateStatus::Failed)
                     }
+                    FlowError::BulkheadFull { .. } => {
+                        (FailureKind::BulkheadFull, StateStatus::Failed)
+                    }
                     FlowError::HoldExpired { .. } => {
                         (FailureKind::Coordination, StateStatus::Timeout)
                     }
@@ -126,17 +127,6 @@ impl Coordinator {
                 };
                 (error, kind, status)
             }
-            Failure::BulkheadFull(full) => (
-                FlowError::BulkheadFull {
-                    state: name,
-                    attempts: attempt,
-                    bulkhead: full.name,
-                    max_concurrent: full.max_concurrent,
-                    max_queued: full.max_queued,
-                },
-                FailureKind::BulkheadFull,
-                StateStatus::Failed,
-            ),
         };
         self.set_status(state, status);
         let message = error.to_string();

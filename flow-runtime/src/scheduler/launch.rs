@@ -49,12 +49,6 @@ impl Coordinator {
                     .map_err(Stop::Failed);
             }
         };
-        if spec.bulkhead.is_some() {
-            // Waiting for a place must not happen here, on the coordinator.
-            let holds = (None, Vec::new());
-            self.launch(state, scope, attempt, started, run, breaker, holds, span);
-            return Ok(());
-        }
         let polled = {
             let _entered = span.enter();
             std::future::poll_fn(|cx| std::task::Poll::Ready(task::poll_once(&mut run, cx))).await
@@ -215,24 +209,15 @@ impl Coordinator {
         attempt: u32,
         started: Instant,
         run: StateFuture,
-        mut breaker: Option<BreakerPermit>,
+        breaker: Option<BreakerPermit>,
         (grant, held): (Option<(Grant, i64)>, Vec<HeldUnits>),
         span: tracing::Span,
     ) {
         let (slot, ticket) = self.take_slot();
         let spec = &self.compiled.states[state.index()];
         let (limit, link) = (spec.timeout, Arc::clone(&self.link));
-        let task = match &spec.bulkhead {
-            None => {
-                let attempt = task::plain(run);
-                tokio::spawn(task::supervise(attempt, limit, slot, ticket, link).instrument(span))
-            }
-            Some(bulkhead) => {
-                // The timeout covers the call, not the wait for a place (see `task::guarded`).
-                let attempt = task::guarded(run, bulkhead.clone(), breaker.take(), limit);
-                tokio::spawn(task::supervise(attempt, None, slot, ticket, link).instrument(span))
-            }
-        };
+        let call = task::plain(run);
+        let task = tokio::spawn(task::supervise(call, limit, slot, ticket, link).instrument(span));
         let abort = Some(task.abort_handle());
         let hold_timer = if held.is_empty() {
             None
@@ -241,19 +226,17 @@ impl Coordinator {
         };
         // The task's own timeout cannot fire while its state blocks the thread or never
         // yields: the coordinator keeps a timer too, and fails the attempt on time whatever
-        // the state does (its task is abandoned). Not for a bulkhead state, whose timeout
-        // starts once it has a place.
-        let deadline = match (limit, &spec.bulkhead) {
-            (Some(limit), None) => Some(AbortOnDrop(self.message_after(
+        // the state does (its task is abandoned).
+        let deadline = limit.map(|limit| {
+            AbortOnDrop(self.message_after(
                 limit,
                 Message::StateDeadline {
                     slot,
                     ticket,
                     limit,
                 },
-            ))),
-            _ => None,
-        };
+            ))
+        });
         self.running[slot as usize] = Some(Running {
             state,
             scope,

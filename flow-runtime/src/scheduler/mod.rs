@@ -592,9 +592,6 @@ impl Coordinator {
             Outcome::CircuitOpen(retry_in) => {
                 self.attempt_failed(state, scope, attempt, Failure::CircuitOpen(retry_in))
             }
-            Outcome::BulkheadFull(full) => {
-                self.attempt_failed(state, scope, attempt, Failure::BulkheadFull(full))
-            }
             Outcome::Refused(error) => {
                 self.attempt_failed(state, scope, attempt, Failure::Refused(error))
             }
@@ -784,6 +781,6 @@ fn record_breaker(permit: Option<BreakerPermit>, outcome: &Outcome) {
         Outcome::Finished(Err(_)) | Outcome::Panicked(_) | Outcome::TimedOut(_) => {
             permit.record(false)
         }
-        Outcome::CircuitOpen(_) | Outcome::BulkheadFull(_) | Outcome::Refused(_) => drop(permit),
+        Outcome::CircuitOpen(_) | Outcome::Refused(_) => drop(permit),
     }
 }

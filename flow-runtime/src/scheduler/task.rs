@@ -15,7 +15,6 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use super::joins::ScopeId;
-use crate::resilience::{BreakerPermit, Bulkhead, BulkheadFull};
 
 use crate::context::Context;
 use crate::state_fn::{StateFn, StateFuture};
@@ -27,8 +26,6 @@ pub(crate) enum Outcome {
     TimedOut(Duration),
     /// The state's circuit breaker is open; it half-opens after this long.
     CircuitOpen(Duration),
-    /// The state's bulkhead had no place and its queue was full.
-    BulkheadFull(BulkheadFull),
     /// An admission gate refused the attempt outright.
     Refused(flow_core::FlowError),
 }
@@ -109,31 +106,6 @@ pub(crate) fn poll_once(run: &mut StateFuture, cx: &mut TaskContext<'_>) -> Opti
         Ok(Poll::Ready(result)) => Some(Outcome::Finished(result)),
         Err(payload) => Some(Outcome::Panicked(panic_message(payload))),
     }
-}
-
-/// A state's attempt that first waits for a place in its bulkhead. The state's timeout covers
-/// the call, not the wait; the circuit breaker's permit (taken when the attempt was scheduled)
-/// is settled here, so that only the call itself counts for the breaker.
-pub(crate) async fn guarded(
-    run: StateFuture,
-    bulkhead: Bulkhead,
-    breaker: Option<BreakerPermit>,
-    limit: Option<Duration>,
-) -> Outcome {
-    let _place = match bulkhead.enter().await {
-        Ok(place) => place,
-        Err(full) => return Outcome::BulkheadFull(full),
-    };
-    let outcome = match limit {
-        None => CatchUnwind(run).await,
-        Some(limit) => tokio::time::timeout(limit, CatchUnwind(run))
-            .await
-            .unwrap_or(Outcome::TimedOut(limit)),
-    };
-    if let Some(permit) = breaker {
-        permit.record(matches!(outcome, Outcome::Finished(Ok(_))));
-    }
-    outcome
 }
 
 /// The plain attempt: the state's future, panics caught.
