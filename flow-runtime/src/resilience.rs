@@ -81,6 +81,10 @@ impl CircuitBreaker {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    pub(crate) fn same(&self, other: &CircuitBreaker) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Where it stands now.
     pub fn state(&self) -> BreakerState {
         match &*self.phase() {

@@ -54,7 +54,6 @@ pub(crate) struct CompiledState {
     pub(crate) priority: Priority,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: RetryPolicy,
-    pub(crate) breaker: Option<CircuitBreaker>,
     /// What the state needs from the pool, in exact units (all zero: nothing).
     pub(crate) needs: Amounts,
     /// How long it may wait for the pool before the attempt fails.
@@ -153,7 +152,6 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
             priority: s.priority,
             timeout: s.timeout,
             retry: s.retry.unwrap_or(definition.default_retry),
-            breaker: s.breaker.clone(),
             needs: amounts(&s.resources),
             acquire_timeout: s.acquire_timeout,
             preemptible: s.preemptible,

@@ -116,7 +116,6 @@ struct StateDef {
     priority: Priority,
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
-    breaker: Option<CircuitBreaker>,
     /// Coordination primitives it passes before it starts, with the amount it asks for.
     gates: Vec<(Gate, u64)>,
     /// Problems found while the state was declared, reported when the definition is
@@ -245,7 +244,6 @@ impl Agent {
             priority: Priority::Normal,
             timeout: None,
             retry: None,
-            breaker: None,
             gates: Vec::new(),
             declared_problems: Vec::new(),
             resources: ResourceRequirements::NONE,

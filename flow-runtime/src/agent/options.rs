@@ -54,8 +54,12 @@ impl StateOptions<'_> {
 
     /// Protects what this state calls with a circuit breaker (share one breaker between the
     /// states, and agents, that call the same service). See [`CircuitBreaker`].
-    pub fn circuit_breaker(self, breaker: CircuitBreaker) -> Self {
-        self.state.breaker = Some(breaker);
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        // One breaker per state: a second call replaces the first.
+        self.state
+            .gates
+            .retain(|(gate, _)| !matches!(gate, Gate::Breaker(_)));
+        self.push_gate(Gate::Breaker(breaker), 1);
         self
     }
 

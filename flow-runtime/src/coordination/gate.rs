@@ -13,11 +13,15 @@ use super::barrier::{Arrival, ArrivalTicket, BarrierInner};
 use super::hold::{Busy, Engine, HeldUnits, PrimitiveKind};
 use super::rate_limit::{NotBefore, RateLimit};
 use super::{FlowBarrier, FlowMutex, FlowSemaphore, Lease, Owner, Quota};
+use crate::resilience::{BreakerPermit, CircuitBreaker};
 use crate::scheduler::Message;
 
 /// A primitive a state passes before it starts.
 #[derive(Clone)]
 pub(crate) enum Gate {
+    /// The state's circuit breaker: admits (with a permit the attempt's outcome settles) or
+    /// refuses while open. It never makes a state wait.
+    Breaker(CircuitBreaker),
     Rate(RateLimit),
     Hold(Arc<Engine>),
     Barrier(Arc<BarrierInner>),
@@ -31,6 +35,8 @@ pub(crate) enum Taken {
     Units(HeldUnits),
     /// Passage through a barrier (nothing to give back).
     Passage,
+    /// A circuit breaker's permission for the attempt.
+    Breaker(BreakerPermit),
 }
 
 impl Taken {
@@ -39,7 +45,8 @@ impl Taken {
         match self {
             Taken::Rate(limit, counted) => limit.refund(counted),
             Taken::Units(units) => units.give_back(),
-            Taken::Passage => {}
+            // A permission dropped unsettled gives its trial slot back.
+            Taken::Passage | Taken::Breaker(_) => {}
         }
     }
 }
@@ -72,6 +79,8 @@ pub(crate) struct Asker<'a> {
     pub(crate) gate: usize,
     /// Its arrival, at a barrier.
     pub(crate) arrival: Option<u64>,
+    /// Which attempt of the state this is (for refusals).
+    pub(crate) attempt: u32,
     /// The current instant: holds, quotas and barriers are asked at it (a rate limit is
     /// asked at the instant it named, see `Gate::ask`).
     pub(crate) now: Instant,
@@ -83,6 +92,7 @@ impl Gate {
             (Gate::Rate(a), Gate::Rate(b)) => a.same(b),
             (Gate::Hold(a), Gate::Hold(b)) => Arc::ptr_eq(a, b),
             (Gate::Barrier(a), Gate::Barrier(b)) => Arc::ptr_eq(a, b),
+            (Gate::Breaker(a), Gate::Breaker(b)) => a.same(b),
             _ => false,
         }
     }
@@ -93,6 +103,7 @@ impl Gate {
             Gate::Rate(limit) => format!("rate limit `{}`", limit.name()),
             Gate::Hold(engine) => engine.describe(),
             Gate::Barrier(barrier) => barrier.describe(),
+            Gate::Breaker(_) => "circuit breaker".to_owned(),
         }
     }
 
@@ -102,6 +113,14 @@ impl Gate {
     /// must start its TTL now, not at an earlier instant).
     pub(crate) fn ask(&self, at: Instant, amount: u64, asker: &Asker<'_>) -> Verdict {
         match self {
+            Gate::Breaker(breaker) => match breaker.try_acquire() {
+                Ok(permit) => Verdict::Admitted(Taken::Breaker(permit)),
+                Err(retry_in) => Verdict::Refused(FlowError::CircuitOpen {
+                    state: asker.state.to_owned(),
+                    attempts: asker.attempt,
+                    retry_in,
+                }),
+            },
             Gate::Rate(limit) => match limit.try_acquire_at(at) {
                 Ok(counted) => Verdict::Admitted(Taken::Rate(limit.clone(), counted)),
                 Err(NotBefore(until)) => Verdict::At(until),
@@ -162,11 +181,14 @@ impl Gate {
     /// that then waits.
     pub(crate) fn rank(&self) -> u8 {
         match self {
-            Gate::Hold(engine) if engine.kind == PrimitiveKind::Quota => 2,
-            Gate::Hold(_) => 0,
-            Gate::Rate(_) => 1,
+            // First: its permission goes back losslessly, where a later refusal could not
+            // give back a quota's amount or a barrier's passage.
+            Gate::Breaker(_) => 0,
+            Gate::Hold(engine) if engine.kind == PrimitiveKind::Quota => 3,
+            Gate::Hold(_) => 1,
+            Gate::Rate(_) => 2,
             // Last: a passage cannot be given back.
-            Gate::Barrier(_) => 3,
+            Gate::Barrier(_) => 4,
         }
     }
 
@@ -178,8 +200,8 @@ impl Gate {
                 Some(waiting) => Ok(Ticket::Place(Box::new(waiting))),
                 None => Err(engine.queue_full(state.to_owned(), attempt)),
             },
-            // Its arrival is its place (taken before it is asked).
-            Gate::Barrier(_) => Ok(Ticket::Place(Box::new(()))),
+            // Its arrival is its place (taken before it is asked); a breaker never waits.
+            Gate::Barrier(_) | Gate::Breaker(_) => Ok(Ticket::Place(Box::new(()))),
         }
     }
 
@@ -197,7 +219,7 @@ impl Gate {
     pub(crate) fn ttl(&self) -> Option<std::time::Duration> {
         match self {
             Gate::Hold(engine) => engine.ttl,
-            Gate::Rate(_) | Gate::Barrier(_) => None,
+            Gate::Rate(_) | Gate::Barrier(_) | Gate::Breaker(_) => None,
         }
     }
 
@@ -206,7 +228,7 @@ impl Gate {
         match self {
             Gate::Hold(engine) => engine.forget(run_key),
             Gate::Barrier(barrier) => barrier.forget(run_key),
-            Gate::Rate(_) => {}
+            Gate::Rate(_) | Gate::Breaker(_) => {}
         }
     }
 
@@ -215,14 +237,14 @@ impl Gate {
         match self {
             Gate::Hold(engine) => Some(engine.status()),
             Gate::Barrier(barrier) => Some(barrier.status()),
-            Gate::Rate(_) => None,
+            Gate::Rate(_) | Gate::Breaker(_) => None,
         }
     }
 
     pub(crate) fn engine(&self) -> Option<&Arc<Engine>> {
         match self {
             Gate::Hold(engine) => Some(engine),
-            Gate::Rate(_) | Gate::Barrier(_) => None,
+            Gate::Rate(_) | Gate::Barrier(_) | Gate::Breaker(_) => None,
         }
     }
 }

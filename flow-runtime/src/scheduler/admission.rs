@@ -19,13 +19,15 @@ use super::task::Message;
 use super::task::Outcome;
 use super::{AbortOnDrop, BlockedState, Coordinator};
 use crate::coordination::{Asker, HeldUnits, Owner, Taken, Verdict};
+use crate::resilience::BreakerPermit;
 use flow_core::StateId;
 use tokio::time::Instant;
 
 /// What the gates of a ready state said.
 pub(super) enum GateVerdict {
-    /// Every gate admitted it: it may start, holding these units while it runs.
-    Admitted(ReadyEntry, Vec<HeldUnits>),
+    /// Every gate admitted it: it may start, holding these units (and its breaker's
+    /// permission) while it runs.
+    Admitted(ReadyEntry, Vec<HeldUnits>, Option<BreakerPermit>),
     /// It waits at a gate, out of the ready heap.
     Waiting,
     /// A gate refused it outright: the attempt fails.
@@ -40,7 +42,7 @@ impl Coordinator {
         let compiled = Arc::clone(&self.compiled);
         let gates = &compiled.states[entry.state.index()].gates;
         if gates.is_empty() {
-            return GateVerdict::Admitted(entry, Vec::new());
+            return GateVerdict::Admitted(entry, Vec::new(), None);
         }
         let seq = entry.seq();
         // Others of this run already wait at one of its gates: wait behind them, in order.
@@ -77,6 +79,7 @@ impl Coordinator {
                 wake: &self.sender,
                 gate,
                 arrival: self.ready.arrival(seq, gate),
+                attempt: entry.attempt,
                 now: self.now,
             };
             let wake = match compiled.gates[gate].ask(at, amount, &asker) {
@@ -97,14 +100,15 @@ impl Coordinator {
             return self.wait_at(gate, entry, wake);
         }
         self.ready.left(seq);
-        let held = taken
-            .into_iter()
-            .filter_map(|took| match took {
-                Taken::Units(units) => Some(units),
-                Taken::Rate(..) | Taken::Passage => None,
-            })
-            .collect();
-        GateVerdict::Admitted(entry, held)
+        let (mut held, mut breaker) = (Vec::new(), None);
+        for took in taken {
+            match took {
+                Taken::Units(units) => held.push(units),
+                Taken::Breaker(permit) => breaker = Some(permit),
+                Taken::Rate(..) | Taken::Passage => {}
+            }
+        }
+        GateVerdict::Admitted(entry, held, breaker)
     }
 
     /// Puts `entry` to wait at `gate`.

@@ -28,7 +28,6 @@ pub(super) enum Failure {
     Error(StateError),
     Panic(String),
     Timeout(Duration),
-    CircuitOpen(Duration),
     ResourceTimeout(Duration),
     /// It waited at an admission gate past its acquisition timeout (how long, and which gate).
     AdmissionTimeout(Duration, String),
@@ -93,15 +92,6 @@ impl Coordinator {
                 };
                 (error, FailureKind::Dependency, status)
             }
-            Failure::CircuitOpen(retry_in) => (
-                FlowError::CircuitOpen {
-                    state: name,
-                    attempts: attempt,
-                    retry_in,
-                },
-                FailureKind::CircuitOpen,
-                StateStatus::Failed,
-            ),
             Failure::AdmissionTimeout(waited, gate) => (
                 FlowError::AdmissionTimeout {
                     state: name,
@@ -119,6 +109,9 @@ impl Coordinator {
                     }
                     FlowError::BulkheadFull { .. } => {
                         (FailureKind::BulkheadFull, StateStatus::Failed)
+                    }
+                    FlowError::CircuitOpen { .. } => {
+                        (FailureKind::CircuitOpen, StateStatus::Failed)
                     }
                     FlowError::HoldExpired { .. } => {
                         (FailureKind::Coordination, StateStatus::Timeout)

@@ -30,14 +30,8 @@ impl Coordinator {
         self.now = Instant::now();
         let started = self.now;
         let span = self.begin(state, attempt);
-        let breaker = match self.admit(state) {
-            Ok(permit) => permit,
-            Err(outcome) => {
-                return self
-                    .finish(state, scope, attempt, started, outcome)
-                    .map_err(Stop::Failed);
-            }
-        };
+        // Only a state without gates runs here: it has no breaker either.
+        let breaker = None;
         let context = self.state_context(state, attempt);
         let spec = &self.compiled.states[state.index()];
         let mut run = match task::start(&spec.func, &context) {
@@ -95,27 +89,13 @@ impl Coordinator {
                 Err(()) => break,
             };
             let Some(entry) = self.ready.pop() else { break };
-            // The breaker first: its permission is given back losslessly if a gate then makes
-            // the state wait, where a gate's admission (a quota, a rate limit's instant, a
-            // barrier's passage) could not be if the breaker refused after it.
-            let breaker = match self.admit(entry.state) {
-                Ok(permit) => permit,
-                Err(outcome) => {
-                    // An open breaker fails the attempt without calling the state.
-                    self.ready.left(entry.seq());
-                    self.dequeued(entry.seq());
-                    let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
-                    let _span = self.begin(state, attempt);
-                    self.launch_outcome(state, scope, attempt, outcome);
-                    continue;
-                }
-            };
             let entry = match self.through_gates(entry) {
-                GateVerdict::Admitted(entry, held) => (entry, held),
+                GateVerdict::Admitted(entry, held, breaker) => (entry, held, breaker),
                 // Its grant, if any, goes back as it drops: others may use it meanwhile.
                 GateVerdict::Waiting => continue,
+                // An open breaker, a full bulkhead, a spent quota...: the attempt fails
+                // without calling the state.
                 GateVerdict::Refused(entry, error) => {
-                    drop(breaker);
                     self.dequeued(entry.seq());
                     let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
                     let _span = self.begin(state, attempt);
@@ -123,7 +103,7 @@ impl Coordinator {
                     continue;
                 }
             };
-            let (entry, held) = entry;
+            let (entry, held, breaker) = entry;
             self.dequeued(entry.seq());
             let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
             let grant = grant.map(|grant| (grant, entry.virtual_start()));
@@ -187,17 +167,6 @@ impl Coordinator {
             }
         };
         (slot, self.next_ticket)
-    }
-
-    /// Asks the state's circuit breaker, if it has one, to let an attempt through.
-    pub(super) fn admit(&self, state: StateId) -> Result<Option<BreakerPermit>, Outcome> {
-        match &self.compiled.states[state.index()].breaker {
-            None => Ok(None),
-            Some(breaker) => breaker
-                .try_acquire()
-                .map(Some)
-                .map_err(Outcome::CircuitOpen),
-        }
     }
 
     /// Runs a started state's future as a task of its own.

@@ -589,9 +589,6 @@ impl Coordinator {
             Outcome::TimedOut(limit) => {
                 self.attempt_failed(state, scope, attempt, Failure::Timeout(limit))
             }
-            Outcome::CircuitOpen(retry_in) => {
-                self.attempt_failed(state, scope, attempt, Failure::CircuitOpen(retry_in))
-            }
             Outcome::Refused(error) => {
                 self.attempt_failed(state, scope, attempt, Failure::Refused(error))
             }
@@ -772,8 +769,9 @@ impl Drop for Coordinator {
     }
 }
 
-/// Tells a state's circuit breaker how its attempt went. A full bulkhead says nothing about
-/// the service behind the breaker: the permit is given back unrecorded.
+/// Tells a state's circuit breaker how its attempt went. A refusal at admission (a full
+/// bulkhead, ...) says nothing about the service behind the breaker: the permit is given back
+/// unrecorded.
 fn record_breaker(permit: Option<BreakerPermit>, outcome: &Outcome) {
     let Some(permit) = permit else { return };
     match outcome {
@@ -781,6 +779,6 @@ fn record_breaker(permit: Option<BreakerPermit>, outcome: &Outcome) {
         Outcome::Finished(Err(_)) | Outcome::Panicked(_) | Outcome::TimedOut(_) => {
             permit.record(false)
         }
-        Outcome::CircuitOpen(_) | Outcome::Refused(_) => drop(permit),
+        Outcome::Refused(_) => drop(permit),
     }
 }

@@ -24,8 +24,6 @@ pub(crate) enum Outcome {
     Finished(Result<Next, StateError>),
     Panicked(String),
     TimedOut(Duration),
-    /// The state's circuit breaker is open; it half-opens after this long.
-    CircuitOpen(Duration),
     /// An admission gate refused the attempt outright.
     Refused(flow_core::FlowError),
 }
