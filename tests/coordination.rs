@@ -626,3 +626,22 @@ async fn a_task_waiting_for_a_quota_period_is_not_taken_for_a_deadlock() {
     let finished = task.await.unwrap().unwrap();
     assert_eq!(finished - start, ms(1000));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_state_waiting_for_the_resource_pool_is_listed_by_blocked() {
+    use fluffy_flow::{ResourcePool, ResourceRequirements};
+    let one_cpu = ResourceRequirements {
+        cpu: 1.0,
+        ..ResourceRequirements::NONE
+    };
+    let mut agent = fan(&["first", "second"], 100, move |o| o.resources(one_cpu));
+    agent.resource_pool(ResourcePool::new(one_cpu));
+    let handle = agent.start().unwrap();
+    tokio::time::sleep(ms(30)).await;
+    let blocked = handle.blocked().await;
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    assert_eq!(&*blocked[0].state, "second");
+    assert_eq!(blocked[0].waits_for, ["the resource pool: short of cpu"]);
+    assert_eq!(blocked[0].waited, ms(30));
+    assert!(handle.wait().await.is_success());
+}

@@ -25,7 +25,8 @@ pub enum ResourceKind {
     Gpu,
 }
 
-const KINDS: [ResourceKind; 5] = [
+/// Every kind, in the order of `Amounts`.
+pub(crate) const KINDS: [ResourceKind; 5] = [
     ResourceKind::Cpu,
     ResourceKind::Memory,
     ResourceKind::Io,

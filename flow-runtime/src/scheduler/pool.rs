@@ -128,3 +128,38 @@ impl Coordinator {
         true
     }
 }
+
+impl Coordinator {
+    /// The ready states the pool cannot grant now, for `blocked()`: each with the kinds it is
+    /// short of.
+    pub(super) fn blocked_at_pool(&self) -> Vec<BlockedState> {
+        let Some(pool) = &self.compiled.pool else {
+            return Vec::new();
+        };
+        self.ready
+            .ready_entries()
+            .filter_map(|entry| {
+                let spec = &self.compiled.states[entry.state.index()];
+                if spec.needs == [0; 5] {
+                    return None;
+                }
+                let short = pool.short_of(&spec.needs);
+                let kinds: Vec<String> = crate::resources::KINDS
+                    .iter()
+                    .zip(short)
+                    .filter(|(_, short)| *short)
+                    .map(|(kind, _)| format!("{kind:?}").to_lowercase())
+                    .collect();
+                if kinds.is_empty() {
+                    return None; // it fits: it waits for a slot, not for the pool
+                }
+                let since = self.ready.became_ready(entry, spec.priority);
+                Some(BlockedState {
+                    state: Arc::clone(self.graph.name(entry.state)),
+                    waits_for: vec![format!("the resource pool: short of {}", kinds.join(", "))],
+                    waited: self.now.saturating_duration_since(since),
+                })
+            })
+            .collect()
+    }
+}

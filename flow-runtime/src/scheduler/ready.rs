@@ -153,6 +153,11 @@ impl ReadyQueue {
             .unwrap_or(i64::MAX / 2)
     }
 
+    /// The entries that are not waiting at a gate, in no particular order.
+    pub(crate) fn ready_entries(&self) -> impl Iterator<Item = &ReadyEntry> {
+        self.heap.iter()
+    }
+
     /// Every entry, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &ReadyEntry> {
         self.heap
