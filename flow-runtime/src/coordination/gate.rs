@@ -22,8 +22,12 @@ pub(crate) enum Gate {
     /// The state's circuit breaker: admits (with a permit the attempt's outcome settles) or
     /// refuses while open. It never makes a state wait.
     Breaker(CircuitBreaker),
+    /// A rate limit: admits, or names the instant to ask again.
     Rate(RateLimit),
+    /// A semaphore, mutex, lease, quota or bulkhead: units held while the attempt runs (a
+    /// quota's consumed).
     Hold(Arc<Engine>),
+    /// A barrier: every arrival waits until the round is complete.
     Barrier(Arc<BarrierInner>),
 }
 

@@ -1,7 +1,8 @@
 //! Admission gates: what a ready state must pass, besides a slot and the resource pool,
-//! before it starts: rate limits, semaphores, mutexes, leases and quotas. Each answers
-//! "admitted" (with units to hold while the state runs), "not before instant T", "wait for a
-//! release", or "refused" (see `coordination::Gate`).
+//! before it starts: its circuit breaker, semaphores, mutexes, leases, bulkheads, rate limits,
+//! quotas and barriers. Each answers "admitted" (with what it took: units to hold while the
+//! state runs, a breaker's permission, ...), "not before instant T", "wait for a release", or
+//! "refused" (see `coordination::Gate`).
 //!
 //! A state a gate refuses leaves the ready heap and waits at that gate (`ReadyQueue::park`),
 //! so it never delays unrelated ready states and holds no slot. Only the first entry waiting
@@ -68,7 +69,7 @@ impl Coordinator {
             self.ready.asked(gate, at);
             if !self.ready.has_ticket(seq, gate)
                 && let Some(ticket) =
-                    compiled.gates[gate].arrive(at, self.run_key, &self.sender, gate)
+                    compiled.gates[gate].arrive(self.now, self.run_key, &self.sender, gate)
             {
                 self.ready.add_ticket(seq, gate, ticket);
             }
