@@ -77,7 +77,8 @@ pub(crate) enum Ticket {
 /// Who asks, and how to wake it.
 pub(crate) struct Asker<'a> {
     pub(crate) state: &'a str,
-    pub(crate) owner: Owner,
+    /// Who would hold units (made only for states with a hold among their gates).
+    pub(crate) owner: Option<&'a Owner>,
     pub(crate) run_key: u64,
     pub(crate) wake: &'a UnboundedSender<Message>,
     pub(crate) gate: usize,
@@ -131,7 +132,11 @@ impl Gate {
             },
             Gate::Hold(engine) => {
                 let wake = Some((asker.run_key, asker.wake, asker.gate));
-                match engine.try_take(amount, asker.owner.clone(), asker.now, wake) {
+                let owner = asker.owner.cloned().unwrap_or_else(|| Owner {
+                    task: None,
+                    label: Arc::from(describe_state(asker.state)),
+                });
+                match engine.try_take(amount, owner, asker.now, wake) {
                     Ok(units) => Verdict::Admitted(Taken::Units(units)),
                     // A quota with nothing left and no period to come: waiting is forever.
                     Err(Busy { until: None }) if engine.kind == PrimitiveKind::Quota => {

@@ -57,13 +57,18 @@ impl Coordinator {
         // `GateWait::trying`); others at the current one.
         let at = self.ready.asking_at(seq).unwrap_or(self.now);
         let name = Arc::clone(self.graph.name(entry.state));
-        let owner = Owner {
-            task: None,
-            label: Arc::from(format!(
-                "state `{name}` of run {} (workflow `{}`)",
-                self.observer.run_id, self.compiled.name
-            )),
-        };
+        // Named for status and deadlock reports only when it may hold something: a state
+        // behind rate limits alone allocates nothing here.
+        let owner = gates
+            .iter()
+            .any(|&(gate, _)| compiled.gates[gate].engine().is_some())
+            .then(|| Owner {
+                task: None,
+                label: Arc::from(format!(
+                    "state `{name}` of run {} (workflow `{}`)",
+                    self.observer.run_id, self.compiled.name
+                )),
+            });
         let mut taken: Vec<Taken> = Vec::new();
         for &(gate, amount) in gates.iter() {
             self.ready.asked(gate, at);
@@ -75,7 +80,7 @@ impl Coordinator {
             }
             let asker = Asker {
                 state: &name,
-                owner: owner.clone(),
+                owner: owner.as_ref(),
                 run_key: self.run_key,
                 wake: &self.sender,
                 gate,
