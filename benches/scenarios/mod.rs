@@ -230,36 +230,45 @@ async fn fanout(n: usize, sleep: Option<Duration>) -> Sample {
 /// runtime, the ideal.
 async fn resources(n: usize) -> (Sample, Duration) {
     use fluffy_flow::{ResourcePool, ResourceRequirements};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let one_cpu = ResourceRequirements {
         cpu: 1.0,
         ..ResourceRequirements::NONE
     };
-    let sleep_for = Duration::from_millis(1);
-    let t = Instant::now();
-    let names = leak_names("w", n);
     let mut agent = Agent::new("resources");
     agent.resource_pool(ResourcePool::new(ResourceRequirements {
         cpu: 4.0,
         ..one_cpu
     }));
+    four_at_a_time(agent, n, |state| state.resources(one_cpu)).await
+}
+
+/// `n` states of 1 ms added to `agent` behind a fork, each limited by `limit` to four at a
+/// time: the sample, and the ideal (n/4 rounded up times one such sleep measured on this
+/// runtime). Correct when every state ran once and exactly four ran at once at the peak.
+async fn four_at_a_time(
+    mut agent: Agent,
+    n: usize,
+    limit: impl Fn(fluffy_flow::StateOptions<'_>) -> fluffy_flow::StateOptions<'_>,
+) -> (Sample, Duration) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sleep_for = Duration::from_millis(1);
+    let t = Instant::now();
+    let names = leak_names("w", n);
     add_fork(&mut agent, &names);
     let (in_use, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     for &name in &names {
         let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
-        agent
-            .add_state(name, move |_ctx: Context| {
-                let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
-                async move {
-                    peak.fetch_max(in_use.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                    tokio::time::sleep(sleep_for).await;
-                    in_use.fetch_sub(1, Ordering::SeqCst);
-                    Ok(Next::End)
-                }
-            })
-            .resources(one_cpu)
-            .terminal();
+        let state = agent.add_state(name, move |_ctx: Context| {
+            let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
+            async move {
+                peak.fetch_max(in_use.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(sleep_for).await;
+                in_use.fetch_sub(1, Ordering::SeqCst);
+                Ok(Next::End)
+            }
+        });
+        limit(state).terminal();
     }
     agent.validate().expect("valid workflow");
     let build = t.elapsed();
@@ -420,48 +429,9 @@ async fn checkpoint(n: usize) -> (Sample, usize) {
 /// ideal time (N / 4 such sleeps). Correct when every state ran once and never more than 4
 /// held a permit at once.
 async fn coordination(n: usize) -> (Sample, Duration) {
-    use fluffy_flow::FlowSemaphore;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let sleep_for = Duration::from_millis(1);
-    let t = Instant::now();
-    let names = leak_names("w", n);
-    let permits = FlowSemaphore::new("workers", 4);
-    let mut agent = Agent::new("coordination");
-    add_fork(&mut agent, &names);
-    let (in_use, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    for &name in &names {
-        let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
-        agent
-            .add_state(name, move |_ctx: Context| {
-                let (in_use, peak) = (Arc::clone(&in_use), Arc::clone(&peak));
-                async move {
-                    peak.fetch_max(in_use.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                    tokio::time::sleep(sleep_for).await;
-                    in_use.fetch_sub(1, Ordering::SeqCst);
-                    Ok(Next::End)
-                }
-            })
-            .semaphore(permits.clone())
-            .terminal();
-    }
-    agent.validate().expect("valid workflow");
-    let build = t.elapsed();
-    let one_sleep = measured_sleep(sleep_for).await;
-    let t = Instant::now();
-    let report = agent.run().await.expect("the run completes");
-    let run = t.elapsed();
-    let correct = report.transitions == n as u64 + 1
-        && peak.load(Ordering::SeqCst) == 4
-        && report.states.iter().skip(1).all(|s| s.runs == 1);
-    let sample = Sample {
-        build,
-        run,
-        transitions: report.transitions,
-        max_concurrency: report.max_concurrency,
-        correct,
-    };
-    (sample, Duration::from_secs_f64(one_sleep * n as f64 / 4.0))
+    let permits = fluffy_flow::FlowSemaphore::new("workers", 4);
+    let agent = Agent::new("coordination");
+    four_at_a_time(agent, n, |state| state.semaphore(permits.clone())).await
 }
 
 /// One `sleep_for` on this runtime, measured (median of 21).
