@@ -3,14 +3,15 @@
 //! Each rate-limit strategy is modelled in a different, deliberately naive form (a token count,
 //! a scan of the whole admission history), so that the real meter (GCRA, window counters, a
 //! ring of instants) is checked by something that shares none of its arithmetic; a semaphore
-//! is modelled as a first-come-first-served queue in front of `permits` servers. States reach
+//! is modelled as a first-come-first-served queue in front of `permits` servers, the resource
+//! pool as a step-by-step simulation of its head-of-queue rule. States reach
 //! their gated step at random instants (and hold a semaphore for random times); every start
 //! instant must be the model's. Scale the number of cases with `ADMISSION_MODEL_SCALE=N`.
 
 use std::time::Duration;
 
 use fluffy_flow::prelude::*;
-use fluffy_flow::{EventKind, FlowSemaphore, RateLimit};
+use fluffy_flow::{EventKind, FlowSemaphore, RateLimit, ResourcePool, ResourceRequirements};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -111,13 +112,17 @@ impl Limit {
 
 /// Runs a fork into one branch per arrival: branch `i` waits `arrivals[i]` ms, then goes to
 /// its gated step (configured by `gate`), which runs `service[i]` ms. Returns the gated steps'
-/// start instants (ms), sorted.
+/// start instants (ms), sorted. The agent draws from `pool`, if given.
 fn run_real(
     arrivals: &[u64],
     service: &[u64],
+    pool: Option<&ResourcePool>,
     gate: impl Fn(fluffy_flow::StateOptions<'_>) -> fluffy_flow::StateOptions<'_>,
 ) -> Vec<u64> {
     let mut agent = Agent::new("arrivals");
+    if let Some(pool) = pool {
+        agent.resource_pool(pool.clone());
+    }
     let branches: Vec<String> = (0..arrivals.len()).map(|i| format!("arrive_{i}")).collect();
     agent.add_state("fork", move |_ctx: Context| {
         let branches = branches.clone();
@@ -196,6 +201,63 @@ fn semaphore_starts(permits: usize, arrivals: &[u64], service: &[u64]) -> Vec<u6
     starts
 }
 
+/// The pool model, simulated instant by instant: at each instant, what ends gives its CPUs
+/// back, what arrives needing nothing starts, what arrives needing CPUs joins the back of one
+/// queue, and the queue's front starts while it fits (nothing overtakes it). Repeated until
+/// nothing changes, since a state that runs 0 ms gives back at the instant it starts.
+fn pool_starts(capacity: u64, arrivals: &[u64], needs: &[u64], service: &[u64]) -> Vec<u64> {
+    let n = arrivals.len();
+    let mut starts = vec![None; n];
+    let mut ends: Vec<Option<u64>> = vec![None; n];
+    let mut queue: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let mut queued = vec![false; n];
+    let mut in_use = 0;
+    while starts.iter().any(Option::is_none) {
+        // The next instant something happens: an arrival not yet seen, or an end.
+        let t = (0..n)
+            .filter(|&i| !queued[i] && starts[i].is_none())
+            .map(|i| arrivals[i])
+            .chain(ends.iter().flatten().copied())
+            .min()
+            .expect("something is still to happen");
+        loop {
+            let mut changed = false;
+            for i in 0..n {
+                if ends[i].is_some_and(|end| end <= t) {
+                    ends[i] = None;
+                    in_use -= needs[i];
+                    changed = true;
+                }
+                if arrivals[i] <= t && starts[i].is_none() && !queued[i] {
+                    queued[i] = true;
+                    queue.push_back(i);
+                    changed = true;
+                }
+            }
+            let mut rest = std::collections::VecDeque::new();
+            let mut blocked = false;
+            for i in queue.drain(..) {
+                if needs[i] == 0 || (!blocked && in_use + needs[i] <= capacity) {
+                    in_use += needs[i];
+                    starts[i] = Some(t);
+                    ends[i] = Some(t + service[i]);
+                    changed = true;
+                } else {
+                    blocked = true;
+                    rest.push_back(i);
+                }
+            }
+            queue = rest;
+            if !changed {
+                break;
+            }
+        }
+    }
+    let mut starts: Vec<u64> = starts.into_iter().flatten().collect();
+    starts.sort_unstable();
+    starts
+}
+
 fn strategy() -> impl Strategy<Value = Limit> {
     prop_oneof![
         (1u64..=200, 1u32..=6).prop_map(|(interval_ms, burst)| Limit::Token { interval_ms, burst }),
@@ -228,7 +290,7 @@ proptest! {
         arrivals.sort_unstable();
         let expected = strategy.admissions(&arrivals);
         let limit = strategy.limit();
-        let real = run_real(&arrivals, &vec![0; arrivals.len()], |o| o.rate_limit(limit.clone()));
+        let real = run_real(&arrivals, &vec![0; arrivals.len()], None, |o| o.rate_limit(limit.clone()));
         prop_assert_eq!(real, expected, "{:?} with arrivals {:?}", strategy, arrivals);
     }
 }
@@ -246,9 +308,39 @@ proptest! {
         let service: Vec<u64> = jobs.iter().map(|(_, busy)| *busy).collect();
         let expected = semaphore_starts(permits, &arrivals, &service);
         let semaphore = FlowSemaphore::new("model", permits as u32);
-        let real = run_real(&arrivals, &service, |o| o.semaphore(semaphore.clone()));
+        let real = run_real(&arrivals, &service, None, |o| o.semaphore(semaphore.clone()));
         prop_assert_eq!(real, expected, "{} permits, arrivals {:?}, service {:?}", permits, arrivals, service);
         prop_assert_eq!(semaphore.status().in_use, "0");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(300), ..ProptestConfig::default() })]
+
+    #[test]
+    fn pool_starts_are_the_head_of_queue_models(
+        jobs in proptest::collection::vec(
+            (1u64..40, prop_oneof![Just(0u64), 1u64..=4], prop_oneof![Just(0u64), 1u64..100]),
+            1..20,
+        ),
+    ) {
+        // Distinct arrival instants; needs of 0 (no pool at all) to 4 CPUs of 4.
+        let arrivals: Vec<u64> = jobs.iter().scan(0, |at, (gap, ..)| { *at += gap; Some(*at) }).collect();
+        let needs: Vec<u64> = jobs.iter().map(|(_, need, _)| *need).collect();
+        let service: Vec<u64> = jobs.iter().map(|(.., busy)| *busy).collect();
+        let expected = pool_starts(4, &arrivals, &needs, &service);
+        let pool = ResourcePool::new(ResourceRequirements { cpu: 4.0, ..ResourceRequirements::NONE });
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let real = run_real(&arrivals, &service, Some(&pool), |o| {
+            let need = needs[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)];
+            if need == 0 {
+                o
+            } else {
+                o.resources(ResourceRequirements { cpu: need as f64, ..ResourceRequirements::NONE })
+            }
+        });
+        prop_assert_eq!(real, expected, "arrivals {:?}, needs {:?}, service {:?}", arrivals, needs, service);
+        prop_assert!(pool.allocations().is_empty() && pool.waiting().is_empty());
     }
 }
 

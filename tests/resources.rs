@@ -519,3 +519,135 @@ async fn a_quota_set_after_a_run_is_checked_when_the_next_run_starts() {
         matches!(agent.run().await, Err(FlowError::Invalid { errors, .. }) if errors.len() == 2)
     );
 }
+
+/// A workflow whose `start` forks `order`; each branch records when it started (ms since the
+/// run began), needs `cpu` CPUs and works `work` ms; `then` names a state it goes to next.
+fn timed_branches(
+    order: &[&'static str],
+    branches: &[(&'static str, f64, u64, Priority, Option<&'static str>)],
+    starts: &Arc<Mutex<Vec<(&'static str, u64)>>>,
+) -> Agent {
+    let mut agent = Agent::new("timed");
+    let origin = Instant::now();
+    let forked: Vec<&'static str> = order.to_vec();
+    agent.add_state("start", move |_ctx: Context| {
+        let forked = forked.clone();
+        async move { Ok(Next::parallel(forked)) }
+    });
+    for &(name, cpu, work, priority, then) in branches {
+        let starts = Arc::clone(starts);
+        let options = agent.add_state(name, move |_ctx: Context| {
+            let starts = Arc::clone(&starts);
+            async move {
+                let at = (Instant::now() - origin).as_millis() as u64;
+                starts.lock().unwrap().push((name, at));
+                sleep(ms(work)).await;
+                Ok(then.map_or(Next::End, Next::to))
+            }
+        });
+        // Declared successors: the scheduler knows at once that `then` is no join of the
+        // fork, and starts it without waiting for the other branches.
+        let options = options.priority(priority).successors(then);
+        if cpu > 0.0 {
+            options.resources(cpus(cpu));
+        }
+    }
+    agent
+}
+
+fn started_at(starts: &Mutex<Vec<(&'static str, u64)>>) -> Vec<(&'static str, u64)> {
+    let mut starts = starts.lock().unwrap().clone();
+    starts.sort();
+    starts
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_needing_nothing_from_the_pool_is_not_held_behind_one_that_waits_for_it() {
+    use Priority::Normal;
+    // `big` cannot be granted while `hog` runs; `small` would fit but waits behind it (a
+    // large request is not overtaken by small ones of its run); `free` needs nothing from the
+    // pool and starts at once, wherever it stands in the fork.
+    let branches = [
+        ("hog", 1.0, 100, Normal, None),
+        ("big", 2.0, 100, Normal, None),
+        ("small", 1.0, 10, Normal, None),
+        ("free", 0.0, 10, Normal, None),
+    ];
+    for order in [
+        ["hog", "big", "small", "free"],
+        ["free", "hog", "big", "small"],
+        ["hog", "free", "big", "small"],
+        ["hog", "big", "free", "small"],
+    ] {
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let mut agent = timed_branches(&order, &branches, &starts);
+        let pool = ResourcePool::new(cpus(2.0));
+        agent.resource_pool(pool.clone());
+        let handle = agent.start().unwrap();
+        sleep(ms(5)).await;
+        let mut blocked = handle.blocked().await;
+        blocked.sort_by(|a, b| a.state.cmp(&b.state));
+        let blocked: Vec<(&str, &str)> = blocked
+            .iter()
+            .map(|b| (&*b.state, b.waits_for[0].as_str()))
+            .collect();
+        assert_eq!(
+            blocked,
+            [
+                ("big", "the resource pool: short of cpu"),
+                (
+                    "small",
+                    "the resource pool: behind a larger request of its run"
+                ),
+            ],
+            "{order:?}"
+        );
+        // The pool lists only the one that asked it.
+        let waiting = pool.waiting();
+        assert_eq!(waiting.len(), 1, "{order:?}");
+        assert_eq!(&*waiting[0].state, "big");
+        assert!(handle.wait().await.is_success());
+        assert_eq!(
+            started_at(&starts),
+            [("big", 100), ("free", 0), ("hog", 0), ("small", 200)],
+            "{order:?}"
+        );
+        assert!(pool.waiting().is_empty() && pool.allocations().is_empty());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_higher_priority_request_that_fits_starts_past_one_waiting_for_the_pool() {
+    use Priority::{Critical, Normal};
+    // At 10 ms `urgent` (critical, one CPU) becomes ready while `big` (normal, two CPUs)
+    // waits for `hog`: it goes before `big` in the ready order, asks the pool at once, and
+    // fits. `small` (normal) keeps waiting behind `big`.
+    let branches = [
+        ("hog", 1.0, 100, Normal, None),
+        ("big", 2.0, 100, Normal, None),
+        ("small", 1.0, 10, Normal, None),
+        ("delay", 0.0, 10, Normal, Some("urgent")),
+        ("urgent", 1.0, 50, Critical, None),
+    ];
+    for order in [
+        ["hog", "big", "small", "delay"],
+        ["delay", "hog", "big", "small"],
+    ] {
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let mut agent = timed_branches(&order, &branches, &starts);
+        agent.resource_pool(ResourcePool::new(cpus(2.0)));
+        let report = agent.run().await.unwrap();
+        assert_eq!(report.status, AgentStatus::Completed);
+        assert_eq!(
+            started_at(&starts),
+            [
+                ("big", 100),
+                ("delay", 0),
+                ("hog", 0),
+                ("small", 200),
+                ("urgent", 10)
+            ],
+            "{order:?}"
+        );
+    }
+}

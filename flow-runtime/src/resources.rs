@@ -136,8 +136,9 @@ struct Ledger {
     next_grant: u64,
     allocations: Vec<(u64, Allocation)>,
     waiting: Vec<(Waiting, Instant, u64)>,
-    /// Runs to tell when something is given back, at most once each.
-    waiters: Vec<(u64, UnboundedSender<Message>)>,
+    /// Runs to tell when something is given back, at most once each: the run's key, its
+    /// coordinator, and the index of this pool among the run's admission gates.
+    waiters: Vec<(u64, UnboundedSender<Message>, usize)>,
     /// Caps on what all runs of one agent may hold at once, by agent name.
     agent_quotas: Vec<(Arc<str>, Amounts)>,
     /// Caps on what all runs of one state may hold at once, by (agent, state).
@@ -215,6 +216,11 @@ impl ResourcePool {
         }
     }
 
+    /// Whether `other` is this very pool (a clone of it).
+    pub(crate) fn same(&self, other: &ResourcePool) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Whether this pool preempts (see [`ResourcePool::with_preemption`]).
     pub fn preemption(&self) -> bool {
         self.shared.preemption
@@ -224,6 +230,22 @@ impl ResourcePool {
     pub(crate) fn short_of(&self, needs: &Amounts) -> [bool; 5] {
         let ledger = self.ledger();
         std::array::from_fn(|k| ledger.in_use[k].saturating_add(needs[k]) > self.shared.capacity[k])
+    }
+
+    /// Why a state needing `needs` waits, for `blocked()`: the kinds it is short of now, or,
+    /// when it would fit, that it waits behind a state of its run the pool cannot grant.
+    pub(crate) fn wait_reason(&self, needs: &Amounts) -> String {
+        let kinds: Vec<String> = KINDS
+            .iter()
+            .zip(self.short_of(needs))
+            .filter(|(_, short)| *short)
+            .map(|(kind, _)| format!("{kind:?}").to_lowercase())
+            .collect();
+        if kinds.is_empty() {
+            "behind a larger request of its run".to_owned()
+        } else {
+            format!("short of {}", kinds.join(", "))
+        }
     }
 
     /// Forgets that `state` of a run waits (it was cancelled or gave up).
@@ -367,12 +389,12 @@ impl ResourcePool {
     }
 
     /// Grants `needs` now if it fits; otherwise records that `who` waits and asks to be told
-    /// (through `notify`) when something is given back.
+    /// (through `notify`, as a release of admission gate `gate`) when something is given back.
     pub(crate) fn try_grant(
         &self,
         who: &Claimant,
         needs: &Amounts,
-        notify: &UnboundedSender<Message>,
+        (notify, gate): (&UnboundedSender<Message>, usize),
     ) -> Option<Grant> {
         let mut ledger = self.ledger();
         let fits = (0..5)
@@ -402,8 +424,8 @@ impl ResourcePool {
                     who.run_key,
                 ));
             }
-            if !ledger.waiters.iter().any(|(run, _)| *run == who.run_key) {
-                ledger.waiters.push((who.run_key, notify.clone()));
+            if !ledger.waiters.iter().any(|(run, ..)| *run == who.run_key) {
+                ledger.waiters.push((who.run_key, notify.clone(), gate));
             }
             return None;
         }
@@ -439,7 +461,7 @@ impl ResourcePool {
     pub(crate) fn forget_run(&self, run_key: u64) {
         let mut ledger = self.ledger();
         ledger.waiting.retain(|(_, _, run)| *run != run_key);
-        ledger.waiters.retain(|(run, _)| *run != run_key);
+        ledger.waiters.retain(|(run, ..)| *run != run_key);
     }
 
     /// A key no other run of this process has.
@@ -464,8 +486,8 @@ impl ResourcePool {
             std::mem::take(&mut ledger.waiters)
         };
         // Each waiting run tries again; one that still does not fit asks again.
-        for (_, waiter) in waiters {
-            let _ = waiter.send(Message::PoolFreed);
+        for (_, waiter, gate) in waiters {
+            let _ = waiter.send(Message::GateReleased { gate });
         }
     }
 }
@@ -501,6 +523,20 @@ impl Ledger {
                 )
             });
         agent_ok && state_ok
+    }
+}
+
+/// A state's place among those waiting for the pool: while it is kept, the pool lists the
+/// state in [`ResourcePool::waiting`]; dropped when the state stops waiting, however it stops.
+pub(crate) struct PoolPlace {
+    pub(crate) pool: ResourcePool,
+    pub(crate) run_key: u64,
+    pub(crate) state: Arc<str>,
+}
+
+impl Drop for PoolPlace {
+    fn drop(&mut self) {
+        self.pool.forget_wait(self.run_key, &self.state);
     }
 }
 

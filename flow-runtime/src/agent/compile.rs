@@ -1,6 +1,7 @@
 //! The validated form of a definition, built once and shared by every run started from it.
 
 use super::*;
+use crate::coordination::WaitRule;
 
 /// A validated definition, shared by every run started from it.
 pub(crate) struct Compiled {
@@ -18,9 +19,8 @@ pub(crate) struct Compiled {
     pub(crate) pool: Option<ResourcePool>,
     /// Every distinct rate limit the states use (a state names them by index).
     pub(crate) gates: Box<[Gate]>,
-    /// For each gate, whether its waiters all ask at once when it wakes (see
-    /// `ReadyQueue::with_gates`).
-    pub(crate) gates_together: Box<[bool]>,
+    /// For each gate, how the entries waiting there take turns (see `WaitRule`).
+    pub(crate) wait_rules: Box<[WaitRule]>,
     pub(crate) priority_aging: Duration,
     /// Where runs write automatic checkpoints, and when.
     pub(crate) checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
@@ -115,15 +115,29 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
         }
     }
     FlowError::from_problems(agent, timing)?;
+    let needs_any = definition
+        .states
+        .iter()
+        .any(|s| amounts(&s.resources) != [0; 5]);
+    let pool = match &definition.pool {
+        Some(pool) => Some(pool.clone()),
+        None if needs_any => Some(ResourcePool::detect()),
+        None => None,
+    };
     // Every distinct limit once; each state names its own by index. Nothing is built for an
-    // agent whose states use none.
+    // agent whose states use none. The pool is a gate of every state that needs resources
+    // (the amounts it asks are the state's `needs`).
     let mut gates: Vec<Gate> = Vec::new();
     let mut state_gates: Vec<Box<[(usize, u64)]>> = Vec::new();
-    if definition.states.iter().any(|s| !s.gates.is_empty()) {
+    if needs_any || definition.states.iter().any(|s| !s.gates.is_empty()) {
         let mut too_large = Vec::new();
         for state in &definition.states {
-            let mut own = Vec::with_capacity(state.gates.len());
-            for (gate, amount) in &state.gates {
+            let mut own = Vec::with_capacity(state.gates.len() + 1);
+            let pool_gate = pool
+                .as_ref()
+                .filter(|_| amounts(&state.resources) != [0; 5])
+                .map(|pool| (Gate::Pool(pool.clone()), 0));
+            for (gate, amount) in pool_gate.iter().chain(&state.gates) {
                 if let Some(error) = gate.too_large(*amount, &state.spec.name) {
                     too_large.push(error);
                 }
@@ -136,8 +150,8 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
                 };
                 own.push((index, *amount));
             }
-            // Holds first, then rate limits, then quotas (see `Gate::rank`); stable, so the
-            // declared order stands within each.
+            // The pool first, then holds, then rate limits, then quotas (see `Gate::rank`);
+            // stable, so the declared order stands within each.
             own.sort_by_key(|&(index, _)| gates[index].rank());
             state_gates.push(own.into());
         }
@@ -176,15 +190,6 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
             "the checkpoint policy asks for no checkpoint; use `CheckpointPolicy::after_each_state()`, `CheckpointPolicy::every(interval)` with a positive interval, or both".into(),
         ));
     }
-    let needs_any = definition
-        .states
-        .iter()
-        .any(|s| amounts(&s.resources) != [0; 5]);
-    let pool = match &definition.pool {
-        Some(pool) => Some(pool.clone()),
-        None if needs_any => Some(ResourcePool::detect()),
-        None => None,
-    };
     for state in &definition.states {
         let r = &state.resources;
         if [r.cpu, r.io, r.network, r.gpu]
@@ -214,7 +219,7 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
         strict_joins: definition.strict_joins,
         blocking_threshold: definition.blocking_threshold,
         pool,
-        gates_together: gates.iter().map(Gate::together).collect(),
+        wait_rules: gates.iter().map(Gate::wait_rule).collect(),
         gates: gates.into(),
         priority_aging: definition.priority_aging,
         checkpoints: definition.checkpoints.clone(),

@@ -14,11 +14,15 @@ use super::hold::{Busy, Engine, HeldUnits, PrimitiveKind};
 use super::rate_limit::{NotBefore, RateLimit};
 use super::{FlowBarrier, FlowMutex, FlowSemaphore, Lease, Owner, Quota};
 use crate::resilience::{BreakerPermit, CircuitBreaker};
+use crate::resources::{Amounts, Claimant, Grant, PoolPlace, ResourcePool};
 use crate::scheduler::Message;
 
 /// A primitive a state passes before it starts.
 #[derive(Clone)]
 pub(crate) enum Gate {
+    /// The agent's resource pool: grants everything a state needs at once, or makes it wait
+    /// for something to come back (or preempts, see `Coordinator::preempt_for`).
+    Pool(ResourcePool),
     /// The state's circuit breaker: admits (with a permit the attempt's outcome settles) or
     /// refuses while open. It never makes a state wait.
     Breaker(CircuitBreaker),
@@ -31,8 +35,26 @@ pub(crate) enum Gate {
     Barrier(Arc<BarrierInner>),
 }
 
+/// How the states of one run waiting at a gate take turns asking it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum WaitRule {
+    /// The first in ready order asks; the others wait behind it without asking, and a state
+    /// that becomes ready later waits behind them all.
+    InOrder,
+    /// As `InOrder`, but a state that goes before every waiting one in ready order (a higher
+    /// priority) asks at once: at the pool, a smaller request may fit, or preempt, where the
+    /// first waiting one cannot. Others of the run that need the pool wait behind the first
+    /// (the pool's head-of-queue rule: a large request is not overtaken by small ones).
+    ByRank,
+    /// Every waiting state asks when the gate wakes, none behind another (a barrier, where
+    /// each must arrive).
+    Together,
+}
+
 /// What an admission took, to keep while the attempt runs or to give back.
 pub(crate) enum Taken {
+    /// A grant of the resource pool.
+    Grant(Grant),
     /// A rate limit's admission, counted at this instant.
     Rate(RateLimit, Instant),
     /// Units of a hold.
@@ -49,6 +71,8 @@ impl Taken {
         match self {
             Taken::Rate(limit, counted) => limit.refund(counted),
             Taken::Units(units) => units.give_back(),
+            // Dropping a grant gives it back.
+            Taken::Grant(_) => {}
             // A permission dropped unsettled gives its trial slot back.
             Taken::Passage | Taken::Breaker(_) => {}
         }
@@ -76,7 +100,12 @@ pub(crate) enum Ticket {
 
 /// Who asks, and how to wake it.
 pub(crate) struct Asker<'a> {
-    pub(crate) state: &'a str,
+    pub(crate) state: &'a Arc<str>,
+    /// Its workflow and run (the pool lists who holds and who waits).
+    pub(crate) workflow: &'a Arc<str>,
+    pub(crate) run_id: u64,
+    /// What it needs from the resource pool.
+    pub(crate) needs: &'a Amounts,
     /// Who would hold units (made only for states with a hold among their gates).
     pub(crate) owner: Option<&'a Owner>,
     pub(crate) run_key: u64,
@@ -94,6 +123,7 @@ pub(crate) struct Asker<'a> {
 impl Gate {
     pub(crate) fn same(&self, other: &Gate) -> bool {
         match (self, other) {
+            (Gate::Pool(a), Gate::Pool(b)) => a.same(b),
             (Gate::Rate(a), Gate::Rate(b)) => a.same(b),
             (Gate::Hold(a), Gate::Hold(b)) => Arc::ptr_eq(a, b),
             (Gate::Barrier(a), Gate::Barrier(b)) => Arc::ptr_eq(a, b),
@@ -105,6 +135,7 @@ impl Gate {
     /// "rate limit `api`", "semaphore `gpu`", ...
     pub(crate) fn describe(&self) -> String {
         match self {
+            Gate::Pool(_) => "the resource pool".to_owned(),
             Gate::Rate(limit) => format!("rate limit `{}`", limit.name()),
             Gate::Hold(engine) => engine.describe(),
             Gate::Barrier(barrier) => barrier.describe(),
@@ -118,10 +149,22 @@ impl Gate {
     /// must start its TTL now, not at an earlier instant).
     pub(crate) fn ask(&self, at: Instant, amount: u64, asker: &Asker<'_>) -> Verdict {
         match self {
+            Gate::Pool(pool) => {
+                let who = Claimant {
+                    run_key: asker.run_key,
+                    agent: Arc::clone(asker.workflow),
+                    run_id: asker.run_id,
+                    state: Arc::clone(asker.state),
+                };
+                match pool.try_grant(&who, asker.needs, (asker.wake, asker.gate)) {
+                    Some(grant) => Verdict::Admitted(Taken::Grant(grant)),
+                    None => Verdict::OnRelease,
+                }
+            }
             Gate::Breaker(breaker) => match breaker.try_acquire() {
                 Ok(permit) => Verdict::Admitted(Taken::Breaker(permit)),
                 Err(retry_in) => Verdict::Refused(FlowError::CircuitOpen {
-                    state: asker.state.to_owned(),
+                    state: asker.state.to_string(),
                     attempts: asker.attempt,
                     retry_in,
                 }),
@@ -164,9 +207,13 @@ impl Gate {
         }
     }
 
-    /// Whether every state waiting here asks when it wakes (a barrier).
-    pub(crate) fn together(&self) -> bool {
-        matches!(self, Gate::Barrier(_))
+    /// How the states of one run waiting here take turns.
+    pub(crate) fn wait_rule(&self) -> WaitRule {
+        match self {
+            Gate::Barrier(_) => WaitRule::Together,
+            Gate::Pool(_) => WaitRule::ByRank,
+            Gate::Rate(_) | Gate::Hold(_) | Gate::Breaker(_) => WaitRule::InOrder,
+        }
     }
 
     /// A state's arrival at a barrier gate (none for other gates).
@@ -185,29 +232,41 @@ impl Gate {
         }
     }
 
-    /// The order gates are asked in: holds that give back exactly (semaphores, mutexes,
-    /// leases) first, then rate limits, then quotas, so that nothing is consumed for a state
-    /// that then waits.
+    /// The order gates are asked in: the pool, then holds that give back exactly (semaphores,
+    /// mutexes, leases), then rate limits, then quotas, so that nothing is consumed for a
+    /// state that then waits.
     pub(crate) fn rank(&self) -> u8 {
         match self {
-            // First: its permission goes back losslessly, where a later refusal could not
-            // give back a quota's amount or a barrier's passage.
-            Gate::Breaker(_) => 0,
-            Gate::Hold(engine) if engine.kind == PrimitiveKind::Quota => 3,
-            Gate::Hold(_) => 1,
-            Gate::Rate(_) => 2,
+            // First, as before gates existed: a grant goes back exactly.
+            Gate::Pool(_) => 0,
+            // Its permission goes back losslessly, where a later refusal could not give back
+            // a quota's amount or a barrier's passage.
+            Gate::Breaker(_) => 1,
+            Gate::Hold(engine) if engine.kind == PrimitiveKind::Quota => 4,
+            Gate::Hold(_) => 2,
+            Gate::Rate(_) => 3,
             // Last: a passage cannot be given back.
-            Gate::Barrier(_) => 4,
+            Gate::Barrier(_) => 5,
         }
     }
 
     /// A place among the acquisitions waiting here, or a refusal when there is none.
-    pub(crate) fn enter_wait(&self, state: &str, attempt: u32) -> Result<Ticket, FlowError> {
+    pub(crate) fn enter_wait(
+        &self,
+        state: &Arc<str>,
+        attempt: u32,
+        run_key: u64,
+    ) -> Result<Ticket, FlowError> {
         match self {
-            Gate::Rate(limit) => Ok(Ticket::Place(Box::new(limit.enter_wait(Some(state))?))),
+            Gate::Pool(pool) => Ok(Ticket::Place(Box::new(PoolPlace {
+                pool: pool.clone(),
+                run_key,
+                state: Arc::clone(state),
+            }))),
+            Gate::Rate(limit) => Ok(Ticket::Place(Box::new(limit.enter_wait(Some(&**state))?))),
             Gate::Hold(engine) => match engine.enter_wait() {
                 Some(waiting) => Ok(Ticket::Place(Box::new(waiting))),
-                None => Err(engine.queue_full(state.to_owned(), attempt)),
+                None => Err(engine.queue_full(state.to_string(), attempt)),
             },
             // Its arrival is its place (taken before it is asked); a breaker never waits.
             Gate::Barrier(_) | Gate::Breaker(_) => Ok(Ticket::Place(Box::new(()))),
@@ -228,7 +287,7 @@ impl Gate {
     pub(crate) fn ttl(&self) -> Option<std::time::Duration> {
         match self {
             Gate::Hold(engine) => engine.ttl,
-            Gate::Rate(_) | Gate::Barrier(_) | Gate::Breaker(_) => None,
+            Gate::Pool(_) | Gate::Rate(_) | Gate::Barrier(_) | Gate::Breaker(_) => None,
         }
     }
 
@@ -237,6 +296,7 @@ impl Gate {
         match self {
             Gate::Hold(engine) => engine.forget(run_key),
             Gate::Barrier(barrier) => barrier.forget(run_key),
+            Gate::Pool(pool) => pool.forget_run(run_key),
             Gate::Rate(_) | Gate::Breaker(_) => {}
         }
     }
@@ -246,14 +306,14 @@ impl Gate {
         match self {
             Gate::Hold(engine) => Some(engine.status()),
             Gate::Barrier(barrier) => Some(barrier.status()),
-            Gate::Rate(_) | Gate::Breaker(_) => None,
+            Gate::Pool(_) | Gate::Rate(_) | Gate::Breaker(_) => None,
         }
     }
 
     pub(crate) fn engine(&self) -> Option<&Arc<Engine>> {
         match self {
             Gate::Hold(engine) => Some(engine),
-            Gate::Rate(_) | Gate::Barrier(_) | Gate::Breaker(_) => None,
+            Gate::Pool(_) | Gate::Rate(_) | Gate::Barrier(_) | Gate::Breaker(_) => None,
         }
     }
 }

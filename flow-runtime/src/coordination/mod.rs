@@ -22,7 +22,7 @@ pub use primitives::{FlowMutex, FlowSemaphore, HoldGuard, Lease, Quota};
 pub use rate_limit::RateLimit;
 
 pub(crate) use deadlock::{Owner, cycles_found};
-pub(crate) use gate::{Asker, Gate, Taken, Ticket, Verdict};
+pub(crate) use gate::{Asker, Gate, Taken, Ticket, Verdict, WaitRule};
 pub(crate) use hold::{Engine, HeldUnits};
 
 /// One primitive as it stands (see [`crate::Agent::coordination_status`]).

@@ -1,14 +1,15 @@
-//! Admission gates: what a ready state must pass, besides a slot and the resource pool,
-//! before it starts: its circuit breaker, semaphores, mutexes, leases, bulkheads, rate limits,
-//! quotas and barriers. Each answers "admitted" (with what it took: units to hold while the
-//! state runs, a breaker's permission, ...), "not before instant T", "wait for a release", or
-//! "refused" (see `coordination::Gate`).
+//! Admission gates: what a ready state must pass, besides a slot, before it starts: the
+//! resource pool, its circuit breaker, semaphores, mutexes, leases, bulkheads, rate limits,
+//! quotas and barriers. Each answers "admitted" (with what it took: a grant or units to hold
+//! while the state runs, a breaker's permission, ...), "not before instant T", "wait for a
+//! release", or "refused" (see `coordination::Gate`).
 //!
 //! A state a gate refuses leaves the ready heap and waits at that gate (`ReadyQueue::park`),
 //! so it never delays unrelated ready states and holds no slot. Only the first entry waiting
-//! at a gate asks it again, when its instant comes; the others wait behind it without asking.
-//! One timer per run is armed for the earliest such instant (`Message::GateDue`). An agent
-//! whose states use no gate runs none of this: a state without gates passes in one check.
+//! at a gate asks it again, when its instant comes or a release wakes the gate; the others
+//! wait behind it without asking (see `WaitRule`). One timer per run is armed for the
+//! earliest such instant (`Message::GateDue`). An agent whose states use no gate runs none of
+//! this: a state without gates passes in one check.
 
 use std::sync::Arc;
 
@@ -19,20 +20,31 @@ use super::ready::{ReadyEntry, Wake};
 use super::task::Message;
 use super::task::Outcome;
 use super::{AbortOnDrop, BlockedState, Coordinator};
-use crate::coordination::{Asker, HeldUnits, Owner, Taken, Verdict};
+use crate::coordination::{Asker, Gate, HeldUnits, Owner, Taken, Verdict};
 use crate::resilience::BreakerPermit;
+use crate::resources::Grant;
 use flow_core::StateId;
 use tokio::time::Instant;
 
 /// What the gates of a ready state said.
 pub(super) enum GateVerdict {
-    /// Every gate admitted it: it may start, holding these units (and its breaker's
-    /// permission) while it runs.
-    Admitted(ReadyEntry, Vec<HeldUnits>, Option<BreakerPermit>),
+    /// Every gate admitted it: it may start, holding what they gave while it runs.
+    Admitted(ReadyEntry, Admission),
     /// It waits at a gate, out of the ready heap.
     Waiting,
     /// A gate refused it outright: the attempt fails.
     Refused(ReadyEntry, FlowError),
+}
+
+/// What an admitted state holds while its attempt runs; each part is given back when dropped.
+#[derive(Default)]
+pub(super) struct Admission {
+    /// Its grant of the resource pool.
+    pub(super) grant: Option<Grant>,
+    /// Units of coordination primitives.
+    pub(super) held: Vec<HeldUnits>,
+    /// Its circuit breaker's permission, settled by the attempt's outcome.
+    pub(super) breaker: Option<BreakerPermit>,
 }
 
 impl Coordinator {
@@ -43,13 +55,13 @@ impl Coordinator {
         let compiled = Arc::clone(&self.compiled);
         let gates = &compiled.states[entry.state.index()].gates;
         if gates.is_empty() {
-            return GateVerdict::Admitted(entry, Vec::new(), None);
+            return GateVerdict::Admitted(entry, Admission::default());
         }
         let seq = entry.seq();
         // Others of this run already wait at one of its gates: wait behind them, in order.
         if let Some(&(gate, _)) = gates
             .iter()
-            .find(|&&(gate, _)| self.ready.queued_at(gate, seq))
+            .find(|&&(gate, _)| self.ready.queued_at(gate, &entry))
         {
             return self.wait_at(gate, entry, Wake::Behind);
         }
@@ -78,17 +90,34 @@ impl Coordinator {
             {
                 self.ready.add_ticket(seq, gate, ticket);
             }
-            let asker = Asker {
-                state: &name,
-                owner: owner.as_ref(),
-                run_key: self.run_key,
-                wake: &self.sender,
-                gate,
-                arrival: self.ready.arrival(seq, gate),
-                attempt: entry.attempt,
-                now: self.now,
+            let ask = |this: &Coordinator| {
+                let asker = Asker {
+                    state: &name,
+                    workflow: &compiled.name,
+                    run_id: this.observer.run_id,
+                    needs: &compiled.states[entry.state.index()].needs,
+                    owner: owner.as_ref(),
+                    run_key: this.run_key,
+                    wake: &this.sender,
+                    gate,
+                    arrival: this.ready.arrival(seq, gate),
+                    attempt: entry.attempt,
+                    now: this.now,
+                };
+                compiled.gates[gate].ask(at, amount, &asker)
             };
-            let wake = match compiled.gates[gate].ask(at, amount, &asker) {
+            let verdict = match ask(self) {
+                // The pool cannot grant it: a preempting pool may stop lower-priority states
+                // of this run to make room (the pool is asked first: nothing else is taken).
+                Verdict::OnRelease
+                    if matches!(&compiled.gates[gate], Gate::Pool(pool) if pool.preemption())
+                        && self.preempt_for(&entry) =>
+                {
+                    ask(self)
+                }
+                verdict => verdict,
+            };
+            let wake = match verdict {
                 Verdict::Admitted(took) => {
                     taken.push(took);
                     continue;
@@ -106,15 +135,16 @@ impl Coordinator {
             return self.wait_at(gate, entry, wake);
         }
         self.ready.left(seq);
-        let (mut held, mut breaker) = (Vec::new(), None);
+        let mut admission = Admission::default();
         for took in taken {
             match took {
-                Taken::Units(units) => held.push(units),
-                Taken::Breaker(permit) => breaker = Some(permit),
+                Taken::Grant(grant) => admission.grant = Some(grant),
+                Taken::Units(units) => admission.held.push(units),
+                Taken::Breaker(permit) => admission.breaker = Some(permit),
                 Taken::Rate(..) | Taken::Passage => {}
             }
         }
-        GateVerdict::Admitted(entry, held, breaker)
+        GateVerdict::Admitted(entry, admission)
     }
 
     /// Puts `entry` to wait at `gate`.
@@ -123,7 +153,7 @@ impl Coordinator {
             None
         } else {
             let state = self.graph.name(entry.state);
-            match self.compiled.gates[gate].enter_wait(state, entry.attempt) {
+            match self.compiled.gates[gate].enter_wait(state, entry.attempt, self.run_key) {
                 Ok(ticket) => Some(ticket),
                 Err(error) => {
                     self.ready.left(entry.seq());
@@ -177,6 +207,19 @@ impl Coordinator {
         self.ready
             .waiting_at_gates()
             .map(|(gate, entry, until)| {
+                let spec = &self.compiled.states[entry.state.index()];
+                if let Gate::Pool(pool) = &self.compiled.gates[gate] {
+                    return BlockedState {
+                        state: Arc::clone(self.graph.name(entry.state)),
+                        waits_for: vec![format!(
+                            "the resource pool: {}",
+                            pool.wait_reason(&spec.needs)
+                        )],
+                        waited: self.now.saturating_duration_since(
+                            self.ready.became_ready(entry, spec.priority),
+                        ),
+                    };
+                }
                 let when = match until {
                     Some(until) if until > self.now => {
                         format!("it may ask again in {:?}", until - self.now)
@@ -266,24 +309,27 @@ impl Coordinator {
         }
     }
 
-    /// A ready state waited for the pool past its acquisition timeout: the attempt fails.
+    /// A ready state waited for admission past its acquisition timeout: the attempt fails.
     pub(super) fn acquire_deadline(&mut self, seq: u64) -> Result<(), FlowError> {
         if self.deadlines.remove(&seq).is_none() {
             return Ok(()); // it started meanwhile
         }
         let gate = self.ready.gate_of(seq);
+        // Leaving the queue gives up its place at the gate (the pool forgets it waits).
         let Some(entry) = self.ready.remove_seq(seq) else {
             return Ok(());
         };
-        self.forget_wait(entry.state);
         let waited = self.compiled.states[entry.state.index()]
             .acquire_timeout
             .unwrap_or_default();
         self.now = Instant::now();
         self.states[entry.state.index()].attempts = entry.attempt;
+        // Waiting for the pool (or for a slot) keeps its own error, `ResourceTimeout`.
         let failure = match gate {
-            Some(gate) => Failure::AdmissionTimeout(waited, self.gate_name(gate)),
-            None => Failure::ResourceTimeout(waited),
+            Some(gate) if !matches!(self.compiled.gates[gate], Gate::Pool(_)) => {
+                Failure::AdmissionTimeout(waited, self.gate_name(gate))
+            }
+            _ => Failure::ResourceTimeout(waited),
         };
         self.attempt_failed(entry.state, entry.scope, entry.attempt, failure)
     }

@@ -66,9 +66,6 @@ impl Coordinator {
         for entry in &removed {
             self.dequeued(entry.seq());
         }
-        if !removed.is_empty() {
-            self.forget_wait(state);
-        }
         ended.extend(removed.into_iter().map(|entry| entry.scope));
         let queued_or_running = ended.len();
         let waiting = self.cancel_waiting(state);
@@ -185,7 +182,6 @@ impl Coordinator {
                 | Message::Blocking { .. }
                 | Message::DependencyDeadline { .. }
                 | Message::Resume
-                | Message::PoolFreed
                 | Message::GateDue
                 | Message::GateReleased { .. }
                 | Message::HoldExpired { .. }

@@ -772,7 +772,6 @@ impl Coordinator {
             });
         }
         blocked.extend(self.blocked_at_gates());
-        blocked.extend(self.blocked_at_pool());
         blocked.sort_by(|a, b| a.state.cmp(&b.state));
         blocked
     }

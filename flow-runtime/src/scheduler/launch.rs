@@ -62,8 +62,14 @@ impl Coordinator {
                 finished.map_err(Stop::Failed)
             }
             None => {
-                let holds = (None, Vec::new());
-                self.launch(state, scope, attempt, started, run, breaker, holds, span);
+                let admission = Admission {
+                    breaker,
+                    ..Admission::default()
+                };
+                let queued_at = entry.virtual_start();
+                self.launch(
+                    state, scope, attempt, started, run, admission, queued_at, span,
+                );
                 Ok(())
             }
         }
@@ -78,20 +84,9 @@ impl Coordinator {
         self.now = Instant::now();
         while self.running_count < self.compiled.max_concurrent {
             self.release_gates();
-            // The head of the queue goes first: if the pool cannot grant it yet, nothing behind
-            // it starts either (so a large request is not starved by small ones).
-            let grant = match self.grant_for_head() {
-                Ok(grant) => grant,
-                Err(()) if self.preempt_for_head() => match self.grant_for_head() {
-                    Ok(grant) => grant,
-                    Err(()) => break,
-                },
-                Err(()) => break,
-            };
             let Some(entry) = self.ready.pop() else { break };
-            let entry = match self.through_gates(entry) {
-                GateVerdict::Admitted(entry, held, breaker) => (entry, held, breaker),
-                // Its grant, if any, goes back as it drops: others may use it meanwhile.
+            let (entry, admission) = match self.through_gates(entry) {
+                GateVerdict::Admitted(entry, admission) => (entry, admission),
                 GateVerdict::Waiting => continue,
                 // An open breaker, a full bulkhead, a spent quota...: the attempt fails
                 // without calling the state.
@@ -103,20 +98,19 @@ impl Coordinator {
                     continue;
                 }
             };
-            let (entry, held, breaker) = entry;
             self.dequeued(entry.seq());
             let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
-            let grant = grant.map(|grant| (grant, entry.virtual_start()));
+            let queued_at = entry.virtual_start();
             let span = self.begin(state, attempt);
             let context = self.state_context(state, attempt);
             match task::start(&self.compiled.states[state.index()].func, &context) {
                 Ok(run) => {
-                    let holds = (grant, held);
-                    self.launch(state, scope, attempt, self.now, run, breaker, holds, span)
+                    let now = self.now;
+                    self.launch(state, scope, attempt, now, run, admission, queued_at, span)
                 }
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
-                    record_breaker(breaker, &outcome);
+                    record_breaker(admission.breaker, &outcome);
                     self.launch_outcome(state, scope, attempt, outcome);
                 }
             }
@@ -178,8 +172,12 @@ impl Coordinator {
         attempt: u32,
         started: Instant,
         run: StateFuture,
-        breaker: Option<BreakerPermit>,
-        (grant, held): (Option<(Grant, i64)>, Vec<HeldUnits>),
+        Admission {
+            grant,
+            held,
+            breaker,
+        }: Admission,
+        queued_at: i64,
         span: tracing::Span,
     ) {
         let (slot, ticket) = self.take_slot();
@@ -214,8 +212,8 @@ impl Coordinator {
             abort,
             breaker,
             ticket,
-            queued_at: grant.as_ref().map_or(0, |(_, at)| *at),
-            _grant: grant.map(|(grant, _)| grant),
+            queued_at,
+            grant,
             _deadline: deadline,
             _held: held,
             _hold_timer: hold_timer,
@@ -241,7 +239,7 @@ impl Coordinator {
             abort: None,
             breaker: None,
             ticket,
-            _grant: None,
+            grant: None,
             queued_at: 0,
             _deadline: None,
             _held: Vec::new(),

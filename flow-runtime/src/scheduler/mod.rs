@@ -41,11 +41,11 @@ use crate::coordination::HeldUnits;
 use crate::events::{Event, EventHub, EventKind};
 use crate::failure::DeadLetter;
 use crate::resilience::BreakerPermit;
-use crate::resources::{Claimant, Grant, ResourcePool};
+use crate::resources::{Grant, ResourcePool};
 use crate::run::{Observer, RunControl, RunReport, RunWarning, StateReport};
 
 use crate::state_fn::StateFuture;
-use admission::GateVerdict;
+use admission::{Admission, GateVerdict};
 use deps::{Dependencies, Origin};
 use failures::Failure;
 use joins::{Joins, ScopeId};
@@ -134,8 +134,8 @@ struct Running {
     /// Tells this attempt's report from a late report of an attempt that used the slot before.
     ticket: u64,
     /// What it holds from the resource pool; given back when this is dropped.
-    _grant: Option<Grant>,
-    /// Its place in the ready order when it was granted, kept if it is preempted.
+    grant: Option<Grant>,
+    /// Its place in the ready order when it was admitted, kept if it is preempted.
     queued_at: i64,
     /// The coordinator's own timer for the state's timeout (see `Message::StateDeadline`);
     /// stopped when the attempt ends.
@@ -204,7 +204,7 @@ impl Coordinator {
             ticker: None,
             failed_state: None,
             saved_sequence: Arc::default(),
-            ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.gates_together),
+            ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.wait_rules),
             states: graph
                 .names()
                 .iter()
@@ -408,7 +408,7 @@ impl Coordinator {
                 Ok(())
             }
             // The loop dispatches after every message: nothing else to do.
-            Message::PoolFreed | Message::GateDue => Ok(()),
+            Message::GateDue => Ok(()),
             Message::GateReleased { gate } => {
                 self.ready.wake_gate(gate, self.now);
                 Ok(())

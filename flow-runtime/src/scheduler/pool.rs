@@ -1,53 +1,27 @@
-//! The resource pool seen from a run: the head-of-queue rule, preemption, and waits.
+//! The resource pool seen from a run: preemption (the pool itself is an admission gate, see
+//! `admission`).
 
+use super::ready::ReadyEntry;
 use super::*;
 
 impl Coordinator {
-    /// Tells a shared pool that `state` of this run no longer waits for it.
-    pub(super) fn forget_wait(&self, state: StateId) {
-        if let Some(pool) = &self.compiled.pool {
-            pool.forget_wait(self.run_key, self.graph.name(state));
-        }
-    }
-
-    /// Whether the next ready state needs nothing from the pool (so it may run inline).
-    /// Whether the next ready state may be polled on the coordinator: it needs nothing from
-    /// the pool, and no timeout depends on the coordinator staying free (a state that blocks
-    /// its thread there would hold the run's and its own deadline back).
+    /// Whether the next ready state may be polled on the coordinator: it passes no gate
+    /// (the pool included), and no timeout depends on the coordinator staying free (a state
+    /// that blocks its thread there would hold the run's and its own deadline back).
     pub(super) fn head_needs_nothing(&self) -> bool {
         self.compiled.timeout.is_none()
             && self.ready.peek().is_some_and(|head| {
                 let spec = &self.compiled.states[head.state.index()];
-                spec.needs == [0; 5] && spec.timeout.is_none() && spec.gates.is_empty()
+                spec.timeout.is_none() && spec.gates.is_empty()
             })
     }
 
-    /// Asks the pool for what the next ready state needs. `Err` when it must wait: the pool
-    /// will send `PoolFreed` when something is given back.
-    pub(super) fn grant_for_head(&self) -> Result<Option<Grant>, ()> {
-        let (Some(head), Some(pool)) = (self.ready.peek(), &self.compiled.pool) else {
-            return Ok(None);
-        };
-        let needs = &self.compiled.states[head.state.index()].needs;
-        if *needs == [0; 5] {
-            return Ok(None);
-        }
-        let who = Claimant {
-            run_key: self.run_key,
-            agent: Arc::clone(&self.compiled.name),
-            run_id: self.observer.run_id,
-            state: Arc::clone(self.graph.name(head.state)),
-        };
-        pool.try_grant(&who, needs, &self.sender)
-            .map(Some)
-            .ok_or(())
-    }
-
     /// When the pool preempts: stops preemptible running states of this run with a lower
-    /// priority than the next ready state, lowest priority and latest started first, if that
-    /// frees enough for it. They are queued again. Returns whether any was stopped.
-    pub(super) fn preempt_for_head(&mut self) -> bool {
-        let (Some(head), Some(pool)) = (self.ready.peek(), self.compiled.pool.clone()) else {
+    /// priority than `head` (a ready state the pool cannot grant), lowest priority and latest
+    /// started first, if that frees enough for it. They are queued again. Returns whether any
+    /// was stopped.
+    pub(super) fn preempt_for(&mut self, head: &ReadyEntry) -> bool {
+        let Some(pool) = self.compiled.pool.clone() else {
             return false;
         };
         if !pool.preemption() {
@@ -68,7 +42,7 @@ impl Coordinator {
                 let helps = (0..5).any(|k| short[k] && spec.needs[k] > 0);
                 spec.preemptible
                     && spec.priority < head_priority
-                    && r._grant.is_some()
+                    && r.grant.is_some()
                     && !finished
                     && helps
             })
@@ -126,40 +100,5 @@ impl Coordinator {
             self.set_status(state, StateStatus::Ready);
         }
         true
-    }
-}
-
-impl Coordinator {
-    /// The ready states the pool cannot grant now, for `blocked()`: each with the kinds it is
-    /// short of.
-    pub(super) fn blocked_at_pool(&self) -> Vec<BlockedState> {
-        let Some(pool) = &self.compiled.pool else {
-            return Vec::new();
-        };
-        self.ready
-            .ready_entries()
-            .filter_map(|entry| {
-                let spec = &self.compiled.states[entry.state.index()];
-                if spec.needs == [0; 5] {
-                    return None;
-                }
-                let short = pool.short_of(&spec.needs);
-                let kinds: Vec<String> = crate::resources::KINDS
-                    .iter()
-                    .zip(short)
-                    .filter(|(_, short)| *short)
-                    .map(|(kind, _)| format!("{kind:?}").to_lowercase())
-                    .collect();
-                if kinds.is_empty() {
-                    return None; // it fits: it waits for a slot, not for the pool
-                }
-                let since = self.ready.became_ready(entry, spec.priority);
-                Some(BlockedState {
-                    state: Arc::clone(self.graph.name(entry.state)),
-                    waits_for: vec![format!("the resource pool: short of {}", kinds.join(", "))],
-                    waited: self.now.saturating_duration_since(since),
-                })
-            })
-            .collect()
     }
 }

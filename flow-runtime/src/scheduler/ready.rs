@@ -15,7 +15,7 @@ use flow_core::{Priority, StateId};
 use tokio::time::Instant;
 
 use super::joins::ScopeId;
-use crate::coordination::Ticket;
+use crate::coordination::{Ticket, WaitRule};
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ReadyEntry {
@@ -77,7 +77,6 @@ pub(crate) enum Wake {
 
 /// The entries waiting at one gate, in ready order. Only the first asks the gate again; the
 /// others wait behind it without asking, so a gate costs O(log n) per admission.
-#[derive(Default)]
 pub(crate) struct GateWait {
     heap: BinaryHeap<ReadyEntry>,
     /// When the first may ask again; `None` while nobody waits or it is out asking.
@@ -88,9 +87,20 @@ pub(crate) struct GateWait {
     trying: Option<(u64, Instant)>,
     /// The latest instant this run asked this gate at.
     asked: Option<Instant>,
-    /// Every waiting entry asks when the gate wakes, and none waits behind another (a
-    /// barrier, where each must arrive).
-    together: bool,
+    /// How the entries waiting here take turns.
+    rule: WaitRule,
+}
+
+impl Default for GateWait {
+    fn default() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            until: None,
+            trying: None,
+            asked: None,
+            rule: WaitRule::InOrder,
+        }
+    }
 }
 
 impl ReadyQueue {
@@ -106,14 +116,13 @@ impl ReadyQueue {
         }
     }
 
-    /// Makes room for entries waiting at gates; `together[i]` says gate `i` lets all its
-    /// waiting entries ask at once when woken (a barrier: each must arrive), where others let
-    /// the first ask and keep the rest behind it.
-    pub(crate) fn with_gates(mut self, together: &[bool]) -> Self {
-        self.gates = together
+    /// Makes room for entries waiting at gates; `rules[i]` says how the entries waiting at
+    /// gate `i` take turns.
+    pub(crate) fn with_gates(mut self, rules: &[WaitRule]) -> Self {
+        self.gates = rules
             .iter()
-            .map(|&together| GateWait {
-                together,
+            .map(|&rule| GateWait {
+                rule,
                 ..GateWait::default()
             })
             .collect();
@@ -151,11 +160,6 @@ impl ReadyQueue {
     pub(crate) fn clock(&self, now: Instant) -> i64 {
         i64::try_from(now.saturating_duration_since(self.origin).as_micros())
             .unwrap_or(i64::MAX / 2)
-    }
-
-    /// The entries that are not waiting at a gate, in no particular order.
-    pub(crate) fn ready_entries(&self) -> impl Iterator<Item = &ReadyEntry> {
-        self.heap.iter()
     }
 
     /// Every entry, in no particular order.
@@ -241,12 +245,20 @@ impl ReadyQueue {
     }
 
     /// Whether an entry must wait behind others at `gate` without asking it: someone waits
-    /// there and this entry is not the one let out to ask.
-    pub(crate) fn queued_at(&self, gate: usize, seq: u64) -> bool {
+    /// there, this entry is not the one let out to ask, and (where the gate lets an entry of
+    /// higher rank ask) it does not go before them all.
+    pub(crate) fn queued_at(&self, gate: usize, entry: &ReadyEntry) -> bool {
         let wait = &self.gates[gate];
-        !wait.together
-            && !wait.heap.is_empty()
-            && wait.trying.is_none_or(|(trying, _)| trying != seq)
+        let Some(first) = wait.heap.peek() else {
+            return false;
+        };
+        match wait.rule {
+            WaitRule::Together => false,
+            WaitRule::ByRank if entry > first => false,
+            WaitRule::InOrder | WaitRule::ByRank => {
+                wait.trying.is_none_or(|(trying, _)| trying != entry.seq())
+            }
+        }
     }
 
     /// Keeps an entry's place at `gate` (given up when the entry leaves).
@@ -307,7 +319,7 @@ impl ReadyQueue {
     /// again. O(gates).
     pub(crate) fn release_due(&mut self, now: Instant) {
         for wait in self.gates.iter_mut() {
-            if wait.together && wait.until.is_some_and(|until| until <= now) {
+            if wait.rule == WaitRule::Together && wait.until.is_some_and(|until| until <= now) {
                 wait.until = None;
                 self.gated -= wait.heap.len();
                 self.heap.extend(wait.heap.drain());

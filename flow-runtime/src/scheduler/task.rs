@@ -59,12 +59,10 @@ pub(crate) enum Message {
     Pause(oneshot::Sender<()>),
     /// Start states again.
     Resume,
-    /// The resource pool got something back: try to start waiting states.
-    PoolFreed,
     /// The earliest instant a state waiting at an admission gate may ask it again has come.
     GateDue,
-    /// A coordination primitive got units back: the states waiting at that gate (by index)
-    /// may ask again.
+    /// A coordination primitive or the resource pool got something back: the states waiting
+    /// at that gate (by index) may ask again.
     GateReleased { gate: usize },
     /// A running state still holds a mutex or lease past its TTL (by the coordinator's timer).
     HoldExpired { slot: u32, ticket: u64, gate: usize },
