@@ -526,20 +526,6 @@ impl Ledger {
     }
 }
 
-/// A state's place among those waiting for the pool: while it is kept, the pool lists the
-/// state in [`ResourcePool::waiting`]; dropped when the state stops waiting, however it stops.
-pub(crate) struct PoolPlace {
-    pub(crate) pool: ResourcePool,
-    pub(crate) run_key: u64,
-    pub(crate) state: Arc<str>,
-}
-
-impl Drop for PoolPlace {
-    fn drop(&mut self) {
-        self.pool.forget_wait(self.run_key, &self.state);
-    }
-}
-
 impl Drop for Grant {
     fn drop(&mut self) {
         self.pool.release(self.id, &self.amounts);

@@ -14,7 +14,7 @@ use super::hold::{Busy, Engine, HeldUnits, PrimitiveKind};
 use super::rate_limit::{NotBefore, RateLimit};
 use super::{FlowBarrier, FlowMutex, FlowSemaphore, Lease, Owner, Quota};
 use crate::resilience::{BreakerPermit, CircuitBreaker};
-use crate::resources::{Amounts, Claimant, Grant, PoolPlace, ResourcePool};
+use crate::resources::{Amounts, Claimant, Grant, ResourcePool};
 use crate::scheduler::Message;
 
 /// A primitive a state passes before it starts.
@@ -250,27 +250,24 @@ impl Gate {
         }
     }
 
-    /// A place among the acquisitions waiting here, or a refusal when there is none.
+    /// A place among the acquisitions waiting here (none needed at the pool, which lists only
+    /// the states that asked it), or a refusal when there is none.
     pub(crate) fn enter_wait(
         &self,
-        state: &Arc<str>,
+        state: &str,
         attempt: u32,
-        run_key: u64,
-    ) -> Result<Ticket, FlowError> {
-        match self {
-            Gate::Pool(pool) => Ok(Ticket::Place(Box::new(PoolPlace {
-                pool: pool.clone(),
-                run_key,
-                state: Arc::clone(state),
-            }))),
-            Gate::Rate(limit) => Ok(Ticket::Place(Box::new(limit.enter_wait(Some(&**state))?))),
+    ) -> Result<Option<Ticket>, FlowError> {
+        let ticket = match self {
+            Gate::Pool(_) => return Ok(None),
+            Gate::Rate(limit) => Ticket::Place(Box::new(limit.enter_wait(Some(state))?)),
             Gate::Hold(engine) => match engine.enter_wait() {
-                Some(waiting) => Ok(Ticket::Place(Box::new(waiting))),
-                None => Err(engine.queue_full(state.to_string(), attempt)),
+                Some(waiting) => Ticket::Place(Box::new(waiting)),
+                None => return Err(engine.queue_full(state.to_owned(), attempt)),
             },
             // Its arrival is its place (taken before it is asked); a breaker never waits.
-            Gate::Barrier(_) | Gate::Breaker(_) => Ok(Ticket::Place(Box::new(()))),
-        }
+            Gate::Barrier(_) | Gate::Breaker(_) => Ticket::Place(Box::new(())),
+        };
+        Ok(Some(ticket))
     }
 
     /// A request larger than the primitive: it could never be admitted.

@@ -20,7 +20,7 @@ use super::ready::{ReadyEntry, Wake};
 use super::task::Message;
 use super::task::Outcome;
 use super::{AbortOnDrop, BlockedState, Coordinator};
-use crate::coordination::{Asker, Gate, HeldUnits, Owner, Taken, Verdict};
+use crate::coordination::{Asker, Gate, HeldUnits, Owner, Taken, Verdict, WaitRule};
 use crate::resilience::BreakerPermit;
 use crate::resources::Grant;
 use flow_core::StateId;
@@ -84,7 +84,10 @@ impl Coordinator {
         let mut taken: Vec<Taken> = Vec::new();
         for &(gate, amount) in gates.iter() {
             self.ready.asked(gate, at);
-            if !self.ready.has_ticket(seq, gate)
+            // Only a barrier takes an arrival before it is asked.
+            let barrier = compiled.wait_rules[gate] == WaitRule::Together;
+            if barrier
+                && !self.ready.has_ticket(seq, gate)
                 && let Some(ticket) =
                     compiled.gates[gate].arrive(self.now, self.run_key, &self.sender, gate)
             {
@@ -100,7 +103,11 @@ impl Coordinator {
                     run_key: this.run_key,
                     wake: &this.sender,
                     gate,
-                    arrival: this.ready.arrival(seq, gate),
+                    arrival: if barrier {
+                        this.ready.arrival(seq, gate)
+                    } else {
+                        None
+                    },
                     attempt: entry.attempt,
                     now: this.now,
                 };
@@ -153,8 +160,8 @@ impl Coordinator {
             None
         } else {
             let state = self.graph.name(entry.state);
-            match self.compiled.gates[gate].enter_wait(state, entry.attempt, self.run_key) {
-                Ok(ticket) => Some(ticket),
+            match self.compiled.gates[gate].enter_wait(state, entry.attempt) {
+                Ok(ticket) => ticket,
                 Err(error) => {
                     self.ready.left(entry.seq());
                     return GateVerdict::Refused(entry, error);
@@ -315,10 +322,11 @@ impl Coordinator {
             return Ok(()); // it started meanwhile
         }
         let gate = self.ready.gate_of(seq);
-        // Leaving the queue gives up its place at the gate (the pool forgets it waits).
+        // Leaving the queue gives up its place at the gate.
         let Some(entry) = self.ready.remove_seq(seq) else {
             return Ok(());
         };
+        self.forget_pool_wait(entry.state);
         let waited = self.compiled.states[entry.state.index()]
             .acquire_timeout
             .unwrap_or_default();

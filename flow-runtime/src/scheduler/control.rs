@@ -66,6 +66,9 @@ impl Coordinator {
         for entry in &removed {
             self.dequeued(entry.seq());
         }
+        if !removed.is_empty() {
+            self.forget_pool_wait(state);
+        }
         ended.extend(removed.into_iter().map(|entry| entry.scope));
         let queued_or_running = ended.len();
         let waiting = self.cancel_waiting(state);

@@ -5,6 +5,14 @@ use super::ready::ReadyEntry;
 use super::*;
 
 impl Coordinator {
+    /// Tells a shared pool that `state` of this run no longer waits for it (it was cancelled
+    /// or gave up; one that is granted is forgotten by the grant).
+    pub(super) fn forget_pool_wait(&self, state: StateId) {
+        if let Some(pool) = &self.compiled.pool {
+            pool.forget_wait(self.run_key, self.graph.name(state));
+        }
+    }
+
     /// Whether the next ready state may be polled on the coordinator: it passes no gate
     /// (the pool included), and no timeout depends on the coordinator staying free (a state
     /// that blocks its thread there would hold the run's and its own deadline back).

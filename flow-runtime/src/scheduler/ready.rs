@@ -8,10 +8,10 @@
 //! the entry is pushed, so the queue stays a plain binary heap: O(log n) per push and pop.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use flow_core::{Priority, StateId};
+use flow_core::{FxHashMap, Priority, StateId};
 use tokio::time::Instant;
 
 use super::joins::ScopeId;
@@ -62,7 +62,7 @@ pub(crate) struct ReadyQueue {
     gated: usize,
     /// Places held by waiting entries at the gate they wait at (a leaky bucket's capacity, a
     /// primitive's waiting count), by sequence number.
-    tickets: HashMap<u64, Vec<(usize, Ticket)>>,
+    tickets: FxHashMap<u64, Vec<(usize, Ticket)>>,
 }
 
 /// When the first entry waiting at a gate may ask it again.
@@ -112,7 +112,7 @@ impl ReadyQueue {
             aging_micros: i64::try_from(aging.as_micros()).unwrap_or(i64::MAX / 8),
             gates: Box::default(),
             gated: 0,
-            tickets: HashMap::new(),
+            tickets: FxHashMap::default(),
         }
     }
 
