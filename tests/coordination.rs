@@ -385,6 +385,125 @@ async fn a_deadlock_is_refused_when_it_closes_and_the_retry_gets_through() {
     }
 }
 
+/// Runs `agent`, returning its report and the errors of the attempts that were retried, by
+/// state.
+async fn run_noting_retries(agent: &Agent) -> (RunReport, Vec<(String, String)>) {
+    let (handle, mut events) = agent.start_watched(Context::new()).unwrap();
+    let mut retried = Vec::new();
+    while let Some(event) = events.next().await {
+        if let EventKind::StateRetrying { state, error, .. } = event.unwrap().kind {
+            retried.push((state.to_string(), error));
+        }
+    }
+    (handle.wait().await, retried)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadlock_among_guards_taken_inside_states_names_the_states() {
+    // No primitive is attached to the states: each takes both inside its body, in opposite
+    // orders. Whichever waits second closes the cycle and is refused, and the message names
+    // both states (not the tasks they happen to run on).
+    for (first_wait, second_wait, refused) in [(10, 20, "b"), (20, 10, "a")] {
+        let (left, right) = (FlowMutex::new("left"), FlowMutex::new("right"));
+        let mut agent = Agent::new("inside");
+        agent.add_state("fork", |_ctx: Context| async {
+            Ok(Next::parallel(["a", "b"]))
+        });
+        let retry = RetryPolicy {
+            max_retries: 1,
+            initial_delay: ms(100),
+            ..RetryPolicy::DEFAULT
+        };
+        for (name, wait, first, second) in [
+            ("a", first_wait, left.clone(), right.clone()),
+            ("b", second_wait, right.clone(), left.clone()),
+        ] {
+            agent
+                .add_state_with(
+                    name,
+                    Arc::new((first, second)),
+                    move |locks, _ctx: Context| async move {
+                        let _first = locks.0.lock().await?;
+                        tokio::time::sleep(ms(wait)).await;
+                        let _second = locks.1.lock().await?;
+                        tokio::time::sleep(ms(5)).await;
+                        Ok(Next::End)
+                    },
+                )
+                .retry(retry);
+        }
+        let (report, retried) = run_noting_retries(&agent).await;
+        assert!(report.is_success(), "{:?}", report.error);
+        assert_eq!(report.state(refused).unwrap().attempts, 2);
+        assert_eq!(retried.len(), 1, "{retried:?}");
+        let (state, error) = &retried[0];
+        assert_eq!(state, refused);
+        let holder = if refused == "a" { "b" } else { "a" };
+        for state in [holder, refused] {
+            assert!(
+                error.contains(&format!(
+                    "state `{state}` of run 1 (workflow `inside`) holds mutex"
+                )),
+                "{error}"
+            );
+        }
+        assert!(!error.contains("task "), "{error}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guard_taken_in_a_first_poll_on_the_coordinator_stays_with_its_state() {
+    // `a` is the only ready state, so its first poll runs on the run's coordinator: the
+    // mutex it takes there is held by the attempt, not by the coordinator's task, and a cycle
+    // through it (with a task outside any run) is found when `a` moves to a task of its own.
+    let (left, right) = (FlowMutex::new("left"), FlowMutex::new("right"));
+    let outside = tokio::spawn({
+        let (left, right) = (left.clone(), right.clone());
+        async move {
+            let _right = right.lock().await.unwrap();
+            tokio::time::sleep(ms(10)).await;
+            let _left = left.lock().await.unwrap();
+            tokio::time::Instant::now()
+        }
+    });
+    let mut agent = Agent::new("solo");
+    agent
+        .add_state_with(
+            "a",
+            Arc::new((left.clone(), right.clone())),
+            |locks, _ctx: Context| async move {
+                let _left = locks.0.lock().await?;
+                tokio::time::sleep(ms(20)).await;
+                let _right = locks.1.lock().await?;
+                Ok(Next::End)
+            },
+        )
+        .retry(RetryPolicy {
+            max_retries: 1,
+            initial_delay: ms(100),
+            ..RetryPolicy::DEFAULT
+        });
+    let start = tokio::time::Instant::now();
+    let (report, retried) = run_noting_retries(&agent).await;
+    assert!(report.is_success(), "{:?}", report.error);
+    assert_eq!(report.state("a").unwrap().attempts, 2);
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    let error = &retried[0].1;
+    assert!(error.contains("deadlock refused"), "{error}");
+    assert!(
+        error.contains(
+            "state `a` of run 1 (workflow `solo`) holds mutex `left` and waits for mutex `right`"
+        ),
+        "{error}"
+    );
+    assert!(
+        error.contains("holds mutex `right` and waits for mutex `left`"),
+        "{error}"
+    );
+    // The refusal let `left` go at 20 ms: the outside task got it then.
+    assert_eq!(outside.await.unwrap() - start, ms(20));
+}
+
 struct Trainer;
 
 #[workflow]

@@ -12,45 +12,120 @@
 //! holding a primitive through `#[state(mutex = ..)]` or another guard). Only tasks take part:
 //! nothing is recorded for a workflow that uses no primitive.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use flow_core::FlowError;
+use flow_core::{FlowError, StateId};
 use tokio::task::Id;
 
 use super::hold::Engine;
+use crate::agent::Compiled;
 
-/// Who holds or waits: a task (when known) and a label for messages.
+/// Who takes part in the wait-for graph: one attempt of a state (however many tasks it is
+/// polled on: its first poll may run on the coordinator), or, for code outside any attempt,
+/// the tokio task it runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Actor {
+    /// An attempt, by its run's process-wide key and a number unique within the run.
+    Attempt { run: u64, serial: u64 },
+    /// A task that runs no attempt (one a state spawned, or the user's own).
+    Task(Id),
+}
+
+/// Who holds or waits: an actor (when known) and a label for messages.
 #[derive(Clone)]
 pub(crate) struct Owner {
-    pub(crate) task: Option<Id>,
+    pub(crate) task: Option<Actor>,
     pub(crate) label: Arc<str>,
 }
 
 impl Owner {
-    /// The current task, labelled by what the scheduler said of it (the state and run whose
-    /// attempt it runs) or by its id.
+    /// Whoever runs now: the attempt being polled on this thread, labelled by its state,
+    /// run and workflow; else the current task, labelled by its id.
     pub(crate) fn current() -> Self {
+        // Taken out for the look and put back: the cell lends nothing.
+        let attempt = CURRENT_ATTEMPT.with(Cell::take);
+        let owner = attempt.as_ref().map(AttemptIdentity::owner);
+        CURRENT_ATTEMPT.with(|current| current.set(attempt));
+        if let Some(owner) = owner {
+            return owner;
+        }
         let task = tokio::task::try_id();
-        let label = task
-            .and_then(|task| graph().labels.get(&task).cloned())
-            .unwrap_or_else(|| match task {
+        Self {
+            task: task.map(Actor::Task),
+            label: match task {
                 Some(task) => Arc::from(format!("task {task}")),
                 None => Arc::from("code outside any task"),
-            });
-        Self { task, label }
+            },
+        }
+    }
+}
+
+/// What an attempt of a state is, for the primitives it takes inside its body: set on the
+/// thread for the length of each poll of its future (see [`AttemptIdentity::polling`]).
+pub(crate) struct AttemptIdentity {
+    pub(crate) actor: Actor,
+    /// Its workflow (where its name and its states' names are).
+    pub(crate) compiled: Arc<Compiled>,
+    pub(crate) state: StateId,
+    pub(crate) run_id: u64,
+}
+
+thread_local! {
+    static CURRENT_ATTEMPT: Cell<Option<AttemptIdentity>> = const { Cell::new(None) };
+}
+
+impl AttemptIdentity {
+    /// "state `fetch` of run 3 (workflow `etl`)": allocated only when a primitive is used.
+    pub(crate) fn label(&self) -> Arc<str> {
+        Arc::from(format!(
+            "state `{}` of run {} (workflow `{}`)",
+            self.compiled.graph.name(self.state),
+            self.run_id,
+            self.compiled.name
+        ))
+    }
+
+    fn owner(&self) -> Owner {
+        Owner {
+            task: Some(self.actor),
+            label: self.label(),
+        }
+    }
+
+    /// Runs `poll` with `identity` as the current attempt of this thread, then takes it back
+    /// (moved, not cloned: a poll costs two swaps). Nested polls (a run inside a state) keep
+    /// their own and restore the outer one, also when `poll` panics.
+    pub(crate) fn polling<R>(
+        identity: &mut Option<AttemptIdentity>,
+        poll: impl FnOnce() -> R,
+    ) -> R {
+        struct Restore<'a> {
+            identity: &'a mut Option<AttemptIdentity>,
+            outer: Option<AttemptIdentity>,
+        }
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let outer = self.outer.take();
+                *self.identity = CURRENT_ATTEMPT.with(|current| current.replace(outer));
+            }
+        }
+        let outer = CURRENT_ATTEMPT.with(|current| current.replace(identity.take()));
+        let _restore = Restore { identity, outer };
+        poll()
     }
 }
 
 #[derive(Default)]
 struct WaitGraph {
-    /// Primitives each task holds (an engine's address identifies it; holds keep it alive).
-    holds: HashMap<Id, Vec<(usize, Arc<Engine>)>>,
-    /// The primitive each task waits for.
-    waits: HashMap<Id, usize>,
-    /// What the scheduler said of its state tasks.
-    labels: HashMap<Id, Arc<str>>,
+    /// Primitives each actor holds (an engine's address identifies it; holds keep it alive).
+    holds: HashMap<Actor, Vec<(usize, Arc<Engine>)>>,
+    /// The primitive each actor waits for.
+    waits: HashMap<Actor, usize>,
+    /// How each holder is named in messages.
+    labels: HashMap<Actor, Arc<str>>,
 }
 
 static GRAPH: Mutex<Option<WaitGraph>> = Mutex::new(None);
@@ -86,22 +161,22 @@ pub(crate) fn cycles_found() -> u64 {
     CYCLES.load(Ordering::Relaxed)
 }
 
-/// Names the state task `task` for messages (set by the scheduler when it holds primitives).
-pub(crate) fn label(task: Id, label: Arc<str>) {
-    graph().labels.insert(task, label);
-}
-
-/// `task` now holds `engine`.
-pub(crate) fn held(task: Id, engine: &Arc<Engine>) {
-    graph()
+/// `task`, named `label`, now holds `engine`.
+pub(crate) fn held(task: Actor, label: &Arc<str>, engine: &Arc<Engine>) {
+    let mut graph = graph();
+    graph
         .holds
         .entry(task)
         .or_default()
         .push((key(engine), Arc::clone(engine)));
+    graph
+        .labels
+        .entry(task)
+        .or_insert_with(|| Arc::clone(label));
 }
 
 /// `task` gave `engine` back (once per hold).
-pub(crate) fn released(task: Id, engine: &Engine) {
+pub(crate) fn released(task: Actor, engine: &Engine) {
     let mut graph = graph();
     let engine = key(engine);
     if let Some(holds) = graph.holds.get_mut(&task) {
@@ -116,7 +191,7 @@ pub(crate) fn released(task: Id, engine: &Engine) {
 }
 
 /// A wait in the graph; removed when dropped.
-pub(crate) struct WaitEdge(Id);
+pub(crate) struct WaitEdge(Actor);
 
 impl Drop for WaitEdge {
     fn drop(&mut self) {
@@ -141,7 +216,7 @@ pub(crate) fn waits(owner: &Owner, engine: &Arc<Engine>) -> Result<Option<WaitEd
 }
 
 impl WaitGraph {
-    fn holders_of(&self, engine: usize) -> impl Iterator<Item = Id> + '_ {
+    fn holders_of(&self, engine: usize) -> impl Iterator<Item = Actor> + '_ {
         self.holds
             .iter()
             .filter(move |(_, held)| held.iter().any(|(e, _)| *e == engine))
@@ -156,18 +231,20 @@ impl WaitGraph {
             .map(|(_, engine)| engine)
     }
 
-    fn label(&self, task: Id) -> String {
-        self.labels
-            .get(&task)
-            .map_or_else(|| format!("task {task}"), |label| label.to_string())
+    fn label(&self, task: Actor) -> String {
+        match (self.labels.get(&task), task) {
+            (Some(label), _) => label.to_string(),
+            (None, Actor::Task(id)) => format!("task {id}"),
+            (None, Actor::Attempt { run, serial }) => format!("attempt {serial} of run key {run}"),
+        }
     }
 
     /// If `waiter` waiting for `engine` closes a cycle, the cycle in words: one line per task,
     /// what it holds that the previous one waits for, and what it waits for.
-    fn cycle_through(&self, waiter: Id, engine: usize) -> Option<Vec<String>> {
+    fn cycle_through(&self, waiter: Actor, engine: usize) -> Option<Vec<String>> {
         // Breadth-first from the awaited primitive; `via` remembers how each task was reached.
-        let mut via: HashMap<Id, (usize, Option<Id>)> = HashMap::new();
-        let mut frontier = vec![(engine, None::<Id>)];
+        let mut via: HashMap<Actor, (usize, Option<Actor>)> = HashMap::new();
+        let mut frontier = vec![(engine, None::<Actor>)];
         while let Some((awaited, from)) = frontier.pop() {
             for holder in self.holders_of(awaited) {
                 if via.contains_key(&holder) {
@@ -188,9 +265,9 @@ impl WaitGraph {
     /// The cycle as lines, from the holder of the awaited primitive round to the waiter.
     fn describe(
         &self,
-        waiter: Id,
+        waiter: Actor,
         awaited: usize,
-        via: &HashMap<Id, (usize, Option<Id>)>,
+        via: &HashMap<Actor, (usize, Option<Actor>)>,
     ) -> Vec<String> {
         let name = |engine: usize| {
             self.engine(engine)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::deadlock::{self, Owner};
+use super::deadlock::{self, Actor, Owner};
 use super::wakers::{Wake, Wakers};
 
 /// Which primitive an engine is, for messages and status.
@@ -122,12 +122,11 @@ impl HeldUnits {
 
     /// Records the task that holds these units, named `label` (for deadlock detection and
     /// status). A quota's units are consumed, not held: nothing to record.
-    pub(crate) fn set_task(&self, task: tokio::task::Id, label: &Arc<str>) {
+    pub(crate) fn set_task(&self, task: Actor, label: &Arc<str>) {
         let mut ledger = self.engine.ledger();
         if let Some(hold) = ledger.holds.iter_mut().find(|h| h.id == self.id) {
             hold.owner.task = Some(task);
-            deadlock::label(task, Arc::clone(label));
-            deadlock::held(task, &self.engine);
+            deadlock::held(task, label, &self.engine);
         }
     }
 
@@ -242,7 +241,7 @@ impl Engine {
         let id = ledger.next_id;
         if self.kind != PrimitiveKind::Quota {
             if let Some(task) = owner.task {
-                deadlock::held(task, self);
+                deadlock::held(task, &owner.label, self);
             }
             ledger.holds.push(Hold {
                 id,

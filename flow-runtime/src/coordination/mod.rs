@@ -21,7 +21,7 @@ pub use hold::PrimitiveKind;
 pub use primitives::{FlowMutex, FlowSemaphore, HoldGuard, Lease, Quota};
 pub use rate_limit::RateLimit;
 
-pub(crate) use deadlock::{Owner, cycles_found};
+pub(crate) use deadlock::{Actor, AttemptIdentity, Owner, cycles_found};
 pub(crate) use gate::{Asker, Gate, Taken, Ticket, Verdict, WaitRule};
 pub(crate) use hold::{Engine, HeldUnits};
 

@@ -20,7 +20,9 @@ use super::ready::{ReadyEntry, Wake};
 use super::task::Message;
 use super::task::Outcome;
 use super::{AbortOnDrop, BlockedState, Coordinator};
-use crate::coordination::{Asker, Gate, HeldUnits, Owner, Taken, Verdict, WaitRule};
+use crate::coordination::{
+    Asker, AttemptIdentity, Gate, HeldUnits, Owner, Taken, Verdict, WaitRule,
+};
 use crate::resilience::BreakerPermit;
 use crate::resources::Grant;
 use flow_core::StateId;
@@ -247,24 +249,19 @@ impl Coordinator {
 }
 
 impl Coordinator {
-    /// A state starts holding `held` in task `task`: labels the task for deadlock reports and
-    /// arms a timer for the earliest TTL among its holds.
+    /// A state's attempt `identity` starts holding `held`: records it as their holder for
+    /// deadlock reports and arms a timer for the earliest TTL among its holds.
     pub(super) fn holding(
         &self,
         state: StateId,
         slot: u32,
         ticket: u64,
-        task: tokio::task::Id,
+        identity: &AttemptIdentity,
         held: &[HeldUnits],
     ) -> Option<AbortOnDrop> {
-        let label: Arc<str> = Arc::from(format!(
-            "state `{}` of run {} (workflow `{}`)",
-            self.graph.name(state),
-            self.observer.run_id,
-            self.compiled.name
-        ));
+        let label = identity.label();
         for units in held {
-            units.set_task(task, &label);
+            units.set_task(identity.actor, &label);
         }
         let gates = &self.compiled.states[state.index()].gates;
         let (ttl, gate) = gates

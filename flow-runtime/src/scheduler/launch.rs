@@ -35,7 +35,7 @@ impl Coordinator {
         let context = self.state_context(state, attempt);
         let spec = &self.compiled.states[state.index()];
         let mut run = match task::start(&spec.func, &context) {
-            Ok(run) => run,
+            Ok(run) => self.attempt(state, run),
             Err(outcome) => {
                 record_breaker(breaker, &outcome);
                 return self
@@ -105,6 +105,7 @@ impl Coordinator {
             let context = self.state_context(state, attempt);
             match task::start(&self.compiled.states[state.index()].func, &context) {
                 Ok(run) => {
+                    let run = self.attempt(state, run);
                     let now = self.now;
                     self.launch(state, scope, attempt, now, run, admission, queued_at, span)
                 }
@@ -117,6 +118,24 @@ impl Coordinator {
         }
         self.max_concurrency = self.max_concurrency.max(self.running_count);
         self.arm_gate_timer();
+    }
+
+    /// A started state's future as an attempt with an identity of its own (see
+    /// `coordination::Actor`): the primitives its body takes are held by it.
+    pub(super) fn attempt(&mut self, state: StateId, run: StateFuture) -> task::Attempt {
+        self.next_ticket += 1;
+        task::Attempt {
+            run,
+            identity: Some(AttemptIdentity {
+                actor: Actor::Attempt {
+                    run: self.run_key,
+                    serial: self.next_ticket,
+                },
+                compiled: Arc::clone(&self.compiled),
+                state,
+                run_id: self.observer.run_id,
+            }),
+        }
     }
 
     /// Records that `state` starts attempt `attempt` now; returns the span it is traced in.
@@ -171,7 +190,7 @@ impl Coordinator {
         scope: ScopeId,
         attempt: u32,
         started: Instant,
-        run: StateFuture,
+        run: task::Attempt,
         Admission {
             grant,
             held,
@@ -181,16 +200,18 @@ impl Coordinator {
         span: tracing::Span,
     ) {
         let (slot, ticket) = self.take_slot();
+        // Recorded before the task can run: it may wait for another primitive at once.
+        let hold_timer = match &run.identity {
+            Some(identity) if !held.is_empty() => {
+                self.holding(state, slot, ticket, identity, &held)
+            }
+            _ => None,
+        };
         let spec = &self.compiled.states[state.index()];
         let (limit, link) = (spec.timeout, Arc::clone(&self.link));
         let call = task::plain(run);
         let task = tokio::spawn(task::supervise(call, limit, slot, ticket, link).instrument(span));
         let abort = Some(task.abort_handle());
-        let hold_timer = if held.is_empty() {
-            None
-        } else {
-            self.holding(state, slot, ticket, task.id(), &held)
-        };
         // The task's own timeout cannot fire while its state blocks the thread or never
         // yields: the coordinator keeps a timer too, and fails the attempt on time whatever
         // the state does (its task is abandoned).

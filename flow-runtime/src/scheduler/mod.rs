@@ -37,7 +37,7 @@ use crate::agent::Compiled;
 use crate::checkpoint::writer::{self, Writer};
 use crate::checkpoint::{CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
-use crate::coordination::HeldUnits;
+use crate::coordination::{Actor, AttemptIdentity, HeldUnits};
 use crate::events::{Event, EventHub, EventKind};
 use crate::failure::DeadLetter;
 use crate::resilience::BreakerPermit;

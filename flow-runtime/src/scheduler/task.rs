@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::joins::ScopeId;
 
 use crate::context::Context;
+use crate::coordination::AttemptIdentity;
 use crate::state_fn::{StateFn, StateFuture};
 
 /// How a state run ended.
@@ -95,9 +96,19 @@ pub(crate) fn start(body: &Arc<dyn StateFn>, context: &Context) -> Result<StateF
         .map_err(|payload| Outcome::Panicked(panic_message(payload)))
 }
 
-/// Polls a state's future once, here; `None` if it is not finished.
-pub(crate) fn poll_once(run: &mut StateFuture, cx: &mut TaskContext<'_>) -> Option<Outcome> {
-    match catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+/// A state's future, with what the attempt is (for the primitives its body takes).
+pub(crate) struct Attempt {
+    pub(crate) run: StateFuture,
+    pub(crate) identity: Option<AttemptIdentity>,
+}
+
+/// Polls a state's future once, here, as its attempt; `None` if it is not finished.
+pub(crate) fn poll_once(attempt: &mut Attempt, cx: &mut TaskContext<'_>) -> Option<Outcome> {
+    let run = &mut attempt.run;
+    let polled = AttemptIdentity::polling(&mut attempt.identity, || {
+        catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)))
+    });
+    match polled {
         Ok(Poll::Pending) => None,
         Ok(Poll::Ready(result)) => Some(Outcome::Finished(result)),
         Err(payload) => Some(Outcome::Panicked(panic_message(payload))),
@@ -105,8 +116,8 @@ pub(crate) fn poll_once(run: &mut StateFuture, cx: &mut TaskContext<'_>) -> Opti
 }
 
 /// The plain attempt: the state's future, panics caught.
-pub(crate) fn plain(run: StateFuture) -> impl Future<Output = Outcome> + Send {
-    CatchUnwind(run)
+pub(crate) fn plain(attempt: Attempt) -> impl Future<Output = Outcome> + Send {
+    CatchUnwind(attempt)
 }
 
 /// What a state task holds of its run: one reference for the channel to the coordinator and
@@ -162,7 +173,7 @@ pub(crate) async fn supervise<F: Future<Output = Outcome> + Send>(
 }
 
 /// Polls a state's future, turning a panic into an outcome.
-struct CatchUnwind(StateFuture);
+struct CatchUnwind(Attempt);
 
 impl Future for CatchUnwind {
     type Output = Outcome;
