@@ -8,6 +8,10 @@ pub use flow_core::{
     WorkflowSpec, parse_duration,
 };
 pub use flow_macros::{context, state, workflow};
+/// The JSON Schema derive for the answers of typed input requests (`ctx.ask::<T>`):
+/// `#[derive(JsonSchema)]` with `#[schemars(crate = "fluffy_flow::schemars")]`, or depend on
+/// `schemars` 1 yourself.
+pub use flow_runtime::schemars;
 pub use flow_runtime::{
     Agent, Allocation, BlockedState, BoxError, BreakerState, Bulkhead, CHECKPOINT_FORMAT,
     Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, CircuitBreaker, Condition,
@@ -18,6 +22,11 @@ pub use flow_runtime::{
     PrimitiveStatus, QueuePlace, QueuedState, Quota, RateLimit, RedbStore, ResourceKind,
     ResourcePool, RunCounts, RunEvents, RunHandle, RunReport, RunWarning, StateCheckpoint,
     StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
+};
+pub use flow_runtime::{
+    Ask, ChannelProvider, DEFAULT_INPUT_TIMEOUT, HumanInput, InputAnswerer, InputId, InputOutcome,
+    InputProvider, InputRecord, InputRequest, InputRequests, PendingInput, Refusal,
+    TerminalProvider,
 };
 
 mod transitions;

@@ -412,15 +412,16 @@ async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic(
     }
     // A field given twice is refused.
     let twice = String::from_utf8(json.clone()).unwrap().replacen(
-        "\"format\":2,",
-        "\"format\":2,\"format\":2,",
+        &format!("\"format\":{CHECKPOINT_FORMAT},"),
+        &format!("\"format\":{CHECKPOINT_FORMAT},\"format\":{CHECKPOINT_FORMAT},"),
         1,
     );
     assert!(Checkpoint::from_json(twice.as_bytes(), "s", "chain", "r").is_err());
-    let newer =
-        String::from_utf8(json.clone())
-            .unwrap()
-            .replacen("\"format\":2", "\"format\":99", 1);
+    let newer = String::from_utf8(json.clone()).unwrap().replacen(
+        &format!("\"format\":{CHECKPOINT_FORMAT}"),
+        "\"format\":99",
+        1,
+    );
     let error = Checkpoint::from_json(newer.as_bytes(), "s", "chain", "r").unwrap_err();
     assert_eq!(
         error,

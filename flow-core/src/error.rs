@@ -537,6 +537,63 @@ pub enum FlowError {
         /// The serializer's message.
         message: String,
     },
+    /// An answer to an input request was refused before it was recorded: it failed the
+    /// request's validator, or does not have the type the request asks for. The request stays
+    /// pending.
+    #[error(
+        "the answer {answer} to input request `{id}` was refused: {reason}; the request is still pending: answer it again"
+    )]
+    InvalidAnswer {
+        /// The request.
+        id: String,
+        /// The answer, as JSON.
+        answer: String,
+        /// Why, for the person answering.
+        reason: String,
+    },
+    /// An answer names an input request the run never made.
+    #[error(
+        "run `{run_key}` has no input request `{id}`; list the pending ones with `pending_inputs()`"
+    )]
+    UnknownInput {
+        /// The request named.
+        id: String,
+        /// The run asked.
+        run_key: String,
+    },
+    /// An answer names an input request that is no longer pending.
+    #[error(
+        "input request `{id}` is closed ({how}): the answer was not recorded; list the pending ones with `pending_inputs()`"
+    )]
+    InputClosed {
+        /// The request named.
+        id: String,
+        /// How it was closed: "answered by ops at ...", "timed out", "withdrawn: ...".
+        how: String,
+    },
+    /// A state waited for an answer past its input request's timeout, and the request has no
+    /// default.
+    #[error(
+        "state `{state}` waited {waited:?} for an answer to \"{prompt}\" (input request `{id}`) and gave up; give the request a default, a longer `timeout`, or say `no_timeout()`"
+    )]
+    InputTimeout {
+        /// The state.
+        state: String,
+        /// The request.
+        id: String,
+        /// Its prompt.
+        prompt: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// `human_input` or `ask` was called on a context that belongs to no state run.
+    #[error(
+        "input request \"{prompt}\" was made outside a state: ask for input with the context a state is given"
+    )]
+    InputOutsideState {
+        /// The prompt.
+        prompt: String,
+    },
 }
 
 impl FlowError {

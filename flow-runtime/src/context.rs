@@ -180,6 +180,21 @@ pub(crate) struct RunInfo {
     pub(crate) key: Arc<str>,
     pub(crate) id: u64,
     pub(crate) graph: Arc<flow_core::StateGraph>,
+    /// The workflow's name.
+    pub(crate) workflow: Arc<str>,
+    /// The run's input requests.
+    pub(crate) inputs: Arc<crate::input::InputHub>,
+}
+
+/// Where an input request is made from (see `input::ask`).
+pub(crate) struct InputSite<'a> {
+    pub(crate) hub: &'a Arc<crate::input::InputHub>,
+    pub(crate) run_key: &'a str,
+    pub(crate) workflow: &'a str,
+    pub(crate) state: &'a str,
+    pub(crate) state_index: u32,
+    pub(crate) visit: u32,
+    pub(crate) attempt: u32,
 }
 
 /// The state run a context handle was given to.
@@ -297,6 +312,44 @@ impl Context {
         Some(&**run.graph.name(at.state))
     }
 
+    /// Asks a person for text and waits for the answer: await the returned request, after
+    /// setting its `timeout` (default [`crate::DEFAULT_INPUT_TIMEOUT`]) or `no_timeout`, its
+    /// `validator` and its `default`. The request is answered through the run's handle, the
+    /// agent's input provider, or (for a durable run) the checkpoint store; see the README's
+    /// "Human input".
+    ///
+    /// Its id is stable (run key, state, visit, index of the call in the attempt): when the
+    /// state runs again (a retry, a restore), a request answered before returns its recorded
+    /// answer at once. Code before the request runs again: put side effects that must not
+    /// repeat in a state of their own.
+    pub fn human_input(&self, prompt: impl Into<String>) -> crate::input::HumanInput<'_> {
+        crate::input::HumanInput::new(self, prompt.into())
+    }
+
+    /// Asks for a value of type `T` (any serde type with a JSON Schema, which the request
+    /// carries so that a UI can render a form); the answer must deserialize into `T`. Otherwise
+    /// as [`Context::human_input`].
+    pub fn ask<T>(&self, prompt: impl Into<String>) -> crate::input::Ask<'_, T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static,
+    {
+        crate::input::Ask::new(self, prompt.into())
+    }
+
+    /// What an input request made with this handle is made from; `None` outside a state.
+    pub(crate) fn input_site(&self) -> Option<InputSite<'_>> {
+        let (run, at) = (self.run.as_deref()?, self.at?);
+        Some(InputSite {
+            hub: &run.inputs,
+            run_key: &run.key,
+            workflow: &run.workflow,
+            state: run.graph.name(at.state),
+            state_index: at.state.index() as u32,
+            visit: at.visit,
+            attempt: at.attempt,
+        })
+    }
+
     /// The attempt of the state's current run (1, or more after retries); `None` outside a
     /// state.
     pub fn attempt(&self) -> Option<u32> {
@@ -304,7 +357,8 @@ impl Context {
     }
 
     /// Which run of the state this is in the run (1 for the first; more in a loop), counted
-    /// across restores from checkpoints; `None` outside a state.
+    /// across restores from checkpoints: a run a restore starts again because it was in
+    /// flight keeps its number. `None` outside a state.
     pub fn visit(&self) -> Option<u32> {
         self.at.map(|at| at.visit)
     }

@@ -94,6 +94,51 @@ pub enum EventKind {
         /// The state.
         state: Arc<str>,
     },
+    /// A state asked for input (see `Context::human_input`).
+    InputRequested {
+        /// The state.
+        state: Arc<str>,
+        /// The request.
+        id: crate::InputId,
+        /// What it asks.
+        prompt: String,
+    },
+    /// An answer was recorded.
+    InputAnswered {
+        /// The state.
+        state: Arc<str>,
+        /// The request.
+        id: crate::InputId,
+        /// Who answered.
+        by: String,
+    },
+    /// An answer was refused (by the request's type or validator); the request stays pending.
+    InputRefused {
+        /// The state.
+        state: Arc<str>,
+        /// The request.
+        id: crate::InputId,
+        /// Who answered.
+        by: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Nobody answered in time.
+    InputTimedOut {
+        /// The state.
+        state: Arc<str>,
+        /// The request.
+        id: crate::InputId,
+        /// Whether the request's default was used (else the attempt failed).
+        used_default: bool,
+    },
+    /// The state stopped waiting before an answer came (cancelled, or the run stopped).
+    InputWithdrawn {
+        /// The state.
+        state: Arc<str>,
+        /// The request.
+        id: crate::InputId,
+    },
 }
 
 /// Why [`EventStream::recv`] returned no event.

@@ -39,6 +39,9 @@ pub enum FailureKind {
     /// A dependency failed, could no longer run, or was waited for past its timeout: the
     /// state was not called (and is not retried).
     Dependency,
+    /// Nobody answered one of the state's input requests in time and it had no default
+    /// (`FlowError::InputTimeout`).
+    InputTimeout,
 }
 
 /// The record of a state that failed after its last attempt: kept in the run's report and by

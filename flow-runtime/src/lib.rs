@@ -12,6 +12,7 @@ mod coordination;
 mod dependency;
 mod events;
 mod failure;
+mod input;
 mod resilience;
 mod resources;
 mod run;
@@ -34,9 +35,16 @@ pub use coordination::{
 pub use dependency::{Condition, DependencyConfig};
 pub use events::{Event, EventKind, EventStream, EventStreamError, RunEvents};
 pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};
+pub use input::{
+    Ask, ChannelProvider, DEFAULT_INPUT_TIMEOUT, HumanInput, InputAnswerer, InputId, InputOutcome,
+    InputProvider, InputRecord, InputRequest, InputRequests, PendingInput, Refusal,
+    TerminalProvider,
+};
 pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};
 pub use resources::{Allocation, ResourceKind, ResourcePool, UsageStats, Waiting};
 pub use run::{RunCounts, RunHandle, RunReport, RunWarning, StateReport};
 pub use scheduler::BlockedState;
+#[doc(hidden)]
+pub use schemars;
 pub use state_fn::{BoxError, StateResult};
 pub use workflow::Workflow;

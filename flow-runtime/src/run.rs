@@ -15,7 +15,9 @@ use crate::checkpoint::Checkpoint;
 use crate::context::Context;
 use crate::events::{EventHub, RunEvents};
 use crate::failure::DeadLetter;
+use crate::input::{InputHub, InputId, InputRecord, InputRequest};
 use crate::scheduler::{BlockedState, Message};
+use serde::Serialize;
 
 /// Live status of one run, written by its coordinator with plain atomic stores (no lock), read
 /// by handles and agents at any time.
@@ -32,10 +34,17 @@ pub(crate) struct Observer {
     /// Fires once the run has published its last event, or its coordinator is gone: the end
     /// of [`crate::RunEvents`].
     pub(crate) finished: CancellationToken,
+    /// The run's input requests.
+    pub(crate) inputs: Arc<InputHub>,
 }
 
 impl Observer {
-    pub(crate) fn new(run_id: u64, graph: Arc<StateGraph>, agent: Arc<str>) -> Self {
+    pub(crate) fn new(
+        run_id: u64,
+        graph: Arc<StateGraph>,
+        agent: Arc<str>,
+        inputs: Arc<InputHub>,
+    ) -> Self {
         let states = (0..graph.len())
             .map(|_| AtomicU8::new(StateStatus::Pending.as_u8()))
             .collect();
@@ -49,6 +58,7 @@ impl Observer {
             running: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             finished: CancellationToken::new(),
+            inputs,
         }
     }
 
@@ -107,6 +117,17 @@ pub(crate) struct RunControl {
 }
 
 impl RunControl {
+    /// Answers one of the run's input requests as `by`, checked before it is recorded.
+    pub(crate) fn answer(
+        &self,
+        id: &InputId,
+        by: &str,
+        value: impl Serialize,
+    ) -> Result<(), FlowError> {
+        let value = crate::input::to_value(id, value)?;
+        self.observer.inputs.answer(id, value, by)
+    }
+
     /// Asks for the pause at once; the returned future completes when nothing runs.
     pub(crate) fn pause(
         &self,
@@ -196,6 +217,34 @@ impl RunHandle {
     /// The run's status now.
     pub fn status(&self) -> AgentStatus {
         self.control.observer.status()
+    }
+
+    /// Answers an input request of this run (recorded as answered by "code"). The answer is
+    /// checked first: `FlowError::InvalidAnswer` (with the reason) when it does not have the
+    /// request's type or its validator refuses it, and the request stays pending;
+    /// `FlowError::UnknownInput` or `FlowError::InputClosed` when the request is not waiting.
+    pub fn answer(&self, id: &InputId, value: impl Serialize) -> Result<(), FlowError> {
+        self.control.answer(id, "code", value)
+    }
+
+    /// As [`RunHandle::answer`], recording who answered.
+    pub fn answer_as(
+        &self,
+        by: &str,
+        id: &InputId,
+        value: impl Serialize,
+    ) -> Result<(), FlowError> {
+        self.control.answer(id, by, value)
+    }
+
+    /// The input requests waiting for an answer, in the order asked.
+    pub fn pending_inputs(&self) -> Vec<InputRequest> {
+        self.control.observer.inputs.pending()
+    }
+
+    /// Every input request of the run so far, with its refusals and outcome (the audit).
+    pub fn inputs(&self) -> Vec<InputRecord> {
+        self.control.observer.inputs.records()
     }
 
     /// A state's status now; `None` if the workflow has no state of that name.
@@ -407,6 +456,8 @@ pub struct RunReport {
     /// failure), if it did: its states' counts then include what ran before (see
     /// [`StateReport::restored_runs`]).
     pub restored_from: Option<u64>,
+    /// Every input request of the run, with its refusals and outcome (the audit).
+    pub inputs: Vec<InputRecord>,
     /// When the run started, on tokio's clock.
     pub started_at: Instant,
     /// How long it took.
@@ -444,6 +495,7 @@ impl RunReport {
             .map(|s| StateReport {
                 status: s.status,
                 runs: s.runs,
+                visits: s.visits.unwrap_or(s.runs),
                 restored_runs: s.runs,
                 arrivals: s.arrivals,
                 attempts: s.attempts,
@@ -465,6 +517,7 @@ impl RunReport {
             restored_from: Some(checkpoint.sequence),
             dead_letters: checkpoint.dead_letters,
             warnings: Vec::new(),
+            inputs: checkpoint.inputs,
             started_at: Instant::now(),
             duration: checkpoint.elapsed,
         })
@@ -486,6 +539,7 @@ impl RunReport {
             warnings: Vec::new(),
             restored_from: None,
             dead_letters: Vec::new(),
+            inputs: observer.inputs.records(),
             started_at: Instant::now(),
             duration: Duration::ZERO,
         }
@@ -501,6 +555,10 @@ pub struct StateReport {
     pub status: StateStatus,
     /// How many times it started (more than once in a loop).
     pub runs: u32,
+    /// How many distinct runs it had: `runs`, less the starts that ran again a first attempt
+    /// a restore found in flight (such a start keeps its visit number: see
+    /// [`Context::visit`]).
+    pub visits: u32,
     /// How many branches reached it: transitions to it, fork targets, and starts as an entry
     /// or by the dependency rules. A join that merged three branches into one run counts 3
     /// arrivals and 1 run.
@@ -527,6 +585,7 @@ impl StateReport {
             name,
             status: StateStatus::Pending,
             runs: 0,
+            visits: 0,
             arrivals: 0,
             attempts: 0,
             total_time: Duration::ZERO,

@@ -31,12 +31,14 @@ use crate::coordination::Gate;
 use crate::dependency::DependencyConfig;
 use crate::events::{EventHub, EventStream, RunEvents};
 use crate::failure::{DEAD_LETTER_CAPACITY, DeadLetter};
+use crate::input::{InputHub, InputId, InputProvider, InputRequest};
 use crate::resilience::{Bulkhead, CircuitBreaker};
 use crate::resources::{Amounts, ResourcePool, amounts};
 use crate::run::{Observer, RunControl, RunCounts, RunHandle, RunReport};
 use crate::scheduler::Coordinator;
 use crate::scheduler::{Restorable, check_fits};
 use crate::state_fn::{BoxError, FnState, StateFn, StateResult};
+use serde::Serialize;
 
 /// Events kept for a subscriber that has not read them yet, unless set otherwise.
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
@@ -106,6 +108,8 @@ struct Definition {
     pool: Option<ResourcePool>,
     priority_aging: Duration,
     checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+    /// Told of every input request of every run (see [`Agent::input_provider`]).
+    input_provider: Option<Arc<dyn InputProvider>>,
     compiled: OnceLock<Result<Arc<Compiled>, FlowError>>,
 }
 
@@ -145,6 +149,7 @@ impl Agent {
                 pool: None,
                 priority_aging: DEFAULT_PRIORITY_AGING,
                 checkpoints: None,
+                input_provider: None,
                 compiled: OnceLock::new(),
             }),
             shared: Arc::new(AgentShared {
@@ -307,6 +312,14 @@ impl Agent {
     /// [`RunWarning::BlockingState`]: crate::RunWarning::BlockingState
     pub fn warn_blocking(&mut self, threshold: Duration) -> &mut Self {
         self.definition_mut().blocking_threshold = Some(threshold);
+        self
+    }
+
+    /// Hands every input request of this agent's runs (`ctx.human_input`, `ctx.ask`) to
+    /// `provider`: a [`crate::ChannelProvider`], the [`crate::TerminalProvider`], or your own.
+    /// Requests can be answered through the run's handle as well, with or without one.
+    pub fn input_provider(&mut self, provider: impl InputProvider) -> &mut Self {
+        self.definition_mut().input_provider = Some(Arc::new(provider));
         self
     }
 

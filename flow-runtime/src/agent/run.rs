@@ -172,13 +172,15 @@ impl Agent {
             agent: self.name().to_owned(),
         })?;
         let run_id = self.shared.next_run_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (sender, inbox) = unbounded_channel();
+        let inputs = InputHub::new(sender.clone(), self.definition.input_provider.clone());
         let observer = Arc::new(Observer::new(
             run_id,
             Arc::clone(&compiled.graph),
             Arc::clone(&compiled.name),
+            Arc::new(inputs),
         ));
         observer.set_status(AgentStatus::Running);
-        let (sender, inbox) = unbounded_channel();
         let control = RunControl {
             observer,
             cancel: CancellationToken::new(),
@@ -273,6 +275,24 @@ impl Agent {
     /// A state's status in the latest run; `None` before the first run or for an unknown name.
     pub fn state_status(&self, state: &str) -> Option<StateStatus> {
         self.latest()?.observer.state_status(state)
+    }
+
+    /// The input requests of the latest run waiting for an answer, in the order asked.
+    pub fn pending_inputs(&self) -> Vec<InputRequest> {
+        self.latest()
+            .map(|run| run.observer.inputs.pending())
+            .unwrap_or_default()
+    }
+
+    /// Answers an input request of the latest run (see [`RunHandle::answer`]).
+    pub fn answer(&self, id: &InputId, value: impl Serialize) -> Result<(), FlowError> {
+        match self.latest() {
+            Some(run) => run.answer(id, "code", value),
+            None => Err(FlowError::NoRun {
+                agent: self.name().to_owned(),
+                action: "answer an input request".into(),
+            }),
+        }
     }
 
     /// Completed, running and pending counts of the latest run.

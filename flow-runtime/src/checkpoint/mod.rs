@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime};
 use flow_core::{AgentStatus, FlowError, StateGraph, StateStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::input::InputRecord;
+
 pub use context::CheckpointContext;
 pub use file::FileStore;
 pub use memory::MemoryStore;
@@ -33,8 +35,9 @@ use crate::scheduler::SchedulerImage;
 ///
 /// Format history: `1` — the first; `2` — branches live in fork scopes (each with the state
 /// that opened it), states count arrivals. A format-1 checkpoint reads as format 2: its
-/// groups become scopes opened at their fork state, its arrivals are 0.
-pub const CHECKPOINT_FORMAT: u32 = 2;
+/// groups become scopes opened at their fork state, its arrivals are 0; `3` — the run's input
+/// requests (`inputs`). Formats 1 and 2 read as format 3 with no input requests.
+pub const CHECKPOINT_FORMAT: u32 = 3;
 
 /// A run at one moment: enough to continue it in another process.
 ///
@@ -71,6 +74,11 @@ pub struct Checkpoint {
     pub waiting: Vec<String>,
     /// The run's dead letters so far.
     pub dead_letters: Vec<DeadLetter>,
+    /// The run's input requests: pending ones (asked again, with the same ids, when their
+    /// state runs again) and answered ones (their answers given at once when asked again),
+    /// with every refusal.
+    #[serde(default)]
+    pub inputs: Vec<InputRecord>,
     /// The scheduler's own records (branches and joins, dependency bookkeeping).
     pub(crate) scheduler: SchedulerImage,
     /// Every context value. (Last: [`Checkpoint::to_json`] appends its text as it is.)
@@ -94,6 +102,7 @@ struct Head<'a> {
     queue: &'a [QueuedState],
     waiting: &'a [String],
     dead_letters: &'a [DeadLetter],
+    inputs: &'a [InputRecord],
     scheduler: &'a SchedulerImage,
 }
 
@@ -106,6 +115,10 @@ pub struct StateCheckpoint {
     pub status: StateStatus,
     /// How many times it had started.
     pub runs: u32,
+    /// How many distinct runs it had had (see [`StateReport::visits`](crate::StateReport));
+    /// `None` in checkpoints of formats 1 and 2, where it is `runs`.
+    #[serde(default)]
+    pub visits: Option<u32>,
     /// How many branches had reached it (see [`StateReport::arrivals`](crate::StateReport)).
     /// Checkpoints of format 1 do not have it: 0.
     #[serde(default)]
@@ -160,6 +173,7 @@ impl Checkpoint {
             queue: &self.queue,
             waiting: &self.waiting,
             dead_letters: &self.dead_letters,
+            inputs: &self.inputs,
             scheduler: &self.scheduler,
         };
         let context = self.context.text();
@@ -182,8 +196,8 @@ impl Checkpoint {
     /// content: restoring checks the workflow).
     ///
     /// The format number is read first: [`CHECKPOINT_FORMAT`] is decoded; a newer one is
-    /// [`FlowError::CheckpointTooNew`]. Format 1 is read as format 2 (the fields format 2
-    /// added have defaults; see [`CHECKPOINT_FORMAT`]).
+    /// [`FlowError::CheckpointTooNew`]. Formats 1 and 2 are read as format 3 (the fields later
+    /// formats added have defaults; see [`CHECKPOINT_FORMAT`]).
     pub fn from_json(bytes: &[u8], store: &str, agent: &str, run: &str) -> Result<Self, FlowError> {
         let corrupt = |message: String| FlowError::CorruptCheckpoint {
             store: store.to_owned(),
@@ -209,7 +223,7 @@ impl Checkpoint {
         match format {
             // The context is borrowed from `bytes`, copied once and indexed (see
             // `CheckpointContext`'s `Deserialize`).
-            1 | CHECKPOINT_FORMAT => serde_json::from_slice::<Self>(bytes)
+            1 | 2 | CHECKPOINT_FORMAT => serde_json::from_slice::<Self>(bytes)
                 .map(|mut checkpoint| {
                     checkpoint.format = CHECKPOINT_FORMAT;
                     checkpoint

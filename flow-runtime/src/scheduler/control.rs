@@ -47,6 +47,11 @@ impl Coordinator {
     /// branch ends. Returns how many. (Branches held at a join are not cancelled: they are
     /// waiting for others, not running the state.)
     pub(super) fn cancel_state(&mut self, state: StateId) -> usize {
+        // Its input requests are withdrawn now, not when its task happens to be dropped.
+        let name = Arc::clone(self.graph.name(state));
+        for event in self.observer.inputs.withdraw(Some(&name)) {
+            self.publish(event);
+        }
         let mut ended = Vec::new();
         for slot in 0..self.running.len() {
             let of_state = self.running[slot]
@@ -179,6 +184,7 @@ impl Coordinator {
                 Message::Blocked(reply) => {
                     let _ = reply.send(Vec::new());
                 }
+                Message::Input(kind) => self.publish(kind),
                 Message::Checkpoint(_) | Message::CheckpointTick | Message::CheckpointSaved(_) => {}
                 Message::Retry { .. }
                 | Message::StateDeadline { .. }
@@ -197,6 +203,11 @@ impl Coordinator {
 
     /// Stops what still runs, settles every status, and writes the report.
     pub(super) async fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
+        // Requests still waiting are withdrawn: their states are being stopped. (A restore
+        // asks them again, with the same ids.)
+        for event in self.observer.inputs.withdraw(None) {
+            self.publish(event);
+        }
         let stop = self.finish_checkpoints(stop).await;
         self.forget_gates();
         let agent = || self.compiled.name.to_string();
@@ -290,6 +301,7 @@ impl Coordinator {
             dead_letters: std::mem::take(&mut self.dead_letters),
             warnings: std::mem::take(&mut self.warnings),
             restored_from: self.restored_from,
+            inputs: self.observer.inputs.records(),
             started_at,
             duration,
         }

@@ -48,15 +48,24 @@ impl Coordinator {
     ) -> Result<(), FlowError> {
         let name = self.graph.name(state).to_string();
         let (error, kind, status) = match failure {
-            Failure::Error(cause) => (
-                FlowError::StateFailed {
-                    state: name,
-                    attempts: attempt,
-                    cause,
-                },
-                FailureKind::Error,
-                StateStatus::Failed,
-            ),
+            Failure::Error(cause) => {
+                // Nobody answered an input request in time: a timeout of its own kind.
+                let (kind, status) = match cause.downcast_ref::<FlowError>() {
+                    Some(FlowError::InputTimeout { .. }) => {
+                        (FailureKind::InputTimeout, StateStatus::Timeout)
+                    }
+                    _ => (FailureKind::Error, StateStatus::Failed),
+                };
+                (
+                    FlowError::StateFailed {
+                        state: name,
+                        attempts: attempt,
+                        cause,
+                    },
+                    kind,
+                    status,
+                )
+            }
             Failure::Panic(message) => (
                 FlowError::StatePanicked {
                     state: name,

@@ -143,6 +143,7 @@ impl Coordinator {
                 name: report.name.to_string(),
                 status: report.status,
                 runs: report.runs,
+                visits: Some(report.visits),
                 arrivals: report.arrivals,
                 attempts: report.attempts,
                 completions,
@@ -166,6 +167,7 @@ impl Coordinator {
             queue,
             waiting,
             dead_letters: self.dead_letters.clone(),
+            inputs: self.observer.inputs.records(),
             context: CheckpointContext::default(),
             scheduler: SchedulerImage {
                 joins: self.joins.image(),
@@ -210,9 +212,11 @@ impl Coordinator {
         self.max_concurrency = image.max_concurrency;
         self.checkpoint_sequence = checkpoint.sequence;
         self.elapsed_before = checkpoint.elapsed;
+        self.observer.inputs.restore(checkpoint.inputs.clone());
         self.dead_letters = checkpoint.dead_letters.clone();
         for (record, saved) in self.states.iter_mut().zip(&checkpoint.states) {
             record.runs = saved.runs;
+            record.visits = saved.visits.unwrap_or(saved.runs);
             record.restored_runs = saved.runs;
             record.arrivals = saved.arrivals;
             record.attempts = saved.attempts;
@@ -228,6 +232,15 @@ impl Coordinator {
         let clock = self.ready.clock(self.now);
         for work in &image.work {
             active[work.state.index()] += 1;
+            // A first attempt that was running starts again as the same visit (keys made of
+            // its visit, and its input requests' ids, stay the same): counted as a run, not
+            // as a visit.
+            if matches!(work.place, Place::Running) && work.attempt == 1 {
+                if self.reruns.is_empty() {
+                    self.reruns = vec![0; self.graph.len()];
+                }
+                self.reruns[work.state.index()] += 1;
+            }
             match work.place {
                 // Ahead of everything queued: it had started already.
                 Place::Running => self.requeue(work.state, work.scope, work.attempt, i64::MIN / 4),

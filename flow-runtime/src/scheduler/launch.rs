@@ -144,6 +144,10 @@ impl Coordinator {
         let record = &mut self.states[state.index()];
         if attempt == 1 {
             record.runs = record.runs.saturating_add(1);
+            match self.reruns.get_mut(state.index()) {
+                Some(reruns) if *reruns > 0 => *reruns -= 1,
+                _ => record.visits = record.visits.saturating_add(1),
+            }
             self.dependency_began(state);
         }
         let record = &mut self.states[state.index()];
@@ -166,7 +170,7 @@ impl Coordinator {
     /// The context handle a state's attempt is given (which state, attempt and visit).
     pub(super) fn state_context(&self, state: StateId, attempt: u32) -> Context {
         self.context
-            .for_state(state, attempt, self.states[state.index()].runs)
+            .for_state(state, attempt, self.states[state.index()].visits)
     }
 
     /// A free slot for a running attempt, and a ticket no earlier attempt had.

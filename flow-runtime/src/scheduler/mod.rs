@@ -118,6 +118,10 @@ pub(crate) struct Coordinator {
     ticker: Option<AbortHandle>,
     /// The state whose failure (with no handler) stopped the run, and its branch.
     failed_state: Option<(StateId, ScopeId)>,
+    /// Per state, the first attempts a restore found in flight and has not started again
+    /// yet: they start as the visit they were (see `StateReport::visits`). Empty unless
+    /// restored.
+    reruns: Vec<u32>,
     /// The highest checkpoint sequence this run saved (see `writer::save`).
     saved_sequence: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -204,6 +208,7 @@ impl Coordinator {
             ticker: None,
             failed_state: None,
             saved_sequence: Arc::default(),
+            reruns: Vec::new(),
             ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.wait_rules),
             states: graph
                 .names()
@@ -247,6 +252,8 @@ impl Coordinator {
             key: Arc::clone(&coordinator.durable_key),
             id: coordinator.observer.run_id,
             graph: Arc::clone(&coordinator.graph),
+            workflow: Arc::clone(&coordinator.compiled.name),
+            inputs: Arc::clone(&coordinator.observer.inputs),
         };
         coordinator.context.set_run(info);
         coordinator
@@ -270,6 +277,8 @@ impl Coordinator {
             key: Arc::clone(&self.durable_key),
             id: self.observer.run_id,
             graph: Arc::clone(&self.graph),
+            workflow: Arc::clone(&self.compiled.name),
+            inputs: Arc::clone(&self.observer.inputs),
         });
         if checkpoints.is_some() {
             self.checkpoints = checkpoints;
@@ -409,6 +418,16 @@ impl Coordinator {
             }
             // The loop dispatches after every message: nothing else to do.
             Message::GateDue => Ok(()),
+            Message::Input(kind) => {
+                // An answer is saved with the next checkpoint at once: a state run again
+                // after a crash gets it without asking.
+                let answered = matches!(kind, EventKind::InputAnswered { .. });
+                self.publish(kind);
+                if answered {
+                    self.checkpoint_due();
+                }
+                Ok(())
+            }
             Message::GateReleased { gate } => {
                 self.ready.wake_gate(gate, self.now);
                 Ok(())

@@ -62,6 +62,9 @@ pub(crate) enum Message {
     Resume,
     /// The earliest instant a state waiting at an admission gate may ask it again has come.
     GateDue,
+    /// Something happened to an input request (asked, answered, refused, timed out,
+    /// withdrawn): published as this event, and an answer is checkpointed.
+    Input(crate::events::EventKind),
     /// A coordination primitive or the resource pool got something back: the states waiting
     /// at that gate (by index) may ask again.
     GateReleased { gate: usize },

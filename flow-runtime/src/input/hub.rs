@@ -1,0 +1,352 @@
+//! The input desk of one run: pending requests with their checks and the states waiting on
+//! them, recorded answers, and the audit of everything that happened.
+//!
+//! Touched only by runs that ask for input (its state is made on the first request): the
+//! states asking and whoever answers take its lock, the coordinator only when it writes a
+//! checkpoint or the report.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use flow_core::{FlowError, FxHashMap};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
+
+use super::{InputId, InputOutcome, InputProvider, InputRecord, InputRequest, Refusal, now_ms};
+use crate::events::EventKind;
+use crate::scheduler::Message;
+
+/// Checks an answer before it is recorded: `Err` says why it is refused.
+pub(crate) type Checker = Arc<dyn Fn(&Value) -> Result<(), String> + Send + Sync>;
+
+/// One run's requests for input.
+pub(crate) struct InputHub {
+    desk: Mutex<Option<Box<Desk>>>,
+    /// The run's coordinator, which publishes the events and checkpoints answers.
+    notify: UnboundedSender<Message>,
+    provider: Option<Arc<dyn InputProvider>>,
+}
+
+#[derive(Default)]
+struct Desk {
+    /// Every request, in the order first asked.
+    records: Vec<InputRecord>,
+    by_id: FxHashMap<InputId, usize>,
+    /// The states waiting for an answer, by request.
+    waiting: FxHashMap<InputId, Waiter>,
+    /// The next request index of each (state, visit, attempt).
+    next_index: FxHashMap<(u32, u32, u32), u32>,
+}
+
+struct Waiter {
+    check: Checker,
+    reply: oneshot::Sender<Value>,
+}
+
+/// What opening a request gave.
+pub(crate) enum Opened {
+    /// It was answered before (in an earlier attempt or before a restore): the recorded
+    /// answer.
+    Answered(Value),
+    /// It waits; the answer comes through here.
+    Waiting(oneshot::Receiver<Value>),
+}
+
+impl InputHub {
+    pub(crate) fn new(
+        notify: UnboundedSender<Message>,
+        provider: Option<Arc<dyn InputProvider>>,
+    ) -> Self {
+        Self {
+            desk: Mutex::new(None),
+            notify,
+            provider,
+        }
+    }
+
+    fn desk(&self) -> MutexGuard<'_, Option<Box<Desk>>> {
+        self.desk.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The index of the next request of this state's attempt.
+    pub(crate) fn next_index(&self, state: u32, visit: u32, attempt: u32) -> u32 {
+        let mut desk = self.desk();
+        let desk = desk.get_or_insert_with(Box::default);
+        let next = desk.next_index.entry((state, visit, attempt)).or_insert(0);
+        let index = *next;
+        *next += 1;
+        index
+    }
+
+    /// Opens `request`: its recorded answer if it was answered before, else a wait (the
+    /// provider, if any, is told; so are the run's events).
+    pub(crate) fn open(self: &Arc<Self>, request: InputRequest, check: Checker) -> Opened {
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut desk = self.desk();
+            let desk = desk.get_or_insert_with(Box::default);
+            match desk.by_id.get(&request.id) {
+                Some(&at) => {
+                    let record = &mut desk.records[at];
+                    if let InputOutcome::Answered { value, .. } = &record.outcome {
+                        return Opened::Answered(value.clone());
+                    }
+                    // Asked again (a retry, or after a restore): pending again, with its
+                    // history kept.
+                    record.request = request.clone();
+                    record.outcome = InputOutcome::Pending;
+                }
+                None => {
+                    desk.by_id.insert(request.id.clone(), desk.records.len());
+                    desk.records.push(InputRecord {
+                        request: request.clone(),
+                        refusals: Vec::new(),
+                        outcome: InputOutcome::Pending,
+                    });
+                }
+            }
+            desk.waiting
+                .insert(request.id.clone(), Waiter { check, reply });
+        }
+        let _ = self.notify.send(Message::Input(EventKind::InputRequested {
+            state: Arc::from(request.id.state.as_str()),
+            id: request.id.clone(),
+            prompt: request.prompt.clone(),
+        }));
+        if let Some(provider) = &self.provider {
+            let answerer = InputAnswerer {
+                hub: Arc::clone(self),
+                id: request.id.clone(),
+            };
+            provider.requested(request, answerer);
+        }
+        Opened::Waiting(answer)
+    }
+
+    /// Records `value` as the answer to `id` if it passes the request's check, and hands it
+    /// to the waiting state. A refused answer is kept in the audit and the request stays
+    /// pending.
+    pub(crate) fn answer(&self, id: &InputId, value: Value, by: &str) -> Result<(), FlowError> {
+        let check = {
+            let mut desk = self.desk();
+            let Some(desk) = desk.as_mut() else {
+                return Err(unknown(id));
+            };
+            match desk.waiting.get(id) {
+                Some(waiter) => Arc::clone(&waiter.check),
+                None => return Err(closed_or_unknown(desk, id)),
+            }
+        };
+        // Checked outside the lock: a validator is the user's code.
+        let verdict = check(&value);
+        let mut guard = self.desk();
+        let Some(desk) = guard.as_mut() else {
+            return Err(unknown(id));
+        };
+        let at = desk.by_id[id];
+        if let Err(reason) = verdict {
+            desk.records[at].refusals.push(Refusal {
+                value: value.clone(),
+                by: by.to_owned(),
+                reason: reason.clone(),
+                at_ms: now_ms(),
+            });
+            drop(guard);
+            let _ = self.notify.send(Message::Input(EventKind::InputRefused {
+                state: Arc::from(id.state.as_str()),
+                id: id.clone(),
+                by: by.to_owned(),
+                reason: reason.clone(),
+            }));
+            return Err(FlowError::InvalidAnswer {
+                id: id.to_string(),
+                answer: value.to_string(),
+                reason,
+            });
+        }
+        // Another answer may have won while the check ran.
+        let Some(waiter) = desk.waiting.remove(id) else {
+            return Err(closed_or_unknown(desk, id));
+        };
+        desk.records[at].outcome = InputOutcome::Answered {
+            value: value.clone(),
+            by: by.to_owned(),
+            at_ms: now_ms(),
+        };
+        drop(guard);
+        // The state may be gone (cancelled meanwhile): the answer is recorded all the same,
+        // and a state asking again gets it.
+        let _ = waiter.reply.send(value);
+        let _ = self.notify.send(Message::Input(EventKind::InputAnswered {
+            state: Arc::from(id.state.as_str()),
+            id: id.clone(),
+            by: by.to_owned(),
+        }));
+        if let Some(provider) = &self.provider {
+            provider.closed(id);
+        }
+        Ok(())
+    }
+
+    /// The state stopped waiting for `id` without an answer: it timed out (with the default
+    /// used, if any) or was withdrawn. Nothing happens if it was answered meanwhile.
+    pub(crate) fn close(&self, id: &InputId, outcome: InputOutcome) {
+        {
+            let mut desk = self.desk();
+            let Some(desk) = desk.as_mut() else { return };
+            if desk.waiting.remove(id).is_none() {
+                return;
+            }
+            let at = desk.by_id[id];
+            desk.records[at].outcome = outcome.clone();
+        }
+        let state = Arc::from(id.state.as_str());
+        let event = match outcome {
+            InputOutcome::TimedOut { default } => EventKind::InputTimedOut {
+                state,
+                id: id.clone(),
+                used_default: default.is_some(),
+            },
+            _ => EventKind::InputWithdrawn {
+                state,
+                id: id.clone(),
+            },
+        };
+        let _ = self.notify.send(Message::Input(event));
+        if let Some(provider) = &self.provider {
+            provider.closed(id);
+        }
+    }
+
+    /// Withdraws the requests waiting for an answer (of `state` only, if given): their state
+    /// was cancelled or the run stopped. The provider is told; the events are returned for
+    /// the coordinator to publish in order.
+    pub(crate) fn withdraw(&self, state: Option<&str>) -> Vec<EventKind> {
+        let withdrawn: Vec<InputId> = {
+            let mut desk = self.desk();
+            let Some(desk) = desk.as_mut() else {
+                return Vec::new();
+            };
+            let ids: Vec<InputId> = desk
+                .waiting
+                .keys()
+                .filter(|id| state.is_none_or(|state| id.state == state))
+                .cloned()
+                .collect();
+            for id in &ids {
+                desk.waiting.remove(id);
+                let at = desk.by_id[id];
+                desk.records[at].outcome = InputOutcome::Withdrawn;
+            }
+            // In the order asked, for the events.
+            let mut ids = ids;
+            ids.sort_by_key(|id| desk.by_id[id]);
+            ids
+        };
+        if let Some(provider) = &self.provider {
+            for id in &withdrawn {
+                provider.closed(id);
+            }
+        }
+        withdrawn
+            .into_iter()
+            .map(|id| EventKind::InputWithdrawn {
+                state: Arc::from(id.state.as_str()),
+                id,
+            })
+            .collect()
+    }
+
+    /// The requests waiting for an answer, in the order asked.
+    pub(crate) fn pending(&self) -> Vec<InputRequest> {
+        let desk = self.desk();
+        let Some(desk) = desk.as_ref() else {
+            return Vec::new();
+        };
+        desk.records
+            .iter()
+            .filter(|r| desk.waiting.contains_key(&r.request.id))
+            .map(|r| r.request.clone())
+            .collect()
+    }
+
+    /// Every request and what happened to it, in the order asked.
+    pub(crate) fn records(&self) -> Vec<InputRecord> {
+        self.desk()
+            .as_ref()
+            .map_or_else(Vec::new, |desk| desk.records.clone())
+    }
+
+    /// Takes the records of a checkpoint: answered requests are answered at once when asked
+    /// again; pending ones wait for their state to ask again.
+    pub(crate) fn restore(&self, records: Vec<InputRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut desk = self.desk();
+        let desk = desk.get_or_insert_with(Box::default);
+        desk.by_id = records
+            .iter()
+            .enumerate()
+            .map(|(at, r)| (r.request.id.clone(), at))
+            .collect();
+        desk.records = records;
+    }
+}
+
+fn unknown(id: &InputId) -> FlowError {
+    FlowError::UnknownInput {
+        id: id.to_string(),
+        run_key: id.run_key.clone(),
+    }
+}
+
+fn closed_or_unknown(desk: &Desk, id: &InputId) -> FlowError {
+    let Some(&at) = desk.by_id.get(id) else {
+        return unknown(id);
+    };
+    let how = match &desk.records[at].outcome {
+        InputOutcome::Answered { by, .. } => format!("answered by {by}"),
+        InputOutcome::TimedOut { default: Some(_) } => "timed out; its default was used".into(),
+        InputOutcome::TimedOut { default: None } => "timed out".into(),
+        // Pending but not waiting: restored from a checkpoint, its state not asking yet.
+        InputOutcome::Pending => "its state is not waiting for it now".into(),
+        InputOutcome::Withdrawn => "withdrawn: its state stopped waiting".into(),
+    };
+    FlowError::InputClosed {
+        id: id.to_string(),
+        how,
+    }
+}
+
+/// Answers one input request: handed to an [`InputProvider`] with each request.
+#[derive(Clone)]
+pub struct InputAnswerer {
+    hub: Arc<InputHub>,
+    id: InputId,
+}
+
+impl InputAnswerer {
+    /// The request this answers.
+    pub fn id(&self) -> &InputId {
+        &self.id
+    }
+
+    /// Answers, as `by` (a name kept in the audit: a person, a program). `Err` with
+    /// `FlowError::InvalidAnswer` (and the reason) when the request's check refuses it; the
+    /// request is then still pending, so the provider may ask again.
+    pub fn answer(&self, by: &str, value: impl Serialize) -> Result<(), FlowError> {
+        let value = to_value(&self.id, value)?;
+        self.hub.answer(&self.id, value, by)
+    }
+}
+
+/// An answer as JSON.
+pub(crate) fn to_value(id: &InputId, value: impl Serialize) -> Result<Value, FlowError> {
+    serde_json::to_value(value).map_err(|error| FlowError::InvalidAnswer {
+        id: id.to_string(),
+        answer: "(not representable as JSON)".into(),
+        reason: error.to_string(),
+    })
+}
