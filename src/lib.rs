@@ -24,9 +24,9 @@ pub use flow_runtime::{
     StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
 };
 pub use flow_runtime::{
-    Ask, ChannelProvider, DEFAULT_INPUT_TIMEOUT, HumanInput, InputAnswerer, InputId, InputOutcome,
-    InputProvider, InputRecord, InputRequest, InputRequests, PendingInput, Refusal,
-    TerminalProvider,
+    AnswerInbox, Ask, ChannelProvider, DEFAULT_INPUT_POLL_INTERVAL, DEFAULT_INPUT_TIMEOUT,
+    HumanInput, InputAnswerer, InputId, InputOutcome, InputProvider, InputRecord, InputRequest,
+    InputRequests, PendingInput, PostedAnswer, Refusal, TerminalProvider,
 };
 
 mod transitions;

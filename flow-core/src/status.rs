@@ -19,6 +19,10 @@ pub enum AgentStatus {
     Failed,
     /// The run was cancelled.
     Cancelled,
+    /// A durable run that suspends on input (`Agent::suspend_on_input`) stopped with every
+    /// running state waiting for an answer; its last checkpoint lists the requests. Running
+    /// it again (`run_durable`) continues it.
+    AwaitingInput,
 }
 
 /// Where one state of a run stands.
@@ -60,7 +64,7 @@ macro_rules! u8_codec {
     };
 }
 
-u8_codec!(AgentStatus { Idle = 0, Running = 1, Paused = 2, Completed = 3, Failed = 4, Cancelled = 5 });
+u8_codec!(AgentStatus { Idle = 0, Running = 1, Paused = 2, Completed = 3, Failed = 4, Cancelled = 5, AwaitingInput = 6 });
 u8_codec!(StateStatus {
     Pending = 0,
     Ready = 1,
@@ -94,13 +98,13 @@ mod tests {
                 Some(code)
             );
         }
-        for code in 0..=5u8 {
+        for code in 0..=6u8 {
             assert_eq!(
                 AgentStatus::from_u8(code).map(AgentStatus::as_u8),
                 Some(code)
             );
         }
         assert_eq!(StateStatus::from_u8(8), None);
-        assert_eq!(AgentStatus::from_u8(6), None);
+        assert_eq!(AgentStatus::from_u8(7), None);
     }
 }

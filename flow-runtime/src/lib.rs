@@ -21,11 +21,12 @@ mod state_fn;
 mod workflow;
 
 pub use agent::{
-    Agent, DEFAULT_EVENT_CAPACITY, DEFAULT_PRIORITY_AGING, MAX_EVENT_CAPACITY, StateOptions,
+    Agent, DEFAULT_EVENT_CAPACITY, DEFAULT_INPUT_POLL_INTERVAL, DEFAULT_PRIORITY_AGING,
+    MAX_EVENT_CAPACITY, StateOptions,
 };
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, FileStore,
-    MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint,
+    AnswerInbox, CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, CheckpointPolicy,
+    CheckpointStore, FileStore, MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint,
 };
 pub use context::{Context, ContextValue};
 pub use coordination::{
@@ -37,7 +38,7 @@ pub use events::{Event, EventKind, EventStream, EventStreamError, RunEvents};
 pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};
 pub use input::{
     Ask, ChannelProvider, DEFAULT_INPUT_TIMEOUT, HumanInput, InputAnswerer, InputId, InputOutcome,
-    InputProvider, InputRecord, InputRequest, InputRequests, PendingInput, Refusal,
+    InputProvider, InputRecord, InputRequest, InputRequests, PendingInput, PostedAnswer, Refusal,
     TerminalProvider,
 };
 pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};

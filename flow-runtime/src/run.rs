@@ -475,10 +475,17 @@ impl RunReport {
         self.status == AgentStatus::Completed
     }
 
-    /// `Ok(self)` when the run completed, its error otherwise.
+    /// `Ok(self)` when the run completed or suspended awaiting input, its error otherwise.
     pub fn into_result(self) -> Result<RunReport, FlowError> {
         match self.error {
-            None if self.status == AgentStatus::Completed => Ok(self),
+            // Suspended, not failed: the report lists what it waits for.
+            None if matches!(
+                self.status,
+                AgentStatus::Completed | AgentStatus::AwaitingInput
+            ) =>
+            {
+                Ok(self)
+            }
             None => Err(FlowError::Cancelled {
                 agent: self.agent.to_string(),
             }),

@@ -22,6 +22,10 @@ pub(crate) struct Compiled {
     /// For each gate, how the entries waiting there take turns (see `WaitRule`).
     pub(crate) wait_rules: Box<[WaitRule]>,
     pub(crate) priority_aging: Duration,
+    /// How often a checkpointed run waiting for input reads its store's answers.
+    pub(crate) input_poll_interval: Duration,
+    /// Whether a checkpointed run suspends when it only waits for input.
+    pub(crate) suspend_on_input: bool,
     /// Where runs write automatic checkpoints, and when.
     pub(crate) checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     /// What a checkpoint of this definition is stamped with (see `checkpoint::fingerprint`),
@@ -222,6 +226,8 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
         wait_rules: gates.iter().map(Gate::wait_rule).collect(),
         gates: gates.into(),
         priority_aging: definition.priority_aging,
+        input_poll_interval: definition.input_poll_interval,
+        suspend_on_input: definition.suspend_on_input,
         checkpoints: definition.checkpoints.clone(),
         fingerprint: OnceLock::new(),
         dependents,

@@ -31,7 +31,7 @@ use crate::coordination::Gate;
 use crate::dependency::DependencyConfig;
 use crate::events::{EventHub, EventStream, RunEvents};
 use crate::failure::{DEAD_LETTER_CAPACITY, DeadLetter};
-use crate::input::{InputHub, InputId, InputProvider, InputRequest};
+use crate::input::{InputHub, InputId, InputProvider, InputRequest, PostedAnswer};
 use crate::resilience::{Bulkhead, CircuitBreaker};
 use crate::resources::{Amounts, ResourcePool, amounts};
 use crate::run::{Observer, RunControl, RunCounts, RunHandle, RunReport};
@@ -107,6 +107,8 @@ struct Definition {
     default_retry: RetryPolicy,
     pool: Option<ResourcePool>,
     priority_aging: Duration,
+    input_poll_interval: Duration,
+    suspend_on_input: bool,
     checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     /// Told of every input request of every run (see [`Agent::input_provider`]).
     input_provider: Option<Arc<dyn InputProvider>>,
@@ -131,6 +133,10 @@ struct StateDef {
     dependencies: Vec<(String, DependencyConfig)>,
 }
 
+/// How often a checkpointed run waiting for input reads the answers other processes left in
+/// its store, unless set with [`Agent::input_poll_interval`]: 200 ms.
+pub const DEFAULT_INPUT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
 impl Agent {
     /// An empty workflow with this name.
     pub fn new(name: impl Into<String>) -> Self {
@@ -148,6 +154,8 @@ impl Agent {
                 default_retry: RetryPolicy::NONE,
                 pool: None,
                 priority_aging: DEFAULT_PRIORITY_AGING,
+                input_poll_interval: DEFAULT_INPUT_POLL_INTERVAL,
+                suspend_on_input: false,
                 checkpoints: None,
                 input_provider: None,
                 compiled: OnceLock::new(),
@@ -320,6 +328,28 @@ impl Agent {
     /// Requests can be answered through the run's handle as well, with or without one.
     pub fn input_provider(&mut self, provider: impl InputProvider) -> &mut Self {
         self.definition_mut().input_provider = Some(Arc::new(provider));
+        self
+    }
+
+    /// How often a checkpointed run waiting for input reads the answers left in its store by
+    /// other processes (default [`DEFAULT_INPUT_POLL_INTERVAL`]; answers given in this
+    /// process arrive at once). Only runs with a request waiting read.
+    pub fn input_poll_interval(&mut self, interval: Duration) -> &mut Self {
+        self.definition_mut().input_poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Makes checkpointed runs suspend while they wait for people: when every running state
+    /// waits for an answer and nothing else is queued or due, the run saves a checkpoint
+    /// (listing the pending requests) and ends with status `AwaitingInput` (`run_durable`
+    /// returns its report: not an error). Answer through the store
+    /// ([`CheckpointStore::answer`], [`crate::AnswerInbox`]) and call `run_durable` again: the
+    /// waiting states run again from their start and get their answers at once.
+    ///
+    /// Runs without a checkpoint store are refused when they start: they could not be
+    /// continued.
+    pub fn suspend_on_input(&mut self) -> &mut Self {
+        self.definition_mut().suspend_on_input = true;
         self
     }
 

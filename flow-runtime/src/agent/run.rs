@@ -121,18 +121,30 @@ impl Agent {
                 compiled.name.to_string(),
                 key.to_owned(),
             );
-            tokio::task::spawn_blocking(move || store.latest(&agent, &key))
-                .await
-                .map_err(|error| FlowError::CheckpointStore {
-                    store: "checkpoint reader".into(),
-                    action: "reading the latest checkpoint".into(),
-                    message: error.to_string(),
-                })??
+            // With the answers other processes left for it: given to the run before it starts,
+            // so that a state asking again finds its answer at once.
+            tokio::task::spawn_blocking(move || {
+                let latest = store.latest(&agent, &key)?;
+                let posted = match &latest {
+                    Some(checkpoint) if checkpoint.status != AgentStatus::Completed => {
+                        store.posted_answers(&agent, &key)?
+                    }
+                    _ => Vec::new(),
+                };
+                Ok::<_, FlowError>((latest, posted))
+            })
+            .await
+            .map_err(|error| FlowError::CheckpointStore {
+                store: "checkpoint reader".into(),
+                action: "reading the latest checkpoint".into(),
+                message: error.to_string(),
+            })??
         };
         let policy = match &self.definition.checkpoints {
             Some((_, policy)) if policy.is_active() => *policy,
             _ => CheckpointPolicy::after_each_state(),
         };
+        let (latest, posted) = latest;
         let handle = match latest {
             Some(checkpoint) if checkpoint.status == AgentStatus::Completed => {
                 let _checked = check_fits(&checkpoint, &compiled)?;
@@ -141,10 +153,11 @@ impl Agent {
             Some(mut checkpoint) => {
                 let checked = check_fits(&checkpoint, &compiled)?;
                 let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
-                self.launch(
+                self.launch_with(
                     context,
                     Some((&checkpoint, checked)),
                     Some((key, store, policy)),
+                    posted,
                 )?
             }
             None => self.launch(Context::new(), None, Some((key, store, policy)))?,
@@ -164,7 +177,24 @@ impl Agent {
         checkpoint: Option<(&Checkpoint, Restorable)>,
         durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     ) -> Result<RunHandle, FlowError> {
+        self.launch_with(context, checkpoint, durable, Vec::new())
+    }
+
+    /// As `launch`, with answers left in the store for the run's input requests.
+    fn launch_with(
+        &self,
+        context: Context,
+        checkpoint: Option<(&Checkpoint, Restorable)>,
+        durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+        posted: Vec<PostedAnswer>,
+    ) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
+        if compiled.suspend_on_input && durable.is_none() && compiled.checkpoints.is_none() {
+            return Err(FlowError::InvalidConfig {
+                agent: self.name().to_owned(),
+                message: "`suspend_on_input` needs a checkpoint store to continue the run from: set one with `checkpoints(store, policy)` or use `run_durable(store, key)`".into(),
+            });
+        }
         // Quotas may have changed since the definition was validated: a request above one
         // would wait forever, so it is an error now.
         check_requests(&self.definition, compiled.pool.as_ref())?;
@@ -209,6 +239,7 @@ impl Agent {
         if let Some((checkpoint, checked)) = checkpoint {
             coordinator.continue_from(checkpoint, checked);
         }
+        control.observer.inputs.deliver_posted(posted);
         let shared = Arc::clone(&self.shared);
         // Fires when the coordinator is done, also if it panicked: per-run event streams end.
         let finished = control.observer.finished.clone().drop_guard();

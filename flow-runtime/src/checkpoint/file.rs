@@ -7,7 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flow_core::FlowError;
 
-use super::{Checkpoint, CheckpointStore};
+use super::{AnswerInbox, Checkpoint, CheckpointStore};
+use crate::input::PostedAnswer;
 
 /// Keeps each checkpoint in its own JSON file: `<dir>/<workflow>/<run>/<sequence>.json`.
 ///
@@ -162,6 +163,18 @@ impl CheckpointStore for FileStore {
         self.read(agent, run, sequence)
     }
 
+    fn post_answer(&self, agent: &str, run: &str, answer: &PostedAnswer) -> Result<(), FlowError> {
+        AnswerInbox::for_file_store(&self.dir).post(agent, run, answer)
+    }
+
+    fn posted_answers(&self, agent: &str, run: &str) -> Result<Vec<PostedAnswer>, FlowError> {
+        AnswerInbox::for_file_store(&self.dir).list(agent, run)
+    }
+
+    fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {
+        AnswerInbox::for_file_store(&self.dir).clear(agent, run)
+    }
+
     fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
         let path = self.file(agent, run, sequence);
         match fs::remove_file(&path) {
@@ -174,7 +187,7 @@ impl CheckpointStore for FileStore {
 
 /// A name as a safe file name: ASCII letters, digits, `-` and `_` stay; everything else
 /// (including `.`, so `..` cannot escape) becomes `%XX` per byte.
-fn escape(name: &str) -> String {
+pub(crate) fn escape(name: &str) -> String {
     let mut escaped = String::with_capacity(name.len());
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {

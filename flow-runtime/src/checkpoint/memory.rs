@@ -6,14 +6,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use flow_core::FlowError;
 
 use super::{Checkpoint, CheckpointStore};
+use crate::input::PostedAnswer;
 
 type Runs = BTreeMap<(String, String), BTreeMap<u64, Arc<[u8]>>>;
+/// Answers left for runs, by run and then by request (the latest per request).
+type Answers = BTreeMap<(String, String), BTreeMap<String, PostedAnswer>>;
 
 /// Keeps checkpoints in memory, serialized (so that what comes back is what a durable store
 /// would give). Clones share the same store.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     runs: Arc<Mutex<Runs>>,
+    answers: Arc<Mutex<Answers>>,
 }
 
 impl MemoryStore {
@@ -62,6 +66,36 @@ impl CheckpointStore for MemoryStore {
             .get(&(agent.to_owned(), run.to_owned()))
             .and_then(|kept| kept.last_key_value().map(|(_, b)| Arc::clone(b)));
         bytes.map(|b| self.decode(&b, agent, run)).transpose()
+    }
+
+    fn post_answer(&self, agent: &str, run: &str, answer: &PostedAnswer) -> Result<(), FlowError> {
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((agent.to_owned(), run.to_owned()))
+            .or_default()
+            .insert(answer.id.to_string(), answer.clone());
+        Ok(())
+    }
+
+    fn posted_answers(&self, agent: &str, run: &str) -> Result<Vec<PostedAnswer>, FlowError> {
+        let mut answers: Vec<PostedAnswer> = self
+            .answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(agent.to_owned(), run.to_owned()))
+            .map(|kept| kept.values().cloned().collect())
+            .unwrap_or_default();
+        answers.sort_by_key(|a| a.at_ms);
+        Ok(answers)
+    }
+
+    fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(agent.to_owned(), run.to_owned()));
+        Ok(())
     }
 
     fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {

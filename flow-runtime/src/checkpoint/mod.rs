@@ -6,6 +6,7 @@
 //! Restoring one ([`crate::Agent::restore_from_checkpoint`]) continues the run from there;
 //! what was running runs again from its start (at-least-once).
 
+mod answers;
 mod context;
 mod file;
 mod memory;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::input::InputRecord;
 
+pub use answers::AnswerInbox;
 pub use context::CheckpointContext;
 pub use file::FileStore;
 pub use memory::MemoryStore;

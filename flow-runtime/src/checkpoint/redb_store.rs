@@ -7,7 +7,8 @@ use std::sync::Arc;
 use flow_core::FlowError;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, StorageError, Table, TableDefinition};
 
-use super::{Checkpoint, CheckpointStore};
+use super::{AnswerInbox, Checkpoint, CheckpointStore};
+use crate::input::PostedAnswer;
 use crate::scheduler::panic_message;
 
 /// Checkpoints by (workflow, run key, sequence).
@@ -268,6 +269,20 @@ impl CheckpointStore for RedbStore {
                 .map(|value| value.value().to_vec()))
         })?;
         self.decode(bytes.flatten(), agent, run)
+    }
+
+    /// Answers are kept beside the database (see [`AnswerInbox::for_redb_store`]), so that
+    /// another process can leave one while this one holds the database open.
+    fn post_answer(&self, agent: &str, run: &str, answer: &PostedAnswer) -> Result<(), FlowError> {
+        AnswerInbox::for_redb_store(&self.path).post(agent, run, answer)
+    }
+
+    fn posted_answers(&self, agent: &str, run: &str) -> Result<Vec<PostedAnswer>, FlowError> {
+        AnswerInbox::for_redb_store(&self.path).list(agent, run)
+    }
+
+    fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {
+        AnswerInbox::for_redb_store(&self.path).clear(agent, run)
     }
 
     fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {

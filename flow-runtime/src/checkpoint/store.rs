@@ -5,6 +5,7 @@ use std::time::Duration;
 use flow_core::FlowError;
 
 use super::Checkpoint;
+use crate::input::{InputId, InputOutcome, PostedAnswer};
 
 /// Keeps checkpoints, by workflow and run key.
 ///
@@ -33,12 +34,90 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// Forgets one checkpoint of `run` (nothing if it is not kept).
     fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError>;
 
-    /// Forgets every checkpoint of `run`.
+    /// Forgets every checkpoint of `run`, and the answers left for it.
     fn delete_run(&self, agent: &str, run: &str) -> Result<(), FlowError> {
         for sequence in self.sequences(agent, run)? {
             self.delete(agent, run, sequence)?;
         }
+        self.clear_answers(agent, run)
+    }
+
+    /// Leaves an answer to one of `run`'s input requests, for the run to pick up (the latest
+    /// per request wins). Stores that keep no answers refuse (the default).
+    fn post_answer(&self, agent: &str, run: &str, answer: &PostedAnswer) -> Result<(), FlowError> {
+        let _ = (agent, run, answer);
+        Err(FlowError::CheckpointStore {
+            store: self.describe(),
+            action: "leaving an answer".into(),
+            message: "this store keeps no answers to input requests: answer through the run's handle, or use a store that does (file, redb, memory)".into(),
+        })
+    }
+
+    /// The answers left for `run`, oldest first.
+    fn posted_answers(&self, agent: &str, run: &str) -> Result<Vec<PostedAnswer>, FlowError> {
+        let _ = (agent, run);
+        Ok(Vec::new())
+    }
+
+    /// Forgets the answers left for `run`.
+    fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {
+        let _ = (agent, run);
         Ok(())
+    }
+
+    /// Answers an input request of the durable run `run` of workflow `agent`, from any
+    /// process that can open this store (the run may be waiting in another process, or
+    /// suspended). If the run is waiting in this process, the answer goes to it at once and
+    /// its checks run now (an invalid answer is `FlowError::InvalidAnswer`); otherwise the
+    /// request is looked up in the run's latest checkpoint (an unknown or answered request is
+    /// an error; text requests must get text) and the answer is left for the run, which picks
+    /// it up within its poll interval (see [`crate::Agent::input_poll_interval`]) or when it
+    /// is continued, runs the request's checks, and records it or its refusal.
+    fn answer(
+        &self,
+        agent: &str,
+        run: &str,
+        id: &InputId,
+        by: &str,
+        value: serde_json::Value,
+    ) -> Result<(), FlowError> {
+        if let Some(hub) = crate::input::live_run(agent, run) {
+            return hub.answer(id, value, by);
+        }
+        let latest = self.latest(agent, run)?;
+        let record = latest
+            .as_ref()
+            .and_then(|checkpoint| checkpoint.inputs.iter().find(|r| &r.request.id == id));
+        let Some(record) = record else {
+            return Err(FlowError::UnknownInput {
+                id: id.to_string(),
+                run_key: run.to_owned(),
+            });
+        };
+        if let InputOutcome::Answered { by, .. } = &record.outcome {
+            return Err(FlowError::InputClosed {
+                id: id.to_string(),
+                how: format!("answered by {by}"),
+            });
+        }
+        let text = record.request.schema.get("type").and_then(|t| t.as_str()) == Some("string");
+        if text && !value.is_string() {
+            return Err(FlowError::InvalidAnswer {
+                id: id.to_string(),
+                answer: value.to_string(),
+                reason: format!("the answer must be text, not {value}"),
+            });
+        }
+        self.post_answer(
+            agent,
+            run,
+            &PostedAnswer {
+                id: id.clone(),
+                value,
+                by: by.to_owned(),
+                at_ms: crate::input::now_ms(),
+            },
+        )
     }
 
     /// Keeps only the latest `keep` checkpoints of `run` (all of them when `keep` is 0).

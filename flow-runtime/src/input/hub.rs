@@ -5,7 +5,7 @@
 //! states asking and whoever answers take its lock, the coordinator only when it writes a
 //! checkpoint or the report.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use flow_core::{FlowError, FxHashMap};
 use serde::Serialize;
@@ -13,7 +13,9 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
-use super::{InputId, InputOutcome, InputProvider, InputRecord, InputRequest, Refusal, now_ms};
+use super::{
+    InputId, InputOutcome, InputProvider, InputRecord, InputRequest, PostedAnswer, Refusal, now_ms,
+};
 use crate::events::EventKind;
 use crate::scheduler::Message;
 
@@ -37,6 +39,12 @@ struct Desk {
     waiting: FxHashMap<InputId, Waiter>,
     /// The next request index of each (state, visit, attempt).
     next_index: FxHashMap<(u32, u32, u32), u32>,
+    /// Answers left in the checkpoint store for requests not waiting when they were read:
+    /// given (after the request's checks) when their state asks.
+    inbox: FxHashMap<InputId, (Value, String)>,
+    /// The answers read from the store so far (by request, the posting's time), so that each
+    /// posting is taken once.
+    seen: FxHashMap<InputId, u64>,
 }
 
 struct Waiter {
@@ -82,6 +90,20 @@ impl InputHub {
     /// Opens `request`: its recorded answer if it was answered before, else a wait (the
     /// provider, if any, is told; so are the run's events).
     pub(crate) fn open(self: &Arc<Self>, request: InputRequest, check: Checker) -> Opened {
+        // An answer left in the store before the state asked: checked now, like any answer.
+        let left = self
+            .desk()
+            .as_mut()
+            .and_then(|desk| desk.inbox.remove(&request.id));
+        if let Some((value, by)) = left {
+            match check(&value) {
+                Ok(()) => {
+                    self.record_answered(&request, value.clone(), &by);
+                    return Opened::Answered(value);
+                }
+                Err(reason) => self.record_refused(&request, value, &by, reason),
+            }
+        }
         let (reply, answer) = oneshot::channel();
         {
             let mut desk = self.desk();
@@ -122,6 +144,136 @@ impl InputHub {
             provider.requested(request, answerer);
         }
         Opened::Waiting(answer)
+    }
+
+    /// Records an answer taken from the inbox as the request's (the request was not waiting).
+    fn record_answered(&self, request: &InputRequest, value: Value, by: &str) {
+        {
+            let mut desk = self.desk();
+            let desk = desk.get_or_insert_with(Box::default);
+            let outcome = InputOutcome::Answered {
+                value,
+                by: by.to_owned(),
+                at_ms: now_ms(),
+            };
+            match desk.by_id.get(&request.id) {
+                Some(&at) => desk.records[at].outcome = outcome,
+                None => {
+                    desk.by_id.insert(request.id.clone(), desk.records.len());
+                    desk.records.push(InputRecord {
+                        request: request.clone(),
+                        refusals: Vec::new(),
+                        outcome,
+                    });
+                }
+            }
+        }
+        let _ = self.notify.send(Message::Input(EventKind::InputAnswered {
+            state: Arc::from(request.id.state.as_str()),
+            id: request.id.clone(),
+            by: by.to_owned(),
+        }));
+    }
+
+    /// Records the refusal of an answer taken from the inbox (the request then waits).
+    fn record_refused(&self, request: &InputRequest, value: Value, by: &str, reason: String) {
+        {
+            let mut desk = self.desk();
+            let desk = desk.get_or_insert_with(Box::default);
+            let refusal = Refusal {
+                value,
+                by: by.to_owned(),
+                reason: reason.clone(),
+                at_ms: now_ms(),
+            };
+            match desk.by_id.get(&request.id) {
+                Some(&at) => desk.records[at].refusals.push(refusal),
+                None => {
+                    desk.by_id.insert(request.id.clone(), desk.records.len());
+                    desk.records.push(InputRecord {
+                        request: request.clone(),
+                        refusals: vec![refusal],
+                        outcome: InputOutcome::Pending,
+                    });
+                }
+            }
+        }
+        let _ = self.notify.send(Message::Input(EventKind::InputRefused {
+            state: Arc::from(request.id.state.as_str()),
+            id: request.id.clone(),
+            by: by.to_owned(),
+            reason,
+        }));
+    }
+
+    /// Takes answers read from the checkpoint store: each posting once; to a waiting request
+    /// as any answer (checked, recorded or refused), else kept until its state asks. Answers
+    /// to requests answered already are ignored.
+    pub(crate) fn deliver_posted(&self, answers: Vec<PostedAnswer>) {
+        for posted in answers {
+            let waiting = {
+                let mut desk = self.desk();
+                let desk = desk.get_or_insert_with(Box::default);
+                if desk.seen.get(&posted.id) == Some(&posted.at_ms) {
+                    continue;
+                }
+                desk.seen.insert(posted.id.clone(), posted.at_ms);
+                let answered = desk.by_id.get(&posted.id).is_some_and(|&at| {
+                    matches!(desk.records[at].outcome, InputOutcome::Answered { .. })
+                });
+                if answered {
+                    continue;
+                }
+                let waiting = desk.waiting.contains_key(&posted.id);
+                if !waiting {
+                    desk.inbox
+                        .insert(posted.id.clone(), (posted.value.clone(), posted.by.clone()));
+                }
+                waiting
+            };
+            if waiting {
+                // A refusal is recorded in the audit (and is an event); the request waits on.
+                let _ = self.answer(&posted.id, posted.value, &posted.by);
+            }
+        }
+    }
+
+    /// How many state attempts wait for an answer (a state waiting on two requests at once
+    /// counts once).
+    pub(crate) fn waiting_attempts(&self) -> usize {
+        let desk = self.desk();
+        let Some(desk) = desk.as_ref() else { return 0 };
+        let mut attempts: Vec<(&str, u32)> = desk
+            .waiting
+            .keys()
+            .map(|id| (id.state.as_str(), id.visit))
+            .collect();
+        attempts.sort_unstable();
+        attempts.dedup();
+        attempts.len()
+    }
+
+    /// The run suspends: its states stop waiting, their requests stay pending (in the report
+    /// and the checkpoint) to be answered through the store. The provider is told they are
+    /// closed here.
+    pub(crate) fn suspend(&self) {
+        let ids: Vec<InputId> = {
+            let mut desk = self.desk();
+            let Some(desk) = desk.as_mut() else { return };
+            desk.waiting.drain().map(|(id, _)| id).collect()
+        };
+        if let Some(provider) = &self.provider {
+            for id in &ids {
+                provider.closed(id);
+            }
+        }
+    }
+
+    /// Whether any request waits for an answer.
+    pub(crate) fn has_waiting(&self) -> bool {
+        self.desk()
+            .as_ref()
+            .is_some_and(|desk| !desk.waiting.is_empty())
     }
 
     /// Records `value` as the answer to `id` if it passes the request's check, and hands it
@@ -349,4 +501,43 @@ pub(crate) fn to_value(id: &InputId, value: impl Serialize) -> Result<Value, Flo
         answer: "(not representable as JSON)".into(),
         reason: error.to_string(),
     })
+}
+
+/// The runs of this process that may wait for input and are checkpointed, by workflow and run
+/// key: an answer left through a store in this process goes to them at once.
+static LIVE: Mutex<Vec<(String, String, Weak<InputHub>)>> = Mutex::new(Vec::new());
+
+/// The run `run` of `workflow`, if it runs in this process and has asked for input.
+pub(crate) fn live_run(workflow: &str, run: &str) -> Option<Arc<InputHub>> {
+    LIVE.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .find(|(w, r, _)| w == workflow && r == run)
+        .and_then(|(_, _, hub)| hub.upgrade())
+}
+
+/// Keeps a run listed in [`live_run`] while it is held.
+pub(crate) struct LiveRun {
+    workflow: String,
+    run: String,
+}
+
+impl LiveRun {
+    pub(crate) fn register(workflow: &str, run: &str, hub: &Arc<InputHub>) -> Self {
+        let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+        live.retain(|(w, r, hub)| !(w == workflow && r == run) && hub.strong_count() > 0);
+        live.push((workflow.to_owned(), run.to_owned(), Arc::downgrade(hub)));
+        Self {
+            workflow: workflow.to_owned(),
+            run: run.to_owned(),
+        }
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        LIVE.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(w, r, _)| !(*w == self.workflow && *r == self.run));
+    }
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use ask::{Ask, HumanInput};
-pub(crate) use hub::{InputHub, to_value};
+pub(crate) use hub::{InputHub, LiveRun, live_run, to_value};
 pub use providers::{ChannelProvider, InputRequests, PendingInput, TerminalProvider};
 
 /// How long a request waits for an answer when it is given no timeout: one hour. Waiting
@@ -163,6 +163,22 @@ pub enum InputOutcome {
     },
     /// The state stopped waiting before an answer came (cancelled, or the run stopped).
     Withdrawn,
+}
+
+/// An answer left in a checkpoint store for a durable run (see
+/// [`crate::CheckpointStore::answer`] and [`crate::AnswerInbox`]): the run picks it up, checks
+/// it and records it (or records its refusal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostedAnswer {
+    /// The request it answers.
+    pub id: InputId,
+    /// The answer.
+    pub value: Value,
+    /// Who gave it.
+    pub by: String,
+    /// When it was posted, in milliseconds since the Unix epoch (a later answer to the same
+    /// request replaces an earlier one).
+    pub at_ms: u64,
 }
 
 /// One input request with everything that happened to it: the audit trail kept in the

@@ -80,6 +80,7 @@ impl Coordinator {
         let status = match &stop {
             None => flow_core::AgentStatus::Completed,
             Some(Stop::Cancelled) => flow_core::AgentStatus::Cancelled,
+            Some(Stop::AwaitingInput) => flow_core::AgentStatus::AwaitingInput,
             Some(Stop::TimedOut(_)) => flow_core::AgentStatus::Failed,
             Some(Stop::Failed(_)) => match self.failed_state.take() {
                 Some((state, scope)) => {

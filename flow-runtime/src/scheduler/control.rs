@@ -204,9 +204,14 @@ impl Coordinator {
     /// Stops what still runs, settles every status, and writes the report.
     pub(super) async fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
         // Requests still waiting are withdrawn: their states are being stopped. (A restore
-        // asks them again, with the same ids.)
-        for event in self.observer.inputs.withdraw(None) {
-            self.publish(event);
+        // asks them again, with the same ids.) A suspended run keeps them pending: it is
+        // continued when they are answered.
+        if matches!(stop, Some(Stop::AwaitingInput)) {
+            self.observer.inputs.suspend();
+        } else {
+            for event in self.observer.inputs.withdraw(None) {
+                self.publish(event);
+            }
         }
         let stop = self.finish_checkpoints(stop).await;
         self.forget_gates();
@@ -218,6 +223,7 @@ impl Coordinator {
                 AgentStatus::Cancelled,
                 Some(FlowError::Cancelled { agent: agent() }),
             ),
+            Some(Stop::AwaitingInput) => (AgentStatus::AwaitingInput, None),
             Some(Stop::TimedOut(timeout)) => {
                 let mut running: Vec<String> = self
                     .running

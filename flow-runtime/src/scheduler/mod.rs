@@ -118,6 +118,9 @@ pub(crate) struct Coordinator {
     ticker: Option<AbortHandle>,
     /// The state whose failure (with no handler) stopped the run, and its branch.
     failed_state: Option<(StateId, ScopeId)>,
+    /// Reads the answers other processes leave in the checkpoint store, while input is
+    /// awaited (see `watch_store_for_answers`).
+    input_poller: Option<AbortOnDrop>,
     /// Per state, the first attempts a restore found in flight and has not started again
     /// yet: they start as the visit they were (see `StateReport::visits`). Empty unless
     /// restored.
@@ -164,6 +167,8 @@ enum Stop {
     Failed(FlowError),
     Cancelled,
     TimedOut(Duration),
+    /// Every running state waits for input, and the run suspends on input.
+    AwaitingInput,
 }
 
 impl Coordinator {
@@ -209,6 +214,7 @@ impl Coordinator {
             failed_state: None,
             saved_sequence: Arc::default(),
             reruns: Vec::new(),
+            input_poller: None,
             ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.wait_rules),
             states: graph
                 .names()
@@ -359,6 +365,9 @@ impl Coordinator {
             if let Some(error) = self.deferred_failure.take() {
                 break Some(Stop::Failed(error));
             }
+            if self.compiled.suspend_on_input && self.only_awaiting_input() {
+                break Some(Stop::AwaitingInput);
+            }
         };
         watcher.abort();
         self.conclude(stop, started_at).await
@@ -422,9 +431,13 @@ impl Coordinator {
                 // An answer is saved with the next checkpoint at once: a state run again
                 // after a crash gets it without asking.
                 let answered = matches!(kind, EventKind::InputAnswered { .. });
+                let requested = matches!(kind, EventKind::InputRequested { .. });
                 self.publish(kind);
                 if answered {
                     self.checkpoint_due();
+                }
+                if requested {
+                    self.watch_store_for_answers();
                 }
                 Ok(())
             }
@@ -513,6 +526,51 @@ impl Coordinator {
 
     /// A timer that sends `message` to this coordinator after `delay` (a delay too long for
     /// the clock sleeps "forever"); abort it to take the message back.
+    /// Whether everything the run does is wait for answers: states run, each waits for one,
+    /// and nothing is queued or due later.
+    fn only_awaiting_input(&self) -> bool {
+        self.running_count > 0
+            && self.ready.is_empty()
+            && self.timer_count == 0
+            && self.checkpoints.is_some()
+            && self.observer.inputs.waiting_attempts() >= self.running_count
+    }
+
+    /// A checkpointed run asked for input: from now on, answers left in its store (by this
+    /// process or another) reach it: listed for `CheckpointStore::answer` in this process, and
+    /// read every poll interval while a request waits. Started once per run.
+    fn watch_store_for_answers(&mut self) {
+        let Some((store, _)) = &self.checkpoints else {
+            return;
+        };
+        if self.input_poller.is_some() {
+            return;
+        }
+        let (store, hub) = (Arc::clone(store), Arc::clone(&self.observer.inputs));
+        let (workflow, run) = (self.compiled.name.to_string(), self.durable_key.to_string());
+        let every = self.compiled.input_poll_interval;
+        let poller = tokio::spawn(async move {
+            let _live = crate::input::LiveRun::register(&workflow, &run, &hub);
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if !hub.has_waiting() {
+                    continue;
+                }
+                let (store, workflow, run) = (Arc::clone(&store), workflow.clone(), run.clone());
+                let read =
+                    tokio::task::spawn_blocking(move || store.posted_answers(&workflow, &run))
+                        .await;
+                // A failed read is tried again at the next tick.
+                if let Ok(Ok(answers)) = read {
+                    hub.deliver_posted(answers);
+                }
+            }
+        });
+        self.input_poller = Some(AbortOnDrop(poller.abort_handle()));
+    }
+
     fn message_after(&self, delay: Duration, message: Message) -> AbortHandle {
         let sender = self.sender.clone();
         tokio::spawn(async move {
