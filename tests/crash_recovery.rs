@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 const CHILD_DIR: &str = "FLUFFY_FLOW_CRASH_DIR";
 const RUN: &str = "crash-run";
+const INPUT_MODE: &str = "FLUFFY_FLOW_CRASH_INPUT";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Tally {
@@ -111,9 +112,10 @@ fn workflow(log: Option<PathBuf>, work: Duration) -> Agent {
     agent
 }
 
-/// The child: runs the durable workflow against the redb store in `$FLUFFY_FLOW_CRASH_DIR`.
+/// The child: runs the durable workflow against the redb store in `$FLUFFY_FLOW_CRASH_DIR`
+/// (with `$FLUFFY_FLOW_CRASH_INPUT` set, the workflow that waits for input).
 #[test]
-#[ignore = "the crash test's child process; run by crash_recovery_after_sigkill"]
+#[ignore = "the crash tests' child process; run by crash_recovery_after_sigkill and a_run_killed_while_waiting_for_input_continues_with_the_answer"]
 fn crash_child() {
     let dir = PathBuf::from(std::env::var(CHILD_DIR).expect("run by the crash test"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -121,6 +123,10 @@ fn crash_child() {
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::var_os(INPUT_MODE).is_some() {
+        runtime.block_on(input_child(&dir));
+        return;
+    }
     runtime.block_on(async {
         let store = RedbStore::open(dir.join("flows.redb")).expect("store");
         let report = workflow(Some(dir.join("log")), Duration::from_millis(100))
@@ -132,7 +138,15 @@ fn crash_child() {
 }
 
 fn spawn_child(dir: &Path) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
+    spawn_child_with(dir, false)
+}
+
+fn spawn_child_with(dir: &Path, input: bool) -> Child {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    if input {
+        command.env(INPUT_MODE, "1");
+    }
+    command
         .args([
             "crash_child",
             "--exact",
@@ -271,4 +285,102 @@ fn crash_recovery_after_sigkill() {
         );
     }
     assert_eq!(last.context.keys(), reference.context.keys());
+}
+
+/// Logs each request it is handed (the parent kills the child once one is logged).
+struct LogRequests(PathBuf);
+
+impl fluffy_flow::InputProvider for LogRequests {
+    fn requested(&self, request: fluffy_flow::InputRequest, _answerer: fluffy_flow::InputAnswerer) {
+        note(&self.0, &format!("requested {}", request.id));
+    }
+}
+
+/// `prepare → review (asks) → publish`, durable in the redb store in `dir`, each state
+/// logging its start.
+async fn input_child(dir: &Path) {
+    let log = dir.join("log");
+    let mut agent = Agent::new("approval");
+    for (name, next) in [
+        ("prepare", Some("review")),
+        ("review", Some("publish")),
+        ("publish", None),
+    ] {
+        let log = log.clone();
+        agent
+            .add_state(name, move |ctx: Context| {
+                let log = log.clone();
+                async move {
+                    note(&log, &format!("start {name}"));
+                    if name == "review" {
+                        let decision = ctx.human_input("Publish?").no_timeout().await?;
+                        ctx.set_state("decision", decision);
+                    }
+                    Ok(next.map_or(Next::End, Next::to))
+                }
+            })
+            .successors(next);
+    }
+    agent.input_provider(LogRequests(log.clone()));
+    let store = RedbStore::open(dir.join("flows.redb")).expect("store");
+    let report = agent
+        .run_durable(store, "approval-run")
+        .await
+        .expect("the run completes");
+    let decision: String = report.context.get_state("decision").unwrap();
+    note(
+        &log,
+        &format!("finished {:?} with {decision}", report.status),
+    );
+}
+
+#[test]
+fn a_run_killed_while_waiting_for_input_continues_with_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let mut child = spawn_child_with(dir, true);
+    let requested = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = log_lines(dir).iter().find(|l| l.starts_with("requested ")) {
+                break line.strip_prefix("requested ").unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline, "the child never asked");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    // The request is durable before it is handed to anyone: kill the process now.
+    child.kill().expect("SIGKILL the child");
+    child.wait().expect("reap the child");
+
+    // While the process is down, the answer goes to the store (checked against the
+    // checkpoint: the request is there, pending).
+    let id: fluffy_flow::InputId = requested.parse().unwrap();
+    let store = RedbStore::open(dir.join("flows.redb")).unwrap();
+    let latest = store.latest("approval", "approval-run").unwrap().unwrap();
+    assert_eq!(latest.inputs.len(), 1);
+    assert_eq!(latest.inputs[0].request.id, id);
+    assert_eq!(latest.completed().collect::<Vec<_>>(), ["prepare"]);
+    store
+        .answer("approval", "approval-run", &id, "ops", "yes".into())
+        .unwrap();
+    drop(store);
+
+    let mut child = spawn_child_with(dir, true);
+    assert!(child.wait().unwrap().success(), "the continued run failed");
+    let lines = log_lines(dir);
+    assert_eq!(
+        lines,
+        [
+            "start prepare",
+            "start review",
+            format!("requested {requested}").as_str(),
+            // Continued: `prepare` does not run again, `review` runs from its start and gets
+            // the answer without asking (no second `requested`).
+            "start review",
+            "start publish",
+            "finished Completed with yes",
+        ],
+        "{lines:#?}"
+    );
 }

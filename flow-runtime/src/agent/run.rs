@@ -203,7 +203,12 @@ impl Agent {
         })?;
         let run_id = self.shared.next_run_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (sender, inbox) = unbounded_channel();
-        let inputs = InputHub::new(sender.clone(), self.definition.input_provider.clone());
+        let checkpointed = durable.is_some() || compiled.checkpoints.is_some();
+        let inputs = InputHub::new(
+            sender.clone(),
+            self.definition.input_provider.clone(),
+            checkpointed,
+        );
         let observer = Arc::new(Observer::new(
             run_id,
             Arc::clone(&compiled.graph),

@@ -28,6 +28,9 @@ pub(crate) struct InputHub {
     /// The run's coordinator, which publishes the events and checkpoints answers.
     notify: UnboundedSender<Message>,
     provider: Option<Arc<dyn InputProvider>>,
+    /// The run is checkpointed: the provider hears of a request once a saved checkpoint
+    /// holds it.
+    durable: bool,
 }
 
 #[derive(Default)]
@@ -45,6 +48,11 @@ struct Desk {
     /// The answers read from the store so far (by request, the posting's time), so that each
     /// posting is taken once.
     seen: FxHashMap<InputId, u64>,
+    /// In a checkpointed run, requests not yet in a saved checkpoint: handed to the provider
+    /// once they are (so that whoever it hands them to can answer through the store).
+    unannounced: Vec<InputRequest>,
+    /// Those in the checkpoint being saved.
+    in_save: Vec<InputRequest>,
 }
 
 struct Waiter {
@@ -65,11 +73,54 @@ impl InputHub {
     pub(crate) fn new(
         notify: UnboundedSender<Message>,
         provider: Option<Arc<dyn InputProvider>>,
+        durable: bool,
     ) -> Self {
         Self {
             desk: Mutex::new(None),
             notify,
             provider,
+            durable,
+        }
+    }
+
+    fn announce(self: &Arc<Self>, request: InputRequest) {
+        if let Some(provider) = &self.provider {
+            let answerer = InputAnswerer {
+                hub: Arc::clone(self),
+                id: request.id.clone(),
+            };
+            provider.requested(request, answerer);
+        }
+    }
+
+    /// A checkpoint is being captured: the requests not yet saved go with it.
+    pub(crate) fn saving(&self) {
+        if self.provider.is_none() {
+            return;
+        }
+        if let Some(desk) = self.desk().as_mut() {
+            let unannounced = std::mem::take(&mut desk.unannounced);
+            desk.in_save.extend(unannounced);
+        }
+    }
+
+    /// The checkpoint captured last is saved: the provider hears of the requests it holds
+    /// that still wait.
+    pub(crate) fn saved(self: &Arc<Self>) {
+        if self.provider.is_none() {
+            return;
+        }
+        let requests: Vec<InputRequest> = {
+            let mut desk = self.desk();
+            let Some(desk) = desk.as_mut() else { return };
+            let saved = std::mem::take(&mut desk.in_save);
+            saved
+                .into_iter()
+                .filter(|r| desk.waiting.contains_key(&r.id))
+                .collect()
+        };
+        for request in requests {
+            self.announce(request);
         }
     }
 
@@ -130,18 +181,18 @@ impl InputHub {
             }
             desk.waiting
                 .insert(request.id.clone(), Waiter { check, reply });
+            if self.durable && self.provider.is_some() {
+                desk.unannounced.push(request.clone());
+            }
         }
         let _ = self.notify.send(Message::Input(EventKind::InputRequested {
             state: Arc::from(request.id.state.as_str()),
             id: request.id.clone(),
             prompt: request.prompt.clone(),
         }));
-        if let Some(provider) = &self.provider {
-            let answerer = InputAnswerer {
-                hub: Arc::clone(self),
-                id: request.id.clone(),
-            };
-            provider.requested(request, answerer);
+        // A checkpointed run hands it out once it is saved (see `saved`).
+        if !self.durable {
+            self.announce(request);
         }
         Opened::Waiting(answer)
     }

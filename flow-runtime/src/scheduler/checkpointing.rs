@@ -49,6 +49,7 @@ impl Coordinator {
         }
         writer.dirty = false;
         let status = self.observer.status();
+        self.observer.inputs.saving();
         let pending = self.capture(status);
         if let Some(writer) = &mut self.writer {
             writer.submit(pending);

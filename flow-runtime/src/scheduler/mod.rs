@@ -428,12 +428,13 @@ impl Coordinator {
             // The loop dispatches after every message: nothing else to do.
             Message::GateDue => Ok(()),
             Message::Input(kind) => {
-                // An answer is saved with the next checkpoint at once: a state run again
-                // after a crash gets it without asking.
+                // A request and an answer are saved with a checkpoint at once: another
+                // process can answer a request only the checkpoint shows it, and a state run
+                // again after a crash gets a recorded answer without asking.
                 let answered = matches!(kind, EventKind::InputAnswered { .. });
                 let requested = matches!(kind, EventKind::InputRequested { .. });
                 self.publish(kind);
-                if answered {
+                if answered || requested {
                     self.checkpoint_due();
                 }
                 if requested {
@@ -480,6 +481,8 @@ impl Coordinator {
                 if let Some(error) = error {
                     return Err(Stop::Failed(error));
                 }
+                // Requests in it can be answered through the store now: hand them out.
+                self.observer.inputs.saved();
                 if self.writer.as_ref().is_some_and(|w| w.dirty) {
                     self.checkpoint_due();
                 }
