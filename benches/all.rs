@@ -17,6 +17,8 @@ fn main() {
         ("build", 10_000),
         ("runs", 10_000),
         ("checkpoint", 100_000),
+        ("input", 1_000),
+        ("input_store", 20),
     ] {
         match scenarios::run(scenario, n, 7) {
             Ok(line) => println!("{line}"),

@@ -507,6 +507,85 @@ async fn rate_limit(n: usize) -> (Sample, Duration) {
     (sample, Duration::from_secs_f64(ideal))
 }
 
+/// `n` input requests made one after another by one state and answered as they come: by a
+/// channel provider in this process (`store` false: the answer goes straight to the waiting
+/// state), or left in a redb store's inbox as another process would (`store` true: the run
+/// reads it every poll interval). Returns, per request, the time from the answer's being
+/// given to the state's having it (seconds).
+async fn input(n: usize, store: bool) -> (Sample, Vec<f64>) {
+    use fluffy_flow::{AnswerInbox, ChannelProvider, CheckpointPolicy, RedbStore};
+    use std::sync::{Arc, Mutex};
+    let t = Instant::now();
+    let resumed: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let mut agent = Agent::new("input");
+    let log = Arc::clone(&resumed);
+    agent.add_state("ask", move |ctx: Context| {
+        let log = Arc::clone(&log);
+        async move {
+            for i in 0..n {
+                let answer = ctx.human_input(format!("q{i}")).no_timeout().await?;
+                log.lock().expect("log").push((Instant::now(), answer));
+            }
+            Ok(Next::End)
+        }
+    });
+    let (provider, mut requests) = ChannelProvider::new();
+    agent.input_provider(provider);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("inputs.redb");
+    if store {
+        let redb = RedbStore::open(&path).expect("a redb store");
+        agent.checkpoints(redb, CheckpointPolicy::after_each_state());
+    }
+    agent.validate().expect("valid workflow");
+    let build = t.elapsed();
+    let t = Instant::now();
+    let handle = agent.start().expect("the run starts");
+    let inbox = AnswerInbox::for_redb_store(&path);
+    let mut given = Vec::with_capacity(n);
+    for _ in 0..n {
+        let pending = requests.recv().await.expect("a request");
+        let value = format!("a{}", pending.request.id.index);
+        let at = Instant::now();
+        if store {
+            let (inbox, key, id) = (
+                inbox.clone(),
+                handle.run_key().to_owned(),
+                pending.request.id.clone(),
+            );
+            tokio::task::spawn_blocking(move || inbox.answer("input", &key, &id, "bench", value))
+                .await
+                .expect("the writer")
+                .expect("the answer is left");
+        } else {
+            pending.answer("bench", value).expect("the answer is taken");
+        }
+        given.push(at);
+    }
+    let report = handle.wait().await;
+    let run = t.elapsed();
+    let resumed = resumed.lock().expect("log").clone();
+    let latencies: Vec<f64> = resumed
+        .iter()
+        .zip(&given)
+        .map(|((at, _), given)| at.duration_since(*given).as_secs_f64())
+        .collect();
+    let correct = report.is_success()
+        && resumed.len() == n
+        && resumed
+            .iter()
+            .enumerate()
+            .all(|(i, (_, a))| *a == format!("a{i}"));
+    let sample = Sample {
+        build,
+        run,
+        transitions: report.transitions,
+        max_concurrency: report.max_concurrency,
+        correct,
+    };
+    (sample, latencies)
+}
+
 /// The entry `start`, forking into every state of `names` (declared, so joins are exact).
 fn add_fork(agent: &mut Agent, names: &[&'static str]) {
     let targets = names.to_vec();
@@ -524,7 +603,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The scenarios `run` knows.
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 13] = [
     "chain",
     "chain_macro",
     "ring",
@@ -536,6 +615,8 @@ pub const SCENARIOS: [&str; 11] = [
     "build",
     "runs",
     "checkpoint",
+    "input",
+    "input_store",
 ];
 
 /// Runs `scenario` with size `n`, `repetitions` times, on a fresh multi-thread runtime, and
@@ -554,6 +635,7 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
         .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
     let mut ideals = Vec::new();
     let mut sizes = Vec::new();
+    let mut latencies = Vec::new();
     let samples: Vec<Sample> = (0..repetitions)
         .map(|_| {
             runtime.block_on(async {
@@ -582,6 +664,11 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
                     "checkpoint" => {
                         let (sample, size) = checkpoint(n).await;
                         sizes.push(size);
+                        sample
+                    }
+                    "input" | "input_store" => {
+                        let (sample, each) = input(n, scenario == "input_store").await;
+                        latencies.extend(each);
                         sample
                     }
                     _ => runs(n).await,
@@ -626,6 +713,15 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
     }
     if scenario == "runs" {
         line["runs_per_s"] = json!(n as f64 / run_s);
+    }
+    if scenario.starts_with("input") {
+        let max = latencies.iter().copied().fold(0.0, f64::max);
+        let mut sorted = latencies.clone();
+        sorted.sort_by(f64::total_cmp);
+        let p95 = sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)];
+        line["answer_p50_us"] = json!(median(latencies) * 1e6);
+        line["answer_p95_us"] = json!(p95 * 1e6);
+        line["answer_max_us"] = json!(max * 1e6);
     }
     if scenario == "checkpoint" {
         line["create_serialize_ms"] = json!(build_s * 1e3);

@@ -250,7 +250,15 @@ fn ask_on_terminal(
             let _ = output.flush();
             let mut line = String::new();
             match input.read_line(&mut line) {
-                Ok(0) | Err(_) => return, // the input ended: nothing more can be answered here
+                Ok(0) | Err(_) => {
+                    // The input ended: nothing more can be answered here.
+                    let _ = writeln!(
+                        output,
+                        "\n(no more input: the request waits for another answer or its timeout)"
+                    );
+                    let _ = output.flush();
+                    return;
+                }
                 Ok(_) => {}
             }
             if is_closed(&request.id) {
