@@ -580,3 +580,13 @@ async fn an_answer_recorded_before_a_restore_is_not_asked_again() {
     assert_eq!(*asked.lock().unwrap(), 2);
     assert_eq!(report.inputs.len(), 1);
 }
+
+#[tokio::test]
+async fn asking_outside_a_state_is_an_error() {
+    let ctx = Context::new();
+    let error = ctx.human_input("Approve?").await.unwrap_err();
+    assert!(
+        matches!(&error, FlowError::InputOutsideState { prompt } if prompt == "Approve?"),
+        "{error}"
+    );
+}

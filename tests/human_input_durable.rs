@@ -227,3 +227,42 @@ async fn suspending_needs_a_store() {
         "{error}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_posting_is_taken_once_even_within_one_millisecond() {
+    let store = MemoryStore::new();
+    let (prepared, reviews) = (Arc::default(), Arc::default());
+    let mut agent = approval(&prepared, &reviews);
+    agent.checkpoints(store.clone(), CheckpointPolicy::after_each_state());
+    let handle = agent.start().unwrap();
+    let request = pending(&handle).await;
+    let key = handle.run_key().to_owned();
+    let posting = |value: &str, posting: &str| fluffy_flow::PostedAnswer {
+        id: request.id.clone(),
+        value: value.into(),
+        by: "ops".into(),
+        at_ms: 5,
+        posting: posting.into(),
+    };
+    store
+        .post_answer("approval", &key, &posting("maybe", "first"))
+        .unwrap();
+    sleep(fluffy_flow::DEFAULT_INPUT_POLL_INTERVAL).await;
+    assert_eq!(handle.inputs()[0].refusals.len(), 1);
+    // The same instant, another posting: taken.
+    store
+        .post_answer("approval", &key, &posting("yes", "second"))
+        .unwrap();
+    let report = handle.wait().await;
+    assert!(report.is_success(), "{:?}", report.error);
+    assert_eq!(
+        report.inputs[0].refusals.len(),
+        1,
+        "the first posting was taken once"
+    );
+
+    // Deleting the run forgets its answers too.
+    assert_eq!(store.posted_answers("approval", &key).unwrap().len(), 1);
+    store.delete_run("approval", &key).unwrap();
+    assert!(store.posted_answers("approval", &key).unwrap().is_empty());
+}

@@ -10,7 +10,7 @@ use flow_core::FlowError;
 use serde::Serialize;
 
 use super::file::escape;
-use crate::input::{InputId, PostedAnswer, now_ms};
+use crate::input::{InputId, PostedAnswer};
 
 /// A directory of answers to the input requests of durable runs: one file per request, the
 /// latest answer winning. A durable run checkpointed in the matching store reads it while it
@@ -52,16 +52,7 @@ impl AnswerInbox {
         value: impl Serialize,
     ) -> Result<(), FlowError> {
         let value = crate::input::to_value(id, value)?;
-        self.post(
-            workflow,
-            run_key,
-            &PostedAnswer {
-                id: id.clone(),
-                value,
-                by: by.to_owned(),
-                at_ms: now_ms(),
-            },
-        )
+        self.post(workflow, run_key, &PostedAnswer::new(id.clone(), value, by))
     }
 
     fn run_dir(&self, workflow: &str, run_key: &str) -> PathBuf {
@@ -87,7 +78,8 @@ impl AnswerInbox {
         fs::create_dir_all(&dir)
             .map_err(|e| self.failed(format!("creating {}", dir.display()), &e))?;
         let target = dir.join(format!("{}.json", escape(&answer.id.to_string())));
-        let temporary = dir.join(format!(".{}.{}.tmp", std::process::id(), now_ms()));
+        // Unique per posting (its own id), so that postings at once never share one.
+        let temporary = dir.join(format!(".{}.tmp", escape(&answer.posting)));
         let bytes = serde_json::to_vec(answer).map_err(|error| FlowError::Serialization {
             key: format!("answer to {}", answer.id),
             message: error.to_string(),
@@ -103,7 +95,10 @@ impl AnswerInbox {
             File::open(&dir)?.sync_all()
         };
         write().map_err(|error| {
-            let _ = fs::remove_file(&temporary);
+            // (`create_new` failing means the file is someone else's: left alone.)
+            if error.kind() != io::ErrorKind::AlreadyExists {
+                let _ = fs::remove_file(&temporary);
+            }
             self.failed(format!("writing {}", target.display()), &error)
         })
     }

@@ -123,6 +123,6 @@ impl CheckpointStore for MemoryStore {
 
     fn delete_run(&self, agent: &str, run: &str) -> Result<(), FlowError> {
         self.lock().remove(&(agent.to_owned(), run.to_owned()));
-        Ok(())
+        self.clear_answers(agent, run)
     }
 }

@@ -81,7 +81,10 @@ pub trait CheckpointStore: Send + Sync + 'static {
         by: &str,
         value: serde_json::Value,
     ) -> Result<(), FlowError> {
-        if let Some(hub) = crate::input::live_run(agent, run) {
+        // Waiting in this process now: given at once, its checks run here.
+        if let Some(hub) = crate::input::live_run(agent, run)
+            && hub.is_waiting(id)
+        {
             return hub.answer(id, value, by);
         }
         let latest = self.latest(agent, run)?;
@@ -108,16 +111,7 @@ pub trait CheckpointStore: Send + Sync + 'static {
                 reason: format!("the answer must be text, not {value}"),
             });
         }
-        self.post_answer(
-            agent,
-            run,
-            &PostedAnswer {
-                id: id.clone(),
-                value,
-                by: by.to_owned(),
-                at_ms: crate::input::now_ms(),
-            },
-        )
+        self.post_answer(agent, run, &PostedAnswer::new(id.clone(), value, by))
     }
 
     /// Keeps only the latest `keep` checkpoints of `run` (all of them when `keep` is 0).

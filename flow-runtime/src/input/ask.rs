@@ -98,8 +98,9 @@ impl<'a> IntoFuture for HumanInput<'a> {
             check,
         };
         let ctx = self.ctx;
+        let index = place(ctx);
         Box::pin(async move {
-            let (_, value) = request(ctx, spec).await?;
+            let (_, value) = request(ctx, spec, index).await?;
             match value {
                 Value::String(text) => Ok(text),
                 other => Ok(other.to_string()),
@@ -195,8 +196,9 @@ where
             check,
         };
         let ctx = self.ctx;
+        let index = place(ctx);
         Box::pin(async move {
-            let (id, value) = request(ctx, spec).await?;
+            let (id, value) = request(ctx, spec, index).await?;
             serde_json::from_value(value.clone()).map_err(|error| FlowError::InvalidAnswer {
                 id: id.to_string(),
                 answer: value.to_string(),
@@ -218,16 +220,28 @@ struct Spec {
     check: Checker,
 }
 
+/// The index of the next request of the state's attempt, taken when the request is turned
+/// into a future: in program order, even when several are polled together (`join!`,
+/// `select!`), so that a state run again numbers them the same.
+fn place(ctx: &Context) -> Option<u32> {
+    let site = ctx.input_site()?;
+    Some(
+        site.hub
+            .next_index(site.state_index, site.visit, site.attempt),
+    )
+}
+
 /// Makes the request and waits for its answer (or its recorded answer, or the timeout).
-async fn request(ctx: &Context, spec: Spec) -> Result<(InputId, Value), FlowError> {
-    let Some(site) = ctx.input_site() else {
+async fn request(
+    ctx: &Context,
+    spec: Spec,
+    index: Option<u32>,
+) -> Result<(InputId, Value), FlowError> {
+    let (Some(site), Some(index)) = (ctx.input_site(), index) else {
         return Err(FlowError::InputOutsideState {
             prompt: spec.prompt,
         });
     };
-    let index = site
-        .hub
-        .next_index(site.state_index, site.visit, site.attempt);
     let id = InputId {
         run_key: site.run_key.to_string(),
         state: site.state.to_string(),
@@ -244,63 +258,73 @@ async fn request(ctx: &Context, spec: Spec) -> Result<(InputId, Value), FlowErro
         default: spec.default.clone(),
     };
     let prompt = request.prompt.clone();
-    let mut answer = match site.hub.open(request, spec.check) {
+    let (mut answer, token, asked_at_ms) = match site.hub.open(request, spec.check) {
         Opened::Answered(value) => return Ok((id, value)),
-        Opened::Waiting(answer) => answer,
+        Opened::Waiting {
+            answer,
+            token,
+            asked_at_ms,
+        } => (answer, token, asked_at_ms),
     };
     // Withdraws the request if the state stops waiting (cancelled, or its run stopped).
-    let waiting = Withdraw {
+    let _waiting = Withdraw {
         hub: site.hub,
-        id: &id,
+        id: id.clone(),
+        token,
     };
-    let answered = match spec.timeout {
-        None => (&mut answer).await.ok(),
-        Some(limit) => match tokio::time::timeout(limit, &mut answer).await {
-            Ok(answered) => answered.ok(),
+    // A request restored as pending has waited since it was first asked (wall clock: the
+    // wait may span processes).
+    let limit = spec.timeout.map(|limit| match asked_at_ms {
+        Some(asked) => limit.saturating_sub(Duration::from_millis(now_ms().saturating_sub(asked))),
+        None => limit,
+    });
+    let received = match limit {
+        None => (&mut answer).await,
+        Some(left) => match tokio::time::timeout(left, &mut answer).await {
+            Ok(received) => received,
             Err(_) => {
                 site.hub.close(
                     &id,
+                    token,
                     InputOutcome::TimedOut {
                         default: spec.default.clone(),
                     },
                 );
-                // An answer that came in as the time ran out wins.
-                answer
-                    .try_recv()
-                    .ok()
-                    .or_else(|| spec.default.clone())
-                    .map_or_else(
-                        || {
-                            Err(FlowError::InputTimeout {
-                                state: id.state.clone(),
-                                id: id.to_string(),
-                                prompt: prompt.clone(),
-                                waited: limit,
-                            })
-                        },
-                        |value| Ok(Some(value)),
-                    )?
+                // An answer recorded as the time ran out wins (it is sent before the answer
+                // releases the desk, so it is here if it was recorded).
+                match answer.try_recv().ok().or_else(|| spec.default.clone()) {
+                    Some(value) => Ok(value),
+                    None => {
+                        return Err(FlowError::InputTimeout {
+                            state: id.state.clone(),
+                            id: id.to_string(),
+                            prompt: prompt.clone(),
+                            waited: spec.timeout.unwrap_or(left),
+                        });
+                    }
+                }
             }
         },
     };
-    // (Closing a request that is no longer waiting does nothing.)
-    drop(waiting);
-    // The sender goes only with the request closed: withdrawn by the run's end.
-    let value = answered.ok_or_else(|| FlowError::InputClosed {
-        id: id.to_string(),
-        how: "withdrawn: the run stopped".into(),
-    })?;
-    Ok((id, value))
+    match received {
+        Ok(value) => Ok((id, value)),
+        // The run withdrew the wait (it is stopping, or suspending): the state is about to be
+        // stopped. It must not go on as if refused, so it waits for that.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Withdraws a request whose state stopped waiting for it.
 struct Withdraw<'a> {
     hub: &'a Arc<InputHub>,
-    id: &'a InputId,
+    id: InputId,
+    token: u64,
 }
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        self.hub.close(self.id, InputOutcome::Withdrawn);
+        // (Closing a wait that ended, answered or timed out, does nothing.)
+        self.hub
+            .close(&self.id, self.token, InputOutcome::Withdrawn);
     }
 }

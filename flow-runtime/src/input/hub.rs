@@ -45,19 +45,22 @@ struct Desk {
     /// Answers left in the checkpoint store for requests not waiting when they were read:
     /// given (after the request's checks) when their state asks.
     inbox: FxHashMap<InputId, (Value, String)>,
-    /// The answers read from the store so far (by request, the posting's time), so that each
+    /// The answers read from the store so far (by request, the posting's id), so that each
     /// posting is taken once.
-    seen: FxHashMap<InputId, u64>,
+    seen: FxHashMap<InputId, String>,
     /// In a checkpointed run, requests not yet in a saved checkpoint: handed to the provider
     /// once they are (so that whoever it hands them to can answer through the store).
     unannounced: Vec<InputRequest>,
     /// Those in the checkpoint being saved.
     in_save: Vec<InputRequest>,
+    /// The last wait's token.
+    next_token: u64,
 }
 
 struct Waiter {
     check: Checker,
     reply: oneshot::Sender<Value>,
+    token: u64,
 }
 
 /// What opening a request gave.
@@ -65,8 +68,14 @@ pub(crate) enum Opened {
     /// It was answered before (in an earlier attempt or before a restore): the recorded
     /// answer.
     Answered(Value),
-    /// It waits; the answer comes through here.
-    Waiting(oneshot::Receiver<Value>),
+    /// It waits; the answer comes through `answer`.
+    Waiting {
+        answer: oneshot::Receiver<Value>,
+        /// Identifies this wait (a later wait for the same request has another).
+        token: u64,
+        /// When a request restored as pending was first asked (ms since the Unix epoch).
+        asked_at_ms: Option<u64>,
+    },
 }
 
 impl InputHub {
@@ -134,39 +143,32 @@ impl InputHub {
         let desk = desk.get_or_insert_with(Box::default);
         let next = desk.next_index.entry((state, visit, attempt)).or_insert(0);
         let index = *next;
-        *next += 1;
+        *next = next.saturating_add(1);
         index
     }
 
     /// Opens `request`: its recorded answer if it was answered before, else a wait (the
-    /// provider, if any, is told; so are the run's events).
-    pub(crate) fn open(self: &Arc<Self>, request: InputRequest, check: Checker) -> Opened {
-        // An answer left in the store before the state asked: checked now, like any answer.
-        let left = self
-            .desk()
-            .as_mut()
-            .and_then(|desk| desk.inbox.remove(&request.id));
-        if let Some((value, by)) = left {
-            match check(&value) {
-                Ok(()) => {
-                    self.record_answered(&request, value.clone(), &by);
-                    return Opened::Answered(value);
-                }
-                Err(reason) => self.record_refused(&request, value, &by, reason),
-            }
-        }
+    /// provider, if any, is told; so are the run's events). An answer left in the store for
+    /// it meanwhile is taken now, checked like any answer.
+    pub(crate) fn open(self: &Arc<Self>, mut request: InputRequest, check: Checker) -> Opened {
         let (reply, answer) = oneshot::channel();
-        {
+        let (token, left, restored) = {
             let mut desk = self.desk();
             let desk = desk.get_or_insert_with(Box::default);
+            let mut restored = false;
             match desk.by_id.get(&request.id) {
                 Some(&at) => {
                     let record = &mut desk.records[at];
                     if let InputOutcome::Answered { value, .. } = &record.outcome {
                         return Opened::Answered(value.clone());
                     }
-                    // Asked again (a retry, or after a restore): pending again, with its
-                    // history kept.
+                    // Still pending (the run was restored or suspended): asked when it was
+                    // first asked, so that its timeout runs from then. Otherwise (a retry
+                    // after a timeout, ...) asked anew. The history is kept either way.
+                    if record.outcome == InputOutcome::Pending {
+                        request.asked_at_ms = record.request.asked_at_ms;
+                        restored = true;
+                    }
                     record.request = request.clone();
                     record.outcome = InputOutcome::Pending;
                 }
@@ -179,82 +181,43 @@ impl InputHub {
                     });
                 }
             }
-            desk.waiting
-                .insert(request.id.clone(), Waiter { check, reply });
+            desk.next_token += 1;
+            let token = desk.next_token;
+            desk.waiting.insert(
+                request.id.clone(),
+                Waiter {
+                    check,
+                    reply,
+                    token,
+                },
+            );
             if self.durable && self.provider.is_some() {
                 desk.unannounced.push(request.clone());
             }
-        }
+            // Taken in the same step as the wait is registered: a posting read meanwhile
+            // finds the request waiting.
+            (token, desk.inbox.remove(&request.id), restored)
+        };
         let _ = self.notify.send(Message::Input(EventKind::InputRequested {
             state: Arc::from(request.id.state.as_str()),
             id: request.id.clone(),
             prompt: request.prompt.clone(),
         }));
+        let id = request.id.clone();
+        let asked_at_ms = request.asked_at_ms;
         // A checkpointed run hands it out once it is saved (see `saved`).
         if !self.durable {
             self.announce(request);
         }
-        Opened::Waiting(answer)
-    }
-
-    /// Records an answer taken from the inbox as the request's (the request was not waiting).
-    fn record_answered(&self, request: &InputRequest, value: Value, by: &str) {
-        {
-            let mut desk = self.desk();
-            let desk = desk.get_or_insert_with(Box::default);
-            let outcome = InputOutcome::Answered {
-                value,
-                by: by.to_owned(),
-                at_ms: now_ms(),
-            };
-            match desk.by_id.get(&request.id) {
-                Some(&at) => desk.records[at].outcome = outcome,
-                None => {
-                    desk.by_id.insert(request.id.clone(), desk.records.len());
-                    desk.records.push(InputRecord {
-                        request: request.clone(),
-                        refusals: Vec::new(),
-                        outcome,
-                    });
-                }
-            }
+        if let Some((value, by)) = left {
+            // Recorded, or refused (in the audit) with the request waiting on.
+            let _ = self.answer(&id, value, &by);
         }
-        let _ = self.notify.send(Message::Input(EventKind::InputAnswered {
-            state: Arc::from(request.id.state.as_str()),
-            id: request.id.clone(),
-            by: by.to_owned(),
-        }));
-    }
-
-    /// Records the refusal of an answer taken from the inbox (the request then waits).
-    fn record_refused(&self, request: &InputRequest, value: Value, by: &str, reason: String) {
-        {
-            let mut desk = self.desk();
-            let desk = desk.get_or_insert_with(Box::default);
-            let refusal = Refusal {
-                value,
-                by: by.to_owned(),
-                reason: reason.clone(),
-                at_ms: now_ms(),
-            };
-            match desk.by_id.get(&request.id) {
-                Some(&at) => desk.records[at].refusals.push(refusal),
-                None => {
-                    desk.by_id.insert(request.id.clone(), desk.records.len());
-                    desk.records.push(InputRecord {
-                        request: request.clone(),
-                        refusals: vec![refusal],
-                        outcome: InputOutcome::Pending,
-                    });
-                }
-            }
+        Opened::Waiting {
+            answer,
+            token,
+            asked_at_ms: restored.then_some(asked_at_ms),
         }
-        let _ = self.notify.send(Message::Input(EventKind::InputRefused {
-            state: Arc::from(request.id.state.as_str()),
-            id: request.id.clone(),
-            by: by.to_owned(),
-            reason,
-        }));
     }
 
     /// Takes answers read from the checkpoint store: each posting once; to a waiting request
@@ -265,10 +228,10 @@ impl InputHub {
             let waiting = {
                 let mut desk = self.desk();
                 let desk = desk.get_or_insert_with(Box::default);
-                if desk.seen.get(&posted.id) == Some(&posted.at_ms) {
+                if desk.seen.get(&posted.id) == Some(&posted.posting) {
                     continue;
                 }
-                desk.seen.insert(posted.id.clone(), posted.at_ms);
+                desk.seen.insert(posted.id.clone(), posted.posting.clone());
                 let answered = desk.by_id.get(&posted.id).is_some_and(|&at| {
                     matches!(desk.records[at].outcome, InputOutcome::Answered { .. })
                 });
@@ -284,7 +247,20 @@ impl InputHub {
             };
             if waiting {
                 // A refusal is recorded in the audit (and is an event); the request waits on.
-                let _ = self.answer(&posted.id, posted.value, &posted.by);
+                // One that stopped waiting meanwhile keeps the answer for when it is asked.
+                let (value, by) = (posted.value.clone(), posted.by.clone());
+                if let Err(FlowError::InputClosed { .. }) =
+                    self.answer(&posted.id, posted.value, &posted.by)
+                {
+                    let mut desk = self.desk();
+                    let desk = desk.get_or_insert_with(Box::default);
+                    let answered = desk.by_id.get(&posted.id).is_some_and(|&at| {
+                        matches!(desk.records[at].outcome, InputOutcome::Answered { .. })
+                    });
+                    if !answered {
+                        desk.inbox.insert(posted.id, (value, by));
+                    }
+                }
             }
         }
     }
@@ -318,6 +294,13 @@ impl InputHub {
                 provider.closed(id);
             }
         }
+    }
+
+    /// Whether a state waits for `id` now.
+    pub(crate) fn is_waiting(&self, id: &InputId) -> bool {
+        self.desk()
+            .as_ref()
+            .is_some_and(|desk| desk.waiting.contains_key(id))
     }
 
     /// Whether any request waits for an answer.
@@ -377,10 +360,11 @@ impl InputHub {
             by: by.to_owned(),
             at_ms: now_ms(),
         };
-        drop(guard);
-        // The state may be gone (cancelled meanwhile): the answer is recorded all the same,
-        // and a state asking again gets it.
+        // Sent before the lock is released: a timeout closing the request after this finds
+        // the answer waiting for it. (The state may be gone, cancelled meanwhile: the answer
+        // is recorded all the same, and a state asking again gets it.)
         let _ = waiter.reply.send(value);
+        drop(guard);
         let _ = self.notify.send(Message::Input(EventKind::InputAnswered {
             state: Arc::from(id.state.as_str()),
             id: id.clone(),
@@ -392,15 +376,22 @@ impl InputHub {
         Ok(())
     }
 
-    /// The state stopped waiting for `id` without an answer: it timed out (with the default
-    /// used, if any) or was withdrawn. Nothing happens if it was answered meanwhile.
-    pub(crate) fn close(&self, id: &InputId, outcome: InputOutcome) {
+    /// The wait `token` for `id` ended without an answer: it timed out (with the default used,
+    /// if any) or was withdrawn. Nothing happens if it was answered meanwhile, or if another
+    /// wait for the request has begun.
+    pub(crate) fn close(&self, id: &InputId, token: u64, outcome: InputOutcome) {
         {
             let mut desk = self.desk();
             let Some(desk) = desk.as_mut() else { return };
-            if desk.waiting.remove(id).is_none() {
+            // Only its own wait: a later attempt may wait for the same request now.
+            if desk
+                .waiting
+                .get(id)
+                .is_none_or(|waiter| waiter.token != token)
+            {
                 return;
             }
+            desk.waiting.remove(id);
             let at = desk.by_id[id];
             desk.records[at].outcome = outcome.clone();
         }
@@ -571,6 +562,7 @@ pub(crate) fn live_run(workflow: &str, run: &str) -> Option<Arc<InputHub>> {
 pub(crate) struct LiveRun {
     workflow: String,
     run: String,
+    hub: Weak<InputHub>,
 }
 
 impl LiveRun {
@@ -581,6 +573,7 @@ impl LiveRun {
         Self {
             workflow: workflow.to_owned(),
             run: run.to_owned(),
+            hub: Arc::downgrade(hub),
         }
     }
 }
@@ -589,6 +582,9 @@ impl Drop for LiveRun {
     fn drop(&mut self) {
         LIVE.lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(w, r, _)| !(*w == self.workflow && *r == self.run));
+            .retain(|(w, r, hub)| {
+                // Only its own listing: a later run of the same key may be listed now.
+                !(*w == self.workflow && *r == self.run && Weak::ptr_eq(hub, &self.hub))
+            });
     }
 }

@@ -179,6 +179,28 @@ pub struct PostedAnswer {
     /// When it was posted, in milliseconds since the Unix epoch (a later answer to the same
     /// request replaces an earlier one).
     pub at_ms: u64,
+    /// What tells this posting from any other (the process, the instant, a counter): a run
+    /// takes each posting once.
+    #[serde(default)]
+    pub posting: String,
+}
+
+impl PostedAnswer {
+    /// `by`'s answer `value` to `id`, posted now.
+    pub fn new(id: InputId, value: Value, by: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            id,
+            value,
+            by: by.to_owned(),
+            at_ms: now_ms(),
+            posting: format!("{}-{nanos}-{count}", std::process::id()),
+        }
+    }
 }
 
 /// One input request with everything that happened to it: the audit trail kept in the
@@ -196,10 +218,12 @@ pub struct InputRecord {
 /// Receives the input requests of the runs of an agent it is given to
 /// (`Agent::input_provider`), and answers them through the [`InputAnswerer`] it is handed.
 ///
-/// Called on the thread of the state that asks: hand the request to a task or a channel
-/// rather than blocking in it.
+/// Called from the run's tasks: hand each request to a task or a channel rather than
+/// blocking in the call.
 pub trait InputProvider: Send + Sync + 'static {
-    /// A request was made; answer it with `answerer` (now or later, from any thread).
+    /// A request was made; answer it with `answerer` (now or later, from any thread). Called
+    /// from the run's own tasks (the asking state's, or, for a checkpointed run, the run's
+    /// coordinator once the request is saved): hand the request on rather than block here.
     fn requested(&self, request: InputRequest, answerer: InputAnswerer);
 
     /// A request is no longer waiting (answered elsewhere, timed out, or withdrawn): stop

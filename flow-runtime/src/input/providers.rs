@@ -175,6 +175,12 @@ impl Default for TerminalProvider {
 
 impl InputProvider for TerminalProvider {
     fn requested(&self, request: InputRequest, answerer: InputAnswerer) {
+        // Asked again (a retry after a timeout, a continued run): open again.
+        self.inner
+            .closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&request.id);
         let mut jobs = self
             .inner
             .jobs

@@ -206,6 +206,8 @@ impl Coordinator {
         // Requests still waiting are withdrawn: their states are being stopped. (A restore
         // asks them again, with the same ids.) A suspended run keeps them pending: it is
         // continued when they are answered.
+        // No longer answerable in this process: an answer now goes to the store.
+        self.input_watch = None;
         if matches!(stop, Some(Stop::AwaitingInput)) {
             self.observer.inputs.suspend();
         } else {

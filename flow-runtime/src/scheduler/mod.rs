@@ -118,9 +118,9 @@ pub(crate) struct Coordinator {
     ticker: Option<AbortHandle>,
     /// The state whose failure (with no handler) stopped the run, and its branch.
     failed_state: Option<(StateId, ScopeId)>,
-    /// Reads the answers other processes leave in the checkpoint store, while input is
-    /// awaited (see `watch_store_for_answers`).
-    input_poller: Option<AbortOnDrop>,
+    /// A checkpointed run: listed for answers given through its store in this process, and
+    /// reading those other processes leave there (see `watch_store_for_answers`).
+    input_watch: Option<InputWatch>,
     /// Per state, the first attempts a restore found in flight and has not started again
     /// yet: they start as the visit they were (see `StateReport::visits`). Empty unless
     /// restored.
@@ -155,6 +155,13 @@ struct Running {
 
 /// Aborts a helper task when dropped.
 struct AbortOnDrop(AbortHandle);
+
+/// What a checkpointed run keeps for answers given through its store.
+struct InputWatch {
+    _live: crate::input::LiveRun,
+    /// Reads the store's answers while input is awaited; started on the first request.
+    poller: Option<AbortOnDrop>,
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -214,7 +221,7 @@ impl Coordinator {
             failed_state: None,
             saved_sequence: Arc::default(),
             reruns: Vec::new(),
-            input_poller: None,
+            input_watch: None,
             ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.wait_rules),
             states: graph
                 .names()
@@ -299,6 +306,7 @@ impl Coordinator {
         });
         let watcher = self.watch(started_at);
         self.start_checkpoints();
+        self.list_for_answers();
 
         if !self.restored {
             let graph = Arc::clone(&self.graph);
@@ -527,8 +535,6 @@ impl Coordinator {
         self.arm_acquire_deadline(state, seq);
     }
 
-    /// A timer that sends `message` to this coordinator after `delay` (a delay too long for
-    /// the clock sleeps "forever"); abort it to take the message back.
     /// Whether everything the run does is wait for answers: states run, each waits for one,
     /// and nothing is queued or due later.
     fn only_awaiting_input(&self) -> bool {
@@ -546,14 +552,16 @@ impl Coordinator {
         let Some((store, _)) = &self.checkpoints else {
             return;
         };
-        if self.input_poller.is_some() {
+        let Some(watch) = &mut self.input_watch else {
+            return;
+        };
+        if watch.poller.is_some() {
             return;
         }
         let (store, hub) = (Arc::clone(store), Arc::clone(&self.observer.inputs));
         let (workflow, run) = (self.compiled.name.to_string(), self.durable_key.to_string());
         let every = self.compiled.input_poll_interval;
         let poller = tokio::spawn(async move {
-            let _live = crate::input::LiveRun::register(&workflow, &run, &hub);
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -571,9 +579,26 @@ impl Coordinator {
                 }
             }
         });
-        self.input_poller = Some(AbortOnDrop(poller.abort_handle()));
+        watch.poller = Some(AbortOnDrop(poller.abort_handle()));
     }
 
+    /// A checkpointed run is listed for answers given through its store in this process
+    /// (`CheckpointStore::answer`) from its start to its end.
+    fn list_for_answers(&mut self) {
+        if self.checkpoints.is_some() {
+            self.input_watch = Some(InputWatch {
+                _live: crate::input::LiveRun::register(
+                    &self.compiled.name,
+                    &self.durable_key,
+                    &self.observer.inputs,
+                ),
+                poller: None,
+            });
+        }
+    }
+
+    /// A timer that sends `message` to this coordinator after `delay` (a delay too long for
+    /// the clock sleeps "forever"); abort it to take the message back.
     fn message_after(&self, delay: Duration, message: Message) -> AbortHandle {
         let sender = self.sender.clone();
         tokio::spawn(async move {
