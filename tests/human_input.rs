@@ -590,3 +590,50 @@ async fn asking_outside_a_state_is_an_error() {
         "{error}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_keeps_its_own_visit_while_another_run_of_the_state_waits() {
+    // start -> [a, b], a -> b: `b` runs twice at once (visits 1 and 2). Visit 1 times out and
+    // is retried while visit 2 has been answered: the retry asks its own request again (it
+    // does not take visit 2's answer).
+    let mut agent = Agent::new("twice");
+    agent
+        .add_state("start", |_ctx: Context| async {
+            Ok(Next::parallel(["a", "b"]))
+        })
+        .successors(["a", "b"]);
+    agent
+        .add_state("a", |_ctx: Context| async {
+            sleep(ms(5)).await;
+            Ok(Next::to("b"))
+        })
+        .successors(["b"]);
+    agent
+        .add_state("b", |ctx: Context| async move {
+            let answer = ctx.human_input("b?").timeout(ms(100)).await?;
+            ctx.set_state(format!("b{}", ctx.visit().unwrap()), answer);
+            Ok(Next::End)
+        })
+        .terminal()
+        .retry(RetryPolicy {
+            max_retries: 1,
+            initial_delay: ms(10),
+            ..RetryPolicy::DEFAULT
+        });
+    let handle = agent.start().unwrap();
+    let requests = pending(&handle, 2).await;
+    let visits: Vec<u32> = requests.iter().map(|r| r.id.visit).collect();
+    assert_eq!(visits, [1, 2]);
+    handle.answer(&requests[1].id, "second").unwrap();
+    // Visit 1 times out at 100 ms and asks again at 110 ms, as visit 1.
+    sleep(ms(150)).await;
+    let again = pending(&handle, 1).await;
+    assert_eq!(again[0].id, requests[0].id);
+    handle.answer(&again[0].id, "first").unwrap();
+    let report = handle.wait().await;
+    assert!(report.is_success(), "{:?}", report.error);
+    assert_eq!(report.context.get_state::<String>("b1").unwrap(), "first");
+    assert_eq!(report.context.get_state::<String>("b2").unwrap(), "second");
+    assert_eq!(report.state("b").unwrap().visits, 2);
+    assert_eq!(report.state("b").unwrap().runs, 2);
+}

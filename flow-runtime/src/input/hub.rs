@@ -265,19 +265,16 @@ impl InputHub {
         }
     }
 
-    /// How many state attempts wait for an answer (a state waiting on two requests at once
-    /// counts once).
-    pub(crate) fn waiting_attempts(&self) -> usize {
+    /// The runs of states waiting for an answer now: (state, visit).
+    pub(crate) fn waiting_runs(&self) -> Vec<(String, u32)> {
         let desk = self.desk();
-        let Some(desk) = desk.as_ref() else { return 0 };
-        let mut attempts: Vec<(&str, u32)> = desk
-            .waiting
+        let Some(desk) = desk.as_ref() else {
+            return Vec::new();
+        };
+        desk.waiting
             .keys()
-            .map(|id| (id.state.as_str(), id.visit))
-            .collect();
-        attempts.sort_unstable();
-        attempts.dedup();
-        attempts.len()
+            .map(|id| (id.state.clone(), id.visit))
+            .collect()
     }
 
     /// The run suspends: its states stop waiting, their requests stay pending (in the report

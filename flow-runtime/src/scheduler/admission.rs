@@ -336,7 +336,12 @@ impl Coordinator {
             }
             _ => Failure::ResourceTimeout(waited),
         };
-        self.attempt_failed(entry.state, entry.scope, entry.attempt, failure)
+        self.attempt_failed(
+            entry.state,
+            entry.scope,
+            (entry.attempt, entry.visit),
+            failure,
+        )
     }
 
     /// If `state` needs resources and has an acquisition timeout, arms a deadline for the wait

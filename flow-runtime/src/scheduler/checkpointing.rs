@@ -84,10 +84,11 @@ impl Coordinator {
             Some(Stop::AwaitingInput) => flow_core::AgentStatus::AwaitingInput,
             Some(Stop::TimedOut(_)) => flow_core::AgentStatus::Failed,
             Some(Stop::Failed(_)) => match self.failed_state.take() {
-                Some((state, scope)) => {
+                Some((state, scope, visit)) => {
                     self.now = Instant::now();
                     let at = self.ready.clock(self.now);
-                    self.requeue(state, scope, 1, at);
+                    // The same run of it, from its first attempt again.
+                    self.requeue(state, scope, (1, visit), at);
                     flow_core::AgentStatus::Failed
                 }
                 None => return stop,

@@ -511,7 +511,7 @@ impl Coordinator {
             Origin::Requested | Origin::SelfStart => self.new_branch(state),
         };
         let message = error.to_string();
-        if let Err(error) = self.attempt_failed(state, scope, 0, Failure::Dependency(error)) {
+        if let Err(error) = self.attempt_failed(state, scope, (0, 0), Failure::Dependency(error)) {
             self.deferred_failure.get_or_insert(error);
             return;
         }

@@ -19,6 +19,8 @@ pub(super) struct RetryTimer {
     pub(super) state: StateId,
     pub(super) scope: ScopeId,
     pub(super) attempt: u32,
+    /// The run of the state it retries (see `ReadyEntry::visit`).
+    pub(super) visit: u32,
     /// When it is due (a checkpoint keeps the time left).
     pub(super) due: tokio::time::Instant,
 }
@@ -43,7 +45,7 @@ impl Coordinator {
         &mut self,
         state: StateId,
         scope: ScopeId,
-        attempt: u32,
+        (attempt, visit): (u32, u32),
         failure: Failure,
     ) -> Result<(), FlowError> {
         let name = self.graph.name(state).to_string();
@@ -139,7 +141,7 @@ impl Coordinator {
         let from_dependency = kind == FailureKind::Dependency;
         if !from_dependency && attempt <= policy.max_retries {
             let delay = policy.delay(attempt - 1, self.retry_seed(state));
-            self.schedule_retry(state, scope, attempt + 1, delay, message);
+            self.schedule_retry(state, scope, (attempt + 1, visit), delay, message);
             return Ok(());
         }
 
@@ -184,7 +186,7 @@ impl Coordinator {
                 if !from_dependency {
                     // A last checkpoint of the failed run has it due again (see
                     // `finish_checkpoints`).
-                    self.failed_state = Some((state, scope));
+                    self.failed_state = Some((state, scope, visit));
                 }
                 Err(error)
             }
@@ -201,7 +203,7 @@ impl Coordinator {
         &mut self,
         state: StateId,
         scope: ScopeId,
-        attempt: u32,
+        (attempt, visit): (u32, u32),
         delay: Duration,
         error: String,
     ) {
@@ -236,6 +238,7 @@ impl Coordinator {
             state,
             scope,
             attempt,
+            visit,
             due: tokio::time::Instant::now()
                 .checked_add(delay)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)),
@@ -245,17 +248,17 @@ impl Coordinator {
 
     /// A retry's delay is over: the state is ready for its next attempt.
     pub(super) fn retry_due(&mut self, timer: u32, state: StateId, scope: ScopeId, attempt: u32) {
-        if self
+        let Some(visit) = self
             .timers
             .get_mut(timer as usize)
             .and_then(Option::take)
-            .is_none()
-        {
+            .map(|due| due.visit)
+        else {
             return; // cancelled meanwhile
-        }
+        };
         self.free_timers.push(timer);
         self.timer_count -= 1;
-        self.enqueue(state, scope, attempt);
+        self.enqueue(state, scope, attempt, visit);
         self.set_status(state, StateStatus::Ready);
         if self.events.is_observed() {
             self.publish(EventKind::StateReady {

@@ -57,6 +57,10 @@ struct Work {
     #[serde(rename = "group")]
     scope: ScopeId,
     attempt: u32,
+    /// Which run of the state (see `ReadyEntry::visit`; 0 in checkpoints before format 3:
+    /// numbered when it starts).
+    #[serde(default)]
+    visit: u32,
     place: Place,
 }
 
@@ -100,6 +104,7 @@ impl Coordinator {
             state: r.state,
             scope: r.scope,
             attempt: r.attempt,
+            visit: r.visit,
             place: Place::Running,
         }));
         let mut ready: Vec<_> = self.ready.iter().collect();
@@ -109,12 +114,14 @@ impl Coordinator {
             state: e.state,
             scope: e.scope,
             attempt: e.attempt,
+            visit: e.visit,
             place: Place::Ready(e.virtual_start().saturating_sub(clock)),
         }));
         work.extend(self.timers.iter().flatten().map(|t| Work {
             state: t.state,
             scope: t.scope,
             attempt: t.attempt,
+            visit: t.visit,
             place: Place::Retry(t.due.saturating_duration_since(now)),
         }));
         let dependencies = self.dependencies_image();
@@ -232,29 +239,23 @@ impl Coordinator {
         let clock = self.ready.clock(self.now);
         for work in &image.work {
             active[work.state.index()] += 1;
-            // A first attempt that was running starts again as the same visit (keys made of
-            // its visit, and its input requests' ids, stay the same): counted as a run, not
-            // as a visit.
-            if matches!(work.place, Place::Running) && work.attempt == 1 {
-                if self.reruns.is_empty() {
-                    self.reruns = vec![0; self.graph.len()];
-                }
-                self.reruns[work.state.index()] += 1;
-            }
+            // Each keeps the run of the state it is (a running attempt starts again as the
+            // same visit: keys made of its visit, and its input requests' ids, stay the same).
+            let attempt = (work.attempt, work.visit);
             match work.place {
                 // Ahead of everything queued: it had started already.
-                Place::Running => self.requeue(work.state, work.scope, work.attempt, i64::MIN / 4),
+                Place::Running => self.requeue(work.state, work.scope, attempt, i64::MIN / 4),
                 Place::Ready(relative) => self.requeue(
                     work.state,
                     work.scope,
-                    work.attempt,
+                    attempt,
                     clock.saturating_add(relative),
                 ),
                 Place::Retry(left) => {
                     self.schedule_retry(
                         work.state,
                         work.scope,
-                        work.attempt,
+                        attempt,
                         left,
                         "restored from a checkpoint".to_owned(),
                     );

@@ -25,11 +25,11 @@ impl Coordinator {
             return Ok(());
         };
         self.dequeued(entry.seq());
-        let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
+        let (state, scope) = (entry.state, entry.scope);
         self.max_concurrency = self.max_concurrency.max(1);
         self.now = Instant::now();
         let started = self.now;
-        let span = self.begin(state, attempt);
+        let (span, attempt) = self.begin(state, (entry.attempt, entry.visit));
         // Only a state without gates runs here: it has no breaker either.
         let breaker = None;
         let context = self.state_context(state, attempt);
@@ -92,16 +92,16 @@ impl Coordinator {
                 // without calling the state.
                 GateVerdict::Refused(entry, error) => {
                     self.dequeued(entry.seq());
-                    let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
-                    let _span = self.begin(state, attempt);
+                    let (state, scope) = (entry.state, entry.scope);
+                    let (_span, attempt) = self.begin(state, (entry.attempt, entry.visit));
                     self.launch_outcome(state, scope, attempt, Outcome::Refused(error));
                     continue;
                 }
             };
             self.dequeued(entry.seq());
-            let (state, scope, attempt) = (entry.state, entry.scope, entry.attempt);
+            let (state, scope) = (entry.state, entry.scope);
             let queued_at = entry.virtual_start();
-            let span = self.begin(state, attempt);
+            let (span, attempt) = self.begin(state, (entry.attempt, entry.visit));
             let context = self.state_context(state, attempt);
             match task::start(&self.compiled.states[state.index()].func, &context) {
                 Ok(run) => {
@@ -138,17 +138,25 @@ impl Coordinator {
         }
     }
 
-    /// Records that `state` starts attempt `attempt` now; returns the span it is traced in.
-    pub(super) fn begin(&mut self, state: StateId, attempt: u32) -> tracing::Span {
+    /// Records that `state` starts attempt `attempt` of run `visit` (0: a new run) now;
+    /// returns the span it is traced in, and the attempt with its visit number.
+    pub(super) fn begin(
+        &mut self,
+        state: StateId,
+        (attempt, mut visit): (u32, u32),
+    ) -> (tracing::Span, (u32, u32)) {
         let now = self.now;
         let record = &mut self.states[state.index()];
         if attempt == 1 {
             record.runs = record.runs.saturating_add(1);
-            match self.reruns.get_mut(state.index()) {
-                Some(reruns) if *reruns > 0 => *reruns -= 1,
-                _ => record.visits = record.visits.saturating_add(1),
-            }
             self.dependency_began(state);
+        }
+        // A new run of the state takes the next visit number; a retry, a restarted or a
+        // preempted attempt keeps its own.
+        let record = &mut self.states[state.index()];
+        if visit == 0 {
+            record.visits = record.visits.saturating_add(1);
+            visit = record.visits;
         }
         let record = &mut self.states[state.index()];
         record.attempts = attempt;
@@ -164,13 +172,13 @@ impl Coordinator {
                 attempt,
             });
         }
-        tracing::debug_span!("state", state = %self.graph.name(state), run, attempt)
+        let span = tracing::debug_span!("state", state = %self.graph.name(state), run, attempt);
+        (span, (attempt, visit))
     }
 
     /// The context handle a state's attempt is given (which state, attempt and visit).
-    pub(super) fn state_context(&self, state: StateId, attempt: u32) -> Context {
-        self.context
-            .for_state(state, attempt, self.states[state.index()].visits)
+    pub(super) fn state_context(&self, state: StateId, (attempt, visit): (u32, u32)) -> Context {
+        self.context.for_state(state, attempt, visit)
     }
 
     /// A free slot for a running attempt, and a ticket no earlier attempt had.
@@ -192,7 +200,7 @@ impl Coordinator {
         &mut self,
         state: StateId,
         scope: ScopeId,
-        attempt: u32,
+        (attempt, visit): (u32, u32),
         started: Instant,
         run: task::Attempt,
         Admission {
@@ -233,6 +241,7 @@ impl Coordinator {
             state,
             scope,
             attempt,
+            visit,
             started,
             abort,
             breaker,
@@ -251,7 +260,7 @@ impl Coordinator {
         &mut self,
         state: StateId,
         scope: ScopeId,
-        attempt: u32,
+        (attempt, visit): (u32, u32),
         outcome: Outcome,
     ) {
         let (slot, ticket) = self.take_slot();
@@ -260,6 +269,7 @@ impl Coordinator {
             state,
             scope,
             attempt,
+            visit,
             started,
             abort: None,
             breaker: None,

@@ -117,14 +117,10 @@ pub(crate) struct Coordinator {
     writer: Option<Writer>,
     ticker: Option<AbortHandle>,
     /// The state whose failure (with no handler) stopped the run, and its branch.
-    failed_state: Option<(StateId, ScopeId)>,
+    failed_state: Option<(StateId, ScopeId, u32)>,
     /// A checkpointed run: listed for answers given through its store in this process, and
     /// reading those other processes leave there (see `watch_store_for_answers`).
     input_watch: Option<InputWatch>,
-    /// Per state, the first attempts a restore found in flight and has not started again
-    /// yet: they start as the visit they were (see `StateReport::visits`). Empty unless
-    /// restored.
-    reruns: Vec<u32>,
     /// The highest checkpoint sequence this run saved (see `writer::save`).
     saved_sequence: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -133,6 +129,8 @@ struct Running {
     state: StateId,
     scope: ScopeId,
     attempt: u32,
+    /// Which run of the state it is (see `ReadyEntry::visit`).
+    visit: u32,
     started: Instant,
     /// The task, when the state has one (a state whose body panicked when called has none).
     abort: Option<AbortHandle>,
@@ -220,7 +218,6 @@ impl Coordinator {
             ticker: None,
             failed_state: None,
             saved_sequence: Arc::default(),
-            reruns: Vec::new(),
             input_watch: None,
             ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.wait_rules),
             states: graph
@@ -525,24 +522,36 @@ impl Coordinator {
         .abort_handle()
     }
 
-    /// Queues a state for attempt `attempt`; if it needs resources and has an acquisition
+    /// Queues a state for attempt `attempt` of run `visit` (0: a new run); if it needs resources and has an acquisition
     /// timeout, arms a deadline for the wait.
-    fn enqueue(&mut self, state: StateId, scope: ScopeId, attempt: u32) {
+    fn enqueue(&mut self, state: StateId, scope: ScopeId, attempt: u32, visit: u32) {
         let spec = &self.compiled.states[state.index()];
         let seq = self
             .ready
-            .push(state, scope, attempt, spec.priority, self.now);
+            .push(state, scope, attempt, visit, spec.priority, self.now);
         self.arm_acquire_deadline(state, seq);
     }
 
     /// Whether everything the run does is wait for answers: states run, each waits for one,
-    /// and nothing is queued or due later.
+    /// and nothing is queued or due later (a retry, a dependency's timeout).
     fn only_awaiting_input(&self) -> bool {
-        self.running_count > 0
-            && self.ready.is_empty()
-            && self.timer_count == 0
-            && self.checkpoints.is_some()
-            && self.observer.inputs.waiting_attempts() >= self.running_count
+        if self.running_count == 0
+            || !self.ready.is_empty()
+            || self.timer_count > 0
+            || self.deps.armed > 0
+            || self.checkpoints.is_none()
+        {
+            return false;
+        }
+        // Each running state itself waits (not a finished attempt's request, not another
+        // run of the same state).
+        let waiting = self.observer.inputs.waiting_runs();
+        self.running.iter().flatten().all(|running| {
+            let name = self.graph.name(running.state);
+            waiting
+                .iter()
+                .any(|(state, visit)| **state == **name && *visit == running.visit)
+        })
     }
 
     /// A checkpointed run asked for input: from now on, answers left in its store (by this
@@ -609,8 +618,16 @@ impl Coordinator {
     }
 
     /// Queues a restored attempt at a given place in the order.
-    fn requeue(&mut self, state: StateId, scope: ScopeId, attempt: u32, virtual_start: i64) {
-        let seq = self.ready.push_at(state, scope, attempt, virtual_start);
+    fn requeue(
+        &mut self,
+        state: StateId,
+        scope: ScopeId,
+        (attempt, visit): (u32, u32),
+        virtual_start: i64,
+    ) {
+        let seq = self
+            .ready
+            .push_at(state, scope, attempt, visit, virtual_start);
         self.arm_acquire_deadline(state, seq);
         self.set_status(state, StateStatus::Ready);
     }
@@ -628,6 +645,7 @@ impl Coordinator {
             state,
             scope,
             attempt,
+            visit,
             started,
             breaker,
             ..
@@ -638,7 +656,7 @@ impl Coordinator {
         self.free_slots.push(slot);
         self.running_count -= 1;
         record_breaker(breaker, &outcome);
-        self.finish(state, scope, attempt, started, outcome)
+        self.finish(state, scope, (attempt, visit), started, outcome)
     }
 
     /// Records how a state's attempt ended and routes its branch: on, to a retry, to its
@@ -647,7 +665,7 @@ impl Coordinator {
         &mut self,
         state: StateId,
         scope: ScopeId,
-        attempt: u32,
+        attempt: (u32, u32),
         started: Instant,
         outcome: Outcome,
     ) -> Result<(), FlowError> {
@@ -801,7 +819,7 @@ impl Coordinator {
 
     /// Queues a state's first attempt (it passed the dependency gate).
     fn make_ready(&mut self, state: StateId, scope: ScopeId) {
-        self.enqueue(state, scope, 1);
+        self.enqueue(state, scope, 1, 0);
         self.dependency_started(state);
         self.set_status(state, StateStatus::Ready);
         if self.events.is_observed() {

@@ -92,10 +92,11 @@ impl Coordinator {
             }
             self.free_slots.push(slot as u32);
             self.running_count -= 1;
-            let (state, scope, attempt, queued_at) = (
+            let (state, scope, attempt, visit, queued_at) = (
                 running.state,
                 running.scope,
                 running.attempt,
+                running.visit,
                 running.queued_at,
             );
             tracing::debug!(state = %self.graph.name(state), "preempted");
@@ -104,7 +105,8 @@ impl Coordinator {
             self.publish(EventKind::StateCancelled {
                 state: Arc::clone(self.graph.name(state)),
             });
-            self.ready.push_at(state, scope, attempt, queued_at);
+            // The same run of it, from its start again.
+            self.ready.push_at(state, scope, attempt, visit, queued_at);
             self.set_status(state, StateStatus::Ready);
         }
         true

@@ -24,6 +24,9 @@ pub(crate) struct ReadyEntry {
     pub(crate) state: StateId,
     pub(crate) scope: ScopeId,
     pub(crate) attempt: u32,
+    /// Which run of the state this entry is: 0 for one not started yet (its first attempt
+    /// takes the next number when it starts); a retry or a restarted attempt keeps its own.
+    pub(crate) visit: u32,
 }
 
 impl ReadyEntry {
@@ -136,6 +139,7 @@ impl ReadyQueue {
         state: StateId,
         scope: ScopeId,
         attempt: u32,
+        visit: u32,
         priority: Priority,
         now: Instant,
     ) -> u64 {
@@ -143,7 +147,7 @@ impl ReadyQueue {
         let virtual_start = self
             .clock(now)
             .saturating_sub(self.aging_micros.saturating_mul(level));
-        self.push_at(state, scope, attempt, virtual_start)
+        self.push_at(state, scope, attempt, visit, virtual_start)
     }
 
     /// When an entry of this priority became ready (the inverse of `push`).
@@ -175,6 +179,7 @@ impl ReadyQueue {
         state: StateId,
         scope: ScopeId,
         attempt: u32,
+        visit: u32,
         virtual_start: i64,
     ) -> u64 {
         self.next_seq += 1;
@@ -184,6 +189,7 @@ impl ReadyQueue {
             state,
             scope,
             attempt,
+            visit,
         });
         self.next_seq
     }
@@ -438,11 +444,11 @@ mod tests {
     async fn priority_first_then_arrival_order() {
         let mut queue = ReadyQueue::new(Duration::from_secs(1));
         let id = StateId::new;
-        queue.push(id(0), 0, 1, Priority::Normal, Instant::now());
-        queue.push(id(1), 0, 1, Priority::Low, Instant::now());
-        queue.push(id(2), 0, 1, Priority::Critical, Instant::now());
-        queue.push(id(3), 0, 1, Priority::Normal, Instant::now());
-        queue.push(id(4), 0, 1, Priority::High, Instant::now());
+        queue.push(id(0), 0, 1, 0, Priority::Normal, Instant::now());
+        queue.push(id(1), 0, 1, 0, Priority::Low, Instant::now());
+        queue.push(id(2), 0, 1, 0, Priority::Critical, Instant::now());
+        queue.push(id(3), 0, 1, 0, Priority::Normal, Instant::now());
+        queue.push(id(4), 0, 1, 0, Priority::High, Instant::now());
         assert_eq!(order(&mut queue), vec![2, 4, 0, 3, 1]);
     }
 
@@ -450,13 +456,13 @@ mod tests {
     async fn waiting_ages_past_later_higher_priorities() {
         let mut queue = ReadyQueue::new(Duration::from_millis(100));
         let id = StateId::new;
-        queue.push(id(0), 0, 1, Priority::Low, Instant::now());
+        queue.push(id(0), 0, 1, 0, Priority::Low, Instant::now());
         tokio::time::advance(Duration::from_millis(250)).await;
         // A Critical state 250 ms later gets a 300 ms head start: it still goes first...
-        queue.push(id(1), 0, 1, Priority::Critical, Instant::now());
+        queue.push(id(1), 0, 1, 0, Priority::Critical, Instant::now());
         tokio::time::advance(Duration::from_millis(100)).await;
         // ...but a High one 350 ms later (200 ms head start) comes after the old Low one.
-        queue.push(id(2), 0, 1, Priority::High, Instant::now());
+        queue.push(id(2), 0, 1, 0, Priority::High, Instant::now());
         assert_eq!(order(&mut queue), vec![1, 0, 2]);
     }
 }
