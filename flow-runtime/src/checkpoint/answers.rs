@@ -2,14 +2,14 @@
 //! [`RedbStore`](super::RedbStore) (beside the database, so that another process can post one
 //! while the run's process holds the database open).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use flow_core::FlowError;
 use serde::Serialize;
 
-use super::file::escape;
+use super::file::{escape, write_whole};
 use crate::input::{InputId, PostedAnswer};
 
 /// A directory of answers to the input requests of durable runs: one file per request, the
@@ -84,23 +84,8 @@ impl AnswerInbox {
             key: format!("answer to {}", answer.id),
             message: error.to_string(),
         })?;
-        let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temporary)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&temporary, &target)?;
-            File::open(&dir)?.sync_all()
-        };
-        write().map_err(|error| {
-            // (`create_new` failing means the file is someone else's: left alone.)
-            if error.kind() != io::ErrorKind::AlreadyExists {
-                let _ = fs::remove_file(&temporary);
-            }
-            self.failed(format!("writing {}", target.display()), &error)
-        })
+        write_whole(&dir, &temporary, &target, &bytes)
+            .map_err(|error| self.failed(format!("writing {}", target.display()), &error))
     }
 
     /// Every answer left for the run (unreadable files are skipped: a file being replaced).

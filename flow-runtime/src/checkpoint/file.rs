@@ -109,21 +109,8 @@ impl CheckpointStore for FileStore {
             checkpoint.sequence,
             std::process::id()
         ));
-        let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temporary)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&temporary, &target)?;
-            // The rename is durable once the directory is.
-            File::open(&dir)?.sync_all()
-        };
-        write().map_err(|error| {
-            let _ = fs::remove_file(&temporary);
-            self.failed(&format!("writing {}", target.display()), &error)
-        })
+        write_whole(&dir, &temporary, &target, &bytes)
+            .map_err(|error| self.failed(&format!("writing {}", target.display()), &error))
     }
 
     fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {
@@ -183,6 +170,31 @@ impl CheckpointStore for FileStore {
             Err(error) => Err(self.failed(&format!("deleting {}", path.display()), &error)),
         }
     }
+}
+
+/// Writes `bytes` to `target` in `dir` whole or not at all: into `temporary` (a name no one
+/// else uses), synced, renamed over `target`, and the directory synced (the rename is durable
+/// once the directory is). A temporary file this call created is removed if it fails.
+pub(crate) fn write_whole(
+    dir: &Path,
+    temporary: &Path,
+    target: &Path,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(temporary)?;
+    let written = (|| {
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(temporary, target)?;
+        File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(temporary);
+    }
+    written
 }
 
 /// A name as a safe file name: ASCII letters, digits, `-` and `_` stay; everything else
