@@ -28,6 +28,10 @@ pub use flow_runtime::{
     HumanInput, InputAnswerer, InputId, InputOutcome, InputProvider, InputRecord, InputRequest,
     InputRequests, PendingInput, PostedAnswer, Refusal, TerminalProvider,
 };
+pub use flow_runtime::{
+    Concurrency, DEFAULT_THROUGHPUT_WINDOW, InputMetrics, MetricType, Monitor, MonitorUpdates,
+    RunOutcomes, Snapshot, StateMetrics, Summary, Throughput, UpdateGuard, WorkflowMetrics,
+};
 
 mod transitions;
 

@@ -31,7 +31,7 @@ fn describe(kind: &EventKind) -> String {
         EventKind::RunPaused => "paused".into(),
         EventKind::RunResumed => "resumed".into(),
         EventKind::StateCompleted { state, .. } => format!("completed {state}"),
-        EventKind::StateFailed { state, error } => format!("failed {state}: {error}"),
+        EventKind::StateFailed { state, error, .. } => format!("failed {state}: {error}"),
         EventKind::StateCancelled { state } => format!("cancelled {state}"),
         other => format!("{other:?}"),
     }

@@ -82,12 +82,15 @@ pub enum EventKind {
         /// How long it ran.
         duration: Duration,
     },
-    /// A state failed: returned an error, panicked or timed out.
+    /// A state failed for good (after its retries): returned an error, panicked, timed out,
+    /// or was refused.
     StateFailed {
         /// The state.
         state: Arc<str>,
         /// The error's message.
         error: String,
+        /// What kind of failure it was.
+        kind: crate::FailureKind,
     },
     /// A running state was cancelled because the run stopped.
     StateCancelled {

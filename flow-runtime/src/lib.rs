@@ -13,6 +13,7 @@ mod dependency;
 mod events;
 mod failure;
 mod input;
+mod monitor;
 mod resilience;
 mod resources;
 mod run;
@@ -40,6 +41,10 @@ pub use input::{
     Ask, ChannelProvider, DEFAULT_INPUT_TIMEOUT, HumanInput, InputAnswerer, InputId, InputOutcome,
     InputProvider, InputRecord, InputRequest, InputRequests, PendingInput, PostedAnswer, Refusal,
     TerminalProvider,
+};
+pub use monitor::{
+    Concurrency, DEFAULT_THROUGHPUT_WINDOW, InputMetrics, MetricType, Monitor, MonitorUpdates,
+    RunOutcomes, Snapshot, StateMetrics, Summary, Throughput, UpdateGuard, WorkflowMetrics,
 };
 pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};
 pub use resources::{Allocation, ResourceKind, ResourcePool, UsageStats, Waiting};

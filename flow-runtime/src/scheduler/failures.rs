@@ -150,6 +150,7 @@ impl Coordinator {
             self.publish(EventKind::StateFailed {
                 state,
                 error: message.clone(),
+                kind,
             });
         }
         let letter = DeadLetter {

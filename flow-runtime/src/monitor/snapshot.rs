@@ -1,0 +1,166 @@
+//! What a [`Monitor`](super::Monitor) reports: plain serde data.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Everything a monitor has seen, aggregated across the runs of the agents it watches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// By workflow (agent name).
+    pub workflows: BTreeMap<String, WorkflowMetrics>,
+    /// Events the monitor could not read because it fell behind (its subscriptions' lag):
+    /// when not 0, counts and histograms miss that many events. Raise the agents'
+    /// `event_capacity` if it happens.
+    pub events_missed: u64,
+}
+
+/// One workflow's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowMetrics {
+    /// Runs by outcome.
+    pub runs: RunOutcomes,
+    /// How long runs took, start to end (with `MetricType::TIMING`).
+    pub run_duration: Option<Summary>,
+    /// By state.
+    pub states: BTreeMap<String, StateMetrics>,
+    /// States and runs per second (with `MetricType::THROUGHPUT`).
+    pub throughput: Option<Throughput>,
+    /// States running now, and the most at once (with `MetricType::STATE`).
+    pub concurrency: Option<Concurrency>,
+    /// Failures by kind (with `MetricType::ERRORS`).
+    pub errors: Option<BTreeMap<String, u64>>,
+}
+
+/// Runs by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOutcomes {
+    /// Runs started.
+    pub started: u64,
+    /// Runs that completed.
+    pub completed: u64,
+    /// Runs that failed.
+    pub failed: u64,
+    /// Runs that were cancelled.
+    pub cancelled: u64,
+    /// Runs that suspended waiting for input.
+    pub awaiting_input: u64,
+}
+
+/// One state's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateMetrics {
+    /// Attempts started.
+    pub started: u64,
+    /// Attempts that completed.
+    pub completed: u64,
+    /// Attempts that failed and were retried (not counted in `failed`).
+    pub retried: u64,
+    /// Runs that failed for good, after their retries.
+    pub failed: u64,
+    /// Attempts cancelled because their run stopped.
+    pub cancelled: u64,
+    /// How long completed attempts ran (with `MetricType::TIMING`).
+    pub duration: Option<Summary>,
+    /// How long attempts waited from ready to started: for a slot, the resource pool and
+    /// admission gates (with `MetricType::TIMING`).
+    pub queue_wait: Option<Summary>,
+    /// Input requests (with `MetricType::INPUT`).
+    pub input: Option<InputMetrics>,
+}
+
+/// A state's input requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InputMetrics {
+    /// Requests made.
+    pub requested: u64,
+    /// Requests answered.
+    pub answered: u64,
+    /// Answers refused.
+    pub refused: u64,
+    /// Requests that timed out.
+    pub timed_out: u64,
+    /// How long answered requests waited for their answer.
+    pub wait: Option<Summary>,
+}
+
+/// A distribution of durations, in milliseconds.
+///
+/// Kept in an HDR histogram of microseconds with 3 significant digits: each figure is within
+/// 0.1% of the exact value (durations above one hour are counted as one hour).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// How many.
+    pub count: u64,
+    /// The shortest.
+    pub min_ms: f64,
+    /// The mean.
+    pub mean_ms: f64,
+    /// The median.
+    pub p50_ms: f64,
+    /// The 95th percentile.
+    pub p95_ms: f64,
+    /// The 99th percentile.
+    pub p99_ms: f64,
+    /// The longest.
+    pub max_ms: f64,
+}
+
+/// States and runs per second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// States completed per second over the last window.
+    pub states_per_s_window: f64,
+    /// Runs finished per second over the last window.
+    pub runs_per_s_window: f64,
+    /// The window, in seconds (see `Monitor::window`).
+    pub window_s: f64,
+    /// States completed per second since the monitor saw its first event of this workflow.
+    pub states_per_s: f64,
+    /// Runs finished per second since then.
+    pub runs_per_s: f64,
+}
+
+/// States running and queued.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Concurrency {
+    /// Running now.
+    pub running: u64,
+    /// The most that ran at once.
+    pub peak: u64,
+    /// Ready and waiting to start now (for a slot, the pool or a gate).
+    pub queued: u64,
+}
+
+/// A histogram of durations in microseconds, from 1 µs to one hour, 3 significant digits.
+pub(crate) struct Durations(Histogram<u64>);
+
+impl Durations {
+    pub(crate) fn new() -> Self {
+        Self(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid"))
+    }
+
+    pub(crate) fn record(&mut self, duration: Duration) {
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        self.0.saturating_record(micros.max(1));
+    }
+
+    pub(crate) fn summary(&self) -> Option<Summary> {
+        let h = &self.0;
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Some(Summary {
+            count: h.len(),
+            min_ms: ms(h.min()),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p95_ms: ms(h.value_at_quantile(0.95)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        })
+    }
+}

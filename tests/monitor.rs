@@ -1,0 +1,323 @@
+//! The monitor: exact figures on the paused clock for durations and percentiles, queue waits,
+//! retries apart from failures, throughput windows, concurrency, input waits, several agents,
+//! live updates and reset.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use fluffy_flow::{MetricType, Monitor, RetryPolicy, Snapshot, Summary};
+use tokio::time::sleep;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Lets the monitor's reader catch up with what was published.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Within the histogram's precision (3 significant digits: 0.1%).
+fn close(actual: f64, expected: f64) -> bool {
+    (actual - expected).abs() <= expected * 0.001 + 1e-9
+}
+
+fn assert_summary(summary: &Summary, count: u64, min: f64, p50: f64, p95: f64, max: f64) {
+    assert_eq!(summary.count, count, "{summary:?}");
+    for (what, actual, expected) in [
+        ("min", summary.min_ms, min),
+        ("p50", summary.p50_ms, p50),
+        ("p95", summary.p95_ms, p95),
+        ("max", summary.max_ms, max),
+    ] {
+        assert!(
+            close(actual, expected),
+            "{what}: {actual} against {expected}: {summary:?}"
+        );
+    }
+}
+
+fn state<'a>(snapshot: &'a Snapshot, workflow: &str, state: &str) -> &'a fluffy_flow::StateMetrics {
+    &snapshot.workflows[workflow].states[state]
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_runs_of_10_to_100_ms_give_the_percentiles() {
+    let mut agent = Agent::new("loop");
+    agent.add_state("work", |ctx: Context| async move {
+        let round = ctx.get_state_or::<u64>("round", 0)? + 1;
+        sleep(ms(10 * round)).await;
+        ctx.set_state("round", round);
+        Ok(if round < 10 {
+            Next::to("work")
+        } else {
+            Next::End
+        })
+    });
+    let monitor = Monitor::new(MetricType::ALL);
+    monitor.attach(&agent).unwrap();
+    let report = agent.run().await.unwrap();
+    settle().await;
+    let snapshot = monitor.snapshot();
+    let work = state(&snapshot, "loop", "work");
+    assert_eq!(
+        (work.started, work.completed, work.failed, work.retried),
+        (10, 10, 0, 0)
+    );
+    let duration = work.duration.as_ref().unwrap();
+    assert_summary(duration, 10, 10.0, 50.0, 100.0, 100.0);
+    assert!(close(duration.mean_ms, 55.0), "{duration:?}");
+    let runs = &snapshot.workflows["loop"];
+    assert_eq!(runs.runs.started, 1);
+    assert_eq!(runs.runs.completed, 1);
+    let run = runs.run_duration.as_ref().unwrap();
+    assert!(
+        close(run.max_ms, report.duration.as_secs_f64() * 1000.0),
+        "{run:?}"
+    );
+    assert!(close(run.max_ms, 550.0));
+    assert_eq!(snapshot.events_missed, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_are_counted_apart_from_final_failures() {
+    let mut agent = Agent::new("flaky");
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    agent
+        .add_state("recovers", move |_ctx: Context| {
+            let calls = Arc::clone(&c);
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return Err("not yet".into());
+                }
+                Ok(Next::to("gives_up"))
+            }
+        })
+        .retry(RetryPolicy {
+            max_retries: 2,
+            initial_delay: ms(10),
+            ..RetryPolicy::DEFAULT
+        });
+    agent
+        .add_state("gives_up", |_ctx: Context| async {
+            sleep(ms(5)).await;
+            Err("never".into())
+        })
+        .retry(RetryPolicy {
+            max_retries: 1,
+            initial_delay: ms(10),
+            ..RetryPolicy::DEFAULT
+        });
+    let monitor = Monitor::new(MetricType::ALL);
+    monitor.attach(&agent).unwrap();
+    assert!(agent.run().await.is_err());
+    settle().await;
+    let snapshot = monitor.snapshot();
+    let recovers = state(&snapshot, "flaky", "recovers");
+    assert_eq!(
+        (
+            recovers.started,
+            recovers.completed,
+            recovers.retried,
+            recovers.failed
+        ),
+        (3, 1, 2, 0)
+    );
+    let gives_up = state(&snapshot, "flaky", "gives_up");
+    assert_eq!(
+        (
+            gives_up.started,
+            gives_up.completed,
+            gives_up.retried,
+            gives_up.failed
+        ),
+        (2, 0, 1, 1)
+    );
+    let workflow = &snapshot.workflows["flaky"];
+    assert_eq!(workflow.runs.failed, 1);
+    assert_eq!(workflow.errors.as_ref().unwrap()["error"], 1);
+    assert_eq!(workflow.concurrency.as_ref().unwrap().running, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_waits_and_concurrency() {
+    let mut agent = Agent::new("narrow");
+    agent.add_state("fork", |_ctx: Context| async {
+        Ok(Next::parallel(["a", "b", "c"]))
+    });
+    for name in ["a", "b", "c"] {
+        agent.add_state(name, |_ctx: Context| async {
+            sleep(ms(100)).await;
+            Ok(Next::End)
+        });
+    }
+    agent.max_concurrent(1);
+    let wide = {
+        let mut agent = Agent::new("wide");
+        agent.add_state("fork", |_ctx: Context| async {
+            Ok(Next::parallel(["a", "b", "c", "d", "e"]))
+        });
+        for name in ["a", "b", "c", "d", "e"] {
+            agent.add_state(name, |_ctx: Context| async {
+                sleep(ms(100)).await;
+                Ok(Next::End)
+            });
+        }
+        agent
+    };
+    let monitor = Monitor::new(MetricType::TIMING | MetricType::STATE);
+    monitor.attach(&agent).unwrap();
+    monitor.attach(&wide).unwrap();
+    agent.run().await.unwrap();
+    wide.run().await.unwrap();
+    settle().await;
+    let snapshot = monitor.snapshot();
+    // One at a time: the three branches waited 0, 100 and 200 ms for the slot.
+    let mut waits: Vec<f64> = ["a", "b", "c"]
+        .iter()
+        .map(|s| {
+            state(&snapshot, "narrow", s)
+                .queue_wait
+                .as_ref()
+                .unwrap()
+                .max_ms
+        })
+        .collect();
+    waits.sort_by(f64::total_cmp);
+    assert!(
+        close(waits[1], 100.0) && close(waits[2], 200.0),
+        "{waits:?}"
+    );
+    let narrow = snapshot.workflows["narrow"].concurrency.as_ref().unwrap();
+    assert_eq!((narrow.running, narrow.peak, narrow.queued), (0, 1, 0));
+    let wide = snapshot.workflows["wide"].concurrency.as_ref().unwrap();
+    assert_eq!((wide.running, wide.peak, wide.queued), (0, 5, 0));
+    // Only what was asked for.
+    assert!(snapshot.workflows["wide"].throughput.is_none());
+    assert!(snapshot.workflows["wide"].errors.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn throughput_over_the_window_and_overall() {
+    let mut agent = Agent::new("chain");
+    agent.add_state("step", |ctx: Context| async move {
+        let done = ctx.get_state_or::<u32>("done", 0)? + 1;
+        sleep(ms(100)).await;
+        ctx.set_state("done", done);
+        Ok(if done < 20 {
+            Next::to("step")
+        } else {
+            Next::End
+        })
+    });
+    let monitor = Monitor::new(MetricType::THROUGHPUT).window(Duration::from_secs(1));
+    monitor.attach(&agent).unwrap();
+    agent.run().await.unwrap();
+    settle().await;
+    // Completions at 100, 200, ... 2000 ms; now is 2000 ms.
+    let snapshot = monitor.snapshot();
+    let throughput = snapshot.workflows["chain"].throughput.as_ref().unwrap();
+    assert!(close(throughput.states_per_s, 10.0), "{throughput:?}");
+    assert!(
+        close(throughput.states_per_s_window, 11.0),
+        "{throughput:?}"
+    );
+    assert!(close(throughput.runs_per_s, 0.5), "{throughput:?}");
+    assert_eq!(throughput.window_s, 1.0);
+    // Two seconds later, nothing in the window.
+    sleep(Duration::from_secs(2)).await;
+    let later = monitor.snapshot();
+    let throughput = later.workflows["chain"].throughput.as_ref().unwrap();
+    assert_eq!(throughput.states_per_s_window, 0.0);
+    assert!(close(throughput.states_per_s, 5.0), "{throughput:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn input_waits_are_measured() {
+    let mut agent = Agent::new("review");
+    agent.add_state("ask", |ctx: Context| async move {
+        ctx.human_input("ok?")
+            .validator(|a: &str| if a == "yes" { Ok(()) } else { Err("say yes") })
+            .await?;
+        Ok(Next::End)
+    });
+    let monitor = Monitor::new(MetricType::INPUT);
+    monitor.attach(&agent).unwrap();
+    let handle = agent.start().unwrap();
+    sleep(ms(300)).await;
+    let id = handle.pending_inputs()[0].id.clone();
+    assert!(handle.answer(&id, "no").is_err());
+    handle.answer(&id, "yes").unwrap();
+    handle.wait().await;
+    settle().await;
+    let snapshot = monitor.snapshot();
+    let input = state(&snapshot, "review", "ask").input.as_ref().unwrap();
+    assert_eq!(
+        (
+            input.requested,
+            input.answered,
+            input.refused,
+            input.timed_out
+        ),
+        (1, 1, 1, 0)
+    );
+    assert_summary(input.wait.as_ref().unwrap(), 1, 300.0, 300.0, 300.0, 300.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_updates_on_the_paused_clock_and_reset() {
+    let mut agent = Agent::new("steps");
+    agent.add_state("step", |ctx: Context| async move {
+        let done = ctx.get_state_or::<u32>("done", 0)? + 1;
+        sleep(ms(100)).await;
+        ctx.set_state("done", done);
+        Ok(if done < 5 {
+            Next::to("step")
+        } else {
+            Next::End
+        })
+    });
+    let monitor = Monitor::new(MetricType::ALL);
+    monitor.attach(&agent).unwrap();
+    let mut updates = monitor.subscribe(ms(100));
+    let handle = agent.start().unwrap();
+    let mut completed = Vec::new();
+    for _ in 0..6 {
+        let snapshot = updates.next().await.unwrap();
+        completed.push(
+            snapshot
+                .workflows
+                .get("steps")
+                .and_then(|w| w.states.get("step"))
+                .map_or(0, |s| s.completed),
+        );
+    }
+    handle.wait().await;
+    // A snapshot at 0, 100, ... 500 ms: each sees the steps completed before its tick (the
+    // one completing at the tick's instant may be read just after).
+    assert_eq!(completed.len(), 6);
+    assert!(completed.windows(2).all(|w| w[0] <= w[1]), "{completed:?}");
+    assert_eq!(completed[0], 0);
+    assert!(completed[5] >= 4, "{completed:?}");
+
+    // A callback gets the same.
+    let seen = Arc::new(AtomicU32::new(0));
+    let s = Arc::clone(&seen);
+    let guard = monitor
+        .on_update(ms(100), move |snapshot| {
+            let done = snapshot.workflows["steps"].states["step"].completed;
+            s.store(done as u32, Ordering::SeqCst);
+        })
+        .unwrap();
+    sleep(ms(150)).await;
+    assert_eq!(seen.load(Ordering::SeqCst), 5);
+    drop(guard);
+
+    monitor.reset();
+    assert!(monitor.snapshot().workflows.is_empty());
+}
