@@ -5,6 +5,7 @@ mod scenarios;
 fn main() {
     for (scenario, n) in [
         ("chain", 10_000),
+        ("monitored_chain", 10_000),
         ("chain_macro", 10_000),
         ("fanout", 10_000),
         ("fanout_io", 1_000),

@@ -71,6 +71,35 @@ async fn chain(n: usize) -> Sample {
     timed_writes(n, || chain_agent(n)).await
 }
 
+/// `chain` with a monitor keeping every metric attached: the run's events are read and folded
+/// on the other worker while it runs (the event buffer holds them all, so none is missed).
+/// Checks that the monitor counted every state's completion.
+async fn monitored_chain(n: usize) -> Sample {
+    use fluffy_flow::{MetricType, Monitor};
+    let monitor = Monitor::new(MetricType::ALL);
+    let mut sample = timed_writes(n, || {
+        let mut agent = chain_agent(n);
+        agent.event_capacity((n * 4).max(1024));
+        monitor.attach(&agent).expect("a runtime");
+        agent
+    })
+    .await;
+    // The monitor reads on its own task: wait (bounded) until it has read the run's end.
+    let mut counted = 0;
+    for _ in 0..10_000 {
+        let snapshot = monitor.snapshot();
+        let workflow = snapshot.workflows.get("chain");
+        counted = workflow.map_or(0, |w| w.states.values().map(|s| s.completed).sum::<u64>());
+        if workflow.is_some_and(|w| w.runs.completed == 1) || snapshot.events_missed > 0 {
+            sample.correct &= snapshot.events_missed == 0;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    sample.correct &= counted == n as u64;
+    sample
+}
+
 /// `chain_macro`: the same work as `chain` (one context write under a distinct key per
 /// transition), written with the macros as a ring of ten states that goes round until `n`
 /// transitions are done.
@@ -603,8 +632,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The scenarios `run` knows.
-pub const SCENARIOS: [&str; 13] = [
+pub const SCENARIOS: [&str; 14] = [
     "chain",
+    "monitored_chain",
     "chain_macro",
     "ring",
     "fanout",
@@ -656,6 +686,7 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
                         sample
                     }
                     "chain" => chain(n).await,
+                    "monitored_chain" => monitored_chain(n).await,
                     "chain_macro" => chain_macro(n).await,
                     "ring" => ring(n).await,
                     "fanout" => fanout(n, None).await,

@@ -88,8 +88,8 @@ pub struct InputMetrics {
 
 /// A distribution of durations, in milliseconds.
 ///
-/// Kept in an HDR histogram of microseconds with 3 significant digits: each figure is within
-/// 0.1% of the exact value (durations above one hour are counted as one hour).
+/// Kept in an HDR histogram of microseconds with 2 significant digits: each figure is within
+/// 1% of the exact value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// How many.
@@ -134,17 +134,20 @@ pub struct Concurrency {
     pub queued: u64,
 }
 
-/// A histogram of durations in microseconds, from 1 µs to one hour, 3 significant digits.
-pub(crate) struct Durations(Histogram<u64>);
+/// A histogram of durations in microseconds, 2 significant digits, growing with the largest
+/// value recorded (a state of microseconds keeps a few hundred bytes; one of minutes a few
+/// kilobytes).
+pub(crate) struct Durations(Histogram<u32>);
 
 impl Durations {
     pub(crate) fn new() -> Self {
-        Self(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid"))
+        Self(Histogram::new(2).expect("2 significant digits are valid"))
     }
 
     pub(crate) fn record(&mut self, duration: Duration) {
         let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        self.0.saturating_record(micros.max(1));
+        // (Auto-resizing: records any value; a count past u32::MAX saturates.)
+        let _ = self.0.record(micros.max(1));
     }
 
     pub(crate) fn summary(&self) -> Option<Summary> {
