@@ -56,6 +56,10 @@ impl BitOr for MetricType {
     }
 }
 
+/// A reader that took this many events at once pauses for `BATCH_PAUSE` before reading on.
+const BATCH: usize = 256;
+const BATCH_PAUSE: Duration = Duration::from_micros(200);
+
 /// How long the throughput window is unless set with [`Monitor::window`]: 10 s.
 pub const DEFAULT_THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
 
@@ -131,12 +135,29 @@ impl Monitor {
         let mut events = agent.subscribe();
         let aggregate = Arc::clone(&self.inner.aggregate);
         let reader = runtime.spawn(async move {
-            while let Some(event) = events.next().await {
-                let mut aggregate = aggregate.lock().unwrap_or_else(PoisonError::into_inner);
-                match event {
-                    Ok(event) => aggregate.apply(&workflow, &event),
-                    Err(EventStreamError::Lagged(missed)) => aggregate.missed += missed,
-                    Err(EventStreamError::Closed) => break,
+            // Waits for an event, then takes every event already there in one go: a busy
+            // run's events are read in batches, under one lock, without waking this task
+            // (and its worker) once per event.
+            while let Some(first) = events.next().await {
+                let mut taken = 0usize;
+                {
+                    let mut aggregate = aggregate.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut next = Some(first);
+                    while let Some(event) = next {
+                        taken += 1;
+                        match event {
+                            Ok(event) => aggregate.apply(&workflow, &event),
+                            Err(EventStreamError::Lagged(missed)) => aggregate.missed += missed,
+                            Err(EventStreamError::Closed) => return,
+                        }
+                        next = events.try_recv();
+                    }
+                }
+                // Events come faster than one at a time: let more gather before reading on,
+                // rather than being woken by each (well within the buffer at any rate a run
+                // reaches: see `event_capacity`).
+                if taken >= BATCH {
+                    tokio::time::sleep(BATCH_PAUSE).await;
                 }
             }
         });
