@@ -8,6 +8,8 @@ pub use flow_core::{
     WorkflowSpec, parse_duration,
 };
 pub use flow_macros::{context, state, workflow};
+#[cfg(feature = "metrics")]
+pub use flow_runtime::MetricsExporter;
 /// The JSON Schema derive for the answers of typed input requests (`ctx.ask::<T>`):
 /// `#[derive(JsonSchema)]` with `#[schemars(crate = "fluffy_flow::schemars")]`, or depend on
 /// `schemars` 1 yourself.

@@ -42,6 +42,8 @@ pub use input::{
     InputProvider, InputRecord, InputRequest, InputRequests, PendingInput, PostedAnswer, Refusal,
     TerminalProvider,
 };
+#[cfg(feature = "metrics")]
+pub use monitor::MetricsExporter;
 pub use monitor::{
     Concurrency, DEFAULT_THROUGHPUT_WINDOW, InputMetrics, MetricType, Monitor, MonitorUpdates,
     RunOutcomes, Snapshot, StateMetrics, Summary, Throughput, UpdateGuard, WorkflowMetrics,

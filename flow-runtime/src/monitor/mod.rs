@@ -3,6 +3,8 @@
 //! it but publishing their events (one atomic load each when nobody subscribes).
 
 mod aggregate;
+#[cfg(feature = "metrics")]
+mod export;
 mod snapshot;
 
 use std::ops::BitOr;
@@ -18,6 +20,8 @@ use tokio::task::AbortHandle;
 use crate::agent::Agent;
 use crate::events::EventStreamError;
 use aggregate::Aggregate;
+#[cfg(feature = "metrics")]
+pub use export::MetricsExporter;
 pub use snapshot::{
     Concurrency, InputMetrics, RunOutcomes, Snapshot, StateMetrics, Summary, Throughput,
     WorkflowMetrics,
