@@ -32,7 +32,8 @@ pub use flow_runtime::{
 };
 pub use flow_runtime::{
     Concurrency, DEFAULT_THROUGHPUT_WINDOW, InputMetrics, MetricType, Monitor, MonitorUpdates,
-    RunOutcomes, Snapshot, StateMetrics, Summary, Throughput, UpdateGuard, WorkflowMetrics,
+    PoolMetrics, ResourceMetrics, RunOutcomes, Snapshot, StateMetrics, Summary, Throughput,
+    UpdateGuard, WorkflowMetrics,
 };
 
 mod transitions;

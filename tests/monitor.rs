@@ -321,3 +321,51 @@ async fn live_updates_on_the_paused_clock_and_reset() {
     monitor.reset();
     assert!(monitor.snapshot().workflows.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn resource_utilisation_on_a_shared_pool() {
+    use fluffy_flow::{ResourcePool, ResourceRequirements};
+    let cpus = |n: f64| ResourceRequirements {
+        cpu: n,
+        ..ResourceRequirements::NONE
+    };
+    let pool = ResourcePool::new(cpus(4.0));
+    let make = |name: &str, need: f64, work: u64| {
+        let mut agent = Agent::new(name);
+        agent
+            .add_state("work", move |_ctx: Context| async move {
+                sleep(ms(work)).await;
+                Ok(Next::End)
+            })
+            .resources(cpus(need));
+        agent.resource_pool(pool.clone());
+        agent
+    };
+    // Two agents on one pool of 4 CPUs: 2 CPUs for 100 ms, and 4 CPUs for 100 ms after.
+    let (first, second) = (make("first", 2.0, 100), make("second", 4.0, 100));
+    let monitor = Monitor::new(MetricType::RESOURCES);
+    monitor.attach(&first).unwrap();
+    monitor.attach(&second).unwrap();
+    first.run().await.unwrap();
+    second.run().await.unwrap();
+    let snapshot = monitor.snapshot();
+    let pools = snapshot.pools.unwrap();
+    assert_eq!(pools.len(), 1, "one pool, shared");
+    assert_eq!(pools[0].workflows, ["first", "second"]);
+    let cpu = &pools[0].kinds[0];
+    assert_eq!(cpu.kind, "cpu");
+    assert_eq!(
+        (cpu.capacity, cpu.in_use, cpu.peak, cpu.grants),
+        (4.0, 0.0, 4.0, 2)
+    );
+    // 2 of 4 for 100 ms, then 4 of 4 for 100 ms: 75% over the 200 ms.
+    assert!((cpu.utilisation - 0.75).abs() < 1e-9, "{cpu:?}");
+    // Idle for 300 ms more: 0.6 CPU-seconds used of 4 CPUs over 500 ms.
+    sleep(ms(300)).await;
+    let later = monitor.snapshot().pools.unwrap();
+    assert!(
+        (later[0].kinds[0].utilisation - 0.3).abs() < 1e-9,
+        "{:?}",
+        later[0].kinds[0]
+    );
+}

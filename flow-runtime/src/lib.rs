@@ -46,7 +46,8 @@ pub use input::{
 pub use monitor::MetricsExporter;
 pub use monitor::{
     Concurrency, DEFAULT_THROUGHPUT_WINDOW, InputMetrics, MetricType, Monitor, MonitorUpdates,
-    RunOutcomes, Snapshot, StateMetrics, Summary, Throughput, UpdateGuard, WorkflowMetrics,
+    PoolMetrics, ResourceMetrics, RunOutcomes, Snapshot, StateMetrics, Summary, Throughput,
+    UpdateGuard, WorkflowMetrics,
 };
 pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};
 pub use resources::{Allocation, ResourceKind, ResourcePool, UsageStats, Waiting};

@@ -79,6 +79,9 @@ pub struct UsageStats {
     pub grants: u64,
     /// Times a state needing this kind had to wait for it.
     pub waits: u64,
+    /// The share of the capacity held on average, from the pool's first grant to now (0 to
+    /// 1; time on tokio's clock).
+    pub utilisation: f64,
 }
 
 /// What one running state holds.
@@ -139,6 +142,12 @@ struct Ledger {
     /// Runs to tell when something is given back, at most once each: the run's key, its
     /// coordinator, and the index of this pool among the run's admission gates.
     waiters: Vec<(u64, UnboundedSender<Message>, usize)>,
+    /// Held × time (thousandths of a unit × seconds) up to `changed`, per kind: the pool's
+    /// utilisation over time.
+    busy: [f64; 5],
+    /// When `in_use` last changed, and when the first grant was made.
+    changed: Option<Instant>,
+    since: Option<Instant>,
     /// Caps on what all runs of one agent may hold at once, by agent name.
     agent_quotas: Vec<(Arc<str>, Amounts)>,
     /// Caps on what all runs of one state may hold at once, by (agent, state).
@@ -301,6 +310,7 @@ impl ResourcePool {
     /// Use per kind.
     pub fn usage_stats(&self) -> Vec<UsageStats> {
         let ledger = self.ledger();
+        let utilisation = ledger.utilisation(&self.shared.capacity, Instant::now());
         KINDS
             .iter()
             .enumerate()
@@ -311,6 +321,7 @@ impl ResourcePool {
                 peak: value(k, ledger.peak[k]),
                 grants: ledger.grants[k],
                 waits: ledger.waits[k],
+                utilisation: utilisation[k],
             })
             .collect()
     }
@@ -432,6 +443,7 @@ impl ResourcePool {
         if let Some(at) = waiting_at {
             ledger.waiting.swap_remove(at);
         }
+        ledger.account(Instant::now());
         for (k, &need) in needs.iter().enumerate() {
             if need > 0 {
                 ledger.in_use[k] = ledger.in_use[k].saturating_add(need);
@@ -473,6 +485,7 @@ impl ResourcePool {
     fn release(&self, id: u64, amounts: &Amounts) {
         let waiters = {
             let mut ledger = self.ledger();
+            ledger.account(Instant::now());
             for (held, &amount) in ledger.in_use.iter_mut().zip(amounts) {
                 *held = held.saturating_sub(amount);
             }
@@ -493,6 +506,35 @@ impl ResourcePool {
 }
 
 impl Ledger {
+    /// Adds what was held since the last change to the time integral; `in_use` is about to
+    /// change at `now`.
+    fn account(&mut self, now: Instant) {
+        if let Some(changed) = self.changed {
+            let seconds = now.saturating_duration_since(changed).as_secs_f64();
+            for (busy, &held) in self.busy.iter_mut().zip(&self.in_use) {
+                *busy += held as f64 * seconds;
+            }
+        }
+        self.changed = Some(now);
+        self.since.get_or_insert(now);
+    }
+
+    /// The average share of `capacity` held from the first grant to `now`, per kind.
+    fn utilisation(&self, capacity: &Amounts, now: Instant) -> [f64; 5] {
+        let (Some(since), Some(changed)) = (self.since, self.changed) else {
+            return [0.0; 5];
+        };
+        let elapsed = now.saturating_duration_since(since).as_secs_f64();
+        let tail = now.saturating_duration_since(changed).as_secs_f64();
+        std::array::from_fn(|k| {
+            if elapsed <= 0.0 || capacity[k] == 0 {
+                return 0.0;
+            }
+            let busy = self.busy[k] + self.in_use[k] as f64 * tail;
+            busy / (capacity[k] as f64 * elapsed)
+        })
+    }
+
     /// Whether granting `needs` to `who` keeps its agent and its state within their quotas.
     fn within_quotas(&self, who: &Claimant, needs: &Amounts) -> bool {
         let held = |keep: &dyn Fn(&Allocation) -> bool| {

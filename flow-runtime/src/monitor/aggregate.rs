@@ -275,6 +275,7 @@ impl Aggregate {
             .collect();
         Snapshot {
             workflows,
+            pools: None,
             events_missed: self.missed,
         }
     }

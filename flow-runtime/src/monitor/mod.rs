@@ -19,12 +19,13 @@ use tokio::task::AbortHandle;
 
 use crate::agent::Agent;
 use crate::events::EventStreamError;
+use crate::resources::ResourcePool;
 use aggregate::Aggregate;
 #[cfg(feature = "metrics")]
 pub use export::MetricsExporter;
 pub use snapshot::{
-    Concurrency, InputMetrics, RunOutcomes, Snapshot, StateMetrics, Summary, Throughput,
-    WorkflowMetrics,
+    Concurrency, InputMetrics, PoolMetrics, ResourceMetrics, RunOutcomes, Snapshot, StateMetrics,
+    Summary, Throughput, WorkflowMetrics,
 };
 
 /// Which metrics a [`Monitor`] keeps; combine with `|`. Counts of runs and states are always
@@ -43,8 +44,10 @@ impl MetricType {
     pub const ERRORS: Self = Self(1 << 3);
     /// Input requests: made, answered, refused, timed out, and how long answers took.
     pub const INPUT: Self = Self(1 << 4);
+    /// The resource pools the agents draw from: capacity, in use, peak, utilisation over time.
+    pub const RESOURCES: Self = Self(1 << 5);
     /// Everything above.
-    pub const ALL: Self = Self(0b1_1111);
+    pub const ALL: Self = Self(0b11_1111);
 
     /// Whether every metric of `other` is in this set.
     pub fn contains(self, other: Self) -> bool {
@@ -83,6 +86,8 @@ pub struct Monitor {
 
 struct Inner {
     aggregate: Arc<Mutex<Aggregate>>,
+    /// The pools of the agents watched, with their names.
+    pools: Mutex<Vec<(ResourcePool, Vec<String>)>>,
     /// The tasks reading the agents' events: stopped with the monitor.
     readers: Mutex<Vec<AbortHandle>>,
 }
@@ -106,6 +111,7 @@ impl Monitor {
         Self {
             inner: Arc::new(Inner {
                 aggregate: Arc::new(Mutex::new(Aggregate::new(types, DEFAULT_THROUGHPUT_WINDOW))),
+                pools: Mutex::new(Vec::new()),
                 readers: Mutex::new(Vec::new()),
             }),
         }
@@ -136,6 +142,17 @@ impl Monitor {
             agent: agent.name().to_owned(),
         })?;
         let workflow: Arc<str> = Arc::from(agent.name());
+        if let Some(pool) = agent.compiled()?.pool.clone() {
+            let mut pools = self
+                .inner
+                .pools
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match pools.iter_mut().find(|(known, _)| known.same(&pool)) {
+                Some((_, names)) => names.push(workflow.to_string()),
+                None => pools.push((pool, vec![workflow.to_string()])),
+            }
+        }
         let mut events = agent.subscribe();
         let aggregate = Arc::clone(&self.inner.aggregate);
         let reader = runtime.spawn(async move {
@@ -175,7 +192,37 @@ impl Monitor {
 
     /// The metrics now.
     pub fn snapshot(&self) -> Snapshot {
-        self.aggregate().snapshot(tokio::time::Instant::now())
+        let mut snapshot = self.aggregate().snapshot(tokio::time::Instant::now());
+        if self.aggregate().types().contains(MetricType::RESOURCES) {
+            let pools = self
+                .inner
+                .pools
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            snapshot.pools = Some(
+                pools
+                    .iter()
+                    .map(|(pool, workflows)| PoolMetrics {
+                        workflows: workflows.clone(),
+                        kinds: pool
+                            .usage_stats()
+                            .into_iter()
+                            .filter(|usage| usage.capacity > 0.0)
+                            .map(|usage| ResourceMetrics {
+                                kind: format!("{:?}", usage.kind).to_lowercase(),
+                                capacity: usage.capacity,
+                                in_use: usage.in_use,
+                                peak: usage.peak,
+                                utilisation: usage.utilisation,
+                                grants: usage.grants,
+                                waits: usage.waits,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            );
+        }
+        snapshot
     }
 
     /// Forgets everything seen so far; keeps watching.

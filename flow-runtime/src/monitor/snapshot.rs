@@ -11,10 +11,40 @@ use serde::{Deserialize, Serialize};
 pub struct Snapshot {
     /// By workflow (agent name).
     pub workflows: BTreeMap<String, WorkflowMetrics>,
+    /// The resource pools of the agents watched (with `MetricType::RESOURCES`).
+    pub pools: Option<Vec<PoolMetrics>>,
     /// Events the monitor could not read because it fell behind (its subscriptions' lag):
     /// when not 0, counts and histograms miss that many events. Raise the agents'
     /// `event_capacity` if it happens.
     pub events_missed: u64,
+}
+
+/// One resource pool, as the monitor reads it when the snapshot is taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolMetrics {
+    /// The workflows watched that draw from it.
+    pub workflows: Vec<String>,
+    /// Each kind the pool has some of.
+    pub kinds: Vec<ResourceMetrics>,
+}
+
+/// One kind of resource in a pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceMetrics {
+    /// `cpu`, `memory_mb`, `io`, `network` or `gpu`.
+    pub kind: String,
+    /// The pool's total.
+    pub capacity: f64,
+    /// Held now.
+    pub in_use: f64,
+    /// The most held at once.
+    pub peak: f64,
+    /// The share of the capacity held on average since the pool's first grant (0 to 1).
+    pub utilisation: f64,
+    /// Grants that included this kind.
+    pub grants: u64,
+    /// Times a state had to wait for this kind.
+    pub waits: u64,
 }
 
 /// One workflow's metrics.
