@@ -71,6 +71,9 @@ async fn ten_runs_of_10_to_100_ms_give_the_percentiles() {
     let duration = work.duration.as_ref().unwrap();
     assert_summary(duration, 10, 10.0, 50.0, 100.0, 100.0);
     assert!(close(duration.mean_ms, 55.0), "{duration:?}");
+    // All states of the workflow together: the same ten.
+    let all = snapshot.workflows["loop"].state_duration.as_ref().unwrap();
+    assert_summary(all, 10, 10.0, 50.0, 100.0, 100.0);
     let runs = &snapshot.workflows["loop"];
     assert_eq!(runs.runs.started, 1);
     assert_eq!(runs.runs.completed, 1);

@@ -27,6 +27,7 @@ pub(crate) struct Aggregate {
 struct Workflow {
     runs: RunOutcomes,
     run_duration: Option<Durations>,
+    state_duration: Option<Durations>,
     states: BTreeMap<Arc<str>, State>,
     running: u64,
     peak: u64,
@@ -147,6 +148,9 @@ impl Aggregate {
                 if throughput {
                     w.recent_states.push_back(event.at);
                 }
+                if timing {
+                    record(&mut w.state_duration, *duration);
+                }
                 let s = w.states.entry(Arc::clone(state)).or_default();
                 s.completed += 1;
                 if timing {
@@ -261,6 +265,7 @@ impl Aggregate {
                 let metrics = WorkflowMetrics {
                     runs: w.runs.clone(),
                     run_duration: w.run_duration.as_ref().and_then(Durations::summary),
+                    state_duration: w.state_duration.as_ref().and_then(Durations::summary),
                     states,
                     throughput,
                     concurrency: types.contains(MetricType::STATE).then_some(Concurrency {

@@ -54,6 +54,8 @@ pub struct WorkflowMetrics {
     pub runs: RunOutcomes,
     /// How long runs took, start to end (with `MetricType::TIMING`).
     pub run_duration: Option<Summary>,
+    /// How long completed attempts of all its states ran (with `MetricType::TIMING`).
+    pub state_duration: Option<Summary>,
     /// By state.
     pub states: BTreeMap<String, StateMetrics>,
     /// States and runs per second (with `MetricType::THROUGHPUT`).
