@@ -372,3 +372,39 @@ async fn resource_utilisation_on_a_shared_pool() {
         later[0].kinds[0]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn time_blocked_on_a_dependency() {
+    use fluffy_flow::DependencyType;
+    // `report` starts with `extract` but depends on `load`, done at 30 ms.
+    let mut agent = Agent::new("etl");
+    agent
+        .add_state("start", |_ctx: Context| async {
+            Ok(Next::parallel(["extract", "report"]))
+        })
+        .successors(["extract", "report"]);
+    agent
+        .add_state("extract", |_ctx: Context| async {
+            sleep(ms(10)).await;
+            Ok(Next::to("load"))
+        })
+        .successors(["load"]);
+    agent
+        .add_state("load", |_ctx: Context| async {
+            sleep(ms(20)).await;
+            Ok(Next::End)
+        })
+        .terminal();
+    agent
+        .add_state("report", |_ctx: Context| async { Ok(Next::End) })
+        .depends_on("load", DependencyType::Required)
+        .terminal();
+    let monitor = Monitor::new(MetricType::TIMING);
+    monitor.attach(&agent).unwrap();
+    agent.run().await.unwrap();
+    settle().await;
+    let snapshot = monitor.snapshot();
+    let blocked = state(&snapshot, "etl", "report").blocked.as_ref().unwrap();
+    assert_summary(blocked, 1, 30.0, 30.0, 30.0, 30.0);
+    assert!(state(&snapshot, "etl", "load").blocked.is_none());
+}

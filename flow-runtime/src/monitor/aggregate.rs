@@ -35,6 +35,8 @@ struct Workflow {
     errors: BTreeMap<String, u64>,
     /// When each state of each run became ready, oldest first (to pair with its start).
     ready_at: FxHashMap<(u64, Arc<str>), VecDeque<Instant>>,
+    /// When each blocked state of each run became blocked.
+    blocked_at: FxHashMap<(u64, Arc<str>), Instant>,
     /// When each pending input request was made.
     asked_at: FxHashMap<(u64, String), Instant>,
     /// Completions of states and finishes of runs within the throughput window.
@@ -54,6 +56,7 @@ struct State {
     cancelled: u64,
     duration: Option<Durations>,
     queue_wait: Option<Durations>,
+    blocked: Option<Durations>,
     input: Option<Input>,
 }
 
@@ -117,9 +120,17 @@ impl Aggregate {
                 }
                 // Nothing of this run is queued any more.
                 w.ready_at.retain(|(r, _), _| *r != run);
+                w.blocked_at.retain(|(r, _), _| *r != run);
                 w.asked_at.retain(|(r, _), _| *r != run);
             }
             EventKind::StateReady { state } => {
+                // Released from a join or its dependencies: blocked until now.
+                if let Some(since) = w.blocked_at.remove(&(run, Arc::clone(state)))
+                    && timing
+                {
+                    let s = w.states.entry(Arc::clone(state)).or_default();
+                    record(&mut s.blocked, event.at.saturating_duration_since(since));
+                }
                 w.queued += 1;
                 w.ready_at
                     .entry((run, Arc::clone(state)))
@@ -194,7 +205,13 @@ impl Aggregate {
             EventKind::InputWithdrawn { id, .. } => {
                 w.asked_at.remove(&(run, id.to_string()));
             }
-            EventKind::StateBlocked { .. } | EventKind::RunPaused | EventKind::RunResumed => {}
+            EventKind::StateBlocked { state } => {
+                // (A join's later arrivals find it blocked already.)
+                w.blocked_at
+                    .entry((run, Arc::clone(state)))
+                    .or_insert(event.at);
+            }
+            EventKind::RunPaused | EventKind::RunResumed => {}
         }
         if throughput {
             prune(&mut w.recent_states, event.at, window);
@@ -221,6 +238,7 @@ impl Aggregate {
                             cancelled: s.cancelled,
                             duration: s.duration.as_ref().and_then(Durations::summary),
                             queue_wait: s.queue_wait.as_ref().and_then(Durations::summary),
+                            blocked: s.blocked.as_ref().and_then(Durations::summary),
                             input: types.contains(MetricType::INPUT).then(|| {
                                 s.input.as_ref().map_or_else(InputMetrics::default, |i| {
                                     InputMetrics {

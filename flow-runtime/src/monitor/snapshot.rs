@@ -99,6 +99,9 @@ pub struct StateMetrics {
     /// How long attempts waited from ready to started: for a slot, the resource pool and
     /// admission gates (with `MetricType::TIMING`).
     pub queue_wait: Option<Summary>,
+    /// How long the state waited blocked before it became ready: at a join for sibling
+    /// branches, or on its dependencies (with `MetricType::TIMING`).
+    pub blocked: Option<Summary>,
     /// Input requests (with `MetricType::INPUT`).
     pub input: Option<InputMetrics>,
 }
