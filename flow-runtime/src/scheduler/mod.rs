@@ -11,6 +11,7 @@ mod control;
 mod deps;
 mod failures;
 mod image;
+mod inputs;
 mod joins;
 mod launch;
 mod pool;
@@ -120,7 +121,7 @@ pub(crate) struct Coordinator {
     failed_state: Option<(StateId, ScopeId, u32)>,
     /// A checkpointed run: listed for answers given through its store in this process, and
     /// reading those other processes leave there (see `watch_store_for_answers`).
-    input_watch: Option<InputWatch>,
+    input_watch: Option<inputs::InputWatch>,
     /// The highest checkpoint sequence this run saved (see `writer::save`).
     saved_sequence: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -153,13 +154,6 @@ struct Running {
 
 /// Aborts a helper task when dropped.
 struct AbortOnDrop(AbortHandle);
-
-/// What a checkpointed run keeps for answers given through its store.
-struct InputWatch {
-    _live: crate::input::LiveRun,
-    /// Reads the store's answers while input is awaited; started on the first request.
-    poller: Option<AbortOnDrop>,
-}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -433,18 +427,7 @@ impl Coordinator {
             // The loop dispatches after every message: nothing else to do.
             Message::GateDue => Ok(()),
             Message::Input(kind) => {
-                // A request and an answer are saved with a checkpoint at once: another
-                // process can answer a request only the checkpoint shows it, and a state run
-                // again after a crash gets a recorded answer without asking.
-                let answered = matches!(kind, EventKind::InputAnswered { .. });
-                let requested = matches!(kind, EventKind::InputRequested { .. });
-                self.publish(kind);
-                if answered || requested {
-                    self.checkpoint_due();
-                }
-                if requested {
-                    self.watch_store_for_answers();
-                }
+                self.input_event(kind);
                 Ok(())
             }
             Message::GateReleased { gate } => {
@@ -530,80 +513,6 @@ impl Coordinator {
             .ready
             .push(state, scope, attempt, visit, spec.priority, self.now);
         self.arm_acquire_deadline(state, seq);
-    }
-
-    /// Whether everything the run does is wait for answers: states run, each waits for one,
-    /// and nothing is queued or due later (a retry, a dependency's timeout).
-    fn only_awaiting_input(&self) -> bool {
-        if self.running_count == 0
-            || !self.ready.is_empty()
-            || self.timer_count > 0
-            || self.deps.armed > 0
-            || self.checkpoints.is_none()
-        {
-            return false;
-        }
-        // Each running state itself waits (not a finished attempt's request, not another
-        // run of the same state).
-        let waiting = self.observer.inputs.waiting_runs();
-        self.running.iter().flatten().all(|running| {
-            let name = self.graph.name(running.state);
-            waiting
-                .iter()
-                .any(|(state, visit)| **state == **name && *visit == running.visit)
-        })
-    }
-
-    /// A checkpointed run asked for input: from now on, answers left in its store (by this
-    /// process or another) reach it: listed for `CheckpointStore::answer` in this process, and
-    /// read every poll interval while a request waits. Started once per run.
-    fn watch_store_for_answers(&mut self) {
-        let Some((store, _)) = &self.checkpoints else {
-            return;
-        };
-        let Some(watch) = &mut self.input_watch else {
-            return;
-        };
-        if watch.poller.is_some() {
-            return;
-        }
-        let (store, hub) = (Arc::clone(store), Arc::clone(&self.observer.inputs));
-        let (workflow, run) = (self.compiled.name.to_string(), self.durable_key.to_string());
-        let every = self.compiled.input_poll_interval;
-        let poller = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                if !hub.has_waiting() {
-                    continue;
-                }
-                let (store, workflow, run) = (Arc::clone(&store), workflow.clone(), run.clone());
-                let read =
-                    tokio::task::spawn_blocking(move || store.posted_answers(&workflow, &run))
-                        .await;
-                // A failed read is tried again at the next tick.
-                if let Ok(Ok(answers)) = read {
-                    hub.deliver_posted(answers);
-                }
-            }
-        });
-        watch.poller = Some(AbortOnDrop(poller.abort_handle()));
-    }
-
-    /// A checkpointed run is listed for answers given through its store in this process
-    /// (`CheckpointStore::answer`) from its start to its end.
-    fn list_for_answers(&mut self) {
-        if self.checkpoints.is_some() {
-            self.input_watch = Some(InputWatch {
-                _live: crate::input::LiveRun::register(
-                    &self.compiled.name,
-                    &self.durable_key,
-                    &self.observer.inputs,
-                ),
-                poller: None,
-            });
-        }
     }
 
     /// A timer that sends `message` to this coordinator after `delay` (a delay too long for
