@@ -10,6 +10,7 @@ fn main() {
         ("fanout", 10_000),
         ("fanout_io", 1_000),
         ("ring", 10_000),
+        ("monitored_ring", 10_000),
         ("resources", 1_000),
         ("resources", 10_000),
         ("rate_limit", 2_000),

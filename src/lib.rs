@@ -31,9 +31,9 @@ pub use flow_runtime::{
     InputRequests, PendingInput, PostedAnswer, Refusal, TerminalProvider,
 };
 pub use flow_runtime::{
-    Concurrency, DEFAULT_THROUGHPUT_WINDOW, InputMetrics, MetricType, Monitor, MonitorUpdates,
-    PoolMetrics, ResourceMetrics, RunOutcomes, Snapshot, StateMetrics, Summary, Throughput,
-    UpdateGuard, WorkflowMetrics,
+    BlockedOn, Concurrency, DEFAULT_THROUGHPUT_WINDOW, DependencyChain, InputMetrics, MetricType,
+    Monitor, MonitorUpdates, PoolMetrics, ResourceMetrics, RunOutcomes, Snapshot, StateMetrics,
+    Summary, Throughput, UpdateGuard, WorkflowMetrics,
 };
 
 mod transitions;

@@ -13,6 +13,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::probe::ProbeList;
+
 /// Something that happened in a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -170,17 +172,34 @@ struct HubShared {
     capacity: usize,
     sender: OnceLock<broadcast::Sender<Event>>,
     subscribers: Arc<AtomicUsize>,
+    /// In-process observers of the runs (monitors), kept when the channel is replaced.
+    probes: Arc<ProbeList>,
 }
 
 impl EventHub {
     pub(crate) fn new(capacity: usize) -> Self {
+        Self::with_probes(capacity, Arc::default())
+    }
+
+    fn with_probes(capacity: usize, probes: Arc<ProbeList>) -> Self {
         Self {
             shared: Arc::new(HubShared {
                 capacity,
                 sender: OnceLock::new(),
                 subscribers: Arc::new(AtomicUsize::new(0)),
+                probes,
             }),
         }
+    }
+
+    /// A hub with a new channel of `capacity`, and the same probes.
+    pub(crate) fn resized(&self, capacity: usize) -> Self {
+        Self::with_probes(capacity, Arc::clone(&self.shared.probes))
+    }
+
+    /// The probes registered with this hub's agent.
+    pub(crate) fn probes(&self) -> &ProbeList {
+        &self.shared.probes
     }
 
     pub(crate) fn is_observed(&self) -> bool {

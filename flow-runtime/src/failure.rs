@@ -13,7 +13,7 @@ pub const FAILURE_KEY: &str = "fluffy_flow.failure";
 pub const DEAD_LETTER_CAPACITY: usize = 1000;
 
 /// How a state's attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum FailureKind {
@@ -44,6 +44,25 @@ pub enum FailureKind {
     InputTimeout,
 }
 
+impl FailureKind {
+    /// The kind's name in snake case, as serialized: `error`, `timeout`, `circuit_open`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Panic => "panic",
+            Self::Timeout => "timeout",
+            Self::CircuitOpen => "circuit_open",
+            Self::BulkheadFull => "bulkhead_full",
+            Self::ResourceTimeout => "resource_timeout",
+            Self::AdmissionTimeout => "admission_timeout",
+            Self::RateLimited => "rate_limited",
+            Self::Coordination => "coordination",
+            Self::Dependency => "dependency",
+            Self::InputTimeout => "input_timeout",
+        }
+    }
+}
+
 /// The record of a state that failed after its last attempt: kept in the run's report and by
 /// the agent, and handed to the state's `on_error` handler through the context.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,4 +84,32 @@ pub struct DeadLetter {
     /// The context at that moment, as JSON (`{"snapshot_error": ..}` if a value could not be
     /// serialized).
     pub context: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureKind;
+
+    #[test]
+    fn a_kind_is_named_as_it_is_serialized() {
+        use FailureKind::*;
+        for kind in [
+            Error,
+            Panic,
+            Timeout,
+            CircuitOpen,
+            BulkheadFull,
+            ResourceTimeout,
+            AdmissionTimeout,
+            RateLimited,
+            Coordination,
+            Dependency,
+            InputTimeout,
+        ] {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::from(kind.as_str())
+            );
+        }
+    }
 }

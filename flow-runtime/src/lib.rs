@@ -14,6 +14,7 @@ mod events;
 mod failure;
 mod input;
 mod monitor;
+mod probe;
 mod resilience;
 mod resources;
 mod run;
@@ -45,9 +46,9 @@ pub use input::{
 #[cfg(feature = "metrics")]
 pub use monitor::MetricsExporter;
 pub use monitor::{
-    Concurrency, DEFAULT_THROUGHPUT_WINDOW, InputMetrics, MetricType, Monitor, MonitorUpdates,
-    PoolMetrics, ResourceMetrics, RunOutcomes, Snapshot, StateMetrics, Summary, Throughput,
-    UpdateGuard, WorkflowMetrics,
+    BlockedOn, Concurrency, DEFAULT_THROUGHPUT_WINDOW, DependencyChain, InputMetrics, MetricType,
+    Monitor, MonitorUpdates, PoolMetrics, ResourceMetrics, RunOutcomes, Snapshot, StateMetrics,
+    Summary, Throughput, UpdateGuard, WorkflowMetrics,
 };
 pub use resilience::{BreakerState, Bulkhead, CircuitBreaker};
 pub use resources::{Allocation, ResourceKind, ResourcePool, UsageStats, Waiting};

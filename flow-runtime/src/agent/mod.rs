@@ -395,9 +395,10 @@ impl Agent {
     /// [`DEFAULT_EVENT_CAPACITY`], at least 1, at most [`MAX_EVENT_CAPACITY`]), rounded up to
     /// the next power of two (the broadcast ring's size: `event_capacity(5)` keeps 8 events).
     /// Set it before subscribing: subscriptions made earlier, and
-    /// clones made earlier, keep the previous channel.
+    /// clones made earlier, keep the previous channel. (Monitors attached earlier stay
+    /// attached: they do not read the channel.)
     pub fn event_capacity(&mut self, capacity: usize) -> &mut Self {
-        self.events = EventHub::new(capacity.clamp(1, MAX_EVENT_CAPACITY));
+        self.events = self.events.resized(capacity.clamp(1, MAX_EVENT_CAPACITY));
         self
     }
 
@@ -421,5 +422,10 @@ impl Agent {
     /// Subscribes to the events of every run of this agent (and its clones) from now on.
     pub fn subscribe(&self) -> EventStream {
         self.events.subscribe()
+    }
+
+    /// The in-process observers of this agent's runs (monitors).
+    pub(crate) fn probes(&self) -> &crate::probe::ProbeList {
+        self.events.probes()
     }
 }

@@ -1,5 +1,5 @@
-//! Folding events into metrics: the monitor's state, touched by its own tasks (one per agent
-//! watched) and by whoever takes a snapshot, never by a run.
+//! The monitor's totals: what every run's recorder handed over, folded together. Touched
+//! under the monitor's lock once per batch of a run's events, and by whoever takes a snapshot.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -9,54 +9,100 @@ use flow_core::{AgentStatus, FxHashMap};
 use tokio::time::Instant;
 
 use super::MetricType;
+use super::recorder::{Left, Record};
 use super::snapshot::{
-    Concurrency, Durations, InputMetrics, RunOutcomes, Snapshot, StateMetrics, Throughput,
-    WorkflowMetrics,
+    BlockedOn, Concurrency, DependencyChain, Durations, InputMetrics, RunOutcomes, Snapshot,
+    StateMetrics, Throughput, WorkflowMetrics,
 };
-use crate::events::{Event, EventKind};
+use crate::FailureKind;
 
-/// Everything seen so far.
+/// Everything handed over so far.
 pub(crate) struct Aggregate {
     types: MetricType,
     window: Duration,
-    workflows: BTreeMap<Arc<str>, Workflow>,
-    pub(crate) missed: u64,
+    /// Changes with every reset, so that runs in flight find their workflow and states again.
+    generation: u64,
+    workflows: Vec<Workflow>,
+    by_name: FxHashMap<Arc<str>, usize>,
 }
 
-#[derive(Default)]
+/// Where a run's records go: its workflow, and each of its states (by the run's own state
+/// index) in the totals of one generation.
+pub(super) struct Slots {
+    generation: u64,
+    workflow: usize,
+    /// By the run's state index: the state's place in the workflow's totals (`u32::MAX`: not
+    /// looked up yet).
+    states: Vec<u32>,
+}
+
 struct Workflow {
     runs: RunOutcomes,
     run_duration: Option<Durations>,
-    state_duration: Option<Durations>,
-    states: BTreeMap<Arc<str>, State>,
+    states: Vec<State>,
+    state_index: FxHashMap<Arc<str>, u32>,
     running: u64,
     peak: u64,
     queued: u64,
-    errors: BTreeMap<String, u64>,
-    /// When each state of each run became ready, oldest first (to pair with its start).
-    ready_at: FxHashMap<(u64, Arc<str>), VecDeque<Instant>>,
-    /// When each blocked state of each run became blocked.
-    blocked_at: FxHashMap<(u64, Arc<str>), Instant>,
-    /// When each pending input request was made.
-    asked_at: FxHashMap<(u64, String), Instant>,
+    errors: BTreeMap<FailureKind, u64>,
     /// Completions of states and finishes of runs within the throughput window.
     recent_states: VecDeque<Instant>,
     recent_runs: VecDeque<Instant>,
     completed_states: u64,
     finished_runs: u64,
     first_event: Option<Instant>,
+    longest_chain: Option<DependencyChain>,
 }
 
-#[derive(Default)]
+impl Workflow {
+    fn new() -> Self {
+        Self {
+            runs: RunOutcomes::default(),
+            run_duration: None,
+            states: Vec::new(),
+            state_index: FxHashMap::default(),
+            running: 0,
+            peak: 0,
+            queued: 0,
+            errors: BTreeMap::new(),
+            recent_states: VecDeque::new(),
+            recent_runs: VecDeque::new(),
+            completed_states: 0,
+            finished_runs: 0,
+            first_event: None,
+            longest_chain: None,
+        }
+    }
+}
+
+impl Workflow {
+    /// An attempt ended: it leaves the running or the queued.
+    fn left(&mut self, left: Left) {
+        match left {
+            Left::Running => self.running = self.running.saturating_sub(1),
+            Left::Queue => self.queued = self.queued.saturating_sub(1),
+            Left::Nothing => {}
+        }
+    }
+}
+
 struct State {
+    name: Arc<str>,
     started: u64,
     completed: u64,
     retried: u64,
     failed: u64,
     cancelled: u64,
-    duration: Option<Durations>,
-    queue_wait: Option<Durations>,
-    blocked: Option<Durations>,
+    duration: Durations,
+    queue_wait: Durations,
+    /// What most states never need, out of line: a large graph's states stay small.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Default)]
+struct Extra {
+    blocked: Durations,
+    blocked_on: BTreeMap<Arc<str>, (u64, Durations)>,
     input: Option<Input>,
 }
 
@@ -66,7 +112,7 @@ struct Input {
     answered: u64,
     refused: u64,
     timed_out: u64,
-    wait: Option<Durations>,
+    wait: Durations,
 }
 
 fn record(slot: &mut Option<Durations>, duration: Duration) {
@@ -78,8 +124,9 @@ impl Aggregate {
         Self {
             types,
             window,
-            workflows: BTreeMap::new(),
-            missed: 0,
+            generation: 0,
+            workflows: Vec::new(),
+            by_name: FxHashMap::default(),
         }
     }
 
@@ -88,23 +135,90 @@ impl Aggregate {
         self.types
     }
 
-    /// Forgets everything seen (runs in flight are counted again from their next event).
+    /// Forgets everything (runs in flight are counted again from their next records).
     pub(crate) fn reset(&mut self) {
         self.workflows.clear();
-        self.missed = 0;
+        self.by_name.clear();
+        self.generation += 1;
     }
 
-    /// Takes one event of a run of `workflow`.
-    pub(crate) fn apply(&mut self, workflow: &Arc<str>, event: &Event) {
+    /// Forgets everything and counts throughput over `window` from now on.
+    pub(crate) fn set_window(&mut self, window: Duration) {
+        self.reset();
+        self.window = window;
+    }
+
+    /// Where records of a run of `workflow` go: `slots` if it is still current, new ones
+    /// otherwise.
+    pub(super) fn slots(&mut self, slots: &mut Option<Slots>, workflow: &Arc<str>, states: usize) {
+        if slots
+            .as_ref()
+            .is_some_and(|s| s.generation == self.generation)
+        {
+            return;
+        }
+        let index = match self.by_name.get(workflow) {
+            Some(&index) => index,
+            None => {
+                self.workflows.push(Workflow::new());
+                self.by_name
+                    .insert(Arc::clone(workflow), self.workflows.len() - 1);
+                self.workflows.len() - 1
+            }
+        };
+        // A new workflow's states arrive at once: room for all of them.
+        let w = &mut self.workflows[index];
+        let missing = states.saturating_sub(w.states.len());
+        w.states.reserve(missing);
+        w.state_index.reserve(missing);
+        *slots = Some(Slots {
+            generation: self.generation,
+            workflow: index,
+            states: vec![u32::MAX; states],
+        });
+    }
+
+    /// Takes one record of a run. `name` names the run's states by their index.
+    pub(super) fn apply(
+        &mut self,
+        slots: &mut Slots,
+        name: &dyn Fn(usize) -> Arc<str>,
+        taken: Record,
+    ) {
         let timing = self.types.contains(MetricType::TIMING);
         let throughput = self.types.contains(MetricType::THROUGHPUT);
         let window = self.window;
-        let w = self.workflows.entry(Arc::clone(workflow)).or_default();
-        w.first_event.get_or_insert(event.at);
-        let run = event.run_id;
-        match &event.kind {
-            EventKind::RunStarted { .. } => w.runs.started += 1,
-            EventKind::RunFinished { status, duration } => {
+        let w = &mut self.workflows[slots.workflow];
+        let mut state = |w: &mut Workflow, index: usize| -> usize {
+            let slot = &mut slots.states[index];
+            if *slot == u32::MAX {
+                let name = name(index);
+                *slot = match w.state_index.get(&name) {
+                    Some(&known) => known,
+                    None => {
+                        w.states.push(State::new(Arc::clone(&name)));
+                        let known = (w.states.len() - 1) as u32;
+                        w.state_index.insert(name, known);
+                        known
+                    }
+                };
+            }
+            *slot as usize
+        };
+        let mut at = None;
+        match taken {
+            Record::RunStarted { at: started } => {
+                w.runs.started += 1;
+                w.first_event.get_or_insert(started);
+                at = Some(started);
+            }
+            Record::RunFinished {
+                at: finished,
+                status,
+                duration,
+                still_queued,
+                chain,
+            } => {
                 match status {
                     AgentStatus::Completed => w.runs.completed += 1,
                     AgentStatus::Cancelled => w.runs.cancelled += 1,
@@ -112,204 +226,262 @@ impl Aggregate {
                     _ => w.runs.failed += 1,
                 }
                 if timing {
-                    record(&mut w.run_duration, *duration);
+                    record(&mut w.run_duration, duration);
                 }
                 w.finished_runs += 1;
+                // What the run left queued is not queued any more.
+                w.queued = w.queued.saturating_sub(still_queued);
                 if throughput {
-                    w.recent_runs.push_back(event.at);
+                    w.recent_runs.push_back(finished);
                 }
-                // Nothing of this run is queued any more.
-                w.ready_at.retain(|(r, _), _| *r != run);
-                w.blocked_at.retain(|(r, _), _| *r != run);
-                w.asked_at.retain(|(r, _), _| *r != run);
+                if let Some(chain) = chain
+                    && timing
+                    && w.longest_chain
+                        .as_ref()
+                        .is_none_or(|longest| longest.length < chain.len() as u32)
+                {
+                    w.longest_chain = Some(DependencyChain {
+                        length: chain.len() as u32,
+                        states: chain.iter().map(|&index| name(index).to_string()).collect(),
+                    });
+                }
+                at = Some(finished);
             }
-            EventKind::StateReady { state } => {
-                // Released from a join or its dependencies: blocked until now.
-                if let Some(since) = w.blocked_at.remove(&(run, Arc::clone(state)))
+            Record::Ready {
+                state: index,
+                blocked,
+            } => {
+                w.queued += 1;
+                if let Some((waited, on)) = blocked
                     && timing
                 {
-                    let s = w.states.entry(Arc::clone(state)).or_default();
-                    record(&mut s.blocked, event.at.saturating_duration_since(since));
+                    let on = on.map(name);
+                    let s = state(w, index);
+                    let extra = w.states[s].extra();
+                    extra.blocked.record(waited);
+                    if let Some(on) = on {
+                        let (times, durations) = extra
+                            .blocked_on
+                            .entry(on)
+                            .or_insert_with(|| (0, Durations::new()));
+                        *times += 1;
+                        durations.record(waited);
+                    }
                 }
-                w.queued += 1;
-                w.ready_at
-                    .entry((run, Arc::clone(state)))
-                    .or_default()
-                    .push_back(event.at);
             }
-            EventKind::StateStarted { state, .. } => {
-                let ready = w
-                    .ready_at
-                    .get_mut(&(run, Arc::clone(state)))
-                    .and_then(VecDeque::pop_front);
-                if ready.is_some() {
+            Record::Started {
+                state: index,
+                queue_wait,
+            } => {
+                if queue_wait.is_some() {
                     w.queued = w.queued.saturating_sub(1);
                 }
                 w.running += 1;
                 w.peak = w.peak.max(w.running);
-                let s = w.states.entry(Arc::clone(state)).or_default();
+                let s = state(w, index);
+                let s = &mut w.states[s];
                 s.started += 1;
-                if let (true, Some(ready)) = (timing, ready) {
-                    record(&mut s.queue_wait, event.at.saturating_duration_since(ready));
+                if let (true, Some(wait)) = (timing, queue_wait) {
+                    s.queue_wait.record(wait);
                 }
             }
-            EventKind::StateCompleted { state, duration } => {
-                w.running = w.running.saturating_sub(1);
+            Record::Completed {
+                state: index,
+                at: completed,
+                duration,
+                left,
+            } => {
+                w.left(left);
                 w.completed_states += 1;
                 if throughput {
-                    w.recent_states.push_back(event.at);
+                    w.recent_states.push_back(completed);
                 }
-                if timing {
-                    record(&mut w.state_duration, *duration);
-                }
-                let s = w.states.entry(Arc::clone(state)).or_default();
+                let s = state(w, index);
+                let s = &mut w.states[s];
                 s.completed += 1;
                 if timing {
-                    record(&mut s.duration, *duration);
+                    s.duration.record(duration);
                 }
+                at = Some(completed);
             }
-            EventKind::StateRetrying { state, .. } => {
-                w.running = w.running.saturating_sub(1);
-                w.states.entry(Arc::clone(state)).or_default().retried += 1;
+            Record::Retried { state: index, left } => {
+                w.left(left);
+                let s = state(w, index);
+                w.states[s].retried += 1;
             }
-            EventKind::StateFailed { state, kind, .. } => {
-                w.running = w.running.saturating_sub(1);
-                w.states.entry(Arc::clone(state)).or_default().failed += 1;
-                let kind = serde_json::to_value(kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| format!("{kind:?}"));
+            Record::Failed {
+                state: index,
+                kind,
+                left,
+            } => {
+                w.left(left);
+                let s = state(w, index);
+                w.states[s].failed += 1;
                 *w.errors.entry(kind).or_default() += 1;
             }
-            EventKind::StateCancelled { state } => {
-                w.running = w.running.saturating_sub(1);
-                w.states.entry(Arc::clone(state)).or_default().cancelled += 1;
+            Record::Cancelled { state: index, left } => {
+                w.left(left);
+                let s = state(w, index);
+                w.states[s].cancelled += 1;
             }
-            EventKind::InputRequested { state, id, .. } => {
-                w.asked_at.insert((run, id.to_string()), event.at);
-                input(w, state).requested += 1;
+            Record::InputRequested { state: index } => {
+                let s = state(w, index);
+                w.states[s].input().requested += 1;
             }
-            EventKind::InputAnswered { state, id, .. } => {
-                let asked = w.asked_at.remove(&(run, id.to_string()));
-                let input = input(w, state);
+            Record::InputAnswered { state: index, wait } => {
+                let s = state(w, index);
+                let input = w.states[s].input();
                 input.answered += 1;
-                if let Some(asked) = asked {
-                    record(&mut input.wait, event.at.saturating_duration_since(asked));
+                if let Some(wait) = wait {
+                    input.wait.record(wait);
                 }
             }
-            EventKind::InputRefused { state, .. } => input(w, state).refused += 1,
-            EventKind::InputTimedOut { state, id, .. } => {
-                w.asked_at.remove(&(run, id.to_string()));
-                input(w, state).timed_out += 1;
+            Record::InputRefused { state: index } => {
+                let s = state(w, index);
+                w.states[s].input().refused += 1;
             }
-            EventKind::InputWithdrawn { id, .. } => {
-                w.asked_at.remove(&(run, id.to_string()));
+            Record::InputTimedOut { state: index } => {
+                let s = state(w, index);
+                w.states[s].input().timed_out += 1;
             }
-            EventKind::StateBlocked { state } => {
-                // (A join's later arrivals find it blocked already.)
-                w.blocked_at
-                    .entry((run, Arc::clone(state)))
-                    .or_insert(event.at);
-            }
-            EventKind::RunPaused | EventKind::RunResumed => {}
         }
-        if throughput {
-            prune(&mut w.recent_states, event.at, window);
-            prune(&mut w.recent_runs, event.at, window);
+        if let (true, Some(now)) = (throughput, at) {
+            prune(&mut w.recent_states, now, window);
+            prune(&mut w.recent_runs, now, window);
         }
     }
 
     /// The metrics now (`now` on tokio's clock ends the throughput window).
     pub(crate) fn snapshot(&self, now: Instant) -> Snapshot {
-        let types = self.types;
         let workflows = self
-            .workflows
+            .by_name
             .iter()
-            .map(|(name, w)| {
-                let states = w
-                    .states
-                    .iter()
-                    .map(|(name, s)| {
-                        let metrics = StateMetrics {
-                            started: s.started,
-                            completed: s.completed,
-                            retried: s.retried,
-                            failed: s.failed,
-                            cancelled: s.cancelled,
-                            duration: s.duration.as_ref().and_then(Durations::summary),
-                            queue_wait: s.queue_wait.as_ref().and_then(Durations::summary),
-                            blocked: s.blocked.as_ref().and_then(Durations::summary),
-                            input: types.contains(MetricType::INPUT).then(|| {
-                                s.input.as_ref().map_or_else(InputMetrics::default, |i| {
-                                    InputMetrics {
-                                        requested: i.requested,
-                                        answered: i.answered,
-                                        refused: i.refused,
-                                        timed_out: i.timed_out,
-                                        wait: i.wait.as_ref().and_then(Durations::summary),
-                                    }
-                                })
-                            }),
-                        };
-                        (name.to_string(), metrics)
-                    })
-                    .collect();
-                let throughput = types.contains(MetricType::THROUGHPUT).then(|| {
-                    let in_window = |recent: &VecDeque<Instant>| {
-                        recent
-                            .iter()
-                            .filter(|&&at| now.saturating_duration_since(at) <= self.window)
-                            .count() as f64
-                    };
-                    let window = self.window.as_secs_f64();
-                    let elapsed = w.first_event.map_or(0.0, |first| {
-                        now.saturating_duration_since(first).as_secs_f64()
-                    });
-                    let per_s = |count: u64| {
-                        if elapsed > 0.0 {
-                            count as f64 / elapsed
-                        } else {
-                            0.0
-                        }
-                    };
-                    Throughput {
-                        states_per_s_window: in_window(&w.recent_states) / window,
-                        runs_per_s_window: in_window(&w.recent_runs) / window,
-                        window_s: window,
-                        states_per_s: per_s(w.completed_states),
-                        runs_per_s: per_s(w.finished_runs),
-                    }
-                });
-                let metrics = WorkflowMetrics {
-                    runs: w.runs.clone(),
-                    run_duration: w.run_duration.as_ref().and_then(Durations::summary),
-                    state_duration: w.state_duration.as_ref().and_then(Durations::summary),
-                    states,
-                    throughput,
-                    concurrency: types.contains(MetricType::STATE).then_some(Concurrency {
-                        running: w.running,
-                        peak: w.peak,
-                        queued: w.queued,
-                    }),
-                    errors: types.contains(MetricType::ERRORS).then(|| w.errors.clone()),
-                };
-                (name.to_string(), metrics)
+            .map(|(name, &index)| {
+                let w = &self.workflows[index];
+                (name.to_string(), self.workflow_metrics(w, now))
             })
             .collect();
         Snapshot {
             workflows,
             pools: None,
-            events_missed: self.missed,
+        }
+    }
+
+    fn workflow_metrics(&self, w: &Workflow, now: Instant) -> WorkflowMetrics {
+        let types = self.types;
+        let states = w
+            .states
+            .iter()
+            .map(|s| (s.name.to_string(), s.metrics(types)))
+            .collect();
+        let throughput = types.contains(MetricType::THROUGHPUT).then(|| {
+            let in_window = |recent: &VecDeque<Instant>| {
+                recent
+                    .iter()
+                    .filter(|&&at| now.saturating_duration_since(at) <= self.window)
+                    .count() as f64
+            };
+            let window = self.window.as_secs_f64();
+            let elapsed = w.first_event.map_or(0.0, |first| {
+                now.saturating_duration_since(first).as_secs_f64()
+            });
+            let per_s = |count: u64| {
+                if elapsed > 0.0 {
+                    count as f64 / elapsed
+                } else {
+                    0.0
+                }
+            };
+            Throughput {
+                states_per_s_window: in_window(&w.recent_states) / window,
+                runs_per_s_window: in_window(&w.recent_runs) / window,
+                window_s: window,
+                states_per_s: per_s(w.completed_states),
+                runs_per_s: per_s(w.finished_runs),
+            }
+        });
+        WorkflowMetrics {
+            runs: w.runs.clone(),
+            run_duration: w.run_duration.as_ref().and_then(Durations::summary),
+            // Every state's attempts together: merged here, not recorded twice as they come.
+            state_duration: Durations::merged(w.states.iter().map(|s| &s.duration)).summary(),
+            states,
+            throughput,
+            concurrency: types.contains(MetricType::STATE).then_some(Concurrency {
+                running: w.running,
+                peak: w.peak,
+                queued: w.queued,
+            }),
+            errors: types.contains(MetricType::ERRORS).then(|| {
+                w.errors
+                    .iter()
+                    .map(|(kind, &count)| (kind.as_str().to_owned(), count))
+                    .collect()
+            }),
+            longest_dependency_chain: w.longest_chain.clone(),
         }
     }
 }
 
-fn input<'a>(w: &'a mut Workflow, state: &Arc<str>) -> &'a mut Input {
-    w.states
-        .entry(Arc::clone(state))
-        .or_default()
-        .input
-        .get_or_insert_with(Input::default)
+impl State {
+    fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            started: 0,
+            completed: 0,
+            retried: 0,
+            failed: 0,
+            cancelled: 0,
+            duration: Durations::new(),
+            queue_wait: Durations::new(),
+            extra: None,
+        }
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn input(&mut self) -> &mut Input {
+        self.extra().input.get_or_insert_with(Input::default)
+    }
+
+    fn metrics(&self, types: MetricType) -> StateMetrics {
+        let extra = self.extra.as_deref();
+        let input = extra.and_then(|extra| extra.input.as_ref());
+        StateMetrics {
+            started: self.started,
+            completed: self.completed,
+            retried: self.retried,
+            failed: self.failed,
+            cancelled: self.cancelled,
+            duration: self.duration.summary(),
+            queue_wait: self.queue_wait.summary(),
+            blocked: extra.and_then(|extra| extra.blocked.summary()),
+            input: types.contains(MetricType::INPUT).then(|| {
+                input.map_or_else(InputMetrics::default, |i| InputMetrics {
+                    requested: i.requested,
+                    answered: i.answered,
+                    refused: i.refused,
+                    timed_out: i.timed_out,
+                    wait: i.wait.summary(),
+                })
+            }),
+            blocked_on: extra
+                .into_iter()
+                .flat_map(|extra| &extra.blocked_on)
+                .filter_map(|(on, (times, waited))| {
+                    Some((
+                        on.to_string(),
+                        BlockedOn {
+                            times: *times,
+                            waited: waited.summary()?,
+                        },
+                    ))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Drops instants older than `window` before `now` (they arrive in order).

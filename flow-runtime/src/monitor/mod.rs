@@ -1,10 +1,11 @@
-//! Metrics computed from the event stream: a [`Monitor`] subscribes to the agents it is
-//! attached to and folds their events into counts, histograms and rates; runs pay nothing for
-//! it but publishing their events (one atomic load each when nobody subscribes).
+//! Metrics computed from runs' events: a [`Monitor`] is attached to agents, each of their
+//! runs folds its own events into a recorder (no lock, no channel), and hands them to the
+//! monitor's totals in batches. A run of an agent no monitor watches pays one atomic load.
 
 mod aggregate;
 #[cfg(feature = "metrics")]
 mod export;
+mod recorder;
 mod snapshot;
 
 use std::ops::BitOr;
@@ -17,15 +18,16 @@ use flow_core::FlowError;
 use futures_core::Stream;
 use tokio::task::AbortHandle;
 
-use crate::agent::Agent;
-use crate::events::EventStreamError;
+use crate::agent::{Agent, Compiled};
+use crate::probe::{Probe, RunProbe};
 use crate::resources::ResourcePool;
 use aggregate::Aggregate;
 #[cfg(feature = "metrics")]
 pub use export::MetricsExporter;
+use recorder::Recorder;
 pub use snapshot::{
-    Concurrency, InputMetrics, PoolMetrics, ResourceMetrics, RunOutcomes, Snapshot, StateMetrics,
-    Summary, Throughput, WorkflowMetrics,
+    BlockedOn, Concurrency, DependencyChain, InputMetrics, PoolMetrics, ResourceMetrics,
+    RunOutcomes, Snapshot, StateMetrics, Summary, Throughput, WorkflowMetrics,
 };
 
 /// Which metrics a [`Monitor`] keeps; combine with `|`. Counts of runs and states are always
@@ -63,45 +65,36 @@ impl BitOr for MetricType {
     }
 }
 
-/// A reader that took this many events at once pauses for `BATCH_PAUSE` before reading on.
-const BATCH: usize = 256;
-const BATCH_PAUSE: Duration = Duration::from_micros(200);
-
 /// How long the throughput window is unless set with [`Monitor::window`]: 10 s.
 pub const DEFAULT_THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Watches the runs of one or several agents and keeps their metrics: counts by outcome
 /// (retries apart from final failures), duration and queue-wait histograms (p50, p95, p99),
-/// throughput, concurrency, failures by kind, input waits. Aggregated across runs; clones
-/// share one monitor; dropping the last clone stops it.
+/// throughput, concurrency, failures by kind, dependency waits, input waits. Aggregated across
+/// runs; clones share one monitor; dropping the last clone stops it.
 ///
-/// The monitor reads events as they come, on a task of its own per agent: a snapshot shows
-/// what it has read (a run's last events reach it just after the run ends; on a paused clock,
-/// `tokio::task::yield_now().await` lets it catch up). Times are the events' own, on tokio's
-/// clock, so the paused clock gives exact figures.
+/// Each run folds its own events as they happen, on its own coordinator and without a lock,
+/// and hands the monitor what it gathered before it waits for anything, every thousand or so
+/// events of a run that never waits, and when it ends: a snapshot taken after
+/// [`RunHandle::wait`](crate::RunHandle::wait) returns counts the whole run. Times are the
+/// events' own, on tokio's clock, so the paused clock gives exact figures.
 #[derive(Clone)]
 pub struct Monitor {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    aggregate: Arc<Mutex<Aggregate>>,
+    totals: Arc<Mutex<Aggregate>>,
     /// The pools of the agents watched, with their names.
     pools: Mutex<Vec<(ResourcePool, Vec<String>)>>,
-    /// The tasks reading the agents' events: stopped with the monitor.
-    readers: Mutex<Vec<AbortHandle>>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        for reader in self
-            .readers
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
-            reader.abort();
-        }
+impl Probe for Inner {
+    fn open(&self, compiled: &Arc<Compiled>) -> Box<dyn RunProbe> {
+        Box::new(Recorder::new(
+            Arc::clone(compiled),
+            Arc::clone(&self.totals),
+        ))
     }
 }
 
@@ -110,9 +103,8 @@ impl Monitor {
     pub fn new(types: MetricType) -> Self {
         Self {
             inner: Arc::new(Inner {
-                aggregate: Arc::new(Mutex::new(Aggregate::new(types, DEFAULT_THROUGHPUT_WINDOW))),
+                totals: Arc::new(Mutex::new(Aggregate::new(types, DEFAULT_THROUGHPUT_WINDOW))),
                 pools: Mutex::new(Vec::new()),
-                readers: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -120,80 +112,43 @@ impl Monitor {
     /// The throughput window (default [`DEFAULT_THROUGHPUT_WINDOW`]); set it before
     /// attaching: it forgets what it saw.
     pub fn window(self, window: Duration) -> Self {
-        {
-            let mut aggregate = self.aggregate();
-            let types = aggregate.types();
-            *aggregate = Aggregate::new(types, window.max(Duration::from_millis(1)));
-        }
+        self.totals()
+            .set_window(window.max(Duration::from_millis(1)));
         self
     }
 
-    fn aggregate(&self) -> MutexGuard<'_, Aggregate> {
+    fn totals(&self) -> MutexGuard<'_, Aggregate> {
         self.inner
-            .aggregate
+            .totals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Watches every run `agent` (or a clone of it) starts from now on. Needs a tokio
-    /// runtime (it reads on a task of its own).
+    /// Watches every run `agent` (or a clone of it) starts from now on; attaching twice
+    /// counts once. Fails only if the agent's definition is invalid.
     pub fn attach(&self, agent: &Agent) -> Result<(), FlowError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| FlowError::NoRuntime {
-            agent: agent.name().to_owned(),
-        })?;
-        let workflow: Arc<str> = Arc::from(agent.name());
         if let Some(pool) = agent.compiled()?.pool.clone() {
+            let workflow = agent.name().to_owned();
             let mut pools = self
                 .inner
                 .pools
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             match pools.iter_mut().find(|(known, _)| known.same(&pool)) {
-                Some((_, names)) => names.push(workflow.to_string()),
-                None => pools.push((pool, vec![workflow.to_string()])),
+                Some((_, names)) if !names.contains(&workflow) => names.push(workflow),
+                Some(_) => {}
+                None => pools.push((pool, vec![workflow])),
             }
         }
-        let mut events = agent.subscribe();
-        let aggregate = Arc::clone(&self.inner.aggregate);
-        let reader = runtime.spawn(async move {
-            // Waits for an event, then takes every event already there in one go: a busy
-            // run's events are read in batches, under one lock, without waking this task
-            // (and its worker) once per event.
-            while let Some(first) = events.next().await {
-                let mut taken = 0usize;
-                {
-                    let mut aggregate = aggregate.lock().unwrap_or_else(PoisonError::into_inner);
-                    let mut next = Some(first);
-                    while let Some(event) = next {
-                        taken += 1;
-                        match event {
-                            Ok(event) => aggregate.apply(&workflow, &event),
-                            Err(EventStreamError::Lagged(missed)) => aggregate.missed += missed,
-                            Err(EventStreamError::Closed) => return,
-                        }
-                        next = events.try_recv();
-                    }
-                }
-                // Events come faster than one at a time: let more gather before reading on,
-                // rather than being woken by each (well within the buffer at any rate a run
-                // reaches: see `event_capacity`).
-                if taken >= BATCH {
-                    tokio::time::sleep(BATCH_PAUSE).await;
-                }
-            }
-        });
-        self.inner
-            .readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(reader.abort_handle());
+        let inner: Arc<dyn Probe> = self.inner.clone();
+        agent.probes().add(Arc::downgrade(&inner));
         Ok(())
     }
 
     /// The metrics now.
     pub fn snapshot(&self) -> Snapshot {
-        let mut snapshot = self.aggregate().snapshot(tokio::time::Instant::now());
-        if self.aggregate().types().contains(MetricType::RESOURCES) {
+        let mut snapshot = self.totals().snapshot(tokio::time::Instant::now());
+        if self.totals().types().contains(MetricType::RESOURCES) {
             let pools = self
                 .inner
                 .pools
@@ -227,7 +182,7 @@ impl Monitor {
 
     /// Forgets everything seen so far; keeps watching.
     pub fn reset(&self) {
-        self.aggregate().reset();
+        self.totals().reset();
     }
 
     /// A snapshot every `every` (the first at once), as a `Stream`; it ends only when

@@ -13,10 +13,6 @@ pub struct Snapshot {
     pub workflows: BTreeMap<String, WorkflowMetrics>,
     /// The resource pools of the agents watched (with `MetricType::RESOURCES`).
     pub pools: Option<Vec<PoolMetrics>>,
-    /// Events the monitor could not read because it fell behind (its subscriptions' lag):
-    /// when not 0, counts and histograms miss that many events. Raise the agents'
-    /// `event_capacity` if it happens.
-    pub events_missed: u64,
 }
 
 /// One resource pool, as the monitor reads it when the snapshot is taken.
@@ -64,6 +60,9 @@ pub struct WorkflowMetrics {
     pub concurrency: Option<Concurrency>,
     /// Failures by kind (with `MetricType::ERRORS`).
     pub errors: Option<BTreeMap<String, u64>>,
+    /// The longest chain of required dependencies a run of it resolved (with
+    /// `MetricType::TIMING`; `None` until one state has waited for another).
+    pub longest_dependency_chain: Option<DependencyChain>,
 }
 
 /// Runs by outcome.
@@ -104,6 +103,29 @@ pub struct StateMetrics {
     pub blocked: Option<Summary>,
     /// Input requests (with `MetricType::INPUT`).
     pub input: Option<InputMetrics>,
+    /// What released the state when it waited on its dependencies, by the dependency that
+    /// completed last before it could start (the one it was held up by), with how long it
+    /// waited in all (with `MetricType::TIMING`; empty for a state without dependencies).
+    pub blocked_on: BTreeMap<String, BlockedOn>,
+}
+
+/// How often, and how long, a state waited for one dependency last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockedOn {
+    /// Times this dependency was the last one the state waited for.
+    pub times: u64,
+    /// How long the state had waited by then (blocked to ready).
+    pub waited: Summary,
+}
+
+/// The longest chain of required dependencies one run resolved: each state waited for the
+/// one before it (`a` ← `b` ← `c`: `c` requires `b`, which requires `a`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyChain {
+    /// How many states it links (2 for one state and its dependency).
+    pub length: u32,
+    /// The states, the first dependency first.
+    pub states: Vec<String>,
 }
 
 /// A state's input requests.
@@ -171,34 +193,106 @@ pub struct Concurrency {
 
 /// A histogram of durations in microseconds, 2 significant digits, growing with the largest
 /// value recorded (a state of microseconds keeps a few hundred bytes; one of minutes a few
-/// kilobytes).
-pub(crate) struct Durations(Histogram<u32>);
+/// kilobytes). The first few values are kept as they are, and exact, so that the many states
+/// of a large graph that run once or twice cost no histogram each.
+#[derive(Default)]
+pub(crate) struct Durations {
+    /// The first values, until there are more than `FEW`.
+    few: [u64; FEW],
+    len: usize,
+    /// Every value, once there were more than `FEW`.
+    histogram: Option<Box<Histogram<u32>>>,
+}
+
+/// How many values are kept as they are before a histogram is built.
+const FEW: usize = 4;
 
 impl Durations {
     pub(crate) fn new() -> Self {
-        Self(Histogram::new(2).expect("2 significant digits are valid"))
+        Self::default()
     }
 
     pub(crate) fn record(&mut self, duration: Duration) {
-        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        // (Auto-resizing: records any value; a count past u32::MAX saturates.)
-        let _ = self.0.record(micros.max(1));
+        // (Without `as_micros`: its 128-bit division costs more than the rest together.)
+        let micros = duration
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(duration.subsec_micros()));
+        self.record_micros(micros);
+    }
+
+    fn record_micros(&mut self, micros: u64) {
+        let micros = micros.max(1);
+        if self.histogram.is_none() && self.len < FEW {
+            self.few[self.len] = micros;
+            self.len += 1;
+        } else {
+            // (Auto-resizing: records any value; a count past u32::MAX saturates.)
+            let _ = self.histogram().record(micros);
+        }
+    }
+
+    /// This as a histogram, built from the few values kept until now.
+    fn histogram(&mut self) -> &mut Histogram<u32> {
+        let few = &self.few[..self.len];
+        self.histogram.get_or_insert_with(|| {
+            let mut histogram = Histogram::new(2).expect("2 significant digits are valid");
+            for &value in few {
+                let _ = histogram.record(value);
+            }
+            Box::new(histogram)
+        })
+    }
+
+    /// All the values of `parts` in one.
+    pub(crate) fn merged<'a>(parts: impl IntoIterator<Item = &'a Durations>) -> Self {
+        let mut all = Self::new();
+        for part in parts {
+            match &part.histogram {
+                // (Both auto-resize: adding cannot fail for want of range.)
+                Some(histogram) => drop(all.histogram().add(&**histogram)),
+                None => {
+                    for &micros in &part.few[..part.len] {
+                        all.record_micros(micros);
+                    }
+                }
+            }
+        }
+        all
     }
 
     pub(crate) fn summary(&self) -> Option<Summary> {
-        let h = &self.0;
-        if h.is_empty() {
-            return None;
-        }
         let ms = |micros: u64| micros as f64 / 1000.0;
-        Some(Summary {
-            count: h.len(),
-            min_ms: ms(h.min()),
-            mean_ms: h.mean() / 1000.0,
-            p50_ms: ms(h.value_at_quantile(0.5)),
-            p95_ms: ms(h.value_at_quantile(0.95)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            max_ms: ms(h.max()),
-        })
+        match &self.histogram {
+            None if self.len == 0 => None,
+            None => {
+                let mut sorted = self.few[..self.len].to_vec();
+                sorted.sort_unstable();
+                // The nearest rank, as the histogram counts it.
+                let at = |quantile: f64| {
+                    let rank = (quantile * sorted.len() as f64).ceil() as usize;
+                    ms(sorted[rank.clamp(1, sorted.len()) - 1])
+                };
+                Some(Summary {
+                    count: sorted.len() as u64,
+                    min_ms: ms(sorted[0]),
+                    mean_ms: sorted.iter().sum::<u64>() as f64 / sorted.len() as f64 / 1000.0,
+                    p50_ms: at(0.5),
+                    p95_ms: at(0.95),
+                    p99_ms: at(0.99),
+                    max_ms: ms(sorted[sorted.len() - 1]),
+                })
+            }
+            Some(h) if h.is_empty() => None,
+            Some(h) => Some(Summary {
+                count: h.len(),
+                min_ms: ms(h.min()),
+                mean_ms: h.mean() / 1000.0,
+                p50_ms: ms(h.value_at_quantile(0.5)),
+                p95_ms: ms(h.value_at_quantile(0.95)),
+                p99_ms: ms(h.value_at_quantile(0.99)),
+                max_ms: ms(h.max()),
+            }),
+        }
     }
 }

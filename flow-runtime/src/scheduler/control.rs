@@ -93,9 +93,7 @@ impl Coordinator {
         if cancelled > 0 {
             self.set_status(state, StateStatus::Cancelled);
             for _ in 0..cancelled {
-                self.publish(EventKind::StateCancelled {
-                    state: Arc::clone(self.graph.name(state)),
-                });
+                self.publish_state(state, |state| EventKind::StateCancelled { state });
             }
             self.absorb_joins();
         }
@@ -158,21 +156,23 @@ impl Coordinator {
                     self.free_slots.push(slot);
                     self.running_count -= 1;
                     let now = Instant::now();
+                    self.now = now;
                     let record = &mut self.states[running.state.index()];
                     let duration = now - running.started;
                     record.total_time = record.total_time.saturating_add(duration);
                     record.last_finished = Some(now);
-                    let name = Arc::clone(self.graph.name(running.state));
                     if matches!(outcome, super::task::Outcome::Finished(Ok(_))) {
                         self.completed = self.completed.saturating_add(1);
                         self.set_status(running.state, StateStatus::Completed);
-                        self.publish(EventKind::StateCompleted {
-                            state: name,
+                        self.publish_state(running.state, |state| EventKind::StateCompleted {
+                            state,
                             duration,
                         });
                     } else {
                         self.set_status(running.state, StateStatus::Cancelled);
-                        self.publish(EventKind::StateCancelled { state: name });
+                        self.publish_state(running.state, |state| EventKind::StateCancelled {
+                            state,
+                        });
                     }
                 }
                 Message::Pause(ack) => {
@@ -203,6 +203,8 @@ impl Coordinator {
 
     /// Stops what still runs, settles every status, and writes the report.
     pub(super) async fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
+        // (Events are stamped with `now`.)
+        self.now = Instant::now();
         // Requests still waiting are withdrawn: their states are being stopped. (A restore
         // asks them again, with the same ids.) A suspended run keeps them pending: it is
         // continued when they are answered.
@@ -255,6 +257,7 @@ impl Coordinator {
             pool.forget_run(self.run_key);
         }
         self.wind_down().await;
+        self.now = Instant::now();
         // Work that will not happen is reported as cancelled, never silently dropped.
         let mut cancelled = self.abort_running();
         cancelled.extend(self.ready.drain().map(|entry| entry.state));
@@ -265,9 +268,7 @@ impl Coordinator {
         cancelled.dedup();
         for state in cancelled {
             self.set_status(state, StateStatus::Cancelled);
-            self.publish(EventKind::StateCancelled {
-                state: Arc::clone(self.graph.name(state)),
-            });
+            self.publish_state(state, |state| EventKind::StateCancelled { state });
         }
         for waiter in self.pause_waiters.drain(..) {
             let _ = waiter.send(());
@@ -288,10 +289,12 @@ impl Coordinator {
                 "scheduler bug: a completed run left {live} branches"
             );
         }
-        let duration = started_at.elapsed();
+        self.now = Instant::now();
+        let duration = self.now.saturating_duration_since(started_at);
         self.observer.set_counts(self.completed, 0, 0);
         self.observer.set_status(status);
         self.publish(EventKind::RunFinished { status, duration });
+        self.events.flush();
         match &error {
             None => tracing::debug!(?duration, "run completed"),
             Some(error) => tracing::debug!(%error, "run stopped"),

@@ -472,11 +472,7 @@ impl Coordinator {
         self.deps.by_state[state.index()].push(id);
         self.deps.count += 1;
         self.set_status(state, StateStatus::Blocked);
-        if self.events.is_observed() {
-            self.publish(EventKind::StateBlocked {
-                state: Arc::clone(self.graph.name(state)),
-            });
-        }
+        self.publish_state(state, |state| EventKind::StateBlocked { state });
     }
 
     fn arm(&self, waiter: u32, token: u64, after: Duration) -> AbortHandle {

@@ -145,14 +145,11 @@ impl Coordinator {
             return Ok(());
         }
 
-        if self.events.is_observed() {
-            let state = Arc::clone(self.graph.name(state));
-            self.publish(EventKind::StateFailed {
-                state,
-                error: message.clone(),
-                kind,
-            });
-        }
+        self.publish_state(state, |state| EventKind::StateFailed {
+            state,
+            error: message.clone(),
+            kind,
+        });
         let letter = DeadLetter {
             run_id: self.observer.run_id,
             state: self.graph.name(state).to_string(),
@@ -210,9 +207,8 @@ impl Coordinator {
     ) {
         self.set_status(state, StateStatus::Pending);
         if self.events.is_observed() {
-            let name = Arc::clone(self.graph.name(state));
-            self.publish(EventKind::StateRetrying {
-                state: name,
+            self.publish_state(state, |state| EventKind::StateRetrying {
+                state,
                 attempt,
                 delay,
                 error,
@@ -261,11 +257,7 @@ impl Coordinator {
         self.timer_count -= 1;
         self.enqueue(state, scope, attempt, visit);
         self.set_status(state, StateStatus::Ready);
-        if self.events.is_observed() {
-            self.publish(EventKind::StateReady {
-                state: Arc::clone(self.graph.name(state)),
-            });
-        }
+        self.publish_state(state, |state| EventKind::StateReady { state });
     }
 
     /// Stops every pending retry; returns the states that were waiting.

@@ -164,14 +164,11 @@ impl Coordinator {
         record.first_started.get_or_insert(now);
         let run = record.runs;
         self.observer.set_state(state.index(), StateStatus::Running);
-        if self.events.is_observed() {
-            let name = Arc::clone(self.graph.name(state));
-            self.publish(EventKind::StateStarted {
-                state: name,
-                run,
-                attempt,
-            });
-        }
+        self.publish_state(state, |state| EventKind::StateStarted {
+            state,
+            run,
+            attempt,
+        });
         let span = tracing::debug_span!("state", state = %self.graph.name(state), run, attempt);
         (span, (attempt, visit))
     }

@@ -39,8 +39,9 @@ use crate::checkpoint::writer::{self, Writer};
 use crate::checkpoint::{CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
 use crate::coordination::{Actor, AttemptIdentity, HeldUnits};
-use crate::events::{Event, EventHub, EventKind};
+use crate::events::{EventHub, EventKind};
 use crate::failure::DeadLetter;
+use crate::probe::Publisher;
 use crate::resilience::BreakerPermit;
 use crate::resources::{Grant, ResourcePool};
 use crate::run::{Observer, RunControl, RunReport, RunWarning, StateReport};
@@ -58,7 +59,8 @@ pub(crate) struct Coordinator {
     graph: Arc<StateGraph>,
     context: Context,
     observer: Arc<Observer>,
-    events: EventHub,
+    /// Where the run's events go (subscribers, monitors).
+    events: Publisher,
     cancel: CancellationToken,
     joins: Joins,
     ready: ReadyQueue,
@@ -186,6 +188,7 @@ impl Coordinator {
             halted,
         } = control;
         let blocking = compiled.blocking_threshold;
+        let events = Publisher::new(events, &compiled, observer.run_id);
         let mut coordinator = Self {
             joins: {
                 let mut joins = Joins::new(&graph);
@@ -354,6 +357,8 @@ impl Coordinator {
                 }
             }
             self.publish_counts();
+            // About to wait: monitors get what happened so far.
+            self.events.flush();
             // The coordinator holds a sender, so the channel never closes.
             let Some(message) = self.inbox.recv().await else {
                 break Some(Stop::Cancelled);
@@ -589,10 +594,7 @@ impl Coordinator {
                 self.set_status(state, StateStatus::Completed);
                 self.completed = self.completed.saturating_add(1);
                 tracing::debug!(state = %self.graph.name(state), ?duration, "state completed");
-                if self.events.is_observed() {
-                    let state = Arc::clone(self.graph.name(state));
-                    self.publish(EventKind::StateCompleted { state, duration });
-                }
+                self.publish_state(state, |state| EventKind::StateCompleted { state, duration });
                 // Recorded before the branch moves (a join it releases sees it), announced to
                 // waiting dependents after (so an arriving transition takes precedence over a
                 // state starting by itself).
@@ -705,11 +707,7 @@ impl Coordinator {
                 continue;
             }
             self.set_status(state, StateStatus::Blocked);
-            if self.events.is_observed() {
-                self.publish(EventKind::StateBlocked {
-                    state: Arc::clone(self.graph.name(state)),
-                });
-            }
+            self.publish_state(state, |state| EventKind::StateBlocked { state });
         }
         self.joins.blocked = blocked;
         let mut released = std::mem::take(&mut self.joins.released);
@@ -731,11 +729,7 @@ impl Coordinator {
         self.enqueue(state, scope, 1, 0);
         self.dependency_started(state);
         self.set_status(state, StateStatus::Ready);
-        if self.events.is_observed() {
-            self.publish(EventKind::StateReady {
-                state: Arc::clone(self.graph.name(state)),
-            });
-        }
+        self.publish_state(state, |state| EventKind::StateReady { state });
     }
 
     fn set_status(&mut self, state: StateId, status: StateStatus) {
@@ -749,13 +743,16 @@ impl Coordinator {
             .set_counts(self.completed, self.running_count, pending);
     }
 
-    fn publish(&self, kind: EventKind) {
+    /// Publishes an event of the run, stamped with the time of the step that led to it.
+    fn publish(&mut self, kind: EventKind) {
+        self.events.publish(self.now, None, kind);
+    }
+
+    /// Publishes an event of `state`, built (only when someone listens) from its name.
+    fn publish_state(&mut self, state: StateId, event: impl FnOnce(Arc<str>) -> EventKind) {
         if self.events.is_observed() {
-            self.events.publish(Event {
-                run_id: self.observer.run_id,
-                at: Instant::now(),
-                kind,
-            });
+            let kind = event(Arc::clone(self.graph.name(state)));
+            self.events.publish(self.now, Some(state), kind);
         }
     }
 

@@ -1,0 +1,123 @@
+//! In-process observers of runs that fold what happens where it happens, on the run's own
+//! coordinator, instead of reading the event channel from another task.
+//!
+//! A [`Probe`] (a `Monitor`) is registered with an agent's event hub; each run opens a
+//! [`RunProbe`] of its own, feeds it every event without a lock, and hands what it gathered
+//! over in batches ([`RunProbe::flush`]): before the coordinator waits for anything, every
+//! [`FLUSH_EVERY`] events of a run that never waits, and when the run ends. A workflow nobody
+//! probes pays one atomic load per run for this.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use flow_core::StateId;
+use tokio::time::Instant;
+
+use crate::agent::Compiled;
+use crate::events::{Event, EventHub, EventKind};
+
+/// A run probe holding this many events hands them over even if its run never waits.
+pub(crate) const FLUSH_EVERY: usize = 1024;
+
+/// Something that watches runs from inside them.
+pub(crate) trait Probe: Send + Sync {
+    /// The observer of one run of the workflow `compiled`.
+    fn open(&self, compiled: &Arc<Compiled>) -> Box<dyn RunProbe>;
+}
+
+/// One run's side of a [`Probe`]: owned by the run's coordinator, never shared.
+pub(crate) trait RunProbe: Send {
+    /// Takes one event of the run; `state` is the state it is about, when the scheduler
+    /// knows it (saves a lookup by name).
+    fn record(&mut self, at: Instant, state: Option<StateId>, kind: &EventKind);
+    /// Hands over what it gathered since the last flush.
+    fn flush(&mut self);
+}
+
+/// The probes registered with one agent (and its clones): shared by its event hubs, so that
+/// replacing the hub's channel keeps them.
+#[derive(Default)]
+pub(crate) struct ProbeList {
+    probes: Mutex<Vec<Weak<dyn Probe>>>,
+    /// How many are registered: read once per run, so that an unprobed run takes no lock.
+    count: AtomicUsize,
+}
+
+impl ProbeList {
+    /// Registers `probe`, once however often it is added.
+    pub(crate) fn add(&self, probe: Weak<dyn Probe>) {
+        let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+        if probes.iter().any(|known| Weak::ptr_eq(known, &probe)) {
+            return;
+        }
+        probes.push(probe);
+        self.count.store(probes.len(), Ordering::Release);
+    }
+
+    /// A run probe of each live probe for a new run (none, without locking, when nothing is
+    /// registered); forgets probes that were dropped.
+    pub(crate) fn open(&self, compiled: &Arc<Compiled>) -> Vec<Box<dyn RunProbe>> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut opened = Vec::with_capacity(probes.len());
+        probes.retain(|probe| match probe.upgrade() {
+            Some(probe) => {
+                opened.push(probe.open(compiled));
+                true
+            }
+            None => false,
+        });
+        self.count.store(probes.len(), Ordering::Release);
+        opened
+    }
+}
+
+/// Where a run's events go: the agent's event channel (when someone subscribes) and the run's
+/// probes.
+pub(crate) struct Publisher {
+    hub: EventHub,
+    probes: Vec<Box<dyn RunProbe>>,
+    run_id: u64,
+}
+
+impl Publisher {
+    pub(crate) fn new(hub: EventHub, compiled: &Arc<Compiled>, run_id: u64) -> Self {
+        let probes = hub.probes().open(compiled);
+        Self {
+            hub,
+            probes,
+            run_id,
+        }
+    }
+
+    /// Whether anything takes events: when not, callers skip building them.
+    pub(crate) fn is_observed(&self) -> bool {
+        !self.probes.is_empty() || self.hub.is_observed()
+    }
+
+    /// Publishes one event of the run, which happened `at` (to `state`, if the caller knows).
+    pub(crate) fn publish(&mut self, at: Instant, state: Option<StateId>, kind: EventKind) {
+        if !self.is_observed() {
+            return;
+        }
+        for probe in &mut self.probes {
+            probe.record(at, state, &kind);
+        }
+        if self.hub.is_observed() {
+            self.hub.publish(Event {
+                run_id: self.run_id,
+                at,
+                kind,
+            });
+        }
+    }
+
+    /// Hands what the probes gathered over (the run is about to wait, or ends).
+    pub(crate) fn flush(&mut self) {
+        for probe in &mut self.probes {
+            probe.flush();
+        }
+    }
+}
