@@ -110,6 +110,7 @@ impl Coordinator {
                 if let Some(abort) = running.abort {
                     abort.abort();
                 }
+                super::telemetry::attempt_cancelled(&running.span);
                 running.state
             })
             .collect()
@@ -153,6 +154,7 @@ impl Coordinator {
                         continue;
                     };
                     super::record_breaker(running.breaker, &outcome);
+                    super::telemetry::attempt_ended(&running.span, &outcome);
                     self.free_slots.push(slot);
                     self.running_count -= 1;
                     let now = Instant::now();
@@ -293,6 +295,7 @@ impl Coordinator {
         let duration = self.now.saturating_duration_since(started_at);
         self.observer.set_counts(self.completed, 0, 0);
         self.observer.set_status(status);
+        super::telemetry::run_ended(&tracing::Span::current(), status, error.as_ref());
         self.publish(EventKind::RunFinished { status, duration });
         self.events.flush();
         match &error {

@@ -38,6 +38,7 @@ impl Coordinator {
             Ok(run) => self.attempt(state, run),
             Err(outcome) => {
                 record_breaker(breaker, &outcome);
+                super::telemetry::attempt_ended(&span, &outcome);
                 return self
                     .finish(state, scope, attempt, started, outcome)
                     .map_err(Stop::Failed);
@@ -57,6 +58,7 @@ impl Coordinator {
             Some(outcome) => {
                 self.now = Instant::now();
                 record_breaker(breaker, &outcome);
+                super::telemetry::attempt_ended(&span, &outcome);
                 let finished = self.finish(state, scope, attempt, started, outcome);
                 self.publish_counts();
                 finished.map_err(Stop::Failed)
@@ -93,8 +95,8 @@ impl Coordinator {
                 GateVerdict::Refused(entry, error) => {
                     self.dequeued(entry.seq());
                     let (state, scope) = (entry.state, entry.scope);
-                    let (_span, attempt) = self.begin(state, (entry.attempt, entry.visit));
-                    self.launch_outcome(state, scope, attempt, Outcome::Refused(error));
+                    let (span, attempt) = self.begin(state, (entry.attempt, entry.visit));
+                    self.launch_outcome(state, scope, attempt, Outcome::Refused(error), span);
                     continue;
                 }
             };
@@ -112,7 +114,7 @@ impl Coordinator {
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
                     record_breaker(admission.breaker, &outcome);
-                    self.launch_outcome(state, scope, attempt, outcome);
+                    self.launch_outcome(state, scope, attempt, outcome, span);
                 }
             }
         }
@@ -169,7 +171,11 @@ impl Coordinator {
             run,
             attempt,
         });
-        let span = tracing::debug_span!("state", state = %self.graph.name(state), run, attempt);
+        let span = super::telemetry::attempt_span(
+            &self.durable_key,
+            self.graph.name(state),
+            (run, attempt, visit),
+        );
         (span, (attempt, visit))
     }
 
@@ -219,6 +225,7 @@ impl Coordinator {
         let spec = &self.compiled.states[state.index()];
         let (limit, link) = (spec.timeout, Arc::clone(&self.link));
         let call = task::plain(run);
+        let attempt_span = span.clone();
         let task = tokio::spawn(task::supervise(call, limit, slot, ticket, link).instrument(span));
         let abort = Some(task.abort_handle());
         // The task's own timeout cannot fire while its state blocks the thread or never
@@ -248,6 +255,7 @@ impl Coordinator {
             _deadline: deadline,
             _held: held,
             _hold_timer: hold_timer,
+            span: attempt_span,
         });
         self.running_count += 1;
     }
@@ -259,6 +267,7 @@ impl Coordinator {
         scope: ScopeId,
         (attempt, visit): (u32, u32),
         outcome: Outcome,
+        span: tracing::Span,
     ) {
         let (slot, ticket) = self.take_slot();
         let started = self.now;
@@ -276,6 +285,7 @@ impl Coordinator {
             _deadline: None,
             _held: Vec::new(),
             _hold_timer: None,
+            span,
         });
         self.running_count += 1;
         let _ = self.sender.send(Message::Done {

@@ -17,6 +17,7 @@ mod launch;
 mod pool;
 mod ready;
 mod task;
+mod telemetry;
 mod warnings;
 
 pub use deps::BlockedState;
@@ -150,6 +151,8 @@ struct Running {
     _deadline: Option<AbortOnDrop>,
     /// Units of coordination primitives it holds; given back when this is dropped.
     _held: Vec<HeldUnits>,
+    /// The attempt's tracing span, for its result.
+    span: tracing::Span,
     /// The timer for the earliest TTL among them (see `Message::HoldExpired`).
     _hold_timer: Option<AbortOnDrop>,
 }
@@ -267,8 +270,14 @@ impl Coordinator {
     }
 
     pub(crate) async fn run(self) -> RunReport {
-        let span =
-            tracing::info_span!("run", agent = %self.compiled.name, run_id = self.observer.run_id);
+        let span = tracing::info_span!(
+            "run",
+            cicd.pipeline.name = &*self.compiled.name,
+            cicd.pipeline.run.id = &*self.durable_key,
+            fluffy_flow.run_id = i64::try_from(self.observer.run_id).unwrap_or(i64::MAX),
+            cicd.pipeline.result = tracing::field::Empty,
+            fluffy_flow.run.status = tracing::field::Empty,
+        );
         self.drive().instrument(span).await
     }
 
@@ -562,11 +571,13 @@ impl Coordinator {
             visit,
             started,
             breaker,
+            span,
             ..
         }) = entry.take()
         else {
             return Ok(());
         };
+        telemetry::attempt_ended(&span, &outcome);
         self.free_slots.push(slot);
         self.running_count -= 1;
         record_breaker(breaker, &outcome);
