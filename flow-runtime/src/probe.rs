@@ -10,9 +10,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use std::time::Duration;
+
 use flow_core::StateId;
 use tokio::time::Instant;
 
+use crate::FailureKind;
 use crate::agent::Compiled;
 use crate::events::{Event, EventHub, EventKind};
 
@@ -25,11 +28,68 @@ pub(crate) trait Probe: Send + Sync {
     fn open(&self, compiled: &Arc<Compiled>) -> Box<dyn RunProbe>;
 }
 
+/// Something that happened to a state, as the scheduler says it: by id, without its name.
+/// Probes take it as it is; an [`EventKind`] is built from it only for subscribers.
+pub(crate) enum StateEvent<'a> {
+    Ready,
+    Blocked,
+    Started {
+        run: u32,
+        attempt: u32,
+    },
+    Completed {
+        duration: Duration,
+    },
+    Retrying {
+        attempt: u32,
+        delay: Duration,
+        error: &'a str,
+    },
+    Failed {
+        error: &'a str,
+        kind: FailureKind,
+    },
+    Cancelled,
+}
+
+impl StateEvent<'_> {
+    /// The event subscribers get, for the state named `state`.
+    fn into_event(self, state: Arc<str>) -> EventKind {
+        match self {
+            Self::Ready => EventKind::StateReady { state },
+            Self::Blocked => EventKind::StateBlocked { state },
+            Self::Started { run, attempt } => EventKind::StateStarted {
+                state,
+                run,
+                attempt,
+            },
+            Self::Completed { duration } => EventKind::StateCompleted { state, duration },
+            Self::Retrying {
+                attempt,
+                delay,
+                error,
+            } => EventKind::StateRetrying {
+                state,
+                attempt,
+                delay,
+                error: error.to_owned(),
+            },
+            Self::Failed { error, kind } => EventKind::StateFailed {
+                state,
+                error: error.to_owned(),
+                kind,
+            },
+            Self::Cancelled => EventKind::StateCancelled { state },
+        }
+    }
+}
+
 /// One run's side of a [`Probe`]: owned by the run's coordinator, never shared.
 pub(crate) trait RunProbe: Send {
-    /// Takes one event of the run; `state` is the state it is about, when the scheduler
-    /// knows it (saves a lookup by name).
-    fn record(&mut self, at: Instant, state: Option<StateId>, kind: &EventKind);
+    /// Takes one event of the run that is not about one state's attempt (the run's, input).
+    fn record(&mut self, at: Instant, kind: &EventKind);
+    /// Takes one event of `state`.
+    fn record_state(&mut self, at: Instant, state: StateId, event: &StateEvent<'_>);
     /// Hands over what it gathered since the last flush.
     fn flush(&mut self);
 }
@@ -97,13 +157,33 @@ impl Publisher {
         !self.probes.is_empty() || self.hub.is_observed()
     }
 
-    /// Publishes one event of the run, which happened `at` (to `state`, if the caller knows).
-    pub(crate) fn publish(&mut self, at: Instant, state: Option<StateId>, kind: EventKind) {
+    /// Publishes what happened `at` to `state`, named `name` (cloned only for subscribers).
+    pub(crate) fn publish_state(
+        &mut self,
+        at: Instant,
+        state: StateId,
+        name: &Arc<str>,
+        event: StateEvent<'_>,
+    ) {
+        for probe in &mut self.probes {
+            probe.record_state(at, state, &event);
+        }
+        if self.hub.is_observed() {
+            self.hub.publish(Event {
+                run_id: self.run_id,
+                at,
+                kind: event.into_event(Arc::clone(name)),
+            });
+        }
+    }
+
+    /// Publishes one event of the run, which happened `at`.
+    pub(crate) fn publish(&mut self, at: Instant, kind: EventKind) {
         if !self.is_observed() {
             return;
         }
         for probe in &mut self.probes {
-            probe.record(at, state, &kind);
+            probe.record(at, &kind);
         }
         if self.hub.is_observed() {
             self.hub.publish(Event {

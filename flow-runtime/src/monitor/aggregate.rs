@@ -1,6 +1,7 @@
 //! The monitor's totals: what every run's recorder handed over, folded together. Touched
 //! under the monitor's lock once per batch of a run's events, and by whoever takes a snapshot.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +10,11 @@ use flow_core::{AgentStatus, FxHashMap};
 use tokio::time::Instant;
 
 use super::MetricType;
-use super::recorder::{Left, Record};
+use super::histogram::Durations;
+use super::recorder::{Concurrency as RunConcurrency, Record};
 use super::snapshot::{
-    BlockedOn, Concurrency, DependencyChain, Durations, InputMetrics, RunOutcomes, Snapshot,
-    StateMetrics, Throughput, WorkflowMetrics,
+    BlockedOn, Concurrency, DependencyChain, InputMetrics, RunOutcomes, Snapshot, StateMetrics,
+    Throughput, WorkflowMetrics,
 };
 use crate::FailureKind;
 
@@ -75,16 +77,7 @@ impl Workflow {
     }
 }
 
-impl Workflow {
-    /// An attempt ended: it leaves the running or the queued.
-    fn left(&mut self, left: Left) {
-        match left {
-            Left::Running => self.running = self.running.saturating_sub(1),
-            Left::Queue => self.queued = self.queued.saturating_sub(1),
-            Left::Nothing => {}
-        }
-    }
-}
+impl Workflow {}
 
 struct State {
     name: Arc<str>,
@@ -178,28 +171,26 @@ impl Aggregate {
         });
     }
 
-    /// Takes one record of a run. `name` names the run's states by their index.
+    /// Takes one record of a run. `name` names the run's states by their index. Returns
+    /// the record's instant, if it has one (see `settle`).
     pub(super) fn apply(
         &mut self,
         slots: &mut Slots,
         name: &dyn Fn(usize) -> Arc<str>,
         taken: Record,
-    ) {
+    ) -> Option<Instant> {
         let timing = self.types.contains(MetricType::TIMING);
         let throughput = self.types.contains(MetricType::THROUGHPUT);
-        let window = self.window;
         let w = &mut self.workflows[slots.workflow];
         let mut state = |w: &mut Workflow, index: usize| -> usize {
             let slot = &mut slots.states[index];
             if *slot == u32::MAX {
-                let name = name(index);
-                *slot = match w.state_index.get(&name) {
-                    Some(&known) => known,
-                    None => {
-                        w.states.push(State::new(Arc::clone(&name)));
-                        let known = (w.states.len() - 1) as u32;
-                        w.state_index.insert(name, known);
-                        known
+                // (One hash of the name, whether the state is new or known.)
+                *slot = match w.state_index.entry(name(index)) {
+                    Entry::Occupied(known) => *known.get(),
+                    Entry::Vacant(new) => {
+                        w.states.push(State::new(Arc::clone(new.key())));
+                        *new.insert((w.states.len() - 1) as u32)
                     }
                 };
             }
@@ -216,7 +207,6 @@ impl Aggregate {
                 at: finished,
                 status,
                 duration,
-                still_queued,
                 chain,
             } => {
                 match status {
@@ -229,8 +219,6 @@ impl Aggregate {
                     record(&mut w.run_duration, duration);
                 }
                 w.finished_runs += 1;
-                // What the run left queued is not queued any more.
-                w.queued = w.queued.saturating_sub(still_queued);
                 if throughput {
                     w.recent_runs.push_back(finished);
                 }
@@ -247,14 +235,12 @@ impl Aggregate {
                 }
                 at = Some(finished);
             }
-            Record::Ready {
+            Record::Unblocked {
                 state: index,
-                blocked,
+                waited,
+                on,
             } => {
-                w.queued += 1;
-                if let Some((waited, on)) = blocked
-                    && timing
-                {
+                if timing {
                     let on = on.map(name);
                     let s = state(w, index);
                     let extra = w.states[s].extra();
@@ -273,11 +259,6 @@ impl Aggregate {
                 state: index,
                 queue_wait,
             } => {
-                if queue_wait.is_some() {
-                    w.queued = w.queued.saturating_sub(1);
-                }
-                w.running += 1;
-                w.peak = w.peak.max(w.running);
                 let s = state(w, index);
                 let s = &mut w.states[s];
                 s.started += 1;
@@ -289,9 +270,8 @@ impl Aggregate {
                 state: index,
                 at: completed,
                 duration,
-                left,
+                started,
             } => {
-                w.left(left);
                 w.completed_states += 1;
                 if throughput {
                     w.recent_states.push_back(completed);
@@ -299,28 +279,27 @@ impl Aggregate {
                 let s = state(w, index);
                 let s = &mut w.states[s];
                 s.completed += 1;
+                if let Some(queue_wait) = started {
+                    s.started += 1;
+                    if let (true, Some(wait)) = (timing, queue_wait) {
+                        s.queue_wait.record(wait);
+                    }
+                }
                 if timing {
                     s.duration.record(duration);
                 }
                 at = Some(completed);
             }
-            Record::Retried { state: index, left } => {
-                w.left(left);
+            Record::Retried { state: index } => {
                 let s = state(w, index);
                 w.states[s].retried += 1;
             }
-            Record::Failed {
-                state: index,
-                kind,
-                left,
-            } => {
-                w.left(left);
+            Record::Failed { state: index, kind } => {
                 let s = state(w, index);
                 w.states[s].failed += 1;
                 *w.errors.entry(kind).or_default() += 1;
             }
-            Record::Cancelled { state: index, left } => {
-                w.left(left);
+            Record::Cancelled { state: index } => {
                 let s = state(w, index);
                 w.states[s].cancelled += 1;
             }
@@ -345,10 +324,29 @@ impl Aggregate {
                 w.states[s].input().timed_out += 1;
             }
         }
-        if let (true, Some(now)) = (throughput, at) {
-            prune(&mut w.recent_states, now, window);
-            prune(&mut w.recent_runs, now, window);
+        at
+    }
+
+    /// Ends a run's batch: its states running and queued now, and the most it ran at once
+    /// since it last said (`reported` is what it said last time: its share of the totals);
+    /// the throughput window moves on to `latest`, the batch's last instant.
+    pub(super) fn settle(
+        &mut self,
+        slots: &Slots,
+        (reported, now, peak): (RunConcurrency, RunConcurrency, u64),
+        latest: Option<Instant>,
+    ) {
+        let window = self.window;
+        let w = &mut self.workflows[slots.workflow];
+        if let Some(latest) = latest {
+            prune(&mut w.recent_states, latest, window);
+            prune(&mut w.recent_runs, latest, window);
         }
+        let others_running = w.running.saturating_sub(reported.running);
+        // Runs hand over one at a time: the others' figures stand for the whole batch.
+        w.peak = w.peak.max(others_running + peak.max(now.running));
+        w.running = others_running + now.running;
+        w.queued = w.queued.saturating_sub(reported.queued) + now.queued;
     }
 
     /// The metrics now (`now` on tokio's clock ends the throughput window).
@@ -484,7 +482,9 @@ impl State {
     }
 }
 
-/// Drops instants older than `window` before `now` (they arrive in order).
+/// Drops instants older than `window` before `now` from the front (each run's arrive in
+/// order; a late batch of another run may leave a few older ones behind, which snapshots
+/// skip).
 fn prune(recent: &mut VecDeque<Instant>, now: Instant, window: Duration) {
     while recent
         .front()

@@ -5,6 +5,7 @@
 mod aggregate;
 #[cfg(feature = "metrics")]
 mod export;
+mod histogram;
 mod recorder;
 mod snapshot;
 

@@ -13,7 +13,7 @@ use super::aggregate::{Aggregate, Slots};
 use crate::FailureKind;
 use crate::agent::Compiled;
 use crate::events::EventKind;
-use crate::probe::{FLUSH_EVERY, RunProbe};
+use crate::probe::{FLUSH_EVERY, RunProbe, StateEvent};
 
 /// What one event of a run adds to the totals, with the pairing already done. States are
 /// the run's state indexes.
@@ -25,16 +25,15 @@ pub(super) enum Record {
         at: Instant,
         status: AgentStatus,
         duration: Duration,
-        /// States it left ready but not started.
-        still_queued: u64,
         /// The longest chain of required dependencies it resolved, first dependency first.
         chain: Option<Box<[usize]>>,
     },
-    Ready {
+    /// It became ready after it was blocked (at a join or on dependencies) this long; `on`
+    /// is the dependency that completed last meanwhile.
+    Unblocked {
         state: usize,
-        /// How long it was blocked before (at a join or on dependencies), and the dependency
-        /// that completed last meanwhile.
-        blocked: Option<(Duration, Option<usize>)>,
+        waited: Duration,
+        on: Option<usize>,
     },
     Started {
         state: usize,
@@ -45,20 +44,18 @@ pub(super) enum Record {
         state: usize,
         at: Instant,
         duration: Duration,
-        left: Left,
+        /// Its start in the same batch, folded in (`Some(queue_wait)`): one record for both.
+        started: Option<Option<Duration>>,
     },
     Retried {
         state: usize,
-        left: Left,
     },
     Failed {
         state: usize,
         kind: FailureKind,
-        left: Left,
     },
     Cancelled {
         state: usize,
-        left: Left,
     },
     InputRequested {
         state: usize,
@@ -75,23 +72,23 @@ pub(super) enum Record {
     },
 }
 
-/// What an attempt that ended had been doing: running, still queued (refused at admission),
-/// or neither (a report of something the recorder did not see start).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Left {
-    Running,
-    Queue,
-    Nothing,
+/// A run's states running and ready to start now: kept by its recorder, handed to the
+/// totals as it flushes (not one record per change).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Concurrency {
+    pub(super) running: u64,
+    pub(super) queued: u64,
 }
 
-/// What the recorder knows of one state in its run. Instants are [`Stamp`]s: a graph of
-/// thousands of states keeps 40 bytes each.
+/// What the recorder knows of one state in its run. (Instants are kept as they are: a
+/// difference is taken only where a duration is recorded.)
 #[derive(Clone, Default)]
 struct Local {
     /// When its oldest queued run became ready (later ones wait in `Recorder::more_ready`).
-    ready: Stamp,
-    blocked_since: Stamp,
-    completed_at: Stamp,
+    ready: Option<Instant>,
+    blocked_since: Option<Instant>,
+    /// Its last completion (kept only in a run with dependencies).
+    completed_at: Option<Instant>,
     running: u32,
     /// The longest chain of required dependencies that ends here (0: none resolved), and
     /// the dependency before it in that chain.
@@ -99,21 +96,20 @@ struct Local {
     previous: u32,
 }
 
-/// An instant of the run as nanoseconds since the recorder's base, plus one; 0 is none.
-type Stamp = u64;
-
 pub(super) struct Recorder {
     compiled: Arc<Compiled>,
-    base: Instant,
-    /// The last instant stamped, and its stamp.
-    last: (Instant, Stamp),
+    /// Whether any state of the workflow has dependencies (then completions are kept).
+    dependencies: bool,
     totals: Arc<Mutex<Aggregate>>,
     slots: Option<Slots>,
     pending: Vec<Record>,
     /// By state index; sized at the run's first event of a state.
     states: Vec<Local>,
-    more_ready: FxHashMap<usize, VecDeque<Stamp>>,
-    queued: u64,
+    more_ready: FxHashMap<usize, VecDeque<Instant>>,
+    /// Running and queued now; what the totals were last told; the most running since.
+    now: Concurrency,
+    reported: Concurrency,
+    peak: u64,
     asked: FxHashMap<String, Instant>,
     /// The end of the longest chain of required dependencies resolved so far.
     longest: Option<usize>,
@@ -121,73 +117,52 @@ pub(super) struct Recorder {
 
 impl Recorder {
     pub(super) fn new(compiled: Arc<Compiled>, totals: Arc<Mutex<Aggregate>>) -> Self {
-        let base = Instant::now();
         Self {
+            dependencies: compiled.states.iter().any(|s| !s.dependencies.is_empty()),
             compiled,
-            base,
-            last: (base, 1),
             totals,
             slots: None,
             pending: Vec::new(),
             states: Vec::new(),
             more_ready: FxHashMap::default(),
-            queued: 0,
+            now: Concurrency::default(),
+            reported: Concurrency::default(),
+            peak: 0,
             asked: FxHashMap::default(),
             longest: None,
         }
     }
 
-    /// `at` as a stamp: the events of one step share their instant, so the last one is kept.
-    fn stamp(&mut self, at: Instant) -> Stamp {
-        if self.last.0 != at {
-            let since = at.saturating_duration_since(self.base);
-            let nanos = since
-                .as_secs()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(u64::from(since.subsec_nanos()));
-            self.last = (at, nanos.saturating_add(1));
-        }
-        self.last.1
+    /// How long from `earlier` (if any) to `at`.
+    fn since(earlier: Option<Instant>, at: Instant) -> Option<Duration> {
+        earlier.map(|earlier| at.saturating_duration_since(earlier))
     }
 
-    /// How long from `stamp` to `now` (`None` for no stamp).
-    fn since(stamp: Stamp, now: Stamp) -> Option<Duration> {
-        (stamp != 0).then(|| Duration::from_nanos(now.saturating_sub(stamp)))
-    }
-
-    /// The index of the state named `name`: `known` when the scheduler said.
-    fn index(&mut self, known: Option<StateId>, name: &str) -> Option<usize> {
-        let index = match known {
-            Some(state) => state.index(),
-            None => self.compiled.graph.id(name)?.index(),
-        };
+    /// The index of the state named `name` (input events name their state).
+    fn index(&mut self, name: &str) -> Option<usize> {
+        let index = self.compiled.graph.id(name)?.index();
         if self.states.is_empty() {
             self.states = vec![Local::default(); self.compiled.graph.len()];
         }
         Some(index)
     }
 
-    /// How an attempt of `state` that ended had been doing.
-    fn left(&mut self, state: usize) -> Left {
+    /// An attempt of `state` ended: it leaves the running, or the queue if it was refused
+    /// before it started.
+    fn ended(&mut self, state: usize) {
         let local = &mut self.states[state];
         if local.running > 0 {
             local.running -= 1;
-            Left::Running
+            self.now.running = self.now.running.saturating_sub(1);
         } else if self.pop_ready(state).is_some() {
-            self.queued = self.queued.saturating_sub(1);
-            Left::Queue
-        } else {
-            Left::Nothing
+            self.now.queued = self.now.queued.saturating_sub(1);
         }
     }
 
-    fn pop_ready(&mut self, state: usize) -> Option<Stamp> {
-        let oldest = std::mem::take(&mut self.states[state].ready);
-        if oldest == 0 {
-            return None;
-        }
+    fn pop_ready(&mut self, state: usize) -> Option<Instant> {
+        let oldest = self.states[state].ready.take()?;
         if let Some(more) = self.more_ready.get_mut(&state) {
-            self.states[state].ready = more.pop_front().unwrap_or(0);
+            self.states[state].ready = more.pop_front();
             if more.is_empty() {
                 self.more_ready.remove(&state);
             }
@@ -196,13 +171,13 @@ impl Recorder {
     }
 
     /// The dependency of `state` that completed last at or after `since`.
-    fn released_by(&self, state: usize, since: Stamp) -> Option<usize> {
+    fn released_by(&self, state: usize, since: Instant) -> Option<usize> {
         self.compiled.states[state]
             .dependencies
             .iter()
             .filter_map(|d| {
-                let at = self.states[d.on.index()].completed_at;
-                (at != 0 && at >= since).then_some((at, d.on.index()))
+                let at = self.states[d.on.index()].completed_at?;
+                (at >= since).then_some((at, d.on.index()))
             })
             .max()
             .map(|(_, on)| on)
@@ -214,7 +189,7 @@ impl Recorder {
             .dependencies
             .iter()
             .filter(|d| d.config.kind == DependencyType::Required)
-            .filter(|d| self.states[d.on.index()].completed_at != 0)
+            .filter(|d| self.states[d.on.index()].completed_at.is_some())
             .map(|d| (self.states[d.on.index()].depth.max(1), d.on.index()))
             .max();
         let Some((depth, previous)) = best else {
@@ -247,90 +222,24 @@ impl Recorder {
         Some(chain.into_boxed_slice())
     }
 
-    fn take(&mut self, at: Instant, known: Option<StateId>, kind: &EventKind) -> Option<Record> {
+    /// What an event of the run (not of one attempt) adds, if anything.
+    fn take(&mut self, at: Instant, kind: &EventKind) -> Option<Record> {
         Some(match kind {
             EventKind::RunStarted { .. } => Record::RunStarted { at },
             EventKind::RunFinished { status, duration } => Record::RunFinished {
                 at,
                 status: *status,
                 duration: *duration,
-                still_queued: std::mem::take(&mut self.queued),
-                chain: self.longest_chain(),
+                chain: {
+                    // Nothing of the run runs or waits any more.
+                    self.now = Concurrency::default();
+                    self.longest_chain()
+                },
             },
-            EventKind::StateBlocked { state } => {
-                let state = self.index(known, state)?;
-                if self.states[state].blocked_since == 0 {
-                    self.states[state].blocked_since = self.stamp(at);
-                }
-                return None;
-            }
-            EventKind::StateReady { state } => {
-                let state = self.index(known, state)?;
-                let stamp = self.stamp(at);
-                let local = &mut self.states[state];
-                match local.ready {
-                    0 => local.ready = stamp,
-                    _ => self.more_ready.entry(state).or_default().push_back(stamp),
-                }
-                self.queued += 1;
-                let since = std::mem::take(&mut self.states[state].blocked_since);
-                let blocked = Self::since(since, stamp)
-                    .map(|waited| (waited, self.released_by(state, since)));
-                if !self.compiled.states[state].dependencies.is_empty() {
-                    self.chain_to(state);
-                }
-                Record::Ready { state, blocked }
-            }
-            EventKind::StateStarted { state, .. } => {
-                let state = self.index(known, state)?;
-                let now = self.stamp(at);
-                let queue_wait = self
-                    .pop_ready(state)
-                    .and_then(|ready| Self::since(ready, now));
-                if queue_wait.is_some() {
-                    self.queued = self.queued.saturating_sub(1);
-                }
-                self.states[state].running += 1;
-                Record::Started { state, queue_wait }
-            }
-            EventKind::StateCompleted { state, duration } => {
-                let state = self.index(known, state)?;
-                self.states[state].completed_at = self.stamp(at);
-                Record::Completed {
-                    state,
-                    at,
-                    duration: *duration,
-                    left: self.left(state),
-                }
-            }
-            EventKind::StateRetrying { state, .. } => {
-                let state = self.index(known, state)?;
-                Record::Retried {
-                    state,
-                    left: self.left(state),
-                }
-            }
-            EventKind::StateFailed { state, kind, .. } => {
-                let state = self.index(known, state)?;
-                // A state failed at its dependencies was blocked, not queued.
-                self.states[state].blocked_since = 0;
-                Record::Failed {
-                    state,
-                    kind: *kind,
-                    left: self.left(state),
-                }
-            }
-            EventKind::StateCancelled { state } => {
-                let state = self.index(known, state)?;
-                Record::Cancelled {
-                    state,
-                    left: self.left(state),
-                }
-            }
             EventKind::InputRequested { state, id, .. } => {
                 self.asked.insert(id.to_string(), at);
                 Record::InputRequested {
-                    state: self.index(known, state)?,
+                    state: self.index(state)?,
                 }
             }
             EventKind::InputAnswered { state, id, .. } => {
@@ -339,40 +248,129 @@ impl Recorder {
                     .remove(&id.to_string())
                     .map(|asked| at.saturating_duration_since(asked));
                 Record::InputAnswered {
-                    state: self.index(known, state)?,
+                    state: self.index(state)?,
                     wait,
                 }
             }
             EventKind::InputRefused { state, .. } => Record::InputRefused {
-                state: self.index(known, state)?,
+                state: self.index(state)?,
             },
             EventKind::InputTimedOut { state, id, .. } => {
                 self.asked.remove(&id.to_string());
                 Record::InputTimedOut {
-                    state: self.index(known, state)?,
+                    state: self.index(state)?,
                 }
             }
             EventKind::InputWithdrawn { id, .. } => {
                 self.asked.remove(&id.to_string());
                 return None;
             }
-            EventKind::RunPaused | EventKind::RunResumed => return None,
+            // (Events of attempts come as `StateEvent`s; pauses change no figure.)
+            _ => return None,
         })
+    }
+
+    /// What an event of one of `state`'s attempts adds, if anything.
+    fn take_state(&mut self, at: Instant, state: usize, event: &StateEvent<'_>) -> Option<Record> {
+        if self.states.is_empty() {
+            self.states = vec![Local::default(); self.compiled.graph.len()];
+        }
+        Some(match *event {
+            StateEvent::Blocked => {
+                self.states[state].blocked_since.get_or_insert(at);
+                return None;
+            }
+            StateEvent::Ready => {
+                let local = &mut self.states[state];
+                match local.ready {
+                    None => local.ready = Some(at),
+                    Some(_) => self.more_ready.entry(state).or_default().push_back(at),
+                }
+                self.now.queued += 1;
+                if !self.compiled.states[state].dependencies.is_empty() {
+                    self.chain_to(state);
+                }
+                let since = self.states[state].blocked_since.take()?;
+                Record::Unblocked {
+                    state,
+                    waited: at.saturating_duration_since(since),
+                    on: self.released_by(state, since),
+                }
+            }
+            StateEvent::Started { .. } => {
+                let queue_wait = Self::since(self.pop_ready(state), at);
+                if queue_wait.is_some() {
+                    self.now.queued = self.now.queued.saturating_sub(1);
+                }
+                self.states[state].running += 1;
+                self.now.running += 1;
+                self.peak = self.peak.max(self.now.running);
+                Record::Started { state, queue_wait }
+            }
+            StateEvent::Completed { duration } => {
+                if self.dependencies {
+                    self.states[state].completed_at = Some(at);
+                }
+                self.ended(state);
+                // An attempt that started in this batch (a quick state's usual case) takes
+                // one record, not two.
+                let started = match self.pending.last() {
+                    Some(&Record::Started {
+                        state: s,
+                        queue_wait,
+                    }) if s == state => {
+                        self.pending.pop();
+                        Some(queue_wait)
+                    }
+                    _ => None,
+                };
+                Record::Completed {
+                    state,
+                    at,
+                    duration,
+                    started,
+                }
+            }
+            StateEvent::Retrying { .. } => {
+                self.ended(state);
+                Record::Retried { state }
+            }
+            StateEvent::Failed { kind, .. } => {
+                // A state failed at its dependencies was blocked, not queued.
+                self.states[state].blocked_since = None;
+                self.ended(state);
+                Record::Failed { state, kind }
+            }
+            StateEvent::Cancelled => {
+                self.ended(state);
+                Record::Cancelled { state }
+            }
+        })
+    }
+
+    fn push(&mut self, record: Record) {
+        self.pending.push(record);
+        if self.pending.len() >= FLUSH_EVERY {
+            self.flush();
+        }
     }
 }
 
 impl RunProbe for Recorder {
-    fn record(&mut self, at: Instant, state: Option<StateId>, kind: &EventKind) {
-        if let Some(record) = self.take(at, state, kind) {
-            self.pending.push(record);
-            if self.pending.len() >= FLUSH_EVERY {
-                self.flush();
-            }
+    fn record(&mut self, at: Instant, kind: &EventKind) {
+        if let Some(record) = self.take(at, kind) {
+            self.push(record);
+        }
+    }
+
+    fn record_state(&mut self, at: Instant, state: StateId, event: &StateEvent<'_>) {
+        if let Some(record) = self.take_state(at, state.index(), event) {
+            self.push(record);
         }
     }
 
     fn flush(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.now == self.reported && self.peak <= self.now.running {
             return;
         }
         let mut totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
@@ -382,8 +380,12 @@ impl RunProbe for Recorder {
             return;
         };
         let name = |index: usize| Arc::clone(graph.name(StateId::new(index as u32)));
+        let mut latest = None;
         for record in self.pending.drain(..) {
-            totals.apply(slots, &name, record);
+            latest = totals.apply(slots, &name, record).or(latest);
         }
+        totals.settle(slots, (self.reported, self.now, self.peak), latest);
+        self.reported = self.now;
+        self.peak = self.now.running;
     }
 }

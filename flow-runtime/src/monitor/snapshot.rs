@@ -1,9 +1,7 @@
 //! What a [`Monitor`](super::Monitor) reports: plain serde data.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// Everything a monitor has seen, aggregated across the runs of the agents it watches.
@@ -145,8 +143,8 @@ pub struct InputMetrics {
 
 /// A distribution of durations, in milliseconds.
 ///
-/// Kept in an HDR histogram of microseconds with 2 significant digits: each figure is within
-/// 1% of the exact value.
+/// Kept in a log-linear histogram of microseconds: count, min, max and mean are exact; each
+/// percentile is at most 1% above the exact value (never below it, never above the max).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// How many.
@@ -189,110 +187,4 @@ pub struct Concurrency {
     pub peak: u64,
     /// Ready and waiting to start now (for a slot, the pool or a gate).
     pub queued: u64,
-}
-
-/// A histogram of durations in microseconds, 2 significant digits, growing with the largest
-/// value recorded (a state of microseconds keeps a few hundred bytes; one of minutes a few
-/// kilobytes). The first few values are kept as they are, and exact, so that the many states
-/// of a large graph that run once or twice cost no histogram each.
-#[derive(Default)]
-pub(crate) struct Durations {
-    /// The first values, until there are more than `FEW`.
-    few: [u64; FEW],
-    len: usize,
-    /// Every value, once there were more than `FEW`.
-    histogram: Option<Box<Histogram<u32>>>,
-}
-
-/// How many values are kept as they are before a histogram is built.
-const FEW: usize = 4;
-
-impl Durations {
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
-
-    pub(crate) fn record(&mut self, duration: Duration) {
-        // (Without `as_micros`: its 128-bit division costs more than the rest together.)
-        let micros = duration
-            .as_secs()
-            .saturating_mul(1_000_000)
-            .saturating_add(u64::from(duration.subsec_micros()));
-        self.record_micros(micros);
-    }
-
-    fn record_micros(&mut self, micros: u64) {
-        let micros = micros.max(1);
-        if self.histogram.is_none() && self.len < FEW {
-            self.few[self.len] = micros;
-            self.len += 1;
-        } else {
-            // (Auto-resizing: records any value; a count past u32::MAX saturates.)
-            let _ = self.histogram().record(micros);
-        }
-    }
-
-    /// This as a histogram, built from the few values kept until now.
-    fn histogram(&mut self) -> &mut Histogram<u32> {
-        let few = &self.few[..self.len];
-        self.histogram.get_or_insert_with(|| {
-            let mut histogram = Histogram::new(2).expect("2 significant digits are valid");
-            for &value in few {
-                let _ = histogram.record(value);
-            }
-            Box::new(histogram)
-        })
-    }
-
-    /// All the values of `parts` in one.
-    pub(crate) fn merged<'a>(parts: impl IntoIterator<Item = &'a Durations>) -> Self {
-        let mut all = Self::new();
-        for part in parts {
-            match &part.histogram {
-                // (Both auto-resize: adding cannot fail for want of range.)
-                Some(histogram) => drop(all.histogram().add(&**histogram)),
-                None => {
-                    for &micros in &part.few[..part.len] {
-                        all.record_micros(micros);
-                    }
-                }
-            }
-        }
-        all
-    }
-
-    pub(crate) fn summary(&self) -> Option<Summary> {
-        let ms = |micros: u64| micros as f64 / 1000.0;
-        match &self.histogram {
-            None if self.len == 0 => None,
-            None => {
-                let mut sorted = self.few[..self.len].to_vec();
-                sorted.sort_unstable();
-                // The nearest rank, as the histogram counts it.
-                let at = |quantile: f64| {
-                    let rank = (quantile * sorted.len() as f64).ceil() as usize;
-                    ms(sorted[rank.clamp(1, sorted.len()) - 1])
-                };
-                Some(Summary {
-                    count: sorted.len() as u64,
-                    min_ms: ms(sorted[0]),
-                    mean_ms: sorted.iter().sum::<u64>() as f64 / sorted.len() as f64 / 1000.0,
-                    p50_ms: at(0.5),
-                    p95_ms: at(0.95),
-                    p99_ms: at(0.99),
-                    max_ms: ms(sorted[sorted.len() - 1]),
-                })
-            }
-            Some(h) if h.is_empty() => None,
-            Some(h) => Some(Summary {
-                count: h.len(),
-                min_ms: ms(h.min()),
-                mean_ms: h.mean() / 1000.0,
-                p50_ms: ms(h.value_at_quantile(0.5)),
-                p95_ms: ms(h.value_at_quantile(0.95)),
-                p99_ms: ms(h.value_at_quantile(0.99)),
-                max_ms: ms(h.max()),
-            }),
-        }
-    }
 }

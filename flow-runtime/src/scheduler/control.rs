@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::task::Message;
 use super::{Coordinator, Stop};
 use crate::events::EventKind;
+use crate::probe::StateEvent;
 use crate::run::RunReport;
 
 impl Coordinator {
@@ -93,7 +94,7 @@ impl Coordinator {
         if cancelled > 0 {
             self.set_status(state, StateStatus::Cancelled);
             for _ in 0..cancelled {
-                self.publish_state(state, |state| EventKind::StateCancelled { state });
+                self.publish_state(state, StateEvent::Cancelled);
             }
             self.absorb_joins();
         }
@@ -166,15 +167,10 @@ impl Coordinator {
                     if matches!(outcome, super::task::Outcome::Finished(Ok(_))) {
                         self.completed = self.completed.saturating_add(1);
                         self.set_status(running.state, StateStatus::Completed);
-                        self.publish_state(running.state, |state| EventKind::StateCompleted {
-                            state,
-                            duration,
-                        });
+                        self.publish_state(running.state, StateEvent::Completed { duration });
                     } else {
                         self.set_status(running.state, StateStatus::Cancelled);
-                        self.publish_state(running.state, |state| EventKind::StateCancelled {
-                            state,
-                        });
+                        self.publish_state(running.state, StateEvent::Cancelled);
                     }
                 }
                 Message::Pause(ack) => {
@@ -270,7 +266,7 @@ impl Coordinator {
         cancelled.dedup();
         for state in cancelled {
             self.set_status(state, StateStatus::Cancelled);
-            self.publish_state(state, |state| EventKind::StateCancelled { state });
+            self.publish_state(state, StateEvent::Cancelled);
         }
         for waiter in self.pause_waiters.drain(..) {
             let _ = waiter.send(());

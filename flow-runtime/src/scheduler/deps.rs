@@ -25,7 +25,7 @@ use super::failures::Failure;
 use super::joins::ScopeId;
 use super::task::Message;
 use crate::agent::CompiledDependency;
-use crate::events::EventKind;
+use crate::probe::StateEvent;
 
 /// Why a state came to the gate, and where it goes on when it passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -472,7 +472,7 @@ impl Coordinator {
         self.deps.by_state[state.index()].push(id);
         self.deps.count += 1;
         self.set_status(state, StateStatus::Blocked);
-        self.publish_state(state, |state| EventKind::StateBlocked { state });
+        self.publish_state(state, StateEvent::Blocked);
     }
 
     fn arm(&self, waiter: u32, token: u64, after: Duration) -> AbortHandle {

@@ -10,8 +10,8 @@ use tokio::task::AbortHandle;
 use super::Coordinator;
 use super::joins::ScopeId;
 use super::task::Message;
-use crate::events::EventKind;
 use crate::failure::{DeadLetter, FAILURE_KEY, FailureKind};
+use crate::probe::StateEvent;
 
 /// A retry waiting for its delay.
 pub(super) struct RetryTimer {
@@ -145,11 +145,13 @@ impl Coordinator {
             return Ok(());
         }
 
-        self.publish_state(state, |state| EventKind::StateFailed {
+        self.publish_state(
             state,
-            error: message.clone(),
-            kind,
-        });
+            StateEvent::Failed {
+                error: &message,
+                kind,
+            },
+        );
         let letter = DeadLetter {
             run_id: self.observer.run_id,
             state: self.graph.name(state).to_string(),
@@ -206,14 +208,14 @@ impl Coordinator {
         error: String,
     ) {
         self.set_status(state, StateStatus::Pending);
-        if self.events.is_observed() {
-            self.publish_state(state, |state| EventKind::StateRetrying {
-                state,
+        self.publish_state(
+            state,
+            StateEvent::Retrying {
                 attempt,
                 delay,
-                error,
-            });
-        }
+                error: &error,
+            },
+        );
         let timer = match self.free_timers.pop() {
             Some(timer) => timer,
             None => {
@@ -257,7 +259,7 @@ impl Coordinator {
         self.timer_count -= 1;
         self.enqueue(state, scope, attempt, visit);
         self.set_status(state, StateStatus::Ready);
-        self.publish_state(state, |state| EventKind::StateReady { state });
+        self.publish_state(state, StateEvent::Ready);
     }
 
     /// Stops every pending retry; returns the states that were waiting.

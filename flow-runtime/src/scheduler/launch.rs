@@ -166,11 +166,7 @@ impl Coordinator {
         record.first_started.get_or_insert(now);
         let run = record.runs;
         self.observer.set_state(state.index(), StateStatus::Running);
-        self.publish_state(state, |state| EventKind::StateStarted {
-            state,
-            run,
-            attempt,
-        });
+        self.publish_state(state, StateEvent::Started { run, attempt });
         let span = super::telemetry::attempt_span(
             &self.durable_key,
             self.graph.name(state),

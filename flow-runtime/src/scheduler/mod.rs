@@ -42,7 +42,7 @@ use crate::context::Context;
 use crate::coordination::{Actor, AttemptIdentity, HeldUnits};
 use crate::events::{EventHub, EventKind};
 use crate::failure::DeadLetter;
-use crate::probe::Publisher;
+use crate::probe::{Publisher, StateEvent};
 use crate::resilience::BreakerPermit;
 use crate::resources::{Grant, ResourcePool};
 use crate::run::{Observer, RunControl, RunReport, RunWarning, StateReport};
@@ -605,7 +605,7 @@ impl Coordinator {
                 self.set_status(state, StateStatus::Completed);
                 self.completed = self.completed.saturating_add(1);
                 tracing::debug!(state = %self.graph.name(state), ?duration, "state completed");
-                self.publish_state(state, |state| EventKind::StateCompleted { state, duration });
+                self.publish_state(state, StateEvent::Completed { duration });
                 // Recorded before the branch moves (a join it releases sees it), announced to
                 // waiting dependents after (so an arriving transition takes precedence over a
                 // state starting by itself).
@@ -718,7 +718,7 @@ impl Coordinator {
                 continue;
             }
             self.set_status(state, StateStatus::Blocked);
-            self.publish_state(state, |state| EventKind::StateBlocked { state });
+            self.publish_state(state, StateEvent::Blocked);
         }
         self.joins.blocked = blocked;
         let mut released = std::mem::take(&mut self.joins.released);
@@ -740,7 +740,7 @@ impl Coordinator {
         self.enqueue(state, scope, 1, 0);
         self.dependency_started(state);
         self.set_status(state, StateStatus::Ready);
-        self.publish_state(state, |state| EventKind::StateReady { state });
+        self.publish_state(state, StateEvent::Ready);
     }
 
     fn set_status(&mut self, state: StateId, status: StateStatus) {
@@ -756,14 +756,14 @@ impl Coordinator {
 
     /// Publishes an event of the run, stamped with the time of the step that led to it.
     fn publish(&mut self, kind: EventKind) {
-        self.events.publish(self.now, None, kind);
+        self.events.publish(self.now, kind);
     }
 
-    /// Publishes an event of `state`, built (only when someone listens) from its name.
-    fn publish_state(&mut self, state: StateId, event: impl FnOnce(Arc<str>) -> EventKind) {
+    /// Publishes what happened to `state` (an event is built only for subscribers).
+    fn publish_state(&mut self, state: StateId, event: StateEvent<'_>) {
         if self.events.is_observed() {
-            let kind = event(Arc::clone(self.graph.name(state)));
-            self.events.publish(self.now, Some(state), kind);
+            self.events
+                .publish_state(self.now, state, self.graph.name(state), event);
         }
     }
 

@@ -102,7 +102,7 @@ impl Coordinator {
             tracing::debug!(state = %self.graph.name(state), "preempted");
             // Dropping the record gives its grant back now.
             drop(running);
-            self.publish_state(state, |state| EventKind::StateCancelled { state });
+            self.publish_state(state, StateEvent::Cancelled);
             // The same run of it, from its start again.
             self.ready.push_at(state, scope, attempt, visit, queued_at);
             self.set_status(state, StateStatus::Ready);
