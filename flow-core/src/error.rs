@@ -293,6 +293,19 @@ pub enum FlowError {
         /// yield (sorted, each once).
         running: Vec<String>,
     },
+    /// The run took as many state runs as its step limit allows, and another was due: a
+    /// loop that does not end, most likely (an agent calling tools forever).
+    #[error(
+        "run of workflow `{agent}` reached its step limit of {limit} state runs, and `{state}` was due to run again; a loop that never ends? raise `max_steps` if the work needs more"
+    )]
+    StepLimit {
+        /// The workflow.
+        agent: String,
+        /// The limit (`max_steps`).
+        limit: u64,
+        /// The state that would have run past it.
+        state: String,
+    },
     /// The run was cancelled (by `cancel()` on its handle, or by dropping the `run()` future).
     #[error("run of workflow `{agent}` was cancelled")]
     Cancelled {

@@ -18,6 +18,8 @@ pub struct WorkflowSpec {
     pub timeout: Option<Duration>,
     /// How long running states get to finish when a run stops, if set.
     pub cleanup_timeout: Option<Duration>,
+    /// The most state runs one run may take, if set (see `Agent::max_steps`).
+    pub max_steps: Option<u64>,
     /// Every state, in the order the methods appear.
     pub states: &'static [StateDecl],
 }
@@ -303,6 +305,7 @@ mod tests {
         max_concurrent: None,
         timeout: None,
         cleanup_timeout: None,
+        max_steps: None,
         states: &[
             state("a", Some(&["b", "c"])),
             StateDecl {

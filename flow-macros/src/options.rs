@@ -106,6 +106,7 @@ pub(crate) struct WorkflowOptions {
     pub(crate) max_concurrent: Option<usize>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cleanup_timeout: Option<Duration>,
+    pub(crate) max_steps: Option<u64>,
 }
 
 /// Rejects an option given twice.
@@ -745,11 +746,21 @@ pub(crate) fn parse_workflow(
             "cleanup_timeout" => {
                 options.cleanup_timeout = duration(&meta, "cleanup_timeout", errors)?
             }
+            "max_steps" => {
+                let (value, span) = whole(&meta, "max_steps", "50")?;
+                if value == 0 {
+                    errors.push(syn::Error::new(
+                        span,
+                        "`max_steps` must be at least 1, or no state could run",
+                    ));
+                }
+                options.max_steps = Some(value);
+            }
             other => {
                 return Err(syn::Error::new(
                     meta.path.span(),
                     format!(
-                        "unknown option `{other}` of `#[workflow]`; the options are: name = \"..\", max_concurrent = N, timeout = \"..\", cleanup_timeout = \"..\""
+                        "unknown option `{other}` of `#[workflow]`; the options are: name = \"..\", max_concurrent = N, timeout = \"..\", cleanup_timeout = \"..\", max_steps = N"
                     ),
                 ));
             }

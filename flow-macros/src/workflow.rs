@@ -79,6 +79,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                 const GRAPH: ::fluffy_flow::__private::WorkflowSpec = ::fluffy_flow::__private::WorkflowSpec {
                     name: #name, max_concurrent: ::core::option::Option::None,
                     timeout: ::core::option::Option::None, cleanup_timeout: ::core::option::Option::None,
+                    max_steps: ::core::option::Option::None,
                     states: &[],
                 };
                 fn __register(_: ::std::sync::Arc<Self>, _: &mut ::fluffy_flow::__private::Agent) {}
@@ -372,6 +373,7 @@ fn generate(
     let max_concurrent = optional(options.max_concurrent);
     let timeout = optional(options.timeout.map(duration));
     let cleanup_timeout = optional(options.cleanup_timeout.map(duration));
+    let max_steps = optional(options.max_steps);
     let declarations = states.iter().map(|state| {
         let name = state.name.clone();
         let entry = state.options.entry;
@@ -550,6 +552,7 @@ fn generate(
                 max_concurrent: #max_concurrent,
                 timeout: #timeout,
                 cleanup_timeout: #cleanup_timeout,
+                max_steps: #max_steps,
                 states: &[#(#declarations),*],
             };
 

@@ -23,8 +23,8 @@ mod state_fn;
 mod workflow;
 
 pub use agent::{
-    Agent, DEFAULT_EVENT_CAPACITY, DEFAULT_INPUT_POLL_INTERVAL, DEFAULT_PRIORITY_AGING,
-    MAX_EVENT_CAPACITY, StateOptions,
+    Agent, DEFAULT_EVENT_CAPACITY, DEFAULT_INPUT_POLL_INTERVAL, DEFAULT_MAX_STEPS,
+    DEFAULT_PRIORITY_AGING, MAX_EVENT_CAPACITY, StateOptions,
 };
 pub use checkpoint::{
     AnswerInbox, CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, CheckpointPolicy,

@@ -35,6 +35,9 @@ pub trait Workflow: Send + Sync + Sized + 'static {
         if let Some(timeout) = Self::GRAPH.cleanup_timeout {
             agent.cleanup_timeout(timeout);
         }
+        if let Some(limit) = Self::GRAPH.max_steps {
+            agent.max_steps(limit);
+        }
         Self::__register(this, &mut agent);
         agent
     }

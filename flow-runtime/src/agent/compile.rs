@@ -9,6 +9,8 @@ pub(crate) struct Compiled {
     pub(crate) graph: Arc<StateGraph>,
     pub(crate) states: Box<[CompiledState]>,
     pub(crate) max_concurrent: usize,
+    /// The most state runs one run may take.
+    pub(crate) max_steps: u64,
     pub(crate) timeout: Option<Duration>,
     pub(crate) cleanup_timeout: Duration,
     /// An ambiguous join fails the run rather than being guessed.
@@ -82,6 +84,12 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
     if definition.max_concurrent == Some(0) {
         return Err(invalid(
             "`max_concurrent` is 0, so no state could ever run; use at least 1".into(),
+        ));
+    }
+    if definition.max_steps == 0 {
+        return Err(invalid(
+            "`max_steps` is 0, so no state could ever run; use at least 1 (u64::MAX for no limit)"
+                .into(),
         ));
     }
     if definition.timeout == Some(Duration::ZERO) {
@@ -218,6 +226,7 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
         graph: Arc::new(graph),
         states,
         max_concurrent: definition.max_concurrent.unwrap_or(usize::MAX),
+        max_steps: definition.max_steps,
         timeout: definition.timeout,
         cleanup_timeout: definition.cleanup_timeout,
         strict_joins: definition.strict_joins,

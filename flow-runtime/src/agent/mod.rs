@@ -43,6 +43,11 @@ use serde::Serialize;
 /// Events kept for a subscriber that has not read them yet, unless set otherwise.
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
 
+/// The most state runs one run may take unless [`Agent::max_steps`] says otherwise: a loop of
+/// instant states that never ends fails in a fraction of a second; no finite workflow in this
+/// repository comes near it. An agent loop of model calls wants a limit of its own (tens).
+pub const DEFAULT_MAX_STEPS: u64 = 100_000;
+
 /// How long a ready state waits before it goes ahead of states one priority level above it.
 pub const DEFAULT_PRIORITY_AGING: Duration = Duration::from_secs(1);
 
@@ -100,6 +105,7 @@ struct Definition {
     states: Vec<StateDef>,
     entries: Vec<String>,
     max_concurrent: Option<usize>,
+    max_steps: u64,
     timeout: Option<Duration>,
     cleanup_timeout: Duration,
     strict_joins: bool,
@@ -147,6 +153,7 @@ impl Agent {
                 states: Vec::new(),
                 entries: Vec::new(),
                 max_concurrent: None,
+                max_steps: DEFAULT_MAX_STEPS,
                 timeout: None,
                 cleanup_timeout: Duration::ZERO,
                 strict_joins: false,
@@ -281,6 +288,16 @@ impl Agent {
     /// At most this many states run at once (default: unlimited). Must be at least 1.
     pub fn max_concurrent(&mut self, limit: usize) -> &mut Self {
         self.definition_mut().max_concurrent = Some(limit);
+        self
+    }
+
+    /// The most state runs one run may take (default [`DEFAULT_MAX_STEPS`]; retries of a
+    /// run do not count, each new run of a state does): the run that would take one more fails
+    /// with [`FlowError::StepLimit`], its running states stopped. Catches loops that never end
+    /// (an agent that keeps calling tools); set it to what the work can need. Must be at least
+    /// 1; `u64::MAX` for no limit.
+    pub fn max_steps(&mut self, limit: u64) -> &mut Self {
+        self.definition_mut().max_steps = limit;
         self
     }
 

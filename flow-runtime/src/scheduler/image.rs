@@ -221,6 +221,12 @@ impl Coordinator {
         self.elapsed_before = checkpoint.elapsed;
         self.observer.inputs.restore(checkpoint.inputs.clone());
         self.dead_letters = checkpoint.dead_letters.clone();
+        // The runs it took before count against its step limit.
+        self.steps = checkpoint
+            .states
+            .iter()
+            .map(|saved| u64::from(saved.visits.unwrap_or(saved.runs)))
+            .sum();
         for (record, saved) in self.states.iter_mut().zip(&checkpoint.states) {
             record.runs = saved.runs;
             record.visits = saved.visits.unwrap_or(saved.runs);

@@ -2,6 +2,7 @@
 //! poll inline, when nothing else runs).
 
 use super::*;
+use ready::ReadyEntry;
 
 impl Coordinator {
     /// The one ready state, when nothing else runs: its first poll happens right here, and
@@ -25,6 +26,9 @@ impl Coordinator {
             return Ok(());
         };
         self.dequeued(entry.seq());
+        if self.over_step_limit(&entry) {
+            return Ok(());
+        }
         let (state, scope) = (entry.state, entry.scope);
         self.max_concurrency = self.max_concurrency.max(1);
         self.now = Instant::now();
@@ -77,6 +81,29 @@ impl Coordinator {
         }
     }
 
+    /// Whether `entry`, just taken from the queue, is a new run of its state that the step
+    /// limit forbids: then the run fails with `StepLimit`, and the entry goes back to the queue
+    /// (so that the report lists it as cancelled, not lost).
+    fn over_step_limit(&mut self, entry: &ReadyEntry) -> bool {
+        if entry.visit != 0 || self.steps < self.compiled.max_steps {
+            return false;
+        }
+        if self.deferred_failure.is_none() {
+            self.deferred_failure = Some(FlowError::StepLimit {
+                agent: self.compiled.name.to_string(),
+                limit: self.compiled.max_steps,
+                state: self.graph.name(entry.state).to_string(),
+            });
+        }
+        self.requeue(
+            entry.state,
+            entry.scope,
+            (entry.attempt, entry.visit),
+            entry.virtual_start(),
+        );
+        true
+    }
+
     /// Starts ready states while slots are free.
     pub(super) fn dispatch(&mut self) {
         if self.ready.is_empty() {
@@ -87,6 +114,10 @@ impl Coordinator {
         while self.running_count < self.compiled.max_concurrent {
             self.release_gates();
             let Some(entry) = self.ready.pop() else { break };
+            if self.over_step_limit(&entry) {
+                self.dequeued(entry.seq());
+                break;
+            }
             let (entry, admission) = match self.through_gates(entry) {
                 GateVerdict::Admitted(entry, admission) => (entry, admission),
                 GateVerdict::Waiting => continue,
@@ -148,6 +179,9 @@ impl Coordinator {
         (attempt, mut visit): (u32, u32),
     ) -> (tracing::Span, (u32, u32)) {
         let now = self.now;
+        if visit == 0 {
+            self.steps += 1;
+        }
         let record = &mut self.states[state.index()];
         if attempt == 1 {
             record.runs = record.runs.saturating_add(1);

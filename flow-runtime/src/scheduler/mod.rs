@@ -75,6 +75,8 @@ pub(crate) struct Coordinator {
     inbox: UnboundedReceiver<Message>,
     completed: u64,
     transitions: u64,
+    /// New runs of states so far (retries not counted), against `max_steps`.
+    steps: u64,
     max_concurrency: usize,
     /// The time of the event being handled: one clock read serves the state that finished
     /// and the states it lets start.
@@ -245,6 +247,7 @@ impl Coordinator {
             inbox,
             completed: 0,
             transitions: 0,
+            steps: 0,
             max_concurrency: 0,
             now: Instant::now(),
             next_ticket: 0,
@@ -343,6 +346,10 @@ impl Coordinator {
             }
             if !self.paused {
                 self.dispatch();
+                // (The step limit stops dispatching with nothing running.)
+                if let Some(error) = self.deferred_failure.take() {
+                    break Some(Stop::Failed(error));
+                }
             }
             if self.running_count == 0 {
                 self.acknowledge_pause();
