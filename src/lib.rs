@@ -4,8 +4,8 @@
 pub use flow_core::{
     AgentStatus, BreakerSpec, BulkheadSpec, CoordinationDecl, DependencyDecl, DependencyLifecycle,
     DependencyType, FlowError, Jitter, Next, Priority, RateLimitSpec, ResourceRequirements,
-    RetryPolicy, StateDecl, StateError, StateGraph, StateId, StateName, StateSpec, StateStatus,
-    WorkflowSpec, parse_duration,
+    RetryOn, RetryPolicy, StateDecl, StateError, StateGraph, StateId, StateName, StateSpec,
+    StateStatus, WorkflowSpec, parse_duration,
 };
 pub use flow_macros::{context, state, workflow};
 #[cfg(feature = "metrics")]
@@ -52,8 +52,8 @@ pub mod __private {
     pub use flow_core::{BreakerSpec, BulkheadSpec, DependencyDecl, DependencyLifecycle};
     pub use flow_core::{CoordinationDecl, RateLimitSpec};
     pub use flow_core::{
-        DependencyType, FlowError, Jitter, Next, Priority, ResourceRequirements, RetryPolicy,
-        StateDecl, WorkflowSpec,
+        DependencyType, FlowError, Jitter, Next, Priority, ResourceRequirements, RetryOn,
+        RetryPolicy, StateDecl, WorkflowSpec,
     };
     pub use flow_runtime::{
         Agent, Bulkhead, CircuitBreaker, Context, DeclaredPrimitives, DependencyConfig, RateLimit,

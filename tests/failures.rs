@@ -20,6 +20,7 @@ fn policy(max_retries: u32) -> RetryPolicy {
         max_delay: ms(1000),
         exponential_base: 2.0,
         jitter: Jitter::None,
+        ..RetryPolicy::DEFAULT
     }
 }
 
@@ -509,6 +510,7 @@ async fn a_retry_policy_waits_out_an_open_breaker() {
             max_delay: ms(100),
             exponential_base: 1.0,
             jitter: Jitter::None,
+            ..RetryPolicy::DEFAULT
         });
     let start = Instant::now();
     let report = agent.run().await.unwrap();

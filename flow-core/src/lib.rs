@@ -23,7 +23,7 @@ pub use graph::{StateGraph, StateId, StateSpec};
 pub use hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
 pub use next::{Next, StateName};
 pub use options::{
-    DependencyLifecycle, DependencyType, Jitter, ResourceRequirements, RetryPolicy,
+    DependencyLifecycle, DependencyType, Jitter, ResourceRequirements, RetryOn, RetryPolicy,
     dependency_problems, parse_duration,
 };
 pub use priority::Priority;

@@ -57,6 +57,66 @@ pub struct RetryPolicy {
     pub exponential_base: f64,
     /// How delays are randomised, so that many failing states do not retry in lockstep.
     pub jitter: Jitter,
+    /// Which failures are retried (default [`RetryOn::ALL`]); the others are final at once.
+    #[serde(default = "RetryOn::all")]
+    pub on: RetryOn,
+}
+
+/// Which failures of an attempt a [`RetryPolicy`] retries; combine with `|`. A dependency's
+/// failure is never retried (the dependency would have to run again, not the state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RetryOn(u8);
+
+impl RetryOn {
+    /// The state returned an error.
+    pub const ERROR: Self = Self(1);
+    /// The state panicked.
+    pub const PANIC: Self = Self(1 << 1);
+    /// The attempt ran past its timeout, or an input request of it was not answered in time.
+    pub const TIMEOUT: Self = Self(1 << 2);
+    /// The attempt was refused before the state was called: its circuit breaker was open, its
+    /// bulkhead full, a rate limit or coordination primitive refused it, or it waited too long
+    /// for the resource pool or an admission gate.
+    pub const REFUSED: Self = Self(1 << 3);
+    /// Every failure above.
+    pub const ALL: Self = Self(0b1111);
+    /// No failure: nothing is retried.
+    pub const NOTHING: Self = Self(0);
+
+    fn all() -> Self {
+        Self::ALL
+    }
+
+    /// Whether every failure of `other` is in this set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Both sets together.
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// The set a name stands for in `retry(on = [..])`: `error`, `panic`, `timeout`,
+    /// `refused`.
+    pub fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "error" => Self::ERROR,
+            "panic" => Self::PANIC,
+            "timeout" => Self::TIMEOUT,
+            "refused" => Self::REFUSED,
+            _ => return None,
+        })
+    }
+}
+
+impl std::ops::BitOr for RetryOn {
+    type Output = Self;
+
+    fn bitor(self, other: Self) -> Self {
+        self.union(other)
+    }
 }
 
 /// Randomisation of retry delays.
@@ -104,6 +164,7 @@ impl RetryPolicy {
         max_delay: Duration::from_secs(30),
         exponential_base: 2.0,
         jitter: Jitter::None,
+        on: RetryOn::ALL,
     };
 
     /// No retries: the first failure is final.
@@ -332,6 +393,7 @@ mod tests {
             max_delay: Duration::from_secs(1),
             exponential_base: 3.0,
             jitter: Jitter::None,
+            on: RetryOn::ALL,
         };
         let ms = |p: &RetryPolicy, k| p.delay(k, 42).as_millis();
         assert_eq!(

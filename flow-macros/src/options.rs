@@ -97,6 +97,9 @@ pub(crate) struct Retry {
     pub(crate) max_delay: Duration,
     pub(crate) base: f64,
     pub(crate) jitter: flow_core::Jitter,
+    /// The failure classes retried, by name (`error`, `panic`, `timeout`, `refused`); all when
+    /// `None`.
+    pub(crate) on: Option<Vec<&'static str>>,
 }
 
 /// Everything `#[workflow(...)]` says.
@@ -251,6 +254,46 @@ fn jitter(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<flow_core:
             "`jitter` is `true` (full jitter), `false` (none) or a ratio like `0.25` (bounded)",
         )),
     }
+}
+
+/// `on = [timeout, error]`: the failure classes a retry policy retries, each once.
+fn retry_on(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Vec<&'static str>> {
+    const CLASSES: [&str; 4] = ["error", "panic", "timeout", "refused"];
+    let expr: Expr = meta.value()?.parse()?;
+    let Expr::Array(array) = &expr else {
+        return Err(syn::Error::new(
+            expr.span(),
+            "`on` takes a list of failures to retry, like `on = [timeout, error]` (error, panic, timeout, refused)",
+        ));
+    };
+    let mut classes = Vec::new();
+    for element in &array.elems {
+        let name = match element {
+            Expr::Path(path) => path.path.get_ident().map(ToString::to_string),
+            _ => None,
+        };
+        match name
+            .as_deref()
+            .and_then(|n| CLASSES.iter().find(|c| **c == n))
+        {
+            Some(class) if classes.contains(class) => errors.push(syn::Error::new(
+                element.span(),
+                format!("`{class}` is listed twice; keep one"),
+            )),
+            Some(class) => classes.push(*class),
+            None => errors.push(syn::Error::new(
+                element.span(),
+                "a failure to retry is `error`, `panic`, `timeout` or `refused`",
+            )),
+        }
+    }
+    if array.elems.is_empty() {
+        errors.push(syn::Error::new(
+            array.span(),
+            "`on = []` retries nothing; leave `retry` out instead",
+        ));
+    }
+    Ok(classes)
 }
 
 fn priority(meta: &ParseNestedMeta) -> syn::Result<&'static str> {
@@ -559,6 +602,7 @@ fn parse_retry(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Retry
         max_delay: defaults.max_delay,
         base: defaults.exponential_base,
         jitter: defaults.jitter,
+        on: None,
     };
     let mut seen = Seen(HashSet::new());
     let mut max_delay_span = None;
@@ -600,10 +644,11 @@ fn parse_retry(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Retry
                 retry.base = value;
             }
             "jitter" => retry.jitter = jitter(&option, errors)?,
+            "on" => retry.on = Some(retry_on(&option, errors)?),
             other => {
                 return Err(syn::Error::new(
                     option.path.span(),
-                    format!("unknown retry option `{other}`; the options are: max, initial_delay, max_delay, base, jitter"),
+                    format!("unknown retry option `{other}`; the options are: max, initial_delay, max_delay, base, jitter, on"),
                 ));
             }
         }

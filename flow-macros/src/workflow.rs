@@ -406,9 +406,18 @@ fn generate(
             };
             let initial = duration(retry.initial_delay);
             let max_delay = duration(retry.max_delay);
+            let on = match &retry.on {
+                None => quote!(#p::RetryOn::ALL),
+                Some(classes) => {
+                    let classes = classes
+                        .iter()
+                        .map(|class| Ident::new(&class.to_uppercase(), Span::call_site()));
+                    quote!(#p::RetryOn::NOTHING #(.union(#p::RetryOn::#classes))*)
+                }
+            };
             quote!(#p::RetryPolicy {
                 max_retries: #max, initial_delay: #initial, max_delay: #max_delay,
-                exponential_base: #base, jitter: #jitter,
+                exponential_base: #base, jitter: #jitter, on: #on,
             })
         }));
         let dependencies = state.options.deps.iter().map(|dependency| {

@@ -60,6 +60,8 @@ pub(crate) struct CompiledState {
     pub(crate) priority: Priority,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: RetryPolicy,
+    /// Which of its errors are retried (all when `None`).
+    pub(crate) retry_if: Option<super::RetryIf>,
     /// What the state needs from the pool, in exact units (all zero: nothing).
     pub(crate) needs: Amounts,
     /// How long it may wait for the pool before the attempt fails.
@@ -178,6 +180,7 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
             priority: s.priority,
             timeout: s.timeout,
             retry: s.retry.unwrap_or(definition.default_retry),
+            retry_if: s.retry_if.clone(),
             needs: amounts(&s.resources),
             acquire_timeout: s.acquire_timeout,
             preemptible: s.preemptible,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use flow_core::{
     AgentStatus, DependencyType, FlowError, Next, Priority, ResourceRequirements, RetryPolicy,
-    StateGraph, StateId, StateSpec, StateStatus,
+    StateError, StateGraph, StateId, StateSpec, StateStatus,
 };
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::oneshot;
@@ -39,6 +39,9 @@ use crate::scheduler::Coordinator;
 use crate::scheduler::{Restorable, check_fits};
 use crate::state_fn::{BoxError, FnState, StateFn, StateResult};
 use serde::Serialize;
+
+/// Which errors of a state are worth another attempt (see [`StateOptions::retry_if`]).
+pub type RetryIf = Arc<dyn Fn(&StateError) -> bool + Send + Sync>;
 
 /// Events kept for a subscriber that has not read them yet, unless set otherwise.
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
@@ -128,6 +131,8 @@ struct StateDef {
     priority: Priority,
     timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
+    /// Which errors are retried (see `StateOptions::retry_if`); all when `None`.
+    retry_if: Option<RetryIf>,
     /// Coordination primitives it passes before it starts, with the amount it asks for.
     gates: Vec<(Gate, u64)>,
     /// Problems found while the state was declared, reported when the definition is
@@ -264,6 +269,7 @@ impl Agent {
             priority: Priority::Normal,
             timeout: None,
             retry: None,
+            retry_if: None,
             gates: Vec::new(),
             declared_problems: Vec::new(),
             resources: ResourceRequirements::NONE,

@@ -28,6 +28,16 @@ impl StateOptions<'_> {
         self
     }
 
+    /// Retries an error this state returns only if `retryable` says so (a 503 yes, a 400
+    /// no); an error it refuses is final at once, as if the retries were spent. It sees the
+    /// state's error as returned (`error.downcast_ref::<MyError>()` gives the typed one back).
+    /// Panics, timeouts and refusals are not errors the state returned: the policy's
+    /// [`RetryPolicy::on`] says whether they are retried. A predicate that panics refuses.
+    pub fn retry_if(self, retryable: impl Fn(&StateError) -> bool + Send + Sync + 'static) -> Self {
+        self.state.retry_if = Some(Arc::new(retryable));
+        self
+    }
+
     /// What this state needs from the agent's resource pool: it starts only when the pool can
     /// grant all of it at once, and gives it back when its attempt ends, however it ends.
     pub fn resources(self, needs: ResourceRequirements) -> Self {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use flow_core::{FlowError, StateError, StateId, StateStatus};
+use flow_core::{FlowError, RetryOn, StateError, StateId, StateStatus};
 use tokio::task::AbortHandle;
 
 use super::Coordinator;
@@ -39,6 +39,23 @@ pub(super) enum Failure {
     Dependency(FlowError),
 }
 
+/// The class of failure a retry policy's `on` names for `kind`; `None` for a dependency's
+/// failure, which is never retried.
+fn retried_on(kind: FailureKind) -> Option<RetryOn> {
+    Some(match kind {
+        FailureKind::Error => RetryOn::ERROR,
+        FailureKind::Panic => RetryOn::PANIC,
+        FailureKind::Timeout | FailureKind::InputTimeout => RetryOn::TIMEOUT,
+        FailureKind::CircuitOpen
+        | FailureKind::BulkheadFull
+        | FailureKind::ResourceTimeout
+        | FailureKind::AdmissionTimeout
+        | FailureKind::RateLimited
+        | FailureKind::Coordination => RetryOn::REFUSED,
+        FailureKind::Dependency => return None,
+    })
+}
+
 impl Coordinator {
     /// Handles a failed attempt (error, panic or timeout) of `state`.
     pub(super) fn attempt_failed(
@@ -49,8 +66,16 @@ impl Coordinator {
         failure: Failure,
     ) -> Result<(), FlowError> {
         let name = self.graph.name(state).to_string();
+        // Whether the state's `retry_if` lets this error be retried (asked before the error
+        // is wrapped; a predicate that panics refuses).
+        let mut retryable = true;
         let (error, kind, status) = match failure {
             Failure::Error(cause) => {
+                if let Some(retry_if) = &self.compiled.states[state.index()].retry_if {
+                    retryable =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| retry_if(&cause)))
+                            .unwrap_or(false);
+                }
                 // Nobody answered an input request in time: a timeout of its own kind.
                 let (kind, status) = match cause.downcast_ref::<FlowError>() {
                     Some(FlowError::InputTimeout { .. }) => {
@@ -139,7 +164,10 @@ impl Coordinator {
 
         let policy = self.compiled.states[state.index()].retry;
         let from_dependency = kind == FailureKind::Dependency;
-        if !from_dependency && attempt <= policy.max_retries {
+        if retryable
+            && retried_on(kind).is_some_and(|class| policy.on.contains(class))
+            && attempt <= policy.max_retries
+        {
             let delay = policy.delay(attempt - 1, self.retry_seed(state));
             self.schedule_retry(state, scope, (attempt + 1, visit), delay, message);
             return Ok(());

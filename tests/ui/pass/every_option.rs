@@ -5,7 +5,7 @@ use std::time::Duration;
 use fluffy_flow::prelude::*;
 use fluffy_flow::{
     BreakerSpec, BulkheadSpec, CoordinationDecl, DependencyDecl, DependencyLifecycle, DependencyType, Jitter,
-    RateLimitSpec, ResourceRequirements, RetryPolicy,
+    RateLimitSpec, ResourceRequirements, RetryOn, RetryPolicy,
 };
 
 struct Pipeline {
@@ -24,7 +24,7 @@ impl Pipeline {
         resources(cpu = 2.0, memory_mb = 512, io = 1.5, network = 1, gpu = 0.5),
         priority = high,
         timeout = "30s",
-        retry(max = 3, initial_delay = "100ms", max_delay = "10s", base = 3.0, jitter = true),
+        retry(max = 3, initial_delay = "100ms", max_delay = "10s", base = 3.0, jitter = true, on = [timeout, error]),
         deps(
             clean_text(required, periodic = "5m", timeout = "1m", condition = is_ready),
             audit = optional,
@@ -122,6 +122,7 @@ fn main() {
             max_delay: Duration::from_secs(10),
             exponential_base: 3.0,
             jitter: Jitter::Full,
+            on: RetryOn::TIMEOUT | RetryOn::ERROR,
         })
     );
     assert_eq!(
