@@ -110,6 +110,8 @@ pub(crate) struct WorkflowOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) cleanup_timeout: Option<Duration>,
     pub(crate) max_steps: Option<u64>,
+    /// The `on_error` handler of every state that names none.
+    pub(crate) on_error: Option<Ident>,
 }
 
 /// Rejects an option given twice.
@@ -791,6 +793,17 @@ pub(crate) fn parse_workflow(
             "cleanup_timeout" => {
                 options.cleanup_timeout = duration(&meta, "cleanup_timeout", errors)?
             }
+            "on_error" => {
+                let value = meta.value().map_err(|e| {
+                    syn::Error::new(e.span(), "`on_error` names a state: `on_error = recover`")
+                })?;
+                options.on_error = Some(value.parse().map_err(|e: syn::Error| {
+                    syn::Error::new(
+                        e.span(),
+                        "`on_error` names a state of this workflow, without quotes: `on_error = recover`",
+                    )
+                })?);
+            }
             "max_steps" => {
                 let (value, span) = whole(&meta, "max_steps", "50")?;
                 if value == 0 {
@@ -805,7 +818,7 @@ pub(crate) fn parse_workflow(
                 return Err(syn::Error::new(
                     meta.path.span(),
                     format!(
-                        "unknown option `{other}` of `#[workflow]`; the options are: name = \"..\", max_concurrent = N, timeout = \"..\", cleanup_timeout = \"..\", max_steps = N"
+                        "unknown option `{other}` of `#[workflow]`; the options are: name = \"..\", max_concurrent = N, timeout = \"..\", cleanup_timeout = \"..\", max_steps = N, on_error = state"
                     ),
                 ));
             }

@@ -63,7 +63,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             "this workflow has no states: mark its async methods with `#[state]`",
         ));
     }
-    check_graph(&states, &mut errors);
+    check_graph(&states, options.on_error.as_ref(), &mut errors);
 
     let self_ty = &block.self_ty;
     let name = workflow_name(&options, self_ty);
@@ -226,7 +226,7 @@ fn output_span(method: &ImplItemFn) -> Span {
 
 /// Transitions, dependencies and error handlers must name states; required dependencies must
 /// not form a cycle.
-fn check_graph(states: &[State], errors: &mut Errors) {
+fn check_graph(states: &[State], default_on_error: Option<&Ident>, errors: &mut Errors) {
     let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
     let index = |ident: &Ident| names.iter().position(|n| *ident == n);
     let unknown = |ident: &Ident, what: &str| {
@@ -281,6 +281,11 @@ fn check_graph(states: &[State], errors: &mut Errors) {
                 ));
             }
         }
+    }
+    if let Some(handler) = default_on_error
+        && index(handler).is_none()
+    {
+        errors.push(unknown(handler, "the workflow's `on_error` names"));
     }
     // A bulkhead is one thing, whichever states name it: its limits must agree.
     let mut bulkheads: Vec<&crate::options::BulkheadOption> = Vec::new();
@@ -438,7 +443,15 @@ fn generate(
                 condition: #condition,
             })
         });
-        let on_error = optional(state.options.on_error.as_ref().map(Ident::to_string));
+        // Its own handler, or the workflow's (which has none itself).
+        let on_error = optional(
+            state
+                .options
+                .on_error
+                .as_ref()
+                .or(options.on_error.as_ref().filter(|handler| **handler != state.name))
+                .map(Ident::to_string),
+        );
         let acquire_timeout = optional(state.options.acquire_timeout.map(duration));
         let preemptible = state.options.preemptible;
         let circuit_breaker = optional(state.options.breaker.as_ref().map(|b| {

@@ -77,7 +77,26 @@ pub(crate) struct CompiledState {
 
 pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowError> {
     let agent = &*definition.name;
-    let specs: Vec<StateSpec> = definition.states.iter().map(|s| s.spec.clone()).collect();
+    let mut specs: Vec<StateSpec> = definition.states.iter().map(|s| s.spec.clone()).collect();
+    if let Some(handler) = &definition.default_on_error {
+        if !specs.iter().any(|spec| spec.name == *handler) {
+            let hint = flow_core::closest_name(handler, specs.iter().map(|s| s.name.as_str()))
+                .map(|name| format!("; did you mean `{name}`?"))
+                .unwrap_or_default();
+            return Err(FlowError::InvalidConfig {
+                agent: agent.to_owned(),
+                message: format!(
+                    "`default_on_error` names `{handler}`, but this workflow has no state of that name{hint}"
+                ),
+            });
+        }
+        // Every state without a handler of its own, but the handler itself, goes there.
+        for spec in &mut specs {
+            if spec.on_error.is_none() && spec.name != *handler {
+                spec.on_error = Some(handler.clone());
+            }
+        }
+    }
     let graph = StateGraph::build(agent, &specs, &definition.entries)?;
     let invalid = |message: String| FlowError::InvalidConfig {
         agent: agent.to_owned(),

@@ -114,6 +114,8 @@ struct Definition {
     strict_joins: bool,
     blocking_threshold: Option<Duration>,
     default_retry: RetryPolicy,
+    /// The handler of every state that names none (see `Agent::default_on_error`).
+    default_on_error: Option<String>,
     pool: Option<ResourcePool>,
     priority_aging: Duration,
     input_poll_interval: Duration,
@@ -164,6 +166,7 @@ impl Agent {
                 strict_joins: false,
                 blocking_threshold: None,
                 default_retry: RetryPolicy::NONE,
+                default_on_error: None,
                 pool: None,
                 priority_aging: DEFAULT_PRIORITY_AGING,
                 input_poll_interval: DEFAULT_INPUT_POLL_INTERVAL,
@@ -404,6 +407,15 @@ impl Agent {
     /// behind a stream of higher-priority work.
     pub fn priority_aging(&mut self, aging: Duration) -> &mut Self {
         self.definition_mut().priority_aging = aging;
+        self
+    }
+
+    /// The `on_error` handler of every state that names none of its own (see
+    /// [`StateOptions::on_error`]): a state that fails its last attempt goes there instead of
+    /// failing the run. The handler itself has none (if it fails, the run fails), and a state
+    /// with a handler of its own keeps it. Checked when the definition is validated.
+    pub fn default_on_error(&mut self, handler: impl Into<String>) -> &mut Self {
+        self.definition_mut().default_on_error = Some(handler.into());
         self
     }
 
