@@ -72,19 +72,25 @@ async fn chain(n: usize) -> Sample {
 }
 
 /// `chain` with a monitor keeping every metric attached: the run folds its events as it goes
-/// and hands them to the monitor in batches. Checks that the monitor counted every state's
-/// completion once the run has returned.
+/// and hands them to the monitor in batches; every state is new to the monitor.
 async fn monitored_chain(n: usize) -> Sample {
+    monitored(n, "chain", || chain_agent(n)).await
+}
+
+/// `build`'s workflow (`n` transitions of workflow `name`) run under a monitor keeping every
+/// metric; checks that the monitor counted the run and every state's completion once the run
+/// has returned.
+async fn monitored(n: usize, name: &str, build: impl FnOnce() -> Agent) -> Sample {
     use fluffy_flow::{MetricType, Monitor};
     let monitor = Monitor::new(MetricType::ALL);
     let mut sample = timed_writes(n, || {
-        let agent = chain_agent(n);
+        let agent = build();
         monitor.attach(&agent).expect("a valid agent");
         agent
     })
     .await;
     let snapshot = monitor.snapshot();
-    let workflow = snapshot.workflows.get("chain");
+    let workflow = snapshot.workflows.get(name);
     let counted = workflow.map_or(0, |w| w.states.values().map(|s| s.completed).sum::<u64>());
     sample.correct &= workflow.is_some_and(|w| w.runs.completed == 1) && counted == n as u64;
     sample
@@ -172,19 +178,7 @@ async fn ring(n: usize) -> Sample {
 /// times, the shape of most workflows (few states, many runs of each), where a monitor's
 /// per-state figures are made once and then only updated.
 async fn monitored_ring(n: usize) -> Sample {
-    use fluffy_flow::{MetricType, Monitor};
-    let monitor = Monitor::new(MetricType::ALL);
-    let mut sample = timed_writes(n, || {
-        let agent = ring_agent(n)();
-        monitor.attach(&agent).expect("a valid agent");
-        agent
-    })
-    .await;
-    let snapshot = monitor.snapshot();
-    let workflow = snapshot.workflows.get("ring");
-    let counted = workflow.map_or(0, |w| w.states.values().map(|s| s.completed).sum::<u64>());
-    sample.correct &= workflow.is_some_and(|w| w.runs.completed == 1) && counted == n as u64;
-    sample
+    monitored(n, "ring", ring_agent(n)).await
 }
 
 /// Builds `ring`'s agent.
