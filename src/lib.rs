@@ -3,7 +3,7 @@
 
 pub use flow_core::{
     AgentStatus, BreakerSpec, BulkheadSpec, CoordinationDecl, DependencyDecl, DependencyLifecycle,
-    DependencyType, FlowError, Jitter, Next, Priority, RateLimitSpec, ResourceRequirements,
+    DependencyType, Fanout, FlowError, Jitter, Next, Priority, RateLimitSpec, ResourceRequirements,
     RetryOn, RetryPolicy, StateDecl, StateError, StateGraph, StateId, StateName, StateSpec,
     StateStatus, WorkflowSpec, parse_duration,
 };
@@ -21,7 +21,7 @@ pub use flow_runtime::{
     DEFAULT_MAX_STEPS, DEFAULT_PRIORITY_AGING, DeadLetter, DependencyConfig, Event, EventKind,
     EventStream, EventStreamError, FAILURE_KEY, FailureKind, FileStore, FlowBarrier, FlowMutex,
     FlowSemaphore, HoldGuard, HolderStatus, Lease, MAX_EVENT_CAPACITY, MemoryStore, PrimitiveKind,
-    PrimitiveStatus, QueuePlace, QueuedState, Quota, RateLimit, RedbStore, ResourceKind,
+    PrimitiveStatus, QueuePlace, QueuedState, Quota, RateLimit, RedbStore, Reducer, ResourceKind,
     ResourcePool, RunCounts, RunEvents, RunHandle, RunReport, RunWarning, StateCheckpoint,
     StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
 };
@@ -41,7 +41,7 @@ mod transitions;
 /// Everything a workflow usually needs, in one import: `use fluffy_flow::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Agent, AgentStatus, Context, FlowError, Next, Priority, RunReport, StateResult,
+        Agent, AgentStatus, Context, FlowError, Next, Priority, Reducer, RunReport, StateResult,
         StateStatus, Workflow, context, end, goto, next, parallel, state, workflow,
     };
 }

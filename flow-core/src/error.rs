@@ -607,6 +607,31 @@ pub enum FlowError {
         /// The prompt.
         prompt: String,
     },
+    /// A state wrote a value of a type a key's reducer takes neither as a contribution nor as
+    /// the whole value.
+    #[error(
+        "a state wrote a `{found}` to context key `{key}`, whose `{reducer}` reducer takes a `{contribution}` (one contribution) or a `{value}` (the whole value); write one of those, or give the key another reducer"
+    )]
+    ReducerMismatch {
+        /// The key.
+        key: String,
+        /// The reducer's name (`append`, `sum`, ..., `custom`).
+        reducer: String,
+        /// The type of a contribution.
+        contribution: String,
+        /// The type of the key's value.
+        value: String,
+        /// The type written.
+        found: String,
+    },
+    /// `ctx.input()` was called in a state that is not on a branch of `Next::map`.
+    #[error(
+        "state `{state}` read its input, but it has none: only the branches a `Next::map` makes (and the branches they fork) have one; return `Next::map(\"{state}\", items)` to run it on each item"
+    )]
+    NoInput {
+        /// The state that asked.
+        state: String,
+    },
 }
 
 impl FlowError {

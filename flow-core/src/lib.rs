@@ -21,7 +21,7 @@ pub use coordination::{CoordinationDecl, LONGEST_RATE_PERIOD, RateLimitSpec};
 pub use error::{FlowError, StateError};
 pub use graph::{StateGraph, StateId, StateSpec};
 pub use hash::{FxBuildHasher, FxHashMap, FxHashSet, FxHasher};
-pub use next::{Next, StateName};
+pub use next::{Fanout, Next, StateName};
 pub use options::{
     DependencyLifecycle, DependencyType, Jitter, ResourceRequirements, RetryOn, RetryPolicy,
     dependency_problems, parse_duration,

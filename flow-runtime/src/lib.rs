@@ -30,7 +30,7 @@ pub use checkpoint::{
     AnswerInbox, CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, CheckpointPolicy,
     CheckpointStore, FileStore, MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint,
 };
-pub use context::{Context, ContextValue};
+pub use context::{Context, ContextValue, Reducer};
 pub use coordination::{
     CoordinationStatus, DeclaredPrimitives, FlowBarrier, FlowMutex, FlowSemaphore, HoldGuard,
     HolderStatus, Lease, PrimitiveKind, PrimitiveStatus, Quota, RateLimit,

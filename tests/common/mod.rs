@@ -63,6 +63,7 @@ pub fn targets(next: &Next) -> Vec<String> {
         Next::End => vec![],
         Next::To(t) => vec![t.to_string()],
         Next::Parallel(ts) => ts.iter().map(|t| t.to_string()).collect(),
+        Next::Map(fanout) => vec![fanout.state().to_string()],
     }
 }
 

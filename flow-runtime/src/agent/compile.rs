@@ -38,6 +38,8 @@ pub(crate) struct Compiled {
     /// The states that start by themselves once their dependencies let them (see
     /// [`DependencyConfig`]).
     pub(crate) self_starting: Box<[StateId]>,
+    /// How writes to a key combine, by key.
+    pub(crate) reducers: Arc<crate::context::Reducers>,
 }
 
 impl Compiled {
@@ -249,6 +251,7 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
         states,
         max_concurrent: definition.max_concurrent.unwrap_or(usize::MAX),
         max_steps: definition.max_steps,
+        reducers: Arc::clone(&definition.reducers),
         timeout: definition.timeout,
         cleanup_timeout: definition.cleanup_timeout,
         strict_joins: definition.strict_joins,

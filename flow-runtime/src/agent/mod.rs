@@ -116,6 +116,8 @@ struct Definition {
     default_retry: RetryPolicy,
     /// The handler of every state that names none (see `Agent::default_on_error`).
     default_on_error: Option<String>,
+    /// How writes to a key combine, by key (see `Agent::reducer`).
+    reducers: Arc<crate::context::Reducers>,
     pool: Option<ResourcePool>,
     priority_aging: Duration,
     input_poll_interval: Duration,
@@ -167,6 +169,7 @@ impl Agent {
                 blocking_threshold: None,
                 default_retry: RetryPolicy::NONE,
                 default_on_error: None,
+                reducers: Arc::default(),
                 pool: None,
                 priority_aging: DEFAULT_PRIORITY_AGING,
                 input_poll_interval: DEFAULT_INPUT_POLL_INTERVAL,
@@ -416,6 +419,21 @@ impl Agent {
     /// with a handler of its own keeps it. Checked when the definition is validated.
     pub fn default_on_error(&mut self, handler: impl Into<String>) -> &mut Self {
         self.definition_mut().default_on_error = Some(handler.into());
+        self
+    }
+
+    /// How the writes of states to `key` combine (see [`Reducer`]): each write inside a state
+    /// is a contribution the reducer folds into the value, and the contributions of parallel
+    /// branches apply at their join in the order of the fork, not the order they finished
+    /// in. Setting a key's reducer again replaces it.
+    ///
+    /// ```
+    /// # use fluffy_flow::{Agent, Reducer};
+    /// let mut agent = Agent::new("research");
+    /// agent.reducer("findings", Reducer::append::<String>());
+    /// ```
+    pub fn reducer(&mut self, key: impl Into<String>, reducer: crate::Reducer) -> &mut Self {
+        Arc::make_mut(&mut self.definition_mut().reducers).insert(key.into(), reducer);
         self
     }
 

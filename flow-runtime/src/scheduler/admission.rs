@@ -338,7 +338,7 @@ impl Coordinator {
         };
         self.attempt_failed(
             entry.state,
-            entry.scope,
+            entry.branch,
             (entry.attempt, entry.visit),
             failure,
         )

@@ -84,11 +84,11 @@ impl Coordinator {
             Some(Stop::AwaitingInput) => flow_core::AgentStatus::AwaitingInput,
             Some(Stop::TimedOut(_)) => flow_core::AgentStatus::Failed,
             Some(Stop::Failed(_)) => match self.failed_state.take() {
-                Some((state, scope, visit)) => {
+                Some((state, branch, visit)) => {
                     self.now = Instant::now();
                     let at = self.ready.clock(self.now);
                     // The same run of it, from its first attempt again.
-                    self.requeue(state, scope, (1, visit), at);
+                    self.requeue(state, branch, (1, visit), at);
                     flow_core::AgentStatus::Failed
                 }
                 None => return stop,

@@ -64,7 +64,7 @@ impl Coordinator {
                 }
                 self.free_slots.push(slot as u32);
                 self.running_count -= 1;
-                ended.push(running.scope);
+                ended.push(running.branch);
             }
         }
         ended.extend(self.cancel_timers(state));
@@ -75,14 +75,14 @@ impl Coordinator {
         if !removed.is_empty() {
             self.forget_pool_wait(state);
         }
-        ended.extend(removed.into_iter().map(|entry| entry.scope));
+        ended.extend(removed.into_iter().map(|entry| entry.branch));
         let queued_or_running = ended.len();
         let waiting = self.cancel_waiting(state);
         let cancelled = ended.len() + waiting.len();
         ended.extend(waiting.into_iter().flatten());
         let graph = Arc::clone(&self.graph);
-        for scope in &ended {
-            self.joins.end(&graph, *scope, state);
+        for branch in &ended {
+            self.joins.end(&graph, *branch, state);
         }
         for _ in 0..queued_or_running {
             self.dependency_ended(state, None);

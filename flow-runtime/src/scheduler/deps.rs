@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::Coordinator;
 use super::failures::Failure;
-use super::joins::ScopeId;
+use super::joins::Branch;
 use super::task::Message;
 use crate::agent::CompiledDependency;
 use crate::probe::StateEvent;
@@ -30,8 +30,8 @@ use crate::probe::StateEvent;
 /// Why a state came to the gate, and where it goes on when it passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Origin {
-    /// A transition: the branch of this scope that reached it goes on.
-    Branch(ScopeId),
+    /// A transition: this branch, which reached it, goes on.
+    Branch(Branch),
     /// A dependent asked for it (a parallel dependency, or a periodic one gone stale): it
     /// runs as a branch of its own, and counts as scheduled while it waits.
     Requested,
@@ -223,11 +223,11 @@ impl Coordinator {
     /// queue, or the gate.
     pub(super) fn arrive(&mut self, state: StateId, origin: Origin) {
         if !self.deps.enabled || self.compiled.states[state.index()].dependencies.is_empty() {
-            let scope = match origin {
-                Origin::Branch(scope) => scope,
+            let branch = match origin {
+                Origin::Branch(branch) => branch,
                 Origin::Requested | Origin::SelfStart => self.new_branch(state),
             };
-            self.make_ready(state, scope);
+            self.make_ready(state, branch);
             return;
         }
         if let Origin::Branch(_) = origin {
@@ -270,11 +270,11 @@ impl Coordinator {
                 if let Some(id) = waiter {
                     self.drop_waiter(id);
                 }
-                let scope = match origin {
-                    Origin::Branch(scope) => scope,
+                let branch = match origin {
+                    Origin::Branch(branch) => branch,
                     Origin::Requested | Origin::SelfStart => self.new_branch(state),
                 };
-                self.make_ready(state, scope);
+                self.make_ready(state, branch);
                 for dependency in parallel {
                     self.arrive(dependency, Origin::Requested);
                 }
@@ -415,7 +415,7 @@ impl Coordinator {
     /// The joins released these branches in one step: each counts as scheduled until it
     /// reaches the gate, so that a state checked first does not start (as its parallel
     /// dependency) one that is on its way.
-    pub(super) fn note_incoming(&mut self, released: &[(StateId, ScopeId)], incoming: bool) {
+    pub(super) fn note_incoming(&mut self, released: &[(StateId, Branch)], incoming: bool) {
         if !self.deps.enabled {
             return;
         }
@@ -502,12 +502,12 @@ impl Coordinator {
     /// `state` cannot run because of a dependency: it fails without retries (it never
     /// started), its `on_error` handler runs if it has one, and its own dependents learn it.
     fn dependency_failure(&mut self, state: StateId, origin: Origin, error: FlowError) {
-        let scope = match origin {
-            Origin::Branch(scope) => scope,
+        let branch = match origin {
+            Origin::Branch(branch) => branch,
             Origin::Requested | Origin::SelfStart => self.new_branch(state),
         };
         let message = error.to_string();
-        if let Err(error) = self.attempt_failed(state, scope, (0, 0), Failure::Dependency(error)) {
+        if let Err(error) = self.attempt_failed(state, branch, (0, 0), Failure::Dependency(error)) {
             self.deferred_failure.get_or_insert(error);
             return;
         }
@@ -726,9 +726,9 @@ impl Coordinator {
         }
     }
 
-    /// Cancels the waits of `state` at the gate; returns the scopes of those that came by a
+    /// Cancels the waits of `state` at the gate; returns the branches of those that came by a
     /// branch (`None` for the others).
-    pub(super) fn cancel_waiting(&mut self, state: StateId) -> Vec<Option<ScopeId>> {
+    pub(super) fn cancel_waiting(&mut self, state: StateId) -> Vec<Option<Branch>> {
         if !self.deps.enabled {
             return Vec::new();
         }
@@ -736,7 +736,7 @@ impl Coordinator {
         ids.into_iter()
             .filter_map(|id| self.drop_waiter(id))
             .map(|waiter| match waiter.origin {
-                Origin::Branch(scope) => Some(scope),
+                Origin::Branch(branch) => Some(branch),
                 Origin::Requested | Origin::SelfStart => None,
             })
             .collect()

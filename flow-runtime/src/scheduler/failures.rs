@@ -8,7 +8,7 @@ use flow_core::{FlowError, RetryOn, StateError, StateId, StateStatus};
 use tokio::task::AbortHandle;
 
 use super::Coordinator;
-use super::joins::ScopeId;
+use super::joins::Branch;
 use super::task::Message;
 use crate::failure::{DeadLetter, FAILURE_KEY, FailureKind};
 use crate::probe::StateEvent;
@@ -17,7 +17,7 @@ use crate::probe::StateEvent;
 pub(super) struct RetryTimer {
     abort: AbortHandle,
     pub(super) state: StateId,
-    pub(super) scope: ScopeId,
+    pub(super) branch: Branch,
     pub(super) attempt: u32,
     /// The run of the state it retries (see `ReadyEntry::visit`).
     pub(super) visit: u32,
@@ -61,7 +61,7 @@ impl Coordinator {
     pub(super) fn attempt_failed(
         &mut self,
         state: StateId,
-        scope: ScopeId,
+        branch: Branch,
         (attempt, visit): (u32, u32),
         failure: Failure,
     ) -> Result<(), FlowError> {
@@ -169,7 +169,7 @@ impl Coordinator {
             && attempt <= policy.max_retries
         {
             let delay = policy.delay(attempt - 1, self.retry_seed(state));
-            self.schedule_retry(state, scope, (attempt + 1, visit), delay, message);
+            self.schedule_retry(state, branch, (attempt + 1, visit), delay, message);
             return Ok(());
         }
 
@@ -202,7 +202,7 @@ impl Coordinator {
                 self.context.set_state(FAILURE_KEY, letter);
                 let graph = Arc::clone(&self.graph);
                 self.arrived(handler);
-                self.joins.goto(&graph, scope, state, handler);
+                self.joins.goto(&graph, branch, state, handler);
                 self.absorb_joins();
                 if !from_dependency {
                     // Its dependents learn it failed (a dependency failure records itself).
@@ -214,7 +214,7 @@ impl Coordinator {
                 if !from_dependency {
                     // A last checkpoint of the failed run has it due again (see
                     // `finish_checkpoints`).
-                    self.failed_state = Some((state, scope, visit));
+                    self.failed_state = Some((state, branch, visit));
                 }
                 Err(error)
             }
@@ -230,7 +230,7 @@ impl Coordinator {
     pub(super) fn schedule_retry(
         &mut self,
         state: StateId,
-        scope: ScopeId,
+        branch: Branch,
         (attempt, visit): (u32, u32),
         delay: Duration,
         error: String,
@@ -256,14 +256,14 @@ impl Coordinator {
             Message::Retry {
                 timer,
                 state,
-                scope,
+                branch,
                 attempt,
             },
         );
         self.timers[timer as usize] = Some(RetryTimer {
             abort,
             state,
-            scope,
+            branch,
             attempt,
             visit,
             due: tokio::time::Instant::now()
@@ -274,7 +274,7 @@ impl Coordinator {
     }
 
     /// A retry's delay is over: the state is ready for its next attempt.
-    pub(super) fn retry_due(&mut self, timer: u32, state: StateId, scope: ScopeId, attempt: u32) {
+    pub(super) fn retry_due(&mut self, timer: u32, state: StateId, branch: Branch, attempt: u32) {
         let Some(visit) = self
             .timers
             .get_mut(timer as usize)
@@ -285,7 +285,7 @@ impl Coordinator {
         };
         self.free_timers.push(timer);
         self.timer_count -= 1;
-        self.enqueue(state, scope, attempt, visit);
+        self.enqueue(state, branch, attempt, visit);
         self.set_status(state, StateStatus::Ready);
         self.publish_state(state, StateEvent::Ready);
     }
@@ -303,9 +303,9 @@ impl Coordinator {
             .collect()
     }
 
-    /// Stops the pending retries of `state`; returns the scopes of their branches.
-    pub(super) fn cancel_timers(&mut self, state: StateId) -> Vec<ScopeId> {
-        let mut scopes = Vec::new();
+    /// Stops the pending retries of `state`; returns their branches.
+    pub(super) fn cancel_timers(&mut self, state: StateId) -> Vec<Branch> {
+        let mut branches = Vec::new();
         for (id, slot) in self.timers.iter_mut().enumerate() {
             if slot.as_ref().is_some_and(|t| t.state == state)
                 && let Some(timer) = slot.take()
@@ -313,9 +313,9 @@ impl Coordinator {
                 timer.abort.abort();
                 self.free_timers.push(id as u32);
                 self.timer_count -= 1;
-                scopes.push(timer.scope);
+                branches.push(timer.branch);
             }
         }
-        scopes
+        branches
     }
 }

@@ -9,12 +9,12 @@ use tokio::time::Instant;
 
 use super::Coordinator;
 use super::deps::{DependenciesImage, Origin};
-use super::joins::{Joins, JoinsImage, ScopeId};
+use super::joins::{Joins, JoinsImage, Branch};
 use crate::agent::Compiled;
 use crate::checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, QueuePlace, QueuedState, StateCheckpoint,
 };
-use crate::context::Frozen;
+use crate::context::{BranchData, BranchImage, Frozen, Layers};
 
 /// The scheduler's records in a checkpoint: branches and joins, due work, dependency waits.
 #[derive(Clone, Serialize, Deserialize)]
@@ -27,6 +27,11 @@ pub(crate) struct SchedulerImage {
     completed: u64,
     transitions: u64,
     max_concurrency: usize,
+    /// Branch-local writes and map items not merged yet, and the layers they read through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    branches: Vec<BranchImage>,
+    #[serde(default)]
+    layers: Layers,
 }
 
 impl std::fmt::Debug for SchedulerImage {
@@ -55,7 +60,7 @@ impl SchedulerImage {
 struct Work {
     state: StateId,
     #[serde(rename = "group")]
-    scope: ScopeId,
+    branch: Branch,
     attempt: u32,
     /// Which run of the state (see `ReadyEntry::visit`; 0 in checkpoints before format 3:
     /// numbered when it starts).
@@ -81,11 +86,14 @@ enum Place {
 pub(crate) struct PendingCheckpoint {
     checkpoint: Checkpoint,
     context: Frozen,
+    /// Branch-local writes, or the error of one that would not serialize.
+    branches: Result<(), FlowError>,
 }
 
 impl PendingCheckpoint {
     /// Serializes the context into the checkpoint.
     pub(crate) fn finish(self) -> Result<Checkpoint, FlowError> {
+        self.branches?;
         let mut checkpoint = self.checkpoint;
         checkpoint.context = self.context.to_checkpoint()?;
         Ok(checkpoint)
@@ -102,7 +110,7 @@ impl Coordinator {
         let mut work: Vec<Work> = Vec::with_capacity(self.ready.len() + self.running_count);
         work.extend(self.running.iter().flatten().map(|r| Work {
             state: r.state,
-            scope: r.scope,
+            branch: r.branch,
             attempt: r.attempt,
             visit: r.visit,
             place: Place::Running,
@@ -112,14 +120,14 @@ impl Coordinator {
         ready.reverse(); // the heap's order: the next to start first
         work.extend(ready.into_iter().map(|e| Work {
             state: e.state,
-            scope: e.scope,
+            branch: e.branch,
             attempt: e.attempt,
             visit: e.visit,
             place: Place::Ready(e.virtual_start().saturating_sub(clock)),
         }));
         work.extend(self.timers.iter().flatten().map(|t| Work {
             state: t.state,
-            scope: t.scope,
+            branch: t.branch,
             attempt: t.attempt,
             visit: t.visit,
             place: Place::Retry(t.due.saturating_duration_since(now)),
@@ -158,6 +166,10 @@ impl Coordinator {
                 last_error: report.last_error.clone(),
             })
             .collect();
+        let (branch_images, layers, branches_kept) = match self.branch_images() {
+            Ok((images, layers)) => (images, layers, Ok(())),
+            Err(error) => (Vec::new(), Layers::default(), Err(error)),
+        };
         let checkpoint = Checkpoint {
             format: CHECKPOINT_FORMAT,
             agent: self.compiled.name.to_string(),
@@ -184,6 +196,8 @@ impl Coordinator {
                 completed: self.completed,
                 transitions: self.transitions,
                 max_concurrency: self.max_concurrency,
+                branches: branch_images,
+                layers,
             },
         };
         // What a restore rebuilds from this image must be these very branches.
@@ -200,19 +214,27 @@ impl Coordinator {
         PendingCheckpoint {
             checkpoint,
             context: self.context.freeze(),
+            branches: branches_kept,
         }
     }
 
     /// Puts a checkpoint's run back in place of the fresh one `new` made: branches, due work
     /// (what was running is queued first, to run again), retries with their remaining delay,
     /// dependency waits, statuses and counts. The checkpoint was checked to fit the definition.
-    pub(super) fn restore(&mut self, checkpoint: &Checkpoint, joins: Joins) {
+    pub(super) fn restore(
+        &mut self,
+        checkpoint: &Checkpoint,
+        joins: Joins,
+        branches: Vec<(u64, BranchData)>,
+    ) {
         let image = &checkpoint.scheduler;
         self.restored = true;
         self.restored_from = Some(checkpoint.sequence);
         self.now = Instant::now();
         self.joins = joins;
         self.joins.set_strict(self.compiled.strict_joins);
+        let active = self.joins.tracks_branches() || !self.compiled.reducers.is_empty();
+        self.restore_branches(branches, active);
         self.seed = image.seed;
         self.completed = image.completed;
         self.transitions = image.transitions;
@@ -250,17 +272,17 @@ impl Coordinator {
             let attempt = (work.attempt, work.visit);
             match work.place {
                 // Ahead of everything queued: it had started already.
-                Place::Running => self.requeue(work.state, work.scope, attempt, i64::MIN / 4),
+                Place::Running => self.requeue(work.state, work.branch, attempt, i64::MIN / 4),
                 Place::Ready(relative) => self.requeue(
                     work.state,
-                    work.scope,
+                    work.branch,
                     attempt,
                     clock.saturating_add(relative),
                 ),
                 Place::Retry(left) => {
                     self.schedule_retry(
                         work.state,
-                        work.scope,
+                        work.branch,
                         attempt,
                         left,
                         "restored from a checkpoint".to_owned(),
@@ -381,32 +403,41 @@ pub(crate) fn check_fits(
     }
     let joins = Joins::restore(graph, &image.joins, &branches(image))
         .map_err(|reason| corrupt(format!("its branches do not fit together: {reason}")))?;
-    Ok(Restorable { joins })
+    let branch_data = image
+        .layers
+        .clone()
+        .restore(image.branches.clone())
+        .map_err(|reason| corrupt(format!("its branch-local writes do not fit: {reason}")))?;
+    Ok(Restorable {
+        joins,
+        branches: branch_data,
+    })
 }
 
 /// A checkpoint checked against a definition, with its branches rebuilt.
 pub(crate) struct Restorable {
     joins: Joins,
+    branches: Vec<(u64, BranchData)>,
 }
 
 impl Coordinator {
     /// Continues the run of a checked checkpoint instead of starting afresh.
     pub(crate) fn continue_from(&mut self, checkpoint: &Checkpoint, checked: Restorable) {
-        self.restore(checkpoint, checked.joins);
+        self.restore(checkpoint, checked.joins, checked.branches);
     }
 }
 
-/// Every branch the due work and the dependency waits stand for, by state and scope.
-fn branches(image: &SchedulerImage) -> Vec<(StateId, ScopeId)> {
-    let mut branches: Vec<(StateId, ScopeId)> =
-        image.work.iter().map(|w| (w.state, w.scope)).collect();
+/// Every branch the due work and the dependency waits stand for, by state and branch.
+fn branches(image: &SchedulerImage) -> Vec<(StateId, Branch)> {
+    let mut branches: Vec<(StateId, Branch)> =
+        image.work.iter().map(|w| (w.state, w.branch)).collect();
     branches.extend(
         image
             .dependencies
             .waiters
             .iter()
             .filter_map(|w| match w.origin {
-                Origin::Branch(scope) => Some((w.state, scope)),
+                Origin::Branch(branch) => Some((w.state, branch)),
                 Origin::Requested | Origin::SelfStart => None,
             }),
     );

@@ -29,14 +29,14 @@ impl Coordinator {
         if self.over_step_limit(&entry) {
             return Ok(());
         }
-        let (state, scope) = (entry.state, entry.scope);
+        let (state, branch) = (entry.state, entry.branch);
         self.max_concurrency = self.max_concurrency.max(1);
         self.now = Instant::now();
         let started = self.now;
         let (span, attempt) = self.begin(state, (entry.attempt, entry.visit));
         // Only a state without gates runs here: it has no breaker either.
         let breaker = None;
-        let context = self.state_context(state, attempt);
+        let context = self.state_context(state, branch, attempt);
         let spec = &self.compiled.states[state.index()];
         let mut run = match task::start(&spec.func, &context) {
             Ok(run) => self.attempt(state, run),
@@ -44,7 +44,7 @@ impl Coordinator {
                 record_breaker(breaker, &outcome);
                 super::telemetry::attempt_ended(&span, &outcome);
                 return self
-                    .finish(state, scope, attempt, started, outcome)
+                    .finish(state, branch, attempt, started, outcome)
                     .map_err(Stop::Failed);
             }
         };
@@ -63,7 +63,7 @@ impl Coordinator {
                 self.now = Instant::now();
                 record_breaker(breaker, &outcome);
                 super::telemetry::attempt_ended(&span, &outcome);
-                let finished = self.finish(state, scope, attempt, started, outcome);
+                let finished = self.finish(state, branch, attempt, started, outcome);
                 self.publish_counts();
                 finished.map_err(Stop::Failed)
             }
@@ -74,7 +74,7 @@ impl Coordinator {
                 };
                 let queued_at = entry.virtual_start();
                 self.launch(
-                    state, scope, attempt, started, run, admission, queued_at, span,
+                    state, branch, attempt, started, run, admission, queued_at, span,
                 );
                 Ok(())
             }
@@ -97,7 +97,7 @@ impl Coordinator {
         }
         self.requeue(
             entry.state,
-            entry.scope,
+            entry.branch,
             (entry.attempt, entry.visit),
             entry.virtual_start(),
         );
@@ -125,27 +125,27 @@ impl Coordinator {
                 // without calling the state.
                 GateVerdict::Refused(entry, error) => {
                     self.dequeued(entry.seq());
-                    let (state, scope) = (entry.state, entry.scope);
+                    let (state, branch) = (entry.state, entry.branch);
                     let (span, attempt) = self.begin(state, (entry.attempt, entry.visit));
-                    self.launch_outcome(state, scope, attempt, Outcome::Refused(error), span);
+                    self.launch_outcome(state, branch, attempt, Outcome::Refused(error), span);
                     continue;
                 }
             };
             self.dequeued(entry.seq());
-            let (state, scope) = (entry.state, entry.scope);
+            let (state, branch) = (entry.state, entry.branch);
             let queued_at = entry.virtual_start();
             let (span, attempt) = self.begin(state, (entry.attempt, entry.visit));
-            let context = self.state_context(state, attempt);
+            let context = self.state_context(state, branch, attempt);
             match task::start(&self.compiled.states[state.index()].func, &context) {
                 Ok(run) => {
                     let run = self.attempt(state, run);
                     let now = self.now;
-                    self.launch(state, scope, attempt, now, run, admission, queued_at, span)
+                    self.launch(state, branch, attempt, now, run, admission, queued_at, span)
                 }
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
                     record_breaker(admission.breaker, &outcome);
-                    self.launch_outcome(state, scope, attempt, outcome, span);
+                    self.launch_outcome(state, branch, attempt, outcome, span);
                 }
             }
         }
@@ -210,8 +210,14 @@ impl Coordinator {
     }
 
     /// The context handle a state's attempt is given (which state, attempt and visit).
-    pub(super) fn state_context(&self, state: StateId, (attempt, visit): (u32, u32)) -> Context {
-        self.context.for_state(state, attempt, visit)
+    pub(super) fn state_context(
+        &mut self,
+        state: StateId,
+        branch: Branch,
+        (attempt, visit): (u32, u32),
+    ) -> Context {
+        let cell = self.lend_branch(branch);
+        self.context.for_state(state, attempt, visit, cell)
     }
 
     /// A free slot for a running attempt, and a ticket no earlier attempt had.
@@ -232,7 +238,7 @@ impl Coordinator {
     pub(super) fn launch(
         &mut self,
         state: StateId,
-        scope: ScopeId,
+        branch: Branch,
         (attempt, visit): (u32, u32),
         started: Instant,
         run: task::Attempt,
@@ -273,7 +279,7 @@ impl Coordinator {
         });
         self.running[slot as usize] = Some(Running {
             state,
-            scope,
+            branch,
             attempt,
             visit,
             started,
@@ -294,7 +300,7 @@ impl Coordinator {
     pub(super) fn launch_outcome(
         &mut self,
         state: StateId,
-        scope: ScopeId,
+        branch: Branch,
         (attempt, visit): (u32, u32),
         outcome: Outcome,
         span: tracing::Span,
@@ -303,7 +309,7 @@ impl Coordinator {
         let started = self.now;
         self.running[slot as usize] = Some(Running {
             state,
-            scope,
+            branch,
             attempt,
             visit,
             started,

@@ -6,6 +6,7 @@
 //! transition's name is resolved with one hash lookup.
 
 mod admission;
+mod branches;
 mod checkpointing;
 mod control;
 mod deps;
@@ -51,7 +52,7 @@ use crate::state_fn::StateFuture;
 use admission::{Admission, GateVerdict};
 use deps::{Dependencies, Origin};
 use failures::Failure;
-use joins::{Joins, ScopeId};
+use joins::{Joins, Branch};
 use ready::ReadyQueue;
 use task::Outcome;
 
@@ -123,17 +124,19 @@ pub(crate) struct Coordinator {
     writer: Option<Writer>,
     ticker: Option<AbortHandle>,
     /// The state whose failure (with no handler) stopped the run, and its branch.
-    failed_state: Option<(StateId, ScopeId, u32)>,
+    failed_state: Option<(StateId, Branch, u32)>,
     /// A checkpointed run: listed for answers given through its store in this process, and
     /// reading those other processes leave there (see `watch_store_for_answers`).
     input_watch: Option<inputs::InputWatch>,
+    /// Branch-local writes and map items (see `branches`).
+    branches: branches::Branches,
     /// The highest checkpoint sequence this run saved (see `writer::save`).
     saved_sequence: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Running {
     state: StateId,
-    scope: ScopeId,
+    branch: Branch,
     attempt: u32,
     /// Which run of the state it is (see `ReadyEntry::visit`).
     visit: u32,
@@ -260,13 +263,18 @@ impl Coordinator {
             free_timers: Vec::new(),
             timer_count: 0,
             dead_letters: Vec::new(),
+            branches: branches::Branches::default(),
         };
+        if !coordinator.compiled.reducers.is_empty() {
+            coordinator.activate_branches();
+        }
         let info = crate::context::RunInfo {
             key: Arc::clone(&coordinator.durable_key),
             id: coordinator.observer.run_id,
             graph: Arc::clone(&coordinator.graph),
             workflow: Arc::clone(&coordinator.compiled.name),
             inputs: Arc::clone(&coordinator.observer.inputs),
+            reducers: Arc::clone(&coordinator.compiled.reducers),
         };
         coordinator.context.set_run(info);
         coordinator
@@ -298,6 +306,7 @@ impl Coordinator {
             graph: Arc::clone(&self.graph),
             workflow: Arc::clone(&self.compiled.name),
             inputs: Arc::clone(&self.observer.inputs),
+            reducers: Arc::clone(&self.compiled.reducers),
         });
         if checkpoints.is_some() {
             self.checkpoints = checkpoints;
@@ -431,10 +440,10 @@ impl Coordinator {
             Message::Retry {
                 timer,
                 state,
-                scope,
+                branch,
                 attempt,
             } => {
-                self.retry_due(timer, state, scope, attempt);
+                self.retry_due(timer, state, branch, attempt);
                 Ok(())
             }
             Message::Pause(ack) => {
@@ -528,11 +537,11 @@ impl Coordinator {
 
     /// Queues a state for attempt `attempt` of run `visit` (0: a new run); if it needs resources and has an acquisition
     /// timeout, arms a deadline for the wait.
-    fn enqueue(&mut self, state: StateId, scope: ScopeId, attempt: u32, visit: u32) {
+    fn enqueue(&mut self, state: StateId, branch: Branch, attempt: u32, visit: u32) {
         let spec = &self.compiled.states[state.index()];
         let seq = self
             .ready
-            .push(state, scope, attempt, visit, spec.priority, self.now);
+            .push(state, branch, attempt, visit, spec.priority, self.now);
         self.arm_acquire_deadline(state, seq);
     }
 
@@ -551,13 +560,13 @@ impl Coordinator {
     fn requeue(
         &mut self,
         state: StateId,
-        scope: ScopeId,
+        branch: Branch,
         (attempt, visit): (u32, u32),
         virtual_start: i64,
     ) {
         let seq = self
             .ready
-            .push_at(state, scope, attempt, visit, virtual_start);
+            .push_at(state, branch, attempt, visit, virtual_start);
         self.arm_acquire_deadline(state, seq);
         self.set_status(state, StateStatus::Ready);
     }
@@ -573,7 +582,7 @@ impl Coordinator {
         }
         let Some(Running {
             state,
-            scope,
+            branch,
             attempt,
             visit,
             started,
@@ -588,7 +597,7 @@ impl Coordinator {
         self.free_slots.push(slot);
         self.running_count -= 1;
         record_breaker(breaker, &outcome);
-        self.finish(state, scope, (attempt, visit), started, outcome)
+        self.finish(state, branch, (attempt, visit), started, outcome)
     }
 
     /// Records how a state's attempt ended and routes its branch: on, to a retry, to its
@@ -596,11 +605,18 @@ impl Coordinator {
     fn finish(
         &mut self,
         state: StateId,
-        scope: ScopeId,
+        branch: Branch,
         attempt: (u32, u32),
         started: Instant,
-        outcome: Outcome,
+        mut outcome: Outcome,
     ) -> Result<(), FlowError> {
+        let completed = matches!(outcome, Outcome::Finished(Ok(_)));
+        if let Some(error) = self.return_branch(branch.id, completed)
+            && completed
+        {
+            // A write the state made could not be kept: the attempt failed.
+            outcome = Outcome::Finished(Err(flow_core::StateError::from_boxed(Box::new(error))));
+        }
         self.transitions = self.transitions.saturating_add(1);
         let now = self.now;
         let duration = now - started;
@@ -619,7 +635,7 @@ impl Coordinator {
                 self.dependency_completed(state);
                 let completions = &mut self.completions[state.index()];
                 *completions = completions.saturating_add(1);
-                self.route(state, scope, next)?;
+                self.route(state, branch, next)?;
                 self.absorb_joins();
                 self.after_completion(state);
                 if self.writer.is_some()
@@ -633,28 +649,28 @@ impl Coordinator {
                 Ok(())
             }
             Outcome::Finished(Err(cause)) => {
-                self.attempt_failed(state, scope, attempt, Failure::Error(cause))
+                self.attempt_failed(state, branch, attempt, Failure::Error(cause))
             }
             Outcome::Panicked(message) => {
-                self.attempt_failed(state, scope, attempt, Failure::Panic(message))
+                self.attempt_failed(state, branch, attempt, Failure::Panic(message))
             }
             Outcome::TimedOut(limit) => {
-                self.attempt_failed(state, scope, attempt, Failure::Timeout(limit))
+                self.attempt_failed(state, branch, attempt, Failure::Timeout(limit))
             }
             Outcome::Refused(error) => {
-                self.attempt_failed(state, scope, attempt, Failure::Refused(error))
+                self.attempt_failed(state, branch, attempt, Failure::Refused(error))
             }
         }
     }
 
-    fn route(&mut self, from: StateId, scope: ScopeId, next: Next) -> Result<(), FlowError> {
+    fn route(&mut self, from: StateId, branch: Branch, next: Next) -> Result<(), FlowError> {
         let graph = Arc::clone(&self.graph);
         match next {
-            Next::End => self.joins.end(&graph, scope, from),
+            Next::End => self.joins.end(&graph, branch, from),
             Next::To(target) => {
                 let to = self.resolve(from, &target)?;
                 self.arrived(to);
-                self.joins.goto(&graph, scope, from, to);
+                self.joins.goto(&graph, branch, from, to);
             }
             Next::Parallel(targets) => {
                 let targets = targets
@@ -664,7 +680,26 @@ impl Coordinator {
                 for &target in &targets {
                     self.arrived(target);
                 }
-                self.joins.fork(&graph, scope, from, &targets);
+                if self.joins.tracks_branches() {
+                    let first = self.joins.next_branch_id();
+                    let inputs = branches::ForkInputs::Inherit;
+                    self.fork_branches(branch, first, targets.len(), inputs)?;
+                }
+                self.joins.fork(&graph, branch, from, &targets);
+            }
+            Next::Map(fanout) => {
+                let (target, items) = fanout.into_parts();
+                let to = self.resolve(from, &target)?;
+                let items = self.map_items(from, &target, items)?;
+                let targets = vec![to; items.len()];
+                for _ in &targets {
+                    self.arrived(to);
+                }
+                self.activate_branches();
+                let first = self.joins.next_branch_id();
+                let count = items.len();
+                self.fork_branches(branch, first, count, branches::ForkInputs::Items(items))?;
+                self.joins.fork(&graph, branch, from, &targets);
             }
         }
         Ok(())
@@ -702,13 +737,14 @@ impl Coordinator {
     }
 
     /// A branch of its own for `state`, started by the dependency rules.
-    fn new_branch(&mut self, state: StateId) -> ScopeId {
+    fn new_branch(&mut self, state: StateId) -> Branch {
         self.arrived(state);
         self.joins.spawn()
     }
 
     /// Moves what the join bookkeeping decided into the ready queue and the statuses.
     fn absorb_joins(&mut self) {
+        self.apply_merges();
         if !self.joins.ambiguities.is_empty() {
             self.report_ambiguities();
         }
@@ -730,9 +766,9 @@ impl Coordinator {
         self.joins.blocked = blocked;
         let mut released = std::mem::take(&mut self.joins.released);
         self.note_incoming(&released, true);
-        for (state, scope) in released.drain(..) {
-            self.note_incoming(&[(state, scope)], false);
-            self.arrive(state, Origin::Branch(scope));
+        for (state, branch) in released.drain(..) {
+            self.note_incoming(&[(state, branch)], false);
+            self.arrive(state, Origin::Branch(branch));
         }
         // The gate may have sent a failed state's branch on to its handler meanwhile.
         released.append(&mut self.joins.released);
@@ -743,8 +779,8 @@ impl Coordinator {
     }
 
     /// Queues a state's first attempt (it passed the dependency gate).
-    fn make_ready(&mut self, state: StateId, scope: ScopeId) {
-        self.enqueue(state, scope, 1, 0);
+    fn make_ready(&mut self, state: StateId, branch: Branch) {
+        self.enqueue(state, branch, 1, 0);
         self.dependency_started(state);
         self.set_status(state, StateStatus::Ready);
         self.publish_state(state, StateEvent::Ready);

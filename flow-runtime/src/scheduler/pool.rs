@@ -92,9 +92,9 @@ impl Coordinator {
             }
             self.free_slots.push(slot as u32);
             self.running_count -= 1;
-            let (state, scope, attempt, visit, queued_at) = (
+            let (state, branch, attempt, visit, queued_at) = (
                 running.state,
-                running.scope,
+                running.branch,
                 running.attempt,
                 running.visit,
                 running.queued_at,
@@ -104,7 +104,7 @@ impl Coordinator {
             drop(running);
             self.publish_state(state, StateEvent::Cancelled);
             // The same run of it, from its start again.
-            self.ready.push_at(state, scope, attempt, visit, queued_at);
+            self.ready.push_at(state, branch, attempt, visit, queued_at);
             self.set_status(state, StateStatus::Ready);
         }
         true

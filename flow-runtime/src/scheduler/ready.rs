@@ -14,7 +14,7 @@ use std::time::Duration;
 use flow_core::{FxHashMap, Priority, StateId};
 use tokio::time::Instant;
 
-use super::joins::ScopeId;
+use super::joins::Branch;
 use crate::coordination::{Ticket, WaitRule};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub(crate) struct ReadyEntry {
     /// Virtual start time in microseconds since the queue's origin; smaller goes first.
     key: Reverse<(i64, u64)>,
     pub(crate) state: StateId,
-    pub(crate) scope: ScopeId,
+    pub(crate) branch: Branch,
     pub(crate) attempt: u32,
     /// Which run of the state this entry is: 0 for one not started yet (its first attempt
     /// takes the next number when it starts); a retry or a restarted attempt keeps its own.
@@ -137,7 +137,7 @@ impl ReadyQueue {
     pub(crate) fn push(
         &mut self,
         state: StateId,
-        scope: ScopeId,
+        branch: Branch,
         attempt: u32,
         visit: u32,
         priority: Priority,
@@ -147,7 +147,7 @@ impl ReadyQueue {
         let virtual_start = self
             .clock(now)
             .saturating_sub(self.aging_micros.saturating_mul(level));
-        self.push_at(state, scope, attempt, visit, virtual_start)
+        self.push_at(state, branch, attempt, visit, virtual_start)
     }
 
     /// When an entry of this priority became ready (the inverse of `push`).
@@ -177,7 +177,7 @@ impl ReadyQueue {
     pub(crate) fn push_at(
         &mut self,
         state: StateId,
-        scope: ScopeId,
+        branch: Branch,
         attempt: u32,
         visit: u32,
         virtual_start: i64,
@@ -187,7 +187,7 @@ impl ReadyQueue {
         self.heap.push(ReadyEntry {
             key,
             state,
-            scope,
+            branch,
             attempt,
             visit,
         });
@@ -434,6 +434,8 @@ fn priority_level(priority: Priority) -> i64 {
 mod tests {
     use super::*;
 
+    const ROOT: Branch = Branch { scope: 0, id: 0 };
+
     fn order(queue: &mut ReadyQueue) -> Vec<u32> {
         std::iter::from_fn(|| queue.pop())
             .map(|e| e.state.index() as u32)
@@ -444,11 +446,11 @@ mod tests {
     async fn priority_first_then_arrival_order() {
         let mut queue = ReadyQueue::new(Duration::from_secs(1));
         let id = StateId::new;
-        queue.push(id(0), 0, 1, 0, Priority::Normal, Instant::now());
-        queue.push(id(1), 0, 1, 0, Priority::Low, Instant::now());
-        queue.push(id(2), 0, 1, 0, Priority::Critical, Instant::now());
-        queue.push(id(3), 0, 1, 0, Priority::Normal, Instant::now());
-        queue.push(id(4), 0, 1, 0, Priority::High, Instant::now());
+        queue.push(id(0), ROOT, 1, 0, Priority::Normal, Instant::now());
+        queue.push(id(1), ROOT, 1, 0, Priority::Low, Instant::now());
+        queue.push(id(2), ROOT, 1, 0, Priority::Critical, Instant::now());
+        queue.push(id(3), ROOT, 1, 0, Priority::Normal, Instant::now());
+        queue.push(id(4), ROOT, 1, 0, Priority::High, Instant::now());
         assert_eq!(order(&mut queue), vec![2, 4, 0, 3, 1]);
     }
 
@@ -456,13 +458,13 @@ mod tests {
     async fn waiting_ages_past_later_higher_priorities() {
         let mut queue = ReadyQueue::new(Duration::from_millis(100));
         let id = StateId::new;
-        queue.push(id(0), 0, 1, 0, Priority::Low, Instant::now());
+        queue.push(id(0), ROOT, 1, 0, Priority::Low, Instant::now());
         tokio::time::advance(Duration::from_millis(250)).await;
         // A Critical state 250 ms later gets a 300 ms head start: it still goes first...
-        queue.push(id(1), 0, 1, 0, Priority::Critical, Instant::now());
+        queue.push(id(1), ROOT, 1, 0, Priority::Critical, Instant::now());
         tokio::time::advance(Duration::from_millis(100)).await;
         // ...but a High one 350 ms later (200 ms head start) comes after the old Low one.
-        queue.push(id(2), 0, 1, 0, Priority::High, Instant::now());
+        queue.push(id(2), ROOT, 1, 0, Priority::High, Instant::now());
         assert_eq!(order(&mut queue), vec![1, 0, 2]);
     }
 }

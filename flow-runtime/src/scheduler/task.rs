@@ -14,7 +14,7 @@ use flow_core::{Next, StateError};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
-use super::joins::ScopeId;
+use super::joins::Branch;
 
 use crate::context::Context;
 use crate::coordination::AttemptIdentity;
@@ -53,7 +53,7 @@ pub(crate) enum Message {
     Retry {
         timer: u32,
         state: StateId,
-        scope: ScopeId,
+        branch: Branch,
         attempt: u32,
     },
     /// Stop starting states; answer when nothing runs.

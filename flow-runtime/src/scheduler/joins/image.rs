@@ -4,7 +4,7 @@ use flow_core::{StateGraph, StateId};
 use serde::{Deserialize, Serialize};
 
 use super::scope::Scope;
-use super::{Joins, ScopeId, chain_openers};
+use super::{Branch, Joins, ScopeId, chain_openers};
 
 /// The scopes of a run and their held sets. Counts are not kept: a restore rebuilds them from
 /// the branches the checkpoint's work and waits stand for. (Format 1 called scopes "groups";
@@ -13,6 +13,11 @@ use super::{Joins, ScopeId, chain_openers};
 pub(crate) struct JoinsImage {
     #[serde(alias = "groups")]
     scopes: Vec<Option<Scope>>,
+    /// Whether branches were told apart, and the id the next one gets.
+    #[serde(default)]
+    track: bool,
+    #[serde(default)]
+    next_branch: u64,
 }
 
 impl Joins {
@@ -21,6 +26,8 @@ impl Joins {
     pub(crate) fn image(&self) -> JoinsImage {
         JoinsImage {
             scopes: self.scopes.clone(),
+            track: self.track,
+            next_branch: self.next_branch,
         }
     }
 
@@ -33,7 +40,7 @@ impl Joins {
     pub(crate) fn restore(
         graph: &StateGraph,
         image: &JoinsImage,
-        branches: &[(StateId, ScopeId)],
+        branches: &[(StateId, Branch)],
     ) -> Result<Self, String> {
         let n = graph.len();
         let state_ok = |s: StateId| s.index() < n;
@@ -72,6 +79,8 @@ impl Joins {
             *s = Scope {
                 held: std::mem::take(&mut s.held),
                 spent: s.spent,
+                branch: s.branch,
+                ended: std::mem::take(&mut s.ended),
                 ..Scope::new(s.parent, 0)
             };
         }
@@ -94,8 +103,8 @@ impl Joins {
             }
             Ok(())
         };
-        for &(state, scope) in branches {
-            place(&mut scopes, scope, state, 1)?;
+        for &(state, branch) in branches {
+            place(&mut scopes, branch.scope, state, 1)?;
         }
         let children: Vec<(ScopeId, StateId, bool)> = scopes
             .iter()
@@ -106,6 +115,17 @@ impl Joins {
             })
             .collect();
         let mut joins = Self::new(graph);
+        joins.track = image.track;
+        // Ids stay unique: past every id the checkpoint mentions.
+        let highest = branches
+            .iter()
+            .map(|(_, b)| b.id)
+            .chain(scopes.iter().flatten().flat_map(|s| {
+                let held = s.held.iter().flat_map(|h| h.branches.iter().copied());
+                std::iter::once(s.branch).chain(s.ended.iter().copied()).chain(held)
+            }))
+            .max();
+        joins.next_branch = image.next_branch.max(highest.map_or(0, |h| h + 1));
         for &(parent, opener, spent) in &children {
             place(&mut scopes, parent, opener, 1)?;
             if let Some(Some(p)) = scopes.get_mut(parent as usize) {

@@ -54,10 +54,12 @@
 //! more than one member whether it waits for the state (one reverse search each). A scope with
 //! one live member does no bookkeeping at all, so a chain costs O(1) per step.
 
+mod branch;
 mod image;
 mod passes;
 mod scope;
 
+pub(crate) use branch::{Branch, BranchId, Merge};
 pub(crate) use image::JoinsImage;
 
 use flow_core::{StateGraph, StateId};
@@ -71,8 +73,8 @@ pub(crate) type ScopeId = u32;
 pub(crate) struct Joins {
     scopes: Vec<Option<Scope>>,
     free: Vec<ScopeId>,
-    /// Branches to run now, as (state, scope); the caller drains it.
-    pub(crate) released: Vec<(StateId, ScopeId)>,
+    /// Branches to run now, as (state, branch); the caller drains it.
+    pub(crate) released: Vec<(StateId, Branch)>,
     /// Branches that just started to wait, as (state, scope); the caller drains it.
     pub(crate) blocked: Vec<(StateId, ScopeId)>,
     /// Held sets released (or, strict, left held) without knowing which join comes first; the
@@ -97,6 +99,13 @@ pub(crate) struct Joins {
     /// branch; queueing that move instead of recursing keeps the stack flat however deep
     /// scopes nest.
     moves: Vec<Move>,
+    /// Whether branches are told apart (see `track_branches`).
+    track: bool,
+    /// The id the next branch gets.
+    next_branch: BranchId,
+    /// Merges of branches' writes, in the order they happen; the caller drains it (only
+    /// while branches are told apart).
+    pub(crate) merges: Vec<Merge>,
 }
 
 /// Branches created, ended and absorbed by joins in a run: created = ended + absorbed + live.
@@ -125,12 +134,14 @@ enum Move {
         from: StateId,
         to: StateId,
         spent: bool,
+        branch: BranchId,
     },
     /// A member of `scope` at `at` ends.
     End {
         scope: ScopeId,
         at: StateId,
         spent: bool,
+        branch: BranchId,
     },
     /// Held sets of `scope` may be free to go.
     Settle { scope: ScopeId },
@@ -162,6 +173,9 @@ impl Joins {
             search: AncestorSearch::new(graph.len()),
             openers: Vec::new(),
             moves: Vec::new(),
+            track: false,
+            next_branch: 0,
+            merges: Vec::new(),
         }
     }
 
@@ -231,56 +245,73 @@ impl Joins {
                 root.add_position(graph, entry);
             }
         }
-        let root = self.alloc(root);
-        self.released.extend(entries.iter().map(|&e| (e, root)));
+        let scope = self.alloc(root);
+        for &entry in entries {
+            let id = self.new_branch_id();
+            self.released.push((entry, Branch { scope, id }));
+        }
     }
 
     /// A branch of its own for a state started by the dependency rules rather than by a
     /// transition: its transitions join nothing the rest of the run does.
-    pub(crate) fn spawn(&mut self) -> ScopeId {
+    pub(crate) fn spawn(&mut self) -> Branch {
         self.roots += 1;
         self.ledger.created += 1;
-        self.alloc(Scope::new(None, 1))
+        let scope = self.alloc(Scope::new(None, 1));
+        let id = self.new_branch_id();
+        Branch { scope, id }
     }
 
-    /// The branch of `scope` that ran `at` ends.
-    pub(crate) fn end(&mut self, graph: &StateGraph, scope: ScopeId, at: StateId) {
+    /// The branch that ran `at` ends.
+    pub(crate) fn end(&mut self, graph: &StateGraph, branch: Branch, at: StateId) {
         self.ledger.ended += 1;
         self.moves.push(Move::End {
-            scope,
+            scope: branch.scope,
             at,
             spent: false,
+            branch: branch.id,
         });
         self.apply_moves(graph);
     }
 
-    /// The branch of `scope` that ran `from` goes to `to`.
-    pub(crate) fn goto(&mut self, graph: &StateGraph, scope: ScopeId, from: StateId, to: StateId) {
+    /// The branch that ran `from` goes to `to`.
+    pub(crate) fn goto(&mut self, graph: &StateGraph, branch: Branch, from: StateId, to: StateId) {
         self.moves.push(Move::Goto {
-            scope,
+            scope: branch.scope,
             from,
             to,
             spent: false,
+            branch: branch.id,
         });
         self.apply_moves(graph);
     }
 
-    /// The branch of `scope` that ran `at` forks into `targets`, which all start at once.
+    /// The branch that ran `at` forks into `targets`, which all start at once. The new
+    /// branches' ids follow one another from the returned one, in the order of `targets`
+    /// (one target: the branch goes on, under its own id; none: it ends).
     pub(crate) fn fork(
         &mut self,
         graph: &StateGraph,
-        scope: ScopeId,
+        branch: Branch,
         at: StateId,
         targets: &[StateId],
-    ) {
+    ) -> BranchId {
         match targets {
-            [] => return self.end(graph, scope, at),
-            [only] => return self.goto(graph, scope, at, *only),
+            [] => {
+                self.end(graph, branch, at);
+                return branch.id;
+            }
+            [only] => {
+                self.goto(graph, branch, at, *only);
+                return branch.id;
+            }
             _ => {}
         }
+        let scope = branch.scope;
         let k = targets.len() as u32;
         self.ledger.created += u64::from(k - 1);
         let mut child = Scope::new(Some((scope, at)), k);
+        child.branch = branch.id;
         for &target in targets {
             child.add_position(graph, target);
         }
@@ -289,10 +320,13 @@ impl Joins {
         // The forking branch becomes the child, standing at the fork state: its position in
         // `scope` does not change.
         scope_of(&mut self.scopes, scope).children += 1;
+        let first = self.next_branch;
         for &target in targets {
-            self.run_at(graph, child, target, Start::Fork);
+            let id = self.new_branch_id();
+            self.run_at(graph, child, target, Start::Fork, id);
             self.apply_moves(graph);
         }
+        first
     }
 
     fn apply_moves(&mut self, graph: &StateGraph) {
@@ -303,14 +337,27 @@ impl Joins {
                     from,
                     to,
                     spent,
-                } => self.apply_goto(graph, scope, from, to, spent),
-                Move::End { scope, at, spent } => self.apply_end(graph, scope, at, spent),
+                    branch,
+                } => self.apply_goto(graph, scope, from, to, spent, branch),
+                Move::End {
+                    scope,
+                    at,
+                    spent,
+                    branch,
+                } => self.apply_end(graph, scope, at, spent, branch),
                 Move::Settle { scope } => self.settle(graph, scope),
             }
         }
     }
 
-    fn apply_end(&mut self, graph: &StateGraph, scope: ScopeId, at: StateId, spent: bool) {
+    fn apply_end(
+        &mut self,
+        graph: &StateGraph,
+        scope: ScopeId,
+        at: StateId,
+        spent: bool,
+        branch: BranchId,
+    ) {
         let s = scope_of(&mut self.scopes, scope);
         s.remove_member(graph, at, spent);
         match s.live {
@@ -320,16 +367,22 @@ impl Joins {
                         scope: parent,
                         at: opener,
                         spent: s.spent,
+                        branch: s.branch,
                     }),
                     None => self.roots -= 1,
                 }
+                self.merge_closing(scope, &[branch]);
                 self.close(scope);
             }
             1 => {
                 s.clear_positions();
                 self.moves.push(Move::Settle { scope });
+                self.remember_ended(scope, branch);
             }
-            _ => self.moves.push(Move::Settle { scope }),
+            _ => {
+                self.moves.push(Move::Settle { scope });
+                self.remember_ended(scope, branch);
+            }
         }
     }
 
@@ -340,11 +393,12 @@ impl Joins {
         from: StateId,
         to: StateId,
         spent: bool,
+        branch: BranchId,
     ) {
         let s = scope_of(&mut self.scopes, scope);
         if s.live == 1 {
             // Nobody left to wait for.
-            self.arrive_as_one(graph, scope, to);
+            self.arrive_as_one(graph, scope, to, vec![branch]);
             return;
         }
         s.remove_position(graph, from, 1);
@@ -354,12 +408,12 @@ impl Joins {
         }
         s.add_position(graph, to);
         s.note_blocker(graph, to);
-        self.arrive(graph, scope, to);
+        self.arrive(graph, scope, to, branch);
     }
 
     /// A member of `scope`, already counted at `to`, arrives there: it joins the set held
     /// there, is held, or runs.
-    fn arrive(&mut self, graph: &StateGraph, scope: ScopeId, to: StateId) {
+    fn arrive(&mut self, graph: &StateGraph, scope: ScopeId, to: StateId, branch: BranchId) {
         // Settled after whatever running `to` leads to (moves are a stack): the order the
         // reference model follows, and the one that makes a release order reproducible.
         self.moves.push(Move::Settle { scope });
@@ -371,17 +425,26 @@ impl Joins {
                 h.blockers = h.blockers.saturating_sub(1);
             }
             h.members += 1;
+            if self.track {
+                h.branches.push(branch);
+            }
             s.held_members += 1;
             self.held_total += 1;
             self.blocked.push((to, scope));
         } else {
-            self.arrive_fresh(graph, scope, to);
+            self.arrive_fresh(graph, scope, to, branch);
         }
     }
 
     /// A branch of `scope` (already counted at `state`) arrives where no branch is held: it
     /// runs at once, or starts a held set if another member may still reach `state`.
-    fn arrive_fresh(&mut self, graph: &StateGraph, scope: ScopeId, state: StateId) {
+    fn arrive_fresh(
+        &mut self,
+        graph: &StateGraph,
+        scope: ScopeId,
+        state: StateId,
+        branch: BranchId,
+    ) {
         let s = scope_of(&mut self.scopes, scope);
         // A member at a wild state may jump anywhere, also to states of higher order.
         let limit = if s.wild > 0 {
@@ -394,7 +457,7 @@ impl Joins {
         let members = u32::from(Some(state) != s.opener());
         let blockers = s.blockers_of(graph, state, &self.search.found, members);
         if blockers == 0 {
-            self.run_at(graph, scope, state, Start::Released);
+            self.run_at(graph, scope, state, Start::Released, branch);
             return;
         }
         s.held.push(Held {
@@ -402,6 +465,7 @@ impl Joins {
             members: 1,
             blockers,
             ancestors: self.search.found.iter().copied().collect(),
+            branches: if self.track { vec![branch] } else { Vec::new() },
         });
         s.held_members += 1;
         self.held_total += 1;
@@ -445,7 +509,7 @@ impl Joins {
         self.held_sets_at[h.state.index()] -= 1;
         self.ledger.absorbed += u64::from(h.members - 1);
         if h.members == s.live {
-            self.arrive_as_one(graph, scope, h.state);
+            self.arrive_as_one(graph, scope, h.state, h.branches);
             return;
         }
         let merged = h.members - 1;
@@ -454,12 +518,24 @@ impl Joins {
             s.remove_position(graph, h.state, merged);
             s.forget_blocker(graph, h.state, merged, false);
         }
-        self.run_at(graph, scope, h.state, Start::Released);
+        let survivor = if self.track {
+            self.merge_members(h.branches, Vec::new())
+        } else {
+            0
+        };
+        self.run_at(graph, scope, h.state, Start::Released, survivor);
     }
 
     /// Every live member of `scope` is one branch arriving at `to`: a child scope closes and
     /// its parent's member moves from the fork to `to`; a root runs `to`.
-    fn arrive_as_one(&mut self, graph: &StateGraph, scope: ScopeId, to: StateId) {
+    /// `members` are the ids of the arriving branches (when branches are told apart).
+    fn arrive_as_one(
+        &mut self,
+        graph: &StateGraph,
+        scope: ScopeId,
+        to: StateId,
+        members: Vec<BranchId>,
+    ) {
         let s = scope_of(&mut self.scopes, scope);
         match s.parent {
             Some((parent, opener)) => {
@@ -468,13 +544,21 @@ impl Joins {
                     from: opener,
                     to,
                     spent: s.spent,
+                    branch: s.branch,
                 });
+                self.merge_closing(scope, &members);
                 self.close(scope);
             }
             None => {
                 s.live = 1;
                 s.clear_positions();
-                self.run_at(graph, scope, to, Start::Released);
+                let survivor = if self.track {
+                    let ended = std::mem::take(&mut s.ended);
+                    self.merge_members(members, ended)
+                } else {
+                    0
+                };
+                self.run_at(graph, scope, to, Start::Released, survivor);
             }
         }
     }

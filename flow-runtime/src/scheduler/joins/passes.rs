@@ -3,7 +3,7 @@
 
 use flow_core::{StateGraph, StateId};
 
-use super::{Joins, Move, ScopeId, Start, scope_of};
+use super::{BranchId, Branch, Joins, Move, ScopeId, Start, scope_of};
 
 impl Joins {
     /// A branch of `scope` runs `state`: here, or, when `state` opened `scope` or a scope
@@ -14,6 +14,7 @@ impl Joins {
         scope: ScopeId,
         state: StateId,
         how: Start,
+        branch: BranchId,
     ) {
         if self.opened_by[state.index()] > 0 {
             let mut at = scope;
@@ -21,7 +22,7 @@ impl Joins {
                 let s = self.scopes[at as usize].as_ref().expect("open scope");
                 match s.parent {
                     Some((_, opener)) if opener == state => {
-                        return self.leave(graph, scope, state, at, how);
+                        return self.leave(graph, scope, state, at, how, branch);
                     }
                     Some((parent, _)) => at = parent,
                     None => break,
@@ -32,9 +33,9 @@ impl Joins {
             && let Some((parent, _)) = self.scopes[scope as usize].as_ref().and_then(|s| s.parent)
             && self.wanted_above(graph, scope, state)
         {
-            return self.escalate(graph, scope, parent, state);
+            return self.escalate(graph, scope, parent, state, branch);
         }
-        self.released.push((state, scope));
+        self.released.push((state, Branch { scope, id: branch }));
     }
 
     /// Whether a scope around `scope` waits for `state`: it holds branches there, or has a
@@ -101,7 +102,14 @@ impl Joins {
     /// reach `state`), it goes on in the parent, arriving at `state` there. So whether a
     /// nested branch joins an outer join never depends on whether its siblings, which cannot
     /// reach that join, have ended yet.
-    fn escalate(&mut self, graph: &StateGraph, scope: ScopeId, parent: ScopeId, state: StateId) {
+    fn escalate(
+        &mut self,
+        graph: &StateGraph,
+        scope: ScopeId,
+        parent: ScopeId,
+        state: StateId,
+        branch: BranchId,
+    ) {
         let s = scope_of(&mut self.scopes, scope);
         let (_, child_at) = s.parent.expect("a child scope has a parent");
         let spent = s.spent;
@@ -121,7 +129,7 @@ impl Joins {
         p.live += 1;
         p.add_position(graph, state);
         p.note_blocker(graph, state);
-        self.arrive(graph, parent, state);
+        self.arrive(graph, parent, state, branch);
     }
 
     /// The branch of `scope` about to run `state`, the fork state of `pass` (`scope` or a
@@ -133,17 +141,23 @@ impl Joins {
         state: StateId,
         pass: ScopeId,
         how: Start,
+        branch: BranchId,
     ) {
         // Out of `scope`, and of every scope up to `pass` that it leaves empty.
         let mut at_scope = scope;
         let mut at = state;
         let mut spent_member = false;
+        // The branch that left the scope in hand, when it is not `branch` but the branch
+        // whose fork opened a scope `branch` left empty: it ended there.
+        let mut gone: Option<BranchId> = None;
         let parent = loop {
             let s = scope_of(&mut self.scopes, at_scope);
             s.remove_member(graph, at, spent_member);
             let (parent, opener) = s.parent.expect("a pass has a parent");
             if s.live == 0 {
                 let spent = s.spent;
+                let forked_by = s.branch;
+                self.merge_closing(at_scope, gone.as_slice());
                 self.close(at_scope);
                 if at_scope == pass {
                     // The branch takes the emptied pass's place in the parent, at the same
@@ -157,16 +171,28 @@ impl Joins {
                             p.held[i].blockers += 1;
                         }
                     }
+                    // And the writes of the branch whose place it takes come first.
+                    if self.track {
+                        self.merges.push(super::Merge {
+                            into: Some(branch),
+                            unlayer: false,
+                            parts: vec![forked_by, branch],
+                        });
+                    }
                     break parent;
                 }
                 at_scope = parent;
                 at = opener;
                 spent_member = spent;
+                gone = Some(forked_by);
                 // The emptied scope's member in its parent ends.
                 continue;
             }
             if s.live == 1 {
                 s.clear_positions();
+            }
+            if let Some(gone) = gone {
+                self.remember_ended(at_scope, gone);
             }
             self.moves.push(Move::Settle { scope: at_scope });
             let from_pass_itself = at_scope == pass && scope == pass && how == Start::Released;
@@ -195,13 +221,19 @@ impl Joins {
             break grand;
         };
         match how {
-            Start::Fork => self.released.push((state, parent)),
+            Start::Fork => self.released.push((
+                state,
+                Branch {
+                    scope: parent,
+                    id: branch,
+                },
+            )),
             Start::Released => {
                 let p = scope_of(&mut self.scopes, parent);
                 if p.live == 1 {
-                    self.arrive_as_one(graph, parent, state);
+                    self.arrive_as_one(graph, parent, state, vec![branch]);
                 } else {
-                    self.arrive(graph, parent, state);
+                    self.arrive(graph, parent, state, branch);
                 }
             }
         }

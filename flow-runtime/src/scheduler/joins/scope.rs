@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use flow_core::{FxHashMap, FxHashSet, StateGraph, StateId};
 use serde::{Deserialize, Serialize};
 
-use super::ScopeId;
+use super::{BranchId, ScopeId};
 
 /// The branches opened by one visit of a fork (or the run's root, or a state started by the
 /// dependency rules).
@@ -47,6 +47,13 @@ pub(super) struct Scope {
     pub(super) spent_at: FxHashMap<StateId, u32>,
     /// Held sets, oldest first.
     pub(super) held: Vec<Held>,
+    /// The branch whose fork opened this scope: it goes on when the scope closes.
+    #[serde(default)]
+    pub(super) branch: BranchId,
+    /// Branches of this scope that ended, whose writes merge when it closes (kept only while
+    /// branches are told apart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) ended: Vec<BranchId>,
 }
 
 /// Branches of one scope held at one state, waiting to run it once together.
@@ -61,6 +68,9 @@ pub(super) struct Held {
     /// scope's opener. (Wild states always may.)
     #[serde(skip)]
     pub(super) ancestors: FxHashSet<StateId>,
+    /// The members' ids (kept only while branches are told apart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) branches: Vec<BranchId>,
 }
 
 impl Held {
@@ -83,6 +93,8 @@ impl Scope {
             wild: 0,
             spent_at: FxHashMap::default(),
             held: Vec::new(),
+            branch: 0,
+            ended: Vec::new(),
         }
     }
 

@@ -1,13 +1,11 @@
 //! The context store shared by the states of a run.
 
-use std::any::{Any, type_name};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use flow_core::{FlowError, FxHashMap};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::ops::Range;
 
 use crate::checkpoint::CheckpointContext;
 use serde_json::{Map, Value};
@@ -19,125 +17,16 @@ pub trait ContextValue: Serialize + DeserializeOwned + Send + Sync + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> ContextValue for T {}
 
-type SharedValue = Arc<dyn Any + Send + Sync>;
-type ToJson = fn(&(dyn Any + Send + Sync)) -> Result<Value, serde_json::Error>;
-type WriteJson = fn(&(dyn Any + Send + Sync), &mut Vec<u8>) -> Result<(), serde_json::Error>;
+mod branch;
+mod reducer;
+mod store;
 
-/// One stored value: native (as the state stored it), or JSON that has not been read yet
-/// (parsed, or still text: a value restored from a checkpoint is a slice of its context's
-/// text until it is read). Cloning one shares its value.
-#[derive(Clone)]
-enum Slot {
-    Native {
-        value: SharedValue,
-        type_name: &'static str,
-        to_json: ToJson,
-        write_json: WriteJson,
-    },
-    Json(Arc<Value>),
-    Text {
-        text: Arc<str>,
-        range: Range<usize>,
-    },
-}
-
-type Store = FxHashMap<String, Slot>;
-
-/// The store, writable: the first write after a checkpoint took a [`Frozen`] copy of the map
-/// copies it (copy-on-write), so the checkpoint keeps the values of its moment.
-struct Writable<'a>(RwLockWriteGuard<'a, Arc<Store>>);
-
-impl std::ops::Deref for Writable<'_> {
-    type Target = Store;
-    fn deref(&self) -> &Store {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Writable<'_> {
-    fn deref_mut(&mut self) -> &mut Store {
-        Arc::make_mut(&mut self.0)
-    }
-}
-
-/// The context's values at one moment, for a checkpoint: taking it is O(1) (the map is
-/// shared); serializing it needs no lock, and writes meanwhile copy the map rather than
-/// change what it holds.
-pub(crate) struct Frozen(Arc<Store>);
-
-impl Frozen {
-    /// The values as one JSON object with each value's place in it (the context of a
-    /// checkpoint), written in one pass, no lock held. A value that fails to serialize is an
-    /// error naming its key.
-    pub(crate) fn to_checkpoint(&self) -> Result<CheckpointContext, FlowError> {
-        let values = &*self.0;
-        let failed = |key: &str, error: serde_json::Error| FlowError::Serialization {
-            key: key.to_owned(),
-            message: error.to_string(),
-        };
-        let mut buffer: Vec<u8> = Vec::with_capacity(values.len() * 32 + 2);
-        buffer.push(b'{');
-        for (index, (key, slot)) in values.iter().enumerate() {
-            if index > 0 {
-                buffer.push(b',');
-            }
-            serde_json::to_writer(&mut buffer, key).map_err(|e| failed(key, e))?;
-            buffer.push(b':');
-            match slot {
-                Slot::Native {
-                    value, write_json, ..
-                } => write_json(&**value, &mut buffer).map_err(|e| failed(key, e))?,
-                Slot::Json(json) => {
-                    serde_json::to_writer(&mut buffer, &**json).map_err(|e| failed(key, e))?;
-                }
-                Slot::Text { text, range } => {
-                    buffer.extend_from_slice(&text.as_bytes()[range.clone()]);
-                }
-            }
-        }
-        buffer.push(b'}');
-        let whole = |message: String| FlowError::Serialization {
-            key: "(the context)".into(),
-            message,
-        };
-        let text = String::from_utf8(buffer).map_err(|e| whole(e.to_string()))?;
-        Ok(CheckpointContext::written(text))
-    }
-}
-
-impl Slot {
-    fn native<T: ContextValue>(value: Arc<T>) -> Self {
-        Slot::Native {
-            value,
-            type_name: type_name::<T>(),
-            to_json: to_json::<T>,
-            write_json: write_json::<T>,
-        }
-    }
-}
-
-fn write_json<T: ContextValue>(
-    value: &(dyn Any + Send + Sync),
-    out: &mut Vec<u8>,
-) -> Result<(), serde_json::Error> {
-    match value.downcast_ref::<T>() {
-        Some(value) => serde_json::to_writer(out, value),
-        // A slot's writer is always made for its own type: this would be a bug, said as such.
-        None => Err(serde::ser::Error::custom(
-            "the value is not of the type it was stored as",
-        )),
-    }
-}
-
-fn to_json<T: ContextValue>(value: &(dyn Any + Send + Sync)) -> Result<Value, serde_json::Error> {
-    match value.downcast_ref::<T>() {
-        Some(value) => serde_json::to_value(value),
-        // A slot's converter is always made for its own type: this would be a bug, said as such.
-        None => Err(serde::ser::Error::custom(
-            "the value is not of the type it was stored as",
-        )),
-    }
-}
+pub(crate) use branch::{BranchCell, BranchData, BranchImage, Layers, Ops};
+pub use reducer::Reducer;
+pub(crate) use reducer::WriteKind;
+use branch::Op;
+pub(crate) use store::Frozen;
+use store::{Slot, Store, Writable, decode_text, decode_value, missing, wrong_type};
 
 /// The data the states of a run share.
 ///
@@ -173,7 +62,12 @@ pub struct Context {
     run: Option<Arc<RunInfo>>,
     /// The state run this handle was given to.
     at: Option<StateRun>,
+    /// The overlay of the branch that state runs on, when it has one (see `branch`).
+    branch: Option<Arc<BranchCell>>,
 }
+
+/// The reducers of a run's keys.
+pub(crate) type Reducers = FxHashMap<String, Reducer>;
 
 /// The run a context handle belongs to.
 pub(crate) struct RunInfo {
@@ -184,6 +78,8 @@ pub(crate) struct RunInfo {
     pub(crate) workflow: Arc<str>,
     /// The run's input requests.
     pub(crate) inputs: Arc<crate::input::InputHub>,
+    /// The agent's reducers, by key.
+    pub(crate) reducers: Arc<Reducers>,
 }
 
 /// Where an input request is made from (see `input::ask`).
@@ -213,6 +109,7 @@ impl Default for Context {
             given_to: Some(Arc::default()),
             run: None,
             at: None,
+            branch: None,
         }
     }
 }
@@ -236,6 +133,7 @@ impl Context {
             given_to: Some(Arc::default()),
             run: None,
             at: None,
+            branch: None,
         }
     }
 
@@ -253,6 +151,7 @@ impl Context {
             given_to: Some(Arc::default()),
             run: None,
             at: None,
+            branch: None,
         })
     }
 
@@ -273,6 +172,7 @@ impl Context {
             given_to: None,
             run: None,
             at: None,
+            branch: None,
         }
     }
 
@@ -282,15 +182,90 @@ impl Context {
     }
 
     /// The handle a state's run is given: this run's, saying which state, attempt and visit.
-    pub(crate) fn for_state(&self, state: flow_core::StateId, attempt: u32, visit: u32) -> Self {
+    /// `branch`: the overlay of its branch, when it has one.
+    pub(crate) fn for_state(
+        &self,
+        state: flow_core::StateId,
+        attempt: u32,
+        visit: u32,
+        branch: Option<Arc<BranchCell>>,
+    ) -> Self {
         Self {
             at: Some(StateRun {
                 state,
                 attempt,
                 visit,
             }),
+            branch,
             ..self.clone()
         }
+    }
+
+    /// Applies a branch's writes to the store (it runs alone now, or its root ended).
+    pub(crate) fn commit(&self, ops: Ops) -> Result<(), FlowError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let empty = Reducers::default();
+        let reducers = self.run.as_deref().map_or(&empty, |run| &*run.reducers);
+        branch::commit(&mut self.write(), ops, reducers)
+    }
+
+    /// The reducer of `key`, for a write made by a state.
+    fn reducer(&self, key: &str) -> Option<&Reducer> {
+        let reducers = &self.run.as_deref()?.reducers;
+        if reducers.is_empty() {
+            return None;
+        }
+        reducers.get(key)
+    }
+
+    /// The branch overlay reads and writes of `key` go through, if any: a key with a
+    /// reducer (its contributions wait for the attempt's end, and for the join), or any key
+    /// of an isolated branch that does not run alone.
+    fn overlay(&self, key: &str) -> Option<&BranchCell> {
+        let cell = self.branch.as_deref()?;
+        (cell.is_isolated() || self.reducer(key).is_some()).then_some(cell)
+    }
+
+    /// The value of `key` as this handle's branch sees it.
+    fn resolve(&self, cell: &BranchCell, key: &str) -> Result<Option<Slot>, FlowError> {
+        cell.resolve(key, &self.read(), self.reducer(key))
+    }
+
+    /// The item this branch of a `Next::map` was given (see the README's "Map over data").
+    /// A branch a map's branch forks keeps its item. Fails with [`FlowError::NoInput`] in a
+    /// state that is not on a map's branch, and [`FlowError::WrongType`] when the item does
+    /// not decode as a `T`.
+    pub fn input<T: ContextValue + Clone>(&self) -> Result<T, FlowError> {
+        let no_input = || FlowError::NoInput {
+            state: self.state().unwrap_or("(no state)").to_owned(),
+        };
+        let slot = self.branch.as_deref().and_then(BranchCell::input);
+        let slot = slot.ok_or_else(no_input)?;
+        slot.typed::<T>("(input)").map(Arc::unwrap_or_clone)
+    }
+
+    /// A write of `slot` to `key` by a state on a branch with a cell.
+    fn write_slot(&self, key: String, slot: Slot) {
+        let Some(cell) = self.branch.as_deref() else {
+            self.write().insert(key, slot);
+            return;
+        };
+        let op = match self.reducer(&key) {
+            // A plain key of a branch that is not isolated: straight to the store.
+            None if !cell.is_isolated() => {
+                self.write().insert(key, slot);
+                return;
+            }
+            None => Op::Set(slot),
+            Some(reducer) => match slot.native_type().and_then(|t| reducer.combine.classify(t)) {
+                Some(WriteKind::Contribute) => Op::Add(slot),
+                Some(WriteKind::Replace) => Op::Set(slot),
+                None => return cell.fail(reducer.refuse(&key, slot.type_name())),
+            },
+        };
+        cell.push(key, op);
     }
 
     /// The run's key in checkpoint stores (`run_durable`'s key, or the generated one): with
@@ -409,9 +384,12 @@ impl Context {
     }
 
     /// Stores `value` under `key`, replacing what was there.
+    ///
+    /// Inside a state, on a key with a [`Reducer`], this is a contribution the reducer folds
+    /// in (see [`Reducer`]); on a branch of a `Next::map`, the write stays with the branch
+    /// until it joins.
     pub fn set_state<T: ContextValue>(&self, key: impl Into<String>, value: T) {
-        self.write()
-            .insert(key.into(), Slot::native(Arc::new(value)));
+        self.write_slot(key.into(), Slot::native(Arc::new(value)));
     }
 
     /// Stores a typed value under `key`. The same store as [`Context::set_state`]: a value set
@@ -441,6 +419,12 @@ impl Context {
 
     /// A shared handle to the value under `key`, without copying it.
     pub fn get_typed<T: ContextValue>(&self, key: &str) -> Result<Arc<T>, FlowError> {
+        if let Some(cell) = self.overlay(key) {
+            return match self.resolve(cell, key)? {
+                Some(slot) => slot.into_typed::<T>(key),
+                None => Err(missing(key)),
+            };
+        }
         {
             let values = self.read();
             match values.get(key) {
@@ -469,26 +453,13 @@ impl Context {
                 .downcast::<T>()
                 .map_err(|_| wrong_type::<T>(key, found)),
             Slot::Json(json) => {
-                let decoded: T = T::deserialize(&**json).map_err(|error| FlowError::WrongType {
-                    key: key.to_owned(),
-                    expected: type_name::<T>().to_owned(),
-                    found: format!(
-                        "JSON {} that does not decode as it ({error})",
-                        json_kind(json)
-                    ),
-                })?;
+                let decoded: T = decode_value(key, json)?;
                 let decoded = Arc::new(decoded);
                 *slot = Slot::native(Arc::clone(&decoded));
                 Ok(decoded)
             }
             Slot::Text { text, range } => {
-                let decoded: T = serde_json::from_str(&text[range.clone()]).map_err(|error| {
-                    FlowError::WrongType {
-                        key: key.to_owned(),
-                        expected: type_name::<T>().to_owned(),
-                        found: format!("JSON that does not decode as it ({error})"),
-                    }
-                })?;
+                let decoded: T = decode_text(key, &text[range.clone()])?;
                 let decoded = Arc::new(decoded);
                 *slot = Slot::native(Arc::clone(&decoded));
                 Ok(decoded)
@@ -511,6 +482,12 @@ impl Context {
     where
         T: ContextValue + Clone,
     {
+        if let Some(cell) = self.overlay(key) {
+            let mut value = Arc::unwrap_or_clone(self.get_typed::<T>(key)?);
+            let result = update(&mut value);
+            cell.push(key.to_owned(), Op::Set(Slot::native(Arc::new(value))));
+            return Ok(result);
+        }
         // Decode a JSON value first, so that the slot below is native.
         self.get_typed::<T>(key)?;
         let mut values = self.write();
@@ -548,53 +525,71 @@ impl Context {
 
     /// Whether a value is stored under `key`.
     pub fn has_state(&self, key: &str) -> bool {
-        self.read().contains_key(key)
+        match self.overlay(key) {
+            Some(cell) => self.resolve(cell, key).is_ok_and(|v| v.is_some()),
+            None => self.read().contains_key(key),
+        }
     }
 
     /// Removes the value under `key`; true if there was one.
     pub fn remove_state(&self, key: &str) -> bool {
-        self.write().remove(key).is_some()
+        match self.overlay(key) {
+            Some(cell) => {
+                let had = self.has_state(key);
+                cell.push(key.to_owned(), Op::Remove);
+                had
+            }
+            None => self.write().remove(key).is_some(),
+        }
     }
 
     /// Every key, sorted.
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.read().keys().cloned().collect();
+        if let Some(cell) = self.branch.as_deref() {
+            keys.extend(cell.written_keys());
+            keys.sort_unstable();
+            keys.dedup();
+            keys.retain(|key| self.has_state(key));
+        }
         keys.sort_unstable();
         keys
     }
 
     /// Number of stored values.
     pub fn len(&self) -> usize {
-        self.read().len()
+        match self.branch {
+            Some(_) => self.keys().len(),
+            None => self.read().len(),
+        }
     }
 
     /// True when nothing is stored.
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.len() == 0
     }
 
     /// Every value as JSON, keyed by name (values keep their native form in the store).
     pub fn snapshot(&self) -> Result<Map<String, Value>, FlowError> {
+        if self.branch.is_some() {
+            let mut map = Map::new();
+            for key in self.keys() {
+                if let Some(cell) = self.overlay(&key)
+                    && let Some(slot) = self.resolve(cell, &key)?
+                {
+                    map.insert(key.clone(), slot.to_value(&key)?);
+                } else if let Some(slot) = self.read().get(&key) {
+                    map.insert(key.clone(), slot.to_value(&key)?);
+                }
+            }
+            return Ok(map);
+        }
         let values = self.read();
         let mut keys: Vec<&String> = values.keys().collect();
         keys.sort_unstable();
         let mut map = Map::new();
         for key in keys {
-            let json =
-                match &values[key] {
-                    Slot::Json(json) => Value::clone(json),
-                    Slot::Text { text, range } => serde_json::from_str(&text[range.clone()])
-                        .map_err(|error| FlowError::Serialization {
-                            key: key.clone(),
-                            message: error.to_string(),
-                        })?,
-                    Slot::Native { value, to_json, .. } => {
-                        to_json(&**value).map_err(|error| FlowError::Serialization {
-                            key: key.clone(),
-                            message: error.to_string(),
-                        })?
-                    }
-                };
+            let json = values[key].to_value(key)?;
             map.insert(key.clone(), json);
         }
         Ok(map)
@@ -606,31 +601,6 @@ impl fmt::Debug for Context {
         f.debug_struct("Context")
             .field("keys", &self.keys())
             .finish()
-    }
-}
-
-fn missing(key: &str) -> FlowError {
-    FlowError::MissingKey {
-        key: key.to_owned(),
-    }
-}
-
-fn wrong_type<T>(key: &str, found: &str) -> FlowError {
-    FlowError::WrongType {
-        key: key.to_owned(),
-        expected: type_name::<T>().to_owned(),
-        found: found.to_owned(),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 
