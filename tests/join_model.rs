@@ -5,6 +5,12 @@
 //! fixed by the durations, the same inbox at the start of every run (which arrivals had come
 //! in when each join ran). For fully declared programs, five duration assignments must give
 //! the same counts wherever each loop's visits are causally ordered.
+//!
+//! Every state run also contributes `(state, visit)` to a key with an append reducer: the run's
+//! final list must hold each state run exactly once, and where the five timings are
+//! comparable, the lists must be equal (contributions join in fork order, never in the order
+//! branches finished), and so must what each state run read of it (a branch sees what it
+//! joined, never a sibling's writes that happened to come first).
 
 mod model;
 
@@ -77,37 +83,47 @@ struct Shared {
     visits: Vec<u32>,
     inbox: Vec<Vec<RunId>>,
     drained: BTreeMap<RunId, Vec<RunId>>,
+    /// What each run read of the reducer's list when it started.
+    views: BTreeMap<RunId, Vec<(usize, u32)>>,
 }
 
 fn name(i: usize) -> String {
     format!("s{i}")
 }
 
-/// Runs `program` on the real scheduler (paused clock): the report and each run's inbox.
-fn run_real(program: &Program) -> (RunReport, BTreeMap<RunId, Vec<RunId>>) {
+type Views = BTreeMap<RunId, Vec<(usize, u32)>>;
+
+/// Runs `program` on the real scheduler (paused clock): the report, each run's inbox, and
+/// what each run read of the reducer's list.
+fn run_real(program: &Program) -> (RunReport, BTreeMap<RunId, Vec<RunId>>, Views) {
     let n = program.states.len();
     let shared = Arc::new(Mutex::new(Shared {
         visits: vec![0; n],
         inbox: vec![Vec::new(); n],
         drained: BTreeMap::new(),
+        views: BTreeMap::new(),
     }));
     let program = Arc::new(program.clone());
     let mut agent = Agent::new("model");
+    agent.reducer("log", Reducer::append::<(usize, u32)>());
     for i in 0..n {
         let (program_, shared_) = (Arc::clone(&program), Arc::clone(&shared));
-        let options = agent.add_state(name(i), move |_ctx: Context| {
+        let options = agent.add_state(name(i), move |ctx: Context| {
             let (program, shared) = (Arc::clone(&program_), Arc::clone(&shared_));
             async move {
+                let view: Vec<(usize, u32)> = ctx.get_state_or("log", Vec::new())?;
                 let visit = {
                     let mut s = shared.lock().unwrap();
                     let visit = s.visits[i];
                     s.visits[i] += 1;
                     let drained = std::mem::take(&mut s.inbox[i]);
                     s.drained.insert((i, visit), drained);
+                    s.views.insert((i, visit), view);
                     visit
                 };
                 let duration = program.states[i].duration_ms;
                 tokio::time::sleep(Duration::from_millis(duration)).await;
+                ctx.set_state("log", (i, visit));
                 let targets = program.next(i, visit);
                 let mut s = shared.lock().unwrap();
                 for &t in targets {
@@ -133,7 +149,8 @@ fn run_real(program: &Program) -> (RunReport, BTreeMap<RunId, Vec<RunId>>) {
         .block_on(agent.run())
         .expect("the definition is valid");
     let drained = std::mem::take(&mut shared.lock().unwrap().drained);
-    (report, drained)
+    let views = std::mem::take(&mut shared.lock().unwrap().views);
+    (report, drained, views)
 }
 
 fn counts(report: &RunReport) -> (Vec<u32>, Vec<u32>) {
@@ -154,14 +171,30 @@ fn warnings(report: &RunReport) -> u32 {
         .sum()
 }
 
-/// Runs both and compares; returns the model's outcome (None when it was cut short).
-fn compare(program: &Program) -> Result<Option<model::Outcome>, TestCaseError> {
+/// Runs both and compares; returns the model's outcome and the reducer's list (None when
+/// it was cut short).
+fn compare(program: &Program) -> Result<Option<(model::Outcome, Log)>, TestCaseError> {
     let expected = model::run(program);
     if expected.truncated {
         return Ok(None);
     }
-    let (report, drained) = run_real(program);
+    let (report, drained, views) = run_real(program);
     prop_assert_eq!(report.status, AgentStatus::Completed, "{:?}", report.error);
+    // Every state run contributed once: nothing lost, nothing twice.
+    let log: Vec<(usize, u32)> = report.context.get_state("log").unwrap_or_default();
+    let mut contributed = log.clone();
+    contributed.sort_unstable();
+    let ran: Vec<(usize, u32)> = report
+        .states
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| (0..s.runs).map(move |v| (i, v)))
+        .collect();
+    prop_assert_eq!(
+        contributed,
+        ran,
+        "the reducer's list holds every state run once"
+    );
     if expected.order_exact {
         let (runs, arrivals) = counts(&report);
         prop_assert_eq!(&runs, &expected.runs, "runs per state");
@@ -173,7 +206,48 @@ fn compare(program: &Program) -> Result<Option<model::Outcome>, TestCaseError> {
             "ambiguity warnings"
         );
     }
-    Ok(Some(expected))
+    Ok(Some((expected, canonical(&log, &views, &drained))))
+}
+
+/// The reducer's final list, and what each run read of it (by run), with each run named by
+/// what it is rather than by its visit number (which may follow timing when runs of one
+/// state are on parallel branches): its state and the names of the runs whose transitions
+/// brought it, recursively.
+type Log = (Vec<String>, BTreeMap<String, Vec<Vec<String>>>);
+
+fn canonical(log: &[(usize, u32)], views: &Views, drained: &BTreeMap<RunId, Vec<RunId>>) -> Log {
+    fn name(
+        run: RunId,
+        drained: &BTreeMap<RunId, Vec<RunId>>,
+        names: &mut BTreeMap<RunId, String>,
+    ) -> String {
+        if let Some(known) = names.get(&run) {
+            return known.clone();
+        }
+        let mut from: Vec<String> = drained
+            .get(&run)
+            .into_iter()
+            .flatten()
+            .map(|&p| name(p, drained, names))
+            .collect();
+        from.sort();
+        let named = format!("s{}<{}>", run.0, from.join(","));
+        names.insert(run, named.clone());
+        named
+    }
+    let mut names = BTreeMap::new();
+    let list = log.iter().map(|&r| name(r, drained, &mut names)).collect();
+    let mut read: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+    for (&run, view) in views {
+        let seen = view.iter().map(|&r| name(r, drained, &mut names)).collect();
+        read.entry(name(run, drained, &mut names))
+            .or_default()
+            .push(seen);
+    }
+    for views in read.values_mut() {
+        views.sort();
+    }
+    (list, read)
 }
 
 proptest! {
@@ -196,6 +270,7 @@ proptest! {
         timings in proptest::collection::vec(proptest::collection::vec(1u64..=1_000_000, 8), 4),
     ) {
         let mut outcomes = Vec::new();
+        let mut logs = Vec::new();
         let mut variant = program.clone();
         for durations in std::iter::once(None).chain(timings.iter().map(Some)) {
             if let Some(durations) = durations {
@@ -204,7 +279,10 @@ proptest! {
                 }
             }
             match compare(&variant)? {
-                Some(outcome) => outcomes.push(outcome),
+                Some((outcome, log)) => {
+                    outcomes.push(outcome);
+                    logs.push(log);
+                }
                 None => return Ok(()),
             }
         }
@@ -216,6 +294,15 @@ proptest! {
                 prop_assert_eq!(&o.runs, &outcomes[0].runs, "runs under another timing");
                 prop_assert_eq!(&o.arrivals, &outcomes[0].arrivals);
                 prop_assert_eq!(&o.histories, &outcomes[0].histories, "join memberships");
+            }
+            // Where the joins took the same branches (some programs join differently under
+            // different timings, though each join runs once), the writes must agree.
+            let runs = |log: &Log| log.1.keys().cloned().collect::<Vec<_>>();
+            if logs.iter().all(|log| runs(log) == runs(&logs[0])) {
+                for (log, views) in &logs[1..] {
+                    prop_assert_eq!(log, &logs[0].0, "the reducer's list under another timing");
+                    prop_assert_eq!(views, &logs[0].1, "what runs read under another timing");
+                }
             }
         }
     }

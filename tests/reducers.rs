@@ -188,7 +188,8 @@ async fn a_write_of_the_whole_value_replaces_and_a_wrong_type_fails_the_state() 
     let message = report.error.unwrap().to_string();
     assert!(
         message.contains("`wrong`")
-            && message.contains("a `u32` to context key `log`, whose `append` reducer"),
+            && message.contains("a `u32` to context key `log`, whose reducer takes")
+            && message.contains("to its `append` reducer"),
         "{message}"
     );
     assert_eq!(
@@ -300,7 +301,10 @@ fn mapper(items: Vec<u64>, peeks: Arc<Mutex<Vec<String>>>) -> Agent {
                 // What the branch that mapped wrote is visible; a sibling's write is not.
                 let config = ctx.get_state::<String>("config")?;
                 let last = ctx.get_state::<u64>("last").ok();
-                peeks.lock().unwrap().push(format!("{item}:{config}:{last:?}"));
+                peeks
+                    .lock()
+                    .unwrap()
+                    .push(format!("{item}:{config}:{last:?}"));
                 ctx.set_state("last", item);
                 ctx.set_state("results", item * 10);
                 assert_eq!(ctx.get_state::<u64>("last")?, item);
@@ -337,7 +341,13 @@ async fn a_map_runs_each_item_on_an_isolated_branch_and_joins_in_item_order() {
     peeks.sort();
     assert_eq!(
         peeks,
-        ["1:shared:None", "2:shared:None", "3:shared:None", "4:shared:None", "5:shared:None"]
+        [
+            "1:shared:None",
+            "2:shared:None",
+            "3:shared:None",
+            "4:shared:None",
+            "5:shared:None"
+        ]
     );
 }
 
@@ -464,7 +474,7 @@ async fn a_run_restored_from_any_checkpoint_ends_as_the_uninterrupted_one() {
         let checkpoint = store.load("restored", &run, sequence).unwrap().unwrap();
         let json = checkpoint.to_json().unwrap();
         let text = String::from_utf8(json.clone()).unwrap();
-        with_overlays += usize::from(text.contains("\"layers\":[["));
+        with_overlays += usize::from(text.contains("\"nodes\":[{"));
         let checkpoint =
             fluffy_flow::Checkpoint::from_json(&json, "test", "restored", &run).unwrap();
         let report = build()
@@ -479,8 +489,16 @@ async fn a_run_restored_from_any_checkpoint_ends_as_the_uninterrupted_one() {
             "restored from checkpoint {sequence}"
         );
         for item in ["x", "y", "z"] {
-            assert!(report.context.get_state::<bool>(&format!("seen {item}")).unwrap());
+            assert!(
+                report
+                    .context
+                    .get_state::<bool>(&format!("seen {item}"))
+                    .unwrap()
+            );
         }
     }
-    assert!(with_overlays >= 3, "checkpoints holding branch overlays: {with_overlays}");
+    assert!(
+        with_overlays >= 3,
+        "checkpoints holding branch overlays: {with_overlays}"
+    );
 }

@@ -610,17 +610,13 @@ pub enum FlowError {
     /// A state wrote a value of a type a key's reducer takes neither as a contribution nor as
     /// the whole value.
     #[error(
-        "a state wrote a `{found}` to context key `{key}`, whose `{reducer}` reducer takes a `{contribution}` (one contribution) or a `{value}` (the whole value); write one of those, or give the key another reducer"
+        "a state wrote a `{found}` to context key `{key}`, whose reducer takes {expected}; write one of those, or give the key another reducer"
     )]
     ReducerMismatch {
         /// The key.
         key: String,
-        /// The reducer's name (`append`, `sum`, ..., `custom`).
-        reducer: String,
-        /// The type of a contribution.
-        contribution: String,
-        /// The type of the key's value.
-        value: String,
+        /// What the reducer takes: its contribution type and its value type, named.
+        expected: String,
         /// The type written.
         found: String,
     },

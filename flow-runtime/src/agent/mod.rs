@@ -428,7 +428,7 @@ impl Agent {
     /// in. Setting a key's reducer again replaces it.
     ///
     /// ```
-    /// # use fluffy_flow::{Agent, Reducer};
+    /// # use flow_runtime::{Agent, Reducer};
     /// let mut agent = Agent::new("research");
     /// agent.reducer("findings", Reducer::append::<String>());
     /// ```

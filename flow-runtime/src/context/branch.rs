@@ -1,26 +1,32 @@
-//! Branch-local writes: what a branch of a fork wrote that its siblings must not see yet.
+//! Branch-local writes: what the branches of forks write where timing must not decide what
+//! others see, or in which order writes apply.
 //!
-//! A branch writes into its own *overlay* where its siblings' writes could otherwise reach it
-//! in an order that depends on timing: contributions to keys with a reducer (every fork), and
-//! every write of a branch of `Next::map` (isolated branches). Its reads see the store, then
-//! the overlays of the branches it came from (frozen *layers*, one per fork above it), then
-//! its own. When branches join, the scheduler merges their overlays in fork order (see
-//! `scheduler::joins::branch`); when a root branch runs alone again, its overlay is applied
-//! to the store.
+//! Those writes are contributions to keys with a reducer (on every branch), and every write
+//! of a branch of `Next::map` (an *isolated* branch). They are kept as a graph of *nodes*:
+//! one node per completed state run that made such writes, whose parents are the nodes its
+//! branch could see when it ran. A branch's *view* is its latest nodes (its heads) and their
+//! ancestors: a fork's branches start from the forking branch's view; a join's view is the
+//! union of the views of the branches it joins; a branch that ends joins nothing, and its
+//! writes reach only the run's result. Nothing a sibling writes reaches a branch before they
+//! join, whatever the timing.
 //!
-//! Each overlay keeps, per key, the last replacing write (a set or a removal) and the
-//! contributions after it; a layer is shared, never changed, by the branches of its fork.
+//! A view is applied in one deterministic order: parents before children, and among nodes
+//! neither before the other, by their place in fork order (see [`BranchData::order`]), then by
+//! creation. The run's result applies every node in that order; a branch running alone in its
+//! run has its view applied to the store, and writes there directly (see `Context::commit`).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use flow_core::{FlowError, FxHashMap};
+use flow_core::{FlowError, FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::reducer::Reducer;
 use super::store::{Slot, Store};
 
-/// One write in an overlay.
+/// One write.
 #[derive(Clone)]
 pub(super) enum Op {
     /// The key now has this value.
@@ -37,8 +43,8 @@ impl Op {
     }
 }
 
-/// A branch's writes, by key: for each, at most one replacing write, first, and the
-/// contributions after it in the order they were made.
+/// Writes by key: for each, at most one replacing write, first, and the contributions after
+/// it in the order they were made.
 #[derive(Clone, Default)]
 pub(crate) struct Ops(FxHashMap<String, Vec<Op>>);
 
@@ -51,91 +57,95 @@ impl Ops {
         ops.push(op);
     }
 
-    /// `later`'s writes, after these.
-    pub(crate) fn append(&mut self, later: Ops) {
-        if self.0.is_empty() {
-            *self = later;
-            return;
-        }
-        for (key, ops) in later.0 {
-            let mine = self.0.entry(key).or_default();
-            if ops.first().is_some_and(Op::replaces) {
-                mine.clear();
-            }
-            mine.extend(ops);
-        }
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub(super) fn get(&self, key: &str) -> Option<&[Op]> {
+    fn get(&self, key: &str) -> Option<&[Op]> {
         self.0.get(key).map(Vec::as_slice)
     }
-
-    fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.keys()
-    }
 }
 
-/// The overlay a branch had when it forked, shared by the branches of the fork.
-pub(crate) struct Layer {
+/// The writes of one completed state run, and the nodes its branch saw.
+pub(crate) struct Node {
+    /// Creation order within the run (unique): the last tie-break of the order, and identity.
+    serial: u64,
+    /// Its branch's place in fork order, and the run's place in the branch.
+    key: Vec<u32>,
     ops: Ops,
-    parent: Option<Arc<Layer>>,
+    parents: Vec<Arc<Node>>,
 }
 
-fn depth(mut layer: Option<&Arc<Layer>>) -> usize {
-    let mut depth = 0;
-    while let Some(l) = layer {
-        depth += 1;
-        layer = l.parent.as_ref();
+/// Every node of `heads` and their ancestors, each once, parents before children, ties
+/// broken by fork order then creation (Kahn's algorithm with a min-heap).
+pub(crate) fn ordered(heads: &[Arc<Node>]) -> Vec<Arc<Node>> {
+    let mut all: FxHashMap<u64, Arc<Node>> = FxHashMap::default();
+    let mut stack: Vec<&Arc<Node>> = heads.iter().collect();
+    while let Some(node) = stack.pop() {
+        if all.contains_key(&node.serial) {
+            continue;
+        }
+        all.insert(node.serial, Arc::clone(node));
+        stack.extend(node.parents.iter());
     }
-    depth
+    let mut waiting: FxHashMap<u64, usize> = FxHashMap::default();
+    let mut children: FxHashMap<u64, Vec<u64>> = FxHashMap::default();
+    let mut ready = BinaryHeap::new();
+    for node in all.values() {
+        let mut parents: Vec<u64> = node.parents.iter().map(|p| p.serial).collect();
+        parents.sort_unstable();
+        parents.dedup();
+        for parent in &parents {
+            children.entry(*parent).or_default().push(node.serial);
+        }
+        if parents.is_empty() {
+            ready.push(Reverse((node.key.clone(), node.serial)));
+        } else {
+            waiting.insert(node.serial, parents.len());
+        }
+    }
+    let mut order = Vec::with_capacity(all.len());
+    while let Some(Reverse((_, serial))) = ready.pop() {
+        for child in children.get(&serial).into_iter().flatten() {
+            let left = waiting
+                .get_mut(child)
+                .expect("a child waits for its parents");
+            *left -= 1;
+            if *left == 0 {
+                ready.push(Reverse((all[child].key.clone(), *child)));
+            }
+        }
+        order.push(Arc::clone(&all[&serial]));
+    }
+    order
 }
 
 /// What the scheduler keeps of a branch between its states.
 #[derive(Default)]
 pub(crate) struct BranchData {
-    /// The overlays of the branches it came from, nearest first.
-    base: Option<Arc<Layer>>,
-    /// Its own writes.
-    own: Ops,
+    /// Its view: these nodes and their ancestors.
+    heads: Vec<Arc<Node>>,
+    /// Its place in fork order: the place of the branch that forked it, that branch's step
+    /// then, and its index in the fork. Never from timing. Empty: the branch never had one
+    /// (see [`BranchData::order`]).
+    key: Vec<u32>,
+    /// Its nodes and forks so far (the last part of their places).
+    step: u32,
     /// Its item, for a branch of `Next::map`.
     input: Option<Slot>,
-    /// Whether every write stays in its overlay (a branch of `Next::map`, or one that
-    /// joined such branches), rather than only contributions.
+    /// Whether every write stays in its view until it joins (a branch of `Next::map`, or one
+    /// that joined one), rather than only contributions.
     isolated: bool,
-    /// Its place in fork order: the place of the branch that forked it, how many forks that
-    /// branch had made before, and its index in the fork. Merges apply writes in this order,
-    /// which follows from the graph, never from timing. Empty: not known (see
-    /// [`BranchData::order`]).
-    key: Vec<u32>,
-    /// How many forks it made.
-    forks: u32,
 }
 
 impl BranchData {
-    /// Nothing to keep: no overlay, no input, not isolated.
+    /// Nothing to keep.
     pub(crate) fn is_empty(&self) -> bool {
-        self.base.is_none() && self.own.is_empty() && self.input.is_none() && !self.isolated
+        self.heads.is_empty() && self.key.is_empty() && self.input.is_none() && !self.isolated
     }
 
-    /// The branch forks: its writes so far become the layer its new branches (and itself,
-    /// while they run) read through.
-    pub(crate) fn fork(&mut self, id: u64) -> Arc<Layer> {
-        self.key = self.order(id);
-        self.forks += 1;
-        let layer = Arc::new(Layer {
-            ops: std::mem::take(&mut self.own),
-            parent: self.base.take(),
-        });
-        self.base = Some(Arc::clone(&layer));
-        layer
-    }
-
-    /// Its place in fork order (see `key`); a branch that never had data is placed by its
-    /// id, which is its entry's index for the run's first branches.
+    /// Its place in fork order; a branch that never had one is placed by its id, which for
+    /// the run's first branches is their entry's index.
     pub(crate) fn order(&self, id: u64) -> Vec<u32> {
         if self.key.is_empty() {
             vec![u32::try_from(id).unwrap_or(u32::MAX)]
@@ -144,28 +154,28 @@ impl BranchData {
         }
     }
 
-    /// The key of the `index`th branch of the fork it is making now (call before `fork`).
+    /// The place of the `index`th branch of the fork it makes now (before [`Self::forked`]).
     pub(crate) fn child_key(&self, id: u64, index: usize) -> Vec<u32> {
         let mut key = self.order(id);
-        key.push(self.forks);
+        key.push(self.step);
         key.push(u32::try_from(index).unwrap_or(u32::MAX));
         key
     }
 
-    /// A branch of a fork of a branch whose writes are `layer`. `input`: a map's item.
-    pub(crate) fn child(
-        layer: &Arc<Layer>,
-        input: Option<Value>,
-        isolated: bool,
-        key: Vec<u32>,
-    ) -> Self {
+    /// It forked: its next writes come after its fork's.
+    pub(crate) fn forked(&mut self, id: u64) {
+        self.key = self.order(id);
+        self.step += 1;
+    }
+
+    /// A branch of a fork this branch makes: its view, `input` (a map's item), its place.
+    pub(crate) fn child(&self, input: Option<Value>, isolated: bool, key: Vec<u32>) -> Self {
         Self {
-            base: Some(Arc::clone(layer)),
-            own: Ops::default(),
+            heads: self.heads.clone(),
+            key,
+            step: 0,
             input: input.map(Slot::json),
             isolated,
-            key,
-            forks: 0,
         }
     }
 
@@ -188,111 +198,75 @@ impl BranchData {
         self.isolated = true;
     }
 
-    /// The scope of its fork closed: what it wrote before the fork is its own again, before
-    /// what it is about to merge.
-    pub(crate) fn unlayer(&mut self) {
-        if let Some(layer) = self.base.take() {
-            let mut ops = layer.ops.clone();
-            ops.append(std::mem::take(&mut self.own));
-            self.own = ops;
-            self.base = layer.parent.clone();
+    /// A completed state run's writes become a node of its view.
+    pub(crate) fn record(&mut self, id: u64, serial: u64, ops: Ops) {
+        if ops.is_empty() {
+            return;
         }
+        let mut key = self.order(id);
+        key.push(self.step);
+        self.step += 1;
+        let node = Node {
+            serial,
+            key,
+            ops,
+            parents: std::mem::take(&mut self.heads),
+        };
+        self.heads = vec![Arc::new(node)];
     }
 
-    /// `parts` (in order) become one branch: their writes in that order, the input and
-    /// isolation of `into` (isolated too if any part was), the base nearest the root (parts
-    /// that came from nested scopes read through layers their fork's branch owns), and the
-    /// first place in fork order (of `into`, when `first` says so).
-    pub(crate) fn merge(
-        into: Option<BranchData>,
-        parts: Vec<BranchData>,
-        keep_key: bool,
-    ) -> BranchData {
-        let mut merged = into.unwrap_or_default();
-        let mut base = merged.base.take();
-        let mut own = Ops::default();
-        let mut key: Option<Vec<u32>> = keep_key.then(|| merged.key.clone());
+    /// `parts` joined: their views become one. `first`: the branch whose place, input and
+    /// step go on.
+    pub(crate) fn join(first: BranchData, parts: Vec<BranchData>) -> BranchData {
+        let mut joined = first;
+        let mut seen: FxHashSet<u64> = joined.heads.iter().map(|n| n.serial).collect();
         for part in parts {
-            merged.isolated |= part.isolated;
-            if depth(part.base.as_ref()) < depth(base.as_ref()) {
-                base = part.base;
-            }
-            own.append(part.own);
-            if !part.key.is_empty() && key.as_ref().is_none_or(|k| k.is_empty() || part.key < *k)
-            {
-                key = Some(part.key);
+            joined.isolated |= part.isolated;
+            for head in part.heads {
+                if seen.insert(head.serial) {
+                    joined.heads.push(head);
+                }
             }
         }
-        merged.base = base;
-        merged.own = own;
-        merged.key = key.unwrap_or_default();
-        merged
+        joined
     }
 
-    /// Splits off its own writes (to merge into another branch), keeping base, isolation and
-    /// place.
-    pub(crate) fn take_own(&mut self, id: u64) -> BranchData {
-        BranchData {
-            base: self.base.clone(),
-            own: std::mem::take(&mut self.own),
-            input: None,
-            isolated: self.isolated,
-            key: self.order(id),
-            forks: 0,
-        }
+    /// The branches of `forked`'s fork joined into this one, which goes on for it: its item
+    /// is `forked`'s again (isolated if either was).
+    pub(crate) fn inherit(&mut self, forked: &BranchData) {
+        self.input = forked.input.clone();
+        self.isolated |= forked.isolated;
     }
 
-    /// Its writes, for the store: the branch runs alone in its run now.
-    pub(crate) fn take_writes(&mut self) -> Ops {
-        self.base = None;
-        std::mem::take(&mut self.own)
+    /// Its view, leaving it none (it ended, or its view went to the store).
+    pub(crate) fn take_heads(&mut self) -> Vec<Arc<Node>> {
+        std::mem::take(&mut self.heads)
     }
 
-    /// The handle a state run on this branch gets. `alone`: it runs alone in its run (its
-    /// overlay was applied to the store), so only its contributions wait, for the attempt's
-    /// end. Its writes come back with [`BranchData::returned`].
-    pub(crate) fn lend(&mut self, alone: bool) -> Arc<BranchCell> {
+    /// The handle a state run on this branch gets. `alone`: it runs alone in its run, its
+    /// view applied to the store: only its contributions wait (for the attempt's end).
+    pub(crate) fn lend(&self, alone: bool) -> Arc<BranchCell> {
         Arc::new(BranchCell {
-            base: self.base.clone(),
+            heads: self.heads.clone(),
+            order: OnceLock::new(),
             input: self.input.clone(),
             isolated: self.isolated && !alone,
-            writes: Mutex::new(Writes {
-                before: std::mem::take(&mut self.own),
-                attempt: Ops::default(),
-            }),
+            attempt: Mutex::new(Ops::default()),
             error: Mutex::new(None),
         })
     }
-
-    /// Takes back the branch's writes from the state run `cell` was lent to, with that
-    /// attempt's if `keep` (it completed) and none failed. Returns the error a write met, if
-    /// any (it fails the attempt).
-    pub(crate) fn returned(&mut self, cell: &BranchCell, keep: bool) -> Option<FlowError> {
-        let writes = std::mem::take(&mut *lock(&cell.writes));
-        let error = lock(&cell.error).take();
-        self.own = writes.before;
-        if keep && error.is_none() {
-            self.own.append(writes.attempt);
-        }
-        error
-    }
 }
 
-/// The writes a state run sees in its own branch: the branch's, and its attempt's (kept only
-/// if the attempt completes; a checkpoint taken while it runs keeps only the branch's, since
-/// a restore runs the attempt again).
-#[derive(Default)]
-struct Writes {
-    before: Ops,
-    attempt: Ops,
-}
-
-/// What a state run on a branch with an overlay reads and writes through.
+/// What a state run on a branch with a view reads and writes through.
 pub(crate) struct BranchCell {
-    base: Option<Arc<Layer>>,
+    heads: Vec<Arc<Node>>,
+    /// The view in order, made on the first read that needs it.
+    order: OnceLock<Vec<Arc<Node>>>,
     input: Option<Slot>,
     isolated: bool,
-    writes: Mutex<Writes>,
+    /// This attempt's writes: a node of the branch if it completes, dropped otherwise (and
+    /// not in a checkpoint taken meanwhile: a restore runs the attempt again).
+    attempt: Mutex<Ops>,
     /// The first write that failed (a value of the wrong type for a key's reducer).
     error: Mutex<Option<FlowError>>,
 }
@@ -311,7 +285,7 @@ impl BranchCell {
     }
 
     pub(super) fn push(&self, key: String, op: Op) {
-        lock(&self.writes).attempt.push(key, op);
+        lock(&self.attempt).push(key, op);
     }
 
     /// Records a failed write; the first one fails the state.
@@ -319,54 +293,46 @@ impl BranchCell {
         lock(&self.error).get_or_insert(error);
     }
 
-    /// The value of `key` as this branch sees it: the store's, then each layer's writes,
-    /// then its own.
+    /// The attempt's writes if it completed and none failed, and the failed write's error.
+    pub(crate) fn finish(&self, completed: bool) -> (Option<Ops>, Option<FlowError>) {
+        let attempt = std::mem::take(&mut *lock(&self.attempt));
+        let error = lock(&self.error).take();
+        ((completed && error.is_none()).then_some(attempt), error)
+    }
+
+    fn order(&self) -> &[Arc<Node>] {
+        self.order.get_or_init(|| ordered(&self.heads))
+    }
+
+    /// The value of `key` as this state run sees it: the store's, then its view's writes in
+    /// order, then its own.
     pub(super) fn resolve(
         &self,
         key: &str,
         store: &Store,
         reducer: Option<&Reducer>,
     ) -> Result<Option<Slot>, FlowError> {
-        let writes = lock(&self.writes);
-        // The levels that write `key`, nearest first, down to one that replaces it.
-        let mut levels: Vec<&[Op]> = Vec::new();
-        let mut reaches_store = true;
-        let mut layer = self.base.as_ref();
-        let own = [&writes.attempt, &writes.before];
-        let mut own = own.into_iter();
-        while let Some(ops) = own.next().or_else(|| {
-            let ops = layer.map(|l| &l.ops);
-            layer = layer.and_then(|l| l.parent.as_ref());
-            ops
-        }) {
-            if let Some(written) = ops.get(key) {
-                levels.push(written);
-                if written.first().is_some_and(Op::replaces) {
-                    reaches_store = false;
-                    break;
+        let mut value = store.get(key).cloned();
+        if !self.heads.is_empty() {
+            for node in self.order() {
+                if let Some(ops) = node.ops.get(key) {
+                    value = apply(key, value, ops, reducer)?;
                 }
             }
         }
-        let mut value = if reaches_store {
-            store.get(key).cloned()
-        } else {
-            None
-        };
-        for ops in levels.iter().rev() {
+        if let Some(ops) = lock(&self.attempt).get(key) {
             value = apply(key, value, ops, reducer)?;
         }
         Ok(value)
     }
 
-    /// Every key with a value, as this branch sees it (unsorted, may repeat).
+    /// Every key its view or its attempt wrote (unsorted, may repeat).
     pub(super) fn written_keys(&self) -> Vec<String> {
-        let writes = lock(&self.writes);
-        let mut keys: Vec<String> = writes.attempt.keys().cloned().collect();
-        keys.extend(writes.before.keys().cloned());
-        let mut layer = self.base.as_ref();
-        while let Some(l) = layer {
-            keys.extend(l.ops.keys().cloned());
-            layer = l.parent.as_ref();
+        let mut keys: Vec<String> = lock(&self.attempt).0.keys().cloned().collect();
+        if !self.heads.is_empty() {
+            for node in self.order() {
+                keys.extend(node.ops.0.keys().cloned());
+            }
         }
         keys
     }
@@ -403,16 +369,18 @@ pub(super) fn apply(
     Ok(value)
 }
 
-/// Applies `ops` to `store`, in order.
+/// Applies `nodes` (in order) to `store`.
 pub(super) fn commit(
     store: &mut Store,
-    ops: Ops,
+    nodes: &[Arc<Node>],
     reducers: &FxHashMap<String, Reducer>,
 ) -> Result<(), FlowError> {
-    for (key, ops) in ops.0 {
-        let value = apply(&key, store.remove(&key), &ops, reducers.get(&key))?;
-        if let Some(value) = value {
-            store.insert(key, value);
+    for node in nodes {
+        for (key, ops) in &node.ops.0 {
+            let value = apply(key, store.remove(key), ops, reducers.get(key))?;
+            if let Some(value) = value {
+                store.insert(key.clone(), value);
+            }
         }
     }
     Ok(())
@@ -464,123 +432,135 @@ fn ops_from(image: OpsImage) -> Ops {
     ops
 }
 
-/// A branch's overlay and input as a checkpoint keeps them.
 #[derive(Clone, Serialize, Deserialize)]
-pub(crate) struct BranchImage {
-    pub(crate) id: u64,
-    /// Its nearest layer, by index in [`Layers`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    base: Option<usize>,
+struct NodeImage {
+    key: Vec<u32>,
+    ops: OpsImage,
+    /// By index in the image, each before this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    own: OpsImage,
+    parents: Vec<usize>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct BranchImage {
+    id: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    heads: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    key: Vec<u32>,
+    #[serde(default)]
+    step: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     input: Option<Value>,
     #[serde(default)]
     isolated: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    key: Vec<u32>,
-    #[serde(default)]
-    forks: u32,
 }
 
-/// The layers the branches of a checkpoint read through, each once, a parent before its
-/// children.
+/// The branches' views and the ended branches' writes, as a checkpoint keeps them.
 #[derive(Clone, Default, Serialize, Deserialize)]
-pub(crate) struct Layers(Vec<(OpsImage, Option<usize>)>);
+pub(crate) struct BranchesImage {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<NodeImage>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    branches: Vec<BranchImage>,
+    /// The heads of ended branches' views, by index in `nodes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    finished: Vec<usize>,
+}
 
-impl Layers {
-    /// An image of a branch (its data, or the cell a running state of it has), adding the
-    /// layers it reads through that are not here yet.
-    pub(crate) fn add(
-        &mut self,
-        seen: &mut FxHashMap<*const Layer, usize>,
-        id: u64,
-        data: &BranchData,
-        running: Option<&BranchCell>,
-    ) -> Result<BranchImage, FlowError> {
-        let (base, own, input, isolated) = match running {
-            Some(cell) => (
-                &cell.base,
-                ops_image(&lock(&cell.writes).before)?,
-                &cell.input,
-                data.isolated,
-            ),
-            None => (&data.base, ops_image(&data.own)?, &data.input, data.isolated),
-        };
-        let base = match base {
-            Some(layer) => Some(self.layer(seen, layer)?),
-            None => None,
-        };
-        Ok(BranchImage {
-            id,
-            base,
-            own,
-            input: input
-                .as_ref()
-                .map(|input| input.to_value("(input)"))
-                .transpose()?,
-            isolated,
-            key: data.key.clone(),
-            forks: data.forks,
-        })
-    }
+/// What a checkpoint's [`BranchesImage`] restores to.
+pub(crate) struct RestoredBranches {
+    pub(crate) branches: Vec<(u64, BranchData)>,
+    pub(crate) finished: Vec<Arc<Node>>,
+    /// Past every node's serial.
+    pub(crate) next_serial: u64,
+}
 
-    fn layer(
-        &mut self,
-        seen: &mut FxHashMap<*const Layer, usize>,
-        layer: &Arc<Layer>,
-    ) -> Result<usize, FlowError> {
-        if let Some(&index) = seen.get(&Arc::as_ptr(layer)) {
-            return Ok(index);
+impl BranchesImage {
+    /// The image of `branches` and `finished`.
+    pub(crate) fn capture<'a>(
+        branches: impl Iterator<Item = (u64, &'a BranchData)>,
+        finished: &[Arc<Node>],
+    ) -> Result<Self, FlowError> {
+        let branches: Vec<(u64, &BranchData)> = branches.collect();
+        let mut heads: Vec<Arc<Node>> = finished.to_vec();
+        for (_, data) in &branches {
+            heads.extend(data.heads.iter().cloned());
         }
-        let parent = match &layer.parent {
-            Some(parent) => Some(self.layer(seen, parent)?),
-            None => None,
-        };
-        self.0.push((ops_image(&layer.ops)?, parent));
-        let index = self.0.len() - 1;
-        seen.insert(Arc::as_ptr(layer), index);
-        Ok(index)
+        let order = ordered(&heads);
+        let index: FxHashMap<u64, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, node)| (node.serial, i))
+            .collect();
+        let mut image = BranchesImage::default();
+        for node in &order {
+            image.nodes.push(NodeImage {
+                key: node.key.clone(),
+                ops: ops_image(&node.ops)?,
+                parents: node.parents.iter().map(|p| index[&p.serial]).collect(),
+            });
+        }
+        for (id, data) in branches {
+            image.branches.push(BranchImage {
+                id,
+                heads: data.heads.iter().map(|h| index[&h.serial]).collect(),
+                key: data.key.clone(),
+                step: data.step,
+                input: data.input_json()?,
+                isolated: data.isolated,
+            });
+        }
+        image.finished = finished.iter().map(|h| index[&h.serial]).collect();
+        Ok(image)
     }
 
-    /// The branches of a checkpoint, by id; an error names what does not fit together.
-    pub(crate) fn restore(
-        self,
-        branches: Vec<BranchImage>,
-    ) -> Result<Vec<(u64, BranchData)>, String> {
-        let mut layers: Vec<Arc<Layer>> = Vec::with_capacity(self.0.len());
-        for (index, (ops, parent)) in self.0.into_iter().enumerate() {
-            let parent = match parent {
-                Some(p) if p < index => Some(Arc::clone(&layers[p])),
-                Some(p) => return Err(format!("layer {index} has parent {p}, not before it")),
-                None => None,
-            };
-            layers.push(Arc::new(Layer {
-                ops: ops_from(ops),
-                parent,
+    /// The branches and nodes of a checkpoint; an error names what does not fit together.
+    pub(crate) fn restore(self) -> Result<RestoredBranches, String> {
+        let mut nodes: Vec<Arc<Node>> = Vec::with_capacity(self.nodes.len());
+        for (serial, image) in self.nodes.into_iter().enumerate() {
+            let mut parents = Vec::with_capacity(image.parents.len());
+            for p in image.parents {
+                if p >= serial {
+                    return Err(format!("node {serial} has parent {p}, not before it"));
+                }
+                parents.push(Arc::clone(&nodes[p]));
+            }
+            nodes.push(Arc::new(Node {
+                serial: serial as u64,
+                key: image.key,
+                ops: ops_from(image.ops),
+                parents,
             }));
         }
-        branches
-            .into_iter()
-            .map(|image| {
-                let base = match image.base {
-                    Some(i) => Some(Arc::clone(layers.get(i).ok_or_else(|| {
-                        format!("branch {} reads through layer {i}, which is missing", image.id)
-                    })?)),
-                    None => None,
-                };
-                Ok((
-                    image.id,
-                    BranchData {
-                        base,
-                        own: ops_from(image.own),
-                        input: image.input.map(Slot::json),
-                        isolated: image.isolated,
-                        key: image.key,
-                        forks: image.forks,
-                    },
-                ))
-            })
-            .collect()
+        let pick = |indices: Vec<usize>| -> Result<Vec<Arc<Node>>, String> {
+            indices
+                .into_iter()
+                .map(|i| {
+                    nodes
+                        .get(i)
+                        .cloned()
+                        .ok_or_else(|| format!("node {i} is missing"))
+                })
+                .collect()
+        };
+        let mut branches = Vec::with_capacity(self.branches.len());
+        for image in self.branches {
+            branches.push((
+                image.id,
+                BranchData {
+                    heads: pick(image.heads)?,
+                    key: image.key,
+                    step: image.step,
+                    input: image.input.map(Slot::json),
+                    isolated: image.isolated,
+                },
+            ));
+        }
+        Ok(RestoredBranches {
+            branches,
+            finished: pick(self.finished)?,
+            next_serial: nodes.len() as u64,
+        })
     }
 }

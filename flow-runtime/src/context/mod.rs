@@ -21,10 +21,10 @@ mod branch;
 mod reducer;
 mod store;
 
-pub(crate) use branch::{BranchCell, BranchData, BranchImage, Layers, Ops};
+use branch::Op;
+pub(crate) use branch::{BranchCell, BranchData, BranchesImage, Node, RestoredBranches, ordered};
 pub use reducer::Reducer;
 pub(crate) use reducer::WriteKind;
-use branch::Op;
 pub(crate) use store::Frozen;
 use store::{Slot, Store, Writable, decode_text, decode_value, missing, wrong_type};
 
@@ -201,14 +201,15 @@ impl Context {
         }
     }
 
-    /// Applies a branch's writes to the store (it runs alone now, or its root ended).
-    pub(crate) fn commit(&self, ops: Ops) -> Result<(), FlowError> {
-        if ops.is_empty() {
+    /// Applies the writes of branch views to the store, in the views' order (a branch runs
+    /// alone now, or the run's branches all ended).
+    pub(crate) fn commit(&self, nodes: &[Arc<Node>]) -> Result<(), FlowError> {
+        if nodes.is_empty() {
             return Ok(());
         }
         let empty = Reducers::default();
         let reducers = self.run.as_deref().map_or(&empty, |run| &*run.reducers);
-        branch::commit(&mut self.write(), ops, reducers)
+        branch::commit(&mut self.write(), nodes, reducers)
     }
 
     /// The reducer of `key`, for a write made by a state.

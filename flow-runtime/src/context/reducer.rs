@@ -26,7 +26,7 @@ use super::store::Slot;
 /// always replaces.
 ///
 /// ```
-/// use fluffy_flow::Reducer;
+/// use flow_runtime::Reducer;
 /// let _results = Reducer::append::<String>(); // Vec<String>, one String per write
 /// let _total = Reducer::sum::<u64>();
 /// let _seen = Reducer::custom(|seen: &mut Vec<u32>, id: u32| {
@@ -145,16 +145,24 @@ impl Reducer {
 
     /// A list: each write of a `T` appends it (the value is a `Vec<T>`).
     pub fn append<T: ContextValue + Clone>() -> Self {
-        Self::typed("append", |item: T| vec![item], |list: &mut Vec<T>, item| {
-            list.push(item);
-        })
+        Self::typed(
+            "append",
+            |item: T| vec![item],
+            |list: &mut Vec<T>, item| {
+                list.push(item);
+            },
+        )
     }
 
     /// A list: each write of a `Vec<T>` appends its items.
     pub fn extend<T: ContextValue + Clone>() -> Self {
-        Self::typed("extend", |items: Vec<T>| items, |list: &mut Vec<T>, items| {
-            list.extend(items);
-        })
+        Self::typed(
+            "extend",
+            |items: Vec<T>| items,
+            |list: &mut Vec<T>, items| {
+                list.extend(items);
+            },
+        )
     }
 
     /// A map by key: each write of a map adds its entries, an entry written later (in fork
@@ -174,20 +182,28 @@ impl Reducer {
 
     /// The least value written.
     pub fn min<T: ContextValue + Clone + PartialOrd>() -> Self {
-        Self::typed("min", |n: T| n, |least: &mut T, n| {
-            if n < *least {
-                *least = n;
-            }
-        })
+        Self::typed(
+            "min",
+            |n: T| n,
+            |least: &mut T, n| {
+                if n < *least {
+                    *least = n;
+                }
+            },
+        )
     }
 
     /// The greatest value written.
     pub fn max<T: ContextValue + Clone + PartialOrd>() -> Self {
-        Self::typed("max", |n: T| n, |most: &mut T, n| {
-            if n > *most {
-                *most = n;
-            }
-        })
+        Self::typed(
+            "max",
+            |n: T| n,
+            |most: &mut T, n| {
+                if n > *most {
+                    *most = n;
+                }
+            },
+        )
     }
 
     /// Your own fold: `fold(&mut value, contribution)`, starting from `V::default()`.
@@ -214,9 +230,12 @@ impl Reducer {
     pub(crate) fn refuse(&self, key: &str, found: &str) -> FlowError {
         FlowError::ReducerMismatch {
             key: key.to_owned(),
-            reducer: self.combine.name().to_owned(),
-            contribution: self.combine.contribution_type().to_owned(),
-            value: self.combine.value_type().to_owned(),
+            expected: format!(
+                "a `{}` (a contribution to its `{}` reducer) or a `{}` (the whole value)",
+                self.combine.contribution_type(),
+                self.combine.name(),
+                self.combine.value_type()
+            ),
             found: found.to_owned(),
         }
     }

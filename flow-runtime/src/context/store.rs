@@ -131,7 +131,6 @@ fn to_json<T: ContextValue>(value: &(dyn Any + Send + Sync)) -> Result<Value, se
     }
 }
 
-
 impl Slot {
     /// A JSON value (from a checkpoint, or a map's input).
     pub(super) fn json(value: Value) -> Self {
@@ -170,7 +169,9 @@ impl Slot {
         };
         match self {
             Slot::Json(json) => Ok(Value::clone(json)),
-            Slot::Text { text, range } => serde_json::from_str(&text[range.clone()]).map_err(failed),
+            Slot::Text { text, range } => {
+                serde_json::from_str(&text[range.clone()]).map_err(failed)
+            }
             Slot::Native { value, to_json, .. } => to_json(&**value).map_err(failed),
         }
     }
@@ -231,7 +232,9 @@ impl Slot {
                 value,
                 type_name: found,
                 ..
-            } => value.downcast::<T>().map_err(|_| wrong_type::<T>(key, found)),
+            } => value
+                .downcast::<T>()
+                .map_err(|_| wrong_type::<T>(key, found)),
             other => other.typed(key),
         }
     }

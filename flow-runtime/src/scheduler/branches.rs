@@ -1,8 +1,9 @@
-//! Branch-local writes from the coordinator's side: which branch has an overlay or a map's
-//! item, lending them to the states that run on the branch, forking and merging them as the
-//! join rules decide, and keeping them in checkpoints.
+//! Branch-local writes from the coordinator's side (see `crate::context::branch`): which
+//! branch sees what, lending that view to the state that runs on the branch, recording what
+//! the state wrote, forking and joining views as the join rules decide, and keeping them in
+//! checkpoints.
 //!
-//! A run with no reducer that never maps over data has none of this: no overlay is made and
+//! A run with no reducer that never maps over data has none of this: no view is made and
 //! branches are not told apart (see `Joins::track_branches`).
 
 use std::sync::Arc;
@@ -11,16 +12,20 @@ use flow_core::{FlowError, FxHashMap, StateId};
 use serde_json::Value;
 
 use super::Coordinator;
-use super::joins::{Branch, BranchId, Merge};
-use crate::context::{BranchCell, BranchData, BranchImage, Layers};
+use super::joins::{Branch, BranchEvent, BranchId};
+use crate::context::{BranchCell, BranchData, BranchesImage, Node, RestoredBranches, ordered};
 
-/// The branches of a run that have an overlay or an input.
+/// The branches of a run that have a view, a place in fork order or an input.
 #[derive(Default)]
 pub(super) struct Branches {
     data: FxHashMap<BranchId, BranchData>,
-    /// Overlays lent to the state running on their branch, taken back when it ends.
+    /// Views lent to the state running on their branch, taken back when it ends.
     lent: FxHashMap<BranchId, Arc<BranchCell>>,
-    /// Whether branches have overlays at all: the agent has reducers, or a state mapped.
+    /// The heads of ended branches' views: only the run's result gets them.
+    finished: Vec<Arc<Node>>,
+    /// The serial of the next node.
+    next_serial: u64,
+    /// Whether branches have views at all: the agent has reducers, or a state mapped.
     active: bool,
 }
 
@@ -33,21 +38,21 @@ pub(super) enum ForkInputs {
 }
 
 impl Branches {
-    /// Takes back the overlay a state of branch `id` was lent; returns the error a write of
-    /// that state met, if any.
-    /// `keep`: the attempt completed, so its writes are the branch's.
-    fn reclaim(&mut self, id: BranchId, keep: bool) -> Option<FlowError> {
+    /// Takes back the view a state of branch `id` was lent; `completed`: the state completed,
+    /// so its writes become a node of the branch. Returns the error a write met, if any.
+    fn reclaim(&mut self, id: BranchId, completed: bool) -> Option<FlowError> {
         let cell = self.lent.remove(&id)?;
-        let data = self.data.entry(id).or_default();
-        let error = data.returned(&cell, keep);
-        if data.is_empty() {
-            self.data.remove(&id);
+        let (writes, error) = cell.finish(completed);
+        if let Some(writes) = writes {
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            self.data.entry(id).or_default().record(id, serial, writes);
         }
         error
     }
 
     fn take(&mut self, id: BranchId) -> BranchData {
-        // A state still lent the overlay was stopped: its attempt's writes go.
+        // A state still lent the view was stopped: its attempt's writes go.
         self.reclaim(id, false);
         self.data.remove(&id).unwrap_or_default()
     }
@@ -57,10 +62,27 @@ impl Branches {
             self.data.insert(id, data);
         }
     }
+
+    /// Joins the views of `parts`; the joined branch takes the place in fork order of the
+    /// first of them (which part that is follows from the graph; whether a join closes a
+    /// scope or happens inside it may follow from timing).
+    fn join(&mut self, parts: Vec<BranchId>) -> BranchData {
+        let mut parts: Vec<(Vec<u32>, BranchId, BranchData)> = parts
+            .into_iter()
+            .map(|id| {
+                let data = self.take(id);
+                (data.order(id), id, data)
+            })
+            .collect();
+        parts.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut parts = parts.into_iter().map(|(_, _, data)| data);
+        let first = parts.next().unwrap_or_default();
+        BranchData::join(first, parts.collect())
+    }
 }
 
 impl Coordinator {
-    /// Branches have overlays from now on (the agent has reducers, or a state mapped).
+    /// Branches have views from now on (the agent has reducers, or a state mapped).
     pub(super) fn activate_branches(&mut self) {
         if !self.branches.active {
             self.branches.active = true;
@@ -68,18 +90,20 @@ impl Coordinator {
         }
     }
 
-    /// The overlay a state about to run on `branch` reads and writes through. A branch
-    /// running alone in its run gets its overlay applied to the store first, and writes
-    /// there directly. `None` when branches have no overlays.
+    /// The view a state about to run on `branch` reads and writes through. A branch alone in
+    /// its run, with no ended branch's writes waiting, has its view applied to the store
+    /// first, and writes there directly. `None` when branches have no views.
     pub(super) fn lend_branch(&mut self, branch: Branch) -> Option<Arc<BranchCell>> {
         if !self.branches.active {
             return None;
         }
-        let alone = self.joins.alone(branch.scope);
+        let alone = self.joins.alone(branch.scope) && self.branches.finished.is_empty();
         let mut data = self.branches.take(branch.id);
         if alone {
-            let writes = data.take_writes();
-            if let Err(error) = self.context.commit(writes) {
+            let heads = data.take_heads();
+            if !heads.is_empty()
+                && let Err(error) = self.context.commit(&ordered(&heads))
+            {
                 self.deferred_failure.get_or_insert(error);
             }
         }
@@ -89,8 +113,8 @@ impl Coordinator {
         Some(cell)
     }
 
-    /// The state that ran on branch `id` ended: its writes are the branch's again, with its
-    /// attempt's if `completed`. Returns the error a write met (it fails the attempt).
+    /// The state that ran on branch `id` ended; `completed`: it completed, so its writes
+    /// are the branch's. Returns the error a write met (it fails the attempt).
     pub(super) fn return_branch(&mut self, id: BranchId, completed: bool) -> Option<FlowError> {
         if !self.branches.active {
             return None;
@@ -98,8 +122,8 @@ impl Coordinator {
         self.branches.reclaim(id, completed)
     }
 
-    /// Before `branch` forks into `count` branches whose ids start at `first`: they read
-    /// through what it wrote so far; a map's branches get an item each and are isolated.
+    /// Before `branch` forks into `count` branches whose ids start at `first`: they start
+    /// from its view; a map's branches get an item each and are isolated.
     pub(super) fn fork_branches(
         &mut self,
         branch: Branch,
@@ -114,95 +138,80 @@ impl Coordinator {
             (1, ForkInputs::Items(mut items)) => parent.take_input(items.remove(0)),
             (1, ForkInputs::Inherit) => {}
             (_, inputs) => {
-                let keys: Vec<Vec<u32>> =
-                    (0..count).map(|i| parent.child_key(branch.id, i)).collect();
                 let (items, isolated) = match inputs {
                     ForkInputs::Items(items) => (items.into_iter().map(Some).collect(), true),
                     ForkInputs::Inherit => {
                         (vec![parent.input_json()?; count], parent.is_isolated())
                     }
                 };
-                let layer = parent.fork(branch.id);
-                for (offset, (input, key)) in items.into_iter().zip(keys).enumerate() {
-                    let child = BranchData::child(&layer, input, isolated, key);
-                    self.branches.put(first + offset as BranchId, child);
+                for (index, input) in items.into_iter().enumerate() {
+                    let key = parent.child_key(branch.id, index);
+                    let child = parent.child(input, isolated, key);
+                    self.branches.put(first + index as BranchId, child);
                 }
+                parent.forked(branch.id);
             }
         }
         self.branches.put(branch.id, parent);
         Ok(())
     }
 
-    /// Applies the merges the join rules decided. A merge into the context (a root scope
-    /// ended) that fails (a contribution that does not fold) fails the run.
-    pub(super) fn apply_merges(&mut self) {
-        if self.joins.merges.is_empty() {
+    /// Applies what the join rules did to branches. Once every branch has ended, the run's
+    /// result gets the writes of all of them; if they do not combine (a contribution that
+    /// does not fold), the run fails.
+    pub(super) fn apply_branch_events(&mut self) {
+        if self.joins.events.is_empty() {
             return;
         }
-        let merges = std::mem::take(&mut self.joins.merges);
-        for Merge {
-            into,
-            unlayer,
-            parts,
-        } in merges
-        {
-            let mut target = into.map(|id| self.branches.take(id));
-            let mut first = None;
-            if let (Some(target), Some(id)) = (target.as_mut(), into)
-                && unlayer
-            {
-                target.unlayer();
-                first = Some(target.take_own(id));
-            }
-            let mut writes: Vec<(Vec<u32>, BranchId, BranchData)> = parts
-                .into_iter()
-                .map(|id| {
-                    let data = match (&mut target, into) {
-                        (Some(target), Some(into)) if into == id => target.take_own(id),
-                        _ => self.branches.take(id),
+        let events = std::mem::take(&mut self.joins.events);
+        for event in events {
+            match event {
+                BranchEvent::Join { into, parts } => {
+                    let joined = self.branches.join(parts);
+                    self.branches.put(into, joined);
+                }
+                BranchEvent::Close { opener, parts } => {
+                    let forked = self.branches.take(opener);
+                    let goes_on = if parts.is_empty() {
+                        forked
+                    } else {
+                        // The item of the branch that forked, what the joined ones saw.
+                        let mut joined = self.branches.join(parts);
+                        joined.inherit(&forked);
+                        joined
                     };
-                    (data.order(id), id, data)
-                })
-                .collect();
-            // Fork order, whatever order they arrived in.
-            writes.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-            let writes = first
-                .into_iter()
-                .chain(writes.into_iter().map(|(_, _, data)| data))
-                .collect();
-            let merged = BranchData::merge(target, writes, unlayer);
-            match into {
-                Some(id) => self.branches.put(id, merged),
-                None => {
-                    let mut merged = merged;
-                    if let Err(error) = self.context.commit(merged.take_writes()) {
-                        self.deferred_failure.get_or_insert(error);
-                    }
+                    self.branches.put(opener, goes_on);
+                }
+                BranchEvent::Ended(id) => {
+                    let mut data = self.branches.take(id);
+                    let heads = data.take_heads();
+                    self.branches.finished.extend(heads);
                 }
             }
         }
+        if self.joins.is_finished() && !self.branches.finished.is_empty() {
+            let finished = std::mem::take(&mut self.branches.finished);
+            if let Err(error) = self.context.commit(&ordered(&finished)) {
+                self.deferred_failure.get_or_insert(error);
+            }
+        }
     }
 
-    /// The branches with overlays or inputs, for a checkpoint.
-    pub(super) fn branch_images(&self) -> Result<(Vec<BranchImage>, Layers), FlowError> {
-        let mut layers = Layers::default();
-        let mut seen = FxHashMap::default();
-        let mut images = Vec::with_capacity(self.branches.data.len());
+    /// The branches' views and ended writes, for a checkpoint.
+    pub(super) fn branches_image(&self) -> Result<BranchesImage, FlowError> {
         let mut ids: Vec<&BranchId> = self.branches.data.keys().collect();
         ids.sort_unstable();
-        for id in ids {
-            let data = &self.branches.data[id];
-            let running = self.branches.lent.get(id).map(|cell| &**cell);
-            images.push(layers.add(&mut seen, *id, data, running)?);
-        }
-        Ok((images, layers))
+        let branches = ids.into_iter().map(|id| (*id, &self.branches.data[id]));
+        BranchesImage::capture(branches, &self.branches.finished)
     }
 
-    /// The branches of a checkpoint; `active`: whether branches have overlays.
-    pub(super) fn restore_branches(&mut self, branches: Vec<(BranchId, BranchData)>, active: bool) {
-        for (id, data) in branches {
+    /// The branches of a checkpoint; `active`: whether branches have views.
+    pub(super) fn restore_branches(&mut self, restored: RestoredBranches, active: bool) {
+        for (id, data) in restored.branches {
             self.branches.put(id, data);
         }
+        self.branches.finished = restored.finished;
+        self.branches.next_serial = restored.next_serial;
         if active {
             self.activate_branches();
         }

@@ -9,12 +9,12 @@ use tokio::time::Instant;
 
 use super::Coordinator;
 use super::deps::{DependenciesImage, Origin};
-use super::joins::{Joins, JoinsImage, Branch};
+use super::joins::{Branch, Joins, JoinsImage};
 use crate::agent::Compiled;
 use crate::checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, QueuePlace, QueuedState, StateCheckpoint,
 };
-use crate::context::{BranchData, BranchImage, Frozen, Layers};
+use crate::context::{BranchesImage, Frozen, RestoredBranches};
 
 /// The scheduler's records in a checkpoint: branches and joins, due work, dependency waits.
 #[derive(Clone, Serialize, Deserialize)]
@@ -27,11 +27,9 @@ pub(crate) struct SchedulerImage {
     completed: u64,
     transitions: u64,
     max_concurrency: usize,
-    /// Branch-local writes and map items not merged yet, and the layers they read through.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    branches: Vec<BranchImage>,
+    /// Branch-local writes and map items (see `branches`).
     #[serde(default)]
-    layers: Layers,
+    branches: BranchesImage,
 }
 
 impl std::fmt::Debug for SchedulerImage {
@@ -166,9 +164,9 @@ impl Coordinator {
                 last_error: report.last_error.clone(),
             })
             .collect();
-        let (branch_images, layers, branches_kept) = match self.branch_images() {
-            Ok((images, layers)) => (images, layers, Ok(())),
-            Err(error) => (Vec::new(), Layers::default(), Err(error)),
+        let (branch_images, branches_kept) = match self.branches_image() {
+            Ok(image) => (image, Ok(())),
+            Err(error) => (BranchesImage::default(), Err(error)),
         };
         let checkpoint = Checkpoint {
             format: CHECKPOINT_FORMAT,
@@ -197,7 +195,6 @@ impl Coordinator {
                 transitions: self.transitions,
                 max_concurrency: self.max_concurrency,
                 branches: branch_images,
-                layers,
             },
         };
         // What a restore rebuilds from this image must be these very branches.
@@ -225,7 +222,7 @@ impl Coordinator {
         &mut self,
         checkpoint: &Checkpoint,
         joins: Joins,
-        branches: Vec<(u64, BranchData)>,
+        branches: RestoredBranches,
     ) {
         let image = &checkpoint.scheduler;
         self.restored = true;
@@ -404,9 +401,9 @@ pub(crate) fn check_fits(
     let joins = Joins::restore(graph, &image.joins, &branches(image))
         .map_err(|reason| corrupt(format!("its branches do not fit together: {reason}")))?;
     let branch_data = image
-        .layers
+        .branches
         .clone()
-        .restore(image.branches.clone())
+        .restore()
         .map_err(|reason| corrupt(format!("its branch-local writes do not fit: {reason}")))?;
     Ok(Restorable {
         joins,
@@ -417,7 +414,7 @@ pub(crate) fn check_fits(
 /// A checkpoint checked against a definition, with its branches rebuilt.
 pub(crate) struct Restorable {
     joins: Joins,
-    branches: Vec<(u64, BranchData)>,
+    branches: RestoredBranches,
 }
 
 impl Coordinator {

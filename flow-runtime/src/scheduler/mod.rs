@@ -52,7 +52,7 @@ use crate::state_fn::StateFuture;
 use admission::{Admission, GateVerdict};
 use deps::{Dependencies, Origin};
 use failures::Failure;
-use joins::{Joins, Branch};
+use joins::{Branch, Joins};
 use ready::ReadyQueue;
 use task::Outcome;
 
@@ -744,7 +744,7 @@ impl Coordinator {
 
     /// Moves what the join bookkeeping decided into the ready queue and the statuses.
     fn absorb_joins(&mut self) {
-        self.apply_merges();
+        self.apply_branch_events();
         if !self.joins.ambiguities.is_empty() {
             self.report_ambiguities();
         }

@@ -38,23 +38,28 @@ impl From<BranchForm> for Branch {
     }
 }
 
-/// The writes of some branches become one branch's (or the context's).
+/// What happened to branches, for their writes (see `crate::context::branch`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Merge {
-    /// The branch that goes on with them; `None`: the context itself (a root scope ended).
-    pub(crate) into: Option<BranchId>,
-    /// `into` forked, and the scope of its fork closed: what it wrote before the fork comes
-    /// back to it first (see `BranchData::unlayer`).
-    pub(crate) unlayer: bool,
-    /// Whose writes, in the order they apply (`into` itself among them where it belongs,
-    /// unless `unlayer`: then its own come first).
-    pub(crate) parts: Vec<BranchId>,
+pub(crate) enum BranchEvent {
+    /// Live branches of one scope arrived at a join together and go on as one, `into` (the
+    /// first of them in fork order).
+    Join {
+        into: BranchId,
+        parts: Vec<BranchId>,
+    },
+    /// A scope closed: the branch whose fork opened it (`opener`) goes on, having joined
+    /// `parts` (its live branches, arriving together; none when the last one ended).
+    Close {
+        opener: BranchId,
+        parts: Vec<BranchId>,
+    },
+    /// A branch ended: what it wrote joins no other branch, only the run's result.
+    Ended(BranchId),
 }
 
 impl Joins {
-    /// Whether branches are told apart (ids kept in held sets, ended branches remembered,
-    /// merges reported). Off until a run has branch-local writes or inputs: then a run that
-    /// uses neither pays nothing for them.
+    /// Whether branches are told apart (ids kept in held sets, events reported). Off until a
+    /// run has branch-local writes or inputs: then a run that uses neither pays nothing.
     pub(crate) fn track_branches(&mut self) {
         self.track = true;
     }
@@ -64,15 +69,15 @@ impl Joins {
         self.track
     }
 
-    /// Whether the branch of `scope` is the only one of its run's part: a root scope with one
-    /// member, which is not a fork. Its writes need no overlay: nothing runs beside it.
+    /// Whether the branch of `scope` is the only live branch of the run: one root, one
+    /// member, not forked.
     pub(crate) fn alone(&self, scope: ScopeId) -> bool {
-        self.scopes
-            .get(scope as usize)
-            .and_then(Option::as_ref)
-            .is_some_and(|s| {
-                s.parent.is_none() && s.live == 1 && s.children == 0 && s.ended.is_empty()
-            })
+        self.roots == 1
+            && self
+                .scopes
+                .get(scope as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.parent.is_none() && s.live == 1 && s.children == 0)
     }
 
     /// The id the next new branch gets (a fork's targets get it and the ones after).
@@ -86,61 +91,40 @@ impl Joins {
         id
     }
 
-    /// The live branches `members` of a scope go on as one, with the writes of `ended`
-    /// branches of the scope too: the one that goes on is the first live one in fork order;
-    /// the writes apply in fork order.
-    pub(super) fn merge_members(
-        &mut self,
-        members: Vec<BranchId>,
-        ended: Vec<BranchId>,
-    ) -> BranchId {
-        // Held before branches were told apart, none has writes: any new id serves.
-        let survivor = match members.iter().min() {
-            Some(&first) => first,
-            None => self.new_branch_id(),
+    /// The live branches `members` of a scope arrived together and go on as one: the first
+    /// in fork order (lowest id).
+    pub(super) fn join_members(&mut self, members: Vec<BranchId>) -> BranchId {
+        let Some(&survivor) = members.iter().min() else {
+            // Held before branches were told apart: none has writes of its own.
+            return self.new_branch_id();
         };
-        let mut parts = members;
-        parts.extend(ended);
-        parts.sort_unstable();
-        if parts.len() > 1 || parts.first() != Some(&survivor) {
-            self.merges.push(Merge {
-                into: Some(survivor),
-                unlayer: false,
-                parts,
+        if members.len() > 1 {
+            self.events.push(BranchEvent::Join {
+                into: survivor,
+                parts: members,
             });
         }
         survivor
     }
 
-    /// `scope` closes: its ended branches and `last` (those still to merge) go back to the
-    /// branch that forked it, or, for a root, to the context.
-    pub(super) fn merge_closing(&mut self, scope: ScopeId, last: &[BranchId]) {
+    /// `scope`, a child scope, closes with `parts` arriving (see [`BranchEvent::Close`]).
+    pub(super) fn close_event(&mut self, scope: ScopeId, parts: Vec<BranchId>) {
         if !self.track {
             return;
         }
         let s = self.scopes[scope as usize]
-            .as_mut()
+            .as_ref()
             .expect("scheduler bug: a closing scope is open");
-        let mut parts = std::mem::take(&mut s.ended);
-        parts.extend_from_slice(last);
-        parts.sort_unstable();
-        let (into, unlayer) = match s.parent {
-            Some(_) => (Some(s.branch), true),
-            None => (None, false),
-        };
-        self.merges.push(Merge {
-            into,
-            unlayer,
+        self.events.push(BranchEvent::Close {
+            opener: s.branch,
             parts,
         });
     }
 
-    /// The branch `id` of `scope` ended; its writes wait there for the scope to close.
-    pub(super) fn remember_ended(&mut self, scope: ScopeId, id: BranchId) {
-        if self.track
-            && let Some(s) = self.scopes[scope as usize].as_mut()
-        {
-            s.ended.push(id);
+    /// Branch `id` ended.
+    pub(super) fn ended_event(&mut self, id: BranchId) {
+        if self.track {
+            self.events.push(BranchEvent::Ended(id));
         }
     }
 }

@@ -80,7 +80,6 @@ impl Joins {
                 held: std::mem::take(&mut s.held),
                 spent: s.spent,
                 branch: s.branch,
-                ended: std::mem::take(&mut s.ended),
                 ..Scope::new(s.parent, 0)
             };
         }
@@ -122,10 +121,17 @@ impl Joins {
             .map(|(_, b)| b.id)
             .chain(scopes.iter().flatten().flat_map(|s| {
                 let held = s.held.iter().flat_map(|h| h.branches.iter().copied());
-                std::iter::once(s.branch).chain(s.ended.iter().copied()).chain(held)
+                std::iter::once(s.branch).chain(held)
             }))
             .max();
-        joins.next_branch = image.next_branch.max(highest.map_or(0, |h| h + 1));
+        let next = image
+            .next_branch
+            .max(highest.map_or(0, |h| h.saturating_add(1)));
+        // A run that made 2^48 branches is a damaged checkpoint, not a run.
+        if next > 1 << 48 {
+            return Err(format!("branch id {next} is out of range"));
+        }
+        joins.next_branch = next;
         for &(parent, opener, spent) in &children {
             place(&mut scopes, parent, opener, 1)?;
             if let Some(Some(p)) = scopes.get_mut(parent as usize) {

@@ -59,7 +59,7 @@ mod image;
 mod passes;
 mod scope;
 
-pub(crate) use branch::{Branch, BranchId, Merge};
+pub(crate) use branch::{Branch, BranchEvent, BranchId};
 pub(crate) use image::JoinsImage;
 
 use flow_core::{StateGraph, StateId};
@@ -103,9 +103,9 @@ pub(crate) struct Joins {
     track: bool,
     /// The id the next branch gets.
     next_branch: BranchId,
-    /// Merges of branches' writes, in the order they happen; the caller drains it (only
+    /// What happened to branches, in order, for their writes; the caller drains it (only
     /// while branches are told apart).
-    pub(crate) merges: Vec<Merge>,
+    pub(crate) events: Vec<BranchEvent>,
 }
 
 /// Branches created, ended and absorbed by joins in a run: created = ended + absorbed + live.
@@ -175,7 +175,7 @@ impl Joins {
             moves: Vec::new(),
             track: false,
             next_branch: 0,
-            merges: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -358,10 +358,12 @@ impl Joins {
         spent: bool,
         branch: BranchId,
     ) {
+        self.ended_event(branch);
         let s = scope_of(&mut self.scopes, scope);
         s.remove_member(graph, at, spent);
         match s.live {
             0 => {
+                let child = s.parent.is_some();
                 match s.parent {
                     Some((parent, opener)) => self.moves.push(Move::End {
                         scope: parent,
@@ -371,18 +373,16 @@ impl Joins {
                     }),
                     None => self.roots -= 1,
                 }
-                self.merge_closing(scope, &[branch]);
+                if child {
+                    self.close_event(scope, Vec::new());
+                }
                 self.close(scope);
             }
             1 => {
                 s.clear_positions();
                 self.moves.push(Move::Settle { scope });
-                self.remember_ended(scope, branch);
             }
-            _ => {
-                self.moves.push(Move::Settle { scope });
-                self.remember_ended(scope, branch);
-            }
+            _ => self.moves.push(Move::Settle { scope }),
         }
     }
 
@@ -519,7 +519,7 @@ impl Joins {
             s.forget_blocker(graph, h.state, merged, false);
         }
         let survivor = if self.track {
-            self.merge_members(h.branches, Vec::new())
+            self.join_members(h.branches)
         } else {
             0
         };
@@ -546,15 +546,14 @@ impl Joins {
                     spent: s.spent,
                     branch: s.branch,
                 });
-                self.merge_closing(scope, &members);
+                self.close_event(scope, members);
                 self.close(scope);
             }
             None => {
                 s.live = 1;
                 s.clear_positions();
                 let survivor = if self.track {
-                    let ended = std::mem::take(&mut s.ended);
-                    self.merge_members(members, ended)
+                    self.join_members(members)
                 } else {
                     0
                 };

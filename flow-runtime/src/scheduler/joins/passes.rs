@@ -3,7 +3,7 @@
 
 use flow_core::{StateGraph, StateId};
 
-use super::{BranchId, Branch, Joins, Move, ScopeId, Start, scope_of};
+use super::{Branch, BranchId, Joins, Move, ScopeId, Start, scope_of};
 
 impl Joins {
     /// A branch of `scope` runs `state`: here, or, when `state` opened `scope` or a scope
@@ -147,9 +147,6 @@ impl Joins {
         let mut at_scope = scope;
         let mut at = state;
         let mut spent_member = false;
-        // The branch that left the scope in hand, when it is not `branch` but the branch
-        // whose fork opened a scope `branch` left empty: it ended there.
-        let mut gone: Option<BranchId> = None;
         let parent = loop {
             let s = scope_of(&mut self.scopes, at_scope);
             s.remove_member(graph, at, spent_member);
@@ -157,7 +154,10 @@ impl Joins {
             if s.live == 0 {
                 let spent = s.spent;
                 let forked_by = s.branch;
-                self.merge_closing(at_scope, gone.as_slice());
+                // Emptied: its fork's branch goes no further (the leaving branch goes on
+                // for it, or it ends in its own parent).
+                self.close_event(at_scope, Vec::new());
+                self.ended_event(forked_by);
                 self.close(at_scope);
                 if at_scope == pass {
                     // The branch takes the emptied pass's place in the parent, at the same
@@ -171,28 +171,16 @@ impl Joins {
                             p.held[i].blockers += 1;
                         }
                     }
-                    // And the writes of the branch whose place it takes come first.
-                    if self.track {
-                        self.merges.push(super::Merge {
-                            into: Some(branch),
-                            unlayer: false,
-                            parts: vec![forked_by, branch],
-                        });
-                    }
                     break parent;
                 }
                 at_scope = parent;
                 at = opener;
                 spent_member = spent;
-                gone = Some(forked_by);
                 // The emptied scope's member in its parent ends.
                 continue;
             }
             if s.live == 1 {
                 s.clear_positions();
-            }
-            if let Some(gone) = gone {
-                self.remember_ended(at_scope, gone);
             }
             self.moves.push(Move::Settle { scope: at_scope });
             let from_pass_itself = at_scope == pass && scope == pass && how == Start::Released;

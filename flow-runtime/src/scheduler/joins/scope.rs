@@ -50,10 +50,6 @@ pub(super) struct Scope {
     /// The branch whose fork opened this scope: it goes on when the scope closes.
     #[serde(default)]
     pub(super) branch: BranchId,
-    /// Branches of this scope that ended, whose writes merge when it closes (kept only while
-    /// branches are told apart).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(super) ended: Vec<BranchId>,
 }
 
 /// Branches of one scope held at one state, waiting to run it once together.
@@ -94,7 +90,6 @@ impl Scope {
             spent_at: FxHashMap::default(),
             held: Vec::new(),
             branch: 0,
-            ended: Vec::new(),
         }
     }
 
