@@ -42,7 +42,7 @@ mod transitions;
 pub mod prelude {
     pub use crate::{
         Agent, AgentStatus, Context, FlowError, Next, Priority, Reducer, RunReport, StateResult,
-        StateStatus, Workflow, context, end, goto, next, parallel, state, workflow,
+        StateStatus, Workflow, context, end, goto, map, next, parallel, state, workflow,
     };
 }
 
@@ -56,7 +56,7 @@ pub mod __private {
         RetryPolicy, StateDecl, WorkflowSpec,
     };
     pub use flow_runtime::{
-        Agent, Bulkhead, CircuitBreaker, Context, DeclaredPrimitives, DependencyConfig, RateLimit,
-        Workflow,
+        Agent, Bulkhead, CircuitBreaker, Context, ContextValue, DeclaredPrimitives,
+        DependencyConfig, RateLimit, Reducer, Workflow,
     };
 }

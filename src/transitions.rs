@@ -33,6 +33,21 @@ macro_rules! parallel {
     };
 }
 
+/// Map over data: run a state once per item, each run on a branch of its own that reads its
+/// item with `ctx.input()`: `map!(summarize, files)` is `Ok(Next::map("summarize", files))`.
+/// The state is checked like `next!`'s. See the README's "Reducers and maps over data".
+#[macro_export]
+macro_rules! map {
+    ($state:ident, $items:expr $(,)?) => {
+        ::core::result::Result::Ok($crate::Next::map(::core::stringify!($state), $items))
+    };
+    ($($other:tt)*) => {
+        ::core::compile_error!(
+            "`map!` takes a state name and the items, like `map!(summarize, files)`"
+        )
+    };
+}
+
 /// Go to a state whose name is computed at run time: `goto!(format!("chunk_{i}"))` is
 /// `Ok(Next::to(name))`. The escape hatch from compile-time checks: the name is checked when
 /// the transition happens (an unknown name fails the run with `FlowError::UnknownTransition`),

@@ -502,3 +502,82 @@ async fn a_run_restored_from_any_checkpoint_ends_as_the_uninterrupted_one() {
         "checkpoints holding branch overlays: {with_overlays}"
     );
 }
+
+mod macro_form {
+    use super::*;
+
+    fn longest() -> Reducer {
+        Reducer::custom(|best: &mut String, candidate: String| {
+            if candidate.len() > best.len() {
+                *best = candidate;
+            }
+        })
+    }
+
+    #[context]
+    #[derive(Debug, Clone)]
+    struct Research {
+        #[reduce(append)]
+        findings: Vec<String>,
+        #[reduce(sum)]
+        tokens: u64,
+        #[reduce(with = longest)]
+        longest: String,
+        topic: String,
+    }
+
+    struct Researcher;
+
+    #[workflow(context = Research, max_steps = 20)]
+    impl Researcher {
+        #[state]
+        async fn plan(&self, ctx: &Context) -> StateResult {
+            ctx.set_topic("joins".into());
+            map!(search, ["docs", "issues", "code"])
+        }
+
+        #[state]
+        async fn search(&self, ctx: &Context) -> StateResult {
+            let source: String = ctx.input()?;
+            // The first item finishes last.
+            tokio::time::sleep(MS * (10 - source.len() as u32)).await;
+            ctx.add_findings(format!("{source} on {}", ctx.topic()?));
+            ctx.add_tokens(source.len() as u64);
+            ctx.add_longest(source);
+            next!(report)
+        }
+
+        #[state]
+        async fn report(&self, ctx: &Context) -> StateResult {
+            let research = Research::load(ctx)?;
+            ctx.set_state(
+                "summary",
+                format!(
+                    "{} | {} tokens | longest {}",
+                    research.findings.join(", "),
+                    research.tokens,
+                    research.longest
+                ),
+            );
+            end!()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_context_struct_declares_reducers_and_a_macro_workflow_maps() {
+        assert_eq!(
+            Research::reducers()
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect::<Vec<_>>(),
+            ["findings", "tokens", "longest"]
+        );
+        let report = Researcher.agent().run().await.unwrap();
+        assert_eq!(report.status, AgentStatus::Completed, "{:?}", report.error);
+        assert_eq!(report.state("search").unwrap().runs, 3);
+        assert_eq!(
+            report.context.get_state::<String>("summary").unwrap(),
+            "docs on joins, issues on joins, code on joins | 14 tokens | longest issues"
+        );
+    }
+}

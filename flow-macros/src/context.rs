@@ -46,7 +46,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     });
     errors.push_result(syn::parse::Parser::parse2(parser, args));
-    let strukt: ItemStruct = match syn::parse2(item.clone()) {
+    let mut strukt: ItemStruct = match syn::parse2(item.clone()) {
         Ok(strukt) => strukt,
         Err(_) => {
             let error = syn::Error::new(
@@ -58,6 +58,16 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             return out;
         }
     };
+    let p = quote!(::fluffy_flow::__private);
+    // `#[reduce(..)]` comes off the fields before anything is emitted: it is not an attribute
+    // the compiler knows.
+    let mut reducers = Vec::new();
+    if let Fields::Named(fields) = &mut strukt.fields {
+        for field in fields.named.iter_mut() {
+            let reducer = crate::reduce::take(&mut field.attrs, &field.ty, &p, &mut errors);
+            reducers.push(reducer);
+        }
+    }
     let Fields::Named(fields) = &strukt.fields else {
         errors.push(syn::Error::new(
             strukt.fields.span(),
@@ -74,7 +84,6 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         let compile_errors = errors.to_compile_errors();
         return quote!(#compile_errors #strukt);
     }
-    let p = quote!(::fluffy_flow::__private);
     let vis = &strukt.vis;
     let ident = &strukt.ident;
     let trait_ident = format_ident!("{}Context", ident);
@@ -83,7 +92,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut definitions = Vec::new();
     let mut stores = Vec::new();
     let mut loads = Vec::new();
-    for field in &fields.named {
+    let mut registrations = Vec::new();
+    for (field, reducer) in fields.named.iter().zip(&reducers) {
         let Some(name) = &field.ident else { continue };
         let plain = name.to_string();
         if CLASHES.contains(&plain.as_str()) || plain.starts_with("r#") {
@@ -120,6 +130,38 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                 self.update_typed::<#ty, R>(#key, update)
             }
         });
+        if let Some(reducer) = reducer {
+            let add = format_ident!("add_{}", name);
+            let make = &reducer.make;
+            registrations.push(quote!((#key, #make)));
+            let doc_add = format!(
+                "Contributes to `{key}`: its reducer folds it in (inside a state; see `Reducer`)."
+            );
+            match &reducer.contribution {
+                Some(contribution) => {
+                    declarations.push(quote! {
+                        #[doc = #doc_add]
+                        fn #add(&self, contribution: #contribution);
+                    });
+                    definitions.push(quote_spanned! {ty.span()=>
+                        fn #add(&self, contribution: #contribution) {
+                            self.set_state(#key, contribution)
+                        }
+                    });
+                }
+                None => {
+                    declarations.push(quote! {
+                        #[doc = #doc_add]
+                        fn #add<C: #p::ContextValue>(&self, contribution: C);
+                    });
+                    definitions.push(quote_spanned! {ty.span()=>
+                        fn #add<C: #p::ContextValue>(&self, contribution: C) {
+                            self.set_state(#key, contribution)
+                        }
+                    });
+                }
+            }
+        }
         stores.push(quote!(context.set_state(#key, self.#name);));
         loads.push(quote!(#name: context.get_state::<#ty>(#key)?,));
     }
@@ -149,6 +191,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         const _: () = {
             let _ = #ident::load;
             let _ = #ident::store;
+            let _ = #ident::reducers;
         };
 
         impl #ident {
@@ -160,6 +203,13 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             /// Reads every field from `context`.
             #vis fn load(context: &#p::Context) -> ::core::result::Result<Self, #p::FlowError> {
                 ::core::result::Result::Ok(Self { #(#loads)* })
+            }
+
+            /// The reducers of the fields marked `#[reduce(..)]`, by key: give them to an
+            /// agent with `agent.reducers(..)`, or name this struct in
+            /// `#[workflow(context = ..)]`.
+            #vis fn reducers() -> ::std::vec::Vec<(&'static str, #p::Reducer)> {
+                ::std::vec![#(#registrations),*]
             }
         }
     }

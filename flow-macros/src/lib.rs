@@ -7,6 +7,7 @@ mod context;
 mod coordination;
 mod errors;
 mod options;
+mod reduce;
 mod signature;
 mod transitions;
 mod workflow;
@@ -38,7 +39,9 @@ pub fn state(_attr: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Generates typed accessors on the run's context for each field of a struct: for a field
 /// `title: String`, the extension trait `<Struct>Context` has `title()`, `set_title(..)` and
-/// `update_title(|t| ..)`, all stored in the ordinary context store under the field's name.
+/// `update_title(|t| ..)`, all stored in the ordinary context store under the field's name. A
+/// field marked `#[reduce(append)]` (or `extend`, `merge_map`, `sum`, `min`, `max`,
+/// `with = path`) gets a reducer (see `Struct::reducers()`) and an `add_<field>(..)` accessor.
 #[proc_macro_attribute]
 pub fn context(attr: TokenStream, item: TokenStream) -> TokenStream {
     context::expand(attr.into(), item.into()).into()

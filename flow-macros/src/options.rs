@@ -112,6 +112,8 @@ pub(crate) struct WorkflowOptions {
     pub(crate) max_steps: Option<u64>,
     /// The `on_error` handler of every state that names none.
     pub(crate) on_error: Option<Ident>,
+    /// A `#[context]` struct whose reducers the agent gets.
+    pub(crate) context: Option<syn::Type>,
 }
 
 /// Rejects an option given twice.
@@ -804,6 +806,15 @@ pub(crate) fn parse_workflow(
                     )
                 })?);
             }
+            "context" => {
+                let value = meta.value().map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        "`context` names a `#[context]` struct: `context = Research`",
+                    )
+                })?;
+                options.context = Some(value.parse()?);
+            }
             "max_steps" => {
                 let (value, span) = whole(&meta, "max_steps", "50")?;
                 if value == 0 {
@@ -818,7 +829,7 @@ pub(crate) fn parse_workflow(
                 return Err(syn::Error::new(
                     meta.path.span(),
                     format!(
-                        "unknown option `{other}` of `#[workflow]`; the options are: name = \"..\", max_concurrent = N, timeout = \"..\", cleanup_timeout = \"..\", max_steps = N, on_error = state"
+                        "unknown option `{other}` of `#[workflow]`; the options are: name = \"..\", max_concurrent = N, timeout = \"..\", cleanup_timeout = \"..\", max_steps = N, on_error = state, context = Type"
                     ),
                 ));
             }

@@ -1,5 +1,5 @@
-//! Finds where a method's body says to go: `next!(a)`, `parallel!(a, b)`, `goto!(expr)`, a
-//! `Next` built by hand, and the methods of `self` it calls.
+//! Finds where a method's body says to go: `next!(a)`, `parallel!(a, b)`, `map!(a, items)`,
+//! `goto!(expr)`, a `Next` built by hand, and the methods of `self` it calls.
 //!
 //! The body is read as tokens, not as a syntax tree, so that transitions written inside other
 //! macros (`tokio::select! { .. => next!(a) }`, `vec![..]`) are found too.
@@ -58,6 +58,15 @@ fn scan_stream(stream: TokenStream, found: &mut Transitions) {
                     found.targets.extend(names);
                 }
             }
+            ("map", Some(body)) => {
+                let mut body = body.into_iter();
+                if let (Some(TokenTree::Ident(state)), Some(TokenTree::Punct(comma))) =
+                    (body.next(), body.next())
+                    && comma.as_char() == ','
+                {
+                    found.targets.push(state);
+                }
+            }
             ("goto", Some(_)) => found.dynamic = true,
             ("Next", None)
                 if is_punct(tokens.get(i + 1), ':') && is_punct(tokens.get(i + 2), ':') =>
@@ -65,7 +74,7 @@ fn scan_stream(stream: TokenStream, found: &mut Transitions) {
                 if let Some(TokenTree::Ident(variant)) = tokens.get(i + 3)
                     && matches!(
                         variant.to_string().as_str(),
-                        "to" | "To" | "parallel" | "Parallel"
+                        "to" | "To" | "parallel" | "Parallel" | "map" | "Map"
                     )
                 {
                     found.dynamic = true;
@@ -102,6 +111,10 @@ mod tests {
             "{ tokio::select! { _ = a => next!(left), _ = b => { parallel!(x, y,) } }; if c { next!(z) } else { end!() } }",
         );
         assert_eq!(names(&t), ["left", "x", "y", "z"]);
+        let t = scan_source("{ let items = vec![1, 2]; map!(chunk, items) }");
+        assert_eq!(names(&t), ["chunk"]);
+        assert!(!t.dynamic);
+        assert!(scan_source("{ Ok(Next::map(\"chunk\", items)) }").dynamic);
         assert!(!t.dynamic);
         assert!(t.calls.is_empty());
     }

@@ -567,6 +567,9 @@ fn generate(
             }
         }
     });
+    let context_reducers = options.context.as_ref().map(|context| {
+        quote_spanned! {context.span()=> agent.reducers(<#context>::reducers()); }
+    });
     quote! {
         impl #p::Workflow for #self_ty {
             const GRAPH: #p::WorkflowSpec = #p::WorkflowSpec {
@@ -584,6 +587,7 @@ fn generate(
                     ::std::collections::HashMap::new();
                 // States naming one rate limit or primitive share it too.
                 let mut rate_limits = #p::DeclaredPrimitives::default();
+                #context_reducers
                 #(#registrations)*
                 let _ = (&mut bulkheads, &mut rate_limits);
             }

@@ -20,6 +20,7 @@ mod resources;
 mod run;
 mod scheduler;
 mod state_fn;
+mod stream;
 mod workflow;
 
 pub use agent::{
@@ -57,4 +58,5 @@ pub use scheduler::BlockedState;
 #[doc(hidden)]
 pub use schemars;
 pub use state_fn::{BoxError, StateResult};
+pub use stream::{RunStream, STREAM_CAPACITY, StreamMode, StreamPart};
 pub use workflow::Workflow;

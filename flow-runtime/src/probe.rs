@@ -140,21 +140,46 @@ pub(crate) struct Publisher {
     hub: EventHub,
     probes: Vec<Box<dyn RunProbe>>,
     run_id: u64,
+    /// The run's stream, which may want its events too.
+    stream: Arc<crate::stream::StreamHub>,
 }
 
 impl Publisher {
-    pub(crate) fn new(hub: EventHub, compiled: &Arc<Compiled>, run_id: u64) -> Self {
+    pub(crate) fn new(
+        hub: EventHub,
+        compiled: &Arc<Compiled>,
+        run_id: u64,
+        stream: Arc<crate::stream::StreamHub>,
+    ) -> Self {
         let probes = hub.probes().open(compiled);
         Self {
             hub,
             probes,
             run_id,
+            stream,
         }
     }
 
     /// Whether anything takes events: when not, callers skip building them.
     pub(crate) fn is_observed(&self) -> bool {
-        !self.probes.is_empty() || self.hub.is_observed()
+        !self.probes.is_empty() || self.hub.is_observed() || self.streamed()
+    }
+
+    fn streamed(&self) -> bool {
+        self.stream.wants(crate::StreamMode::EVENTS)
+    }
+
+    /// Sends `event` to the event subscribers and the run's stream, as each wants.
+    fn send(&self, event: Event) {
+        if self.streamed() {
+            let event = event.clone();
+            self.stream.publish(crate::StreamMode::EVENTS, || {
+                crate::StreamPart::Event(event)
+            });
+        }
+        if self.hub.is_observed() {
+            self.hub.publish(event);
+        }
     }
 
     /// Publishes what happened `at` to `state`, named `name` (cloned only for subscribers).
@@ -168,8 +193,8 @@ impl Publisher {
         for probe in &mut self.probes {
             probe.record_state(at, state, &event);
         }
-        if self.hub.is_observed() {
-            self.hub.publish(Event {
+        if self.hub.is_observed() || self.streamed() {
+            self.send(Event {
                 run_id: self.run_id,
                 at,
                 kind: event.into_event(Arc::clone(name)),
@@ -185,8 +210,8 @@ impl Publisher {
         for probe in &mut self.probes {
             probe.record(at, &kind);
         }
-        if self.hub.is_observed() {
-            self.hub.publish(Event {
+        if self.hub.is_observed() || self.streamed() {
+            self.send(Event {
                 run_id: self.run_id,
                 at,
                 kind,

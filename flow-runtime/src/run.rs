@@ -36,6 +36,8 @@ pub(crate) struct Observer {
     pub(crate) finished: CancellationToken,
     /// The run's input requests.
     pub(crate) inputs: Arc<InputHub>,
+    /// The readers of the run's stream.
+    pub(crate) stream: Arc<crate::stream::StreamHub>,
 }
 
 impl Observer {
@@ -44,6 +46,7 @@ impl Observer {
         graph: Arc<StateGraph>,
         agent: Arc<str>,
         inputs: Arc<InputHub>,
+        stream: Arc<crate::stream::StreamHub>,
     ) -> Self {
         let states = (0..graph.len())
             .map(|_| AtomicU8::new(StateStatus::Pending.as_u8()))
@@ -59,6 +62,7 @@ impl Observer {
             pending: AtomicUsize::new(0),
             finished: CancellationToken::new(),
             inputs,
+            stream,
         }
     }
 
@@ -212,6 +216,13 @@ impl RunHandle {
     /// This run's id, unique among the runs of one agent (and its clones).
     pub fn run_id(&self) -> u64 {
         self.control.observer.run_id
+    }
+
+    /// A stream of the run from now on, in `modes` (see [`RunStream`](crate::RunStream));
+    /// [`Agent::start_streaming`](crate::Agent::start_streaming) opens one before the run
+    /// starts. A stream opened after the run ended is empty.
+    pub fn stream(&self, modes: crate::StreamMode) -> crate::RunStream {
+        self.control.observer.stream.subscribe(modes)
     }
 
     /// The run's status now.

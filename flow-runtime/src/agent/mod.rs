@@ -437,6 +437,18 @@ impl Agent {
         self
     }
 
+    /// Several reducers at once (see [`Agent::reducer`]), for example those a `#[context]`
+    /// struct declares: `agent.reducers(Research::reducers())`.
+    pub fn reducers<K: Into<String>>(
+        &mut self,
+        reducers: impl IntoIterator<Item = (K, crate::Reducer)>,
+    ) -> &mut Self {
+        for (key, reducer) in reducers {
+            self.reducer(key, reducer);
+        }
+        self
+    }
+
     /// The retry policy of every state that sets none of its own (default:
     /// [`RetryPolicy::NONE`], no retries).
     pub fn default_retry(&mut self, policy: RetryPolicy) -> &mut Self {

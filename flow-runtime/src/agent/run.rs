@@ -23,12 +23,53 @@ impl Agent {
     /// Events are built only while someone subscribes, so runs started with
     /// [`Agent::start_with`] meanwhile cost a little more; the stream keeps this run's own.
     pub fn start_watched(&self, context: Context) -> Result<(RunHandle, RunEvents), FlowError> {
+        // (See `start_streaming` for a stream of values, writes and emitted parts too.)
         // Subscribed before the launch, so that not even the first event is missed.
         let events = self.events.subscribe();
         let handle = self.launch(context, None, None)?;
         let finished = handle.control.observer.finished.clone();
         let events = RunEvents::new(events, handle.run_id(), finished);
         Ok((handle, events))
+    }
+
+    /// Starts a run like [`Agent::start_with`], with a stream of it in `modes` from its very
+    /// start (see [`RunStream`](crate::RunStream)): the context after each state, each write,
+    /// what states `emit`, its events. [`RunHandle::stream`] opens more streams later.
+    ///
+    /// ```
+    /// use flow_runtime::{Agent, Context, StreamMode, StreamPart};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flow_core::FlowError> {
+    /// let mut agent = Agent::new("chat");
+    /// agent.add_state("answer", |ctx: Context| async move {
+    ///     for token in ["Hel", "lo"] {
+    ///         ctx.emit(token).await?;
+    ///     }
+    ///     Ok(flow_core::Next::End)
+    /// });
+    /// let (handle, mut stream) = agent.start_streaming(Context::new(), StreamMode::CUSTOM)?;
+    /// let mut answer = String::new();
+    /// while let Some(part) = stream.next().await {
+    ///     if let StreamPart::Custom { value, .. } = part {
+    ///         answer.push_str(value.as_str().unwrap_or_default());
+    ///     }
+    /// }
+    /// assert_eq!(answer, "Hello");
+    /// handle.wait().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_streaming(
+        &self,
+        context: Context,
+        modes: crate::StreamMode,
+    ) -> Result<(RunHandle, crate::RunStream), FlowError> {
+        let hub = Arc::new(crate::stream::StreamHub::default());
+        // Opened before the run starts, so that not even its first part is missed.
+        let stream = hub.subscribe(modes);
+        let handle = self.launch_with(context, None, None, Vec::new(), hub)?;
+        Ok((handle, stream))
     }
 
     /// Continues the run a checkpoint was taken of, in this agent (built from the same
@@ -158,6 +199,7 @@ impl Agent {
                     Some((&checkpoint, checked)),
                     Some((key, store, policy)),
                     posted,
+                    Arc::default(),
                 )?
             }
             None => self.launch(Context::new(), None, Some((key, store, policy)))?,
@@ -177,7 +219,7 @@ impl Agent {
         checkpoint: Option<(&Checkpoint, Restorable)>,
         durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     ) -> Result<RunHandle, FlowError> {
-        self.launch_with(context, checkpoint, durable, Vec::new())
+        self.launch_with(context, checkpoint, durable, Vec::new(), Arc::default())
     }
 
     /// As `launch`, with answers left in the store for the run's input requests.
@@ -187,6 +229,7 @@ impl Agent {
         checkpoint: Option<(&Checkpoint, Restorable)>,
         durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
         posted: Vec<PostedAnswer>,
+        stream: Arc<crate::stream::StreamHub>,
     ) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
         if compiled.suspend_on_input && durable.is_none() && compiled.checkpoints.is_none() {
@@ -214,6 +257,7 @@ impl Agent {
             Arc::clone(&compiled.graph),
             Arc::clone(&compiled.name),
             Arc::new(inputs),
+            stream,
         ));
         observer.set_status(AgentStatus::Running);
         let control = RunControl {
@@ -248,8 +292,10 @@ impl Agent {
         let shared = Arc::clone(&self.shared);
         // Fires when the coordinator is done, also if it panicked: per-run event streams end.
         let finished = control.observer.finished.clone().drop_guard();
+        let stream = crate::stream::CloseOnDrop(Arc::clone(&control.observer.stream));
         runtime.spawn(async move {
             let _finished = finished;
+            let _stream = stream;
             let report = coordinator.run().await;
             if !report.dead_letters.is_empty() {
                 let mut kept = shared

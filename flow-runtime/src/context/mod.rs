@@ -80,6 +80,8 @@ pub(crate) struct RunInfo {
     pub(crate) inputs: Arc<crate::input::InputHub>,
     /// The agent's reducers, by key.
     pub(crate) reducers: Arc<Reducers>,
+    /// The readers of the run's stream.
+    pub(crate) stream: Arc<crate::stream::StreamHub>,
 }
 
 /// Where an input request is made from (see `input::ask`).
@@ -247,7 +249,70 @@ impl Context {
         slot.typed::<T>("(input)").map(Arc::unwrap_or_clone)
     }
 
-    /// A write of `slot` to `key` by a state on a branch with a cell.
+    /// Sends `value` to the run's streams opened in [`StreamMode::CUSTOM`](crate::StreamMode)
+    /// (tokens of a model's answer, progress), as JSON, tagged with this state. Waits while
+    /// a reader's stream is full (back-pressure on this state only); returns at once when
+    /// nobody streams the run. A value that does not serialize is
+    /// [`FlowError::Serialization`].
+    pub async fn emit(&self, value: impl Serialize) -> Result<(), FlowError> {
+        let Some(run) = self.run.as_deref() else {
+            return Ok(());
+        };
+        if !run.stream.wants(crate::StreamMode::CUSTOM) {
+            return Ok(());
+        }
+        let value = serde_json::to_value(value).map_err(|error| FlowError::Serialization {
+            key: format!(
+                "(a value emitted by `{}`)",
+                self.state().unwrap_or("the run")
+            ),
+            message: error.to_string(),
+        })?;
+        let state = self.stream_name(run);
+        run.stream
+            .emit(crate::StreamPart::Custom { state, value })
+            .await;
+        Ok(())
+    }
+
+    fn stream_name(&self, run: &RunInfo) -> Arc<str> {
+        match self.at {
+            Some(at) => Arc::clone(run.graph.name(at.state)),
+            None => Arc::from("(run)"),
+        }
+    }
+
+    /// Tells the run's update streams that `key` was written (`value` makes its JSON; `None`
+    /// for a removal). One atomic load when nobody streams updates.
+    #[inline]
+    fn stream_update(&self, key: &str, value: impl FnOnce() -> Option<Value>) {
+        let Some(run) = self.run.as_deref() else {
+            return;
+        };
+        if !run.stream.wants(crate::StreamMode::UPDATES) {
+            return;
+        }
+        let state = self.stream_name(run);
+        let value = value();
+        run.stream
+            .publish(crate::StreamMode::UPDATES, || crate::StreamPart::Update {
+                state,
+                key: key.to_owned(),
+                value,
+            });
+    }
+
+    /// The value of `key` as JSON, as this handle sees it (for update streams).
+    fn value_json(&self, key: &str) -> Option<Value> {
+        let slot = match self.overlay(key) {
+            Some(cell) => self.resolve(cell, key).ok()??,
+            None => self.read().get(key)?.clone(),
+        };
+        Some(slot.to_value(key).unwrap_or(Value::Null))
+    }
+
+    /// A write of `slot` to `key`: through the branch view where it has one.
+    #[inline]
     fn write_slot(&self, key: String, slot: Slot) {
         let Some(cell) = self.branch.as_deref() else {
             self.write().insert(key, slot);
@@ -390,7 +455,9 @@ impl Context {
     /// in (see [`Reducer`]); on a branch of a `Next::map`, the write stays with the branch
     /// until it joins.
     pub fn set_state<T: ContextValue>(&self, key: impl Into<String>, value: T) {
-        self.write_slot(key.into(), Slot::native(Arc::new(value)));
+        let (key, slot) = (key.into(), Slot::native(Arc::new(value)));
+        self.stream_update(&key, || Some(slot.to_value(&key).unwrap_or(Value::Null)));
+        self.write_slot(key, slot);
     }
 
     /// Stores a typed value under `key`. The same store as [`Context::set_state`]: a value set
@@ -487,6 +554,7 @@ impl Context {
             let mut value = Arc::unwrap_or_clone(self.get_typed::<T>(key)?);
             let result = update(&mut value);
             cell.push(key.to_owned(), Op::Set(Slot::native(Arc::new(value))));
+            self.stream_update(key, || self.value_json(key));
             return Ok(result);
         }
         // Decode a JSON value first, so that the slot below is native.
@@ -507,6 +575,8 @@ impl Context {
             Ok(mut typed) => {
                 let result = update(Arc::make_mut(&mut typed));
                 values.insert(owned_key, Slot::native(typed));
+                drop(values);
+                self.stream_update(key, || self.value_json(key));
                 Ok(result)
             }
             Err(value) => {
@@ -534,6 +604,7 @@ impl Context {
 
     /// Removes the value under `key`; true if there was one.
     pub fn remove_state(&self, key: &str) -> bool {
+        self.stream_update(key, || None);
         match self.overlay(key) {
             Some(cell) => {
                 let had = self.has_state(key);

@@ -93,10 +93,15 @@ impl Coordinator {
     /// The view a state about to run on `branch` reads and writes through. A branch alone in
     /// its run, with no ended branch's writes waiting, has its view applied to the store
     /// first, and writes there directly. `None` when branches have no views.
+    #[inline]
     pub(super) fn lend_branch(&mut self, branch: Branch) -> Option<Arc<BranchCell>> {
         if !self.branches.active {
             return None;
         }
+        self.lend_view(branch)
+    }
+
+    fn lend_view(&mut self, branch: Branch) -> Option<Arc<BranchCell>> {
         let alone = self.joins.alone(branch.scope) && self.branches.finished.is_empty();
         let mut data = self.branches.take(branch.id);
         if alone {
@@ -115,6 +120,7 @@ impl Coordinator {
 
     /// The state that ran on branch `id` ended; `completed`: it completed, so its writes
     /// are the branch's. Returns the error a write met (it fails the attempt).
+    #[inline]
     pub(super) fn return_branch(&mut self, id: BranchId, completed: bool) -> Option<FlowError> {
         if !self.branches.active {
             return None;
@@ -159,10 +165,14 @@ impl Coordinator {
     /// Applies what the join rules did to branches. Once every branch has ended, the run's
     /// result gets the writes of all of them; if they do not combine (a contribution that
     /// does not fold), the run fails.
+    #[inline]
     pub(super) fn apply_branch_events(&mut self) {
-        if self.joins.events.is_empty() {
-            return;
+        if !self.joins.events.is_empty() {
+            self.apply_events();
         }
+    }
+
+    fn apply_events(&mut self) {
         let events = std::mem::take(&mut self.joins.events);
         for event in events {
             match event {
@@ -215,6 +225,26 @@ impl Coordinator {
         if active {
             self.activate_branches();
         }
+    }
+
+    /// Sends the context after `state` completed to the run's value streams (made only when
+    /// someone streams values).
+    pub(super) fn stream_values(&self, state: StateId) {
+        let stream = &self.observer.stream;
+        if !stream.wants(crate::StreamMode::VALUES) {
+            return;
+        }
+        let values = match self.context.snapshot() {
+            Ok(values) => values,
+            // Said in the part rather than dropped: a value that does not serialize.
+            Err(error) => [("(not serializable)".to_owned(), error.to_string().into())]
+                .into_iter()
+                .collect(),
+        };
+        stream.publish(crate::StreamMode::VALUES, || crate::StreamPart::Values {
+            after: Arc::clone(self.graph.name(state)),
+            values,
+        });
     }
 
     /// The items of a map from `from`, or the error naming the one that did not serialize.

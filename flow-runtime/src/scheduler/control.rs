@@ -294,6 +294,7 @@ impl Coordinator {
         super::telemetry::run_ended(&tracing::Span::current(), status, error.as_ref());
         self.publish(EventKind::RunFinished { status, duration });
         self.events.flush();
+        self.observer.stream.close();
         match &error {
             None => tracing::debug!(?duration, "run completed"),
             Some(error) => tracing::debug!(%error, "run stopped"),

@@ -210,6 +210,7 @@ impl Coordinator {
     }
 
     /// The context handle a state's attempt is given (which state, attempt and visit).
+    #[inline]
     pub(super) fn state_context(
         &mut self,
         state: StateId,

@@ -196,7 +196,12 @@ impl Coordinator {
             halted,
         } = control;
         let blocking = compiled.blocking_threshold;
-        let events = Publisher::new(events, &compiled, observer.run_id);
+        let events = Publisher::new(
+            events,
+            &compiled,
+            observer.run_id,
+            Arc::clone(&observer.stream),
+        );
         let mut coordinator = Self {
             joins: {
                 let mut joins = Joins::new(&graph);
@@ -275,6 +280,7 @@ impl Coordinator {
             workflow: Arc::clone(&coordinator.compiled.name),
             inputs: Arc::clone(&coordinator.observer.inputs),
             reducers: Arc::clone(&coordinator.compiled.reducers),
+            stream: Arc::clone(&coordinator.observer.stream),
         };
         coordinator.context.set_run(info);
         coordinator
@@ -307,6 +313,7 @@ impl Coordinator {
             workflow: Arc::clone(&self.compiled.name),
             inputs: Arc::clone(&self.observer.inputs),
             reducers: Arc::clone(&self.compiled.reducers),
+            stream: Arc::clone(&self.observer.stream),
         });
         if checkpoints.is_some() {
             self.checkpoints = checkpoints;
@@ -629,6 +636,7 @@ impl Coordinator {
                 self.completed = self.completed.saturating_add(1);
                 tracing::debug!(state = %self.graph.name(state), ?duration, "state completed");
                 self.publish_state(state, StateEvent::Completed { duration });
+                self.stream_values(state);
                 // Recorded before the branch moves (a join it releases sees it), announced to
                 // waiting dependents after (so an arriving transition takes precedence over a
                 // state starting by itself).

@@ -91,6 +91,12 @@ impl Joins {
         id
     }
 
+    /// `branch` as the members of a set (nothing, allocating nothing, while branches are not
+    /// told apart).
+    pub(super) fn members_of(&self, branch: BranchId) -> Vec<BranchId> {
+        if self.track { vec![branch] } else { Vec::new() }
+    }
+
     /// The live branches `members` of a scope arrived together and go on as one: the first
     /// in fork order (lowest id).
     pub(super) fn join_members(&mut self, members: Vec<BranchId>) -> BranchId {

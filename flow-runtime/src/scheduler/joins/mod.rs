@@ -398,7 +398,8 @@ impl Joins {
         let s = scope_of(&mut self.scopes, scope);
         if s.live == 1 {
             // Nobody left to wait for.
-            self.arrive_as_one(graph, scope, to, vec![branch]);
+            let members = self.members_of(branch);
+            self.arrive_as_one(graph, scope, to, members);
             return;
         }
         s.remove_position(graph, from, 1);
@@ -460,12 +461,13 @@ impl Joins {
             self.run_at(graph, scope, state, Start::Released, branch);
             return;
         }
+        let branches = if self.track { vec![branch] } else { Vec::new() };
         s.held.push(Held {
             state,
             members: 1,
             blockers,
             ancestors: self.search.found.iter().copied().collect(),
-            branches: if self.track { vec![branch] } else { Vec::new() },
+            branches,
         });
         s.held_members += 1;
         self.held_total += 1;

@@ -219,7 +219,8 @@ impl Joins {
             Start::Released => {
                 let p = scope_of(&mut self.scopes, parent);
                 if p.live == 1 {
-                    self.arrive_as_one(graph, parent, state, vec![branch]);
+                    let members = self.members_of(branch);
+                    self.arrive_as_one(graph, parent, state, members);
                 } else {
                     self.arrive(graph, parent, state, branch);
                 }
