@@ -620,6 +620,15 @@ pub enum FlowError {
         /// The type written.
         found: String,
     },
+    /// A run whose branches keep views (it has reducers or maps) made more than 2^32
+    /// branches: they could no longer be told apart.
+    #[error(
+        "run of workflow `{agent}` made more than 4,294,967,295 branches, more than its reducers and maps can tell apart; split the work over several runs"
+    )]
+    TooManyBranches {
+        /// The workflow.
+        agent: String,
+    },
     /// `ctx.input()` was called in a state that is not on a branch of `Next::map`.
     #[error(
         "state `{state}` read its input, but it has none: only the branches a `Next::map` makes (and the branches they fork) have one; return `Next::map(\"{state}\", items)` to run it on each item"

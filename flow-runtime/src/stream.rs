@@ -84,7 +84,8 @@ pub enum StreamPart {
     /// [`StreamMode::EVENTS`]: an event of the run.
     Event(Event),
     /// The reader fell behind: this many parts of the values, updates and events modes were
-    /// dropped here (custom parts never are: `emit` waits for room instead).
+    /// dropped at this point of the stream (custom parts never are: `emit` waits for room
+    /// instead).
     Missed {
         /// How many.
         count: u64,
@@ -98,7 +99,7 @@ pub enum StreamPart {
 /// waits while it is full, so a slow reader slows the state that emits (never the rest of the
 /// run). Values, updates and events are made by the scheduler and by state writes, which do
 /// not wait: when the stream is full they are dropped, and the reader gets a
-/// [`StreamPart::Missed`] with their number before the next part.
+/// [`StreamPart::Missed`] with their number where they would have been.
 pub struct RunStream {
     receiver: mpsc::Receiver<StreamPart>,
     missed: Arc<AtomicU64>,
@@ -116,11 +117,14 @@ impl Stream for RunStream {
     type Item = StreamPart;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<StreamPart>> {
-        let missed = self.missed.swap(0, Ordering::AcqRel);
-        if missed > 0 {
-            return Poll::Ready(Some(StreamPart::Missed { count: missed }));
+        match self.receiver.poll_recv(cx) {
+            // Parts dropped after the last that came, with no room left to say so in line.
+            Poll::Ready(None) => {
+                let missed = self.missed.swap(0, Ordering::AcqRel);
+                Poll::Ready((missed > 0).then_some(StreamPart::Missed { count: missed }))
+            }
+            other => other,
         }
-        self.receiver.poll_recv(cx)
     }
 }
 
@@ -177,6 +181,20 @@ impl StreamHub {
         readers.retain(|reader| {
             if !reader.modes.intersects(mode) {
                 return true;
+            }
+            // Parts dropped before this one are said first, in line, when there is room.
+            let missed = reader.missed.load(Ordering::Acquire);
+            if missed > 0 {
+                match reader.sender.try_send(StreamPart::Missed { count: missed }) {
+                    Ok(()) => {
+                        reader.missed.fetch_sub(missed, Ordering::AcqRel);
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        reader.missed.fetch_add(1, Ordering::AcqRel);
+                        return true;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
             }
             match reader.sender.try_send(part.clone()) {
                 Ok(()) => true,

@@ -146,16 +146,16 @@ impl BranchData {
 
     /// Its place in fork order; a branch that never had one is placed by its id, which for
     /// the run's first branches is their entry's index.
-    pub(crate) fn order(&self, id: u64) -> Vec<u32> {
+    pub(crate) fn order(&self, id: u32) -> Vec<u32> {
         if self.key.is_empty() {
-            vec![u32::try_from(id).unwrap_or(u32::MAX)]
+            vec![id]
         } else {
             self.key.clone()
         }
     }
 
     /// The place of the `index`th branch of the fork it makes now (before [`Self::forked`]).
-    pub(crate) fn child_key(&self, id: u64, index: usize) -> Vec<u32> {
+    pub(crate) fn child_key(&self, id: u32, index: usize) -> Vec<u32> {
         let mut key = self.order(id);
         key.push(self.step);
         key.push(u32::try_from(index).unwrap_or(u32::MAX));
@@ -163,7 +163,7 @@ impl BranchData {
     }
 
     /// It forked: its next writes come after its fork's.
-    pub(crate) fn forked(&mut self, id: u64) {
+    pub(crate) fn forked(&mut self, id: u32) {
         self.key = self.order(id);
         self.step += 1;
     }
@@ -199,7 +199,7 @@ impl BranchData {
     }
 
     /// A completed state run's writes become a node of its view.
-    pub(crate) fn record(&mut self, id: u64, serial: u64, ops: Ops) {
+    pub(crate) fn record(&mut self, id: u32, serial: u64, ops: Ops) {
         if ops.is_empty() {
             return;
         }
@@ -443,7 +443,7 @@ struct NodeImage {
 
 #[derive(Clone, Serialize, Deserialize)]
 struct BranchImage {
-    id: u64,
+    id: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     heads: Vec<usize>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -470,7 +470,7 @@ pub(crate) struct BranchesImage {
 
 /// What a checkpoint's [`BranchesImage`] restores to.
 pub(crate) struct RestoredBranches {
-    pub(crate) branches: Vec<(u64, BranchData)>,
+    pub(crate) branches: Vec<(u32, BranchData)>,
     pub(crate) finished: Vec<Arc<Node>>,
     /// Past every node's serial.
     pub(crate) next_serial: u64,
@@ -479,10 +479,10 @@ pub(crate) struct RestoredBranches {
 impl BranchesImage {
     /// The image of `branches` and `finished`.
     pub(crate) fn capture<'a>(
-        branches: impl Iterator<Item = (u64, &'a BranchData)>,
+        branches: impl Iterator<Item = (u32, &'a BranchData)>,
         finished: &[Arc<Node>],
     ) -> Result<Self, FlowError> {
-        let branches: Vec<(u64, &BranchData)> = branches.collect();
+        let branches: Vec<(u32, &BranchData)> = branches.collect();
         let mut heads: Vec<Arc<Node>> = finished.to_vec();
         for (_, data) in &branches {
             heads.extend(data.heads.iter().cloned());

@@ -153,7 +153,8 @@ impl Coordinator {
                 for (index, input) in items.into_iter().enumerate() {
                     let key = parent.child_key(branch.id, index);
                     let child = parent.child(input, isolated, key);
-                    self.branches.put(first + index as BranchId, child);
+                    let id = first.wrapping_add(index as BranchId);
+                    self.branches.put(id, child);
                 }
                 parent.forked(branch.id);
             }
@@ -169,6 +170,11 @@ impl Coordinator {
     pub(super) fn apply_branch_events(&mut self) {
         if !self.joins.events.is_empty() {
             self.apply_events();
+        }
+        if self.joins.out_of_branch_ids() && self.deferred_failure.is_none() {
+            self.deferred_failure = Some(FlowError::TooManyBranches {
+                agent: self.compiled.name.to_string(),
+            });
         }
     }
 
@@ -225,26 +231,6 @@ impl Coordinator {
         if active {
             self.activate_branches();
         }
-    }
-
-    /// Sends the context after `state` completed to the run's value streams (made only when
-    /// someone streams values).
-    pub(super) fn stream_values(&self, state: StateId) {
-        let stream = &self.observer.stream;
-        if !stream.wants(crate::StreamMode::VALUES) {
-            return;
-        }
-        let values = match self.context.snapshot() {
-            Ok(values) => values,
-            // Said in the part rather than dropped: a value that does not serialize.
-            Err(error) => [("(not serializable)".to_owned(), error.to_string().into())]
-                .into_iter()
-                .collect(),
-        };
-        stream.publish(crate::StreamMode::VALUES, || crate::StreamPart::Values {
-            after: Arc::clone(self.graph.name(state)),
-            values,
-        });
     }
 
     /// The items of a map from `from`, or the error naming the one that did not serialize.

@@ -17,6 +17,7 @@ mod joins;
 mod launch;
 mod pool;
 mod ready;
+mod streaming;
 mod task;
 mod telemetry;
 mod warnings;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{Joins, ScopeId};
 
 /// Identifies a branch within its run.
-pub(crate) type BranchId = u64;
+pub(crate) type BranchId = u32;
 
 /// A branch: the scope it belongs to, and which of that scope's branches it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,8 +87,19 @@ impl Joins {
 
     pub(super) fn new_branch_id(&mut self) -> BranchId {
         let id = self.next_branch;
-        self.next_branch += 1;
+        self.next_branch = id.wrapping_add(1);
+        // Ids only matter while branches are told apart: then running out fails the run
+        // (see `out_of_branch_ids`) rather than reuse an id.
+        if self.next_branch == 0 && self.track {
+            self.out_of_ids = true;
+        }
         id
+    }
+
+    /// Whether the run made more branches than ids can tell apart (2^32) while they were
+    /// told apart.
+    pub(crate) fn out_of_branch_ids(&self) -> bool {
+        self.out_of_ids
     }
 
     /// `branch` as the members of a set (nothing, allocating nothing, while branches are not

@@ -4,7 +4,7 @@ use flow_core::{StateGraph, StateId};
 use serde::{Deserialize, Serialize};
 
 use super::scope::Scope;
-use super::{Branch, Joins, ScopeId, chain_openers};
+use super::{Branch, BranchId, Joins, ScopeId, chain_openers};
 
 /// The scopes of a run and their held sets. Counts are not kept: a restore rebuilds them from
 /// the branches the checkpoint's work and waits stand for. (Format 1 called scopes "groups";
@@ -17,7 +17,7 @@ pub(crate) struct JoinsImage {
     #[serde(default)]
     track: bool,
     #[serde(default)]
-    next_branch: u64,
+    next_branch: BranchId,
 }
 
 impl Joins {
@@ -124,14 +124,13 @@ impl Joins {
                 std::iter::once(s.branch).chain(held)
             }))
             .max();
-        let next = image
-            .next_branch
-            .max(highest.map_or(0, |h| h.saturating_add(1)));
-        // A run that made 2^48 branches is a damaged checkpoint, not a run.
-        if next > 1 << 48 {
-            return Err(format!("branch id {next} is out of range"));
-        }
-        joins.next_branch = next;
+        let next = match highest {
+            Some(highest) => highest.checked_add(1),
+            None => Some(0),
+        };
+        joins.next_branch = next
+            .map(|next| next.max(image.next_branch))
+            .ok_or_else(|| "a branch id is out of range".to_owned())?;
         for &(parent, opener, spent) in &children {
             place(&mut scopes, parent, opener, 1)?;
             if let Some(Some(p)) = scopes.get_mut(parent as usize) {

@@ -103,6 +103,8 @@ pub(crate) struct Joins {
     track: bool,
     /// The id the next branch gets.
     next_branch: BranchId,
+    /// Ids ran out while branches were told apart (see `out_of_branch_ids`).
+    out_of_ids: bool,
     /// What happened to branches, in order, for their writes; the caller drains it (only
     /// while branches are told apart).
     pub(crate) events: Vec<BranchEvent>,
@@ -175,6 +177,7 @@ impl Joins {
             moves: Vec::new(),
             track: false,
             next_branch: 0,
+            out_of_ids: false,
             events: Vec::new(),
         }
     }
