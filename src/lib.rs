@@ -35,6 +35,7 @@ pub use flow_runtime::{
     Monitor, MonitorUpdates, PoolMetrics, ResourceMetrics, RunOutcomes, Snapshot, StateMetrics,
     Summary, Throughput, UpdateGuard, WorkflowMetrics,
 };
+pub use flow_runtime::{BranchFailure, FailureOutcome};
 pub use flow_runtime::{RunStream, STREAM_CAPACITY, StreamMode, StreamPart};
 
 mod transitions;

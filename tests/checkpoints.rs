@@ -1084,3 +1084,56 @@ async fn a_restored_runs_report_says_what_ran_before_it() {
         None
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn checkpoints_older_than_the_policys_age_are_deleted_keeping_the_latest() {
+    // By the store: checkpoints 30, 20, 10 and 0 s old; an age of 15 s deletes the first two.
+    let store = MemoryStore::new();
+    let mut agent = chain(&Log::default());
+    agent.checkpoints(
+        store.clone(),
+        CheckpointPolicy {
+            keep: 0,
+            ..CheckpointPolicy::after_each_state()
+        },
+    );
+    let report = agent.run().await.unwrap();
+    let run = report.run_key.to_string();
+    let mut template = store.latest("chain", &run).unwrap().unwrap();
+    let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let store = MemoryStore::new();
+    for (sequence, at) in [(1, 0), (2, 10), (3, 20), (4, 30)] {
+        template.sequence = sequence;
+        template.created_at = t0 + Duration::from_secs(at);
+        store.save(&template).unwrap();
+    }
+    let now = t0 + Duration::from_secs(30);
+    store
+        .prune_older_than("chain", &run, Duration::from_secs(15), now)
+        .unwrap();
+    assert_eq!(store.sequences("chain", &run).unwrap(), [3, 4]);
+    // However old, the latest stays.
+    store
+        .prune_older_than(
+            "chain",
+            &run,
+            Duration::ZERO,
+            now + Duration::from_secs(3600),
+        )
+        .unwrap();
+    assert_eq!(store.sequences("chain", &run).unwrap(), [4]);
+
+    // By the policy, after every save: with no age allowed, only the latest is left.
+    let store = MemoryStore::new();
+    let mut agent = chain(&Log::default());
+    agent.checkpoints(
+        store.clone(),
+        CheckpointPolicy {
+            keep: 0,
+            max_age: Some(Duration::ZERO),
+            ..CheckpointPolicy::after_each_state()
+        },
+    );
+    let report = agent.run().await.unwrap();
+    assert_eq!(store.sequences("chain", &report.run_key).unwrap(), [4]);
+}

@@ -14,6 +14,10 @@ pub enum AgentStatus {
     Paused,
     /// Every branch ended.
     Completed,
+    /// Every branch ended, and some ended because a state failed with no `on_error` handler
+    /// (the run goes on past such failures under `BranchFailure::Continue`): the report
+    /// lists them.
+    CompletedWithFailures,
     /// A state failed (error, panic or timeout), a transition named an unknown state, or the run
     /// timed out.
     Failed,
@@ -64,7 +68,7 @@ macro_rules! u8_codec {
     };
 }
 
-u8_codec!(AgentStatus { Idle = 0, Running = 1, Paused = 2, Completed = 3, Failed = 4, Cancelled = 5, AwaitingInput = 6 });
+u8_codec!(AgentStatus { Idle = 0, Running = 1, Paused = 2, Completed = 3, Failed = 4, Cancelled = 5, AwaitingInput = 6, CompletedWithFailures = 7 });
 u8_codec!(StateStatus {
     Pending = 0,
     Ready = 1,
@@ -81,7 +85,10 @@ impl AgentStatus {
     pub const fn is_finished(self) -> bool {
         matches!(
             self,
-            AgentStatus::Completed | AgentStatus::Failed | AgentStatus::Cancelled
+            AgentStatus::Completed
+                | AgentStatus::CompletedWithFailures
+                | AgentStatus::Failed
+                | AgentStatus::Cancelled
         )
     }
 }
@@ -98,13 +105,13 @@ mod tests {
                 Some(code)
             );
         }
-        for code in 0..=6u8 {
+        for code in 0..=7u8 {
             assert_eq!(
                 AgentStatus::from_u8(code).map(AgentStatus::as_u8),
                 Some(code)
             );
         }
         assert_eq!(StateStatus::from_u8(8), None);
-        assert_eq!(AgentStatus::from_u8(7), None);
+        assert_eq!(AgentStatus::from_u8(8), None);
     }
 }

@@ -84,6 +84,40 @@ pub struct DeadLetter {
     /// The context at that moment, as JSON (`{"snapshot_error": ..}` if a value could not be
     /// serialized).
     pub context: serde_json::Value,
+    /// What became of the failure: its `on_error` handler ran, only its branch ended (see
+    /// `Agent::on_branch_failure`), or it failed the run.
+    #[serde(default)]
+    pub outcome: FailureOutcome,
+}
+
+/// What became of a failure (see [`DeadLetter::outcome`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureOutcome {
+    /// It failed the run.
+    #[default]
+    FailedRun,
+    /// The state's `on_error` handler ran, on its branch.
+    Handled {
+        /// The handler.
+        by: String,
+    },
+    /// Its branch ended and the rest of the run went on (`BranchFailure::Continue`).
+    EndedBranch,
+}
+
+/// What a failure with no `on_error` handler does to a run (see
+/// `Agent::on_branch_failure`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BranchFailure {
+    /// It fails the run, and the run stops its other states (fail-fast, the default).
+    #[default]
+    FailRun,
+    /// It ends its branch only: the other branches go on, and a run that then has nothing
+    /// left to do ends `AgentStatus::CompletedWithFailures`, its report listing each failure
+    /// (`RunReport::failed_branches`). States that depend on the failed one learn it failed.
+    Continue,
 }
 
 #[cfg(test)]

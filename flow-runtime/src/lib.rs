@@ -38,7 +38,9 @@ pub use coordination::{
 };
 pub use dependency::{Condition, DependencyConfig};
 pub use events::{Event, EventKind, EventStream, EventStreamError, RunEvents};
-pub use failure::{DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind};
+pub use failure::{
+    BranchFailure, DEAD_LETTER_CAPACITY, DeadLetter, FAILURE_KEY, FailureKind, FailureOutcome,
+};
 pub use input::{
     Ask, ChannelProvider, DEFAULT_INPUT_TIMEOUT, HumanInput, InputAnswerer, InputId, InputOutcome,
     InputProvider, InputRecord, InputRequest, InputRequests, PendingInput, PostedAnswer, Refusal,

@@ -481,18 +481,30 @@ impl RunReport {
         self.states.iter().find(|state| &*state.name == name)
     }
 
-    /// True when the run completed.
+    /// True when the run completed (with no failure: see
+    /// [`AgentStatus::CompletedWithFailures`]).
     pub fn is_success(&self) -> bool {
         self.status == AgentStatus::Completed
     }
 
-    /// `Ok(self)` when the run completed or suspended awaiting input, its error otherwise.
+    /// The failures that ended a branch while the run went on (`BranchFailure::Continue`),
+    /// oldest first: what a run that ended `CompletedWithFailures` did not do.
+    pub fn failed_branches(&self) -> impl Iterator<Item = &DeadLetter> {
+        self.dead_letters
+            .iter()
+            .filter(|letter| letter.outcome == crate::FailureOutcome::EndedBranch)
+    }
+
+    /// `Ok(self)` when the run completed (also with failures that only ended branches: check
+    /// [`RunReport::failed_branches`]) or suspended awaiting input, its error otherwise.
     pub fn into_result(self) -> Result<RunReport, FlowError> {
         match self.error {
             // Suspended, not failed: the report lists what it waits for.
             None if matches!(
                 self.status,
-                AgentStatus::Completed | AgentStatus::AwaitingInput
+                AgentStatus::Completed
+                    | AgentStatus::CompletedWithFailures
+                    | AgentStatus::AwaitingInput
             ) =>
             {
                 Ok(self)

@@ -40,6 +40,8 @@ pub(crate) struct Compiled {
     pub(crate) self_starting: Box<[StateId]>,
     /// How writes to a key combine, by key.
     pub(crate) reducers: Arc<crate::context::Reducers>,
+    /// A failure with no handler ends its branch only (`BranchFailure::Continue`).
+    pub(crate) keep_going: bool,
 }
 
 impl Compiled {
@@ -252,6 +254,7 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
         max_concurrent: definition.max_concurrent.unwrap_or(usize::MAX),
         max_steps: definition.max_steps,
         reducers: Arc::clone(&definition.reducers),
+        keep_going: definition.on_branch_failure == crate::BranchFailure::Continue,
         timeout: definition.timeout,
         cleanup_timeout: definition.cleanup_timeout,
         strict_joins: definition.strict_joins,

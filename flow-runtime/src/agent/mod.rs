@@ -118,6 +118,8 @@ struct Definition {
     default_on_error: Option<String>,
     /// How writes to a key combine, by key (see `Agent::reducer`).
     reducers: Arc<crate::context::Reducers>,
+    /// What a failure with no handler does (see `Agent::on_branch_failure`).
+    on_branch_failure: crate::BranchFailure,
     pool: Option<ResourcePool>,
     priority_aging: Duration,
     input_poll_interval: Duration,
@@ -170,6 +172,7 @@ impl Agent {
                 default_retry: RetryPolicy::NONE,
                 default_on_error: None,
                 reducers: Arc::default(),
+                on_branch_failure: crate::BranchFailure::FailRun,
                 pool: None,
                 priority_aging: DEFAULT_PRIORITY_AGING,
                 input_poll_interval: DEFAULT_INPUT_POLL_INTERVAL,
@@ -434,6 +437,16 @@ impl Agent {
     /// ```
     pub fn reducer(&mut self, key: impl Into<String>, reducer: crate::Reducer) -> &mut Self {
         Arc::make_mut(&mut self.definition_mut().reducers).insert(key.into(), reducer);
+        self
+    }
+
+    /// What a state failure with no `on_error` handler does: fail the run, stopping the
+    /// rest ([`BranchFailure::FailRun`](crate::BranchFailure), the default), or end only the
+    /// failed branch while the others go on ([`BranchFailure::Continue`](crate::BranchFailure)):
+    /// the run then ends `AgentStatus::CompletedWithFailures` and its report lists the
+    /// failures ([`RunReport::failed_branches`](crate::RunReport::failed_branches)).
+    pub fn on_branch_failure(&mut self, mode: crate::BranchFailure) -> &mut Self {
+        self.definition_mut().on_branch_failure = mode;
         self
     }
 

@@ -167,7 +167,12 @@ impl Agent {
             tokio::task::spawn_blocking(move || {
                 let latest = store.latest(&agent, &key)?;
                 let posted = match &latest {
-                    Some(checkpoint) if checkpoint.status != AgentStatus::Completed => {
+                    Some(checkpoint)
+                        if !matches!(
+                            checkpoint.status,
+                            AgentStatus::Completed | AgentStatus::CompletedWithFailures
+                        ) =>
+                    {
                         store.posted_answers(&agent, &key)?
                     }
                     _ => Vec::new(),
@@ -187,7 +192,12 @@ impl Agent {
         };
         let (latest, posted) = latest;
         let handle = match latest {
-            Some(checkpoint) if checkpoint.status == AgentStatus::Completed => {
+            Some(checkpoint)
+                if matches!(
+                    checkpoint.status,
+                    AgentStatus::Completed | AgentStatus::CompletedWithFailures
+                ) =>
+            {
                 let _checked = check_fits(&checkpoint, &compiled)?;
                 return RunReport::from_checkpoint(checkpoint);
             }

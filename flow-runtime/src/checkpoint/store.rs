@@ -114,6 +114,36 @@ pub trait CheckpointStore: Send + Sync + 'static {
         self.post_answer(agent, run, &PostedAnswer::new(id.clone(), value, by))
     }
 
+    /// Deletes the checkpoints of `run` taken more than `max_age` before `now` (wall
+    /// clock), always keeping the latest. Checkpoints are numbered in the order they were
+    /// taken, so it reads from the oldest and stops at the first young enough one: a save
+    /// that prunes reads one checkpoint more than it deletes.
+    fn prune_older_than(
+        &self,
+        agent: &str,
+        run: &str,
+        max_age: Duration,
+        now: std::time::SystemTime,
+    ) -> Result<(), FlowError> {
+        let sequences = self.sequences(agent, run)?;
+        let Some((_latest, older)) = sequences.split_last() else {
+            return Ok(());
+        };
+        for &sequence in older {
+            let Some(checkpoint) = self.load(agent, run, sequence)? else {
+                continue;
+            };
+            let age = now
+                .duration_since(checkpoint.created_at)
+                .unwrap_or_default();
+            if age < max_age {
+                break;
+            }
+            self.delete(agent, run, sequence)?;
+        }
+        Ok(())
+    }
+
     /// Keeps only the latest `keep` checkpoints of `run` (all of them when `keep` is 0).
     fn prune(&self, agent: &str, run: &str, keep: usize) -> Result<(), FlowError> {
         if keep == 0 {
@@ -144,6 +174,9 @@ pub struct CheckpointPolicy {
     pub after_each_state: bool,
     /// How many checkpoints to keep per run (older ones are deleted after a save); 0 keeps all.
     pub keep: usize,
+    /// Also delete, after a save, the run's checkpoints older than this (wall clock; the
+    /// latest is always kept). `None` keeps them whatever their age.
+    pub max_age: Option<Duration>,
 }
 
 impl CheckpointPolicy {
@@ -153,6 +186,7 @@ impl CheckpointPolicy {
             interval: None,
             after_each_state: true,
             keep: 3,
+            max_age: None,
         }
     }
 
@@ -162,6 +196,7 @@ impl CheckpointPolicy {
             interval: Some(interval),
             after_each_state: false,
             keep: 3,
+            max_age: None,
         }
     }
 

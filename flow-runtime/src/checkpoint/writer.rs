@@ -8,7 +8,7 @@ use flow_core::FlowError;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 
-use super::{Checkpoint, CheckpointStore};
+use super::{Checkpoint, CheckpointPolicy, CheckpointStore};
 use crate::scheduler::{Message, PendingCheckpoint};
 
 /// The coordinator's end of the writer task.
@@ -25,14 +25,14 @@ impl Writer {
     /// Starts the task; it reports each save to the coordinator as [`Message::CheckpointSaved`].
     pub(crate) fn start(
         store: Arc<dyn CheckpointStore>,
-        keep: usize,
+        policy: CheckpointPolicy,
         saved: Arc<AtomicU64>,
         coordinator: UnboundedSender<Message>,
     ) -> Self {
         let (jobs, mut queue) = unbounded_channel::<PendingCheckpoint>();
         let task = tokio::spawn(async move {
             while let Some(pending) = queue.recv().await {
-                let result = save(Arc::clone(&store), pending, keep, Arc::clone(&saved)).await;
+                let result = save(Arc::clone(&store), pending, policy, Arc::clone(&saved)).await;
                 let _ = coordinator.send(Message::CheckpointSaved(result.err()));
             }
         });
@@ -57,7 +57,8 @@ impl Writer {
     }
 }
 
-/// Serializes and saves one checkpoint on a blocking thread, then prunes old ones.
+/// Serializes and saves one checkpoint on a blocking thread, then prunes old ones (by
+/// count and by age, as `policy` says).
 ///
 /// `saved` is the highest sequence number this run saved (0: none yet). Before its first save
 /// a run asks the store for the run's highest: a run restored from an older checkpoint, or
@@ -66,7 +67,7 @@ impl Writer {
 pub(crate) async fn save(
     store: Arc<dyn CheckpointStore>,
     pending: PendingCheckpoint,
-    keep: usize,
+    policy: CheckpointPolicy,
     saved: Arc<AtomicU64>,
 ) -> Result<Checkpoint, FlowError> {
     let joined = tokio::task::spawn_blocking(move || {
@@ -84,7 +85,11 @@ pub(crate) async fn save(
         }
         store.save(&checkpoint)?;
         saved.store(checkpoint.sequence, Ordering::Release);
-        store.prune(&checkpoint.agent, &checkpoint.run_key, keep)?;
+        let (agent, run) = (&checkpoint.agent, &checkpoint.run_key);
+        store.prune(agent, run, policy.keep)?;
+        if let Some(max_age) = policy.max_age {
+            store.prune_older_than(agent, run, max_age, std::time::SystemTime::now())?;
+        }
         Ok(checkpoint)
     })
     .await;

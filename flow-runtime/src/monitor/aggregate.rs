@@ -211,6 +211,7 @@ impl Aggregate {
             } => {
                 match status {
                     AgentStatus::Completed => w.runs.completed += 1,
+                    AgentStatus::CompletedWithFailures => w.runs.completed_with_failures += 1,
                     AgentStatus::Cancelled => w.runs.cancelled += 1,
                     AgentStatus::AwaitingInput => w.runs.awaiting_input += 1,
                     _ => w.runs.failed += 1,

@@ -111,6 +111,7 @@ fn export(workflow: &str, event: &Event, ready: &mut Ready) {
         EventKind::RunFinished { status, duration } => {
             let outcome = match status {
                 AgentStatus::Completed => "completed",
+                AgentStatus::CompletedWithFailures => "completed_with_failures",
                 AgentStatus::Cancelled => "cancelled",
                 AgentStatus::AwaitingInput => "awaiting_input",
                 _ => "failed",

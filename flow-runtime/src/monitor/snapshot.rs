@@ -70,6 +70,9 @@ pub struct RunOutcomes {
     pub started: u64,
     /// Runs that completed.
     pub completed: u64,
+    /// Runs that completed with failures that ended branches (`BranchFailure::Continue`).
+    #[serde(default)]
+    pub completed_with_failures: u64,
     /// Runs that failed.
     pub failed: u64,
     /// Runs that were cancelled.

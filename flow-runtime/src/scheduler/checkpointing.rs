@@ -13,7 +13,7 @@ impl Coordinator {
         }
         self.writer = Some(Writer::start(
             Arc::clone(store),
-            policy.keep,
+            *policy,
             Arc::clone(&self.saved_sequence),
             self.sender.clone(),
         ));
@@ -79,6 +79,7 @@ impl Coordinator {
             return stop;
         };
         let status = match &stop {
+            None if self.ended_branches > 0 => flow_core::AgentStatus::CompletedWithFailures,
             None => flow_core::AgentStatus::Completed,
             Some(Stop::Cancelled) => flow_core::AgentStatus::Cancelled,
             Some(Stop::AwaitingInput) => flow_core::AgentStatus::AwaitingInput,
@@ -95,14 +96,7 @@ impl Coordinator {
             },
         };
         let pending = self.capture(status);
-        match writer::save(
-            store,
-            pending,
-            policy.keep,
-            Arc::clone(&self.saved_sequence),
-        )
-        .await
-        {
+        match writer::save(store, pending, policy, Arc::clone(&self.saved_sequence)).await {
             Ok(_) => stop,
             Err(error) => Some(Stop::Failed(error)),
         }

@@ -219,6 +219,7 @@ impl Coordinator {
         self.forget_gates();
         let agent = || self.compiled.name.to_string();
         let (status, error) = match stop {
+            None if self.ended_branches > 0 => (AgentStatus::CompletedWithFailures, None),
             None => (AgentStatus::Completed, None),
             Some(Stop::Failed(error)) => (AgentStatus::Failed, Some(error)),
             Some(Stop::Cancelled) => (

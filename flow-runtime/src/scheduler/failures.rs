@@ -10,7 +10,7 @@ use tokio::task::AbortHandle;
 use super::Coordinator;
 use super::joins::Branch;
 use super::task::Message;
-use crate::failure::{DeadLetter, FAILURE_KEY, FailureKind};
+use crate::failure::{DeadLetter, FAILURE_KEY, FailureKind, FailureOutcome};
 use crate::probe::StateEvent;
 
 /// A retry waiting for its delay.
@@ -195,6 +195,13 @@ impl Coordinator {
                 Ok(values) => serde_json::Value::Object(values),
                 Err(error) => serde_json::json!({ "snapshot_error": error.to_string() }),
             },
+            outcome: match self.graph.error_handler(state) {
+                Some(handler) => FailureOutcome::Handled {
+                    by: self.graph.name(handler).to_string(),
+                },
+                None if self.compiled.keep_going => FailureOutcome::EndedBranch,
+                None => FailureOutcome::FailedRun,
+            },
         };
         self.dead_letters.push(letter.clone());
         match self.graph.error_handler(state) {
@@ -206,6 +213,17 @@ impl Coordinator {
                 self.absorb_joins();
                 if !from_dependency {
                     // Its dependents learn it failed (a dependency failure records itself).
+                    self.dependency_ended(state, Some(message));
+                }
+                Ok(())
+            }
+            None if self.compiled.keep_going => {
+                // Only its branch ends; the rest of the run goes on.
+                self.ended_branches = self.ended_branches.saturating_add(1);
+                let graph = Arc::clone(&self.graph);
+                self.joins.end(&graph, branch, state);
+                self.absorb_joins();
+                if !from_dependency {
                     self.dependency_ended(state, Some(message));
                 }
                 Ok(())

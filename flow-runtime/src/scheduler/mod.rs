@@ -124,6 +124,8 @@ pub(crate) struct Coordinator {
     checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     writer: Option<Writer>,
     ticker: Option<AbortHandle>,
+    /// Branches a failure ended, the run going on (`BranchFailure::Continue`).
+    ended_branches: u32,
     /// The state whose failure (with no handler) stopped the run, and its branch.
     failed_state: Option<(StateId, Branch, u32)>,
     /// A checkpointed run: listed for answers given through its store in this process, and
@@ -228,6 +230,7 @@ impl Coordinator {
             writer: None,
             ticker: None,
             failed_state: None,
+            ended_branches: 0,
             saved_sequence: Arc::default(),
             input_watch: None,
             ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.wait_rules),

@@ -60,6 +60,8 @@ pub(super) fn run_ended(span: &Span, status_now: AgentStatus, error: Option<&Flo
     }
     let result = match (status_now, error) {
         (AgentStatus::Completed, _) => Some("success"),
+        // Some of its work failed: the CI/CD conventions have no partial success.
+        (AgentStatus::CompletedWithFailures, _) => Some("failure"),
         (AgentStatus::Cancelled, _) => Some("cancellation"),
         (AgentStatus::Failed, Some(FlowError::RunTimedOut { .. })) => Some("timeout"),
         (AgentStatus::Failed, _) => Some("failure"),
