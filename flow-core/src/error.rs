@@ -476,6 +476,18 @@ pub enum FlowError {
         /// The newest format this version reads.
         supported: u32,
     },
+    /// A checkpoint asked for (to edit or fork a run) is not in the store.
+    #[error(
+        "the store has no {what} of run `{run}` of workflow `{agent}`; list what it keeps with `sequences(agent, run)`"
+    )]
+    NoCheckpoint {
+        /// The workflow.
+        agent: String,
+        /// The run's key.
+        run: String,
+        /// Which checkpoint (`checkpoint`, `checkpoint 3`).
+        what: String,
+    },
     /// A control call was made on an agent that has not started a run.
     #[error("workflow `{agent}` has no run to {action}; start one with `start` or `run` first")]
     NoRun {

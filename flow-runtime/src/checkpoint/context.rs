@@ -119,6 +119,57 @@ impl CheckpointContext {
             .map(|(_, range)| &self.text[range.clone()])
     }
 
+    /// Stores `value` under `key` (replacing what was there): an edit before the checkpoint is
+    /// restored (see `CheckpointStore::edit_latest`). The restored run reads it like any
+    /// value. A value that does not serialize is [`FlowError::Serialization`].
+    pub fn set(&mut self, key: &str, value: impl Serialize) -> Result<(), FlowError> {
+        let json = serde_json::to_string(&value).map_err(|error| FlowError::Serialization {
+            key: key.to_owned(),
+            message: error.to_string(),
+        })?;
+        self.rewrite(key, Some(&json))
+    }
+
+    /// Removes the value under `key`; true if there was one.
+    pub fn remove(&mut self, key: &str) -> Result<bool, FlowError> {
+        let had = self.entries()?.iter().any(|(k, _)| k == key);
+        self.rewrite(key, None)?;
+        Ok(had)
+    }
+
+    /// The object again, with `key` set to the JSON text `value` (or left out). A key that
+    /// appears twice keeps its last value, as when read.
+    fn rewrite(&mut self, key: &str, value: Option<&str>) -> Result<(), FlowError> {
+        let entries = self.entries()?;
+        let mut seen = std::collections::HashSet::new();
+        let mut kept: Vec<&(String, Range<usize>)> = entries
+            .iter()
+            .rev()
+            .filter(|(k, _)| k != key && seen.insert(k.as_str()))
+            .collect();
+        kept.reverse();
+        let mut text = String::with_capacity(self.text.len() + value.map_or(0, str::len) + 8);
+        text.push('{');
+        let write = |text: &mut String, k: &str, v: &str| {
+            if text.len() > 1 {
+                text.push(',');
+            }
+            // A `String` key always serializes.
+            text.push_str(&serde_json::to_string(k).unwrap_or_default());
+            text.push(':');
+            text.push_str(v);
+        };
+        for (k, range) in kept {
+            write(&mut text, k, &self.text[range.clone()]);
+        }
+        if let Some(value) = value {
+            write(&mut text, key, value);
+        }
+        text.push('}');
+        *self = Self::written(text);
+        Ok(())
+    }
+
     /// The whole object's text and the index, for a context built from it.
     pub(crate) fn into_parts(self) -> Result<(Arc<str>, Index), FlowError> {
         self.entries()?;

@@ -38,8 +38,11 @@ use crate::scheduler::SchedulerImage;
 /// Format history: `1` — the first; `2` — branches live in fork scopes (each with the state
 /// that opened it), states count arrivals. A format-1 checkpoint reads as format 2: its
 /// groups become scopes opened at their fork state, its arrivals are 0; `3` — the run's input
-/// requests (`inputs`). Formats 1 and 2 read as format 3 with no input requests.
-pub const CHECKPOINT_FORMAT: u32 = 3;
+/// requests (`inputs`). Formats 1 and 2 read as format 3 with no input requests; `4` — branch
+/// ids, branch views and map items (reducers and `Next::map`), the status
+/// `completed_with_failures`, and each dead letter's `outcome`. Earlier formats read as
+/// format 4 with no branch views (a run they hold had none) and outcomes read as `failed_run`.
+pub const CHECKPOINT_FORMAT: u32 = 4;
 
 /// A run at one moment: enough to continue it in another process.
 ///
@@ -198,7 +201,7 @@ impl Checkpoint {
     /// content: restoring checks the workflow).
     ///
     /// The format number is read first: [`CHECKPOINT_FORMAT`] is decoded; a newer one is
-    /// [`FlowError::CheckpointTooNew`]. Formats 1 and 2 are read as format 3 (the fields later
+    /// [`FlowError::CheckpointTooNew`]. Formats 1 to 3 are read as format 4 (the fields later
     /// formats added have defaults; see [`CHECKPOINT_FORMAT`]).
     pub fn from_json(bytes: &[u8], store: &str, agent: &str, run: &str) -> Result<Self, FlowError> {
         let corrupt = |message: String| FlowError::CorruptCheckpoint {
@@ -225,7 +228,7 @@ impl Checkpoint {
         match format {
             // The context is borrowed from `bytes`, copied once and indexed (see
             // `CheckpointContext`'s `Deserialize`).
-            1 | 2 | CHECKPOINT_FORMAT => serde_json::from_slice::<Self>(bytes)
+            1..=3 | CHECKPOINT_FORMAT => serde_json::from_slice::<Self>(bytes)
                 .map(|mut checkpoint| {
                     checkpoint.format = CHECKPOINT_FORMAT;
                     checkpoint

@@ -114,6 +114,62 @@ pub trait CheckpointStore: Send + Sync + 'static {
         self.post_answer(agent, run, &PostedAnswer::new(id.clone(), value, by))
     }
 
+    /// Edits the context of `run`'s latest checkpoint (LangGraph's `update_state`): `edit`
+    /// changes its values ([`CheckpointContext::set`], [`CheckpointContext::remove`]), and the
+    /// result is saved as a new checkpoint after it, so that `run_durable` continues from the
+    /// edited values; the checkpoints before stay as they were. Returns the new checkpoint's
+    /// sequence. [`FlowError::NoCheckpoint`] when `run` has no checkpoint.
+    fn edit_latest(
+        &self,
+        agent: &str,
+        run: &str,
+        edit: &mut dyn FnMut(&mut super::CheckpointContext) -> Result<(), FlowError>,
+    ) -> Result<u64, FlowError> {
+        let mut checkpoint = self
+            .latest(agent, run)?
+            .ok_or_else(|| FlowError::NoCheckpoint {
+                agent: agent.to_owned(),
+                run: run.to_owned(),
+                what: "checkpoint".to_owned(),
+            })?;
+        edit(&mut checkpoint.context)?;
+        checkpoint.sequence = checkpoint.sequence.saturating_add(1);
+        checkpoint.created_at = std::time::SystemTime::now();
+        self.save(&checkpoint)?;
+        Ok(checkpoint.sequence)
+    }
+
+    /// Forks `run` at its checkpoint `sequence` into a new run `into` (DBOS's fork,
+    /// LangGraph's time travel): `into`'s first checkpoint is a copy of that one under the new
+    /// key (its input requests renamed with it), and `run` is left untouched. Continue the
+    /// fork with `run_durable(store, into)`, after editing it if you like
+    /// ([`Self::edit_latest`]). [`FlowError::NoCheckpoint`] when that checkpoint does not exist;
+    /// [`FlowError::InvalidConfig`] when `into` already has checkpoints.
+    fn fork_run(&self, agent: &str, run: &str, sequence: u64, into: &str) -> Result<(), FlowError> {
+        let mut checkpoint =
+            self.load(agent, run, sequence)?
+                .ok_or_else(|| FlowError::NoCheckpoint {
+                    agent: agent.to_owned(),
+                    run: run.to_owned(),
+                    what: format!("checkpoint {sequence}"),
+                })?;
+        if !self.sequences(agent, into)?.is_empty() {
+            return Err(FlowError::InvalidConfig {
+                agent: agent.to_owned(),
+                message: format!(
+                    "cannot fork `{run}` into `{into}`: `{into}` already has checkpoints; fork into a new key, or delete that run first"
+                ),
+            });
+        }
+        checkpoint.run_key = into.to_owned();
+        checkpoint.sequence = 1;
+        checkpoint.created_at = std::time::SystemTime::now();
+        for record in &mut checkpoint.inputs {
+            record.request.id.run_key = into.to_owned();
+        }
+        self.save(&checkpoint)
+    }
+
     /// Deletes the checkpoints of `run` taken more than `max_age` before `now` (wall
     /// clock), always keeping the latest. Checkpoints are numbered in the order they were
     /// taken, so it reads from the oldest and stops at the first young enough one: a save
