@@ -455,7 +455,29 @@ impl Context {
     /// in (see [`Reducer`]); on a branch of a `Next::map`, the write stays with the branch
     /// until it joins.
     pub fn set_state<T: ContextValue>(&self, key: impl Into<String>, value: T) {
-        let (key, slot) = (key.into(), Slot::native(Arc::new(value)));
+        let slot = Slot::native(Arc::new(value));
+        if self.plain_writes() {
+            self.write().insert(key.into(), slot);
+        } else {
+            self.set_observed(key.into(), slot);
+        }
+    }
+
+    /// Whether writes go straight to the store with nothing else to do: no branch view, and
+    /// nobody streaming updates (the common case, kept to two loads).
+    #[inline]
+    fn plain_writes(&self) -> bool {
+        self.branch.is_none()
+            && self
+                .run
+                .as_deref()
+                .is_none_or(|run| !run.stream.wants(crate::StreamMode::UPDATES))
+    }
+
+    /// A write someone watches, or through a branch view.
+    #[cold]
+    #[inline(never)]
+    fn set_observed(&self, key: String, slot: Slot) {
         self.stream_update(&key, || Some(slot.to_value(&key).unwrap_or(Value::Null)));
         self.write_slot(key, slot);
     }
