@@ -105,14 +105,7 @@ struct StateRun {
 
 impl Default for Context {
     fn default() -> Self {
-        Self {
-            values: Arc::default(),
-            cancellation: Arc::default(),
-            given_to: Some(Arc::default()),
-            run: None,
-            at: None,
-            branch: None,
-        }
+        Self::holding(Store::default())
     }
 }
 
@@ -129,8 +122,13 @@ impl Context {
             .into_iter()
             .map(|(k, v)| (k, Slot::Json(Arc::new(v))))
             .collect();
+        Self::holding(map)
+    }
+
+    /// A context of its own (not a run's) holding `values`.
+    fn holding(values: Store) -> Self {
         Self {
-            values: Arc::new(RwLock::new(Arc::new(map))),
+            values: Arc::new(RwLock::new(Arc::new(values))),
             cancellation: Arc::default(),
             given_to: Some(Arc::default()),
             run: None,
@@ -147,14 +145,7 @@ impl Context {
             let text = Arc::clone(&text);
             map.insert(key, Slot::Text { text, range });
         }
-        Ok(Self {
-            values: Arc::new(RwLock::new(Arc::new(map))),
-            cancellation: Arc::default(),
-            given_to: Some(Arc::default()),
-            run: None,
-            at: None,
-            branch: None,
-        })
+        Ok(Self::holding(map))
     }
 
     /// The values now, for a checkpoint (O(1): see [`Frozen`]).
@@ -519,15 +510,7 @@ impl Context {
             let values = self.read();
             match values.get(key) {
                 None => return Err(missing(key)),
-                Some(Slot::Native {
-                    value,
-                    type_name: found,
-                    ..
-                }) => {
-                    return Arc::clone(value)
-                        .downcast::<T>()
-                        .map_err(|_| wrong_type::<T>(key, found));
-                }
+                Some(slot @ Slot::Native { .. }) => return slot.typed(key),
                 Some(Slot::Json(_) | Slot::Text { .. }) => {}
             }
         }
@@ -535,13 +518,7 @@ impl Context {
         let mut values = self.write();
         let slot = values.get_mut(key).ok_or_else(|| missing(key))?;
         match slot {
-            Slot::Native {
-                value,
-                type_name: found,
-                ..
-            } => Arc::clone(value)
-                .downcast::<T>()
-                .map_err(|_| wrong_type::<T>(key, found)),
+            Slot::Native { .. } => slot.typed(key),
             Slot::Json(json) => {
                 let decoded: T = decode_value(key, json)?;
                 let decoded = Arc::new(decoded);
