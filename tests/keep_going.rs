@@ -125,3 +125,38 @@ async fn a_handled_failure_is_not_a_failed_branch() {
         "b"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_restored_after_a_branch_failed_still_ends_with_failures() {
+    use fluffy_flow::{CheckpointPolicy, CheckpointStore, MemoryStore};
+    let store = MemoryStore::new();
+    let mut agent = fanout();
+    agent.on_branch_failure(BranchFailure::Continue);
+    agent.checkpoints(
+        store.clone(),
+        CheckpointPolicy {
+            keep: 0,
+            ..CheckpointPolicy::after_each_state()
+        },
+    );
+    let report = agent.run().await.unwrap();
+    assert_eq!(report.status, AgentStatus::CompletedWithFailures);
+    // The first checkpoint after b failed (at 10 ms): c and a still running.
+    let run = report.run_key.to_string();
+    let after_failure = store
+        .sequences("fanout", &run)
+        .unwrap()
+        .into_iter()
+        .map(|s| store.load("fanout", &run, s).unwrap().unwrap())
+        .find(|c| !c.dead_letters.is_empty() && c.status != AgentStatus::CompletedWithFailures)
+        .expect("a checkpoint between the failure and the end");
+    let mut again = fanout();
+    again.on_branch_failure(BranchFailure::Continue);
+    let restored = again
+        .restore_from_checkpoint(after_failure)
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(restored.status, AgentStatus::CompletedWithFailures);
+    assert_eq!(restored.failed_branches().count(), 1);
+}

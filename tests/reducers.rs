@@ -581,3 +581,194 @@ mod macro_form {
         );
     }
 }
+
+mod review_fixes {
+    use super::*;
+    use fluffy_flow::StreamMode;
+
+    #[tokio::test(start_paused = true)]
+    async fn replace_state_resets_a_sum_and_applies_in_fork_order() {
+        let mut agent = Agent::new("reset");
+        agent.reducer("total", Reducer::sum::<u64>());
+        agent
+            .add_state("start", |ctx: Context| async move {
+                ctx.set_state("total", 7u64);
+                ctx.replace_state("total", 0u64);
+                ctx.set_state("total", 5u64);
+                assert_eq!(ctx.get_state::<u64>("total")?, 5);
+                Ok(Next::parallel(["a", "b"]))
+            })
+            .successors(["a", "b"]);
+        agent
+            .add_state("a", |ctx: Context| async move {
+                tokio::time::sleep(MS * 20).await;
+                ctx.replace_state("total", 100u64);
+                Ok(Next::to("join"))
+            })
+            .successors(["join"]);
+        agent
+            .add_state("b", |ctx: Context| async move {
+                ctx.set_state("total", 1u64);
+                Ok(Next::to("join"))
+            })
+            .successors(["join"]);
+        agent.add_state("join", |_ctx: Context| async { Ok(Next::End) });
+        let report = agent.run().await.unwrap();
+        // Fork order: a's replacement, then b's contribution, though b finished first.
+        assert_eq!(report.context.get_state::<u64>("total").unwrap(), 101);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn update_typed_on_a_reducer_key_is_refused_on_a_parallel_branch_only() {
+        let mut agent = Agent::new("updates");
+        agent.reducer("log", Reducer::append::<String>());
+        agent
+            .add_state("start", |ctx: Context| async move {
+                ctx.set_state("log", "start".to_string());
+                // Alone in the run: an update is fine.
+                ctx.update_typed::<Vec<String>, _>("log", |log| log.push("edited".into()))?;
+                Ok(Next::parallel(["a", "b"]))
+            })
+            .successors(["a", "b"]);
+        agent.add_state("a", |ctx: Context| async move {
+            ctx.update_typed::<Vec<String>, _>("log", |log| log.clear())?;
+            Ok(Next::End)
+        });
+        agent.add_state("b", |_ctx: Context| async { Ok(Next::End) });
+        let report = agent.start().unwrap().wait().await;
+        assert_eq!(report.status, AgentStatus::Failed);
+        let message = report.error.unwrap().to_string();
+        assert!(
+            message.contains("`a`")
+                && message.contains("update_typed")
+                && message.contains("`log`"),
+            "{message}"
+        );
+        assert_eq!(
+            report.context.get_state::<Vec<String>>("log").unwrap(),
+            ["start", "edited"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fold_that_panics_at_a_join_fails_the_run_naming_the_key() {
+        let mut agent = Agent::new("panicky");
+        agent.reducer(
+            "n",
+            Reducer::custom(|total: &mut u8, n: u8| {
+                *total = total.checked_add(n).expect("no overflow, says the fold");
+            }),
+        );
+        agent
+            .add_state("start", |_ctx: Context| async {
+                Ok(Next::parallel(["a", "b"]))
+            })
+            .successors(["a", "b"]);
+        for name in ["a", "b"] {
+            agent
+                .add_state(name, |ctx: Context| async move {
+                    ctx.set_state("n", 200u8);
+                    Ok(Next::to("join"))
+                })
+                .successors(["join"]);
+        }
+        agent.add_state("join", |_ctx: Context| async { Ok(Next::End) });
+        let report = agent.start().unwrap().wait().await;
+        assert_eq!(report.status, AgentStatus::Failed);
+        let message = report.error.unwrap().to_string();
+        assert!(
+            message.contains("key `n`") && message.contains("no overflow, says the fold"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_values_stream_sees_a_contribution_after_the_state_that_made_it() {
+        let mut agent = Agent::new("seen");
+        agent.reducer("log", Reducer::append::<String>());
+        agent
+            .add_state("a", |ctx: Context| async move {
+                ctx.set_state("log", "a".to_string());
+                Ok(Next::to("b"))
+            })
+            .successors(["b"]);
+        agent.add_state("b", |ctx: Context| async move {
+            ctx.set_state("log", "b".to_string());
+            Ok(Next::End)
+        });
+        let (handle, mut stream) = agent
+            .start_streaming(Context::new(), StreamMode::VALUES)
+            .unwrap();
+        let mut lists = Vec::new();
+        while let Some(part) = stream.next().await {
+            if let fluffy_flow::StreamPart::Values { values, .. } = part {
+                lists.push(values["log"].clone());
+            }
+        }
+        assert_eq!(
+            lists,
+            [serde_json::json!(["a"]), serde_json::json!(["a", "b"])]
+        );
+        handle.wait().await;
+    }
+
+    /// A checkpoint taken by an agent without reducers, restored into one with them: the
+    /// branches get ids of their own, and every contribution after the restore lands.
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_from_before_reducers_restores_into_an_agent_with_them() {
+        fn build(reducer: bool) -> Agent {
+            let mut agent = Agent::new("late_reducer");
+            if reducer {
+                agent.reducer("log", Reducer::append::<String>());
+            }
+            agent
+                .add_state("start", |_ctx: Context| async {
+                    Ok(Next::parallel(["a", "b"]))
+                })
+                .successors(["a", "b"]);
+            for (name, delay) in [("a", 20), ("b", 10)] {
+                agent
+                    .add_state(name, move |ctx: Context| async move {
+                        tokio::time::sleep(MS * delay).await;
+                        ctx.set_state("log", name.to_string());
+                        Ok(Next::to("merge"))
+                    })
+                    .successors(["merge"]);
+            }
+            agent.add_state("merge", |ctx: Context| async move {
+                ctx.set_state("log", "merge".to_string());
+                Ok(Next::End)
+            });
+            agent
+        }
+        let store = MemoryStore::new();
+        let mut plain = build(false);
+        plain.checkpoints(
+            store.clone(),
+            CheckpointPolicy {
+                keep: 0,
+                ..CheckpointPolicy::after_each_state()
+            },
+        );
+        let report = plain.run().await.unwrap();
+        let after_start = store
+            .load("late_reducer", &report.run_key, 1)
+            .unwrap()
+            .unwrap();
+        let restored = build(true)
+            .restore_from_checkpoint(after_start)
+            .unwrap()
+            .wait()
+            .await;
+        assert_eq!(
+            restored.status,
+            AgentStatus::Completed,
+            "{:?}",
+            restored.error
+        );
+        assert_eq!(
+            restored.context.get_state::<Vec<String>>("log").unwrap(),
+            ["a", "b", "merge"]
+        );
+    }
+}

@@ -641,6 +641,27 @@ pub enum FlowError {
         /// The workflow.
         agent: String,
     },
+    /// A reducer's fold panicked.
+    #[error(
+        "the `{reducer}` reducer of context key `{key}` panicked while folding a contribution: {message}; make the fold total (no overflow, no unwrap on the values)"
+    )]
+    ReducerPanicked {
+        /// The key.
+        key: String,
+        /// The reducer's name.
+        reducer: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// `ctx.update_typed` on a key with a reducer, on a branch of a fork: it would replace
+    /// what the branch's siblings contribute.
+    #[error(
+        "a state on a parallel branch called `update_typed` on context key `{key}`, which has a reducer: the update would replace the contributions of its sibling branches; contribute with `set_state`, or replace on purpose with `replace_state`"
+    )]
+    ReducerUpdate {
+        /// The key.
+        key: String,
+    },
     /// `ctx.input()` was called in a state that is not on a branch of `Next::map`.
     #[error(
         "state `{state}` read its input, but it has none: only the branches a `Next::map` makes (and the branches they fork) have one; return `Next::map(\"{state}\", items)` to run it on each item"

@@ -32,6 +32,8 @@ const CLASHES: &[&str] = &[
     "failure",
     "is_cancelled",
     "cancelled",
+    "input",
+    "emit",
 ];
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -124,7 +126,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                 self.get_state::<#ty>(#key)
             }
             fn #set(&self, value: #ty) {
-                self.set_state(#key, value)
+                self.replace_state(#key, value)
             }
             fn #update<R>(&self, update: impl ::core::ops::FnOnce(&mut #ty) -> R) -> ::core::result::Result<R, #p::FlowError> {
                 self.update_typed::<#ty, R>(#key, update)
@@ -162,7 +164,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                 }
             }
         }
-        stores.push(quote!(context.set_state(#key, self.#name);));
+        stores.push(quote!(context.replace_state(#key, self.#name);));
         loads.push(quote!(#name: context.get_state::<#ty>(#key)?,));
     }
     if !errors.is_empty() {

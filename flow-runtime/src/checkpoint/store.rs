@@ -186,7 +186,9 @@ pub trait CheckpointStore: Send + Sync + 'static {
             return Ok(());
         };
         for &sequence in older {
-            let Some(checkpoint) = self.load(agent, run, sequence)? else {
+            // One that cannot be read (damaged, or of a newer format) is left alone: its age
+            // is unknown, and a save must not fail for it.
+            let Ok(Some(checkpoint)) = self.load(agent, run, sequence) else {
                 continue;
             };
             let age = now

@@ -165,7 +165,7 @@ impl BranchData {
     /// It forked: its next writes come after its fork's.
     pub(crate) fn forked(&mut self, id: u32) {
         self.key = self.order(id);
-        self.step += 1;
+        self.step = self.step.saturating_add(1);
     }
 
     /// A branch of a fork this branch makes: its view, `input` (a map's item), its place.
@@ -205,7 +205,7 @@ impl BranchData {
         }
         let mut key = self.order(id);
         key.push(self.step);
-        self.step += 1;
+        self.step = self.step.saturating_add(1);
         let node = Node {
             serial,
             key,
@@ -251,6 +251,7 @@ impl BranchData {
             order: OnceLock::new(),
             input: self.input.clone(),
             isolated: self.isolated && !alone,
+            alone,
             attempt: Mutex::new(Ops::default()),
             error: Mutex::new(None),
         })
@@ -264,6 +265,8 @@ pub(crate) struct BranchCell {
     order: OnceLock<Vec<Arc<Node>>>,
     input: Option<Slot>,
     isolated: bool,
+    /// The branch runs alone in its run: its writes reach the store as the attempt ends.
+    alone: bool,
     /// This attempt's writes: a node of the branch if it completes, dropped otherwise (and
     /// not in a checkpoint taken meanwhile: a restore runs the attempt again).
     attempt: Mutex<Ops>,
@@ -282,6 +285,10 @@ impl BranchCell {
 
     pub(super) fn is_isolated(&self) -> bool {
         self.isolated
+    }
+
+    pub(crate) fn is_alone(&self) -> bool {
+        self.alone
     }
 
     pub(super) fn push(&self, key: String, op: Op) {
@@ -375,11 +382,26 @@ pub(super) fn commit(
     nodes: &[Arc<Node>],
     reducers: &FxHashMap<String, Reducer>,
 ) -> Result<(), FlowError> {
+    // Folded aside and put in place only when every node folds: a failure leaves the store
+    // as it was.
+    let mut folded: FxHashMap<&str, Option<Slot>> = FxHashMap::default();
     for node in nodes {
         for (key, ops) in &node.ops.0 {
-            let value = apply(key, store.remove(key), ops, reducers.get(key))?;
-            if let Some(value) = value {
-                store.insert(key.clone(), value);
+            let current = match folded.remove(key.as_str()) {
+                Some(value) => value,
+                None => store.get(key).cloned(),
+            };
+            let value = apply(key, current, ops, reducers.get(key))?;
+            folded.insert(key, value);
+        }
+    }
+    for (key, value) in folded {
+        match value {
+            Some(value) => {
+                store.insert(key.to_owned(), value);
+            }
+            None => {
+                store.remove(key);
             }
         }
     }

@@ -302,9 +302,10 @@ impl Context {
         Some(slot.to_value(key).unwrap_or(Value::Null))
     }
 
-    /// A write of `slot` to `key`: through the branch view where it has one.
+    /// A write of `slot` to `key`: through the branch view where it has one. `replace`: a
+    /// write to a key with a reducer replaces its value rather than contributing.
     #[inline]
-    fn write_slot(&self, key: String, slot: Slot) {
+    fn write_slot(&self, key: String, slot: Slot, replace: bool) {
         let Some(cell) = self.branch.as_deref() else {
             self.write().insert(key, slot);
             return;
@@ -317,9 +318,13 @@ impl Context {
             }
             None => Op::Set(slot),
             Some(reducer) => match slot.native_type().and_then(|t| reducer.combine.classify(t)) {
-                Some(WriteKind::Contribute) => Op::Add(slot),
+                Some(WriteKind::Contribute) if !replace => Op::Add(slot),
                 Some(WriteKind::Replace) => Op::Set(slot),
-                None => return cell.fail(reducer.refuse(&key, slot.type_name())),
+                // A contribution's type replaces only where it is the value's type too.
+                Some(WriteKind::Contribute) if reducer.combine.contribution_is_value() => {
+                    Op::Set(slot)
+                }
+                _ => return cell.fail(reducer.refuse(&key, slot.type_name())),
             },
         };
         cell.push(key, op);
@@ -450,7 +455,7 @@ impl Context {
         if self.plain_writes() {
             self.write().insert(key.into(), slot);
         } else {
-            self.set_observed(key.into(), slot);
+            self.set_observed(key.into(), slot, false);
         }
     }
 
@@ -465,12 +470,25 @@ impl Context {
                 .is_none_or(|run| !run.stream.wants(crate::StreamMode::UPDATES))
     }
 
-    /// A write someone watches, or through a branch view.
+    /// A write someone watches, or through a branch view. `replace`: never a contribution.
     #[cold]
     #[inline(never)]
-    fn set_observed(&self, key: String, slot: Slot) {
+    fn set_observed(&self, key: String, slot: Slot, replace: bool) {
         self.stream_update(&key, || Some(slot.to_value(&key).unwrap_or(Value::Null)));
-        self.write_slot(key, slot);
+        self.write_slot(key, slot, replace);
+    }
+
+    /// Stores `value` under `key`, replacing what was there, also on a key with a reducer
+    /// (where [`Context::set_state`] contributes; for reducers whose value and contribution
+    /// have one type, `sum`, `min`, `max`, `extend`, `merge_map`, this is the way to reset
+    /// the value). On a branch of a fork the replacement applies at the join, in fork order.
+    pub fn replace_state<T: ContextValue>(&self, key: impl Into<String>, value: T) {
+        let slot = Slot::native(Arc::new(value));
+        if self.plain_writes() {
+            self.write().insert(key.into(), slot);
+        } else {
+            self.set_observed(key.into(), slot, true);
+        }
     }
 
     /// Stores a typed value under `key`. The same store as [`Context::set_state`]: a value set
@@ -550,6 +568,11 @@ impl Context {
         T: ContextValue + Clone,
     {
         if let Some(cell) = self.overlay(key) {
+            if !cell.is_alone() && self.reducer(key).is_some() {
+                return Err(FlowError::ReducerUpdate {
+                    key: key.to_owned(),
+                });
+            }
             let mut value = Arc::unwrap_or_clone(self.get_typed::<T>(key)?);
             let result = update(&mut value);
             cell.push(key.to_owned(), Op::Set(Slot::native(Arc::new(value))));

@@ -68,6 +68,8 @@ pub(crate) trait Combine: Send + Sync {
     fn contribution_type(&self) -> &'static str;
     /// What writing a value of type `written` does; `None`: it is of neither type.
     fn classify(&self, written: TypeId) -> Option<WriteKind>;
+    /// Whether a contribution has the value's own type.
+    fn contribution_is_value(&self) -> bool;
     /// `acc` (absent: the key has no value yet) with `add` folded in.
     fn fold(&self, key: &str, acc: Option<Slot>, add: &Slot) -> Result<Slot, FlowError>;
 }
@@ -108,18 +110,31 @@ where
         }
     }
 
+    fn contribution_is_value(&self) -> bool {
+        TypeId::of::<C>() == TypeId::of::<V>()
+    }
+
     fn fold(&self, key: &str, acc: Option<Slot>, add: &Slot) -> Result<Slot, FlowError> {
         let add = Arc::unwrap_or_clone(add.typed::<C>(key)?);
-        let value = match acc {
+        let acc = acc.map(|acc| acc.into_typed::<V>(key)).transpose()?;
+        // Folds may run on the scheduler (when branches join): a panic in one (a custom fold,
+        // an overflowing sum in a debug build) is an error naming the key, not a lost run.
+        let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match acc {
             None => Arc::new((self.init)(add)),
-            Some(acc) => {
+            Some(mut value) => {
                 // In place when nothing else holds the value (a checkpoint's image may).
-                let mut value = acc.into_typed::<V>(key)?;
                 (self.fold)(Arc::make_mut(&mut value), add);
                 value
             }
-        };
-        Ok(Slot::native(value))
+        }));
+        match folded {
+            Ok(value) => Ok(Slot::native(value)),
+            Err(panic) => Err(FlowError::ReducerPanicked {
+                key: key.to_owned(),
+                reducer: self.name.to_owned(),
+                message: crate::scheduler::panic_message(panic),
+            }),
+        }
     }
 }
 

@@ -125,7 +125,26 @@ impl Coordinator {
         if !self.branches.active {
             return None;
         }
-        self.branches.reclaim(id, completed)
+        let alone = self
+            .branches
+            .lent
+            .get(&id)
+            .is_some_and(|cell| cell.is_alone());
+        let error = self.branches.reclaim(id, completed);
+        if alone && error.is_none() {
+            // Alone in its run: its contributions reach the store now (the values stream
+            // and dependency conditions after this state see them).
+            let heads = self
+                .branches
+                .data
+                .get_mut(&id)
+                .map(BranchData::take_heads)
+                .unwrap_or_default();
+            if !heads.is_empty() {
+                return self.context.commit(&ordered(&heads)).err();
+            }
+        }
+        error
     }
 
     /// Before `branch` forks into `count` branches whose ids start at `first`: they start
@@ -228,8 +247,10 @@ impl Coordinator {
         }
         self.branches.finished = restored.finished;
         self.branches.next_serial = restored.next_serial;
+        // The restored join bookkeeping replaced the one `new` set up: told apart again.
         if active {
-            self.activate_branches();
+            self.branches.active = true;
+            self.joins.track_branches();
         }
     }
 

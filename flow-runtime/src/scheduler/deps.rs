@@ -883,7 +883,11 @@ impl Coordinator {
         }
         let now = self.now;
         self.now = now.checked_sub(waiter.waited).unwrap_or(now);
-        self.park(waiter.state, waiter.origin);
+        let origin = match waiter.origin {
+            Origin::Branch(branch) => Origin::Branch(self.restored_branch(branch)),
+            other => other,
+        };
+        self.park(waiter.state, origin);
         self.now = now;
     }
 }

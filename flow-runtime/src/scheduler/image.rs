@@ -230,6 +230,10 @@ impl Coordinator {
         self.now = Instant::now();
         self.joins = joins;
         self.joins.set_strict(self.compiled.strict_joins);
+        // A checkpoint whose branches were not told apart (an older format, or taken before
+        // the agent had reducers) gets fresh ids for them if they are told apart now.
+        self.renumber_restored =
+            !self.joins.tracks_branches() && !self.compiled.reducers.is_empty();
         let active = self.joins.tracks_branches() || !self.compiled.reducers.is_empty();
         self.restore_branches(branches, active);
         self.seed = image.seed;
@@ -269,17 +273,19 @@ impl Coordinator {
             let attempt = (work.attempt, work.visit);
             match work.place {
                 // Ahead of everything queued: it had started already.
-                Place::Running => self.requeue(work.state, work.branch, attempt, i64::MIN / 4),
-                Place::Ready(relative) => self.requeue(
-                    work.state,
-                    work.branch,
-                    attempt,
-                    clock.saturating_add(relative),
-                ),
+                Place::Running => {
+                    let branch = self.restored_branch(work.branch);
+                    self.requeue(work.state, branch, attempt, i64::MIN / 4)
+                }
+                Place::Ready(relative) => {
+                    let branch = self.restored_branch(work.branch);
+                    self.requeue(work.state, branch, attempt, clock.saturating_add(relative))
+                }
                 Place::Retry(left) => {
+                    let branch = self.restored_branch(work.branch);
                     self.schedule_retry(
                         work.state,
-                        work.branch,
+                        branch,
                         attempt,
                         left,
                         "restored from a checkpoint".to_owned(),
@@ -291,6 +297,13 @@ impl Coordinator {
         for waiter in &image.dependencies.waiters {
             self.restore_waiter(waiter);
         }
+        self.renumber_restored = false;
+        // Branches a failure ended before the checkpoint still make the run's status.
+        self.ended_branches = checkpoint
+            .dead_letters
+            .iter()
+            .filter(|letter| letter.outcome == crate::FailureOutcome::EndedBranch)
+            .count() as u32;
     }
 }
 
@@ -418,6 +431,19 @@ pub(crate) struct Restorable {
 }
 
 impl Coordinator {
+    /// A restored branch, under a fresh id when the checkpoint did not tell branches apart
+    /// and this run does (see `renumber_restored`).
+    pub(super) fn restored_branch(&mut self, branch: Branch) -> Branch {
+        if self.renumber_restored {
+            Branch {
+                id: self.joins.fresh_branch_id(),
+                ..branch
+            }
+        } else {
+            branch
+        }
+    }
+
     /// Continues the run of a checked checkpoint instead of starting afresh.
     pub(crate) fn continue_from(&mut self, checkpoint: &Checkpoint, checked: Restorable) {
         self.restore(checkpoint, checked.joins, checked.branches);

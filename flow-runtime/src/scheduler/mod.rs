@@ -126,6 +126,8 @@ pub(crate) struct Coordinator {
     ticker: Option<AbortHandle>,
     /// Branches a failure ended, the run going on (`BranchFailure::Continue`).
     ended_branches: u32,
+    /// While restoring: give restored branches fresh ids (see `restored_branch`).
+    renumber_restored: bool,
     /// The state whose failure (with no handler) stopped the run, and its branch.
     failed_state: Option<(StateId, Branch, u32)>,
     /// A checkpointed run: listed for answers given through its store in this process, and
@@ -231,6 +233,7 @@ impl Coordinator {
             ticker: None,
             failed_state: None,
             ended_branches: 0,
+            renumber_restored: false,
             saved_sequence: Arc::default(),
             input_watch: None,
             ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.wait_rules),

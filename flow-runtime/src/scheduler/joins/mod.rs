@@ -323,9 +323,14 @@ impl Joins {
         // The forking branch becomes the child, standing at the fork state: its position in
         // `scope` does not change.
         scope_of(&mut self.scopes, scope).children += 1;
+        // All the ids first: running a target may release a join elsewhere that takes a
+        // fresh id, and the targets' ids must follow one another.
         let first = self.next_branch;
-        for &target in targets {
-            let id = self.new_branch_id();
+        for _ in targets {
+            self.new_branch_id();
+        }
+        for (i, &target) in targets.iter().enumerate() {
+            let id = first.wrapping_add(i as BranchId);
             self.run_at(graph, child, target, Start::Fork, id);
             self.apply_moves(graph);
         }
@@ -402,7 +407,7 @@ impl Joins {
         if s.live == 1 {
             // Nobody left to wait for.
             let members = self.members_of(branch);
-            self.arrive_as_one(graph, scope, to, members);
+            self.arrive_as_one(graph, scope, to, members, Some(branch));
             return;
         }
         s.remove_position(graph, from, 1);
@@ -514,7 +519,7 @@ impl Joins {
         self.held_sets_at[h.state.index()] -= 1;
         self.ledger.absorbed += u64::from(h.members - 1);
         if h.members == s.live {
-            self.arrive_as_one(graph, scope, h.state, h.branches);
+            self.arrive_as_one(graph, scope, h.state, h.branches, None);
             return;
         }
         let merged = h.members - 1;
@@ -523,23 +528,23 @@ impl Joins {
             s.remove_position(graph, h.state, merged);
             s.forget_blocker(graph, h.state, merged, false);
         }
-        let survivor = if self.track {
-            self.join_members(h.branches)
-        } else {
-            0
-        };
+        // (Untracked, the members are not listed: the branch gets a fresh id, so that no two
+        // live branches ever share one.)
+        let survivor = self.join_members(h.branches);
         self.run_at(graph, scope, h.state, Start::Released, survivor);
     }
 
     /// Every live member of `scope` is one branch arriving at `to`: a child scope closes and
     /// its parent's member moves from the fork to `to`; a root runs `to`.
-    /// `members` are the ids of the arriving branches (when branches are told apart).
+    /// `members` are the ids of the arriving branches (when branches are told apart); `one`:
+    /// a single branch arrives, this one.
     fn arrive_as_one(
         &mut self,
         graph: &StateGraph,
         scope: ScopeId,
         to: StateId,
         members: Vec<BranchId>,
+        one: Option<BranchId>,
     ) {
         let s = scope_of(&mut self.scopes, scope);
         match s.parent {
@@ -557,10 +562,9 @@ impl Joins {
             None => {
                 s.live = 1;
                 s.clear_positions();
-                let survivor = if self.track {
-                    self.join_members(members)
-                } else {
-                    0
+                let survivor = match one {
+                    Some(id) if !self.track => id,
+                    _ => self.join_members(members),
                 };
                 self.run_at(graph, scope, to, Start::Released, survivor);
             }

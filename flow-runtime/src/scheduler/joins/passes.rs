@@ -220,7 +220,7 @@ impl Joins {
                 let p = scope_of(&mut self.scopes, parent);
                 if p.live == 1 {
                     let members = self.members_of(branch);
-                    self.arrive_as_one(graph, parent, state, members);
+                    self.arrive_as_one(graph, parent, state, members, Some(branch));
                 } else {
                     self.arrive(graph, parent, state, branch);
                 }
