@@ -712,6 +712,54 @@ mod review_fixes {
         handle.wait().await;
     }
 
+    /// A branch that ends without writes of its own hands nothing to the result: the one left
+    /// runs alone again, its contributions reaching the store (and the values stream) as it
+    /// goes.
+    #[tokio::test(start_paused = true)]
+    async fn a_branch_that_ends_without_writing_lets_the_run_go_back_to_the_store() {
+        let mut agent = Agent::new("back_to_the_store");
+        agent.reducer("log", Reducer::append::<String>());
+        agent
+            .add_state("start", |ctx: Context| async move {
+                ctx.set_state("log", "start".to_string());
+                Ok(Next::parallel(["quiet", "busy"]))
+            })
+            .successors(["quiet", "busy"]);
+        agent.add_state("quiet", |_ctx: Context| async { Ok(Next::End) });
+        agent
+            .add_state("busy", |ctx: Context| async move {
+                tokio::time::sleep(MS * 10).await;
+                ctx.set_state("log", "busy".to_string());
+                Ok(Next::to("after"))
+            })
+            .successors(["after"]);
+        agent.add_state("after", |ctx: Context| async move {
+            ctx.set_state("log", "after".to_string());
+            Ok(Next::End)
+        });
+        let (handle, mut stream) = agent
+            .start_streaming(Context::new(), StreamMode::VALUES)
+            .unwrap();
+        let mut after = None;
+        while let Some(part) = stream.next().await {
+            if let fluffy_flow::StreamPart::Values {
+                after: state,
+                values,
+            } = part
+                && &*state == "after"
+            {
+                after = Some(values["log"].clone());
+            }
+        }
+        // `after` ran alone: its view and its own contribution were in the store at once.
+        assert_eq!(after, Some(serde_json::json!(["start", "busy", "after"])));
+        let report = handle.wait().await;
+        assert_eq!(
+            report.context.get_state::<Vec<String>>("log").unwrap(),
+            ["start", "busy", "after"]
+        );
+    }
+
     /// A checkpoint taken by an agent without reducers, restored into one with them: the
     /// branches get ids of their own, and every contribution after the restore lands.
     #[tokio::test(start_paused = true)]

@@ -136,6 +136,11 @@ pub(crate) struct BranchData {
     /// Whether every write stays in its view until it joins (a branch of `Next::map`, or one
     /// that joined one), rather than only contributions.
     isolated: bool,
+    /// Whether its view holds nodes no other live branch holds: it wrote, or joined (or goes
+    /// on for) a branch that did. A branch that ends without them hands nothing to the run's
+    /// result (its view is its fork's, which others hold), so the run may go back to the
+    /// store when one branch is left.
+    contributed: bool,
 }
 
 impl BranchData {
@@ -176,6 +181,7 @@ impl BranchData {
             step: 0,
             input: input.map(Slot::json),
             isolated,
+            contributed: false,
         }
     }
 
@@ -213,6 +219,7 @@ impl BranchData {
             parents: std::mem::take(&mut self.heads),
         };
         self.heads = vec![Arc::new(node)];
+        self.contributed = true;
     }
 
     /// `parts` joined: their views become one. `first`: the branch whose place, input and
@@ -222,6 +229,7 @@ impl BranchData {
         let mut seen: FxHashSet<u64> = joined.heads.iter().map(|n| n.serial).collect();
         for part in parts {
             joined.isolated |= part.isolated;
+            joined.contributed |= part.contributed;
             for head in part.heads {
                 if seen.insert(head.serial) {
                     joined.heads.push(head);
@@ -236,11 +244,24 @@ impl BranchData {
     pub(crate) fn inherit(&mut self, forked: &BranchData) {
         self.input = forked.input.clone();
         self.isolated |= forked.isolated;
+        self.contributed |= forked.contributed;
     }
 
-    /// Its view, leaving it none (it ended, or its view went to the store).
+    /// Its view, leaving it none (its view went to the store).
     pub(crate) fn take_heads(&mut self) -> Vec<Arc<Node>> {
+        self.contributed = false;
         std::mem::take(&mut self.heads)
+    }
+
+    /// What it hands to the run's result as it ends: its view if that holds writes of its
+    /// own (see `contributed`), nothing otherwise.
+    pub(crate) fn take_ended(&mut self) -> Vec<Arc<Node>> {
+        let heads = std::mem::take(&mut self.heads);
+        if std::mem::take(&mut self.contributed) {
+            heads
+        } else {
+            Vec::new()
+        }
     }
 
     /// The handle a state run on this branch gets. `alone`: it runs alone in its run, its
@@ -476,6 +497,13 @@ struct BranchImage {
     input: Option<Value>,
     #[serde(default)]
     isolated: bool,
+    /// (Absent: taken to be true, which hands the view to the result when it ends.)
+    #[serde(default = "contributed_default")]
+    contributed: bool,
+}
+
+fn contributed_default() -> bool {
+    true
 }
 
 /// The branches' views and the ended branches' writes, as a checkpoint keeps them.
@@ -531,6 +559,7 @@ impl BranchesImage {
                 step: data.step,
                 input: data.input_json()?,
                 isolated: data.isolated,
+                contributed: data.contributed,
             });
         }
         image.finished = finished.iter().map(|h| index[&h.serial]).collect();
@@ -576,6 +605,7 @@ impl BranchesImage {
                     step: image.step,
                     input: image.input.map(Slot::json),
                     isolated: image.isolated,
+                    contributed: image.contributed,
                 },
             ));
         }

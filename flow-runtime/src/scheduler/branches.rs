@@ -219,7 +219,7 @@ impl Coordinator {
                 }
                 BranchEvent::Ended(id) => {
                     let mut data = self.branches.take(id);
-                    let heads = data.take_heads();
+                    let heads = data.take_ended();
                     self.branches.finished.extend(heads);
                 }
             }
