@@ -62,7 +62,7 @@ pub struct Context {
     run: Option<Arc<RunInfo>>,
     /// The state run this handle was given to.
     at: Option<StateRun>,
-    /// The overlay of the branch that state runs on, when it has one (see `branch`).
+    /// The view of the branch that state runs on, when it has one (see `branch`).
     branch: Option<Arc<BranchCell>>,
 }
 
@@ -175,7 +175,7 @@ impl Context {
     }
 
     /// The handle a state's run is given: this run's, saying which state, attempt and visit.
-    /// `branch`: the overlay of its branch, when it has one.
+    /// `branch`: the view of its branch, when it has one.
     pub(crate) fn for_state(
         &self,
         state: flow_core::StateId,
@@ -214,7 +214,7 @@ impl Context {
         reducers.get(key)
     }
 
-    /// The branch overlay reads and writes of `key` go through, if any: a key with a
+    /// The branch view reads and writes of `key` go through, if any: a key with a
     /// reducer (its contributions wait for the attempt's end, and for the join), or any key
     /// of an isolated branch that does not run alone.
     fn overlay(&self, key: &str) -> Option<&BranchCell> {
