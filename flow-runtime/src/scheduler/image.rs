@@ -436,7 +436,7 @@ impl Coordinator {
     pub(super) fn restored_branch(&mut self, branch: Branch) -> Branch {
         if self.renumber_restored {
             Branch {
-                id: self.joins.fresh_branch_id(),
+                id: self.joins.new_branch_id(),
                 ..branch
             }
         } else {

@@ -85,12 +85,9 @@ impl Joins {
         self.next_branch
     }
 
-    /// A fresh id, for a branch restored from a checkpoint that did not tell branches apart.
-    pub(crate) fn fresh_branch_id(&mut self) -> BranchId {
-        self.new_branch_id()
-    }
-
-    pub(super) fn new_branch_id(&mut self) -> BranchId {
+    /// A fresh id: for a new branch, or one restored from a checkpoint that did not tell
+    /// branches apart.
+    pub(crate) fn new_branch_id(&mut self) -> BranchId {
         let id = self.next_branch;
         self.next_branch = id.wrapping_add(1);
         // Ids only matter while branches are told apart: then running out fails the run
