@@ -37,6 +37,7 @@ pub use flow_runtime::{
 };
 pub use flow_runtime::{BranchFailure, FailureOutcome};
 pub use flow_runtime::{RunStream, STREAM_CAPACITY, StreamMode, StreamPart};
+pub use flow_runtime::{SubgraphMapping, Team, TeamReport};
 
 mod transitions;
 

@@ -670,6 +670,38 @@ pub enum FlowError {
         /// The state that asked.
         state: String,
     },
+    /// A subgraph state's run of its workflow did not complete.
+    #[error("subgraph state `{state}` ran workflow `{workflow}`, which did not complete: {error}")]
+    SubgraphFailed {
+        /// The subgraph state, by its path (`parent/child` when nested).
+        state: String,
+        /// The workflow it runs.
+        workflow: String,
+        /// Why that run stopped.
+        error: Box<FlowError>,
+    },
+    /// A key a subgraph's mapping names was not there to copy.
+    #[error(
+        "subgraph state `{state}` maps {direction} key `{key}`, but the {side} context does not hold it; set `{key}` before the subgraph hands it over, or remove it from the mapping"
+    )]
+    SubgraphKey {
+        /// The subgraph state, by its path.
+        state: String,
+        /// The missing key.
+        key: String,
+        /// `input` or `output`.
+        direction: String,
+        /// Whose context lacks it: `parent's` or `subgraph's`.
+        side: String,
+    },
+    /// A subgraph state holds a workflow whose definition is invalid.
+    #[error("subgraph state `{state}` holds an invalid workflow: {error}")]
+    InvalidSubgraph {
+        /// The subgraph state.
+        state: String,
+        /// What is wrong with the workflow it holds.
+        error: Box<FlowError>,
+    },
 }
 
 impl FlowError {

@@ -21,6 +21,8 @@ mod run;
 mod scheduler;
 mod state_fn;
 mod stream;
+mod subgraph;
+mod team;
 mod workflow;
 
 pub use agent::{
@@ -61,4 +63,6 @@ pub use scheduler::BlockedState;
 pub use schemars;
 pub use state_fn::{BoxError, StateResult};
 pub use stream::{RunStream, STREAM_CAPACITY, StreamMode, StreamPart};
+pub use subgraph::SubgraphMapping;
+pub use team::{Team, TeamReport};
 pub use workflow::Workflow;

@@ -142,6 +142,9 @@ pub(crate) struct Publisher {
     run_id: u64,
     /// The run's stream, which may want its events too.
     stream: Arc<crate::stream::StreamHub>,
+    /// A subgraph's run: its states' names as the outermost run's events say them (see
+    /// `nest`), by state index.
+    paths: Option<Box<[Arc<str>]>>,
 }
 
 impl Publisher {
@@ -157,7 +160,48 @@ impl Publisher {
             probes,
             run_id,
             stream,
+            paths: None,
         }
+    }
+
+    /// Makes this the publisher of a subgraph's run: its events join those of the outermost
+    /// run (`run_id`), its states named by their path, `path/state`; its own start and end
+    /// are that run's subgraph state starting and ending, so they are not sent.
+    pub(crate) fn nest(&mut self, run_id: u64, path: &str, compiled: &Compiled) {
+        self.run_id = run_id;
+        self.paths = Some(
+            compiled
+                .graph
+                .names()
+                .iter()
+                .map(|name| Arc::from(format!("{path}/{name}")))
+                .collect(),
+        );
+    }
+
+    /// The path of a subgraph's run (`None` for a run of its own).
+    fn path_of(&self, state: &Arc<str>) -> Arc<str> {
+        let Some(paths) = &self.paths else {
+            return Arc::clone(state);
+        };
+        // (Input events name their state; a run has few, so a search is fine.)
+        paths
+            .iter()
+            .find(|path| {
+                path.rsplit_once('/')
+                    .is_some_and(|(_, name)| name == &**state)
+            })
+            .map_or_else(|| Arc::clone(state), Arc::clone)
+    }
+
+    /// The hub events go to.
+    pub(crate) fn hub(&self) -> &EventHub {
+        &self.hub
+    }
+
+    /// The run id events carry.
+    pub(crate) fn run_id(&self) -> u64 {
+        self.run_id
     }
 
     /// Whether anything takes events: when not, callers skip building them.
@@ -194,6 +238,10 @@ impl Publisher {
             probe.record_state(at, state, &event);
         }
         if self.hub.is_observed() || self.streamed() {
+            let name = self
+                .paths
+                .as_ref()
+                .map_or(name, |paths| &paths[state.index()]);
             self.send(Event {
                 run_id: self.run_id,
                 at,
@@ -209,6 +257,34 @@ impl Publisher {
         }
         for probe in &mut self.probes {
             probe.record(at, &kind);
+        }
+        if self.paths.is_some() {
+            return self.publish_nested(at, kind);
+        }
+        if self.hub.is_observed() || self.streamed() {
+            self.send(Event {
+                run_id: self.run_id,
+                at,
+                kind,
+            });
+        }
+    }
+
+    /// `publish` for a subgraph's run: its input events name their state by its path; its
+    /// run's start, end, pause and resumption are not sent (the subgraph state's are).
+    #[cold]
+    fn publish_nested(&mut self, at: Instant, mut kind: EventKind) {
+        match &mut kind {
+            EventKind::RunStarted { .. }
+            | EventKind::RunFinished { .. }
+            | EventKind::RunPaused
+            | EventKind::RunResumed => return,
+            EventKind::InputRequested { state, .. }
+            | EventKind::InputAnswered { state, .. }
+            | EventKind::InputRefused { state, .. }
+            | EventKind::InputTimedOut { state, .. }
+            | EventKind::InputWithdrawn { state, .. } => *state = self.path_of(state),
+            _ => {}
         }
         if self.hub.is_observed() || self.streamed() {
             self.send(Event {

@@ -338,6 +338,11 @@ impl RunHandle {
         &self.run_key
     }
 
+    /// The run's cancellation (for a subgraph state, which stops its run with its own).
+    pub(crate) fn cancel_token(&self) -> tokio_util::sync::CancellationToken {
+        self.control.cancel.clone()
+    }
+
     /// Waits for the run to finish and returns its report, whatever the outcome.
     pub async fn wait(self) -> RunReport {
         let (agent, key) = (self.agent.clone(), self.run_key.clone());

@@ -142,9 +142,50 @@ pub(crate) struct StreamHub {
     modes: AtomicU8,
     /// The run ended: new readers get an ended stream.
     closed: AtomicBool,
+    /// A subgraph's run: where its custom parts and events go on to (see `nested`).
+    forward: Option<Forward>,
 }
 
+/// The stream of the run a subgraph's run is part of, and the subgraph state's name there.
+struct Forward {
+    to: Arc<StreamHub>,
+    state: Arc<str>,
+}
+
+/// What a subgraph's run passes on to its parent's stream: what its states emit, and its
+/// events (already named by their path). Its values and writes are of its own context: the
+/// parent's stream shows the outputs its mapping copies back.
+const FORWARDED: StreamMode = StreamMode(StreamMode::CUSTOM.0 | StreamMode::EVENTS.0);
+
 impl StreamHub {
+    /// The stream hub of a subgraph's run, inside state `state` of the run `parent` streams:
+    /// what its states emit reaches the parent's readers as `state/emitter`, and its events
+    /// reach them too; the run's end does not end the parent's streams.
+    pub(crate) fn nested(parent: Arc<StreamHub>, state: Arc<str>) -> Self {
+        Self {
+            forward: Some(Forward { to: parent, state }),
+            ..Self::default()
+        }
+    }
+
+    /// `part` as the parent of a subgraph's run sees it: an emitter named by its path.
+    fn forwarded(forward: &Forward, part: StreamPart) -> StreamPart {
+        match part {
+            StreamPart::Custom { state, value } => StreamPart::Custom {
+                state: Arc::from(format!("{}/{state}", forward.state)),
+                value,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether the parent (of a subgraph's run) wants `mode`.
+    fn forward_wanting(&self, mode: StreamMode) -> Option<&Forward> {
+        let forward = self.forward.as_ref()?;
+        let mode = StreamMode(mode.0 & FORWARDED.0);
+        (mode.0 != 0 && forward.to.wants(mode)).then_some(forward)
+    }
+
     /// A new reader of `modes` (an ended stream if the run has ended).
     pub(crate) fn subscribe(&self, modes: StreamMode) -> RunStream {
         let (sender, receiver) = mpsc::channel(STREAM_CAPACITY);
@@ -168,6 +209,7 @@ impl StreamHub {
     /// Whether some reader wants `mode` (one atomic load: the cost to a run nobody streams).
     pub(crate) fn wants(&self, mode: StreamMode) -> bool {
         StreamMode(self.modes.load(Ordering::Acquire)).intersects(mode)
+            || (self.forward.is_some() && self.forward_wanting(mode).is_some())
     }
 
     /// Sends `part` (of `mode`) to the readers that want it, without waiting: a full stream
@@ -176,7 +218,19 @@ impl StreamHub {
         if !self.wants(mode) {
             return;
         }
-        let part = part();
+        self.publish_part(mode, part());
+    }
+
+    /// `publish`, the part made.
+    fn publish_part(&self, mode: StreamMode, part: StreamPart) {
+        if let Some(forward) = self.forward_wanting(mode) {
+            forward
+                .to
+                .publish_part(mode, Self::forwarded(forward, part.clone()));
+        }
+        if !StreamMode(self.modes.load(Ordering::Acquire)).intersects(mode) {
+            return;
+        }
         let mut readers = self.lock();
         readers.retain(|reader| {
             if !reader.modes.intersects(mode) {
@@ -212,6 +266,10 @@ impl StreamHub {
     pub(crate) async fn emit(&self, part: StreamPart) {
         if !self.wants(StreamMode::CUSTOM) {
             return;
+        }
+        if let Some(forward) = self.forward_wanting(StreamMode::CUSTOM) {
+            let parent = Box::pin(forward.to.emit(Self::forwarded(forward, part.clone())));
+            parent.await;
         }
         let senders: Vec<mpsc::Sender<StreamPart>> = self
             .lock()

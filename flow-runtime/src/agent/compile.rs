@@ -42,6 +42,8 @@ pub(crate) struct Compiled {
     pub(crate) reducers: Arc<crate::context::Reducers>,
     /// A failure with no handler ends its branch only (`BranchFailure::Continue`).
     pub(crate) keep_going: bool,
+    /// Some state runs a subgraph (its runs keep records of them: see `crate::subgraph`).
+    pub(crate) has_subgraphs: bool,
 }
 
 impl Compiled {
@@ -152,6 +154,16 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
         }
     }
     FlowError::from_problems(agent, timing)?;
+    for state in &definition.states {
+        if let Some(workflow) = &state.subgraph {
+            workflow
+                .validate()
+                .map_err(|error| FlowError::InvalidSubgraph {
+                    state: state.spec.name.clone(),
+                    error: Box::new(error),
+                })?;
+        }
+    }
     let needs_any = definition
         .states
         .iter()
@@ -255,6 +267,7 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
         max_steps: definition.max_steps,
         reducers: Arc::clone(&definition.reducers),
         keep_going: definition.on_branch_failure == crate::BranchFailure::Continue,
+        has_subgraphs: definition.states.iter().any(|s| s.subgraph.is_some()),
         timeout: definition.timeout,
         cleanup_timeout: definition.cleanup_timeout,
         strict_joins: definition.strict_joins,

@@ -148,6 +148,8 @@ struct StateDef {
     acquire_timeout: Option<Duration>,
     preemptible: bool,
     dependencies: Vec<(String, DependencyConfig)>,
+    /// The workflow a subgraph state runs (see `Agent::add_subgraph`), validated with this one.
+    subgraph: Option<Agent>,
 }
 
 /// How often a checkpointed run waiting for input reads the answers other processes left in
@@ -271,10 +273,21 @@ impl Agent {
         Fut: Future<Output = Result<Next, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
+        self.add_state_fn(StateSpec::new(name), Arc::new(FnState(body)), None)
+    }
+
+    /// Adds a state with this body (and, for a subgraph state, the workflow it runs).
+    pub(crate) fn add_state_fn(
+        &mut self,
+        spec: StateSpec,
+        func: Arc<dyn StateFn>,
+        subgraph: Option<Agent>,
+    ) -> StateOptions<'_> {
         let definition = self.definition_mut();
         definition.states.push(StateDef {
-            spec: StateSpec::new(name),
-            func: Arc::new(FnState(body)),
+            spec,
+            func,
+            subgraph,
             priority: Priority::Normal,
             timeout: None,
             retry: None,

@@ -68,7 +68,7 @@ impl Agent {
         let hub = Arc::new(crate::stream::StreamHub::default());
         // Opened before the run starts, so that not even its first part is missed.
         let stream = hub.subscribe(modes);
-        let handle = self.launch_with(context, None, None, Vec::new(), hub)?;
+        let handle = self.launch_with(context, None, None, Vec::new(), hub, None)?;
         Ok((handle, stream))
     }
 
@@ -210,6 +210,7 @@ impl Agent {
                     Some((key, store, policy)),
                     posted,
                     Arc::default(),
+                    None,
                 )?
             }
             None => self.launch(Context::new(), None, Some((key, store, policy)))?,
@@ -229,7 +230,52 @@ impl Agent {
         checkpoint: Option<(&Checkpoint, Restorable)>,
         durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     ) -> Result<RunHandle, FlowError> {
-        self.launch_with(context, checkpoint, durable, Vec::new(), Arc::default())
+        self.launch_with(
+            context,
+            checkpoint,
+            durable,
+            Vec::new(),
+            Arc::default(),
+            None,
+        )
+    }
+
+    /// Starts the run of a subgraph state (see `crate::subgraph`): part of the run `nesting`
+    /// describes, continuing `restored` when the parent's checkpoint had it in progress.
+    pub(crate) fn launch_nested(
+        &self,
+        context: Context,
+        mut nesting: crate::subgraph::Nesting,
+        restored: Option<Checkpoint>,
+    ) -> Result<RunHandle, FlowError> {
+        let compiled = self.compiled()?;
+        // Every child checkpoint replaces the last: the parent's checkpoints keep the latest.
+        let policy = CheckpointPolicy {
+            keep: 0,
+            ..CheckpointPolicy::after_each_state()
+        };
+        let key = std::mem::take(&mut nesting.key);
+        let durable = nesting.progress.take().map(|sink| {
+            let store: Arc<dyn CheckpointStore> = Arc::new(sink);
+            (key.as_str(), store, policy)
+        });
+        let nesting = Some(&nesting);
+        match restored {
+            Some(mut checkpoint) => {
+                let checked = check_fits(&checkpoint, &compiled)?;
+                let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
+                let checkpoint = Some((&checkpoint, checked));
+                self.launch_with(
+                    context,
+                    checkpoint,
+                    durable,
+                    Vec::new(),
+                    Arc::default(),
+                    nesting,
+                )
+            }
+            None => self.launch_with(context, None, durable, Vec::new(), Arc::default(), nesting),
+        }
     }
 
     /// As `launch`, with answers left in the store for the run's input requests.
@@ -240,6 +286,7 @@ impl Agent {
         durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
         posted: Vec<PostedAnswer>,
         stream: Arc<crate::stream::StreamHub>,
+        nesting: Option<&crate::subgraph::Nesting>,
     ) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
         if compiled.suspend_on_input && durable.is_none() && compiled.checkpoints.is_none() {
@@ -256,6 +303,14 @@ impl Agent {
         })?;
         let run_id = self.shared.next_run_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (sender, inbox) = unbounded_channel();
+        // A subgraph's run streams into its parent's streams.
+        let stream = match nesting {
+            Some(nesting) => Arc::new(crate::stream::StreamHub::nested(
+                Arc::clone(&nesting.stream),
+                Arc::clone(&nesting.state),
+            )),
+            None => stream,
+        };
         let checkpointed = durable.is_some() || compiled.checkpoints.is_some();
         let inputs = InputHub::new(
             sender.clone(),
@@ -287,8 +342,11 @@ impl Agent {
             context,
             control.clone(),
             inbox,
-            self.events.clone(),
+            nesting.map_or_else(|| self.events.clone(), |n| n.events.clone()),
         );
+        if let Some(nesting) = nesting {
+            coordinator.nest(nesting.event_run_id, Arc::clone(&nesting.path));
+        }
         let run_key: Arc<str> = match (&durable, &checkpoint) {
             (Some((key, _, _)), _) => Arc::from(*key),
             (None, Some((checkpoint, _))) => Arc::from(checkpoint.run_key.as_str()),

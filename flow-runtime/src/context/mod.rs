@@ -26,7 +26,8 @@ pub(crate) use branch::{BranchCell, BranchData, BranchesImage, Node, RestoredBra
 pub use reducer::Reducer;
 pub(crate) use reducer::WriteKind;
 pub(crate) use store::Frozen;
-use store::{Slot, Store, Writable, decode_text, decode_value, missing, wrong_type};
+pub(crate) use store::Slot;
+use store::{Store, Writable, decode_text, decode_value, missing, wrong_type};
 
 /// The data the states of a run share.
 ///
@@ -82,6 +83,15 @@ pub(crate) struct RunInfo {
     pub(crate) reducers: Arc<Reducers>,
     /// The readers of the run's stream.
     pub(crate) stream: Arc<crate::stream::StreamHub>,
+    /// Where the run's events go: its agent's hub, or, for a subgraph's run, the outermost
+    /// run's (see `crate::subgraph`).
+    pub(crate) events: crate::events::EventHub,
+    /// The run id its events carry (the outermost run's, for a subgraph's run).
+    pub(crate) event_run_id: u64,
+    /// For a subgraph's run: its subgraph state's path in the outermost run (`a/b`).
+    pub(crate) path: Option<Arc<str>>,
+    /// The runs of the run's subgraph states, when it has any.
+    pub(crate) subgraphs: Option<Arc<crate::subgraph::SubgraphRuns>>,
 }
 
 /// Where an input request is made from (see `input::ask`).
@@ -148,6 +158,12 @@ impl Context {
         Ok(Self::holding(map))
     }
 
+    /// A context of its own holding the same values now (shared, not copied: values are
+    /// replaced, never changed in place, so later writes to either do not reach the other).
+    pub(crate) fn detached_copy(&self) -> Self {
+        Self::holding(Store::clone(&self.read()))
+    }
+
     /// The values now, for a checkpoint (O(1): see [`Frozen`]).
     pub(crate) fn freeze(&self) -> Frozen {
         Frozen(Arc::clone(&self.read()))
@@ -205,6 +221,32 @@ impl Context {
         branch::commit(&mut self.write(), nodes, reducers)
     }
 
+    /// The run this handle belongs to, and the state run it was given to (state, attempt,
+    /// visit), for a subgraph state's body.
+    pub(crate) fn state_run(&self) -> Option<(&RunInfo, flow_core::StateId, u32, u32)> {
+        let at = self.at?;
+        Some((self.run.as_deref()?, at.state, at.attempt, at.visit))
+    }
+
+    /// The value under `key` as this handle sees it, whatever its type (for copying it to
+    /// another context).
+    pub(crate) fn slot(&self, key: &str) -> Result<Option<Slot>, FlowError> {
+        match self.overlay(key) {
+            Some(cell) => self.resolve(cell, key),
+            None => Ok(self.read().get(key).cloned()),
+        }
+    }
+
+    /// Stores `slot` under `key` as a state's write would (through its branch's view, a
+    /// contribution to a key with a reducer).
+    pub(crate) fn put_slot(&self, key: String, slot: Slot) {
+        if self.plain_writes() {
+            self.write().insert(key, slot);
+        } else {
+            self.set_observed(key, slot, false);
+        }
+    }
+
     /// The reducer of `key`, for a write made by a state.
     fn reducer(&self, key: &str) -> Option<&Reducer> {
         let reducers = &self.run.as_deref()?.reducers;
@@ -238,6 +280,11 @@ impl Context {
         let slot = self.branch.as_deref().and_then(BranchCell::input);
         let slot = slot.ok_or_else(no_input)?;
         slot.typed::<T>("(input)").map(Arc::unwrap_or_clone)
+    }
+
+    /// The item of this handle's map branch, whatever its type (for a subgraph's input).
+    pub(crate) fn input_slot(&self) -> Option<Slot> {
+        self.branch.as_deref().and_then(BranchCell::input).cloned()
     }
 
     /// Sends `value` to the run's streams opened in [`StreamMode::CUSTOM`](crate::StreamMode)

@@ -11,6 +11,9 @@ impl Coordinator {
         if !policy.is_active() {
             return;
         }
+        if let Some(subgraphs) = &self.subgraphs {
+            subgraphs.set_checkpointed();
+        }
         self.writer = Some(Writer::start(
             Arc::clone(store),
             *policy,

@@ -183,7 +183,10 @@ impl Coordinator {
                     let _ = reply.send(Vec::new());
                 }
                 Message::Input(kind) => self.publish(kind),
-                Message::Checkpoint(_) | Message::CheckpointTick | Message::CheckpointSaved(_) => {}
+                Message::Checkpoint(_)
+                | Message::CheckpointTick
+                | Message::CheckpointSaved(_)
+                | Message::SubgraphProgress => {}
                 Message::Retry { .. }
                 | Message::StateDeadline { .. }
                 | Message::Blocking { .. }
@@ -300,6 +303,10 @@ impl Coordinator {
             None => tracing::debug!(?duration, "run completed"),
             Some(error) => tracing::debug!(%error, "run stopped"),
         }
+        let mut states = std::mem::take(&mut self.states);
+        if let Some(subgraphs) = &self.subgraphs {
+            states.extend(subgraphs.reports(&self.graph));
+        }
         RunReport {
             agent: Arc::clone(&self.compiled.name),
             run_id: self.observer.run_id,
@@ -307,7 +314,7 @@ impl Coordinator {
             status,
             error,
             context: self.context.clone(),
-            states: std::mem::take(&mut self.states),
+            states,
             transitions: self.transitions,
             max_concurrency: self.max_concurrency,
             dead_letters: std::mem::take(&mut self.dead_letters),

@@ -15,6 +15,7 @@ use crate::checkpoint::{
     CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, QueuePlace, QueuedState, StateCheckpoint,
 };
 use crate::context::{BranchesImage, Frozen, RestoredBranches};
+use crate::subgraph::SubgraphsImage;
 
 /// The scheduler's records in a checkpoint: branches and joins, due work, dependency waits.
 #[derive(Clone, Serialize, Deserialize)]
@@ -30,6 +31,9 @@ pub(crate) struct SchedulerImage {
     /// Branch-local writes and map items (see `branches`).
     #[serde(default)]
     branches: BranchesImage,
+    /// The runs of subgraph states: in progress, and finished (see `crate::subgraph`).
+    #[serde(default, skip_serializing_if = "SubgraphsImage::is_empty")]
+    subgraphs: SubgraphsImage,
 }
 
 impl std::fmt::Debug for SchedulerImage {
@@ -195,6 +199,17 @@ impl Coordinator {
                 transitions: self.transitions,
                 max_concurrency: self.max_concurrency,
                 branches: branch_images,
+                subgraphs: self
+                    .subgraphs
+                    .as_ref()
+                    .map_or_else(SubgraphsImage::default, |s| {
+                        s.image(
+                            self.running
+                                .iter()
+                                .flatten()
+                                .map(|r| (r.state, r.visit, r.attempt)),
+                        )
+                    }),
             },
         };
         // What a restore rebuilds from this image must be these very branches.
@@ -243,6 +258,9 @@ impl Coordinator {
         self.checkpoint_sequence = checkpoint.sequence;
         self.elapsed_before = checkpoint.elapsed;
         self.observer.inputs.restore(checkpoint.inputs.clone());
+        if let Some(subgraphs) = &self.subgraphs {
+            subgraphs.restore(&image.subgraphs);
+        }
         self.dead_letters = checkpoint.dead_letters.clone();
         // The runs it took before count against its step limit.
         self.steps = checkpoint

@@ -137,6 +137,10 @@ pub(crate) struct Coordinator {
     branches: branches::Branches,
     /// The highest checkpoint sequence this run saved (see `writer::save`).
     saved_sequence: Arc<std::sync::atomic::AtomicU64>,
+    /// The runs of its subgraph states, when it has any (see `crate::subgraph`).
+    subgraphs: Option<Arc<crate::subgraph::SubgraphRuns>>,
+    /// For a subgraph's run: its subgraph state's path in the outermost run.
+    path: Option<Arc<str>>,
 }
 
 struct Running {
@@ -235,6 +239,8 @@ impl Coordinator {
             ended_branches: 0,
             renumber_restored: false,
             saved_sequence: Arc::default(),
+            subgraphs: None,
+            path: None,
             input_watch: None,
             ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.wait_rules),
             states: graph
@@ -280,17 +286,40 @@ impl Coordinator {
         if !coordinator.compiled.reducers.is_empty() {
             coordinator.activate_branches();
         }
-        let info = crate::context::RunInfo {
-            key: Arc::clone(&coordinator.durable_key),
-            id: coordinator.observer.run_id,
-            graph: Arc::clone(&coordinator.graph),
-            workflow: Arc::clone(&coordinator.compiled.name),
-            inputs: Arc::clone(&coordinator.observer.inputs),
-            reducers: Arc::clone(&coordinator.compiled.reducers),
-            stream: Arc::clone(&coordinator.observer.stream),
-        };
+        if coordinator.compiled.has_subgraphs {
+            coordinator.subgraphs = Some(Arc::new(crate::subgraph::SubgraphRuns::new(
+                coordinator.sender.clone(),
+            )));
+        }
+        let info = coordinator.run_info();
         coordinator.context.set_run(info);
         coordinator
+    }
+
+    /// What the run's context handles know of it.
+    fn run_info(&self) -> crate::context::RunInfo {
+        crate::context::RunInfo {
+            key: Arc::clone(&self.durable_key),
+            id: self.observer.run_id,
+            graph: Arc::clone(&self.graph),
+            workflow: Arc::clone(&self.compiled.name),
+            inputs: Arc::clone(&self.observer.inputs),
+            reducers: Arc::clone(&self.compiled.reducers),
+            stream: Arc::clone(&self.observer.stream),
+            events: self.events.hub().clone(),
+            event_run_id: self.events.run_id(),
+            path: self.path.clone(),
+            subgraphs: self.subgraphs.clone(),
+        }
+    }
+
+    /// Makes this the run of a subgraph state at `path` in the run with id `run_id` (see
+    /// `crate::subgraph`): its events are that run's.
+    pub(crate) fn nest(&mut self, run_id: u64, path: Arc<str>) {
+        self.events.nest(run_id, &path, &self.compiled);
+        self.path = Some(path);
+        let info = self.run_info();
+        self.context.set_run(info);
     }
 
     pub(crate) async fn run(self) -> RunReport {
@@ -313,15 +342,8 @@ impl Coordinator {
         checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
     ) {
         self.durable_key = Arc::from(key);
-        self.context.set_run(crate::context::RunInfo {
-            key: Arc::clone(&self.durable_key),
-            id: self.observer.run_id,
-            graph: Arc::clone(&self.graph),
-            workflow: Arc::clone(&self.compiled.name),
-            inputs: Arc::clone(&self.observer.inputs),
-            reducers: Arc::clone(&self.compiled.reducers),
-            stream: Arc::clone(&self.observer.stream),
-        });
+        let info = self.run_info();
+        self.context.set_run(info);
         if checkpoints.is_some() {
             self.checkpoints = checkpoints;
         }
@@ -504,6 +526,18 @@ impl Coordinator {
             }
             Message::CheckpointTick => {
                 self.checkpoint_due();
+                Ok(())
+            }
+            Message::SubgraphProgress => {
+                // A subgraph state's run saved progress: a run checkpointed after each state
+                // keeps it at once.
+                if self
+                    .checkpoints
+                    .as_ref()
+                    .is_some_and(|(_, policy)| policy.after_each_state)
+                {
+                    self.checkpoint_due();
+                }
                 Ok(())
             }
             Message::CheckpointSaved(error) => {

@@ -89,6 +89,8 @@ pub(crate) enum Message {
     Checkpoint(oneshot::Sender<super::PendingCheckpoint>),
     /// The checkpoint interval passed.
     CheckpointTick,
+    /// A subgraph state's run saved a checkpoint into this run's records.
+    SubgraphProgress,
     /// The checkpoint writer finished a save (with its error, if it failed).
     CheckpointSaved(Option<flow_core::FlowError>),
 }
