@@ -60,6 +60,6 @@ pub mod __private {
     };
     pub use flow_runtime::{
         Agent, Bulkhead, CircuitBreaker, Context, ContextValue, DeclaredPrimitives,
-        DependencyConfig, RateLimit, Reducer, Workflow,
+        DependencyConfig, IntoSubgraph, RateLimit, Reducer, SubgraphMapping, Workflow,
     };
 }

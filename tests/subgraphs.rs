@@ -666,3 +666,139 @@ async fn a_fail_fast_team_cancels_the_others_at_the_first_failure() {
     let statuses: Vec<AgentStatus> = report.reports.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [AgentStatus::Completed, AgentStatus::Failed]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_subgraphs_input_request_is_pending_in_the_parent_and_answered_through_it() {
+    let mut approval = Agent::new("approval");
+    approval.add_state("ask", |ctx: Context| async move {
+        let decision: String = ctx.human_input("Publish?").await?;
+        ctx.set_state("decision", decision);
+        Ok(Next::End)
+    });
+    let mut parent = Agent::new("parent");
+    parent.add_subgraph(
+        "approve",
+        &approval,
+        SubgraphMapping::new().outputs(["decision"]),
+    );
+    let (handle, mut events) = parent.start_watched(Context::new()).unwrap();
+    let mut pending = handle.pending_inputs();
+    while pending.is_empty() {
+        sleep(MS).await;
+        pending = handle.pending_inputs();
+    }
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].prompt, "Publish?");
+    // The child's own request: its state, under the child run's key.
+    assert_eq!(pending[0].id.state, "ask");
+    assert!(
+        pending[0].id.run_key.ends_with("/approve#1"),
+        "{}",
+        pending[0].id
+    );
+    handle.answer(&pending[0].id, "yes").unwrap();
+    let report = handle.result().await.unwrap();
+    assert_eq!(
+        report.context.get_state::<String>("decision").unwrap(),
+        "yes"
+    );
+    let mut asked = Vec::new();
+    while let Some(event) = events.next().await {
+        match event.unwrap().kind {
+            EventKind::InputRequested { state, .. } => asked.push(format!("asked {state}")),
+            EventKind::InputAnswered { state, .. } => asked.push(format!("answered {state}")),
+            _ => {}
+        }
+    }
+    assert_eq!(asked, ["asked approve/ask", "answered approve/ask"]);
+}
+
+/// The macro form: `#[state(subgraph(..))]`, the method's body routing afterwards.
+mod macro_form {
+    use super::*;
+
+    /// Scores a text: `score` = its length times the workflow's factor.
+    struct Scorer {
+        factor: usize,
+    }
+
+    #[workflow(name = "scorer")]
+    impl Scorer {
+        #[state]
+        async fn score(&self, ctx: &Context) -> StateResult {
+            let text: String = ctx.get_state("text")?;
+            ctx.set_state("score", text.len() * self.factor);
+            Ok(Next::End)
+        }
+    }
+
+    struct Editor {
+        factor: usize,
+        threshold: usize,
+    }
+
+    #[workflow(name = "editor")]
+    impl Editor {
+        #[state(entry)]
+        async fn draft(&self, ctx: &Context) -> StateResult {
+            ctx.set_state("draft", "abcd".to_string());
+            ctx.set_state("doc", "unused".to_string());
+            next!(review)
+        }
+
+        /// Runs `scorer` on the draft; routes on the score it hands back.
+        #[state(
+            subgraph(
+                workflow = Scorer { factor: self.factor },
+                input(text = draft),
+                output(review_score = score)
+            ),
+            retry(max = 1),
+            timeout = "1s"
+        )]
+        async fn review(&self, ctx: &Context) -> StateResult {
+            let score: usize = ctx.get_state("review_score")?;
+            if score >= self.threshold {
+                next!(publish)
+            } else {
+                next!(reject)
+            }
+        }
+
+        #[state]
+        async fn publish(&self, ctx: &Context) -> StateResult {
+            ctx.set_state("outcome", "published".to_string());
+            Ok(Next::End)
+        }
+
+        #[state]
+        async fn reject(&self, ctx: &Context) -> StateResult {
+            ctx.set_state("outcome", "rejected".to_string());
+            Ok(Next::End)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_macro_subgraph_maps_keys_and_its_body_routes() {
+        for (factor, outcome) in [(3, "published"), (1, "rejected")] {
+            let report = Editor {
+                factor,
+                threshold: 10,
+            }
+            .agent()
+            .run()
+            .await
+            .unwrap();
+            assert_eq!(
+                report.context.get_state::<String>("outcome").unwrap(),
+                outcome
+            );
+            assert_eq!(
+                report.context.get_state::<usize>("review_score").unwrap(),
+                4 * factor
+            );
+            assert_eq!(report.state("review/score").unwrap().runs, 1);
+            assert!(!report.context.has_state("score"));
+        }
+    }
+}

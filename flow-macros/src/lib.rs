@@ -9,6 +9,7 @@ mod errors;
 mod options;
 mod reduce;
 mod signature;
+mod subgraph;
 mod transitions;
 mod workflow;
 

@@ -30,7 +30,7 @@ pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critic
      rate_limit(token_bucket(rate, burst) | leaky_bucket(rate, capacity) | fixed_window(max, window) | \
      sliding_window(max, window), name = \"shared\"), semaphore(name, permits, take), \
      mutex = \"name\" or mutex(name, ttl), lease(name, ttl), quota(name, limit, reset, amount), \
-     barrier(name, parties, timeout)";
+     barrier(name, parties, timeout), subgraph(workflow = .., input(..), output(..), item = ..)";
 
 /// Everything `#[state(...)]` says.
 #[derive(Default)]
@@ -54,6 +54,8 @@ pub(crate) struct StateOptions {
     pub(crate) name: Option<LitStr>,
     /// `rate_limit(..)`, `semaphore(..)`, `mutex = ..`, `lease(..)`, `quota(..)`, in order.
     pub(crate) coordination: Vec<crate::coordination::Primitive>,
+    /// `subgraph(..)`: the state runs another workflow, its body routing afterwards.
+    pub(crate) subgraph: Option<crate::subgraph::Subgraph>,
 }
 
 /// One entry of `deps(...)`.
@@ -497,6 +499,7 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
                 options.preemptible = true;
             }
             "bulkhead" => options.bulkhead = parse_bulkhead(&meta, errors)?,
+            "subgraph" => options.subgraph = Some(crate::subgraph::parse(&meta, errors)?),
             "rate_limit" | "semaphore" | "mutex" | "lease" | "quota" | "barrier" => {
                 options.coordination.extend(crate::coordination::parse(&meta, &key, errors)?);
             }

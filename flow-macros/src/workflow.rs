@@ -191,6 +191,15 @@ fn collect_states(block: &mut ItemImpl, errors: &mut Errors) -> Vec<State> {
     for state in &mut states {
         state.transitions = reachable_transitions(&state.ident.to_string(), &bodies);
     }
+    // A subgraph state's workflow is built by a hidden method, where its expression may use
+    // `self`.
+    for state in &states {
+        if let Some(method) =
+            (state.options.subgraph.as_ref()).and_then(|s| s.builder_method(&state.ident))
+        {
+            block.items.push(method);
+        }
+    }
     states
 }
 
@@ -513,11 +522,14 @@ fn generate(
         });
         // Type errors about what the state returns point at its return type.
         let span = Span::call_site().located_at(state.output_span);
-        let add = quote_spanned! {span=>
-            agent.add_state_with_error(#name, move |ctx: #p::Context| {
-                let this = ::std::sync::Arc::clone(&this);
-                async move { <Self>::#ident(&*this, &ctx).await }
-            })
+        let add = match &state.options.subgraph {
+            Some(subgraph) => subgraph.register(ident, &name, span),
+            None => quote_spanned! {span=>
+                agent.add_state_with_error(#name, move |ctx: #p::Context| {
+                    let this = ::std::sync::Arc::clone(&this);
+                    async move { <Self>::#ident(&*this, &ctx).await }
+                })
+            },
         };
         quote! {
             {

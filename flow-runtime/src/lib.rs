@@ -63,6 +63,6 @@ pub use scheduler::BlockedState;
 pub use schemars;
 pub use state_fn::{BoxError, StateResult};
 pub use stream::{RunStream, STREAM_CAPACITY, StreamMode, StreamPart};
-pub use subgraph::SubgraphMapping;
+pub use subgraph::{IntoSubgraph, SubgraphMapping};
 pub use team::{Team, TeamReport};
 pub use workflow::Workflow;

@@ -254,7 +254,7 @@ impl Agent {
             keep: 0,
             ..CheckpointPolicy::after_each_state()
         };
-        let key = std::mem::take(&mut nesting.key);
+        let key = nesting.key.clone();
         let durable = nesting.progress.take().map(|sink| {
             let store: Arc<dyn CheckpointStore> = Arc::new(sink);
             (key.as_str(), store, policy)
@@ -312,16 +312,23 @@ impl Agent {
             None => stream,
         };
         let checkpointed = durable.is_some() || compiled.checkpoints.is_some();
-        let inputs = InputHub::new(
-            sender.clone(),
-            self.definition.input_provider.clone(),
-            checkpointed,
-        );
+        // A subgraph's run tells its parent's provider when it has none of its own, and its
+        // requests are pending in (and answered through) its parent.
+        let provider = match nesting {
+            Some(nesting) => {
+                (self.definition.input_provider.clone()).or_else(|| nesting.inputs.provider())
+            }
+            None => self.definition.input_provider.clone(),
+        };
+        let inputs = Arc::new(InputHub::new(sender.clone(), provider, checkpointed));
+        if let Some(nesting) = nesting {
+            nesting.inputs.adopt(&inputs);
+        }
         let observer = Arc::new(Observer::new(
             run_id,
             Arc::clone(&compiled.graph),
             Arc::clone(&compiled.name),
-            Arc::new(inputs),
+            inputs,
             stream,
         ));
         observer.set_status(AgentStatus::Running);
@@ -347,10 +354,11 @@ impl Agent {
         if let Some(nesting) = nesting {
             coordinator.nest(nesting.event_run_id, Arc::clone(&nesting.path));
         }
-        let run_key: Arc<str> = match (&durable, &checkpoint) {
-            (Some((key, _, _)), _) => Arc::from(*key),
-            (None, Some((checkpoint, _))) => Arc::from(checkpoint.run_key.as_str()),
-            (None, None) => Arc::from(crate::scheduler::default_key(run_id)),
+        let run_key: Arc<str> = match (&durable, &checkpoint, nesting) {
+            (Some((key, _, _)), _, _) => Arc::from(*key),
+            (None, Some((checkpoint, _)), _) => Arc::from(checkpoint.run_key.as_str()),
+            (None, None, Some(nesting)) => Arc::from(nesting.key.as_str()),
+            (None, None, None) => Arc::from(crate::scheduler::default_key(run_id)),
         };
         coordinator.durable(&run_key, durable.map(|(_, store, policy)| (store, policy)));
         if let Some((checkpoint, checked)) = checkpoint {

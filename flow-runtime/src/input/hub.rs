@@ -31,6 +31,9 @@ pub(crate) struct InputHub {
     /// The run is checkpointed: the provider hears of a request once a saved checkpoint
     /// holds it.
     durable: bool,
+    /// The hubs of the runs of this run's subgraph states: their requests are pending in
+    /// this run too, and answered through it.
+    nested: Mutex<Vec<Weak<InputHub>>>,
 }
 
 #[derive(Default)]
@@ -89,7 +92,39 @@ impl InputHub {
             notify,
             provider,
             durable,
+            nested: Mutex::default(),
         }
+    }
+
+    /// The provider told of this run's requests.
+    pub(crate) fn provider(&self) -> Option<Arc<dyn InputProvider>> {
+        self.provider.clone()
+    }
+
+    /// Makes the requests of `child` (the run of one of this run's subgraph states) pending
+    /// in this run, and answerable through it.
+    pub(crate) fn adopt(&self, child: &Arc<InputHub>) {
+        let mut nested = self.nested.lock().unwrap_or_else(PoisonError::into_inner);
+        nested.retain(|hub| hub.strong_count() > 0);
+        nested.push(Arc::downgrade(child));
+    }
+
+    /// The hubs of subgraph runs still going.
+    fn children(&self) -> Vec<Arc<InputHub>> {
+        let nested = self.nested.lock().unwrap_or_else(PoisonError::into_inner);
+        nested.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The hub that knows `id`: this one, or one of its subgraph runs'.
+    fn holder(self: &Arc<Self>, id: &InputId) -> Option<Arc<InputHub>> {
+        if self
+            .desk()
+            .as_ref()
+            .is_some_and(|desk| desk.by_id.contains_key(id))
+        {
+            return Some(Arc::clone(self));
+        }
+        self.children().iter().find_map(|child| child.holder(id))
     }
 
     fn announce(self: &Arc<Self>, request: InputRequest) {
@@ -250,7 +285,7 @@ impl InputHub {
                 // One that stopped waiting meanwhile keeps the answer for when it is asked.
                 let (value, by) = (posted.value.clone(), posted.by.clone());
                 if let Err(FlowError::InputClosed { .. }) =
-                    self.answer(&posted.id, posted.value, &posted.by)
+                    self.answer_here(&posted.id, posted.value, &posted.by)
                 {
                     let mut desk = self.desk();
                     let desk = desk.get_or_insert_with(Box::default);
@@ -310,7 +345,20 @@ impl InputHub {
     /// Records `value` as the answer to `id` if it passes the request's check, and hands it
     /// to the waiting state. A refused answer is kept in the audit and the request stays
     /// pending.
-    pub(crate) fn answer(&self, id: &InputId, value: Value, by: &str) -> Result<(), FlowError> {
+    pub(crate) fn answer(
+        self: &Arc<Self>,
+        id: &InputId,
+        value: Value,
+        by: &str,
+    ) -> Result<(), FlowError> {
+        match self.holder(id) {
+            Some(hub) if !Arc::ptr_eq(&hub, self) => hub.answer_here(id, value, by),
+            _ => self.answer_here(id, value, by),
+        }
+    }
+
+    /// `answer`, for a request of this hub's own run.
+    fn answer_here(&self, id: &InputId, value: Value, by: &str) -> Result<(), FlowError> {
         let check = {
             let mut desk = self.desk();
             let Some(desk) = desk.as_mut() else {
@@ -451,15 +499,21 @@ impl InputHub {
 
     /// The requests waiting for an answer, in the order asked.
     pub(crate) fn pending(&self) -> Vec<InputRequest> {
-        let desk = self.desk();
-        let Some(desk) = desk.as_ref() else {
-            return Vec::new();
+        let mut pending: Vec<InputRequest> = {
+            let desk = self.desk();
+            desk.as_ref().map_or_else(Vec::new, |desk| {
+                desk.records
+                    .iter()
+                    .filter(|r| desk.waiting.contains_key(&r.request.id))
+                    .map(|r| r.request.clone())
+                    .collect()
+            })
         };
-        desk.records
-            .iter()
-            .filter(|r| desk.waiting.contains_key(&r.request.id))
-            .map(|r| r.request.clone())
-            .collect()
+        // Then those of its subgraph runs (in the order they started).
+        for child in self.children() {
+            pending.extend(child.pending());
+        }
+        pending
     }
 
     /// Every request and what happened to it, in the order asked.

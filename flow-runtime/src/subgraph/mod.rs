@@ -115,6 +115,31 @@ impl SubgraphMapping {
     }
 }
 
+/// What `#[state(subgraph(workflow = ..))]` accepts: an [`Agent`], or a value of a
+/// `#[workflow]` type (its agent is built).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a workflow a subgraph state can run",
+    label = "neither an `Agent` nor a value of a `#[workflow]` type",
+    note = "give `subgraph(workflow = ..)` an `Agent`, or a value of a type with `#[workflow]` on its impl"
+)]
+pub trait IntoSubgraph {
+    /// The agent the subgraph state runs.
+    fn into_subgraph(self) -> Agent;
+}
+
+impl IntoSubgraph for Agent {
+    fn into_subgraph(self) -> Agent {
+        self
+    }
+}
+
+impl<W: crate::Workflow> IntoSubgraph for W {
+    fn into_subgraph(self) -> Agent {
+        self.agent()
+    }
+}
+
 impl Agent {
     /// Adds a state that runs `workflow` as a whole (a subgraph): `mapping` copies keys in
     /// and out and says where to go afterwards. The returned options (retry, timeout,
@@ -263,6 +288,7 @@ async fn run_subgraph(
         path: Arc::clone(&path),
         state: Arc::clone(&name),
         stream: Arc::clone(&run.stream),
+        inputs: Arc::clone(&run.inputs),
         progress: records
             .as_ref()
             .filter(|records| records.checkpointed())
@@ -344,6 +370,8 @@ pub(crate) struct Nesting {
     pub(crate) state: Arc<str>,
     /// The parent run's stream.
     pub(crate) stream: Arc<crate::stream::StreamHub>,
+    /// The parent run's input requests.
+    pub(crate) inputs: Arc<crate::input::InputHub>,
     /// Where its checkpoints go, when the parent is checkpointed.
     pub(crate) progress: Option<ProgressSink>,
     /// Its run key: the parent's, its path and the subgraph state's visit.
