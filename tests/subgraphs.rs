@@ -576,6 +576,23 @@ async fn a_completed_subgraph_in_a_checkpoint_is_not_run_again() {
     let seen: Vec<String> = report.context.get_state("seen").unwrap();
     assert_eq!(seen, ["a", "b", "c"]);
     assert_eq!(report.state("steps/c").unwrap().runs, 1);
+
+    // Asked again, the completed run answers from its last checkpoint, subgraph states too.
+    let again = Log::default();
+    let report = build(&again, false)
+        .run_durable(store.clone(), &key)
+        .await
+        .unwrap();
+    assert!(again.names().is_empty());
+    let names: Vec<&str> = report.states.iter().map(|s| &*s.name).collect();
+    assert_eq!(
+        names,
+        ["first", "steps", "last", "steps/a", "steps/b", "steps/c"]
+    );
+    assert_eq!(
+        report.state("steps/b").unwrap().status,
+        StateStatus::Completed
+    );
 }
 
 fn adder(name: &str, add: i64, fail: bool) -> Agent {
@@ -801,4 +818,118 @@ mod macro_form {
             assert!(!report.context.has_state("score"));
         }
     }
+}
+
+/// The map of subgraphs under every order of three durations: the same values and the same
+/// report whatever finished first.
+#[tokio::test(start_paused = true)]
+async fn mapped_subgraphs_give_one_result_under_every_timing() {
+    let orders = [
+        [1u32, 2, 3],
+        [1, 3, 2],
+        [2, 1, 3],
+        [2, 3, 1],
+        [3, 1, 2],
+        [3, 2, 1],
+    ];
+    let mut outcomes = Vec::new();
+    for durations in orders {
+        let mut child = Agent::new("label_flow");
+        child.add_state("label", move |ctx: Context| async move {
+            let item: usize = ctx.get_state("item")?;
+            sleep(MS * durations[item]).await;
+            ctx.set_state("labels", format!("item {item}"));
+            Ok(Next::End)
+        });
+        let mut parent = Agent::new("parent");
+        parent.reducer("labels", Reducer::append::<String>());
+        parent.add_state("fan", |_ctx: Context| async move {
+            Ok(Next::map("label", [0usize, 1, 2]))
+        });
+        parent.add_subgraph(
+            "label",
+            &child,
+            SubgraphMapping::new()
+                .input_item("item")
+                .outputs(["labels"])
+                .then("done"),
+        );
+        parent.add_state("done", |ctx: Context| async move {
+            let labels: Vec<String> = ctx.get_state("labels")?;
+            ctx.replace_state("seen_at_join", labels);
+            Ok(Next::End)
+        });
+        let report = parent.run().await.unwrap();
+        let seen: Vec<String> = report.context.get_state("seen_at_join").unwrap();
+        let label = report.state("label/label").unwrap();
+        outcomes.push((
+            seen,
+            label.runs,
+            label.status,
+            label.total_time,
+            report.state("done").unwrap().runs,
+        ));
+    }
+    for outcome in &outcomes {
+        assert_eq!(outcome, &outcomes[0]);
+    }
+    assert_eq!(outcomes[0].0, ["item 0", "item 1", "item 2"]);
+    assert_eq!(outcomes[0].1, 3);
+    assert_eq!(outcomes[0].3, MS * 6);
+    assert_eq!(outcomes[0].4, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restore_continues_a_subgraph_two_levels_down() {
+    let build = |log: &Log, hold: bool| {
+        let mut middle = Agent::new("middle");
+        middle.add_subgraph(
+            "inner",
+            &resumable_child(log, hold),
+            SubgraphMapping::new().outputs(["seen"]),
+        );
+        let mut outer = Agent::new("outer3");
+        outer.add_subgraph("mid", &middle, SubgraphMapping::new().outputs(["seen"]));
+        outer
+    };
+    let store = MemoryStore::new();
+    let log = Log::default();
+    let mut first = build(&log, true);
+    first.checkpoints(store.clone(), CheckpointPolicy::after_each_state());
+    let handle = first.start().unwrap();
+    let key = handle.run_key().to_owned();
+    while log.count("b") == 0 {
+        sleep(MS).await;
+    }
+    handle.cancel();
+    handle.wait().await;
+    assert_eq!(log.names(), ["a", "b"]);
+
+    let resumed = Log::default();
+    let report = build(&resumed, false)
+        .run_durable(store.clone(), &key)
+        .await
+        .unwrap();
+    assert_eq!(resumed.names(), ["b", "c"]);
+    let seen: Vec<String> = report.context.get_state("seen").unwrap();
+    assert_eq!(seen, ["a", "b", "c"]);
+    let a = report.state("mid/inner/a").unwrap();
+    assert_eq!((a.runs, a.restored_runs), (1, 1));
+    assert_eq!(report.state("mid/inner/c").unwrap().runs, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_monitor_on_the_parent_sees_the_subgraphs_runs_as_their_workflows() {
+    let log = Log::default();
+    let agent = blog(&log);
+    let monitor = fluffy_flow::Monitor::new(fluffy_flow::MetricType::ALL);
+    monitor.attach(&agent).unwrap();
+    agent.run().await.unwrap();
+    let snapshot = monitor.snapshot();
+    let review = &snapshot.workflows["review"];
+    assert_eq!((review.runs.started, review.runs.completed), (1, 1));
+    assert_eq!(review.states["judge"].completed, 1);
+    let blog = &snapshot.workflows["blog"];
+    assert_eq!((blog.runs.started, blog.runs.completed), (1, 1));
+    assert_eq!(blog.states["review"].completed, 1);
 }

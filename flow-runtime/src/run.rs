@@ -538,7 +538,11 @@ impl RunReport {
                 last_error: s.last_error.clone(),
                 ..StateReport::new(Arc::from(s.name.as_str()))
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let names: Vec<&str> = checkpoint.states.iter().map(|s| s.name.as_str()).collect();
+        let nested = checkpoint.scheduler.subgraph_reports(&names);
+        let mut states = states;
+        states.extend(nested);
         Ok(RunReport {
             agent: Arc::from(checkpoint.agent.as_str()),
             run_id: checkpoint.run_id,

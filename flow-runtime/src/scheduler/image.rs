@@ -51,6 +51,12 @@ impl SchedulerImage {
         self.transitions
     }
 
+    /// The states of its subgraph states' finished runs, by path (`names`: the run's
+    /// states, by index).
+    pub(crate) fn subgraph_reports(&self, names: &[&str]) -> Vec<crate::StateReport> {
+        self.subgraphs.reports(names)
+    }
+
     /// The most states that had run at once.
     pub(crate) fn max_concurrency(&self) -> usize {
         self.max_concurrency

@@ -78,24 +78,8 @@ impl SubgraphRuns {
     /// (`subgraph_state/child_state`), each folded over every run of its subgraph state in
     /// the order of their visits and attempts (not the order they finished in).
     pub(crate) fn reports(&self, graph: &StateGraph) -> Vec<StateReport> {
-        let mut runs = self.lock().reports.clone();
-        runs.sort_by_key(|(attempt, _)| *attempt);
-        let mut folded: Vec<StateReport> = Vec::new();
-        let mut places: FxHashMap<Arc<str>, usize> = FxHashMap::default();
-        for ((state, _, _), states) in runs {
-            let owner = graph.name(state);
-            for report in states {
-                let name: Arc<str> = Arc::from(format!("{owner}/{}", report.name));
-                match places.get(&name) {
-                    Some(&place) => fold(&mut folded[place], report),
-                    None => {
-                        places.insert(Arc::clone(&name), folded.len());
-                        folded.push(StateReport { name, ..report });
-                    }
-                }
-            }
-        }
-        folded
+        let runs = self.lock().reports.clone();
+        fold_runs(runs, |state| graph.names().get(state.index()).map(|n| &**n))
     }
 
     /// What a checkpoint keeps: the progress of the child runs of `running` attempts, and
@@ -143,6 +127,31 @@ impl SubgraphRuns {
             })
             .collect();
     }
+}
+
+/// The states of child runs by path, each folded over every run of its subgraph state in the
+/// order of their visits and attempts. `owner` names a subgraph state.
+fn fold_runs<'a>(
+    mut runs: Vec<(AttemptKey, Vec<StateReport>)>,
+    owner: impl Fn(StateId) -> Option<&'a str>,
+) -> Vec<StateReport> {
+    runs.sort_by_key(|(attempt, _)| *attempt);
+    let mut folded: Vec<StateReport> = Vec::new();
+    let mut places: FxHashMap<Arc<str>, usize> = FxHashMap::default();
+    for ((state, _, _), states) in runs {
+        let owner = owner(state).unwrap_or("(subgraph)");
+        for report in states {
+            let name: Arc<str> = Arc::from(format!("{owner}/{}", report.name));
+            match places.get(&name) {
+                Some(&place) => fold(&mut folded[place], report),
+                None => {
+                    places.insert(Arc::clone(&name), folded.len());
+                    folded.push(StateReport { name, ..report });
+                }
+            }
+        }
+    }
+    folded
 }
 
 /// Folds a later run's record of a state into the record so far.
@@ -205,6 +214,20 @@ pub(crate) struct SubgraphsImage {
 impl SubgraphsImage {
     pub(crate) fn is_empty(&self) -> bool {
         self.progress.is_empty() && self.finished.is_empty()
+    }
+
+    /// The finished child runs' states, for the report of a run read from a checkpoint;
+    /// `names`: the run's states, by index.
+    pub(crate) fn reports(&self, names: &[&str]) -> Vec<StateReport> {
+        let runs = self
+            .finished
+            .iter()
+            .map(|child| {
+                let attempt = (child.state, child.visit, child.attempt);
+                (attempt, child.states.iter().map(state_report).collect())
+            })
+            .collect();
+        fold_runs(runs, |state| names.get(state.index()).copied())
     }
 }
 
