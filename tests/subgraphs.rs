@@ -511,7 +511,11 @@ async fn a_restored_parent_continues_its_subgraph_where_it_was() {
     // The parent's latest checkpoint holds the child's progress: `a` done, `b` running.
     let saved = store.latest("outer", &key).unwrap().unwrap();
     let json = String::from_utf8(saved.to_json().unwrap()).unwrap();
-    assert!(json.contains("\\\"agent\\\":\\\"steps\\\""), "{json}");
+    // (Embedded as JSON, not as an escaped string.)
+    assert!(
+        json.contains(r#""checkpoint":{"format":4,"agent":"steps""#),
+        "{json}"
+    );
     handle.cancel();
     assert_eq!(handle.wait().await.status, AgentStatus::Cancelled);
     assert_eq!(log.names(), ["first", "a", "b"]);
@@ -674,6 +678,9 @@ async fn a_fail_fast_team_cancels_the_others_at_the_first_failure() {
     assert_eq!(started.elapsed(), MS);
     let statuses: Vec<AgentStatus> = report.reports.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [AgentStatus::Cancelled, AgentStatus::Failed]);
+    // The team's error is the failure that cancelled the others, not their cancellation.
+    let error = report.into_result().unwrap_err();
+    assert!(error.to_string().contains("refused"), "{error}");
 
     // Without fail-fast, the slow one finishes.
     let team = Team::new()
@@ -709,7 +716,7 @@ async fn a_subgraphs_input_request_is_pending_in_the_parent_and_answered_through
     // The child's own request: its state, under the child run's key.
     assert_eq!(pending[0].id.state, "ask");
     assert!(
-        pending[0].id.run_key.ends_with("/approve#1"),
+        pending[0].id.run_key.ends_with("/approve#1.1"),
         "{}",
         pending[0].id
     );
@@ -932,4 +939,134 @@ async fn a_monitor_on_the_parent_sees_the_subgraphs_runs_as_their_workflows() {
     let blog = &snapshot.workflows["blog"];
     assert_eq!((blog.runs.started, blog.runs.completed), (1, 1));
     assert_eq!(blog.states["review"].completed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subgraph_that_completed_with_failures_makes_the_parent_say_so() {
+    let mut child = Agent::new("batch");
+    child.on_branch_failure(fluffy_flow::BranchFailure::Continue);
+    child.add_state("fan", |_ctx: Context| async move {
+        Ok(Next::parallel(["good", "bad"]))
+    });
+    child.add_state("good", |ctx: Context| async move {
+        ctx.set_state("good", true);
+        Ok(Next::End)
+    });
+    child.add_state(
+        "bad",
+        |_ctx: Context| async move { Err("bad input".into()) },
+    );
+    let mut parent = Agent::new("parent");
+    parent.add_subgraph(
+        "batch",
+        &child,
+        SubgraphMapping::new().outputs(["good"]).then("after"),
+    );
+    parent.add_state("after", |_ctx: Context| async move { Ok(Next::End) });
+    let report = parent.start().unwrap().wait().await;
+    // The subgraph state completed and the run went on, but not all its work was done.
+    assert_eq!(report.status, AgentStatus::CompletedWithFailures);
+    assert!(!report.is_success());
+    assert!(report.context.get_state::<bool>("good").unwrap());
+    assert_eq!(report.state("after").unwrap().runs, 1);
+    let failed: Vec<&str> = report.failed_branches().map(|l| l.state.as_str()).collect();
+    assert_eq!(failed, ["batch/bad"]);
+    assert_eq!(
+        report.state("batch/bad").unwrap().status,
+        StateStatus::Failed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopped_subgraph_runs_are_in_the_report_and_their_events_come_first() {
+    let mut child = Agent::new("slow_flow");
+    child.add_state("slow", |_ctx: Context| async move {
+        sleep(Duration::from_secs(10)).await;
+        Ok(Next::End)
+    });
+    // A timed-out attempt, then a retry that is cancelled with the run.
+    let mut parent = Agent::new("parent");
+    parent
+        .add_subgraph("work", &child, SubgraphMapping::new())
+        .timeout(MS * 100)
+        .retry(RetryPolicy {
+            max_retries: 1,
+            initial_delay: MS,
+            ..RetryPolicy::default()
+        });
+    let (handle, mut events) = parent.start_watched(Context::new()).unwrap();
+    sleep(MS * 150).await;
+    handle.cancel();
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        match event.unwrap().kind {
+            EventKind::StateCancelled { state } => seen.push(format!("cancelled {state}")),
+            EventKind::StateFailed { state, .. } => seen.push(format!("failed {state}")),
+            EventKind::RunFinished { .. } => seen.push("run finished".into()),
+            _ => {}
+        }
+    }
+    let report = handle.wait().await;
+    assert_eq!(report.status, AgentStatus::Cancelled);
+    assert_eq!(
+        seen,
+        [
+            "cancelled work/slow",
+            "cancelled work",
+            "cancelled work/slow",
+            "run finished"
+        ]
+    );
+    let slow = report.state("work/slow").unwrap();
+    assert_eq!((slow.runs, slow.status), (2, StateStatus::Cancelled));
+    assert_eq!(report.state("work").unwrap().attempts, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_durable_run_that_failed_in_a_subgraph_reports_its_rerun_last() {
+    let store = MemoryStore::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let build = |calls: &Arc<AtomicU32>| {
+        let mut parent = Agent::new("parent");
+        parent.add_subgraph(
+            "work",
+            &flaky_child(calls, 1),
+            SubgraphMapping::new().outputs(["result"]),
+        );
+        parent
+    };
+    let failed = build(&calls)
+        .run_durable(store.clone(), "nightly")
+        .await
+        .unwrap_err();
+    assert!(
+        failed.to_string().contains("flaky call 1 failed"),
+        "{failed}"
+    );
+    let report = build(&calls)
+        .run_durable(store.clone(), "nightly")
+        .await
+        .unwrap();
+    assert_eq!(report.context.get_state::<u32>("result").unwrap(), 2);
+    // Both runs of the child, the rerun's outcome last.
+    let flaky = report.state("work/flaky").unwrap();
+    assert_eq!((flaky.runs, flaky.restored_runs), (2, 1));
+    assert_eq!((flaky.status, flaky.attempts), (StateStatus::Completed, 1));
+    assert_eq!(flaky.last_error, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subgraph_that_would_suspend_on_input_is_refused() {
+    let mut child = Agent::new("asker");
+    child.add_state("ask", |_ctx: Context| async move { Ok(Next::End) });
+    child.suspend_on_input();
+    let mut parent = Agent::new("parent");
+    parent.add_subgraph("ask", &child, SubgraphMapping::new());
+    let error = parent.validate().unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("a subgraph cannot `suspend_on_input`"),
+        "{error}"
+    );
 }

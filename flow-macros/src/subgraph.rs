@@ -126,7 +126,8 @@ impl Subgraph {
                 #p::IntoSubgraph::into_subgraph(#workflow)
             }
         };
-        syn::parse2(method).ok()
+        // As tokens: the compiler reports anything wrong in the user's expression, at it.
+        Some(ImplItem::Verbatim(method))
     }
 
     /// The registration of the state: `add_subgraph_with_router`, the method's body the

@@ -145,6 +145,8 @@ pub(crate) struct Publisher {
     /// A subgraph's run: its states' names as the outermost run's events say them (see
     /// `nest`), by state index.
     paths: Option<Box<[Arc<str>]>>,
+    /// The length of the run's path and the slash after it, in each of `paths`.
+    path_len: usize,
 }
 
 impl Publisher {
@@ -161,6 +163,7 @@ impl Publisher {
             run_id,
             stream,
             paths: None,
+            path_len: 0,
         }
     }
 
@@ -169,6 +172,7 @@ impl Publisher {
     /// are that run's subgraph state starting and ending, so they are not sent.
     pub(crate) fn nest(&mut self, run_id: u64, path: &str, compiled: &Compiled) {
         self.run_id = run_id;
+        self.path_len = path.len() + 1;
         self.paths = Some(
             compiled
                 .graph
@@ -184,13 +188,12 @@ impl Publisher {
         let Some(paths) = &self.paths else {
             return Arc::clone(state);
         };
-        // (Input events name their state; a run has few, so a search is fine.)
+        // (Input events name their state; a run has few, so a search is fine.) Each path is
+        // the run's path and a slash before the name: compared past them, a name with a
+        // slash of its own matches too.
         paths
             .iter()
-            .find(|path| {
-                path.rsplit_once('/')
-                    .is_some_and(|(_, name)| name == &**state)
-            })
+            .find(|path| path.get(self.path_len..) == Some(&**state))
             .map_or_else(|| Arc::clone(state), Arc::clone)
     }
 

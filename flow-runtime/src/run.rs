@@ -338,6 +338,11 @@ impl RunHandle {
         &self.run_key
     }
 
+    /// The workflow's name.
+    pub(crate) fn agent_name(&self) -> &str {
+        &self.agent
+    }
+
     /// The run's cancellation (for a subgraph state, which stops its run with its own).
     pub(crate) fn cancel_token(&self) -> tokio_util::sync::CancellationToken {
         self.control.cancel.clone()
@@ -539,10 +544,8 @@ impl RunReport {
                 ..StateReport::new(Arc::from(s.name.as_str()))
             })
             .collect::<Vec<_>>();
-        let names: Vec<&str> = checkpoint.states.iter().map(|s| s.name.as_str()).collect();
-        let nested = checkpoint.scheduler.subgraph_reports(&names);
         let mut states = states;
-        states.extend(nested);
+        states.extend(checkpoint.scheduler.subgraph_reports());
         Ok(RunReport {
             agent: Arc::from(checkpoint.agent.as_str()),
             run_id: checkpoint.run_id,

@@ -17,10 +17,11 @@ use crate::run::RunReport;
 /// holds every run's report, in the order the agents were added.
 ///
 /// ```
-/// use fluffy_flow::{Agent, Context, Next, Team};
+/// use flow_core::Next;
+/// use flow_runtime::{Agent, Context, Team};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), fluffy_flow::FlowError> {
+/// # async fn main() -> Result<(), flow_core::FlowError> {
 /// let mut fetch = Agent::new("fetch");
 /// fetch.add_state("fetch", |ctx: Context| async move {
 ///     ctx.set_state("rows", vec![3, 1, 2]);
@@ -104,6 +105,8 @@ impl Team {
         if failed {
             cancels.iter().for_each(CancellationToken::cancel);
         }
+        // The run whose failure cancelled the others: its error is the team's.
+        let mut first_failure = None;
         while let Some(joined) = runs.join_next().await {
             let (index, report) = match joined {
                 Ok(done) => done,
@@ -122,6 +125,7 @@ impl Team {
             };
             if self.fail_fast && !failed && !report.is_success() {
                 failed = true;
+                first_failure = Some(Arc::clone(&report.agent));
                 cancels.iter().for_each(CancellationToken::cancel);
             }
             reports[index] = Some(report);
@@ -133,6 +137,7 @@ impl Team {
             reports: reports.into_iter().flatten().collect(),
             not_started,
             pipeline: false,
+            first_failure,
         }
     }
 
@@ -170,6 +175,7 @@ impl Team {
             reports,
             not_started,
             pipeline: true,
+            first_failure: None,
         }
     }
 }
@@ -184,6 +190,8 @@ pub struct TeamReport {
     /// an earlier run did not complete.
     pub not_started: Vec<(Arc<str>, FlowError)>,
     pipeline: bool,
+    /// With fail-fast: the agent whose run failed first and cancelled the others.
+    first_failure: Option<Arc<str>>,
 }
 
 impl TeamReport {
@@ -206,8 +214,15 @@ impl TeamReport {
         self.reports.last().map(|report| &report.context)
     }
 
-    /// Every report when all completed; else the first error, in the team's order.
+    /// Every report when all completed; else an error: with fail-fast, that of the run whose
+    /// failure cancelled the others; otherwise the first, in the team's order.
     pub fn into_result(self) -> Result<Vec<RunReport>, FlowError> {
+        if let Some(first) = &self.first_failure
+            && let Some(report) = self.reports.iter().find(|r| &r.agent == first)
+            && let Some(error) = &report.error
+        {
+            return Err(error.clone());
+        }
         if let Some((_, error)) = self.not_started.into_iter().next() {
             return Err(error);
         }

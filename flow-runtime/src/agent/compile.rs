@@ -156,12 +156,18 @@ pub(super) fn compile(definition: &Definition) -> Result<Arc<Compiled>, FlowErro
     FlowError::from_problems(agent, timing)?;
     for state in &definition.states {
         if let Some(workflow) = &state.subgraph {
-            workflow
-                .validate()
-                .map_err(|error| FlowError::InvalidSubgraph {
-                    state: state.spec.name.clone(),
-                    error: Box::new(error),
-                })?;
+            let invalid = |error: FlowError| FlowError::InvalidSubgraph {
+                state: state.spec.name.clone(),
+                error: Box::new(error),
+            };
+            let compiled = workflow.compiled().map_err(invalid)?;
+            if compiled.suspend_on_input {
+                // Its run would stop, waiting, in the middle of the parent's state.
+                return Err(invalid(FlowError::InvalidConfig {
+                    agent: workflow.name().to_owned(),
+                    message: "a subgraph cannot `suspend_on_input`: its requests wait inside the parent's state; remove it: a subgraph's requests are answered through the parent's handle or input provider".into(),
+                }));
+            }
         }
     }
     let needs_any = definition

@@ -338,11 +338,16 @@ impl Agent {
             sender,
             halted: Arc::default(),
         };
-        *self
-            .shared
-            .latest
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(control.clone());
+        // A subgraph's run is part of its parent's: the agent's controls (`cancel_all`,
+        // `pause`, `answer`, ...) and dead letters stay with the agent's own runs.
+        let own_run = nesting.is_none();
+        if own_run {
+            *self
+                .shared
+                .latest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(control.clone());
+        }
         let (report_tx, report_rx) = oneshot::channel();
         let mut coordinator = Coordinator::new(
             Arc::clone(&compiled),
@@ -373,7 +378,7 @@ impl Agent {
             let _finished = finished;
             let _stream = stream;
             let report = coordinator.run().await;
-            if !report.dead_letters.is_empty() {
+            if own_run && !report.dead_letters.is_empty() {
                 let mut kept = shared
                     .dead_letters
                     .lock()

@@ -115,7 +115,9 @@ impl InputHub {
         nested.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// The hub that knows `id`: this one, or one of its subgraph runs'.
+    /// The hub that knows `id`: this one, or one of its subgraph runs' — the newest where it
+    /// waits for an answer (an attempt started again asks with the same ids while its
+    /// predecessor's run may still be ending), else the newest that knows it.
     fn holder(self: &Arc<Self>, id: &InputId) -> Option<Arc<InputHub>> {
         if self
             .desk()
@@ -124,7 +126,11 @@ impl InputHub {
         {
             return Some(Arc::clone(self));
         }
-        self.children().iter().find_map(|child| child.holder(id))
+        let known: Vec<Arc<InputHub>> = (self.children().iter().rev())
+            .filter_map(|child| child.holder(id))
+            .collect();
+        let waiting = known.iter().find(|hub| hub.is_waiting(id));
+        waiting.or(known.first()).cloned()
     }
 
     fn announce(self: &Arc<Self>, request: InputRequest) {

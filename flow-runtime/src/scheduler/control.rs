@@ -272,6 +272,11 @@ impl Coordinator {
             self.set_status(state, StateStatus::Cancelled);
             self.publish_state(state, StateEvent::Cancelled);
         }
+        // The runs of stopped subgraph states were cancelled with them: their ends (their
+        // events, their states in the report) come before this run's.
+        if let Some(subgraphs) = &self.subgraphs {
+            subgraphs.children_ended().await;
+        }
         for waiter in self.pause_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -305,7 +310,7 @@ impl Coordinator {
         }
         let mut states = std::mem::take(&mut self.states);
         if let Some(subgraphs) = &self.subgraphs {
-            states.extend(subgraphs.reports(&self.graph));
+            states.extend(subgraphs.reports());
         }
         RunReport {
             agent: Arc::clone(&self.compiled.name),

@@ -51,10 +51,9 @@ impl SchedulerImage {
         self.transitions
     }
 
-    /// The states of its subgraph states' finished runs, by path (`names`: the run's
-    /// states, by index).
-    pub(crate) fn subgraph_reports(&self, names: &[&str]) -> Vec<crate::StateReport> {
-        self.subgraphs.reports(names)
+    /// The states of its subgraph states' finished runs, by path.
+    pub(crate) fn subgraph_reports(&self) -> Vec<crate::StateReport> {
+        self.subgraphs.reports()
     }
 
     /// The most states that had run at once.

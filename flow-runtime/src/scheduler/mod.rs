@@ -659,6 +659,16 @@ impl Coordinator {
         mut outcome: Outcome,
     ) -> Result<(), FlowError> {
         let completed = matches!(outcome, Outcome::Finished(Ok(_)));
+        if let Some(subgraphs) = &self.subgraphs {
+            // A subgraph state's run that completed with failures (keep-going) ended
+            // branches: the run did not do all its work either.
+            let failures = subgraphs.attempt_completed((state, attempt.1, attempt.0));
+            if completed && !failures.is_empty() {
+                let count = u32::try_from(failures.len()).unwrap_or(u32::MAX);
+                self.ended_branches = self.ended_branches.saturating_add(count);
+                self.dead_letters.extend(failures);
+            }
+        }
         if let Some(error) = self.return_branch(branch.id, completed)
             && completed
         {

@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use flow_core::{AgentStatus, FlowError, Next, StateError, StateSpec};
 
+use crate::RunReport;
 use crate::agent::{Agent, StateOptions};
 use crate::context::Context;
 use crate::state_fn::{BoxError, StateFn, StateFuture};
-use crate::{Checkpoint, RunReport};
 
 pub(crate) use records::{ProgressSink, SubgraphRuns, SubgraphsImage};
 
@@ -30,7 +30,7 @@ pub(crate) use records::{ProgressSink, SubgraphRuns, SubgraphsImage};
 /// where its run goes next (see [`Agent::add_subgraph`]).
 ///
 /// ```
-/// use fluffy_flow::SubgraphMapping;
+/// use flow_runtime::SubgraphMapping;
 /// let mapping = SubgraphMapping::new()
 ///     .input("draft", "text") // parent's `draft` becomes the subgraph's `text`
 ///     .output("verdict", "review_verdict") // the subgraph's `verdict` comes back
@@ -148,10 +148,11 @@ impl Agent {
     /// `name/state`. See the README's "Subgraphs and teams".
     ///
     /// ```
-    /// use fluffy_flow::{Agent, Context, Next, SubgraphMapping};
+    /// use flow_core::Next;
+    /// use flow_runtime::{Agent, Context, SubgraphMapping};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), fluffy_flow::FlowError> {
+    /// # async fn main() -> Result<(), flow_core::FlowError> {
     /// let mut review = Agent::new("review");
     /// review.add_state("judge", |ctx: Context| async move {
     ///     let text: String = ctx.get_state("text")?;
@@ -247,7 +248,10 @@ async fn run_subgraph(
     mapping: &SubgraphMapping,
     ctx: &Context,
 ) -> Result<(), FlowError> {
-    let Some((run, state, attempt, visit)) = ctx.state_run() else {
+    let (Some((run, state, attempt, visit)), Some(records)) = (
+        ctx.state_run(),
+        ctx.state_run().and_then(|(run, ..)| run.subgraphs.clone()),
+    ) else {
         return Err(FlowError::InvalidConfig {
             agent: workflow.name().to_owned(),
             message: "a subgraph state's body was called outside a run".into(),
@@ -257,6 +261,11 @@ async fn run_subgraph(
     let path: Arc<str> = match &run.path {
         Some(outer) => Arc::from(format!("{outer}/{name}")),
         None => Arc::clone(&name),
+    };
+    let failed = |error: FlowError| FlowError::SubgraphFailed {
+        state: path.to_string(),
+        workflow: workflow.name().to_owned(),
+        error: Box::new(error),
     };
     let missing = |key: &str, direction: &str, side: &str| FlowError::SubgraphKey {
         state: path.to_string(),
@@ -277,11 +286,8 @@ async fn run_subgraph(
         })?;
         child.put_slot(key.clone(), item);
     }
-    let records = run.subgraphs.clone();
     let attempt_key = (state, visit, attempt);
-    let restored = records
-        .as_ref()
-        .and_then(|records| records.take_restored(attempt_key));
+    let (order, restored) = records.begin(attempt_key);
     let nesting = Nesting {
         events: run.events.clone(),
         event_run_id: run.event_run_id,
@@ -290,26 +296,36 @@ async fn run_subgraph(
         stream: Arc::clone(&run.stream),
         inputs: Arc::clone(&run.inputs),
         progress: records
-            .as_ref()
-            .filter(|records| records.checkpointed())
-            .map(|records| ProgressSink::new(Arc::clone(records), attempt_key)),
-        key: format!("{}/{path}#{visit}", run.key),
+            .checkpointed()
+            .then(|| ProgressSink::new(Arc::clone(&records), attempt_key, order)),
+        // The attempt is part of it: a retry's requests for input are not its predecessor's.
+        key: format!("{}/{path}#{visit}.{attempt}", run.key),
     };
-    let report = match restored {
+    let watch = ChildWatch {
+        records: Arc::clone(&records),
+        attempt: attempt_key,
+        order,
+        owner: Arc::clone(&name),
+    };
+    let report = match restored.transpose().map_err(&failed)? {
+        // It had completed before the parent's checkpoint was taken: its result stands.
         Some(checkpoint)
             if matches!(
                 checkpoint.status,
                 AgentStatus::Completed | AgentStatus::CompletedWithFailures
             ) =>
         {
-            // It had completed before the parent's checkpoint was taken: its result stands.
-            RunReport::from_checkpoint(checkpoint)?
+            let report = RunReport::from_checkpoint(checkpoint).map_err(&failed)?;
+            watch.record(&report);
+            report
         }
-        restored => run_child(workflow, child, nesting, restored, ctx).await?,
+        restored => {
+            let handle = workflow
+                .launch_nested(child, nesting, restored)
+                .map_err(&failed)?;
+            run_child(handle, watch, ctx).await.map_err(&failed)?
+        }
     };
-    if let Some(records) = &records {
-        records.finished(attempt_key, &report.states);
-    }
     if !matches!(
         report.status,
         AgentStatus::Completed | AgentStatus::CompletedWithFailures
@@ -317,11 +333,7 @@ async fn run_subgraph(
         let error = report.error.clone().unwrap_or(FlowError::RunLost {
             agent: workflow.name().to_owned(),
         });
-        return Err(FlowError::SubgraphFailed {
-            state: path.to_string(),
-            workflow: workflow.name().to_owned(),
-            error: Box::new(error),
-        });
+        return Err(failed(error));
     }
     for (from, to) in &mapping.outputs {
         let slot = report
@@ -333,29 +345,58 @@ async fn run_subgraph(
     Ok(())
 }
 
-/// Runs the child to its end: stopped with the parent (its cancellation), and cancelled if
-/// this attempt is dropped (a timeout, an abort).
+/// Records a child run's end in its parent's records, whatever becomes of the attempt that
+/// started it; dropped, the child run no longer counts as live (see
+/// `SubgraphRuns::children_ended`), also if it never started.
+struct ChildWatch {
+    records: Arc<SubgraphRuns>,
+    attempt: records::AttemptKey,
+    order: records::RunOrder,
+    owner: Arc<str>,
+}
+
+impl ChildWatch {
+    fn record(&self, report: &RunReport) {
+        self.records
+            .finished(self.attempt, self.order, &self.owner, report);
+    }
+}
+
+impl Drop for ChildWatch {
+    fn drop(&mut self) {
+        self.records.child_ended();
+    }
+}
+
+/// Runs the child to its end, stopped with the parent (its cancellation). Its report is
+/// awaited by a task of its own, which records it in the parent's records even when this
+/// attempt is dropped (a timeout, an abort: the child is cancelled then).
 async fn run_child(
-    workflow: &Agent,
-    context: Context,
-    nesting: Nesting,
-    restored: Option<Checkpoint>,
+    handle: crate::RunHandle,
+    watch: ChildWatch,
     parent: &Context,
 ) -> Result<RunReport, FlowError> {
-    let handle = workflow.launch_nested(context, nesting, restored)?;
+    let agent = handle.agent_name().to_owned();
     let cancel = handle.cancel_token();
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let report = handle.wait().await;
+        watch.record(&report);
+        let _ = sender.send(report);
+    });
     let guard = cancel.clone().drop_guard();
-    let report = handle.wait();
-    tokio::pin!(report);
+    tokio::pin!(receiver);
     let report = tokio::select! {
-        report = &mut report => report,
+        report = &mut receiver => report,
         () = parent.cancelled() => {
             cancel.cancel();
-            report.await
+            receiver.await
         }
     };
     guard.disarm();
-    Ok(report)
+    // The watcher always sends (a run always reports, a lost one too); should it be gone,
+    // the child's end is unknown, and so it did not complete.
+    report.map_err(|_| FlowError::RunLost { agent })
 }
 
 /// What a subgraph's run takes from the run it is part of.
