@@ -20,54 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fluffy_flow::prelude::*;
-use model::{ProgState, Program, RunId};
+use model::programs::{Mix, program};
+use model::{Program, RunId};
 use proptest::prelude::*;
-
-#[derive(Clone, Copy, Debug)]
-enum Mix {
-    Declared,
-    Undeclared,
-    Mixed,
-}
-
-fn program(mix: Mix) -> impl Strategy<Value = Program> {
-    (2usize..=8).prop_flat_map(move |n| {
-        let state = move |i: usize| {
-            // Exits lead down the order, often all to the last state: branches converge.
-            let exit = if i + 1 < n {
-                prop_oneof![
-                    proptest::collection::vec(i + 1..n, 0..=2),
-                    Just(vec![n - 1]),
-                ]
-                .boxed()
-            } else {
-                Just(Vec::new()).boxed()
-            };
-            (
-                any::<bool>(),
-                0u32..=2,
-                proptest::collection::vec(0..n, 0..=3),
-                exit,
-                1u64..=1_000_000,
-            )
-                .prop_map(move |(coin, cap, looping, exit, duration_ms)| ProgState {
-                    declared: match mix {
-                        Mix::Declared => true,
-                        Mix::Undeclared => false,
-                        Mix::Mixed => coin,
-                    },
-                    cap,
-                    looping,
-                    exit,
-                    duration_ms,
-                })
-        };
-        (0..n)
-            .map(state)
-            .collect::<Vec<_>>()
-            .prop_map(|states| Program { states })
-    })
-}
 
 /// `default` cases, times `JOIN_MODEL_SCALE` if set (for long runs by hand:
 /// `JOIN_MODEL_SCALE=100 cargo test --release --test join_model`).

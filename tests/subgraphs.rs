@@ -802,6 +802,61 @@ mod macro_form {
         }
     }
 
+    /// Squares `n`.
+    struct Square;
+
+    #[workflow(name = "square")]
+    impl Square {
+        #[state]
+        async fn square(&self, ctx: &Context) -> StateResult {
+            let n: u64 = ctx.get_state("n")?;
+            ctx.set_state("squares", n * n);
+            Ok(Next::End)
+        }
+    }
+
+    /// Maps a subgraph over items; a reducer gathers what each run hands back.
+    #[context]
+    #[derive(Debug, Clone)]
+    struct Squares {
+        #[reduce(append)]
+        squares: Vec<u64>,
+    }
+
+    struct Fleet;
+
+    #[workflow(name = "fleet", context = Squares)]
+    impl Fleet {
+        #[state(entry)]
+        async fn split(&self, _ctx: &Context) -> StateResult {
+            map!(each, vec![3u64, 1, 2])
+        }
+
+        #[state(subgraph(workflow = Square, item = n, output(squares)))]
+        async fn each(&self, _ctx: &Context) -> StateResult {
+            next!(total)
+        }
+
+        #[state]
+        async fn total(&self, ctx: &Context) -> StateResult {
+            let squares: Vec<u64> = ctx.get_state("squares")?;
+            ctx.set_state("total", squares.iter().sum::<u64>());
+            Ok(Next::End)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_macro_subgraph_runs_once_per_map_item() {
+        let report = Fleet.agent().run().await.unwrap();
+        assert_eq!(
+            report.context.get_state::<Vec<u64>>("squares").unwrap(),
+            [9, 1, 4]
+        );
+        assert_eq!(report.context.get_state::<u64>("total").unwrap(), 14);
+        assert_eq!(report.state("each/square").unwrap().runs, 3);
+        assert_eq!(report.state("total").unwrap().runs, 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_macro_subgraph_maps_keys_and_its_body_routes() {
         for (factor, outcome) in [(3, "published"), (1, "rejected")] {

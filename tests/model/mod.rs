@@ -11,6 +11,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod programs;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
