@@ -21,6 +21,7 @@ fn main() {
         ("checkpoint", 100_000),
         ("input", 1_000),
         ("input_store", 20),
+        ("subgraph", 10_000),
     ] {
         match scenarios::run(scenario, n, 7) {
             Ok(line) => println!("{line}"),

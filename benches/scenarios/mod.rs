@@ -343,6 +343,51 @@ async fn build(n: usize) -> Sample {
     }
 }
 
+/// `subgraph`: a parent state that runs a one-state workflow as a subgraph, `n` times in a
+/// loop, passing a counter in and out: what a subgraph run costs over a state run.
+async fn subgraph(n: usize) -> Sample {
+    let t = Instant::now();
+    let mut child = Agent::new("step");
+    child.add_state("add", |ctx: Context| async move {
+        let count: usize = ctx.get_state("count")?;
+        ctx.set_state("count", count + 1);
+        Ok(Next::End)
+    });
+    let mut parent = Agent::new("loop");
+    parent.add_subgraph_with_router(
+        "step",
+        &child,
+        fluffy_flow::SubgraphMapping::new()
+            .inputs(["count"])
+            .outputs(["count"]),
+        move |ctx: Context| async move {
+            let count: usize = ctx.get_state("count")?;
+            Ok::<_, FlowError>(if count < n {
+                Next::to("step")
+            } else {
+                Next::End
+            })
+        },
+    );
+    parent.validate().expect("valid workflow");
+    let build = t.elapsed();
+    let context = Context::new();
+    context.set_state("count", 0usize);
+    let t = Instant::now();
+    let report = parent.run_with(context).await.expect("the run completes");
+    let run = t.elapsed();
+    let correct = report.context.get_state::<usize>("count").ok() == Some(n)
+        && report.transitions == n as u64
+        && report.state("step/add").map(|s| s.runs) == Some(n as u32);
+    Sample {
+        build,
+        run,
+        transitions: report.transitions,
+        max_concurrency: report.max_concurrency,
+        correct,
+    }
+}
+
 async fn runs(n: usize) -> Sample {
     let t = Instant::now();
     let mut agent = Agent::new("request");
@@ -639,7 +684,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// The scenarios `run` knows.
-pub const SCENARIOS: [&str; 15] = [
+pub const SCENARIOS: [&str; 16] = [
     "chain",
     "monitored_chain",
     "chain_macro",
@@ -655,6 +700,7 @@ pub const SCENARIOS: [&str; 15] = [
     "checkpoint",
     "input",
     "input_store",
+    "subgraph",
 ];
 
 /// Runs `scenario` with size `n`, `repetitions` times, on a fresh multi-thread runtime, and
@@ -697,6 +743,7 @@ pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::V
                     "monitored_chain" => monitored_chain(n).await,
                     "chain_macro" => chain_macro(n).await,
                     "ring" => ring(n).await,
+                    "subgraph" => subgraph(n).await,
                     "monitored_ring" => monitored_ring(n).await,
                     "fanout" => fanout(n, None).await,
                     "fanout_io" => fanout(n, Some(Duration::from_millis(10))).await,

@@ -529,22 +529,11 @@ impl RunReport {
     /// The report of a durable run that had completed, from its last checkpoint.
     pub(crate) fn from_checkpoint(mut checkpoint: Checkpoint) -> Result<Self, FlowError> {
         let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
-        let states = checkpoint
+        let mut states: Vec<StateReport> = checkpoint
             .states
             .iter()
-            .map(|s| StateReport {
-                status: s.status,
-                runs: s.runs,
-                visits: s.visits.unwrap_or(s.runs),
-                restored_runs: s.runs,
-                arrivals: s.arrivals,
-                attempts: s.attempts,
-                total_time: s.total_time,
-                last_error: s.last_error.clone(),
-                ..StateReport::new(Arc::from(s.name.as_str()))
-            })
-            .collect::<Vec<_>>();
-        let mut states = states;
+            .map(StateReport::restored)
+            .collect();
         states.extend(checkpoint.scheduler.subgraph_reports());
         Ok(RunReport {
             agent: Arc::from(checkpoint.agent.as_str()),
@@ -622,6 +611,21 @@ pub struct StateReport {
 }
 
 impl StateReport {
+    /// The state as a checkpoint kept it: every run it counts was before the restore.
+    pub(crate) fn restored(saved: &crate::checkpoint::StateCheckpoint) -> Self {
+        Self {
+            status: saved.status,
+            runs: saved.runs,
+            visits: saved.visits.unwrap_or(saved.runs),
+            restored_runs: saved.runs,
+            arrivals: saved.arrivals,
+            attempts: saved.attempts,
+            total_time: saved.total_time,
+            last_error: saved.last_error.clone(),
+            ..StateReport::new(Arc::from(saved.name.as_str()))
+        }
+    }
+
     pub(crate) fn new(name: Arc<str>) -> Self {
         Self {
             name,

@@ -246,7 +246,7 @@ impl Agent {
         &self,
         context: Context,
         mut nesting: crate::subgraph::Nesting,
-        restored: Option<Checkpoint>,
+        mut restored: Option<Checkpoint>,
     ) -> Result<RunHandle, FlowError> {
         let compiled = self.compiled()?;
         // Every child checkpoint replaces the last: the parent's checkpoints keep the latest.
@@ -259,23 +259,22 @@ impl Agent {
             let store: Arc<dyn CheckpointStore> = Arc::new(sink);
             (key.as_str(), store, policy)
         });
-        let nesting = Some(&nesting);
-        match restored {
-            Some(mut checkpoint) => {
-                let checked = check_fits(&checkpoint, &compiled)?;
+        let (context, checked) = match &mut restored {
+            Some(checkpoint) => {
+                let checked = check_fits(checkpoint, &compiled)?;
                 let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
-                let checkpoint = Some((&checkpoint, checked));
-                self.launch_with(
-                    context,
-                    checkpoint,
-                    durable,
-                    Vec::new(),
-                    Arc::default(),
-                    nesting,
-                )
+                (context, Some(checked))
             }
-            None => self.launch_with(context, None, durable, Vec::new(), Arc::default(), nesting),
-        }
+            None => (context, None),
+        };
+        self.launch_with(
+            context,
+            restored.as_ref().zip(checked),
+            durable,
+            Vec::new(),
+            Arc::default(),
+            Some(&nesting),
+        )
     }
 
     /// As `launch`, with answers left in the store for the run's input requests.
@@ -374,7 +373,9 @@ impl Agent {
         // Fires when the coordinator is done, also if it panicked: per-run event streams end.
         let finished = control.observer.finished.clone().drop_guard();
         let stream = crate::stream::CloseOnDrop(Arc::clone(&control.observer.stream));
-        runtime.spawn(async move {
+        // Boxed: the coordinator's future is large, and a task moves its future more than once
+        // (into its cell, into the running stage); boxed, each move is a pointer's.
+        runtime.spawn(Box::pin(async move {
             let _finished = finished;
             let _stream = stream;
             let report = coordinator.run().await;
@@ -389,7 +390,7 @@ impl Agent {
             }
             // The receiver is gone only if nobody waits for the report.
             let _ = report_tx.send(report);
-        });
+        }));
         Ok(RunHandle {
             agent: Arc::clone(&compiled.name),
             run_key,

@@ -138,6 +138,23 @@ pub struct StateCheckpoint {
     pub last_error: Option<String>,
 }
 
+impl StateCheckpoint {
+    /// What a checkpoint keeps of `report`, a state that had completed `completions` times.
+    pub(crate) fn of(report: &crate::StateReport, completions: u32) -> Self {
+        Self {
+            name: report.name.to_string(),
+            status: report.status,
+            runs: report.runs,
+            visits: Some(report.visits),
+            arrivals: report.arrivals,
+            attempts: report.attempts,
+            completions,
+            total_time: report.total_time,
+            last_error: report.last_error.clone(),
+        }
+    }
+}
+
 /// A state that was due when a checkpoint was taken.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedState {

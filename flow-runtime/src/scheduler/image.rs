@@ -161,17 +161,7 @@ impl Coordinator {
             .states
             .iter()
             .zip(&self.completions)
-            .map(|(report, &completions)| StateCheckpoint {
-                name: report.name.to_string(),
-                status: report.status,
-                runs: report.runs,
-                visits: Some(report.visits),
-                arrivals: report.arrivals,
-                attempts: report.attempts,
-                completions,
-                total_time: report.total_time,
-                last_error: report.last_error.clone(),
-            })
+            .map(|(report, &completions)| StateCheckpoint::of(report, completions))
             .collect();
         let (branch_images, branches_kept) = match self.branches_image() {
             Ok(image) => (image, Ok(())),

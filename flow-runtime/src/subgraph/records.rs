@@ -141,7 +141,7 @@ impl SubgraphRuns {
                             latest: order,
                             state: StateCheckpoint {
                                 name: path.to_string(),
-                                ..state_checkpoint(run)
+                                ..StateCheckpoint::of(run, 0)
                             },
                             restored_runs: run.restored_runs,
                             first_started: run.first_started,
@@ -284,36 +284,9 @@ fn ordered_reports<'a>(states: impl Iterator<Item = &'a Folded>) -> Vec<StateRep
             restored_runs: folded.restored_runs,
             first_started: folded.first_started,
             last_finished: folded.last_finished,
-            ..state_report(&folded.state)
+            ..StateReport::restored(&folded.state)
         })
         .collect()
-}
-
-fn state_checkpoint(report: &StateReport) -> StateCheckpoint {
-    StateCheckpoint {
-        name: report.name.to_string(),
-        status: report.status,
-        runs: report.runs,
-        visits: Some(report.visits),
-        arrivals: report.arrivals,
-        attempts: report.attempts,
-        completions: 0,
-        total_time: report.total_time,
-        last_error: report.last_error.clone(),
-    }
-}
-
-fn state_report(saved: &StateCheckpoint) -> StateReport {
-    StateReport {
-        status: saved.status,
-        runs: saved.runs,
-        visits: saved.visits.unwrap_or(saved.runs),
-        arrivals: saved.arrivals,
-        attempts: saved.attempts,
-        total_time: saved.total_time,
-        last_error: saved.last_error.clone(),
-        ..StateReport::new(Arc::from(saved.name.as_str()))
-    }
 }
 
 /// The subgraph part of a checkpoint's scheduler image.
