@@ -1109,3 +1109,80 @@ async fn a_subgraph_that_would_suspend_on_input_is_refused() {
         "{error}"
     );
 }
+
+/// A child of three 10 ms steps, logged.
+fn steps_child(log: &Log) -> Agent {
+    let mut child = Agent::new("steps3");
+    for (name, next) in [
+        ("one", Some("two")),
+        ("two", Some("three")),
+        ("three", None),
+    ] {
+        let l = log.clone();
+        child.add_state(name, move |_ctx: Context| {
+            let l = l.clone();
+            async move {
+                l.push(name);
+                sleep(MS * 10).await;
+                Ok(next.map_or(Next::End, Next::to))
+            }
+        });
+    }
+    child
+}
+
+#[tokio::test(start_paused = true)]
+async fn pausing_the_parent_lets_a_running_subgraph_finish_first() {
+    let log = Log::default();
+    let mut parent = Agent::new("parent");
+    parent.add_subgraph(
+        "work",
+        &steps_child(&log),
+        SubgraphMapping::new().then("after"),
+    );
+    let l = log.clone();
+    parent.add_state("after", move |_ctx: Context| {
+        let l = l.clone();
+        async move {
+            l.push("after");
+            Ok(Next::End)
+        }
+    });
+    let handle = parent.start().unwrap();
+    sleep(MS * 5).await;
+    let started = tokio::time::Instant::now();
+    let checkpoint = handle.pause().await.unwrap();
+    // The pause returned once the subgraph state (its whole run) had finished.
+    assert_eq!(started.elapsed(), MS * 25);
+    assert_eq!(log.names(), ["one", "two", "three"]);
+    assert!(checkpoint.queue.iter().any(|q| q.state == "after"));
+    sleep(MS * 100).await;
+    assert_eq!(log.count("after"), 0, "nothing starts while paused");
+    handle.resume();
+    let report = handle.result().await.unwrap();
+    assert_eq!(log.names(), ["one", "two", "three", "after"]);
+    assert_eq!(report.state("work/three").unwrap().runs, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_the_subgraph_state_cancels_its_run() {
+    let log = Log::default();
+    let mut parent = Agent::new("parent");
+    parent
+        .add_subgraph("work", &steps_child(&log), SubgraphMapping::new())
+        .on_error("recover");
+    parent.add_state("recover", |_ctx: Context| async move { Ok(Next::End) });
+    let handle = parent.start().unwrap();
+    sleep(MS * 15).await;
+    assert_eq!(handle.cancel_state("work").await.unwrap(), 1);
+    let report = handle.wait().await;
+    sleep(MS * 100).await;
+    // `three` never started: the subgraph's run stopped with its state.
+    assert_eq!(log.names(), ["one", "two"]);
+    assert_eq!(report.state("work").unwrap().status, StateStatus::Cancelled);
+    let two = report.state("work/two").unwrap();
+    assert_eq!((two.runs, two.status), (1, StateStatus::Cancelled));
+    assert_eq!(report.state("work/three").unwrap().runs, 0);
+    // A cancelled state's branch ends: it did not fail, so its handler does not run.
+    assert_eq!(report.state("recover").unwrap().runs, 0);
+}
