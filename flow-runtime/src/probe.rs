@@ -183,7 +183,7 @@ impl Publisher {
         );
     }
 
-    /// The path of a subgraph's run (`None` for a run of its own).
+    /// The name `state` goes by in events: its path in a subgraph's run, itself otherwise.
     fn path_of(&self, state: &Arc<str>) -> Arc<str> {
         let Some(paths) = &self.paths else {
             return Arc::clone(state);

@@ -248,10 +248,10 @@ async fn run_subgraph(
     mapping: &SubgraphMapping,
     ctx: &Context,
 ) -> Result<(), FlowError> {
-    let (Some((run, state, attempt, visit)), Some(records)) = (
-        ctx.state_run(),
-        ctx.state_run().and_then(|(run, ..)| run.subgraphs.clone()),
-    ) else {
+    let Some(((run, state, attempt, visit), records)) = ctx
+        .state_run()
+        .and_then(|at| Some((at, at.0.subgraphs.clone()?)))
+    else {
         return Err(FlowError::InvalidConfig {
             agent: workflow.name().to_owned(),
             message: "a subgraph state's body was called outside a run".into(),
