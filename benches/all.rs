@@ -28,4 +28,11 @@ fn main() {
             Err(message) => panic!("{message}"),
         }
     }
+    // The monitor's budget is a ratio: measured side by side, in one process.
+    for (a, b) in [("chain", "monitored_chain"), ("ring", "monitored_ring")] {
+        match scenarios::compare(a, b, 10_000, 15) {
+            Ok(line) => println!("{line}"),
+            Err(message) => panic!("{message}"),
+        }
+    }
 }

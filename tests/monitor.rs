@@ -494,3 +494,43 @@ async fn a_run_is_counted_whole_once_it_has_returned_and_attaching_twice_counts_
     assert_eq!(all.count, 6);
     assert!(close(all.max_ms, 3.0) && all.min_ms < 0.01, "{all:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_graphs_of_one_workflow_name_share_their_states_totals_by_name() {
+    // Two agents named alike with different graphs: their runs meet in one workflow's totals,
+    // each state under its name; a state that never ran is not listed.
+    let sleeper = |millis: u64, next: Option<&'static str>| {
+        move |_ctx: Context| async move {
+            sleep(ms(millis)).await;
+            Ok(next.map_or(Next::End, Next::to))
+        }
+    };
+    let mut first = Agent::new("etl");
+    first
+        .add_state("extract", sleeper(2, Some("load")))
+        .successors(["load", "never"]);
+    first.add_state("load", sleeper(4, None));
+    first.add_state("never", sleeper(1, None));
+    let mut second = Agent::new("etl");
+    second
+        .add_state("clean", sleeper(8, Some("load")))
+        .successors(["load"]);
+    second.add_state("load", sleeper(6, None));
+    let monitor = Monitor::new(MetricType::ALL);
+    monitor.attach(&first).unwrap();
+    monitor.attach(&second).unwrap();
+    first.run().await.unwrap();
+    second.run().await.unwrap();
+    first.run().await.unwrap();
+    let snapshot = monitor.snapshot();
+    let etl = &snapshot.workflows["etl"];
+    assert_eq!(etl.runs.completed, 3);
+    let names: Vec<&str> = etl.states.keys().map(String::as_str).collect();
+    assert_eq!(names, ["clean", "extract", "load"]);
+    assert_eq!(state(&snapshot, "etl", "extract").completed, 2);
+    assert_eq!(state(&snapshot, "etl", "clean").completed, 1);
+    let load = state(&snapshot, "etl", "load");
+    assert_eq!((load.started, load.completed), (3, 3));
+    assert_summary(load.duration.as_ref().unwrap(), 3, 4.0, 4.0, 6.0, 6.0);
+    assert_eq!(etl.state_duration.as_ref().unwrap().count, 6);
+}

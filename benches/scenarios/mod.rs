@@ -703,6 +703,69 @@ pub const SCENARIOS: [&str; 16] = [
     "subgraph",
 ];
 
+/// The scenarios `compare` can put side by side: one workflow run per repetition, timed as
+/// one number per transition.
+const COMPARABLE: [&str; 6] = [
+    "chain",
+    "monitored_chain",
+    "chain_macro",
+    "ring",
+    "monitored_ring",
+    "subgraph",
+];
+
+async fn comparable(scenario: &str, n: usize) -> Sample {
+    match scenario {
+        "chain" => chain(n).await,
+        "monitored_chain" => monitored_chain(n).await,
+        "chain_macro" => chain_macro(n).await,
+        "ring" => ring(n).await,
+        "monitored_ring" => monitored_ring(n).await,
+        _ => subgraph(n).await,
+    }
+}
+
+/// Runs scenarios `a` and `b` (size `n`) in turn, `pairs` times each, in one process and on
+/// one runtime, so that both see the same machine: on a shared machine whose speed drifts
+/// from minute to minute, that is the comparison to trust. Returns both medians per
+/// transition and the median of the pairs' ratios, `b` against `a`.
+pub fn compare(a: &str, b: &str, n: usize, pairs: usize) -> Result<serde_json::Value, String> {
+    for scenario in [a, b] {
+        if !COMPARABLE.contains(&scenario) {
+            return Err(format!(
+                "`{scenario}` cannot be compared; comparable: {}",
+                COMPARABLE.join(" ")
+            ));
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    let per_transition = |sample: &Sample| sample.run.as_secs_f64() / sample.transitions as f64;
+    let mut times = (Vec::new(), Vec::new());
+    let mut ratios = Vec::new();
+    let mut correct = true;
+    for _ in 0..pairs.max(1) {
+        let (first, second) =
+            runtime.block_on(async { (comparable(a, n).await, comparable(b, n).await) });
+        correct &= first.correct && second.correct;
+        let (first, second) = (per_transition(&first), per_transition(&second));
+        times.0.push(first);
+        times.1.push(second);
+        ratios.push(second / first);
+    }
+    Ok(json!({
+        "compare": [a, b],
+        "n": n,
+        "pairs": pairs.max(1),
+        "a_per_transition_us": median(times.0) * 1e6,
+        "b_per_transition_us": median(times.1) * 1e6,
+        "b_over_a_pct": (median(ratios) - 1.0) * 100.0,
+        "correct": correct,
+    }))
+}
+
 /// Runs `scenario` with size `n`, `repetitions` times, on a fresh multi-thread runtime, and
 /// returns its JSON line.
 pub fn run(scenario: &str, n: usize, repetitions: usize) -> Result<serde_json::Value, String> {

@@ -3,7 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use flow_core::{AgentStatus, FxHashMap};
@@ -17,6 +17,7 @@ use super::snapshot::{
     Throughput, WorkflowMetrics,
 };
 use crate::FailureKind;
+use crate::agent::Compiled;
 
 /// Everything handed over so far.
 pub(crate) struct Aggregate {
@@ -34,14 +35,21 @@ pub(super) struct Slots {
     generation: u64,
     workflow: usize,
     /// By the run's state index: the state's place in the workflow's totals (`u32::MAX`: not
-    /// looked up yet).
+    /// looked up yet). Empty for a run of the workflow's first graph, whose states are at
+    /// their own index: no lookup at all.
     states: Vec<u32>,
 }
 
 struct Workflow {
     runs: RunOutcomes,
     run_duration: Option<Durations>,
+    /// The first graph of the workflow the totals saw (a run's `Compiled`): its states are
+    /// the first of `states`, in its order, so that its runs need no lookup by name. (Held
+    /// weakly: the totals keep no agent alive, and the address is not reused meanwhile.)
+    graph: Option<Weak<Compiled>>,
     states: Vec<State>,
+    /// Every state's place in `states` by name, made when a run of another graph of the
+    /// same workflow name first comes.
     state_index: FxHashMap<Arc<str>, u32>,
     running: u64,
     peak: u64,
@@ -61,6 +69,7 @@ impl Workflow {
         Self {
             runs: RunOutcomes::default(),
             run_duration: None,
+            graph: None,
             states: Vec::new(),
             state_index: FxHashMap::default(),
             running: 0,
@@ -77,7 +86,41 @@ impl Workflow {
     }
 }
 
-impl Workflow {}
+impl Workflow {
+    /// Where the states of a run of `compiled` go, by the run's state index (empty: at their
+    /// own index).
+    fn slots_for(&mut self, compiled: &Arc<Compiled>) -> Vec<u32> {
+        let graph = &compiled.graph;
+        if self.graph.is_none() && self.states.is_empty() {
+            // The first graph: its states, all at once, at their own index. A state that
+            // never runs stays out of snapshots.
+            self.graph = Some(Arc::downgrade(compiled));
+            self.states.extend(
+                graph
+                    .names()
+                    .iter()
+                    .map(|name| State::new(Arc::clone(name))),
+            );
+            return Vec::new();
+        }
+        if self
+            .graph
+            .as_ref()
+            .is_some_and(|first| std::ptr::eq(first.as_ptr(), Arc::as_ptr(compiled)))
+        {
+            return Vec::new();
+        }
+        if self.state_index.len() < self.states.len() {
+            self.state_index = self
+                .states
+                .iter()
+                .enumerate()
+                .map(|(index, state)| (Arc::clone(&state.name), index as u32))
+                .collect();
+        }
+        vec![u32::MAX; graph.len()]
+    }
+}
 
 struct State {
     name: Arc<str>,
@@ -141,15 +184,16 @@ impl Aggregate {
         self.window = window;
     }
 
-    /// Where records of a run of `workflow` go: `slots` if it is still current, new ones
+    /// Where records of a run of `compiled` go: `slots` if it is still current, new ones
     /// otherwise.
-    pub(super) fn slots(&mut self, slots: &mut Option<Slots>, workflow: &Arc<str>, states: usize) {
+    pub(super) fn slots(&mut self, slots: &mut Option<Slots>, compiled: &Arc<Compiled>) {
         if slots
             .as_ref()
             .is_some_and(|s| s.generation == self.generation)
         {
             return;
         }
+        let workflow = &compiled.name;
         let index = match self.by_name.get(workflow) {
             Some(&index) => index,
             None => {
@@ -159,15 +203,10 @@ impl Aggregate {
                 self.workflows.len() - 1
             }
         };
-        // A new workflow's states arrive at once: room for all of them.
-        let w = &mut self.workflows[index];
-        let missing = states.saturating_sub(w.states.len());
-        w.states.reserve(missing);
-        w.state_index.reserve(missing);
         *slots = Some(Slots {
             generation: self.generation,
             workflow: index,
-            states: vec![u32::MAX; states],
+            states: self.workflows[index].slots_for(compiled),
         });
     }
 
@@ -183,7 +222,9 @@ impl Aggregate {
         let throughput = self.types.contains(MetricType::THROUGHPUT);
         let w = &mut self.workflows[slots.workflow];
         let mut state = |w: &mut Workflow, index: usize| -> usize {
-            let slot = &mut slots.states[index];
+            let Some(slot) = slots.states.get_mut(index) else {
+                return index; // (a run of the first graph)
+            };
             if *slot == u32::MAX {
                 // (One hash of the name, whether the state is new or known.)
                 *slot = match w.state_index.entry(name(index)) {
@@ -371,6 +412,7 @@ impl Aggregate {
         let states = w
             .states
             .iter()
+            .filter(|s| s.is_seen())
             .map(|s| (s.name.to_string(), s.metrics(types)))
             .collect();
         let throughput = types.contains(MetricType::THROUGHPUT).then(|| {
@@ -435,6 +477,12 @@ impl State {
             queue_wait: Durations::new(),
             extra: None,
         }
+    }
+
+    /// Whether any record of it came (its graph's states are made before they run).
+    fn is_seen(&self) -> bool {
+        self.started + self.completed + self.retried + self.failed + self.cancelled > 0
+            || self.extra.is_some()
     }
 
     fn extra(&mut self) -> &mut Extra {

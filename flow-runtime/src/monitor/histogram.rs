@@ -14,11 +14,12 @@ const SUB_BUCKETS: u64 = 128;
 /// Values below this each have a bucket of their own.
 const LINEAR: u64 = 2 * SUB_BUCKETS;
 
-/// How many values are kept as they are before the bucket counts are allocated: the many
-/// states of a large graph that run once or twice cost no histogram each.
-const FEW: usize = 4;
+/// How many values are known exactly without buckets: from the count, the sum, the minimum
+/// and the maximum (the middle one of three is the sum less the other two). The many states
+/// of a large graph that run once or twice cost no histogram each.
+const FEW: u64 = 3;
 
-/// A distribution of durations, in microseconds (72 bytes until it needs buckets).
+/// A distribution of durations, in microseconds (40 bytes until it needs buckets).
 #[derive(Default)]
 pub(crate) struct Durations {
     count: u64,
@@ -26,28 +27,32 @@ pub(crate) struct Durations {
     sum: u64,
     min: u64,
     max: u64,
-    values: Values,
-}
-
-/// The values, as they are while there are at most `FEW`, then as bucket counts.
-enum Values {
-    Few([u64; FEW]),
-    Buckets(Vec<u32>),
-}
-
-impl Default for Values {
-    fn default() -> Self {
-        Self::Few([0; FEW])
-    }
+    /// Counts by bucket once there are more than `FEW` values (a power of two of them, grown
+    /// as larger values come).
+    buckets: Option<Box<[u32]>>,
 }
 
 /// Counts `micros` in `buckets`, growing them to its bucket.
-fn count_in(buckets: &mut Vec<u32>, micros: u64) {
+fn count_in(buckets: &mut Option<Box<[u32]>>, micros: u64) {
     let index = bucket(micros);
-    if index >= buckets.len() {
-        buckets.resize(index + 1, 0);
+    if buckets.as_ref().is_none_or(|counts| index >= counts.len()) {
+        grow(buckets, index);
     }
-    buckets[index] = buckets[index].saturating_add(1);
+    if let Some(counts) = buckets {
+        counts[index] = counts[index].saturating_add(1);
+    }
+}
+
+/// Makes room in `buckets` up to bucket `index`: to the next power of two, so that values
+/// growing one bucket at a time reallocate only a logarithmic number of times.
+#[cold]
+fn grow(buckets: &mut Option<Box<[u32]>>, index: usize) {
+    let len = (index + 1).next_power_of_two().max(64);
+    let mut grown = vec![0u32; len].into_boxed_slice();
+    if let Some(old) = buckets.take() {
+        grown[..old.len()].copy_from_slice(&old);
+    }
+    *buckets = Some(grown);
 }
 
 /// The bucket of `micros`.
@@ -87,7 +92,34 @@ impl Durations {
         self.record_micros(micros);
     }
 
+    /// The values, smallest first, while there are at most `FEW` (`None` after).
+    fn exact(&self) -> Option<([u64; FEW as usize], usize)> {
+        let middle = || {
+            // (Clamped: a saturated sum cannot put it outside the other two.)
+            (self.sum.saturating_sub(self.min).saturating_sub(self.max)).clamp(self.min, self.max)
+        };
+        Some(match self.count {
+            0 => ([0; 3], 0),
+            1 => ([self.min, 0, 0], 1),
+            2 => ([self.min, self.max, 0], 2),
+            3 => ([self.min, middle(), self.max], 3),
+            _ => return None,
+        })
+    }
+
+    /// Puts the values known exactly into buckets (there are no more than `FEW`).
+    fn move_into_buckets(&mut self) {
+        if let Some((values, count)) = self.exact() {
+            for &value in &values[..count] {
+                count_in(&mut self.buckets, value);
+            }
+        }
+    }
+
     fn record_micros(&mut self, micros: u64) {
+        if self.count == FEW {
+            self.move_into_buckets();
+        }
         if self.count == 0 {
             self.min = micros;
             self.max = micros;
@@ -95,19 +127,10 @@ impl Durations {
             self.min = self.min.min(micros);
             self.max = self.max.max(micros);
         }
-        let index = self.count as usize;
         self.count += 1;
         self.sum = self.sum.saturating_add(micros);
-        match &mut self.values {
-            Values::Few(few) if index < FEW => few[index] = micros,
-            Values::Few(few) => {
-                let mut buckets = Vec::new();
-                for &value in few.iter().chain([&micros]) {
-                    count_in(&mut buckets, value);
-                }
-                self.values = Values::Buckets(buckets);
-            }
-            Values::Buckets(buckets) => count_in(buckets, micros),
+        if self.count > FEW {
+            count_in(&mut self.buckets, micros);
         }
     }
 
@@ -115,39 +138,38 @@ impl Durations {
     pub(crate) fn merged<'a>(parts: impl IntoIterator<Item = &'a Durations>) -> Self {
         let mut all = Self::new();
         for part in parts {
-            match &part.values {
-                Values::Few(few) => {
-                    for &micros in &few[..part.count as usize] {
-                        all.record_micros(micros);
-                    }
+            if let Some((values, count)) = part.exact() {
+                for &micros in &values[..count] {
+                    all.record_micros(micros);
                 }
-                Values::Buckets(theirs) => {
-                    // Into buckets first, then add.
-                    if let Values::Few(few) = &all.values {
-                        let mut buckets = Vec::new();
-                        for &value in &few[..all.count as usize] {
-                            count_in(&mut buckets, value);
-                        }
-                        all.values = Values::Buckets(buckets);
-                    }
-                    let Values::Buckets(mine) = &mut all.values else {
-                        continue; // (just made buckets)
-                    };
-                    if mine.len() < theirs.len() {
-                        mine.resize(theirs.len(), 0);
-                    }
-                    for (mine, theirs) in mine.iter_mut().zip(theirs) {
-                        *mine = mine.saturating_add(*theirs);
-                    }
-                    if all.count == 0 {
-                        (all.min, all.max) = (part.min, part.max);
-                    }
-                    all.min = all.min.min(part.min);
-                    all.max = all.max.max(part.max);
-                    all.count += part.count;
-                    all.sum = all.sum.saturating_add(part.sum);
+                continue;
+            }
+            let Some(theirs) = &part.buckets else {
+                continue; // (more than `FEW` values always have buckets)
+            };
+            // Into buckets first, then add.
+            if all.count <= FEW {
+                all.move_into_buckets();
+            }
+            if all
+                .buckets
+                .as_ref()
+                .is_none_or(|mine| mine.len() < theirs.len())
+            {
+                grow(&mut all.buckets, theirs.len() - 1);
+            }
+            if let Some(mine) = &mut all.buckets {
+                for (mine, theirs) in mine.iter_mut().zip(theirs.iter()) {
+                    *mine = mine.saturating_add(*theirs);
                 }
             }
+            if all.count == 0 {
+                (all.min, all.max) = (part.min, part.max);
+            }
+            all.min = all.min.min(part.min);
+            all.max = all.max.max(part.max);
+            all.count += part.count;
+            all.sum = all.sum.saturating_add(part.sum);
         }
         all
     }
@@ -156,13 +178,11 @@ impl Durations {
     /// outside `[min, max]`.
     fn quantiles<const N: usize>(&self, quantiles: [f64; N]) -> [u64; N] {
         let ranks = quantiles.map(|q| ((q * self.count as f64).ceil() as u64).clamp(1, self.count));
-        let buckets = match &self.values {
-            Values::Few(few) => {
-                let mut sorted = few[..self.count as usize].to_vec();
-                sorted.sort_unstable();
-                return ranks.map(|rank| sorted[rank as usize - 1]);
-            }
-            Values::Buckets(buckets) => buckets,
+        if let Some((sorted, _)) = self.exact() {
+            return ranks.map(|rank| sorted[rank as usize - 1]);
+        }
+        let Some(buckets) = &self.buckets else {
+            return [self.max; N]; // (more than `FEW` values always have buckets)
         };
         let mut values = [self.max; N];
         let mut seen = 0u64;
@@ -242,6 +262,58 @@ mod tests {
                 "{actual} for {exact}"
             );
         }
+    }
+
+    #[test]
+    fn up_to_three_values_are_exact_and_the_fourth_keeps_them_all() {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let mut durations = Durations::new();
+        for (value, count) in [(7_000u64, 1u64), (3_000, 2), (5_000, 3)] {
+            durations.record_micros(value);
+            assert!(
+                durations.buckets.is_none(),
+                "{count} values need no buckets"
+            );
+            assert_eq!(durations.summary().unwrap().count, count);
+        }
+        let summary = durations.summary().unwrap();
+        assert_eq!(
+            (summary.min_ms, summary.p50_ms, summary.max_ms),
+            (3.0, 5.0, 7.0)
+        );
+        // The fourth value moves the three into buckets: the median of 3, 5, 7 and 9 ms is
+        // still 5 ms (within 1%), and merging two such keeps all eight.
+        durations.record_micros(9_000);
+        assert!(durations.buckets.is_some());
+        let summary = durations.summary().unwrap();
+        assert_eq!(
+            (summary.count, summary.min_ms, summary.max_ms),
+            (4, 3.0, 9.0)
+        );
+        assert!(summary.p50_ms >= 5.0 && summary.p50_ms <= 5.0 * 1.01);
+        let mut one = Durations::new();
+        one.record_micros(1_000);
+        let all = Durations::merged([&one, &durations, &durations]);
+        let summary = all.summary().unwrap();
+        assert_eq!(
+            (summary.count, summary.min_ms, summary.max_ms),
+            (9, 1.0, 9.0)
+        );
+        assert!((summary.mean_ms - ms(1_000 + 2 * 24_000) / 9.0).abs() < 1e-9);
+        // Ranks: 1, 3, 3, 5, 5, ... the 5th of 9 is 5 ms.
+        assert!(summary.p50_ms >= 5.0 && summary.p50_ms <= 5.0 * 1.01);
+    }
+
+    #[test]
+    fn buckets_grow_to_far_larger_values() {
+        let mut durations = Durations::new();
+        for micros in [1, 2, 3, 4, 1_000_000_000, u64::MAX] {
+            durations.record_micros(micros);
+        }
+        let summary = durations.summary().unwrap();
+        assert_eq!(summary.count, 6);
+        assert_eq!(summary.max_ms, u64::MAX as f64 / 1000.0);
+        assert!(summary.p50_ms <= 0.003, "{}", summary.p50_ms);
     }
 
     #[test]

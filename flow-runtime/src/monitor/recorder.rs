@@ -87,9 +87,14 @@ struct Local {
     /// When its oldest queued run became ready (later ones wait in `Recorder::more_ready`).
     ready: Option<Instant>,
     blocked_since: Option<Instant>,
-    /// Its last completion (kept only in a run with dependencies).
-    completed_at: Option<Instant>,
     running: u32,
+}
+
+/// What the recorder knows of one state in a run with dependencies (the others keep none).
+#[derive(Clone, Default)]
+struct Chain {
+    /// Its last completion.
+    completed_at: Option<Instant>,
     /// The longest chain of required dependencies that ends here (0: none resolved), and
     /// the dependency before it in that chain.
     depth: u32,
@@ -105,6 +110,8 @@ pub(super) struct Recorder {
     pending: Vec<Record>,
     /// By state index; sized at the run's first event of a state.
     states: Vec<Local>,
+    /// By state index, sized with `states` in a run with dependencies (empty otherwise).
+    chains: Vec<Chain>,
     more_ready: FxHashMap<usize, VecDeque<Instant>>,
     /// Running and queued now; what the totals were last told; the most running since.
     now: Concurrency,
@@ -124,6 +131,7 @@ impl Recorder {
             slots: None,
             pending: Vec::new(),
             states: Vec::new(),
+            chains: Vec::new(),
             more_ready: FxHashMap::default(),
             now: Concurrency::default(),
             reported: Concurrency::default(),
@@ -141,10 +149,19 @@ impl Recorder {
     /// The index of the state named `name` (input events name their state).
     fn index(&mut self, name: &str) -> Option<usize> {
         let index = self.compiled.graph.id(name)?.index();
-        if self.states.is_empty() {
-            self.states = vec![Local::default(); self.compiled.graph.len()];
-        }
+        self.size();
         Some(index)
+    }
+
+    /// Makes room for every state of the run, at its first event of a state.
+    fn size(&mut self) {
+        if self.states.is_empty() {
+            let states = self.compiled.graph.len();
+            self.states = vec![Local::default(); states];
+            if self.dependencies {
+                self.chains = vec![Chain::default(); states];
+            }
+        }
     }
 
     /// An attempt of `state` ended: it leaves the running, or the queue if it was refused
@@ -176,7 +193,7 @@ impl Recorder {
             .dependencies
             .iter()
             .filter_map(|d| {
-                let at = self.states[d.on.index()].completed_at?;
+                let at = self.chains[d.on.index()].completed_at?;
                 (at >= since).then_some((at, d.on.index()))
             })
             .max()
@@ -189,14 +206,14 @@ impl Recorder {
             .dependencies
             .iter()
             .filter(|d| d.config.kind == DependencyType::Required)
-            .filter(|d| self.states[d.on.index()].completed_at.is_some())
-            .map(|d| (self.states[d.on.index()].depth.max(1), d.on.index()))
+            .filter(|d| self.chains[d.on.index()].completed_at.is_some())
+            .map(|d| (self.chains[d.on.index()].depth.max(1), d.on.index()))
             .max();
         let Some((depth, previous)) = best else {
             return;
         };
-        let longest = self.longest.map_or(0, |end| self.states[end].depth);
-        let local = &mut self.states[state];
+        let longest = self.longest.map_or(0, |end| self.chains[end].depth);
+        let local = &mut self.chains[state];
         local.depth = depth + 1;
         local.previous = previous as u32;
         if local.depth > longest {
@@ -207,16 +224,16 @@ impl Recorder {
     /// The longest chain found, first dependency first.
     fn longest_chain(&self) -> Option<Box<[usize]>> {
         let end = self.longest?;
-        let length = self.states[end].depth as usize;
+        let length = self.chains[end].depth as usize;
         let mut chain = Vec::with_capacity(length);
         let mut at = end;
         // (Bounded by its length: a chain rebuilt in a loop cannot send it round forever.)
         for _ in 0..length {
             chain.push(at);
-            if self.states[at].depth <= 1 {
+            if self.chains[at].depth <= 1 {
                 break;
             }
-            at = self.states[at].previous as usize;
+            at = self.chains[at].previous as usize;
         }
         chain.reverse();
         Some(chain.into_boxed_slice())
@@ -272,9 +289,7 @@ impl Recorder {
 
     /// What an event of one of `state`'s attempts adds, if anything.
     fn take_state(&mut self, at: Instant, state: usize, event: &StateEvent<'_>) -> Option<Record> {
-        if self.states.is_empty() {
-            self.states = vec![Local::default(); self.compiled.graph.len()];
-        }
+        self.size();
         Some(match *event {
             StateEvent::Blocked => {
                 self.states[state].blocked_since.get_or_insert(at);
@@ -309,7 +324,7 @@ impl Recorder {
             }
             StateEvent::Completed { duration } => {
                 if self.dependencies {
-                    self.states[state].completed_at = Some(at);
+                    self.chains[state].completed_at = Some(at);
                 }
                 self.ended(state);
                 // An attempt that started in this batch (a quick state's usual case) takes
@@ -375,7 +390,7 @@ impl RunProbe for Recorder {
         }
         let mut totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
         let graph = &self.compiled.graph;
-        totals.slots(&mut self.slots, &self.compiled.name, graph.len());
+        totals.slots(&mut self.slots, &self.compiled);
         let Some(slots) = self.slots.as_mut() else {
             return;
         };
