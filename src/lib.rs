@@ -41,6 +41,12 @@ pub use flow_runtime::{SubgraphMapping, Team, TeamReport};
 
 mod transitions;
 
+/// PostgreSQL (cargo feature `postgres`): the checkpoint store that many processes share.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use flow_postgres::{PgBackend, PgStore, TempCluster, cluster};
+}
+
 /// Everything a workflow usually needs, in one import: `use fluffy_flow::prelude::*;`.
 pub mod prelude {
     pub use crate::{

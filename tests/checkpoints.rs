@@ -3,6 +3,8 @@
 //! against every store.
 
 mod common;
+#[path = "common/store_conformance.rs"]
+mod store_conformance;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -16,6 +18,7 @@ use fluffy_flow::{
     MemoryStore, QueuePlace, RedbStore, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
+use store_conformance::{chain, conformance, sample_checkpoint};
 use tokio::time::{Instant, sleep};
 
 const MS: Duration = Duration::from_millis(1);
@@ -35,14 +38,6 @@ fn waits(log: &Log) -> Agent {
     step(&mut agent, log, "b", 100, Next::End);
     step(&mut agent, log, "c", 0, Next::to("d"));
     step(&mut agent, log, "d", 0, Next::End).depends_on("b", DependencyType::Required);
-    agent
-}
-
-fn chain(log: &Log) -> Agent {
-    let mut agent = Agent::new("chain");
-    step(&mut agent, log, "a", 10, Next::to("b"));
-    step(&mut agent, log, "b", 100, Next::to("c"));
-    step(&mut agent, log, "c", 10, Next::End);
     agent
 }
 
@@ -358,15 +353,6 @@ async fn a_checkpoint_restores_only_into_its_own_definition() {
     assert!(matches!(error, FlowError::NoStates { .. }), "{error}");
 }
 
-async fn sample_checkpoint() -> Checkpoint {
-    let log = Log::default();
-    let handle = chain(&log).start().unwrap();
-    sleep(MS * 50).await;
-    let checkpoint = handle.create_checkpoint().await.unwrap();
-    handle.cancel();
-    checkpoint
-}
-
 #[tokio::test(start_paused = true)]
 async fn damaged_checkpoint_data_is_an_error_naming_store_and_run_never_a_panic() {
     let json = sample_checkpoint().await.to_json().unwrap();
@@ -499,88 +485,6 @@ async fn refused_or_ends(agent: &Agent, bytes: &[u8], what: &str) {
             "{what} killed the coordinator"
         );
     }
-}
-
-/// Writes raw bytes into a store as checkpoint `sequence` of (`agent`, `run`).
-type Corrupt<'a> = &'a dyn Fn(&str, &str, u64, &[u8]);
-
-/// Every store behaves the same: save, latest, list, load, prune, delete, isolation between
-/// workflows and runs, damaged data reported with the store and run named.
-async fn conformance(store: &dyn CheckpointStore, corrupt: Corrupt<'_>) {
-    let base = sample_checkpoint().await;
-    let with = |run: &str, sequence: u64| {
-        let mut c = base.clone();
-        c.run_key = run.to_owned();
-        c.sequence = sequence;
-        c
-    };
-    assert!(store.latest("chain", "r1").unwrap().is_none());
-    assert!(store.sequences("chain", "r1").unwrap().is_empty());
-    for sequence in [1, 2, 3] {
-        store.save(&with("r1", sequence)).unwrap();
-    }
-    store.save(&with("r2", 9)).unwrap();
-    let mut other = with("r1", 7);
-    other.agent = "another".into();
-    store.save(&other).unwrap();
-
-    let latest = store.latest("chain", "r1").unwrap().unwrap();
-    assert_eq!((latest.run_key.as_str(), latest.sequence), ("r1", 3));
-    assert_eq!(latest.context, base.context);
-    assert_eq!(latest.states, base.states);
-    assert_eq!(latest.queue, base.queue);
-    assert_eq!(store.sequences("chain", "r1").unwrap(), [1, 2, 3]);
-    assert_eq!(store.sequences("chain", "r2").unwrap(), [9]);
-    assert_eq!(store.sequences("another", "r1").unwrap(), [7]);
-    assert_eq!(store.load("chain", "r1", 2).unwrap().unwrap().sequence, 2);
-    assert!(store.load("chain", "r1", 5).unwrap().is_none());
-
-    // Saving the same sequence again replaces it.
-    let mut replaced = with("r1", 3);
-    replaced.elapsed = Duration::from_secs(42);
-    store.save(&replaced).unwrap();
-    assert_eq!(
-        store.latest("chain", "r1").unwrap().unwrap().elapsed,
-        Duration::from_secs(42)
-    );
-
-    store.prune("chain", "r1", 2).unwrap();
-    assert_eq!(store.sequences("chain", "r1").unwrap(), [2, 3]);
-    store.delete("chain", "r1", 3).unwrap();
-    assert_eq!(store.latest("chain", "r1").unwrap().unwrap().sequence, 2);
-    store.delete_run("chain", "r1").unwrap();
-    assert!(store.latest("chain", "r1").unwrap().is_none());
-    assert_eq!(
-        store.sequences("chain", "r2").unwrap(),
-        [9],
-        "other runs untouched"
-    );
-
-    // A restored run from what the store gave back completes.
-    let resumed = Log::default();
-    let checkpoint = store.latest("chain", "r2").unwrap().unwrap();
-    chain(&resumed)
-        .restore_from_checkpoint(checkpoint)
-        .unwrap()
-        .result()
-        .await
-        .unwrap();
-    assert_eq!(resumed.names(), ["b", "c"]);
-
-    // Damaged data is an error naming the store and the run.
-    let json = base.to_json().unwrap();
-    corrupt("chain", "bad", 1, &json[..json.len() - 10]);
-    let error = store.latest("chain", "bad").unwrap_err();
-    let message = error.to_string();
-    assert!(
-        matches!(error, FlowError::CorruptCheckpoint { .. }),
-        "{message}"
-    );
-    assert!(message.contains(&store.describe()), "{message}");
-    assert!(
-        message.contains("run `bad` of workflow `chain`"),
-        "{message}"
-    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,9 @@
+//! The schema, as numbered migrations embedded in the binary (`migrations/*.sql`), applied
+//! in order by [`crate::PgBackend::migrate`].
+
+/// (version, name, SQL), in the order they apply.
+pub(crate) const MIGRATIONS: [(i32, &str, &str); 1] = [(
+    1,
+    "checkpoints",
+    include_str!("../migrations/0001_checkpoints.sql"),
+)];
