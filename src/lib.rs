@@ -41,10 +41,14 @@ pub use flow_runtime::{SubgraphMapping, Team, TeamReport};
 
 mod transitions;
 
-/// PostgreSQL (cargo feature `postgres`): the checkpoint store that many processes share.
+/// PostgreSQL (cargo feature `postgres`): the checkpoint store and run queue that many
+/// processes share, and the workers that claim runs from it.
 #[cfg(feature = "postgres")]
 pub mod postgres {
-    pub use flow_postgres::{PgBackend, PgStore, TempCluster, cluster};
+    pub use flow_postgres::{
+        CancellationToken, DEFAULT_HEARTBEAT, DEFAULT_LEASE, FencedStore, PgBackend, PgStore,
+        QueueStatus, QueuedRun, Submitted, TempCluster, Worker, WorkerReport, cluster,
+    };
 }
 
 /// Everything a workflow usually needs, in one import: `use fluffy_flow::prelude::*;`.

@@ -434,6 +434,24 @@ pub enum FlowError {
         /// What is wrong with it.
         message: String,
     },
+    /// A worker's lease on a queued run has lapsed (it could not renew it in time, and
+    /// another worker may have claimed the run): the database refused its write, fenced off
+    /// by the lease's token.
+    #[error(
+        "worker `{worker}` no longer holds the lease on run `{run}` of workflow `{workflow}` (fencing token {fence}), so its {action} was refused; the run goes on with the worker that holds it now, from its latest checkpoint (renew leases more often than they last: a heartbeat shorter than the lease)"
+    )]
+    LeaseLost {
+        /// The run's workflow.
+        workflow: String,
+        /// The run's key.
+        run: String,
+        /// The worker that lost the lease.
+        worker: String,
+        /// The fencing token it held.
+        fence: u64,
+        /// What was refused (`checkpoint`, `result`).
+        action: String,
+    },
     /// A checkpoint store failed to read or write.
     #[error(
         "checkpoint store {store} failed while {action}: {message}; check that its location exists, is writable and has space, or use another store"

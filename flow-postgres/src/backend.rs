@@ -131,6 +131,19 @@ impl PgBackend {
         &self.inner.describe
     }
 
+    /// The connection settings.
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Runs `future` on the backend's runtime, in the background.
+    pub(crate) fn spawn(
+        &self,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::AbortHandle {
+        self.inner.handle.spawn(future).abort_handle()
+    }
+
     /// Runs `future` on the backend's runtime and waits for it, blocking this thread.
     pub(crate) fn block_on<T: Send + 'static>(
         &self,

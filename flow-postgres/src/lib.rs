@@ -1,5 +1,6 @@
 //! PostgreSQL for fluffy-flow: one database shared by every process of a deployment, as the
-//! checkpoint store ([`PgStore`]).
+//! checkpoint store ([`PgStore`]) and the run queue that [`Worker`]s in many processes claim
+//! runs from, under leases with fencing tokens ([`PgBackend::submit`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), flow_core::FlowError> {
@@ -17,10 +18,19 @@
 
 mod backend;
 pub mod cluster;
+mod listen;
 mod migrations;
+mod queue;
 mod sql;
 mod store;
+mod worker;
 
 pub use backend::PgBackend;
 pub use cluster::TempCluster;
+pub use queue::{QueueStatus, QueuedRun, Submitted};
 pub use store::PgStore;
+pub use worker::{DEFAULT_HEARTBEAT, DEFAULT_LEASE, FencedStore, Worker, WorkerReport};
+
+/// What stops a [`Worker`] (tokio-util's, re-exported so that a worker program needs no
+/// other import).
+pub use tokio_util::sync::CancellationToken;

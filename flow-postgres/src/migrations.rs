@@ -2,8 +2,11 @@
 //! in order by [`crate::PgBackend::migrate`].
 
 /// (version, name, SQL), in the order they apply.
-pub(crate) const MIGRATIONS: [(i32, &str, &str); 1] = [(
-    1,
-    "checkpoints",
-    include_str!("../migrations/0001_checkpoints.sql"),
-)];
+pub(crate) const MIGRATIONS: [(i32, &str, &str); 2] = [
+    (
+        1,
+        "checkpoints",
+        include_str!("../migrations/0001_checkpoints.sql"),
+    ),
+    (2, "runs", include_str!("../migrations/0002_runs.sql")),
+];

@@ -59,6 +59,83 @@ const ANSWERS: &str = "SELECT body FROM fluffy_answers
 
 const CLEAR_ANSWERS: &str = "DELETE FROM fluffy_answers WHERE workflow = $1 AND run_key = $2";
 
+/// Submits a run (nothing if its key was submitted before) and wakes idle workers. Returns
+/// the run's id and whether this call submitted it.
+const SUBMIT: &str = "WITH inserted AS (
+         INSERT INTO fluffy_runs (workflow, run_key, context, priority) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (workflow, run_key) DO NOTHING
+         RETURNING id
+     ), woken AS (
+         SELECT pg_notify('fluffy_runs', $1) FROM inserted
+     )
+     SELECT id, true FROM inserted CROSS JOIN (SELECT count(*) FROM woken) AS sent
+     UNION ALL
+     SELECT id, false FROM fluffy_runs
+     WHERE workflow = $1 AND run_key = $2 AND NOT EXISTS (SELECT 1 FROM inserted)";
+
+/// Claims up to `$3` runs of the workflows `$1` for worker `$2`: queued ones, and running
+/// ones whose lease lapsed, highest priority and oldest first, skipping rows other workers
+/// are claiming. Each claim raises the fencing token and leases the run for `$4` ms.
+const CLAIM: &str = "WITH next AS (
+         SELECT id FROM fluffy_runs
+         WHERE workflow = ANY($1)
+           AND (status = 'queued' OR (status = 'running' AND lease_until < clock_timestamp()))
+         ORDER BY priority DESC, id
+         LIMIT $3::bigint
+         FOR UPDATE SKIP LOCKED
+     )
+     UPDATE fluffy_runs AS r
+     SET status = 'running', worker = $2, fence = r.fence + 1, claims = r.claims + 1,
+         claimed_at = clock_timestamp(), started_at = coalesce(r.started_at, clock_timestamp()),
+         lease_until = clock_timestamp() + $4::bigint * interval '1 millisecond'
+     FROM next WHERE r.id = next.id
+     RETURNING r.id, r.workflow, r.run_key, r.context, r.fence, r.claims";
+
+/// Renews the leases `(id, fence)` still held, for `$3` ms; returns the ids renewed.
+const HEARTBEAT: &str = "UPDATE fluffy_runs AS r
+     SET lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond'
+     FROM unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
+     WHERE r.id = held.id AND r.fence = held.fence AND r.status = 'running'
+     RETURNING r.id";
+
+/// `SAVE` under the lease `(id $6, fence $7)`: the run's row is share-locked, so a claim
+/// that raises the token waits for the save, and a save after it finds the token changed
+/// and writes nothing.
+const FENCED_SAVE: &str = "WITH lease AS (
+         SELECT 1 FROM fluffy_runs
+         WHERE id = $6 AND fence = $7 AND status = 'running'
+         FOR SHARE
+     )
+     INSERT INTO fluffy_checkpoints (workflow, run_key, sequence, created_at, body)
+     SELECT $1::text, $2::text, $3::bigint, $4::timestamptz, $5::bytea FROM lease
+     ON CONFLICT (workflow, run_key, sequence)
+     DO UPDATE SET created_at = EXCLUDED.created_at, body = EXCLUDED.body";
+
+/// Ends a run under its lease: its status, final context or error; wakes whoever waits.
+/// Returns a row if the lease was still held (and so the end is recorded once).
+const COMPLETE: &str = "WITH done AS (
+         UPDATE fluffy_runs
+         SET status = $3, finished_at = clock_timestamp(), result = $4, error = $5,
+             lease_until = NULL
+         WHERE id = $1 AND fence = $2 AND status = 'running'
+         RETURNING workflow, run_key
+     ), woken AS (
+         SELECT pg_notify('fluffy_done', workflow || '/' || run_key) FROM done
+     )
+     SELECT 1 FROM done CROSS JOIN (SELECT count(*) FROM woken) AS sent";
+
+/// A run of the queue, by workflow and key.
+const RUN: &str = "SELECT id, status, claims, worker, fence, result, error,
+            submitted_at, started_at, finished_at
+     FROM fluffy_runs WHERE workflow = $1 AND run_key = $2";
+
+/// Gives runs back to the queue (a worker that stops): those it still holds.
+const RELEASE: &str = "UPDATE fluffy_runs AS r
+     SET status = 'queued', worker = NULL, lease_until = NULL
+     FROM unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
+     WHERE r.id = held.id AND r.fence = held.fence AND r.status = 'running'
+     RETURNING r.id";
+
 /// The prepared statements of one connection.
 pub(crate) struct Statements {
     pub(crate) save: Statement,
@@ -72,6 +149,13 @@ pub(crate) struct Statements {
     pub(crate) post_answer: Statement,
     pub(crate) answers: Statement,
     pub(crate) clear_answers: Statement,
+    pub(crate) submit: Statement,
+    pub(crate) claim: Statement,
+    pub(crate) heartbeat: Statement,
+    pub(crate) fenced_save: Statement,
+    pub(crate) complete: Statement,
+    pub(crate) run: Statement,
+    pub(crate) release: Statement,
 }
 
 impl Statements {
@@ -92,7 +176,23 @@ impl Statements {
             client.prepare(ANSWERS),
             client.prepare(CLEAR_ANSWERS),
         )?;
+        let (submit, claim, heartbeat, fenced_save, complete, run, release) = tokio::try_join!(
+            client.prepare(SUBMIT),
+            client.prepare(CLAIM),
+            client.prepare(HEARTBEAT),
+            client.prepare(FENCED_SAVE),
+            client.prepare(COMPLETE),
+            client.prepare(RUN),
+            client.prepare(RELEASE),
+        )?;
         Ok(Self {
+            submit,
+            claim,
+            heartbeat,
+            fenced_save,
+            complete,
+            run,
+            release,
             save,
             latest,
             sequences,

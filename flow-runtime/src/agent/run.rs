@@ -137,6 +137,18 @@ impl Agent {
         self.run_durable_arc(Arc::new(store), key).await
     }
 
+    /// [`Agent::run_durable`] whose context, if the run starts afresh, is `context` (a run
+    /// that continues a checkpoint continues with the checkpoint's context).
+    pub async fn run_durable_with(
+        &self,
+        store: impl CheckpointStore,
+        key: &str,
+        context: Context,
+    ) -> Result<RunReport, FlowError> {
+        self.run_durable_arc_with(Arc::new(store), key, context)
+            .await
+    }
+
     /// [`Agent::run_durable`] in the store this agent checkpoints to (see
     /// [`Agent::checkpoints`]), so that the store is opened and given once. Without one, a
     /// [`FlowError::InvalidConfig`] says to set it.
@@ -154,6 +166,15 @@ impl Agent {
         &self,
         store: Arc<dyn CheckpointStore>,
         key: &str,
+    ) -> Result<RunReport, FlowError> {
+        self.run_durable_arc_with(store, key, Context::new()).await
+    }
+
+    async fn run_durable_arc_with(
+        &self,
+        store: Arc<dyn CheckpointStore>,
+        key: &str,
+        context: Context,
     ) -> Result<RunReport, FlowError> {
         let compiled = self.compiled()?;
         let latest = {
@@ -213,7 +234,7 @@ impl Agent {
                     None,
                 )?
             }
-            None => self.launch(Context::new(), None, Some((key, store, policy)))?,
+            None => self.launch(context, None, Some((key, store, policy)))?,
         };
         // Dropping this future cancels the run, as for `run`: two of one durable run must not
         // go on side by side.

@@ -1,0 +1,560 @@
+//! Workers: processes that claim runs from the queue and run them under leases.
+//!
+//! A worker claims runs with `FOR UPDATE SKIP LOCKED` (so workers never wait for each other),
+//! leases each for [`Worker::lease`], renews every lease it holds in one statement per
+//! [`Worker::heartbeat`], and runs each claimed run durably in a [`FencedStore`]: a
+//! checkpoint or a result written after the lease passed to another worker is refused by the
+//! database. A run whose worker died is claimed again once its lease lapsed (the claim query
+//! takes lapsed leases as it takes queued runs) and continues from its latest checkpoint:
+//! the states that were running when the worker died run again (at least once); the run's
+//! end is recorded once.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use flow_core::{AgentStatus, FlowError};
+use flow_runtime::{Agent, Checkpoint, CheckpointStore, Context, PostedAnswer};
+use serde_json::{Map, Value};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{db_error, explain};
+use crate::listen::Listener;
+use crate::{PgBackend, PgStore, QueueStatus};
+
+/// The default lease: a worker lost is replaced within this and one heartbeat.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// The default heartbeat (and poll) interval.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// A process's worker: claims runs of the workflows registered with it and runs them.
+///
+/// ```no_run
+/// # async fn example(backend: flow_postgres::PgBackend, agent: flow_runtime::Agent) -> Result<(), flow_core::FlowError> {
+/// let shutdown = flow_postgres::CancellationToken::new();
+/// let report = flow_postgres::Worker::new(&backend)
+///     .register(&agent)
+///     .concurrency(16)
+///     .run(shutdown)
+///     .await?;
+/// # let _ = report;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Worker {
+    backend: PgBackend,
+    name: String,
+    agents: HashMap<String, Agent>,
+    lease: Duration,
+    heartbeat: Duration,
+    concurrency: usize,
+}
+
+/// What a worker did, when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Runs it claimed.
+    pub claimed: u64,
+    /// Runs it ended (any final status) and recorded.
+    pub finished: u64,
+    /// Runs whose lease it lost (their end, if it came, was refused).
+    pub lost: u64,
+    /// Runs it gave back to the queue as it stopped.
+    pub released: u64,
+}
+
+/// A run this worker holds.
+struct Held {
+    fence: i64,
+    cancel: CancellationToken,
+    /// When its lease was last renewed (this worker's clock): past the lease, the worker
+    /// gives the run up even if it could not hear from the database.
+    renewed: Instant,
+    /// Its lease was found gone (it is being stopped).
+    lost: bool,
+}
+
+/// How one of its runs ended here.
+enum Ended {
+    /// Its end was recorded.
+    Recorded,
+    /// The lease had passed on: nothing recorded.
+    Lost,
+    /// Stopped here (lease lost, or the worker stopping) before it ended.
+    Stopped,
+}
+
+fn worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".to_owned());
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{host}-{}-{n}", std::process::id())
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Worker {
+    /// A worker of `backend`'s queue, named after the host and process, with the default
+    /// lease (10 s), heartbeat (5 s) and 32 runs at once.
+    pub fn new(backend: &PgBackend) -> Self {
+        Self {
+            backend: backend.clone(),
+            name: worker_name(),
+            agents: HashMap::new(),
+            lease: DEFAULT_LEASE,
+            heartbeat: DEFAULT_HEARTBEAT,
+            concurrency: 32,
+        }
+    }
+
+    /// Names it (in the queue's `worker` column and in lease errors).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Runs the workflow `agent` when one of its runs is claimed (by the agent's name).
+    pub fn register(mut self, agent: &Agent) -> Self {
+        self.agents.insert(agent.name().to_owned(), agent.clone());
+        self
+    }
+
+    /// How long a claim lasts without renewal (default 10 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often it renews its leases and looks for runs without a notification (default
+    /// 5 s; shorter than the lease).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// How many runs it runs at once (default 32).
+    pub fn concurrency(mut self, runs: usize) -> Self {
+        self.concurrency = runs.max(1);
+        self
+    }
+
+    /// Its name.
+    pub fn worker_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Claims and runs runs until `shutdown` is cancelled; then stops its runs, gives back
+    /// to the queue those it still holds (another worker continues them from their latest
+    /// checkpoint at once), and returns what it did.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<WorkerReport, FlowError> {
+        if self.heartbeat >= self.lease || self.heartbeat.is_zero() {
+            return Err(FlowError::InvalidConfig {
+                agent: self.name.clone(),
+                message: format!(
+                    "the heartbeat ({:?}) must be shorter than the lease ({:?}), or leases lapse between renewals",
+                    self.heartbeat, self.lease
+                ),
+            });
+        }
+        if self.agents.is_empty() {
+            return Err(FlowError::InvalidConfig {
+                agent: self.name.clone(),
+                message: "no workflow is registered: add one with `register(&agent)`".into(),
+            });
+        }
+        for agent in self.agents.values() {
+            agent.validate()?;
+        }
+        let listener = Listener::start(&self.backend, &["fluffy_runs"]);
+        let mut held: HashMap<i64, Held> = HashMap::new();
+        let mut tasks: JoinSet<(i64, Ended)> = JoinSet::new();
+        let mut report = WorkerReport::default();
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut claim_now = true;
+        loop {
+            let woken = listener.notify().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if claim_now && held.len() < self.concurrency {
+                let wanted = self.concurrency - held.len();
+                // (The database unreachable: tried again at the next heartbeat or wake-up.)
+                let claimed = self.claim(wanted).await.unwrap_or_default();
+                // A full batch: more may be waiting.
+                claim_now = claimed.len() == wanted;
+                for run in claimed {
+                    report.claimed += 1;
+                    let Some(agent) = self.agents.get(&run.workflow).cloned() else {
+                        continue; // (claimed by name among the registered ones)
+                    };
+                    let cancel = shutdown.child_token();
+                    held.insert(
+                        run.id,
+                        Held {
+                            fence: run.fence,
+                            cancel: cancel.clone(),
+                            renewed: Instant::now(),
+                            lost: false,
+                        },
+                    );
+                    let (backend, worker) = (self.backend.clone(), self.name.clone());
+                    tasks.spawn(async move {
+                        let id = run.id;
+                        (id, execute(backend, worker, agent, run, cancel).await)
+                    });
+                }
+                if claim_now {
+                    continue;
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(joined) = tasks.join_next() => {
+                    if let Ok((id, ended)) = joined {
+                        account(&mut report, &mut held, id, ended);
+                    }
+                    claim_now = true;
+                }
+                _ = heartbeat.tick() => {
+                    self.renew(&mut held).await;
+                    claim_now = true;
+                }
+                () = &mut woken => claim_now = true,
+            }
+        }
+        // Stopping: runs stop here (those that ended meanwhile are counted), then those
+        // still held go back to the queue.
+        for run in held.values() {
+            run.cancel.cancel();
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((id, ended)) = joined {
+                let release =
+                    matches!(ended, Ended::Stopped) && held.get(&id).is_some_and(|run| !run.lost);
+                if !release {
+                    account(&mut report, &mut held, id, ended);
+                }
+            }
+        }
+        report.released = self.release(&held).await.unwrap_or(0);
+        Ok(report)
+    }
+
+    /// Claims up to `count` runs.
+    async fn claim(&self, count: usize) -> Result<Vec<Claimed>, FlowError> {
+        let names: Vec<String> = self.agents.keys().cloned().collect();
+        let (backend, worker, lease) =
+            (self.backend.clone(), self.name.clone(), millis(self.lease));
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        self.backend
+            .on_runtime(async move {
+                let connection = backend.connection().await?;
+                let rows = connection
+                    .client
+                    .query(&connection.sql.claim, &[&names, &worker, &count, &lease])
+                    .await
+                    .map_err(|e| db_error(backend.describe(), "claiming runs", explain(&e)))?;
+                Ok(rows
+                    .iter()
+                    .map(|row| Claimed {
+                        id: row.get(0),
+                        workflow: row.get(1),
+                        key: row.get(2),
+                        context: row.get(3),
+                        fence: row.get(4),
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Renews every lease held; stops the runs whose lease is gone (another worker claimed
+    /// them, or the database could not be reached for a whole lease). (A run that ended
+    /// meanwhile is not renewed either: its task's outcome says what happened.)
+    async fn renew(&self, held: &mut HashMap<i64, Held>) {
+        if held.is_empty() {
+            return;
+        }
+        let (ids, fences): (Vec<i64>, Vec<i64>) = held.iter().map(|(&id, h)| (id, h.fence)).unzip();
+        let (backend, lease) = (self.backend.clone(), millis(self.lease));
+        let renewed = self
+            .backend
+            .on_runtime(async move {
+                let connection = backend.connection().await?;
+                let rows = connection
+                    .client
+                    .query(&connection.sql.heartbeat, &[&ids, &fences, &lease])
+                    .await
+                    .map_err(|e| db_error(backend.describe(), "renewing leases", explain(&e)))?;
+                Ok(rows
+                    .iter()
+                    .map(|row| row.get::<_, i64>(0))
+                    .collect::<Vec<_>>())
+            })
+            .await;
+        let now = Instant::now();
+        for (id, run) in held.iter_mut() {
+            let gone = match &renewed {
+                Ok(renewed) if renewed.contains(id) => {
+                    run.renewed = now;
+                    false
+                }
+                Ok(_) => true,
+                // Unreachable: a lease not renewed for its whole length may be another's now.
+                Err(_) => now.duration_since(run.renewed) >= self.lease,
+            };
+            if gone && !run.lost {
+                run.lost = true;
+                run.cancel.cancel();
+            }
+        }
+    }
+
+    /// Gives the runs still held back to the queue.
+    async fn release(&self, held: &HashMap<i64, Held>) -> Result<u64, FlowError> {
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let (ids, fences): (Vec<i64>, Vec<i64>) = held.iter().map(|(&id, h)| (id, h.fence)).unzip();
+        let backend = self.backend.clone();
+        self.backend
+            .on_runtime(async move {
+                let connection = backend.connection().await?;
+                let rows = connection
+                    .client
+                    .query(&connection.sql.release, &[&ids, &fences])
+                    .await
+                    .map_err(|e| db_error(backend.describe(), "releasing runs", explain(&e)))?;
+                Ok(rows.len() as u64)
+            })
+            .await
+    }
+}
+
+/// Counts how run `id` ended and forgets it.
+fn account(report: &mut WorkerReport, held: &mut HashMap<i64, Held>, id: i64, ended: Ended) {
+    let lost = held.remove(&id).is_some_and(|run| run.lost);
+    match ended {
+        Ended::Recorded => report.finished += 1,
+        Ended::Lost => report.lost += 1,
+        Ended::Stopped if lost => report.lost += 1,
+        Ended::Stopped => {}
+    }
+}
+
+/// A run just claimed.
+struct Claimed {
+    id: i64,
+    workflow: String,
+    key: String,
+    context: Vec<u8>,
+    fence: i64,
+}
+
+/// Runs one claimed run to its end (or until `cancel`) and records the end under its lease.
+async fn execute(
+    backend: PgBackend,
+    worker: String,
+    agent: Agent,
+    run: Claimed,
+    cancel: CancellationToken,
+) -> Ended {
+    let store = FencedStore {
+        store: PgStore::new(&backend),
+        id: run.id,
+        fence: run.fence,
+        worker: worker.clone(),
+        workflow: run.workflow.clone(),
+        key: run.key.clone(),
+    };
+    let context = match serde_json::from_slice::<Map<String, Value>>(&run.context) {
+        Ok(values) => Context::from_json(values),
+        Err(e) => {
+            let error = format!("its submitted context is not a JSON object: {e}");
+            return record(&backend, &run, QueueStatus::Failed, None, Some(error)).await;
+        }
+    };
+    let outcome = tokio::select! {
+        // (An outcome that is there wins over a stop that came with it.)
+        biased;
+        outcome = agent.run_durable_with(store, &run.key, context) => outcome,
+        () = cancel.cancelled() => return Ended::Stopped,
+    };
+    let (status, context, error) = match outcome {
+        Ok(report) => {
+            let status = match report.status {
+                AgentStatus::Completed => QueueStatus::Completed,
+                AgentStatus::CompletedWithFailures => QueueStatus::CompletedWithFailures,
+                AgentStatus::Cancelled => QueueStatus::Cancelled,
+                AgentStatus::AwaitingInput => QueueStatus::AwaitingInput,
+                _ => QueueStatus::Failed,
+            };
+            (status, report.context.snapshot().ok(), None)
+        }
+        Err(FlowError::LeaseLost { .. }) => return Ended::Lost,
+        Err(error) => (QueueStatus::Failed, None, Some(error.to_string())),
+    };
+    record(&backend, &run, status, context, error).await
+}
+
+/// Records the end of `run` under its lease.
+async fn record(
+    backend: &PgBackend,
+    run: &Claimed,
+    status: QueueStatus,
+    context: Option<Map<String, Value>>,
+    error: Option<String>,
+) -> Ended {
+    let result = context.and_then(|values| serde_json::to_vec(&values).ok());
+    let (backend2, id, fence) = (backend.clone(), run.id, run.fence);
+    let status = status.as_str();
+    let recorded = backend
+        .on_runtime(async move {
+            let connection = backend2.connection().await?;
+            let rows = connection
+                .client
+                .query(
+                    &connection.sql.complete,
+                    &[&id, &fence, &status, &result, &error],
+                )
+                .await
+                .map_err(|e| db_error(backend2.describe(), "recording a run's end", explain(&e)))?;
+            Ok(!rows.is_empty())
+        })
+        .await;
+    match recorded {
+        Ok(true) => Ended::Recorded,
+        // Refused (the lease passed on) or unreachable: the holder of the lease records it.
+        Ok(false) | Err(_) => Ended::Lost,
+    }
+}
+
+/// The checkpoint store of one leased run: saves go through only while the lease (the run's
+/// id and fencing token) is still this worker's; everything else is the run's `PgStore`.
+pub struct FencedStore {
+    store: PgStore,
+    id: i64,
+    fence: i64,
+    worker: String,
+    workflow: String,
+    key: String,
+}
+
+impl FencedStore {
+    /// The store of run `id` (of `workflow`, under `key`) leased with token `fence` by
+    /// `worker`.
+    pub fn new(
+        store: PgStore,
+        id: i64,
+        fence: u64,
+        worker: &str,
+        workflow: &str,
+        key: &str,
+    ) -> Self {
+        Self {
+            store,
+            id,
+            fence: i64::try_from(fence).unwrap_or(i64::MAX),
+            worker: worker.to_owned(),
+            workflow: workflow.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+
+    fn lost(&self, action: &str) -> FlowError {
+        FlowError::LeaseLost {
+            workflow: self.workflow.clone(),
+            run: self.key.clone(),
+            worker: self.worker.clone(),
+            fence: u64::try_from(self.fence).unwrap_or(0),
+            action: action.to_owned(),
+        }
+    }
+}
+
+impl CheckpointStore for FencedStore {
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
+        let body = checkpoint.to_json()?;
+        let sequence =
+            i64::try_from(checkpoint.sequence).map_err(|_| FlowError::CheckpointStore {
+                store: self.describe(),
+                action: "saving a checkpoint".to_owned(),
+                message: format!(
+                    "sequence {} is above PostgreSQL's bigint",
+                    checkpoint.sequence
+                ),
+            })?;
+        let (agent, run) = (checkpoint.agent.clone(), checkpoint.run_key.clone());
+        let created: SystemTime = checkpoint.created_at;
+        let (id, fence) = (self.id, self.fence);
+        let written =
+            self.store
+                .backend()
+                .blocking("saving a checkpoint", move |c| async move {
+                    c.client
+                        .execute(
+                            &c.sql.fenced_save,
+                            &[&agent, &run, &sequence, &created, &body, &id, &fence],
+                        )
+                        .await
+                })?;
+        if written == 0 {
+            return Err(self.lost("checkpoint"));
+        }
+        Ok(())
+    }
+
+    fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {
+        self.store.latest(agent, run)
+    }
+
+    fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
+        self.store.sequences(agent, run)
+    }
+
+    fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
+        self.store.load(agent, run, sequence)
+    }
+
+    fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
+        self.store.delete(agent, run, sequence)
+    }
+
+    fn post_answer(&self, agent: &str, run: &str, answer: &PostedAnswer) -> Result<(), FlowError> {
+        self.store.post_answer(agent, run, answer)
+    }
+
+    fn posted_answers(&self, agent: &str, run: &str) -> Result<Vec<PostedAnswer>, FlowError> {
+        self.store.posted_answers(agent, run)
+    }
+
+    fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {
+        self.store.clear_answers(agent, run)
+    }
+
+    fn prune(&self, agent: &str, run: &str, keep: usize) -> Result<(), FlowError> {
+        self.store.prune(agent, run, keep)
+    }
+
+    fn prune_older_than(
+        &self,
+        agent: &str,
+        run: &str,
+        max_age: Duration,
+        now: SystemTime,
+    ) -> Result<(), FlowError> {
+        self.store.prune_older_than(agent, run, max_age, now)
+    }
+}

@@ -1,0 +1,523 @@
+//! Workers on the PostgreSQL run queue (feature `postgres`): runs claimed once each across
+//! workers, leases that lapse and pass on with the old holder's writes refused, a worker cut
+//! off from the database, idempotent submits, failures recorded, and a stopping worker
+//! giving its runs back. Each test starts its workers in this process, each with a backend
+//! (connections) of its own, against a throwaway cluster.
+//!
+//! Leases are judged by the database's clock, so these tests run on the real clock, with
+//! leases of a second or two.
+
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fluffy_flow::postgres::{FencedStore, PgBackend, PgStore, QueueStatus, Worker, WorkerReport};
+use fluffy_flow::prelude::*;
+use fluffy_flow::{CheckpointStore, EventKind, RetryPolicy};
+use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_millis(50);
+
+/// `n` → four branches that each write `n * k` → a join that sums them; `load` fails its
+/// first attempt and is retried.
+fn etl() -> Agent {
+    let mut agent = Agent::new("etl");
+    agent
+        .add_state("load", |ctx: Context| async move {
+            if ctx.attempt() == Some(1) {
+                return Err("the source was busy".into());
+            }
+            ctx.set_state("loaded", true);
+            Ok(Next::parallel(["k1", "k2", "k3", "k4"]))
+        })
+        .retry(RetryPolicy {
+            max_retries: 2,
+            initial_delay: Duration::from_millis(5),
+            ..RetryPolicy::DEFAULT
+        })
+        .successors(["k1", "k2", "k3", "k4"]);
+    for k in 1..=4u64 {
+        let name = format!("k{k}");
+        let key = name.clone();
+        agent
+            .add_state(name, move |ctx: Context| {
+                let key = key.clone();
+                async move {
+                    let n: u64 = ctx.get_state("n")?;
+                    ctx.set_state(key, n * k);
+                    Ok(Next::to("sum"))
+                }
+            })
+            .successors(["sum"]);
+    }
+    agent.add_state("sum", |ctx: Context| async move {
+        let total: u64 = (1..=4)
+            .map(|k| ctx.get_state::<u64>(&format!("k{k}")))
+            .sum::<Result<u64, _>>()?;
+        ctx.set_state("total", total);
+        Ok(Next::End)
+    });
+    agent
+}
+
+fn context(values: Value) -> Context {
+    let Value::Object(map) = values else {
+        panic!("an object")
+    };
+    Context::from_json(map)
+}
+
+/// A worker of `backend` running in the background until its token is cancelled.
+fn spawn_worker(worker: Worker) -> (CancellationToken, JoinHandle<WorkerReport>) {
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    (shutdown, task)
+}
+
+async fn stop(worker: (CancellationToken, JoinHandle<WorkerReport>)) -> WorkerReport {
+    worker.0.cancel();
+    worker.1.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_run_200_runs_each_once_with_the_context_of_a_single_process_run() {
+    let Some(backend) = postgres::backend("three_workers").await else {
+        return;
+    };
+    for i in 0..200u64 {
+        let submitted = backend
+            .submit("etl", &format!("run-{i}"), &context(json!({ "n": i })))
+            .await
+            .unwrap();
+        assert!(submitted.new);
+    }
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let own = PgBackend::connect(&postgres::url("three_workers"))
+            .await
+            .unwrap();
+        workers.push(spawn_worker(
+            Worker::new(&own)
+                .name(format!("w{w}"))
+                .register(&etl())
+                .concurrency(16)
+                .lease(Duration::from_secs(5))
+                .heartbeat(Duration::from_millis(500)),
+        ));
+    }
+    let mut by_worker = BTreeMap::new();
+    for i in 0..200u64 {
+        let run = backend
+            .wait_for("etl", &format!("run-{i}"), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(
+            run.status,
+            QueueStatus::Completed,
+            "run-{i}: {:?}",
+            run.error
+        );
+        assert_eq!(run.claims, 1, "run-{i} was claimed once");
+        *by_worker.entry(run.worker.clone().unwrap()).or_insert(0) += 1;
+        // The same values as the run in one process.
+        let alone = etl()
+            .run_with(context(json!({ "n": i })))
+            .await
+            .unwrap()
+            .context
+            .snapshot()
+            .unwrap();
+        assert_eq!(run.context.as_ref(), Some(&alone), "run-{i}");
+        assert_eq!(run.context.unwrap()["total"], json!(10 * i));
+    }
+    let mut finished = 0;
+    for worker in workers {
+        let report = stop(worker).await;
+        assert_eq!(report.lost, 0);
+        assert_eq!(report.claimed, report.finished);
+        finished += report.finished;
+    }
+    assert_eq!(finished, 200, "every run recorded once: {by_worker:?}");
+    assert_eq!(by_worker.values().sum::<u32>(), 200);
+}
+
+/// `a` → `b` (waits for a permit of `gate`, then writes who ran it) → `c`.
+fn gated(by: &'static str, gate: Arc<Semaphore>) -> Agent {
+    let mut agent = Agent::new("gated");
+    agent
+        .add_state("a", |ctx: Context| async move {
+            ctx.set_state("a", true);
+            Ok(Next::to("b"))
+        })
+        .successors(["b"]);
+    agent
+        .add_state("b", move |ctx: Context| {
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.acquire().await.unwrap().forget();
+                ctx.set_state("b_by", by.to_owned());
+                Ok(Next::to("c"))
+            }
+        })
+        .successors(["c"]);
+    agent.add_state("c", |ctx: Context| async move {
+        ctx.set_state("c", true);
+        Ok(Next::End)
+    });
+    agent
+}
+
+/// Waits until `key`'s run has a checkpoint (its first state done).
+async fn first_checkpoint(store: &PgStore, workflow: &str, key: &str) {
+    loop {
+        let (store, workflow, key) = (store.clone(), workflow.to_owned(), key.to_owned());
+        let saved = tokio::task::spawn_blocking(move || store.sequences(&workflow, &key))
+            .await
+            .unwrap()
+            .unwrap();
+        if !saved.is_empty() {
+            return;
+        }
+        tokio::time::sleep(WAIT).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_passes_on_and_the_old_holders_writes_are_refused() {
+    let Some(backend) = postgres::backend("lapsed").await else {
+        return;
+    };
+    let url = postgres::url("lapsed");
+    let store = PgStore::new(&backend);
+    backend
+        .submit("gated", "order-7", &Context::new())
+        .await
+        .unwrap();
+    // Worker A claims it, runs `a`, and waits in `b`. Its heartbeat is slow, so it does not
+    // notice for a while that its lease is gone.
+    let gate_a = Arc::new(Semaphore::new(0));
+    let agent_a = gated("A", Arc::clone(&gate_a));
+    let mut events_a = agent_a.subscribe();
+    let a = spawn_worker(
+        Worker::new(&PgBackend::connect(&url).await.unwrap())
+            .name("A")
+            .register(&agent_a)
+            .lease(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(20)),
+    );
+    first_checkpoint(&store, "gated", "order-7").await;
+    let before = backend
+        .queued_run("gated", "order-7")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (before.status, before.worker.as_deref(), before.claims),
+        (QueueStatus::Running, Some("A"), 1)
+    );
+
+    // The lease lapses (as if A had stopped renewing it): worker B claims the run and
+    // continues it from A's checkpoint, to the end.
+    lapse(&url, "order-7").await;
+    let gate_b = Arc::new(Semaphore::new(1));
+    let b = spawn_worker(
+        Worker::new(&PgBackend::connect(&url).await.unwrap())
+            .name("B")
+            .register(&gated("B", gate_b))
+            .lease(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(1)),
+    );
+    let done = backend.wait_for("gated", "order-7", WAIT).await.unwrap();
+    assert_eq!(done.status, QueueStatus::Completed);
+    assert_eq!(
+        (done.worker.as_deref(), done.claims, done.fence),
+        (Some("B"), 2, 2)
+    );
+    let values = done.context.unwrap();
+    assert_eq!(values["b_by"], json!("B"));
+
+    // A goes on now: its `b` ends, and its checkpoint is refused, which ends its run.
+    gate_a.add_permits(1);
+    let mut a_states = Vec::new();
+    let a_status = loop {
+        match events_a.next().await.unwrap().map(|e| e.kind) {
+            Ok(EventKind::StateCompleted { state, .. }) => a_states.push(state.to_string()),
+            Ok(EventKind::RunFinished { status, .. }) => break status,
+            _ => {}
+        }
+    };
+    // A ran `b` (and may have gone on: checkpoints are written beside the run, not in its
+    // way), but its run fails at the refused checkpoint and nothing of it is kept.
+    assert!(a_states.contains(&"b".to_string()), "{a_states:?}");
+    assert_eq!(a_status, AgentStatus::Failed);
+    let report_a = stop(a).await;
+    assert_eq!((report_a.claimed, report_a.finished), (1, 0));
+    let latest = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.latest("gated", "order-7"))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(latest.status, AgentStatus::Completed);
+    assert_eq!(latest.context.get::<String>("b_by").unwrap(), "B");
+    let after = backend
+        .queued_run("gated", "order-7")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.status, after.worker.as_deref(), after.fence),
+        (QueueStatus::Completed, Some("B"), 2)
+    );
+
+    // A store fenced with A's token writes nothing, and says why.
+    let fenced = FencedStore::new(store.clone(), done.id, 1, "A", "gated", "order-7");
+    let mut stale = latest.clone();
+    stale.sequence += 100;
+    let error = tokio::task::spawn_blocking(move || fenced.save(&stale))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(error, FlowError::LeaseLost { fence: 1, .. }),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("worker `A` no longer holds the lease"),
+        "{error}"
+    );
+    stop(b).await;
+}
+
+/// Ends the lease on run `key` now, as a worker that stopped renewing it would see it end.
+async fn lapse(url: &str, key: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE fluffy_runs SET lease_until = clock_timestamp() - interval '1 second' WHERE run_key = $1",
+            &[&key],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitting_a_key_twice_keeps_the_first_and_failures_are_recorded_once() {
+    let Some(backend) = postgres::backend("submits").await else {
+        return;
+    };
+    let first = backend
+        .submit("etl", "r1", &context(json!({ "n": 2 })))
+        .await
+        .unwrap();
+    let again = backend
+        .submit("etl", "r1", &context(json!({ "n": 99 })))
+        .await
+        .unwrap();
+    assert!(first.new && !again.new);
+    assert_eq!(first.id, again.id);
+    // A run whose context lacks `n` fails in its branches.
+    backend.submit("etl", "r2", &Context::new()).await.unwrap();
+    let worker = spawn_worker(Worker::new(&backend).register(&etl()));
+    let r1 = backend.wait_for("etl", "r1", WAIT).await.unwrap();
+    assert_eq!(r1.context.unwrap()["total"], json!(20));
+    let r2 = backend.wait_for("etl", "r2", WAIT).await.unwrap();
+    assert_ne!(r2.status, QueueStatus::Completed);
+    assert!(r2.status.is_finished());
+    let report = stop(worker).await;
+    assert_eq!((report.claimed, report.finished), (2, 2));
+    let error = backend
+        .wait_for("etl", "never-submitted", WAIT)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no run `never-submitted`"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_gives_its_runs_back_and_another_finishes_them() {
+    let Some(backend) = postgres::backend("handover").await else {
+        return;
+    };
+    let url = postgres::url("handover");
+    let store = PgStore::new(&backend);
+    backend
+        .submit("gated", "job", &Context::new())
+        .await
+        .unwrap();
+    let a = spawn_worker(
+        Worker::new(&PgBackend::connect(&url).await.unwrap())
+            .name("A")
+            .register(&gated("A", Arc::new(Semaphore::new(0)))),
+    );
+    first_checkpoint(&store, "gated", "job").await;
+    let report = stop(a).await;
+    assert_eq!((report.claimed, report.released), (1, 1));
+    assert_eq!(
+        backend
+            .queued_run("gated", "job")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        QueueStatus::Queued
+    );
+    let b = spawn_worker(
+        Worker::new(&PgBackend::connect(&url).await.unwrap())
+            .name("B")
+            .register(&gated("B", Arc::new(Semaphore::new(1)))),
+    );
+    let done = backend.wait_for("gated", "job", WAIT).await.unwrap();
+    assert_eq!((done.status, done.claims), (QueueStatus::Completed, 2));
+    let values: Map<String, Value> = done.context.unwrap();
+    assert_eq!(
+        (values["a"].clone(), values["b_by"].clone()),
+        (json!(true), json!("B"))
+    );
+    stop(b).await;
+}
+
+/// A TCP proxy to the database that can be cut: every connection through it closed, and
+/// new ones refused.
+struct Proxy {
+    port: u16,
+    cut: CancellationToken,
+}
+
+impl Proxy {
+    async fn to(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = CancellationToken::new();
+        let stop = cut.clone();
+        tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    accepted = listener.accept() => {
+                        let Ok((mut client, _)) = accepted else { continue };
+                        connections.spawn(async move {
+                            if let Ok(mut server) =
+                                tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                            {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                        });
+                    }
+                }
+            }
+            // Dropping the listener refuses new connections; aborting closes the open ones.
+            connections.abort_all();
+        });
+        Self { port, cut }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_database_gives_up_its_run_and_another_takes_it() {
+    let Some(backend) = postgres::backend("cut").await else {
+        return;
+    };
+    let url = postgres::url("cut");
+    let store = PgStore::new(&backend);
+    backend
+        .submit("gated", "job", &Context::new())
+        .await
+        .unwrap();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = Proxy::to(port).await;
+    let through_proxy = url.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    let agent_a = gated("A", Arc::new(Semaphore::new(0)));
+    let mut events_a = agent_a.subscribe();
+    let a = spawn_worker(
+        Worker::new(&PgBackend::connect(&through_proxy).await.unwrap())
+            .name("A")
+            .register(&agent_a)
+            .lease(Duration::from_secs(1))
+            .heartbeat(Duration::from_millis(250)),
+    );
+    first_checkpoint(&store, "gated", "job").await;
+    proxy.cut.cancel();
+    // B, connected directly, takes the run once A's lease has lapsed, and finishes it.
+    let b = spawn_worker(
+        Worker::new(&PgBackend::connect(&url).await.unwrap())
+            .name("B")
+            .register(&gated("B", Arc::new(Semaphore::new(1))))
+            .lease(Duration::from_secs(1))
+            .heartbeat(Duration::from_millis(250)),
+    );
+    let done = backend.wait_for("gated", "job", WAIT).await.unwrap();
+    assert_eq!(
+        (done.status, done.worker.as_deref(), done.claims),
+        (QueueStatus::Completed, Some("B"), 2)
+    );
+    // A, unable to renew for a whole lease, stopped its run by itself.
+    let status = loop {
+        if let Ok(EventKind::RunFinished { status, .. }) =
+            events_a.next().await.unwrap().map(|e| e.kind)
+        {
+            break status;
+        }
+    };
+    // (Cancelled, or failed at the last checkpoint a stopped run tries to save.)
+    assert!(
+        matches!(status, AgentStatus::Cancelled | AgentStatus::Failed),
+        "{status:?}"
+    );
+    let report_a = stop(a).await;
+    assert_eq!(
+        (
+            report_a.claimed,
+            report_a.finished,
+            report_a.lost,
+            report_a.released
+        ),
+        (1, 0, 1, 0)
+    );
+    stop(b).await;
+}
+
+#[tokio::test]
+async fn a_heartbeat_as_long_as_the_lease_is_refused() {
+    let Some(backend) = postgres::backend("config").await else {
+        return;
+    };
+    let error = Worker::new(&backend)
+        .register(&etl())
+        .lease(Duration::from_secs(2))
+        .heartbeat(Duration::from_secs(2))
+        .run(CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("must be shorter than the lease"), "{error}");
+    let error = Worker::new(&backend)
+        .run(CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no workflow is registered"), "{error}");
+}
