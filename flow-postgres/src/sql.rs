@@ -9,6 +9,52 @@ const SAVE: &str = "INSERT INTO fluffy_checkpoints (workflow, run_key, sequence,
      ON CONFLICT (workflow, run_key, sequence)
      DO UPDATE SET created_at = EXCLUDED.created_at, body = EXCLUDED.body";
 
+/// `SAVE`, then keeps the latest `$6` (≥ 1) of the run: the new one and the `$6 - 1` highest
+/// below it. (The statement's other parts do not see the row it inserts: the prune looks at
+/// the older ones only.)
+const SAVE_PRUNED: &str = "WITH saved AS (
+         INSERT INTO fluffy_checkpoints (workflow, run_key, sequence, created_at, body)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (workflow, run_key, sequence)
+         DO UPDATE SET created_at = EXCLUDED.created_at, body = EXCLUDED.body
+         RETURNING 1
+     )
+     DELETE FROM fluffy_checkpoints
+     WHERE workflow = $1 AND run_key = $2 AND sequence < $3
+       AND EXISTS (SELECT 1 FROM saved)
+       AND sequence < coalesce((
+           SELECT min(sequence) FROM (
+               SELECT sequence FROM fluffy_checkpoints
+               WHERE workflow = $1 AND run_key = $2 AND sequence < $3
+               ORDER BY sequence DESC LIMIT $6::bigint - 1
+           ) AS kept
+       ), $3)";
+
+/// `SAVE_PRUNED` under the lease `(id $7, fence $8)` (see `FENCED_SAVE`).
+const FENCED_SAVE_PRUNED: &str = "WITH lease AS (
+         SELECT 1 FROM fluffy_runs
+         WHERE id = $7 AND fence = $8 AND status = 'running'
+         FOR SHARE
+     ), saved AS (
+         INSERT INTO fluffy_checkpoints (workflow, run_key, sequence, created_at, body)
+         SELECT $1::text, $2::text, $3::bigint, $4::timestamptz, $5::bytea FROM lease
+         ON CONFLICT (workflow, run_key, sequence)
+         DO UPDATE SET created_at = EXCLUDED.created_at, body = EXCLUDED.body
+         RETURNING 1
+     ), pruned AS (
+         DELETE FROM fluffy_checkpoints
+         WHERE workflow = $1 AND run_key = $2 AND sequence < $3
+           AND EXISTS (SELECT 1 FROM saved)
+           AND sequence < coalesce((
+               SELECT min(sequence) FROM (
+                   SELECT sequence FROM fluffy_checkpoints
+                   WHERE workflow = $1 AND run_key = $2 AND sequence < $3
+                   ORDER BY sequence DESC LIMIT $6::bigint - 1
+               ) AS kept
+           ), $3)
+     )
+     SELECT count(*) FROM saved";
+
 const LATEST: &str = "SELECT body FROM fluffy_checkpoints
      WHERE workflow = $1 AND run_key = $2 ORDER BY sequence DESC LIMIT 1";
 
@@ -139,6 +185,8 @@ const RELEASE: &str = "UPDATE fluffy_runs AS r
 /// The prepared statements of one connection.
 pub(crate) struct Statements {
     pub(crate) save: Statement,
+    pub(crate) save_pruned: Statement,
+    pub(crate) fenced_save_pruned: Statement,
     pub(crate) latest: Statement,
     pub(crate) sequences: Statement,
     pub(crate) load: Statement,
@@ -176,6 +224,10 @@ impl Statements {
             client.prepare(ANSWERS),
             client.prepare(CLEAR_ANSWERS),
         )?;
+        let (save_pruned, fenced_save_pruned) = tokio::try_join!(
+            client.prepare(SAVE_PRUNED),
+            client.prepare(FENCED_SAVE_PRUNED),
+        )?;
         let (submit, claim, heartbeat, fenced_save, complete, run, release) = tokio::try_join!(
             client.prepare(SUBMIT),
             client.prepare(CLAIM),
@@ -186,6 +238,8 @@ impl Statements {
             client.prepare(RELEASE),
         )?;
         Ok(Self {
+            save_pruned,
+            fenced_save_pruned,
             submit,
             claim,
             heartbeat,

@@ -105,6 +105,27 @@ impl CheckpointStore for PgStore {
             })
     }
 
+    fn save_pruned(&self, checkpoint: &Checkpoint, keep: usize) -> Result<(), FlowError> {
+        if keep == 0 {
+            return self.save(checkpoint);
+        }
+        let body = checkpoint.to_json()?;
+        let sequence = to_bigint(self, checkpoint.sequence)?;
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let (agent, run) = (checkpoint.agent.clone(), checkpoint.run_key.clone());
+        let created = checkpoint.created_at;
+        self.backend
+            .blocking("saving a checkpoint", move |c| async move {
+                c.client
+                    .execute(
+                        &c.sql.save_pruned,
+                        &[&agent, &run, &sequence, &created, &body, &keep],
+                    )
+                    .await
+                    .map(drop)
+            })
+    }
+
     fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {
         let (a, r) = (agent.to_owned(), run.to_owned());
         let body = self

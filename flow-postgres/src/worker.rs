@@ -469,6 +469,20 @@ impl FencedStore {
         }
     }
 
+    /// The checkpoint's JSON and its sequence as a `bigint`.
+    fn encode(&self, checkpoint: &Checkpoint) -> Result<(Vec<u8>, i64), FlowError> {
+        let sequence =
+            i64::try_from(checkpoint.sequence).map_err(|_| FlowError::CheckpointStore {
+                store: self.describe(),
+                action: "saving a checkpoint".to_owned(),
+                message: format!(
+                    "sequence {} is above PostgreSQL's bigint; number checkpoints from 1",
+                    checkpoint.sequence
+                ),
+            })?;
+        Ok((checkpoint.to_json()?, sequence))
+    }
+
     fn lost(&self, action: &str) -> FlowError {
         FlowError::LeaseLost {
             workflow: self.workflow.clone(),
@@ -486,16 +500,7 @@ impl CheckpointStore for FencedStore {
     }
 
     fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
-        let body = checkpoint.to_json()?;
-        let sequence =
-            i64::try_from(checkpoint.sequence).map_err(|_| FlowError::CheckpointStore {
-                store: self.describe(),
-                action: "saving a checkpoint".to_owned(),
-                message: format!(
-                    "sequence {} is above PostgreSQL's bigint",
-                    checkpoint.sequence
-                ),
-            })?;
+        let (body, sequence) = self.encode(checkpoint)?;
         let (agent, run) = (checkpoint.agent.clone(), checkpoint.run_key.clone());
         let created: SystemTime = checkpoint.created_at;
         let (id, fence) = (self.id, self.fence);
@@ -509,6 +514,34 @@ impl CheckpointStore for FencedStore {
                             &[&agent, &run, &sequence, &created, &body, &id, &fence],
                         )
                         .await
+                })?;
+        if written == 0 {
+            return Err(self.lost("checkpoint"));
+        }
+        Ok(())
+    }
+
+    fn save_pruned(&self, checkpoint: &Checkpoint, keep: usize) -> Result<(), FlowError> {
+        if keep == 0 {
+            return self.save(checkpoint);
+        }
+        let (body, sequence) = self.encode(checkpoint)?;
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let (agent, run) = (checkpoint.agent.clone(), checkpoint.run_key.clone());
+        let created: SystemTime = checkpoint.created_at;
+        let (id, fence) = (self.id, self.fence);
+        let written: i64 =
+            self.store
+                .backend()
+                .blocking("saving a checkpoint", move |c| async move {
+                    let row = c
+                        .client
+                        .query_one(
+                            &c.sql.fenced_save_pruned,
+                            &[&agent, &run, &sequence, &created, &body, &keep, &id, &fence],
+                        )
+                        .await?;
+                    Ok(row.get(0))
                 })?;
         if written == 0 {
             return Err(self.lost("checkpoint"));

@@ -93,6 +93,19 @@ pub async fn conformance(store: &dyn CheckpointStore, corrupt: Corrupt<'_>) {
         .unwrap();
     assert_eq!(resumed.names(), ["b", "c"]);
 
+    // An automatic checkpoint's save keeps the latest `keep` with it (0: all).
+    for sequence in [1, 2, 3] {
+        store.save(&with("r3", sequence)).unwrap();
+    }
+    store.save_pruned(&with("r3", 4), 2).unwrap();
+    assert_eq!(store.sequences("chain", "r3").unwrap(), [3, 4]);
+    store.save_pruned(&with("r3", 5), 1).unwrap();
+    assert_eq!(store.sequences("chain", "r3").unwrap(), [5]);
+    store.save_pruned(&with("r3", 6), 0).unwrap();
+    store.save_pruned(&with("r3", 7), 5).unwrap();
+    assert_eq!(store.sequences("chain", "r3").unwrap(), [5, 6, 7]);
+    assert_eq!(store.latest("chain", "r3").unwrap().unwrap().sequence, 7);
+
     // Damaged data is an error naming the store and the run.
     let json = base.to_json().unwrap();
     corrupt("chain", "bad", 1, &json[..json.len() - 10]);

@@ -22,6 +22,15 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// same three). Durable when it returns, as far as the store's medium allows.
     fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError>;
 
+    /// Saves `checkpoint` (the run's newest) and keeps only the latest `keep` checkpoints of
+    /// its run (all when `keep` is 0): what an automatic checkpoint does. By default
+    /// [`Self::save`] then [`Self::prune`]; a store that can do both in one write (PostgreSQL:
+    /// one statement) overrides it.
+    fn save_pruned(&self, checkpoint: &Checkpoint, keep: usize) -> Result<(), FlowError> {
+        self.save(checkpoint)?;
+        self.prune(&checkpoint.agent, &checkpoint.run_key, keep)
+    }
+
     /// The checkpoint of `run` with the highest sequence number, if any.
     fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError>;
 

@@ -83,10 +83,9 @@ pub(crate) async fn save(
         if checkpoint.sequence <= highest {
             checkpoint.sequence = highest.saturating_add(1);
         }
-        store.save(&checkpoint)?;
+        store.save_pruned(&checkpoint, policy.keep)?;
         saved.store(checkpoint.sequence, Ordering::Release);
         let (agent, run) = (&checkpoint.agent, &checkpoint.run_key);
-        store.prune(agent, run, policy.keep)?;
         if let Some(max_age) = policy.max_age {
             store.prune_older_than(agent, run, max_age, std::time::SystemTime::now())?;
         }
