@@ -105,9 +105,31 @@ async fn main() -> Result<(), FlowError> {
         line.clear();
     }
 
+    let shared = share_the_month(&backend).await;
+    // However that went, the second process stops (its stdin closes) and is waited for.
+    drop(second.stdin.take());
+    let mut rest = String::new();
+    while output.read_line(&mut rest).expect("its output") > 0 {}
+    second.wait().expect("the second process");
+    let (grand_total, by_worker, finished) = shared?;
+
+    println!("30 nightly runs completed, each recorded once; grand total {grand_total}");
+    for (worker, runs) in &by_worker {
+        println!("  {worker}: {runs} runs");
+    }
+    println!("first process: {finished} runs finished");
+    print!("{rest}");
+    Ok(())
+}
+
+/// Submits a month of nightly runs, works on them in this process, and waits for every one:
+/// the grand total, runs per worker, and how many this process finished.
+async fn share_the_month(
+    backend: &PgBackend,
+) -> Result<(u64, BTreeMap<String, u32>, u64), FlowError> {
     // This process works too.
     let shutdown = CancellationToken::new();
-    let here = tokio::spawn(worker(&backend, "first-process").run(shutdown.clone()));
+    let here = tokio::spawn(worker(backend, "first-process").run(shutdown.clone()));
 
     // A month of nightly runs, submitted once each (submitting a day again does nothing).
     for day in 1..=30u32 {
@@ -146,16 +168,5 @@ async fn main() -> Result<(), FlowError> {
     }
     shutdown.cancel();
     let report = here.await.expect("the worker task")?;
-    drop(second.stdin.take());
-    let mut rest = String::new();
-    while output.read_line(&mut rest).expect("its output") > 0 {}
-    second.wait().expect("the second process");
-
-    println!("30 nightly runs completed, each recorded once; grand total {grand_total}");
-    for (worker, runs) in &by_worker {
-        println!("  {worker}: {runs} runs");
-    }
-    println!("first process: {} runs finished", report.finished);
-    print!("{rest}");
-    Ok(())
+    Ok((grand_total, by_worker, report.finished))
 }
