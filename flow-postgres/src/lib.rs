@@ -18,6 +18,7 @@
 
 mod backend;
 pub mod cluster;
+mod coordination;
 mod listen;
 mod migrations;
 mod queue;
@@ -27,6 +28,7 @@ mod worker;
 
 pub use backend::PgBackend;
 pub use cluster::TempCluster;
+pub use coordination::{DEFAULT_PERMIT_TTL, PgPermit, PgRateLimit, PgSemaphore};
 pub use queue::{QueueStatus, QueuedRun, Submitted};
 pub use store::PgStore;
 pub use worker::{DEFAULT_HEARTBEAT, DEFAULT_LEASE, FencedStore, Worker, WorkerReport};

@@ -2,11 +2,16 @@
 //! in order by [`crate::PgBackend::migrate`].
 
 /// (version, name, SQL), in the order they apply.
-pub(crate) const MIGRATIONS: [(i32, &str, &str); 2] = [
+pub(crate) const MIGRATIONS: [(i32, &str, &str); 3] = [
     (
         1,
         "checkpoints",
         include_str!("../migrations/0001_checkpoints.sql"),
     ),
     (2, "runs", include_str!("../migrations/0002_runs.sql")),
+    (
+        3,
+        "coordination",
+        include_str!("../migrations/0003_coordination.sql"),
+    ),
 ];

@@ -182,6 +182,36 @@ const RELEASE: &str = "UPDATE fluffy_runs AS r
      WHERE r.id = held.id AND r.fence = held.fence AND r.status = 'running'
      RETURNING r.id";
 
+const CREATE_SEMAPHORE: &str = "INSERT INTO fluffy_semaphores (name, permits) VALUES ($1, $2)
+     ON CONFLICT (name) DO UPDATE SET permits = EXCLUDED.permits";
+
+/// Takes permits (see `fluffy_acquire` in the migrations): the token, or NULL.
+const ACQUIRE: &str = "SELECT fluffy_acquire($1, $2, $3, $4::bigint)";
+
+const PERMITS_IN_USE: &str = "SELECT coalesce(sum(units), 0)::bigint FROM fluffy_permits
+     WHERE name = $1 AND expires_at >= clock_timestamp()";
+
+const RENEW_PERMIT: &str = "UPDATE fluffy_permits
+     SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
+     WHERE name = $1 AND holder = $2 AND expires_at >= clock_timestamp()";
+
+/// Gives a permit back and wakes waiters; counts it if it had not lapsed.
+const RELEASE_PERMIT: &str = "WITH gone AS (
+         DELETE FROM fluffy_permits WHERE name = $1 AND holder = $2
+         RETURNING expires_at >= clock_timestamp() AS live
+     ), woken AS (
+         SELECT pg_notify('fluffy_permits', $1) FROM gone
+     )
+     SELECT (SELECT count(*) FILTER (WHERE live) FROM gone), (SELECT count(*) FROM woken)";
+
+const CREATE_RATE_LIMIT: &str = "INSERT INTO fluffy_rate_limits (name, rate, burst, tokens)
+     VALUES ($1, $2, $3, $3)
+     ON CONFLICT (name) DO UPDATE SET rate = EXCLUDED.rate, burst = EXCLUDED.burst,
+         tokens = least(fluffy_rate_limits.tokens, EXCLUDED.burst)";
+
+/// Takes tokens (see `fluffy_take_tokens` in the migrations): 0, or the seconds to wait.
+const TAKE_TOKENS: &str = "SELECT fluffy_take_tokens($1, $2::float8)";
+
 /// The prepared statements of one connection.
 pub(crate) struct Statements {
     pub(crate) save: Statement,
@@ -204,6 +234,13 @@ pub(crate) struct Statements {
     pub(crate) complete: Statement,
     pub(crate) run: Statement,
     pub(crate) release: Statement,
+    pub(crate) create_semaphore: Statement,
+    pub(crate) acquire: Statement,
+    pub(crate) permits_in_use: Statement,
+    pub(crate) renew_permit: Statement,
+    pub(crate) release_permit: Statement,
+    pub(crate) create_rate_limit: Statement,
+    pub(crate) take_tokens: Statement,
 }
 
 impl Statements {
@@ -237,7 +274,25 @@ impl Statements {
             client.prepare(RUN),
             client.prepare(RELEASE),
         )?;
+        let (create_semaphore, acquire, permits_in_use, renew_permit) = tokio::try_join!(
+            client.prepare(CREATE_SEMAPHORE),
+            client.prepare(ACQUIRE),
+            client.prepare(PERMITS_IN_USE),
+            client.prepare(RENEW_PERMIT),
+        )?;
+        let (release_permit, create_rate_limit, take_tokens) = tokio::try_join!(
+            client.prepare(RELEASE_PERMIT),
+            client.prepare(CREATE_RATE_LIMIT),
+            client.prepare(TAKE_TOKENS),
+        )?;
         Ok(Self {
+            create_semaphore,
+            acquire,
+            permits_in_use,
+            renew_permit,
+            release_permit,
+            create_rate_limit,
+            take_tokens,
             save_pruned,
             fenced_save_pruned,
             submit,

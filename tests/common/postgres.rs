@@ -25,12 +25,17 @@ fn cluster() -> Option<&'static TempCluster> {
 
 /// The URL of database `name` (created on first use), or `None` when there is no server.
 pub fn database(name: &str) -> Option<String> {
+    static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let cluster = cluster()?;
-    Some(
-        cluster
-            .create_database(name)
-            .unwrap_or_else(|e| panic!("creating database {name}: {e}")),
-    )
+    let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    if created.iter().any(|known| known == name) {
+        return Some(cluster.url(name));
+    }
+    let url = cluster
+        .create_database(name)
+        .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+    created.push(name.to_owned());
+    Some(url)
 }
 
 /// The URL of database `name`, which `database` or `backend` created.

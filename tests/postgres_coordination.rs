@@ -1,0 +1,211 @@
+//! Coordination through PostgreSQL (feature `postgres`): a semaphore shared by many backends
+//! (separate connections, as separate processes would be) is never exceeded, checked with a
+//! counter kept in the database on random shapes; a crashed holder's permit lapses; a
+//! release wakes a waiter; a rate limit admits at its rate. Real clock (the database's).
+
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::time::{Duration, Instant};
+
+use fluffy_flow::FlowError;
+use fluffy_flow::postgres::{PgBackend, PgRateLimit, PgSemaphore};
+use proptest::prelude::*;
+
+async fn counter(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// `tasks` tasks over `backends` backends each take one permit of a semaphore of `permits`,
+/// hold it for their `holds[i]` ms while a counter in the database says how many hold one;
+/// returns the most it ever said.
+async fn contend(url: &str, name: &str, permits: u32, backends: usize, holds: &[u64]) -> i64 {
+    let setup = counter(url).await;
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS test_holding (name text PRIMARY KEY, now integer NOT NULL, peak integer NOT NULL);
+             INSERT INTO test_holding VALUES ('{name}', 0, 0);"
+        ))
+        .await
+        .unwrap();
+    let mut connections = Vec::new();
+    for _ in 0..backends {
+        connections.push(PgBackend::connect(url).await.unwrap());
+    }
+    PgSemaphore::create(&connections[0], name, permits)
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, &hold) in holds.iter().enumerate() {
+        let backend = connections[i % backends].clone();
+        let (url, name) = (url.to_owned(), name.to_owned());
+        tasks.spawn(async move {
+            let client = counter(&url).await;
+            let semaphore = PgSemaphore::open(&backend, &name).poll_interval(Duration::from_millis(20));
+            let permit = semaphore.acquire(1).await.unwrap();
+            client
+                .execute(
+                    "UPDATE test_holding SET now = now + 1, peak = greatest(peak, now + 1) WHERE name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(hold)).await;
+            client
+                .execute("UPDATE test_holding SET now = now - 1 WHERE name = $1", &[&name])
+                .await
+                .unwrap();
+            assert!(permit.release().await.unwrap(), "the permit had not lapsed");
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let row = setup
+        .query_one(
+            "SELECT now, peak FROM test_holding WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 0, "everyone let go");
+    i64::from(row.get::<_, i32>(1))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_shared_semaphore_is_never_exceeded(
+        permits in 1u32..=3,
+        backends in 1usize..=3,
+        holds in proptest::collection::vec(0u64..15, 4..14),
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let peak = runtime.block_on(async {
+            let url = postgres::database("semaphore_property")?;
+            PgBackend::connect(&url).await.unwrap().migrate().await.unwrap();
+            static CASE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let name = format!("s{}", CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            Some(contend(&url, &name, permits, backends, &holds).await)
+        });
+        if let Some(peak) = peak {
+            prop_assert!(peak >= 1);
+            prop_assert!(peak <= i64::from(permits), "{peak} held at once, {permits} permits");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_holders_permit_lapses_and_a_release_wakes_a_waiter() {
+    let Some(backend) = postgres::backend("permits").await else {
+        return;
+    };
+    let other = PgBackend::connect(&postgres::url("permits")).await.unwrap();
+    let short = PgSemaphore::create(&backend, "gpu", 1)
+        .await
+        .unwrap()
+        .ttl(Duration::from_millis(300));
+    // A holder that dies without releasing: its permit comes back after its TTL.
+    let crashed = short.try_acquire(1).await.unwrap().unwrap();
+    let first_token = crashed.token();
+    assert!(short.try_acquire(1).await.unwrap().is_none());
+    assert_eq!(short.in_use().await.unwrap(), 1);
+    let started = Instant::now();
+    let taken = PgSemaphore::open(&other, "gpu")
+        .poll_interval(Duration::from_millis(50))
+        .acquire(1)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(taken.token() > first_token, "fencing tokens grow");
+    assert!(
+        !crashed.renew().await.unwrap(),
+        "a lapsed permit is not renewed"
+    );
+    assert!(taken.renew().await.unwrap());
+    std::mem::forget(crashed);
+
+    // A release wakes a waiter at once (its poll is far longer than the test waits).
+    let waiter = PgSemaphore::open(&other, "gpu")
+        .ttl(Duration::from_secs(30))
+        .poll_interval(Duration::from_secs(60));
+    let waiting = tokio::spawn(async move { waiter.acquire(1).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished());
+    assert!(taken.release().await.unwrap());
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("woken by the release, not by its poll")
+        .unwrap();
+    assert_eq!(woken.units(), 1);
+    drop(woken); // released in the background
+    let mut free = false;
+    for _ in 0..100 {
+        if short.in_use().await.unwrap() == 0 {
+            free = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(free, "a dropped permit is released");
+    let error = PgSemaphore::open(&backend, "missing")
+        .try_acquire(1)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("there is no semaphore `missing`"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_rate_limit_admits_at_its_rate() {
+    let Some(backend) = postgres::backend("rates").await else {
+        return;
+    };
+    let other = PgBackend::connect(&postgres::url("rates")).await.unwrap();
+    // The burst at once, then a wait of at most one token's time (200 ms at 5 a second).
+    let slow = PgRateLimit::create(&backend, "slow", 5.0, 5).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(slow.try_take(1.0).await.unwrap(), None);
+    }
+    let wait = slow.try_take(1.0).await.unwrap().expect("a wait");
+    assert!(
+        wait <= Duration::from_millis(200) && wait > Duration::ZERO,
+        "{wait:?}"
+    );
+    // Two processes take 20 between them at 50 a second with a burst of 1: the 19 after the
+    // first take 0.38 s at least.
+    PgRateLimit::create(&backend, "api", 50.0, 1).await.unwrap();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for backend in [backend.clone(), other.clone()] {
+        tasks.spawn(async move {
+            let limit = PgRateLimit::open(&backend, "api");
+            for _ in 0..10 {
+                limit.acquire().await.unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(370), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    let error = PgRateLimit::create(&backend, "bad", 0.0, 1)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, FlowError::InvalidConfig { .. }), "{error}");
+}
