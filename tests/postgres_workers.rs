@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use fluffy_flow::postgres::{FencedStore, PgBackend, PgStore, QueueStatus, Worker, WorkerReport};
 use fluffy_flow::prelude::*;
-use fluffy_flow::{CheckpointStore, EventKind, RetryPolicy};
+use fluffy_flow::{CheckpointStore, EventKind, PostedAnswer, RetryPolicy};
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -520,4 +520,60 @@ async fn a_heartbeat_as_long_as_the_lease_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("no workflow is registered"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_left_in_the_database_wakes_the_waiting_run_at_once() {
+    let Some(backend) = postgres::backend("answers_wake").await else {
+        return;
+    };
+    let mut agent = Agent::new("approval");
+    agent.add_state("review", |ctx: Context| async move {
+        let decision = ctx.human_input("Publish? (yes/no)").no_timeout().await?;
+        ctx.set_state("decision", decision);
+        Ok(Next::End)
+    });
+    // Polling alone would take a minute: only the notification can make it quick.
+    agent.input_poll_interval(Duration::from_secs(60));
+    backend
+        .submit("approval", "q4", &Context::new())
+        .await
+        .unwrap();
+    let worker = spawn_worker(Worker::new(&backend).register(&agent));
+    // Another process (another backend) finds the pending request in the run's latest
+    // checkpoint and leaves its answer in the database.
+    let elsewhere = PgStore::new(
+        &PgBackend::connect(&postgres::url("answers_wake"))
+            .await
+            .unwrap(),
+    );
+    let request = loop {
+        let store = elsewhere.clone();
+        let latest = tokio::task::spawn_blocking(move || store.latest("approval", "q4"))
+            .await
+            .unwrap()
+            .unwrap();
+        if let Some(record) = latest.and_then(|c| c.inputs.into_iter().next()) {
+            break record.request;
+        }
+        tokio::time::sleep(WAIT).await;
+    };
+    let answered = std::time::Instant::now();
+    let posted = PostedAnswer::new(request.id.clone(), json!("yes"), "ops");
+    let store = elsewhere.clone();
+    tokio::task::spawn_blocking(move || store.post_answer("approval", "q4", &posted))
+        .await
+        .unwrap()
+        .unwrap();
+    let done = tokio::time::timeout(
+        Duration::from_secs(20),
+        backend.wait_for("approval", "q4", WAIT),
+    )
+    .await
+    .expect("woken by the notification, not by its one-minute poll")
+    .unwrap();
+    assert_eq!(done.status, QueueStatus::Completed, "{:?}", done.error);
+    assert_eq!(done.context.unwrap()["decision"], json!("yes"));
+    assert!(answered.elapsed() < Duration::from_secs(20));
+    stop(worker).await;
 }

@@ -577,6 +577,10 @@ impl CheckpointStore for FencedStore {
         self.store.clear_answers(agent, run)
     }
 
+    fn answers_posted(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.store.answers_posted()
+    }
+
     fn prune(&self, agent: &str, run: &str, keep: usize) -> Result<(), FlowError> {
         self.store.prune(agent, run, keep)
     }

@@ -68,6 +68,14 @@ pub trait CheckpointStore: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// What wakes a durable run waiting for input when an answer is left in this store (by
+    /// any process), so that it reads its answers at once rather than at its next poll
+    /// ([`crate::Agent::input_poll_interval`]; it still polls). `None`, the default: polling
+    /// only. A database that notifies (PostgreSQL's `NOTIFY`) returns one.
+    fn answers_posted(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Forgets the answers left for `run`.
     fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {
         let _ = (agent, run);

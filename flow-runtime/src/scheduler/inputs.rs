@@ -65,11 +65,31 @@ impl Coordinator {
         let (store, hub) = (Arc::clone(store), Arc::clone(&self.observer.inputs));
         let (workflow, run) = (self.compiled.name.to_string(), self.durable_key.to_string());
         let every = self.compiled.input_poll_interval;
+        let posted = store.answers_posted();
         let poller = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Armed before each read, so that an answer posted while reading wakes the next
+            // wait (a store that notifies; the others are read at each tick only).
+            let arm = || {
+                posted.as_deref().map(|signal| {
+                    let mut notified = Box::pin(signal.notified());
+                    notified.as_mut().enable();
+                    notified
+                })
+            };
+            let mut armed = arm();
             loop {
-                ticks.tick().await;
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = async {
+                        match armed.as_mut() {
+                            Some(notified) => notified.as_mut().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                }
+                armed = arm();
                 if !hub.has_waiting() {
                     continue;
                 }
