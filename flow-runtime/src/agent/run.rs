@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// A durable run's key, store and checkpoint policy, and the highest checkpoint number the
+/// store holds for it when that is known (`None`: the first save asks the store).
+type Durable<'a> = (
+    &'a str,
+    Arc<dyn CheckpointStore>,
+    CheckpointPolicy,
+    Option<u64>,
+);
 impl Agent {
     /// Starts a run with an empty context and returns its handle at once.
     ///
@@ -228,13 +236,16 @@ impl Agent {
                 self.launch_with(
                     context,
                     Some((&checkpoint, checked)),
-                    Some((key, store, policy)),
+                    // (The store's latest: the run numbers its checkpoints above it without
+                    // asking the store again.)
+                    Some((key, store, policy, Some(checkpoint.sequence))),
                     posted,
                     Arc::default(),
                     None,
                 )?
             }
-            None => self.launch(context, None, Some((key, store, policy)))?,
+            // (The store has no checkpoint of this run: it numbers its own from 1.)
+            None => self.launch(context, None, Some((key, store, policy, Some(0))))?,
         };
         // Dropping this future cancels the run, as for `run`: two of one durable run must not
         // go on side by side.
@@ -249,7 +260,7 @@ impl Agent {
         &self,
         context: Context,
         checkpoint: Option<(&Checkpoint, Restorable)>,
-        durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+        durable: Option<Durable<'_>>,
     ) -> Result<RunHandle, FlowError> {
         self.launch_with(
             context,
@@ -278,7 +289,7 @@ impl Agent {
         let key = nesting.key.clone();
         let durable = nesting.progress.take().map(|sink| {
             let store: Arc<dyn CheckpointStore> = Arc::new(sink);
-            (key.as_str(), store, policy)
+            (key.as_str(), store, policy, None)
         });
         let (context, checked) = match &mut restored {
             Some(checkpoint) => {
@@ -303,7 +314,7 @@ impl Agent {
         &self,
         context: Context,
         checkpoint: Option<(&Checkpoint, Restorable)>,
-        durable: Option<(&str, Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+        durable: Option<Durable<'_>>,
         posted: Vec<PostedAnswer>,
         stream: Arc<crate::stream::StreamHub>,
         nesting: Option<&crate::subgraph::Nesting>,
@@ -380,12 +391,17 @@ impl Agent {
             coordinator.nest(nesting.event_run_id, Arc::clone(&nesting.path));
         }
         let run_key: Arc<str> = match (&durable, &checkpoint, nesting) {
-            (Some((key, _, _)), _, _) => Arc::from(*key),
+            (Some((key, _, _, _)), _, _) => Arc::from(*key),
             (None, Some((checkpoint, _)), _) => Arc::from(checkpoint.run_key.as_str()),
             (None, None, Some(nesting)) => Arc::from(nesting.key.as_str()),
             (None, None, None) => Arc::from(crate::scheduler::default_key(run_id)),
         };
-        coordinator.durable(&run_key, durable.map(|(_, store, policy)| (store, policy)));
+        let highest = durable.as_ref().and_then(|durable| durable.3);
+        coordinator.durable(
+            &run_key,
+            durable.map(|(_, store, policy, _)| (store, policy)),
+            highest,
+        );
         if let Some((checkpoint, checked)) = checkpoint {
             coordinator.continue_from(checkpoint, checked);
         }

@@ -57,13 +57,18 @@ impl Writer {
     }
 }
 
+/// `saved` before a run knows the highest checkpoint number its store holds.
+pub(crate) const UNKNOWN: u64 = u64::MAX;
+
 /// Serializes and saves one checkpoint on a blocking thread, then prunes old ones (by
 /// count and by age, as `policy` says).
 ///
-/// `saved` is the highest sequence number this run saved (0: none yet). Before its first save
-/// a run asks the store for the run's highest: a run restored from an older checkpoint, or
-/// one whose key was used before, numbers its checkpoints above everything kept, so that
-/// `latest` is its newest and pruning never removes it.
+/// `saved` is the highest sequence number of the run's checkpoints: the store's when the
+/// run started (0: none), or [`UNKNOWN`], then the highest this run saved. Unknown, the
+/// first save asks the store for the run's highest: a run restored from an older
+/// checkpoint, or one whose key was used before, numbers its checkpoints above everything
+/// kept, so that `latest` is its newest and pruning never removes it. (A durable run that
+/// read the store's latest as it started knows it, and asks nothing.)
 pub(crate) async fn save(
     store: Arc<dyn CheckpointStore>,
     pending: PendingCheckpoint,
@@ -73,7 +78,7 @@ pub(crate) async fn save(
     let joined = tokio::task::spawn_blocking(move || {
         let mut checkpoint = pending.finish()?;
         let mut highest = saved.load(Ordering::Acquire);
-        if highest == 0 {
+        if highest == UNKNOWN {
             highest = store
                 .sequences(&checkpoint.agent, &checkpoint.run_key)?
                 .last()

@@ -238,7 +238,9 @@ impl Coordinator {
             failed_state: None,
             ended_branches: 0,
             renumber_restored: false,
-            saved_sequence: Arc::default(),
+            saved_sequence: Arc::new(std::sync::atomic::AtomicU64::new(
+                crate::checkpoint::writer::UNKNOWN,
+            )),
             subgraphs: None,
             path: None,
             input_watch: None,
@@ -340,8 +342,13 @@ impl Coordinator {
         &mut self,
         key: &str,
         checkpoints: Option<(Arc<dyn CheckpointStore>, CheckpointPolicy)>,
+        highest: Option<u64>,
     ) {
         self.durable_key = Arc::from(key);
+        if let Some(highest) = highest {
+            self.saved_sequence
+                .store(highest, std::sync::atomic::Ordering::Release);
+        }
         let info = self.run_info();
         self.context.set_run(info);
         if checkpoints.is_some() {
