@@ -115,20 +115,21 @@ async fn a_crashed_holders_permit_lapses_and_a_release_wakes_a_waiter() {
         .unwrap()
         .ttl(Duration::from_millis(300));
     // A holder that dies without releasing: its permit comes back after its TTL.
+    let acquired = Instant::now();
     let crashed = short.try_acquire(1).await.unwrap().unwrap();
     let first_token = crashed.token();
     assert!(short.try_acquire(1).await.unwrap().is_none());
     assert_eq!(short.in_use().await.unwrap(), 1);
-    let started = Instant::now();
     let taken = PgSemaphore::open(&other, "gpu")
         .poll_interval(Duration::from_millis(50))
         .acquire(1)
         .await
         .unwrap();
+    // (Its TTL ran from a moment after `acquired`, on the database's clock.)
     assert!(
-        started.elapsed() >= Duration::from_millis(250),
+        acquired.elapsed() >= Duration::from_millis(290),
         "{:?}",
-        started.elapsed()
+        acquired.elapsed()
     );
     assert!(taken.token() > first_token, "fencing tokens grow");
     assert!(
@@ -161,6 +162,15 @@ async fn a_crashed_holders_permit_lapses_and_a_release_wakes_a_waiter() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(free, "a dropped permit is released");
+    for units in [0, 2] {
+        let error = short.try_acquire(units).await.err().unwrap().to_string();
+        assert!(
+            error.contains(&format!(
+                "semaphore `gpu` has 1 permits: {units} can never be taken"
+            )),
+            "{error}"
+        );
+    }
     let error = PgSemaphore::open(&backend, "missing")
         .try_acquire(1)
         .await
@@ -203,6 +213,10 @@ async fn a_shared_rate_limit_admits_at_its_rate() {
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(370), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    for cost in [0.0, -1.0, 6.0, f64::NAN] {
+        let error = slow.try_take(cost).await.err().unwrap().to_string();
+        assert!(error.contains("can never be taken"), "{cost}: {error}");
+    }
     let error = PgRateLimit::create(&backend, "bad", 0.0, 1)
         .await
         .err()

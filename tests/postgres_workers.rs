@@ -24,6 +24,13 @@ use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_millis(50);
 
+/// `future`, or a failure naming `what` after a minute (a test that would hang fails).
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within a minute"))
+}
+
 /// `n` → four branches that each write `n * k` → a join that sums them; `load` fails its
 /// first attempt and is retried.
 fn etl() -> Agent {
@@ -176,6 +183,14 @@ fn gated(by: &'static str, gate: Arc<Semaphore>) -> Agent {
 
 /// Waits until `key`'s run has a checkpoint (its first state done).
 async fn first_checkpoint(store: &PgStore, workflow: &str, key: &str) {
+    within(
+        "a first checkpoint",
+        first_checkpoint_unbounded(store, workflow, key),
+    )
+    .await
+}
+
+async fn first_checkpoint_unbounded(store: &PgStore, workflow: &str, key: &str) {
     loop {
         let (store, workflow, key) = (store.clone(), workflow.to_owned(), key.to_owned());
         let saved = tokio::task::spawn_blocking(move || store.sequences(&workflow, &key))
@@ -210,7 +225,7 @@ async fn a_lapsed_lease_passes_on_and_the_old_holders_writes_are_refused() {
             .name("A")
             .register(&agent_a)
             .lease(Duration::from_secs(30))
-            .heartbeat(Duration::from_secs(20)),
+            .heartbeat(Duration::from_secs(29)),
     );
     first_checkpoint(&store, "gated", "order-7").await;
     let before = backend
@@ -246,13 +261,16 @@ async fn a_lapsed_lease_passes_on_and_the_old_holders_writes_are_refused() {
     // A goes on now: its `b` ends, and its checkpoint is refused, which ends its run.
     gate_a.add_permits(1);
     let mut a_states = Vec::new();
-    let a_status = loop {
-        match events_a.next().await.unwrap().map(|e| e.kind) {
-            Ok(EventKind::StateCompleted { state, .. }) => a_states.push(state.to_string()),
-            Ok(EventKind::RunFinished { status, .. }) => break status,
-            _ => {}
+    let a_status = within("A's run ending", async {
+        loop {
+            match events_a.next().await.unwrap().map(|e| e.kind) {
+                Ok(EventKind::StateCompleted { state, .. }) => a_states.push(state.to_string()),
+                Ok(EventKind::RunFinished { status, .. }) => break status,
+                _ => {}
+            }
         }
-    };
+    })
+    .await;
     // A ran `b` (and may have gone on: checkpoints are written beside the run, not in its
     // way), but its run fails at the refused checkpoint and nothing of it is kept.
     assert!(a_states.contains(&"b".to_string()), "{a_states:?}");
@@ -475,13 +493,16 @@ async fn a_worker_cut_off_from_the_database_gives_up_its_run_and_another_takes_i
         (QueueStatus::Completed, Some("B"), 2)
     );
     // A, unable to renew for a whole lease, stopped its run by itself.
-    let status = loop {
-        if let Ok(EventKind::RunFinished { status, .. }) =
-            events_a.next().await.unwrap().map(|e| e.kind)
-        {
-            break status;
+    let status = within("A giving its run up", async {
+        loop {
+            if let Ok(EventKind::RunFinished { status, .. }) =
+                events_a.next().await.unwrap().map(|e| e.kind)
+            {
+                break status;
+            }
         }
-    };
+    })
+    .await;
     // (Cancelled, or failed at the last checkpoint a stopped run tries to save.)
     assert!(
         matches!(status, AgentStatus::Cancelled | AgentStatus::Failed),
@@ -547,17 +568,20 @@ async fn an_answer_left_in_the_database_wakes_the_waiting_run_at_once() {
             .await
             .unwrap(),
     );
-    let request = loop {
-        let store = elsewhere.clone();
-        let latest = tokio::task::spawn_blocking(move || store.latest("approval", "q4"))
-            .await
-            .unwrap()
-            .unwrap();
-        if let Some(record) = latest.and_then(|c| c.inputs.into_iter().next()) {
-            break record.request;
+    let request = within("a pending request", async {
+        loop {
+            let store = elsewhere.clone();
+            let latest = tokio::task::spawn_blocking(move || store.latest("approval", "q4"))
+                .await
+                .unwrap()
+                .unwrap();
+            if let Some(record) = latest.and_then(|c| c.inputs.into_iter().next()) {
+                break record.request;
+            }
+            tokio::time::sleep(WAIT).await;
         }
-        tokio::time::sleep(WAIT).await;
-    };
+    })
+    .await;
     let answered = std::time::Instant::now();
     let posted = PostedAnswer::new(request.id.clone(), json!("yes"), "ops");
     let store = elsewhere.clone();
@@ -575,5 +599,73 @@ async fn an_answer_left_in_the_database_wakes_the_waiting_run_at_once() {
     assert_eq!(done.status, QueueStatus::Completed, "{:?}", done.error);
     assert_eq!(done.context.unwrap()["decision"], json!("yes"));
     assert!(answered.elapsed() < Duration::from_secs(20));
+    stop(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_run_suspended_on_input_continues_when_answered() {
+    let Some(backend) = postgres::backend("suspended").await else {
+        return;
+    };
+    let mut agent = Agent::new("approval");
+    agent.add_state("review", |ctx: Context| async move {
+        let decision = ctx.human_input("Publish? (yes/no)").no_timeout().await?;
+        ctx.set_state("decision", decision);
+        Ok(Next::End)
+    });
+    agent.suspend_on_input();
+    backend
+        .submit("approval", "q5", &Context::new())
+        .await
+        .unwrap();
+    let worker = spawn_worker(Worker::new(&backend).register(&agent));
+    let suspended = within(
+        "the run suspending",
+        backend.wait_for("approval", "q5", WAIT),
+    )
+    .await
+    .unwrap();
+    assert_eq!(suspended.status, QueueStatus::AwaitingInput);
+    // The answer, left from anywhere, puts the run back in the queue; a worker continues it.
+    let store = PgStore::new(&backend);
+    let id = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.latest("approval", "q5"))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .inputs[0]
+            .request
+            .id
+            .clone()
+    };
+    tokio::task::spawn_blocking(move || {
+        store.post_answer(
+            "approval",
+            "q5",
+            &PostedAnswer::new(id, json!("yes"), "ops"),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let done = within("the run continuing", async {
+        loop {
+            let run = backend.wait_for("approval", "q5", WAIT).await.unwrap();
+            if run.status != QueueStatus::AwaitingInput {
+                break run;
+            }
+            tokio::time::sleep(WAIT).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        (done.status, done.claims),
+        (QueueStatus::Completed, 2),
+        "{:?}",
+        done.error
+    );
+    assert_eq!(done.context.unwrap()["decision"], json!("yes"));
     stop(worker).await;
 }

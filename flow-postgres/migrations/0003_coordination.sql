@@ -35,6 +35,10 @@ BEGIN
         RAISE EXCEPTION 'there is no semaphore `%`: create it with PgSemaphore::create', p_name
             USING ERRCODE = 'no_data_found';
     END IF;
+    IF p_units < 1 OR p_units > v_permits THEN
+        RAISE EXCEPTION 'semaphore `%` has % permits: % can never be taken; ask for 1 to %',
+            p_name, v_permits, p_units, v_permits USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     DELETE FROM fluffy_permits WHERE name = p_name AND expires_at < clock_timestamp();
     SELECT coalesce(sum(units), 0) INTO v_held FROM fluffy_permits WHERE name = p_name;
     IF v_held + p_units > v_permits THEN
@@ -68,6 +72,10 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'there is no rate limit `%`: create it with PgRateLimit::create', p_name
             USING ERRCODE = 'no_data_found';
+    END IF;
+    IF NOT (p_cost > 0 AND p_cost <= v_bucket.burst) THEN
+        RAISE EXCEPTION 'rate limit `%` holds at most % tokens: a cost of % can never be taken; ask for more than 0 and at most the burst',
+            p_name, v_bucket.burst, p_cost USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_tokens := least(v_bucket.burst,
         v_bucket.tokens + greatest(0, extract(epoch FROM v_now - v_bucket.updated_at)) * v_bucket.rate);

@@ -7,14 +7,16 @@
 //! queueing for a pool.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use flow_core::FlowError;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, Config, NoTls};
 
+use crate::listen::Listener;
 use crate::migrations::MIGRATIONS;
 use crate::sql;
 
@@ -39,6 +41,9 @@ struct Inner {
     handle: Handle,
     slots: Vec<Mutex<Option<Arc<Connection>>>>,
     next: AtomicUsize,
+    /// One connection listening on every channel the backend's users wait on, opened by the
+    /// first that waits (every wait shares it: no connection per waiter).
+    listener: OnceLock<Listener>,
 }
 
 impl Drop for Inner {
@@ -97,10 +102,22 @@ impl PgBackend {
 
     /// [`Self::connect`] with up to `connections` connections (at least one).
     pub async fn connect_with(url: &str, connections: usize) -> Result<Self, FlowError> {
-        let config = Config::from_str(url).map_err(|e| FlowError::InvalidConfig {
+        let mut config = Config::from_str(url).map_err(|e| FlowError::InvalidConfig {
             agent: "postgres".to_owned(),
             message: format!("`{}` is not a PostgreSQL URL: {e}", redact(url)),
         })?;
+        // A server that stops answering (a black-holed network) is noticed in seconds, not
+        // hours, unless the URL says otherwise.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(15));
+        }
+        #[cfg(target_os = "linux")]
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
         let describe = format!("postgres store {}", describe(&config));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -117,6 +134,7 @@ impl PgBackend {
                 handle,
                 slots: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
                 next: AtomicUsize::new(0),
+                listener: OnceLock::new(),
             }),
         };
         // One connection now, so that a wrong address or password is an error here.
@@ -129,6 +147,24 @@ impl PgBackend {
     /// password).
     pub fn describe(&self) -> &str {
         &self.inner.describe
+    }
+
+    /// What wakes waiters on any of the backend's notification channels (`fluffy_runs`,
+    /// `fluffy_done`, `fluffy_permits`, `fluffy_answers`): they look again at what they wait
+    /// for, so a wake-up for another channel costs a look.
+    pub(crate) fn notifications(&self) -> Arc<tokio::sync::Notify> {
+        let listener = self.inner.listener.get_or_init(|| {
+            Listener::start(
+                self,
+                &[
+                    "fluffy_runs",
+                    "fluffy_done",
+                    "fluffy_permits",
+                    "fluffy_answers",
+                ],
+            )
+        });
+        Arc::clone(listener.notify())
     }
 
     /// The connection settings.
@@ -188,6 +224,12 @@ impl PgBackend {
                 // connection is noticed by the next request and replaced.)
                 let _ = connection.await;
             });
+            // The statements' guarantees (a lock taken, then a fresh snapshot per statement)
+            // hold under READ COMMITTED: whatever the database's or role's default is.
+            client
+                .batch_execute("SET default_transaction_isolation = 'read committed'")
+                .await
+                .map_err(|e| db_error(&describe, "connecting", explain(&e)))?;
             Ok(client)
         })
         .await

@@ -13,7 +13,6 @@ use flow_core::FlowError;
 
 use crate::PgBackend;
 use crate::backend::{db_error, explain};
-use crate::listen::Listener;
 
 /// How long a permit lasts without renewal, by default.
 pub const DEFAULT_PERMIT_TTL: Duration = Duration::from_secs(30);
@@ -135,9 +134,9 @@ impl PgSemaphore {
     /// Takes `units` permits, waiting until they fit: woken when another process releases
     /// some, and asking again every poll interval (permits that expire notify nobody).
     pub async fn acquire(&self, units: u32) -> Result<PgPermit, FlowError> {
-        let listener = Listener::start(&self.backend, &["fluffy_permits"]);
+        let signal = self.backend.notifications();
         loop {
-            let woken = listener.notify().notified();
+            let woken = signal.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             if let Some(permit) = self.try_acquire(units).await? {

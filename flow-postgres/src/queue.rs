@@ -8,7 +8,6 @@ use serde_json::{Map, Value};
 
 use crate::PgBackend;
 use crate::backend::{db_error, explain};
-use crate::listen::Listener;
 
 /// Where a run of the queue stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,9 +216,9 @@ impl PgBackend {
         key: &str,
         poll: Duration,
     ) -> Result<QueuedRun, FlowError> {
-        let listener = Listener::start(self, &["fluffy_done"]);
+        let signal = self.notifications();
         loop {
-            let woken = listener.notify().notified();
+            let woken = signal.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             match self.queued_run(workflow, key).await? {

@@ -91,14 +91,25 @@ const PRUNE_OLDER: &str = "DELETE FROM fluffy_checkpoints
                                 WHERE workflow = $1 AND run_key = $2 AND created_at > $3),
                                9223372036854775807)";
 
-/// Leaves an answer (the latest per request wins, and moves last) and wakes whoever listens.
+/// Leaves an answer (the latest per request wins, and moves last) and wakes whoever listens;
+/// a queued run that had ended suspended on input goes back to the queue to continue with it.
 const POST_ANSWER: &str = "WITH posted AS (
          INSERT INTO fluffy_answers (workflow, run_key, request, body) VALUES ($1, $2, $3, $4)
          ON CONFLICT (workflow, run_key, request)
          DO UPDATE SET body = EXCLUDED.body, posted = DEFAULT
          RETURNING 1
+     ), requeued AS (
+         UPDATE fluffy_runs
+         SET status = 'queued', worker = NULL, lease_until = NULL, finished_at = NULL
+         WHERE workflow = $1 AND run_key = $2 AND status = 'awaiting_input'
+           AND EXISTS (SELECT 1 FROM posted)
+         RETURNING workflow
+     ), answered AS (
+         SELECT pg_notify('fluffy_answers', $1 || '/' || $2) FROM posted
+     ), queued AS (
+         SELECT pg_notify('fluffy_runs', workflow) FROM requeued
      )
-     SELECT pg_notify('fluffy_answers', $1 || '/' || $2) FROM posted";
+     SELECT (SELECT count(*) FROM answered), (SELECT count(*) FROM queued)";
 
 const ANSWERS: &str = "SELECT body FROM fluffy_answers
      WHERE workflow = $1 AND run_key = $2 ORDER BY posted";
@@ -176,11 +187,55 @@ const RUN: &str = "SELECT id, status, claims, worker, fence, result, error,
      FROM fluffy_runs WHERE workflow = $1 AND run_key = $2";
 
 /// Gives runs back to the queue (a worker that stops): those it still holds.
-const RELEASE: &str = "UPDATE fluffy_runs AS r
-     SET status = 'queued', worker = NULL, lease_until = NULL
-     FROM unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
-     WHERE r.id = held.id AND r.fence = held.fence AND r.status = 'running'
-     RETURNING r.id";
+const RELEASE: &str = "WITH released AS (
+         UPDATE fluffy_runs AS r
+         SET status = 'queued', worker = NULL, lease_until = NULL
+         FROM unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
+         WHERE r.id = held.id AND r.fence = held.fence AND r.status = 'running'
+         RETURNING r.id, r.workflow
+     ), woken AS (
+         SELECT pg_notify('fluffy_runs', workflow) FROM released
+     )
+     SELECT id FROM released CROSS JOIN (SELECT count(*) FROM woken) AS sent";
+
+/// The lease `(id $4, fence $5)` share-locked, for the fenced deletions below: each returns
+/// whether the lease was held, and deletes only if it was.
+const LEASE: &str = "WITH lease AS (
+         SELECT 1 FROM fluffy_runs WHERE id = $4 AND fence = $5 AND status = 'running'
+         FOR SHARE
+     )";
+
+/// `DELETE` under a lease.
+const FENCED_DELETE: &str = "gone AS (
+         DELETE FROM fluffy_checkpoints
+         WHERE workflow = $1 AND run_key = $2 AND sequence = $3 AND EXISTS (SELECT 1 FROM lease)
+         RETURNING 1
+     )
+     SELECT (SELECT count(*) FROM lease) FROM (SELECT count(*) FROM gone) AS done";
+
+/// `PRUNE_KEEP` under a lease.
+const FENCED_PRUNE_KEEP: &str = "gone AS (
+         DELETE FROM fluffy_checkpoints
+         WHERE workflow = $1 AND run_key = $2 AND EXISTS (SELECT 1 FROM lease) AND sequence < (
+             SELECT sequence FROM fluffy_checkpoints WHERE workflow = $1 AND run_key = $2
+             ORDER BY sequence DESC OFFSET $3::bigint - 1 LIMIT 1
+         )
+         RETURNING 1
+     )
+     SELECT (SELECT count(*) FROM lease) FROM (SELECT count(*) FROM gone) AS done";
+
+/// `PRUNE_OLDER` under a lease.
+const FENCED_PRUNE_OLDER: &str = "gone AS (
+         DELETE FROM fluffy_checkpoints
+         WHERE workflow = $1 AND run_key = $2 AND EXISTS (SELECT 1 FROM lease)
+           AND sequence < (SELECT max(sequence) FROM fluffy_checkpoints
+                           WHERE workflow = $1 AND run_key = $2)
+           AND sequence < coalesce((SELECT min(sequence) FROM fluffy_checkpoints
+                                    WHERE workflow = $1 AND run_key = $2 AND created_at > $3::timestamptz),
+                                   9223372036854775807)
+         RETURNING 1
+     )
+     SELECT (SELECT count(*) FROM lease) FROM (SELECT count(*) FROM gone) AS done";
 
 const CREATE_SEMAPHORE: &str = "INSERT INTO fluffy_semaphores (name, permits) VALUES ($1, $2)
      ON CONFLICT (name) DO UPDATE SET permits = EXCLUDED.permits";
@@ -234,6 +289,9 @@ pub(crate) struct Statements {
     pub(crate) complete: Statement,
     pub(crate) run: Statement,
     pub(crate) release: Statement,
+    pub(crate) fenced_delete: Statement,
+    pub(crate) fenced_prune_keep: Statement,
+    pub(crate) fenced_prune_older: Statement,
     pub(crate) create_semaphore: Statement,
     pub(crate) acquire: Statement,
     pub(crate) permits_in_use: Statement,
@@ -280,12 +338,26 @@ impl Statements {
             client.prepare(PERMITS_IN_USE),
             client.prepare(RENEW_PERMIT),
         )?;
+        let fenced = |rest: &str| format!("{LEASE}, {rest}");
+        let (fenced_delete_sql, fenced_keep_sql, fenced_older_sql) = (
+            fenced(FENCED_DELETE),
+            fenced(FENCED_PRUNE_KEEP),
+            fenced(FENCED_PRUNE_OLDER),
+        );
+        let (fenced_delete, fenced_prune_keep, fenced_prune_older) = tokio::try_join!(
+            client.prepare(&fenced_delete_sql),
+            client.prepare(&fenced_keep_sql),
+            client.prepare(&fenced_older_sql),
+        )?;
         let (release_permit, create_rate_limit, take_tokens) = tokio::try_join!(
             client.prepare(RELEASE_PERMIT),
             client.prepare(CREATE_RATE_LIMIT),
             client.prepare(TAKE_TOKENS),
         )?;
         Ok(Self {
+            fenced_delete,
+            fenced_prune_keep,
+            fenced_prune_older,
             create_semaphore,
             acquire,
             permits_in_use,

@@ -1,14 +1,13 @@
 //! `PgStore`: checkpoints and answers in PostgreSQL, for runs in many processes and on many
 //! machines.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use flow_core::FlowError;
 use flow_runtime::{Checkpoint, CheckpointStore, PostedAnswer};
 
 use crate::PgBackend;
-use crate::listen::Listener;
 
 /// A [`CheckpointStore`] in PostgreSQL: every process that connects to the database sees the
 /// same checkpoints and answers.
@@ -25,8 +24,6 @@ use crate::listen::Listener;
 #[derive(Clone)]
 pub struct PgStore {
     backend: PgBackend,
-    /// Listens for `fluffy_answers`, from the first run that waits for input on.
-    answers: Arc<OnceLock<Listener>>,
 }
 
 /// `sequence` as PostgreSQL's `bigint`.
@@ -46,7 +43,6 @@ impl PgStore {
     pub fn new(backend: &PgBackend) -> Self {
         Self {
             backend: backend.clone(),
-            answers: Arc::default(),
         }
     }
 
@@ -240,10 +236,7 @@ impl CheckpointStore for PgStore {
     }
 
     fn answers_posted(&self) -> Option<Arc<tokio::sync::Notify>> {
-        let listener = self
-            .answers
-            .get_or_init(|| Listener::start(&self.backend, &["fluffy_answers"]));
-        Some(Arc::clone(listener.notify()))
+        Some(self.backend.notifications())
     }
 
     fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {

@@ -20,7 +20,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{db_error, explain};
-use crate::listen::Listener;
 use crate::{PgBackend, PgStore, QueueStatus};
 
 /// The default lease: a worker lost is replaced within this and one heartbeat.
@@ -83,6 +82,8 @@ enum Ended {
     Lost,
     /// Stopped here (lease lost, or the worker stopping) before it ended.
     Stopped,
+    /// Given back to the queue (the database failed under it).
+    Released,
 }
 
 fn worker_name() -> String {
@@ -173,21 +174,33 @@ impl Worker {
         for agent in self.agents.values() {
             agent.validate()?;
         }
-        let listener = Listener::start(&self.backend, &["fluffy_runs"]);
+        // A database it cannot use at all (no schema, no privileges) is an error now, not
+        // a worker that waits forever.
+        self.backend.connection().await?;
+        let signal = self.backend.notifications();
         let mut held: HashMap<i64, Held> = HashMap::new();
         let mut tasks: JoinSet<(i64, Ended)> = JoinSet::new();
+        // Which run each task runs: a task that panicked says only its task id.
+        let mut runs_of_tasks: HashMap<tokio::task::Id, i64> = HashMap::new();
         let mut report = WorkerReport::default();
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut claim_now = true;
         loop {
-            let woken = listener.notify().notified();
+            let woken = signal.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             if claim_now && held.len() < self.concurrency {
                 let wanted = self.concurrency - held.len();
-                // (The database unreachable: tried again at the next heartbeat or wake-up.)
-                let claimed = self.claim(wanted).await.unwrap_or_default();
+                // (The database unreachable or slow: tried again at the next heartbeat or
+                // wake-up.)
+                let claimed = match self.bounded(self.claim(wanted)).await {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::warn!(worker = %self.name, %error, "claiming runs failed");
+                        Vec::new()
+                    }
+                };
                 // A full batch: more may be waiting.
                 claim_now = claimed.len() == wanted;
                 for run in claimed {
@@ -206,10 +219,11 @@ impl Worker {
                         },
                     );
                     let (backend, worker) = (self.backend.clone(), self.name.clone());
-                    tasks.spawn(async move {
-                        let id = run.id;
+                    let id = run.id;
+                    let task = tasks.spawn(async move {
                         (id, execute(backend, worker, agent, run, cancel).await)
                     });
+                    runs_of_tasks.insert(task.id(), id);
                 }
                 if claim_now {
                     continue;
@@ -217,9 +231,21 @@ impl Worker {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(joined) = tasks.join_next() => {
-                    if let Ok((id, ended)) = joined {
-                        account(&mut report, &mut held, id, ended);
+                Some(joined) = tasks.join_next_with_id() => {
+                    match joined {
+                        Ok((task, (id, ended))) => {
+                            runs_of_tasks.remove(&task);
+                            account(&mut report, &mut held, id, ended);
+                        }
+                        Err(error) => {
+                            // A run that panicked: no longer renewed, its lease lapses and
+                            // another worker continues it from its latest checkpoint.
+                            if let Some(id) = runs_of_tasks.remove(&error.id()) {
+                                held.remove(&id);
+                                report.lost += 1;
+                                tracing::error!(worker = %self.name, run = id, %error, "a run's task panicked");
+                            }
+                        }
                     }
                     claim_now = true;
                 }
@@ -244,8 +270,29 @@ impl Worker {
                 }
             }
         }
-        report.released = self.release(&held).await.unwrap_or(0);
+        match self.bounded(self.release(&held)).await {
+            Ok(released) => report.released += released,
+            // (Their leases lapse, and other workers take them then.)
+            Err(error) => tracing::warn!(worker = %self.name, %error, "giving runs back failed"),
+        }
         Ok(report)
+    }
+
+    /// `call`, or an error if the database has not answered within a heartbeat (a silent
+    /// network must not hold up renewals).
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, FlowError>>,
+    ) -> Result<T, FlowError> {
+        tokio::time::timeout(self.heartbeat, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(db_error(
+                    self.backend.describe(),
+                    "waiting for the database",
+                    format!("no answer within the heartbeat ({:?})", self.heartbeat),
+                ))
+            })
     }
 
     /// Claims up to `count` runs.
@@ -270,6 +317,7 @@ impl Worker {
                         key: row.get(2),
                         context: row.get(3),
                         fence: row.get(4),
+                        claims: row.get(5),
                     })
                     .collect())
             })
@@ -286,8 +334,7 @@ impl Worker {
         let (ids, fences): (Vec<i64>, Vec<i64>) = held.iter().map(|(&id, h)| (id, h.fence)).unzip();
         let (backend, lease) = (self.backend.clone(), millis(self.lease));
         let renewed = self
-            .backend
-            .on_runtime(async move {
+            .bounded(self.backend.on_runtime(async move {
                 let connection = backend.connection().await?;
                 let rows = connection
                     .client
@@ -298,8 +345,11 @@ impl Worker {
                     .iter()
                     .map(|row| row.get::<_, i64>(0))
                     .collect::<Vec<_>>())
-            })
+            }))
             .await;
+        if let Err(error) = &renewed {
+            tracing::warn!(worker = %self.name, %error, "renewing leases failed");
+        }
         let now = Instant::now();
         for (id, run) in held.iter_mut() {
             let gone = match &renewed {
@@ -347,6 +397,7 @@ fn account(report: &mut WorkerReport, held: &mut HashMap<i64, Held>, id: i64, en
         Ended::Lost => report.lost += 1,
         Ended::Stopped if lost => report.lost += 1,
         Ended::Stopped => {}
+        Ended::Released => report.released += 1,
     }
 }
 
@@ -357,7 +408,13 @@ struct Claimed {
     key: String,
     context: Vec<u8>,
     fence: i64,
+    /// This claim's number (1: the first).
+    claims: i32,
 }
+
+/// How many claims a run gets before an error of the store ends it as failed: a database
+/// that was briefly unreachable costs a claim, a store that keeps failing fails the run.
+const MAX_CLAIMS: i32 = 5;
 
 /// Runs one claimed run to its end (or until `cancel`) and records the end under its lease.
 async fn execute(
@@ -400,9 +457,36 @@ async fn execute(
             (status, report.context.snapshot().ok(), None)
         }
         Err(FlowError::LeaseLost { .. }) => return Ended::Lost,
+        // The database failed under the run (a restart, a dropped connection), not the
+        // workflow: the run goes back to the queue and continues from its latest
+        // checkpoint, up to `MAX_CLAIMS` claims.
+        Err(FlowError::CheckpointStore { .. }) if run.claims < MAX_CLAIMS => {
+            return give_back(&backend, &run).await;
+        }
         Err(error) => (QueueStatus::Failed, None, Some(error.to_string())),
     };
     record(&backend, &run, status, context, error).await
+}
+
+/// Gives `run` back to the queue under its lease.
+async fn give_back(backend: &PgBackend, run: &Claimed) -> Ended {
+    let (b, ids, fences) = (backend.clone(), vec![run.id], vec![run.fence]);
+    let released = backend
+        .on_runtime(async move {
+            let c = b.connection().await?;
+            let rows = c
+                .client
+                .query(&c.sql.release, &[&ids, &fences])
+                .await
+                .map_err(|e| db_error(b.describe(), "releasing a run", explain(&e)))?;
+            Ok(!rows.is_empty())
+        })
+        .await;
+    match released {
+        Ok(true) => Ended::Released,
+        // (Unreachable still: its lease lapses, and a worker claims it then.)
+        Ok(false) | Err(_) => Ended::Lost,
+    }
 }
 
 /// Records the end of `run` under its lease.
@@ -562,7 +646,16 @@ impl CheckpointStore for FencedStore {
     }
 
     fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
-        self.store.delete(agent, run, sequence)
+        let Ok(sequence) = i64::try_from(sequence) else {
+            return Ok(());
+        };
+        self.fenced_delete(
+            "deleting a checkpoint",
+            agent,
+            run,
+            Param::Int(sequence),
+            Which::One,
+        )
     }
 
     fn post_answer(&self, agent: &str, run: &str, answer: &PostedAnswer) -> Result<(), FlowError> {
@@ -582,7 +675,17 @@ impl CheckpointStore for FencedStore {
     }
 
     fn prune(&self, agent: &str, run: &str, keep: usize) -> Result<(), FlowError> {
-        self.store.prune(agent, run, keep)
+        if keep == 0 {
+            return Ok(());
+        }
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.fenced_delete(
+            "pruning checkpoints",
+            agent,
+            run,
+            Param::Int(keep),
+            Which::Keep,
+        )
     }
 
     fn prune_older_than(
@@ -592,6 +695,65 @@ impl CheckpointStore for FencedStore {
         max_age: Duration,
         now: SystemTime,
     ) -> Result<(), FlowError> {
-        self.store.prune_older_than(agent, run, max_age, now)
+        let cutoff = now.checked_sub(max_age).unwrap_or(SystemTime::UNIX_EPOCH);
+        self.fenced_delete(
+            "pruning checkpoints by age",
+            agent,
+            run,
+            Param::Time(cutoff),
+            Which::Older,
+        )
+    }
+}
+
+/// The third parameter of a fenced deletion.
+enum Param {
+    Int(i64),
+    Time(SystemTime),
+}
+
+/// Which fenced deletion.
+enum Which {
+    One,
+    Keep,
+    Older,
+}
+
+impl FencedStore {
+    /// Deletes (one checkpoint, all but the latest `keep`, or those older than a cutoff) only
+    /// while the lease is held: a stale worker deletes nothing of its successor's.
+    fn fenced_delete(
+        &self,
+        action: &'static str,
+        agent: &str,
+        run: &str,
+        param: Param,
+        which: Which,
+    ) -> Result<(), FlowError> {
+        let (agent, run, id, fence) = (agent.to_owned(), run.to_owned(), self.id, self.fence);
+        let held: i64 = self.store.backend().blocking(action, move |c| async move {
+            let statement = match which {
+                Which::One => &c.sql.fenced_delete,
+                Which::Keep => &c.sql.fenced_prune_keep,
+                Which::Older => &c.sql.fenced_prune_older,
+            };
+            let row = match param {
+                Param::Int(value) => {
+                    c.client
+                        .query_one(statement, &[&agent, &run, &value, &id, &fence])
+                        .await?
+                }
+                Param::Time(value) => {
+                    c.client
+                        .query_one(statement, &[&agent, &run, &value, &id, &fence])
+                        .await?
+                }
+            };
+            Ok(row.get(0))
+        })?;
+        if held == 0 {
+            return Err(self.lost("pruning"));
+        }
+        Ok(())
     }
 }
