@@ -479,12 +479,13 @@ async fn a_worker_cut_off_from_the_database_gives_up_its_run_and_another_takes_i
     );
     first_checkpoint(&store, "gated", "job").await;
     proxy.cut.cancel();
-    // B, connected directly, takes the run once A's lease has lapsed, and finishes it.
+    // B, connected directly, takes the run once A's lease has lapsed, and finishes it (with
+    // a lease of its own long enough for a loaded machine).
     let b = spawn_worker(
         Worker::new(&PgBackend::connect(&url).await.unwrap())
             .name("B")
             .register(&gated("B", Arc::new(Semaphore::new(1))))
-            .lease(Duration::from_secs(1))
+            .lease(Duration::from_secs(10))
             .heartbeat(Duration::from_millis(250)),
     );
     let done = backend.wait_for("gated", "job", WAIT).await.unwrap();
@@ -668,4 +669,76 @@ async fn a_queued_run_suspended_on_input_continues_when_answered() {
     );
     assert_eq!(done.context.unwrap()["decision"], json!("yes"));
     stop(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_the_database_fails_under_goes_back_to_the_queue_and_continues() {
+    let Some(backend) = postgres::backend("give_back").await else {
+        return;
+    };
+    let url = postgres::url("give_back");
+    // The worker connects as a role of its own, whose right to write checkpoints the test
+    // takes away for a while: the database failing under a run, deterministically.
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(
+            "CREATE ROLE fluffy_give_back LOGIN;
+             GRANT ALL ON ALL TABLES IN SCHEMA public TO fluffy_give_back;
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO fluffy_give_back;
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO fluffy_give_back;",
+        )
+        .await
+        .unwrap();
+    let as_worker = url.replace("postgres://postgres@", "postgres://fluffy_give_back@");
+    let store = PgStore::new(&backend);
+    backend
+        .submit("gated", "job", &Context::new())
+        .await
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let worker = spawn_worker(
+        Worker::new(&PgBackend::connect(&as_worker).await.unwrap())
+            .name("W")
+            .register(&gated("W", Arc::clone(&gate))),
+    );
+    first_checkpoint(&store, "gated", "job").await;
+    admin
+        .batch_execute("REVOKE INSERT, UPDATE ON fluffy_checkpoints FROM fluffy_give_back")
+        .await
+        .unwrap();
+    // `b` ends; its checkpoint is refused by the database: the run goes back to the queue,
+    // is claimed again, continues from `a`'s checkpoint and waits in `b` again.
+    gate.add_permits(1);
+    within("the run claimed again", async {
+        loop {
+            let run = backend.queued_run("gated", "job").await.unwrap().unwrap();
+            if run.claims == 2 && run.status == QueueStatus::Running {
+                break;
+            }
+            tokio::time::sleep(WAIT).await;
+        }
+    })
+    .await;
+    admin
+        .batch_execute("GRANT INSERT, UPDATE ON fluffy_checkpoints TO fluffy_give_back")
+        .await
+        .unwrap();
+    gate.add_permits(1);
+    let done = within("the run ending", backend.wait_for("gated", "job", WAIT))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.status, done.claims),
+        (QueueStatus::Completed, 2),
+        "{:?}",
+        done.error
+    );
+    let report = stop(worker).await;
+    assert_eq!(
+        (report.claimed, report.released, report.finished),
+        (2, 1, 1)
+    );
 }

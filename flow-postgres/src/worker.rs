@@ -194,7 +194,7 @@ impl Worker {
                 let wanted = self.concurrency - held.len();
                 // (The database unreachable or slow: tried again at the next heartbeat or
                 // wake-up.)
-                let claimed = match self.bounded(self.claim(wanted)).await {
+                let claimed = match self.bounded(self.lease, self.claim(wanted)).await {
                     Ok(claimed) => claimed,
                     Err(error) => {
                         tracing::warn!(worker = %self.name, %error, "claiming runs failed");
@@ -270,7 +270,7 @@ impl Worker {
                 }
             }
         }
-        match self.bounded(self.release(&held)).await {
+        match self.bounded(self.lease, self.release(&held)).await {
             Ok(released) => report.released += released,
             // (Their leases lapse, and other workers take them then.)
             Err(error) => tracing::warn!(worker = %self.name, %error, "giving runs back failed"),
@@ -278,21 +278,22 @@ impl Worker {
         Ok(report)
     }
 
-    /// `call`, or an error if the database has not answered within a heartbeat (a silent
-    /// network must not hold up renewals).
+    /// `call`, or an error if the database has not answered within `limit` (a silent
+    /// network must not hold the worker's loop up). A claim is given the whole lease: one
+    /// that commits after its caller stopped waiting leaves its runs leased to nobody
+    /// until the lease lapses.
     async fn bounded<T>(
         &self,
+        limit: Duration,
         call: impl Future<Output = Result<T, FlowError>>,
     ) -> Result<T, FlowError> {
-        tokio::time::timeout(self.heartbeat, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(db_error(
-                    self.backend.describe(),
-                    "waiting for the database",
-                    format!("no answer within the heartbeat ({:?})", self.heartbeat),
-                ))
-            })
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(db_error(
+                self.backend.describe(),
+                "waiting for the database",
+                format!("no answer within {limit:?}"),
+            ))
+        })
     }
 
     /// Claims up to `count` runs.
@@ -333,19 +334,26 @@ impl Worker {
         }
         let (ids, fences): (Vec<i64>, Vec<i64>) = held.iter().map(|(&id, h)| (id, h.fence)).unzip();
         let (backend, lease) = (self.backend.clone(), millis(self.lease));
+        // (Bounded so that a silent database cannot hold renewals up past the lease.)
+        let limit = self.lease.saturating_sub(self.heartbeat);
         let renewed = self
-            .bounded(self.backend.on_runtime(async move {
-                let connection = backend.connection().await?;
-                let rows = connection
-                    .client
-                    .query(&connection.sql.heartbeat, &[&ids, &fences, &lease])
-                    .await
-                    .map_err(|e| db_error(backend.describe(), "renewing leases", explain(&e)))?;
-                Ok(rows
-                    .iter()
-                    .map(|row| row.get::<_, i64>(0))
-                    .collect::<Vec<_>>())
-            }))
+            .bounded(
+                limit,
+                self.backend.on_runtime(async move {
+                    let connection = backend.connection().await?;
+                    let rows = connection
+                        .client
+                        .query(&connection.sql.heartbeat, &[&ids, &fences, &lease])
+                        .await
+                        .map_err(|e| {
+                            db_error(backend.describe(), "renewing leases", explain(&e))
+                        })?;
+                    Ok(rows
+                        .iter()
+                        .map(|row| row.get::<_, i64>(0))
+                        .collect::<Vec<_>>())
+                }),
+            )
             .await;
         if let Err(error) = &renewed {
             tracing::warn!(worker = %self.name, %error, "renewing leases failed");
