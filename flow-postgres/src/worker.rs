@@ -235,7 +235,11 @@ impl Worker {
                     match joined {
                         Ok((task, (id, ended))) => {
                             runs_of_tasks.remove(&task);
-                            account(&mut report, &mut held, id, ended);
+                            // (A run stopped by the worker's own stop, seen before the stop
+                            // itself: it stays held, to be given back below.)
+                            if !stopped_by_shutdown(&held, id, &ended) {
+                                account(&mut report, &mut held, id, ended);
+                            }
                         }
                         Err(error) => {
                             // A run that panicked: no longer renewed, its lease lapses and
@@ -262,12 +266,10 @@ impl Worker {
             run.cancel.cancel();
         }
         while let Some(joined) = tasks.join_next().await {
-            if let Ok((id, ended)) = joined {
-                let release =
-                    matches!(ended, Ended::Stopped) && held.get(&id).is_some_and(|run| !run.lost);
-                if !release {
-                    account(&mut report, &mut held, id, ended);
-                }
+            if let Ok((id, ended)) = joined
+                && !stopped_by_shutdown(&held, id, &ended)
+            {
+                account(&mut report, &mut held, id, ended);
             }
         }
         match self.bounded(self.lease, self.release(&held)).await {
@@ -395,6 +397,12 @@ impl Worker {
             })
             .await
     }
+}
+
+/// Whether run `id` was stopped by the worker's stop (not for a lost lease): it is still
+/// the worker's, to give back.
+fn stopped_by_shutdown(held: &HashMap<i64, Held>, id: i64, ended: &Ended) -> bool {
+    matches!(ended, Ended::Stopped) && held.get(&id).is_some_and(|run| !run.lost)
 }
 
 /// Counts how run `id` ended and forgets it.
