@@ -26,8 +26,8 @@ pub struct PgStore {
     backend: PgBackend,
 }
 
-/// `sequence` as PostgreSQL's `bigint`.
-fn to_bigint(store: &PgStore, sequence: u64) -> Result<i64, FlowError> {
+/// `sequence` as PostgreSQL's `bigint` (for every store of this crate that saves).
+pub(crate) fn to_bigint(store: &PgStore, sequence: u64) -> Result<i64, FlowError> {
     i64::try_from(sequence).map_err(|_| FlowError::CheckpointStore {
         store: store.describe(),
         action: "saving a checkpoint".to_owned(),

@@ -571,15 +571,7 @@ impl FencedStore {
 
     /// The checkpoint's JSON and its sequence as a `bigint`.
     fn encode(&self, checkpoint: &Checkpoint) -> Result<(Vec<u8>, i64), FlowError> {
-        let sequence =
-            i64::try_from(checkpoint.sequence).map_err(|_| FlowError::CheckpointStore {
-                store: self.describe(),
-                action: "saving a checkpoint".to_owned(),
-                message: format!(
-                    "sequence {} is above PostgreSQL's bigint; number checkpoints from 1",
-                    checkpoint.sequence
-                ),
-            })?;
+        let sequence = crate::store::to_bigint(&self.store, checkpoint.sequence)?;
         Ok((checkpoint.to_json()?, sequence))
     }
 

@@ -396,7 +396,7 @@ impl Agent {
             (None, None, Some(nesting)) => Arc::from(nesting.key.as_str()),
             (None, None, None) => Arc::from(crate::scheduler::default_key(run_id)),
         };
-        let highest = durable.as_ref().and_then(|durable| durable.3);
+        let highest = durable.as_ref().and_then(|&(_, _, _, highest)| highest);
         coordinator.durable(
             &run_key,
             durable.map(|(_, store, policy, _)| (store, policy)),
