@@ -52,6 +52,10 @@ pub mod postgres {
     };
 }
 
+/// Remote states: a `remote` state's attempts sent to other processes (see the README's
+/// "PostgreSQL" section for the workers that take them).
+pub use flow_runtime::remote;
+
 /// Everything a workflow usually needs, in one import: `use fluffy_flow::prelude::*;`.
 pub mod prelude {
     pub use crate::{

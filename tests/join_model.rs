@@ -50,8 +50,9 @@ fn name(i: usize) -> String {
 type Views = BTreeMap<RunId, Vec<(usize, u32)>>;
 
 /// Runs `program` on the real scheduler (paused clock): the report, each run's inbox, and
-/// what each run read of the reducer's list.
-fn run_real(program: &Program) -> (RunReport, BTreeMap<RunId, Vec<RunId>>, Views) {
+/// what each run read of the reducer's list. The states whose bit is set in `remote` are
+/// `remote`, dispatched through JSON to a task of their own (`LocalDispatch`).
+fn run_real(program: &Program, remote: u32) -> (RunReport, BTreeMap<RunId, Vec<RunId>>, Views) {
     let n = program.states.len();
     let shared = Arc::new(Mutex::new(Shared {
         visits: vec![0; n],
@@ -96,9 +97,17 @@ fn run_real(program: &Program) -> (RunReport, BTreeMap<RunId, Vec<RunId>>, Views
                 })
             }
         });
+        let options = if remote & (1 << i) != 0 {
+            options.remote()
+        } else {
+            options
+        };
         if program.states[i].declared {
             options.successors(program.successors(i).into_iter().map(name));
         }
+    }
+    if remote != 0 {
+        agent = agent.dispatching(fluffy_flow::remote::LocalDispatch::new(&agent));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -133,12 +142,12 @@ fn warnings(report: &RunReport) -> u32 {
 
 /// Runs both and compares; returns the model's outcome and the reducer's list (None when
 /// it was cut short).
-fn compare(program: &Program) -> Result<Option<(model::Outcome, Log)>, TestCaseError> {
+fn compare(program: &Program, remote: u32) -> Result<Option<(model::Outcome, Log)>, TestCaseError> {
     let expected = model::run(program);
     if expected.truncated {
         return Ok(None);
     }
-    let (report, drained, views) = run_real(program);
+    let (report, drained, views) = run_real(program, remote);
     prop_assert_eq!(report.status, AgentStatus::Completed, "{:?}", report.error);
     // Every state run contributed once: nothing lost, nothing twice.
     let log: Vec<(usize, u32)> = report.context.get_state("log").unwrap_or_default();
@@ -218,7 +227,17 @@ proptest! {
     fn the_scheduler_does_what_the_model_does(
         program in prop_oneof![program(Mix::Declared), program(Mix::Undeclared), program(Mix::Mixed)]
     ) {
-        compare(&program)?;
+        compare(&program, 0)?;
+    }
+
+    /// The same with some states `remote`: their attempts go out as calls (through JSON) and
+    /// their writes come back as replies, and nothing the model checks may differ.
+    #[test]
+    fn remote_states_do_what_the_model_does(
+        program in prop_oneof![program(Mix::Declared), program(Mix::Undeclared), program(Mix::Mixed)],
+        remote in 1u32..,
+    ) {
+        compare(&program, remote)?;
     }
 }
 
@@ -239,7 +258,7 @@ proptest! {
                     state.duration_ms = d;
                 }
             }
-            match compare(&variant)? {
+            match compare(&variant, 0)? {
                 Some((outcome, log)) => {
                     outcomes.push(outcome);
                     logs.push(log);

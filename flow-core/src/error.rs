@@ -452,6 +452,19 @@ pub enum FlowError {
         /// What was refused (`checkpoint`, `result`).
         action: String,
     },
+    /// A state that runs on another worker (`remote`) used what only the run's own process
+    /// has.
+    #[error(
+        "state `{state}` runs on another worker (it is `remote`), where {what} is not available; {fix}"
+    )]
+    RemoteState {
+        /// The state.
+        state: String,
+        /// What it used.
+        what: String,
+        /// What to do instead.
+        fix: String,
+    },
     /// A checkpoint store failed to read or write.
     #[error(
         "checkpoint store {store} failed while {action}: {message}; check that its location exists, is writable and has space, or use another store"

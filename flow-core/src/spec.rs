@@ -54,6 +54,9 @@ pub struct StateDecl {
     pub acquire_timeout: Option<Duration>,
     /// Whether a higher-priority state of its run may preempt it.
     pub preemptible: bool,
+    /// Whether its attempts may run on another worker (`#[state(remote)]`; see the runtime's
+    /// `StateOptions::remote`).
+    pub remote: bool,
     /// The coordination primitives it passes before it starts, in the order written.
     pub coordination: &'static [crate::CoordinationDecl],
 }
@@ -296,6 +299,7 @@ mod tests {
             bulkhead: None,
             acquire_timeout: None,
             preemptible: false,
+            remote: false,
             coordination: &[],
         }
     }

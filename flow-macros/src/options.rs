@@ -26,11 +26,14 @@ pub(crate) const STATE_OPTIONS: &str = "entry, priority = low|normal|high|critic
      deps(state = required|optional|parallel|sequential, or state(kind, always|once, periodic = \"5m\", \
      expiry = \"1h\", timeout = \"1m\", condition = method)), on_error = state, \
      circuit_breaker(failures, recovery, half_open), bulkhead(name, max_concurrent, max_queued), \
-     acquire_timeout = \"5s\", preemptible, successors(state, ..), name = \"state_name\", \
+     acquire_timeout = \"5s\", preemptible, remote, successors(state, ..), name = \"state_name\", \
      rate_limit(token_bucket(rate, burst) | leaky_bucket(rate, capacity) | fixed_window(max, window) | \
      sliding_window(max, window), name = \"shared\"), semaphore(name, permits, take), \
      mutex = \"name\" or mutex(name, ttl), lease(name, ttl), quota(name, limit, reset, amount), \
      barrier(name, parties, timeout), subgraph(workflow = .., input(..), output(..), item = ..)";
+
+/// A subgraph state's run lives in its parent's process: it cannot be sent to another worker.
+const REMOTE_SUBGRAPH: &str = "a `subgraph` state cannot be `remote`: its subgraph's run is part of the parent run's process; mark the states that do the work `remote` in this workflow, or submit the subgraph's workflow as a run of its own";
 
 /// Everything `#[state(...)]` says.
 #[derive(Default)]
@@ -47,6 +50,8 @@ pub(crate) struct StateOptions {
     pub(crate) bulkhead: Option<BulkheadOption>,
     pub(crate) acquire_timeout: Option<Duration>,
     pub(crate) preemptible: bool,
+    /// `remote`: its attempts may run on another worker.
+    pub(crate) remote: bool,
     /// `successors(a, b, c)`: every state the body may go to, for transitions the macro cannot
     /// read (`goto!`, `Next::parallel(chosen)`); checked at run time against this set.
     pub(crate) successors: Option<Vec<Ident>>,
@@ -498,8 +503,22 @@ pub(crate) fn parse_state(attr: &Attribute, errors: &mut Errors) -> StateOptions
                 }
                 options.preemptible = true;
             }
+            "remote" => {
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    return Err(meta.error("`remote` takes no value: write `#[state(remote)]`"));
+                }
+                if options.subgraph.is_some() {
+                    errors.push(meta.error(REMOTE_SUBGRAPH));
+                }
+                options.remote = true;
+            }
             "bulkhead" => options.bulkhead = parse_bulkhead(&meta, errors)?,
-            "subgraph" => options.subgraph = Some(crate::subgraph::parse(&meta, errors)?),
+            "subgraph" => {
+                if options.remote {
+                    errors.push(meta.error(REMOTE_SUBGRAPH));
+                }
+                options.subgraph = Some(crate::subgraph::parse(&meta, errors)?);
+            }
             "rate_limit" | "semaphore" | "mutex" | "lease" | "quota" | "barrier" => {
                 options.coordination.extend(crate::coordination::parse(&meta, &key, errors)?);
             }

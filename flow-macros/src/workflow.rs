@@ -463,6 +463,7 @@ fn generate(
         );
         let acquire_timeout = optional(state.options.acquire_timeout.map(duration));
         let preemptible = state.options.preemptible;
+        let remote = state.options.remote;
         let circuit_breaker = optional(state.options.breaker.as_ref().map(|b| {
             let (failures, half_open, recovery) = (b.failures, b.half_open, duration(b.recovery));
             quote!(#p::BreakerSpec { failures: #failures, recovery: #recovery, half_open: #half_open })
@@ -495,6 +496,7 @@ fn generate(
                 bulkhead: #bulkhead,
                 acquire_timeout: #acquire_timeout,
                 preemptible: #preemptible,
+                remote: #remote,
                 coordination: &[#(#coordination),*],
             }
         }
@@ -548,6 +550,7 @@ fn generate(
                     ::core::option::Option::None => options,
                 };
                 let options = if declared.preemptible { options.preemptible() } else { options };
+                let options = if declared.remote { options.remote() } else { options };
                 #(#dependencies)*
                 let options = match declared.retry {
                     ::core::option::Option::Some(policy) => options.retry(policy),

@@ -15,6 +15,7 @@ mod failure;
 mod input;
 mod monitor;
 mod probe;
+pub mod remote;
 mod resilience;
 mod resources;
 mod run;

@@ -5,6 +5,7 @@
 
 mod compile;
 mod options;
+mod remote;
 mod run;
 
 pub(crate) use compile::{Compiled, CompiledDependency};
@@ -147,6 +148,8 @@ struct StateDef {
     resources: ResourceRequirements,
     acquire_timeout: Option<Duration>,
     preemptible: bool,
+    /// Its attempts may run on another worker (see `StateOptions::remote`).
+    remote: bool,
     dependencies: Vec<(String, DependencyConfig)>,
     /// The workflow a subgraph state runs (see `Agent::add_subgraph`), validated with this one.
     subgraph: Option<Agent>,
@@ -297,6 +300,7 @@ impl Agent {
             resources: ResourceRequirements::NONE,
             acquire_timeout: None,
             preemptible: false,
+            remote: false,
             dependencies: Vec::new(),
         });
         let state = definition

@@ -62,6 +62,31 @@ impl StateOptions<'_> {
         self
     }
 
+    /// Lets this state's attempts run on any worker of a distributed deployment (the
+    /// `flow-postgres` workers, or any [`crate::remote::Dispatch`]): the attempt is sent out
+    /// with the context as the state's branch sees it, and its writes and its transition come
+    /// back to the run, which goes on as if the state had run here. A fan-out to such a state
+    /// spreads over every worker. In a run that is not dispatched (`agent.run(..)`), the state
+    /// runs here like any other.
+    ///
+    /// The state's body must not hold what lives only in the run's process: asking for human
+    /// input or running a subgraph fails with [`FlowError::RemoteState`], and what it emits to
+    /// a stream stays on the worker that ran it. Its attempt may run more than once (a
+    /// worker that dies mid-attempt): make its side effects idempotent (key them by
+    /// [`Context::run_key`], [`Context::state`], [`Context::visit`]).
+    pub fn remote(self) -> Self {
+        if self.state.subgraph.is_some() {
+            let problem = FlowError::RemoteState {
+                state: self.state.spec.name.clone(),
+                what: "a subgraph's run (it is part of the parent run's process)".into(),
+                fix: "mark the states that do the work `remote` in this workflow, or submit the subgraph's workflow as a run of its own".into(),
+            };
+            self.state.declared_problems.push(problem);
+        }
+        self.state.remote = true;
+        self
+    }
+
     /// Protects what this state calls with a circuit breaker (share one breaker between the
     /// states, and agents, that call the same service). See [`CircuitBreaker`].
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {

@@ -61,6 +61,11 @@ impl Ops {
         self.0.is_empty()
     }
 
+    /// Each key's writes, in the order made.
+    pub(super) fn into_entries(self) -> impl Iterator<Item = (String, Vec<Op>)> {
+        self.0.into_iter()
+    }
+
     fn get(&self, key: &str) -> Option<&[Op]> {
         self.0.get(key).map(Vec::as_slice)
     }
@@ -300,6 +305,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl BranchCell {
+    /// The cell of a remote state's attempt (see `crate::remote`): every write it makes is
+    /// kept as an op, to be sent back to its run; `input` is its map item.
+    pub(super) fn remote(input: Option<Slot>) -> Arc<BranchCell> {
+        Arc::new(BranchCell {
+            heads: Vec::new(),
+            order: OnceLock::new(),
+            input,
+            isolated: true,
+            alone: false,
+            attempt: Mutex::new(Ops::default()),
+            error: Mutex::new(None),
+        })
+    }
+
     pub(super) fn input(&self) -> Option<&Slot> {
         self.input.as_ref()
     }
@@ -431,18 +450,19 @@ pub(super) fn commit(
 
 // ---- Checkpoints -------------------------------------------------------------------------
 
-/// One write as a checkpoint keeps it.
-#[derive(Clone, Serialize, Deserialize)]
+/// One write as a checkpoint (or a remote state's reply) keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum OpImage {
+pub(crate) enum OpImage {
     Set(Value),
     Remove,
     Add(Value),
 }
 
-type OpsImage = Vec<(String, Vec<OpImage>)>;
+/// Writes by key, as JSON.
+pub(crate) type OpsImage = Vec<(String, Vec<OpImage>)>;
 
-fn ops_image(ops: &Ops) -> Result<OpsImage, FlowError> {
+pub(super) fn ops_image(ops: &Ops) -> Result<OpsImage, FlowError> {
     let mut image: OpsImage = Vec::with_capacity(ops.0.len());
     for (key, list) in &ops.0 {
         let mut written = Vec::with_capacity(list.len());
@@ -459,7 +479,7 @@ fn ops_image(ops: &Ops) -> Result<OpsImage, FlowError> {
     Ok(image)
 }
 
-fn ops_from(image: OpsImage) -> Ops {
+pub(super) fn ops_from(image: OpsImage) -> Ops {
     let mut ops = Ops::default();
     for (key, list) in image {
         let list = list

@@ -22,7 +22,9 @@ mod reducer;
 mod store;
 
 use branch::Op;
-pub(crate) use branch::{BranchCell, BranchData, BranchesImage, Node, RestoredBranches, ordered};
+pub(crate) use branch::{
+    BranchCell, BranchData, BranchesImage, Node, Ops, OpsImage, RestoredBranches, ordered,
+};
 pub use reducer::Reducer;
 pub(crate) use reducer::WriteKind;
 pub(crate) use store::Frozen;
@@ -734,6 +736,84 @@ impl Context {
             map.insert(key.clone(), json);
         }
         Ok(map)
+    }
+}
+
+/// The writes of a remote state's attempt as its reply carries them (none: it failed).
+pub(crate) fn writes_image(ops: Option<Ops>) -> Result<OpsImage, FlowError> {
+    ops.map_or(Ok(Vec::new()), |ops| branch::ops_image(&ops))
+}
+
+/// Remote states (see `crate::remote`): the call a run sends out, the context the attempt
+/// runs with elsewhere, and its writes applied back here.
+impl Context {
+    /// What an attempt of this (state's) handle is sent out with.
+    pub(crate) fn remote_call(&self) -> Result<crate::remote::RemoteCall, FlowError> {
+        let (Some(run), Some(at)) = (self.run.as_deref(), self.at) else {
+            return Err(FlowError::InvalidConfig {
+                agent: "(remote state)".into(),
+                message: "a remote state's body was called outside a run".into(),
+            });
+        };
+        let input = self
+            .input_slot()
+            .map(|slot| slot.to_value("(input)"))
+            .transpose()?;
+        Ok(crate::remote::RemoteCall {
+            workflow: run.workflow.to_string(),
+            run_key: run.key.to_string(),
+            state: run.graph.name(at.state).to_string(),
+            attempt: at.attempt,
+            visit: at.visit,
+            context: self.snapshot()?,
+            input,
+        })
+    }
+
+    /// The handle a remote attempt runs with, in the process that took it: `values` as the
+    /// state's branch saw them, and a cell that keeps every write it makes (returned too).
+    pub(crate) fn for_remote(
+        values: Map<String, Value>,
+        input: Option<Value>,
+        run: RunInfo,
+        (state, attempt, visit): (flow_core::StateId, u32, u32),
+    ) -> (Self, Arc<BranchCell>) {
+        let cell = BranchCell::remote(input.map(Slot::json));
+        let mut context = Self::from_json(values);
+        context.given_to = None;
+        context.run = Some(Arc::new(run));
+        context.at = Some(StateRun {
+            state,
+            attempt,
+            visit,
+        });
+        context.branch = Some(Arc::clone(&cell));
+        (context, cell)
+    }
+
+    /// Applies a remote attempt's writes to this (state's) handle, as if its body had made
+    /// them here: through its branch's view where it has one.
+    pub(crate) fn apply_writes(&self, image: OpsImage) -> Result<(), FlowError> {
+        for (key, ops) in branch::ops_from(image).into_entries() {
+            match self.overlay(&key) {
+                Some(cell) => {
+                    for op in ops {
+                        cell.push(key.clone(), op);
+                    }
+                }
+                None => {
+                    let reducer = self.reducer(&key);
+                    let mut store = self.write();
+                    let current = store.get(&key).cloned();
+                    match branch::apply(&key, current, &ops, reducer)? {
+                        Some(value) => store.insert(key.clone(), value),
+                        None => store.remove(&key),
+                    };
+                }
+            }
+            self.stream_update(&key, || self.value_json(&key));
+        }
+        Ok(())
     }
 }
 

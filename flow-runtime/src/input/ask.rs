@@ -242,6 +242,14 @@ async fn request(
             prompt: spec.prompt,
         });
     };
+    if site.hub.is_remote() {
+        return Err(FlowError::RemoteState {
+            state: site.state.to_string(),
+            what: "human input (answers reach the run's own process)".into(),
+            fix: "ask in a state that is not `remote`, and pass the answer on in the context"
+                .into(),
+        });
+    }
     let id = InputId {
         run_key: site.run_key.to_string(),
         state: site.state.to_string(),

@@ -34,6 +34,9 @@ pub(crate) struct InputHub {
     /// The hubs of the runs of this run's subgraph states: their requests are pending in
     /// this run too, and answered through it.
     nested: Mutex<Vec<Weak<InputHub>>>,
+    /// The hub of a `remote` state's attempt run in another process than its run's: nobody
+    /// here can answer, so requests fail (see `crate::remote`).
+    remote: bool,
 }
 
 #[derive(Default)]
@@ -93,7 +96,22 @@ impl InputHub {
             provider,
             durable,
             nested: Mutex::default(),
+            remote: false,
         }
+    }
+
+    /// The hub of a remote state's attempt: its requests fail at once.
+    pub(crate) fn remote() -> Self {
+        let (notify, _) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            remote: true,
+            ..Self::new(notify, None, false)
+        }
+    }
+
+    /// Whether requests fail here (see [`InputHub::remote`]).
+    pub(crate) fn is_remote(&self) -> bool {
+        self.remote
     }
 
     /// The provider told of this run's requests.

@@ -24,7 +24,7 @@ mod warnings;
 
 pub use deps::BlockedState;
 pub(crate) use image::{PendingCheckpoint, Restorable, SchedulerImage, check_fits};
-pub(crate) use task::{Message, panic_message};
+pub(crate) use task::{Message, panic_message, run_detached};
 
 use std::sync::Arc;
 use std::time::Duration;

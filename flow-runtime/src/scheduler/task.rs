@@ -101,6 +101,31 @@ pub(crate) fn start(body: &Arc<dyn StateFn>, context: &Context) -> Result<StateF
         .map_err(|payload| Outcome::Panicked(panic_message(payload)))
 }
 
+/// Runs a state's body to its end here, panics caught: its result, or the panic's message
+/// (for an attempt another process sent, see `crate::remote`).
+pub(crate) async fn run_detached(
+    body: &Arc<dyn StateFn>,
+    context: &Context,
+) -> Result<Result<Next, StateError>, String> {
+    let outcome = match start(body, context) {
+        Ok(run) => {
+            plain(Attempt {
+                run,
+                identity: None,
+            })
+            .await
+        }
+        Err(outcome) => outcome,
+    };
+    match outcome {
+        Outcome::Finished(result) => Ok(result),
+        Outcome::Panicked(message) => Err(message),
+        // (Neither comes from a plain attempt: no timer, no gate.)
+        Outcome::TimedOut(limit) => Err(format!("timed out after {limit:?}")),
+        Outcome::Refused(error) => Err(error.to_string()),
+    }
+}
+
 /// A state's future, with what the attempt is (for the primitives its body takes).
 pub(crate) struct Attempt {
     pub(crate) run: StateFuture,
