@@ -3,7 +3,9 @@
 //! stopped with SIGSTOP until its leases lapse, then continued. Every run completes with the
 //! context of the same run in one process, each run's end is recorded once (a trigger in the
 //! test's database counts them), the killed worker's runs are taken over, and the stopped
-//! worker's late writes are refused (it counts them as lost).
+//! worker's late writes are refused (it counts them as lost). The four branches are remote
+//! states: their attempts go to any of the processes, die with the killed one, lapse with
+//! the stopped one, and are taken again.
 //!
 //! The worker processes are this test binary again, running `worker_process` with the
 //! database's URL in its environment.
@@ -24,8 +26,8 @@ const URL_VAR: &str = "FLUFFY_PG_WORKER_URL";
 const NAME_VAR: &str = "FLUFFY_PG_WORKER_NAME";
 const RUNS: u64 = 200;
 
-/// `n` → `load` (fails its first attempt) → four branches writing `n * k`, each taking
-/// `delay` → `sum`.
+/// `n` → `load` (fails its first attempt) → four remote branches writing `n * k`, each
+/// taking `delay` → `sum`.
 fn pipeline(delay: Duration) -> Agent {
     let mut agent = Agent::new("pipeline");
     agent
@@ -54,7 +56,8 @@ fn pipeline(delay: Duration) -> Agent {
                     Ok(Next::to("sum"))
                 }
             })
-            .successors(["sum"]);
+            .successors(["sum"])
+            .remote();
     }
     agent.add_state("sum", move |ctx: Context| async move {
         tokio::time::sleep(delay).await;
@@ -106,6 +109,7 @@ fn worker_process() {
                 "finished": report.finished,
                 "lost": report.lost,
                 "released": report.released,
+                "remote_attempts": report.remote_attempts,
             })
         );
     });
@@ -187,7 +191,16 @@ async fn killed_and_stopped_worker_processes_lose_no_run_and_record_each_end_onc
              END $$ LANGUAGE plpgsql;
              CREATE TRIGGER test_endings AFTER UPDATE OF status ON fluffy_runs
              FOR EACH ROW WHEN (NEW.status NOT IN ('queued', 'running'))
-             EXECUTE FUNCTION test_record_ending();",
+             EXECUTE FUNCTION test_record_ending();
+             CREATE TABLE test_replies (task_id bigint NOT NULL, worker text NOT NULL);
+             CREATE FUNCTION test_record_reply() RETURNS trigger AS $$
+             BEGIN
+                 INSERT INTO test_replies VALUES (NEW.id, NEW.worker);
+                 RETURN NEW;
+             END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER test_replies AFTER UPDATE OF status ON fluffy_tasks
+             FOR EACH ROW WHEN (NEW.status = 'done')
+             EXECUTE FUNCTION test_record_reply();",
         )
         .await
         .unwrap();
@@ -301,6 +314,17 @@ async fn killed_and_stopped_worker_processes_lose_no_run_and_record_each_end_onc
         reclaimed > 0,
         "{reclaimed} runs claimed again, {taken_over} held by the lost workers"
     );
+
+    // Every remote attempt's reply was taken, once per attempt, by workers of every kind.
+    assert_eq!(count(&client, "SELECT count(*) FROM fluffy_tasks").await, 0);
+    let (replies, attempts) = (
+        count(&client, "SELECT count(*) FROM test_replies").await,
+        count(&client, "SELECT count(DISTINCT task_id) FROM test_replies").await,
+    );
+    assert_eq!(replies, attempts, "one reply per attempt");
+    assert!(attempts >= 4 * RUNS as i64, "{attempts} attempts");
+    let repliers = count(&client, "SELECT count(DISTINCT worker) FROM test_replies").await;
+    assert!(repliers >= 2, "attempts answered by {repliers} workers");
 
     let stopped_report = stop_worker(stopped);
     let steady_report = stop_worker(steady);

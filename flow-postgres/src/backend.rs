@@ -20,6 +20,33 @@ use crate::listen::Listener;
 use crate::migrations::MIGRATIONS;
 use crate::sql;
 
+/// The notification channels, by what they announce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Channel {
+    /// A run was queued (submitted, given back, requeued by an answer).
+    Runs = 0,
+    /// A run ended.
+    Done = 1,
+    /// A semaphore's permit was released.
+    Permits = 2,
+    /// An answer was posted.
+    Answers = 3,
+    /// A remote state's attempt was sent.
+    Tasks = 4,
+    /// A remote attempt's reply was written.
+    Replies = 5,
+}
+
+/// Every channel's name, by [`Channel`].
+pub(crate) const CHANNELS: [&str; 6] = [
+    "fluffy_runs",
+    "fluffy_done",
+    "fluffy_permits",
+    "fluffy_answers",
+    "fluffy_tasks",
+    "fluffy_replies",
+];
+
 /// How many connections a backend keeps by default.
 const DEFAULT_CONNECTIONS: usize = 4;
 
@@ -149,22 +176,15 @@ impl PgBackend {
         &self.inner.describe
     }
 
-    /// What wakes waiters on any of the backend's notification channels (`fluffy_runs`,
-    /// `fluffy_done`, `fluffy_permits`, `fluffy_answers`): they look again at what they wait
-    /// for, so a wake-up for another channel costs a look.
-    pub(crate) fn notifications(&self) -> Arc<tokio::sync::Notify> {
-        let listener = self.inner.listener.get_or_init(|| {
-            Listener::start(
-                self,
-                &[
-                    "fluffy_runs",
-                    "fluffy_done",
-                    "fluffy_permits",
-                    "fluffy_answers",
-                ],
-            )
-        });
-        Arc::clone(listener.notify())
+    /// What wakes waiters on notification channel `channel` (one of [`CHANNELS`]): they
+    /// look again at what they wait for. (Also woken when the listening connection was
+    /// opened again: a notification may have been missed meanwhile.)
+    pub(crate) fn notifications(&self, channel: Channel) -> Arc<tokio::sync::Notify> {
+        let listener = self
+            .inner
+            .listener
+            .get_or_init(|| Listener::start(self, &CHANNELS));
+        Arc::clone(listener.notify(channel))
     }
 
     /// The connection settings.
@@ -277,6 +297,27 @@ impl PgBackend {
                 .await
                 .map_err(|e| db_error(backend.describe(), action, explain(&e)))
         })
+    }
+
+    /// `query` on one of the backend's connections, on its runtime, awaited here: the
+    /// async twin of [`PgBackend::blocking`]. A failure is an error of `action`.
+    pub(crate) async fn query<T, F>(
+        &self,
+        action: &'static str,
+        query: impl FnOnce(Arc<Connection>) -> F + Send + 'static,
+    ) -> Result<T, FlowError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, tokio_postgres::Error>> + Send,
+    {
+        let backend = self.clone();
+        self.on_runtime(async move {
+            let connection = backend.connection().await?;
+            query(connection)
+                .await
+                .map_err(|e| db_error(backend.describe(), action, explain(&e)))
+        })
+        .await
     }
 
     /// Applies the schema's migrations that the database has not had yet, each in a

@@ -134,7 +134,7 @@ impl PgSemaphore {
     /// Takes `units` permits, waiting until they fit: woken when another process releases
     /// some, and asking again every poll interval (permits that expire notify nobody).
     pub async fn acquire(&self, units: u32) -> Result<PgPermit, FlowError> {
-        let signal = self.backend.notifications();
+        let signal = self.backend.notifications(crate::backend::Channel::Permits);
         loop {
             let woken = signal.notified();
             tokio::pin!(woken);

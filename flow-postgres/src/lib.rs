@@ -24,6 +24,7 @@ mod migrations;
 mod queue;
 mod sql;
 mod store;
+mod tasks;
 mod worker;
 
 pub use backend::PgBackend;

@@ -12,7 +12,8 @@ use crate::PgBackend;
 
 /// Wakes its waiters on every notification of its channels. Listens until dropped.
 pub(crate) struct Listener {
-    notify: Arc<Notify>,
+    /// One per channel, in the order given.
+    notify: Arc<[Arc<Notify>]>,
     task: tokio::task::AbortHandle,
 }
 
@@ -25,7 +26,8 @@ impl Drop for Listener {
 impl Listener {
     /// Listens on `channels` (plain identifiers) from the backend's runtime.
     pub(crate) fn start(backend: &PgBackend, channels: &[&str]) -> Self {
-        let notify = Arc::new(Notify::new());
+        let notify: Arc<[Arc<Notify>]> = channels.iter().map(|_| Arc::default()).collect();
+        let names: Vec<String> = channels.iter().map(|&c| c.to_owned()).collect();
         let statement: String = channels
             .iter()
             .map(|channel| format!("LISTEN {channel};"))
@@ -51,13 +53,17 @@ impl Listener {
                                 }
                                 // Anything sent before the LISTEN took effect was missed:
                                 // waiters look again.
-                                woken.notify_waiters();
+                                woken.iter().for_each(|n| n.notify_waiters());
                             }
                             connection.poll_message(cx)
                         })
                         .await;
                         match message {
-                            Some(Ok(AsyncMessage::Notification(_))) => woken.notify_waiters(),
+                            Some(Ok(AsyncMessage::Notification(note))) => {
+                                if let Some(i) = names.iter().position(|c| c == note.channel()) {
+                                    woken[i].notify_waiters();
+                                }
+                            }
                             Some(Ok(_)) => {}
                             Some(Err(_)) | None => break,
                         }
@@ -69,8 +75,8 @@ impl Listener {
         Self { notify, task }
     }
 
-    /// What its waiters wait on.
-    pub(crate) fn notify(&self) -> &Arc<Notify> {
-        &self.notify
+    /// What the waiters on channel `channel` (by its index among those listened on) wait on.
+    pub(crate) fn notify(&self, channel: crate::backend::Channel) -> &Arc<Notify> {
+        &self.notify[channel as usize]
     }
 }

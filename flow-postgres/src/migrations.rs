@@ -2,7 +2,7 @@
 //! in order by [`crate::PgBackend::migrate`].
 
 /// (version, name, SQL), in the order they apply.
-pub(crate) const MIGRATIONS: [(i32, &str, &str); 3] = [
+pub(crate) const MIGRATIONS: [(i32, &str, &str); 4] = [
     (
         1,
         "checkpoints",
@@ -14,4 +14,5 @@ pub(crate) const MIGRATIONS: [(i32, &str, &str); 3] = [
         "coordination",
         include_str!("../migrations/0003_coordination.sql"),
     ),
+    (4, "tasks", include_str!("../migrations/0004_tasks.sql")),
 ];

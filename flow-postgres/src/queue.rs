@@ -216,7 +216,7 @@ impl PgBackend {
         key: &str,
         poll: Duration,
     ) -> Result<QueuedRun, FlowError> {
-        let signal = self.notifications();
+        let signal = self.notifications(crate::backend::Channel::Done);
         loop {
             let woken = signal.notified();
             tokio::pin!(woken);

@@ -269,6 +269,8 @@ const TAKE_TOKENS: &str = "SELECT fluffy_take_tokens($1, $2::float8)";
 
 /// The prepared statements of one connection.
 pub(crate) struct Statements {
+    /// Those of remote states' attempts.
+    pub(crate) tasks: crate::tasks::sql::TaskStatements,
     pub(crate) save: Statement,
     pub(crate) save_pruned: Statement,
     pub(crate) fenced_save_pruned: Statement,
@@ -354,7 +356,9 @@ impl Statements {
             client.prepare(CREATE_RATE_LIMIT),
             client.prepare(TAKE_TOKENS),
         )?;
+        let tasks = crate::tasks::sql::TaskStatements::prepare(client).await?;
         Ok(Self {
+            tasks,
             fenced_delete,
             fenced_prune_keep,
             fenced_prune_older,

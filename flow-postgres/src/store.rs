@@ -236,7 +236,7 @@ impl CheckpointStore for PgStore {
     }
 
     fn answers_posted(&self) -> Option<Arc<tokio::sync::Notify>> {
-        Some(self.backend.notifications())
+        Some(self.backend.notifications(crate::backend::Channel::Answers))
     }
 
     fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {

@@ -10,6 +10,7 @@
 //! end is recorded once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use flow_core::{AgentStatus, FlowError};
@@ -20,7 +21,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{db_error, explain};
+use crate::tasks::{Executor, PgDispatch};
 use crate::{PgBackend, PgStore, QueueStatus};
+use flow_runtime::remote::Dispatch;
 
 /// The default lease: a worker lost is replaced within this and one heartbeat.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
@@ -48,6 +51,8 @@ pub struct Worker {
     lease: Duration,
     heartbeat: Duration,
     concurrency: usize,
+    /// How many remote states' attempts it runs at once.
+    remote_concurrency: usize,
 }
 
 /// What a worker did, when it stops.
@@ -61,6 +66,8 @@ pub struct WorkerReport {
     pub lost: u64,
     /// Runs it gave back to the queue as it stopped.
     pub released: u64,
+    /// Attempts of remote states it ran (for its own runs or other workers') and answered.
+    pub remote_attempts: u64,
 }
 
 /// A run this worker holds.
@@ -113,6 +120,7 @@ impl Worker {
             lease: DEFAULT_LEASE,
             heartbeat: DEFAULT_HEARTBEAT,
             concurrency: 32,
+            remote_concurrency: 32,
         }
     }
 
@@ -147,6 +155,14 @@ impl Worker {
         self
     }
 
+    /// How many attempts of remote states (`#[state(remote)]`, of any worker's runs) it
+    /// runs at once (default 32). A worker takes them only for the workflows registered
+    /// with it that have remote states.
+    pub fn remote_concurrency(mut self, attempts: usize) -> Self {
+        self.remote_concurrency = attempts.max(1);
+        self
+    }
+
     /// Its name.
     pub fn worker_name(&self) -> &str {
         &self.name
@@ -177,7 +193,41 @@ impl Worker {
         // A database it cannot use at all (no schema, no privileges) is an error now, not
         // a worker that waits forever.
         self.backend.connection().await?;
-        let signal = self.backend.notifications();
+        // Workflows with remote states: their runs here send those states' attempts out,
+        // and this worker takes attempts of them (its own runs' and others').
+        let remote: HashMap<String, Agent> = self
+            .agents
+            .iter()
+            .filter(|(_, agent)| agent.has_remote_states())
+            .map(|(name, agent)| (name.clone(), agent.clone()))
+            .collect();
+        let dispatch = (!remote.is_empty())
+            .then(|| PgDispatch::start(&self.backend, &self.name, self.heartbeat));
+        let runners: HashMap<String, Agent> = self
+            .agents
+            .iter()
+            .map(|(name, agent)| {
+                let runner = match &dispatch {
+                    Some(dispatch) if remote.contains_key(name) => {
+                        agent.dispatching(Arc::clone(dispatch) as Arc<dyn Dispatch>)
+                    }
+                    _ => agent.clone(),
+                };
+                (name.clone(), runner)
+            })
+            .collect();
+        let executor = (!remote.is_empty()).then(|| {
+            let executor = Executor {
+                backend: self.backend.clone(),
+                worker: self.name.clone(),
+                agents: remote,
+                lease: self.lease,
+                heartbeat: self.heartbeat,
+                capacity: self.remote_concurrency,
+            };
+            AbortOnDrop(tokio::spawn(executor.run(shutdown.clone())))
+        });
+        let signal = self.backend.notifications(crate::backend::Channel::Runs);
         let mut held: HashMap<i64, Held> = HashMap::new();
         let mut tasks: JoinSet<(i64, Ended)> = JoinSet::new();
         // Which run each task runs: a task that panicked says only its task id.
@@ -205,7 +255,7 @@ impl Worker {
                 claim_now = claimed.len() == wanted;
                 for run in claimed {
                     report.claimed += 1;
-                    let Some(agent) = self.agents.get(&run.workflow).cloned() else {
+                    let Some(agent) = runners.get(&run.workflow).cloned() else {
                         continue; // (claimed by name among the registered ones)
                     };
                     let cancel = shutdown.child_token();
@@ -220,8 +270,13 @@ impl Worker {
                     );
                     let (backend, worker) = (self.backend.clone(), self.name.clone());
                     let id = run.id;
+                    let lease = dispatch
+                        .as_ref()
+                        .map(|d| d.hold(&run.workflow, &run.key, run.id, run.fence));
                     let task = tasks.spawn(async move {
-                        (id, execute(backend, worker, agent, run, cancel).await)
+                        let ended = execute(backend, worker, agent, run, cancel).await;
+                        drop(lease);
+                        (id, ended)
                     });
                     runs_of_tasks.insert(task.id(), id);
                 }
@@ -276,6 +331,9 @@ impl Worker {
             Ok(released) => report.released += released,
             // (Their leases lapse, and other workers take them then.)
             Err(error) => tracing::warn!(worker = %self.name, %error, "giving runs back failed"),
+        }
+        if let Some(mut executor) = executor {
+            report.remote_attempts = (&mut executor.0).await.unwrap_or_default();
         }
         Ok(report)
     }
@@ -396,6 +454,16 @@ impl Worker {
                 Ok(rows.len() as u64)
             })
             .await
+    }
+}
+
+/// A task stopped if the worker's future is dropped before it was awaited (the remote
+/// attempts it runs go back to other workers when their leases lapse).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
