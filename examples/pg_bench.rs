@@ -4,11 +4,16 @@
 //! ```text
 //! cargo run --release --features postgres --example pg_bench -- runs N W
 //! cargo run --release --features postgres --example pg_bench -- failover
+//! cargo run --release --features postgres --example pg_bench -- fanout N W
 //! ```
 //!
 //! `runs N W`: W worker processes; N durable runs of a 3-state workflow (a checkpoint after
 //! each state) submitted as fast as the queue takes them; prints runs/s (first submit to last
 //! end) and the p50/p99 latency from submit to start (the database's clock).
+//!
+//! `fanout N W`: W worker processes; one run maps N items to a remote state (a context
+//! write, no work): its attempts go through the database to every worker and back; prints
+//! the run's time from submit to end, attempts/s, and how many attempts each worker ran.
 //!
 //! `failover`: two workers with the default lease (10 s) and heartbeat (5 s); one is killed
 //! with SIGKILL while it runs a run; prints how long until another worker took the run over.
@@ -20,6 +25,32 @@ use std::time::{Duration, Instant};
 use fluffy_flow::postgres::{CancellationToken, PgBackend, QueueStatus, TempCluster, Worker};
 use fluffy_flow::prelude::*;
 use serde_json::json;
+
+/// `plan` maps `n` items (in the context) to the remote `item`, each contributing its item to
+/// a sum; `total` reads it.
+fn fanout() -> Agent {
+    let mut agent = Agent::new("fanout");
+    agent.reducer("sum", Reducer::sum::<u64>());
+    agent
+        .add_state("plan", |ctx: Context| async move {
+            let n: u64 = ctx.get_state("n")?;
+            Ok(Next::map("item", (0..n).collect::<Vec<_>>()))
+        })
+        .entry();
+    agent
+        .add_state("item", |ctx: Context| async move {
+            let item: u64 = ctx.input()?;
+            ctx.set_state("sum", item);
+            Ok(Next::to("total"))
+        })
+        .remote();
+    agent.add_state("total", |ctx: Context| async move {
+        let sum: u64 = ctx.get_state("sum")?;
+        ctx.set_state("total", sum);
+        Ok(Next::End)
+    });
+    agent
+}
 
 /// Three states, a context write each.
 fn three_steps(slow: Option<Duration>) -> Agent {
@@ -48,7 +79,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let usage = "usage: pg_bench runs N W | pg_bench failover";
+    let usage = "usage: pg_bench runs N W | pg_bench failover | pg_bench fanout N W";
     match args
         .iter()
         .map(String::as_str)
@@ -69,6 +100,13 @@ fn main() {
             runtime.block_on(runs(n, w));
         }
         ["failover"] => runtime.block_on(failover()),
+        ["fanout", n, w] => {
+            let (n, w) = (
+                n.parse().expect(usage),
+                w.parse::<usize>().expect(usage).max(1),
+            );
+            runtime.block_on(fan_out(n, w));
+        }
         _ => {
             eprintln!("{usage}");
             std::process::exit(2);
@@ -88,15 +126,78 @@ async fn worker(url: &str, name: &str, lease: Duration, slow: Duration) {
     });
     let slow = (!slow.is_zero()).then_some(slow);
     println!("ready");
-    Worker::new(&backend)
+    let report = Worker::new(&backend)
         .name(name)
         .register(&three_steps(slow))
+        .register(&fanout())
         .concurrency(64)
+        .remote_concurrency(64)
         .lease(lease)
         .heartbeat(lease / 2)
         .run(shutdown)
         .await
         .expect("the worker runs");
+    println!(
+        "{}",
+        json!({"finished": report.finished, "remote_attempts": report.remote_attempts})
+    );
+}
+
+/// Closes the worker's stdin (it stops) and reads the report it prints as it ends.
+fn stop_worker(mut child: Child) -> serde_json::Value {
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("the worker ends");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+async fn fan_out(n: u64, w: usize) {
+    let (_cluster, url, backend) = database().await;
+    let workers: Vec<Child> = (0..w)
+        .map(|i| {
+            spawn_worker(
+                &url,
+                &format!("w{i}"),
+                Duration::from_secs(10),
+                Duration::ZERO,
+            )
+        })
+        .collect();
+    let context = Context::new();
+    context.set_state("n", n);
+    let key = format!("fanout-{}", std::process::id());
+    let started = Instant::now();
+    backend
+        .submit("fanout", &key, &context)
+        .await
+        .expect("submitted");
+    let run = backend
+        .wait_for("fanout", &key, Duration::from_millis(20))
+        .await
+        .expect("the run");
+    let wall = started.elapsed();
+    let expected = n * n.saturating_sub(1) / 2;
+    let total = run.context.as_ref().and_then(|c| c.get("total")).cloned();
+    let per_worker: Vec<serde_json::Value> = workers
+        .into_iter()
+        .map(|child| stop_worker(child)["remote_attempts"].clone())
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "bench": "pg_fanout",
+            "n": n,
+            "workers": w,
+            "status": run.status.as_str(),
+            "correct": total == Some(json!(expected)),
+            "wall_s": wall.as_secs_f64(),
+            "attempts_per_s": n as f64 / wall.as_secs_f64(),
+            "attempts_per_worker": per_worker,
+        })
+    );
 }
 
 /// Starts a worker process of this program and waits until it is ready.
