@@ -46,9 +46,9 @@ mod transitions;
 #[cfg(feature = "postgres")]
 pub mod postgres {
     pub use flow_postgres::{
-        CancellationToken, DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_PERMIT_TTL, FencedStore,
-        PgBackend, PgPermit, PgRateLimit, PgSemaphore, PgStore, QueueStatus, QueuedRun, Submitted,
-        TempCluster, Worker, WorkerReport, cluster,
+        CancellationToken, DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_MAX_LAPSES,
+        DEFAULT_PERMIT_TTL, FencedStore, PgBackend, PgPermit, PgRateLimit, PgSemaphore, PgStore,
+        QueueStatus, QueuedRun, Submitted, TempCluster, Worker, WorkerReport, cluster,
     };
 }
 

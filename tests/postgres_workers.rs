@@ -742,3 +742,95 @@ async fn a_run_the_database_fails_under_goes_back_to_the_queue_and_continues() {
         (2, 1, 1)
     );
 }
+
+/// One state that counts its runs.
+fn counted(name: &str, ran: &Arc<std::sync::atomic::AtomicU32>) -> Agent {
+    let mut agent = Agent::new(name);
+    let ran = Arc::clone(ran);
+    agent.add_state("work", move |ctx: Context| {
+        let ran = Arc::clone(&ran);
+        async move {
+            ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ctx.set_state("done", true);
+            Ok(Next::end())
+        }
+    });
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_workers_keep_dying_fails_instead_of_running_again() {
+    let Some(backend) = postgres::backend("lapses").await else {
+        return;
+    };
+    let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let agent = counted("crashy", &ran);
+    for key in ["five", "again"] {
+        backend
+            .submit("crashy", key, &Context::new())
+            .await
+            .unwrap();
+    }
+    // As if five workers had died holding each, one after the other: its lease lapsed.
+    let (client, connection) =
+        tokio_postgres::connect(&postgres::url("lapses"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE fluffy_runs SET status = 'running', worker = 'dead', fence = 5, claims = 5,
+                 lapses = 5, lease_until = clock_timestamp() - interval '1 second'",
+            &[],
+        )
+        .await
+        .unwrap();
+    // The sixth takeover is over the default limit of 5: failed, not run.
+    let worker = spawn_worker(Worker::new(&backend).register(&agent));
+    let run = within("the run's end", backend.wait_for("crashy", "five", WAIT))
+        .await
+        .unwrap();
+    assert_eq!(run.status, QueueStatus::Failed);
+    assert_eq!((run.lapses, run.claims), (6, 6));
+    let error = run.error.unwrap();
+    assert!(
+        error.contains("taken over 6 times") && error.contains("limit of 5"),
+        "{error}"
+    );
+    let run = within(
+        "the other run's end",
+        backend.wait_for("crashy", "again", WAIT),
+    )
+    .await
+    .unwrap();
+    assert_eq!(run.status, QueueStatus::Failed);
+    assert_eq!(
+        ran.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "never run"
+    );
+    let report = stop(worker).await;
+    assert_eq!((report.claimed, report.finished), (2, 2));
+
+    // A worker allowing more runs such a run.
+    backend
+        .submit("crashy", "six", &Context::new())
+        .await
+        .unwrap();
+    client
+        .execute(
+            "UPDATE fluffy_runs SET status = 'running', worker = 'dead', fence = 5, lapses = 5,
+                 lease_until = clock_timestamp() - interval '1 second' WHERE run_key = 'six'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let worker = spawn_worker(Worker::new(&backend).register(&agent).max_lapses(6));
+    let run = within("the run's end", backend.wait_for("crashy", "six", WAIT))
+        .await
+        .unwrap();
+    assert_eq!(run.status, QueueStatus::Completed, "{:?}", run.error);
+    assert_eq!(run.lapses, 6);
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    stop(worker).await;
+}

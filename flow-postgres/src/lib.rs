@@ -32,7 +32,9 @@ pub use cluster::TempCluster;
 pub use coordination::{DEFAULT_PERMIT_TTL, PgPermit, PgRateLimit, PgSemaphore};
 pub use queue::{QueueStatus, QueuedRun, Submitted};
 pub use store::PgStore;
-pub use worker::{DEFAULT_HEARTBEAT, DEFAULT_LEASE, FencedStore, Worker, WorkerReport};
+pub use worker::{
+    DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_MAX_LAPSES, FencedStore, Worker, WorkerReport,
+};
 
 /// What stops a [`Worker`] (tokio-util's, re-exported so that a worker program needs no
 /// other import).

@@ -2,7 +2,7 @@
 //! in order by [`crate::PgBackend::migrate`].
 
 /// (version, name, SQL), in the order they apply.
-pub(crate) const MIGRATIONS: [(i32, &str, &str); 4] = [
+pub(crate) const MIGRATIONS: [(i32, &str, &str); 5] = [
     (
         1,
         "checkpoints",
@@ -15,4 +15,5 @@ pub(crate) const MIGRATIONS: [(i32, &str, &str); 4] = [
         include_str!("../migrations/0003_coordination.sql"),
     ),
     (4, "tasks", include_str!("../migrations/0004_tasks.sql")),
+    (5, "lapses", include_str!("../migrations/0005_lapses.sql")),
 ];

@@ -81,6 +81,9 @@ pub struct QueuedRun {
     pub status: QueueStatus,
     /// How many times a worker claimed it (more than one after a worker was lost).
     pub claims: u32,
+    /// How many of those claims took it over from a worker whose lease had lapsed (see
+    /// `Worker::max_lapses`).
+    pub lapses: u32,
     /// The worker that holds or last held its lease.
     pub worker: Option<String>,
     /// The fencing token of its latest lease.
@@ -202,6 +205,7 @@ impl PgBackend {
                 submitted_at: row.get(7),
                 started_at: row.get(8),
                 finished_at: row.get(9),
+                lapses: u32::try_from(row.get::<_, i32>(10)).unwrap_or(0),
             }))
         })
         .await

@@ -132,7 +132,8 @@ const SUBMIT: &str = "WITH inserted AS (
 
 /// Claims up to `$3` runs of the workflows `$1` for worker `$2`: queued ones, and running
 /// ones whose lease lapsed, highest priority and oldest first, skipping rows other workers
-/// are claiming. Each claim raises the fencing token and leases the run for `$4` ms.
+/// are claiming. Each claim raises the fencing token and leases the run for `$4` ms; taking
+/// over a lapsed lease counts in `lapses`.
 const CLAIM: &str = "WITH next AS (
          SELECT id FROM fluffy_runs
          WHERE workflow = ANY($1)
@@ -143,10 +144,11 @@ const CLAIM: &str = "WITH next AS (
      )
      UPDATE fluffy_runs AS r
      SET status = 'running', worker = $2, fence = r.fence + 1, claims = r.claims + 1,
+         lapses = r.lapses + CASE WHEN r.status = 'running' THEN 1 ELSE 0 END,
          claimed_at = clock_timestamp(), started_at = coalesce(r.started_at, clock_timestamp()),
          lease_until = clock_timestamp() + $4::bigint * interval '1 millisecond'
      FROM next WHERE r.id = next.id
-     RETURNING r.id, r.workflow, r.run_key, r.context, r.fence, r.claims";
+     RETURNING r.id, r.workflow, r.run_key, r.context, r.fence, r.claims, r.lapses";
 
 /// Renews the leases `(id, fence)` still held, for `$3` ms; returns the ids renewed.
 const HEARTBEAT: &str = "UPDATE fluffy_runs AS r
@@ -183,7 +185,7 @@ const COMPLETE: &str = "WITH done AS (
 
 /// A run of the queue, by workflow and key.
 const RUN: &str = "SELECT id, status, claims, worker, fence, result, error,
-            submitted_at, started_at, finished_at
+            submitted_at, started_at, finished_at, lapses
      FROM fluffy_runs WHERE workflow = $1 AND run_key = $2";
 
 /// Gives runs back to the queue (a worker that stops): those it still holds.

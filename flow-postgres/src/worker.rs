@@ -29,6 +29,8 @@ use flow_runtime::remote::Dispatch;
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// The default heartbeat (and poll) interval.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// The default number of lapsed leases a run may have (see [`Worker::max_lapses`]).
+pub const DEFAULT_MAX_LAPSES: u32 = 5;
 
 /// A process's worker: claims runs of the workflows registered with it and runs them.
 ///
@@ -51,6 +53,8 @@ pub struct Worker {
     lease: Duration,
     heartbeat: Duration,
     concurrency: usize,
+    /// How many lapsed leases a run may have before it fails instead of running again.
+    max_lapses: u32,
     /// How many remote states' attempts it runs at once.
     remote_concurrency: usize,
 }
@@ -120,6 +124,7 @@ impl Worker {
             lease: DEFAULT_LEASE,
             heartbeat: DEFAULT_HEARTBEAT,
             concurrency: 32,
+            max_lapses: DEFAULT_MAX_LAPSES,
             remote_concurrency: 32,
         }
     }
@@ -152,6 +157,16 @@ impl Worker {
     /// How many runs it runs at once (default 32).
     pub fn concurrency(mut self, runs: usize) -> Self {
         self.concurrency = runs.max(1);
+        self
+    }
+
+    /// How many times a run may be taken over after its worker stopped renewing its lease
+    /// (the worker died or stalled) before a worker that claims it again records it failed
+    /// instead of running it (default 5): a state that kills its process (an abort, out of
+    /// memory) does not take every worker down in turn. The run's `error` says so; fix what
+    /// killed the workers and submit it again under a new key.
+    pub fn max_lapses(mut self, lapses: u32) -> Self {
+        self.max_lapses = lapses;
         self
     }
 
@@ -273,8 +288,17 @@ impl Worker {
                     let lease = dispatch
                         .as_ref()
                         .map(|d| d.hold(&run.workflow, &run.key, run.id, run.fence));
+                    let max_lapses = self.max_lapses;
                     let task = tasks.spawn(async move {
-                        let ended = execute(backend, worker, agent, run, cancel).await;
+                        let ended = if run.lapses > i32::try_from(max_lapses).unwrap_or(i32::MAX) {
+                            let error = format!(
+                                "run `{}` of workflow `{}` was taken over {} times from a worker that stopped renewing its lease (it died or stalled: a crash, a kill, out of memory?), more than the worker's limit of {max_lapses}; it is failed rather than run again: find what stopped those workers, then submit it again under a new key",
+                                run.key, run.workflow, run.lapses
+                            );
+                            record(&backend, &run, QueueStatus::Failed, None, Some(error)).await
+                        } else {
+                            execute(backend, worker, agent, run, cancel).await
+                        };
                         drop(lease);
                         (id, ended)
                     });
@@ -379,6 +403,7 @@ impl Worker {
                         context: row.get(3),
                         fence: row.get(4),
                         claims: row.get(5),
+                        lapses: row.get(6),
                     })
                     .collect())
             })
@@ -494,6 +519,8 @@ struct Claimed {
     fence: i64,
     /// This claim's number (1: the first).
     claims: i32,
+    /// How many times it was taken over from a worker whose lease lapsed.
+    lapses: i32,
 }
 
 /// How many claims a run gets before an error of the store ends it as failed: a database

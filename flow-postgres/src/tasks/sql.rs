@@ -67,10 +67,11 @@ const REPLY: &str = "WITH replied AS (
      )
      SELECT 1 FROM replied CROSS JOIN (SELECT count(*) FROM woken) AS notified";
 
-/// Gives attempts `(id, fence)` still held back (a worker that stops), and wakes workers.
+/// Gives attempts `(id, fence)` still held back (a worker that stops), and wakes workers; a
+/// take given back does not count towards the limit of takes.
 const RELEASE: &str = "WITH released AS (
          UPDATE fluffy_tasks AS t
-         SET status = 'queued', worker = NULL, lease_until = NULL
+         SET status = 'queued', worker = NULL, lease_until = NULL, claims = t.claims - 1
          FROM unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
          WHERE t.id = held.id AND t.fence = held.fence AND t.status = 'running'
          RETURNING t.id, t.workflow
