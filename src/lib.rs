@@ -36,6 +36,7 @@ pub use flow_runtime::{
     Summary, Throughput, UpdateGuard, WorkflowMetrics,
 };
 pub use flow_runtime::{BranchFailure, FailureOutcome};
+pub use flow_runtime::{NamedPrimitive, SharedAcquire, SharedGate, SharedHold};
 pub use flow_runtime::{RunStream, STREAM_CAPACITY, StreamMode, StreamPart};
 pub use flow_runtime::{SubgraphMapping, Team, TeamReport};
 

@@ -37,7 +37,8 @@ pub use checkpoint::{
 pub use context::{Context, ContextValue, Reducer};
 pub use coordination::{
     CoordinationStatus, DeclaredPrimitives, FlowBarrier, FlowMutex, FlowSemaphore, HoldGuard,
-    HolderStatus, Lease, PrimitiveKind, PrimitiveStatus, Quota, RateLimit,
+    HolderStatus, Lease, NamedPrimitive, PrimitiveKind, PrimitiveStatus, Quota, RateLimit,
+    SharedAcquire, SharedGate, SharedHold,
 };
 pub use dependency::{Condition, DependencyConfig};
 pub use events::{Event, EventKind, EventStream, EventStreamError, RunEvents};

@@ -7,6 +7,7 @@ mod compile;
 mod options;
 mod remote;
 mod run;
+mod shared;
 
 pub(crate) use compile::{Compiled, CompiledDependency};
 use compile::{check_requests, compile};

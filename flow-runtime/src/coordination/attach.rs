@@ -2,6 +2,7 @@
 //! `#[state(...)]` declares.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use flow_core::{CoordinationDecl, FlowError};
 
@@ -60,6 +61,17 @@ impl StateOptions<'_> {
     /// period that has too little left fails the attempt with [`FlowError::QuotaExhausted`].
     pub fn quota(mut self, quota: Quota, amount: f64) -> Self {
         self.push_gate(Gate::from(quota), units(amount));
+        self
+    }
+
+    /// Starts this state only with `amount` of `gate`, a primitive kept outside the process
+    /// (a database's semaphore or rate limit, shared by every worker of a deployment: see
+    /// `flow-postgres`). The state waits for it like for a primitive of its own (out of the
+    /// ready queue, counted against [`StateOptions::acquire_timeout`]), while the acquisition
+    /// runs in the background; what it took is held until the attempt ends. Give one gate to
+    /// several states to share it.
+    pub fn shared_gate(mut self, gate: Arc<dyn super::SharedGate>, amount: u64) -> Self {
+        self.push_gate(Gate::Shared(Arc::new(super::SharedSlot::new(gate))), amount);
         self
     }
 

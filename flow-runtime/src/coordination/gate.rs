@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::barrier::{Arrival, ArrivalTicket, BarrierInner};
 use super::hold::{Busy, Engine, HeldUnits, PrimitiveKind};
 use super::rate_limit::{NotBefore, RateLimit};
+use super::shared::SharedSlot;
 use super::{FlowBarrier, FlowMutex, FlowSemaphore, Lease, Owner, Quota};
 use crate::resilience::{BreakerPermit, CircuitBreaker};
 use crate::resources::{Amounts, Claimant, Grant, ResourcePool};
@@ -33,6 +34,9 @@ pub(crate) enum Gate {
     Hold(Arc<Engine>),
     /// A barrier: every arrival waits until the round is complete.
     Barrier(Arc<BarrierInner>),
+    /// A primitive kept outside the process: acquired in the background while the state
+    /// waits (see `coordination::shared`).
+    Shared(Arc<SharedSlot>),
 }
 
 /// How the states of one run waiting at a gate take turns asking it.
@@ -63,6 +67,8 @@ pub(crate) enum Taken {
     Passage,
     /// A circuit breaker's permission for the attempt.
     Breaker(BreakerPermit),
+    /// What a shared primitive's acquisition holds.
+    Shared(super::SharedHold),
 }
 
 impl Taken {
@@ -73,8 +79,9 @@ impl Taken {
             Taken::Units(units) => units.give_back(),
             // Dropping a grant gives it back.
             Taken::Grant(_) => {}
-            // A permission dropped unsettled gives its trial slot back.
-            Taken::Passage | Taken::Breaker(_) => {}
+            // A permission dropped unsettled gives its trial slot back; a shared hold
+            // dropped gives back what it took.
+            Taken::Passage | Taken::Breaker(_) | Taken::Shared(_) => {}
         }
     }
 }
@@ -128,6 +135,7 @@ impl Gate {
             (Gate::Hold(a), Gate::Hold(b)) => Arc::ptr_eq(a, b),
             (Gate::Barrier(a), Gate::Barrier(b)) => Arc::ptr_eq(a, b),
             (Gate::Breaker(a), Gate::Breaker(b)) => a.same(b),
+            (Gate::Shared(a), Gate::Shared(b)) => a.same(b),
             _ => false,
         }
     }
@@ -140,6 +148,7 @@ impl Gate {
             Gate::Hold(engine) => engine.describe(),
             Gate::Barrier(barrier) => barrier.describe(),
             Gate::Breaker(_) => "circuit breaker".to_owned(),
+            Gate::Shared(slot) => slot.gate.describe(),
         }
     }
 
@@ -204,6 +213,7 @@ impl Gate {
                     Arrival::Waiting(None) => Verdict::OnRelease,
                 }
             }
+            Gate::Shared(slot) => slot.ask(amount, asker),
         }
     }
 
@@ -212,7 +222,7 @@ impl Gate {
         match self {
             Gate::Barrier(_) => WaitRule::Together,
             Gate::Pool(_) => WaitRule::ByRank,
-            Gate::Rate(_) | Gate::Hold(_) | Gate::Breaker(_) => WaitRule::InOrder,
+            Gate::Rate(_) | Gate::Hold(_) | Gate::Breaker(_) | Gate::Shared(_) => WaitRule::InOrder,
         }
     }
 
@@ -244,7 +254,8 @@ impl Gate {
             Gate::Breaker(_) => 1,
             Gate::Hold(engine) if engine.kind == PrimitiveKind::Quota => 4,
             Gate::Hold(_) => 2,
-            Gate::Rate(_) => 3,
+            Gate::Shared(slot) if !slot.gate.consumes() => 2,
+            Gate::Rate(_) | Gate::Shared(_) => 3,
             // Last: a passage cannot be given back.
             Gate::Barrier(_) => 5,
         }
@@ -256,6 +267,7 @@ impl Gate {
         &self,
         state: &str,
         attempt: u32,
+        run_key: u64,
     ) -> Result<Option<Ticket>, FlowError> {
         let ticket = match self {
             Gate::Pool(_) => return Ok(None),
@@ -266,6 +278,7 @@ impl Gate {
             },
             // Its arrival is its place (taken before it is asked); a breaker never waits.
             Gate::Barrier(_) | Gate::Breaker(_) => Ticket::Place(Box::new(())),
+            Gate::Shared(slot) => slot.ticket(run_key),
         };
         Ok(Some(ticket))
     }
@@ -285,6 +298,7 @@ impl Gate {
         match self {
             Gate::Hold(engine) => engine.ttl,
             Gate::Pool(_) | Gate::Rate(_) | Gate::Barrier(_) | Gate::Breaker(_) => None,
+            Gate::Shared(_) => None,
         }
     }
 
@@ -294,6 +308,7 @@ impl Gate {
             Gate::Hold(engine) => engine.forget(run_key),
             Gate::Barrier(barrier) => barrier.forget(run_key),
             Gate::Pool(pool) => pool.forget_run(run_key),
+            Gate::Shared(slot) => slot.forget(run_key),
             Gate::Rate(_) | Gate::Breaker(_) => {}
         }
     }
@@ -303,7 +318,44 @@ impl Gate {
         match self {
             Gate::Hold(engine) => Some(engine.status()),
             Gate::Barrier(barrier) => Some(barrier.status()),
-            Gate::Pool(_) | Gate::Rate(_) | Gate::Breaker(_) => None,
+            Gate::Pool(_) | Gate::Rate(_) | Gate::Breaker(_) | Gate::Shared(_) => None,
+        }
+    }
+
+    /// The named primitive it is, for a deployment that may keep it elsewhere (`None`: the
+    /// pool, a breaker, a barrier, an unnamed rate limit, one already shared).
+    pub(crate) fn named(&self) -> Option<super::NamedPrimitive> {
+        use super::NamedPrimitive;
+        match self {
+            Gate::Hold(engine) => {
+                let kind = match engine.kind {
+                    PrimitiveKind::Semaphore => "semaphore",
+                    PrimitiveKind::Mutex => "mutex",
+                    PrimitiveKind::Lease => "lease",
+                    PrimitiveKind::Quota => "quota",
+                    PrimitiveKind::Barrier => "barrier",
+                    PrimitiveKind::Bulkhead => "bulkhead",
+                };
+                let key = format!("{kind}/{}", engine.name);
+                Some(match engine.kind {
+                    PrimitiveKind::Semaphore | PrimitiveKind::Mutex | PrimitiveKind::Lease => {
+                        NamedPrimitive::Semaphore {
+                            key,
+                            permits: u32::try_from(engine.capacity).unwrap_or(u32::MAX),
+                            ttl: engine.ttl,
+                        }
+                    }
+                    _ => NamedPrimitive::Local { key },
+                })
+            }
+            Gate::Rate(limit) if limit.is_named() => {
+                let key = format!("rate_limit/{}", limit.name());
+                Some(match limit.token_bucket_spec() {
+                    Some((rate, burst)) => NamedPrimitive::TokenBucket { key, rate, burst },
+                    None => NamedPrimitive::Local { key },
+                })
+            }
+            _ => None,
         }
     }
 
@@ -311,6 +363,7 @@ impl Gate {
         match self {
             Gate::Hold(engine) => Some(engine),
             Gate::Pool(_) | Gate::Rate(_) | Gate::Barrier(_) | Gate::Breaker(_) => None,
+            Gate::Shared(_) => None,
         }
     }
 }

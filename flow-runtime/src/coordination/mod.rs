@@ -10,6 +10,7 @@ mod gate;
 mod hold;
 mod primitives;
 mod rate_limit;
+mod shared;
 mod wakers;
 
 use std::sync::Arc;
@@ -20,10 +21,12 @@ pub use barrier::FlowBarrier;
 pub use hold::PrimitiveKind;
 pub use primitives::{FlowMutex, FlowSemaphore, HoldGuard, Lease, Quota};
 pub use rate_limit::RateLimit;
+pub use shared::{NamedPrimitive, SharedAcquire, SharedGate, SharedHold};
 
 pub(crate) use deadlock::{Actor, AttemptIdentity, Owner, cycles_found};
 pub(crate) use gate::{Asker, Gate, Taken, Ticket, Verdict, WaitRule};
 pub(crate) use hold::{Engine, HeldUnits};
+pub(crate) use shared::SharedSlot;
 
 /// One primitive as it stands (see [`crate::Agent::coordination_status`]).
 #[derive(Debug, Clone, PartialEq)]

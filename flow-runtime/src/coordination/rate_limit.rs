@@ -35,6 +35,8 @@ pub struct RateLimit {
 
 struct Shared {
     name: Mutex<Arc<str>>,
+    /// Named by the user (`named`), not the spec's text: a primitive shared by name.
+    named: std::sync::atomic::AtomicBool,
     strategy: Strategy,
     state: Mutex<Clocked>,
 }
@@ -165,6 +167,7 @@ impl RateLimit {
         Self {
             shared: Arc::new(Shared {
                 name: Mutex::new(Arc::from(name)),
+                named: std::sync::atomic::AtomicBool::new(false),
                 strategy,
                 state: Mutex::new(Clocked {
                     latest: None,
@@ -182,7 +185,29 @@ impl RateLimit {
             .name
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Arc::from(name.into());
+        self.shared
+            .named
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self
+    }
+
+    /// Whether it was given a name (see [`RateLimit::named`]).
+    pub(crate) fn is_named(&self) -> bool {
+        self.shared.named.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A token bucket's rate (per second) and burst; `None` for other algorithms.
+    pub(crate) fn token_bucket_spec(&self) -> Option<(f64, u32)> {
+        match self.shared.strategy {
+            Strategy::TokenBucket {
+                interval,
+                tolerance,
+            } if !interval.is_zero() => {
+                let burst = tolerance.as_secs_f64() / interval.as_secs_f64() + 1.0;
+                Some((1.0 / interval.as_secs_f64(), burst.round() as u32))
+            }
+            _ => None,
+        }
     }
 
     /// The limit's name.

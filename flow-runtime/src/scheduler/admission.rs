@@ -47,6 +47,8 @@ pub(super) struct Admission {
     pub(super) held: Vec<HeldUnits>,
     /// Its circuit breaker's permission, settled by the attempt's outcome.
     pub(super) breaker: Option<BreakerPermit>,
+    /// What shared primitives (kept outside the process) gave it.
+    pub(super) shared: Vec<crate::coordination::SharedHold>,
 }
 
 impl Coordinator {
@@ -150,6 +152,7 @@ impl Coordinator {
                 Taken::Grant(grant) => admission.grant = Some(grant),
                 Taken::Units(units) => admission.held.push(units),
                 Taken::Breaker(permit) => admission.breaker = Some(permit),
+                Taken::Shared(held) => admission.shared.push(held),
                 Taken::Rate(..) | Taken::Passage => {}
             }
         }
@@ -162,7 +165,7 @@ impl Coordinator {
             None
         } else {
             let state = self.graph.name(entry.state);
-            match self.compiled.gates[gate].enter_wait(state, entry.attempt) {
+            match self.compiled.gates[gate].enter_wait(state, entry.attempt, self.run_key) {
                 Ok(ticket) => ticket,
                 Err(error) => {
                     self.ready.left(entry.seq());

@@ -247,6 +247,7 @@ impl Coordinator {
             grant,
             held,
             breaker,
+            shared,
         }: Admission,
         queued_at: i64,
         span: tracing::Span,
@@ -291,6 +292,7 @@ impl Coordinator {
             grant,
             _deadline: deadline,
             _held: held,
+            _shared: shared,
             _hold_timer: hold_timer,
             span: attempt_span,
         });
@@ -321,6 +323,7 @@ impl Coordinator {
             queued_at: 0,
             _deadline: None,
             _held: Vec::new(),
+            _shared: Vec::new(),
             _hold_timer: None,
             span,
         });

@@ -165,6 +165,8 @@ struct Running {
     _deadline: Option<AbortOnDrop>,
     /// Units of coordination primitives it holds; given back when this is dropped.
     _held: Vec<HeldUnits>,
+    /// What shared primitives gave it; given back when this is dropped.
+    _shared: Vec<crate::coordination::SharedHold>,
     /// The attempt's tracing span, for its result.
     span: tracing::Span,
     /// The timer for the earliest TTL among them (see `Message::HoldExpired`).
