@@ -223,3 +223,122 @@ async fn a_shared_rate_limit_admits_at_its_rate() {
         .unwrap();
     assert!(matches!(error, FlowError::InvalidConfig { .. }), "{error}");
 }
+
+/// `work` maps 8 items to `hold`, which passes the semaphore `gpu` (2 permits, declared as
+/// the workflow's own) and counts itself in the database while it holds it.
+fn gpu_work(gauge: std::sync::Arc<tokio_postgres::Client>) -> fluffy_flow::Agent {
+    use fluffy_flow::prelude::*;
+    let mut agent = Agent::new("gpu_work");
+    agent
+        .add_state("work", |_ctx: Context| async move {
+            Ok(Next::map("hold", (0..8u32).collect::<Vec<_>>()))
+        })
+        .entry();
+    agent
+        .add_state("hold", move |_ctx: Context| {
+            let gauge = std::sync::Arc::clone(&gauge);
+            async move {
+                gauge
+                    .execute(
+                        "UPDATE test_holding SET now = now + 1, peak = greatest(peak, now + 1) WHERE name = 'gpu'",
+                        &[],
+                    )
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                gauge
+                    .execute("UPDATE test_holding SET now = now - 1 WHERE name = 'gpu'", &[])
+                    .await?;
+                Ok(Next::end())
+            }
+        })
+        .semaphore(fluffy_flow::FlowSemaphore::new("gpu", 2));
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sharing_gates_keep_a_workflows_semaphore_across_processes() {
+    use fluffy_flow::postgres::{CancellationToken, QueueStatus, Worker};
+    use fluffy_flow::prelude::*;
+    let Some(url) = postgres::database("shared_gates") else {
+        return;
+    };
+    let gauge = std::sync::Arc::new(counter(&url).await);
+    gauge
+        .batch_execute(
+            "CREATE TABLE test_holding (name text PRIMARY KEY, now integer NOT NULL, peak integer NOT NULL);
+             INSERT INTO test_holding VALUES ('gpu', 0, 0);",
+        )
+        .await
+        .unwrap();
+    let agent = gpu_work(std::sync::Arc::clone(&gauge));
+    assert_eq!(
+        agent.named_primitives(),
+        [fluffy_flow::NamedPrimitive::Semaphore {
+            key: "semaphore/gpu".into(),
+            permits: 2,
+            ttl: None
+        }]
+    );
+    let submitter = PgBackend::connect(&url).await.unwrap();
+    submitter.migrate().await.unwrap();
+    // Three workers, one run each at a time, so that the runs are in different workers;
+    // each with a definition of its own, as separate processes have (one definition's
+    // semaphore would be shared in this process anyway).
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        let backend = PgBackend::connect(&url).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let worker = Worker::new(&backend)
+            .name(format!("w{i}"))
+            .register(&gpu_work(std::sync::Arc::clone(&gauge)))
+            .concurrency(1)
+            .share_gates()
+            .lease(Duration::from_secs(2))
+            .heartbeat(Duration::from_millis(500));
+        let token = shutdown.clone();
+        workers.push((
+            shutdown,
+            tokio::spawn(async move { worker.run(token).await.unwrap() }),
+        ));
+    }
+    for i in 0..6 {
+        submitter
+            .submit("gpu_work", &format!("run-{i}"), &Context::new())
+            .await
+            .unwrap();
+    }
+    for i in 0..6 {
+        let run = tokio::time::timeout(
+            Duration::from_secs(60),
+            submitter.wait_for("gpu_work", &format!("run-{i}"), Duration::from_millis(100)),
+        )
+        .await
+        .expect("within a minute")
+        .unwrap();
+        assert_eq!(run.status, QueueStatus::Completed, "{:?}", run.error);
+    }
+    let mut ran_runs = Vec::new();
+    for (shutdown, task) in workers {
+        shutdown.cancel();
+        ran_runs.push(task.await.unwrap().finished);
+    }
+    assert!(
+        ran_runs.iter().filter(|&&n| n > 0).count() >= 2,
+        "runs in several workers: {ran_runs:?}"
+    );
+    let row = gauge
+        .query_one("SELECT now, peak FROM test_holding WHERE name = 'gpu'", &[])
+        .await
+        .unwrap();
+    let (now, peak): (i32, i32) = (row.get(0), row.get(1));
+    assert_eq!(now, 0);
+    assert!(peak <= 2, "{peak} held the 2 permits of `gpu` at once");
+    assert!(peak >= 1);
+    // The permits went back.
+    let semaphore = PgSemaphore::open(&submitter, "semaphore/gpu");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while semaphore.in_use().await.unwrap() != 0 {
+        assert!(Instant::now() < deadline, "permits still held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -4,7 +4,10 @@
 //! locks the primitive's row, so concurrent acquisitions in any process are serialized by
 //! the database).
 //!
-//! Use them in a state's body: `let permit = semaphore.acquire(1).await?;` … `permit.release()`.
+//! Use them in a state's body (`let permit = semaphore.acquire(1).await?;` …
+//! `permit.release()`), or as a state's admission gate: both are `flow_runtime::SharedGate`s
+//! (`StateOptions::shared_gate`, or `Worker::share_gates` for the named primitives a
+//! workflow declares).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -303,5 +306,72 @@ impl PgRateLimit {
             tokio::time::sleep(wait).await;
         }
         Ok(())
+    }
+}
+
+/// A permit held for a state's attempt (as its admission gate): renewed every third of its
+/// TTL while held, so that a long attempt keeps it and a crashed worker's lapses; released
+/// when dropped.
+struct RenewedPermit {
+    renewal: tokio::task::AbortHandle,
+}
+
+impl Drop for RenewedPermit {
+    fn drop(&mut self) {
+        // (The renewal task owns the permit: aborting it drops the permit, which releases.)
+        self.renewal.abort();
+    }
+}
+
+impl flow_runtime::SharedGate for PgSemaphore {
+    fn describe(&self) -> String {
+        format!("semaphore `{}` in {}", self.name, self.backend.describe())
+    }
+
+    fn acquire(&self, amount: u64) -> flow_runtime::SharedAcquire {
+        let semaphore = self.clone();
+        Box::pin(async move {
+            let units = u32::try_from(amount).unwrap_or(u32::MAX);
+            let permit = PgSemaphore::acquire(&semaphore, units).await?;
+            let every = (permit.ttl / 3).max(Duration::from_millis(10));
+            let name = semaphore.name.clone();
+            let renewal = semaphore.backend.spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match permit.renew().await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(semaphore = %name, "a held permit had lapsed before its renewal: another holder may have taken it");
+                        }
+                        Err(error) => {
+                            tracing::warn!(semaphore = %name, %error, "renewing a held permit failed");
+                        }
+                    }
+                }
+            });
+            Ok(Box::new(RenewedPermit { renewal }) as flow_runtime::SharedHold)
+        })
+    }
+}
+
+impl flow_runtime::SharedGate for PgRateLimit {
+    fn describe(&self) -> String {
+        format!("rate limit `{}` in {}", self.name, self.backend.describe())
+    }
+
+    fn acquire(&self, amount: u64) -> flow_runtime::SharedAcquire {
+        let limit = self.clone();
+        Box::pin(async move {
+            // (Precision: a cost is a small count of tokens.)
+            let cost = amount as f64;
+            while let Some(wait) = limit.try_take(cost).await? {
+                tokio::time::sleep(wait).await;
+            }
+            Ok(Box::new(()) as flow_runtime::SharedHold)
+        })
+    }
+
+    fn consumes(&self) -> bool {
+        true
     }
 }

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{db_error, explain};
 use crate::tasks::{Executor, PgDispatch};
-use crate::{PgBackend, PgStore, QueueStatus};
+use crate::{PgBackend, PgRateLimit, PgSemaphore, PgStore, QueueStatus};
+use flow_runtime::NamedPrimitive;
 use flow_runtime::remote::Dispatch;
 
 /// The default lease: a worker lost is replaced within this and one heartbeat.
@@ -57,6 +58,8 @@ pub struct Worker {
     max_lapses: u32,
     /// How many remote states' attempts it runs at once.
     remote_concurrency: usize,
+    /// Whether the named primitives of its workflows are kept in the database.
+    share_gates: bool,
 }
 
 /// What a worker did, when it stops.
@@ -126,6 +129,7 @@ impl Worker {
             concurrency: 32,
             max_lapses: DEFAULT_MAX_LAPSES,
             remote_concurrency: 32,
+            share_gates: false,
         }
     }
 
@@ -167,6 +171,20 @@ impl Worker {
     /// killed the workers and submit it again under a new key.
     pub fn max_lapses(mut self, lapses: u32) -> Self {
         self.max_lapses = lapses;
+        self
+    }
+
+    /// Keeps the named coordination primitives of its workflows' states in the database,
+    /// shared by every worker that does the same, instead of in this process: semaphores,
+    /// mutexes and leases (`#[state(semaphore(name = "gpu", permits = 2))]`, ...) become
+    /// [`crate::PgSemaphore`]s named `semaphore/gpu`, `mutex/..`, `lease/..` with their
+    /// permits (and TTL: a crashed worker's permits come back after it; a running attempt's
+    /// are renewed), and named token-bucket rate limits become [`crate::PgRateLimit`]s named
+    /// `rate_limit/..`. They are created (or their permits and rates set) as the worker
+    /// starts. Quotas, barriers, bulkheads and other rate-limit algorithms stay in each
+    /// process (a warning names them).
+    pub fn share_gates(mut self) -> Self {
+        self.share_gates = true;
         self
     }
 
@@ -218,10 +236,17 @@ impl Worker {
             .collect();
         let dispatch = (!remote.is_empty())
             .then(|| PgDispatch::start(&self.backend, &self.name, self.heartbeat));
+        let mut shared: HashMap<String, Agent> = HashMap::new();
+        if self.share_gates {
+            for (name, agent) in &self.agents {
+                shared.insert(name.clone(), self.shared_gates_of(agent).await?);
+            }
+        }
         let runners: HashMap<String, Agent> = self
             .agents
             .iter()
             .map(|(name, agent)| {
+                let agent = shared.get(name).unwrap_or(agent);
                 let runner = match &dispatch {
                     Some(dispatch) if remote.contains_key(name) => {
                         agent.dispatching(Arc::clone(dispatch) as Arc<dyn Dispatch>)
@@ -360,6 +385,36 @@ impl Worker {
             report.remote_attempts = (&mut executor.0).await.unwrap_or_default();
         }
         Ok(report)
+    }
+
+    /// `agent` with its named primitives kept in the database (see [`Worker::share_gates`]).
+    async fn shared_gates_of(&self, agent: &Agent) -> Result<Agent, FlowError> {
+        let mut gates: HashMap<String, Arc<dyn flow_runtime::SharedGate>> = HashMap::new();
+        for primitive in agent.named_primitives() {
+            let gate: Arc<dyn flow_runtime::SharedGate> = match &primitive {
+                NamedPrimitive::Semaphore { key, permits, ttl } => {
+                    let semaphore = PgSemaphore::create(&self.backend, key, *permits).await?;
+                    Arc::new(match ttl {
+                        Some(ttl) => semaphore.ttl(*ttl),
+                        None => semaphore,
+                    })
+                }
+                NamedPrimitive::TokenBucket { key, rate, burst } => {
+                    Arc::new(PgRateLimit::create(&self.backend, key, *rate, *burst).await?)
+                }
+                other => {
+                    tracing::warn!(
+                        worker = %self.name,
+                        workflow = agent.name(),
+                        primitive = other.key(),
+                        "this primitive has no shared counterpart: it stays in each process"
+                    );
+                    continue;
+                }
+            };
+            gates.insert(primitive.key().to_owned(), gate);
+        }
+        Ok(agent.sharing(&gates))
     }
 
     /// `call`, or an error if the database has not answered within `limit` (a silent
