@@ -7,9 +7,10 @@
 //! cargo run --release --features postgres --example pg_bench -- fanout N W
 //! ```
 //!
-//! `runs N W`: W worker processes; N durable runs of a 3-state workflow (a checkpoint after
-//! each state) submitted as fast as the queue takes them; prints runs/s (first submit to last
-//! end) and the p50/p99 latency from submit to start (the database's clock).
+//! `runs N W [BATCH]`: W worker processes; N durable runs of a 3-state workflow (a checkpoint
+//! after each state) submitted as fast as the queue takes them (one by one, 64 in flight, or
+//! `BATCH` at a time with `submit_batch`); prints runs/s (first submit to last end) and the
+//! p50/p99 latency from submit to start (the database's clock).
 //!
 //! `fanout N W`: W worker processes; one run maps N items to a remote state (a context
 //! write, no work): its attempts go through the database to every worker and back; prints
@@ -79,7 +80,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let usage = "usage: pg_bench runs N W | pg_bench failover | pg_bench fanout N W";
+    let usage = "usage: pg_bench runs N W [BATCH] | pg_bench failover | pg_bench fanout N W";
     match args
         .iter()
         .map(String::as_str)
@@ -92,12 +93,15 @@ fn main() {
             Duration::from_millis(lease_ms.parse().expect("a lease")),
             Duration::from_millis(slow_ms.parse().expect("a delay")),
         )),
-        ["runs", n, w] => {
+        ["runs", n, w] | ["runs", n, w, _] => {
             let (n, w) = (
                 n.parse().expect(usage),
                 w.parse::<usize>().expect(usage).max(1),
             );
-            runtime.block_on(runs(n, w));
+            let batch = args
+                .get(3)
+                .map_or(1, |b| b.parse::<usize>().expect(usage).max(1));
+            runtime.block_on(runs(n, w, batch));
         }
         ["failover"] => runtime.block_on(failover()),
         ["fanout", n, w] => {
@@ -237,7 +241,7 @@ async fn database() -> (Option<TempCluster>, String, PgBackend) {
     (cluster, url, backend)
 }
 
-async fn runs(n: usize, w: usize) {
+async fn runs(n: usize, w: usize, batch: usize) {
     let (_cluster, url, backend) = database().await;
     let prefix = format!("bench-{}", std::process::id());
     let workers: Vec<Child> = (0..w)
@@ -251,19 +255,38 @@ async fn runs(n: usize, w: usize) {
         })
         .collect();
     let started = Instant::now();
-    // Submitted 64 at a time in flight, as many clients would.
+    // Submitted 64 at a time in flight, as many clients would (or in batches of `batch`,
+    // 4 in flight, with `submit_batch`).
     let mut pending = tokio::task::JoinSet::new();
-    for i in 0..n {
-        if pending.len() >= 64 {
-            pending.join_next().await;
+    if batch == 1 {
+        for i in 0..n {
+            if pending.len() >= 64 {
+                pending.join_next().await;
+            }
+            let (backend, key) = (backend.clone(), format!("{prefix}-{i}"));
+            pending.spawn(async move {
+                backend
+                    .submit("three_steps", &key, &Context::new())
+                    .await
+                    .expect("submitted");
+            });
         }
-        let (backend, key) = (backend.clone(), format!("{prefix}-{i}"));
-        pending.spawn(async move {
-            backend
-                .submit("three_steps", &key, &Context::new())
-                .await
-                .expect("submitted")
-        });
+    } else {
+        for start in (0..n).step_by(batch) {
+            if pending.len() >= 4 {
+                pending.join_next().await;
+            }
+            let runs: Vec<(String, Context)> = (start..(start + batch).min(n))
+                .map(|i| (format!("{prefix}-{i}"), Context::new()))
+                .collect();
+            let backend = backend.clone();
+            pending.spawn(async move {
+                backend
+                    .submit_batch("three_steps", &runs)
+                    .await
+                    .expect("submitted");
+            });
+        }
     }
     while pending.join_next().await.is_some() {}
     let last = format!("{prefix}-{}", n - 1);
@@ -317,6 +340,7 @@ async fn runs(n: usize, w: usize) {
             "bench": "pg_runs",
             "n": n,
             "workers": w,
+            "submit_batch": batch,
             "completed": completed,
             "correct": completed == n as i64,
             "runs_per_s": n as f64 / span,

@@ -834,3 +834,60 @@ async fn a_run_whose_workers_keep_dying_fails_instead_of_running_again() {
     assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
     stop(worker).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_submits_is_one_statement_that_keeps_earlier_keys_and_order() {
+    let Some(backend) = postgres::backend("batches").await else {
+        return;
+    };
+    let before = backend
+        .submit("etl", "b3", &context(json!({ "n": 1000 })))
+        .await
+        .unwrap();
+    let runs: Vec<(String, Context)> = (0..40)
+        .map(|i| (format!("b{i}"), context(json!({ "n": i }))))
+        .collect();
+    let submitted = backend.submit_batch("etl", &runs).await.unwrap();
+    assert_eq!(submitted.len(), 40);
+    for (i, run) in submitted.iter().enumerate() {
+        assert_eq!(run.new, i != 3, "b{i}");
+    }
+    assert_eq!(submitted[3].id, before.id, "the earlier run stands");
+    let mut ids: Vec<i64> = submitted.iter().filter(|s| s.new).map(|s| s.id).collect();
+    let in_order = ids.clone();
+    ids.sort_unstable();
+    assert_eq!(ids, in_order, "inserted in the order given");
+    // Again: nothing new.
+    let again = backend.submit_batch("etl", &runs[..5]).await.unwrap();
+    assert!(again.iter().all(|s| !s.new));
+    assert_eq!(
+        again.iter().map(|s| s.id).collect::<Vec<_>>(),
+        submitted[..5].iter().map(|s| s.id).collect::<Vec<_>>()
+    );
+    let twice = vec![
+        ("x".to_owned(), Context::new()),
+        ("x".to_owned(), Context::new()),
+    ];
+    let error = backend
+        .submit_batch("etl", &twice)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`x` is given twice"), "{error}");
+    assert!(
+        backend.queued_run("etl", "x").await.unwrap().is_none(),
+        "nothing submitted"
+    );
+    // They run with their own contexts (b3 with the first one's).
+    let worker = spawn_worker(Worker::new(&backend).register(&etl()));
+    for (i, n) in [(0, 0), (3, 1000), (39, 39)] {
+        let run = within(
+            "a run's end",
+            backend.wait_for("etl", &format!("b{i}"), WAIT),
+        )
+        .await
+        .unwrap();
+        assert_eq!(run.context.unwrap()["total"], json!(n * 10), "b{i}");
+    }
+    stop(worker).await;
+}

@@ -155,6 +155,81 @@ impl PgBackend {
         .await
     }
 
+    /// Submits many runs of `workflow` in one statement (a key and its context each; keys
+    /// submitted before are kept as they are, `new: false`), in the order given, which is the
+    /// order workers claim them in: what a batch of submits costs is one round trip and one
+    /// commit. A key given twice in one batch is an error.
+    pub async fn submit_batch(
+        &self,
+        workflow: &str,
+        runs: &[(String, Context)],
+    ) -> Result<Vec<Submitted>, FlowError> {
+        let mut keys: Vec<String> = Vec::with_capacity(runs.len());
+        let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(runs.len());
+        let mut seen = std::collections::HashSet::with_capacity(runs.len());
+        for (key, context) in runs {
+            if !seen.insert(key.as_str()) {
+                return Err(FlowError::InvalidConfig {
+                    agent: workflow.to_owned(),
+                    message: format!("run key `{key}` is given twice in one batch of submits"),
+                });
+            }
+            keys.push(key.clone());
+            bodies.push(serde_json::to_vec(&context.snapshot()?).map_err(|e| {
+                db_error(
+                    self.describe(),
+                    "submitting runs",
+                    format!("the context of `{key}`: {e}"),
+                )
+            })?);
+        }
+        let mut submitted: Vec<Option<Submitted>> = vec![None; keys.len()];
+        // (A concurrent submit of a key may commit after the statement's snapshot: the keys
+        // it left without an id are asked again.)
+        for _ in 0..2 {
+            let missing: Vec<usize> = (0..keys.len())
+                .filter(|&i| submitted[i].is_none())
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            let batch_keys: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
+            let batch_bodies: Vec<Vec<u8>> = missing.iter().map(|&i| bodies[i].clone()).collect();
+            let workflow_ = workflow.to_owned();
+            let rows = self
+                .query("submitting runs", move |c| async move {
+                    let rows = c
+                        .client
+                        .query(
+                            &c.sql.submit_many,
+                            &[&workflow_, &batch_keys, &batch_bodies, &0i32],
+                        )
+                        .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|row| (row.get::<_, Option<i64>>(0), row.get::<_, bool>(1)))
+                        .collect::<Vec<_>>())
+                })
+                .await?;
+            for (&i, (id, new)) in missing.iter().zip(rows) {
+                submitted[i] = id.map(|id| Submitted { id, new });
+            }
+        }
+        submitted
+            .into_iter()
+            .zip(&keys)
+            .map(|(submitted, key)| {
+                submitted.ok_or_else(|| {
+                    db_error(
+                        self.describe(),
+                        "submitting runs",
+                        format!("run `{key}` of `{workflow}` was neither inserted nor found"),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The run of `workflow` under `key`, if it was submitted.
     pub async fn queued_run(
         &self,

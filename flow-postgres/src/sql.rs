@@ -130,6 +130,29 @@ const SUBMIT: &str = "WITH inserted AS (
      SELECT id, false FROM fluffy_runs
      WHERE workflow = $1 AND run_key = $2 AND NOT EXISTS (SELECT 1 FROM inserted)";
 
+/// Submits the runs `$2` (keys) with contexts `$3` of workflow `$1` (keys submitted before
+/// are kept as they are) and wakes idle workers. Returns, for each key in order, the run's id
+/// and whether this statement submitted it; a key whose concurrent submit committed after
+/// this statement's snapshot has no id (the caller asks again).
+const SUBMIT_MANY: &str = "WITH input AS (
+         SELECT k.key, k.context, k.ord
+         FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS k(key, context, ord)
+     ), inserted AS (
+         INSERT INTO fluffy_runs (workflow, run_key, context, priority)
+         SELECT $1, key, context, $4 FROM input ORDER BY ord
+         ON CONFLICT (workflow, run_key) DO NOTHING
+         RETURNING id, run_key
+     ), woken AS (
+         SELECT pg_notify('fluffy_runs', $1) WHERE EXISTS (SELECT 1 FROM inserted)
+     )
+     SELECT coalesce(i.id, r.id), i.id IS NOT NULL
+     FROM input
+     LEFT JOIN inserted AS i ON i.run_key = input.key
+     LEFT JOIN fluffy_runs AS r
+       ON i.id IS NULL AND r.workflow = $1 AND r.run_key = input.key
+     CROSS JOIN (SELECT count(*) FROM woken) AS sent
+     ORDER BY input.ord";
+
 /// Claims up to `$3` runs of the workflows `$1` for worker `$2`: queued ones, and running
 /// ones whose lease lapsed, highest priority and oldest first, skipping rows other workers
 /// are claiming. Each claim raises the fencing token and leases the run for `$4` ms; taking
@@ -170,18 +193,23 @@ const FENCED_SAVE: &str = "WITH lease AS (
      ON CONFLICT (workflow, run_key, sequence)
      DO UPDATE SET created_at = EXCLUDED.created_at, body = EXCLUDED.body";
 
-/// Ends a run under its lease: its status, final context or error; wakes whoever waits.
-/// Returns a row if the lease was still held (and so the end is recorded once).
-const COMPLETE: &str = "WITH done AS (
-         UPDATE fluffy_runs
-         SET status = $3, finished_at = clock_timestamp(), result = $4, error = $5,
-             lease_until = NULL
-         WHERE id = $1 AND fence = $2 AND status = 'running'
-         RETURNING workflow, run_key
+/// Ends runs under their leases (arrays of id, fence, status, final context, error: one
+/// statement for a batch of ends); wakes whoever waits. Returns the ids whose lease was still
+/// held (and so whose end is recorded, once).
+const COMPLETE: &str = "WITH ended AS (
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::text[])
+             AS e(id, fence, status, result, error)
+     ), done AS (
+         UPDATE fluffy_runs AS r
+         SET status = e.status, finished_at = clock_timestamp(), result = e.result,
+             error = e.error, lease_until = NULL
+         FROM ended AS e
+         WHERE r.id = e.id AND r.fence = e.fence AND r.status = 'running'
+         RETURNING r.id, r.workflow, r.run_key
      ), woken AS (
          SELECT pg_notify('fluffy_done', workflow || '/' || run_key) FROM done
      )
-     SELECT 1 FROM done CROSS JOIN (SELECT count(*) FROM woken) AS sent";
+     SELECT id FROM done CROSS JOIN (SELECT count(*) FROM woken) AS sent";
 
 /// A run of the queue, by workflow and key.
 const RUN: &str = "SELECT id, status, claims, worker, fence, result, error,
@@ -287,6 +315,7 @@ pub(crate) struct Statements {
     pub(crate) answers: Statement,
     pub(crate) clear_answers: Statement,
     pub(crate) submit: Statement,
+    pub(crate) submit_many: Statement,
     pub(crate) claim: Statement,
     pub(crate) heartbeat: Statement,
     pub(crate) fenced_save: Statement,
@@ -353,10 +382,11 @@ impl Statements {
             client.prepare(&fenced_keep_sql),
             client.prepare(&fenced_older_sql),
         )?;
-        let (release_permit, create_rate_limit, take_tokens) = tokio::try_join!(
+        let (release_permit, create_rate_limit, take_tokens, submit_many) = tokio::try_join!(
             client.prepare(RELEASE_PERMIT),
             client.prepare(CREATE_RATE_LIMIT),
             client.prepare(TAKE_TOKENS),
+            client.prepare(SUBMIT_MANY),
         )?;
         let tasks = crate::tasks::sql::TaskStatements::prepare(client).await?;
         Ok(Self {
@@ -374,6 +404,7 @@ impl Statements {
             save_pruned,
             fenced_save_pruned,
             submit,
+            submit_many,
             claim,
             heartbeat,
             fenced_save,

@@ -9,22 +9,29 @@
 //! the states that were running when the worker died run again (at least once); the run's
 //! end is recorded once.
 
+mod ends;
+mod fenced;
+mod run;
+
+pub use fenced::FencedStore;
+
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use flow_core::{AgentStatus, FlowError};
-use flow_runtime::{Agent, Checkpoint, CheckpointStore, Context, PostedAnswer};
-use serde_json::{Map, Value};
+use flow_core::FlowError;
+use flow_runtime::Agent;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{db_error, explain};
 use crate::tasks::{Executor, PgDispatch};
-use crate::{PgBackend, PgRateLimit, PgSemaphore, PgStore, QueueStatus};
+use crate::{PgBackend, PgRateLimit, PgSemaphore};
+use ends::Ends;
 use flow_runtime::NamedPrimitive;
 use flow_runtime::remote::Dispatch;
+use run::{Claimed, RunSite};
 
 /// The default lease: a worker lost is replaced within this and one heartbeat.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
@@ -267,6 +274,8 @@ impl Worker {
             };
             AbortOnDrop(tokio::spawn(executor.run(shutdown.clone())))
         });
+        // Ends are recorded in batches, by a task of the backend's (stopped with the worker).
+        let (ends, _recorder) = Ends::start(&self.backend);
         let signal = self.backend.notifications(crate::backend::Channel::Runs);
         let mut held: HashMap<i64, Held> = HashMap::new();
         let mut tasks: JoinSet<(i64, Ended)> = JoinSet::new();
@@ -313,17 +322,14 @@ impl Worker {
                     let lease = dispatch
                         .as_ref()
                         .map(|d| d.hold(&run.workflow, &run.key, run.id, run.fence));
-                    let max_lapses = self.max_lapses;
+                    let site = RunSite {
+                        backend,
+                        worker,
+                        ends: ends.clone(),
+                        max_lapses: self.max_lapses,
+                    };
                     let task = tasks.spawn(async move {
-                        let ended = if run.lapses > i32::try_from(max_lapses).unwrap_or(i32::MAX) {
-                            let error = format!(
-                                "run `{}` of workflow `{}` was taken over {} times from a worker that stopped renewing its lease (it died or stalled: a crash, a kill, out of memory?), more than the worker's limit of {max_lapses}; it is failed rather than run again: find what stopped those workers, then submit it again under a new key",
-                                run.key, run.workflow, run.lapses
-                            );
-                            record(&backend, &run, QueueStatus::Failed, None, Some(error)).await
-                        } else {
-                            execute(backend, worker, agent, run, cancel).await
-                        };
+                        let ended = run::execute(site, agent, run, cancel).await;
                         drop(lease);
                         (id, ended)
                     });
@@ -562,356 +568,5 @@ fn account(report: &mut WorkerReport, held: &mut HashMap<i64, Held>, id: i64, en
         Ended::Stopped if lost => report.lost += 1,
         Ended::Stopped => {}
         Ended::Released => report.released += 1,
-    }
-}
-
-/// A run just claimed.
-struct Claimed {
-    id: i64,
-    workflow: String,
-    key: String,
-    context: Vec<u8>,
-    fence: i64,
-    /// This claim's number (1: the first).
-    claims: i32,
-    /// How many times it was taken over from a worker whose lease lapsed.
-    lapses: i32,
-}
-
-/// How many claims a run gets before an error of the store ends it as failed: a database
-/// that was briefly unreachable costs a claim, a store that keeps failing fails the run.
-const MAX_CLAIMS: i32 = 5;
-
-/// Runs one claimed run to its end (or until `cancel`) and records the end under its lease.
-async fn execute(
-    backend: PgBackend,
-    worker: String,
-    agent: Agent,
-    run: Claimed,
-    cancel: CancellationToken,
-) -> Ended {
-    let store = FencedStore {
-        store: PgStore::new(&backend),
-        id: run.id,
-        fence: run.fence,
-        worker: worker.clone(),
-        workflow: run.workflow.clone(),
-        key: run.key.clone(),
-    };
-    let context = match serde_json::from_slice::<Map<String, Value>>(&run.context) {
-        Ok(values) => Context::from_json(values),
-        Err(e) => {
-            let error = format!("its submitted context is not a JSON object: {e}");
-            return record(&backend, &run, QueueStatus::Failed, None, Some(error)).await;
-        }
-    };
-    let outcome = tokio::select! {
-        // (An outcome that is there wins over a stop that came with it.)
-        biased;
-        outcome = agent.run_durable_with(store, &run.key, context) => outcome,
-        () = cancel.cancelled() => return Ended::Stopped,
-    };
-    let (status, context, error) = match outcome {
-        Ok(report) => {
-            let status = match report.status {
-                AgentStatus::Completed => QueueStatus::Completed,
-                AgentStatus::CompletedWithFailures => QueueStatus::CompletedWithFailures,
-                AgentStatus::Cancelled => QueueStatus::Cancelled,
-                AgentStatus::AwaitingInput => QueueStatus::AwaitingInput,
-                _ => QueueStatus::Failed,
-            };
-            (status, report.context.snapshot().ok(), None)
-        }
-        Err(FlowError::LeaseLost { .. }) => return Ended::Lost,
-        // The database failed under the run (a restart, a dropped connection), not the
-        // workflow: the run goes back to the queue and continues from its latest
-        // checkpoint, up to `MAX_CLAIMS` claims.
-        Err(FlowError::CheckpointStore { .. }) if run.claims < MAX_CLAIMS => {
-            return give_back(&backend, &run).await;
-        }
-        Err(error) => (QueueStatus::Failed, None, Some(error.to_string())),
-    };
-    record(&backend, &run, status, context, error).await
-}
-
-/// Gives `run` back to the queue under its lease.
-async fn give_back(backend: &PgBackend, run: &Claimed) -> Ended {
-    let (b, ids, fences) = (backend.clone(), vec![run.id], vec![run.fence]);
-    let released = backend
-        .on_runtime(async move {
-            let c = b.connection().await?;
-            let rows = c
-                .client
-                .query(&c.sql.release, &[&ids, &fences])
-                .await
-                .map_err(|e| db_error(b.describe(), "releasing a run", explain(&e)))?;
-            Ok(!rows.is_empty())
-        })
-        .await;
-    match released {
-        Ok(true) => Ended::Released,
-        // (Unreachable still: its lease lapses, and a worker claims it then.)
-        Ok(false) | Err(_) => Ended::Lost,
-    }
-}
-
-/// Records the end of `run` under its lease.
-async fn record(
-    backend: &PgBackend,
-    run: &Claimed,
-    status: QueueStatus,
-    context: Option<Map<String, Value>>,
-    error: Option<String>,
-) -> Ended {
-    let result = context.and_then(|values| serde_json::to_vec(&values).ok());
-    let (backend2, id, fence) = (backend.clone(), run.id, run.fence);
-    let status = status.as_str();
-    let recorded = backend
-        .on_runtime(async move {
-            let connection = backend2.connection().await?;
-            let rows = connection
-                .client
-                .query(
-                    &connection.sql.complete,
-                    &[&id, &fence, &status, &result, &error],
-                )
-                .await
-                .map_err(|e| db_error(backend2.describe(), "recording a run's end", explain(&e)))?;
-            Ok(!rows.is_empty())
-        })
-        .await;
-    match recorded {
-        Ok(true) => Ended::Recorded,
-        // Refused (the lease passed on) or unreachable: the holder of the lease records it.
-        Ok(false) | Err(_) => Ended::Lost,
-    }
-}
-
-/// The checkpoint store of one leased run: saves go through only while the lease (the run's
-/// id and fencing token) is still this worker's; everything else is the run's `PgStore`.
-pub struct FencedStore {
-    store: PgStore,
-    id: i64,
-    fence: i64,
-    worker: String,
-    workflow: String,
-    key: String,
-}
-
-impl FencedStore {
-    /// The store of run `id` (of `workflow`, under `key`) leased with token `fence` by
-    /// `worker`.
-    pub fn new(
-        store: PgStore,
-        id: i64,
-        fence: u64,
-        worker: &str,
-        workflow: &str,
-        key: &str,
-    ) -> Self {
-        Self {
-            store,
-            id,
-            fence: i64::try_from(fence).unwrap_or(i64::MAX),
-            worker: worker.to_owned(),
-            workflow: workflow.to_owned(),
-            key: key.to_owned(),
-        }
-    }
-
-    /// The checkpoint's JSON and its sequence as a `bigint`.
-    fn encode(&self, checkpoint: &Checkpoint) -> Result<(Vec<u8>, i64), FlowError> {
-        let sequence = crate::store::to_bigint(&self.store, checkpoint.sequence)?;
-        Ok((checkpoint.to_json()?, sequence))
-    }
-
-    fn lost(&self, action: &str) -> FlowError {
-        FlowError::LeaseLost {
-            workflow: self.workflow.clone(),
-            run: self.key.clone(),
-            worker: self.worker.clone(),
-            fence: u64::try_from(self.fence).unwrap_or(0),
-            action: action.to_owned(),
-        }
-    }
-}
-
-impl CheckpointStore for FencedStore {
-    fn describe(&self) -> String {
-        self.store.describe()
-    }
-
-    fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
-        let (body, sequence) = self.encode(checkpoint)?;
-        let (agent, run) = (checkpoint.agent.clone(), checkpoint.run_key.clone());
-        let created: SystemTime = checkpoint.created_at;
-        let (id, fence) = (self.id, self.fence);
-        let written =
-            self.store
-                .backend()
-                .blocking("saving a checkpoint", move |c| async move {
-                    c.client
-                        .execute(
-                            &c.sql.fenced_save,
-                            &[&agent, &run, &sequence, &created, &body, &id, &fence],
-                        )
-                        .await
-                })?;
-        if written == 0 {
-            return Err(self.lost("checkpoint"));
-        }
-        Ok(())
-    }
-
-    fn save_pruned(&self, checkpoint: &Checkpoint, keep: usize) -> Result<(), FlowError> {
-        if keep == 0 {
-            return self.save(checkpoint);
-        }
-        let (body, sequence) = self.encode(checkpoint)?;
-        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let (agent, run) = (checkpoint.agent.clone(), checkpoint.run_key.clone());
-        let created: SystemTime = checkpoint.created_at;
-        let (id, fence) = (self.id, self.fence);
-        let written: i64 =
-            self.store
-                .backend()
-                .blocking("saving a checkpoint", move |c| async move {
-                    let row = c
-                        .client
-                        .query_one(
-                            &c.sql.fenced_save_pruned,
-                            &[&agent, &run, &sequence, &created, &body, &keep, &id, &fence],
-                        )
-                        .await?;
-                    Ok(row.get(0))
-                })?;
-        if written == 0 {
-            return Err(self.lost("checkpoint"));
-        }
-        Ok(())
-    }
-
-    fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {
-        self.store.latest(agent, run)
-    }
-
-    fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
-        self.store.sequences(agent, run)
-    }
-
-    fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
-        self.store.load(agent, run, sequence)
-    }
-
-    fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
-        let Ok(sequence) = i64::try_from(sequence) else {
-            return Ok(());
-        };
-        self.fenced_delete(
-            "deleting a checkpoint",
-            agent,
-            run,
-            Param::Int(sequence),
-            Which::One,
-        )
-    }
-
-    fn post_answer(&self, agent: &str, run: &str, answer: &PostedAnswer) -> Result<(), FlowError> {
-        self.store.post_answer(agent, run, answer)
-    }
-
-    fn posted_answers(&self, agent: &str, run: &str) -> Result<Vec<PostedAnswer>, FlowError> {
-        self.store.posted_answers(agent, run)
-    }
-
-    fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {
-        self.store.clear_answers(agent, run)
-    }
-
-    fn answers_posted(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
-        self.store.answers_posted()
-    }
-
-    fn prune(&self, agent: &str, run: &str, keep: usize) -> Result<(), FlowError> {
-        if keep == 0 {
-            return Ok(());
-        }
-        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        self.fenced_delete(
-            "pruning checkpoints",
-            agent,
-            run,
-            Param::Int(keep),
-            Which::Keep,
-        )
-    }
-
-    fn prune_older_than(
-        &self,
-        agent: &str,
-        run: &str,
-        max_age: Duration,
-        now: SystemTime,
-    ) -> Result<(), FlowError> {
-        let cutoff = now.checked_sub(max_age).unwrap_or(SystemTime::UNIX_EPOCH);
-        self.fenced_delete(
-            "pruning checkpoints by age",
-            agent,
-            run,
-            Param::Time(cutoff),
-            Which::Older,
-        )
-    }
-}
-
-/// The third parameter of a fenced deletion.
-enum Param {
-    Int(i64),
-    Time(SystemTime),
-}
-
-/// Which fenced deletion.
-enum Which {
-    One,
-    Keep,
-    Older,
-}
-
-impl FencedStore {
-    /// Deletes (one checkpoint, all but the latest `keep`, or those older than a cutoff) only
-    /// while the lease is held: a stale worker deletes nothing of its successor's.
-    fn fenced_delete(
-        &self,
-        action: &'static str,
-        agent: &str,
-        run: &str,
-        param: Param,
-        which: Which,
-    ) -> Result<(), FlowError> {
-        let (agent, run, id, fence) = (agent.to_owned(), run.to_owned(), self.id, self.fence);
-        let held: i64 = self.store.backend().blocking(action, move |c| async move {
-            let statement = match which {
-                Which::One => &c.sql.fenced_delete,
-                Which::Keep => &c.sql.fenced_prune_keep,
-                Which::Older => &c.sql.fenced_prune_older,
-            };
-            let row = match param {
-                Param::Int(value) => {
-                    c.client
-                        .query_one(statement, &[&agent, &run, &value, &id, &fence])
-                        .await?
-                }
-                Param::Time(value) => {
-                    c.client
-                        .query_one(statement, &[&agent, &run, &value, &id, &fence])
-                        .await?
-                }
-            };
-            Ok(row.get(0))
-        })?;
-        if held == 0 {
-            return Err(self.lost("pruning"));
-        }
-        Ok(())
     }
 }
