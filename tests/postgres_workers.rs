@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use fluffy_flow::postgres::{FencedStore, PgBackend, PgStore, QueueStatus, Worker, WorkerReport};
 use fluffy_flow::prelude::*;
-use fluffy_flow::{CheckpointStore, EventKind, PostedAnswer, RetryPolicy};
+use fluffy_flow::{
+    CheckpointPolicy, CheckpointStore, EventKind, MemoryStore, PostedAnswer, RetryPolicy,
+};
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -890,4 +892,80 @@ async fn a_batch_of_submits_is_one_statement_that_keeps_earlier_keys_and_order()
         assert_eq!(run.context.unwrap()["total"], json!(n * 10), "b{i}");
     }
     stop(worker).await;
+}
+
+/// `n` through five steps that each take a moment (so each is saved: a save that finds a
+/// newer checkpoint waiting takes only the newer) and add their number.
+fn steps() -> Agent {
+    let mut agent = Agent::new("steps");
+    for step in 1..=5u64 {
+        let next = if step == 5 {
+            Next::End
+        } else {
+            Next::to(format!("step{}", step + 1))
+        };
+        agent.add_state(format!("step{step}"), move |ctx: Context| {
+            let next = next.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let n: u64 = ctx.get_state("n")?;
+                ctx.set_state("n", n + step);
+                Ok(next)
+            }
+        });
+    }
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_saving_together_keep_their_own_latest_checkpoints() {
+    let Some(backend) = postgres::backend("saving_together").await else {
+        return;
+    };
+    // Forty runs at once on one worker: their saves go to the database in shared statements,
+    // each pruned to its own run's latest two.
+    let mut kept_two = steps();
+    kept_two.checkpoints(
+        MemoryStore::new(),
+        CheckpointPolicy {
+            keep: 2,
+            ..CheckpointPolicy::after_each_state()
+        },
+    );
+    let runs: Vec<(String, Context)> = (0..40u64)
+        .map(|i| (format!("s{i}"), context(json!({ "n": i }))))
+        .collect();
+    backend.submit_batch("steps", &runs).await.unwrap();
+    let worker = spawn_worker(Worker::new(&backend).register(&kept_two).concurrency(40));
+    for i in 0..40u64 {
+        let run = within(
+            "a run's end",
+            backend.wait_for("steps", &format!("s{i}"), WAIT),
+        )
+        .await
+        .unwrap();
+        assert_eq!(run.context.unwrap()["n"], json!(i + 15), "s{i}");
+    }
+    stop(worker).await;
+    let store = PgStore::new(&backend);
+    let mut saved = 0;
+    for i in 0..40u64 {
+        let key = format!("s{i}");
+        let (store_, key_) = (store.clone(), key.clone());
+        let (kept, latest) = tokio::task::spawn_blocking(move || {
+            (
+                store_.sequences("steps", &key_).unwrap(),
+                store_.latest("steps", &key_).unwrap().unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(kept.len(), 2, "{key}: {kept:?}");
+        assert_eq!(latest.sequence, kept[1], "{key}");
+        assert_eq!(latest.status, AgentStatus::Completed, "{key}");
+        assert_eq!(latest.context.get::<u64>("n").unwrap(), i + 15, "{key}");
+        saved += latest.sequence;
+    }
+    // (A checkpoint after each step and one at the end: about six per run, the older pruned.)
+    assert!(saved >= 40 * 4, "{saved} saves");
 }

@@ -30,31 +30,6 @@ const SAVE_PRUNED: &str = "WITH saved AS (
            ) AS kept
        ), $3)";
 
-/// `SAVE_PRUNED` under the lease `(id $7, fence $8)` (see `FENCED_SAVE`).
-const FENCED_SAVE_PRUNED: &str = "WITH lease AS (
-         SELECT 1 FROM fluffy_runs
-         WHERE id = $7 AND fence = $8 AND status = 'running'
-         FOR SHARE
-     ), saved AS (
-         INSERT INTO fluffy_checkpoints (workflow, run_key, sequence, created_at, body)
-         SELECT $1::text, $2::text, $3::bigint, $4::timestamptz, $5::bytea FROM lease
-         ON CONFLICT (workflow, run_key, sequence)
-         DO UPDATE SET created_at = EXCLUDED.created_at, body = EXCLUDED.body
-         RETURNING 1
-     ), pruned AS (
-         DELETE FROM fluffy_checkpoints
-         WHERE workflow = $1 AND run_key = $2 AND sequence < $3
-           AND EXISTS (SELECT 1 FROM saved)
-           AND sequence < coalesce((
-               SELECT min(sequence) FROM (
-                   SELECT sequence FROM fluffy_checkpoints
-                   WHERE workflow = $1 AND run_key = $2 AND sequence < $3
-                   ORDER BY sequence DESC LIMIT $6::bigint - 1
-               ) AS kept
-           ), $3)
-     )
-     SELECT count(*) FROM saved";
-
 const LATEST: &str = "SELECT body FROM fluffy_checkpoints
      WHERE workflow = $1 AND run_key = $2 ORDER BY sequence DESC LIMIT 1";
 
@@ -174,24 +149,60 @@ const CLAIM: &str = "WITH next AS (
      RETURNING r.id, r.workflow, r.run_key, r.context, r.fence, r.claims, r.lapses";
 
 /// Renews the leases `(id, fence)` still held, for `$3` ms; returns the ids renewed.
-const HEARTBEAT: &str = "UPDATE fluffy_runs AS r
+///
+/// Statements that change many runs' rows lock them in the order of their ids first (here, in
+/// `COMPLETE` and in `RELEASE`), so that two of them, on one worker's runs, never wait for
+/// each other in a cycle (a deadlock, which the database would break by failing one).
+const HEARTBEAT: &str = "WITH locked AS (
+         SELECT r.id FROM fluffy_runs AS r
+         JOIN unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
+           ON r.id = held.id AND r.fence = held.fence
+         WHERE r.status = 'running'
+         ORDER BY r.id
+         FOR UPDATE OF r
+     )
+     UPDATE fluffy_runs AS r
      SET lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond'
-     FROM unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
-     WHERE r.id = held.id AND r.fence = held.fence AND r.status = 'running'
+     FROM locked WHERE r.id = locked.id
      RETURNING r.id";
 
-/// `SAVE` under the lease `(id $6, fence $7)`: the run's row is share-locked, so a claim
-/// that raises the token waits for the save, and a save after it finds the token changed
-/// and writes nothing.
-const FENCED_SAVE: &str = "WITH lease AS (
-         SELECT 1 FROM fluffy_runs
-         WHERE id = $6 AND fence = $7 AND status = 'running'
-         FOR SHARE
+/// Saves checkpoints of leased runs (one row per save, as arrays: workflow, key, sequence,
+/// time, body, how many of the run's checkpoints to keep (0: all), and the lease's run id and
+/// fencing token), and prunes each run as `SAVE_PRUNED` does. The runs' rows are
+/// share-locked first, in the order of their ids (as `HEARTBEAT` locks them): a claim that
+/// raises a token waits for the save, and a save after it finds the token changed and writes
+/// nothing. Returns the run ids whose lease was held (their checkpoint is saved). The prune
+/// does not see the rows the statement inserts: it looks at the older ones only.
+const FENCED_SAVES: &str = "WITH saving AS (
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[],
+                              $5::bytea[], $6::bigint[], $7::bigint[], $8::bigint[])
+             AS s(workflow, run_key, sequence, created_at, body, keep, id, fence)
+     ), lease AS (
+         SELECT s.* FROM saving AS s
+         JOIN fluffy_runs AS r ON r.id = s.id AND r.fence = s.fence AND r.status = 'running'
+         ORDER BY r.id
+         FOR SHARE OF r
+     ), saved AS (
+         INSERT INTO fluffy_checkpoints (workflow, run_key, sequence, created_at, body)
+         SELECT workflow, run_key, sequence, created_at, body FROM lease
+         ON CONFLICT (workflow, run_key, sequence)
+         DO UPDATE SET created_at = EXCLUDED.created_at, body = EXCLUDED.body
+         RETURNING 1
+     ), pruned AS (
+         DELETE FROM fluffy_checkpoints AS c
+         USING lease AS l
+         WHERE l.keep > 0 AND c.workflow = l.workflow AND c.run_key = l.run_key
+           AND c.sequence < l.sequence
+           AND c.sequence < coalesce((
+               SELECT min(k.sequence) FROM (
+                   SELECT sequence FROM fluffy_checkpoints
+                   WHERE workflow = l.workflow AND run_key = l.run_key
+                     AND sequence < l.sequence
+                   ORDER BY sequence DESC LIMIT greatest(l.keep - 1, 0)
+               ) AS k
+           ), l.sequence)
      )
-     INSERT INTO fluffy_checkpoints (workflow, run_key, sequence, created_at, body)
-     SELECT $1::text, $2::text, $3::bigint, $4::timestamptz, $5::bytea FROM lease
-     ON CONFLICT (workflow, run_key, sequence)
-     DO UPDATE SET created_at = EXCLUDED.created_at, body = EXCLUDED.body";
+     SELECT id FROM lease";
 
 /// Ends runs under their leases (arrays of id, fence, status, final context, error: one
 /// statement for a batch of ends); wakes whoever waits. Returns the ids whose lease was still
@@ -199,12 +210,18 @@ const FENCED_SAVE: &str = "WITH lease AS (
 const COMPLETE: &str = "WITH ended AS (
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::text[])
              AS e(id, fence, status, result, error)
+     ), locked AS (
+         SELECT r.id FROM fluffy_runs AS r
+         JOIN ended AS e ON r.id = e.id AND r.fence = e.fence
+         WHERE r.status = 'running'
+         ORDER BY r.id
+         FOR UPDATE OF r
      ), done AS (
          UPDATE fluffy_runs AS r
          SET status = e.status, finished_at = clock_timestamp(), result = e.result,
              error = e.error, lease_until = NULL
-         FROM ended AS e
-         WHERE r.id = e.id AND r.fence = e.fence AND r.status = 'running'
+         FROM ended AS e, locked
+         WHERE r.id = e.id AND r.id = locked.id
          RETURNING r.id, r.workflow, r.run_key
      ), woken AS (
          SELECT pg_notify('fluffy_done', workflow || '/' || run_key) FROM done
@@ -217,11 +234,17 @@ const RUN: &str = "SELECT id, status, claims, worker, fence, result, error,
      FROM fluffy_runs WHERE workflow = $1 AND run_key = $2";
 
 /// Gives runs back to the queue (a worker that stops): those it still holds.
-const RELEASE: &str = "WITH released AS (
+const RELEASE: &str = "WITH locked AS (
+         SELECT r.id FROM fluffy_runs AS r
+         JOIN unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
+           ON r.id = held.id AND r.fence = held.fence
+         WHERE r.status = 'running'
+         ORDER BY r.id
+         FOR UPDATE OF r
+     ), released AS (
          UPDATE fluffy_runs AS r
          SET status = 'queued', worker = NULL, lease_until = NULL
-         FROM unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
-         WHERE r.id = held.id AND r.fence = held.fence AND r.status = 'running'
+         FROM locked WHERE r.id = locked.id
          RETURNING r.id, r.workflow
      ), woken AS (
          SELECT pg_notify('fluffy_runs', workflow) FROM released
@@ -303,7 +326,7 @@ pub(crate) struct Statements {
     pub(crate) tasks: crate::tasks::sql::TaskStatements,
     pub(crate) save: Statement,
     pub(crate) save_pruned: Statement,
-    pub(crate) fenced_save_pruned: Statement,
+    pub(crate) fenced_saves: Statement,
     pub(crate) latest: Statement,
     pub(crate) sequences: Statement,
     pub(crate) load: Statement,
@@ -318,7 +341,6 @@ pub(crate) struct Statements {
     pub(crate) submit_many: Statement,
     pub(crate) claim: Statement,
     pub(crate) heartbeat: Statement,
-    pub(crate) fenced_save: Statement,
     pub(crate) complete: Statement,
     pub(crate) run: Statement,
     pub(crate) release: Statement,
@@ -352,15 +374,12 @@ impl Statements {
             client.prepare(ANSWERS),
             client.prepare(CLEAR_ANSWERS),
         )?;
-        let (save_pruned, fenced_save_pruned) = tokio::try_join!(
-            client.prepare(SAVE_PRUNED),
-            client.prepare(FENCED_SAVE_PRUNED),
-        )?;
-        let (submit, claim, heartbeat, fenced_save, complete, run, release) = tokio::try_join!(
+        let (save_pruned, fenced_saves) =
+            tokio::try_join!(client.prepare(SAVE_PRUNED), client.prepare(FENCED_SAVES))?;
+        let (submit, claim, heartbeat, complete, run, release) = tokio::try_join!(
             client.prepare(SUBMIT),
             client.prepare(CLAIM),
             client.prepare(HEARTBEAT),
-            client.prepare(FENCED_SAVE),
             client.prepare(COMPLETE),
             client.prepare(RUN),
             client.prepare(RELEASE),
@@ -402,12 +421,11 @@ impl Statements {
             create_rate_limit,
             take_tokens,
             save_pruned,
-            fenced_save_pruned,
+            fenced_saves,
             submit,
             submit_many,
             claim,
             heartbeat,
-            fenced_save,
             complete,
             run,
             release,

@@ -30,8 +30,11 @@ const WITHDRAW: &str = "DELETE FROM fluffy_tasks WHERE id = $1";
 /// ones, and running ones whose lease lapsed, oldest first, each under a lease of `$4` ms
 /// with a raised fencing token. Returns `(id, fence, workflow, call, claims)`.
 const CLAIM: &str = "WITH stale AS (
-         DELETE FROM fluffy_tasks AS t USING fluffy_runs AS r
-         WHERE r.id = t.run_id AND (r.fence <> t.run_fence OR r.status <> 'running')
+         DELETE FROM fluffy_tasks WHERE id IN (
+             SELECT t.id FROM fluffy_tasks AS t JOIN fluffy_runs AS r ON r.id = t.run_id
+             WHERE r.fence <> t.run_fence OR r.status <> 'running'
+             FOR UPDATE OF t SKIP LOCKED
+         )
      ), next AS (
          SELECT t.id FROM fluffy_tasks AS t
          JOIN fluffy_runs AS r
@@ -49,10 +52,18 @@ const CLAIM: &str = "WITH stale AS (
      RETURNING t.id, t.fence, t.workflow, t.call, t.claims";
 
 /// Renews the leases `(id, fence)` of attempts still held, for `$3` ms; returns the ids.
-const RENEW: &str = "UPDATE fluffy_tasks AS t
+/// (Rows locked in id order, as the runs' heartbeat does.)
+const RENEW: &str = "WITH locked AS (
+         SELECT t.id FROM fluffy_tasks AS t
+         JOIN unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
+           ON t.id = held.id AND t.fence = held.fence
+         WHERE t.status = 'running'
+         ORDER BY t.id
+         FOR UPDATE OF t
+     )
+     UPDATE fluffy_tasks AS t
      SET lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond'
-     FROM unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
-     WHERE t.id = held.id AND t.fence = held.fence AND t.status = 'running'
+     FROM locked WHERE t.id = locked.id
      RETURNING t.id";
 
 /// Writes an attempt's reply under its lease `(id $1, fence $2)` and wakes the run's worker;
@@ -69,11 +80,17 @@ const REPLY: &str = "WITH replied AS (
 
 /// Gives attempts `(id, fence)` still held back (a worker that stops), and wakes workers; a
 /// take given back does not count towards the limit of takes.
-const RELEASE: &str = "WITH released AS (
+const RELEASE: &str = "WITH locked AS (
+         SELECT t.id FROM fluffy_tasks AS t
+         JOIN unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
+           ON t.id = held.id AND t.fence = held.fence
+         WHERE t.status = 'running'
+         ORDER BY t.id
+         FOR UPDATE OF t
+     ), released AS (
          UPDATE fluffy_tasks AS t
          SET status = 'queued', worker = NULL, lease_until = NULL, claims = t.claims - 1
-         FROM unnest($1::bigint[], $2::bigint[]) AS held(id, fence)
-         WHERE t.id = held.id AND t.fence = held.fence AND t.status = 'running'
+         FROM locked WHERE t.id = locked.id
          RETURNING t.id, t.workflow
      ), woken AS (
          SELECT pg_notify('fluffy_tasks', workflow) FROM released

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use flow_core::FlowError;
 use flow_runtime::{Checkpoint, CheckpointStore, PostedAnswer};
 
+use super::saves::{self, Save, Saves};
 use crate::PgStore;
 
 /// The checkpoint store of one leased run: saves go through only while the lease (the run's
@@ -20,6 +21,8 @@ pub struct FencedStore {
     /// The run was never claimed before: its first read of its latest checkpoint, and of
     /// the answers left for it, find nothing without asking (see [`FencedStore::fresh`]).
     fresh: Fresh,
+    /// The worker's batcher of saves, if it gave one (see [`FencedStore::batched`]).
+    saves: Option<Saves>,
 }
 
 /// One-shot flags for a fresh run's first reads.
@@ -48,6 +51,7 @@ impl FencedStore {
             workflow: workflow.to_owned(),
             key: key.to_owned(),
             fresh: Fresh::default(),
+            saves: None,
         }
     }
 
@@ -61,6 +65,13 @@ impl FencedStore {
         self
     }
 
+    /// Saves go with the other saves of the worker's runs: one statement for those ready
+    /// together.
+    pub(super) fn batched(mut self, saves: Saves) -> Self {
+        self.saves = Some(saves);
+        self
+    }
+
     /// Whether this read of `agent`/`run` is the fresh run's first of its kind.
     fn first_read(&self, flag: &AtomicBool, agent: &str, run: &str) -> bool {
         agent == self.workflow && run == self.key && flag.swap(false, Ordering::Relaxed)
@@ -70,6 +81,43 @@ impl FencedStore {
     fn encode(&self, checkpoint: &Checkpoint) -> Result<(Vec<u8>, i64), FlowError> {
         let sequence = crate::store::to_bigint(&self.store, checkpoint.sequence)?;
         Ok((checkpoint.to_json()?, sequence))
+    }
+
+    /// Saves `checkpoint` under the lease, keeping the run's latest `keep` (0: all): with the
+    /// worker's other saves when it gave its batcher, on its own otherwise.
+    fn save_keeping(&self, checkpoint: &Checkpoint, keep: i64) -> Result<(), FlowError> {
+        let (body, sequence) = self.encode(checkpoint)?;
+        let save = Save {
+            workflow: checkpoint.agent.clone(),
+            key: checkpoint.run_key.clone(),
+            sequence,
+            created: checkpoint.created_at,
+            body,
+            keep,
+            id: self.id,
+            fence: self.fence,
+        };
+        let held = match &self.saves {
+            Some(saves) => saves.write_blocking(save).unwrap_or_else(|| {
+                Err(crate::backend::db_error(
+                    &self.store.describe(),
+                    "saving a checkpoint",
+                    "the worker has stopped",
+                ))
+            })?,
+            None => {
+                let backend = self.store.backend().clone();
+                let held = self
+                    .store
+                    .backend()
+                    .block_on(async move { saves::save_all(&backend, vec![save]).await })?;
+                held.first().copied().unwrap_or(false)
+            }
+        };
+        if !held {
+            return Err(self.lost("checkpoint"));
+        }
+        Ok(())
     }
 
     fn lost(&self, action: &str) -> FlowError {
@@ -89,53 +137,11 @@ impl CheckpointStore for FencedStore {
     }
 
     fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
-        let (body, sequence) = self.encode(checkpoint)?;
-        let (agent, run) = (checkpoint.agent.clone(), checkpoint.run_key.clone());
-        let created: SystemTime = checkpoint.created_at;
-        let (id, fence) = (self.id, self.fence);
-        let written =
-            self.store
-                .backend()
-                .blocking("saving a checkpoint", move |c| async move {
-                    c.client
-                        .execute(
-                            &c.sql.fenced_save,
-                            &[&agent, &run, &sequence, &created, &body, &id, &fence],
-                        )
-                        .await
-                })?;
-        if written == 0 {
-            return Err(self.lost("checkpoint"));
-        }
-        Ok(())
+        self.save_keeping(checkpoint, 0)
     }
 
     fn save_pruned(&self, checkpoint: &Checkpoint, keep: usize) -> Result<(), FlowError> {
-        if keep == 0 {
-            return self.save(checkpoint);
-        }
-        let (body, sequence) = self.encode(checkpoint)?;
-        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let (agent, run) = (checkpoint.agent.clone(), checkpoint.run_key.clone());
-        let created: SystemTime = checkpoint.created_at;
-        let (id, fence) = (self.id, self.fence);
-        let written: i64 =
-            self.store
-                .backend()
-                .blocking("saving a checkpoint", move |c| async move {
-                    let row = c
-                        .client
-                        .query_one(
-                            &c.sql.fenced_save_pruned,
-                            &[&agent, &run, &sequence, &created, &body, &keep, &id, &fence],
-                        )
-                        .await?;
-                    Ok(row.get(0))
-                })?;
-        if written == 0 {
-            return Err(self.lost("checkpoint"));
-        }
-        Ok(())
+        self.save_keeping(checkpoint, i64::try_from(keep).unwrap_or(i64::MAX))
     }
 
     fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {

@@ -9,9 +9,11 @@
 //! the states that were running when the worker died run again (at least once); the run's
 //! end is recorded once.
 
+mod batch;
 mod ends;
 mod fenced;
 mod run;
+mod saves;
 
 pub use fenced::FencedStore;
 
@@ -32,6 +34,7 @@ use ends::Ends;
 use flow_runtime::NamedPrimitive;
 use flow_runtime::remote::Dispatch;
 use run::{Claimed, RunSite};
+use saves::Saves;
 
 /// The default lease: a worker lost is replaced within this and one heartbeat.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
@@ -274,8 +277,10 @@ impl Worker {
             };
             AbortOnDrop(tokio::spawn(executor.run(shutdown.clone())))
         });
-        // Ends are recorded in batches, by a task of the backend's (stopped with the worker).
-        let (ends, _recorder) = Ends::start(&self.backend);
+        // Ends are recorded, and checkpoints saved, in batches by tasks of the backend's
+        // (stopped with the worker).
+        let ends: Ends = ends::start(&self.backend);
+        let saves: Saves = saves::start(&self.backend);
         let signal = self.backend.notifications(crate::backend::Channel::Runs);
         let mut held: HashMap<i64, Held> = HashMap::new();
         let mut tasks: JoinSet<(i64, Ended)> = JoinSet::new();
@@ -326,6 +331,7 @@ impl Worker {
                         backend,
                         worker,
                         ends: ends.clone(),
+                        saves: saves.clone(),
                         max_lapses: self.max_lapses,
                     };
                     let task = tasks.spawn(async move {

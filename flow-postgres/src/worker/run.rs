@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::Ended;
 use super::ends::{End, Ends};
 use super::fenced::FencedStore;
+use super::saves::Saves;
 use crate::{PgBackend, PgStore, QueueStatus};
 
 /// A run just claimed.
@@ -33,6 +34,7 @@ pub(super) struct RunSite {
     pub(super) backend: PgBackend,
     pub(super) worker: String,
     pub(super) ends: Ends,
+    pub(super) saves: Saves,
     /// See `Worker::max_lapses`.
     pub(super) max_lapses: u32,
 }
@@ -58,7 +60,8 @@ pub(super) async fn execute(
         &site.worker,
         &run.workflow,
         &run.key,
-    );
+    )
+    .batched(site.saves.clone());
     // A first claim has nothing stored yet: the run's first reads of its checkpoint and of
     // answers left for it need no round trip.
     let store = if run.claims == 1 {
@@ -132,7 +135,7 @@ async fn record(
         result: context.and_then(|values| serde_json::to_vec(&values).ok()),
         error,
     };
-    if site.ends.record(end).await {
+    if site.ends.write(end).await.unwrap_or(false) {
         Ended::Recorded
     } else {
         // Refused (the lease passed on) or unreachable: the holder of the lease records it.
