@@ -969,3 +969,67 @@ async fn runs_saving_together_keep_their_own_latest_checkpoints() {
     // (A checkpoint after each step and one at the end: about six per run, the older pruned.)
     assert!(saved >= 40 * 4, "{saved} saves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_claimed_by_priority_then_age_lapsed_leases_among_them() {
+    let Some(backend) = postgres::backend("claim_order").await else {
+        return;
+    };
+    let mut order = Agent::new("order");
+    let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&started);
+    order.add_state("only", move |ctx: Context| {
+        let log = Arc::clone(&log);
+        async move {
+            let name: String = ctx.get_state("name")?;
+            log.lock().unwrap().push(name);
+            Ok(Next::End)
+        }
+    });
+    for (key, priority) in [
+        ("low-old", 0),
+        ("lapsed", 1),
+        ("mid", 1),
+        ("high", 5),
+        ("low-new", 0),
+    ] {
+        backend
+            .submit_with_priority("order", key, &context(json!({ "name": key })), priority)
+            .await
+            .unwrap();
+    }
+    // `lapsed` was claimed by a worker that died: its lease has ended.
+    let (client, connection) =
+        tokio_postgres::connect(&postgres::url("claim_order"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE fluffy_runs SET status = 'running', worker = 'gone', fence = 1,
+                 lease_until = clock_timestamp() - interval '1 second'
+             WHERE run_key = 'lapsed'",
+            &[],
+        )
+        .await
+        .unwrap();
+    // One at a time: each claim takes the front of the queue.
+    let worker = spawn_worker(Worker::new(&backend).register(&order).concurrency(1));
+    within(
+        "the last run's end",
+        backend.wait_for("order", "low-new", WAIT),
+    )
+    .await
+    .unwrap();
+    stop(worker).await;
+    assert_eq!(
+        *started.lock().unwrap(),
+        ["high", "lapsed", "mid", "low-old", "low-new"]
+    );
+    let lapsed = backend
+        .queued_run("order", "lapsed")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((lapsed.status, lapsed.fence), (QueueStatus::Completed, 2));
+}

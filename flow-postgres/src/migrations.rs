@@ -2,7 +2,7 @@
 //! in order by [`crate::PgBackend::migrate`].
 
 /// (version, name, SQL), in the order they apply.
-pub(crate) const MIGRATIONS: [(i32, &str, &str); 5] = [
+pub(crate) const MIGRATIONS: [(i32, &str, &str); 6] = [
     (
         1,
         "checkpoints",
@@ -16,4 +16,9 @@ pub(crate) const MIGRATIONS: [(i32, &str, &str); 5] = [
     ),
     (4, "tasks", include_str!("../migrations/0004_tasks.sql")),
     (5, "lapses", include_str!("../migrations/0005_lapses.sql")),
+    (
+        6,
+        "queue order",
+        include_str!("../migrations/0006_queue_order.sql"),
+    ),
 ];

@@ -132,13 +132,26 @@ const SUBMIT_MANY: &str = "WITH input AS (
 /// ones whose lease lapsed, highest priority and oldest first, skipping rows other workers
 /// are claiming. Each claim raises the fencing token and leases the run for `$4` ms; taking
 /// over a lapsed lease counts in `lapses`.
-const CLAIM: &str = "WITH next AS (
-         SELECT id FROM fluffy_runs
-         WHERE workflow = ANY($1)
-           AND (status = 'queued' OR (status = 'running' AND lease_until < clock_timestamp()))
+///
+/// The two kinds are looked up apart, each through its index (the front of the queue, the
+/// leases that ended), so a claim costs the same behind a backlog of any length; a row one
+/// of them locked and the final choice left out is free again when the statement ends.
+const CLAIM: &str = "WITH lapsed AS (
+         SELECT id, priority FROM fluffy_runs
+         WHERE status = 'running' AND lease_until < clock_timestamp() AND workflow = ANY($1)
          ORDER BY priority DESC, id
          LIMIT $3::bigint
          FOR UPDATE SKIP LOCKED
+     ), queued AS (
+         SELECT id, priority FROM fluffy_runs
+         WHERE status = 'queued' AND workflow = ANY($1)
+         ORDER BY priority DESC, id
+         LIMIT $3::bigint
+         FOR UPDATE SKIP LOCKED
+     ), next AS (
+         SELECT id FROM (SELECT * FROM lapsed UNION ALL SELECT * FROM queued) AS c
+         ORDER BY priority DESC, id
+         LIMIT $3::bigint
      )
      UPDATE fluffy_runs AS r
      SET status = 'running', worker = $2, fence = r.fence + 1, claims = r.claims + 1,

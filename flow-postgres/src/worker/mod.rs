@@ -348,24 +348,30 @@ impl Worker {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(joined) = tasks.join_next_with_id() => {
-                    match joined {
-                        Ok((task, (id, ended))) => {
-                            runs_of_tasks.remove(&task);
-                            // (A run stopped by the worker's own stop, seen before the stop
-                            // itself: it stays held, to be given back below.)
-                            if !stopped_by_shutdown(&held, id, &ended) {
-                                account(&mut report, &mut held, id, ended);
+                    // This run's end, and those of the runs that ended with it: one claim
+                    // for all their places (not one claim each, behind a backlog).
+                    let mut next = Some(joined);
+                    while let Some(joined) = next {
+                        match joined {
+                            Ok((task, (id, ended))) => {
+                                runs_of_tasks.remove(&task);
+                                // (A run stopped by the worker's own stop, seen before the
+                                // stop itself: it stays held, to be given back below.)
+                                if !stopped_by_shutdown(&held, id, &ended) {
+                                    account(&mut report, &mut held, id, ended);
+                                }
+                            }
+                            Err(error) => {
+                                // A run that panicked: no longer renewed, its lease lapses
+                                // and another worker continues it from its latest checkpoint.
+                                if let Some(id) = runs_of_tasks.remove(&error.id()) {
+                                    held.remove(&id);
+                                    report.lost += 1;
+                                    tracing::error!(worker = %self.name, run = id, %error, "a run's task panicked");
+                                }
                             }
                         }
-                        Err(error) => {
-                            // A run that panicked: no longer renewed, its lease lapses and
-                            // another worker continues it from its latest checkpoint.
-                            if let Some(id) = runs_of_tasks.remove(&error.id()) {
-                                held.remove(&id);
-                                report.lost += 1;
-                                tracing::error!(worker = %self.name, run = id, %error, "a run's task panicked");
-                            }
-                        }
+                        next = tasks.try_join_next_with_id();
                     }
                     claim_now = true;
                 }
