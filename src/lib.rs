@@ -23,7 +23,7 @@ pub use flow_runtime::{
     FlowSemaphore, HoldGuard, HolderStatus, Lease, MAX_EVENT_CAPACITY, MemoryStore, PrimitiveKind,
     PrimitiveStatus, QueuePlace, QueuedState, Quota, RateLimit, RedbStore, Reducer, ResourceKind,
     ResourcePool, RunCounts, RunEvents, RunHandle, RunReport, RunWarning, StateCheckpoint,
-    StateOptions, StateReport, StateResult, UsageStats, Waiting, Workflow,
+    StateOptions, StateReport, StateResult, StoredRun, UsageStats, Waiting, Workflow,
 };
 pub use flow_runtime::{
     AnswerInbox, Ask, ChannelProvider, DEFAULT_INPUT_POLL_INTERVAL, DEFAULT_INPUT_TIMEOUT,
@@ -52,6 +52,12 @@ pub mod postgres {
         QueueStatus, QueuedRun, Submitted, TempCluster, Worker, WorkerReport, cluster,
     };
 }
+
+/// The `fluffy` command line (cargo feature `web`): list and show the runs of a store, answer
+/// their input requests. `fluffy_flow::cli::main()` is the whole program, for a binary of
+/// your own.
+#[cfg(feature = "web")]
+pub use flow_web::cli;
 
 /// Remote states: a `remote` state's attempts sent to other processes (see the README's
 /// "PostgreSQL" section for the workers that take them).

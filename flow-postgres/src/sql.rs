@@ -30,6 +30,10 @@ const SAVE_PRUNED: &str = "WITH saved AS (
            ) AS kept
        ), $3)";
 
+/// Every run with a checkpoint, sorted (for listings: not prepared, rarely run).
+pub(crate) const RUNS: &str =
+    "SELECT DISTINCT workflow, run_key FROM fluffy_checkpoints ORDER BY workflow, run_key";
+
 const LATEST: &str = "SELECT body FROM fluffy_checkpoints
      WHERE workflow = $1 AND run_key = $2 ORDER BY sequence DESC LIMIT 1";
 

@@ -153,6 +153,18 @@ impl CheckpointStore for PgStore {
         Ok(sequences.into_iter().map(|s| s.max(0) as u64).collect())
     }
 
+    fn runs(&self) -> Result<Vec<flow_runtime::StoredRun>, FlowError> {
+        self.backend.blocking("listing runs", |c| async move {
+            let rows = c.client.query(crate::sql::RUNS, &[]).await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    flow_runtime::StoredRun::new(row.get::<_, String>(0), row.get::<_, String>(1))
+                })
+                .collect())
+        })
+    }
+
     fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
         let Ok(sequence) = i64::try_from(sequence) else {
             return Ok(None); // (never saved: above what a save takes)

@@ -33,6 +33,7 @@ pub use agent::{
 pub use checkpoint::{
     AnswerInbox, CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, CheckpointPolicy,
     CheckpointStore, FileStore, MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint,
+    StoredRun,
 };
 pub use context::{Context, ContextValue, Reducer};
 pub use coordination::{

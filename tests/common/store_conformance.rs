@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::{Log, step};
 use fluffy_flow::prelude::*;
-use fluffy_flow::{Checkpoint, CheckpointStore};
+use fluffy_flow::{Checkpoint, CheckpointStore, StoredRun};
 use tokio::time::sleep;
 
 const MS: Duration = Duration::from_millis(1);
@@ -59,6 +59,14 @@ pub async fn conformance(store: &dyn CheckpointStore, corrupt: Corrupt<'_>) {
     assert_eq!(store.sequences("chain", "r2").unwrap(), [9]);
     assert_eq!(store.sequences("another", "r1").unwrap(), [7]);
     assert_eq!(store.load("chain", "r1", 2).unwrap().unwrap().sequence, 2);
+    assert_eq!(
+        store.runs().unwrap(),
+        [
+            StoredRun::new("another", "r1"),
+            StoredRun::new("chain", "r1"),
+            StoredRun::new("chain", "r2"),
+        ]
+    );
     assert!(store.load("chain", "r1", 5).unwrap().is_none());
 
     // Saving the same sequence again replaces it.
@@ -76,6 +84,14 @@ pub async fn conformance(store: &dyn CheckpointStore, corrupt: Corrupt<'_>) {
     assert_eq!(store.latest("chain", "r1").unwrap().unwrap().sequence, 2);
     store.delete_run("chain", "r1").unwrap();
     assert!(store.latest("chain", "r1").unwrap().is_none());
+    assert_eq!(
+        store.runs().unwrap(),
+        [
+            StoredRun::new("another", "r1"),
+            StoredRun::new("chain", "r2")
+        ],
+        "a deleted run is not listed"
+    );
     assert_eq!(
         store.sequences("chain", "r2").unwrap(),
         [9],

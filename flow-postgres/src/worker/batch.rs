@@ -9,6 +9,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::PgBackend;
 
+/// For each run id of a batch (`asked`), whether the batch statement returned it in its
+/// first column (the statements return the runs whose lease was still held).
+pub(super) fn among(asked: &[i64], returned: &[tokio_postgres::Row]) -> Vec<bool> {
+    let returned: std::collections::HashSet<i64> =
+        returned.iter().map(|row| row.get::<_, i64>(0)).collect();
+    asked.iter().map(|id| returned.contains(id)).collect()
+}
+
 /// At most this many writes in one statement.
 const MAX_BATCH: usize = 256;
 

@@ -1,6 +1,6 @@
 //! Recording runs' ends, in batches (see `batch`).
 
-use super::batch::Batcher;
+use super::batch::{Batcher, among};
 use crate::PgBackend;
 
 /// A run's end, to record under its lease.
@@ -39,21 +39,16 @@ pub(super) fn start(backend: &PgBackend) -> Ends {
             let asked = ids.clone();
             let recorded = backend
                 .query("recording runs' ends", move |c| async move {
-                    let rows = c
-                        .client
+                    c.client
                         .query(
                             &c.sql.complete,
                             &[&ids, &fences, &statuses, &results, &errors],
                         )
-                        .await?;
-                    Ok(rows
-                        .iter()
-                        .map(|row| row.get::<_, i64>(0))
-                        .collect::<std::collections::HashSet<_>>())
+                        .await
                 })
                 .await;
             match recorded {
-                Ok(recorded) => asked.iter().map(|id| recorded.contains(id)).collect(),
+                Ok(rows) => among(&asked, &rows),
                 Err(error) => {
                     tracing::warn!(%error, "recording runs' ends failed");
                     vec![false; n]

@@ -151,6 +151,10 @@ impl CheckpointStore for FencedStore {
         self.store.latest(agent, run)
     }
 
+    fn runs(&self) -> Result<Vec<flow_runtime::StoredRun>, FlowError> {
+        self.store.runs()
+    }
+
     fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
         self.store.sequences(agent, run)
     }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use flow_core::FlowError;
 
-use super::batch::Batcher;
+use super::batch::{Batcher, among};
 use crate::PgBackend;
 
 /// One checkpoint to save under its run's lease.
@@ -99,22 +99,17 @@ pub(super) async fn save_all(
         fences.push(save.fence);
     }
     let asked = ids.clone();
-    let held = backend
+    let rows = backend
         .query("saving a checkpoint", move |c| async move {
-            let rows = c
-                .client
+            c.client
                 .query(
                     &c.sql.fenced_saves,
                     &[
                         &workflows, &keys, &sequences, &times, &bodies, &keeps, &ids, &fences,
                     ],
                 )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|row| row.get::<_, i64>(0))
-                .collect::<std::collections::HashSet<_>>())
+                .await
         })
         .await?;
-    Ok(asked.iter().map(|id| held.contains(id)).collect())
+    Ok(among(&asked, &rows))
 }

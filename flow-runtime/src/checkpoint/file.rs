@@ -48,6 +48,26 @@ impl FileStore {
             .join(format!("{sequence:020}.json"))
     }
 
+    /// The directories in `dir` whose names this store wrote (escaped names), unescaped,
+    /// with their paths; none if `dir` does not exist.
+    fn subdirectories(&self, dir: &std::path::Path) -> Result<Vec<(String, PathBuf)>, FlowError> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(self.failed(&format!("listing {}", dir.display()), &error)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| self.failed(&format!("listing {}", dir.display()), &e))?;
+            let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str().and_then(unescape)) {
+                found.push((name, entry.path()));
+            }
+        }
+        Ok(found)
+    }
+
     fn failed(&self, action: &str, error: &io::Error) -> FlowError {
         FlowError::CheckpointStore {
             store: self.describe(),
@@ -118,6 +138,20 @@ impl CheckpointStore for FileStore {
             Some(&sequence) => self.read(agent, run, sequence),
             None => Ok(None),
         }
+    }
+
+    fn runs(&self) -> Result<Vec<super::StoredRun>, FlowError> {
+        let mut runs = Vec::new();
+        for (agent, agent_dir) in self.subdirectories(&self.dir)? {
+            for (run, _) in self.subdirectories(&agent_dir)? {
+                // (A run whose checkpoints were all deleted leaves its directory behind.)
+                if !self.sequences(&agent, &run)?.is_empty() {
+                    runs.push(super::StoredRun::new(agent.clone(), run));
+                }
+            }
+        }
+        runs.sort();
+        Ok(runs)
     }
 
     fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
@@ -214,9 +248,34 @@ pub(crate) fn escape(name: &str) -> String {
     escaped
 }
 
+/// The name [`escape`] made `escaped` from; `None` for a name it would not have made.
+pub(crate) fn unescape(escaped: &str) -> Option<String> {
+    if escaped == "%" {
+        return Some(String::new());
+    }
+    let bytes = escaped.as_bytes();
+    let mut name = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = escaped.get(i + 1..i + 3)?;
+                name.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            byte if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' => {
+                name.push(byte);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(name).ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{escape, unescape};
 
     #[test]
     fn names_cannot_escape_the_directory() {
@@ -224,5 +283,16 @@ mod tests {
         assert_eq!(escape("../etc"), "%2E%2E%2Fetc");
         assert_eq!(escape("a b"), "a%20b");
         assert_eq!(escape(""), "%");
+    }
+
+    #[test]
+    fn escaped_names_read_back() {
+        for name in ["nightly-2026_11", "../etc", "a b", "", "été/2026", "%41"] {
+            assert_eq!(unescape(&escape(name)).as_deref(), Some(name), "{name}");
+        }
+        // Names this store did not write are not runs of it.
+        for foreign in [".tmp", "a%2", "a%zz", "a.b", "%FF"] {
+            assert_eq!(unescape(foreign), None, "{foreign}");
+        }
     }
 }

@@ -106,6 +106,15 @@ impl CheckpointStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    fn runs(&self) -> Result<Vec<super::StoredRun>, FlowError> {
+        Ok(self
+            .lock()
+            .iter()
+            .filter(|(_, kept)| !kept.is_empty())
+            .map(|((agent, run), _)| super::StoredRun::new(agent, run))
+            .collect())
+    }
+
     fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
         let bytes = self
             .lock()

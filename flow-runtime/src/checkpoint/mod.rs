@@ -26,7 +26,7 @@ pub use context::CheckpointContext;
 pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
-pub use store::{CheckpointPolicy, CheckpointStore};
+pub use store::{CheckpointPolicy, CheckpointStore, StoredRun};
 
 use crate::failure::DeadLetter;
 use crate::scheduler::SchedulerImage;

@@ -262,6 +262,25 @@ impl CheckpointStore for RedbStore {
         Ok(sequences.unwrap_or_default())
     }
 
+    fn runs(&self) -> Result<Vec<super::StoredRun>, FlowError> {
+        let runs = self.read("listing runs", |table| {
+            let mut runs: Vec<super::StoredRun> = Vec::new();
+            // Keys are ordered by workflow, run and sequence: a run's checkpoints are together.
+            for entry in redb::ReadableTable::iter(table)? {
+                let (key, _) = entry?;
+                let (agent, run, _) = key.value();
+                let seen = runs
+                    .last()
+                    .is_some_and(|last| last.workflow == agent && last.run_key == run);
+                if !seen {
+                    runs.push(super::StoredRun::new(agent, run));
+                }
+            }
+            Ok(runs)
+        })?;
+        Ok(runs.unwrap_or_default())
+    }
+
     fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
         let bytes = self.read("reading a checkpoint", |table| {
             Ok(table

@@ -43,6 +43,17 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// Forgets one checkpoint of `run` (nothing if it is not kept).
     fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError>;
 
+    /// Every run this store keeps a checkpoint of, sorted by workflow and key: what the
+    /// command line and the dashboard list. Stores that cannot list their runs refuse (the
+    /// default); every store of this crate, and PostgreSQL's, can.
+    fn runs(&self) -> Result<Vec<StoredRun>, FlowError> {
+        Err(FlowError::CheckpointStore {
+            store: self.describe(),
+            action: "listing runs".into(),
+            message: "this store cannot list the runs it keeps: implement `CheckpointStore::runs` for it, or use one that does (memory, file, redb, postgres)".into(),
+        })
+    }
+
     /// Forgets every checkpoint of `run`, and the answers left for it.
     fn delete_run(&self, agent: &str, run: &str) -> Result<(), FlowError> {
         for sequence in self.sequences(agent, run)? {
@@ -278,5 +289,24 @@ impl CheckpointPolicy {
     /// Whether it asks for any checkpoint at all.
     pub(crate) fn is_active(&self) -> bool {
         self.after_each_state || self.interval.is_some_and(|i| !i.is_zero())
+    }
+}
+
+/// A run a store keeps checkpoints of (see [`CheckpointStore::runs`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StoredRun {
+    /// The workflow's name.
+    pub workflow: String,
+    /// The run's key.
+    pub run_key: String,
+}
+
+impl StoredRun {
+    /// The run `run_key` of `workflow`.
+    pub fn new(workflow: impl Into<String>, run_key: impl Into<String>) -> Self {
+        Self {
+            workflow: workflow.into(),
+            run_key: run_key.into(),
+        }
     }
 }

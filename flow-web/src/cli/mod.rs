@@ -1,0 +1,286 @@
+//! The `fluffy` command line: list and inspect the runs a checkpoint store keeps, and answer
+//! the input requests they wait on, from any process that can open the store.
+//!
+//! Output is tables for people, or JSON with `--json`. Exit codes (see [`exit`]) let scripts
+//! tell a refusal from a missing run or a broken store.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+use flow_core::{AgentStatus, FlowError};
+use serde::Serialize;
+
+mod inputs;
+mod runs;
+mod store;
+mod table;
+
+/// The exit codes of `fluffy`.
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// The store could not be read or written (the message says why).
+    pub const FAILED: u8 = 1;
+    /// The command line is wrong (or ambiguous: a key of several workflows).
+    pub const USAGE: u8 = 2;
+    /// No such store, run or input request.
+    pub const NOT_FOUND: u8 = 3;
+    /// An answer was refused (it does not fit the request, or the request no longer waits).
+    pub const REFUSED: u8 = 4;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "fluffy",
+    version,
+    about = "See and steer fluffy-flow runs kept in a checkpoint store"
+)]
+struct Cli {
+    /// Where the runs are: a redb file (flows.redb), a file store's directory, or a
+    /// postgres:// URL.
+    #[arg(long, env = "FLUFFY_STORE", global = true)]
+    store: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The runs in the store.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Input requests that runs wait on.
+    #[command(subcommand)]
+    Inputs(InputsCommand),
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Every run, the most recently updated first.
+    List {
+        /// Only this workflow's runs.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only runs with this status (repeat for several): running, paused, completed,
+        /// completed_with_failures, failed, cancelled, awaiting_input.
+        #[arg(long, value_parser = parse_status)]
+        status: Vec<AgentStatus>,
+        /// Only runs updated this recently (30s, 15m, 2h, 7d).
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+    },
+    /// One run: its states, what was due, its pending input requests and its last error.
+    Show {
+        /// The run's key.
+        key: String,
+        /// The workflow, when several have a run with this key.
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum InputsCommand {
+    /// Every input request waiting for an answer, the oldest first.
+    List {
+        /// Only this workflow's runs.
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// Answers a request: checked against its JSON Schema here, then left for the run.
+    Answer {
+        /// The run's key.
+        key: String,
+        /// The request's id (as `inputs list` shows it, or its `state/visit/index` part).
+        id: String,
+        /// The answer: text for a text request, JSON for the others.
+        value: String,
+        /// The workflow, when several have a run with this key.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Who answers (kept in the run's audit of the request).
+        #[arg(long, default_value = "fluffy")]
+        by: String,
+    },
+}
+
+/// Runs `fluffy` with this process's arguments, printing to stdout and stderr.
+pub fn main() -> ExitCode {
+    let code = run(
+        std::env::args_os(),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    );
+    ExitCode::from(code)
+}
+
+/// Runs `fluffy` with `args` (the first is the program's name), writing what it prints to
+/// `out` and its errors to `err`; returns its exit code (see [`exit`]).
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = u8::try_from(error.exit_code()).unwrap_or(exit::USAGE);
+            let target: &mut dyn Write = if code == exit::OK { out } else { err };
+            let _ = write!(target, "{}", error.render());
+            return code;
+        }
+    };
+    match execute(cli, out) {
+        Ok(()) => exit::OK,
+        Err(failure) => {
+            let _ = writeln!(err, "fluffy: {}", failure.message);
+            failure.code
+        }
+    }
+}
+
+fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
+    let spec = cli.store.ok_or_else(|| {
+        Failure::usage(
+            "no store: give --store (a redb file, a file store's directory or a postgres:// URL) or set FLUFFY_STORE".into(),
+        )
+    })?;
+    let store = store::open(&spec)?;
+    let output = Output { json: cli.json };
+    match cli.command {
+        Command::Runs(RunsCommand::List {
+            workflow,
+            status,
+            since,
+        }) => {
+            let filter = runs::ListFilter {
+                workflow,
+                statuses: status,
+                since: since.map(Into::into),
+            };
+            runs::list(store.as_ref(), &filter, output, out)
+        }
+        Command::Runs(RunsCommand::Show { key, workflow }) => {
+            runs::show(store.as_ref(), &key, workflow.as_deref(), output, out)
+        }
+        Command::Inputs(InputsCommand::List { workflow }) => {
+            inputs::list(store.as_ref(), workflow, output, out)
+        }
+        Command::Inputs(InputsCommand::Answer {
+            key,
+            id,
+            value,
+            workflow,
+            by,
+        }) => inputs::answer(
+            store.as_ref(),
+            inputs::AnswerRequest {
+                key: &key,
+                workflow: workflow.as_deref(),
+                id: &id,
+                value: &value,
+                by: &by,
+            },
+            output,
+            out,
+        ),
+    }
+}
+
+/// Why a command did not do what it was asked, and its exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn failed(message: String) -> Self {
+        Self {
+            code: exit::FAILED,
+            message,
+        }
+    }
+
+    pub(crate) fn usage(message: String) -> Self {
+        Self {
+            code: exit::USAGE,
+            message,
+        }
+    }
+
+    pub(crate) fn not_found(message: String) -> Self {
+        Self {
+            code: exit::NOT_FOUND,
+            message,
+        }
+    }
+
+    pub(crate) fn refused(message: String) -> Self {
+        Self {
+            code: exit::REFUSED,
+            message: format!("refused: {message}"),
+        }
+    }
+
+    pub(crate) fn io(error: std::io::Error) -> Self {
+        Self::failed(format!("writing the output: {error}"))
+    }
+}
+
+impl From<FlowError> for Failure {
+    fn from(error: FlowError) -> Self {
+        Self::failed(error.to_string())
+    }
+}
+
+/// How a command prints.
+#[derive(Clone, Copy)]
+pub(crate) struct Output {
+    json: bool,
+}
+
+impl Output {
+    pub(crate) fn json_to(
+        &self,
+        out: &mut dyn Write,
+        value: &impl Serialize,
+    ) -> Result<(), Failure> {
+        let text = serde_json::to_string_pretty(value)
+            .map_err(|error| Failure::failed(format!("writing JSON: {error}")))?;
+        writeln!(out, "{text}").map_err(Failure::io)
+    }
+
+    /// A sentence for people (commands with `--json` print JSON instead).
+    pub(crate) fn say(&self, out: &mut dyn Write, text: &str) -> Result<(), Failure> {
+        writeln!(out, "{}", table::printable(text)).map_err(Failure::io)
+    }
+}
+
+/// A status's name as it appears in JSON (`awaiting_input`).
+pub(crate) fn status_name(status: impl Serialize) -> String {
+    match serde_json::to_value(status) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// A time in RFC 3339, to the second (UTC).
+pub(crate) fn time(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn parse_status(text: &str) -> Result<AgentStatus, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        format!(
+            "`{text}` is not a run status: running, paused, completed, completed_with_failures, failed, cancelled, awaiting_input"
+        )
+    })
+}

@@ -1,0 +1,11 @@
+//! See and steer fluffy-flow runs from outside their processes: the `fluffy` command line
+//! ([`cli`]) over any checkpoint store (a redb file, a file store's directory, PostgreSQL with
+//! the `postgres` feature).
+//!
+//! ```text
+//! fluffy --store flows.redb runs list --status awaiting_input
+//! fluffy --store flows.redb runs show nightly-7
+//! fluffy --store flows.redb inputs answer nightly-7 nightly-7/review/1/0 approve
+//! ```
+
+pub mod cli;

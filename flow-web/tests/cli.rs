@@ -1,0 +1,348 @@
+//! The `fluffy` command line on stores that real runs wrote: listing with filters, showing a
+//! run, answering input requests (refused answers with the reason, then one the run continues
+//! with), exit codes, and JSON for scripts.
+
+use std::path::Path;
+
+use flow_core::{AgentStatus, Next};
+use flow_runtime::{Agent, CheckpointStore, Context, FileStore, RedbStore};
+use flow_web::cli::{exit, run};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// What the `budget` workflow asks for.
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
+struct Budget {
+    amount: u32,
+    approved: bool,
+}
+
+/// `plan`, then `review` asks for a budget (a typed request) and suspends; `spend` records it.
+fn budget() -> Agent {
+    let mut agent = Agent::new("budget");
+    agent.add_state("plan", |ctx: Context| async move {
+        ctx.set_state("item", "GPUs".to_owned());
+        Ok(Next::to("review"))
+    });
+    agent.add_state("review", |ctx: Context| async move {
+        let budget: Budget = ctx
+            .ask("Budget for <script>alert(1)</script>?")
+            .no_timeout()
+            .await?;
+        ctx.set_state("amount", budget.amount);
+        ctx.set_state("approved", budget.approved);
+        Ok(Next::to("spend"))
+    });
+    agent.add_state("spend", |_ctx: Context| async move { Ok(Next::End) });
+    agent.suspend_on_input();
+    agent
+}
+
+/// One state that completes, or fails (no retry) when the context says so.
+fn etl() -> Agent {
+    let mut agent = Agent::new("etl");
+    agent.add_state("load", |ctx: Context| async move {
+        if ctx.get_state::<bool>("broken").unwrap_or(false) {
+            return Err("the source table is gone".into());
+        }
+        ctx.set_state("rows", 42u64);
+        Ok(Next::End)
+    });
+    agent
+}
+
+fn context(values: Value) -> Context {
+    let Value::Object(map) = values else {
+        panic!("an object")
+    };
+    Context::from_json(map)
+}
+
+/// Three runs: `q3` waits for its budget, `nightly` completed, `broken` failed.
+async fn populate(store: impl CheckpointStore + Clone) {
+    let waiting = budget()
+        .run_durable_with(store.clone(), "q3", Context::new())
+        .await
+        .unwrap();
+    assert_eq!(waiting.status, AgentStatus::AwaitingInput);
+    let done = etl()
+        .run_durable_with(store.clone(), "nightly", Context::new())
+        .await
+        .unwrap();
+    assert_eq!(done.status, AgentStatus::Completed);
+    // (A failed run is an error, and its checkpoint says so.)
+    let failed = etl()
+        .run_durable_with(store, "broken", context(json!({ "broken": true })))
+        .await
+        .unwrap_err();
+    assert!(
+        failed.to_string().contains("the source table is gone"),
+        "{failed}"
+    );
+}
+
+/// `fluffy --store <store> args…`: (exit code, stdout, stderr).
+fn fluffy(store: &Path, args: &[&str]) -> (u8, String, String) {
+    let mut full = vec!["fluffy", "--store", store.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run(full, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_shows_and_answers_runs_of_a_file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    populate(store.clone()).await;
+    let path = dir.path();
+
+    // Every run, with its status and what it waits on.
+    let (code, text, _) = fluffy(path, &["runs", "list", "--json"]);
+    assert_eq!(code, exit::OK);
+    let listed = json_of(&text);
+    let mut rows: Vec<(String, String, String, u64)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            (
+                run["workflow"].as_str().unwrap().to_owned(),
+                run["key"].as_str().unwrap().to_owned(),
+                run["status"].as_str().unwrap().to_owned(),
+                run["pending_inputs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("budget".into(), "q3".into(), "awaiting_input".into(), 1),
+            ("etl".into(), "broken".into(), "failed".into(), 0),
+            ("etl".into(), "nightly".into(), "completed".into(), 0),
+        ]
+    );
+    let broken = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|run| run["key"] == "broken")
+        .unwrap();
+    assert_eq!(
+        broken["error"],
+        "state `load` failed after 1 attempt(s): the source table is gone"
+    );
+
+    // Filters: by status (two of them), by workflow, by age.
+    let (code, text, _) = fluffy(
+        path,
+        &[
+            "runs",
+            "list",
+            "--status",
+            "failed",
+            "--status",
+            "awaiting_input",
+        ],
+    );
+    assert_eq!(code, exit::OK);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("WORKFLOW  KEY     STATUS"), "{text}");
+    assert!(
+        text.contains("awaiting_input") && text.contains("failed"),
+        "{text}"
+    );
+    assert!(!text.contains("nightly"), "{text}");
+    let (_, text, _) = fluffy(path, &["runs", "list", "--workflow", "etl", "--json"]);
+    assert_eq!(json_of(&text).as_array().unwrap().len(), 2);
+    let (_, text, _) = fluffy(path, &["runs", "list", "--since", "1h", "--json"]);
+    assert_eq!(json_of(&text).as_array().unwrap().len(), 3);
+
+    // One run: its states, and the request it waits on (the prompt as it was given).
+    let (code, text, _) = fluffy(path, &["runs", "show", "q3"]);
+    assert_eq!(code, exit::OK, "{text}");
+    assert!(text.contains("q3   budget    awaiting_input"), "{text}");
+    let plan = text.lines().find(|l| l.starts_with("plan")).unwrap();
+    assert!(plan.contains("completed"), "{plan}");
+    assert!(text.contains("q3/review/1/0"), "{text}");
+    assert!(
+        text.contains("Budget for <script>alert(1)</script>?"),
+        "{text}"
+    );
+    assert!(text.contains("object: amount, approved"), "{text}");
+    let (_, text, _) = fluffy(path, &["runs", "show", "broken", "--json"]);
+    let shown = json_of(&text);
+    assert_eq!(shown["status"], "failed");
+    assert_eq!(
+        shown["last_error"],
+        "state `load` failed after 1 attempt(s): the source table is gone"
+    );
+    assert_eq!(shown["states"][0]["name"], "load");
+    assert_eq!(shown["states"][0]["attempts"], 1);
+
+    // Waiting requests, from every run.
+    let (code, text, _) = fluffy(path, &["inputs", "list", "--json"]);
+    assert_eq!(code, exit::OK);
+    let waiting = json_of(&text);
+    assert_eq!(waiting.as_array().unwrap().len(), 1, "{text}");
+    assert_eq!(waiting[0]["id"], "q3/review/1/0");
+    assert_eq!(waiting[0]["state"], "review");
+    assert_eq!(
+        waiting[0]["schema"]["required"],
+        json!(["amount", "approved"])
+    );
+
+    // Answers that do not fit are refused, with the reason, and nothing is left.
+    let (code, _, err) = fluffy(path, &["inputs", "answer", "q3", "review/1/0", "yes"]);
+    assert_eq!(code, exit::REFUSED);
+    assert!(err.contains("refused: `yes` is not JSON"), "{err}");
+    let (code, _, err) = fluffy(
+        path,
+        &[
+            "inputs",
+            "answer",
+            "q3",
+            "q3/review/1/0",
+            r#"{"amount": -5}"#,
+        ],
+    );
+    assert_eq!(code, exit::REFUSED);
+    assert!(err.contains("\"approved\" is a required property"), "{err}");
+    assert!(err.contains("at /amount"), "{err}");
+    assert!(store.posted_answers("budget", "q3").unwrap().is_empty());
+    let (code, _, err) = fluffy(path, &["inputs", "answer", "q3", "review/2/0", "{}"]);
+    assert_eq!(code, exit::NOT_FOUND);
+    assert!(err.contains("waiting: q3/review/1/0"), "{err}");
+
+    // A fitting answer is left for the run, which continues with it.
+    let (code, text, err) = fluffy(
+        path,
+        &[
+            "inputs",
+            "answer",
+            "q3",
+            "review/1/0",
+            r#"{"amount": 1200, "approved": true}"#,
+            "--by",
+            "ana",
+        ],
+    );
+    assert_eq!(code, exit::OK, "{err}");
+    assert!(
+        text.starts_with("answered `q3/review/1/0` of run `q3` (budget)"),
+        "{text}"
+    );
+    let report = budget()
+        .run_durable_with(store.clone(), "q3", Context::new())
+        .await
+        .unwrap();
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(report.context.get_state::<u32>("amount").unwrap(), 1200);
+    let (_, text, _) = fluffy(path, &["runs", "show", "q3", "--json"]);
+    let shown = json_of(&text);
+    assert_eq!(shown["status"], "completed");
+    assert_eq!(shown["inputs"][0]["outcome"]["Answered"]["by"], "ana");
+    let (code, _, err) = fluffy(
+        path,
+        &[
+            "inputs",
+            "answer",
+            "q3",
+            "review/1/0",
+            r#"{"amount": 1, "approved": false}"#,
+        ],
+    );
+    assert_eq!(code, exit::REFUSED);
+    assert!(err.contains("already answered by ana"), "{err}");
+    let (_, text, _) = fluffy(path, &["inputs", "list"]);
+    assert_eq!(text, "no input requests waiting\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redb_store_lists_the_same_and_errors_have_their_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flows.redb");
+    populate(RedbStore::open(&file).unwrap()).await;
+    let (code, text, _) = fluffy(&file, &["runs", "list", "--status", "completed", "--json"]);
+    assert_eq!(code, exit::OK);
+    let listed = json_of(&text);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["key"], "nightly");
+
+    // A key of two workflows needs --workflow.
+    etl()
+        .run_durable_with(RedbStore::open(&file).unwrap(), "q3", Context::new())
+        .await
+        .unwrap();
+    let (code, _, err) = fluffy(&file, &["runs", "show", "q3"]);
+    assert_eq!(code, exit::USAGE);
+    assert!(
+        err.contains("`q3` is a run of 2 workflows (budget, etl)"),
+        "{err}"
+    );
+    let (code, text, _) = fluffy(
+        &file,
+        &["runs", "show", "q3", "--workflow", "etl", "--json"],
+    );
+    assert_eq!(code, exit::OK);
+    assert_eq!(json_of(&text)["status"], "completed");
+
+    // Held open by another program: said so, with what to do.
+    let held = RedbStore::open(&file).unwrap();
+    let (code, _, err) = fluffy(&file, &["runs", "list"]);
+    assert_eq!(code, exit::FAILED);
+    assert!(err.contains("open in one process at a time"), "{err}");
+    drop(held);
+
+    let (code, _, err) = fluffy(&file, &["runs", "show", "nope"]);
+    assert_eq!(code, exit::NOT_FOUND);
+    assert!(err.contains("no run `nope`"), "{err}");
+    let (code, _, err) = fluffy(&dir.path().join("missing.redb"), &["runs", "list"]);
+    assert_eq!(code, exit::NOT_FOUND);
+    assert!(err.contains("no store at"), "{err}");
+    assert!(!dir.path().join("missing.redb").exists(), "nothing created");
+    let (code, _, err) = fluffy(&file, &["runs", "list", "--status", "done"]);
+    assert_eq!(code, exit::USAGE);
+    assert!(err.contains("`done` is not a run status"), "{err}");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(
+        run(["fluffy", "runs", "list"], &mut out, &mut err),
+        exit::USAGE
+    );
+    assert!(String::from_utf8(err).unwrap().contains("no store"));
+}
+
+#[test]
+fn the_binary_exits_with_the_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let fluffy = env!("CARGO_BIN_EXE_fluffy");
+    let help = std::process::Command::new(fluffy)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("runs"));
+    let missing = std::process::Command::new(fluffy)
+        .args([
+            "--store",
+            dir.path().to_str().unwrap(),
+            "runs",
+            "show",
+            "q3",
+        ])
+        .env_remove("FLUFFY_STORE")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(i32::from(exit::NOT_FOUND)));
+    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("fluffy: no run `q3`"));
+}
