@@ -1,5 +1,5 @@
 //! See and steer fluffy-flow runs from outside their processes: the `fluffy` command line
-//! ([`cli`]) over any checkpoint store (a redb file, a file store's directory, PostgreSQL with
+//! ([`cli`]) and the web dashboard ([`dashboard`]) over any checkpoint store (a redb file, a file store's directory, PostgreSQL with
 //! the `postgres` feature).
 //!
 //! ```text
@@ -9,3 +9,4 @@
 //! ```
 
 pub mod cli;
+pub mod dashboard;

@@ -13,8 +13,8 @@ use clap::{Parser, Subcommand};
 use flow_core::{AgentStatus, FlowError};
 use serde::Serialize;
 
-mod inputs;
-mod runs;
+pub(crate) mod inputs;
+pub(crate) mod runs;
 mod store;
 mod table;
 
@@ -58,6 +58,16 @@ enum Command {
     /// Input requests that runs wait on.
     #[command(subcommand)]
     Inputs(InputsCommand),
+    /// Serves the web dashboard over the store until interrupted (Ctrl-C).
+    Serve {
+        /// Where to listen; an address beyond this machine needs --token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Required on every request (`Authorization: Bearer …`, or open the dashboard once
+        /// with `?token=…`).
+        #[arg(long, env = "FLUFFY_TOKEN")]
+        token: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +164,7 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     let store = store::open(&spec)?;
     let output = Output { json: cli.json };
     match cli.command {
+        Command::Serve { addr, token } => serve(store, addr, token, out),
         Command::Runs(RunsCommand::List {
             workflow,
             status,
@@ -193,6 +204,39 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     }
 }
 
+/// `fluffy serve`: the dashboard until Ctrl-C.
+fn serve(
+    store: std::sync::Arc<dyn flow_runtime::CheckpointStore>,
+    addr: std::net::SocketAddr,
+    token: Option<String>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let mut options = crate::dashboard::DashboardOptions::new();
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        options = options.token(token);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Failure::failed(format!("starting a runtime: {error}")))?;
+    let described = store.describe();
+    writeln!(
+        out,
+        "serving the dashboard of {described} on http://{addr}/ (Ctrl-C stops it)"
+    )
+    .map_err(Failure::io)?;
+    let _ = out.flush();
+    let interrupted = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    runtime
+        .block_on(crate::dashboard::serve(store, addr, options, interrupted))
+        .map_err(|error| match error {
+            FlowError::InvalidConfig { message, .. } => Failure::usage(message),
+            error => Failure::from(error),
+        })
+}
+
 /// Why a command did not do what it was asked, and its exit code.
 #[derive(Debug)]
 pub(crate) struct Failure {
@@ -227,6 +271,15 @@ impl Failure {
             code: exit::REFUSED,
             message: format!("refused: {message}"),
         }
+    }
+
+    /// Its exit code.
+    pub(crate) fn code(&self) -> u8 {
+        self.code
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 
     pub(crate) fn io(error: std::io::Error) -> Self {

@@ -1,0 +1,571 @@
+//! The web dashboard: the runs of a checkpoint store in a browser, each run's states coloured
+//! by status, and forms that answer the input requests runs wait on (generated from each
+//! request's JSON Schema, checked on the server).
+//!
+//! [`router`] is an axum `Router` a service mounts; [`serve`] runs it on an address
+//! (`fluffy serve`). Everything is served from the binary: no build step, no network assets.
+//! Safe by default: [`serve`] binds a loopback address unless given a token, a token (when
+//! set) is required on every request, answers are POSTs that carry a CSRF token, and every
+//! string from a run or a user is escaped.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use flow_core::FlowError;
+use flow_runtime::{Checkpoint, CheckpointStore, InputOutcome};
+use serde::Deserialize;
+
+use crate::cli::runs::{ListFilter, RunSummary, find, pending, summaries};
+use crate::cli::{Failure, exit, status_name, time};
+use html::{badge, escape, page, run_link};
+
+mod form;
+mod html;
+mod svg;
+
+/// How the dashboard is served.
+#[derive(Clone, Debug, Default)]
+pub struct DashboardOptions {
+    token: Option<String>,
+}
+
+impl DashboardOptions {
+    /// No token: for a loopback address, or behind a proxy that authenticates.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every request must carry `token`: `Authorization: Bearer <token>`, or the cookie a
+    /// first visit with `?token=<token>` sets.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+}
+
+struct Shared {
+    store: Arc<dyn CheckpointStore>,
+    /// Sent in every form and required with every POST.
+    csrf: String,
+    token: Option<String>,
+}
+
+type App = Arc<Shared>;
+
+/// The dashboard over `store`, to serve or to mount in a service's router.
+pub fn router(
+    store: Arc<dyn CheckpointStore>,
+    options: DashboardOptions,
+) -> Result<Router, FlowError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|error| FlowError::InvalidConfig {
+        agent: "dashboard".into(),
+        message: format!("no random bytes for its CSRF token from the operating system: {error}"),
+    })?;
+    let csrf = bytes.iter().fold(String::new(), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    });
+    let app: App = Arc::new(Shared {
+        store,
+        csrf,
+        token: options.token,
+    });
+    Ok(Router::new()
+        .route("/", get(runs_page))
+        .route("/runs/{workflow}/{key}", get(run_page).post(answer))
+        .route("/api/runs", get(runs_json))
+        .route("/api/runs/{workflow}/{key}", get(run_json))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), authorize))
+        .with_state(app))
+}
+
+/// Serves the dashboard over `store` on `addr` until `shutdown` completes. A non-loopback
+/// address needs a token (the runs' contexts and answers are not for the network).
+pub async fn serve(
+    store: Arc<dyn CheckpointStore>,
+    addr: SocketAddr,
+    options: DashboardOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), FlowError> {
+    let invalid = |message: String| FlowError::InvalidConfig {
+        agent: "dashboard".into(),
+        message,
+    };
+    if !addr.ip().is_loopback() && options.token.as_deref().is_none_or(str::is_empty) {
+        return Err(invalid(format!(
+            "{addr} is not a loopback address: give a token (--token or FLUFFY_TOKEN) to serve the dashboard beyond this machine"
+        )));
+    }
+    let router = router(store, options)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| invalid(format!("cannot listen on {addr}: {error}")))?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|error| invalid(format!("serving on {addr}: {error}")))
+}
+
+/// With a token set, lets through requests that carry it (header or cookie), and sets the
+/// cookie for a visit with `?token=`.
+async fn authorize(State(app): State<App>, request: Request, next: Next) -> Response {
+    let Some(token) = app.token.as_deref() else {
+        return next.run(request).await;
+    };
+    let headers = request.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = cookie(headers, "fluffy_token");
+    if bearer.is_some_and(|given| same(given, token))
+        || cookie.is_some_and(|given| same(&given, token))
+    {
+        return next.run(request).await;
+    }
+    let query = request.uri().query().unwrap_or("");
+    let offered = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .is_some_and(|given| same(given, token));
+    if offered {
+        let path = request.uri().path().to_owned();
+        let mut response = Redirect::to(&path).into_response();
+        if let Ok(value) =
+            format!("fluffy_token={token}; HttpOnly; SameSite=Strict; Path=/").parse()
+        {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        return response;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        Html(page(
+            "token required",
+            "<h1>Token required</h1><p>Open this address with <code>?token=…</code> (the token the dashboard was started with).</p>",
+            None,
+        )),
+    )
+        .into_response()
+}
+
+/// The value of cookie `name`.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then(|| value.to_owned())
+        })
+}
+
+/// Equal, compared in a time that does not depend on where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
+
+/// A failure as a page with its status code.
+fn failure_page(failure: Failure) -> Response {
+    let status = match failure.code() {
+        exit::NOT_FOUND => StatusCode::NOT_FOUND,
+        exit::USAGE => StatusCode::BAD_REQUEST,
+        exit::REFUSED => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = format!(
+        "<h1>{}</h1><p>{}</p>",
+        status.as_u16(),
+        escape(failure.message())
+    );
+    (status, Html(page("error", &body, None))).into_response()
+}
+
+/// Runs `read` on a blocking thread (stores block).
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|error| Err(Failure::failed(format!("reading the store: {error}"))))
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    status: Option<String>,
+    workflow: Option<String>,
+}
+
+async fn all_runs(app: &App, query: &RunsQuery) -> Result<Vec<RunSummary>, Failure> {
+    let statuses = match query.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(status) => vec![
+            serde_json::from_value(serde_json::Value::String(status.to_owned()))
+                .map_err(|_| Failure::usage(format!("`{status}` is not a run status")))?,
+        ],
+        None => Vec::new(),
+    };
+    let filter = ListFilter {
+        workflow: query.workflow.clone().filter(|w| !w.is_empty()),
+        statuses,
+        since: None,
+    };
+    let store = Arc::clone(&app.store);
+    blocking(move || summaries(store.as_ref(), &filter)).await
+}
+
+const STATUSES: [&str; 7] = [
+    "running",
+    "awaiting_input",
+    "paused",
+    "completed",
+    "completed_with_failures",
+    "failed",
+    "cancelled",
+];
+
+async fn runs_page(State(app): State<App>, Query(query): Query<RunsQuery>) -> Response {
+    let runs = match all_runs(&app, &query).await {
+        Ok(runs) => runs,
+        Err(failure) => return failure_page(failure),
+    };
+    let mut body = String::from("<h1>Runs</h1><p class=\"filters\">Status: <a href=\"/\">all</a>");
+    for status in STATUSES {
+        let _ = write!(body, " <a href=\"/?status={status}\">{}</a>", badge(status));
+    }
+    body.push_str("</p><table class=\"runs\"><tr><th>workflow</th><th>key</th><th>status</th><th>updated</th><th>inputs</th><th>error</th></tr>");
+    for run in &runs {
+        let status = run.status.map_or_else(|| "?".into(), status_name);
+        let _ = write!(
+            body,
+            "<tr data-status=\"{s}\"><td>{w}</td><td><a href=\"{link}\">{k}</a></td><td>{badge}</td><td>{u}</td><td>{i}</td><td>{e}</td></tr>",
+            s = escape(&status),
+            w = escape(&run.workflow),
+            link = escape(&run_link(&run.workflow, &run.key)),
+            k = escape(&run.key),
+            badge = badge(&status),
+            u = escape(run.updated.as_deref().unwrap_or("")),
+            i = run.pending_inputs,
+            e = escape(run.error.as_deref().unwrap_or("")),
+        );
+    }
+    body.push_str("</table>");
+    if runs.is_empty() {
+        body.push_str("<p class=\"muted\">No runs.</p>");
+    }
+    let now = fingerprint(&runs);
+    Html(page("runs", &body, Some(("/api/runs", &now)))).into_response()
+}
+
+/// What changes when any run changes (for live updates).
+fn fingerprint(runs: &[RunSummary]) -> String {
+    let marks: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|run| serde_json::json!([run.workflow, run.key, run.checkpoint, run.status]))
+        .collect();
+    serde_json::Value::Array(marks).to_string()
+}
+
+async fn runs_json(State(app): State<App>) -> Response {
+    let query = RunsQuery {
+        status: None,
+        workflow: None,
+    };
+    match all_runs(&app, &query).await {
+        Ok(runs) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            fingerprint(&runs),
+        )
+            .into_response(),
+        Err(failure) => failure_page(failure),
+    }
+}
+
+async fn load(app: &App, workflow: String, key: String) -> Result<Checkpoint, Failure> {
+    let store = Arc::clone(&app.store);
+    blocking(move || find(store.as_ref(), &key, Some(&workflow)).map(|(_, checkpoint)| checkpoint))
+        .await
+}
+
+/// The run's live mark: its checkpoint's number and status.
+fn mark(checkpoint: &Checkpoint) -> String {
+    serde_json::json!([checkpoint.sequence, checkpoint.status]).to_string()
+}
+
+async fn run_json(
+    State(app): State<App>,
+    Path((workflow, key)): Path<(String, String)>,
+) -> Response {
+    match load(&app, workflow, key).await {
+        Ok(checkpoint) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            mark(&checkpoint),
+        )
+            .into_response(),
+        Err(failure) => failure_page(failure),
+    }
+}
+
+async fn run_page(
+    State(app): State<App>,
+    Path((workflow, key)): Path<(String, String)>,
+) -> Response {
+    match load(&app, workflow, key).await {
+        Ok(checkpoint) => Html(render_run(&app, &checkpoint, None)).into_response(),
+        Err(failure) => failure_page(failure),
+    }
+}
+
+/// A refused answer, shown in its form.
+struct Refused<'a> {
+    id: &'a str,
+    given: &'a HashMap<String, String>,
+    reason: &'a str,
+}
+
+fn render_run(app: &App, checkpoint: &Checkpoint, refused: Option<Refused<'_>>) -> String {
+    let status = status_name(checkpoint.status);
+    let link = run_link(&checkpoint.agent, &checkpoint.run_key);
+    let mut body = format!(
+        "<h1>Run {key} {badge}</h1><p>workflow <strong>{workflow}</strong> · checkpoint {sequence} · updated {updated} · run time {elapsed}</p>",
+        key = escape(&checkpoint.run_key),
+        badge = badge(&status),
+        workflow = escape(&checkpoint.agent),
+        sequence = checkpoint.sequence,
+        updated = escape(&time(checkpoint.created_at)),
+        elapsed = escape(&crate::cli::runs::millis(checkpoint.elapsed.as_millis())),
+    );
+    body.push_str(&svg::states(&checkpoint.states));
+    // Pending requests first: what someone has to do.
+    let empty = HashMap::new();
+    for record in pending(checkpoint) {
+        let id = record.request.id.to_string();
+        let (given, reason) = match &refused {
+            Some(refused) if refused.id == id => (refused.given, Some(refused.reason)),
+            _ => (&empty, None),
+        };
+        body.push_str(&form::render(
+            &record.request,
+            &link,
+            &app.csrf,
+            given,
+            reason,
+        ));
+    }
+    body.push_str("<h2>States</h2><table class=\"states\"><tr><th>state</th><th>status</th><th>runs</th><th>attempts</th><th>completions</th><th>time</th><th>last error</th></tr>");
+    for state in &checkpoint.states {
+        let status = status_name(state.status);
+        let _ = write!(
+            body,
+            "<tr data-state=\"{n}\"><td>{n}</td><td>{b}</td><td>{r}</td><td>{a}</td><td>{c}</td><td>{t}</td><td>{e}</td></tr>",
+            n = escape(&state.name),
+            b = badge(&status),
+            r = state.runs,
+            a = state.attempts,
+            c = state.completions,
+            t = escape(&crate::cli::runs::millis(state.total_time.as_millis())),
+            e = escape(state.last_error.as_deref().unwrap_or("")),
+        );
+    }
+    body.push_str("</table>");
+    if !checkpoint.dead_letters.is_empty() {
+        body.push_str(
+            "<h2>Failures</h2><table><tr><th>state</th><th>attempts</th><th>error</th></tr>",
+        );
+        for letter in &checkpoint.dead_letters {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&letter.state),
+                letter.attempts,
+                escape(&letter.error)
+            );
+        }
+        body.push_str("</table>");
+    }
+    let answered: Vec<_> = checkpoint
+        .inputs
+        .iter()
+        .filter(|record| {
+            !matches!(record.outcome, InputOutcome::Pending) || !record.refusals.is_empty()
+        })
+        .collect();
+    if !answered.is_empty() {
+        body.push_str(
+            "<h2>Inputs</h2><table><tr><th>request</th><th>prompt</th><th>outcome</th></tr>",
+        );
+        for record in answered {
+            let mut outcome = match &record.outcome {
+                InputOutcome::Answered { value, by, .. } => format!("answered by {by}: {value}"),
+                InputOutcome::Pending => "waiting".to_owned(),
+                other => format!("{other:?}"),
+            };
+            for refusal in &record.refusals {
+                let _ = write!(
+                    outcome,
+                    "; refused {} from {}: {}",
+                    refusal.value, refusal.by, refusal.reason
+                );
+            }
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&record.request.id.to_string()),
+                escape(&record.request.prompt),
+                escape(&outcome)
+            );
+        }
+        body.push_str("</table>");
+    }
+    body.push_str("<h2>Context</h2><table class=\"context\"><tr><th>key</th><th>value</th></tr>");
+    for key in checkpoint.context.keys() {
+        let value = checkpoint.context.raw(key).unwrap_or("");
+        let shown: String = if value.chars().count() > 300 {
+            value.chars().take(300).chain("…".chars()).collect()
+        } else {
+            value.to_owned()
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td><code>{}</code></td></tr>",
+            escape(key),
+            escape(&shown)
+        );
+    }
+    body.push_str("</table>");
+    let api = format!("/api{link}");
+    page(&checkpoint.run_key, &body, Some((&api, &mark(checkpoint))))
+}
+
+/// Answers a request of the run: the CSRF token checked, the form read by the request's
+/// schema, the answer checked against it; a refusal is shown in the form, refilled.
+async fn answer(
+    State(app): State<App>,
+    Path((workflow, key)): Path<(String, String)>,
+    Form(submitted): Form<HashMap<String, String>>,
+) -> Response {
+    if !submitted
+        .get("csrf")
+        .is_some_and(|given| same(given, &app.csrf))
+    {
+        return failure_page(Failure::usage(
+            "the form's CSRF token is missing or wrong: reload the run's page and answer there"
+                .into(),
+        ));
+    }
+    let checkpoint = match load(&app, workflow.clone(), key.clone()).await {
+        Ok(checkpoint) => checkpoint,
+        Err(failure) => return failure_page(failure),
+    };
+    let id = submitted.get("id").cloned().unwrap_or_default();
+    let Some(record) = pending(&checkpoint).find(|record| record.request.id.to_string() == id)
+    else {
+        return failure_page(Failure::not_found(format!(
+            "run `{key}` has no input request `{id}` waiting (answered meanwhile?)"
+        )));
+    };
+    let refuse = |reason: String| {
+        let refused = Refused {
+            id: &id,
+            given: &submitted,
+            reason: &reason,
+        };
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Html(render_run(&app, &checkpoint, Some(refused))),
+        )
+            .into_response()
+    };
+    let value = match form::answer(&record.request.schema, &submitted) {
+        Ok(value) => value,
+        Err(reason) => return refuse(format!("refused: {reason}")),
+    };
+    if let Err(failure) = crate::cli::inputs::check(&record.request.schema, &value) {
+        return refuse(failure.message().to_owned());
+    }
+    let (store, request_id) = (Arc::clone(&app.store), record.request.id.clone());
+    let left = blocking(move || {
+        store
+            .answer(&workflow, &key, &request_id, "dashboard", value)
+            .map_err(|error| match error {
+                FlowError::InvalidAnswer { .. } | FlowError::InputClosed { .. } => {
+                    Failure::refused(error.to_string())
+                }
+                error => Failure::from(error),
+            })
+    })
+    .await;
+    match left {
+        Ok(()) => Redirect::to(&run_link(&checkpoint.agent, &checkpoint.run_key)).into_response(),
+        Err(failure) if failure.code() == exit::REFUSED => refuse(failure.message().to_owned()),
+        Err(failure) => failure_page(failure),
+    }
+}
+
+/// Prometheus text: runs by workflow and status, and input requests waiting, by workflow.
+async fn metrics(State(app): State<App>) -> Response {
+    let query = RunsQuery {
+        status: None,
+        workflow: None,
+    };
+    let runs = match all_runs(&app, &query).await {
+        Ok(runs) => runs,
+        Err(failure) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                failure.message().to_owned(),
+            )
+                .into_response();
+        }
+    };
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut waiting: std::collections::BTreeMap<String, u64> = Default::default();
+    for run in &runs {
+        let status = run.status.map_or_else(|| "unreadable".into(), status_name);
+        *counts.entry((run.workflow.clone(), status)).or_default() += 1;
+        *waiting.entry(run.workflow.clone()).or_default() += run.pending_inputs as u64;
+    }
+    let mut text = String::from(
+        "# HELP fluffy_runs Runs kept in the store, by workflow and status (of their latest checkpoint).\n# TYPE fluffy_runs gauge\n",
+    );
+    for ((workflow, status), count) in &counts {
+        let _ = writeln!(
+            text,
+            "fluffy_runs{{workflow=\"{}\",status=\"{}\"}} {count}",
+            label(workflow),
+            label(status)
+        );
+    }
+    text.push_str("# HELP fluffy_input_requests_waiting Input requests waiting for an answer, by workflow.\n# TYPE fluffy_input_requests_waiting gauge\n");
+    for (workflow, count) in &waiting {
+        let _ = writeln!(
+            text,
+            "fluffy_input_requests_waiting{{workflow=\"{}\"}} {count}",
+            label(workflow)
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// A Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
