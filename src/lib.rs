@@ -59,6 +59,11 @@ pub mod postgres {
 #[cfg(feature = "web")]
 pub use flow_web::cli;
 
+/// The web dashboard (cargo feature `web`): an axum `Router` over a store's runs, or served
+/// with `dashboard::serve` (`fluffy serve`).
+#[cfg(feature = "web")]
+pub use flow_web::dashboard;
+
 /// Remote states: a `remote` state's attempts sent to other processes (see the README's
 /// "PostgreSQL" section for the workers that take them).
 pub use flow_runtime::remote;

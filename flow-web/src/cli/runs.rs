@@ -105,6 +105,28 @@ pub(crate) fn pending(checkpoint: &Checkpoint) -> impl Iterator<Item = &flow_run
         .filter(|record| matches!(record.outcome, InputOutcome::Pending))
 }
 
+/// The status to show for `state` of the run `checkpoint` holds. A failed run's checkpoint
+/// keeps the state that failed for good as due again (so that continuing the run retries
+/// it); shown, that state is `failed`, as its dead letter says.
+pub(crate) fn shown_status(
+    checkpoint: &Checkpoint,
+    state: &flow_runtime::StateCheckpoint,
+) -> String {
+    let failed_for_good = matches!(
+        checkpoint.status,
+        AgentStatus::Failed | AgentStatus::CompletedWithFailures | AgentStatus::Cancelled
+    ) && state.status != flow_core::StateStatus::Completed
+        && checkpoint
+            .dead_letters
+            .iter()
+            .any(|letter| letter.state == state.name);
+    if failed_for_good {
+        "failed".into()
+    } else {
+        status_name(state.status)
+    }
+}
+
 /// What failed last: the latest dead letter's error, else the first state (in definition
 /// order) that has one.
 fn last_error(checkpoint: &Checkpoint) -> Option<String> {
@@ -268,7 +290,7 @@ pub(crate) fn show(
     for state in &checkpoint.states {
         states.row(vec![
             state.name.clone(),
-            status_name(state.status),
+            shown_status(&checkpoint, state),
             state.runs.to_string(),
             state.attempts.to_string(),
             state.completions.to_string(),

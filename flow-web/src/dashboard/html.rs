@@ -68,7 +68,8 @@ table{border-collapse:collapse;margin:1rem 0}td,th{padding:.3rem .7rem;border-bo
 .badge{color:#fff;padding:.1rem .5rem;border-radius:.6rem;font-size:.85rem}\
 .refusal{color:#c62828;font-weight:600}.muted{color:#777}\
 form.input{border:1px solid #ccc;padding:1rem;margin:1rem 0;max-width:40rem}\
-form.input label{display:block;margin:.5rem 0}nav a{margin-right:.8rem}";
+form.input label{display:block;margin:.5rem 0}nav a{margin-right:.8rem}\
+table.runs td:nth-child(-n+4){white-space:nowrap}";
 
 /// A whole page. `poll`: the JSON address whose change reloads the page (live updates), with
 /// the value it has now.

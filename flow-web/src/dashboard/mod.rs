@@ -23,7 +23,7 @@ use flow_core::FlowError;
 use flow_runtime::{Checkpoint, CheckpointStore, InputOutcome};
 use serde::Deserialize;
 
-use crate::cli::runs::{ListFilter, RunSummary, find, pending, summaries};
+use crate::cli::runs::{ListFilter, RunSummary, find, pending, shown_status, summaries};
 use crate::cli::{Failure, exit, status_name, time};
 use html::{badge, escape, page, run_link};
 
@@ -350,7 +350,7 @@ fn render_run(app: &App, checkpoint: &Checkpoint, refused: Option<Refused<'_>>) 
         updated = escape(&time(checkpoint.created_at)),
         elapsed = escape(&crate::cli::runs::millis(checkpoint.elapsed.as_millis())),
     );
-    body.push_str(&svg::states(&checkpoint.states));
+    body.push_str(&svg::states(checkpoint));
     // Pending requests first: what someone has to do.
     let empty = HashMap::new();
     for record in pending(checkpoint) {
@@ -369,7 +369,7 @@ fn render_run(app: &App, checkpoint: &Checkpoint, refused: Option<Refused<'_>>) 
     }
     body.push_str("<h2>States</h2><table class=\"states\"><tr><th>state</th><th>status</th><th>runs</th><th>attempts</th><th>completions</th><th>time</th><th>last error</th></tr>");
     for state in &checkpoint.states {
-        let status = status_name(state.status);
+        let status = shown_status(checkpoint, state);
         let _ = write!(
             body,
             "<tr data-state=\"{n}\"><td>{n}</td><td>{b}</td><td>{r}</td><td>{a}</td><td>{c}</td><td>{t}</td><td>{e}</td></tr>",

@@ -4,18 +4,19 @@
 
 use std::fmt::Write;
 
-use flow_runtime::StateCheckpoint;
+use flow_runtime::Checkpoint;
 
 use super::html::{colour, escape};
-use crate::cli::status_name;
+use crate::cli::runs::shown_status;
 
 const PER_ROW: usize = 5;
 const WIDTH: usize = 150;
 const HEIGHT: usize = 54;
 const GAP: usize = 24;
 
-/// The SVG of `states`; each box carries its state (`data-state`) and status (`data-status`).
-pub(crate) fn states(states: &[StateCheckpoint]) -> String {
+/// The SVG of the run's states; each box carries its state (`data-state`) and status (`data-status`).
+pub(crate) fn states(checkpoint: &Checkpoint) -> String {
+    let states = &checkpoint.states;
     let rows = states.len().div_ceil(PER_ROW).max(1);
     let columns = states.len().clamp(1, PER_ROW);
     let (width, height) = (columns * (WIDTH + GAP) + GAP, rows * (HEIGHT + GAP) + GAP);
@@ -24,7 +25,7 @@ pub(crate) fn states(states: &[StateCheckpoint]) -> String {
     );
     for (i, state) in states.iter().enumerate() {
         let (x, y) = corner(i);
-        let status = status_name(state.status);
+        let status = shown_status(checkpoint, state);
         let name = escape(&state.name);
         let _ = write!(
             svg,
