@@ -346,3 +346,134 @@ fn the_binary_exits_with_the_codes() {
     assert_eq!(missing.status.code(), Some(i32::from(exit::NOT_FOUND)));
     assert!(String::from_utf8_lossy(&missing.stderr).starts_with("fluffy: no run `q3`"));
 }
+
+/// `a` → `b` → `c`, each logging its name.
+fn chain(log: &std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>) -> Agent {
+    let mut agent = Agent::new("chain");
+    for (name, next) in [("a", Some("b")), ("b", Some("c")), ("c", None)] {
+        let log = std::sync::Arc::clone(log);
+        agent.add_state(name, move |_ctx: Context| {
+            let log = std::sync::Arc::clone(&log);
+            async move {
+                log.lock().unwrap().push(name);
+                Ok(next.map_or(Next::End, Next::to))
+            }
+        });
+    }
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_continues_from_its_checkpoint_and_leaves_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    let path = dir.path();
+
+    // A waiting run forked: the fork has requests of its own, answered apart.
+    budget().run_durable(store.clone(), "q3").await.unwrap();
+    let (code, text, err) = fluffy(path, &["runs", "fork", "q3", "--to", "q3-b"]);
+    assert_eq!(code, exit::OK, "{err}");
+    assert!(
+        text.starts_with("forked run `q3` (budget) at checkpoint"),
+        "{text}"
+    );
+    let (_, text, _) = fluffy(path, &["inputs", "list", "--json"]);
+    let mut ids: Vec<String> = json_of(&text)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["q3-b/review/1/0", "q3/review/1/0"]);
+    let (code, _, err) = fluffy(
+        path,
+        &[
+            "inputs",
+            "answer",
+            "q3-b",
+            "review/1/0",
+            r#"{"amount": 7, "approved": false}"#,
+        ],
+    );
+    assert_eq!(code, exit::OK, "{err}");
+    let report = budget().run_durable(store.clone(), "q3-b").await.unwrap();
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(report.context.get_state::<u32>("amount").unwrap(), 7);
+    let (_, text, _) = fluffy(path, &["runs", "show", "q3", "--json"]);
+    assert_eq!(
+        json_of(&text)["status"],
+        "awaiting_input",
+        "the original waits still"
+    );
+
+    // A completed run forked at an earlier checkpoint runs again what was still to do there.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    chain(&log)
+        .run_durable(store.clone(), "first")
+        .await
+        .unwrap();
+    assert_eq!(*log.lock().unwrap(), ["a", "b", "c"]);
+    let (_, text, _) = fluffy(path, &["runs", "show", "first", "--json"]);
+    let kept: Vec<u64> = json_of(&text)["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert!(kept.len() >= 2, "{kept:?}");
+    let earliest = store.load("chain", "first", kept[0]).unwrap().unwrap();
+    let still_to_do: Vec<String> = earliest
+        .states
+        .iter()
+        .filter(|s| s.status != flow_core::StateStatus::Completed)
+        .map(|s| s.name.clone())
+        .collect();
+    assert!(!still_to_do.is_empty(), "{kept:?}");
+    let from = kept[0].to_string();
+    let (code, _, err) = fluffy(
+        path,
+        &["runs", "fork", "first", "--from", &from, "--to", "again"],
+    );
+    assert_eq!(code, exit::OK, "{err}");
+    log.lock().unwrap().clear();
+    let report = chain(&log)
+        .run_durable(store.clone(), "again")
+        .await
+        .unwrap();
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(*log.lock().unwrap(), still_to_do);
+
+    // Refusals: its own key, a key in use, a checkpoint not kept.
+    let (code, _, err) = fluffy(path, &["runs", "fork", "first", "--to", "first"]);
+    assert_eq!(code, exit::USAGE, "{err}");
+    let (code, _, err) = fluffy(path, &["runs", "fork", "first", "--to", "again"]);
+    assert_eq!(code, exit::USAGE);
+    assert!(err.contains("has a run `again` already"), "{err}");
+    let (code, _, err) = fluffy(
+        path,
+        &["runs", "fork", "first", "--from", "999", "--to", "x"],
+    );
+    assert_eq!(code, exit::NOT_FOUND);
+    assert!(err.contains("no checkpoint 999; it keeps"), "{err}");
+
+    // The store's runs as Prometheus text.
+    let (code, text, _) = fluffy(path, &["metrics"]);
+    assert_eq!(code, exit::OK);
+    assert!(
+        text.contains("fluffy_runs{workflow=\"budget\",status=\"awaiting_input\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fluffy_runs{workflow=\"budget\",status=\"completed\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fluffy_runs{workflow=\"chain\",status=\"completed\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fluffy_input_requests_waiting{workflow=\"budget\"} 1\n"),
+        "{text}"
+    );
+}

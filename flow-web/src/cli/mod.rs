@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use flow_core::{AgentStatus, FlowError};
 use serde::Serialize;
 
+mod fork;
 pub(crate) mod inputs;
 pub(crate) mod runs;
 mod store;
@@ -58,6 +59,8 @@ enum Command {
     /// Input requests that runs wait on.
     #[command(subcommand)]
     Inputs(InputsCommand),
+    /// The store's runs in Prometheus text: by workflow and status, and waiting requests.
+    Metrics,
     /// Serves the web dashboard over the store until interrupted (Ctrl-C).
     Serve {
         /// Where to listen; an address beyond this machine needs --token.
@@ -89,6 +92,21 @@ enum RunsCommand {
     Show {
         /// The run's key.
         key: String,
+        /// The workflow, when several have a run with this key.
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// A new run starting from one of this run's checkpoints (the latest by default), under
+    /// a key of its own; the original is left as it was.
+    Fork {
+        /// The run's key.
+        key: String,
+        /// The new run's key.
+        #[arg(long)]
+        to: String,
+        /// The checkpoint to start from (`runs show` lists them).
+        #[arg(long)]
+        from: Option<u64>,
         /// The workflow, when several have a run with this key.
         #[arg(long)]
         workflow: Option<String>,
@@ -165,6 +183,31 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     let output = Output { json: cli.json };
     match cli.command {
         Command::Serve { addr, token } => serve(store, addr, token, out),
+        Command::Metrics => {
+            let everything = runs::ListFilter {
+                workflow: None,
+                statuses: Vec::new(),
+                since: None,
+            };
+            let text = runs::prometheus(&runs::summaries(store.as_ref(), &everything)?);
+            write!(out, "{text}").map_err(Failure::io)
+        }
+        Command::Runs(RunsCommand::Fork {
+            key,
+            to,
+            from,
+            workflow,
+        }) => fork::fork(
+            store.as_ref(),
+            fork::ForkRequest {
+                key: &key,
+                workflow: workflow.as_deref(),
+                from,
+                to: &to,
+            },
+            output,
+            out,
+        ),
         Command::Runs(RunsCommand::List {
             workflow,
             status,

@@ -225,6 +225,8 @@ struct RunDetail<'a> {
     checkpoint: u64,
     updated: String,
     elapsed_ms: u128,
+    /// The numbers of the checkpoints kept (to fork from).
+    checkpoints: Vec<u64>,
     states: &'a [flow_runtime::StateCheckpoint],
     queue: &'a [flow_runtime::QueuedState],
     waiting: &'a [String],
@@ -243,6 +245,9 @@ pub(crate) fn show(
     let (run, checkpoint) = find(store, key, workflow)?;
     let last_error = last_error(&checkpoint);
     if output.json {
+        let checkpoints = store
+            .sequences(&run.workflow, &run.run_key)
+            .map_err(Failure::from)?;
         return output.json_to(
             out,
             &RunDetail {
@@ -252,6 +257,7 @@ pub(crate) fn show(
                 checkpoint: checkpoint.sequence,
                 updated: time(checkpoint.created_at),
                 elapsed_ms: checkpoint.elapsed.as_millis(),
+                checkpoints,
                 states: &checkpoint.states,
                 queue: &checkpoint.queue,
                 waiting: &checkpoint.waiting,
@@ -261,6 +267,9 @@ pub(crate) fn show(
             },
         );
     }
+    let kept = store
+        .sequences(&run.workflow, &run.run_key)
+        .map_err(Failure::from)?;
     let mut head = Table::new([
         "RUN",
         "WORKFLOW",
@@ -300,6 +309,10 @@ pub(crate) fn show(
     }
     writeln!(out).map_err(Failure::io)?;
     states.write(out).map_err(Failure::io)?;
+    if kept.len() > 1 {
+        let kept: Vec<String> = kept.iter().map(u64::to_string).collect();
+        writeln!(out, "checkpoints kept: {}", kept.join(", ")).map_err(Failure::io)?;
+    }
     if !checkpoint.queue.is_empty() {
         let mut due = Table::new(["DUE", "ATTEMPT", "WHERE"]);
         for queued in &checkpoint.queue {
@@ -364,4 +377,46 @@ pub(crate) fn millis(ms: u128) -> String {
         ms / 1000 * 1000
     };
     humantime::format_duration(Duration::from_millis(rounded)).to_string()
+}
+
+/// Prometheus text of `runs`: how many by workflow and status, and the input requests
+/// waiting by workflow (`fluffy metrics`, the dashboard's `/metrics`).
+pub(crate) fn prometheus(runs: &[RunSummary]) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut counts: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    let mut waiting: BTreeMap<&str, u64> = BTreeMap::new();
+    for run in runs {
+        let status = run.status.map_or_else(|| "unreadable".into(), status_name);
+        *counts.entry((run.workflow.as_str(), status)).or_default() += 1;
+        *waiting.entry(run.workflow.as_str()).or_default() += run.pending_inputs as u64;
+    }
+    let mut text = String::from(
+        "# HELP fluffy_runs Runs kept in the store, by workflow and status (of their latest checkpoint).\n# TYPE fluffy_runs gauge\n",
+    );
+    for ((workflow, status), count) in &counts {
+        let _ = writeln!(
+            text,
+            "fluffy_runs{{workflow=\"{}\",status=\"{}\"}} {count}",
+            label(workflow),
+            label(status)
+        );
+    }
+    text.push_str("# HELP fluffy_input_requests_waiting Input requests waiting for an answer, by workflow.\n# TYPE fluffy_input_requests_waiting gauge\n");
+    for (workflow, count) in &waiting {
+        let _ = writeln!(
+            text,
+            "fluffy_input_requests_waiting{{workflow=\"{}\"}} {count}",
+            label(workflow)
+        );
+    }
+    text
+}
+
+/// A Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

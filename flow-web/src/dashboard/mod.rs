@@ -533,39 +533,6 @@ async fn metrics(State(app): State<App>) -> Response {
                 .into_response();
         }
     };
-    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
-    let mut waiting: std::collections::BTreeMap<String, u64> = Default::default();
-    for run in &runs {
-        let status = run.status.map_or_else(|| "unreadable".into(), status_name);
-        *counts.entry((run.workflow.clone(), status)).or_default() += 1;
-        *waiting.entry(run.workflow.clone()).or_default() += run.pending_inputs as u64;
-    }
-    let mut text = String::from(
-        "# HELP fluffy_runs Runs kept in the store, by workflow and status (of their latest checkpoint).\n# TYPE fluffy_runs gauge\n",
-    );
-    for ((workflow, status), count) in &counts {
-        let _ = writeln!(
-            text,
-            "fluffy_runs{{workflow=\"{}\",status=\"{}\"}} {count}",
-            label(workflow),
-            label(status)
-        );
-    }
-    text.push_str("# HELP fluffy_input_requests_waiting Input requests waiting for an answer, by workflow.\n# TYPE fluffy_input_requests_waiting gauge\n");
-    for (workflow, count) in &waiting {
-        let _ = writeln!(
-            text,
-            "fluffy_input_requests_waiting{{workflow=\"{}\"}} {count}",
-            label(workflow)
-        );
-    }
+    let text = crate::cli::runs::prometheus(&runs);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-/// A Prometheus label value.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
