@@ -487,6 +487,27 @@ async fn refused_or_ends(agent: &Agent, bytes: &[u8], what: &str) {
     }
 }
 
+/// A store shared behind `Arc<dyn CheckpointStore>` (chosen at run time) is a store, with the
+/// shared one's own methods (its `runs`, its retention), and durable runs take it.
+#[tokio::test(start_paused = true)]
+async fn a_shared_store_conforms_and_runs_durably() {
+    let store = MemoryStore::new();
+    let raw = store.clone();
+    let shared: std::sync::Arc<dyn CheckpointStore> = std::sync::Arc::new(store);
+    conformance(&shared, &|agent, run, seq, bytes| {
+        raw.insert_raw(agent, run, seq, bytes)
+    })
+    .await;
+    let log = Log::default();
+    let report = chain(&log)
+        .run_durable(std::sync::Arc::clone(&shared), "shared")
+        .await
+        .unwrap();
+    assert_eq!(report.status, AgentStatus::Completed);
+    assert_eq!(log.names(), ["a", "b", "c"]);
+    assert!(shared.latest("chain", "shared").unwrap().is_some());
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_memory_store_conforms() {
     let store = MemoryStore::new();

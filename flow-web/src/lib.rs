@@ -10,3 +10,7 @@
 
 pub mod cli;
 pub mod dashboard;
+pub mod graph;
+mod registry;
+
+pub use registry::Registry;

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use flow_core::{AgentStatus, Next};
 use flow_runtime::{Agent, CheckpointStore, Context, FileStore, RedbStore};
-use flow_web::cli::{exit, run};
+use flow_web::Registry;
+use flow_web::cli::{exit, run, run_with};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -449,7 +450,7 @@ async fn a_fork_continues_from_its_checkpoint_and_leaves_the_original() {
     assert_eq!(code, exit::USAGE, "{err}");
     let (code, _, err) = fluffy(path, &["runs", "fork", "first", "--to", "again"]);
     assert_eq!(code, exit::USAGE);
-    assert!(err.contains("has a run `again` already"), "{err}");
+    assert!(err.contains("`again` already has checkpoints"), "{err}");
     let (code, _, err) = fluffy(
         path,
         &["runs", "fork", "first", "--from", "999", "--to", "x"],
@@ -476,4 +477,122 @@ async fn a_fork_continues_from_its_checkpoint_and_leaves_the_original() {
         text.contains("fluffy_input_requests_waiting{workflow=\"budget\"} 1\n"),
         "{text}"
     );
+}
+
+/// `extract` → `clean` and `enrich` in parallel → `load`; `load` fails while the context
+/// says so.
+fn pipeline() -> Agent {
+    let mut agent = Agent::new("pipeline");
+    agent
+        .add_state("extract", |_ctx: Context| async move {
+            Ok(Next::parallel(["clean", "enrich"]))
+        })
+        .successors(["clean", "enrich"]);
+    for name in ["clean", "enrich"] {
+        agent
+            .add_state(name, |_ctx: Context| async move { Ok(Next::to("load")) })
+            .successors(["load"]);
+    }
+    agent
+        .add_state("load", |ctx: Context| async move {
+            if ctx.get_state::<bool>("broken").unwrap_or(false) {
+                return Err("the warehouse is down".into());
+            }
+            Ok(Next::End)
+        })
+        .successors(Vec::<&str>::new());
+    agent
+}
+
+/// `fluffy` with `registry`: (exit code, stdout, stderr).
+fn fluffy_with(registry: &Registry, args: &[&str]) -> (u8, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut full = vec!["fluffy"];
+    full.extend_from_slice(args);
+    let code = run_with(registry, full, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[test]
+fn a_program_with_its_workflows_draws_them_and_resumes_their_runs() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    let path = dir.path().to_str().unwrap();
+    let registry = Registry::new().register(&pipeline()).register(&budget());
+
+    // Graphs: Mermaid, DOT, SVG.
+    let (code, text, err) = fluffy_with(&registry, &["graph", "pipeline"]);
+    assert_eq!(code, exit::OK, "{err}");
+    assert_eq!(
+        text,
+        "flowchart TD\n    s0([\"extract\"])\n    s1[\"clean\"]\n    s2[\"enrich\"]\n    s3[\"load\"]\n    s0 --> s1\n    s0 --> s2\n    s1 --> s3\n    s2 --> s3\n"
+    );
+    let (_, text, _) = fluffy_with(&registry, &["graph", "pipeline", "--format", "dot"]);
+    assert!(
+        text.contains("s0 [label=\"extract\", shape=oval];\n"),
+        "{text}"
+    );
+    assert!(text.contains("    s2 -> s3;\n"), "{text}");
+    let (_, text, _) = fluffy_with(&registry, &["graph", "pipeline", "--format", "svg"]);
+    assert!(text.starts_with("<svg"), "{text}");
+    assert_eq!(text.matches("<g class=\"state\"").count(), 4);
+    assert_eq!(text.matches("marker-end=\"url(#arrow)\"").count(), 4);
+    let (code, _, err) = fluffy_with(&Registry::new(), &["graph", "pipeline"]);
+    assert_eq!(code, exit::USAGE);
+    assert!(
+        err.contains("is not registered") && err.contains("main_with"),
+        "{err}"
+    );
+
+    // A run that waits, answered, then resumed here: its steps as they run.
+    runtime.block_on(async {
+        budget().run_durable(store.clone(), "q3").await.unwrap();
+        let broken = Context::new();
+        broken.set_state("broken", true);
+        let _ = pipeline()
+            .run_durable_with(store.clone(), "nightly", broken)
+            .await;
+    });
+    let (code, _, err) = fluffy_with(
+        &registry,
+        &[
+            "--store",
+            path,
+            "inputs",
+            "answer",
+            "q3",
+            "review/1/0",
+            r#"{"amount": 3, "approved": true}"#,
+        ],
+    );
+    assert_eq!(code, exit::OK, "{err}");
+    let (code, text, err) = fluffy_with(&registry, &["--store", path, "runs", "resume", "q3"]);
+    assert_eq!(code, exit::OK, "{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "▶ review", "{text}");
+    assert!(lines[1].starts_with("✓ review "), "{text}");
+    assert_eq!(lines[2], "▶ spend", "{text}");
+    assert!(lines[3].starts_with("✓ spend "), "{text}");
+    assert!(
+        lines[4].starts_with("run `q3` (budget): completed in "),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 5, "{text}");
+    let (_, text, _) = fluffy(dir.path(), &["runs", "show", "q3", "--json"]);
+    assert_eq!(json_of(&text)["status"], "completed");
+
+    // A run that fails again says so, with exit code 1; an unregistered one needs its code.
+    let (code, text, err) = fluffy_with(&registry, &["--store", path, "runs", "resume", "nightly"]);
+    assert_eq!(code, exit::FAILED, "{text}");
+    assert!(text.starts_with("▶ load\n✗ load: "), "{text}");
+    assert!(text.contains("the warehouse is down"), "{text}");
+    assert!(err.contains("run `nightly` failed"), "{err}");
+    let (code, _, err) = fluffy_with(&Registry::new(), &["--store", path, "runs", "resume", "q3"]);
+    assert_eq!(code, exit::USAGE);
+    assert!(err.contains("workflow `budget` is not registered"), "{err}");
 }

@@ -345,3 +345,59 @@ async fn a_token_is_required_when_set_and_beyond_loopback() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_workflow_is_drawn_with_its_transitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    let mut agent = Agent::new("fanout");
+    agent
+        .add_state("split", |_ctx: Context| async move {
+            Ok(Next::parallel(["left", "right"]))
+        })
+        .successors(["left", "right"]);
+    agent
+        .add_state("left", |_ctx: Context| async move {
+            // (Still running when `right` fails the run: stopped with it.)
+            std::future::pending::<()>().await;
+            Ok(Next::to("join"))
+        })
+        .successors(["join"]);
+    agent
+        .add_state("right", |_ctx: Context| async move {
+            Err("the right side broke".into())
+        })
+        .successors(["join"]);
+    agent.add_state("join", |_ctx: Context| async move { Ok(Next::End) });
+    let _failed = agent.run_durable(store.clone(), "f1").await;
+    let registry = flow_web::Registry::new().register(&agent);
+    let app = router(Arc::new(store), DashboardOptions::new().registry(registry)).unwrap();
+    let (status, page) = get(&app, "/runs/fanout/f1").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    // Four transitions as arrows, the states in layers with their statuses.
+    assert_eq!(
+        page.matches("marker-end=\"url(#arrow)\"").count(),
+        4,
+        "{page}"
+    );
+    for (state, status) in [
+        ("split", "completed"),
+        ("left", "cancelled"),
+        ("right", "failed"),
+        ("join", "pending"),
+    ] {
+        assert!(
+            page.contains(&format!("data-state=\"{state}\" data-status=\"{status}\"")),
+            "{state}: {page}"
+        );
+    }
+    // Unregistered, the same run is its states in order, without arrows.
+    let plain = router(
+        Arc::new(FileStore::new(dir.path())),
+        DashboardOptions::new(),
+    )
+    .unwrap();
+    let (_, page) = get(&plain, "/runs/fanout/f1").await;
+    assert_eq!(page.matches("marker-end").count(), 0);
+    assert_eq!(page.matches("<g class=\"state\"").count(), 4);
+}

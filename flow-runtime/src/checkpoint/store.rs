@@ -292,6 +292,101 @@ impl CheckpointPolicy {
     }
 }
 
+/// A shared store is a store: `Arc<dyn CheckpointStore>` (a store chosen at run time, as the
+/// command line opens one) or `Arc<S>` goes wherever a store is taken. Every method goes to
+/// the shared one, its own overrides included.
+impl<S: CheckpointStore + ?Sized> CheckpointStore for std::sync::Arc<S> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {
+        (**self).save(checkpoint)
+    }
+
+    fn save_pruned(&self, checkpoint: &Checkpoint, keep: usize) -> Result<(), FlowError> {
+        (**self).save_pruned(checkpoint, keep)
+    }
+
+    fn latest(&self, agent: &str, run: &str) -> Result<Option<Checkpoint>, FlowError> {
+        (**self).latest(agent, run)
+    }
+
+    fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
+        (**self).sequences(agent, run)
+    }
+
+    fn load(&self, agent: &str, run: &str, sequence: u64) -> Result<Option<Checkpoint>, FlowError> {
+        (**self).load(agent, run, sequence)
+    }
+
+    fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
+        (**self).delete(agent, run, sequence)
+    }
+
+    fn runs(&self) -> Result<Vec<StoredRun>, FlowError> {
+        (**self).runs()
+    }
+
+    fn delete_run(&self, agent: &str, run: &str) -> Result<(), FlowError> {
+        (**self).delete_run(agent, run)
+    }
+
+    fn post_answer(&self, agent: &str, run: &str, answer: &PostedAnswer) -> Result<(), FlowError> {
+        (**self).post_answer(agent, run, answer)
+    }
+
+    fn posted_answers(&self, agent: &str, run: &str) -> Result<Vec<PostedAnswer>, FlowError> {
+        (**self).posted_answers(agent, run)
+    }
+
+    fn answers_posted(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        (**self).answers_posted()
+    }
+
+    fn clear_answers(&self, agent: &str, run: &str) -> Result<(), FlowError> {
+        (**self).clear_answers(agent, run)
+    }
+
+    fn answer(
+        &self,
+        agent: &str,
+        run: &str,
+        id: &InputId,
+        by: &str,
+        value: serde_json::Value,
+    ) -> Result<(), FlowError> {
+        (**self).answer(agent, run, id, by, value)
+    }
+
+    fn edit_latest(
+        &self,
+        agent: &str,
+        run: &str,
+        edit: &mut dyn FnMut(&mut super::CheckpointContext) -> Result<(), FlowError>,
+    ) -> Result<u64, FlowError> {
+        (**self).edit_latest(agent, run, edit)
+    }
+
+    fn fork_run(&self, agent: &str, run: &str, sequence: u64, into: &str) -> Result<(), FlowError> {
+        (**self).fork_run(agent, run, sequence, into)
+    }
+
+    fn prune_older_than(
+        &self,
+        agent: &str,
+        run: &str,
+        max_age: Duration,
+        now: std::time::SystemTime,
+    ) -> Result<(), FlowError> {
+        (**self).prune_older_than(agent, run, max_age, now)
+    }
+
+    fn prune(&self, agent: &str, run: &str, keep: usize) -> Result<(), FlowError> {
+        (**self).prune(agent, run, keep)
+    }
+}
+
 /// A run a store keeps checkpoints of (see [`CheckpointStore::runs`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StoredRun {

@@ -1,10 +1,11 @@
 //! `fluffy runs fork`: a new run that starts from one of another run's checkpoints (DBOS's
-//! "fork from step N"): the same context, states and due work, under a key of its own, for
-//! `run_durable` (or a worker) to continue. The original run is left as it was.
+//! "fork from step N", through `CheckpointStore::fork_run`): the same context, states and
+//! due work, under a key of its own, for `run_durable` (or a worker) to continue. The
+//! original run is left as it was.
 
 use std::io::Write;
-use std::time::SystemTime;
 
+use flow_core::FlowError;
 use flow_runtime::CheckpointStore;
 use serde::Serialize;
 
@@ -35,12 +36,17 @@ pub(crate) fn fork(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let (run, latest) = find(store, request.key, request.workflow)?;
-    let mut checkpoint = match request.from {
-        None => latest,
-        Some(sequence) => store
-            .load(&run.workflow, &run.run_key, sequence)
-            .map_err(Failure::from)?
-            .ok_or_else(|| {
+    if request.to == run.run_key {
+        return Err(Failure::usage(format!(
+            "the fork needs a key of its own, not `{}`",
+            run.run_key
+        )));
+    }
+    let from_checkpoint = request.from.unwrap_or(latest.sequence);
+    store
+        .fork_run(&run.workflow, &run.run_key, from_checkpoint, request.to)
+        .map_err(|error| match error {
+            FlowError::NoCheckpoint { .. } => {
                 let kept = store
                     .sequences(&run.workflow, &run.run_key)
                     .map(|kept| {
@@ -51,37 +57,13 @@ pub(crate) fn fork(
                     })
                     .unwrap_or_default();
                 Failure::not_found(format!(
-                    "run `{}` has no checkpoint {sequence}; it keeps {kept}",
+                    "run `{}` has no checkpoint {from_checkpoint}; it keeps {kept}",
                     run.run_key
                 ))
-            })?,
-    };
-    if request.to == run.run_key {
-        return Err(Failure::usage(format!(
-            "the fork needs a key of its own, not `{}`",
-            run.run_key
-        )));
-    }
-    let taken = !store
-        .sequences(&run.workflow, request.to)
-        .map_err(Failure::from)?
-        .is_empty();
-    if taken {
-        return Err(Failure::usage(format!(
-            "workflow `{}` has a run `{}` already: fork to another key",
-            run.workflow, request.to
-        )));
-    }
-    let from_checkpoint = checkpoint.sequence;
-    checkpoint.run_key = request.to.to_owned();
-    checkpoint.sequence = 1;
-    checkpoint.created_at = SystemTime::now();
-    // Input requests are named by their run's key: the fork's are its own (an answer given
-    // to the original before this checkpoint is the fork's answer too; later ones are not).
-    for record in &mut checkpoint.inputs {
-        record.request.id.run_key = request.to.to_owned();
-    }
-    store.save(&checkpoint).map_err(Failure::from)?;
+            }
+            FlowError::InvalidConfig { message, .. } => Failure::usage(message),
+            error => Failure::from(error),
+        })?;
     if output.json {
         return output.json_to(
             out,

@@ -13,8 +13,11 @@ use clap::{Parser, Subcommand};
 use flow_core::{AgentStatus, FlowError};
 use serde::Serialize;
 
+pub use crate::Registry;
+
 mod fork;
 pub(crate) mod inputs;
+mod resume;
 pub(crate) mod runs;
 mod store;
 mod table;
@@ -61,6 +64,15 @@ enum Command {
     Inputs(InputsCommand),
     /// The store's runs in Prometheus text: by workflow and status, and waiting requests.
     Metrics,
+    /// A registered workflow's graph (needs a program that registers its workflows: see
+    /// `flow_web::cli::main_with`).
+    Graph {
+        /// The workflow's name.
+        workflow: String,
+        /// mermaid, dot or svg.
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: GraphFormat,
+    },
     /// Serves the web dashboard over the store until interrupted (Ctrl-C).
     Serve {
         /// Where to listen; an address beyond this machine needs --token.
@@ -90,6 +102,15 @@ enum RunsCommand {
     },
     /// One run: its states, what was due, its pending input requests and its last error.
     Show {
+        /// The run's key.
+        key: String,
+        /// The workflow, when several have a run with this key.
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// Continues a run from its latest checkpoint in this process, showing its states as they
+    /// run, until it ends or waits for input (needs its workflow registered).
+    Resume {
         /// The run's key.
         key: String,
         /// The workflow, when several have a run with this key.
@@ -138,9 +159,35 @@ enum InputsCommand {
     },
 }
 
+/// How `graph` draws.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum GraphFormat {
+    /// A Mermaid flowchart.
+    Mermaid,
+    /// Graphviz DOT.
+    Dot,
+    /// An SVG drawn here.
+    Svg,
+}
+
 /// Runs `fluffy` with this process's arguments, printing to stdout and stderr.
 pub fn main() -> ExitCode {
-    let code = run(
+    main_with(Registry::new())
+}
+
+/// [`main`] in a program of yours, with its workflows registered: `graph` and `runs resume`
+/// need their code, and the dashboard draws their transitions.
+///
+/// ```no_run
+/// # use flow_runtime::Agent;
+/// # fn etl() -> Agent { Agent::new("etl") }
+/// fn main() -> std::process::ExitCode {
+///     flow_web::cli::main_with(flow_web::Registry::new().register(&etl()))
+/// }
+/// ```
+pub fn main_with(registry: Registry) -> ExitCode {
+    let code = run_with(
+        &registry,
         std::env::args_os(),
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
@@ -149,8 +196,18 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs `fluffy` with `args` (the first is the program's name), writing what it prints to
-/// `out` and its errors to `err`; returns its exit code (see [`exit`]).
+/// `out` and its errors to `err`; returns its exit code (see [`exit`]). It blocks: call it
+/// outside async code, or in `spawn_blocking`.
 pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_with(&Registry::new(), args, out, err)
+}
+
+/// [`run`] with the workflows of `registry` (see [`main_with`]).
+pub fn run_with<I, T>(registry: &Registry, args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -164,7 +221,7 @@ where
             return code;
         }
     };
-    match execute(cli, out) {
+    match execute(cli, registry, out) {
         Ok(()) => exit::OK,
         Err(failure) => {
             let _ = writeln!(err, "fluffy: {}", failure.message);
@@ -173,7 +230,11 @@ where
     }
 }
 
-fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
+fn execute(cli: Cli, registry: &Registry, out: &mut dyn Write) -> Result<(), Failure> {
+    // (The graph needs no store.)
+    if let Command::Graph { workflow, format } = &cli.command {
+        return resume::graph(registry, workflow, *format, out);
+    }
     let spec = cli.store.ok_or_else(|| {
         Failure::usage(
             "no store: give --store (a redb file, a file store's directory or a postgres:// URL) or set FLUFFY_STORE".into(),
@@ -182,7 +243,11 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     let store = store::open(&spec)?;
     let output = Output { json: cli.json };
     match cli.command {
-        Command::Serve { addr, token } => serve(store, addr, token, out),
+        Command::Graph { .. } => Ok(()),
+        Command::Serve { addr, token } => serve(store, registry, addr, token, out),
+        Command::Runs(RunsCommand::Resume { key, workflow }) => {
+            resume::resume(store, registry, &key, workflow.as_deref(), out)
+        }
         Command::Metrics => {
             let everything = runs::ListFilter {
                 workflow: None,
@@ -250,11 +315,12 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
 /// `fluffy serve`: the dashboard until Ctrl-C.
 fn serve(
     store: std::sync::Arc<dyn flow_runtime::CheckpointStore>,
+    registry: &Registry,
     addr: std::net::SocketAddr,
     token: Option<String>,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let mut options = crate::dashboard::DashboardOptions::new();
+    let mut options = crate::dashboard::DashboardOptions::new().registry(registry.clone());
     if let Some(token) = token.filter(|t| !t.is_empty()) {
         options = options.token(token);
     }

@@ -105,26 +105,32 @@ pub(crate) fn pending(checkpoint: &Checkpoint) -> impl Iterator<Item = &flow_run
         .filter(|record| matches!(record.outcome, InputOutcome::Pending))
 }
 
-/// The status to show for `state` of the run `checkpoint` holds. A failed run's checkpoint
-/// keeps the state that failed for good as due again (so that continuing the run retries
-/// it); shown, that state is `failed`, as its dead letter says.
+/// The status to show for `state` of the run `checkpoint` holds. An ended run's checkpoint
+/// keeps what was due as due again (so that continuing the run runs it): shown, a state
+/// that failed for good is `failed` (as its dead letter says), and one that was stopped
+/// when the run ended is `cancelled`.
 pub(crate) fn shown_status(
     checkpoint: &Checkpoint,
     state: &flow_runtime::StateCheckpoint,
 ) -> String {
-    let failed_for_good = matches!(
+    use flow_core::StateStatus;
+    let ended = matches!(
         checkpoint.status,
         AgentStatus::Failed | AgentStatus::CompletedWithFailures | AgentStatus::Cancelled
-    ) && state.status != flow_core::StateStatus::Completed
-        && checkpoint
+    );
+    if ended && state.status != StateStatus::Completed {
+        let failed_for_good = checkpoint
             .dead_letters
             .iter()
             .any(|letter| letter.state == state.name);
-    if failed_for_good {
-        "failed".into()
-    } else {
-        status_name(state.status)
+        if failed_for_good {
+            return "failed".into();
+        }
+        if matches!(state.status, StateStatus::Running | StateStatus::Ready) {
+            return "cancelled".into();
+        }
     }
+    status_name(state.status)
 }
 
 /// What failed last: the latest dead letter's error, else the first state (in definition

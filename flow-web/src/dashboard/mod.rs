@@ -23,24 +23,33 @@ use flow_core::FlowError;
 use flow_runtime::{Checkpoint, CheckpointStore, InputOutcome};
 use serde::Deserialize;
 
+use crate::Registry;
 use crate::cli::runs::{ListFilter, RunSummary, find, pending, shown_status, summaries};
 use crate::cli::{Failure, exit, status_name, time};
 use html::{badge, escape, page, run_link};
 
 mod form;
-mod html;
+pub(crate) mod html;
 mod svg;
 
 /// How the dashboard is served.
 #[derive(Clone, Debug, Default)]
 pub struct DashboardOptions {
     token: Option<String>,
+    registry: Registry,
 }
 
 impl DashboardOptions {
     /// No token: for a loopback address, or behind a proxy that authenticates.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The workflows whose runs are drawn with their transitions (a run of a workflow not
+    /// registered shows its states in the workflow's order).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Every request must carry `token`: `Authorization: Bearer <token>`, or the cookie a
@@ -56,6 +65,7 @@ struct Shared {
     /// Sent in every form and required with every POST.
     csrf: String,
     token: Option<String>,
+    registry: Registry,
 }
 
 type App = Arc<Shared>;
@@ -78,6 +88,7 @@ pub fn router(
         store,
         csrf,
         token: options.token,
+        registry: options.registry,
     });
     Ok(Router::new()
         .route("/", get(runs_page))
@@ -331,6 +342,26 @@ async fn run_page(
     }
 }
 
+/// The run's graph with each state's status: its workflow's transitions when it is
+/// registered, else its states in order.
+fn picture(app: &App, checkpoint: &Checkpoint) -> String {
+    let graph = app
+        .registry
+        .get(&checkpoint.agent)
+        .and_then(|agent| agent.graph().ok());
+    match graph {
+        Some(graph) => {
+            let statuses: HashMap<String, String> = checkpoint
+                .states
+                .iter()
+                .map(|state| (state.name.clone(), shown_status(checkpoint, state)))
+                .collect();
+            crate::graph::svg(&graph, &statuses)
+        }
+        None => svg::states(checkpoint),
+    }
+}
+
 /// A refused answer, shown in its form.
 struct Refused<'a> {
     id: &'a str,
@@ -350,7 +381,7 @@ fn render_run(app: &App, checkpoint: &Checkpoint, refused: Option<Refused<'_>>) 
         updated = escape(&time(checkpoint.created_at)),
         elapsed = escape(&crate::cli::runs::millis(checkpoint.elapsed.as_millis())),
     );
-    body.push_str(&svg::states(checkpoint));
+    body.push_str(&picture(app, checkpoint));
     // Pending requests first: what someone has to do.
     let empty = HashMap::new();
     for record in pending(checkpoint) {
