@@ -491,13 +491,26 @@ async fn refused_or_ends(agent: &Agent, bytes: &[u8], what: &str) {
 /// shared one's own methods (its `runs`, its retention), and durable runs take it.
 #[tokio::test(start_paused = true)]
 async fn a_shared_store_conforms_and_runs_durably() {
-    let store = MemoryStore::new();
+    // (redb: a store that overrides the trait's defaults, answers among them, which the
+    // default refuses: a method the `Arc` did not pass on would show.)
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("flows.redb")).unwrap();
     let raw = store.clone();
     let shared: std::sync::Arc<dyn CheckpointStore> = std::sync::Arc::new(store);
     conformance(&shared, &|agent, run, seq, bytes| {
-        raw.insert_raw(agent, run, seq, bytes)
+        raw.insert_raw(agent, run, seq, bytes).unwrap()
     })
     .await;
+    let id: fluffy_flow::InputId = "k/review/1/0".parse().unwrap();
+    shared
+        .post_answer(
+            "chain",
+            "k",
+            &fluffy_flow::PostedAnswer::new(id.clone(), serde_json::json!("yes"), "ana"),
+        )
+        .unwrap();
+    let answers = shared.posted_answers("chain", "k").unwrap();
+    assert_eq!((answers.len(), answers[0].id == id), (1, true));
     let log = Log::default();
     let report = chain(&log)
         .run_durable(std::sync::Arc::clone(&shared), "shared")

@@ -67,8 +67,14 @@ pub fn mermaid(graph: &StateGraph) -> String {
     let mut out = String::from("flowchart TD\n");
     let entries: Vec<usize> = graph.entries().iter().map(|e| e.index()).collect();
     for index in 0..graph.len() {
-        // (Quoted labels: a name may hold characters Mermaid reads as syntax.)
-        let text = label(graph, index).replace('"', "#quot;");
+        // (Quoted labels, with Mermaid's entity codes for what it would read as syntax or
+        // markup: a name is shown as it is.)
+        let text = label(graph, index)
+            .replace('#', "#35;")
+            .replace('"', "#quot;")
+            .replace('<', "#lt;")
+            .replace('>', "#gt;")
+            .replace('`', "#96;");
         if entries.contains(&index) {
             let _ = writeln!(out, "    {}([\"{text}\"])", node_id(index));
         } else {
@@ -261,4 +267,30 @@ pub fn svg(graph: &StateGraph, statuses: &HashMap<String, String>) -> String {
     }
     svg.push_str("</svg>");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_core::{StateGraph, StateSpec};
+
+    #[test]
+    fn names_with_markup_are_shown_as_they_are() {
+        let graph = StateGraph::build(
+            "odd",
+            &[StateSpec::new("a#1;\"<b>`"), StateSpec::new("plain")],
+            &[],
+        )
+        .unwrap();
+        let text = mermaid(&graph);
+        assert!(
+            text.contains("s0([\"a#35;1;#quot;#lt;b#gt;#96; (dynamic)\"])"),
+            "{text}"
+        );
+        let drawn = dot(&graph);
+        assert!(
+            drawn.contains("label=\"a#1;\\\"<b>` (dynamic)\""),
+            "{drawn}"
+        );
+    }
 }

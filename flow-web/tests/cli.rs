@@ -595,4 +595,22 @@ fn a_program_with_its_workflows_draws_them_and_resumes_their_runs() {
     let (code, _, err) = fluffy_with(&Registry::new(), &["--store", path, "runs", "resume", "q3"]);
     assert_eq!(code, exit::USAGE);
     assert!(err.contains("workflow `budget` is not registered"), "{err}");
+
+    // A run whose latest checkpoint says it runs may run elsewhere: only with --force.
+    runtime
+        .block_on(budget().run_durable(store.clone(), "live"))
+        .unwrap();
+    let mut checkpoint = store.latest("budget", "live").unwrap().unwrap();
+    checkpoint.status = AgentStatus::Running;
+    checkpoint.sequence += 1;
+    store.save(&checkpoint).unwrap();
+    let (code, _, err) = fluffy_with(&registry, &["--store", path, "runs", "resume", "live"]);
+    assert_eq!(code, exit::USAGE);
+    assert!(err.contains("may still run in another process"), "{err}");
+    let (code, text, err) = fluffy_with(
+        &registry,
+        &["--store", path, "runs", "resume", "live", "--force"],
+    );
+    assert_eq!(code, exit::OK, "{err}");
+    assert!(text.contains("? review asks: Budget for"), "{text}");
 }

@@ -145,6 +145,23 @@ async fn pages_forms_and_metrics_escape_everything_and_answer_runs() {
     );
     let (status, _) = get(&app, "/?status=done").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A filtered list polls the mark of the same filtered list (else it would reload forever).
+    assert!(
+        filtered.contains("fetch(\"/api/runs?status=failed\")"),
+        "{filtered}"
+    );
+    let now = filtered
+        .split("const now=")
+        .nth(1)
+        .unwrap()
+        .split(";setInterval")
+        .next()
+        .unwrap();
+    let (_, polled) = get(&app, "/api/runs?status=failed").await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(now).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&polled).unwrap()
+    );
 
     // The run's page: states coloured by status, the request as a form.
     let (status, page) = get(&app, link).await;
@@ -241,6 +258,13 @@ async fn pages_forms_and_metrics_escape_everything_and_answer_runs() {
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    // Left, not yet taken: said on the page instead of the form.
+    let (_, page) = get(&app, link).await;
+    assert!(
+        page.contains("Answer left by dashboard: <code>{&quot;amount&quot;:1200"),
+        "{page}"
+    );
+    assert!(!page.contains("<form class=\"input\""), "{page}");
     let report = budget().run_durable(store.clone(), XSS).await.unwrap();
     assert_eq!(report.status, AgentStatus::Completed);
     assert_eq!(report.context.get_state::<u32>("amount").unwrap(), 1200);
@@ -328,6 +352,53 @@ async fn a_token_is_required_when_set_and_beyond_loopback() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(&app, with_cookie).await.0, StatusCode::OK);
+
+    // A token given in the address is read as the address encodes it.
+    let odd = router(
+        Arc::new(store.clone()),
+        DashboardOptions::new().token("a+b%c"),
+    )
+    .unwrap();
+    let response = odd
+        .clone()
+        .oneshot(
+            Request::get("/?token=a%2Bb%25c")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    // Tokens a cookie cannot carry, or none at all, are refused.
+    for bad in ["", "a;b", "two words"] {
+        let error =
+            router(Arc::new(store.clone()), DashboardOptions::new().token(bad)).unwrap_err();
+        assert!(
+            error.to_string().contains("visible ASCII"),
+            "{bad}: {error}"
+        );
+    }
+    assert!(!format!("{:?}", DashboardOptions::new().token("s3cret")).contains("s3cret"));
+
+    // Without a token, only this machine's names are answered (DNS rebinding).
+    let local = router(
+        Arc::new(store.clone()),
+        DashboardOptions::new().local_only(),
+    )
+    .unwrap();
+    for (host, expected) in [
+        ("localhost:8080", StatusCode::OK),
+        ("127.0.0.1:8080", StatusCode::OK),
+        ("[::1]:8080", StatusCode::OK),
+        ("evil.example", StatusCode::MISDIRECTED_REQUEST),
+        ("127.0.0.1.evil.example", StatusCode::MISDIRECTED_REQUEST),
+    ] {
+        let request = Request::get("/")
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(&local, request).await.0, expected, "{host}");
+    }
 
     // Beyond loopback without a token: refused before it listens.
     let error = serve(

@@ -270,7 +270,10 @@ pub(crate) fn unescape(escaped: &str) -> Option<String> {
             _ => return None,
         }
     }
-    String::from_utf8(name).ok()
+    let name = String::from_utf8(name).ok()?;
+    // Only the one spelling `escape` writes (upper-case hex, escapes where needed): another
+    // (`%2a`, `%41`) is a directory this store did not make, not a second copy of a run.
+    (escape(&name) == escaped).then_some(name)
 }
 
 #[cfg(test)]
@@ -291,7 +294,7 @@ mod tests {
             assert_eq!(unescape(&escape(name)).as_deref(), Some(name), "{name}");
         }
         // Names this store did not write are not runs of it.
-        for foreign in [".tmp", "a%2", "a%zz", "a.b", "%FF"] {
+        for foreign in [".tmp", "a%2", "a%zz", "a.b", "%FF", "a%2a", "%+A", "%41"] {
             assert_eq!(unescape(foreign), None, "{foreign}");
         }
     }

@@ -116,6 +116,9 @@ enum RunsCommand {
         /// The workflow, when several have a run with this key.
         #[arg(long)]
         workflow: Option<String>,
+        /// Resume a run whose latest checkpoint says it is running (its process is gone).
+        #[arg(long)]
+        force: bool,
     },
     /// A new run starting from one of this run's checkpoints (the latest by default), under
     /// a key of its own; the original is left as it was.
@@ -245,9 +248,20 @@ fn execute(cli: Cli, registry: &Registry, out: &mut dyn Write) -> Result<(), Fai
     match cli.command {
         Command::Graph { .. } => Ok(()),
         Command::Serve { addr, token } => serve(store, registry, addr, token, out),
-        Command::Runs(RunsCommand::Resume { key, workflow }) => {
-            resume::resume(store, registry, &key, workflow.as_deref(), out)
-        }
+        Command::Runs(RunsCommand::Resume {
+            key,
+            workflow,
+            force,
+        }) => resume::resume(
+            store,
+            registry,
+            resume::ResumeRequest {
+                key: &key,
+                workflow: workflow.as_deref(),
+                force,
+            },
+            out,
+        ),
         Command::Metrics => {
             let everything = runs::ListFilter {
                 workflow: None,
@@ -321,7 +335,14 @@ fn serve(
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let mut options = crate::dashboard::DashboardOptions::new().registry(registry.clone());
-    if let Some(token) = token.filter(|t| !t.is_empty()) {
+    let token = token.filter(|t| !t.is_empty());
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(Failure::usage(format!(
+            "{addr} is not a loopback address: give a token (--token or FLUFFY_TOKEN) to serve the dashboard beyond this machine"
+        )));
+    }
+    if let Some(token) = token {
+        crate::dashboard::check_token(&token).map_err(Failure::usage)?;
         options = options.token(token);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -341,7 +362,8 @@ fn serve(
     runtime
         .block_on(crate::dashboard::serve(store, addr, options, interrupted))
         .map_err(|error| match error {
-            FlowError::InvalidConfig { message, .. } => Failure::usage(message),
+            // (The command line was checked above: a port in use, or a server that failed.)
+            FlowError::InvalidConfig { message, .. } => Failure::failed(message),
             error => Failure::from(error),
         })
 }
@@ -436,7 +458,18 @@ pub(crate) fn status_name(status: impl Serialize) -> String {
 
 /// A time in RFC 3339, to the second (UTC).
 pub(crate) fn time(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    // (RFC 3339 stops at year 9999: a time past it, from a damaged checkpoint, is shown in
+    // seconds since the epoch rather than failing the listing.)
+    if write!(text, "{}", humantime::format_rfc3339_seconds(at)).is_err() {
+        text.clear();
+        let seconds = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let _ = write!(text, "@{seconds}");
+    }
+    text
 }
 
 fn parse_status(text: &str) -> Result<AgentStatus, String> {
@@ -445,4 +478,22 @@ fn parse_status(text: &str) -> Result<AgentStatus, String> {
             "`{text}` is not a run status: running, paused, completed, completed_with_failures, failed, cancelled, awaiting_input"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::time;
+
+    #[test]
+    fn times_past_rfc_3339_are_shown_not_fatal() {
+        assert_eq!(
+            time(UNIX_EPOCH + Duration::from_secs(86_400)),
+            "1970-01-02T00:00:00Z"
+        );
+        // (Year 12000: RFC 3339 stops at 9999; a damaged checkpoint may say so.)
+        let far = UNIX_EPOCH + Duration::from_secs(316_000_000_000);
+        assert_eq!(time(far), "@316000000000");
+    }
 }

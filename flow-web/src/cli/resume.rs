@@ -46,21 +46,47 @@ pub(crate) fn graph(
     write!(out, "{text}").map_err(Failure::io)
 }
 
+/// What `runs resume` was given.
+pub(crate) struct ResumeRequest<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) workflow: Option<&'a str>,
+    /// Resume a run whose checkpoint says it is running.
+    pub(crate) force: bool,
+}
+
 /// `runs resume KEY`: the run continued here from its latest checkpoint, a line per step.
 pub(crate) fn resume(
     store: Arc<dyn CheckpointStore>,
     registry: &Registry,
-    key: &str,
-    workflow: Option<&str>,
+    request: ResumeRequest<'_>,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let (run, _) = find(store.as_ref(), key, workflow)?;
+    let (run, latest) = find(store.as_ref(), request.key, request.workflow)?;
     let agent = registered(registry, &run.workflow)?.clone();
+    // A run whose latest checkpoint says it runs may be running in another process (or that
+    // process died): running it here too would run its states twice.
+    if latest.status == AgentStatus::Running && !request.force {
+        return Err(Failure::usage(format!(
+            "run `{}` was running when its latest checkpoint was taken ({}): it may still run in another process; resume it there, or add --force if that process is gone",
+            run.run_key,
+            super::time(latest.created_at)
+        )));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|error| Failure::failed(format!("starting a runtime: {error}")))?;
     let run_key = run.run_key.clone();
+    // A line that cannot be written (a closed pipe) stops the printing, not the run: it
+    // is said once the run has ended.
+    let mut unwritten: Option<Failure> = None;
+    let mut show = |out: &mut dyn Write, event: &EventKind| {
+        if unwritten.is_none()
+            && let Err(failure) = progress(out, event)
+        {
+            unwritten = Some(failure);
+        }
+    };
     let outcome = runtime.block_on(async {
         // Subscribed before the run starts: no step is missed.
         let mut events = agent.subscribe();
@@ -69,35 +95,40 @@ pub(crate) fn resume(
             tokio::spawn(async move { agent.run_durable(store, &key).await })
         };
         tokio::pin!(running);
+        let mut listening = true;
         loop {
             tokio::select! {
                 biased;
-                event = events.next() => match event {
-                    Some(Ok(event)) => progress(out, &event.kind)?,
+                event = events.next(), if listening => match event {
+                    Some(Ok(event)) => show(out, &event.kind),
                     // (Missed events under load: the run goes on; the end is still shown.)
                     Some(Err(_)) => {}
-                    None => {}
+                    None => listening = false,
                 },
                 ended = &mut running => {
                     // The events of the run's last steps, sent before it ended.
-                    while let Some(Ok(event)) = events.try_recv() {
-                        progress(out, &event.kind)?;
+                    while let Some(event) = events.try_recv() {
+                        if let Ok(event) = event {
+                            show(out, &event.kind);
+                        }
                     }
                     return ended.map_err(|error| Failure::failed(format!("the run's task stopped: {error}")));
                 }
             }
         }
     })?;
+    if let Some(failure) = unwritten {
+        return Err(failure);
+    }
     match outcome {
         Ok(report) => {
-            writeln!(
-                out,
+            let line = format!(
                 "run `{run_key}` ({}): {} in {}",
                 run.workflow,
                 status_name(report.status),
                 millis(report.duration.as_millis())
-            )
-            .map_err(Failure::io)?;
+            );
+            writeln!(out, "{}", printable(&line)).map_err(Failure::io)?;
             // What it waits for (asked again as it continued, or answered at once from the
             // answers left for it: only the report knows which).
             for record in &report.inputs {

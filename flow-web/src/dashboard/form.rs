@@ -154,7 +154,7 @@ pub(crate) fn render(
                         n = escape(&input),
                         v = value_of(&input)
                     ),
-                    Field::Boolean => format!(
+                    Field::Boolean if *required => format!(
                         "<input type=\"checkbox\" name=\"{n}\" value=\"true\"{checked}>",
                         n = escape(&input),
                         checked = if given.get(&input).is_some_and(|v| v == "true") {
@@ -163,6 +163,20 @@ pub(crate) fn render(
                             ""
                         }
                     ),
+                    // An optional yes/no can also be left unsaid (an unticked box could not).
+                    Field::Boolean => {
+                        let mut select = format!("<select name=\"{}\">", escape(&input));
+                        for (value, shown) in [("", "—"), ("true", "yes"), ("false", "no")] {
+                            let selected = given.get(&input).map_or("", String::as_str) == value;
+                            let _ = write!(
+                                select,
+                                "<option value=\"{value}\"{s}>{shown}</option>",
+                                s = if selected { " selected" } else { "" }
+                            );
+                        }
+                        select.push_str("</select>");
+                        select
+                    }
                     Field::Choice(choices) => {
                         let mut select = format!("<select name=\"{}\">", escape(&input));
                         for choice in choices {
@@ -211,15 +225,21 @@ pub(crate) fn answer(schema: &Value, submitted: &HashMap<String, String>) -> Res
         ),
         Shape::Object(fields) => {
             let mut object = Map::new();
-            for (name, kind, _) in fields {
+            for (name, kind, required) in fields {
                 let text = submitted
                     .get(&format!("field.{name}"))
                     .map_or("", String::as_str);
                 let value = match kind {
                     // (An unticked box is not sent: false.)
-                    Field::Boolean => Value::Bool(text == "true"),
-                    // An empty optional field is left out; an empty required one is left
-                    // to the schema check, which names it.
+                    Field::Boolean if required => Value::Bool(text == "true"),
+                    Field::Boolean => match text {
+                        "true" => Value::Bool(true),
+                        "false" => Value::Bool(false),
+                        _ => continue,
+                    },
+                    // Required text may be empty (the schema says if it may); other empty
+                    // fields are left out, and a required one is named by the schema check.
+                    Field::Text if required && text.is_empty() => Value::String(String::new()),
                     _ if text.trim().is_empty() => continue,
                     Field::Text | Field::Choice(_) => Value::String(text.to_owned()),
                     Field::Integer => text
@@ -267,6 +287,8 @@ mod tests {
                 "amount": {"type": "integer"},
                 "rate": {"type": ["number", "null"]},
                 "approved": {"type": "boolean"},
+                "urgent": {"type": ["boolean", "null"]},
+                "remote": {"type": ["boolean", "null"]},
                 "team": {"type": "string", "enum": ["ml", "data"]},
                 "note": {"type": "string"},
                 "tags": {"type": "array", "items": {"type": "string"}}
@@ -281,12 +303,15 @@ mod tests {
                 ("field.team", "ml"),
                 ("field.note", ""),
                 ("field.tags", r#"["a","b"]"#),
+                ("field.urgent", "false"),
+                ("field.remote", ""),
             ]),
         )
         .unwrap();
+        // (An optional yes/no left unsaid is left out; an unticked required box is false.)
         assert_eq!(
             answer,
-            json!({"amount": 1200, "rate": 0.5, "approved": false, "team": "ml", "tags": ["a", "b"]})
+            json!({"amount": 1200, "rate": 0.5, "approved": false, "urgent": false, "team": "ml", "tags": ["a", "b"]})
         );
         let error = super::answer(&schema, &submitted(&[("field.amount", "12.5")])).unwrap_err();
         assert_eq!(error, "amount: `12.5` is not a whole number");

@@ -33,10 +33,22 @@ pub(crate) mod html;
 mod svg;
 
 /// How the dashboard is served.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct DashboardOptions {
     token: Option<String>,
     registry: Registry,
+    local_only: bool,
+}
+
+impl std::fmt::Debug for DashboardOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // (Never the token itself.)
+        f.debug_struct("DashboardOptions")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("registry", &self.registry)
+            .field("local_only", &self.local_only)
+            .finish()
+    }
 }
 
 impl DashboardOptions {
@@ -53,9 +65,18 @@ impl DashboardOptions {
     }
 
     /// Every request must carry `token`: `Authorization: Bearer <token>`, or the cookie a
-    /// first visit with `?token=<token>` sets.
+    /// first visit with `?token=<token>` sets. Visible ASCII without `;`, `,` or `"` (it
+    /// goes in a cookie), at least one character; [`router`] refuses others.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Answers only requests addressed to this machine by name (`Host` is `localhost`,
+    /// `127.0.0.1` or `[::1]`): a web page elsewhere that points its own name at 127.0.0.1
+    /// (DNS rebinding) cannot read the dashboard. [`serve`] without a token sets it.
+    pub fn local_only(mut self) -> Self {
+        self.local_only = true;
         self
     }
 }
@@ -66,6 +87,7 @@ struct Shared {
     csrf: String,
     token: Option<String>,
     registry: Registry,
+    local_only: bool,
 }
 
 type App = Arc<Shared>;
@@ -75,6 +97,12 @@ pub fn router(
     store: Arc<dyn CheckpointStore>,
     options: DashboardOptions,
 ) -> Result<Router, FlowError> {
+    if let Some(token) = &options.token {
+        check_token(token).map_err(|message| FlowError::InvalidConfig {
+            agent: "dashboard".into(),
+            message,
+        })?;
+    }
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|error| FlowError::InvalidConfig {
         agent: "dashboard".into(),
@@ -89,6 +117,7 @@ pub fn router(
         csrf,
         token: options.token,
         registry: options.registry,
+        local_only: options.local_only,
     });
     Ok(Router::new()
         .route("/", get(runs_page))
@@ -98,6 +127,20 @@ pub fn router(
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), authorize))
         .with_state(app))
+}
+
+/// Whether `token` can be the dashboard's: visible ASCII without `;`, `,`, `"` or `\` (it is
+/// sent in a cookie), not empty; the error says so.
+pub(crate) fn check_token(token: &str) -> Result<(), String> {
+    let usable = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b";,\"\\".contains(&b));
+    if usable {
+        Ok(())
+    } else {
+        Err("the dashboard's token must be visible ASCII characters without `;`, `,`, `\"` or `\\` (it is sent in a cookie), and not empty".into())
+    }
 }
 
 /// Serves the dashboard over `store` on `addr` until `shutdown` completes. A non-loopback
@@ -117,6 +160,11 @@ pub async fn serve(
             "{addr} is not a loopback address: give a token (--token or FLUFFY_TOKEN) to serve the dashboard beyond this machine"
         )));
     }
+    let options = if options.token.is_none() {
+        options.local_only()
+    } else {
+        options
+    };
     let router = router(store, options)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -130,6 +178,17 @@ pub async fn serve(
 /// With a token set, lets through requests that carry it (header or cookie), and sets the
 /// cookie for a visit with `?token=`.
 async fn authorize(State(app): State<App>, request: Request, next: Next) -> Response {
+    if app.local_only && !local_host(request.headers()) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            Html(page(
+                "not this machine",
+                "<h1>Not this machine</h1><p>This dashboard answers requests to localhost only. Serve it with a token to open it under another name.</p>",
+                None,
+            )),
+        )
+            .into_response();
+    }
     let Some(token) = app.token.as_deref() else {
         return next.run(request).await;
     };
@@ -148,7 +207,8 @@ async fn authorize(State(app): State<App>, request: Request, next: Next) -> Resp
     let offered = query
         .split('&')
         .find_map(|pair| pair.strip_prefix("token="))
-        .is_some_and(|given| same(given, token));
+        .and_then(percent_decoded)
+        .is_some_and(|given| same(&given, token));
     if offered {
         let path = request.uri().path().to_owned();
         let mut response = Redirect::to(&path).into_response();
@@ -168,6 +228,49 @@ async fn authorize(State(app): State<App>, request: Request, next: Next) -> Resp
         )),
     )
         .into_response()
+}
+
+/// Whether the request names this machine (`Host`: localhost, 127.0.0.1 or [::1], any port).
+fn local_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // [::1]:8080
+        Some(rest) => rest.split(']').next().map(|inside| format!("[{inside}]")),
+        None => host.split(':').next().map(str::to_owned),
+    };
+    name.is_some_and(|name| {
+        matches!(
+            name.to_ascii_lowercase().as_str(),
+            "localhost" | "127.0.0.1" | "[::1]"
+        )
+    })
+}
+
+/// `text` with its `%XX` escapes (and `+` for space) decoded; `None` if they do not decode.
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                decoded.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
 }
 
 /// The value of cookie `name`.
@@ -221,6 +324,19 @@ async fn blocking<T: Send + 'static>(
 struct RunsQuery {
     status: Option<String>,
     workflow: Option<String>,
+}
+
+impl RunsQuery {
+    /// The filters as a query string (`status=failed&workflow=etl`), encoded.
+    fn encoded(&self) -> String {
+        let mut pairs = Vec::new();
+        for (name, value) in [("status", &self.status), ("workflow", &self.workflow)] {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                pairs.push(format!("{name}={}", html::encode_segment(value)));
+            }
+        }
+        pairs.join("&")
+    }
 }
 
 async fn all_runs(app: &App, query: &RunsQuery) -> Result<Vec<RunSummary>, Failure> {
@@ -280,7 +396,12 @@ async fn runs_page(State(app): State<App>, Query(query): Query<RunsQuery>) -> Re
         body.push_str("<p class=\"muted\">No runs.</p>");
     }
     let now = fingerprint(&runs);
-    Html(page("runs", &body, Some(("/api/runs", &now)))).into_response()
+    // (The mark of the same filtered list: any other would differ, and reload forever.)
+    let api = match query.encoded() {
+        query if query.is_empty() => "/api/runs".to_owned(),
+        query => format!("/api/runs?{query}"),
+    };
+    Html(page("runs", &body, Some((&api, &now)))).into_response()
 }
 
 /// What changes when any run changes (for live updates).
@@ -292,11 +413,7 @@ fn fingerprint(runs: &[RunSummary]) -> String {
     serde_json::Value::Array(marks).to_string()
 }
 
-async fn runs_json(State(app): State<App>) -> Response {
-    let query = RunsQuery {
-        status: None,
-        workflow: None,
-    };
+async fn runs_json(State(app): State<App>, Query(query): Query<RunsQuery>) -> Response {
     match all_runs(&app, &query).await {
         Ok(runs) => (
             [(header::CONTENT_TYPE, "application/json")],
@@ -336,9 +453,18 @@ async fn run_page(
     State(app): State<App>,
     Path((workflow, key)): Path<(String, String)>,
 ) -> Response {
-    match load(&app, workflow, key).await {
-        Ok(checkpoint) => Html(render_run(&app, &checkpoint, None)).into_response(),
-        Err(failure) => failure_page(failure),
+    let store = Arc::clone(&app.store);
+    let (workflow_, key_) = (workflow.clone(), key.clone());
+    let posted = blocking(move || {
+        store
+            .posted_answers(&workflow_, &key_)
+            .map_err(Failure::from)
+    });
+    match (load(&app, workflow, key).await, posted.await) {
+        (Ok(checkpoint), Ok(posted)) => {
+            Html(render_run(&app, &checkpoint, &posted, None)).into_response()
+        }
+        (Err(failure), _) | (_, Err(failure)) => failure_page(failure),
     }
 }
 
@@ -369,7 +495,12 @@ struct Refused<'a> {
     reason: &'a str,
 }
 
-fn render_run(app: &App, checkpoint: &Checkpoint, refused: Option<Refused<'_>>) -> String {
+fn render_run(
+    app: &App,
+    checkpoint: &Checkpoint,
+    posted: &[flow_runtime::PostedAnswer],
+    refused: Option<Refused<'_>>,
+) -> String {
     let status = status_name(checkpoint.status);
     let link = run_link(&checkpoint.agent, &checkpoint.run_key);
     let mut body = format!(
@@ -386,6 +517,18 @@ fn render_run(app: &App, checkpoint: &Checkpoint, refused: Option<Refused<'_>>) 
     let empty = HashMap::new();
     for record in pending(checkpoint) {
         let id = record.request.id.to_string();
+        // Answered here or elsewhere, not yet taken by the run: said, not asked again.
+        if let Some(answer) = posted.iter().rev().find(|a| a.id == record.request.id) {
+            let _ = write!(
+                body,
+                "<div class=\"input left\" data-request=\"{id}\"><p><strong>{prompt}</strong> <span class=\"muted\">({id})</span></p><p>Answer left by {by}: <code>{value}</code>. The run takes it when it next looks (a waiting run within its poll interval, a suspended one when it continues).</p></div>",
+                id = escape(&id),
+                prompt = escape(&record.request.prompt),
+                by = escape(&answer.by),
+                value = escape(&answer.value.to_string()),
+            );
+            continue;
+        }
         let (given, reason) = match &refused {
             Some(refused) if refused.id == id => (refused.given, Some(refused.reason)),
             _ => (&empty, None),
@@ -518,7 +661,7 @@ async fn answer(
         };
         (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Html(render_run(&app, &checkpoint, Some(refused))),
+            Html(render_run(&app, &checkpoint, &[], Some(refused))),
         )
             .into_response()
     };
