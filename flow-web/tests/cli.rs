@@ -614,3 +614,65 @@ fn a_program_with_its_workflows_draws_them_and_resumes_their_runs() {
     assert_eq!(code, exit::OK, "{err}");
     assert!(text.contains("? review asks: Budget for"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_show_each_attempt_with_its_wait_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut agent = Agent::new("fetching");
+    let counted = std::sync::Arc::clone(&tries);
+    agent
+        .add_state("fetch", move |_ctx: Context| {
+            let counted = std::sync::Arc::clone(&counted);
+            async move {
+                if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return Err("timed out talking to the API".into());
+                }
+                Ok(Next::to("store"))
+            }
+        })
+        .retry(flow_core::RetryPolicy {
+            max_retries: 1,
+            initial_delay: std::time::Duration::from_millis(1),
+            ..flow_core::RetryPolicy::DEFAULT
+        });
+    agent.add_state("store", |_ctx: Context| async move { Ok(Next::End) });
+    agent.run_durable(store.clone(), "f1").await.unwrap();
+
+    let (code, text, err) = fluffy(dir.path(), &["runs", "steps", "f1", "--json"]);
+    assert_eq!(code, exit::OK, "{err}");
+    let attempts = json_of(&text);
+    let seen: Vec<(String, u64, String)> = attempts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["state"].as_str().unwrap().to_owned(),
+                a["attempt"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("fetch".into(), 1, "failed".into()),
+            ("fetch".into(), 2, "completed".into()),
+            ("store".into(), 1, "completed".into()),
+        ]
+    );
+    assert_eq!(attempts[0]["error"], "timed out talking to the API");
+    let (code, text, _) = fluffy(dir.path(), &["runs", "steps", "f1"]);
+    assert_eq!(code, exit::OK);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("STATE  ATTEMPT  OUTCOME"), "{text}");
+    assert!(
+        lines[1].starts_with("fetch  1        failed     +0ms"),
+        "{text}"
+    );
+    assert!(lines[1].ends_with("timed out talking to the API"), "{text}");
+    assert!(lines[2].starts_with("fetch  2        completed"), "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
+}

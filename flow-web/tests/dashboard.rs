@@ -270,6 +270,20 @@ async fn pages_forms_and_metrics_escape_everything_and_answer_runs() {
     assert_eq!(report.context.get_state::<u32>("amount").unwrap(), 1200);
     let (_, page) = get(&app, link).await;
     assert!(page.contains("answered by dashboard"), "{page}");
+    // The time line: every attempt, `review` twice (stopped when the run suspended, then
+    // run again with the answer).
+    assert!(page.contains("<h2>Timeline</h2>"), "{page}");
+    for (state, attempt, outcome) in [
+        ("plan", 1, "completed"),
+        ("review", 1, "cancelled"),
+        ("review", 1, "completed"),
+        ("spend", 1, "completed"),
+    ] {
+        let bar = format!(
+            "<g class=\"attempt\" data-state=\"{state}\" data-attempt=\"{attempt}\" data-outcome=\"{outcome}\">"
+        );
+        assert!(page.contains(&bar), "{bar}: {page}");
+    }
     assert!(
         page.contains("data-state=\"spend\" data-status=\"completed\""),
         "{page}"

@@ -9,6 +9,7 @@
 mod answers;
 mod context;
 mod file;
+mod history;
 mod memory;
 mod redb_store;
 mod store;
@@ -24,6 +25,8 @@ use crate::input::InputRecord;
 pub use answers::AnswerInbox;
 pub use context::CheckpointContext;
 pub use file::FileStore;
+pub(crate) use history::AttemptLog;
+pub use history::{ATTEMPT_HISTORY, AttemptOutcome, AttemptRecord, attempt_times};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use store::{CheckpointPolicy, CheckpointStore, StoredRun};
@@ -41,8 +44,10 @@ use crate::scheduler::SchedulerImage;
 /// requests (`inputs`). Formats 1 and 2 read as format 3 with no input requests; `4` — branch
 /// ids, branch views and map items (reducers and `Next::map`), the status
 /// `completed_with_failures`, and each dead letter's `outcome`. Earlier formats read as
-/// format 4 with no branch views (a run they hold had none) and outcomes read as `failed_run`.
-pub const CHECKPOINT_FORMAT: u32 = 4;
+/// format 4 with no branch views (a run they hold had none) and outcomes read as `failed_run`;
+/// `5` — the run's attempts with their times (`attempts`). Earlier formats read as format 5
+/// with no attempts.
+pub const CHECKPOINT_FORMAT: u32 = 5;
 
 /// A run at one moment: enough to continue it in another process.
 ///
@@ -84,6 +89,10 @@ pub struct Checkpoint {
     /// with every refusal.
     #[serde(default)]
     pub inputs: Vec<InputRecord>,
+    /// The run's attempts with their times, the latest [`ATTEMPT_HISTORY`]: ended ones, then
+    /// those running when it was taken.
+    #[serde(default)]
+    pub attempts: Vec<AttemptRecord>,
     /// The scheduler's own records (branches and joins, dependency bookkeeping).
     pub(crate) scheduler: SchedulerImage,
     /// Every context value. (Last: [`Checkpoint::to_json`] appends its text as it is.)
@@ -108,6 +117,7 @@ struct Head<'a> {
     waiting: &'a [String],
     dead_letters: &'a [DeadLetter],
     inputs: &'a [InputRecord],
+    attempts: &'a [AttemptRecord],
     scheduler: &'a SchedulerImage,
 }
 
@@ -196,6 +206,7 @@ impl Checkpoint {
             waiting: &self.waiting,
             dead_letters: &self.dead_letters,
             inputs: &self.inputs,
+            attempts: &self.attempts,
             scheduler: &self.scheduler,
         };
         let context = self.context.text();
@@ -245,7 +256,7 @@ impl Checkpoint {
         match format {
             // The context is borrowed from `bytes`, copied once and indexed (see
             // `CheckpointContext`'s `Deserialize`).
-            1..=3 | CHECKPOINT_FORMAT => serde_json::from_slice::<Self>(bytes)
+            1..=4 | CHECKPOINT_FORMAT => serde_json::from_slice::<Self>(bytes)
                 .map(|mut checkpoint| {
                     checkpoint.format = CHECKPOINT_FORMAT;
                     checkpoint

@@ -14,6 +14,9 @@ impl Coordinator {
         if let Some(subgraphs) = &self.subgraphs {
             subgraphs.set_checkpointed();
         }
+        // (A restored run's history was seeded from its checkpoint.)
+        self.history
+            .get_or_insert_with(|| Box::new(crate::checkpoint::AttemptLog::new(Vec::new())));
         self.writer = Some(Writer::start(
             Arc::clone(store),
             *policy,

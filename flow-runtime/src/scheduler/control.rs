@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::task::Message;
 use super::{Coordinator, Stop};
+use crate::checkpoint::AttemptOutcome;
 use crate::events::EventKind;
 use crate::probe::StateEvent;
 use crate::run::RunReport;
@@ -164,6 +165,22 @@ impl Coordinator {
                     let duration = now - running.started;
                     record.total_time = record.total_time.saturating_add(duration);
                     record.last_finished = Some(now);
+                    let completed = matches!(outcome, super::task::Outcome::Finished(Ok(_)));
+                    self.log_attempt(
+                        running.state,
+                        (running.attempt, running.visit),
+                        (running.queued_at, running.started),
+                        || {
+                            if completed {
+                                (AttemptOutcome::Completed, None)
+                            } else {
+                                (
+                                    AttemptOutcome::Cancelled,
+                                    Some("stopped with its run".to_owned()),
+                                )
+                            }
+                        },
+                    );
                     if matches!(outcome, super::task::Outcome::Finished(Ok(_))) {
                         self.completed = self.completed.saturating_add(1);
                         self.set_status(running.state, StateStatus::Completed);

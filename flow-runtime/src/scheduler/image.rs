@@ -167,6 +167,7 @@ impl Coordinator {
             Ok(image) => (image, Ok(())),
             Err(error) => (BranchesImage::default(), Err(error)),
         };
+        let attempts = self.attempt_history();
         let checkpoint = Checkpoint {
             format: CHECKPOINT_FORMAT,
             agent: self.compiled.name.to_string(),
@@ -184,6 +185,7 @@ impl Coordinator {
             waiting,
             dead_letters: self.dead_letters.clone(),
             inputs: self.observer.inputs.records(),
+            attempts,
             context: CheckpointContext::default(),
             scheduler: SchedulerImage {
                 joins: self.joins.image(),
@@ -225,6 +227,24 @@ impl Coordinator {
         }
     }
 
+    /// The run's attempts for a checkpoint: those that ended, then those running now (none
+    /// for a run without checkpoints).
+    fn attempt_history(&self) -> Vec<crate::checkpoint::AttemptRecord> {
+        let Some(history) = self.history.as_deref() else {
+            return Vec::new();
+        };
+        let running = self.running.iter().flatten().map(|r| {
+            let priority = self.compiled.states[r.state.index()].priority;
+            (
+                r.state.index() as u32,
+                (r.attempt, r.visit),
+                (self.ready.became_ready_at(r.queued_at, priority), r.started),
+            )
+        });
+        let graph = &self.graph;
+        history.snapshot(|state| &**graph.name(StateId::new(state)), running)
+    }
+
     /// Puts a checkpoint's run back in place of the fresh one `new` made: branches, due work
     /// (what was running is queued first, to run again), retries with their remaining delay,
     /// dependency waits, statuses and counts. The checkpoint was checked to fit the definition.
@@ -235,6 +255,31 @@ impl Coordinator {
         branches: RestoredBranches,
     ) {
         let image = &checkpoint.scheduler;
+        // Its history goes on. What was running then stopped with its run (at the
+        // checkpoint, as far as anyone knows) and runs again: a record of its own.
+        let taken_ms = checkpoint
+            .created_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        let history = checkpoint
+            .attempts
+            .iter()
+            .cloned()
+            .map(|mut record| {
+                if record.outcome == crate::checkpoint::AttemptOutcome::Running {
+                    record.outcome = crate::checkpoint::AttemptOutcome::Cancelled;
+                    record.ended_at_ms = Some(taken_ms.max(record.started_at_ms));
+                    record.error = Some(
+                        "stopped with its run; run again from its start when the run continued"
+                            .into(),
+                    );
+                }
+                record
+            })
+            .collect();
+        self.history = Some(Box::new(crate::checkpoint::AttemptLog::new(history)));
         self.restored = true;
         self.restored_from = Some(checkpoint.sequence);
         self.now = Instant::now();

@@ -44,7 +44,13 @@ impl Coordinator {
                 record_breaker(breaker, &outcome);
                 super::telemetry::attempt_ended(&span, &outcome);
                 return self
-                    .finish(state, branch, attempt, started, outcome)
+                    .finish(
+                        state,
+                        branch,
+                        attempt,
+                        (entry.virtual_start(), started),
+                        outcome,
+                    )
                     .map_err(Stop::Failed);
             }
         };
@@ -63,7 +69,13 @@ impl Coordinator {
                 self.now = Instant::now();
                 record_breaker(breaker, &outcome);
                 super::telemetry::attempt_ended(&span, &outcome);
-                let finished = self.finish(state, branch, attempt, started, outcome);
+                let finished = self.finish(
+                    state,
+                    branch,
+                    attempt,
+                    (entry.virtual_start(), started),
+                    outcome,
+                );
                 self.publish_counts();
                 finished.map_err(Stop::Failed)
             }
@@ -127,7 +139,14 @@ impl Coordinator {
                     self.dequeued(entry.seq());
                     let (state, branch) = (entry.state, entry.branch);
                     let (span, attempt) = self.begin(state, (entry.attempt, entry.visit));
-                    self.launch_outcome(state, branch, attempt, Outcome::Refused(error), span);
+                    let queued_at = entry.virtual_start();
+                    self.launch_outcome(
+                        state,
+                        branch,
+                        (attempt, queued_at),
+                        Outcome::Refused(error),
+                        span,
+                    );
                     continue;
                 }
             };
@@ -145,7 +164,7 @@ impl Coordinator {
                 Err(outcome) => {
                     // The body panicked before it produced a future: report it like any panic.
                     record_breaker(admission.breaker, &outcome);
-                    self.launch_outcome(state, branch, attempt, outcome, span);
+                    self.launch_outcome(state, branch, (attempt, queued_at), outcome, span);
                 }
             }
         }
@@ -304,7 +323,7 @@ impl Coordinator {
         &mut self,
         state: StateId,
         branch: Branch,
-        (attempt, visit): (u32, u32),
+        ((attempt, visit), queued_at): ((u32, u32), i64),
         outcome: Outcome,
         span: tracing::Span,
     ) {
@@ -320,7 +339,7 @@ impl Coordinator {
             breaker: None,
             ticket,
             grant: None,
-            queued_at: 0,
+            queued_at,
             _deadline: None,
             _held: Vec::new(),
             _shared: Vec::new(),

@@ -39,7 +39,7 @@ use tracing::Instrument;
 
 use crate::agent::Compiled;
 use crate::checkpoint::writer::{self, Writer};
-use crate::checkpoint::{CheckpointPolicy, CheckpointStore};
+use crate::checkpoint::{AttemptLog, AttemptOutcome, CheckpointPolicy, CheckpointStore};
 use crate::context::Context;
 use crate::coordination::{Actor, AttemptIdentity, HeldUnits};
 use crate::events::{EventHub, EventKind};
@@ -137,6 +137,8 @@ pub(crate) struct Coordinator {
     branches: branches::Branches,
     /// The highest checkpoint sequence this run saved (see `writer::save`).
     saved_sequence: Arc<std::sync::atomic::AtomicU64>,
+    /// Its attempts with their times, for its checkpoints: a run with checkpoints only.
+    history: Option<Box<AttemptLog>>,
     /// The runs of its subgraph states, when it has any (see `crate::subgraph`).
     subgraphs: Option<Arc<crate::subgraph::SubgraphRuns>>,
     /// For a subgraph's run: its subgraph state's path in the outermost run.
@@ -243,6 +245,7 @@ impl Coordinator {
             saved_sequence: Arc::new(std::sync::atomic::AtomicU64::new(
                 crate::checkpoint::writer::UNKNOWN,
             )),
+            history: None,
             subgraphs: None,
             path: None,
             input_watch: None,
@@ -645,6 +648,7 @@ impl Coordinator {
             started,
             breaker,
             span,
+            queued_at,
             ..
         }) = entry.take()
         else {
@@ -654,17 +658,25 @@ impl Coordinator {
         self.free_slots.push(slot);
         self.running_count -= 1;
         record_breaker(breaker, &outcome);
-        self.finish(state, branch, (attempt, visit), started, outcome)
+        self.finish(
+            state,
+            branch,
+            (attempt, visit),
+            (queued_at, started),
+            outcome,
+        )
     }
 
     /// Records how a state's attempt ended and routes its branch: on, to a retry, to its
     /// `on_error` handler, or to the run's failure.
+    ///
+    /// `times`: the attempt's place in the ready order (its virtual start) and its start.
     fn finish(
         &mut self,
         state: StateId,
         branch: Branch,
         attempt: (u32, u32),
-        started: Instant,
+        (queued_at, started): (i64, Instant),
         mut outcome: Outcome,
     ) -> Result<(), FlowError> {
         let completed = matches!(outcome, Outcome::Finished(Ok(_)));
@@ -687,6 +699,9 @@ impl Coordinator {
         self.transitions = self.transitions.saturating_add(1);
         let now = self.now;
         let duration = now - started;
+        self.log_attempt(state, attempt, (queued_at, started), || {
+            attempt_outcome(&outcome)
+        });
         let record = &mut self.states[state.index()];
         record.total_time = record.total_time.saturating_add(duration);
         record.last_finished = Some(now);
@@ -870,6 +885,45 @@ impl Coordinator {
         self.events.publish(self.now, kind);
     }
 
+    /// Keeps an attempt of `state` that ended now in the run's history (a run with
+    /// checkpoints only). `times`: its virtual start in the ready order, and its start.
+    #[inline]
+    fn log_attempt(
+        &mut self,
+        state: StateId,
+        attempt: (u32, u32),
+        (queued_at, started): (i64, Instant),
+        how: impl FnOnce() -> (AttemptOutcome, Option<String>),
+    ) {
+        // (A run without checkpoints keeps no history, and builds nothing for it: one test
+        // of a field, inlined where attempts end.)
+        if self.history.is_some() {
+            self.keep_attempt(state, attempt, (queued_at, started), how());
+        }
+    }
+
+    #[inline(never)]
+    fn keep_attempt(
+        &mut self,
+        state: StateId,
+        attempt: (u32, u32),
+        (queued_at, started): (i64, Instant),
+        how: (AttemptOutcome, Option<String>),
+    ) {
+        let Some(history) = self.history.as_deref_mut() else {
+            return;
+        };
+        let priority = self.compiled.states[state.index()].priority;
+        let ready = self.ready.became_ready_at(queued_at, priority);
+        history.ended(
+            state.index() as u32,
+            attempt,
+            (ready, started),
+            self.now,
+            how,
+        );
+    }
+
     /// Publishes what happened to `state` (an event is built only for subscribers).
     fn publish_state(&mut self, state: StateId, event: StateEvent<'_>) {
         if self.events.is_observed() {
@@ -897,6 +951,20 @@ impl Coordinator {
             agent: self.compiled.name.to_string(),
             waiting,
         }
+    }
+}
+
+/// How an attempt ended, for the run's history, with its error.
+fn attempt_outcome(outcome: &Outcome) -> (AttemptOutcome, Option<String>) {
+    match outcome {
+        Outcome::Finished(Ok(_)) => (AttemptOutcome::Completed, None),
+        Outcome::Finished(Err(error)) => (AttemptOutcome::Failed, Some(error.to_string())),
+        Outcome::Panicked(message) => (AttemptOutcome::Panicked, Some(message.clone())),
+        Outcome::TimedOut(limit) => (
+            AttemptOutcome::TimedOut,
+            Some(format!("timed out after {limit:?}")),
+        ),
+        Outcome::Refused(error) => (AttemptOutcome::Refused, Some(error.to_string())),
     }
 }
 

@@ -100,6 +100,18 @@ impl Coordinator {
                 running.queued_at,
             );
             tracing::debug!(state = %self.graph.name(state), "preempted");
+            self.now = Instant::now();
+            self.log_attempt(
+                state,
+                (attempt, visit),
+                (queued_at, running.started),
+                || {
+                    (
+                        AttemptOutcome::Cancelled,
+                        Some("preempted: a state of higher priority took its resources; it runs again from its start".to_owned()),
+                    )
+                },
+            );
             // Dropping the record gives its grant back now.
             drop(running);
             self.publish_state(state, StateEvent::Cancelled);

@@ -152,10 +152,13 @@ impl ReadyQueue {
 
     /// When an entry of this priority became ready (the inverse of `push`).
     pub(crate) fn became_ready(&self, entry: &ReadyEntry, priority: Priority) -> Instant {
+        self.became_ready_at(entry.virtual_start(), priority)
+    }
+
+    /// When an entry of this priority pushed at `virtual_start` became ready.
+    pub(crate) fn became_ready_at(&self, virtual_start: i64, priority: Priority) -> Instant {
         let level = priority_level(priority);
-        let micros = entry
-            .virtual_start()
-            .saturating_add(self.aging_micros.saturating_mul(level));
+        let micros = virtual_start.saturating_add(self.aging_micros.saturating_mul(level));
         self.origin + Duration::from_micros(u64::try_from(micros).unwrap_or(0))
     }
 

@@ -108,6 +108,15 @@ enum RunsCommand {
         #[arg(long)]
         workflow: Option<String>,
     },
+    /// The run's attempts on its time line: when each became ready, how long it waited and
+    /// ran, and how it ended (retries are rows of their own).
+    Steps {
+        /// The run's key.
+        key: String,
+        /// The workflow, when several have a run with this key.
+        #[arg(long)]
+        workflow: Option<String>,
+    },
     /// Continues a run from its latest checkpoint in this process, showing its states as they
     /// run, until it ends or waits for input (needs its workflow registered).
     Resume {
@@ -298,6 +307,9 @@ fn execute(cli: Cli, registry: &Registry, out: &mut dyn Write) -> Result<(), Fai
                 since: since.map(Into::into),
             };
             runs::list(store.as_ref(), &filter, output, out)
+        }
+        Command::Runs(RunsCommand::Steps { key, workflow }) => {
+            runs::steps(store.as_ref(), &key, workflow.as_deref(), output, out)
         }
         Command::Runs(RunsCommand::Show { key, workflow }) => {
             runs::show(store.as_ref(), &key, workflow.as_deref(), output, out)

@@ -426,3 +426,50 @@ fn label(value: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+/// `runs steps KEY`: the run's attempts on its time line.
+pub(crate) fn steps(
+    store: &dyn CheckpointStore,
+    key: &str,
+    workflow: Option<&str>,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let (_, checkpoint) = find(store, key, workflow)?;
+    if output.json {
+        return output.json_to(out, &checkpoint.attempts);
+    }
+    if checkpoint.attempts.is_empty() {
+        return output.say(
+            out,
+            "no attempts recorded (a run without checkpoints keeps none, nor do checkpoints older than format 5)",
+        );
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
+    let origin = checkpoint
+        .attempts
+        .iter()
+        .map(|a| a.ready_at_ms)
+        .min()
+        .unwrap_or(0);
+    let mut table = Table::new([
+        "STATE", "ATTEMPT", "OUTCOME", "READY", "WAITED", "RAN", "ERROR",
+    ]);
+    for attempt in &checkpoint.attempts {
+        let (waited, ran) = flow_runtime::attempt_times(attempt, now_ms);
+        table.row(vec![
+            attempt.state.clone(),
+            attempt.attempt.to_string(),
+            status_name(attempt.outcome),
+            format!("+{}", millis(u128::from(attempt.ready_at_ms - origin))),
+            millis(waited.as_millis()),
+            millis(ran.as_millis()),
+            attempt.error.clone().unwrap_or_default(),
+        ]);
+    }
+    table.write(out).map_err(Failure::io)
+}
