@@ -279,8 +279,7 @@ impl PgBackend {
         Ok(connection)
     }
 
-    /// Runs `query` with a shared connection on the backend's runtime; an error names
-    /// `action`.
+    /// [`PgBackend::query`], blocking this thread (which must not be one of the backend's).
     pub(crate) fn blocking<T, F>(
         &self,
         action: &'static str,
@@ -291,12 +290,7 @@ impl PgBackend {
         F: Future<Output = Result<T, tokio_postgres::Error>> + Send,
     {
         let backend = self.clone();
-        self.block_on(async move {
-            let connection = backend.connection().await?;
-            query(connection)
-                .await
-                .map_err(|e| db_error(backend.describe(), action, explain(&e)))
-        })
+        self.block_on(async move { backend.query(action, query).await })
     }
 
     /// `query` on one of the backend's connections, on its runtime, awaited here: the

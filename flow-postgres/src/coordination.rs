@@ -15,7 +15,6 @@ use std::time::Duration;
 use flow_core::FlowError;
 
 use crate::PgBackend;
-use crate::backend::{db_error, explain};
 
 /// How long a permit lasts without renewal, by default.
 pub const DEFAULT_PERMIT_TTL: Duration = Duration::from_secs(30);
@@ -65,14 +64,12 @@ impl PgSemaphore {
     /// one) and returns it.
     pub async fn create(backend: &PgBackend, name: &str, permits: u32) -> Result<Self, FlowError> {
         let permits = i32::try_from(permits.max(1)).unwrap_or(i32::MAX);
-        let (b, n) = (backend.clone(), name.to_owned());
+        let n = name.to_owned();
         backend
-            .on_runtime(async move {
-                let c = b.connection().await?;
+            .query("creating a semaphore", move |c| async move {
                 c.client
                     .execute(&c.sql.create_semaphore, &[&n, &permits])
                     .await
-                    .map_err(|e| db_error(b.describe(), "creating a semaphore", explain(&e)))
             })
             .await?;
         Ok(Self::open(backend, name))
@@ -109,17 +106,15 @@ impl PgSemaphore {
     /// Takes `units` permits if they fit now.
     pub async fn try_acquire(&self, units: u32) -> Result<Option<PgPermit>, FlowError> {
         let holder = holder_id();
-        let (b, n, h) = (self.backend.clone(), self.name.clone(), holder.clone());
+        let (n, h) = (self.name.clone(), holder.clone());
         let (count, ttl) = (i32::try_from(units).unwrap_or(i32::MAX), millis(self.ttl));
         let token: Option<i64> = self
             .backend
-            .on_runtime(async move {
-                let c = b.connection().await?;
+            .query("acquiring a semaphore", move |c| async move {
                 let row = c
                     .client
                     .query_one(&c.sql.acquire, &[&n, &h, &count, &ttl])
-                    .await
-                    .map_err(|e| db_error(b.describe(), "acquiring a semaphore", explain(&e)))?;
+                    .await?;
                 Ok(row.get(0))
             })
             .await?;
@@ -151,15 +146,10 @@ impl PgSemaphore {
 
     /// The units held now (unexpired), across every process.
     pub async fn in_use(&self) -> Result<u64, FlowError> {
-        let (b, n) = (self.backend.clone(), self.name.clone());
+        let n = self.name.clone();
         self.backend
-            .on_runtime(async move {
-                let c = b.connection().await?;
-                let row = c
-                    .client
-                    .query_one(&c.sql.permits_in_use, &[&n])
-                    .await
-                    .map_err(|e| db_error(b.describe(), "counting permits", explain(&e)))?;
+            .query("counting permits", move |c| async move {
+                let row = c.client.query_one(&c.sql.permits_in_use, &[&n]).await?;
                 Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
             })
             .await
@@ -180,20 +170,13 @@ impl PgPermit {
 
     /// Extends it by its TTL from now; false if it had lapsed (and may be another's).
     pub async fn renew(&self) -> Result<bool, FlowError> {
-        let (b, n, h, ttl) = (
-            self.backend.clone(),
-            self.name.clone(),
-            self.holder.clone(),
-            millis(self.ttl),
-        );
+        let (n, h, ttl) = (self.name.clone(), self.holder.clone(), millis(self.ttl));
         self.backend
-            .on_runtime(async move {
-                let c = b.connection().await?;
+            .query("renewing a permit", move |c| async move {
                 let renewed = c
                     .client
                     .execute(&c.sql.renew_permit, &[&n, &h, &ttl])
-                    .await
-                    .map_err(|e| db_error(b.describe(), "renewing a permit", explain(&e)))?;
+                    .await?;
                 Ok(renewed == 1)
             })
             .await
@@ -207,15 +190,12 @@ impl PgPermit {
 }
 
 async fn release(backend: PgBackend, name: String, holder: String) -> Result<bool, FlowError> {
-    let b = backend.clone();
     backend
-        .on_runtime(async move {
-            let c = b.connection().await?;
+        .query("releasing a permit", move |c| async move {
             let row = c
                 .client
                 .query_one(&c.sql.release_permit, &[&name, &holder])
-                .await
-                .map_err(|e| db_error(b.describe(), "releasing a permit", explain(&e)))?;
+                .await?;
             Ok(row.get::<_, i64>(0) == 1)
         })
         .await
@@ -260,14 +240,12 @@ impl PgRateLimit {
             });
         }
         let burst = f64::from(burst.max(1));
-        let (b, n) = (backend.clone(), name.to_owned());
+        let n = name.to_owned();
         backend
-            .on_runtime(async move {
-                let c = b.connection().await?;
+            .query("creating a rate limit", move |c| async move {
                 c.client
                     .execute(&c.sql.create_rate_limit, &[&n, &per_second, &burst])
                     .await
-                    .map_err(|e| db_error(b.describe(), "creating a rate limit", explain(&e)))
             })
             .await?;
         Ok(Self::open(backend, name))
@@ -284,16 +262,11 @@ impl PgRateLimit {
     /// Takes `cost` tokens if the bucket holds them now (`None`); otherwise takes nothing and
     /// says how long until it will.
     pub async fn try_take(&self, cost: f64) -> Result<Option<Duration>, FlowError> {
-        let (b, n) = (self.backend.clone(), self.name.clone());
+        let n = self.name.clone();
         let wait: f64 = self
             .backend
-            .on_runtime(async move {
-                let c = b.connection().await?;
-                let row = c
-                    .client
-                    .query_one(&c.sql.take_tokens, &[&n, &cost])
-                    .await
-                    .map_err(|e| db_error(b.describe(), "taking from a rate limit", explain(&e)))?;
+            .query("taking from a rate limit", move |c| async move {
+                let row = c.client.query_one(&c.sql.take_tokens, &[&n, &cost]).await?;
                 Ok(row.get(0))
             })
             .await?;

@@ -8,6 +8,8 @@
 //! fluffy --store flows.redb inputs answer nightly-7 nightly-7/review/1/0 approve
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod dashboard;
 pub mod graph;

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{db_error, explain};
+use crate::backend::db_error;
 use crate::tasks::{Executor, PgDispatch};
 use crate::{PgBackend, PgRateLimit, PgSemaphore};
 use ends::Ends;
@@ -456,17 +456,14 @@ impl Worker {
     /// Claims up to `count` runs.
     async fn claim(&self, count: usize) -> Result<Vec<Claimed>, FlowError> {
         let names: Vec<String> = self.agents.keys().cloned().collect();
-        let (backend, worker, lease) =
-            (self.backend.clone(), self.name.clone(), millis(self.lease));
+        let (worker, lease) = (self.name.clone(), millis(self.lease));
         let count = i64::try_from(count).unwrap_or(i64::MAX);
         self.backend
-            .on_runtime(async move {
-                let connection = backend.connection().await?;
-                let rows = connection
+            .query("claiming runs", move |c| async move {
+                let rows = c
                     .client
-                    .query(&connection.sql.claim, &[&names, &worker, &count, &lease])
-                    .await
-                    .map_err(|e| db_error(backend.describe(), "claiming runs", explain(&e)))?;
+                    .query(&c.sql.claim, &[&names, &worker, &count, &lease])
+                    .await?;
                 Ok(rows
                     .iter()
                     .map(|row| Claimed {
@@ -491,21 +488,17 @@ impl Worker {
             return;
         }
         let (ids, fences): (Vec<i64>, Vec<i64>) = held.iter().map(|(&id, h)| (id, h.fence)).unzip();
-        let (backend, lease) = (self.backend.clone(), millis(self.lease));
+        let lease = millis(self.lease);
         // (Bounded so that a silent database cannot hold renewals up past the lease.)
         let limit = self.lease.saturating_sub(self.heartbeat);
         let renewed = self
             .bounded(
                 limit,
-                self.backend.on_runtime(async move {
-                    let connection = backend.connection().await?;
-                    let rows = connection
+                self.backend.query("renewing leases", move |c| async move {
+                    let rows = c
                         .client
-                        .query(&connection.sql.heartbeat, &[&ids, &fences, &lease])
-                        .await
-                        .map_err(|e| {
-                            db_error(backend.describe(), "renewing leases", explain(&e))
-                        })?;
+                        .query(&c.sql.heartbeat, &[&ids, &fences, &lease])
+                        .await?;
                     Ok(rows
                         .iter()
                         .map(|row| row.get::<_, i64>(0))
@@ -540,15 +533,9 @@ impl Worker {
             return Ok(0);
         }
         let (ids, fences): (Vec<i64>, Vec<i64>) = held.iter().map(|(&id, h)| (id, h.fence)).unzip();
-        let backend = self.backend.clone();
         self.backend
-            .on_runtime(async move {
-                let connection = backend.connection().await?;
-                let rows = connection
-                    .client
-                    .query(&connection.sql.release, &[&ids, &fences])
-                    .await
-                    .map_err(|e| db_error(backend.describe(), "releasing runs", explain(&e)))?;
+            .query("releasing runs", move |c| async move {
+                let rows = c.client.query(&c.sql.release, &[&ids, &fences]).await?;
                 Ok(rows.len() as u64)
             })
             .await
