@@ -16,15 +16,16 @@ pub use flow_runtime::MetricsExporter;
 pub use flow_runtime::schemars;
 pub use flow_runtime::{
     ATTEMPT_HISTORY, Agent, Allocation, AttemptOutcome, AttemptRecord, BlockedState, BoxError,
-    BreakerState, Bulkhead, CHECKPOINT_FORMAT, Checkpoint, CheckpointContext, CheckpointPolicy,
-    CheckpointStore, CircuitBreaker, Condition, Context, ContextValue, CoordinationStatus,
-    DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_STEPS, DEFAULT_PRIORITY_AGING,
-    DeadLetter, DependencyConfig, Event, EventKind, EventStream, EventStreamError, FAILURE_KEY,
-    FailureKind, FileStore, FlowBarrier, FlowMutex, FlowSemaphore, HoldGuard, HolderStatus, Lease,
-    MAX_EVENT_CAPACITY, MemoryStore, PrimitiveKind, PrimitiveStatus, QueuePlace, QueuedState,
-    Quota, RateLimit, RedbStore, Reducer, ResourceKind, ResourcePool, RunCounts, RunEvents,
-    RunHandle, RunReport, RunWarning, StateCheckpoint, StateOptions, StateReport, StateResult,
-    StoredRun, UsageStats, Waiting, Workflow, attempt_times,
+    BreakerState, Bulkhead, CHECKPOINT_FORMAT, CancelOutcome, CancelRecord, Checkpoint,
+    CheckpointContext, CheckpointPolicy, CheckpointStore, CircuitBreaker, Condition, Context,
+    ContextValue, CoordinationStatus, DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_MAX_STEPS, DEFAULT_PRIORITY_AGING, DeadLetter, DependencyConfig, Event, EventKind,
+    EventStream, EventStreamError, FAILURE_KEY, FailureKind, FileStore, FlowBarrier, FlowMutex,
+    FlowSemaphore, HoldGuard, HolderStatus, Lease, MAX_EVENT_CAPACITY, MemoryStore, PrimitiveKind,
+    PrimitiveStatus, QueuePlace, QueuedState, Quota, RateLimit, RedbStore, Reducer, ResourceKind,
+    ResourcePool, RunCounts, RunEvents, RunHandle, RunReport, RunWarning, StateCheckpoint,
+    StateOptions, StateReport, StateResult, StoredRun, UsageStats, Waiting, Workflow,
+    attempt_times,
 };
 pub use flow_runtime::{
     AnswerInbox, Ask, ChannelProvider, DEFAULT_INPUT_POLL_INTERVAL, DEFAULT_INPUT_TIMEOUT,

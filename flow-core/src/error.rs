@@ -312,6 +312,30 @@ pub enum FlowError {
         /// The workflow.
         agent: String,
     },
+    /// A durable run was cancelled on request (`CheckpointStore::cancel_run`, `fluffy runs
+    /// cancel`, the dashboard): `run_durable` returns this until it is resumed.
+    #[error("run `{run}` of workflow `{agent}` was cancelled by {by}{}; resume it with `resume_durable` (`fluffy runs resume {run}`) to go on", if .reason.is_empty() { String::new() } else { format!(" ({})", .reason) })]
+    CancelledOnRequest {
+        /// The workflow.
+        agent: String,
+        /// The run's key.
+        run: String,
+        /// Who cancelled it.
+        by: String,
+        /// Why (may be empty).
+        reason: String,
+    },
+    /// A durable run was not cancelled (`CheckpointStore::cancel_run`, `fluffy runs cancel`):
+    /// it has ended, or it may run in a process this store cannot reach.
+    #[error("run `{run}` of workflow `{agent}` was not cancelled: {reason}")]
+    CancelRefused {
+        /// The workflow.
+        agent: String,
+        /// The run's key.
+        run: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The run's coordinator stopped without a result (its tokio runtime shut down).
     #[error(
         "run of workflow `{agent}` ended without a result: its tokio runtime shut down while it ran"

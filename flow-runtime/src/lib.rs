@@ -31,9 +31,9 @@ pub use agent::{
     DEFAULT_PRIORITY_AGING, MAX_EVENT_CAPACITY, StateOptions,
 };
 pub use checkpoint::{
-    ATTEMPT_HISTORY, AnswerInbox, AttemptOutcome, AttemptRecord, CHECKPOINT_FORMAT, Checkpoint,
-    CheckpointContext, CheckpointPolicy, CheckpointStore, FileStore, MemoryStore, QueuePlace,
-    QueuedState, RedbStore, StateCheckpoint, StoredRun, attempt_times,
+    ATTEMPT_HISTORY, AnswerInbox, AttemptOutcome, AttemptRecord, CHECKPOINT_FORMAT, CancelOutcome,
+    CancelRecord, Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, FileStore,
+    MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint, StoredRun, attempt_times,
 };
 pub use context::{Context, ContextValue, Reducer};
 pub use coordination::{

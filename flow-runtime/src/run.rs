@@ -526,7 +526,8 @@ impl RunReport {
         }
     }
 
-    /// The report of a durable run that had completed, from its last checkpoint.
+    /// The report of a durable run that had ended (completed, or cancelled on request), from
+    /// its last checkpoint.
     pub(crate) fn from_checkpoint(mut checkpoint: Checkpoint) -> Result<Self, FlowError> {
         let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
         let mut states: Vec<StateReport> = checkpoint
@@ -540,7 +541,16 @@ impl RunReport {
             run_id: checkpoint.run_id,
             run_key: Arc::from(checkpoint.run_key.as_str()),
             status: checkpoint.status,
-            error: None,
+            // (A run cancelled on request, returned as it ended.)
+            error: checkpoint
+                .cancelled
+                .as_ref()
+                .map(|request| FlowError::CancelledOnRequest {
+                    agent: checkpoint.agent.clone(),
+                    run: checkpoint.run_key.clone(),
+                    by: request.by.clone(),
+                    reason: request.reason.clone(),
+                }),
             context,
             states,
             transitions: checkpoint.scheduler.transitions(),

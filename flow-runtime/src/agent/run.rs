@@ -136,13 +136,33 @@ impl Agent {
     ///
     /// When the run ends it saves a last checkpoint: a failed state (with no handler) is due
     /// again in it, and what was running when the run was cancelled or timed out is due again:
-    /// running the same key again continues from there.
+    /// running the same key again continues from there. A run cancelled on request
+    /// ([`CheckpointStore::cancel_run`], `fluffy runs cancel`) is not continued:
+    /// [`FlowError::CancelledOnRequest`] says who cancelled it and why;
+    /// [`Agent::resume_durable`] continues it.
     pub async fn run_durable(
         &self,
         store: impl CheckpointStore,
         key: &str,
     ) -> Result<RunReport, FlowError> {
         self.run_durable_arc(Arc::new(store), key).await
+    }
+
+    /// [`Agent::run_durable`] that also continues a run cancelled on request (its checkpoints
+    /// after this one keep no cancel record): what `fluffy runs resume` and the dashboard's
+    /// resume button do.
+    pub async fn resume_durable(
+        &self,
+        store: impl CheckpointStore,
+        key: &str,
+    ) -> Result<RunReport, FlowError> {
+        self.run_durable_arc_with(
+            Arc::new(store),
+            key,
+            Context::new(),
+            Continue::EvenCancelled,
+        )
+        .await
     }
 
     /// [`Agent::run_durable`] whose context, if the run starts afresh, is `context` (a run
@@ -153,7 +173,7 @@ impl Agent {
         key: &str,
         context: Context,
     ) -> Result<RunReport, FlowError> {
-        self.run_durable_arc_with(Arc::new(store), key, context)
+        self.run_durable_arc_with(Arc::new(store), key, context, Continue::UnlessCancelled)
             .await
     }
 
@@ -175,7 +195,8 @@ impl Agent {
         store: Arc<dyn CheckpointStore>,
         key: &str,
     ) -> Result<RunReport, FlowError> {
-        self.run_durable_arc_with(store, key, Context::new()).await
+        self.run_durable_arc_with(store, key, Context::new(), Continue::UnlessCancelled)
+            .await
     }
 
     async fn run_durable_arc_with(
@@ -183,6 +204,7 @@ impl Agent {
         store: Arc<dyn CheckpointStore>,
         key: &str,
         context: Context,
+        resume: Continue,
     ) -> Result<RunReport, FlowError> {
         let compiled = self.compiled()?;
         let latest = {
@@ -229,6 +251,12 @@ impl Agent {
             {
                 let _checked = check_fits(&checkpoint, &compiled)?;
                 return RunReport::from_checkpoint(checkpoint);
+            }
+            Some(checkpoint)
+                if checkpoint.cancelled.is_some() && resume == Continue::UnlessCancelled =>
+            {
+                let _checked = check_fits(&checkpoint, &compiled)?;
+                return RunReport::from_checkpoint(checkpoint)?.into_result();
             }
             Some(mut checkpoint) => {
                 let checked = check_fits(&checkpoint, &compiled)?;
@@ -595,4 +623,13 @@ impl Drop for StopOnDrop {
             control.cancel.cancel();
         }
     }
+}
+
+/// Whether `run_durable` continues a run cancelled on request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Continue {
+    /// `run_durable`: its report is returned.
+    UnlessCancelled,
+    /// `resume_durable`: it goes on.
+    EvenCancelled,
 }

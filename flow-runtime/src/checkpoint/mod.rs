@@ -7,6 +7,7 @@
 //! what was running runs again from its start (at-least-once).
 
 mod answers;
+mod cancel;
 mod context;
 mod file;
 mod history;
@@ -23,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::input::InputRecord;
 
 pub use answers::AnswerInbox;
+pub(crate) use cancel::ListedRun;
+pub use cancel::{CancelOutcome, CancelRecord};
 pub use context::CheckpointContext;
 pub use file::FileStore;
 pub(crate) use history::AttemptLog;
@@ -46,8 +49,9 @@ use crate::scheduler::SchedulerImage;
 /// `completed_with_failures`, and each dead letter's `outcome`. Earlier formats read as
 /// format 4 with no branch views (a run they hold had none) and outcomes read as `failed_run`;
 /// `5` — the run's attempts with their times (`attempts`). Earlier formats read as format 5
-/// with no attempts.
-pub const CHECKPOINT_FORMAT: u32 = 5;
+/// with no attempts; `6` — who cancelled the run, why and when (`cancelled`). Earlier formats
+/// read as format 6 with no such record (a run they hold continues when run again).
+pub const CHECKPOINT_FORMAT: u32 = 6;
 
 /// A run at one moment: enough to continue it in another process.
 ///
@@ -93,6 +97,11 @@ pub struct Checkpoint {
     /// those running when it was taken.
     #[serde(default)]
     pub attempts: Vec<AttemptRecord>,
+    /// Who cancelled the run, why and when, if it was cancelled on request
+    /// ([`CheckpointStore::cancel_run`]): such a run is not continued by `run_durable`, only by
+    /// [`crate::Agent::resume_durable`].
+    #[serde(default)]
+    pub cancelled: Option<CancelRecord>,
     /// The scheduler's own records (branches and joins, dependency bookkeeping).
     pub(crate) scheduler: SchedulerImage,
     /// Every context value. (Last: [`Checkpoint::to_json`] appends its text as it is.)
@@ -118,6 +127,7 @@ struct Head<'a> {
     dead_letters: &'a [DeadLetter],
     inputs: &'a [InputRecord],
     attempts: &'a [AttemptRecord],
+    cancelled: &'a Option<CancelRecord>,
     scheduler: &'a SchedulerImage,
 }
 
@@ -207,6 +217,7 @@ impl Checkpoint {
             dead_letters: &self.dead_letters,
             inputs: &self.inputs,
             attempts: &self.attempts,
+            cancelled: &self.cancelled,
             scheduler: &self.scheduler,
         };
         let context = self.context.text();
@@ -229,8 +240,8 @@ impl Checkpoint {
     /// content: restoring checks the workflow).
     ///
     /// The format number is read first: [`CHECKPOINT_FORMAT`] is decoded; a newer one is
-    /// [`FlowError::CheckpointTooNew`]. Formats 1 to 3 are read as format 4 (the fields later
-    /// formats added have defaults; see [`CHECKPOINT_FORMAT`]).
+    /// [`FlowError::CheckpointTooNew`]. Earlier formats are read as the current one (the fields
+    /// later formats added have defaults; see [`CHECKPOINT_FORMAT`]).
     pub fn from_json(bytes: &[u8], store: &str, agent: &str, run: &str) -> Result<Self, FlowError> {
         let corrupt = |message: String| FlowError::CorruptCheckpoint {
             store: store.to_owned(),
@@ -256,7 +267,7 @@ impl Checkpoint {
         match format {
             // The context is borrowed from `bytes`, copied once and indexed (see
             // `CheckpointContext`'s `Deserialize`).
-            1..=4 | CHECKPOINT_FORMAT => serde_json::from_slice::<Self>(bytes)
+            1..=5 | CHECKPOINT_FORMAT => serde_json::from_slice::<Self>(bytes)
                 .map(|mut checkpoint| {
                     checkpoint.format = CHECKPOINT_FORMAT;
                     checkpoint

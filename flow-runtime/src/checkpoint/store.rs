@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use flow_core::FlowError;
 
-use super::Checkpoint;
+use super::{CancelOutcome, CancelRecord, Checkpoint};
 use crate::input::{InputId, InputOutcome, PostedAnswer};
 
 /// Keeps checkpoints, by workflow and run key.
@@ -140,6 +140,30 @@ pub trait CheckpointStore: Send + Sync + 'static {
             });
         }
         self.post_answer(agent, run, &PostedAnswer::new(id.clone(), value, by))
+    }
+
+    /// Cancels the durable run `run` of workflow `agent`, for good: `run_durable` will not
+    /// continue it (only [`crate::Agent::resume_durable`] does), and its last checkpoint keeps
+    /// `record` (who, why, when).
+    /// - Running in this process: told to stop, it writes that checkpoint as it stops
+    ///   ([`CancelOutcome::Stopping`]).
+    /// - Not running (waiting for answers, failed, stopped): its latest checkpoint is saved
+    ///   again as cancelled ([`CancelOutcome::Cancelled`]).
+    /// - Its latest checkpoint says running, but it does not run here: it may run in a
+    ///   process this store cannot reach, which would write over the cancellation, so
+    ///   [`FlowError::CancelRefused`] says so, unless `force` (that process is known gone).
+    ///
+    /// A completed run is refused ([`FlowError::CancelRefused`]); a run with no checkpoint is
+    /// [`FlowError::NoCheckpoint`]; one cancelled before is
+    /// [`CancelOutcome::AlreadyCancelled`] with the first record.
+    fn cancel_run(
+        &self,
+        agent: &str,
+        run: &str,
+        record: CancelRecord,
+        force: bool,
+    ) -> Result<CancelOutcome, FlowError> {
+        super::cancel::cancel_run(self, agent, run, record, force)
     }
 
     /// Edits the context of `run`'s latest checkpoint (LangGraph's `update_state`): `edit`
@@ -357,6 +381,16 @@ impl<S: CheckpointStore + ?Sized> CheckpointStore for std::sync::Arc<S> {
         value: serde_json::Value,
     ) -> Result<(), FlowError> {
         (**self).answer(agent, run, id, by, value)
+    }
+
+    fn cancel_run(
+        &self,
+        agent: &str,
+        run: &str,
+        record: CancelRecord,
+        force: bool,
+    ) -> Result<CancelOutcome, FlowError> {
+        (**self).cancel_run(agent, run, record, force)
     }
 
     fn edit_latest(

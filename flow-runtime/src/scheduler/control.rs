@@ -242,10 +242,18 @@ impl Coordinator {
             None if self.ended_branches > 0 => (AgentStatus::CompletedWithFailures, None),
             None => (AgentStatus::Completed, None),
             Some(Stop::Failed(error)) => (AgentStatus::Failed, Some(error)),
-            Some(Stop::Cancelled) => (
-                AgentStatus::Cancelled,
-                Some(FlowError::Cancelled { agent: agent() }),
-            ),
+            Some(Stop::Cancelled) => {
+                let error = match self.listed.as_ref().and_then(|listed| listed.request()) {
+                    Some(request) => FlowError::CancelledOnRequest {
+                        agent: agent(),
+                        run: self.durable_key.to_string(),
+                        by: request.by.clone(),
+                        reason: request.reason.clone(),
+                    },
+                    None => FlowError::Cancelled { agent: agent() },
+                };
+                (AgentStatus::Cancelled, Some(error))
+            }
             Some(Stop::AwaitingInput) => (AgentStatus::AwaitingInput, None),
             Some(Stop::TimedOut(timeout)) => {
                 let mut running: Vec<String> = self

@@ -167,14 +167,29 @@ impl Coordinator {
             Ok(image) => (image, Ok(())),
             Err(error) => (BranchesImage::default(), Err(error)),
         };
-        let attempts = self.attempt_history();
+        let mut attempts = self.attempt_history();
+        let created_at = SystemTime::now();
+        if status == AgentStatus::Cancelled {
+            // Its last checkpoint: what runs now is being stopped, not running on.
+            let now_ms = created_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                });
+            for record in &mut attempts {
+                if record.outcome == crate::checkpoint::AttemptOutcome::Running {
+                    record.outcome = crate::checkpoint::AttemptOutcome::Cancelled;
+                    record.ended_at_ms = Some(now_ms.max(record.started_at_ms));
+                }
+            }
+        }
         let checkpoint = Checkpoint {
             format: CHECKPOINT_FORMAT,
             agent: self.compiled.name.to_string(),
             run_key: self.durable_key.to_string(),
             run_id: self.observer.run_id,
             sequence: self.checkpoint_sequence,
-            created_at: SystemTime::now(),
+            created_at,
             status,
             elapsed: self
                 .elapsed_before
@@ -186,6 +201,13 @@ impl Coordinator {
             dead_letters: self.dead_letters.clone(),
             inputs: self.observer.inputs.records(),
             attempts,
+            cancelled: match status {
+                AgentStatus::Cancelled => self
+                    .listed
+                    .as_ref()
+                    .and_then(|listed| listed.request().cloned()),
+                _ => None,
+            },
             context: CheckpointContext::default(),
             scheduler: SchedulerImage {
                 joins: self.joins.image(),

@@ -107,9 +107,15 @@ impl Coordinator {
     }
 
     /// A checkpointed run is listed for answers given through its store in this process
-    /// (`CheckpointStore::answer`) from its start to its end.
+    /// (`CheckpointStore::answer`), and for cancel requests (`CheckpointStore::cancel_run`),
+    /// from its start to its end.
     pub(super) fn list_for_answers(&mut self) {
         if self.checkpoints.is_some() {
+            self.listed = Some(crate::checkpoint::ListedRun::register(
+                &self.compiled.name,
+                &self.durable_key,
+                self.cancel.clone(),
+            ));
             self.input_watch = Some(InputWatch {
                 _live: crate::input::LiveRun::register(
                     &self.compiled.name,

@@ -133,6 +133,9 @@ pub(crate) struct Coordinator {
     /// A checkpointed run: listed for answers given through its store in this process, and
     /// reading those other processes leave there (see `watch_store_for_answers`).
     input_watch: Option<inputs::InputWatch>,
+    /// A checkpointed run: reachable by `CheckpointStore::cancel_run` in this process, which
+    /// leaves here who cancelled it for its last checkpoint.
+    listed: Option<crate::checkpoint::ListedRun>,
     /// Branch-local writes and map items (see `branches`).
     branches: branches::Branches,
     /// The highest checkpoint sequence this run saved (see `writer::save`).
@@ -249,6 +252,7 @@ impl Coordinator {
             subgraphs: None,
             path: None,
             input_watch: None,
+            listed: None,
             ready: ReadyQueue::new(compiled.priority_aging).with_gates(&compiled.wait_rules),
             states: graph
                 .names()

@@ -1,0 +1,193 @@
+//! Cancelling a durable run by its key, from wherever its store can be opened: the command
+//! line (`fluffy runs cancel`), the dashboard's button, another part of a service.
+//!
+//! A cancelled run stays cancelled: its last checkpoint says `Cancelled` with a
+//! [`CancelRecord`] (who, why, when), and `run_durable` returns that report instead of going
+//! on. Only [`crate::Agent::resume_durable`] continues it. (A run cancelled through its handle
+//! or by dropping its future, a process shutting down, keeps no record: run again, it goes
+//! on.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flow_core::{AgentStatus, FlowError};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{AttemptOutcome, CheckpointStore};
+
+/// Who cancelled a durable run, why and when: kept in its last checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRecord {
+    /// Who asked (a person, a program).
+    pub by: String,
+    /// Why (may be empty).
+    pub reason: String,
+    /// When it was asked, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl CancelRecord {
+    /// A request made now.
+    pub fn new(by: impl Into<String>, reason: impl Into<String>) -> Self {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        Self {
+            by: by.into(),
+            reason: reason.into(),
+            at_ms,
+        }
+    }
+}
+
+/// What [`CheckpointStore::cancel_run`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The run runs in this process: it was told to stop, and writes its last checkpoint
+    /// (`Cancelled`, with the record) as it stops.
+    Stopping,
+    /// The run was not running (waiting for answers, failed, stopped): its latest checkpoint,
+    /// `sequence`, now says cancelled.
+    Cancelled {
+        /// The checkpoint written.
+        sequence: u64,
+    },
+    /// It had been cancelled before: the record kept then.
+    AlreadyCancelled(CancelRecord),
+}
+
+/// What a cancel request reaches of a durable run that runs in this process.
+pub(crate) struct CancelSlot {
+    token: CancellationToken,
+    request: OnceLock<CancelRecord>,
+}
+
+type Listing = HashMap<(String, String), Weak<CancelSlot>>;
+
+/// The durable runs of this process, by workflow and key. Written once when a run starts and
+/// once when it ends, never per event.
+static LISTED: LazyLock<Mutex<Listing>> = LazyLock::new(Mutex::default);
+
+fn listing() -> std::sync::MutexGuard<'static, Listing> {
+    LISTED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps a durable run reachable by [`CheckpointStore::cancel_run`] in this process while it
+/// is held (by the run's coordinator).
+pub(crate) struct ListedRun {
+    key: (String, String),
+    slot: Arc<CancelSlot>,
+}
+
+impl ListedRun {
+    /// Lists the run `run` of `workflow`, stopped through `token`.
+    pub(crate) fn register(workflow: &str, run: &str, token: CancellationToken) -> Self {
+        let slot = Arc::new(CancelSlot {
+            token,
+            request: OnceLock::new(),
+        });
+        let key = (workflow.to_owned(), run.to_owned());
+        listing().insert(key.clone(), Arc::downgrade(&slot));
+        Self { key, slot }
+    }
+
+    /// The request that cancelled the run, if one did.
+    pub(crate) fn request(&self) -> Option<&CancelRecord> {
+        self.slot.request.get()
+    }
+}
+
+impl Drop for ListedRun {
+    fn drop(&mut self) {
+        let mut listing = listing();
+        // Only its own listing: a later run of the same key may be listed now.
+        if listing
+            .get(&self.key)
+            .is_some_and(|slot| std::ptr::eq(slot.as_ptr(), Arc::as_ptr(&self.slot)))
+        {
+            listing.remove(&self.key);
+        }
+    }
+}
+
+/// Stops the run `run` of `workflow` if it runs in this process; whether it did.
+fn stop_live(workflow: &str, run: &str, record: &CancelRecord) -> bool {
+    let slot = listing()
+        .get(&(workflow.to_owned(), run.to_owned()))
+        .and_then(Weak::upgrade);
+    let Some(slot) = slot else {
+        return false;
+    };
+    // The first request is the one kept.
+    let _ = slot.request.set(record.clone());
+    slot.token.cancel();
+    true
+}
+
+/// [`CheckpointStore::cancel_run`].
+pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
+    store: &S,
+    agent: &str,
+    run: &str,
+    record: CancelRecord,
+    force: bool,
+) -> Result<CancelOutcome, FlowError> {
+    if stop_live(agent, run, &record) {
+        return Ok(CancelOutcome::Stopping);
+    }
+    let refused = |reason: String| FlowError::CancelRefused {
+        agent: agent.to_owned(),
+        run: run.to_owned(),
+        reason,
+    };
+    let mut checkpoint = store
+        .latest(agent, run)?
+        .ok_or_else(|| FlowError::NoCheckpoint {
+            agent: agent.to_owned(),
+            run: run.to_owned(),
+            what: "checkpoint".to_owned(),
+        })?;
+    match checkpoint.status {
+        AgentStatus::Completed | AgentStatus::CompletedWithFailures => {
+            return Err(refused(format!(
+                "it has completed (checkpoint {}); there is nothing left to stop",
+                checkpoint.sequence
+            )));
+        }
+        AgentStatus::Cancelled if checkpoint.cancelled.is_some() => {
+            let previous = checkpoint.cancelled.take().unwrap_or(record);
+            return Ok(CancelOutcome::AlreadyCancelled(previous));
+        }
+        AgentStatus::Running | AgentStatus::Paused | AgentStatus::Idle if !force => {
+            return Err(refused(format!(
+                "its latest checkpoint ({}) says it is running, and it does not run in this process: it may run in another one, which cannot be reached through {} (stop it there), or that process may have died; once it is gone, cancel with force (`fluffy runs cancel --force`)",
+                checkpoint.sequence,
+                store.describe()
+            )));
+        }
+        _ => {}
+    }
+    let now_ms = record.at_ms;
+    checkpoint.status = AgentStatus::Cancelled;
+    checkpoint.cancelled = Some(record.clone());
+    for attempt in &mut checkpoint.attempts {
+        if attempt.outcome == AttemptOutcome::Running {
+            attempt.outcome = AttemptOutcome::Cancelled;
+            attempt.ended_at_ms = Some(now_ms.max(attempt.started_at_ms));
+        }
+    }
+    checkpoint.sequence = checkpoint.sequence.saturating_add(1);
+    checkpoint.created_at = SystemTime::now();
+    store.save(&checkpoint)?;
+    // A run of this key started here while the checkpoint was written would write over it:
+    // it is stopped too.
+    stop_live(agent, run, &record);
+    Ok(CancelOutcome::Cancelled {
+        sequence: checkpoint.sequence,
+    })
+}

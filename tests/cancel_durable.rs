@@ -1,0 +1,257 @@
+//! Cancelling a durable run by its key (`CheckpointStore::cancel_run`): a run in this process
+//! stops, one waiting in its store is marked, one that may run elsewhere is refused unless
+//! forced; a cancelled run stays cancelled until `resume_durable`. On the paused clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use fluffy_flow::prelude::*;
+use fluffy_flow::{
+    AttemptOutcome, CancelOutcome, CancelRecord, CheckpointStore, FileStore, MemoryStore, RedbStore,
+};
+use tokio::time::sleep;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `fetch` (counted), then `train` (counted) sleeps `train_ms`, then `publish` (counted).
+fn pipeline(calls: &Arc<[AtomicU32; 3]>, train_ms: u64) -> Agent {
+    let mut agent = Agent::new("pipeline");
+    for (index, (name, next)) in [("fetch", "train"), ("train", "publish"), ("publish", "")]
+        .into_iter()
+        .enumerate()
+    {
+        let calls = Arc::clone(calls);
+        agent.add_state(name, move |ctx: Context| {
+            let calls = Arc::clone(&calls);
+            async move {
+                calls[index].fetch_add(1, Ordering::SeqCst);
+                if index == 1 {
+                    sleep(ms(train_ms)).await;
+                }
+                ctx.set_state(name, true);
+                Ok(if next.is_empty() {
+                    Next::End
+                } else {
+                    Next::to(next)
+                })
+            }
+        });
+    }
+    agent
+}
+
+fn counts(calls: &[AtomicU32; 3]) -> [u32; 3] {
+    [0, 1, 2].map(|i| calls[i].load(Ordering::SeqCst))
+}
+
+/// A run of this process is stopped at once, whatever moment the request comes, and stays
+/// cancelled: `run_durable` returns it as it ended, `resume_durable` finishes it.
+#[tokio::test(start_paused = true)]
+async fn a_run_in_this_process_stops_and_stays_cancelled_until_resumed() {
+    for cancel_at in [1, 500, 999] {
+        let store = MemoryStore::new();
+        let calls: Arc<[AtomicU32; 3]> = Arc::default();
+        let agent = pipeline(&calls, 1000);
+        let run = tokio::spawn({
+            let (agent, store) = (agent.clone(), store.clone());
+            async move { agent.run_durable(store, "nightly").await }
+        });
+        sleep(ms(cancel_at)).await;
+        let outcome = store
+            .cancel_run(
+                "pipeline",
+                "nightly",
+                CancelRecord::new("ops", "bad data"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            outcome,
+            CancelOutcome::Stopping,
+            "cancelled at {cancel_at} ms"
+        );
+        let error = run.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&error, FlowError::CancelledOnRequest { by, reason, .. } if by == "ops" && reason == "bad data"),
+            "{error}"
+        );
+        assert_eq!(counts(&calls), [1, 1, 0]);
+
+        let latest = store.latest("pipeline", "nightly").unwrap().unwrap();
+        assert_eq!(latest.status, AgentStatus::Cancelled);
+        let record = latest.cancelled.clone().unwrap();
+        assert_eq!(
+            (record.by.as_str(), record.reason.as_str()),
+            ("ops", "bad data")
+        );
+        let train = latest.attempts.iter().find(|a| a.state == "train").unwrap();
+        assert_eq!(train.outcome, AttemptOutcome::Cancelled);
+
+        // Asked again, it is not continued.
+        let again = agent
+            .run_durable(store.clone(), "nightly")
+            .await
+            .unwrap_err();
+        assert_eq!(again.to_string(), error.to_string());
+        assert!(
+            again.to_string().contains("fluffy runs resume nightly"),
+            "{again}"
+        );
+        assert_eq!(counts(&calls), [1, 1, 0]);
+        assert_eq!(
+            store.sequences("pipeline", "nightly").unwrap().len(),
+            latest.sequence as usize
+        );
+        // A second request finds the first one's record.
+        let twice = store
+            .cancel_run("pipeline", "nightly", CancelRecord::new("bob", ""), false)
+            .unwrap();
+        assert_eq!(twice, CancelOutcome::AlreadyCancelled(record));
+
+        // Resumed, it runs what was left (train again, then publish), and no longer says
+        // cancelled.
+        let resumed = agent
+            .resume_durable(store.clone(), "nightly")
+            .await
+            .unwrap();
+        assert_eq!(resumed.status, AgentStatus::Completed);
+        assert_eq!(counts(&calls), [1, 2, 1]);
+        let latest = store.latest("pipeline", "nightly").unwrap().unwrap();
+        assert_eq!(latest.cancelled, None);
+    }
+}
+
+/// A run not running anywhere (here: one that failed, and one stopped through its handle) is
+/// marked cancelled in a new checkpoint, in every store; its states are not called again.
+#[tokio::test(start_paused = true)]
+async fn a_stopped_run_is_marked_cancelled_in_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<Arc<dyn CheckpointStore>> = vec![
+        Arc::new(MemoryStore::new()),
+        Arc::new(FileStore::new(dir.path().join("files"))),
+        Arc::new(RedbStore::open(dir.path().join("runs.redb")).unwrap()),
+    ];
+    for store in stores {
+        let calls: Arc<[AtomicU32; 3]> = Arc::default();
+        let agent = pipeline(&calls, 1000);
+        // Stopped through its handle: no record, so `run_durable` would continue it.
+        let run = tokio::spawn({
+            let (agent, store) = (agent.clone(), Arc::clone(&store));
+            async move { agent.run_durable(store, "weekly").await }
+        });
+        sleep(ms(10)).await;
+        agent.cancel_all();
+        let error = run.await.unwrap().unwrap_err();
+        assert!(matches!(error, FlowError::Cancelled { .. }), "{error}");
+        let before = store.latest("pipeline", "weekly").unwrap().unwrap();
+        assert_eq!(before.cancelled, None);
+
+        let outcome = store
+            .cancel_run(
+                "pipeline",
+                "weekly",
+                CancelRecord::new("ops", "replaced"),
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            outcome,
+            CancelOutcome::Cancelled {
+                sequence: before.sequence + 1
+            },
+            "{}",
+            store.describe()
+        );
+        let error = agent
+            .run_durable(Arc::clone(&store), "weekly")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, FlowError::CancelledOnRequest { .. }),
+            "{error}"
+        );
+        assert_eq!(counts(&calls), [1, 1, 0], "{}", store.describe());
+    }
+}
+
+/// What cannot be cancelled is refused, saying why: a completed run, a run with no
+/// checkpoint, and a run whose checkpoint says running while it does not run here (it may run
+/// elsewhere), unless forced; forced, what was running is recorded as cancelled.
+#[tokio::test(start_paused = true)]
+async fn what_cannot_be_cancelled_is_refused_with_the_reason() {
+    let store = MemoryStore::new();
+    let calls: Arc<[AtomicU32; 3]> = Arc::default();
+    let agent = pipeline(&calls, 10);
+    agent.run_durable(store.clone(), "done").await.unwrap();
+    let error = store
+        .cancel_run("pipeline", "done", CancelRecord::new("ops", ""), false)
+        .unwrap_err();
+    assert!(matches!(error, FlowError::CancelRefused { .. }), "{error}");
+    assert!(error.to_string().contains("it has completed"), "{error}");
+
+    let error = store
+        .cancel_run("pipeline", "never", CancelRecord::new("ops", ""), true)
+        .unwrap_err();
+    assert!(matches!(error, FlowError::NoCheckpoint { .. }), "{error}");
+
+    // A checkpoint taken while `train` ran, as a process that died would have left it.
+    let mut running = store.load("pipeline", "done", 2).unwrap().unwrap();
+    assert_eq!(running.status, AgentStatus::Running);
+    running.run_key = "elsewhere".into();
+    running.sequence = 1;
+    running.attempts.retain(|a| a.state != "train");
+    let mut train = running.attempts[0].clone();
+    train.state = "train".into();
+    train.outcome = AttemptOutcome::Running;
+    train.ended_at_ms = None;
+    running.attempts.push(train);
+    store.save(&running).unwrap();
+    let error = store
+        .cancel_run("pipeline", "elsewhere", CancelRecord::new("ops", ""), false)
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("says it is running"), "{message}");
+    assert!(message.contains("--force"), "{message}");
+    assert_eq!(store.sequences("pipeline", "elsewhere").unwrap(), [1]);
+
+    let outcome = store
+        .cancel_run("pipeline", "elsewhere", CancelRecord::new("ops", ""), true)
+        .unwrap();
+    assert_eq!(outcome, CancelOutcome::Cancelled { sequence: 2 });
+    let latest = store.latest("pipeline", "elsewhere").unwrap().unwrap();
+    let train = latest.attempts.iter().find(|a| a.state == "train").unwrap();
+    assert_eq!(train.outcome, AttemptOutcome::Cancelled);
+    assert!(train.ended_at_ms.is_some());
+}
+
+/// The record is written in the checkpoint's JSON and read back.
+#[test]
+fn the_cancel_record_survives_the_checkpoint_format() {
+    let store = MemoryStore::new();
+    let calls: Arc<[AtomicU32; 3]> = Arc::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let run = tokio::spawn({
+            let (agent, store) = (pipeline(&calls, 1000), store.clone());
+            async move { agent.run_durable(store, "k").await }
+        });
+        sleep(ms(5)).await;
+        store
+            .cancel_run("pipeline", "k", CancelRecord::new("ops", "why"), false)
+            .unwrap();
+        run.await.unwrap().unwrap_err();
+    });
+    let latest = store.latest("pipeline", "k").unwrap().unwrap();
+    let json = latest.to_json().unwrap();
+    let back = fluffy_flow::Checkpoint::from_json(&json, "test", "pipeline", "k").unwrap();
+    assert_eq!(back.format, fluffy_flow::CHECKPOINT_FORMAT);
+    assert_eq!(back.cancelled, latest.cancelled);
+    assert_eq!(back.cancelled.unwrap().reason, "why");
+}
