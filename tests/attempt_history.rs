@@ -184,12 +184,14 @@ async fn a_format_4_checkpoint_reads_with_no_attempts() {
         .unwrap()
         .to_json()
         .unwrap();
-    // As format 4 wrote it: no `attempts`.
+    // As format 4 wrote it: no `attempts` (nor format 6's `cancelled`).
     let mut value: serde_json::Value = serde_json::from_slice(&json).unwrap();
-    assert_eq!(value["format"], 5);
+    assert_eq!(value["format"], 6);
+    assert_eq!(value["cancelled"], serde_json::Value::Null);
     assert_eq!(value["attempts"].as_array().unwrap().len(), 5);
     value["format"] = 4.into();
     value.as_object_mut().unwrap().remove("attempts");
+    value.as_object_mut().unwrap().remove("cancelled");
     let old = serde_json::to_vec(&value).unwrap();
     let checkpoint = fluffy_flow::Checkpoint::from_json(&old, "s", "pipeline", "old").unwrap();
     assert_eq!(checkpoint.format, fluffy_flow::CHECKPOINT_FORMAT);
