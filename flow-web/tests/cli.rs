@@ -676,3 +676,82 @@ async fn steps_show_each_attempt_with_its_wait_and_run() {
     assert!(lines[2].starts_with("fetch  2        completed"), "{text}");
     assert_eq!(lines.len(), 4, "{text}");
 }
+
+/// `runs cancel`: a waiting run cancelled (who and why shown by `runs show`, kept when asked
+/// twice), a completed run refused (exit 4), an unknown key not found (exit 3); the cancelled
+/// run is not continued by `run_durable`, and `runs resume` (registered) continues it.
+#[test]
+fn cancel_stops_a_run_for_good_until_it_is_resumed() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    runtime.block_on(populate(store.clone()));
+    let path = dir.path();
+
+    let (code, text, err) = fluffy(
+        path,
+        &[
+            "runs",
+            "cancel",
+            "q3",
+            "--reason",
+            "budget frozen",
+            "--by",
+            "alice",
+        ],
+    );
+    assert_eq!(code, exit::OK, "{err}");
+    let sequence = store.latest("budget", "q3").unwrap().unwrap().sequence;
+    assert_eq!(
+        text,
+        format!(
+            "cancelled run `q3` (budget) by alice (budget frozen): checkpoint {sequence}; `fluffy runs resume q3` continues it\n"
+        )
+    );
+    let (code, text, _) = fluffy(path, &["runs", "show", "q3"]);
+    assert_eq!(code, exit::OK);
+    assert!(text.contains("q3   budget    cancelled"), "{text}");
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("cancelled by alice at "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.ends_with(": budget frozen"), "{line}");
+    let (_, text, _) = fluffy(path, &["--json", "runs", "show", "q3"]);
+    let shown = json_of(&text);
+    assert_eq!(shown["status"], "cancelled");
+    assert_eq!(shown["cancelled"]["by"], "alice");
+    assert_eq!(shown["cancelled"]["reason"], "budget frozen");
+
+    // Asked again: the first request stands.
+    let (code, text, _) = fluffy(path, &["--json", "runs", "cancel", "q3", "--by", "bob"]);
+    assert_eq!(code, exit::OK);
+    let again = json_of(&text);
+    assert_eq!(again["outcome"], "already_cancelled");
+    assert_eq!(again["by"], "alice");
+    assert_eq!(
+        store.latest("budget", "q3").unwrap().unwrap().sequence,
+        sequence
+    );
+
+    let (code, _, err) = fluffy(path, &["runs", "cancel", "nightly"]);
+    assert_eq!(code, exit::REFUSED, "{err}");
+    assert!(err.contains("it has completed"), "{err}");
+    let (code, _, err) = fluffy(path, &["runs", "cancel", "nowhere"]);
+    assert_eq!(code, exit::NOT_FOUND, "{err}");
+
+    // Not continued by run_durable; resumed from the command line, it asks again.
+    let error = runtime
+        .block_on(budget().run_durable(store.clone(), "q3"))
+        .unwrap_err();
+    assert!(error.to_string().contains("cancelled by alice"), "{error}");
+    let registry = Registry::new().register(&budget());
+    let (code, text, err) = fluffy_with(
+        &registry,
+        &["--store", path.to_str().unwrap(), "runs", "resume", "q3"],
+    );
+    assert_eq!(code, exit::OK, "{err}");
+    assert!(text.contains("run `q3` (budget): awaiting_input"), "{text}");
+    let latest = store.latest("budget", "q3").unwrap().unwrap();
+    assert_eq!(latest.status, AgentStatus::AwaitingInput);
+    assert_eq!(latest.cancelled, None);
+}

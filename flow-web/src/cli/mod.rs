@@ -15,6 +15,7 @@ use serde::Serialize;
 
 pub use crate::Registry;
 
+mod cancel;
 mod fork;
 pub(crate) mod inputs;
 mod resume;
@@ -117,8 +118,9 @@ enum RunsCommand {
         #[arg(long)]
         workflow: Option<String>,
     },
-    /// Continues a run from its latest checkpoint in this process, showing its states as they
-    /// run, until it ends or waits for input (needs its workflow registered).
+    /// Continues a run from its latest checkpoint in this process (a cancelled one too),
+    /// showing its states as they run, until it ends or waits for input (needs its workflow
+    /// registered).
     Resume {
         /// The run's key.
         key: String,
@@ -126,6 +128,26 @@ enum RunsCommand {
         #[arg(long)]
         workflow: Option<String>,
         /// Resume a run whose latest checkpoint says it is running (its process is gone).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stops a run for good: running in this process, it is told to stop; otherwise its
+    /// latest checkpoint is saved again as cancelled (who and why kept). `runs resume`
+    /// continues it.
+    Cancel {
+        /// The run's key.
+        key: String,
+        /// The workflow, when several have a run with this key.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Why (kept in the run's last checkpoint).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Who cancels (kept with the reason).
+        #[arg(long, default_value = "fluffy")]
+        by: String,
+        /// Cancel a run whose latest checkpoint says it is running although no process runs
+        /// it any more (a process that still runs it would write over the cancellation).
         #[arg(long)]
         force: bool,
     },
@@ -280,6 +302,24 @@ fn execute(cli: Cli, registry: &Registry, out: &mut dyn Write) -> Result<(), Fai
             let text = runs::prometheus(&runs::summaries(store.as_ref(), &everything)?);
             write!(out, "{text}").map_err(Failure::io)
         }
+        Command::Runs(RunsCommand::Cancel {
+            key,
+            workflow,
+            reason,
+            by,
+            force,
+        }) => cancel::cancel(
+            store.as_ref(),
+            cancel::CancelRequest {
+                key: &key,
+                workflow: workflow.as_deref(),
+                by: &by,
+                reason: &reason,
+                force,
+            },
+            output,
+            out,
+        ),
         Command::Runs(RunsCommand::Fork {
             key,
             to,

@@ -54,7 +54,8 @@ pub(crate) struct ResumeRequest<'a> {
     pub(crate) force: bool,
 }
 
-/// `runs resume KEY`: the run continued here from its latest checkpoint, a line per step.
+/// `runs resume KEY`: the run continued here from its latest checkpoint (also when it was
+/// cancelled), a line per step.
 pub(crate) fn resume(
     store: Arc<dyn CheckpointStore>,
     registry: &Registry,
@@ -92,7 +93,7 @@ pub(crate) fn resume(
         let mut events = agent.subscribe();
         let running = {
             let (agent, store, key) = (agent.clone(), Arc::clone(&store), run_key.clone());
-            tokio::spawn(async move { agent.run_durable(store, &key).await })
+            tokio::spawn(async move { agent.resume_durable(store, &key).await })
         };
         tokio::pin!(running);
         let mut listening = true;

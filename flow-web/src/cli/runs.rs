@@ -239,6 +239,8 @@ struct RunDetail<'a> {
     inputs: &'a [flow_runtime::InputRecord],
     dead_letters: usize,
     last_error: Option<String>,
+    /// Who cancelled the run, why and when, if it was cancelled on request.
+    cancelled: Option<&'a flow_runtime::CancelRecord>,
 }
 
 pub(crate) fn show(
@@ -270,6 +272,7 @@ pub(crate) fn show(
                 inputs: &checkpoint.inputs,
                 dead_letters: checkpoint.dead_letters.len(),
                 last_error,
+                cancelled: checkpoint.cancelled.as_ref(),
             },
         );
     }
@@ -347,11 +350,33 @@ pub(crate) fn show(
         writeln!(out).map_err(Failure::io)?;
         inputs.write(out).map_err(Failure::io)?;
     }
+    if let Some(cancelled) = &checkpoint.cancelled {
+        writeln!(out).map_err(Failure::io)?;
+        writeln!(
+            out,
+            "{}",
+            super::table::printable(&cancelled_line(cancelled))
+        )
+        .map_err(Failure::io)?;
+    }
     if let Some(error) = last_error {
         writeln!(out).map_err(Failure::io)?;
         writeln!(out, "last error: {}", super::table::printable(&error)).map_err(Failure::io)?;
     }
     Ok(())
+}
+
+/// Who cancelled a run, when and why, in a line.
+pub(crate) fn cancelled_line(record: &flow_runtime::CancelRecord) -> String {
+    let at = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_millis(record.at_ms))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let mut line = format!("cancelled by {} at {}", record.by, time(at));
+    if !record.reason.is_empty() {
+        line.push_str(": ");
+        line.push_str(&record.reason);
+    }
+    line
 }
 
 /// What an answer must be, in a few words: the schema's type (and its choices).
