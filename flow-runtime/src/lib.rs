@@ -34,6 +34,7 @@ pub use checkpoint::{
     ATTEMPT_HISTORY, AnswerInbox, AttemptOutcome, AttemptRecord, CHECKPOINT_FORMAT, CancelOutcome,
     CancelRecord, Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, FileStore,
     MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint, StoredRun, attempt_times,
+    runs_in_this_process,
 };
 pub use context::{Context, ContextValue, Reducer};
 pub use coordination::{

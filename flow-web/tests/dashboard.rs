@@ -486,3 +486,166 @@ async fn a_registered_workflow_is_drawn_with_its_transitions() {
     assert_eq!(page.matches("marker-end").count(), 0);
     assert_eq!(page.matches("<g class=\"state\"").count(), 4);
 }
+
+/// The latest checkpoint of `key`, once `done` says it is what the test waits for (a resumed
+/// run goes on in the dashboard's process).
+async fn until(
+    store: &FileStore,
+    workflow: &str,
+    key: &str,
+    done: impl Fn(&flow_runtime::Checkpoint) -> bool,
+) -> flow_runtime::Checkpoint {
+    for _ in 0..500 {
+        if let Some(checkpoint) = store.latest(workflow, key).unwrap()
+            && done(&checkpoint)
+        {
+            return checkpoint;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("run `{key}` never got there");
+}
+
+/// Cancel and resume buttons: POSTs with the CSRF token; a cancelled run shows who and why
+/// (escaped) and is not cancelled twice; resumed, a registered run goes on in the dashboard's
+/// process to its end, and one that fails again shows its error; what cannot be done is
+/// refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_resume_buttons_steer_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    populate(&store).await;
+    let registry = flow_web::Registry::new()
+        .register(&budget())
+        .register(&failing());
+    let app = router(
+        Arc::new(store.clone()),
+        DashboardOptions::new().registry(registry),
+    )
+    .unwrap();
+    let waiting = format!("/runs/budget/{}", encode(XSS));
+
+    // A waiting run offers both buttons.
+    let (status, page) = get(&app, &waiting).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(&format!("action=\"{waiting}/cancel\"")),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("action=\"{waiting}/resume\"")),
+        "{page}"
+    );
+    let csrf = hidden(&page, "csrf");
+
+    // Without the CSRF token: refused, nothing changed.
+    let (status, _) = send(
+        &app,
+        post_form(&format!("{waiting}/cancel"), &[("reason", "x")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        store.latest("budget", XSS).unwrap().unwrap().status,
+        AgentStatus::AwaitingInput
+    );
+
+    // Cancelled, with a hostile reason: kept, shown escaped, the cancel button gone.
+    let (status, _) = send(
+        &app,
+        post_form(
+            &format!("{waiting}/cancel"),
+            &[("csrf", &csrf), ("reason", XSS)],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cancelled = store.latest("budget", XSS).unwrap().unwrap();
+    assert_eq!(cancelled.status, AgentStatus::Cancelled);
+    let record = cancelled.cancelled.clone().unwrap();
+    assert_eq!(
+        (record.by.as_str(), record.reason.as_str()),
+        ("dashboard", XSS)
+    );
+    let (_, page) = get(&app, &waiting).await;
+    assert_escaped(&page);
+    assert!(page.contains("cancelled by dashboard at "), "{page}");
+    assert!(!page.contains(&format!("{waiting}/cancel")), "{page}");
+    assert!(page.contains(&format!("{waiting}/resume")), "{page}");
+
+    // Answered, then resumed: it goes on here to its end.
+    store
+        .answer(
+            "budget",
+            XSS,
+            &cancelled.inputs[0].request.id,
+            "test",
+            serde_json::json!({ "amount": 7, "approved": true, "team": "ml" }),
+        )
+        .unwrap();
+    let (status, page) = send(
+        &app,
+        post_form(&format!("{waiting}/resume"), &[("csrf", &csrf)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{page}");
+    let done = until(&store, "budget", XSS, |c| {
+        c.status == AgentStatus::Completed
+    })
+    .await;
+    assert_eq!(done.cancelled, None);
+    let (_, page) = get(&app, &waiting).await;
+    assert!(!page.contains("<form method=\"post\""), "{page}");
+    // A completed run is not resumed.
+    let (status, page) = send(
+        &app,
+        post_form(&format!("{waiting}/resume"), &[("csrf", &csrf)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("it has completed"), "{page}");
+    let (status, page) = send(
+        &app,
+        post_form(&format!("{waiting}/cancel"), &[("csrf", &csrf)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("it has completed"), "{page}");
+
+    // A failed run resumed fails again: its error is on its page.
+    let before = store.latest("etl", "nightly").unwrap().unwrap().sequence;
+    let (status, _) = send(
+        &app,
+        post_form("/runs/etl/nightly/resume", &[("csrf", &csrf)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    until(&store, "etl", "nightly", |c| c.sequence > before).await;
+    let mut shown = String::new();
+    for _ in 0..500 {
+        shown = get(&app, "/runs/etl/nightly").await.1;
+        if shown.contains("resume-error") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        shown.contains("Resumed here, it ended: state `load` failed"),
+        "{shown}"
+    );
+    assert_escaped(&shown);
+
+    // Not registered: no resume button, and a POST is refused with how to register.
+    let bare = router(Arc::new(store.clone()), DashboardOptions::new()).unwrap();
+    let (_, page) = get(&bare, "/runs/etl/nightly").await;
+    assert!(!page.contains("/resume\""), "{page}");
+    assert!(page.contains("DashboardOptions::registry"), "{page}");
+    let csrf = hidden(&page, "csrf");
+    let (status, page) = send(
+        &bare,
+        post_form("/runs/etl/nightly/resume", &[("csrf", &csrf)]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("is not registered"), "{page}");
+}

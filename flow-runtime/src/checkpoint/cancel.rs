@@ -67,10 +67,14 @@ pub(crate) struct CancelSlot {
     request: OnceLock<CancelRecord>,
 }
 
-type Listing = HashMap<(String, String), Weak<CancelSlot>>;
+/// A durable run: its store (as [`CheckpointStore::describe`] names it: the same key in two
+/// stores is two runs), workflow and key.
+type RunName = (String, String, String);
 
-/// The durable runs of this process, by workflow and key. Written once when a run starts and
-/// once when it ends, never per event.
+type Listing = HashMap<RunName, Weak<CancelSlot>>;
+
+/// The durable runs of this process. Written once when a run starts and once when it ends,
+/// never per event.
 static LISTED: LazyLock<Mutex<Listing>> = LazyLock::new(Mutex::default);
 
 fn listing() -> std::sync::MutexGuard<'static, Listing> {
@@ -80,18 +84,23 @@ fn listing() -> std::sync::MutexGuard<'static, Listing> {
 /// Keeps a durable run reachable by [`CheckpointStore::cancel_run`] in this process while it
 /// is held (by the run's coordinator).
 pub(crate) struct ListedRun {
-    key: (String, String),
+    key: RunName,
     slot: Arc<CancelSlot>,
 }
 
 impl ListedRun {
-    /// Lists the run `run` of `workflow`, stopped through `token`.
-    pub(crate) fn register(workflow: &str, run: &str, token: CancellationToken) -> Self {
+    /// Lists the run `run` of `workflow` in `store`, stopped through `token`.
+    pub(crate) fn register(
+        store: &dyn CheckpointStore,
+        workflow: &str,
+        run: &str,
+        token: CancellationToken,
+    ) -> Self {
         let slot = Arc::new(CancelSlot {
             token,
             request: OnceLock::new(),
         });
-        let key = (workflow.to_owned(), run.to_owned());
+        let key = (store.describe(), workflow.to_owned(), run.to_owned());
         listing().insert(key.clone(), Arc::downgrade(&slot));
         Self { key, slot }
     }
@@ -115,10 +124,20 @@ impl Drop for ListedRun {
     }
 }
 
-/// Stops the run `run` of `workflow` if it runs in this process; whether it did.
-fn stop_live(workflow: &str, run: &str, record: &CancelRecord) -> bool {
+/// Whether the durable run `run` of `workflow` in `store` runs in this process now (started by
+/// `run_durable`, `resume_durable` or a worker, not yet ended): what a dashboard asks before it
+/// continues a run, so that one run never goes on twice side by side.
+pub fn runs_in_this_process(store: &dyn CheckpointStore, workflow: &str, run: &str) -> bool {
+    listing()
+        .get(&(store.describe(), workflow.to_owned(), run.to_owned()))
+        .is_some_and(|slot| slot.strong_count() > 0)
+}
+
+/// Stops the run `run` of `workflow` in the store `store` names if it runs in this process;
+/// whether it did.
+fn stop_live(store: &str, workflow: &str, run: &str, record: &CancelRecord) -> bool {
     let slot = listing()
-        .get(&(workflow.to_owned(), run.to_owned()))
+        .get(&(store.to_owned(), workflow.to_owned(), run.to_owned()))
         .and_then(Weak::upgrade);
     let Some(slot) = slot else {
         return false;
@@ -137,7 +156,8 @@ pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
     record: CancelRecord,
     force: bool,
 ) -> Result<CancelOutcome, FlowError> {
-    if stop_live(agent, run, &record) {
+    let name = store.describe();
+    if stop_live(&name, agent, run, &record) {
         return Ok(CancelOutcome::Stopping);
     }
     let refused = |reason: String| FlowError::CancelRefused {
@@ -166,8 +186,7 @@ pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
         AgentStatus::Running | AgentStatus::Paused | AgentStatus::Idle if !force => {
             return Err(refused(format!(
                 "its latest checkpoint ({}) says it is running, and it does not run in this process: it may run in another one, which cannot be reached through {} (stop it there), or that process may have died; once it is gone, cancel with force (`fluffy runs cancel --force`)",
-                checkpoint.sequence,
-                store.describe()
+                checkpoint.sequence, name
             )));
         }
         _ => {}
@@ -186,7 +205,7 @@ pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
     store.save(&checkpoint)?;
     // A run of this key started here while the checkpoint was written would write over it:
     // it is stopped too.
-    stop_live(agent, run, &record);
+    stop_live(&name, agent, run, &record);
     Ok(CancelOutcome::Cancelled {
         sequence: checkpoint.sequence,
     })

@@ -110,8 +110,9 @@ impl Coordinator {
     /// (`CheckpointStore::answer`), and for cancel requests (`CheckpointStore::cancel_run`),
     /// from its start to its end.
     pub(super) fn list_for_answers(&mut self) {
-        if self.checkpoints.is_some() {
+        if let Some((store, _)) = &self.checkpoints {
             self.listed = Some(crate::checkpoint::ListedRun::register(
+                store.as_ref(),
                 &self.compiled.name,
                 &self.durable_key,
                 self.cancel.clone(),

@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use flow_core::FlowError;
 use flow_runtime::{Checkpoint, CheckpointStore, InputOutcome};
 use serde::Deserialize;
@@ -28,6 +28,7 @@ use crate::cli::runs::{ListFilter, RunSummary, find, pending, shown_status, summ
 use crate::cli::{Failure, exit, status_name, time};
 use html::{badge, escape, page, run_link};
 
+mod control;
 mod form;
 mod gantt;
 pub(crate) mod html;
@@ -59,7 +60,8 @@ impl DashboardOptions {
     }
 
     /// The workflows whose runs are drawn with their transitions (a run of a workflow not
-    /// registered shows its states in the workflow's order).
+    /// registered shows its states in the workflow's order), and can be resumed from their
+    /// page (continued in the dashboard's process).
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
         self
@@ -89,6 +91,8 @@ struct Shared {
     token: Option<String>,
     registry: Registry,
     local_only: bool,
+    /// The runs resumed from the dashboard that run or failed (see `control::resume`).
+    resumed: std::sync::Mutex<HashMap<(String, String), control::Resumed>>,
 }
 
 type App = Arc<Shared>;
@@ -119,10 +123,16 @@ pub fn router(
         token: options.token,
         registry: options.registry,
         local_only: options.local_only,
+        resumed: std::sync::Mutex::default(),
     });
     Ok(Router::new()
         .route("/", get(runs_page))
-        .route("/runs/{workflow}/{key}", get(run_page).post(answer))
+        .route(
+            "/runs/{workflow}/{key}",
+            get(run_page).post(control::answer),
+        )
+        .route("/runs/{workflow}/{key}/cancel", post(control::cancel))
+        .route("/runs/{workflow}/{key}/resume", post(control::resume))
         .route("/api/runs", get(runs_json))
         .route("/api/runs/{workflow}/{key}", get(run_json))
         .route("/metrics", get(metrics))
@@ -431,9 +441,15 @@ async fn load(app: &App, workflow: String, key: String) -> Result<Checkpoint, Fa
         .await
 }
 
-/// The run's live mark: its checkpoint's number and status.
-fn mark(checkpoint: &Checkpoint) -> String {
-    serde_json::json!([checkpoint.sequence, checkpoint.status]).to_string()
+/// The run's live mark: its checkpoint's number and status, and whether it runs in this
+/// process (a resume starting or ending changes the page).
+fn mark(app: &App, checkpoint: &Checkpoint) -> String {
+    let here = flow_runtime::runs_in_this_process(
+        app.store.as_ref(),
+        &checkpoint.agent,
+        &checkpoint.run_key,
+    );
+    serde_json::json!([checkpoint.sequence, checkpoint.status, here]).to_string()
 }
 
 async fn run_json(
@@ -443,7 +459,7 @@ async fn run_json(
     match load(&app, workflow, key).await {
         Ok(checkpoint) => (
             [(header::CONTENT_TYPE, "application/json")],
-            mark(&checkpoint),
+            mark(&app, &checkpoint),
         )
             .into_response(),
         Err(failure) => failure_page(failure),
@@ -513,6 +529,7 @@ fn render_run(
         updated = escape(&time(checkpoint.created_at)),
         elapsed = escape(&crate::cli::runs::millis(checkpoint.elapsed.as_millis())),
     );
+    body.push_str(&control::controls(app, checkpoint));
     body.push_str(&picture(app, checkpoint));
     // Pending requests first: what someone has to do.
     let empty = HashMap::new();
@@ -631,72 +648,11 @@ fn render_run(
     }
     body.push_str("</table>");
     let api = format!("/api{link}");
-    page(&checkpoint.run_key, &body, Some((&api, &mark(checkpoint))))
-}
-
-/// Answers a request of the run: the CSRF token checked, the form read by the request's
-/// schema, the answer checked against it; a refusal is shown in the form, refilled.
-async fn answer(
-    State(app): State<App>,
-    Path((workflow, key)): Path<(String, String)>,
-    Form(submitted): Form<HashMap<String, String>>,
-) -> Response {
-    if !submitted
-        .get("csrf")
-        .is_some_and(|given| same(given, &app.csrf))
-    {
-        return failure_page(Failure::usage(
-            "the form's CSRF token is missing or wrong: reload the run's page and answer there"
-                .into(),
-        ));
-    }
-    let checkpoint = match load(&app, workflow.clone(), key.clone()).await {
-        Ok(checkpoint) => checkpoint,
-        Err(failure) => return failure_page(failure),
-    };
-    let id = submitted.get("id").cloned().unwrap_or_default();
-    let Some(record) = pending(&checkpoint).find(|record| record.request.id.to_string() == id)
-    else {
-        return failure_page(Failure::not_found(format!(
-            "run `{key}` has no input request `{id}` waiting (answered meanwhile?)"
-        )));
-    };
-    let refuse = |reason: String| {
-        let refused = Refused {
-            id: &id,
-            given: &submitted,
-            reason: &reason,
-        };
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Html(render_run(&app, &checkpoint, &[], Some(refused))),
-        )
-            .into_response()
-    };
-    let value = match form::answer(&record.request.schema, &submitted) {
-        Ok(value) => value,
-        Err(reason) => return refuse(format!("refused: {reason}")),
-    };
-    if let Err(failure) = crate::cli::inputs::check(&record.request.schema, &value) {
-        return refuse(failure.message().to_owned());
-    }
-    let (store, request_id) = (Arc::clone(&app.store), record.request.id.clone());
-    let left = blocking(move || {
-        store
-            .answer(&workflow, &key, &request_id, "dashboard", value)
-            .map_err(|error| match error {
-                FlowError::InvalidAnswer { .. } | FlowError::InputClosed { .. } => {
-                    Failure::refused(error.to_string())
-                }
-                error => Failure::from(error),
-            })
-    })
-    .await;
-    match left {
-        Ok(()) => Redirect::to(&run_link(&checkpoint.agent, &checkpoint.run_key)).into_response(),
-        Err(failure) if failure.code() == exit::REFUSED => refuse(failure.message().to_owned()),
-        Err(failure) => failure_page(failure),
-    }
+    page(
+        &checkpoint.run_key,
+        &body,
+        Some((&api, &mark(app, checkpoint))),
+    )
 }
 
 /// Prometheus text: runs by workflow and status, and input requests waiting, by workflow.
