@@ -15,8 +15,8 @@ pub use flow_runtime::MetricsExporter;
 /// `schemars` 1 yourself.
 pub use flow_runtime::schemars;
 pub use flow_runtime::{
-    ATTEMPT_HISTORY, Agent, Allocation, AttemptOutcome, AttemptRecord, BlockedState, BoxError,
-    BreakerState, Bulkhead, CHECKPOINT_FORMAT, CancelOutcome, CancelRecord, Checkpoint,
+    ATTEMPT_HISTORY, Agent, Allocation, AttemptOutcome, AttemptRecord, AttemptTimes, BlockedState,
+    BoxError, BreakerState, Bulkhead, CHECKPOINT_FORMAT, CancelOutcome, CancelRecord, Checkpoint,
     CheckpointContext, CheckpointPolicy, CheckpointStore, CircuitBreaker, Condition, Context,
     ContextValue, CoordinationStatus, DEAD_LETTER_CAPACITY, DEFAULT_EVENT_CAPACITY,
     DEFAULT_MAX_STEPS, DEFAULT_PRIORITY_AGING, DeadLetter, DependencyConfig, Event, EventKind,

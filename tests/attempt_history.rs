@@ -198,3 +198,69 @@ async fn a_format_4_checkpoint_reads_with_no_attempts() {
     assert!(checkpoint.attempts.is_empty());
     assert_eq!(checkpoint.status, AgentStatus::Completed);
 }
+
+/// The wait before an attempt is split: for its turn (a free slot) and for its resources (it
+/// waited at the pool): `split` → `a`, `b` (one CPU each, a pool of one, 10 ms) and `c`, `d`
+/// (nothing, 5 ms), two at a time. `a` and `c` start at once; `b` waits at the pool until `a`
+/// ends; `d` waits for `c`'s slot.
+#[tokio::test(start_paused = true)]
+async fn the_wait_for_a_turn_and_the_wait_for_resources_are_told_apart() {
+    let one_cpu = fluffy_flow::ResourceRequirements {
+        cpu: 1.0,
+        ..Default::default()
+    };
+    let mut agent = Agent::new("shared");
+    agent.max_concurrent(2);
+    agent.resource_pool(fluffy_flow::ResourcePool::new(one_cpu.clone()));
+    agent.add_state("split", |_ctx: Context| async move {
+        Ok(Next::parallel(["a", "b", "c", "d"]))
+    });
+    for (name, busy, needs) in [
+        ("a", 10, Some(one_cpu.clone())),
+        ("b", 10, Some(one_cpu.clone())),
+        ("c", 5, None),
+        ("d", 5, None),
+    ] {
+        let options = agent.add_state(name, move |_ctx: Context| async move {
+            sleep(ms(busy)).await;
+            Ok(Next::End)
+        });
+        if let Some(needs) = needs {
+            options.resources(needs);
+        }
+    }
+    let store = MemoryStore::new();
+    agent.run_durable(store.clone(), "k").await.unwrap();
+    let checkpoint = store.latest("shared", "k").unwrap().unwrap();
+    let origin = checkpoint.attempts[0].ready_at_ms;
+    let mut seen: Vec<(String, u64, u64, u64, u64)> = checkpoint
+        .attempts
+        .iter()
+        .map(|a| {
+            let times = fluffy_flow::attempt_times(a, 0);
+            (
+                a.state.clone(),
+                a.started_at_ms - origin,
+                times.queued.as_millis() as u64,
+                times.gated.as_millis() as u64,
+                times.ran.as_millis() as u64,
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected: Vec<(String, u64, u64, u64, u64)> = [
+        ("a", 0, 0, 0, 10),
+        ("b", 10, 0, 10, 10),
+        ("c", 0, 0, 0, 5),
+        ("d", 5, 5, 0, 5),
+        ("split", 0, 0, 0, 0),
+    ]
+    .into_iter()
+    .map(|(s, start, queued, gated, ran)| (s.to_owned(), start, queued, gated, ran))
+    .collect();
+    assert_eq!(seen, expected);
+    let b = checkpoint.attempts.iter().find(|a| a.state == "b").unwrap();
+    assert_eq!(b.gated_at_ms, Some(origin));
+    let d = checkpoint.attempts.iter().find(|a| a.state == "d").unwrap();
+    assert_eq!(d.gated_at_ms, None);
+}

@@ -31,10 +31,10 @@ pub use agent::{
     DEFAULT_PRIORITY_AGING, MAX_EVENT_CAPACITY, StateOptions,
 };
 pub use checkpoint::{
-    ATTEMPT_HISTORY, AnswerInbox, AttemptOutcome, AttemptRecord, CHECKPOINT_FORMAT, CancelOutcome,
-    CancelRecord, Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore, FileStore,
-    MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint, StoredRun, attempt_times,
-    runs_in_this_process,
+    ATTEMPT_HISTORY, AnswerInbox, AttemptOutcome, AttemptRecord, AttemptTimes, CHECKPOINT_FORMAT,
+    CancelOutcome, CancelRecord, Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore,
+    FileStore, MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint, StoredRun,
+    attempt_times, runs_in_this_process,
 };
 pub use context::{Context, ContextValue, Reducer};
 pub use coordination::{

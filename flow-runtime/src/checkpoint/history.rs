@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use flow_core::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -45,9 +46,14 @@ pub struct AttemptRecord {
     pub visit: u32,
     /// Which attempt of that run (1: the first, more after retries).
     pub attempt: u32,
-    /// When it became ready: from here to `started_at_ms` it waited for a slot, resources,
-    /// rate limits or primitives.
+    /// When it became ready: from here it waited for its turn (a free slot, states of
+    /// higher priority first), then, from `gated_at_ms` if set, for its resources, rate limits
+    /// or primitives, until `started_at_ms`.
     pub ready_at_ms: u64,
+    /// When it first had to wait at an admission gate (the resource pool, a rate limit, a
+    /// primitive); `None` when it never waited at one (checkpoint format 6).
+    #[serde(default)]
+    pub gated_at_ms: Option<u64>,
     /// When it started.
     pub started_at_ms: u64,
     /// When it ended; `None` while running.
@@ -64,6 +70,7 @@ struct Entry {
     state: u32,
     attempt: (u32, u32),
     ready: Instant,
+    gated: Option<Instant>,
     started: Instant,
     ended: Option<Instant>,
     outcome: AttemptOutcome,
@@ -79,6 +86,9 @@ enum Kept {
 /// The history of one run, kept by its coordinator (never shared).
 pub(crate) struct AttemptLog {
     kept: VecDeque<Kept>,
+    /// When attempts now running first waited at a gate, by state, attempt and visit (only
+    /// those that did).
+    gated: FxHashMap<(u32, u32, u32), Instant>,
     /// The wall clock at `origin`: instants of the run become wall times from it.
     wall: SystemTime,
     origin: Instant,
@@ -93,6 +103,7 @@ impl AttemptLog {
         }
         Self {
             kept,
+            gated: FxHashMap::default(),
             wall: SystemTime::now(),
             origin: Instant::now(),
         }
@@ -111,6 +122,12 @@ impl AttemptLog {
             })
     }
 
+    /// The attempt (`(attempt, visit)`) of the state with index `state`, starting now, first
+    /// had to wait at a gate at `since`.
+    pub(crate) fn gated(&mut self, state: u32, (attempt, visit): (u32, u32), since: Instant) {
+        self.gated.insert((state, attempt, visit), since);
+    }
+
     /// An attempt (`(attempt, visit)`) of the state with index `state` ended at `ended`;
     /// `times`: when it became ready, and when it started.
     pub(crate) fn ended(
@@ -124,10 +141,16 @@ impl AttemptLog {
         if self.kept.len() == ATTEMPT_HISTORY {
             self.kept.pop_front();
         }
+        let gated = if self.gated.is_empty() {
+            None
+        } else {
+            self.gated.remove(&(state, attempt.0, attempt.1))
+        };
         self.kept.push_back(Kept::Entry(Entry {
             state,
             attempt,
             ready,
+            gated,
             started,
             ended: Some(ended),
             outcome,
@@ -142,6 +165,9 @@ impl AttemptLog {
             visit,
             attempt,
             ready_at_ms: self.ms(entry.ready.min(entry.started)),
+            gated_at_ms: entry
+                .gated
+                .map(|gated| self.ms(gated.clamp(entry.ready.min(entry.started), entry.started))),
             started_at_ms: self.ms(entry.started),
             ended_at_ms: entry.ended.map(|ended| self.ms(ended)),
             outcome: entry.outcome,
@@ -170,6 +196,7 @@ impl AttemptLog {
                 state,
                 attempt,
                 ready,
+                gated: self.gated.get(&(state, attempt.0, attempt.1)).copied(),
                 started,
                 ended: None,
                 outcome: AttemptOutcome::Running,
@@ -183,13 +210,31 @@ impl AttemptLog {
     }
 }
 
-/// How long `record` waited before it started, and how long it ran (until `now_ms` if it
-/// still runs).
-pub fn attempt_times(record: &AttemptRecord, now_ms: u64) -> (Duration, Duration) {
-    let waited = record.started_at_ms.saturating_sub(record.ready_at_ms);
+/// How long `record` waited for its turn, then for its resources (rate limits,
+/// primitives), and how long it ran (until `now_ms` if it still runs).
+pub fn attempt_times(record: &AttemptRecord, now_ms: u64) -> AttemptTimes {
+    let gated = record.gated_at_ms.unwrap_or(record.started_at_ms).clamp(
+        record.ready_at_ms,
+        record.started_at_ms.max(record.ready_at_ms),
+    );
     let ran = record
         .ended_at_ms
         .unwrap_or(now_ms)
         .saturating_sub(record.started_at_ms);
-    (Duration::from_millis(waited), Duration::from_millis(ran))
+    AttemptTimes {
+        queued: Duration::from_millis(gated.saturating_sub(record.ready_at_ms)),
+        gated: Duration::from_millis(record.started_at_ms.saturating_sub(gated)),
+        ran: Duration::from_millis(ran),
+    }
+}
+
+/// An attempt's time, apart ([`attempt_times`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptTimes {
+    /// Ready, waiting for its turn: a free slot, states of higher priority first.
+    pub queued: Duration,
+    /// Waiting at admission gates: the resource pool, rate limits, primitives.
+    pub gated: Duration,
+    /// Running.
+    pub ran: Duration,
 }

@@ -29,7 +29,7 @@ pub use cancel::{CancelOutcome, CancelRecord, runs_in_this_process};
 pub use context::CheckpointContext;
 pub use file::FileStore;
 pub(crate) use history::AttemptLog;
-pub use history::{ATTEMPT_HISTORY, AttemptOutcome, AttemptRecord, attempt_times};
+pub use history::{ATTEMPT_HISTORY, AttemptOutcome, AttemptRecord, AttemptTimes, attempt_times};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use store::{CheckpointPolicy, CheckpointStore, StoredRun};

@@ -49,6 +49,9 @@ pub(super) struct Admission {
     pub(super) breaker: Option<BreakerPermit>,
     /// What shared primitives (kept outside the process) gave it.
     pub(super) shared: Vec<crate::coordination::SharedHold>,
+    /// When it first had to wait at one of its gates, if it did (its timeline shows the wait
+    /// for resources apart from the wait for its turn).
+    pub(super) gated_since: Option<Instant>,
 }
 
 impl Coordinator {
@@ -137,7 +140,7 @@ impl Coordinator {
                 Verdict::OnRelease => Wake::OnRelease,
                 Verdict::Refused(error) => {
                     taken.into_iter().for_each(Taken::undo);
-                    self.ready.left(seq);
+                    let _ = self.ready.left(seq);
                     return GateVerdict::Refused(entry, error);
                 }
             };
@@ -145,8 +148,10 @@ impl Coordinator {
             taken.into_iter().for_each(Taken::undo);
             return self.wait_at(gate, entry, wake);
         }
-        self.ready.left(seq);
-        let mut admission = Admission::default();
+        let mut admission = Admission {
+            gated_since: self.ready.left(seq),
+            ..Admission::default()
+        };
         for took in taken {
             match took {
                 Taken::Grant(grant) => admission.grant = Some(grant),
@@ -168,12 +173,12 @@ impl Coordinator {
             match self.compiled.gates[gate].enter_wait(state, entry.attempt, self.run_key) {
                 Ok(ticket) => ticket,
                 Err(error) => {
-                    self.ready.left(entry.seq());
+                    let _ = self.ready.left(entry.seq());
                     return GateVerdict::Refused(entry, error);
                 }
             }
         };
-        self.ready.park(gate, entry, wake, ticket);
+        self.ready.park(gate, entry, (wake, self.now), ticket);
         GateVerdict::Waiting
     }
 

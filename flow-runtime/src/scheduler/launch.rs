@@ -154,6 +154,9 @@ impl Coordinator {
             let (state, branch) = (entry.state, entry.branch);
             let queued_at = entry.virtual_start();
             let (span, attempt) = self.begin(state, (entry.attempt, entry.visit));
+            if let Some(since) = admission.gated_since {
+                self.note_gated(state, attempt, since);
+            }
             let context = self.state_context(state, branch, attempt);
             match task::start(&self.compiled.states[state.index()].func, &context) {
                 Ok(run) => {
@@ -267,6 +270,7 @@ impl Coordinator {
             held,
             breaker,
             shared,
+            gated_since: _,
         }: Admission,
         queued_at: i64,
         span: tracing::Span,

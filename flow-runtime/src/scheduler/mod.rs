@@ -906,6 +906,14 @@ impl Coordinator {
         }
     }
 
+    /// The attempt `attempt` of `state`, starting now, first had to wait at a gate at `since`
+    /// (a run with checkpoints keeps it for its timeline).
+    fn note_gated(&mut self, state: StateId, attempt: (u32, u32), since: Instant) {
+        if let Some(history) = self.history.as_deref_mut() {
+            history.gated(state.index() as u32, attempt, since);
+        }
+    }
+
     #[inline(never)]
     fn keep_attempt(
         &mut self,

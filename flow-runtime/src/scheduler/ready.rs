@@ -66,6 +66,9 @@ pub(crate) struct ReadyQueue {
     /// Places held by waiting entries at the gate they wait at (a leaky bucket's capacity, a
     /// primitive's waiting count), by sequence number.
     tickets: FxHashMap<u64, Vec<(usize, Ticket)>>,
+    /// When each entry waiting at gates first had to wait at one, by sequence number: where
+    /// its wait for resources, rate limits or primitives began (attempt timelines).
+    gated_since: FxHashMap<u64, Instant>,
 }
 
 /// When the first entry waiting at a gate may ask it again.
@@ -116,6 +119,7 @@ impl ReadyQueue {
             gates: Box::default(),
             gated: 0,
             tickets: FxHashMap::default(),
+            gated_since: FxHashMap::default(),
         }
     }
 
@@ -225,19 +229,21 @@ impl ReadyQueue {
             removed.extend(out);
         }
         for entry in &removed {
-            self.left(entry.seq());
+            let _ = self.left(entry.seq());
         }
         removed
     }
 
     /// An entry leaves for good (started, failed or removed): it holds no place at a gate any
-    /// more, and if it was out asking a gate, the next one waiting there may ask.
-    pub(crate) fn left(&mut self, seq: u64) {
+    /// more, and if it was out asking a gate, the next one waiting there may ask. Returns when
+    /// it first had to wait at a gate, if it did.
+    pub(crate) fn left(&mut self, seq: u64) -> Option<Instant> {
         if self.gates.is_empty() {
-            return;
+            return None;
         }
         self.tickets.remove(&seq);
         self.stop_trying(seq);
+        self.gated_since.remove(&seq)
     }
 
     /// The entry is no longer out asking any gate: at each gate it was asking, the next one
@@ -299,10 +305,11 @@ impl ReadyQueue {
         &mut self,
         gate: usize,
         entry: ReadyEntry,
-        wake: Wake,
+        (wake, now): (Wake, Instant),
         ticket: Option<Ticket>,
     ) {
         let seq = entry.seq();
+        self.gated_since.entry(seq).or_insert(now);
         // It waits here now, and nowhere else: its turn at any other gate passes on, and its
         // places there are given up (an arrival at a barrier stays: it counts in the round).
         self.stop_trying(seq);

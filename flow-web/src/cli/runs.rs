@@ -482,17 +482,25 @@ pub(crate) fn steps(
         .min()
         .unwrap_or(0);
     let mut table = Table::new([
-        "STATE", "ATTEMPT", "OUTCOME", "READY", "WAITED", "RAN", "ERROR",
+        "STATE",
+        "ATTEMPT",
+        "OUTCOME",
+        "READY",
+        "QUEUED",
+        "RESOURCES",
+        "RAN",
+        "ERROR",
     ]);
     for attempt in &checkpoint.attempts {
-        let (waited, ran) = flow_runtime::attempt_times(attempt, now_ms);
+        let times = flow_runtime::attempt_times(attempt, now_ms);
         table.row(vec![
             attempt.state.clone(),
             attempt.attempt.to_string(),
             status_name(attempt.outcome),
             format!("+{}", millis(u128::from(attempt.ready_at_ms - origin))),
-            millis(waited.as_millis()),
-            millis(ran.as_millis()),
+            millis(times.queued.as_millis()),
+            millis(times.gated.as_millis()),
+            millis(times.ran.as_millis()),
             attempt.error.clone().unwrap_or_default(),
         ]);
     }

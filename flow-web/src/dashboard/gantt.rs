@@ -1,6 +1,7 @@
 //! The run's attempts on a time line, drawn on the server: per attempt a light bar while it
-//! waited (for a slot, resources, limits) and a bar in its outcome's colour while it ran;
-//! retries are rows of their own.
+//! waited for its turn (a slot), an amber one while it waited for resources (the pool, rate
+//! limits, primitives) and a bar in its outcome's colour while it ran; retries are rows of
+//! their own.
 
 use std::fmt::Write;
 
@@ -52,14 +53,17 @@ pub(crate) fn chart(attempts: &[AttemptRecord], now_ms: u64) -> String {
             .unwrap_or(now_ms)
             .max(attempt.started_at_ms);
         let outcome = status_name(attempt.outcome);
-        let waited = attempt.started_at_ms.saturating_sub(attempt.ready_at_ms);
-        let ran = ended - attempt.started_at_ms;
+        let times = flow_runtime::attempt_times(attempt, now_ms);
+        let gated_at = attempt
+            .started_at_ms
+            .saturating_sub(u64::try_from(times.gated.as_millis()).unwrap_or(u64::MAX));
         let title = format!(
-            "{} attempt {}: {outcome}; waited {}, ran {}{}",
+            "{} attempt {}: {outcome}; queued {}, waited for resources {}, ran {}{}",
             attempt.state,
             attempt.attempt,
-            millis(u128::from(waited)),
-            millis(u128::from(ran)),
+            millis(times.queued.as_millis()),
+            millis(times.gated.as_millis()),
+            millis(u128::from(ended - attempt.started_at_ms)),
             attempt
                 .error
                 .as_deref()
@@ -76,13 +80,18 @@ pub(crate) fn chart(attempts: &[AttemptRecord], now_ms: u64) -> String {
         } else {
             label
         };
-        let (ready_x, start_x, end_x) =
-            (x(attempt.ready_at_ms), x(attempt.started_at_ms), x(ended));
+        let (ready_x, gated_x, start_x, end_x) = (
+            x(attempt.ready_at_ms),
+            x(gated_at),
+            x(attempt.started_at_ms),
+            x(ended),
+        );
         let _ = write!(
             svg,
             "<g class=\"attempt\" data-state=\"{state}\" data-attempt=\"{number}\" data-outcome=\"{outcome}\"><title>{title}</title>\
 <text x=\"4\" y=\"{ty}\" font-size=\"12\">{short}</text>\
 <rect class=\"wait\" x=\"{ready_x}\" y=\"{by}\" width=\"{wait_w}\" height=\"12\" fill=\"#e0e0e0\"/>\
+<rect class=\"gated\" x=\"{gated_x}\" y=\"{by}\" width=\"{gated_w}\" height=\"12\" fill=\"#ffcc80\"/>\
 <rect class=\"run\" x=\"{start_x}\" y=\"{by}\" width=\"{run_w}\" height=\"12\" fill=\"{fill}\"/></g>",
             state = escape(&attempt.state),
             number = attempt.attempt,
@@ -90,7 +99,8 @@ pub(crate) fn chart(attempts: &[AttemptRecord], now_ms: u64) -> String {
             ty = y + 14,
             short = escape(&short),
             by = y + 4,
-            wait_w = start_x - ready_x,
+            wait_w = gated_x - ready_x,
+            gated_w = start_x - gated_x,
             // (At least a sliver: an attempt of no time is still seen.)
             run_w = (end_x - start_x).max(2),
             fill = outcome_colour(attempt.outcome),

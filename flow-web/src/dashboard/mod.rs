@@ -564,7 +564,7 @@ fn render_run(
         .map_or(0, |since| {
             u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
         });
-    body.push_str("<h2>Timeline</h2><p class=\"muted\">Each attempt: waiting (light) and running, in its outcome's colour.</p>");
+    body.push_str("<h2>Timeline</h2><p class=\"muted\">Each attempt: waiting for its turn (grey), for resources, rate limits or primitives (amber), and running, in its outcome's colour.</p>");
     body.push_str(&gantt::chart(&checkpoint.attempts, now_ms));
     body.push_str("<h2>States</h2><table class=\"states\"><tr><th>state</th><th>status</th><th>runs</th><th>attempts</th><th>completions</th><th>time</th><th>last error</th></tr>");
     for state in &checkpoint.states {
