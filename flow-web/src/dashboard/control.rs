@@ -12,7 +12,8 @@ use flow_core::{AgentStatus, FlowError};
 use flow_runtime::{CancelRecord, Checkpoint, runs_in_this_process};
 
 use super::html::{escape, run_link};
-use super::{App, Refused, blocking, failure_page, form, load, render_run, same};
+use super::run_page::{Refused, render_run};
+use super::{App, blocking, failure_page, form, load, same};
 use crate::cli::runs::{cancelled_line, pending};
 use crate::cli::{Failure, exit};
 
