@@ -211,13 +211,13 @@ async fn the_wait_for_a_turn_and_the_wait_for_resources_are_told_apart() {
     };
     let mut agent = Agent::new("shared");
     agent.max_concurrent(2);
-    agent.resource_pool(fluffy_flow::ResourcePool::new(one_cpu.clone()));
+    agent.resource_pool(fluffy_flow::ResourcePool::new(one_cpu));
     agent.add_state("split", |_ctx: Context| async move {
         Ok(Next::parallel(["a", "b", "c", "d"]))
     });
     for (name, busy, needs) in [
-        ("a", 10, Some(one_cpu.clone())),
-        ("b", 10, Some(one_cpu.clone())),
+        ("a", 10, Some(one_cpu)),
+        ("b", 10, Some(one_cpu)),
         ("c", 5, None),
         ("d", 5, None),
     ] {
