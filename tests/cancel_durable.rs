@@ -255,3 +255,74 @@ fn the_cancel_record_survives_the_checkpoint_format() {
     assert_eq!(back.cancelled, latest.cancelled);
     assert_eq!(back.cancelled.unwrap().reason, "why");
 }
+
+/// A store that knows who holds a run (as PostgreSQL's does) asks the holder: the outcome
+/// names it and the checkpoint is left to the holder to write.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_knows_the_holder_asks_it() {
+    struct Held(MemoryStore);
+    impl CheckpointStore for Held {
+        fn describe(&self) -> String {
+            "held store".into()
+        }
+        fn save(&self, checkpoint: &fluffy_flow::Checkpoint) -> Result<(), FlowError> {
+            self.0.save(checkpoint)
+        }
+        fn latest(
+            &self,
+            agent: &str,
+            run: &str,
+        ) -> Result<Option<fluffy_flow::Checkpoint>, FlowError> {
+            self.0.latest(agent, run)
+        }
+        fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
+            self.0.sequences(agent, run)
+        }
+        fn load(
+            &self,
+            agent: &str,
+            run: &str,
+            sequence: u64,
+        ) -> Result<Option<fluffy_flow::Checkpoint>, FlowError> {
+            self.0.load(agent, run, sequence)
+        }
+        fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
+            self.0.delete(agent, run, sequence)
+        }
+        fn ask_holder_to_cancel(
+            &self,
+            _agent: &str,
+            run: &str,
+            record: &CancelRecord,
+        ) -> Result<Option<String>, FlowError> {
+            Ok((run == "held" && record.by == "ops").then(|| "worker-2".to_owned()))
+        }
+    }
+    let memory = MemoryStore::new();
+    let calls: Arc<[AtomicU32; 3]> = Arc::default();
+    pipeline(&calls, 10)
+        .run_durable(memory.clone(), "done")
+        .await
+        .unwrap();
+    // A checkpoint taken while `train` ran, under a key no run of this process has.
+    let mut running = memory.load("pipeline", "done", 2).unwrap().unwrap();
+    assert_eq!(running.status, AgentStatus::Running);
+    running.run_key = "held".into();
+    running.sequence = 1;
+    memory.save(&running).unwrap();
+    let store = Held(memory.clone());
+    let before = store.latest("pipeline", "held").unwrap().unwrap();
+    let outcome = store
+        .cancel_run("pipeline", "held", CancelRecord::new("ops", ""), false)
+        .unwrap();
+    assert_eq!(
+        outcome,
+        CancelOutcome::Requested {
+            holder: "worker-2".into()
+        }
+    );
+    assert_eq!(
+        store.latest("pipeline", "held").unwrap().unwrap().sequence,
+        before.sequence
+    );
+}

@@ -35,16 +35,19 @@ pub(crate) enum Channel {
     Tasks = 4,
     /// A remote attempt's reply was written.
     Replies = 5,
+    /// A worker was asked to cancel a run it holds.
+    Cancels = 6,
 }
 
 /// Every channel's name, by [`Channel`].
-pub(crate) const CHANNELS: [&str; 6] = [
+pub(crate) const CHANNELS: [&str; 7] = [
     "fluffy_runs",
     "fluffy_done",
     "fluffy_permits",
     "fluffy_answers",
     "fluffy_tasks",
     "fluffy_replies",
+    "fluffy_cancels",
 ];
 
 /// How many connections a backend keeps by default.

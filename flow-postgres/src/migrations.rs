@@ -2,7 +2,7 @@
 //! in order by [`crate::PgBackend::migrate`].
 
 /// (version, name, SQL), in the order they apply.
-pub(crate) const MIGRATIONS: [(i32, &str, &str); 6] = [
+pub(crate) const MIGRATIONS: [(i32, &str, &str); 7] = [
     (
         1,
         "checkpoints",
@@ -20,5 +20,10 @@ pub(crate) const MIGRATIONS: [(i32, &str, &str); 6] = [
         6,
         "queue order",
         include_str!("../migrations/0006_queue_order.sql"),
+    ),
+    (
+        7,
+        "cancel requests",
+        include_str!("../migrations/0007_cancel_requests.sql"),
     ),
 ];

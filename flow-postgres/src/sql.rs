@@ -165,7 +165,8 @@ const CLAIM: &str = "WITH lapsed AS (
      FROM next WHERE r.id = next.id
      RETURNING r.id, r.workflow, r.run_key, r.context, r.fence, r.claims, r.lapses";
 
-/// Renews the leases `(id, fence)` still held, for `$3` ms; returns the ids renewed.
+/// Renews the leases `(id, fence)` still held, for `$3` ms; returns the ids renewed, each
+/// with the request to cancel it if one was made (see `ASK_TO_CANCEL`).
 ///
 /// Statements that change many runs' rows lock them in the order of their ids first (here, in
 /// `COMPLETE` and in `RELEASE`), so that two of them, on one worker's runs, never wait for
@@ -181,7 +182,21 @@ const HEARTBEAT: &str = "WITH locked AS (
      UPDATE fluffy_runs AS r
      SET lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond'
      FROM locked WHERE r.id = locked.id
-     RETURNING r.id";
+     RETURNING r.id, r.cancel_request";
+
+/// Asks the worker holding run `$2` of workflow `$1` under a live lease to cancel it: the
+/// request `$3` (JSON; a request made before stays) is kept on the run for its heartbeat, and
+/// `fluffy_cancels` wakes it. Returns the worker's name, if a worker holds the run. (Not
+/// prepared: rarely run.)
+pub(crate) const ASK_TO_CANCEL: &str = "WITH asked AS (
+         UPDATE fluffy_runs SET cancel_request = coalesce(cancel_request, $3)
+         WHERE workflow = $1 AND run_key = $2 AND status = 'running'
+           AND lease_until > clock_timestamp()
+         RETURNING worker
+     ), woken AS (
+         SELECT pg_notify('fluffy_cancels', $1) FROM asked
+     )
+     SELECT worker FROM asked CROSS JOIN (SELECT count(*) FROM woken) AS sent";
 
 /// Saves checkpoints of leased runs (one row per save, as arrays: workflow, key, sequence,
 /// time, body, how many of the run's checkpoints to keep (0: all), and the lease's run id and

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use flow_core::FlowError;
-use flow_runtime::{Checkpoint, CheckpointStore, PostedAnswer};
+use flow_runtime::{CancelRecord, Checkpoint, CheckpointStore, PostedAnswer};
 
 use crate::PgBackend;
 
@@ -245,6 +245,31 @@ impl CheckpointStore for PgStore {
                 })
             })
             .collect()
+    }
+
+    fn ask_holder_to_cancel(
+        &self,
+        agent: &str,
+        run: &str,
+        record: &CancelRecord,
+    ) -> Result<Option<String>, FlowError> {
+        let request = serde_json::to_string(record).map_err(|e| FlowError::CheckpointStore {
+            store: self.describe(),
+            action: "asking a worker to cancel a run".to_owned(),
+            message: e.to_string(),
+        })?;
+        let (a, r) = (agent.to_owned(), run.to_owned());
+        self.backend
+            .blocking("asking a worker to cancel a run", move |c| async move {
+                let rows = c
+                    .client
+                    .query(crate::sql::ASK_TO_CANCEL, &[&a, &r, &request])
+                    .await?;
+                Ok(rows.first().map(|row| {
+                    row.get::<_, Option<String>>(0)
+                        .unwrap_or_else(|| "a worker".to_owned())
+                }))
+            })
     }
 
     fn answers_posted(&self) -> Option<Arc<tokio::sync::Notify>> {

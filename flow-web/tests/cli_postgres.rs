@@ -89,3 +89,137 @@ async fn lists_and_answers_runs_kept_in_postgres() {
     assert_eq!(code, exit::FAILED);
     assert!(!err.contains("s3cret") && err.contains("nope"), "{err}");
 }
+
+/// `prepare`, then `train` runs for a minute (stopped sooner by every test).
+fn slow() -> Agent {
+    let mut agent = Agent::new("slow");
+    agent.add_state(
+        "prepare",
+        |_ctx: Context| async move { Ok(Next::to("train")) },
+    );
+    agent.add_state("train", |_ctx: Context| async move {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        Ok(Next::End)
+    });
+    agent
+}
+
+/// A run on a worker is cancelled from the command line through the database (the worker,
+/// asked with `NOTIFY fluffy_cancels`, stops it and records it cancelled), or, from the
+/// worker's own process, at once; a request made again finds the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_a_worker_is_cancelled_through_the_database() {
+    use flow_postgres::{QueueStatus, Worker};
+    use flow_runtime::CheckpointStore;
+    use std::time::Duration;
+
+    let cluster = match TempCluster::start() {
+        Ok(cluster) => cluster,
+        Err(error) if std::env::var_os("CI").is_none() && cluster::server_bindir().is_none() => {
+            eprintln!("skipping the PostgreSQL CLI test: {error}");
+            return;
+        }
+        Err(error) => panic!("cannot start a PostgreSQL cluster for the test: {error}"),
+    };
+    let url = cluster.create_database("cancel").unwrap();
+    let backend = PgBackend::connect(&url).await.unwrap();
+    backend.migrate().await.unwrap();
+    let store = PgStore::new(&backend);
+    let shutdown = flow_postgres::CancellationToken::new();
+    let worker = Worker::new(&backend).register(&slow());
+    let working = tokio::spawn(worker.run(shutdown.clone()));
+    for key in ["train-1", "train-2"] {
+        backend.submit("slow", key, &Context::new()).await.unwrap();
+    }
+    // Both in `train`: checkpointed after `prepare`.
+    for key in ["train-1", "train-2"] {
+        let mut running = false;
+        for _ in 0..400 {
+            let latest = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.latest("slow", key))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            };
+            if latest.is_some_and(|c| c.status == AgentStatus::Running) {
+                running = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(running, "`{key}` never started");
+    }
+
+    // As another process would: the same database under another name, so that the worker of
+    // this process is not found in it, and the request goes through the database.
+    let elsewhere = url.replace("127.0.0.1", "localhost");
+    assert_ne!(elsewhere, url);
+    let (code, text, err) = fluffy(
+        &elsewhere,
+        &[
+            "runs",
+            "cancel",
+            "train-1",
+            "--reason",
+            "wrong data",
+            "--by",
+            "ops",
+        ],
+    )
+    .await;
+    assert_eq!(code, exit::OK, "{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("asked ") && lines[0].contains("to stop run `train-1` (slow)"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("cancelled run `train-1` (slow) by ops (wrong data), stopped by "),
+        "{text}"
+    );
+    let ended = backend
+        .wait_for("slow", "train-1", Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, QueueStatus::Cancelled);
+    let latest = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.latest("slow", "train-1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(latest.status, AgentStatus::Cancelled);
+    let record = latest.cancelled.unwrap();
+    assert_eq!(
+        (record.by.as_str(), record.reason.as_str()),
+        ("ops", "wrong data")
+    );
+
+    // Asked again: the first request stands.
+    let (code, text, _) = fluffy(&elsewhere, &["--json", "runs", "cancel", "train-1"]).await;
+    assert_eq!(code, exit::OK);
+    let again: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(again["outcome"], "already_cancelled");
+    assert_eq!(again["by"], "ops");
+
+    // From the worker's own process: stopped there at once.
+    let (code, text, err) = fluffy(&url, &["runs", "cancel", "train-2"]).await;
+    assert_eq!(code, exit::OK, "{err}");
+    assert!(
+        text.contains("runs in this process: told to stop"),
+        "{text}"
+    );
+    let ended = backend
+        .wait_for("slow", "train-2", Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, QueueStatus::Cancelled);
+
+    shutdown.cancel();
+    let report = working.await.unwrap().unwrap();
+    assert_eq!(report.claimed, 2);
+}

@@ -91,6 +91,11 @@ pub struct WorkerReport {
 struct Held {
     fence: i64,
     cancel: CancellationToken,
+    /// Its workflow and key (a request to cancel it names them to the runtime).
+    workflow: String,
+    key: String,
+    /// A request to cancel it reached the run (it is stopping, as cancelled).
+    cancel_asked: bool,
     /// When its lease was last renewed (this worker's clock): past the lease, the worker
     /// gives the run up even if it could not hear from the database.
     renewed: Instant,
@@ -282,6 +287,7 @@ impl Worker {
         let ends: Ends = ends::start(&self.backend);
         let saves: Saves = saves::start(&self.backend);
         let signal = self.backend.notifications(crate::backend::Channel::Runs);
+        let cancels = self.backend.notifications(crate::backend::Channel::Cancels);
         let mut held: HashMap<i64, Held> = HashMap::new();
         let mut tasks: JoinSet<(i64, Ended)> = JoinSet::new();
         // Which run each task runs: a task that panicked says only its task id.
@@ -294,6 +300,9 @@ impl Worker {
             let woken = signal.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            let asked_to_cancel = cancels.notified();
+            tokio::pin!(asked_to_cancel);
+            asked_to_cancel.as_mut().enable();
             if claim_now && held.len() < self.concurrency {
                 let wanted = self.concurrency - held.len();
                 // (The database unreachable or slow: tried again at the next heartbeat or
@@ -318,6 +327,9 @@ impl Worker {
                         Held {
                             fence: run.fence,
                             cancel: cancel.clone(),
+                            workflow: run.workflow.clone(),
+                            key: run.key.clone(),
+                            cancel_asked: false,
                             renewed: Instant::now(),
                             lost: false,
                         },
@@ -380,6 +392,9 @@ impl Worker {
                     claim_now = true;
                 }
                 () = &mut woken => claim_now = true,
+                // A run was asked to be cancelled (maybe one of ours): the heartbeat reads the
+                // requests now rather than at its next tick.
+                () = &mut asked_to_cancel => self.renew(&mut held).await,
             }
         }
         // Stopping: runs stop here (those that ended meanwhile are counted), then those
@@ -501,7 +516,7 @@ impl Worker {
                         .await?;
                     Ok(rows
                         .iter()
-                        .map(|row| row.get::<_, i64>(0))
+                        .map(|row| (row.get::<_, i64>(0), row.get::<_, Option<String>>(1)))
                         .collect::<Vec<_>>())
                 }),
             )
@@ -510,9 +525,12 @@ impl Worker {
             tracing::warn!(worker = %self.name, %error, "renewing leases failed");
         }
         let now = Instant::now();
+        if let Ok(renewed) = &renewed {
+            self.pass_on_cancel_requests(held, renewed);
+        }
         for (id, run) in held.iter_mut() {
             let gone = match &renewed {
-                Ok(renewed) if renewed.contains(id) => {
+                Ok(renewed) if renewed.iter().any(|(renewed, _)| renewed == id) => {
                     run.renewed = now;
                     false
                 }
@@ -523,6 +541,40 @@ impl Worker {
             if gone && !run.lost {
                 run.lost = true;
                 run.cancel.cancel();
+            }
+        }
+    }
+
+    /// Gives the requests to cancel runs it holds (read with their leases) to those runs: each
+    /// stops as cancelled, keeping the request in its last checkpoint. A run whose coordinator
+    /// has not started yet is asked again at the next heartbeat.
+    fn pass_on_cancel_requests(
+        &self,
+        held: &mut HashMap<i64, Held>,
+        renewed: &[(i64, Option<String>)],
+    ) {
+        let store = crate::PgStore::new(&self.backend);
+        for (id, request) in renewed {
+            let (Some(request), Some(run)) = (request, held.get_mut(id)) else {
+                continue;
+            };
+            if run.cancel_asked {
+                continue;
+            }
+            match serde_json::from_str::<flow_runtime::CancelRecord>(request) {
+                Ok(record) => {
+                    run.cancel_asked = flow_runtime::cancel_in_this_process(
+                        &store,
+                        &run.workflow,
+                        &run.key,
+                        &record,
+                    );
+                }
+                Err(error) => {
+                    // (Written by `ask_holder_to_cancel`; unreadable only if edited by hand.)
+                    tracing::warn!(worker = %self.name, run = id, %error, "a request to cancel a run is not readable");
+                    run.cancel_asked = true;
+                }
             }
         }
     }

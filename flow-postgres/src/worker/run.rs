@@ -94,6 +94,11 @@ pub(super) async fn execute(
             (status, report.context.snapshot().ok(), None)
         }
         Err(FlowError::LeaseLost { .. }) => return Ended::Lost,
+        // Cancelled on request (asked through the database, or in this process), or found
+        // so when claimed: its end, with who and why.
+        Err(error @ FlowError::CancelledOnRequest { .. }) => {
+            (QueueStatus::Cancelled, None, Some(error.to_string()))
+        }
         // The database failed under the run (a restart, a dropped connection), not the
         // workflow: the run goes back to the queue and continues from its latest
         // checkpoint, up to `MAX_CLAIMS` claims.

@@ -59,6 +59,13 @@ pub enum CancelOutcome {
     },
     /// It had been cancelled before: the record kept then.
     AlreadyCancelled(CancelRecord),
+    /// Another process holds the run (a PostgreSQL worker, by its name): it was asked through
+    /// the store ([`CheckpointStore::ask_holder_to_cancel`]), stops it, and its last checkpoint
+    /// then says cancelled, with the record.
+    Requested {
+        /// Who holds the run.
+        holder: String,
+    },
 }
 
 /// What a cancel request reaches of a durable run that runs in this process.
@@ -133,6 +140,18 @@ pub fn runs_in_this_process(store: &dyn CheckpointStore, workflow: &str, run: &s
         .is_some_and(|slot| slot.strong_count() > 0)
 }
 
+/// Stops the durable run `run` of `workflow` in `store` if it runs in this process, keeping
+/// `record` for its last checkpoint; whether it did. What [`CheckpointStore::cancel_run`] does
+/// first, and what a worker does when asked through its store.
+pub fn cancel_in_this_process(
+    store: &dyn CheckpointStore,
+    workflow: &str,
+    run: &str,
+    record: &CancelRecord,
+) -> bool {
+    stop_live(&store.describe(), workflow, run, record)
+}
+
 /// Stops the run `run` of `workflow` in the store `store` names if it runs in this process;
 /// whether it did.
 fn stop_live(store: &str, workflow: &str, run: &str, record: &CancelRecord) -> bool {
@@ -159,6 +178,9 @@ pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
     let name = store.describe();
     if stop_live(&name, agent, run, &record) {
         return Ok(CancelOutcome::Stopping);
+    }
+    if let Some(holder) = store.ask_holder_to_cancel(agent, run, &record)? {
+        return Ok(CancelOutcome::Requested { holder });
     }
     let refused = |reason: String| FlowError::CancelRefused {
         agent: agent.to_owned(),

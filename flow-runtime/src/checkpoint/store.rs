@@ -142,11 +142,26 @@ pub trait CheckpointStore: Send + Sync + 'static {
         self.post_answer(agent, run, &PostedAnswer::new(id.clone(), value, by))
     }
 
+    /// Asks the process that holds the durable run `run` (another process, which this store
+    /// knows: a PostgreSQL worker holding its lease) to cancel it with `record`; the holder's
+    /// name when one was asked. `None`, the default: this store knows no holders.
+    fn ask_holder_to_cancel(
+        &self,
+        agent: &str,
+        run: &str,
+        record: &CancelRecord,
+    ) -> Result<Option<String>, FlowError> {
+        let _ = (agent, run, record);
+        Ok(None)
+    }
+
     /// Cancels the durable run `run` of workflow `agent`, for good: `run_durable` will not
     /// continue it (only [`crate::Agent::resume_durable`] does), and its last checkpoint keeps
     /// `record` (who, why, when).
     /// - Running in this process: told to stop, it writes that checkpoint as it stops
     ///   ([`CancelOutcome::Stopping`]).
+    /// - Held by a process the store knows (a PostgreSQL worker): asked through the store
+    ///   ([`Self::ask_holder_to_cancel`], [`CancelOutcome::Requested`]).
     /// - Not running (waiting for answers, failed, stopped): its latest checkpoint is saved
     ///   again as cancelled ([`CancelOutcome::Cancelled`]).
     /// - Its latest checkpoint says running, but it does not run here: it may run in a
@@ -391,6 +406,15 @@ impl<S: CheckpointStore + ?Sized> CheckpointStore for std::sync::Arc<S> {
         force: bool,
     ) -> Result<CancelOutcome, FlowError> {
         (**self).cancel_run(agent, run, record, force)
+    }
+
+    fn ask_holder_to_cancel(
+        &self,
+        agent: &str,
+        run: &str,
+        record: &CancelRecord,
+    ) -> Result<Option<String>, FlowError> {
+        (**self).ask_holder_to_cancel(agent, run, record)
     }
 
     fn edit_latest(

@@ -2,8 +2,9 @@
 //! and why kept in its last checkpoint; `runs resume` continues it.
 
 use std::io::Write;
+use std::time::{Duration, Instant};
 
-use flow_core::FlowError;
+use flow_core::{AgentStatus, FlowError};
 use flow_runtime::{CancelOutcome, CancelRecord, CheckpointStore};
 use serde::Serialize;
 
@@ -18,6 +19,8 @@ pub(crate) struct CancelRequest<'a> {
     pub(crate) reason: &'a str,
     /// Cancel a run whose checkpoint says it is running (its process is gone).
     pub(crate) force: bool,
+    /// How long to wait for another process asked to stop the run.
+    pub(crate) wait: Duration,
 }
 
 #[derive(Serialize)]
@@ -28,6 +31,8 @@ struct Cancelled<'a> {
     outcome: &'static str,
     /// The checkpoint written (`cancelled`).
     checkpoint: Option<u64>,
+    /// The process that held the run and stopped it, when another one did.
+    holder: Option<&'a str>,
     by: &'a str,
     reason: &'a str,
 }
@@ -47,6 +52,24 @@ pub(crate) fn cancel(
             FlowError::CancelRefused { .. } => Failure::refused(error.to_string()),
             error => Failure::from(error),
         })?;
+    // Held by another process, which was asked through the store: waited for.
+    let (outcome, holder) = match outcome {
+        CancelOutcome::Requested { holder } => {
+            if !output.json {
+                output.say(
+                    out,
+                    &format!(
+                        "asked {holder} to stop run `{}` ({}); waiting for its last checkpoint…",
+                        run.run_key, run.workflow
+                    ),
+                )?;
+                out.flush().map_err(Failure::io)?;
+            }
+            let sequence = stopped(store, &run.workflow, &run.run_key, &holder, request.wait)?;
+            (CancelOutcome::Cancelled { sequence }, Some(holder))
+        }
+        outcome => (outcome, None),
+    };
     let (name, checkpoint, kept) = match &outcome {
         CancelOutcome::Stopping => ("stopping", None, &record),
         CancelOutcome::Cancelled { sequence } => ("cancelled", Some(*sequence), &record),
@@ -62,6 +85,7 @@ pub(crate) fn cancel(
                 key: &run.run_key,
                 outcome: name,
                 checkpoint,
+                holder: holder.as_deref(),
                 by: &kept.by,
                 reason: &kept.reason,
             },
@@ -84,13 +108,44 @@ pub(crate) fn cancel(
             super::runs::cancelled_line(kept)
         ),
         _ => format!(
-            "cancelled run `{}` ({}) by {}{why}: checkpoint {}; `fluffy runs resume {}` continues it",
+            "cancelled run `{}` ({}) by {}{why}{}: checkpoint {}; `fluffy runs resume {}` continues it",
             run.run_key,
             run.workflow,
             kept.by,
+            holder
+                .as_deref()
+                .map(|holder| format!(", stopped by {holder}"))
+                .unwrap_or_default(),
             checkpoint.unwrap_or_default(),
             run.run_key
         ),
     };
     output.say(out, &line)
+}
+
+/// Waits up to `wait` for the run's latest checkpoint to say it was cancelled on request (its
+/// holder stopped it); that checkpoint's number.
+fn stopped(
+    store: &dyn CheckpointStore,
+    workflow: &str,
+    key: &str,
+    holder: &str,
+    wait: Duration,
+) -> Result<u64, Failure> {
+    let until = Instant::now() + wait;
+    loop {
+        if let Some(latest) = store.latest(workflow, key).map_err(Failure::from)?
+            && latest.status == AgentStatus::Cancelled
+            && latest.cancelled.is_some()
+        {
+            return Ok(latest.sequence);
+        }
+        if Instant::now() >= until {
+            return Err(Failure::failed(format!(
+                "{holder} was asked to stop run `{key}` but its checkpoints do not say so after {}; the request stays with the run (whoever holds it next stops it); see `fluffy runs show {key}`",
+                humantime::format_duration(wait)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

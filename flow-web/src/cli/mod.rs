@@ -150,6 +150,10 @@ enum RunsCommand {
         /// it any more (a process that still runs it would write over the cancellation).
         #[arg(long)]
         force: bool,
+        /// How long to wait for the process that holds the run (a PostgreSQL worker), asked
+        /// through the store, to stop it (30s, 2m).
+        #[arg(long, default_value = "30s")]
+        wait: humantime::Duration,
     },
     /// A new run starting from one of this run's checkpoints (the latest by default), under
     /// a key of its own; the original is left as it was.
@@ -308,6 +312,7 @@ fn execute(cli: Cli, registry: &Registry, out: &mut dyn Write) -> Result<(), Fai
             reason,
             by,
             force,
+            wait,
         }) => cancel::cancel(
             store.as_ref(),
             cancel::CancelRequest {
@@ -316,6 +321,7 @@ fn execute(cli: Cli, registry: &Registry, out: &mut dyn Write) -> Result<(), Fai
                 by: &by,
                 reason: &reason,
                 force,
+                wait: wait.into(),
             },
             output,
             out,

@@ -90,7 +90,9 @@ pub(super) fn controls(app: &App, checkpoint: &Checkpoint) -> String {
         html.push_str("<p class=\"muted\">Running in this process.</p>");
     }
     let elsewhere = maybe_elsewhere(checkpoint, here);
-    if !ended && checkpoint.cancelled.is_none() && !elsewhere {
+    // (A run that may run elsewhere too: a store that knows its holder, PostgreSQL, asks it;
+    // others refuse, saying why.)
+    if !ended && checkpoint.cancelled.is_none() {
         let _ = write!(
             html,
             "<form method=\"post\" action=\"{link}/cancel\" class=\"cancel\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input name=\"reason\" placeholder=\"why (optional)\" aria-label=\"reason\"> <button type=\"submit\">Cancel run</button></form>"
@@ -109,7 +111,7 @@ pub(super) fn controls(app: &App, checkpoint: &Checkpoint) -> String {
     if elsewhere {
         let _ = write!(
             html,
-            "<p class=\"muted\">Its latest checkpoint says it is running, and it does not run in this process: it may run in another one (stop or resume it there), or that process died (then <code>fluffy runs cancel --force {k}</code> or <code>fluffy runs resume --force {k}</code>).</p>",
+            "<p class=\"muted\">Its latest checkpoint says it is running, and it does not run in this process: it may run in another one (cancelling asks it where the store knows it, as PostgreSQL's workers; resume it there), or that process died (then <code>fluffy runs cancel --force {k}</code> or <code>fluffy runs resume --force {k}</code>).</p>",
             k = escape(key)
         );
     }
