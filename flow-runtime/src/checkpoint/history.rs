@@ -51,8 +51,9 @@ pub struct AttemptRecord {
     /// or primitives, until `started_at_ms`.
     pub ready_at_ms: u64,
     /// When it first had to wait at an admission gate (the resource pool, a rate limit, a
-    /// primitive); `None` when it never waited at one (checkpoint format 6).
-    #[serde(default)]
+    /// primitive); `None` when it never waited at one (checkpoint format 6; not written when
+    /// `None`, as most attempts never wait at a gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gated_at_ms: Option<u64>,
     /// When it started.
     pub started_at_ms: u64,

@@ -100,7 +100,7 @@ pub struct Checkpoint {
     /// Who cancelled the run, why and when, if it was cancelled on request
     /// ([`CheckpointStore::cancel_run`]): such a run is not continued by `run_durable`, only by
     /// [`crate::Agent::resume_durable`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelled: Option<CancelRecord>,
     /// The scheduler's own records (branches and joins, dependency bookkeeping).
     pub(crate) scheduler: SchedulerImage,
@@ -127,6 +127,7 @@ struct Head<'a> {
     dead_letters: &'a [DeadLetter],
     inputs: &'a [InputRecord],
     attempts: &'a [AttemptRecord],
+    #[serde(skip_serializing_if = "Option::is_none")]
     cancelled: &'a Option<CancelRecord>,
     scheduler: &'a SchedulerImage,
 }

@@ -17,6 +17,8 @@ impl Coordinator {
         // (A restored run's history was seeded from its checkpoint.)
         self.history
             .get_or_insert_with(|| Box::new(crate::checkpoint::AttemptLog::new(Vec::new())));
+        // Its timeline tells the wait at gates apart: the queue notes when entries park.
+        self.ready.note_gate_waits();
         self.writer = Some(Writer::start(
             Arc::clone(store),
             *policy,

@@ -67,8 +67,9 @@ pub(crate) struct ReadyQueue {
     /// primitive's waiting count), by sequence number.
     tickets: FxHashMap<u64, Vec<(usize, Ticket)>>,
     /// When each entry waiting at gates first had to wait at one, by sequence number: where
-    /// its wait for resources, rate limits or primitives began (attempt timelines).
-    gated_since: FxHashMap<u64, Instant>,
+    /// its wait for resources, rate limits or primitives began (attempt timelines). Kept only
+    /// for a run with checkpoints (`note_gate_waits`): others pay nothing for it.
+    gated_since: Option<FxHashMap<u64, Instant>>,
 }
 
 /// When the first entry waiting at a gate may ask it again.
@@ -119,7 +120,7 @@ impl ReadyQueue {
             gates: Box::default(),
             gated: 0,
             tickets: FxHashMap::default(),
-            gated_since: FxHashMap::default(),
+            gated_since: None,
         }
     }
 
@@ -243,7 +244,14 @@ impl ReadyQueue {
         }
         self.tickets.remove(&seq);
         self.stop_trying(seq);
-        self.gated_since.remove(&seq)
+        self.gated_since.as_mut()?.remove(&seq)
+    }
+
+    /// Keeps, from now on, when each entry first had to wait at a gate (see `left`).
+    pub(crate) fn note_gate_waits(&mut self) {
+        if !self.gates.is_empty() {
+            self.gated_since.get_or_insert_with(FxHashMap::default);
+        }
     }
 
     /// The entry is no longer out asking any gate: at each gate it was asking, the next one
@@ -309,7 +317,9 @@ impl ReadyQueue {
         ticket: Option<Ticket>,
     ) {
         let seq = entry.seq();
-        self.gated_since.entry(seq).or_insert(now);
+        if let Some(gated_since) = &mut self.gated_since {
+            gated_since.entry(seq).or_insert(now);
+        }
         // It waits here now, and nowhere else: its turn at any other gate passes on, and its
         // places there are given up (an arrival at a barrier stays: it counts in the round).
         self.stop_trying(seq);
