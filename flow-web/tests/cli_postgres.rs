@@ -22,6 +22,19 @@ fn approval() -> Agent {
     agent
 }
 
+/// A throwaway cluster; `None` (the test skipped, saying why) where the server binaries are
+/// missing outside CI.
+fn start_cluster() -> Option<TempCluster> {
+    match TempCluster::start() {
+        Ok(cluster) => Some(cluster),
+        Err(error) if std::env::var_os("CI").is_none() && cluster::server_bindir().is_none() => {
+            eprintln!("skipping the PostgreSQL CLI test: {error}");
+            None
+        }
+        Err(error) => panic!("cannot start a PostgreSQL cluster for the test: {error}"),
+    }
+}
+
 /// `fluffy --store <url> args…` on a blocking thread: (exit code, stdout, stderr).
 async fn fluffy(url: &str, args: &[&str]) -> (u8, String, String) {
     let mut full: Vec<String> = vec!["fluffy".into(), "--store".into(), url.into()];
@@ -41,13 +54,8 @@ async fn fluffy(url: &str, args: &[&str]) -> (u8, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_and_answers_runs_kept_in_postgres() {
-    let cluster = match TempCluster::start() {
-        Ok(cluster) => cluster,
-        Err(error) if std::env::var_os("CI").is_none() && cluster::server_bindir().is_none() => {
-            eprintln!("skipping the PostgreSQL CLI test: {error}");
-            return;
-        }
-        Err(error) => panic!("cannot start a PostgreSQL cluster for the test: {error}"),
+    let Some(cluster) = start_cluster() else {
+        return;
     };
     let url = cluster.create_database("cli").unwrap();
     let backend = PgBackend::connect(&url).await.unwrap();
@@ -113,13 +121,8 @@ async fn a_run_on_a_worker_is_cancelled_through_the_database() {
     use flow_runtime::CheckpointStore;
     use std::time::Duration;
 
-    let cluster = match TempCluster::start() {
-        Ok(cluster) => cluster,
-        Err(error) if std::env::var_os("CI").is_none() && cluster::server_bindir().is_none() => {
-            eprintln!("skipping the PostgreSQL CLI test: {error}");
-            return;
-        }
-        Err(error) => panic!("cannot start a PostgreSQL cluster for the test: {error}"),
+    let Some(cluster) = start_cluster() else {
+        return;
     };
     let url = cluster.create_database("cancel").unwrap();
     let backend = PgBackend::connect(&url).await.unwrap();

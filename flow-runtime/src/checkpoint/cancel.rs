@@ -187,13 +187,7 @@ pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
         run: run.to_owned(),
         reason,
     };
-    let mut checkpoint = store
-        .latest(agent, run)?
-        .ok_or_else(|| FlowError::NoCheckpoint {
-            agent: agent.to_owned(),
-            run: run.to_owned(),
-            what: "checkpoint".to_owned(),
-        })?;
+    let mut checkpoint = super::store::latest_kept(store, agent, run)?;
     match checkpoint.status {
         AgentStatus::Completed | AgentStatus::CompletedWithFailures => {
             return Err(refused(format!(

@@ -192,13 +192,7 @@ pub trait CheckpointStore: Send + Sync + 'static {
         run: &str,
         edit: &mut dyn FnMut(&mut super::CheckpointContext) -> Result<(), FlowError>,
     ) -> Result<u64, FlowError> {
-        let mut checkpoint = self
-            .latest(agent, run)?
-            .ok_or_else(|| FlowError::NoCheckpoint {
-                agent: agent.to_owned(),
-                run: run.to_owned(),
-                what: "checkpoint".to_owned(),
-            })?;
+        let mut checkpoint = latest_kept(self, agent, run)?;
         edit(&mut checkpoint.context)?;
         checkpoint.sequence = checkpoint.sequence.saturating_add(1);
         checkpoint.created_at = std::time::SystemTime::now();
@@ -281,6 +275,22 @@ pub trait CheckpointStore: Send + Sync + 'static {
         }
         Ok(())
     }
+}
+
+/// The latest checkpoint of `run`, or [`FlowError::NoCheckpoint`] when it has none (for what
+/// changes a run's latest checkpoint: an edit, a cancellation).
+pub(crate) fn latest_kept<S: CheckpointStore + ?Sized>(
+    store: &S,
+    agent: &str,
+    run: &str,
+) -> Result<Checkpoint, FlowError> {
+    store
+        .latest(agent, run)?
+        .ok_or_else(|| FlowError::NoCheckpoint {
+            agent: agent.to_owned(),
+            run: run.to_owned(),
+            what: "checkpoint".to_owned(),
+        })
 }
 
 /// When a run writes checkpoints on its own (see [`crate::Agent::checkpoints`]).
