@@ -3,7 +3,7 @@
 //! list of a run waiting for input, takes screenshots, fills the run's form (one refused
 //! answer, then one that fits), and sees the page update to the completed run by itself; a
 //! second test checks the graph's colours, as the browser computes them, follow the states'
-//! statuses.
+//! statuses; a third cancels a run with its button and resumes it with the other.
 //!
 //! Without chromedriver the tests say how to install it and pass; under `CI=true` they must
 //! run. With `FLUFFY_SCREENSHOTS=<dir>` the screenshots are written there (the README's
@@ -197,7 +197,12 @@ impl Browser {
 
 /// The dashboard over `store` on a free port of 127.0.0.1.
 async fn dashboard(store: &FileStore) -> SocketAddr {
-    let app = router(Arc::new(store.clone()), DashboardOptions::new()).unwrap();
+    dashboard_with(store, DashboardOptions::new()).await
+}
+
+/// [`dashboard`] with `options`.
+async fn dashboard_with(store: &FileStore, options: DashboardOptions) -> SocketAddr {
+    let app = router(Arc::new(store.clone()), options).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -405,5 +410,86 @@ async fn the_graph_is_coloured_by_the_states_statuses() {
             assert_eq!(cell, *status, "{key}: {state}");
         }
     }
+    browser.stop().await;
+}
+
+/// The cancel and resume buttons, clicked: a waiting run cancelled with a reason shows who
+/// cancelled it and why; answered, then resumed from its page, it runs on in the dashboard's
+/// process and the open page turns `completed` by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_cancelled_and_resumed_with_its_buttons() {
+    if !browser_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path());
+    let waiting = budget()
+        .run_durable(store.clone(), "q4-gpus")
+        .await
+        .unwrap();
+    assert_eq!(waiting.status, AgentStatus::AwaitingInput);
+    let registry = flow_web::Registry::new().register(&budget());
+    let addr = dashboard_with(&store, DashboardOptions::new().registry(registry)).await;
+    let browser = Browser::start().await;
+    let client = &browser.client;
+    client
+        .goto(&format!("http://{addr}/runs/budget/q4-gpus"))
+        .await
+        .unwrap();
+    assert_eq!(browser.text("h1 .badge").await, "awaiting_input");
+
+    client
+        .find(Locator::Css("form.cancel input[name='reason']"))
+        .await
+        .unwrap()
+        .send_keys("budget frozen")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("form.cancel button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for_text("h1 .badge", "cancelled").await;
+    let said = browser.text("p.cancelled").await;
+    assert!(
+        said.starts_with("cancelled by dashboard at ") && said.ends_with(": budget frozen"),
+        "{said}"
+    );
+    assert!(
+        client.find(Locator::Css("form.cancel")).await.is_err(),
+        "no cancel button on a cancelled run"
+    );
+    let latest = store.latest("budget", "q4-gpus").unwrap().unwrap();
+    assert_eq!(latest.cancelled.unwrap().reason, "budget frozen");
+
+    // Answered (as `fluffy inputs answer` would), then resumed with the button.
+    let id = latest.inputs[0].request.id.clone();
+    store
+        .answer(
+            "budget",
+            "q4-gpus",
+            &id,
+            "test",
+            json!({"amount": 300, "approved": true, "team": "ml"}),
+        )
+        .unwrap();
+    client
+        .find(Locator::Css("form.resume button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_for_text("h1 .badge", "completed").await;
+    let done = store.latest("budget", "q4-gpus").unwrap().unwrap();
+    assert_eq!(done.status, AgentStatus::Completed);
+    assert_eq!(done.cancelled, None);
+    assert!(
+        client.find(Locator::Css("form.resume")).await.is_err(),
+        "no resume button on a completed run"
+    );
     browser.stop().await;
 }
