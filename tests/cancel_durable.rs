@@ -326,3 +326,100 @@ async fn a_store_that_knows_the_holder_asks_it() {
         before.sequence
     );
 }
+
+/// A request that comes while a run starts (before, during and after it reads its checkpoint,
+/// at several points of the tokio schedule) is never lost: the run ends cancelled with the
+/// record, and is not continued afterwards.
+#[tokio::test(start_paused = true)]
+async fn a_request_while_the_run_starts_is_never_lost() {
+    for yields in 0..8 {
+        let store = MemoryStore::new();
+        let calls: Arc<[AtomicU32; 3]> = Arc::default();
+        let agent = pipeline(&calls, 1000);
+        // First stopped through its handle: a checkpoint without a record, continued when
+        // run again.
+        let first = tokio::spawn({
+            let (agent, store) = (agent.clone(), store.clone());
+            async move { agent.run_durable(store, "k").await }
+        });
+        sleep(ms(10)).await;
+        agent.cancel_all();
+        first.await.unwrap().unwrap_err();
+        let before = store.latest("pipeline", "k").unwrap().unwrap().sequence;
+
+        let again = tokio::spawn({
+            let (agent, store) = (agent.clone(), store.clone());
+            async move { agent.run_durable(store, "k").await }
+        });
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
+        let outcome = store
+            .cancel_run("pipeline", "k", CancelRecord::new("ops", "race"), false)
+            .unwrap();
+        assert!(
+            matches!(
+                outcome,
+                CancelOutcome::Stopping | CancelOutcome::Cancelled { .. }
+            ),
+            "{outcome:?} after {yields} yields"
+        );
+        let error = again.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&error, FlowError::CancelledOnRequest { reason, .. } if reason == "race"),
+            "{error} after {yields} yields"
+        );
+        let latest = store.latest("pipeline", "k").unwrap().unwrap();
+        assert!(latest.sequence > before);
+        assert_eq!(
+            latest.cancelled.unwrap().reason,
+            "race",
+            "after {yields} yields"
+        );
+        // `train` ran at most twice (once before, once if the second run got to it), and
+        // `publish` never.
+        assert_eq!(calls[2].load(Ordering::SeqCst), 0);
+    }
+}
+
+/// A resumed run says so before it runs anything: its first checkpoint (running, no record)
+/// is written at once, so that another process neither finds it cancelled nor resumes it too.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_run_no_longer_says_cancelled_while_its_first_state_runs() {
+    let store = MemoryStore::new();
+    let calls: Arc<[AtomicU32; 3]> = Arc::default();
+    let agent = pipeline(&calls, 1000);
+    let run = tokio::spawn({
+        let (agent, store) = (agent.clone(), store.clone());
+        async move { agent.run_durable(store, "k").await }
+    });
+    sleep(ms(10)).await;
+    store
+        .cancel_run("pipeline", "k", CancelRecord::new("ops", ""), false)
+        .unwrap();
+    run.await.unwrap().unwrap_err();
+    let cancelled = store.latest("pipeline", "k").unwrap().unwrap();
+
+    let resumed = tokio::spawn({
+        let (agent, store) = (agent.clone(), store.clone());
+        async move { agent.resume_durable(store, "k").await }
+    });
+    sleep(ms(100)).await; // `train` runs for 1000 ms
+    let latest = store.latest("pipeline", "k").unwrap().unwrap();
+    assert_eq!(latest.sequence, cancelled.sequence + 1);
+    assert_eq!(latest.status, AgentStatus::Running);
+    assert_eq!(latest.cancelled, None);
+    assert_eq!(calls[1].load(Ordering::SeqCst), 2, "train runs again");
+    assert!(fluffy_flow::runs_in_this_process(&store, "pipeline", "k"));
+    // Another memory store with the same run key is another run.
+    assert!(!fluffy_flow::runs_in_this_process(
+        &MemoryStore::new(),
+        "pipeline",
+        "k"
+    ));
+    assert_eq!(
+        resumed.await.unwrap().unwrap().status,
+        AgentStatus::Completed
+    );
+    assert!(!fluffy_flow::runs_in_this_process(&store, "pipeline", "k"));
+}

@@ -184,19 +184,35 @@ const HEARTBEAT: &str = "WITH locked AS (
      FROM locked WHERE r.id = locked.id
      RETURNING r.id, r.cancel_request";
 
-/// Asks the worker holding run `$2` of workflow `$1` under a live lease to cancel it: the
-/// request `$3` (JSON; a request made before stays) is kept on the run for its heartbeat, and
-/// `fluffy_cancels` wakes it. Returns the worker's name, if a worker holds the run. (Not
-/// prepared: rarely run.)
+/// Keeps the request `$3` (JSON; a request made before stays) to cancel run `$2` of workflow
+/// `$1` on its row while it is queued or running, for whichever worker holds it or claims it
+/// next (its heartbeat returns it), and wakes the workers with `fluffy_cancels`. Returns the
+/// row's status, its worker, and whether that worker's lease is live. (Not prepared: rarely
+/// run.)
 pub(crate) const ASK_TO_CANCEL: &str = "WITH asked AS (
          UPDATE fluffy_runs SET cancel_request = coalesce(cancel_request, $3)
-         WHERE workflow = $1 AND run_key = $2 AND status = 'running'
-           AND lease_until > clock_timestamp()
-         RETURNING worker
+         WHERE workflow = $1 AND run_key = $2 AND status IN ('queued', 'running')
+         RETURNING status, worker, coalesce(lease_until > clock_timestamp(), false) AS live
      ), woken AS (
          SELECT pg_notify('fluffy_cancels', $1) FROM asked
      )
-     SELECT worker FROM asked CROSS JOIN (SELECT count(*) FROM woken) AS sent";
+     SELECT status, worker, live FROM asked CROSS JOIN (SELECT count(*) FROM woken) AS sent";
+
+/// Puts run `$2` of workflow `$1` back in the queue when it has ended but not completed
+/// (cancelled, failed, awaiting input), its cancel request dropped, and wakes idle workers:
+/// a resume that a worker carries out. Returns how many rows were queued (0 or 1). (Not
+/// prepared: rarely run.)
+pub(crate) const REQUEUE: &str = "WITH requeued AS (
+         UPDATE fluffy_runs
+         SET status = 'queued', worker = NULL, lease_until = NULL, finished_at = NULL,
+             cancel_request = NULL, error = NULL
+         WHERE workflow = $1 AND run_key = $2
+           AND status IN ('cancelled', 'failed', 'awaiting_input')
+         RETURNING workflow
+     ), woken AS (
+         SELECT pg_notify('fluffy_runs', workflow) FROM requeued
+     )
+     SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM woken)";
 
 /// Saves checkpoints of leased runs (one row per save, as arrays: workflow, key, sequence,
 /// time, body, how many of the run's checkpoints to keep (0: all), and the lease's run id and

@@ -265,10 +265,32 @@ impl CheckpointStore for PgStore {
                     .client
                     .query(crate::sql::ASK_TO_CANCEL, &[&a, &r, &request])
                     .await?;
-                Ok(rows.first().map(|row| {
-                    row.get::<_, Option<String>>(0)
-                        .unwrap_or_else(|| "a worker".to_owned())
+                // A queued run has no holder: its checkpoint is marked (by `cancel_run`), and
+                // the worker that claims it finds the request too.
+                Ok(rows.first().and_then(|row| {
+                    let (status, worker, live) = (
+                        row.get::<_, String>(0),
+                        row.get::<_, Option<String>>(1)
+                            .unwrap_or_else(|| "a worker".to_owned()),
+                        row.get::<_, bool>(2),
+                    );
+                    (status == "running").then(|| {
+                        if live {
+                            worker
+                        } else {
+                            format!("the worker that claims it next (the lease of {worker} lapsed)")
+                        }
+                    })
                 }))
+            })
+    }
+
+    fn requeue(&self, agent: &str, run: &str) -> Result<bool, FlowError> {
+        let (a, r) = (agent.to_owned(), run.to_owned());
+        self.backend
+            .blocking("putting a run back in the queue", move |c| async move {
+                let row = c.client.query_one(crate::sql::REQUEUE, &[&a, &r]).await?;
+                Ok(row.get::<_, i64>(0) > 0)
             })
     }
 

@@ -209,6 +209,58 @@ async fn a_run_on_a_worker_is_cancelled_through_the_database() {
     assert_eq!(again["outcome"], "already_cancelled");
     assert_eq!(again["by"], "ops");
 
+    // Resumed from a program with the workflow registered: back in the queue, a worker
+    // continues it (its checkpoint no longer says cancelled); cancelled again, it stops again.
+    let registry = flow_web::Registry::new().register(&slow());
+    let args: Vec<String> = ["fluffy", "--store", &elsewhere, "runs", "resume", "train-1"]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect();
+    let (code, text) = tokio::task::spawn_blocking(move || {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = flow_web::cli::run_with(&registry, args, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8(out).unwrap() + &String::from_utf8(err).unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, exit::OK, "{text}");
+    assert_eq!(
+        text,
+        "queued run `train-1` (slow) again: a worker continues it from its latest checkpoint\n"
+    );
+    let mut claimed_again = false;
+    for _ in 0..400 {
+        let run = backend
+            .queued_run("slow", "train-1")
+            .await
+            .unwrap()
+            .unwrap();
+        if run.status == QueueStatus::Running && run.claims == 2 {
+            claimed_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(claimed_again, "train-1 was not claimed again");
+    let latest = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.latest("slow", "train-1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(latest.cancelled, None);
+    let (code, text, err) = fluffy(&elsewhere, &["runs", "cancel", "train-1", "--by", "bob"]).await;
+    assert_eq!(code, exit::OK, "{err}");
+    assert!(
+        text.contains("cancelled run `train-1` (slow) by bob, stopped by "),
+        "{text}"
+    );
+
     // From the worker's own process: stopped there at once.
     let (code, text, err) = fluffy(&url, &["runs", "cancel", "train-2"]).await;
     assert_eq!(code, exit::OK, "{err}");
@@ -224,5 +276,5 @@ async fn a_run_on_a_worker_is_cancelled_through_the_database() {
 
     shutdown.cancel();
     let report = working.await.unwrap().unwrap();
-    assert_eq!(report.claimed, 2);
+    assert_eq!(report.claimed, 3);
 }

@@ -2,14 +2,18 @@
 
 use super::*;
 
-/// A durable run's key, store and checkpoint policy, and the highest checkpoint number the
-/// store holds for it when that is known (`None`: the first save asks the store).
-type Durable<'a> = (
-    &'a str,
-    Arc<dyn CheckpointStore>,
-    CheckpointPolicy,
-    Option<u64>,
-);
+/// A durable run: its key, store and checkpoint policy.
+struct Durable<'a> {
+    key: &'a str,
+    store: Arc<dyn CheckpointStore>,
+    policy: CheckpointPolicy,
+    /// The highest checkpoint number the store holds for it when that is known (`None`: the
+    /// first save asks the store).
+    highest: Option<u64>,
+    /// Its listing for cancel requests, made before its checkpoint was read (`None`: the
+    /// coordinator lists it).
+    listed: Option<crate::checkpoint::ListedRun>,
+}
 impl Agent {
     /// Starts a run with an empty context and returns its handle at once.
     ///
@@ -148,9 +152,10 @@ impl Agent {
         self.run_durable_arc(Arc::new(store), key).await
     }
 
-    /// [`Agent::run_durable`] that also continues a run cancelled on request (its checkpoints
-    /// after this one keep no cancel record): what `fluffy runs resume` and the dashboard's
-    /// resume button do.
+    /// [`Agent::run_durable`] that also continues a run cancelled on request: before it runs
+    /// anything it saves a checkpoint after the latest that says it runs, with no cancel
+    /// record (so that another process neither finds it cancelled nor resumes it too). What
+    /// `fluffy runs resume` and the dashboard's resume button do.
     pub async fn resume_durable(
         &self,
         store: impl CheckpointStore,
@@ -207,6 +212,10 @@ impl Agent {
         resume: Continue,
     ) -> Result<RunReport, FlowError> {
         let compiled = self.compiled()?;
+        // Listed before its checkpoint is read: a cancel request made while it starts reaches
+        // it (see `CheckpointStore::cancel_run`).
+        let listed =
+            crate::checkpoint::ListedRun::register(store.as_ref(), &compiled.name, key, None);
         let latest = {
             let (store, agent, key) = (
                 Arc::clone(&store),
@@ -260,20 +269,41 @@ impl Agent {
             }
             Some(mut checkpoint) => {
                 let checked = check_fits(&checkpoint, &compiled)?;
+                if resume == Continue::EvenCancelled {
+                    // Resumed: said at once (another process must not find it cancelled or
+                    // stopped, nor resume it too, while its first state runs).
+                    checkpoint = resumed(Arc::clone(&store), checkpoint).await?;
+                }
                 let context = Context::from_checkpoint(std::mem::take(&mut checkpoint.context))?;
                 self.launch_with(
                     context,
                     Some((&checkpoint, checked)),
                     // (The store's latest: the run numbers its checkpoints above it without
                     // asking the store again.)
-                    Some((key, store, policy, Some(checkpoint.sequence))),
+                    Some(Durable {
+                        key,
+                        store,
+                        policy,
+                        highest: Some(checkpoint.sequence),
+                        listed: Some(listed),
+                    }),
                     posted,
                     Arc::default(),
                     None,
                 )?
             }
             // (The store has no checkpoint of this run: it numbers its own from 1.)
-            None => self.launch(context, None, Some((key, store, policy, Some(0))))?,
+            None => self.launch(
+                context,
+                None,
+                Some(Durable {
+                    key,
+                    store,
+                    policy,
+                    highest: Some(0),
+                    listed: Some(listed),
+                }),
+            )?,
         };
         // Dropping this future cancels the run, as for `run`: two of one durable run must not
         // go on side by side.
@@ -317,7 +347,13 @@ impl Agent {
         let key = nesting.key.clone();
         let durable = nesting.progress.take().map(|sink| {
             let store: Arc<dyn CheckpointStore> = Arc::new(sink);
-            (key.as_str(), store, policy, None)
+            Durable {
+                key: key.as_str(),
+                store,
+                policy,
+                highest: None,
+                listed: None,
+            }
         });
         let (context, checked) = match &mut restored {
             Some(checkpoint) => {
@@ -342,7 +378,7 @@ impl Agent {
         &self,
         context: Context,
         checkpoint: Option<(&Checkpoint, Restorable)>,
-        durable: Option<Durable<'_>>,
+        mut durable: Option<Durable<'_>>,
         posted: Vec<PostedAnswer>,
         stream: Arc<crate::stream::StreamHub>,
         nesting: Option<&crate::subgraph::Nesting>,
@@ -391,9 +427,13 @@ impl Agent {
             stream,
         ));
         observer.set_status(AgentStatus::Running);
+        // A durable run listed before its checkpoint was read is stopped through its listing.
+        let listed = durable.as_mut().and_then(|durable| durable.listed.take());
         let control = RunControl {
             observer,
-            cancel: CancellationToken::new(),
+            cancel: listed
+                .as_ref()
+                .map_or_else(CancellationToken::new, |listed| listed.token()),
             sender,
             halted: Arc::default(),
         };
@@ -419,17 +459,18 @@ impl Agent {
             coordinator.nest(nesting.event_run_id, Arc::clone(&nesting.path));
         }
         let run_key: Arc<str> = match (&durable, &checkpoint, nesting) {
-            (Some((key, _, _, _)), _, _) => Arc::from(*key),
+            (Some(durable), _, _) => Arc::from(durable.key),
             (None, Some((checkpoint, _)), _) => Arc::from(checkpoint.run_key.as_str()),
             (None, None, Some(nesting)) => Arc::from(nesting.key.as_str()),
             (None, None, None) => Arc::from(crate::scheduler::default_key(run_id)),
         };
-        let highest = durable.as_ref().and_then(|&(_, _, _, highest)| highest);
+        let highest = durable.as_ref().and_then(|durable| durable.highest);
         coordinator.durable(
             &run_key,
-            durable.map(|(_, store, policy, _)| (store, policy)),
+            durable.map(|durable| (durable.store, durable.policy)),
             highest,
         );
+        coordinator.listed(listed);
         if let Some((checkpoint, checked)) = checkpoint {
             coordinator.continue_from(checkpoint, checked);
         }
@@ -632,4 +673,26 @@ enum Continue {
     UnlessCancelled,
     /// `resume_durable`: it goes on.
     EvenCancelled,
+}
+
+/// `checkpoint` saved again after itself as running, with no cancel record: a resumed run's
+/// first checkpoint, written before it runs anything.
+async fn resumed(
+    store: Arc<dyn CheckpointStore>,
+    mut checkpoint: Checkpoint,
+) -> Result<Checkpoint, FlowError> {
+    checkpoint.cancelled = None;
+    checkpoint.status = AgentStatus::Running;
+    checkpoint.sequence = checkpoint.sequence.saturating_add(1);
+    checkpoint.created_at = std::time::SystemTime::now();
+    tokio::task::spawn_blocking(move || {
+        store.save(&checkpoint)?;
+        Ok(checkpoint)
+    })
+    .await
+    .map_err(|error| FlowError::CheckpointStore {
+        store: "checkpoint writer".into(),
+        action: "saving a resumed run's checkpoint".into(),
+        message: error.to_string(),
+    })?
 }

@@ -78,7 +78,8 @@ pub(crate) struct CancelSlot {
 /// stores is two runs), workflow and key.
 type RunName = (String, String, String);
 
-type Listing = HashMap<RunName, Weak<CancelSlot>>;
+/// The runs listed under each name (one, unless a program runs one key twice at once).
+type Listing = HashMap<RunName, Vec<Weak<CancelSlot>>>;
 
 /// The durable runs of this process. Written once when a run starts and once when it ends,
 /// never per event.
@@ -89,27 +90,38 @@ fn listing() -> std::sync::MutexGuard<'static, Listing> {
 }
 
 /// Keeps a durable run reachable by [`CheckpointStore::cancel_run`] in this process while it
-/// is held (by the run's coordinator).
+/// is held: from before `run_durable` reads the run's latest checkpoint (so that a request
+/// made while it starts reaches it) to the end of its coordinator.
 pub(crate) struct ListedRun {
     key: RunName,
     slot: Arc<CancelSlot>,
 }
 
 impl ListedRun {
-    /// Lists the run `run` of `workflow` in `store`, stopped through `token`.
+    /// Lists the run `run` of `workflow` in `store`, stopped through `token` (the run's), or
+    /// through a token of its own that the run is then given (see [`Self::token`]).
     pub(crate) fn register(
         store: &dyn CheckpointStore,
         workflow: &str,
         run: &str,
-        token: CancellationToken,
+        token: Option<CancellationToken>,
     ) -> Self {
         let slot = Arc::new(CancelSlot {
-            token,
+            token: token.unwrap_or_default(),
             request: OnceLock::new(),
         });
         let key = (store.describe(), workflow.to_owned(), run.to_owned());
-        listing().insert(key.clone(), Arc::downgrade(&slot));
+        let mut listing = listing();
+        let listed = listing.entry(key.clone()).or_default();
+        listed.retain(|slot| slot.strong_count() > 0);
+        listed.push(Arc::downgrade(&slot));
+        drop(listing);
         Self { key, slot }
+    }
+
+    /// What stops the run: a request cancels it.
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.slot.token.clone()
     }
 
     /// The request that cancelled the run, if one did.
@@ -121,12 +133,14 @@ impl ListedRun {
 impl Drop for ListedRun {
     fn drop(&mut self) {
         let mut listing = listing();
-        // Only its own listing: a later run of the same key may be listed now.
-        if listing
-            .get(&self.key)
-            .is_some_and(|slot| std::ptr::eq(slot.as_ptr(), Arc::as_ptr(&self.slot)))
-        {
-            listing.remove(&self.key);
+        if let Some(listed) = listing.get_mut(&self.key) {
+            // Only its own listing: another run of the same key may be listed too.
+            listed.retain(|slot| {
+                slot.strong_count() > 0 && !std::ptr::eq(slot.as_ptr(), Arc::as_ptr(&self.slot))
+            });
+            if listed.is_empty() {
+                listing.remove(&self.key);
+            }
         }
     }
 }
@@ -137,7 +151,7 @@ impl Drop for ListedRun {
 pub fn runs_in_this_process(store: &dyn CheckpointStore, workflow: &str, run: &str) -> bool {
     listing()
         .get(&(store.describe(), workflow.to_owned(), run.to_owned()))
-        .is_some_and(|slot| slot.strong_count() > 0)
+        .is_some_and(|listed| listed.iter().any(|slot| slot.strong_count() > 0))
 }
 
 /// Stops the durable run `run` of `workflow` in `store` if it runs in this process, keeping
@@ -152,19 +166,19 @@ pub fn cancel_in_this_process(
     stop_live(&store.describe(), workflow, run, record)
 }
 
-/// Stops the run `run` of `workflow` in the store `store` names if it runs in this process;
-/// whether it did.
+/// Stops the runs `run` of `workflow` in the store `store` names that run in this process;
+/// whether there was one.
 fn stop_live(store: &str, workflow: &str, run: &str, record: &CancelRecord) -> bool {
-    let slot = listing()
+    let slots: Vec<Arc<CancelSlot>> = listing()
         .get(&(store.to_owned(), workflow.to_owned(), run.to_owned()))
-        .and_then(Weak::upgrade);
-    let Some(slot) = slot else {
-        return false;
-    };
-    // The first request is the one kept.
-    let _ = slot.request.set(record.clone());
-    slot.token.cancel();
-    true
+        .map(|listed| listed.iter().filter_map(Weak::upgrade).collect())
+        .unwrap_or_default();
+    for slot in &slots {
+        // The first request is the one kept.
+        let _ = slot.request.set(record.clone());
+        slot.token.cancel();
+    }
+    !slots.is_empty()
 }
 
 /// [`CheckpointStore::cancel_run`].
@@ -195,7 +209,7 @@ pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
                 checkpoint.sequence
             )));
         }
-        AgentStatus::Cancelled if checkpoint.cancelled.is_some() => {
+        _ if checkpoint.cancelled.is_some() => {
             let previous = checkpoint.cancelled.take().unwrap_or(record);
             return Ok(CancelOutcome::AlreadyCancelled(previous));
         }
@@ -225,4 +239,23 @@ pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
     Ok(CancelOutcome::Cancelled {
         sequence: checkpoint.sequence,
     })
+}
+
+/// Resumes the durable run `run` through the run queue its store keeps, if it keeps one for it
+/// (PostgreSQL's: [`CheckpointStore::requeue`]): its cancel record, if any, is dropped first (a
+/// checkpoint after its latest, the same but for the record), so that the worker that claims
+/// it continues it. `false`: the store has no queue for it; continue it yourself with
+/// [`crate::Agent::resume_durable`] (what the command line and the dashboard then do).
+pub fn requeue_resumed(
+    store: &dyn CheckpointStore,
+    workflow: &str,
+    run: &str,
+) -> Result<bool, FlowError> {
+    let mut latest = super::store::latest_kept(store, workflow, run)?;
+    if latest.cancelled.take().is_some() {
+        latest.sequence = latest.sequence.saturating_add(1);
+        latest.created_at = SystemTime::now();
+        store.save(&latest)?;
+    }
+    store.requeue(workflow, run)
 }

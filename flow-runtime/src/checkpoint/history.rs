@@ -47,8 +47,8 @@ pub struct AttemptRecord {
     /// Which attempt of that run (1: the first, more after retries).
     pub attempt: u32,
     /// When it became ready: from here it waited for its turn (a free slot, states of
-    /// higher priority first), then, from `gated_at_ms` if set, for its resources, rate limits
-    /// or primitives, until `started_at_ms`.
+    /// higher priority first), then, from `gated_at_ms` if set, at its admission gates until
+    /// `started_at_ms` (a wait for a slot after a gate let it out counts there too).
     pub ready_at_ms: u64,
     /// When it first had to wait at an admission gate (the resource pool, a rate limit, a
     /// primitive); `None` when it never waited at one (checkpoint format 6; not written when
@@ -234,7 +234,8 @@ pub fn attempt_times(record: &AttemptRecord, now_ms: u64) -> AttemptTimes {
 pub struct AttemptTimes {
     /// Ready, waiting for its turn: a free slot, states of higher priority first.
     pub queued: Duration,
-    /// Waiting at admission gates: the resource pool, rate limits, primitives.
+    /// From its first wait at an admission gate (the resource pool, a rate limit, a
+    /// primitive) until it started.
     pub gated: Duration,
     /// Running.
     pub ran: Duration,

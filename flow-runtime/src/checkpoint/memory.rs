@@ -46,7 +46,9 @@ impl MemoryStore {
 
 impl CheckpointStore for MemoryStore {
     fn describe(&self) -> String {
-        "memory store".to_owned()
+        // Its own number (shared by its clones): two memory stores are two stores, also to
+        // what finds runs by store (`CheckpointStore::cancel_run`).
+        format!("memory store {:x}", Arc::as_ptr(&self.runs) as usize)
     }
 
     fn save(&self, checkpoint: &Checkpoint) -> Result<(), FlowError> {

@@ -25,7 +25,9 @@ use crate::input::InputRecord;
 
 pub use answers::AnswerInbox;
 pub(crate) use cancel::ListedRun;
-pub use cancel::{CancelOutcome, CancelRecord, cancel_in_this_process, runs_in_this_process};
+pub use cancel::{
+    CancelOutcome, CancelRecord, cancel_in_this_process, requeue_resumed, runs_in_this_process,
+};
 pub use context::CheckpointContext;
 pub use file::FileStore;
 pub(crate) use history::AttemptLog;

@@ -155,6 +155,16 @@ pub trait CheckpointStore: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Puts the durable run `run` back in the run queue this store keeps (PostgreSQL's), for
+    /// a worker to continue it; whether it did. `false`, the default: this store keeps no
+    /// queue, or `run` was not submitted to it (or is queued or running already); whoever
+    /// resumes it then continues it ([`crate::Agent::resume_durable`]). See
+    /// [`crate::requeue_resumed`].
+    fn requeue(&self, agent: &str, run: &str) -> Result<bool, FlowError> {
+        let _ = (agent, run);
+        Ok(false)
+    }
+
     /// Cancels the durable run `run` of workflow `agent`, for good: `run_durable` will not
     /// continue it (only [`crate::Agent::resume_durable`] does), and its last checkpoint keeps
     /// `record` (who, why, when).
@@ -425,6 +435,10 @@ impl<S: CheckpointStore + ?Sized> CheckpointStore for std::sync::Arc<S> {
         record: &CancelRecord,
     ) -> Result<Option<String>, FlowError> {
         (**self).ask_holder_to_cancel(agent, run, record)
+    }
+
+    fn requeue(&self, agent: &str, run: &str) -> Result<bool, FlowError> {
+        (**self).requeue(agent, run)
     }
 
     fn edit_latest(

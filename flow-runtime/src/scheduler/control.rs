@@ -223,6 +223,19 @@ impl Coordinator {
     pub(super) async fn conclude(mut self, stop: Option<Stop>, started_at: Instant) -> RunReport {
         // (Events are stamped with `now`.)
         self.now = Instant::now();
+        // Asked to cancel as it suspended: cancelled (its record is kept in its last
+        // checkpoint whatever it ended with, but completed).
+        let stop = match stop {
+            Some(Stop::AwaitingInput)
+                if self
+                    .listed
+                    .as_ref()
+                    .is_some_and(|listed| listed.request().is_some()) =>
+            {
+                Some(Stop::Cancelled)
+            }
+            stop => stop,
+        };
         // Requests still waiting are withdrawn: their states are being stopped. (A restore
         // asks them again, with the same ids.) A suspended run keeps them pending: it is
         // continued when they are answered.

@@ -201,8 +201,10 @@ impl Coordinator {
             dead_letters: self.dead_letters.clone(),
             inputs: self.observer.inputs.records(),
             attempts,
+            // A request is kept by any end but completion (a run that failed as it was being
+            // cancelled stays cancelled: `run_durable` does not continue it).
             cancelled: match status {
-                AgentStatus::Cancelled => self
+                AgentStatus::Cancelled | AgentStatus::Failed => self
                     .listed
                     .as_ref()
                     .and_then(|listed| listed.request().cloned()),

@@ -111,12 +111,15 @@ impl Coordinator {
     /// from its start to its end.
     pub(super) fn list_for_answers(&mut self) {
         if let Some((store, _)) = &self.checkpoints {
-            self.listed = Some(crate::checkpoint::ListedRun::register(
-                store.as_ref(),
-                &self.compiled.name,
-                &self.durable_key,
-                self.cancel.clone(),
-            ));
+            // (A run of `run_durable` was listed before it started, with its token.)
+            if self.listed.is_none() {
+                self.listed = Some(crate::checkpoint::ListedRun::register(
+                    store.as_ref(),
+                    &self.compiled.name,
+                    &self.durable_key,
+                    Some(self.cancel.clone()),
+                ));
+            }
             self.input_watch = Some(InputWatch {
                 _live: crate::input::LiveRun::register(
                     &self.compiled.name,

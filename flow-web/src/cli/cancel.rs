@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use flow_core::{AgentStatus, FlowError};
-use flow_runtime::{CancelOutcome, CancelRecord, CheckpointStore};
+use flow_runtime::{CancelOutcome, CancelRecord, Checkpoint, CheckpointStore};
 use serde::Serialize;
 
 use super::runs::find;
@@ -65,14 +65,29 @@ pub(crate) fn cancel(
                 )?;
                 out.flush().map_err(Failure::io)?;
             }
-            let sequence = stopped(store, &run.workflow, &run.run_key, &holder, request.wait)?;
-            (CancelOutcome::Cancelled { sequence }, Some(holder))
+            let stopped = stopped(store, &run.workflow, &run.run_key, &holder, request.wait)?;
+            // (The record kept is the first request's, maybe another's than this one.)
+            let kept = stopped.cancelled.unwrap_or_else(|| record.clone());
+            (
+                CancelOutcome::Cancelled {
+                    sequence: stopped.sequence,
+                },
+                Some((holder, kept)),
+            )
         }
         outcome => (outcome, None),
     };
+    let (holder, stopped_with) = match holder {
+        Some((holder, kept)) => (Some(holder), Some(kept)),
+        None => (None, None),
+    };
     let (name, checkpoint, kept) = match &outcome {
         CancelOutcome::Stopping => ("stopping", None, &record),
-        CancelOutcome::Cancelled { sequence } => ("cancelled", Some(*sequence), &record),
+        CancelOutcome::Cancelled { sequence } => (
+            "cancelled",
+            Some(*sequence),
+            stopped_with.as_ref().unwrap_or(&record),
+        ),
         CancelOutcome::AlreadyCancelled(first) => ("already_cancelled", None, first),
         // (A kind added later is reported by name only.)
         _ => ("cancelled", None, &record),
@@ -124,23 +139,31 @@ pub(crate) fn cancel(
 }
 
 /// Waits up to `wait` for the run's latest checkpoint to say it was cancelled on request (its
-/// holder stopped it); that checkpoint's number.
+/// holder stopped it); that checkpoint. A run that completed first is refused.
 fn stopped(
     store: &dyn CheckpointStore,
     workflow: &str,
     key: &str,
     holder: &str,
     wait: Duration,
-) -> Result<u64, Failure> {
-    let until = Instant::now() + wait;
+) -> Result<Checkpoint, Failure> {
+    let started = Instant::now();
     loop {
-        if let Some(latest) = store.latest(workflow, key).map_err(Failure::from)?
-            && latest.status == AgentStatus::Cancelled
-            && latest.cancelled.is_some()
-        {
-            return Ok(latest.sequence);
+        if let Some(latest) = store.latest(workflow, key).map_err(Failure::from)? {
+            if latest.cancelled.is_some() {
+                return Ok(latest);
+            }
+            if matches!(
+                latest.status,
+                AgentStatus::Completed | AgentStatus::CompletedWithFailures
+            ) {
+                return Err(Failure::refused(format!(
+                    "run `{key}` completed before {holder} could stop it (checkpoint {})",
+                    latest.sequence
+                )));
+            }
         }
-        if Instant::now() >= until {
+        if started.elapsed() >= wait {
             return Err(Failure::failed(format!(
                 "{holder} was asked to stop run `{key}` but its checkpoints do not say so after {}; the request stays with the run (whoever holds it next stops it); see `fluffy runs show {key}`",
                 humantime::format_duration(wait)

@@ -73,6 +73,16 @@ pub(crate) fn resume(
             super::time(latest.created_at)
         )));
     }
+    // A run of a store's queue (PostgreSQL's) goes back to it, for a worker.
+    if flow_runtime::requeue_resumed(store.as_ref(), &run.workflow, &run.run_key)
+        .map_err(Failure::from)?
+    {
+        let line = format!(
+            "queued run `{}` ({}) again: a worker continues it from its latest checkpoint",
+            run.run_key, run.workflow
+        );
+        return writeln!(out, "{}", printable(&line)).map_err(Failure::io);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

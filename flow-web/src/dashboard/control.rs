@@ -148,8 +148,10 @@ pub(super) async fn cancel(
     }
 }
 
-/// Continues the run in this process (`Agent::resume_durable`), its workflow registered: the
-/// page follows it as it writes checkpoints; an error it ends with is shown there.
+/// Continues the run, its workflow registered: through its store's run queue when it keeps
+/// one (`requeue_resumed`: a worker continues it), else in this process
+/// (`Agent::resume_durable`). The page follows it as it writes checkpoints; an error it ends
+/// with here is shown there.
 pub(super) async fn resume(
     State(app): State<App>,
     Path((workflow, key)): Path<(String, String)>,
@@ -168,31 +170,52 @@ pub(super) async fn resume(
         Err(failure) => return failure_page(failure),
     };
     let run = (workflow.clone(), key.clone());
-    let mut resumed = app.resumed.lock().unwrap_or_else(PoisonError::into_inner);
-    let here = runs_in_this_process(app.store.as_ref(), &workflow, &key)
-        || resumed.get(&run) == Some(&Resumed::Starting);
-    let refusal = if here {
-        Some("it runs in this process already".to_owned())
-    } else if matches!(
-        checkpoint.status,
-        AgentStatus::Completed | AgentStatus::CompletedWithFailures
-    ) {
-        Some("it has completed".to_owned())
-    } else if maybe_elsewhere(&checkpoint, here) {
-        Some(format!(
-            "its latest checkpoint says it is running: it may run in another process (resume it there), or `fluffy runs resume --force {key}` once that process is gone"
-        ))
-    } else {
-        None
+    // Marked before it starts: a second click meanwhile is refused, not a second run. (The
+    // lock is let go before anything is awaited.)
+    let refusal = {
+        let mut resumed = app.resumed.lock().unwrap_or_else(PoisonError::into_inner);
+        let here = runs_in_this_process(app.store.as_ref(), &workflow, &key)
+            || resumed.get(&run) == Some(&Resumed::Starting);
+        let refusal = if here {
+            Some("it runs in this process already".to_owned())
+        } else if matches!(
+            checkpoint.status,
+            AgentStatus::Completed | AgentStatus::CompletedWithFailures
+        ) {
+            Some("it has completed".to_owned())
+        } else if maybe_elsewhere(&checkpoint, here) {
+            Some(format!(
+                "its latest checkpoint says it is running: it may run in another process (resume it there), or `fluffy runs resume --force {key}` once that process is gone"
+            ))
+        } else {
+            None
+        };
+        if refusal.is_none() {
+            resumed.insert(run.clone(), Resumed::Starting);
+        }
+        refusal
     };
     if let Some(reason) = refusal {
         return failure_page(Failure::refused(format!(
             "run `{key}` was not resumed: {reason}"
         )));
     }
-    // Marked before it starts: a second click meanwhile is refused, not a second run.
-    resumed.insert(run.clone(), Resumed::Starting);
-    drop(resumed);
+    // A run of a store's queue (PostgreSQL's) goes back to it, for a worker.
+    let (store, (w, k)) = (Arc::clone(&app.store), run.clone());
+    let queued = blocking(move || {
+        flow_runtime::requeue_resumed(store.as_ref(), &w, &k).map_err(Failure::from)
+    })
+    .await;
+    if !matches!(queued, Ok(false)) {
+        app.resumed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&run);
+        return match queued {
+            Err(failure) => failure_page(failure),
+            Ok(_) => Redirect::to(&run_link(&workflow, &key)).into_response(),
+        };
+    }
     let (store, shared) = (Arc::clone(&app.store), Arc::clone(&app));
     tokio::spawn(async move {
         let outcome = agent.resume_durable(store, &run.1).await;
