@@ -35,6 +35,27 @@ fn start_cluster() -> Option<TempCluster> {
     }
 }
 
+/// A migrated database `name` in a throwaway cluster (kept running while the first is held):
+/// its URL, backend and store.
+async fn database(name: &str) -> Option<(TempCluster, String, PgBackend, PgStore)> {
+    let cluster = start_cluster()?;
+    let url = cluster.create_database(name).unwrap();
+    let backend = PgBackend::connect(&url).await.unwrap();
+    backend.migrate().await.unwrap();
+    let store = PgStore::new(&backend);
+    Some((cluster, url, backend, store))
+}
+
+/// The latest checkpoint of run `key` of the `slow` workflow.
+async fn latest_of(store: &PgStore, key: &'static str) -> Option<flow_runtime::Checkpoint> {
+    use flow_runtime::CheckpointStore;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.latest("slow", key))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// `fluffy --store <url> args…` on a blocking thread: (exit code, stdout, stderr).
 async fn fluffy(url: &str, args: &[&str]) -> (u8, String, String) {
     let mut full: Vec<String> = vec!["fluffy".into(), "--store".into(), url.into()];
@@ -54,13 +75,9 @@ async fn fluffy(url: &str, args: &[&str]) -> (u8, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_and_answers_runs_kept_in_postgres() {
-    let Some(cluster) = start_cluster() else {
+    let Some((cluster, url, _backend, store)) = database("cli").await else {
         return;
     };
-    let url = cluster.create_database("cli").unwrap();
-    let backend = PgBackend::connect(&url).await.unwrap();
-    backend.migrate().await.unwrap();
-    let store = PgStore::new(&backend);
     let report = approval()
         .run_durable(store.clone(), "release-7")
         .await
@@ -118,16 +135,11 @@ fn slow() -> Agent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_on_a_worker_is_cancelled_through_the_database() {
     use flow_postgres::{QueueStatus, Worker};
-    use flow_runtime::CheckpointStore;
     use std::time::Duration;
 
-    let Some(cluster) = start_cluster() else {
+    let Some((_cluster, url, backend, store)) = database("cancel").await else {
         return;
     };
-    let url = cluster.create_database("cancel").unwrap();
-    let backend = PgBackend::connect(&url).await.unwrap();
-    backend.migrate().await.unwrap();
-    let store = PgStore::new(&backend);
     let shutdown = flow_postgres::CancellationToken::new();
     let worker = Worker::new(&backend).register(&slow());
     let working = tokio::spawn(worker.run(shutdown.clone()));
@@ -138,14 +150,10 @@ async fn a_run_on_a_worker_is_cancelled_through_the_database() {
     for key in ["train-1", "train-2"] {
         let mut running = false;
         for _ in 0..400 {
-            let latest = {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.latest("slow", key))
-                    .await
-                    .unwrap()
-                    .unwrap()
-            };
-            if latest.is_some_and(|c| c.status == AgentStatus::Running) {
+            if latest_of(&store, key)
+                .await
+                .is_some_and(|c| c.status == AgentStatus::Running)
+            {
                 running = true;
                 break;
             }
@@ -187,14 +195,7 @@ async fn a_run_on_a_worker_is_cancelled_through_the_database() {
         .await
         .unwrap();
     assert_eq!(ended.status, QueueStatus::Cancelled);
-    let latest = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.latest("slow", "train-1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-    };
+    let latest = latest_of(&store, "train-1").await.unwrap();
     assert_eq!(latest.status, AgentStatus::Cancelled);
     let record = latest.cancelled.unwrap();
     assert_eq!(
@@ -245,14 +246,7 @@ async fn a_run_on_a_worker_is_cancelled_through_the_database() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(claimed_again, "train-1 was not claimed again");
-    let latest = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.latest("slow", "train-1"))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-    };
+    let latest = latest_of(&store, "train-1").await.unwrap();
     assert_eq!(latest.cancelled, None);
     let (code, text, err) = fluffy(&elsewhere, &["runs", "cancel", "train-1", "--by", "bob"]).await;
     assert_eq!(code, exit::OK, "{err}");
