@@ -25,7 +25,7 @@ pub use flow_runtime::{
     PrimitiveStatus, QueuePlace, QueuedState, Quota, RateLimit, RedbStore, Reducer, ResourceKind,
     ResourcePool, RunCounts, RunEvents, RunHandle, RunReport, RunWarning, StateCheckpoint,
     StateOptions, StateReport, StateResult, StoredRun, UsageStats, Waiting, Workflow,
-    attempt_times, cancel_in_this_process, requeue_resumed, runs_in_this_process,
+    attempt_times, cancel_in_this_process, epoch_ms, requeue_resumed, runs_in_this_process,
 };
 pub use flow_runtime::{
     AnswerInbox, Ask, ChannelProvider, DEFAULT_INPUT_POLL_INTERVAL, DEFAULT_INPUT_TIMEOUT,

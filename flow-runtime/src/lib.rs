@@ -34,7 +34,7 @@ pub use checkpoint::{
     ATTEMPT_HISTORY, AnswerInbox, AttemptOutcome, AttemptRecord, AttemptTimes, CHECKPOINT_FORMAT,
     CancelOutcome, CancelRecord, Checkpoint, CheckpointContext, CheckpointPolicy, CheckpointStore,
     FileStore, MemoryStore, QueuePlace, QueuedState, RedbStore, StateCheckpoint, StoredRun,
-    attempt_times, cancel_in_this_process, requeue_resumed, runs_in_this_process,
+    attempt_times, cancel_in_this_process, epoch_ms, requeue_resumed, runs_in_this_process,
 };
 pub use context::{Context, ContextValue, Reducer};
 pub use coordination::{

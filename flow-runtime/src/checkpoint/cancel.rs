@@ -7,15 +7,12 @@
 //! or by dropping its future, a process shutting down, keeps no record: run again, it goes
 //! on.)
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
+use super::live::stop_live;
+use super::{AttemptOutcome, CheckpointStore};
 use flow_core::{AgentStatus, FlowError};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-
-use super::{AttemptOutcome, CheckpointStore};
 
 /// Who cancelled a durable run, why and when: kept in its last checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,15 +28,10 @@ pub struct CancelRecord {
 impl CancelRecord {
     /// A request made now.
     pub fn new(by: impl Into<String>, reason: impl Into<String>) -> Self {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-            });
         Self {
             by: by.into(),
             reason: reason.into(),
-            at_ms,
+            at_ms: super::epoch_ms(SystemTime::now()),
         }
     }
 }
@@ -66,119 +58,6 @@ pub enum CancelOutcome {
         /// Who holds the run.
         holder: String,
     },
-}
-
-/// What a cancel request reaches of a durable run that runs in this process.
-pub(crate) struct CancelSlot {
-    token: CancellationToken,
-    request: OnceLock<CancelRecord>,
-}
-
-/// A durable run: its store (as [`CheckpointStore::describe`] names it: the same key in two
-/// stores is two runs), workflow and key.
-type RunName = (String, String, String);
-
-/// The runs listed under each name (one, unless a program runs one key twice at once).
-type Listing = HashMap<RunName, Vec<Weak<CancelSlot>>>;
-
-/// The durable runs of this process. Written once when a run starts and once when it ends,
-/// never per event.
-static LISTED: LazyLock<Mutex<Listing>> = LazyLock::new(Mutex::default);
-
-fn listing() -> std::sync::MutexGuard<'static, Listing> {
-    LISTED.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Keeps a durable run reachable by [`CheckpointStore::cancel_run`] in this process while it
-/// is held: from before `run_durable` reads the run's latest checkpoint (so that a request
-/// made while it starts reaches it) to the end of its coordinator.
-pub(crate) struct ListedRun {
-    key: RunName,
-    slot: Arc<CancelSlot>,
-}
-
-impl ListedRun {
-    /// Lists the run `run` of `workflow` in `store`, stopped through `token` (the run's), or
-    /// through a token of its own that the run is then given (see [`Self::token`]).
-    pub(crate) fn register(
-        store: &dyn CheckpointStore,
-        workflow: &str,
-        run: &str,
-        token: Option<CancellationToken>,
-    ) -> Self {
-        let slot = Arc::new(CancelSlot {
-            token: token.unwrap_or_default(),
-            request: OnceLock::new(),
-        });
-        let key = (store.describe(), workflow.to_owned(), run.to_owned());
-        let mut listing = listing();
-        let listed = listing.entry(key.clone()).or_default();
-        listed.retain(|slot| slot.strong_count() > 0);
-        listed.push(Arc::downgrade(&slot));
-        drop(listing);
-        Self { key, slot }
-    }
-
-    /// What stops the run: a request cancels it.
-    pub(crate) fn token(&self) -> CancellationToken {
-        self.slot.token.clone()
-    }
-
-    /// The request that cancelled the run, if one did.
-    pub(crate) fn request(&self) -> Option<&CancelRecord> {
-        self.slot.request.get()
-    }
-}
-
-impl Drop for ListedRun {
-    fn drop(&mut self) {
-        let mut listing = listing();
-        if let Some(listed) = listing.get_mut(&self.key) {
-            // Only its own listing: another run of the same key may be listed too.
-            listed.retain(|slot| {
-                slot.strong_count() > 0 && !std::ptr::eq(slot.as_ptr(), Arc::as_ptr(&self.slot))
-            });
-            if listed.is_empty() {
-                listing.remove(&self.key);
-            }
-        }
-    }
-}
-
-/// Whether the durable run `run` of `workflow` in `store` runs in this process now (started by
-/// `run_durable`, `resume_durable` or a worker, not yet ended): what a dashboard asks before it
-/// continues a run, so that one run never goes on twice side by side.
-pub fn runs_in_this_process(store: &dyn CheckpointStore, workflow: &str, run: &str) -> bool {
-    listing()
-        .get(&(store.describe(), workflow.to_owned(), run.to_owned()))
-        .is_some_and(|listed| listed.iter().any(|slot| slot.strong_count() > 0))
-}
-
-/// Stops the durable run `run` of `workflow` in `store` if it runs in this process, keeping
-/// `record` for its last checkpoint; whether it did. What [`CheckpointStore::cancel_run`] does
-/// first, and what a worker does when asked through its store.
-pub fn cancel_in_this_process(
-    store: &dyn CheckpointStore,
-    workflow: &str,
-    run: &str,
-    record: &CancelRecord,
-) -> bool {
-    stop_live(&store.describe(), workflow, run, record)
-}
-
-/// Stops the runs `run` of `workflow` in the store `store` names that run in this process;
-/// whether there was one.
-fn stop_live(store: &str, workflow: &str, run: &str, record: &CancelRecord) -> bool {
-    let slots: Vec<Arc<CancelSlot>> = listing()
-        .get(&(store.to_owned(), workflow.to_owned(), run.to_owned()))
-        .map(|listed| listed.iter().filter_map(Weak::upgrade).collect())
-        .unwrap_or_default();
-    for slot in &slots {
-        // The first request is the one kept.
-        let _ = slot.request.set(record.clone());
-        slot.token.cancel();
-    }
-    !slots.is_empty()
 }
 
 /// [`CheckpointStore::cancel_run`].

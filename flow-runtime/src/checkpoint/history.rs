@@ -117,10 +117,7 @@ impl AttemptLog {
         } else {
             self.wall.checked_sub(self.origin - at)
         };
-        wall.and_then(|wall| wall.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |since| {
-                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-            })
+        wall.map_or(0, epoch_ms)
     }
 
     /// The attempt (`(attempt, visit)`) of the state with index `state`, starting now, first
@@ -209,6 +206,14 @@ impl AttemptLog {
         records.drain(..excess);
         records
     }
+}
+
+/// `at` in milliseconds since the Unix epoch (0 before it, `u64::MAX` past what fits): the
+/// unit of the times in an [`AttemptRecord`] and a [`super::CancelRecord`].
+pub fn epoch_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 /// How long `record` waited for its turn, then for its resources (rate limits,

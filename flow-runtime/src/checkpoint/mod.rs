@@ -11,6 +11,7 @@ mod cancel;
 mod context;
 mod file;
 mod history;
+mod live;
 mod memory;
 mod redb_store;
 mod store;
@@ -24,14 +25,15 @@ use serde::{Deserialize, Serialize};
 use crate::input::InputRecord;
 
 pub use answers::AnswerInbox;
-pub(crate) use cancel::ListedRun;
-pub use cancel::{
-    CancelOutcome, CancelRecord, cancel_in_this_process, requeue_resumed, runs_in_this_process,
-};
+pub use cancel::{CancelOutcome, CancelRecord, requeue_resumed};
 pub use context::CheckpointContext;
 pub use file::FileStore;
 pub(crate) use history::AttemptLog;
-pub use history::{ATTEMPT_HISTORY, AttemptOutcome, AttemptRecord, AttemptTimes, attempt_times};
+pub use history::{
+    ATTEMPT_HISTORY, AttemptOutcome, AttemptRecord, AttemptTimes, attempt_times, epoch_ms,
+};
+pub(crate) use live::{ListedRun, live_inputs};
+pub use live::{cancel_in_this_process, runs_in_this_process};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use store::{CheckpointPolicy, CheckpointStore, StoredRun};

@@ -110,7 +110,7 @@ pub trait CheckpointStore: Send + Sync + 'static {
         value: serde_json::Value,
     ) -> Result<(), FlowError> {
         // Waiting in this process now: given at once, its checks run here.
-        if let Some(hub) = crate::input::live_run(agent, run)
+        if let Some(hub) = super::live_inputs(&self.describe(), agent, run)
             && hub.is_waiting(id)
         {
             return hub.answer(id, value, by);

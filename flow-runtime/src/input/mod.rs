@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use ask::{Ask, HumanInput};
-pub(crate) use hub::{InputHub, LiveRun, live_run, to_value};
+pub(crate) use hub::{InputHub, to_value};
 pub use providers::{ChannelProvider, InputRequests, PendingInput, TerminalProvider};
 
 /// How long a request waits for an answer when it is given no timeout: one hour. Waiting

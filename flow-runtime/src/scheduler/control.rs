@@ -241,6 +241,9 @@ impl Coordinator {
         // continued when they are answered.
         // No longer answerable in this process: an answer now goes to the store.
         self.input_watch = None;
+        if let Some(listed) = &self.listed {
+            listed.answer_through(None);
+        }
         if matches!(stop, Some(Stop::AwaitingInput)) {
             self.observer.inputs.suspend();
         } else {

@@ -171,11 +171,7 @@ impl Coordinator {
         let created_at = SystemTime::now();
         if status == AgentStatus::Cancelled {
             // Its last checkpoint: what runs now is being stopped, not running on.
-            let now_ms = created_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| {
-                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-                });
+            let now_ms = crate::checkpoint::epoch_ms(created_at);
             for record in &mut attempts {
                 if record.outcome == crate::checkpoint::AttemptOutcome::Running {
                     record.outcome = crate::checkpoint::AttemptOutcome::Cancelled;
@@ -281,12 +277,7 @@ impl Coordinator {
         let image = &checkpoint.scheduler;
         // Its history goes on. What was running then stopped with its run (at the
         // checkpoint, as far as anyone knows) and runs again: a record of its own.
-        let taken_ms = checkpoint
-            .created_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-            });
+        let taken_ms = crate::checkpoint::epoch_ms(checkpoint.created_at);
         let history = checkpoint
             .attempts
             .iter()

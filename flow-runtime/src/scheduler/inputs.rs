@@ -5,7 +5,6 @@ use super::*;
 
 /// What a checkpointed run keeps for answers given through its store.
 pub(super) struct InputWatch {
-    _live: crate::input::LiveRun,
     /// Reads the store's answers while input is awaited; started on the first request.
     poller: Option<AbortOnDrop>,
 }
@@ -120,14 +119,10 @@ impl Coordinator {
                     Some(self.cancel.clone()),
                 ));
             }
-            self.input_watch = Some(InputWatch {
-                _live: crate::input::LiveRun::register(
-                    &self.compiled.name,
-                    &self.durable_key,
-                    &self.observer.inputs,
-                ),
-                poller: None,
-            });
+            if let Some(listed) = &self.listed {
+                listed.answer_through(Some(&self.observer.inputs));
+            }
+            self.input_watch = Some(InputWatch { poller: None });
         }
     }
 }

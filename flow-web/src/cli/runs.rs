@@ -470,11 +470,7 @@ pub(crate) fn steps(
             "no attempts recorded (a run without checkpoints keeps none, nor do checkpoints older than format 5)",
         );
     }
-    let now_ms = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        });
+    let now_ms = flow_runtime::epoch_ms(SystemTime::now());
     let origin = checkpoint
         .attempts
         .iter()

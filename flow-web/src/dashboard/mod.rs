@@ -215,11 +215,10 @@ async fn authorize(State(app): State<App>, request: Request, next: Next) -> Resp
     {
         return next.run(request).await;
     }
-    let query = request.uri().query().unwrap_or("");
-    let offered = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
-        .and_then(percent_decoded)
+    // (The query decoded as axum decodes any: percent escapes, `+` for a space.)
+    let offered = Query::<HashMap<String, String>>::try_from_uri(request.uri())
+        .ok()
+        .and_then(|Query(query)| query.get("token").cloned())
         .is_some_and(|given| same(&given, token));
     if offered {
         let path = request.uri().path().to_owned();
@@ -258,31 +257,6 @@ fn local_host(headers: &HeaderMap) -> bool {
             "localhost" | "127.0.0.1" | "[::1]"
         )
     })
-}
-
-/// `text` with its `%XX` escapes (and `+` for space) decoded; `None` if they do not decode.
-fn percent_decoded(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = text.get(i + 1..i + 3)?;
-                decoded.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                decoded.push(b' ');
-                i += 1;
-            }
-            byte => {
-                decoded.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(decoded).ok()
 }
 
 /// The value of cookie `name`.

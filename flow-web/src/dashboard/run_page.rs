@@ -107,11 +107,7 @@ pub(super) fn render_run(
             reason,
         ));
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        });
+    let now_ms = flow_runtime::epoch_ms(std::time::SystemTime::now());
     body.push_str("<h2>Timeline</h2><p class=\"muted\">Each attempt: waiting for its turn (grey), for resources, rate limits or primitives (amber), and running, in its outcome's colour.</p>");
     body.push_str(&gantt::chart(&checkpoint.attempts, now_ms));
     body.push_str("<h2>States</h2><table class=\"states\"><tr><th>state</th><th>status</th><th>runs</th><th>attempts</th><th>completions</th><th>time</th><th>last error</th></tr>");
