@@ -164,6 +164,17 @@ impl Browser {
         }
     }
 
+    /// Clicks the first element `css` finds.
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
     /// The text of the first element `css` finds, waiting for it up to 20 s.
     async fn text(&self, css: &str) -> String {
         for _ in 0..200 {
@@ -261,13 +272,7 @@ async fn a_waiting_run_is_answered_in_the_browser_and_seen_completing() {
         .await
         .unwrap();
     amount.send_keys("-5").await.unwrap();
-    client
-        .find(Locator::Css(&format!("{form} button")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(&format!("{form} button")).await;
     browser
         .wait_for_text(".refusal", "-5 is less than the minimum of 0")
         .await;
@@ -287,15 +292,9 @@ async fn a_waiting_run_is_answered_in_the_browser_and_seen_completing() {
         .unwrap();
     amount.clear().await.unwrap();
     amount.send_keys("1200").await.unwrap();
-    client
-        .find(Locator::Css(&format!(
-            "{form} input[name='field.approved']"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser
+        .click(&format!("{form} input[name='field.approved']"))
+        .await;
     client
         .find(Locator::Css(&format!("{form} select[name='field.team']")))
         .await
@@ -303,13 +302,7 @@ async fn a_waiting_run_is_answered_in_the_browser_and_seen_completing() {
         .select_by_value("data")
         .await
         .unwrap();
-    client
-        .find(Locator::Css(&format!("{form} button")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(&format!("{form} button")).await;
     // Back on the run's page, the request answered, nothing refused.
     browser.wait_for_text("h1 .badge", "awaiting_input").await;
     let answers = store.posted_answers("budget", "q3-gpus").unwrap();
@@ -445,13 +438,7 @@ async fn a_run_is_cancelled_and_resumed_with_its_buttons() {
         .send_keys("budget frozen")
         .await
         .unwrap();
-    client
-        .find(Locator::Css("form.cancel button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("form.cancel button").await;
     browser.wait_for_text("h1 .badge", "cancelled").await;
     let said = browser.text("p.cancelled").await;
     assert!(
@@ -476,13 +463,7 @@ async fn a_run_is_cancelled_and_resumed_with_its_buttons() {
             json!({"amount": 300, "approved": true, "team": "ml"}),
         )
         .unwrap();
-    client
-        .find(Locator::Css("form.resume button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("form.resume button").await;
     browser.wait_for_text("h1 .badge", "completed").await;
     let done = store.latest("budget", "q4-gpus").unwrap().unwrap();
     assert_eq!(done.status, AgentStatus::Completed);
