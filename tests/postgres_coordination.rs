@@ -225,13 +225,24 @@ async fn a_shared_rate_limit_admits_at_its_rate() {
 }
 
 /// `work` maps 8 items to `hold`, which passes the semaphore `gpu` (2 permits, declared as
-/// the workflow's own) and counts itself in the database while it holds it.
-fn gpu_work(gauge: std::sync::Arc<tokio_postgres::Client>) -> fluffy_flow::Agent {
+/// the workflow's own) and counts itself in the database while it holds it. `gate`, where
+/// given, holds `work` until every worker has begun a run (so that the runs are in
+/// different workers however fast each connects and claims).
+fn gpu_work(
+    gauge: std::sync::Arc<tokio_postgres::Client>,
+    gate: Option<postgres::EveryWorker>,
+) -> fluffy_flow::Agent {
     use fluffy_flow::prelude::*;
     let mut agent = Agent::new("gpu_work");
     agent
-        .add_state("work", |_ctx: Context| async move {
-            Ok(Next::map("hold", (0..8u32).collect::<Vec<_>>()))
+        .add_state("work", move |_ctx: Context| {
+            let gate = gate.clone();
+            async move {
+                if let Some(gate) = gate {
+                    gate.begin().await;
+                }
+                Ok(Next::map("hold", (0..8u32).collect::<Vec<_>>()))
+            }
         })
         .entry();
     agent
@@ -270,7 +281,7 @@ async fn workers_sharing_gates_keep_a_workflows_semaphore_across_processes() {
         )
         .await
         .unwrap();
-    let agent = gpu_work(std::sync::Arc::clone(&gauge));
+    let agent = gpu_work(std::sync::Arc::clone(&gauge), None);
     assert_eq!(
         agent.named_primitives(),
         [fluffy_flow::NamedPrimitive::Semaphore {
@@ -284,13 +295,17 @@ async fn workers_sharing_gates_keep_a_workflows_semaphore_across_processes() {
     // Three workers, one run each at a time, so that the runs are in different workers;
     // each with a definition of its own, as separate processes have (one definition's
     // semaphore would be shared in this process anyway).
+    let every_worker = postgres::EveryWorker::new(3);
     let mut workers = Vec::new();
     for i in 0..3 {
         let backend = PgBackend::connect(&url).await.unwrap();
         let shutdown = CancellationToken::new();
         let worker = Worker::new(&backend)
             .name(format!("w{i}"))
-            .register(&gpu_work(std::sync::Arc::clone(&gauge)))
+            .register(&gpu_work(
+                std::sync::Arc::clone(&gauge),
+                Some(every_worker.member(i)),
+            ))
             .concurrency(1)
             .share_gates()
             .lease(Duration::from_secs(2))
@@ -322,9 +337,10 @@ async fn workers_sharing_gates_keep_a_workflows_semaphore_across_processes() {
         shutdown.cancel();
         ran_runs.push(task.await.unwrap().finished);
     }
+    assert_eq!(ran_runs.iter().sum::<u64>(), 6);
     assert!(
-        ran_runs.iter().filter(|&&n| n > 0).count() >= 2,
-        "runs in several workers: {ran_runs:?}"
+        ran_runs.iter().all(|&n| n > 0),
+        "runs in every worker: {ran_runs:?}"
     );
     let row = gauge
         .query_one("SELECT now, peak FROM test_holding WHERE name = 'gpu'", &[])

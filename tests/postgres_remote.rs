@@ -18,8 +18,10 @@ use tokio::task::JoinHandle;
 const ITEMS: u64 = 300;
 
 /// `plan` maps 300 items to the remote `score` (10 ms each: item × factor, appended and
-/// summed), joined by `total`. `ran` counts the attempts this definition's process ran.
-fn scoring(ran: Arc<AtomicU32>) -> Agent {
+/// summed), joined by `total`. `ran` counts the attempts this definition's process ran;
+/// `gate`, where given, holds them until every worker has begun one (so that the spread
+/// does not depend on how fast each worker connects and claims).
+fn scoring(ran: Arc<AtomicU32>, gate: Option<postgres::EveryWorker>) -> Agent {
     let mut agent = Agent::new("scoring");
     agent.reducer("scores", Reducer::append::<u64>());
     agent.reducer("sum", Reducer::sum::<u64>());
@@ -32,8 +34,12 @@ fn scoring(ran: Arc<AtomicU32>) -> Agent {
     agent
         .add_state("score", move |ctx: Context| {
             let ran = Arc::clone(&ran);
+            let gate = gate.clone();
             async move {
                 ran.fetch_add(1, Ordering::SeqCst);
+                if let Some(gate) = gate {
+                    gate.begin().await;
+                }
                 let item: u64 = ctx.input()?;
                 let factor: u64 = ctx.get_state("factor")?;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -71,6 +77,7 @@ async fn one_runs_fan_out_of_remote_states_spreads_over_every_worker() {
         return;
     };
     let ran: Vec<Arc<AtomicU32>> = (0..3).map(|_| Arc::default()).collect();
+    let every_worker = postgres::EveryWorker::new(3);
     let mut workers = Vec::new();
     for (i, ran) in ran.iter().enumerate() {
         let own = PgBackend::connect(&postgres::url("remote_spread"))
@@ -79,7 +86,7 @@ async fn one_runs_fan_out_of_remote_states_spreads_over_every_worker() {
         workers.push(spawn_worker(
             Worker::new(&own)
                 .name(format!("w{i}"))
-                .register(&scoring(Arc::clone(ran)))
+                .register(&scoring(Arc::clone(ran), Some(every_worker.member(i))))
                 .remote_concurrency(16)
                 .lease(Duration::from_secs(2))
                 .heartbeat(Duration::from_millis(500)),
@@ -97,7 +104,7 @@ async fn one_runs_fan_out_of_remote_states_spreads_over_every_worker() {
     .expect("the run ends within a minute")
     .unwrap();
     assert_eq!(run.status, QueueStatus::Completed, "{:?}", run.error);
-    let alone = scoring(Arc::default()).run().await.unwrap();
+    let alone = scoring(Arc::default(), None).run().await.unwrap();
     assert_eq!(run.context, Some(alone.context.snapshot().unwrap()));
     let total: u64 = (0..ITEMS).sum::<u64>() * 7;
     assert_eq!(run.context.as_ref().unwrap()["total"], total);

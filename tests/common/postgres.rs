@@ -52,3 +52,46 @@ pub async fn backend(name: &str) -> Option<PgBackend> {
     backend.migrate().await.unwrap();
     Some(backend)
 }
+
+/// Holds each worker's work until every one of `n` workers has begun some, so that a test
+/// of how work spreads over workers does not depend on how fast each connects and claims:
+/// a worker whose slots all wait here can claim nothing more, so the others take the rest.
+/// Each worker's definition gets its own [`EveryWorker::member`].
+#[allow(dead_code)]
+#[derive(Clone)]
+pub struct EveryWorker {
+    /// The bit of this member's worker, 0 for the shared gate itself.
+    bit: u32,
+    all: u32,
+    begun: std::sync::Arc<tokio::sync::watch::Sender<u32>>,
+}
+
+#[allow(dead_code)]
+impl EveryWorker {
+    /// A gate for `n` (at most 32) workers.
+    pub fn new(n: u32) -> Self {
+        assert!((1..=32).contains(&n));
+        Self {
+            bit: 0,
+            all: u32::MAX >> (32 - n),
+            begun: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// The handle of worker `i` (from 0).
+    pub fn member(&self, i: usize) -> Self {
+        Self {
+            bit: 1 << i,
+            ..self.clone()
+        }
+    }
+
+    /// Marks this member's worker as begun and waits until every worker has.
+    pub async fn begin(&self) {
+        self.begun.send_modify(|begun| *begun |= self.bit);
+        let mut seen = self.begun.subscribe();
+        seen.wait_for(|begun| *begun == self.all)
+            .await
+            .expect("the sender lives as long as its members");
+    }
+}
