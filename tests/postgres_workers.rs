@@ -971,7 +971,10 @@ async fn runs_saving_together_keep_their_own_latest_checkpoints() {
     // for while a save is in progress collapse into one (the writer keeps the newest), so how
     // many a run saved depends on the database's speed: under load it was three on average.
     // Each kept two (above); those that saved more pruned the older in shared statements.
-    assert!(pruned > 0, "no run saved more than the two it keeps: {saved} saves");
+    assert!(
+        pruned > 0,
+        "no run saved more than the two it keeps: {saved} saves"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
