@@ -545,6 +545,9 @@ async fn cancel_and_resume_buttons_steer_runs() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, page) = send(&app, post_form(&format!("{waiting}/resume"), &[])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("CSRF token is missing"), "{page}");
     assert_eq!(
         store.latest("budget", XSS).unwrap().unwrap().status,
         AgentStatus::AwaitingInput

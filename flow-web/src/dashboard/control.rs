@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{Arc, PoisonError};
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use flow_core::{AgentStatus, FlowError};
@@ -29,17 +29,28 @@ pub(super) enum Resumed {
 /// Who the dashboard says cancelled or answered (it knows no users).
 const BY: &str = "dashboard";
 
-/// The form's CSRF token is the page's.
-fn check_csrf(app: &App, submitted: &HashMap<String, String>) -> Result<(), Failure> {
-    if submitted
-        .get("csrf")
-        .is_some_and(|given| same(given, &app.csrf))
-    {
-        Ok(())
-    } else {
-        Err(Failure::usage(
-            "the form's CSRF token is missing or wrong: reload the run's page and try there".into(),
-        ))
+/// A state-changing POST's form, its CSRF token checked against the page's: a handler that
+/// takes it never runs for a request without the token (the refusal says what to do).
+pub(super) struct CheckedForm(HashMap<String, String>);
+
+impl FromRequest<App> for CheckedForm {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, app: &App) -> Result<Self, Response> {
+        let Form(submitted) = Form::<HashMap<String, String>>::from_request(request, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if submitted
+            .get("csrf")
+            .is_some_and(|given| same(given, &app.csrf))
+        {
+            Ok(Self(submitted))
+        } else {
+            Err(failure_page(Failure::usage(
+                "the form's CSRF token is missing or wrong: reload the run's page and try there"
+                    .into(),
+            )))
+        }
     }
 }
 
@@ -124,11 +135,8 @@ pub(super) fn controls(app: &App, checkpoint: &Checkpoint) -> String {
 pub(super) async fn cancel(
     State(app): State<App>,
     Path((workflow, key)): Path<(String, String)>,
-    Form(submitted): Form<HashMap<String, String>>,
+    CheckedForm(submitted): CheckedForm,
 ) -> Response {
-    if let Err(failure) = check_csrf(&app, &submitted) {
-        return failure_page(failure);
-    }
     let reason = submitted.get("reason").cloned().unwrap_or_default();
     let store = Arc::clone(&app.store);
     let (workflow_, key_) = (workflow.clone(), key.clone());
@@ -155,11 +163,8 @@ pub(super) async fn cancel(
 pub(super) async fn resume(
     State(app): State<App>,
     Path((workflow, key)): Path<(String, String)>,
-    Form(submitted): Form<HashMap<String, String>>,
+    _token_checked: CheckedForm,
 ) -> Response {
-    if let Err(failure) = check_csrf(&app, &submitted) {
-        return failure_page(failure);
-    }
     let Some(agent) = app.registry.get(&workflow).cloned() else {
         return failure_page(Failure::usage(format!(
             "workflow `{workflow}` is not registered with this dashboard: register it (`DashboardOptions::registry`) to resume its runs here"
@@ -236,11 +241,8 @@ pub(super) async fn resume(
 pub(super) async fn answer(
     State(app): State<App>,
     Path((workflow, key)): Path<(String, String)>,
-    Form(submitted): Form<HashMap<String, String>>,
+    CheckedForm(submitted): CheckedForm,
 ) -> Response {
-    if let Err(failure) = check_csrf(&app, &submitted) {
-        return failure_page(failure);
-    }
     let checkpoint = match load(&app, workflow.clone(), key.clone()).await {
         Ok(checkpoint) => checkpoint,
         Err(failure) => return failure_page(failure),
