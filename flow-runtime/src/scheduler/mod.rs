@@ -345,8 +345,6 @@ impl Coordinator {
         self.drive().instrument(span).await
     }
 
-    /// This run's key in checkpoint stores (a durable run's name), and the store and policy
-    /// its automatic checkpoints follow, replacing the agent's.
     /// A durable run listed for cancel requests before it started (see `run_durable`).
     pub(crate) fn listed(&mut self, listed: Option<crate::checkpoint::ListedRun>) {
         if listed.is_some() {
@@ -354,6 +352,8 @@ impl Coordinator {
         }
     }
 
+    /// This run's key in checkpoint stores (a durable run's name), and the store and policy
+    /// its automatic checkpoints follow, replacing the agent's.
     pub(crate) fn durable(
         &mut self,
         key: &str,
