@@ -423,3 +423,140 @@ async fn a_resumed_run_no_longer_says_cancelled_while_its_first_state_runs() {
     );
     assert!(!fluffy_flow::runs_in_this_process(&store, "pipeline", "k"));
 }
+
+/// A request that comes while a run ends (before, during and after it saves its last
+/// checkpoint, at several points of the tokio schedule) is never lost either: the run sees it,
+/// or it is made to that checkpoint. Either way the run is not continued afterwards.
+#[tokio::test(start_paused = true)]
+async fn a_request_while_the_run_ends_is_never_lost() {
+    for yields in 0..40 {
+        let store = MemoryStore::new();
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut agent = Agent::new("failing");
+        let counted = Arc::clone(&calls);
+        agent.add_state("work", move |_ctx: Context| {
+            let counted = Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                sleep(ms(10)).await;
+                Err("the source is down".into())
+            }
+        });
+        let run = tokio::spawn({
+            let (agent, store) = (agent.clone(), store.clone());
+            async move { agent.run_durable(store, "k").await }
+        });
+        sleep(ms(10)).await;
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
+        let outcome = store
+            .cancel_run("failing", "k", CancelRecord::new("ops", "race"), false)
+            .unwrap();
+        assert!(
+            matches!(
+                outcome,
+                CancelOutcome::Stopping | CancelOutcome::Cancelled { .. }
+            ),
+            "{outcome:?} after {yields} yields"
+        );
+        run.await.unwrap().unwrap_err();
+        let latest = store.latest("failing", "k").unwrap().unwrap();
+        assert_eq!(
+            latest.cancelled.map(|record| record.reason).as_deref(),
+            Some("race"),
+            "{outcome:?} after {yields} yields"
+        );
+        let error = agent.run_durable(store.clone(), "k").await.unwrap_err();
+        assert!(
+            matches!(&error, FlowError::CancelledOnRequest { reason, .. } if reason == "race"),
+            "{error} after {yields} yields"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "after {yields} yields");
+    }
+}
+
+/// Once a run's completed checkpoint is saved, a request is refused with the reason, though
+/// the run is still listed here until it ends (what a dashboard sees when it cancels a run
+/// whose page already says completed). The store holds the run there: its save of the
+/// completed checkpoint returns only when the test lets it go.
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_completed_checkpoint_is_saved_is_refused_at_once() {
+    struct SlowToFinish {
+        inner: MemoryStore,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        completed: tokio::sync::Notify,
+    }
+    impl CheckpointStore for SlowToFinish {
+        fn describe(&self) -> String {
+            "slow-to-finish store".into()
+        }
+        fn save(&self, checkpoint: &fluffy_flow::Checkpoint) -> Result<(), FlowError> {
+            self.inner.save(checkpoint)?;
+            if checkpoint.status == AgentStatus::Completed {
+                self.completed.notify_one();
+                let _ = self.release.lock().unwrap().recv();
+            }
+            Ok(())
+        }
+        fn latest(
+            &self,
+            agent: &str,
+            run: &str,
+        ) -> Result<Option<fluffy_flow::Checkpoint>, FlowError> {
+            self.inner.latest(agent, run)
+        }
+        fn sequences(&self, agent: &str, run: &str) -> Result<Vec<u64>, FlowError> {
+            self.inner.sequences(agent, run)
+        }
+        fn load(
+            &self,
+            agent: &str,
+            run: &str,
+            sequence: u64,
+        ) -> Result<Option<fluffy_flow::Checkpoint>, FlowError> {
+            self.inner.load(agent, run, sequence)
+        }
+        fn delete(&self, agent: &str, run: &str, sequence: u64) -> Result<(), FlowError> {
+            self.inner.delete(agent, run, sequence)
+        }
+    }
+    let (release, released) = std::sync::mpsc::channel();
+    let store = Arc::new(SlowToFinish {
+        inner: MemoryStore::new(),
+        release: std::sync::Mutex::new(released),
+        completed: tokio::sync::Notify::new(),
+    });
+    let calls: Arc<[AtomicU32; 3]> = Arc::default();
+    let agent = pipeline(&calls, 10);
+    let run = tokio::spawn({
+        let (agent, store) = (agent.clone(), Arc::clone(&store));
+        async move { agent.run_durable(store, "k").await }
+    });
+    // (Waited for without the clock: it stands still while the save blocks its thread.)
+    store.completed.notified().await;
+    assert_eq!(
+        store.latest("pipeline", "k").unwrap().unwrap().status,
+        AgentStatus::Completed
+    );
+    assert!(fluffy_flow::runs_in_this_process(
+        store.as_ref(),
+        "pipeline",
+        "k"
+    ));
+    let error = store
+        .cancel_run("pipeline", "k", CancelRecord::new("ops", "late"), false)
+        .unwrap_err();
+    assert!(
+        matches!(&error, FlowError::CancelRefused { reason, .. } if reason.contains("it has completed")),
+        "{error}"
+    );
+    // (Let go: this and any later save return.)
+    drop(release);
+    run.await.unwrap().unwrap();
+    assert_eq!(counts(&calls), [1, 1, 1]);
+    assert_eq!(
+        store.latest("pipeline", "k").unwrap().unwrap().cancelled,
+        None
+    );
+}

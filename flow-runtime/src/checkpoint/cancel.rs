@@ -10,7 +10,7 @@
 use std::time::SystemTime;
 
 use super::live::stop_live;
-use super::{AttemptOutcome, CheckpointStore};
+use super::{AttemptOutcome, Checkpoint, CheckpointStore};
 use flow_core::{AgentStatus, FlowError};
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +60,23 @@ pub enum CancelOutcome {
     },
 }
 
+/// [`FlowError::CancelRefused`] for a run whose `latest` checkpoint says it completed.
+fn refuse_completed(latest: &Checkpoint) -> Result<(), FlowError> {
+    match latest.status {
+        AgentStatus::Completed | AgentStatus::CompletedWithFailures => {
+            Err(FlowError::CancelRefused {
+                agent: latest.agent.clone(),
+                run: latest.run_key.clone(),
+                reason: format!(
+                    "it has completed (checkpoint {}); there is nothing left to stop",
+                    latest.sequence
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// [`CheckpointStore::cancel_run`].
 pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
     store: &S,
@@ -69,25 +86,39 @@ pub(crate) fn cancel_run<S: CheckpointStore + ?Sized>(
     force: bool,
 ) -> Result<CancelOutcome, FlowError> {
     let name = store.describe();
+    // A completed run is refused first: one that saved its completed checkpoint is still
+    // listed here for the moment it takes to end, and nothing is left to stop.
+    if let Ok(Some(latest)) = store.latest(agent, run) {
+        refuse_completed(&latest)?;
+    }
     if stop_live(&name, agent, run, &record) {
         return Ok(CancelOutcome::Stopping);
     }
     if let Some(holder) = store.ask_holder_to_cancel(agent, run, &record)? {
         return Ok(CancelOutcome::Requested { holder });
     }
+    cancel_checkpoint(store, agent, run, record, force)
+}
+
+/// The request made to the run's latest checkpoint, the run not running in this process (or
+/// past its last checkpoint): saved again as cancelled, unless it completed or says it runs
+/// (elsewhere, unless `force`).
+pub(crate) fn cancel_checkpoint<S: CheckpointStore + ?Sized>(
+    store: &S,
+    agent: &str,
+    run: &str,
+    record: CancelRecord,
+    force: bool,
+) -> Result<CancelOutcome, FlowError> {
+    let name = store.describe();
     let refused = |reason: String| FlowError::CancelRefused {
         agent: agent.to_owned(),
         run: run.to_owned(),
         reason,
     };
     let mut checkpoint = super::store::latest_kept(store, agent, run)?;
+    refuse_completed(&checkpoint)?;
     match checkpoint.status {
-        AgentStatus::Completed | AgentStatus::CompletedWithFailures => {
-            return Err(refused(format!(
-                "it has completed (checkpoint {}); there is nothing left to stop",
-                checkpoint.sequence
-            )));
-        }
         _ if checkpoint.cancelled.is_some() => {
             let previous = checkpoint.cancelled.take().unwrap_or(record);
             return Ok(CancelOutcome::AlreadyCancelled(previous));

@@ -18,6 +18,10 @@ pub(crate) struct CancelSlot {
     request: OnceLock<CancelRecord>,
     /// Its input requests, from its coordinator's start until it concludes.
     inputs: Mutex<Weak<InputHub>>,
+    /// Its last checkpoint is saved (see [`ListedRun::conclude`]): a request no longer stops
+    /// it, and is made through its store instead. The lock orders a request against the
+    /// conclusion, so that each request is either seen by the run or made to its checkpoint.
+    concluded: Mutex<bool>,
 }
 
 /// A durable run: its store (as [`CheckpointStore::describe`] names it: the same key in two
@@ -56,6 +60,7 @@ impl ListedRun {
             token: token.unwrap_or_default(),
             request: OnceLock::new(),
             inputs: Mutex::default(),
+            concluded: Mutex::new(false),
         });
         let key = (store.describe(), workflow.to_owned(), run.to_owned());
         let mut listing = listing();
@@ -73,6 +78,17 @@ impl ListedRun {
 
     /// The request that cancelled the run, if one did.
     pub(crate) fn request(&self) -> Option<&CancelRecord> {
+        self.slot.request.get()
+    }
+
+    /// Its last checkpoint is saved: from now on a cancel request passes it by (and is made
+    /// to that checkpoint). The request that came before, if one did.
+    pub(crate) fn conclude(&self) -> Option<&CancelRecord> {
+        *self
+            .slot
+            .concluded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
         self.slot.request.get()
     }
 
@@ -124,19 +140,27 @@ pub fn cancel_in_this_process(
     stop_live(&store.describe(), workflow, run, record)
 }
 
-/// Stops the runs `run` of `workflow` in the store `store` names that run in this process;
-/// whether there was one.
+/// Stops the runs `run` of `workflow` in the store `store` names that run in this process and
+/// have not saved their last checkpoint; whether there was one.
 pub(super) fn stop_live(store: &str, workflow: &str, run: &str, record: &CancelRecord) -> bool {
     let slots: Vec<Arc<CancelSlot>> = listing()
         .get(&(store.to_owned(), workflow.to_owned(), run.to_owned()))
         .map(|listed| listed.iter().filter_map(Weak::upgrade).collect())
         .unwrap_or_default();
+    let mut reached = false;
     for slot in &slots {
-        // The first request is the one kept.
-        let _ = slot.request.set(record.clone());
-        slot.token.cancel();
+        let concluded = slot
+            .concluded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*concluded {
+            // The first request is the one kept.
+            let _ = slot.request.set(record.clone());
+            slot.token.cancel();
+            reached = true;
+        }
     }
-    !slots.is_empty()
+    reached
 }
 
 /// The input requests of the durable run `run` of `workflow` in the store `store` names, if it

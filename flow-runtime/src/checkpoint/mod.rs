@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::input::InputRecord;
 
 pub use answers::AnswerInbox;
+pub(crate) use cancel::cancel_checkpoint;
 pub use cancel::{CancelOutcome, CancelRecord, requeue_resumed};
 pub use context::CheckpointContext;
 pub use file::FileStore;

@@ -103,10 +103,59 @@ impl Coordinator {
                 None => return stop,
             },
         };
+        let captured = self.listed.as_ref().and_then(|l| l.request()).is_some();
         let pending = self.capture(status);
-        match writer::save(store, pending, policy, Arc::clone(&self.saved_sequence)).await {
-            Ok(_) => stop,
-            Err(error) => Some(Stop::Failed(error)),
+        let saved = Arc::clone(&store);
+        if let Err(error) =
+            writer::save(saved, pending, policy, Arc::clone(&self.saved_sequence)).await
+        {
+            return Some(Stop::Failed(error));
+        }
+        self.cancel_if_asked_as_it_saved(store, status, captured, stop)
+            .await
+    }
+
+    /// A cancel request that came while the last checkpoint was being saved (after it was
+    /// taken) is made to that checkpoint, as to a run that no longer runs: what stopped
+    /// anyway (suspended, failed, cancelled) is marked cancelled with its record; a completed
+    /// run stays completed. Later requests pass the run by (see `ListedRun::conclude`).
+    async fn cancel_if_asked_as_it_saved(
+        &mut self,
+        store: Arc<dyn crate::checkpoint::CheckpointStore>,
+        status: flow_core::AgentStatus,
+        captured: bool,
+        stop: Option<Stop>,
+    ) -> Option<Stop> {
+        let Some(listed) = &self.listed else {
+            return stop;
+        };
+        let late = match listed.conclude() {
+            Some(request)
+                if !captured
+                    && !matches!(
+                        status,
+                        flow_core::AgentStatus::Completed
+                            | flow_core::AgentStatus::CompletedWithFailures
+                    ) =>
+            {
+                request.clone()
+            }
+            _ => return stop,
+        };
+        let (agent, key) = (self.compiled.name.to_string(), self.durable_key.to_string());
+        let marked = tokio::task::spawn_blocking(move || {
+            crate::checkpoint::cancel_checkpoint(store.as_ref(), &agent, &key, late, false)
+        })
+        .await;
+        match marked {
+            Ok(Ok(_)) if matches!(stop, Some(Stop::AwaitingInput)) => Some(Stop::Cancelled),
+            Ok(Ok(_)) => stop,
+            Ok(Err(error)) => Some(Stop::Failed(error)),
+            Err(error) => Some(Stop::Failed(flow_core::FlowError::CheckpointStore {
+                store: "checkpoint writer".into(),
+                action: "marking the run cancelled".into(),
+                message: format!("the task stopped: {error}"),
+            })),
         }
     }
 }

@@ -181,13 +181,15 @@ pub(super) async fn resume(
         let mut resumed = app.resumed.lock().unwrap_or_else(PoisonError::into_inner);
         let here = runs_in_this_process(app.store.as_ref(), &workflow, &key)
             || resumed.get(&run) == Some(&Resumed::Starting);
-        let refusal = if here {
-            Some("it runs in this process already".to_owned())
-        } else if matches!(
+        // Completion first: a run that has saved its completed checkpoint is still listed
+        // here for the moment it takes to end, and its end is what the user needs to hear.
+        let refusal = if matches!(
             checkpoint.status,
             AgentStatus::Completed | AgentStatus::CompletedWithFailures
         ) {
             Some("it has completed".to_owned())
+        } else if here {
+            Some("it runs in this process already".to_owned())
         } else if maybe_elsewhere(&checkpoint, here) {
             Some(format!(
                 "its latest checkpoint says it is running: it may run in another process (resume it there), or `fluffy runs resume --force {key}` once that process is gone"
