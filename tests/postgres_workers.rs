@@ -1,7 +1,7 @@
 //! Workers on the PostgreSQL run queue (feature `postgres`): runs claimed once each across
 //! workers, leases that lapse and pass on with the old holder's writes refused, a worker cut
-//! off from the database, idempotent submits, failures recorded, and a stopping worker
-//! giving its runs back. Each test starts its workers in this process, each with a backend
+//! off from the database, idempotent submits, failures recorded, a stopping worker giving
+//! its runs back, and a worker that never claims again what it still runs. Each test starts its workers in this process, each with a backend
 //! (connections) of its own, against a throwaway cluster.
 //!
 //! Leases are judged by the database's clock, so these tests run on the real clock, with
@@ -409,6 +409,108 @@ async fn a_stopping_worker_gives_its_runs_back_and_another_finishes_them() {
         (json!(true), json!("B"))
     );
     stop(b).await;
+}
+
+/// `a` → `b` (remote: notes the run's `n` in `entered`, then waits for a permit of `gate`)
+/// → `c`.
+fn gated_remote(entered: Arc<std::sync::Mutex<Vec<u64>>>, gate: Arc<Semaphore>) -> Agent {
+    let mut agent = Agent::new("gated_remote");
+    agent
+        .add_state("a", |_ctx: Context| async move { Ok(Next::to("b")) })
+        .successors(["b"]);
+    agent
+        .add_state("b", move |ctx: Context| {
+            let (entered, gate) = (Arc::clone(&entered), Arc::clone(&gate));
+            async move {
+                entered.lock().unwrap().push(ctx.get_state::<u64>("n")?);
+                gate.acquire().await.unwrap().forget();
+                Ok(Next::to("c"))
+            }
+        })
+        .successors(["c"])
+        .remote();
+    agent.add_state("c", |ctx: Context| async move {
+        ctx.set_state("c", true);
+        Ok(Next::End)
+    });
+    agent
+}
+
+/// A worker whose own leases lapsed before its heartbeat renewed them (a slow machine) does
+/// not claim its run, or take its remote attempt, again while it still runs them: each ran
+/// twice in one process before, and the first to end took the other's lease away with it
+/// (CI saw a run fail with "not coordinated by worker").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_does_not_claim_again_what_it_still_runs_under_a_lapsed_lease() {
+    let Some(backend) = postgres::backend("own_lapse").await else {
+        return;
+    };
+    let url = postgres::url("own_lapse");
+    let entered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let gate = Arc::new(Semaphore::new(0));
+    backend
+        .submit("gated_remote", "first", &context(json!({ "n": 1 })))
+        .await
+        .unwrap();
+    let worker = spawn_worker(
+        Worker::new(&PgBackend::connect(&url).await.unwrap())
+            .name("A")
+            .register(&gated_remote(Arc::clone(&entered), Arc::clone(&gate)))
+            .lease(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(20)),
+    );
+    let has_entered = |n: u64| {
+        let entered = Arc::clone(&entered);
+        async move {
+            while !entered.lock().unwrap().contains(&n) {
+                tokio::time::sleep(WAIT).await;
+            }
+        }
+    };
+    within("the first run's remote attempt", has_entered(1)).await;
+    // Both of the first run's leases lapse; the worker's next renewal is 20 s away.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "UPDATE fluffy_runs SET lease_until = clock_timestamp() - interval '1 second';
+             UPDATE fluffy_tasks SET lease_until = clock_timestamp() - interval '1 second';",
+        )
+        .await
+        .unwrap();
+    // A second run wakes the worker to claim, and its attempt wakes it to take attempts.
+    backend
+        .submit("gated_remote", "second", &context(json!({ "n": 2 })))
+        .await
+        .unwrap();
+    within("the second run's remote attempt", has_entered(2)).await;
+    // (More permits than attempts: a run twice here shows in the counts, it does not hang.)
+    gate.add_permits(10);
+    for key in ["first", "second"] {
+        let done = within("the run's end", backend.wait_for("gated_remote", key, WAIT))
+            .await
+            .unwrap();
+        assert_eq!(
+            (done.status, done.claims, done.fence),
+            (QueueStatus::Completed, 1, 1),
+            "{key}: {:?}",
+            done.error
+        );
+    }
+    // Each attempt's body ran once.
+    assert_eq!(*entered.lock().unwrap(), [1, 2]);
+    let report = stop(worker).await;
+    assert_eq!(
+        (
+            report.claimed,
+            report.finished,
+            report.lost,
+            report.remote_attempts
+        ),
+        (2, 2, 0, 2)
+    );
 }
 
 /// A TCP proxy to the database that can be cut: every connection through it closed, and

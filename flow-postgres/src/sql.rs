@@ -137,12 +137,18 @@ const SUBMIT_MANY: &str = "WITH input AS (
 /// are claiming. Each claim raises the fencing token and leases the run for `$4` ms; taking
 /// over a lapsed lease counts in `lapses`.
 ///
+/// The runs `$5` are left out: this worker still runs them (maybe under a lease it let
+/// lapse and has not noticed yet). Claiming one again would run it twice in one process,
+/// and the two would share what the worker keeps per run (its lease for remote attempts,
+/// its place among the runs it renews), each taking the other's away as it ends.
+///
 /// The two kinds are looked up apart, each through its index (the front of the queue, the
 /// leases that ended), so a claim costs the same behind a backlog of any length; a row one
 /// of them locked and the final choice left out is free again when the statement ends.
 const CLAIM: &str = "WITH lapsed AS (
          SELECT id, priority FROM fluffy_runs
          WHERE status = 'running' AND lease_until < clock_timestamp() AND workflow = ANY($1)
+           AND NOT (id = ANY($5::bigint[]))
          ORDER BY priority DESC, id
          LIMIT $3::bigint
          FOR UPDATE SKIP LOCKED

@@ -66,7 +66,10 @@ impl Executor {
             woken.as_mut().enable();
             if take_now && held.len() < self.capacity {
                 let wanted = self.capacity - held.len();
-                let taken = match tokio::time::timeout(self.lease, self.take(wanted)).await {
+                let held_ids: Vec<i64> = held.keys().copied().collect();
+                let taken = match tokio::time::timeout(self.lease, self.take(wanted, held_ids))
+                    .await
+                {
                     Ok(Ok(taken)) => taken,
                     Ok(Err(error)) => {
                         tracing::warn!(worker = %self.worker, %error, "taking remote attempts failed");
@@ -135,7 +138,12 @@ impl Executor {
         answered
     }
 
-    async fn take(&self, count: usize) -> Result<Vec<Taken>, flow_core::FlowError> {
+    /// Takes up to `count` attempts, none of the attempts `running` this worker still runs.
+    async fn take(
+        &self,
+        count: usize,
+        running: Vec<i64>,
+    ) -> Result<Vec<Taken>, flow_core::FlowError> {
         let names: Vec<String> = self.agents.keys().cloned().collect();
         let (worker, lease) = (self.worker.clone(), millis(self.lease));
         let count = i64::try_from(count).unwrap_or(i64::MAX);
@@ -143,7 +151,10 @@ impl Executor {
             .query("taking remote attempts", move |c| async move {
                 let rows = c
                     .client
-                    .query(&c.sql.tasks.claim, &[&names, &worker, &count, &lease])
+                    .query(
+                        &c.sql.tasks.claim,
+                        &[&names, &worker, &count, &lease, &running],
+                    )
                     .await?;
                 Ok(rows
                     .iter()

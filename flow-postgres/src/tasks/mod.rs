@@ -67,6 +67,7 @@ impl PgDispatch {
         HeldLease {
             shared: Arc::clone(&self.shared),
             run,
+            lease: (id, fence),
         }
     }
 }
@@ -81,11 +82,16 @@ impl Drop for PgDispatch {
 pub(crate) struct HeldLease {
     shared: Arc<Shared>,
     run: (String, String),
+    lease: (i64, i64),
 }
 
 impl Drop for HeldLease {
     fn drop(&mut self) {
-        lock(&self.shared.leases).remove(&self.run);
+        // (Only its own: a later lease of the run, held here since, stays.)
+        let mut leases = lock(&self.shared.leases);
+        if leases.get(&self.run) == Some(&self.lease) {
+            leases.remove(&self.run);
+        }
     }
 }
 

@@ -28,7 +28,8 @@ const WITHDRAW: &str = "DELETE FROM fluffy_tasks WHERE id = $1";
 /// Deletes the attempts of runs whose lease passed on or that ended (nobody awaits their
 /// replies), then claims up to `$3` attempts of the workflows `$1` for worker `$2`: queued
 /// ones, and running ones whose lease lapsed, oldest first, each under a lease of `$4` ms
-/// with a raised fencing token. Returns `(id, fence, workflow, call, claims)`.
+/// with a raised fencing token. Returns `(id, fence, workflow, call, claims)`. The attempts
+/// `$5` are left out: this worker still runs them (see the runs' `CLAIM`).
 const CLAIM: &str = "WITH stale AS (
          DELETE FROM fluffy_tasks WHERE id IN (
              SELECT t.id FROM fluffy_tasks AS t JOIN fluffy_runs AS r ON r.id = t.run_id
@@ -41,6 +42,7 @@ const CLAIM: &str = "WITH stale AS (
            ON r.id = t.run_id AND r.fence = t.run_fence AND r.status = 'running'
          WHERE t.workflow = ANY($1) AND t.status <> 'done'
            AND (t.status = 'queued' OR t.lease_until < clock_timestamp())
+           AND NOT (t.id = ANY($5::bigint[]))
          ORDER BY t.id
          LIMIT $3::bigint
          FOR UPDATE OF t SKIP LOCKED

@@ -307,7 +307,8 @@ impl Worker {
                 let wanted = self.concurrency - held.len();
                 // (The database unreachable or slow: tried again at the next heartbeat or
                 // wake-up.)
-                let claimed = match self.bounded(self.lease, self.claim(wanted)).await {
+                let running: Vec<i64> = held.keys().copied().collect();
+                let claimed = match self.bounded(self.lease, self.claim(wanted, running)).await {
                     Ok(claimed) => claimed,
                     Err(error) => {
                         tracing::warn!(worker = %self.name, %error, "claiming runs failed");
@@ -468,8 +469,8 @@ impl Worker {
         })
     }
 
-    /// Claims up to `count` runs.
-    async fn claim(&self, count: usize) -> Result<Vec<Claimed>, FlowError> {
+    /// Claims up to `count` runs, none of the runs `running` this worker still runs.
+    async fn claim(&self, count: usize, running: Vec<i64>) -> Result<Vec<Claimed>, FlowError> {
         let names: Vec<String> = self.agents.keys().cloned().collect();
         let (worker, lease) = (self.name.clone(), millis(self.lease));
         let count = i64::try_from(count).unwrap_or(i64::MAX);
@@ -477,7 +478,7 @@ impl Worker {
             .query("claiming runs", move |c| async move {
                 let rows = c
                     .client
-                    .query(&c.sql.claim, &[&names, &worker, &count, &lease])
+                    .query(&c.sql.claim, &[&names, &worker, &count, &lease, &running])
                     .await?;
                 Ok(rows
                     .iter()
