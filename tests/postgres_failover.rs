@@ -328,7 +328,8 @@ async fn killed_and_stopped_worker_processes_lose_no_run_and_record_each_end_onc
 
     let stopped_report = stop_worker(stopped);
     let steady_report = stop_worker(steady);
-    // The stopped worker's runs went on when it woke: what they wrote was refused.
+    // The stopped worker's runs were taken over: lost, whether it found out when it woke (what
+    // they wrote was refused) or as it stopped (what it gave back was not its own).
     assert!(
         stopped_report["lost"].as_u64().unwrap() >= 1,
         "{stopped_report}"

@@ -320,6 +320,68 @@ async fn a_lapsed_lease_passes_on_and_the_old_holders_writes_are_refused() {
     stop(b).await;
 }
 
+/// A worker that stops holding a run another worker took over meanwhile (it had not noticed
+/// yet) reports that run lost: it can give back only what is still its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopping_with_a_run_taken_over_reports_it_lost() {
+    let Some(backend) = postgres::backend("stop_lost").await else {
+        return;
+    };
+    let url = postgres::url("stop_lost");
+    let store = PgStore::new(&backend);
+    for key in ["kept", "taken"] {
+        backend.submit("gated", key, &Context::new()).await.unwrap();
+    }
+    let a = spawn_worker(
+        Worker::new(&PgBackend::connect(&url).await.unwrap())
+            .name("A")
+            .register(&gated("A", Arc::new(Semaphore::new(0))))
+            .lease(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(29)),
+    );
+    first_checkpoint(&store, "gated", "kept").await;
+    first_checkpoint(&store, "gated", "taken").await;
+    lapse(&url, "taken").await;
+    // B may take only `taken` (its lease lapsed); it finishes it.
+    let b = spawn_worker(
+        Worker::new(&PgBackend::connect(&url).await.unwrap())
+            .name("B")
+            .register(&gated("B", Arc::new(Semaphore::new(2)))),
+    );
+    let done = within(
+        "B's end of the run",
+        backend.wait_for("gated", "taken", WAIT),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (done.status, done.worker.as_deref()),
+        (QueueStatus::Completed, Some("B"))
+    );
+    let report_a = stop(a).await;
+    assert_eq!(
+        (
+            report_a.claimed,
+            report_a.finished,
+            report_a.released,
+            report_a.lost
+        ),
+        (2, 0, 1, 1)
+    );
+    // `kept` went back to the queue, and B finishes it too.
+    let kept = within(
+        "B's end of the other run",
+        backend.wait_for("gated", "kept", WAIT),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (kept.status, kept.worker.as_deref(), kept.claims),
+        (QueueStatus::Completed, Some("B"), 2)
+    );
+    stop(b).await;
+}
+
 /// Ends the lease on run `key` now, as a worker that stopped renewing it would see it end.
 async fn lapse(url: &str, key: &str) {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)

@@ -79,7 +79,8 @@ pub struct WorkerReport {
     pub claimed: u64,
     /// Runs it ended (any final status) and recorded.
     pub finished: u64,
-    /// Runs whose lease it lost (their end, if it came, was refused).
+    /// Runs whose lease it lost (their end, if it came, was refused), including those it
+    /// still held as it stopped whose lease had passed on to another worker.
     pub lost: u64,
     /// Runs it gave back to the queue as it stopped.
     pub released: u64,
@@ -411,7 +412,12 @@ impl Worker {
             }
         }
         match self.bounded(self.lease, self.release(&held)).await {
-            Ok(released) => report.released += released,
+            Ok(released) => {
+                report.released += released;
+                // The others had passed on (taken over while this worker stalled, before it
+                // noticed): lost here.
+                report.lost += (held.len() as u64).saturating_sub(released);
+            }
             // (Their leases lapse, and other workers take them then.)
             Err(error) => tracing::warn!(worker = %self.name, %error, "giving runs back failed"),
         }
