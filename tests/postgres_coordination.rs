@@ -12,19 +12,11 @@ use fluffy_flow::FlowError;
 use fluffy_flow::postgres::{PgBackend, PgRateLimit, PgSemaphore};
 use proptest::prelude::*;
 
-async fn counter(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 /// `tasks` tasks over `backends` backends each take one permit of a semaphore of `permits`,
 /// hold it for their `holds[i]` ms while a counter in the database says how many hold one;
 /// returns the most it ever said.
 async fn contend(url: &str, name: &str, permits: u32, backends: usize, holds: &[u64]) -> i64 {
-    let setup = counter(url).await;
+    let setup = postgres::client(url).await;
     setup
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS test_holding (name text PRIMARY KEY, now integer NOT NULL, peak integer NOT NULL);
@@ -44,7 +36,7 @@ async fn contend(url: &str, name: &str, permits: u32, backends: usize, holds: &[
         let backend = connections[i % backends].clone();
         let (url, name) = (url.to_owned(), name.to_owned());
         tasks.spawn(async move {
-            let client = counter(&url).await;
+            let client = postgres::client(&url).await;
             let semaphore = PgSemaphore::open(&backend, &name).poll_interval(Duration::from_millis(20));
             let permit = semaphore.acquire(1).await.unwrap();
             client
@@ -273,7 +265,7 @@ async fn workers_sharing_gates_keep_a_workflows_semaphore_across_processes() {
     let Some(url) = postgres::database("shared_gates") else {
         return;
     };
-    let gauge = std::sync::Arc::new(counter(&url).await);
+    let gauge = std::sync::Arc::new(postgres::client(&url).await);
     gauge
         .batch_execute(
             "CREATE TABLE test_holding (name text PRIMARY KEY, now integer NOT NULL, peak integer NOT NULL);

@@ -176,10 +176,7 @@ async fn killed_and_stopped_worker_processes_lose_no_run_and_record_each_end_onc
         return;
     };
     let url = postgres::url("failover");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = postgres::client(&url).await;
     // Every recorded end, counted by the database itself.
     client
         .batch_execute(

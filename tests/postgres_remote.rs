@@ -178,11 +178,7 @@ async fn an_attempt_the_run_stops_waiting_for_is_withdrawn_and_stopped_where_it_
         run.error
     );
     // Withdrawn: the row goes, and the worker running it stops it at its next renewal.
-    let (client, connection) =
-        tokio_postgres::connect(&postgres::url("remote_withdraw"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let client = postgres::client(&postgres::url("remote_withdraw")).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left: i64 = client

@@ -384,10 +384,7 @@ async fn a_worker_stopping_with_a_run_taken_over_reports_it_lost() {
 
 /// Ends the lease on run `key` now, as a worker that stopped renewing it would see it end.
 async fn lapse(url: &str, key: &str) {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = postgres::client(url).await;
     client
         .execute(
             "UPDATE fluffy_runs SET lease_until = clock_timestamp() - interval '1 second' WHERE run_key = $1",
@@ -531,10 +528,7 @@ async fn a_worker_does_not_claim_again_what_it_still_runs_under_a_lapsed_lease()
     };
     within("the first run's remote attempt", has_entered(1)).await;
     // Both of the first run's leases lapse; the worker's next renewal is 20 s away.
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = postgres::client(&url).await;
     client
         .batch_execute(
             "UPDATE fluffy_runs SET lease_until = clock_timestamp() - interval '1 second';
@@ -845,10 +839,7 @@ async fn a_run_the_database_fails_under_goes_back_to_the_queue_and_continues() {
     let url = postgres::url("give_back");
     // The worker connects as a role of its own, whose right to write checkpoints the test
     // takes away for a while: the database failing under a run, deterministically.
-    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let admin = postgres::client(&url).await;
     admin
         .batch_execute(
             "CREATE ROLE fluffy_give_back LOGIN;
@@ -938,11 +929,7 @@ async fn a_run_whose_workers_keep_dying_fails_instead_of_running_again() {
             .unwrap();
     }
     // As if five workers had died holding each, one after the other: its lease lapsed.
-    let (client, connection) =
-        tokio_postgres::connect(&postgres::url("lapses"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let client = postgres::client(&postgres::url("lapses")).await;
     client
         .execute(
             "UPDATE fluffy_runs SET status = 'running', worker = 'dead', fence = 5, claims = 5,
@@ -1170,11 +1157,7 @@ async fn runs_are_claimed_by_priority_then_age_lapsed_leases_among_them() {
             .unwrap();
     }
     // `lapsed` was claimed by a worker that died: its lease has ended.
-    let (client, connection) =
-        tokio_postgres::connect(&postgres::url("claim_order"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let client = postgres::client(&postgres::url("claim_order")).await;
     client
         .execute(
             "UPDATE fluffy_runs SET status = 'running', worker = 'gone', fence = 1,

@@ -53,6 +53,16 @@ pub async fn backend(name: &str) -> Option<PgBackend> {
     Some(backend)
 }
 
+/// A plain client of the database at `url`, for what a test reads or changes by hand.
+#[allow(dead_code)]
+pub async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// Holds each worker's work until every one of `n` workers has begun some, so that a test
 /// of how work spreads over workers does not depend on how fast each connects and claims:
 /// a worker whose slots all wait here can claim nothing more, so the others take the rest.
