@@ -10,10 +10,40 @@ use fluffy_flow::prelude::*;
 use fluffy_flow::{
     AttemptOutcome, CancelOutcome, CancelRecord, CheckpointStore, FileStore, MemoryStore, RedbStore,
 };
+use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// `agent`'s durable run `key` in `store`, started in the background.
+fn spawn_run<S: CheckpointStore + Clone + 'static>(
+    agent: &Agent,
+    store: &S,
+    key: &'static str,
+) -> JoinHandle<Result<RunReport, FlowError>> {
+    let (agent, store) = (agent.clone(), store.clone());
+    tokio::spawn(async move { agent.run_durable(store, key).await })
+}
+
+/// Cancels run `k` of `workflow` after `yields` turns of the tokio schedule; the request
+/// reaches the run (`Stopping`) or its checkpoint (`Cancelled`), never nothing.
+async fn cancel_after(store: &MemoryStore, workflow: &str, yields: u32) -> CancelOutcome {
+    for _ in 0..yields {
+        tokio::task::yield_now().await;
+    }
+    let outcome = store
+        .cancel_run(workflow, "k", CancelRecord::new("ops", "race"), false)
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            CancelOutcome::Stopping | CancelOutcome::Cancelled { .. }
+        ),
+        "{outcome:?} after {yields} yields"
+    );
+    outcome
 }
 
 /// `fetch` (counted), then `train` (counted) sleeps `train_ms`, then `publish` (counted).
@@ -55,10 +85,7 @@ async fn a_run_in_this_process_stops_and_stays_cancelled_until_resumed() {
         let store = MemoryStore::new();
         let calls: Arc<[AtomicU32; 3]> = Arc::default();
         let agent = pipeline(&calls, 1000);
-        let run = tokio::spawn({
-            let (agent, store) = (agent.clone(), store.clone());
-            async move { agent.run_durable(store, "nightly").await }
-        });
+        let run = spawn_run(&agent, &store, "nightly");
         sleep(ms(cancel_at)).await;
         let outcome = store
             .cancel_run(
@@ -138,10 +165,7 @@ async fn a_stopped_run_is_marked_cancelled_in_every_store() {
         let calls: Arc<[AtomicU32; 3]> = Arc::default();
         let agent = pipeline(&calls, 1000);
         // Stopped through its handle: no record, so `run_durable` would continue it.
-        let run = tokio::spawn({
-            let (agent, store) = (agent.clone(), Arc::clone(&store));
-            async move { agent.run_durable(store, "weekly").await }
-        });
+        let run = spawn_run(&agent, &store, "weekly");
         sleep(ms(10)).await;
         agent.cancel_all();
         let error = run.await.unwrap().unwrap_err();
@@ -338,32 +362,14 @@ async fn a_request_while_the_run_starts_is_never_lost() {
         let agent = pipeline(&calls, 1000);
         // First stopped through its handle: a checkpoint without a record, continued when
         // run again.
-        let first = tokio::spawn({
-            let (agent, store) = (agent.clone(), store.clone());
-            async move { agent.run_durable(store, "k").await }
-        });
+        let first = spawn_run(&agent, &store, "k");
         sleep(ms(10)).await;
         agent.cancel_all();
         first.await.unwrap().unwrap_err();
         let before = store.latest("pipeline", "k").unwrap().unwrap().sequence;
 
-        let again = tokio::spawn({
-            let (agent, store) = (agent.clone(), store.clone());
-            async move { agent.run_durable(store, "k").await }
-        });
-        for _ in 0..yields {
-            tokio::task::yield_now().await;
-        }
-        let outcome = store
-            .cancel_run("pipeline", "k", CancelRecord::new("ops", "race"), false)
-            .unwrap();
-        assert!(
-            matches!(
-                outcome,
-                CancelOutcome::Stopping | CancelOutcome::Cancelled { .. }
-            ),
-            "{outcome:?} after {yields} yields"
-        );
+        let again = spawn_run(&agent, &store, "k");
+        cancel_after(&store, "pipeline", yields).await;
         let error = again.await.unwrap().unwrap_err();
         assert!(
             matches!(&error, FlowError::CancelledOnRequest { reason, .. } if reason == "race"),
@@ -389,10 +395,7 @@ async fn a_resumed_run_no_longer_says_cancelled_while_its_first_state_runs() {
     let store = MemoryStore::new();
     let calls: Arc<[AtomicU32; 3]> = Arc::default();
     let agent = pipeline(&calls, 1000);
-    let run = tokio::spawn({
-        let (agent, store) = (agent.clone(), store.clone());
-        async move { agent.run_durable(store, "k").await }
-    });
+    let run = spawn_run(&agent, &store, "k");
     sleep(ms(10)).await;
     store
         .cancel_run("pipeline", "k", CancelRecord::new("ops", ""), false)
@@ -442,24 +445,9 @@ async fn a_request_while_the_run_ends_is_never_lost() {
                 Err("the source is down".into())
             }
         });
-        let run = tokio::spawn({
-            let (agent, store) = (agent.clone(), store.clone());
-            async move { agent.run_durable(store, "k").await }
-        });
+        let run = spawn_run(&agent, &store, "k");
         sleep(ms(10)).await;
-        for _ in 0..yields {
-            tokio::task::yield_now().await;
-        }
-        let outcome = store
-            .cancel_run("failing", "k", CancelRecord::new("ops", "race"), false)
-            .unwrap();
-        assert!(
-            matches!(
-                outcome,
-                CancelOutcome::Stopping | CancelOutcome::Cancelled { .. }
-            ),
-            "{outcome:?} after {yields} yields"
-        );
+        let outcome = cancel_after(&store, "failing", yields).await;
         run.await.unwrap().unwrap_err();
         let latest = store.latest("failing", "k").unwrap().unwrap();
         assert_eq!(
@@ -529,10 +517,7 @@ async fn a_run_whose_completed_checkpoint_is_saved_is_refused_at_once() {
     });
     let calls: Arc<[AtomicU32; 3]> = Arc::default();
     let agent = pipeline(&calls, 10);
-    let run = tokio::spawn({
-        let (agent, store) = (agent.clone(), Arc::clone(&store));
-        async move { agent.run_durable(store, "k").await }
-    });
+    let run = spawn_run(&agent, &store, "k");
     // (Waited for without the clock: it stands still while the save blocks its thread.)
     store.completed.notified().await;
     assert_eq!(
