@@ -81,6 +81,15 @@ u8_codec!(StateStatus {
 });
 
 impl AgentStatus {
+    /// True for a run that ended having done its work: `Completed`, or
+    /// `CompletedWithFailures` (some branches failed, the rest of the work was done).
+    pub const fn is_completed(self) -> bool {
+        matches!(
+            self,
+            AgentStatus::Completed | AgentStatus::CompletedWithFailures
+        )
+    }
+
     /// True once the run can change no more.
     pub const fn is_finished(self) -> bool {
         matches!(

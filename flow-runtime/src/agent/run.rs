@@ -227,12 +227,7 @@ impl Agent {
             tokio::task::spawn_blocking(move || {
                 let latest = store.latest(&agent, &key)?;
                 let posted = match &latest {
-                    Some(checkpoint)
-                        if !matches!(
-                            checkpoint.status,
-                            AgentStatus::Completed | AgentStatus::CompletedWithFailures
-                        ) =>
-                    {
+                    Some(checkpoint) if !checkpoint.status.is_completed() => {
                         store.posted_answers(&agent, &key)?
                     }
                     _ => Vec::new(),
@@ -252,12 +247,7 @@ impl Agent {
         };
         let (latest, posted) = latest;
         let handle = match latest {
-            Some(checkpoint)
-                if matches!(
-                    checkpoint.status,
-                    AgentStatus::Completed | AgentStatus::CompletedWithFailures
-                ) =>
-            {
+            Some(checkpoint) if checkpoint.status.is_completed() => {
                 let _checked = check_fits(&checkpoint, &compiled)?;
                 return RunReport::from_checkpoint(checkpoint);
             }

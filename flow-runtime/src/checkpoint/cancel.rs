@@ -62,19 +62,17 @@ pub enum CancelOutcome {
 
 /// [`FlowError::CancelRefused`] for a run whose `latest` checkpoint says it completed.
 fn refuse_completed(latest: &Checkpoint) -> Result<(), FlowError> {
-    match latest.status {
-        AgentStatus::Completed | AgentStatus::CompletedWithFailures => {
-            Err(FlowError::CancelRefused {
-                agent: latest.agent.clone(),
-                run: latest.run_key.clone(),
-                reason: format!(
-                    "it has completed (checkpoint {}); there is nothing left to stop",
-                    latest.sequence
-                ),
-            })
-        }
-        _ => Ok(()),
+    if !latest.status.is_completed() {
+        return Ok(());
     }
+    Err(FlowError::CancelRefused {
+        agent: latest.agent.clone(),
+        run: latest.run_key.clone(),
+        reason: format!(
+            "it has completed (checkpoint {}); there is nothing left to stop",
+            latest.sequence
+        ),
+    })
 }
 
 /// [`CheckpointStore::cancel_run`].

@@ -130,16 +130,7 @@ impl Coordinator {
             return stop;
         };
         let late = match listed.conclude() {
-            Some(request)
-                if !captured
-                    && !matches!(
-                        status,
-                        flow_core::AgentStatus::Completed
-                            | flow_core::AgentStatus::CompletedWithFailures
-                    ) =>
-            {
-                request.clone()
-            }
+            Some(request) if !captured && !status.is_completed() => request.clone(),
             _ => return stop,
         };
         let (agent, key) = (self.compiled.name.to_string(), self.durable_key.to_string());

@@ -17,7 +17,7 @@ mod records;
 use std::future::Future;
 use std::sync::Arc;
 
-use flow_core::{AgentStatus, FlowError, Next, StateError, StateSpec};
+use flow_core::{FlowError, Next, StateError, StateSpec};
 
 use crate::RunReport;
 use crate::agent::{Agent, StateOptions};
@@ -309,12 +309,7 @@ async fn run_subgraph(
     };
     let report = match restored.transpose().map_err(&failed)? {
         // It had completed before the parent's checkpoint was taken: its result stands.
-        Some(checkpoint)
-            if matches!(
-                checkpoint.status,
-                AgentStatus::Completed | AgentStatus::CompletedWithFailures
-            ) =>
-        {
+        Some(checkpoint) if checkpoint.status.is_completed() => {
             let report = RunReport::from_checkpoint(checkpoint).map_err(&failed)?;
             watch.record(&report);
             report
@@ -326,10 +321,7 @@ async fn run_subgraph(
             run_child(handle, watch, ctx).await.map_err(&failed)?
         }
     };
-    if !matches!(
-        report.status,
-        AgentStatus::Completed | AgentStatus::CompletedWithFailures
-    ) {
+    if !report.status.is_completed() {
         let error = report.error.clone().unwrap_or(FlowError::RunLost {
             agent: workflow.name().to_owned(),
         });

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use flow_core::{AgentStatus, FlowError};
+use flow_core::FlowError;
 use flow_runtime::{CancelOutcome, CancelRecord, Checkpoint, CheckpointStore};
 use serde::Serialize;
 
@@ -153,10 +153,7 @@ fn stopped(
             if latest.cancelled.is_some() {
                 return Ok(latest);
             }
-            if matches!(
-                latest.status,
-                AgentStatus::Completed | AgentStatus::CompletedWithFailures
-            ) {
+            if latest.status.is_completed() {
                 return Err(Failure::refused(format!(
                     "run `{key}` completed before {holder} could stop it (checkpoint {})",
                     latest.sequence

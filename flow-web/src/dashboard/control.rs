@@ -71,10 +71,7 @@ pub(super) fn controls(app: &App, checkpoint: &Checkpoint) -> String {
     let link = run_link(workflow, key);
     let csrf = escape(&app.csrf);
     let here = runs_in_this_process(app.store.as_ref(), workflow, key);
-    let ended = matches!(
-        checkpoint.status,
-        AgentStatus::Completed | AgentStatus::CompletedWithFailures
-    );
+    let ended = checkpoint.status.is_completed();
     let mut html = String::from("<div class=\"controls\">");
     if let Some(record) = &checkpoint.cancelled {
         let _ = write!(
@@ -183,10 +180,7 @@ pub(super) async fn resume(
             || resumed.get(&run) == Some(&Resumed::Starting);
         // Completion first: a run that has saved its completed checkpoint is still listed
         // here for the moment it takes to end, and its end is what the user needs to hear.
-        let refusal = if matches!(
-            checkpoint.status,
-            AgentStatus::Completed | AgentStatus::CompletedWithFailures
-        ) {
+        let refusal = if checkpoint.status.is_completed() {
             Some("it has completed".to_owned())
         } else if here {
             Some("it runs in this process already".to_owned())
